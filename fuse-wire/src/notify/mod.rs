@@ -1,0 +1,1 @@
+//! Notification encoders and the daemon-to-kernel parser.

@@ -1,0 +1,1 @@
+//! Requests: parsing kernel bytes into typed, borrowed views, and encoding them.
