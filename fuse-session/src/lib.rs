@@ -1,8 +1,25 @@
 //! # fuse-session
 //!
-//! The FUSE session: a sans-IO core that turns request bytes into reply bytes
-//! and owns every nodeid and file handle, plus the `/dev/fuse` IO layer and
-//! mounting. Under construction: see the project README for status.
+//! The FUSE session: a sans-IO core ([`proto`]) that turns request bytes into reply
+//! bytes and owns every nodeid and file handle, the [`Filesystem`] trait a filesystem
+//! author implements, and the IO layer ([`dev`], [`serve`]) that mounts and serves
+//! `/dev/fuse` with worker threads.
+//!
+//! The session, not the filesystem, owns nodeids, lookup counts, generations and file
+//! handles; a filesystem returns its own node and handle values, which are serde types,
+//! so that the whole session can be snapshotted and restored in a new process.
 #![deny(missing_docs)]
+#![deny(unsafe_code)]
 
+#[allow(unsafe_code)]
+pub mod dev;
+pub mod fs;
+pub mod proto;
+pub mod types;
+
+pub use fs::{Filesystem, PollHandle, StateValue, StatxReply};
+pub use proto::bufs::{DirEntries, DirEntriesPlus, ReadBuf};
+pub use proto::init::{InitResult, InitWishes, KernelOffer};
+pub use proto::{Handled, InitState, Session};
+pub use types::*;
 pub use fuse_wire as wire;

@@ -1,0 +1,154 @@
+//! The output buffers a filesystem fills: READ data and directory listings.
+use std::ffi::OsStr;
+use std::hash::Hash;
+use std::os::unix::ffi::OsStrExt;
+use std::sync::Mutex;
+
+use fuse_wire::reply::{self, Dirent, DirentPlus, DirentWriter, Push};
+
+use crate::proto::nodes::NodeTable;
+use crate::types::{Entry, FileType};
+
+/// Where a READ reply's data goes.
+///
+/// Either copy into [`ReadBuf::buffer`] (a page-aligned slice of the worker's reply
+/// buffer, `size` bytes long) and call [`ReadBuf::filled`], or lend a slice of the
+/// filesystem's own memory with [`ReadBuf::set`]: it is written to the kernel with
+/// `writev` without a copy.
+///
+/// `'r` is the lifetime of memory the filesystem may lend (its `&self`), `'b` that of
+/// the worker's buffer.
+pub struct ReadBuf<'r, 'b> {
+    space: &'b mut [u8],
+    len: usize,
+    lent: Option<&'r [u8]>,
+}
+
+impl<'r, 'b> ReadBuf<'r, 'b> {
+    pub(crate) fn new(space: &'b mut [u8]) -> Self {
+        ReadBuf { space, len: 0, lent: None }
+    }
+
+    /// The space to copy data into: as many bytes as the kernel asked for.
+    pub fn buffer(&mut self) -> &mut [u8] {
+        self.lent = None;
+        self.space
+    }
+
+    /// Declares that the first `n` bytes of [`ReadBuf::buffer`] hold the data
+    /// (clamped to the buffer's length).
+    pub fn filled(&mut self, n: usize) {
+        self.lent = None;
+        self.len = n.min(self.space.len());
+    }
+
+    /// Copies `data` (at most the requested size) into the buffer.
+    pub fn copy_from(&mut self, data: &[u8]) {
+        let n = data.len().min(self.space.len());
+        self.space[..n].copy_from_slice(&data[..n]);
+        self.filled(n);
+    }
+
+    /// Replies with `data` without copying it (at most the requested size is sent).
+    pub fn set(&mut self, data: &'r [u8]) {
+        let n = data.len().min(self.space.len());
+        self.lent = Some(&data[..n]);
+    }
+
+    /// The requested size.
+    pub fn capacity(&self) -> usize {
+        self.space.len()
+    }
+
+    pub(crate) fn into_data(self) -> ReadData<'r> {
+        match self.lent {
+            Some(d) => ReadData::Lent(d),
+            None => ReadData::InPlace(self.len),
+        }
+    }
+}
+
+pub(crate) enum ReadData<'r> {
+    Lent(&'r [u8]),
+    InPlace(usize),
+}
+
+/// A READDIR listing being filled.
+pub struct DirEntries<'a> {
+    pub(crate) writer: DirentWriter<'a>,
+    pub(crate) error: Option<fuse_wire::EncodeError>,
+}
+
+impl DirEntries<'_> {
+    /// Adds an entry: inode number shown to applications, the offset of the *next*
+    /// entry (what a later READDIR will pass to continue after this one), type and
+    /// name. Returns `false` when the listing is full: stop, and continue from this
+    /// entry's offset next time.
+    pub fn add(&mut self, ino: u64, next_offset: u64, kind: FileType, name: &OsStr) -> bool {
+        if self.error.is_some() {
+            return false;
+        }
+        let d = Dirent { ino, off: next_offset, typ: kind.dirent_type(), name: name.as_bytes() };
+        match self.writer.push(&d) {
+            Ok(Push::Added) => true,
+            Ok(Push::Full) => false,
+            Err(e) => {
+                self.error = Some(e);
+                false
+            }
+        }
+    }
+}
+
+/// A READDIRPLUS listing being filled. Each entry that fits is looked up in the
+/// session's nodeid table and counted (except `.` and `..`, which the kernel ignores).
+pub struct DirEntriesPlus<'a, N: Clone + Eq + Hash> {
+    pub(crate) writer: DirentWriter<'a>,
+    pub(crate) nodes: &'a Mutex<NodeTable<N>>,
+    pub(crate) error: Option<fuse_wire::EncodeError>,
+}
+
+impl<N: Clone + Eq + Hash> DirEntriesPlus<'_, N> {
+    /// Adds an entry with its attributes; `next_offset` as for
+    /// [`DirEntries::add`]. Returns `false` when the listing is full.
+    pub fn add(&mut self, name: &OsStr, next_offset: u64, entry: &Entry<N>) -> bool {
+        if self.error.is_some() {
+            return false;
+        }
+        let name = name.as_bytes();
+        let typ = entry.attr.kind.dirent_type();
+        let dot = name == b"." || name == b"..";
+        let mut wire = reply::Entry {
+            nodeid: 0,
+            generation: 0,
+            entry_valid: entry.entry_ttl,
+            attr_valid: entry.attr_ttl,
+            attr: entry.attr.to_wire(),
+        };
+        let mut counted = None;
+        if !dot {
+            let mut nodes = self.nodes.lock().unwrap_or_else(|p| p.into_inner());
+            let (id, generation) = nodes.lookup(&entry.node);
+            wire.nodeid = id;
+            wire.generation = generation;
+            counted = Some(id);
+        }
+        let d = DirentPlus {
+            entry: wire,
+            dirent: Dirent { ino: entry.attr.ino, off: next_offset, typ, name },
+        };
+        match self.writer.push_plus(&d) {
+            Ok(Push::Added) => true,
+            other => {
+                if let Some(id) = counted {
+                    let mut nodes = self.nodes.lock().unwrap_or_else(|p| p.into_inner());
+                    nodes.unlookup(id);
+                }
+                if let Err(e) = other {
+                    self.error = Some(e);
+                }
+                false
+            }
+        }
+    }
+}

@@ -1,0 +1,104 @@
+//! The handle table: the `fh` values the kernel holds for open files and
+//! directories, each bound to the filesystem's own handle value.
+//!
+//! The session assigns `fh` from a 64-bit counter (never reused within a session),
+//! keeps the filesystem's handle, the nodeid it was opened on and the open flags, and
+//! gives the handle back to the filesystem by value on RELEASE / RELEASEDIR.
+use std::collections::HashMap;
+
+/// Whether a handle is an open file or an open directory.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+pub enum HandleKind {
+    /// From OPEN or CREATE (or TMPFILE); closed by RELEASE.
+    File,
+    /// From OPENDIR; closed by RELEASEDIR.
+    Dir,
+}
+
+/// One open handle.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HandleEntry<H> {
+    /// The filesystem's handle value.
+    pub handle: H,
+    /// File or directory.
+    pub kind: HandleKind,
+    /// The nodeid it was opened on.
+    pub nodeid: u64,
+    /// The `open(2)` flags.
+    pub flags: u32,
+}
+
+/// fh -> handle.
+#[derive(Clone, Debug)]
+pub struct HandleTable<H> {
+    by_fh: HashMap<u64, HandleEntry<H>>,
+    next_fh: u64,
+}
+
+impl<H> Default for HandleTable<H> {
+    fn default() -> Self {
+        HandleTable { by_fh: HashMap::new(), next_fh: 1 }
+    }
+}
+
+impl<H> HandleTable<H> {
+    /// Rebuilds a table from validated parts.
+    pub(crate) fn from_parts(
+        entries: impl IntoIterator<Item = (u64, HandleEntry<H>)>,
+        next_fh: u64,
+    ) -> Self {
+        HandleTable { by_fh: entries.into_iter().collect(), next_fh }
+    }
+
+    /// Stores a new handle and returns its fh.
+    pub fn insert(&mut self, entry: HandleEntry<H>) -> u64 {
+        let mut fh = self.next_fh;
+        while fh == 0 || self.by_fh.contains_key(&fh) {
+            fh = fh.wrapping_add(1);
+        }
+        self.next_fh = fh.wrapping_add(1);
+        self.by_fh.insert(fh, entry);
+        fh
+    }
+
+    /// The handle of `fh`, if it is of `kind`.
+    pub fn get(&self, fh: u64, kind: HandleKind) -> Option<&HandleEntry<H>> {
+        self.by_fh.get(&fh).filter(|e| e.kind == kind)
+    }
+
+    /// The handle of `fh`, of either kind.
+    pub fn get_any(&self, fh: u64) -> Option<&HandleEntry<H>> {
+        self.by_fh.get(&fh)
+    }
+
+    /// Removes `fh` if it is of `kind`.
+    pub fn remove(&mut self, fh: u64, kind: HandleKind) -> Option<HandleEntry<H>> {
+        if self.get(fh, kind).is_some() {
+            self.by_fh.remove(&fh)
+        } else {
+            None
+        }
+    }
+
+    /// Number of open handles.
+    pub fn len(&self) -> usize {
+        self.by_fh.len()
+    }
+
+    /// True if no handle is open.
+    pub fn is_empty(&self) -> bool {
+        self.by_fh.is_empty()
+    }
+
+    /// Every handle, sorted by fh (deterministic, for snapshots).
+    pub fn sorted(&self) -> Vec<(u64, &HandleEntry<H>)> {
+        let mut v: Vec<_> = self.by_fh.iter().map(|(&fh, e)| (fh, e)).collect();
+        v.sort_unstable_by_key(|(fh, _)| *fh);
+        v
+    }
+
+    /// The next fh that will be tried.
+    pub fn next_fh(&self) -> u64 {
+        self.next_fh
+    }
+}

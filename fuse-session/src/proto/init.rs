@@ -1,0 +1,276 @@
+//! INIT negotiation: a pure function of what the kernel offers and what the
+//! filesystem wants.
+//!
+//! # References
+//! - Linux `fs/fuse/inode.c` (`fuse_send_init`, `process_init_reply`)
+//! - libfuse `lib/fuse_lowlevel.c` (`do_init`) for the conventional defaults
+use fuse_wire::abi;
+use fuse_wire::{InitFlags, Negotiated};
+use zerocopy::byteorder::native_endian::{U16, U32};
+
+/// The oldest protocol minor this library serves.
+pub const MIN_MINOR: u32 = 12;
+
+/// What the kernel offered in its INIT request, kept whole.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+pub struct KernelOffer {
+    /// Kernel's major version.
+    pub major: u32,
+    /// Kernel's minor version.
+    pub minor: u32,
+    /// Kernel's maximum readahead.
+    pub max_readahead: u32,
+    /// Offered flags (flags2 in the high half when INIT_EXT is offered).
+    pub flags: u64,
+}
+
+impl KernelOffer {
+    /// The offered flags as a typed value.
+    pub fn init_flags(&self) -> InitFlags {
+        InitFlags(self.flags)
+    }
+}
+
+/// What the filesystem would like. Flags the kernel does not offer are dropped;
+/// sizes are clamped to what the kernel and the read buffers allow.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct InitWishes {
+    /// Flags wanted.
+    pub flags: InitFlags,
+    /// Largest WRITE to accept, in bytes (rounded to pages; max_pages is derived).
+    pub max_write: u32,
+    /// Largest readahead; `None` = the kernel's.
+    pub max_readahead: Option<u32>,
+    /// Maximum number of background requests.
+    pub max_background: u16,
+    /// Congestion threshold (default 3/4 of max_background).
+    pub congestion_threshold: u16,
+    /// Timestamp granularity in nanoseconds (1 = ns precision).
+    pub time_gran: u32,
+    /// Request timeout in seconds the kernel should enforce (7.43, needs the
+    /// kernel's `REQUEST_TIMEOUT` offer); 0 = none.
+    pub request_timeout: u16,
+    /// Maximum stacking depth for passthrough (7.40); 0 = none.
+    pub max_stack_depth: u32,
+}
+
+impl Default for InitWishes {
+    fn default() -> Self {
+        InitWishes {
+            flags: InitFlags::ASYNC_READ
+                | InitFlags::BIG_WRITES
+                | InitFlags::ATOMIC_O_TRUNC
+                | InitFlags::AUTO_INVAL_DATA
+                | InitFlags::ASYNC_DIO
+                | InitFlags::PARALLEL_DIROPS
+                | InitFlags::MAX_PAGES
+                | InitFlags::INIT_EXT,
+            max_write: 1 << 20,
+            max_readahead: None,
+            max_background: 16,
+            congestion_threshold: 12,
+            time_gran: 1,
+            request_timeout: 0,
+            max_stack_depth: 0,
+        }
+    }
+}
+
+/// The agreed result, everything a restored process must know without a new INIT.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+pub struct InitResult {
+    /// Agreed minor (`min(kernel, ours)`).
+    pub minor: u32,
+    /// Agreed flags (offered and wanted), all 64 bits.
+    pub flags: u64,
+    /// Maximum WRITE size.
+    pub max_write: u32,
+    /// Maximum pages per request (0 without MAX_PAGES).
+    pub max_pages: u16,
+    /// Maximum readahead.
+    pub max_readahead: u32,
+    /// Maximum background requests.
+    pub max_background: u16,
+    /// Congestion threshold.
+    pub congestion_threshold: u16,
+    /// Timestamp granularity.
+    pub time_gran: u32,
+    /// Maximum stacking depth.
+    pub max_stack_depth: u32,
+    /// Request timeout in seconds (0 = none).
+    pub request_timeout: u16,
+}
+
+impl InitResult {
+    /// The wire-level view used to parse and encode on this connection.
+    pub fn negotiated(&self) -> Negotiated {
+        Negotiated::new(self.minor, InitFlags(self.flags))
+    }
+
+    /// The smallest read buffer the kernel accepts for this connection:
+    /// header plus the largest of max_write and max_pages pages, plus room for
+    /// the WRITE struct and a page of slack, never below `FUSE_MIN_READ_BUFFER`.
+    pub fn read_buffer_size(&self, page_size: usize) -> usize {
+        let pages = usize::from(self.max_pages).saturating_mul(page_size);
+        let payload = (self.max_write as usize).max(pages);
+        payload.saturating_add(page_size).max(abi::FUSE_MIN_READ_BUFFER)
+    }
+
+    /// The `fuse_init_out` reply body (full size; the encoder truncates it to what
+    /// the kernel's minor expects).
+    pub fn to_init_out(&self) -> abi::fuse_init_out {
+        let f = InitFlags(self.flags);
+        abi::fuse_init_out {
+            major: U32::new(abi::FUSE_KERNEL_VERSION),
+            minor: U32::new(self.minor),
+            max_readahead: U32::new(self.max_readahead),
+            flags: U32::new(f.low()),
+            max_background: U16::new(self.max_background),
+            congestion_threshold: U16::new(self.congestion_threshold),
+            max_write: U32::new(self.max_write),
+            time_gran: U32::new(self.time_gran),
+            max_pages: U16::new(self.max_pages),
+            map_alignment: U16::new(0),
+            flags2: U32::new(f.high()),
+            max_stack_depth: U32::new(self.max_stack_depth),
+            request_timeout: U16::new(self.request_timeout),
+            unused: Default::default(),
+        }
+    }
+}
+
+/// Why INIT cannot be agreed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum InitError {
+    /// The kernel's major is newer: answer with ours only and expect a new INIT.
+    NewerMajor,
+    /// The kernel's protocol is older than we serve.
+    TooOld {
+        /// Kernel's major.
+        major: u32,
+        /// Kernel's minor.
+        minor: u32,
+    },
+}
+
+impl std::fmt::Display for InitError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match *self {
+            InitError::NewerMajor => {
+                write!(f, "kernel speaks a newer FUSE major; answering with major 7")
+            }
+            InitError::TooOld { major, minor } => write!(
+                f,
+                "kernel FUSE protocol {major}.{minor} is older than 7.{MIN_MINOR}, the oldest this \
+                 library serves; upgrade the kernel"
+            ),
+        }
+    }
+}
+
+/// Agrees INIT. Pure: same offer and wishes, same result.
+///
+/// `page_size` bounds max_pages (the kernel caps it further by its
+/// `max_pages_limit`, 256 by default).
+pub fn negotiate(
+    offer: &KernelOffer,
+    wishes: &InitWishes,
+    page_size: u32,
+) -> Result<InitResult, InitError> {
+    if offer.major > abi::FUSE_KERNEL_VERSION {
+        return Err(InitError::NewerMajor);
+    }
+    if offer.major < abi::FUSE_KERNEL_VERSION || offer.minor < MIN_MINOR {
+        return Err(InitError::TooOld { major: offer.major, minor: offer.minor });
+    }
+    let minor = offer.minor.min(abi::FUSE_KERNEL_MINOR_VERSION);
+    let mut offered = InitFlags(offer.flags);
+    if !offered.contains(InitFlags::INIT_EXT) {
+        // Without INIT_EXT the kernel did not send flags2: only the low half is real.
+        offered = InitFlags(offered.0 & 0xffff_ffff);
+    }
+    let mut flags = wishes.flags.intersection(offered);
+    if wishes.request_timeout == 0 {
+        flags = flags.difference(InitFlags::REQUEST_TIMEOUT);
+    }
+    let page = page_size.max(4096);
+    let max_write = wishes.max_write.clamp(4096, 1 << 30);
+    let (max_write, max_pages) = if flags.contains(InitFlags::MAX_PAGES) {
+        let pages = max_write.div_ceil(page).clamp(1, u32::from(u16::MAX));
+        (max_write, pages as u16)
+    } else {
+        // Without MAX_PAGES the kernel caps requests at 32 pages.
+        (max_write.min(32 * page), 0)
+    };
+    let max_readahead = match wishes.max_readahead {
+        Some(r) => r.min(offer.max_readahead),
+        None => offer.max_readahead,
+    };
+    let congestion_threshold = wishes.congestion_threshold.min(wishes.max_background);
+    Ok(InitResult {
+        minor,
+        flags: flags.0,
+        max_write,
+        max_pages,
+        max_readahead,
+        max_background: wishes.max_background,
+        congestion_threshold,
+        time_gran: wishes.time_gran.max(1),
+        max_stack_depth: if flags.contains(InitFlags::PASSTHROUGH) { wishes.max_stack_depth } else { 0 },
+        request_timeout: if flags.contains(InitFlags::REQUEST_TIMEOUT) { wishes.request_timeout } else { 0 },
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn offer(minor: u32, flags: InitFlags) -> KernelOffer {
+        KernelOffer { major: 7, minor, max_readahead: 131072, flags: flags.0 }
+    }
+
+    #[test]
+    fn keeps_only_offered_flags_and_clamps_sizes() {
+        let o = offer(45, InitFlags::ASYNC_READ | InitFlags::MAX_PAGES | InitFlags::INIT_EXT | InitFlags::HAS_RESEND);
+        let r = negotiate(&o, &InitWishes::default(), 4096).unwrap();
+        assert_eq!(r.minor, 45);
+        assert_eq!(InitFlags(r.flags), InitFlags::ASYNC_READ | InitFlags::MAX_PAGES | InitFlags::INIT_EXT);
+        assert_eq!(r.max_write, 1 << 20);
+        assert_eq!(r.max_pages, 256);
+        assert_eq!(r.max_readahead, 131072);
+        assert!(r.read_buffer_size(4096) >= (1 << 20) + 4096);
+    }
+
+    #[test]
+    fn without_init_ext_flags2_is_ignored() {
+        let o = offer(35, InitFlags::ASYNC_READ | InitFlags::SECURITY_CTX);
+        let mut w = InitWishes::default();
+        w.flags |= InitFlags::SECURITY_CTX;
+        let r = negotiate(&o, &w, 4096).unwrap();
+        assert_eq!(InitFlags(r.flags), InitFlags::ASYNC_READ);
+        assert_eq!(r.minor, 35);
+        assert_eq!(r.max_pages, 0);
+        assert_eq!(r.max_write, 32 * 4096);
+    }
+
+    #[test]
+    fn refuses_old_and_newer_majors() {
+        assert_eq!(negotiate(&offer(8, InitFlags::EMPTY), &InitWishes::default(), 4096),
+            Err(InitError::TooOld { major: 7, minor: 8 }));
+        let mut o = offer(0, InitFlags::EMPTY);
+        o.major = 8;
+        assert_eq!(negotiate(&o, &InitWishes::default(), 4096), Err(InitError::NewerMajor));
+    }
+
+    #[test]
+    fn request_timeout_only_when_offered_and_wanted() {
+        let o = offer(45, InitFlags::INIT_EXT | InitFlags::REQUEST_TIMEOUT);
+        let mut w = InitWishes::default();
+        w.flags |= InitFlags::REQUEST_TIMEOUT;
+        assert_eq!(negotiate(&o, &w, 4096).unwrap().request_timeout, 0);
+        w.request_timeout = 30;
+        let r = negotiate(&o, &w, 4096).unwrap();
+        assert_eq!(r.request_timeout, 30);
+        assert!(InitFlags(r.flags).contains(InitFlags::REQUEST_TIMEOUT));
+    }
+}

@@ -1,0 +1,208 @@
+//! The nodeid table: the session's map between the kernel's nodeids and the
+//! filesystem's own node values, with the kernel's lookup counts.
+//!
+//! # The lookup-count rule
+//!
+//! The kernel holds a reference count per nodeid, the *lookup count*. Every reply
+//! that hands it a nodeid adds one: LOOKUP, CREATE, MKNOD, MKDIR, SYMLINK, LINK,
+//! TMPFILE, and each READDIRPLUS entry except `.` and `..` (which the kernel ignores).
+//! FORGET and BATCH_FORGET subtract the number they carry. When a count reaches zero
+//! the kernel has forgotten the inode; only then may the filesystem drop it, and
+//! only then may the nodeid be reused. Nodeid 1, the root, is never forgotten.
+//!
+//! Nodes are deduplicated: looking up the same node value twice gives the same
+//! nodeid, so the kernel sees one inode. Nodeids are never reused within a session
+//! (a 64-bit counter), and each new nodeid also gets a fresh generation, so the pair
+//! is unique for the filesystem's lifetime as the kernel requires.
+//!
+//! # References
+//! - Linux `fs/fuse/inode.c` (`fuse_iget`, `fuse_queue_forget`), `fs/fuse/readdir.c`
+//!   (`fuse_direntplus_link`)
+use std::collections::HashMap;
+use std::hash::Hash;
+
+/// The root's nodeid.
+pub const ROOT_ID: u64 = fuse_wire::abi::FUSE_ROOT_ID;
+
+/// One nodeid the kernel knows.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NodeEntry<N> {
+    /// The filesystem's value.
+    pub node: N,
+    /// The kernel's lookup count (the root's is not counted).
+    pub lookups: u64,
+    /// Generation of this nodeid.
+    pub generation: u64,
+}
+
+/// nodeid -> node, node -> nodeid, with lookup counts.
+#[derive(Clone, Debug)]
+pub struct NodeTable<N: Clone + Eq + Hash> {
+    by_id: HashMap<u64, NodeEntry<N>>,
+    by_node: HashMap<N, u64>,
+    next_id: u64,
+    next_generation: u64,
+}
+
+/// What [`NodeTable::forget`] did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Forgotten<N> {
+    /// The count dropped but the kernel still holds the node.
+    Still(u64),
+    /// The count reached zero: the node is gone from the table and may be dropped.
+    Gone(N),
+    /// The nodeid is not in the table (or is the root): nothing happened.
+    Unknown,
+}
+
+impl<N: Clone + Eq + Hash> NodeTable<N> {
+    /// A table holding only the root.
+    pub fn new(root: N) -> Self {
+        let mut t = NodeTable {
+            by_id: HashMap::new(),
+            by_node: HashMap::new(),
+            next_id: ROOT_ID + 1,
+            next_generation: 1,
+        };
+        t.by_id.insert(ROOT_ID, NodeEntry { node: root.clone(), lookups: 0, generation: 0 });
+        t.by_node.insert(root, ROOT_ID);
+        t
+    }
+
+    /// Rebuilds a table from its parts; the caller has validated them
+    /// (unique ids and nodes, root present, counts non-zero but the root's).
+    pub(crate) fn from_parts(
+        entries: impl IntoIterator<Item = (u64, NodeEntry<N>)>,
+        next_id: u64,
+        next_generation: u64,
+    ) -> Self {
+        let mut t = NodeTable {
+            by_id: HashMap::new(),
+            by_node: HashMap::new(),
+            next_id,
+            next_generation,
+        };
+        for (id, e) in entries {
+            t.by_node.insert(e.node.clone(), id);
+            t.by_id.insert(id, e);
+        }
+        t
+    }
+
+    /// The node of `nodeid`.
+    pub fn get(&self, nodeid: u64) -> Option<&NodeEntry<N>> {
+        self.by_id.get(&nodeid)
+    }
+
+    /// The nodeid of `node`, if the kernel knows it.
+    pub fn id_of(&self, node: &N) -> Option<u64> {
+        self.by_node.get(node).copied()
+    }
+
+    /// Counts one lookup of `node`, assigning a nodeid if it is new.
+    /// Returns `(nodeid, generation)`.
+    pub fn lookup(&mut self, node: &N) -> (u64, u64) {
+        if let Some(&id) = self.by_node.get(node) {
+            if let Some(e) = self.by_id.get_mut(&id) {
+                if id != ROOT_ID {
+                    e.lookups = e.lookups.saturating_add(1);
+                }
+                return (id, e.generation);
+            }
+        }
+        let id = self.next_id;
+        self.next_id = self.next_id.wrapping_add(1).max(ROOT_ID + 1);
+        let generation = self.next_generation;
+        self.next_generation = self.next_generation.wrapping_add(1);
+        self.by_id.insert(id, NodeEntry { node: node.clone(), lookups: 1, generation });
+        self.by_node.insert(node.clone(), id);
+        (id, generation)
+    }
+
+    /// Takes back one lookup that the kernel never received (its reply could not be
+    /// delivered). Same as a FORGET of 1.
+    pub fn unlookup(&mut self, nodeid: u64) -> Forgotten<N> {
+        self.forget(nodeid, 1)
+    }
+
+    /// Subtracts `nlookup` from `nodeid`'s count (FORGET, BATCH_FORGET).
+    pub fn forget(&mut self, nodeid: u64, nlookup: u64) -> Forgotten<N> {
+        if nodeid == ROOT_ID {
+            return Forgotten::Unknown;
+        }
+        let Some(e) = self.by_id.get_mut(&nodeid) else {
+            return Forgotten::Unknown;
+        };
+        e.lookups = e.lookups.saturating_sub(nlookup);
+        if e.lookups > 0 {
+            return Forgotten::Still(e.lookups);
+        }
+        match self.by_id.remove(&nodeid) {
+            Some(e) => {
+                self.by_node.remove(&e.node);
+                Forgotten::Gone(e.node)
+            }
+            None => Forgotten::Unknown,
+        }
+    }
+
+    /// Replaces the node value of `nodeid` (a filesystem whose node identity changes,
+    /// e.g. after a rename in a path-based filesystem). Fails if `node` is already
+    /// another nodeid's value.
+    pub fn rebind(&mut self, nodeid: u64, node: N) -> bool {
+        if self.by_node.get(&node).is_some_and(|&id| id != nodeid) {
+            return false;
+        }
+        let Some(e) = self.by_id.get_mut(&nodeid) else {
+            return false;
+        };
+        let old = std::mem::replace(&mut e.node, node.clone());
+        self.by_node.remove(&old);
+        self.by_node.insert(node, nodeid);
+        true
+    }
+
+    /// Number of nodeids, the root included.
+    pub fn len(&self) -> usize {
+        self.by_id.len()
+    }
+
+    /// True if only... never: the root is always present. Provided for clippy's sake.
+    pub fn is_empty(&self) -> bool {
+        self.by_id.is_empty()
+    }
+
+    /// Every entry, sorted by nodeid (deterministic, for snapshots).
+    pub fn sorted(&self) -> Vec<(u64, &NodeEntry<N>)> {
+        let mut v: Vec<_> = self.by_id.iter().map(|(&id, e)| (id, e)).collect();
+        v.sort_unstable_by_key(|(id, _)| *id);
+        v
+    }
+
+    /// The next nodeid and generation that will be assigned.
+    pub fn counters(&self) -> (u64, u64) {
+        (self.next_id, self.next_generation)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dedup_count_and_forget() {
+        let mut t = NodeTable::new(0u64);
+        let (a, ga) = t.lookup(&7);
+        let (b, gb) = t.lookup(&7);
+        assert_eq!((a, ga), (b, gb));
+        assert_eq!(t.get(a).map(|e| e.lookups), Some(2));
+        assert_eq!(t.forget(a, 1), Forgotten::Still(1));
+        assert_eq!(t.forget(a, 1), Forgotten::Gone(7));
+        assert_eq!(t.forget(a, 1), Forgotten::Unknown);
+        let (c, gc) = t.lookup(&7);
+        assert_ne!((c, gc), (a, ga), "a forgotten nodeid is not reused");
+        assert_eq!(t.lookup(&0).0, ROOT_ID);
+        assert_eq!(t.forget(ROOT_ID, 5), Forgotten::Unknown);
+        assert_eq!(t.len(), 2);
+    }
+}
