@@ -39,4 +39,4 @@ pub use flags::{
 };
 pub use negotiated::Negotiated;
 pub use opcode::{NotifyCode, Opcode};
-// pub use request::{parse, Request};
+pub use request::{parse, parse_header, Operation, Request, RequestHeader};

@@ -1,1 +1,165 @@
 //! Requests: parsing kernel bytes into typed, borrowed views, and encoding them.
+//!
+//! [`parse`] turns the bytes of one `read(2)` from `/dev/fuse` into a [`Request`]:
+//! the checked header, the checked extensions (7.36) and an [`Operation`] with one
+//! variant per opcode. It borrows everything from the input, allocates nothing and
+//! never panics; malformed input is a [`crate::ParseError`], an unknown
+//! opcode is [`Operation::Unknown`].
+//!
+//! When the body is malformed, [`parse_header`] still yields `unique` and the
+//! opcode, so the request can be answered with an error.
+//!
+//! Layout of a request:
+//!
+//! ```text
+//! fuse_in_header (40 bytes) | body (opcode-specific) | extensions (total_extlen * 8 bytes)
+//! ```
+//!
+//! [`encode`] writes requests as the kernel would, for fake kernels, property
+//! tests and fuzzers.
+//!
+//! # Representation of compat layouts
+//!
+//! Fixed structs that the negotiated protocol may send shorter (GETATTR, READ,
+//! READDIR, READDIRPLUS and WRITE before 7.9, MKNOD and CREATE/TMPFILE before 7.12,
+//! SETXATTR without `FUSE_SETXATTR_EXT`, INIT from older kernels) are held by
+//! value as the full `abi` struct, with the fields the wire did not carry set to
+//! zero. All other structs are borrowed. Bytes after the last field an opcode
+//! defines are ignored: kernels grow structs in later minors, and a request must
+//! not fail because it says more than this crate understands.
+//!
+//! # References
+//! - Linux `include/uapi/linux/fuse.h` (structs and the protocol changelog)
+//! - Linux `fs/fuse/dir.c`, `fs/fuse/file.c`, `fs/fuse/inode.c`, `fs/fuse/dev.c`
+//!   (what the kernel sends for each opcode)
+use core::mem::size_of;
+
+use crate::abi;
+use crate::error::ParseError;
+use crate::negotiated::Negotiated;
+use crate::opcode::Opcode;
+
+mod display;
+pub mod encode;
+mod ext;
+mod header;
+mod ops;
+mod reader;
+
+pub use ext::{Extensions, SecCtx, SecCtxIter};
+pub use header::{parse_header, RequestHeader};
+pub use ops::{init_flags, Operation};
+
+/// A parsed request: header, extensions and operation, all borrowed from the
+/// request bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Request<'a> {
+    header: RequestHeader<'a>,
+    body: &'a [u8],
+    extensions: Extensions<'a>,
+    op: Operation<'a>,
+}
+
+/// Parses one request as read from `/dev/fuse` on a connection that negotiated
+/// `proto` (use [`Negotiated::BEFORE_INIT`] before INIT is answered; INIT and
+/// CUSE_INIT parse the same under any `proto`).
+///
+/// Checks, in order: the header ([`parse_header`]: at least 40 bytes, `len` equal to
+/// `bytes.len()`); that the extension area (`total_extlen * 8` bytes at the end,
+/// 7.36) fits and is well-formed; then the body of the opcode, with struct sizes
+/// taken from `proto`. An unknown opcode gives [`Operation::Unknown`].
+///
+/// Zero-copy, zero-allocation, and never panics on any input.
+pub fn parse<'a>(bytes: &'a [u8], proto: &Negotiated) -> Result<Request<'a>, ParseError> {
+    let header = parse_header(bytes)?;
+    let payload = header.payload();
+    let body_len =
+        payload
+            .len()
+            .checked_sub(header.extensions_len())
+            .ok_or(ParseError::BadExtension {
+                reason: "total_extlen covers more bytes than the message has after its header",
+            })?;
+    let (body, ext_area) = payload
+        .split_at_checked(body_len)
+        .ok_or(ParseError::BadExtension {
+            reason: "total_extlen covers more bytes than the message has after its header",
+        })?;
+    let extensions = ext::parse_extensions(ext_area, header.opcode())?;
+    let op = ops::parse_operation(header.opcode(), body, proto)?;
+    Ok(Request {
+        header,
+        body,
+        extensions,
+        op,
+    })
+}
+
+impl<'a> Request<'a> {
+    /// The request id exactly as sent, bit 63 ([`abi::FUSE_UNIQUE_RESEND`]) included.
+    /// Replies must echo this value unchanged.
+    pub fn unique(&self) -> u64 {
+        self.header.unique()
+    }
+
+    /// True if the kernel re-queued this request after `FUSE_NOTIFY_RESEND` (bit 63
+    /// of `unique`, 7.40). It may already have been executed once.
+    pub fn is_resend(&self) -> bool {
+        self.header.is_resend()
+    }
+
+    /// The opcode (also for [`Operation::Unknown`]).
+    pub fn opcode(&self) -> Opcode {
+        self.header.opcode()
+    }
+
+    /// The inode the request is about.
+    pub fn nodeid(&self) -> u64 {
+        self.header.nodeid()
+    }
+
+    /// Effective uid of the calling process.
+    pub fn uid(&self) -> u32 {
+        self.header.uid()
+    }
+
+    /// Effective gid of the calling process.
+    pub fn gid(&self) -> u32 {
+        self.header.gid()
+    }
+
+    /// Thread group id of the calling process.
+    pub fn pid(&self) -> u32 {
+        self.header.pid()
+    }
+
+    /// The checked header.
+    pub fn header(&self) -> &RequestHeader<'a> {
+        &self.header
+    }
+
+    /// The extensions (7.36): security contexts and supplementary groups.
+    pub fn extensions(&self) -> &Extensions<'a> {
+        &self.extensions
+    }
+
+    /// The operation and its arguments.
+    pub fn op(&self) -> &Operation<'a> {
+        &self.op
+    }
+
+    /// The raw body: the bytes between the header and the extensions.
+    pub fn body(&self) -> &'a [u8] {
+        self.body
+    }
+
+    /// Total length of the request in bytes.
+    pub fn len(&self) -> usize {
+        size_of::<abi::fuse_in_header>().saturating_add(self.header.payload().len())
+    }
+
+    /// Always false: a request has at least its header.
+    pub fn is_empty(&self) -> bool {
+        false
+    }
+}
