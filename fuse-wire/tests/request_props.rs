@@ -272,7 +272,7 @@ fn build<'s>(op: Opcode, seed: &'s Seed, fixed: &'s [u8], p: &Negotiated) -> Ope
         },
         Opcode::SYNCFS => Operation::Syncfs { arg: r(fixed) },
         Opcode::TMPFILE => Operation::Tmpfile {
-            arg: v(fixed, p.create_in_size()),
+            arg: r(fixed),
             name: n1,
         },
         Opcode::STATX => Operation::Statx { arg: r(fixed) },

@@ -1,6 +1,7 @@
 //! One readable line per request, in the spirit of libfuse's `-d` output.
 use core::fmt;
 
+use crate::abi;
 use crate::flags::{InitFlags, SetattrValid};
 use crate::request::{ops::init_flags, Operation, Request};
 
@@ -212,15 +213,8 @@ fn fmt_op(op: &Operation<'_>, f: &mut fmt::Formatter<'_>) -> fmt::Result {
             )
         }
         Operation::Access { arg } => write!(f, " mask={:#o}", arg.mask.get()),
-        Operation::Create { arg, name } | Operation::Tmpfile { arg, name } => write!(
-            f,
-            " name={} flags={:#o} mode={:#o} umask={:#o} open_flags={:#x}",
-            Escaped(name),
-            arg.flags.get(),
-            arg.mode.get(),
-            arg.umask.get(),
-            arg.open_flags.get()
-        ),
+        Operation::Create { arg, name } => fmt_create(arg, name, f),
+        Operation::Tmpfile { arg, name } => fmt_create(arg, name, f),
         Operation::Interrupt { arg } => write!(f, " interrupted={}", arg.unique.get()),
         Operation::Bmap { arg } => write!(
             f,
@@ -304,6 +298,18 @@ fn fmt_op(op: &Operation<'_>, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         ),
         Operation::Unknown { body, .. } => write!(f, " body_len={}", body.len()),
     }
+}
+
+fn fmt_create(arg: &abi::fuse_create_in, name: &[u8], f: &mut fmt::Formatter<'_>) -> fmt::Result {
+    write!(
+        f,
+        " name={} flags={:#o} mode={:#o} umask={:#o} open_flags={:#x}",
+        Escaped(name),
+        arg.flags.get(),
+        arg.mode.get(),
+        arg.umask.get(),
+        arg.open_flags.get()
+    )
 }
 
 #[cfg(test)]

@@ -157,9 +157,10 @@ fn pieces<'p>(op: &'p Operation<'_>, proto: &Negotiated) -> Result<[Piece<'p>; 3
         Operation::Setattr { arg } => [Piece::Bytes(arg.as_bytes()), NONE, NONE],
         Operation::Readlink | Operation::Statfs | Operation::Destroy => [NONE, NONE, NONE],
         Operation::Symlink { name: n, target } => [name(n)?, name(target)?, NONE],
-        Operation::Mknod { name: n, .. }
-        | Operation::Create { name: n, .. }
-        | Operation::Tmpfile { name: n, .. } => [compat, name(n)?, NONE],
+        Operation::Mknod { name: n, .. } | Operation::Create { name: n, .. } => {
+            [compat, name(n)?, NONE]
+        }
+        Operation::Tmpfile { arg, name: n } => [Piece::Bytes(arg.as_bytes()), name(n)?, NONE],
         Operation::Mkdir { arg, name: n } => [Piece::Bytes(arg.as_bytes()), name(n)?, NONE],
         Operation::Rename {
             arg,

@@ -18,10 +18,27 @@
 //! [`encode`] writes requests as the kernel would, for fake kernels, property
 //! tests and fuzzers.
 //!
+//! ```
+//! use fuse_wire::request::encode::{encode, ExtensionArgs, HeaderFields};
+//! use fuse_wire::request::{parse, Operation};
+//! use fuse_wire::Negotiated;
+//!
+//! let proto = Negotiated::LATEST;
+//! let header = HeaderFields { unique: 12, nodeid: 1, ..Default::default() };
+//! let mut buf = [0u8; 64];
+//! let op = Operation::Lookup { name: b"foo" };
+//! let n = encode(&mut buf, &proto, &header, &op, &ExtensionArgs::NONE).unwrap();
+//!
+//! let req = parse(&buf[..n], &proto).unwrap();
+//! assert_eq!(req.op(), &Operation::Lookup { name: b"foo" });
+//! assert_eq!(req.unique(), 12);
+//! assert_eq!(req.to_string(), r#"LOOKUP unique=12 nodeid=1 uid=0 gid=0 pid=0 name="foo""#);
+//! ```
+//!
 //! # Representation of compat layouts
 //!
 //! Fixed structs that the negotiated protocol may send shorter (GETATTR, READ,
-//! READDIR, READDIRPLUS and WRITE before 7.9, MKNOD and CREATE/TMPFILE before 7.12,
+//! READDIR, READDIRPLUS and WRITE before 7.9, MKNOD and CREATE before 7.12,
 //! SETXATTR without `FUSE_SETXATTR_EXT`, INIT from older kernels) are held by
 //! value as the full `abi` struct, with the fields the wire did not carry set to
 //! zero. All other structs are borrowed. Bytes after the last field an opcode

@@ -8,9 +8,13 @@
 //!   value**, as a full `abi` struct: the bytes on the wire are copied in and the
 //!   fields the connection does not have are zero. These are GETATTR (empty body
 //!   before 7.9), READ/READDIR/READDIRPLUS and WRITE (24 bytes before 7.9), MKNOD
-//!   (8 bytes before 7.12), CREATE/TMPFILE (8 bytes before 7.12), SETXATTR (8
-//!   bytes unless `FUSE_SETXATTR_EXT`, 7.33) and INIT (16 bytes before 7.36, 8
-//!   before 7.6). The structs are small and `Copy`; nothing is allocated.
+//!   and CREATE (8 bytes before 7.12), SETXATTR (8 bytes unless
+//!   `FUSE_SETXATTR_EXT`, 7.33) and INIT (16 bytes before 7.36, 8 before 7.6). The
+//!   structs are small and `Copy`; nothing is allocated. The layout is chosen by
+//!   the negotiated minor, as the kernel chooses it (`fuse_adjust_compat` in
+//!   `fs/fuse/dev.c`, `fuse_write_args_fill` in `fs/fuse/file.c`); where current
+//!   kernels send the full struct anyway (GETATTR, READ), the extra bytes are
+//!   ignored and the fields read as zero.
 //! - Names are `&'a [u8]` without their NUL. Data is `&'a [u8]` of exactly the
 //!   size the fixed struct declares.
 //!
@@ -47,8 +51,8 @@ pub enum Operation<'a> {
         /// The body.
         arg: &'a abi::fuse_forget_in,
     },
-    /// GETATTR (7.0): get attributes. The body is empty before 7.9; then `arg` is
-    /// all zero.
+    /// GETATTR (7.0): get attributes. The body is empty before 7.9 (current kernels
+    /// send `fuse_getattr_in` anyway); then `arg` is all zero.
     Getattr {
         /// The body, zero-filled where the connection's layout is shorter.
         arg: abi::fuse_getattr_in,
@@ -228,7 +232,8 @@ pub enum Operation<'a> {
         name: &'a [u8],
     },
     /// INTERRUPT (7.7): interrupt the request `arg.unique`. Never answer it with
-    /// ENOSYS (that disables interrupts for the connection).
+    /// ENOSYS (that disables interrupts for the connection). The INTERRUPT's own
+    /// `unique` is the interrupted one with bit 0 set (`FUSE_INT_REQ_BIT`).
     Interrupt {
         /// The body.
         arg: &'a abi::fuse_interrupt_in,
@@ -313,10 +318,12 @@ pub enum Operation<'a> {
         arg: &'a abi::fuse_syncfs_in,
     },
     /// TMPFILE (7.37): create an unnamed file in the directory `nodeid`. The kernel
-    /// sends it like CREATE; the name is a placeholder (`/` in current kernels).
+    /// sends it like CREATE but always with the full 16-byte `fuse_create_in` (its
+    /// compat shortening applies to CREATE only); the name is a placeholder (`/` in
+    /// current kernels).
     Tmpfile {
-        /// The body, zero-filled where the connection's layout is shorter.
-        arg: abi::fuse_create_in,
+        /// The body.
+        arg: &'a abi::fuse_create_in,
         /// The placeholder name, without NUL.
         name: &'a [u8],
     },
@@ -623,7 +630,7 @@ pub(crate) fn parse_operation<'a>(
             arg: r.fixed("fuse_syncfs_in")?,
         },
         Opcode::TMPFILE => Operation::Tmpfile {
-            arg: r.compat(proto.create_in_size(), "fuse_create_in")?,
+            arg: r.fixed("fuse_create_in")?,
             name: r.name("name")?,
         },
         Opcode::STATX => Operation::Statx {
@@ -657,9 +664,7 @@ pub(crate) fn compat_bytes<'o>(op: &'o Operation<'_>, proto: &Negotiated) -> Opt
         }
         Operation::Write { arg, .. } => (arg.as_bytes(), proto.write_in_size()),
         Operation::Setxattr { arg, .. } => (arg.as_bytes(), proto.setxattr_in_size()),
-        Operation::Create { arg, .. } | Operation::Tmpfile { arg, .. } => {
-            (arg.as_bytes(), proto.create_in_size())
-        }
+        Operation::Create { arg, .. } => (arg.as_bytes(), proto.create_in_size()),
         Operation::Init { arg } => (arg.as_bytes(), init_in_size(arg.minor.get())),
         _ => return None,
     };
