@@ -14,9 +14,12 @@
 #[allow(unsafe_code)]
 pub mod dev;
 pub mod fs;
+pub mod notify;
 pub mod proto;
+pub mod serve;
 pub mod types;
 
+pub use notify::{Notified, Notifier, NotifyError};
 pub use fs::{Filesystem, PollHandle, StateValue, StatxReply};
 pub use proto::bufs::{DirEntries, DirEntriesPlus, ReadBuf};
 pub use proto::init::{InitResult, InitWishes, KernelOffer};

@@ -94,9 +94,13 @@ impl<F: Filesystem> Session<F> {
                 self.interrupt(arg.unique.get());
                 return Handled::NoReply;
             }
-            Operation::NotifyReply { .. } => {
-                // Retrieve replies are consumed by whoever asked through the Notifier;
-                // the core has no waiter registry of its own.
+            Operation::NotifyReply { arg, data } => {
+                // The answer to a NOTIFY_RETRIEVE: `unique` is the notify unique.
+                if let Some(tx) = lock(&self.retrieves).remove(&unique) {
+                    let _ = tx.send((arg.offset.get(), data.to_vec()));
+                } else {
+                    log::debug!("NOTIFY_REPLY for unknown retrieve {unique}: dropped");
+                }
                 return Handled::NoReply;
             }
             Operation::Init { arg } => return self.do_init(out, unique, &arg),

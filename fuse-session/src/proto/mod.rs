@@ -11,6 +11,6 @@ pub mod handles;
 pub mod init;
 pub mod nodes;
 mod dispatch;
-mod session;
+pub(crate) mod session;
 
 pub use session::{Handled, InitState, Session, SessionStats, PAYLOAD_OFFSET};

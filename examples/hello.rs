@@ -1,0 +1,162 @@
+//! The smallest complete fuse-live filesystem: a read-only directory holding one
+//! file, `hello`, that says hello.
+//!
+//! ```text
+//! cargo run --release --example hello -- MOUNTPOINT [--threads N] [--allow-other]
+//! ```
+//! Prints `ready MOUNTPOINT` once the mount serves, runs until it is unmounted or
+//! gets SIGINT/SIGTERM (then it unmounts), and exits 0.
+use std::ffi::OsStr;
+use std::time::{Duration, UNIX_EPOCH};
+
+use fuse_live::session::dev::MountOptions;
+use fuse_live::session::serve::Server;
+use fuse_live::session::{
+    AttrReply, DirEntries, Entry, Errno, FileAttr, FileType, Filesystem, Opened, ReadBuf,
+    RequestContext, Result,
+};
+
+const TEXT: &[u8] = b"Hello, world!\n";
+const TTL: Duration = Duration::from_secs(1);
+
+struct Hello;
+
+/// Nodes are inode numbers: 1 is the root, 2 the file.
+fn attr(ino: u64) -> FileAttr {
+    let (kind, perm, size, nlink) = if ino == 1 {
+        (FileType::Directory, 0o555, 0, 2)
+    } else {
+        (FileType::RegularFile, 0o444, TEXT.len() as u64, 1)
+    };
+    FileAttr {
+        ino,
+        size,
+        blocks: size.div_ceil(512),
+        atime: UNIX_EPOCH,
+        mtime: UNIX_EPOCH,
+        ctime: UNIX_EPOCH,
+        kind,
+        perm,
+        nlink,
+        uid: 0,
+        gid: 0,
+        rdev: 0,
+        blksize: 4096,
+        flags: 0,
+    }
+}
+
+impl Filesystem for Hello {
+    type Node = u64;
+    type Handle = ();
+
+    fn root(&self) -> u64 {
+        1
+    }
+
+    fn lookup(&self, _: &RequestContext<'_>, parent: &u64, name: &OsStr) -> Result<Entry<u64>> {
+        if *parent == 1 && name == "hello" {
+            Ok(Entry { node: 2, attr: attr(2), entry_ttl: TTL, attr_ttl: TTL })
+        } else {
+            Err(Errno::ENOENT)
+        }
+    }
+
+    fn getattr(&self, _: &RequestContext<'_>, node: &u64, _: Option<&()>) -> Result<AttrReply> {
+        Ok(AttrReply { attr: attr(*node), ttl: TTL })
+    }
+
+    fn open(&self, _: &RequestContext<'_>, node: &u64, flags: i32) -> Result<Opened<()>> {
+        if *node != 2 {
+            return Err(Errno::EISDIR);
+        }
+        if flags & nix::libc::O_ACCMODE != nix::libc::O_RDONLY {
+            return Err(Errno::EROFS);
+        }
+        Ok(Opened::new(()))
+    }
+
+    fn read<'r>(
+        &'r self,
+        _: &RequestContext<'_>,
+        _: &u64,
+        _: &(),
+        offset: u64,
+        _size: u32,
+        out: &mut ReadBuf<'r, '_>,
+    ) -> Result<()> {
+        let start = (offset as usize).min(TEXT.len());
+        out.set(&TEXT[start..]);
+        Ok(())
+    }
+
+    fn opendir(&self, _: &RequestContext<'_>, node: &u64, _: i32) -> Result<Opened<()>> {
+        if *node == 1 {
+            Ok(Opened::new(()))
+        } else {
+            Err(Errno::ENOTDIR)
+        }
+    }
+
+    fn readdir(
+        &self,
+        _: &RequestContext<'_>,
+        _: &u64,
+        _: &(),
+        offset: u64,
+        out: &mut DirEntries<'_>,
+    ) -> Result<()> {
+        let entries = [
+            (1, FileType::Directory, "."),
+            (1, FileType::Directory, ".."),
+            (2, FileType::RegularFile, "hello"),
+        ];
+        for (i, (ino, kind, name)) in entries.iter().enumerate().skip(offset as usize) {
+            if !out.add(*ino, i as u64 + 1, *kind, OsStr::new(name)) {
+                break;
+            }
+        }
+        Ok(())
+    }
+}
+
+fn usage() -> ! {
+    eprintln!("usage: hello MOUNTPOINT [--threads N] [--allow-other]");
+    std::process::exit(2)
+}
+
+fn main() {
+    let mut args = std::env::args().skip(1);
+    let mut mountpoint = None;
+    let mut threads = 1;
+    let mut allow_other = false;
+    while let Some(a) = args.next() {
+        match a.as_str() {
+            "--threads" => {
+                threads = args.next().and_then(|n| n.parse().ok()).filter(|&n| n > 0).unwrap_or_else(|| usage())
+            }
+            "--allow-other" => allow_other = true,
+            _ if a.starts_with('-') || mountpoint.is_some() => usage(),
+            _ => mountpoint = Some(std::path::PathBuf::from(a)),
+        }
+    }
+    let Some(mountpoint) = mountpoint else { usage() };
+    let opts = MountOptions::new()
+        .fsname("hello")
+        .subtype("hello")
+        .read_only(true)
+        .default_permissions(true)
+        .allow_other(allow_other);
+    let result = Server::mount(Hello, &mountpoint, &opts)
+        .and_then(|server| server.spawn(threads))
+        .and_then(|running| {
+            println!("ready {}", mountpoint.display());
+            use std::io::Write;
+            let _ = std::io::stdout().flush();
+            running.run_until_signal()
+        });
+    if let Err(e) = result {
+        eprintln!("hello: {e}");
+        std::process::exit(1);
+    }
+}

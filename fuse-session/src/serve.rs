@@ -1,0 +1,395 @@
+//! Serving a mount: worker threads over `dup`s of the device fd, parking at request
+//! boundaries, and a clean end on unmount or signal.
+//!
+//! # Why `dup` and not `FUSE_DEV_IOC_CLONE`
+//!
+//! Every worker reads a `dup` of the same open file description, so all of them share
+//! one processing queue in the kernel. `FUSE_DEV_IOC_CLONE` would give each worker its
+//! own queue, and the kernel aborts a clone's unanswered requests when that fd is
+//! closed. A restarted daemon must be able to ask the kernel to resend whatever the old
+//! one had read but not answered (`FUSE_NOTIFY_RESEND` works per queue), so the library
+//! keeps one queue. [`Channel::clone_queue`](crate::dev::Channel::clone_queue) remains
+//! available for callers who accept that caveat.
+//!
+//! # Parking
+//!
+//! Workers read with `O_NONBLOCK` and wait in `poll(2)` on the device and a
+//! [`Waker`]. [`Running::pause`] wakes every worker; each finishes the request it is
+//! serving, parks, and `pause` returns once all are parked: no request is in flight in
+//! this process, which is the state a snapshot needs.
+use std::io::{self, IoSlice};
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crate::dev::{Channel, Mount, MountError, MountOptions, Received, RequestBuffer, Waker, WriteOutcome};
+use crate::fs::Filesystem;
+use crate::notify::Notifier;
+use crate::proto::session::lock;
+use crate::proto::{Handled, Session};
+
+/// Why serving failed.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum ServeError {
+    /// Mounting or unmounting failed.
+    Mount(MountError),
+    /// An IO error on the device or while starting threads.
+    Io(io::Error),
+    /// The kernel did not send INIT in time, or the connection closed before it.
+    NoInit,
+}
+
+impl std::fmt::Display for ServeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ServeError::Mount(e) => write!(f, "{e}"),
+            ServeError::Io(e) => write!(f, "FUSE device IO failed: {e}"),
+            ServeError::NoInit => write!(
+                f,
+                "the kernel never sent INIT (or the mount went away before it); \
+                 check that the mountpoint was not unmounted or aborted"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for ServeError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            ServeError::Mount(e) => Some(e),
+            ServeError::Io(e) => Some(e),
+            ServeError::NoInit => None,
+        }
+    }
+}
+
+impl From<MountError> for ServeError {
+    fn from(e: MountError) -> Self {
+        ServeError::Mount(e)
+    }
+}
+
+impl From<io::Error> for ServeError {
+    fn from(e: io::Error) -> Self {
+        ServeError::Io(e)
+    }
+}
+
+/// A mounted filesystem, not yet served.
+pub struct Server<F: Filesystem> {
+    session: Arc<Session<F>>,
+    mount: Mount,
+}
+
+impl<F: Filesystem> Server<F> {
+    /// Mounts `fs` on `mountpoint` (see [`crate::dev::mount`]). The kernel sends INIT
+    /// once workers read the device.
+    pub fn mount(fs: F, mountpoint: impl AsRef<Path>, options: &MountOptions) -> Result<Self, ServeError> {
+        let mount = crate::dev::mount(mountpoint, options)?;
+        Ok(Server { session: Arc::new(Session::new(fs)), mount })
+    }
+
+    /// Serves an existing session on an existing mount (a restored process).
+    pub fn from_parts(session: Session<F>, mount: Mount) -> Self {
+        Server { session: Arc::new(session), mount }
+    }
+
+    /// The session.
+    pub fn session(&self) -> &Arc<Session<F>> {
+        &self.session
+    }
+
+    /// Starts `threads` workers (at least one) and waits until INIT has been
+    /// answered (at most 30 s), so that the mount serves when this returns.
+    pub fn spawn(self, threads: usize) -> Result<Running<F>, ServeError> {
+        let Server { session, mount } = self;
+        let channel = mount.channel()?;
+        let control = Arc::new(Control::default());
+        let mut workers = Vec::new();
+        for i in 0..threads.max(1) {
+            let chan = channel.try_clone()?;
+            let waker = Arc::new(Waker::new()?);
+            lock(&control.wakers).push(Arc::clone(&waker));
+            let session = Arc::clone(&session);
+            let control = Arc::clone(&control);
+            control.running.fetch_add(1, Ordering::AcqRel);
+            let handle = std::thread::Builder::new()
+                .name(format!("fuse-worker-{i}"))
+                .spawn(move || {
+                    block_termination_signals();
+                    let r = worker(&session, &chan, &waker, &control);
+                    control.running.fetch_sub(1, Ordering::AcqRel);
+                    let _g = lock(&control.parked);
+                    control.cond.notify_all();
+                    if let Err(e) = &r {
+                        log::error!("worker {i} stopped: {e}");
+                    }
+                    r
+                })?;
+            workers.push(handle);
+        }
+        let running = Running {
+            session: Arc::clone(&session),
+            control,
+            workers: Mutex::new(workers),
+            mount: Mutex::new(Some(mount)),
+            notifier: Notifier::new(Arc::clone(&session), channel),
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while session.init_state().is_none() {
+            if running.control.running.load(Ordering::Acquire) == 0 || Instant::now() > deadline {
+                let _ = running.unmount();
+                return Err(ServeError::NoInit);
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        Ok(running)
+    }
+}
+
+#[derive(Default)]
+struct Control {
+    paused: AtomicBool,
+    stop: AtomicBool,
+    running: AtomicUsize,
+    parked: Mutex<usize>,
+    cond: Condvar,
+    wakers: Mutex<Vec<Arc<Waker>>>,
+}
+
+impl Control {
+    fn wake_all(&self) {
+        for w in lock(&self.wakers).iter() {
+            let _ = w.wake();
+        }
+    }
+}
+
+/// A mount being served by worker threads.
+pub struct Running<F: Filesystem> {
+    session: Arc<Session<F>>,
+    control: Arc<Control>,
+    workers: Mutex<Vec<JoinHandle<io::Result<()>>>>,
+    mount: Mutex<Option<Mount>>,
+    notifier: Notifier<F>,
+}
+
+/// Workers stay parked while this guard lives (see [`Running::pause`]).
+pub struct PauseGuard<'a> {
+    control: &'a Control,
+    /// How long parking took: the longest time a request could have waited.
+    pub parked_in: Duration,
+}
+
+impl Drop for PauseGuard<'_> {
+    fn drop(&mut self) {
+        let _g = lock(&self.control.parked);
+        self.control.paused.store(false, Ordering::Release);
+        self.control.cond.notify_all();
+    }
+}
+
+impl<F: Filesystem> Running<F> {
+    /// The session (tables, counters, the filesystem).
+    pub fn session(&self) -> &Arc<Session<F>> {
+        &self.session
+    }
+
+    /// Sends notifications to the kernel for this mount.
+    pub fn notifier(&self) -> &Notifier<F> {
+        &self.notifier
+    }
+
+    /// The mountpoint, while mounted.
+    pub fn mountpoint(&self) -> Option<std::path::PathBuf> {
+        lock(&self.mount).as_ref().map(|m| m.mountpoint().to_path_buf())
+    }
+
+    /// Parks every worker at a request boundary and returns once all are parked
+    /// (or have exited). Nothing is in flight in this process while the guard lives.
+    pub fn pause(&self) -> PauseGuard<'_> {
+        let start = Instant::now();
+        self.control.paused.store(true, Ordering::Release);
+        self.control.wake_all();
+        let mut parked = lock(&self.control.parked);
+        while *parked < self.control.running.load(Ordering::Acquire) {
+            parked = self
+                .control
+                .cond
+                .wait_timeout(parked, Duration::from_millis(50))
+                .map(|(g, _)| g)
+                .unwrap_or_else(|p| p.into_inner().0);
+            self.control.wake_all();
+        }
+        PauseGuard { control: &self.control, parked_in: start.elapsed() }
+    }
+
+    /// True while at least one worker serves.
+    pub fn is_serving(&self) -> bool {
+        self.control.running.load(Ordering::Acquire) > 0
+    }
+
+    /// Unmounts (lazily) and waits for the workers to see the connection end.
+    pub fn unmount(&self) -> Result<(), ServeError> {
+        if let Some(m) = lock(&self.mount).take() {
+            m.unmount()?;
+        }
+        self.join_workers();
+        Ok(())
+    }
+
+    /// Stops the workers without unmounting: the mount stays, and whoever holds a
+    /// device fd (a new process) can serve it.
+    pub fn stop(&self) -> Option<Mount> {
+        self.control.stop.store(true, Ordering::Release);
+        self.control.wake_all();
+        {
+            let _g = lock(&self.control.parked);
+            self.control.cond.notify_all();
+        }
+        self.join_workers();
+        lock(&self.mount).take()
+    }
+
+    /// Waits until every worker has exited (the mount went away, or DESTROY).
+    pub fn join(&self) {
+        self.join_workers();
+        self.session.shutdown();
+    }
+
+    fn join_workers(&self) {
+        let workers = std::mem::take(&mut *lock(&self.workers));
+        for w in workers {
+            let _ = w.join();
+        }
+    }
+
+    /// Serves until the filesystem is unmounted (by anyone) or the process receives
+    /// SIGINT or SIGTERM, then unmounts and joins the workers.
+    pub fn run_until_signal(&self) -> Result<(), ServeError> {
+        use nix::sys::signal::{SigSet, Signal};
+        use nix::sys::signalfd::{SfdFlags, SignalFd};
+        let mut set = SigSet::empty();
+        set.add(Signal::SIGINT);
+        set.add(Signal::SIGTERM);
+        set.thread_block().map_err(io::Error::from)?;
+        let sfd = SignalFd::with_flags(&set, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC).map_err(io::Error::from)?;
+        loop {
+            if !self.is_serving() {
+                break;
+            }
+            match sfd.read_signal() {
+                Ok(Some(sig)) => {
+                    log::info!("signal {} received: unmounting", sig.ssi_signo);
+                    return self.unmount();
+                }
+                Ok(None) => {}
+                Err(e) => return Err(io::Error::from(e).into()),
+            }
+            let mut fds = [nix::poll::PollFd::new(
+                std::os::fd::AsFd::as_fd(&sfd),
+                nix::poll::PollFlags::POLLIN,
+            )];
+            let _ = nix::poll::poll(&mut fds, nix::poll::PollTimeout::from(100u16));
+        }
+        // Unmounted from outside: the mount is gone; drop our handle quietly.
+        self.join_workers();
+        if let Some(m) = lock(&self.mount).take() {
+            let _ = m.unmount();
+        }
+        self.session.shutdown();
+        Ok(())
+    }
+}
+
+/// Blocks SIGINT and SIGTERM in the calling thread, so that they reach the thread
+/// that waits for them ([`Running::run_until_signal`]) and not a worker.
+pub fn block_termination_signals() {
+    use nix::sys::signal::{SigSet, Signal};
+    let mut set = SigSet::empty();
+    set.add(Signal::SIGINT);
+    set.add(Signal::SIGTERM);
+    let _ = set.thread_block();
+}
+
+fn worker<F: Filesystem>(session: &Session<F>, chan: &Channel, waker: &Waker, control: &Control) -> io::Result<()> {
+    let mut size = session.read_buffer_size();
+    let mut req = RequestBuffer::with_len(size)?;
+    let mut out = RequestBuffer::with_len(session.reply_buffer_size())?;
+    loop {
+        if control.stop.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        if control.paused.load(Ordering::Acquire) {
+            let mut parked = lock(&control.parked);
+            *parked += 1;
+            control.cond.notify_all();
+            while control.paused.load(Ordering::Acquire) && !control.stop.load(Ordering::Acquire) {
+                parked = control.cond.wait(parked).unwrap_or_else(|p| p.into_inner());
+            }
+            *parked -= 1;
+            drop(parked);
+            waker.reset()?;
+            continue;
+        }
+        let want = session.read_buffer_size();
+        if want != size {
+            size = want;
+            req = RequestBuffer::with_len(size)?;
+            out = RequestBuffer::with_len(session.reply_buffer_size())?;
+        }
+        let n = match chan.read_or_wake(&mut req, waker)? {
+            Received::Request(n) => n,
+            Received::Woken => {
+                if !control.paused.load(Ordering::Acquire) && !control.stop.load(Ordering::Acquire) {
+                    waker.reset()?;
+                }
+                continue;
+            }
+            Received::Closed => {
+                log::info!("the mount went away: worker exits");
+                session.shutdown();
+                control.stop.store(true, Ordering::Release);
+                control.wake_all();
+                return Ok(());
+            }
+        };
+        match session.handle(&req[..n], &mut out) {
+            Handled::Reply { head, payload, counted } => {
+                let iov = [IoSlice::new(head), IoSlice::new(payload)];
+                let iov = if payload.is_empty() { &iov[..1] } else { &iov[..] };
+                match chan.write(iov) {
+                    Ok(WriteOutcome::Delivered) => {}
+                    Ok(WriteOutcome::Gone) => {
+                        log::debug!("reply not delivered: the request was interrupted");
+                        if let Some(id) = counted {
+                            session.reply_lost(id);
+                        }
+                    }
+                    Ok(WriteOutcome::Closed) => {
+                        session.shutdown();
+                        control.stop.store(true, Ordering::Release);
+                        control.wake_all();
+                        return Ok(());
+                    }
+                    Err(e) => {
+                        log::error!("writing a reply failed: {e}");
+                        if let Some(id) = counted {
+                            session.reply_lost(id);
+                        }
+                    }
+                }
+            }
+            Handled::NoReply => {}
+            Handled::Dropped(_) => {}
+        }
+        if session.is_destroyed() {
+            control.stop.store(true, Ordering::Release);
+            control.wake_all();
+            return Ok(());
+        }
+    }
+}
