@@ -1,0 +1,49 @@
+//! All IO of a FUSE session: opening `/dev/fuse`, mounting and unmounting, reading
+//! requests and writing replies, the fuse control filesystem, and request buffers.
+//!
+//! This is the only module of the crate that talks to the kernel, and the only one
+//! allowed `unsafe` code. It has two `unsafe` blocks, each with a `// SAFETY:` comment:
+//! taking ownership of a file descriptor received over `SCM_RIGHTS` (in
+//! `fusermount.rs`: nix hands received descriptors out as raw integers) and the
+//! `FUSE_DEV_IOC_CLONE` ioctl (in `channel.rs`: nix's ioctl wrappers are `unsafe fn`).
+//!
+//! The pieces, a file per idea:
+//! - [`MountOptions`]: what to mount, rendered to the kernel's and `fusermount3`'s
+//!   option strings.
+//! - [`mount()`] and [`Mount`]: mount with `mount(2)` when privileged, through the
+//!   setuid helper `fusermount3` otherwise. Dropping a [`Mount`] never unmounts: a live
+//!   mount can be handed to another process ([`Mount::into_parts`],
+//!   [`Mount::from_parts`]).
+//! - [`Channel`]: read requests and write replies on a `/dev/fuse` descriptor, with
+//!   reads a [`Waker`] can interrupt at a request boundary, without signals.
+//! - [`RequestBuffer`]: page-aligned read buffers sized from the negotiated protocol.
+//! - [`fusectl`]: the fuse control filesystem (connection ids, abort, waiting
+//!   requests) and a [`fusectl::Watchdog`] that tears down a hung mount.
+//!
+//! # References
+//! - `fuse(4)`, `mount(2)`, `umount(2)`, `fusermount3(1)` man pages
+//! - Linux `fs/fuse/dev.c` (the device), `fs/fuse/inode.c` (mount options),
+//!   `fs/fuse/control.c` (fusectl), Documentation/filesystems/fuse.rst
+
+mod buffer;
+#[allow(unsafe_code)]
+mod channel;
+mod error;
+pub mod fusectl;
+#[allow(unsafe_code)]
+mod fusermount;
+mod mount;
+mod mountinfo;
+mod options;
+mod waker;
+
+pub use buffer::{page_size, RequestBuffer, REQUEST_HEADER_ROOM};
+pub use channel::{Channel, Received, WriteOutcome};
+pub use error::{MountError, OptionError};
+pub use fusermount::find_fusermount;
+pub use mount::{mount, Mount, MountMethod, MountParts};
+pub use options::MountOptions;
+pub use waker::Waker;
+
+/// Path of the FUSE character device.
+pub const FUSE_DEVICE: &str = "/dev/fuse";
