@@ -16,7 +16,7 @@
 //! | STATX (7.39) | [`statx`] |
 //! | OPEN, OPENDIR | [`open()`] |
 //! | CREATE, TMPFILE | [`create`] |
-//! | WRITE | [`write`] |
+//! | WRITE | [`write()`] |
 //! | COPY_FILE_RANGE (7.28) / COPY_FILE_RANGE_64 (7.45) | [`copy_file_range`] / [`copy_file_range_64`] |
 //! | STATFS | [`statfs()`] |
 //! | READ, READLINK, GETXATTR, LISTXATTR | [`data()`] or [`data_header`] + the payload |
