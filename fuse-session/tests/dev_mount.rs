@@ -611,3 +611,52 @@ fn unprivileged_child() {
     assert_unmounted(&mountpoint);
     assert_eq!(ch.read(&mut buf).unwrap(), Received::Closed);
 }
+
+/// `auto_unmount` goes through `fusermount3` even as root; an explicit unmount reaps
+/// the helper, and closing the helper's socket (the last copy) makes it unmount.
+#[test]
+fn auto_unmount_through_fusermount3() {
+    if !can_mount() {
+        return;
+    }
+    if find_fusermount().is_none() {
+        skip("fusermount3 is not installed (apt-get install fuse3)");
+        return;
+    }
+    let tmp = TempDir::new("auto");
+    let mp = tmp.subdir("mnt");
+    let _cleanup = Cleanup::new(&mp);
+    let dog = Watchdog::arm(&mp, None, Duration::from_secs(60)).unwrap();
+    let opts = MountOptions::new()
+        .fsname("fuselive-auto")
+        .auto_unmount(true);
+
+    // Explicit unmount.
+    let m = mount(&mp, &opts).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(m.method(), MountMethod::Fusermount { auto_unmount: true });
+    let ch = m.channel().unwrap();
+    let mut buf = RequestBuffer::for_any_protocol().unwrap();
+    handshake(&ch, &mut buf);
+    stat_while_serving(&ch, &mut buf, m.mountpoint());
+    let mountpoint = m.mountpoint().to_owned();
+    m.unmount().unwrap_or_else(|e| panic!("{e}"));
+    assert_unmounted(&mountpoint);
+    drop(ch);
+
+    // Closing the socket: the helper unmounts.
+    let m = mount(&mp, &opts).unwrap_or_else(|e| panic!("{e}"));
+    let parts = m.into_parts();
+    let socket = parts.auto_unmount_socket.expect("the helper's socket");
+    assert!(fuse_mount_at(&mountpoint).is_some());
+    drop(socket);
+    drop(parts.device);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while fuse_mount_at(&mountpoint).is_some() {
+        assert!(
+            Instant::now() < deadline,
+            "fusermount3 did not auto-unmount"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(!dog.disarm());
+}
