@@ -7,6 +7,7 @@ use fuse_wire::request::encode::{encode, encoded_len, ExtensionArgs, HeaderField
 use fuse_wire::request::{init_flags, parse_header, Operation, Request, SecCtx};
 use fuse_wire::{parse, EncodeError, InitFlags, Negotiated, Opcode, ParseError};
 use proptest::prelude::*;
+use proptest::test_runner::FileFailurePersistence;
 use zerocopy::byteorder::native_endian::{U16, U32, U64};
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
@@ -402,6 +403,13 @@ fn fix_len(bytes: &mut [u8]) {
 }
 
 proptest! {
+    #![proptest_config(ProptestConfig {
+        failure_persistence: Some(Box::new(FileFailurePersistence::Direct(
+            "proptest-regressions/request_props.txt",
+        ))),
+        ..ProptestConfig::default()
+    })]
+
     #[test]
     fn encode_then_parse_gives_back_every_opcode(seed in seed_strategy()) {
         check_roundtrip(&seed);
