@@ -36,7 +36,13 @@ pub const CONNECTIONS_DIR: &str = "/sys/fs/fuse/connections";
 pub fn connection_id(mountpoint: impl AsRef<Path>) -> io::Result<u64> {
     let path = mountpoint.as_ref();
     let path = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_owned());
-    match mountinfo::find(&path)? {
+    connection_at(&path)
+}
+
+/// [`connection_id`] without canonicalising: `path` must be as the mount table spells
+/// it. Touches nothing but `/proc/self/mountinfo`, so it cannot block on a hung mount.
+fn connection_at(path: &Path) -> io::Result<u64> {
+    match mountinfo::find(path)? {
         Some(e) if e.fstype == "fuse" || e.fstype.starts_with("fuse.") => Ok(e.kernel_dev()),
         _ => Err(io::Error::new(
             io::ErrorKind::NotFound,
@@ -217,6 +223,11 @@ impl Drop for Watchdog {
 /// with `EPERM`). This is what a [`Watchdog`] does when it fires; tests call it to clean
 /// up after a failure.
 ///
+/// `mountpoint` is used as given (not canonicalised, which could touch the hung
+/// mount): spell it as `/proc/self/mountinfo` does, as [`Mount::mountpoint`] does.
+///
+/// [`Mount::mountpoint`]: super::Mount::mountpoint
+///
 /// `connection` is the expected connection id; if given, the mountpoint is only
 /// detached if the FUSE mount on top of it is that connection (the connection is
 /// aborted either way). If `None`, whatever FUSE mount is on top of `mountpoint` is
@@ -227,7 +238,7 @@ impl Drop for Watchdog {
 /// (not a mount point any more).
 pub fn tear_down(mountpoint: impl AsRef<Path>, connection: Option<u64>) -> io::Result<()> {
     let mountpoint = mountpoint.as_ref();
-    let here = connection_id(mountpoint).ok();
+    let here = connection_at(mountpoint).ok();
     let conn = match (connection, here) {
         (Some(c), _) => c,
         (None, Some(c)) => c,

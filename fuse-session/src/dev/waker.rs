@@ -89,7 +89,8 @@ impl Waker {
         self.read_end.as_fd()
     }
 
-    /// Block until woken or `timeout` passes.
+    /// Block until woken or `timeout` passes (`None`: no limit). Returns whether it is
+    /// woken.
     ///
     /// # Errors
     /// An unexpected `poll(2)` error.
