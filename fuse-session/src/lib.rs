@@ -13,6 +13,7 @@
 
 #[allow(unsafe_code)]
 pub mod dev;
+pub mod fake;
 pub mod fs;
 pub mod notify;
 pub mod proto;
