@@ -301,7 +301,7 @@ fn destroy_is_answered_and_ends_the_session_once() {
 #[test]
 fn interrupt_reaches_a_running_request_and_one_that_has_not_arrived() {
     let mut k = kernel();
-    let fh = k.open(2, false, 0).unwrap();
+    let fh = k.open(1, false, 0).unwrap();
     // The session is Sync: drive it from two threads directly (leaked: test only).
     let k: &'static FakeKernel<TreeFs> = Box::leak(Box::new(k));
     let session: &'static Session<TreeFs> = k.session();
