@@ -44,7 +44,7 @@ pub struct StatxReply {
 }
 
 /// A FUSE filesystem. See the [module documentation](self).
-#[allow(unused_variables)]
+#[allow(unused_variables, clippy::too_many_arguments, clippy::type_complexity)]
 pub trait Filesystem: Send + Sync + 'static {
     /// The filesystem's value for an inode. Equal values are the same inode.
     type Node: StateValue + Eq + Hash;

@@ -11,7 +11,6 @@
 #![deny(missing_docs)]
 #![deny(unsafe_code)]
 
-#[allow(unsafe_code)]
 pub mod dev;
 pub mod fake;
 pub mod fs;

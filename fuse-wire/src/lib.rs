@@ -4,7 +4,7 @@
 //!
 //! - [`abi`]: every kernel struct, byte for byte, as alignment-1 zerocopy types.
 //! - [`parse`]: request bytes plus the [`Negotiated`] protocol to a borrowed, typed
-//!   [`Request`] for every opcode. Unknown opcodes are data ([`Request::Unknown`]);
+//!   [`Request`] for every opcode. Unknown opcodes are data ([`request::Operation::Unknown`]);
 //!   malformed input is a [`ParseError`]. It never panics and never allocates.
 //! - [`reply`]: encoders of every reply into caller-owned buffers (or a header for
 //!   an iovec list, so large read payloads are never copied), and a directory-entry
@@ -24,6 +24,8 @@
 #![deny(missing_docs)]
 
 pub mod abi;
+#[doc(hidden)]
+pub mod fuzzing;
 mod encode;
 mod error;
 mod flags;

@@ -1,0 +1,255 @@
+//! Serving a real kernel mount in-process: the hello tree through the kernel, the
+//! nodeid table after drop_caches, parking workers, notifications, unmount; and the
+//! `hello` example's command-line contract.
+use std::ffi::OsStr;
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, UNIX_EPOCH};
+
+use fuse_live::session::dev::fusectl::Watchdog;
+use fuse_live::session::dev::MountOptions;
+use fuse_live::session::serve::Server;
+use fuse_live::session::*;
+
+/// Whether this test can mount; panics under CI when it cannot.
+fn can_mount(test: &str) -> bool {
+    let root = nix::unistd::geteuid().is_root();
+    let dev = Path::new("/dev/fuse").exists();
+    if root && dev {
+        return true;
+    }
+    let why = if !dev { "/dev/fuse is missing" } else { "not running as root" };
+    if std::env::var_os("CI").is_some() {
+        panic!("{test}: cannot mount under CI: {why}");
+    }
+    eprintln!("skipping {test}: {why}");
+    false
+}
+
+fn tempdir(tag: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("fuse-live-{tag}-{}", std::process::id()));
+    let _ = std::fs::create_dir_all(&d);
+    d
+}
+
+/// A directory of `n` files f0..f{n-1}, 5 bytes each ("fileN" truncated).
+struct Files(u64);
+
+fn attr(ino: u64) -> FileAttr {
+    FileAttr {
+        ino,
+        size: if ino == 1 { 0 } else { 5 },
+        blocks: 1,
+        atime: UNIX_EPOCH,
+        mtime: UNIX_EPOCH,
+        ctime: UNIX_EPOCH,
+        kind: if ino == 1 { FileType::Directory } else { FileType::RegularFile },
+        perm: if ino == 1 { 0o755 } else { 0o644 },
+        nlink: 1,
+        uid: 0,
+        gid: 0,
+        rdev: 0,
+        blksize: 4096,
+        flags: 0,
+    }
+}
+
+impl Filesystem for Files {
+    type Node = u64;
+    type Handle = u64;
+    fn root(&self) -> u64 {
+        1
+    }
+    fn lookup(&self, _: &RequestContext<'_>, _: &u64, name: &OsStr) -> Result<Entry<u64>> {
+        let i: u64 = name.to_str().and_then(|s| s.strip_prefix('f')).and_then(|s| s.parse().ok()).ok_or(Errno::ENOENT)?;
+        if i >= self.0 {
+            return Err(Errno::ENOENT);
+        }
+        Ok(Entry { node: i + 2, attr: attr(i + 2), entry_ttl: Duration::from_secs(60), attr_ttl: Duration::from_secs(60) })
+    }
+    fn getattr(&self, _: &RequestContext<'_>, n: &u64, _: Option<&u64>) -> Result<AttrReply> {
+        Ok(AttrReply { attr: attr(*n), ttl: Duration::from_secs(60) })
+    }
+    fn open(&self, _: &RequestContext<'_>, n: &u64, _: i32) -> Result<Opened<u64>> {
+        Ok(Opened::new(*n))
+    }
+    fn read<'r>(&'r self, _: &RequestContext<'_>, n: &u64, _: &u64, off: u64, _: u32, out: &mut ReadBuf<'r, '_>) -> Result<()> {
+        let text = format!("f{:04}", n - 2);
+        let b = text.as_bytes();
+        out.copy_from(&b[(off as usize).min(b.len())..]);
+        Ok(())
+    }
+    fn opendir(&self, _: &RequestContext<'_>, n: &u64, _: i32) -> Result<Opened<u64>> {
+        Ok(Opened::new(*n))
+    }
+    fn readdir(&self, _: &RequestContext<'_>, _: &u64, _: &u64, off: u64, out: &mut DirEntries<'_>) -> Result<()> {
+        for i in off..self.0 {
+            if !out.add(i + 2, i + 1, FileType::RegularFile, OsStr::new(&format!("f{i}"))) {
+                break;
+            }
+        }
+        Ok(())
+    }
+}
+
+fn drop_caches() {
+    let _ = std::fs::write("/proc/sys/vm/drop_caches", "2");
+}
+
+#[test]
+fn serves_lookups_reads_and_forgets_back_to_the_root() {
+    if !can_mount("serves_lookups_reads_and_forgets_back_to_the_root") {
+        return;
+    }
+    let mnt = tempdir("serve");
+    let opts = MountOptions::new().fsname("files").subtype("files").read_only(true);
+    let running = Server::mount(Files(200), &mnt, &opts).unwrap().spawn(2).unwrap();
+    let dog = Watchdog::arm(&mnt, None, Duration::from_secs(60)).unwrap();
+
+    let names: Vec<_> = std::fs::read_dir(&mnt).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert_eq!(names.len(), 200);
+    for i in (0..200).step_by(7) {
+        let mut s = String::new();
+        std::fs::File::open(mnt.join(format!("f{i}"))).unwrap().read_to_string(&mut s).unwrap();
+        assert_eq!(s, format!("f{i:04}")[..5]);
+    }
+    assert!(running.session().node_count() > 1, "lookups were counted");
+    // Nothing open: dropping the kernel's dentries/inodes sends FORGETs for all of them.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while running.session().node_count() > 1 && Instant::now() < deadline {
+        drop_caches();
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(running.session().node_count(), 1, "only the root is left after drop_caches");
+    assert_eq!(running.session().handle_count(), 0);
+
+    running.unmount().unwrap();
+    assert!(!dog.disarm(), "finished before the watchdog");
+    assert!(!running.is_serving());
+    let _ = std::fs::remove_dir(&mnt);
+}
+
+#[test]
+fn pause_parks_every_worker_between_requests_and_resumes() {
+    if !can_mount("pause_parks_every_worker_between_requests_and_resumes") {
+        return;
+    }
+    let mnt = tempdir("pause");
+    let opts = MountOptions::new().fsname("files").read_only(true);
+    let running = Server::mount(Files(50), &mnt, &opts).unwrap().spawn(3).unwrap();
+    let dog = Watchdog::arm(&mnt, None, Duration::from_secs(60)).unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let errors = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let ops = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let load: Vec<_> = (0..2)
+        .map(|t| {
+            let (stop, errors, ops, mnt) = (stop.clone(), errors.clone(), ops.clone(), mnt.clone());
+            std::thread::spawn(move || {
+                let mut i = t;
+                while !stop.load(Ordering::Relaxed) {
+                    // Open+read+close: OPEN, READ, FLUSH, RELEASE go through the daemon.
+                    match std::fs::read(mnt.join(format!("f{}", i % 50))) {
+                        Ok(b) if b.len() == 5 => ops.fetch_add(1, Ordering::Relaxed),
+                        _ => errors.fetch_add(1, Ordering::Relaxed),
+                    };
+                    i += 2;
+                }
+            })
+        })
+        .collect();
+    for _ in 0..20 {
+        std::thread::sleep(Duration::from_millis(20));
+        let before = ops.load(Ordering::Relaxed);
+        let guard = running.pause();
+        // While parked, the session's tables do not move.
+        let handles = running.session().handle_count();
+        let nodes = running.session().node_count();
+        std::thread::sleep(Duration::from_millis(20));
+        assert_eq!(running.session().handle_count(), handles);
+        assert_eq!(running.session().node_count(), nodes);
+        assert!(guard.parked_in < Duration::from_secs(10));
+        drop(guard);
+        assert!(ops.load(Ordering::Relaxed) >= before);
+    }
+    stop.store(true, Ordering::Relaxed);
+    for t in load {
+        t.join().unwrap();
+    }
+    assert_eq!(errors.load(Ordering::Relaxed), 0, "no failed operation across 20 pauses");
+    assert!(ops.load(Ordering::Relaxed) > 0);
+    running.unmount().unwrap();
+    assert!(!dog.disarm(), "finished before the watchdog");
+    let _ = std::fs::remove_dir(&mnt);
+}
+
+#[test]
+fn notifier_invalidates_and_refuses_unknown_nodes() {
+    if !can_mount("notifier_invalidates_and_refuses_unknown_nodes") {
+        return;
+    }
+    let mnt = tempdir("notify");
+    let opts = MountOptions::new().fsname("files").read_only(true);
+    let running = Server::mount(Files(5), &mnt, &opts).unwrap().spawn(1).unwrap();
+    let dog = Watchdog::arm(&mnt, None, Duration::from_secs(60)).unwrap();
+    std::fs::metadata(mnt.join("f1")).unwrap();
+    let n = running.notifier();
+    assert_eq!(n.inval_inode(&3, 0, 0).unwrap(), Notified::Delivered);
+    assert_eq!(n.inval_entry(&1, OsStr::new("f1"), false).unwrap(), Notified::Delivered);
+    assert_eq!(n.inval_inode(&999, 0, 0).unwrap(), Notified::NotCached, "a node the kernel does not know");
+    assert_eq!(n.inc_epoch().unwrap(), Notified::Delivered);
+    // The filesystem still works afterwards.
+    assert_eq!(std::fs::read(mnt.join("f2")).unwrap(), b"f0002"[..5].to_vec());
+    running.unmount().unwrap();
+    assert!(!dog.disarm(), "finished before the watchdog");
+    let _ = std::fs::remove_dir(&mnt);
+}
+
+fn example(name: &str) -> PathBuf {
+    // target/<profile>/deps/serve-xxxx -> target/<profile>/examples/NAME
+    let exe = std::env::current_exe().unwrap();
+    exe.parent().and_then(Path::parent).unwrap().join("examples").join(name)
+}
+
+#[test]
+fn hello_follows_the_command_line_contract() {
+    if !can_mount("hello_follows_the_command_line_contract") {
+        return;
+    }
+    let mnt = tempdir("hello");
+    let mut child = Command::new(example("hello"))
+        .arg(&mnt)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    // The ready line, or kill the child after 30 s (never hang).
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        let _ = BufReader::new(stdout).read_line(&mut line);
+        let _ = tx.send(line);
+    });
+    let Ok(line) = rx.recv_timeout(Duration::from_secs(30)) else {
+        let _ = child.kill();
+        let _ = fuse_live::session::dev::fusectl::tear_down(&mnt, None);
+        panic!("hello did not print its ready line in 30 s");
+    };
+    let dog = Watchdog::arm(&mnt, None, Duration::from_secs(60)).unwrap();
+    assert_eq!(line.trim_end(), format!("ready {}", mnt.display()));
+    assert_eq!(std::fs::read_to_string(mnt.join("hello")).unwrap(), "Hello, world!\n");
+    assert_eq!(std::fs::write(mnt.join("hello"), "x").unwrap_err().raw_os_error(), Some(nix::libc::EROFS));
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGTERM).unwrap();
+    let status = child.wait().unwrap();
+    assert!(status.success(), "exit 0 after SIGTERM: {status}");
+    assert!(!dog.disarm(), "finished before the watchdog");
+    let mounted = std::fs::read_to_string("/proc/self/mounts").unwrap();
+    assert!(!mounted.contains(mnt.to_str().unwrap()), "unmounted on SIGTERM");
+    // Bad arguments: usage and exit 2.
+    let out = Command::new(example("hello")).arg("--bogus").output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let _ = std::fs::remove_dir(&mnt);
+}
