@@ -1,0 +1,546 @@
+//! [`MemFs`]: the [`Filesystem`] adapter over a locked [`State`].
+//!
+//! Nodes are inode numbers (`u64`, never reused); handles are a small serde
+//! [`Handle`]. Operations that only look take the read lock, so many workers serve
+//! lookups, reads and listings at once; operations that change take the write lock.
+//! A read updates the atime (relatime rule) under a short write lock only when due.
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
+use std::sync::{PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::time::{Duration, SystemTime};
+
+use fuse_live::session::wire::{InitFlags, RequestFlags};
+use fuse_live::session::{
+    AttrReply, DirEntries, DirEntriesPlus, Entry, Errno, FileType, Filesystem, InitWishes, Opened,
+    ReadBuf, RequestContext, Result, SetAttr, Statfs, StatxReply, Xattr,
+};
+use serde::{Deserialize, Serialize};
+
+use super::state::{Caller, State, ROOT_INO};
+
+/// What an open file or directory carries: its inode and open flags.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Handle {
+    /// The inode opened.
+    pub ino: u64,
+    /// The `open(2)` flags.
+    pub flags: i32,
+}
+
+/// Settings that are not part of the filesystem's contents.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Config {
+    /// How long the kernel may cache names and attributes.
+    pub ttl: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            ttl: Duration::from_secs(1),
+        }
+    }
+}
+
+/// An in-memory POSIX filesystem. Its whole contents are one serde [`State`]
+/// ([`MemFs::snapshot`], [`MemFs::restore`]).
+#[derive(Debug)]
+pub struct MemFs {
+    state: RwLock<State>,
+    config: Config,
+}
+
+/// The serialized form of a [`MemFs`]: settings and contents.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemFsImage {
+    /// Settings.
+    pub config: Config,
+    /// Contents.
+    pub state: State,
+}
+
+fn caller(ctx: &RequestContext<'_>) -> Caller {
+    Caller {
+        uid: ctx.uid,
+        gid: ctx.gid,
+    }
+}
+
+fn bytes(name: &OsStr) -> &[u8] {
+    name.as_bytes()
+}
+
+impl MemFs {
+    /// An empty filesystem whose root belongs to `uid:gid`, holding at most
+    /// `capacity` bytes of file data.
+    pub fn new(uid: u32, gid: u32, capacity: u64, config: Config) -> MemFs {
+        MemFs {
+            state: RwLock::new(State::new(uid, gid, capacity)),
+            config,
+        }
+    }
+
+    /// A copy of the whole filesystem, consistent at one instant.
+    pub fn snapshot(&self) -> MemFsImage {
+        MemFsImage {
+            config: self.config,
+            state: self.lock_read().clone(),
+        }
+    }
+
+    /// A filesystem from a saved image, after checking every invariant (saved state
+    /// is untrusted input).
+    pub fn restore(image: MemFsImage) -> std::result::Result<MemFs, String> {
+        image.state.validate()?;
+        Ok(MemFs {
+            state: RwLock::new(image.state),
+            config: image.config,
+        })
+    }
+
+    /// The read lock (a panicked writer cannot have left the state half-changed:
+    /// every operation checks before it changes).
+    pub fn lock_read(&self) -> RwLockReadGuard<'_, State> {
+        self.state.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn lock_write(&self) -> RwLockWriteGuard<'_, State> {
+        self.state.write().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn entry(&self, state: &State, ino: u64) -> Result<Entry<u64>> {
+        Ok(Entry {
+            node: ino,
+            attr: state.attr(ino)?,
+            entry_ttl: self.config.ttl,
+            attr_ttl: self.config.ttl,
+        })
+    }
+
+    fn attr_reply(&self, state: &State, ino: u64) -> Result<AttrReply> {
+        Ok(AttrReply {
+            attr: state.attr(ino)?,
+            ttl: self.config.ttl,
+        })
+    }
+
+    fn opened(ino: u64, flags: i32) -> Opened<Handle> {
+        Opened::new(Handle { ino, flags })
+    }
+
+    /// Updates the atime of `ino` after a read if relatime says so.
+    fn accessed(&self, ino: u64) {
+        let now = SystemTime::now();
+        if self.lock_read().atime_due(ino, now) {
+            self.lock_write().touch_atime(ino, now);
+        }
+    }
+}
+
+impl Filesystem for MemFs {
+    type Node = u64;
+    type Handle = Handle;
+
+    fn root(&self) -> u64 {
+        ROOT_INO
+    }
+
+    fn init(&self, wishes: &mut InitWishes) -> Result<()> {
+        // READDIRPLUS (adaptive), "." and ".." lookups; no writeback cache, so the
+        // kernel gives O_APPEND writes the end-of-file offset and every write reaches
+        // us with the writer's ids. Locks stay local to the kernel.
+        wishes.flags |=
+            InitFlags::DO_READDIRPLUS | InitFlags::READDIRPLUS_AUTO | InitFlags::EXPORT_SUPPORT;
+        wishes.flags = wishes.flags.difference(InitFlags::WRITEBACK_CACHE);
+        Ok(())
+    }
+
+    fn forget(&self, node: u64) {
+        if self.lock_write().forget(node) {
+            log::debug!("dropped unlinked inode {node}");
+        }
+    }
+
+    fn lookup(&self, _ctx: &RequestContext<'_>, parent: &u64, name: &OsStr) -> Result<Entry<u64>> {
+        let state = self.lock_read();
+        let ino = state.lookup(*parent, bytes(name))?;
+        self.entry(&state, ino)
+    }
+
+    fn getattr(
+        &self,
+        _ctx: &RequestContext<'_>,
+        node: &u64,
+        _fh: Option<&Handle>,
+    ) -> Result<AttrReply> {
+        self.attr_reply(&self.lock_read(), *node)
+    }
+
+    fn setattr(
+        &self,
+        ctx: &RequestContext<'_>,
+        node: &u64,
+        _fh: Option<&Handle>,
+        set: &SetAttr,
+    ) -> Result<AttrReply> {
+        let mut state = self.lock_write();
+        state.setattr(caller(ctx), *node, set)?;
+        self.attr_reply(&state, *node)
+    }
+
+    fn readlink(&self, _ctx: &RequestContext<'_>, node: &u64) -> Result<Vec<u8>> {
+        self.lock_read().readlink(*node)
+    }
+
+    fn mknod(
+        &self,
+        ctx: &RequestContext<'_>,
+        parent: &u64,
+        name: &OsStr,
+        mode: u32,
+        rdev: u32,
+    ) -> Result<Entry<u64>> {
+        let mut state = self.lock_write();
+        let ino = state.mknod(caller(ctx), *parent, bytes(name), mode, rdev)?;
+        self.entry(&state, ino)
+    }
+
+    fn mkdir(
+        &self,
+        ctx: &RequestContext<'_>,
+        parent: &u64,
+        name: &OsStr,
+        mode: u32,
+    ) -> Result<Entry<u64>> {
+        let mut state = self.lock_write();
+        let ino = state.mkdir(caller(ctx), *parent, bytes(name), mode)?;
+        self.entry(&state, ino)
+    }
+
+    fn unlink(&self, _ctx: &RequestContext<'_>, parent: &u64, name: &OsStr) -> Result<()> {
+        self.lock_write().unlink(*parent, bytes(name))
+    }
+
+    fn rmdir(&self, _ctx: &RequestContext<'_>, parent: &u64, name: &OsStr) -> Result<()> {
+        self.lock_write().rmdir(*parent, bytes(name))
+    }
+
+    fn symlink(
+        &self,
+        ctx: &RequestContext<'_>,
+        parent: &u64,
+        name: &OsStr,
+        target: &OsStr,
+    ) -> Result<Entry<u64>> {
+        let mut state = self.lock_write();
+        let ino = state.symlink(caller(ctx), *parent, bytes(name), bytes(target))?;
+        self.entry(&state, ino)
+    }
+
+    fn rename(
+        &self,
+        _ctx: &RequestContext<'_>,
+        parent: &u64,
+        name: &OsStr,
+        newparent: &u64,
+        newname: &OsStr,
+        flags: u32,
+    ) -> Result<()> {
+        self.lock_write()
+            .rename(*parent, bytes(name), *newparent, bytes(newname), flags)
+    }
+
+    fn link(
+        &self,
+        _ctx: &RequestContext<'_>,
+        node: &u64,
+        newparent: &u64,
+        newname: &OsStr,
+    ) -> Result<Entry<u64>> {
+        let mut state = self.lock_write();
+        state.link(*node, *newparent, bytes(newname))?;
+        self.entry(&state, *node)
+    }
+
+    fn open(&self, ctx: &RequestContext<'_>, node: &u64, flags: i32) -> Result<Opened<Handle>> {
+        self.lock_write().open(caller(ctx), *node, flags)?;
+        Ok(Self::opened(*node, flags))
+    }
+
+    fn read<'r>(
+        &'r self,
+        _ctx: &RequestContext<'_>,
+        node: &u64,
+        _fh: &Handle,
+        offset: u64,
+        _size: u32,
+        out: &mut ReadBuf<'r, '_>,
+    ) -> Result<()> {
+        let n = self.lock_read().read(*node, offset, out.buffer())?;
+        out.filled(n);
+        self.accessed(*node);
+        Ok(())
+    }
+
+    fn write(
+        &self,
+        ctx: &RequestContext<'_>,
+        node: &u64,
+        _fh: &Handle,
+        offset: u64,
+        data: &[u8],
+        write_flags: u32,
+        flags: i32,
+    ) -> Result<u32> {
+        let kill = write_flags & RequestFlags::WRITE_KILL_SUIDGID.bits() != 0;
+        let mut state = self.lock_write();
+        if flags & nix::libc::O_APPEND != 0 && log::log_enabled!(log::Level::Debug) {
+            let size = state.attr(*node).map(|a| a.size).unwrap_or(0);
+            if size != offset {
+                log::debug!("O_APPEND write to inode {node} at {offset}, end of file is {size}");
+            }
+        }
+        state.write(caller(ctx), *node, offset, data, kill)
+    }
+
+    fn fsync(
+        &self,
+        _ctx: &RequestContext<'_>,
+        _node: &u64,
+        _fh: &Handle,
+        _datasync: bool,
+    ) -> Result<()> {
+        Ok(())
+    }
+
+    fn opendir(&self, _ctx: &RequestContext<'_>, node: &u64, flags: i32) -> Result<Opened<Handle>> {
+        self.lock_read().dir(*node)?;
+        Ok(Self::opened(*node, flags))
+    }
+
+    fn readdir(
+        &self,
+        _ctx: &RequestContext<'_>,
+        node: &u64,
+        _fh: &Handle,
+        offset: u64,
+        out: &mut DirEntries<'_>,
+    ) -> Result<()> {
+        {
+            let state = self.lock_read();
+            let dir = state.dir(*node)?;
+            let dots = [(".", *node, 1), ("..", state.parent_of(*node)?, 2)];
+            let mut full = false;
+            for (name, ino, next) in dots.into_iter().skip(offset.min(2) as usize) {
+                if !out.add(ino, next, FileType::Directory, OsStr::new(name)) {
+                    full = true;
+                    break;
+                }
+            }
+            if !full {
+                for (next, name, ino) in dir.listing_from(offset) {
+                    let kind = state.attr(ino)?.kind;
+                    if !out.add(ino, next, kind, OsStr::from_bytes(name)) {
+                        break;
+                    }
+                }
+            }
+        }
+        self.accessed(*node);
+        Ok(())
+    }
+
+    fn readdirplus(
+        &self,
+        _ctx: &RequestContext<'_>,
+        node: &u64,
+        _fh: &Handle,
+        offset: u64,
+        out: &mut DirEntriesPlus<'_, u64>,
+    ) -> Result<()> {
+        {
+            let state = self.lock_read();
+            let dir = state.dir(*node)?;
+            let dots = [(".", *node, 1), ("..", state.parent_of(*node)?, 2)];
+            let mut full = false;
+            for (name, ino, next) in dots.into_iter().skip(offset.min(2) as usize) {
+                if !out.add(OsStr::new(name), next, &self.entry(&state, ino)?) {
+                    full = true;
+                    break;
+                }
+            }
+            if !full {
+                for (next, name, ino) in dir.listing_from(offset) {
+                    if !out.add(OsStr::from_bytes(name), next, &self.entry(&state, ino)?) {
+                        break;
+                    }
+                }
+            }
+        }
+        self.accessed(*node);
+        Ok(())
+    }
+
+    fn fsyncdir(
+        &self,
+        _ctx: &RequestContext<'_>,
+        _node: &u64,
+        _fh: &Handle,
+        _datasync: bool,
+    ) -> Result<()> {
+        Ok(())
+    }
+
+    fn statfs(&self, _ctx: &RequestContext<'_>, _node: &u64) -> Result<Statfs> {
+        Ok(self.lock_read().statfs())
+    }
+
+    fn setxattr(
+        &self,
+        _ctx: &RequestContext<'_>,
+        node: &u64,
+        name: &OsStr,
+        value: &[u8],
+        flags: i32,
+        _setxattr_flags: u32,
+    ) -> Result<()> {
+        self.lock_write().setxattr(*node, bytes(name), value, flags)
+    }
+
+    fn getxattr(
+        &self,
+        _ctx: &RequestContext<'_>,
+        node: &u64,
+        name: &OsStr,
+        _size: u32,
+    ) -> Result<Xattr> {
+        // The session answers the size query and ERANGE from the data.
+        self.lock_read()
+            .getxattr(*node, bytes(name))
+            .map(Xattr::Data)
+    }
+
+    fn listxattr(&self, _ctx: &RequestContext<'_>, node: &u64, _size: u32) -> Result<Xattr> {
+        self.lock_read().listxattr(*node).map(Xattr::Data)
+    }
+
+    fn removexattr(&self, _ctx: &RequestContext<'_>, node: &u64, name: &OsStr) -> Result<()> {
+        self.lock_write().removexattr(*node, bytes(name))
+    }
+
+    fn access(&self, _ctx: &RequestContext<'_>, node: &u64, _mask: u32) -> Result<()> {
+        // Only sent without `default_permissions`, which memfs always mounts with.
+        self.lock_read().attr(*node).map(|_| ())
+    }
+
+    fn create(
+        &self,
+        ctx: &RequestContext<'_>,
+        parent: &u64,
+        name: &OsStr,
+        mode: u32,
+        flags: i32,
+    ) -> Result<(Entry<u64>, Opened<Handle>)> {
+        let mut state = self.lock_write();
+        let (ino, _) = state.create(caller(ctx), *parent, bytes(name), mode, flags)?;
+        Ok((self.entry(&state, ino)?, Self::opened(ino, flags)))
+    }
+
+    fn fallocate(
+        &self,
+        _ctx: &RequestContext<'_>,
+        node: &u64,
+        _fh: &Handle,
+        offset: u64,
+        length: u64,
+        mode: u32,
+    ) -> Result<()> {
+        self.lock_write().fallocate(*node, offset, length, mode)
+    }
+
+    fn lseek(
+        &self,
+        _ctx: &RequestContext<'_>,
+        node: &u64,
+        _fh: &Handle,
+        offset: u64,
+        whence: u32,
+    ) -> Result<u64> {
+        self.lock_read().lseek(*node, offset, whence)
+    }
+
+    fn copy_file_range(
+        &self,
+        ctx: &RequestContext<'_>,
+        node_in: &u64,
+        _fh_in: &Handle,
+        offset_in: u64,
+        node_out: &u64,
+        _fh_out: &Handle,
+        offset_out: u64,
+        len: u64,
+        flags: u64,
+    ) -> Result<u64> {
+        if flags != 0 {
+            return Err(Errno::EINVAL);
+        }
+        self.lock_write()
+            .copy_range(caller(ctx), *node_in, offset_in, *node_out, offset_out, len)
+    }
+
+    fn statx(
+        &self,
+        _ctx: &RequestContext<'_>,
+        node: &u64,
+        _fh: Option<&Handle>,
+        _flags: u32,
+        _mask: u32,
+    ) -> Result<StatxReply> {
+        let state = self.lock_read();
+        Ok(StatxReply {
+            attr: state.attr(*node)?,
+            btime: Some(state.btime(*node)?),
+            attributes: (0, 0),
+            ttl: self.config.ttl,
+        })
+    }
+
+    fn tmpfile(
+        &self,
+        ctx: &RequestContext<'_>,
+        parent: &u64,
+        mode: u32,
+        flags: i32,
+    ) -> Result<(Entry<u64>, Opened<Handle>)> {
+        let mut state = self.lock_write();
+        let ino = state.tmpfile(caller(ctx), *parent, mode)?;
+        Ok((self.entry(&state, ino)?, Self::opened(ino, flags)))
+    }
+
+    fn syncfs(&self, _ctx: &RequestContext<'_>, _node: &u64) -> Result<()> {
+        Ok(())
+    }
+}
+
+impl Serialize for MemFs {
+    fn serialize<S: serde::Serializer>(
+        &self,
+        serializer: S,
+    ) -> std::result::Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let state = self.lock_read();
+        let mut s = serializer.serialize_struct("MemFsImage", 2)?;
+        s.serialize_field("config", &self.config)?;
+        s.serialize_field("state", &*state)?;
+        s.end()
+    }
+}
+
+impl<'de> Deserialize<'de> for MemFs {
+    fn deserialize<D: serde::Deserializer<'de>>(
+        deserializer: D,
+    ) -> std::result::Result<Self, D::Error> {
+        let image = MemFsImage::deserialize(deserializer)?;
+        MemFs::restore(image).map_err(serde::de::Error::custom)
+    }
+}
