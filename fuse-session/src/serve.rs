@@ -89,7 +89,11 @@ impl<F: Filesystem> Server<F> {
     /// once workers read the device.
     pub fn mount(fs: F, mountpoint: impl AsRef<Path>, options: &MountOptions) -> Result<Self, ServeError> {
         let mount = crate::dev::mount(mountpoint, options)?;
-        Ok(Server { session: Arc::new(Session::new(fs)), mount })
+        let mut session = Session::new(fs);
+        if options.is_allow_root() {
+            session.restrict_to_uid(Some(nix::unistd::geteuid().as_raw()));
+        }
+        Ok(Server { session: Arc::new(session), mount })
     }
 
     /// Serves an existing session on an existing mount (a restored process).

@@ -337,3 +337,17 @@ fn interrupt_reaches_a_running_request_and_one_that_has_not_arrived() {
     }
     assert!(start.elapsed() < Duration::from_secs(5));
 }
+
+#[test]
+fn allow_root_lets_in_only_the_owner_and_root() {
+    let mut s = Session::new(TreeFs::default());
+    s.restrict_to_uid(Some(1000));
+    let mut k = FakeKernel::with_session(s);
+    k.init(45, InitFlags::INIT_EXT);
+    k.caller = (1001, 1001, 7);
+    assert_eq!(k.lookup(1, b"n1").unwrap_err(), nix::libc::EACCES);
+    k.caller = (1000, 1000, 7);
+    assert!(k.lookup(1, b"n1").is_ok());
+    k.caller = (0, 0, 7);
+    assert!(k.lookup(1, b"n2").is_ok());
+}

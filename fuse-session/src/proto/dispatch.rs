@@ -110,6 +110,11 @@ impl<F: Filesystem> Session<F> {
             log::warn!("{} before INIT: answering EIO", header.opcode());
             return self.error_reply(out, unique, Errno::EIO);
         }
+        if let Some(owner) = self.only_uid {
+            if header.uid() != owner && header.uid() != 0 {
+                return self.error_reply(out, unique, Errno::EACCES);
+            }
+        }
         let flag = self.begin(unique);
         let ctx = RequestContext {
             unique,

@@ -75,6 +75,8 @@ pub struct Session<F: Filesystem> {
     pub(crate) destroyed: AtomicBool,
     pub(crate) stats: SessionStats,
     pub(crate) page_size: u32,
+    /// With `allow_root`: the only uids (besides 0) allowed in.
+    pub(crate) only_uid: Option<u32>,
 }
 
 /// How many INTERRUPTs for not-yet-seen requests are remembered.
@@ -103,7 +105,15 @@ impl<F: Filesystem> Session<F> {
             destroyed: AtomicBool::new(false),
             stats: SessionStats::default(),
             page_size: page_size(),
+            only_uid: None,
         }
+    }
+
+    /// Refuses (EACCES) requests from callers other than `uid` and root: what the
+    /// `allow_root` mount option means. The kernel only knows `allow_other`, so the
+    /// daemon enforces the rest.
+    pub fn restrict_to_uid(&mut self, uid: Option<u32>) {
+        self.only_uid = uid;
     }
 
     /// The filesystem.
