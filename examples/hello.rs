@@ -56,14 +56,22 @@ impl Filesystem for Hello {
 
     fn lookup(&self, _: &RequestContext<'_>, parent: &u64, name: &OsStr) -> Result<Entry<u64>> {
         if *parent == 1 && name == "hello" {
-            Ok(Entry { node: 2, attr: attr(2), entry_ttl: TTL, attr_ttl: TTL })
+            Ok(Entry {
+                node: 2,
+                attr: attr(2),
+                entry_ttl: TTL,
+                attr_ttl: TTL,
+            })
         } else {
             Err(Errno::ENOENT)
         }
     }
 
     fn getattr(&self, _: &RequestContext<'_>, node: &u64, _: Option<&()>) -> Result<AttrReply> {
-        Ok(AttrReply { attr: attr(*node), ttl: TTL })
+        Ok(AttrReply {
+            attr: attr(*node),
+            ttl: TTL,
+        })
     }
 
     fn open(&self, _: &RequestContext<'_>, node: &u64, flags: i32) -> Result<Opened<()>> {
@@ -133,14 +141,20 @@ fn main() {
     while let Some(a) = args.next() {
         match a.as_str() {
             "--threads" => {
-                threads = args.next().and_then(|n| n.parse().ok()).filter(|&n| n > 0).unwrap_or_else(|| usage())
+                threads = args
+                    .next()
+                    .and_then(|n| n.parse().ok())
+                    .filter(|&n| n > 0)
+                    .unwrap_or_else(|| usage())
             }
             "--allow-other" => allow_other = true,
             _ if a.starts_with('-') || mountpoint.is_some() => usage(),
             _ => mountpoint = Some(std::path::PathBuf::from(a)),
         }
     }
-    let Some(mountpoint) = mountpoint else { usage() };
+    let Some(mountpoint) = mountpoint else {
+        usage()
+    };
     let opts = MountOptions::new()
         .fsname("hello")
         .subtype("hello")

@@ -21,7 +21,11 @@ fn can_mount(test: &str) -> bool {
     if root && dev {
         return true;
     }
-    let why = if !dev { "/dev/fuse is missing" } else { "not running as root" };
+    let why = if !dev {
+        "/dev/fuse is missing"
+    } else {
+        "not running as root"
+    };
     if std::env::var_os("CI").is_some() {
         panic!("{test}: cannot mount under CI: {why}");
     }
@@ -46,7 +50,11 @@ fn attr(ino: u64) -> FileAttr {
         atime: UNIX_EPOCH,
         mtime: UNIX_EPOCH,
         ctime: UNIX_EPOCH,
-        kind: if ino == 1 { FileType::Directory } else { FileType::RegularFile },
+        kind: if ino == 1 {
+            FileType::Directory
+        } else {
+            FileType::RegularFile
+        },
         perm: if ino == 1 { 0o755 } else { 0o644 },
         nlink: 1,
         uid: 0,
@@ -64,19 +72,39 @@ impl Filesystem for Files {
         1
     }
     fn lookup(&self, _: &RequestContext<'_>, _: &u64, name: &OsStr) -> Result<Entry<u64>> {
-        let i: u64 = name.to_str().and_then(|s| s.strip_prefix('f')).and_then(|s| s.parse().ok()).ok_or(Errno::ENOENT)?;
+        let i: u64 = name
+            .to_str()
+            .and_then(|s| s.strip_prefix('f'))
+            .and_then(|s| s.parse().ok())
+            .ok_or(Errno::ENOENT)?;
         if i >= self.0 {
             return Err(Errno::ENOENT);
         }
-        Ok(Entry { node: i + 2, attr: attr(i + 2), entry_ttl: Duration::from_secs(60), attr_ttl: Duration::from_secs(60) })
+        Ok(Entry {
+            node: i + 2,
+            attr: attr(i + 2),
+            entry_ttl: Duration::from_secs(60),
+            attr_ttl: Duration::from_secs(60),
+        })
     }
     fn getattr(&self, _: &RequestContext<'_>, n: &u64, _: Option<&u64>) -> Result<AttrReply> {
-        Ok(AttrReply { attr: attr(*n), ttl: Duration::from_secs(60) })
+        Ok(AttrReply {
+            attr: attr(*n),
+            ttl: Duration::from_secs(60),
+        })
     }
     fn open(&self, _: &RequestContext<'_>, n: &u64, _: i32) -> Result<Opened<u64>> {
         Ok(Opened::new(*n))
     }
-    fn read<'r>(&'r self, _: &RequestContext<'_>, n: &u64, _: &u64, off: u64, _: u32, out: &mut ReadBuf<'r, '_>) -> Result<()> {
+    fn read<'r>(
+        &'r self,
+        _: &RequestContext<'_>,
+        n: &u64,
+        _: &u64,
+        off: u64,
+        _: u32,
+        out: &mut ReadBuf<'r, '_>,
+    ) -> Result<()> {
         let text = format!("f{:04}", n - 2);
         let b = text.as_bytes();
         out.copy_from(&b[(off as usize).min(b.len())..]);
@@ -85,9 +113,21 @@ impl Filesystem for Files {
     fn opendir(&self, _: &RequestContext<'_>, n: &u64, _: i32) -> Result<Opened<u64>> {
         Ok(Opened::new(*n))
     }
-    fn readdir(&self, _: &RequestContext<'_>, _: &u64, _: &u64, off: u64, out: &mut DirEntries<'_>) -> Result<()> {
+    fn readdir(
+        &self,
+        _: &RequestContext<'_>,
+        _: &u64,
+        _: &u64,
+        off: u64,
+        out: &mut DirEntries<'_>,
+    ) -> Result<()> {
         for i in off..self.0 {
-            if !out.add(i + 2, i + 1, FileType::RegularFile, OsStr::new(&format!("f{i}"))) {
+            if !out.add(
+                i + 2,
+                i + 1,
+                FileType::RegularFile,
+                OsStr::new(&format!("f{i}")),
+            ) {
                 break;
             }
         }
@@ -105,15 +145,27 @@ fn serves_lookups_reads_and_forgets_back_to_the_root() {
         return;
     }
     let mnt = tempdir("serve");
-    let opts = MountOptions::new().fsname("files").subtype("files").read_only(true);
-    let running = Server::mount(Files(200), &mnt, &opts).unwrap().spawn(2).unwrap();
+    let opts = MountOptions::new()
+        .fsname("files")
+        .subtype("files")
+        .read_only(true);
+    let running = Server::mount(Files(200), &mnt, &opts)
+        .unwrap()
+        .spawn(2)
+        .unwrap();
     let dog = Watchdog::arm(&mnt, None, Duration::from_secs(60)).unwrap();
 
-    let names: Vec<_> = std::fs::read_dir(&mnt).unwrap().map(|e| e.unwrap().file_name()).collect();
+    let names: Vec<_> = std::fs::read_dir(&mnt)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
     assert_eq!(names.len(), 200);
     for i in (0..200).step_by(7) {
         let mut s = String::new();
-        std::fs::File::open(mnt.join(format!("f{i}"))).unwrap().read_to_string(&mut s).unwrap();
+        std::fs::File::open(mnt.join(format!("f{i}")))
+            .unwrap()
+            .read_to_string(&mut s)
+            .unwrap();
         assert_eq!(s, format!("f{i:04}")[..5]);
     }
     assert!(running.session().node_count() > 1, "lookups were counted");
@@ -123,7 +175,11 @@ fn serves_lookups_reads_and_forgets_back_to_the_root() {
         drop_caches();
         std::thread::sleep(Duration::from_millis(50));
     }
-    assert_eq!(running.session().node_count(), 1, "only the root is left after drop_caches");
+    assert_eq!(
+        running.session().node_count(),
+        1,
+        "only the root is left after drop_caches"
+    );
     assert_eq!(running.session().handle_count(), 0);
 
     running.unmount().unwrap();
@@ -139,7 +195,10 @@ fn pause_parks_every_worker_between_requests_and_resumes() {
     }
     let mnt = tempdir("pause");
     let opts = MountOptions::new().fsname("files").read_only(true);
-    let running = Server::mount(Files(50), &mnt, &opts).unwrap().spawn(3).unwrap();
+    let running = Server::mount(Files(50), &mnt, &opts)
+        .unwrap()
+        .spawn(3)
+        .unwrap();
     let dog = Watchdog::arm(&mnt, None, Duration::from_secs(60)).unwrap();
     let stop = Arc::new(AtomicBool::new(false));
     let errors = Arc::new(std::sync::atomic::AtomicUsize::new(0));
@@ -178,7 +237,11 @@ fn pause_parks_every_worker_between_requests_and_resumes() {
     for t in load {
         t.join().unwrap();
     }
-    assert_eq!(errors.load(Ordering::Relaxed), 0, "no failed operation across 20 pauses");
+    assert_eq!(
+        errors.load(Ordering::Relaxed),
+        0,
+        "no failed operation across 20 pauses"
+    );
     assert!(ops.load(Ordering::Relaxed) > 0);
     running.unmount().unwrap();
     assert!(!dog.disarm(), "finished before the watchdog");
@@ -192,16 +255,29 @@ fn notifier_invalidates_and_refuses_unknown_nodes() {
     }
     let mnt = tempdir("notify");
     let opts = MountOptions::new().fsname("files").read_only(true);
-    let running = Server::mount(Files(5), &mnt, &opts).unwrap().spawn(1).unwrap();
+    let running = Server::mount(Files(5), &mnt, &opts)
+        .unwrap()
+        .spawn(1)
+        .unwrap();
     let dog = Watchdog::arm(&mnt, None, Duration::from_secs(60)).unwrap();
     std::fs::metadata(mnt.join("f1")).unwrap();
     let n = running.notifier();
     assert_eq!(n.inval_inode(&3, 0, 0).unwrap(), Notified::Delivered);
-    assert_eq!(n.inval_entry(&1, OsStr::new("f1"), false).unwrap(), Notified::Delivered);
-    assert_eq!(n.inval_inode(&999, 0, 0).unwrap(), Notified::NotCached, "a node the kernel does not know");
+    assert_eq!(
+        n.inval_entry(&1, OsStr::new("f1"), false).unwrap(),
+        Notified::Delivered
+    );
+    assert_eq!(
+        n.inval_inode(&999, 0, 0).unwrap(),
+        Notified::NotCached,
+        "a node the kernel does not know"
+    );
     assert_eq!(n.inc_epoch().unwrap(), Notified::Delivered);
     // The filesystem still works afterwards.
-    assert_eq!(std::fs::read(mnt.join("f2")).unwrap(), b"f0002"[..5].to_vec());
+    assert_eq!(
+        std::fs::read(mnt.join("f2")).unwrap(),
+        b"f0002"[..5].to_vec()
+    );
     running.unmount().unwrap();
     assert!(!dog.disarm(), "finished before the watchdog");
     let _ = std::fs::remove_dir(&mnt);
@@ -210,7 +286,11 @@ fn notifier_invalidates_and_refuses_unknown_nodes() {
 fn example(name: &str) -> PathBuf {
     // target/<profile>/deps/serve-xxxx -> target/<profile>/examples/NAME
     let exe = std::env::current_exe().unwrap();
-    exe.parent().and_then(Path::parent).unwrap().join("examples").join(name)
+    exe.parent()
+        .and_then(Path::parent)
+        .unwrap()
+        .join("examples")
+        .join(name)
 }
 
 #[test]
@@ -240,16 +320,34 @@ fn hello_follows_the_command_line_contract() {
     };
     let dog = Watchdog::arm(&mnt, None, Duration::from_secs(60)).unwrap();
     assert_eq!(line.trim_end(), format!("ready {}", mnt.display()));
-    assert_eq!(std::fs::read_to_string(mnt.join("hello")).unwrap(), "Hello, world!\n");
-    assert_eq!(std::fs::write(mnt.join("hello"), "x").unwrap_err().raw_os_error(), Some(nix::libc::EROFS));
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGTERM).unwrap();
+    assert_eq!(
+        std::fs::read_to_string(mnt.join("hello")).unwrap(),
+        "Hello, world!\n"
+    );
+    assert_eq!(
+        std::fs::write(mnt.join("hello"), "x")
+            .unwrap_err()
+            .raw_os_error(),
+        Some(nix::libc::EROFS)
+    );
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
     let status = child.wait().unwrap();
     assert!(status.success(), "exit 0 after SIGTERM: {status}");
     assert!(!dog.disarm(), "finished before the watchdog");
     let mounted = std::fs::read_to_string("/proc/self/mounts").unwrap();
-    assert!(!mounted.contains(mnt.to_str().unwrap()), "unmounted on SIGTERM");
+    assert!(
+        !mounted.contains(mnt.to_str().unwrap()),
+        "unmounted on SIGTERM"
+    );
     // Bad arguments: usage and exit 2.
-    let out = Command::new(example("hello")).arg("--bogus").output().unwrap();
+    let out = Command::new(example("hello"))
+        .arg("--bogus")
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(2));
     let _ = std::fs::remove_dir(&mnt);
 }
