@@ -91,7 +91,8 @@ impl<F: Filesystem> FakeKernel<F> {
             flags2: U32::new(flags.high()),
             unused: Default::default(),
         };
-        self.call(0, &Operation::Init { arg }).expect("INIT is always answered")
+        self.call(0, &Operation::Init { arg })
+            .expect("INIT is always answered")
     }
 
     /// Encodes and handles one request; returns the reply, or `None` for requests
@@ -103,12 +104,33 @@ impl<F: Filesystem> FakeKernel<F> {
     }
 
     /// As [`FakeKernel::call`] with a chosen `unique` (e.g. with the resend bit).
-    pub fn call_with_unique(&mut self, unique: u64, nodeid: u64, op: &Operation<'_>) -> Option<RawReply> {
-        let header = HeaderFields { unique, nodeid, uid: self.caller.0, gid: self.caller.1, pid: self.caller.2 };
+    pub fn call_with_unique(
+        &mut self,
+        unique: u64,
+        nodeid: u64,
+        op: &Operation<'_>,
+    ) -> Option<RawReply> {
+        let header = HeaderFields {
+            unique,
+            nodeid,
+            uid: self.caller.0,
+            gid: self.caller.1,
+            pid: self.caller.2,
+        };
         let proto = self.session.negotiated();
-        let n = encode(&mut self.reqbuf, &proto, &header, op, &ExtensionArgs::default()).ok()?;
+        let n = encode(
+            &mut self.reqbuf,
+            &proto,
+            &header,
+            op,
+            &ExtensionArgs::default(),
+        )
+        .ok()?;
         let bytes = self.reqbuf[..n].to_vec();
-        self.raw(&bytes).map(|b| RawReply { opcode: op.opcode(), bytes: b })
+        self.raw(&bytes).map(|b| RawReply {
+            opcode: op.opcode(),
+            bytes: b,
+        })
     }
 
     /// Hands raw request bytes to the session; returns the reply bytes, if any.
@@ -146,7 +168,9 @@ impl<F: Filesystem> FakeKernel<F> {
     /// FORGET of `n` lookups of `nodeid` (the kernel's count drops too).
     pub fn forget(&mut self, nodeid: u64, n: u64) {
         self.drop_count(nodeid, n);
-        let arg = abi::fuse_forget_in { nlookup: U64::new(n) };
+        let arg = abi::fuse_forget_in {
+            nlookup: U64::new(n),
+        };
         let _ = self.call(nodeid, &Operation::Forget { arg: &arg });
     }
 
@@ -156,7 +180,10 @@ impl<F: Filesystem> FakeKernel<F> {
             .iter()
             .map(|&(id, n)| {
                 self.drop_count(id, n);
-                abi::fuse_forget_one { nodeid: U64::new(id), nlookup: U64::new(n) }
+                abi::fuse_forget_one {
+                    nodeid: U64::new(id),
+                    nlookup: U64::new(n),
+                }
             })
             .collect();
         let _ = self.call(0, &Operation::BatchForget { forgets: &forgets });
@@ -174,7 +201,13 @@ impl<F: Filesystem> FakeKernel<F> {
     /// OPENDIR then READDIRPLUS from `offset` with a `size`-byte buffer; the kernel
     /// counts every entry with a nodeid except `.` and `..`. Returns
     /// `(name, nodeid, next offset)` per entry.
-    pub fn readdirplus(&mut self, dir: u64, fh: u64, offset: u64, size: u32) -> Result<Vec<(Vec<u8>, u64, u64)>, i32> {
+    pub fn readdirplus(
+        &mut self,
+        dir: u64,
+        fh: u64,
+        offset: u64,
+        size: u32,
+    ) -> Result<Vec<(Vec<u8>, u64, u64)>, i32> {
         let arg = abi::fuse_read_in {
             fh: U64::new(fh),
             offset: U64::new(offset),
@@ -202,8 +235,15 @@ impl<F: Filesystem> FakeKernel<F> {
 
     /// OPEN or OPENDIR; returns the fh.
     pub fn open(&mut self, nodeid: u64, dir: bool, flags: u32) -> Result<u64, i32> {
-        let arg = abi::fuse_open_in { flags: U32::new(flags), open_flags: U32::new(0) };
-        let op = if dir { Operation::Opendir { arg: &arg } } else { Operation::Open { arg: &arg } };
+        let arg = abi::fuse_open_in {
+            flags: U32::new(flags),
+            open_flags: U32::new(0),
+        };
+        let op = if dir {
+            Operation::Opendir { arg: &arg }
+        } else {
+            Operation::Open { arg: &arg }
+        };
         let r = self.call(nodeid, &op).ok_or(0)?;
         let proto = self.proto();
         match r.parse(&proto).map_err(|_| -1)?.body {
@@ -215,18 +255,30 @@ impl<F: Filesystem> FakeKernel<F> {
 
     /// RELEASE or RELEASEDIR; returns 0 or the errno.
     pub fn release(&mut self, nodeid: u64, dir: bool, fh: u64) -> i32 {
-        let arg = abi::fuse_release_in { fh: U64::new(fh), ..Default::default() };
-        let op = if dir { Operation::Releasedir { arg: &arg } } else { Operation::Release { arg: &arg } };
+        let arg = abi::fuse_release_in {
+            fh: U64::new(fh),
+            ..Default::default()
+        };
+        let op = if dir {
+            Operation::Releasedir { arg: &arg }
+        } else {
+            Operation::Release { arg: &arg }
+        };
         self.status(nodeid, &op)
     }
 
     /// Sends `op` and returns 0 for success or the errno of an error reply
     /// (-1 if the reply did not parse, -2 if there was none).
     pub fn status(&mut self, nodeid: u64, op: &Operation<'_>) -> i32 {
-        let Some(r) = self.call(nodeid, op) else { return -2 };
+        let Some(r) = self.call(nodeid, op) else {
+            return -2;
+        };
         let proto = self.proto();
         match r.parse(&proto) {
-            Ok(reply::Reply { body: reply::ReplyBody::Error(e), .. }) => e,
+            Ok(reply::Reply {
+                body: reply::ReplyBody::Error(e),
+                ..
+            }) => e,
             Ok(_) => 0,
             Err(_) => -1,
         }

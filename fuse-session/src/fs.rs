@@ -68,17 +68,33 @@ pub trait Filesystem: Send + Sync + 'static {
     fn forget(&self, node: Self::Node) {}
 
     /// Looks up `name` in directory `parent`.
-    fn lookup(&self, ctx: &RequestContext<'_>, parent: &Self::Node, name: &OsStr) -> Result<Entry<Self::Node>> {
+    fn lookup(
+        &self,
+        ctx: &RequestContext<'_>,
+        parent: &Self::Node,
+        name: &OsStr,
+    ) -> Result<Entry<Self::Node>> {
         Err(Errno::ENOSYS)
     }
 
     /// Attributes of `node` (`fh` when the caller has the file open).
-    fn getattr(&self, ctx: &RequestContext<'_>, node: &Self::Node, fh: Option<&Self::Handle>) -> Result<AttrReply> {
+    fn getattr(
+        &self,
+        ctx: &RequestContext<'_>,
+        node: &Self::Node,
+        fh: Option<&Self::Handle>,
+    ) -> Result<AttrReply> {
         Err(Errno::ENOSYS)
     }
 
     /// Changes attributes (chmod, chown, truncate, utimens).
-    fn setattr(&self, ctx: &RequestContext<'_>, node: &Self::Node, fh: Option<&Self::Handle>, set: &SetAttr) -> Result<AttrReply> {
+    fn setattr(
+        &self,
+        ctx: &RequestContext<'_>,
+        node: &Self::Node,
+        fh: Option<&Self::Handle>,
+        set: &SetAttr,
+    ) -> Result<AttrReply> {
         Err(Errno::ENOSYS)
     }
 
@@ -90,12 +106,25 @@ pub trait Filesystem: Send + Sync + 'static {
     /// Creates a file node (regular, device, fifo, socket). `mode` has the type bits;
     /// `ctx.umask` is the caller's umask (already applied by the kernel unless
     /// `DONT_MASK` was agreed).
-    fn mknod(&self, ctx: &RequestContext<'_>, parent: &Self::Node, name: &OsStr, mode: u32, rdev: u32) -> Result<Entry<Self::Node>> {
+    fn mknod(
+        &self,
+        ctx: &RequestContext<'_>,
+        parent: &Self::Node,
+        name: &OsStr,
+        mode: u32,
+        rdev: u32,
+    ) -> Result<Entry<Self::Node>> {
         Err(Errno::ENOSYS)
     }
 
     /// Creates a directory.
-    fn mkdir(&self, ctx: &RequestContext<'_>, parent: &Self::Node, name: &OsStr, mode: u32) -> Result<Entry<Self::Node>> {
+    fn mkdir(
+        &self,
+        ctx: &RequestContext<'_>,
+        parent: &Self::Node,
+        name: &OsStr,
+        mode: u32,
+    ) -> Result<Entry<Self::Node>> {
         Err(Errno::ENOSYS)
     }
 
@@ -110,99 +139,211 @@ pub trait Filesystem: Send + Sync + 'static {
     }
 
     /// Creates a symlink `name` -> `target`.
-    fn symlink(&self, ctx: &RequestContext<'_>, parent: &Self::Node, name: &OsStr, target: &OsStr) -> Result<Entry<Self::Node>> {
+    fn symlink(
+        &self,
+        ctx: &RequestContext<'_>,
+        parent: &Self::Node,
+        name: &OsStr,
+        target: &OsStr,
+    ) -> Result<Entry<Self::Node>> {
         Err(Errno::ENOSYS)
     }
 
     /// Renames; `flags` are `RENAME_NOREPLACE`, `RENAME_EXCHANGE`, `RENAME_WHITEOUT`
     /// (RENAME2, 7.23; 0 for plain RENAME).
-    fn rename(&self, ctx: &RequestContext<'_>, parent: &Self::Node, name: &OsStr, newparent: &Self::Node, newname: &OsStr, flags: u32) -> Result<()> {
+    fn rename(
+        &self,
+        ctx: &RequestContext<'_>,
+        parent: &Self::Node,
+        name: &OsStr,
+        newparent: &Self::Node,
+        newname: &OsStr,
+        flags: u32,
+    ) -> Result<()> {
         Err(Errno::ENOSYS)
     }
 
     /// Creates a hard link to `node` as `newparent/newname`.
-    fn link(&self, ctx: &RequestContext<'_>, node: &Self::Node, newparent: &Self::Node, newname: &OsStr) -> Result<Entry<Self::Node>> {
+    fn link(
+        &self,
+        ctx: &RequestContext<'_>,
+        node: &Self::Node,
+        newparent: &Self::Node,
+        newname: &OsStr,
+    ) -> Result<Entry<Self::Node>> {
         Err(Errno::ENOSYS)
     }
 
     /// Opens a file. `flags` are the `open(2)` flags (with ATOMIC_O_TRUNC agreed,
     /// O_TRUNC is the filesystem's to apply).
-    fn open(&self, ctx: &RequestContext<'_>, node: &Self::Node, flags: i32) -> Result<Opened<Self::Handle>> {
+    fn open(
+        &self,
+        ctx: &RequestContext<'_>,
+        node: &Self::Node,
+        flags: i32,
+    ) -> Result<Opened<Self::Handle>> {
         Err(Errno::ENOSYS)
     }
 
     /// Reads up to `size` bytes at `offset` into `out` (copy into `out.buffer()`, or
     /// lend a slice of `self` with `out.set(..)` for a zero-copy reply).
-    fn read<'r>(&'r self, ctx: &RequestContext<'_>, node: &Self::Node, fh: &Self::Handle, offset: u64, size: u32, out: &mut ReadBuf<'r, '_>) -> Result<()> {
+    fn read<'r>(
+        &'r self,
+        ctx: &RequestContext<'_>,
+        node: &Self::Node,
+        fh: &Self::Handle,
+        offset: u64,
+        size: u32,
+        out: &mut ReadBuf<'r, '_>,
+    ) -> Result<()> {
         Err(Errno::ENOSYS)
     }
 
     /// Writes `data` at `offset`; returns the bytes written. `write_flags` are
     /// `FUSE_WRITE_*`, `flags` the open flags (O_APPEND: the kernel gives the offset
     /// of the end of file as it knows it).
-    fn write(&self, ctx: &RequestContext<'_>, node: &Self::Node, fh: &Self::Handle, offset: u64, data: &[u8], write_flags: u32, flags: i32) -> Result<u32> {
+    fn write(
+        &self,
+        ctx: &RequestContext<'_>,
+        node: &Self::Node,
+        fh: &Self::Handle,
+        offset: u64,
+        data: &[u8],
+        write_flags: u32,
+        flags: i32,
+    ) -> Result<u32> {
         Err(Errno::ENOSYS)
     }
 
     /// close(2) of one file descriptor. The default succeeds.
-    fn flush(&self, ctx: &RequestContext<'_>, node: &Self::Node, fh: &Self::Handle, lock_owner: u64) -> Result<()> {
+    fn flush(
+        &self,
+        ctx: &RequestContext<'_>,
+        node: &Self::Node,
+        fh: &Self::Handle,
+        lock_owner: u64,
+    ) -> Result<()> {
         Ok(())
     }
 
     /// The last reference to an open file went away; the handle is given back.
     /// The default drops it.
-    fn release(&self, ctx: &RequestContext<'_>, node: &Self::Node, fh: Self::Handle, flags: i32, lock_owner: u64, flush: bool) -> Result<()> {
+    fn release(
+        &self,
+        ctx: &RequestContext<'_>,
+        node: &Self::Node,
+        fh: Self::Handle,
+        flags: i32,
+        lock_owner: u64,
+        flush: bool,
+    ) -> Result<()> {
         Ok(())
     }
 
     /// fsync(2)/fdatasync(2).
-    fn fsync(&self, ctx: &RequestContext<'_>, node: &Self::Node, fh: &Self::Handle, datasync: bool) -> Result<()> {
+    fn fsync(
+        &self,
+        ctx: &RequestContext<'_>,
+        node: &Self::Node,
+        fh: &Self::Handle,
+        datasync: bool,
+    ) -> Result<()> {
         Err(Errno::ENOSYS)
     }
 
     /// Opens a directory.
-    fn opendir(&self, ctx: &RequestContext<'_>, node: &Self::Node, flags: i32) -> Result<Opened<Self::Handle>> {
+    fn opendir(
+        &self,
+        ctx: &RequestContext<'_>,
+        node: &Self::Node,
+        flags: i32,
+    ) -> Result<Opened<Self::Handle>> {
         Err(Errno::ENOSYS)
     }
 
     /// Lists entries from `offset` (0 = start; otherwise an offset given with an
     /// earlier entry) until `out` is full.
-    fn readdir(&self, ctx: &RequestContext<'_>, node: &Self::Node, fh: &Self::Handle, offset: u64, out: &mut DirEntries<'_>) -> Result<()> {
+    fn readdir(
+        &self,
+        ctx: &RequestContext<'_>,
+        node: &Self::Node,
+        fh: &Self::Handle,
+        offset: u64,
+        out: &mut DirEntries<'_>,
+    ) -> Result<()> {
         Err(Errno::ENOSYS)
     }
 
     /// Lists entries with their attributes (READDIRPLUS, 7.21); the session counts a
     /// lookup for each entry that fits, except `.` and `..`. Only sent when the
     /// filesystem asks for `DO_READDIRPLUS` in [`Filesystem::init`].
-    fn readdirplus(&self, ctx: &RequestContext<'_>, node: &Self::Node, fh: &Self::Handle, offset: u64, out: &mut DirEntriesPlus<'_, Self::Node>) -> Result<()> {
+    fn readdirplus(
+        &self,
+        ctx: &RequestContext<'_>,
+        node: &Self::Node,
+        fh: &Self::Handle,
+        offset: u64,
+        out: &mut DirEntriesPlus<'_, Self::Node>,
+    ) -> Result<()> {
         Err(Errno::ENOSYS)
     }
 
     /// The last reference to an open directory went away. The default drops it.
-    fn releasedir(&self, ctx: &RequestContext<'_>, node: &Self::Node, fh: Self::Handle, flags: i32) -> Result<()> {
+    fn releasedir(
+        &self,
+        ctx: &RequestContext<'_>,
+        node: &Self::Node,
+        fh: Self::Handle,
+        flags: i32,
+    ) -> Result<()> {
         Ok(())
     }
 
     /// fsync(2) on a directory.
-    fn fsyncdir(&self, ctx: &RequestContext<'_>, node: &Self::Node, fh: &Self::Handle, datasync: bool) -> Result<()> {
+    fn fsyncdir(
+        &self,
+        ctx: &RequestContext<'_>,
+        node: &Self::Node,
+        fh: &Self::Handle,
+        datasync: bool,
+    ) -> Result<()> {
         Err(Errno::ENOSYS)
     }
 
     /// Filesystem statistics. The default reports an empty filesystem with
     /// 255-byte names, as libfuse does.
     fn statfs(&self, ctx: &RequestContext<'_>, node: &Self::Node) -> Result<Statfs> {
-        Ok(Statfs { namelen: 255, bsize: 512, frsize: 512, ..Statfs::default() })
+        Ok(Statfs {
+            namelen: 255,
+            bsize: 512,
+            frsize: 512,
+            ..Statfs::default()
+        })
     }
 
     /// Sets an extended attribute. `flags`: XATTR_CREATE/REPLACE; `setxattr_flags`:
     /// `FUSE_SETXATTR_*` (7.33).
-    fn setxattr(&self, ctx: &RequestContext<'_>, node: &Self::Node, name: &OsStr, value: &[u8], flags: i32, setxattr_flags: u32) -> Result<()> {
+    fn setxattr(
+        &self,
+        ctx: &RequestContext<'_>,
+        node: &Self::Node,
+        name: &OsStr,
+        value: &[u8],
+        flags: i32,
+        setxattr_flags: u32,
+    ) -> Result<()> {
         Err(Errno::ENOSYS)
     }
 
     /// Gets an extended attribute: its size when `size` is 0, else the value
     /// (ERANGE if larger than `size`).
-    fn getxattr(&self, ctx: &RequestContext<'_>, node: &Self::Node, name: &OsStr, size: u32) -> Result<Xattr> {
+    fn getxattr(
+        &self,
+        ctx: &RequestContext<'_>,
+        node: &Self::Node,
+        name: &OsStr,
+        size: u32,
+    ) -> Result<Xattr> {
         Err(Errno::ENOSYS)
     }
 
@@ -224,62 +365,147 @@ pub trait Filesystem: Send + Sync + 'static {
 
     /// Creates and opens a regular file (CREATE). On ENOSYS the kernel falls back to
     /// MKNOD + OPEN.
-    fn create(&self, ctx: &RequestContext<'_>, parent: &Self::Node, name: &OsStr, mode: u32, flags: i32) -> Result<(Entry<Self::Node>, Opened<Self::Handle>)> {
+    fn create(
+        &self,
+        ctx: &RequestContext<'_>,
+        parent: &Self::Node,
+        name: &OsStr,
+        mode: u32,
+        flags: i32,
+    ) -> Result<(Entry<Self::Node>, Opened<Self::Handle>)> {
         Err(Errno::ENOSYS)
     }
 
     /// Tests for a POSIX lock conflicting with `lock`.
-    fn getlk(&self, ctx: &RequestContext<'_>, node: &Self::Node, fh: &Self::Handle, owner: u64, lock: FileLock) -> Result<FileLock> {
+    fn getlk(
+        &self,
+        ctx: &RequestContext<'_>,
+        node: &Self::Node,
+        fh: &Self::Handle,
+        owner: u64,
+        lock: FileLock,
+    ) -> Result<FileLock> {
         Err(Errno::ENOSYS)
     }
 
     /// Acquires or releases a lock (`sleep`: SETLKW; `flock`: a BSD lock).
     #[allow(clippy::too_many_arguments)]
-    fn setlk(&self, ctx: &RequestContext<'_>, node: &Self::Node, fh: &Self::Handle, owner: u64, lock: FileLock, sleep: bool, flock: bool) -> Result<()> {
+    fn setlk(
+        &self,
+        ctx: &RequestContext<'_>,
+        node: &Self::Node,
+        fh: &Self::Handle,
+        owner: u64,
+        lock: FileLock,
+        sleep: bool,
+        flock: bool,
+    ) -> Result<()> {
         Err(Errno::ENOSYS)
     }
 
     /// Maps a file block to a device block (fuseblk).
-    fn bmap(&self, ctx: &RequestContext<'_>, node: &Self::Node, blocksize: u32, block: u64) -> Result<u64> {
+    fn bmap(
+        &self,
+        ctx: &RequestContext<'_>,
+        node: &Self::Node,
+        blocksize: u32,
+        block: u64,
+    ) -> Result<u64> {
         Err(Errno::ENOSYS)
     }
 
     /// ioctl(2).
     #[allow(clippy::too_many_arguments)]
-    fn ioctl(&self, ctx: &RequestContext<'_>, node: &Self::Node, fh: &Self::Handle, flags: u32, cmd: u32, arg: u64, input: &[u8], out_size: u32) -> Result<IoctlReply> {
+    fn ioctl(
+        &self,
+        ctx: &RequestContext<'_>,
+        node: &Self::Node,
+        fh: &Self::Handle,
+        flags: u32,
+        cmd: u32,
+        arg: u64,
+        input: &[u8],
+        out_size: u32,
+    ) -> Result<IoctlReply> {
         Err(Errno::ENOSYS)
     }
 
     /// poll(2): returns the ready events. With `kh`, notify the kernel through
     /// [`Notifier::poll_wakeup`](crate::Notifier::poll_wakeup) when readiness changes.
-    fn poll(&self, ctx: &RequestContext<'_>, node: &Self::Node, fh: &Self::Handle, kh: Option<PollHandle>, events: u32) -> Result<u32> {
+    fn poll(
+        &self,
+        ctx: &RequestContext<'_>,
+        node: &Self::Node,
+        fh: &Self::Handle,
+        kh: Option<PollHandle>,
+        events: u32,
+    ) -> Result<u32> {
         Err(Errno::ENOSYS)
     }
 
     /// fallocate(2), including FALLOC_FL_PUNCH_HOLE / KEEP_SIZE.
-    fn fallocate(&self, ctx: &RequestContext<'_>, node: &Self::Node, fh: &Self::Handle, offset: u64, length: u64, mode: u32) -> Result<()> {
+    fn fallocate(
+        &self,
+        ctx: &RequestContext<'_>,
+        node: &Self::Node,
+        fh: &Self::Handle,
+        offset: u64,
+        length: u64,
+        mode: u32,
+    ) -> Result<()> {
         Err(Errno::ENOSYS)
     }
 
     /// lseek(2) for SEEK_DATA / SEEK_HOLE (the kernel handles the others itself).
-    fn lseek(&self, ctx: &RequestContext<'_>, node: &Self::Node, fh: &Self::Handle, offset: u64, whence: u32) -> Result<u64> {
+    fn lseek(
+        &self,
+        ctx: &RequestContext<'_>,
+        node: &Self::Node,
+        fh: &Self::Handle,
+        offset: u64,
+        whence: u32,
+    ) -> Result<u64> {
         Err(Errno::ENOSYS)
     }
 
     /// copy_file_range(2); returns the bytes copied.
     #[allow(clippy::too_many_arguments)]
-    fn copy_file_range(&self, ctx: &RequestContext<'_>, node_in: &Self::Node, fh_in: &Self::Handle, offset_in: u64, node_out: &Self::Node, fh_out: &Self::Handle, offset_out: u64, len: u64, flags: u64) -> Result<u64> {
+    fn copy_file_range(
+        &self,
+        ctx: &RequestContext<'_>,
+        node_in: &Self::Node,
+        fh_in: &Self::Handle,
+        offset_in: u64,
+        node_out: &Self::Node,
+        fh_out: &Self::Handle,
+        offset_out: u64,
+        len: u64,
+        flags: u64,
+    ) -> Result<u64> {
         Err(Errno::ENOSYS)
     }
 
     /// statx(2) with fields GETATTR cannot carry (7.39). On ENOSYS the kernel uses
     /// GETATTR.
-    fn statx(&self, ctx: &RequestContext<'_>, node: &Self::Node, fh: Option<&Self::Handle>, flags: u32, mask: u32) -> Result<StatxReply> {
+    fn statx(
+        &self,
+        ctx: &RequestContext<'_>,
+        node: &Self::Node,
+        fh: Option<&Self::Handle>,
+        flags: u32,
+        mask: u32,
+    ) -> Result<StatxReply> {
         Err(Errno::ENOSYS)
     }
 
     /// Creates an unnamed temporary file in `parent` and opens it (O_TMPFILE, 7.37).
-    fn tmpfile(&self, ctx: &RequestContext<'_>, parent: &Self::Node, mode: u32, flags: i32) -> Result<(Entry<Self::Node>, Opened<Self::Handle>)> {
+    fn tmpfile(
+        &self,
+        ctx: &RequestContext<'_>,
+        parent: &Self::Node,
+        mode: u32,
+        flags: i32,
+    ) -> Result<(Entry<Self::Node>, Opened<Self::Handle>)> {
         Err(Errno::ENOSYS)
     }
 

@@ -19,10 +19,10 @@ pub mod proto;
 pub mod serve;
 pub mod types;
 
-pub use notify::{Notified, Notifier, NotifyError};
 pub use fs::{Filesystem, PollHandle, StateValue, StatxReply};
+pub use fuse_wire as wire;
+pub use notify::{Notified, Notifier, NotifyError};
 pub use proto::bufs::{DirEntries, DirEntriesPlus, ReadBuf};
 pub use proto::init::{InitResult, InitWishes, KernelOffer};
 pub use proto::{Handled, InitState, Session};
 pub use types::*;
-pub use fuse_wire as wire;

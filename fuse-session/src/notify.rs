@@ -52,7 +52,9 @@ impl std::fmt::Display for NotifyError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             NotifyError::Encode(e) => write!(f, "notification refused: {e}"),
-            NotifyError::NotInitialized => write!(f, "notification before INIT: wait until the mount serves"),
+            NotifyError::NotInitialized => {
+                write!(f, "notification before INIT: wait until the mount serves")
+            }
             NotifyError::Closed => write!(f, "the FUSE connection is gone"),
             NotifyError::Io(e) => write!(f, "writing the notification failed: {e}"),
             NotifyError::Timeout => write!(f, "the kernel did not answer NOTIFY_RETRIEVE in time"),
@@ -76,14 +78,22 @@ impl<F: Filesystem> Notifier<F> {
         Notifier { session, channel }
     }
 
-    fn send(&self, encode: impl FnOnce(&mut [u8]) -> Result<usize, EncodeError>, extra: &[u8]) -> Result<Notified, NotifyError> {
+    fn send(
+        &self,
+        encode: impl FnOnce(&mut [u8]) -> Result<usize, EncodeError>,
+        extra: &[u8],
+    ) -> Result<Notified, NotifyError> {
         if self.session.init_state().is_none() {
             return Err(NotifyError::NotInitialized);
         }
         let mut buf = [0u8; 4096 + 64];
         let n = encode(&mut buf).map_err(NotifyError::Encode)?;
         let iov = [IoSlice::new(&buf[..n]), IoSlice::new(extra)];
-        let iov = if extra.is_empty() { &iov[..1] } else { &iov[..] };
+        let iov = if extra.is_empty() {
+            &iov[..1]
+        } else {
+            &iov[..]
+        };
         match self.channel.write(iov) {
             Ok(WriteOutcome::Delivered) => Ok(Notified::Delivered),
             Ok(WriteOutcome::Gone) => Ok(Notified::NotCached),
@@ -98,23 +108,49 @@ impl<F: Filesystem> Notifier<F> {
 
     /// NOTIFY_INVAL_INODE (7.12): drop cached attributes and the data in
     /// `[offset, offset+len)` (len 0: to the end; offset < 0: attributes only).
-    pub fn inval_inode(&self, node: &F::Node, offset: i64, len: i64) -> Result<Notified, NotifyError> {
-        let Some(id) = self.nodeid(node) else { return Ok(Notified::NotCached) };
+    pub fn inval_inode(
+        &self,
+        node: &F::Node,
+        offset: i64,
+        len: i64,
+    ) -> Result<Notified, NotifyError> {
+        let Some(id) = self.nodeid(node) else {
+            return Ok(Notified::NotCached);
+        };
         let proto = self.session.negotiated();
         self.send(|b| notify::inval_inode(b, &proto, id, offset, len), &[])
     }
 
     /// NOTIFY_INVAL_ENTRY (7.12): drop the cached entry `name` in `parent`
     /// (`expire_only`, 7.38: only mark it expired).
-    pub fn inval_entry(&self, parent: &F::Node, name: &std::ffi::OsStr, expire_only: bool) -> Result<Notified, NotifyError> {
-        let Some(id) = self.nodeid(parent) else { return Ok(Notified::NotCached) };
+    pub fn inval_entry(
+        &self,
+        parent: &F::Node,
+        name: &std::ffi::OsStr,
+        expire_only: bool,
+    ) -> Result<Notified, NotifyError> {
+        let Some(id) = self.nodeid(parent) else {
+            return Ok(Notified::NotCached);
+        };
         let proto = self.session.negotiated();
-        let flags = if expire_only { RequestFlags::EXPIRE_ONLY } else { RequestFlags::EMPTY };
-        self.send(|b| notify::inval_entry(b, &proto, id, name.as_bytes(), flags), &[])
+        let flags = if expire_only {
+            RequestFlags::EXPIRE_ONLY
+        } else {
+            RequestFlags::EMPTY
+        };
+        self.send(
+            |b| notify::inval_entry(b, &proto, id, name.as_bytes(), flags),
+            &[],
+        )
     }
 
     /// NOTIFY_DELETE (7.18): `name` in `parent`, which was `child`, is gone.
-    pub fn delete(&self, parent: &F::Node, child: &F::Node, name: &std::ffi::OsStr) -> Result<Notified, NotifyError> {
+    pub fn delete(
+        &self,
+        parent: &F::Node,
+        child: &F::Node,
+        name: &std::ffi::OsStr,
+    ) -> Result<Notified, NotifyError> {
         let (Some(p), Some(c)) = (self.nodeid(parent), self.nodeid(child)) else {
             return Ok(Notified::NotCached);
         };
@@ -124,12 +160,17 @@ impl<F: Filesystem> Notifier<F> {
 
     /// NOTIFY_STORE (7.15): put `data` into the kernel's page cache of `node` at `offset`.
     pub fn store(&self, node: &F::Node, offset: u64, data: &[u8]) -> Result<Notified, NotifyError> {
-        let Some(id) = self.nodeid(node) else { return Ok(Notified::NotCached) };
+        let Some(id) = self.nodeid(node) else {
+            return Ok(Notified::NotCached);
+        };
         let proto = self.session.negotiated();
         self.send(
             |b| {
                 let h = notify::store_header(&proto, id, offset, data.len())?;
-                let dst = b.get_mut(..h.len()).ok_or(EncodeError::BufferTooSmall { need: h.len(), have: 0 })?;
+                let dst = b.get_mut(..h.len()).ok_or(EncodeError::BufferTooSmall {
+                    need: h.len(),
+                    have: 0,
+                })?;
                 dst.copy_from_slice(&h);
                 Ok(h.len())
             },
@@ -140,13 +181,24 @@ impl<F: Filesystem> Notifier<F> {
     /// NOTIFY_RETRIEVE (7.15): asks the kernel for up to `size` bytes of `node`'s
     /// page cache at `offset`, and waits (at most `timeout`) for the NOTIFY_REPLY that
     /// carries them. Returns the offset and the data (empty if nothing was cached).
-    pub fn retrieve(&self, node: &F::Node, offset: u64, size: u32, timeout: Duration) -> Result<(u64, Vec<u8>), NotifyError> {
-        let Some(id) = self.nodeid(node) else { return Ok((offset, Vec::new())) };
+    pub fn retrieve(
+        &self,
+        node: &F::Node,
+        offset: u64,
+        size: u32,
+        timeout: Duration,
+    ) -> Result<(u64, Vec<u8>), NotifyError> {
+        let Some(id) = self.nodeid(node) else {
+            return Ok((offset, Vec::new()));
+        };
         let proto = self.session.negotiated();
         let unique = self.session.next_notify_unique();
         let (tx, rx) = mpsc::channel();
         lock(&self.session.retrieves).insert(unique, tx);
-        let sent = self.send(|b| notify::retrieve(b, &proto, unique, id, offset, size), &[]);
+        let sent = self.send(
+            |b| notify::retrieve(b, &proto, unique, id, offset, size),
+            &[],
+        );
         let result = match sent {
             Ok(Notified::Delivered) => rx.recv_timeout(timeout).map_err(|_| NotifyError::Timeout),
             Ok(Notified::NotCached) => Ok((offset, Vec::new())),

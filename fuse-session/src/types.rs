@@ -27,10 +27,43 @@ macro_rules! errnos {
 }
 
 errnos!(
-    EPERM, ENOENT, EIO, ENXIO, EBADF, EAGAIN, ENOMEM, EACCES, EBUSY, EEXIST, EXDEV, ENODEV,
-    ENOTDIR, EISDIR, EINVAL, ENFILE, EMFILE, ENOTTY, EFBIG, ENOSPC, ESPIPE, EROFS, EMLINK,
-    ERANGE, ENAMETOOLONG, ENOSYS, ENOTEMPTY, ELOOP, ENODATA, EOVERFLOW, EOPNOTSUPP, ESTALE,
-    EINTR, ENOTSUP, EDEADLK, ENOLCK, E2BIG,
+    EPERM,
+    ENOENT,
+    EIO,
+    ENXIO,
+    EBADF,
+    EAGAIN,
+    ENOMEM,
+    EACCES,
+    EBUSY,
+    EEXIST,
+    EXDEV,
+    ENODEV,
+    ENOTDIR,
+    EISDIR,
+    EINVAL,
+    ENFILE,
+    EMFILE,
+    ENOTTY,
+    EFBIG,
+    ENOSPC,
+    ESPIPE,
+    EROFS,
+    EMLINK,
+    ERANGE,
+    ENAMETOOLONG,
+    ENOSYS,
+    ENOTEMPTY,
+    ELOOP,
+    ENODATA,
+    EOVERFLOW,
+    EOPNOTSUPP,
+    ESTALE,
+    EINTR,
+    ENOTSUP,
+    EDEADLK,
+    ENOLCK,
+    E2BIG,
 );
 
 impl Errno {
@@ -41,7 +74,11 @@ impl Errno {
 
     /// The error number of an `io::Error`, or `EIO` if it has none.
     pub fn from_io(e: &std::io::Error) -> Errno {
-        Errno(e.raw_os_error().filter(|&v| v > 0 && v < 4096).unwrap_or(nix::libc::EIO))
+        Errno(
+            e.raw_os_error()
+                .filter(|&v| v > 0 && v < 4096)
+                .unwrap_or(nix::libc::EIO),
+        )
     }
 }
 
@@ -59,7 +96,12 @@ impl From<nix::errno::Errno> for Errno {
 
 impl fmt::Debug for Errno {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} ({})", nix::errno::Errno::from_raw(self.0).desc(), self.0)
+        write!(
+            f,
+            "{} ({})",
+            nix::errno::Errno::from_raw(self.0).desc(),
+            self.0
+        )
     }
 }
 
@@ -193,7 +235,10 @@ impl FileAttr {
 /// Splits a time into seconds since the epoch (negative before it) and nanoseconds.
 pub fn split_time(t: SystemTime) -> (i64, u32) {
     match t.duration_since(UNIX_EPOCH) {
-        Ok(d) => (i64::try_from(d.as_secs()).unwrap_or(i64::MAX), d.subsec_nanos()),
+        Ok(d) => (
+            i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
+            d.subsec_nanos(),
+        ),
         Err(e) => {
             let d = e.duration();
             let secs = i64::try_from(d.as_secs()).unwrap_or(i64::MAX);
@@ -256,7 +301,10 @@ pub struct Opened<H> {
 impl<H> Opened<H> {
     /// An open result with no flags.
     pub fn new(handle: H) -> Self {
-        Opened { handle, flags: fuse_wire::FopenFlags::EMPTY }
+        Opened {
+            handle,
+            flags: fuse_wire::FopenFlags::EMPTY,
+        }
     }
 }
 

@@ -32,7 +32,11 @@ fn attr(node: u32) -> FileAttr {
         atime: UNIX_EPOCH,
         mtime: UNIX_EPOCH,
         ctime: UNIX_EPOCH,
-        kind: if node == 0 { FileType::Directory } else { FileType::RegularFile },
+        kind: if node == 0 {
+            FileType::Directory
+        } else {
+            FileType::RegularFile
+        },
         perm: 0o644,
         nlink: 1,
         uid: 0,
@@ -44,7 +48,12 @@ fn attr(node: u32) -> FileAttr {
 }
 
 fn entry(node: u32) -> Entry<u32> {
-    Entry { node, attr: attr(node), entry_ttl: Duration::ZERO, attr_ttl: Duration::ZERO }
+    Entry {
+        node,
+        attr: attr(node),
+        entry_ttl: Duration::ZERO,
+        attr_ttl: Duration::ZERO,
+    }
 }
 
 impl Filesystem for TreeFs {
@@ -69,7 +78,11 @@ impl Filesystem for TreeFs {
     }
 
     fn lookup(&self, _: &RequestContext<'_>, parent: &u32, name: &OsStr) -> Result<Entry<u32>> {
-        let n: u32 = name.to_str().and_then(|s| s.strip_prefix('n')).and_then(|s| s.parse().ok()).ok_or(Errno::ENOENT)?;
+        let n: u32 = name
+            .to_str()
+            .and_then(|s| s.strip_prefix('n'))
+            .and_then(|s| s.parse().ok())
+            .ok_or(Errno::ENOENT)?;
         if *parent != 0 || n >= N {
             return Err(Errno::ENOENT);
         }
@@ -77,7 +90,10 @@ impl Filesystem for TreeFs {
     }
 
     fn getattr(&self, _: &RequestContext<'_>, node: &u32, _: Option<&u32>) -> Result<AttrReply> {
-        Ok(AttrReply { attr: attr(*node), ttl: Duration::ZERO })
+        Ok(AttrReply {
+            attr: attr(*node),
+            ttl: Duration::ZERO,
+        })
     }
 
     fn opendir(&self, _: &RequestContext<'_>, node: &u32, _: i32) -> Result<Opened<u32>> {
@@ -88,7 +104,15 @@ impl Filesystem for TreeFs {
         Ok(Opened::new(*node))
     }
 
-    fn read<'r>(&'r self, ctx: &RequestContext<'_>, _: &u32, _: &u32, _: u64, _: u32, out: &mut ReadBuf<'r, '_>) -> Result<()> {
+    fn read<'r>(
+        &'r self,
+        ctx: &RequestContext<'_>,
+        _: &u32,
+        _: &u32,
+        _: u64,
+        _: u32,
+        out: &mut ReadBuf<'r, '_>,
+    ) -> Result<()> {
         // Blocks until interrupted (at most 5 s): the interrupt test.
         let start = Instant::now();
         while !ctx.interrupted() {
@@ -101,7 +125,14 @@ impl Filesystem for TreeFs {
         Err(Errno::EINTR)
     }
 
-    fn readdirplus(&self, _: &RequestContext<'_>, _: &u32, _: &u32, offset: u64, out: &mut DirEntriesPlus<'_, u32>) -> Result<()> {
+    fn readdirplus(
+        &self,
+        _: &RequestContext<'_>,
+        _: &u32,
+        _: &u32,
+        offset: u64,
+        out: &mut DirEntriesPlus<'_, u32>,
+    ) -> Result<()> {
         let mut list = vec![(b".".to_vec(), 0u32), (b"..".to_vec(), 0u32)];
         list.extend((0..N).map(|i| (format!("n{i}").into_bytes(), i + 1)));
         for (i, (name, node)) in list.iter().enumerate().skip(offset as usize) {
@@ -115,8 +146,14 @@ impl Filesystem for TreeFs {
 
 fn kernel() -> FakeKernel<TreeFs> {
     let mut k = FakeKernel::new(TreeFs::default());
-    let r = k.init(45, InitFlags::INIT_EXT | InitFlags::DO_READDIRPLUS | InitFlags::MAX_PAGES);
-    assert!(matches!(r.parse(&k.proto()).unwrap().body, reply::ReplyBody::Init { .. }));
+    let r = k.init(
+        45,
+        InitFlags::INIT_EXT | InitFlags::DO_READDIRPLUS | InitFlags::MAX_PAGES,
+    );
+    assert!(matches!(
+        r.parse(&k.proto()).unwrap().body,
+        reply::ReplyBody::Init { .. }
+    ));
     k
 }
 
@@ -230,7 +267,13 @@ fn forget_reaches_the_filesystem_only_at_zero() {
     let b = k.lookup(1, b"n3").unwrap().nodeid;
     assert_eq!(a, b, "deduplicated");
     k.forget(a, 1);
-    assert!(k.session().filesystem().forgotten.lock().unwrap().is_empty());
+    assert!(k
+        .session()
+        .filesystem()
+        .forgotten
+        .lock()
+        .unwrap()
+        .is_empty());
     k.forget(a, 1);
     assert_eq!(*k.session().filesystem().forgotten.lock().unwrap(), vec![4]);
     let c = k.lookup(1, b"n3").unwrap();
@@ -241,10 +284,23 @@ fn forget_reaches_the_filesystem_only_at_zero() {
 fn unknown_nodeids_and_handles_are_errors_not_panics() {
     let mut k = kernel();
     let arg = abi::fuse_getattr_in::default();
-    assert_eq!(k.status(999, &Operation::Getattr { arg }), nix::libc::ESTALE);
-    assert_eq!(k.status(999, &Operation::Lookup { name: b"n1" }), nix::libc::ESTALE);
-    let read = abi::fuse_read_in { fh: U64::new(77), size: U32::new(10), ..Default::default() };
-    assert_eq!(k.status(1, &Operation::Read { arg: read }), nix::libc::EBADF);
+    assert_eq!(
+        k.status(999, &Operation::Getattr { arg }),
+        nix::libc::ESTALE
+    );
+    assert_eq!(
+        k.status(999, &Operation::Lookup { name: b"n1" }),
+        nix::libc::ESTALE
+    );
+    let read = abi::fuse_read_in {
+        fh: U64::new(77),
+        size: U32::new(10),
+        ..Default::default()
+    };
+    assert_eq!(
+        k.status(1, &Operation::Read { arg: read }),
+        nix::libc::EBADF
+    );
     assert_eq!(k.release(1, false, 77), nix::libc::EBADF);
     assert_eq!(k.release(1, true, 77), nix::libc::EBADF);
     // A file handle is not a directory handle.
@@ -258,34 +314,65 @@ fn unknown_nodeids_and_handles_are_errors_not_panics() {
 fn unknown_opcode_gets_enosys_and_malformed_body_gets_eio_with_its_unique() {
     let mut k = kernel();
     // Opcode 999 with a small body.
-    let mut req = abi::fuse_in_header { len: U32::new(48), opcode: U32::new(999), unique: U64::new(4242), nodeid: U64::new(1), ..Default::default() }.as_bytes().to_vec();
+    let mut req = abi::fuse_in_header {
+        len: U32::new(48),
+        opcode: U32::new(999),
+        unique: U64::new(4242),
+        nodeid: U64::new(1),
+        ..Default::default()
+    }
+    .as_bytes()
+    .to_vec();
     req.extend_from_slice(&[0u8; 8]);
     let r = k.raw(&req).unwrap();
     let hdr = &r[..16];
-    assert_eq!(i32::from_ne_bytes(hdr[4..8].try_into().unwrap()), -nix::libc::ENOSYS);
+    assert_eq!(
+        i32::from_ne_bytes(hdr[4..8].try_into().unwrap()),
+        -nix::libc::ENOSYS
+    );
     assert_eq!(u64::from_ne_bytes(hdr[8..16].try_into().unwrap()), 4242);
     // LOOKUP whose name lacks its NUL.
-    let mut req = abi::fuse_in_header { len: U32::new(43), opcode: U32::new(1), unique: U64::new(77), nodeid: U64::new(1), ..Default::default() }.as_bytes().to_vec();
+    let mut req = abi::fuse_in_header {
+        len: U32::new(43),
+        opcode: U32::new(1),
+        unique: U64::new(77),
+        nodeid: U64::new(1),
+        ..Default::default()
+    }
+    .as_bytes()
+    .to_vec();
     req.extend_from_slice(b"abc");
     let r = k.raw(&req).unwrap();
-    assert_eq!(i32::from_ne_bytes(r[4..8].try_into().unwrap()), -nix::libc::EIO);
+    assert_eq!(
+        i32::from_ne_bytes(r[4..8].try_into().unwrap()),
+        -nix::libc::EIO
+    );
     assert_eq!(u64::from_ne_bytes(r[8..16].try_into().unwrap()), 77);
     // A truncated header cannot be answered: dropped, not a panic.
     assert!(k.raw(&req[..20]).is_none());
-    assert_eq!(k.session().stats().malformed.load(Ordering::Relaxed), 2, "the bad body and the bad header");
+    assert_eq!(
+        k.session().stats().malformed.load(Ordering::Relaxed),
+        2,
+        "the bad body and the bad header"
+    );
 }
 
 #[test]
 fn requests_before_init_get_eio() {
     let mut k = FakeKernel::new(TreeFs::default());
-    assert_eq!(k.status(1, &Operation::Lookup { name: b"n1" }), nix::libc::EIO);
+    assert_eq!(
+        k.status(1, &Operation::Lookup { name: b"n1" }),
+        nix::libc::EIO
+    );
 }
 
 #[test]
 fn resend_bit_is_echoed() {
     let mut k = kernel();
     let unique = abi::FUSE_UNIQUE_RESEND | 55;
-    let r = k.call_with_unique(unique, 1, &Operation::Lookup { name: b"n1" }).unwrap();
+    let r = k
+        .call_with_unique(unique, 1, &Operation::Lookup { name: b"n1" })
+        .unwrap();
     assert_eq!(r.parse(&k.proto()).unwrap().unique, unique);
 }
 
@@ -308,12 +395,28 @@ fn interrupt_reaches_a_running_request_and_one_that_has_not_arrived() {
     let proto = session.negotiated();
     let enc = |unique: u64, op: &Operation<'_>| {
         let mut buf = vec![0u8; 4096];
-        let h = fuse_wire::request::encode::HeaderFields { unique, nodeid: 1, uid: 0, gid: 0, pid: 1 };
-        let n = fuse_wire::request::encode::encode(&mut buf, &proto, &h, op, &Default::default()).unwrap();
+        let h = fuse_wire::request::encode::HeaderFields {
+            unique,
+            nodeid: 1,
+            uid: 0,
+            gid: 0,
+            pid: 1,
+        };
+        let n = fuse_wire::request::encode::encode(&mut buf, &proto, &h, op, &Default::default())
+            .unwrap();
         buf.truncate(n);
         buf
     };
-    let read = enc(100, &Operation::Read { arg: abi::fuse_read_in { fh: U64::new(fh), size: U32::new(64), ..Default::default() } });
+    let read = enc(
+        100,
+        &Operation::Read {
+            arg: abi::fuse_read_in {
+                fh: U64::new(fh),
+                size: U32::new(64),
+                ..Default::default()
+            },
+        },
+    );
     let t = std::thread::spawn(move || {
         let mut out = vec![0u8; session.reply_buffer_size()];
         match session.handle(&read, &mut out) {
@@ -322,17 +425,46 @@ fn interrupt_reaches_a_running_request_and_one_that_has_not_arrived() {
         }
     });
     std::thread::sleep(Duration::from_millis(50));
-    let intr = enc(101, &Operation::Interrupt { arg: &abi::fuse_interrupt_in { unique: U64::new(100) } });
+    let intr = enc(
+        101,
+        &Operation::Interrupt {
+            arg: &abi::fuse_interrupt_in {
+                unique: U64::new(100),
+            },
+        },
+    );
     let mut out = vec![0u8; session.reply_buffer_size()];
-    assert!(matches!(session.handle(&intr, &mut out), Handled::NoReply), "INTERRUPT is never answered (never ENOSYS)");
+    assert!(
+        matches!(session.handle(&intr, &mut out), Handled::NoReply),
+        "INTERRUPT is never answered (never ENOSYS)"
+    );
     assert_eq!(t.join().unwrap(), -nix::libc::EINTR);
     // The interrupt overtakes its request.
-    let intr = enc(103, &Operation::Interrupt { arg: &abi::fuse_interrupt_in { unique: U64::new(102) } });
+    let intr = enc(
+        103,
+        &Operation::Interrupt {
+            arg: &abi::fuse_interrupt_in {
+                unique: U64::new(102),
+            },
+        },
+    );
     assert!(matches!(session.handle(&intr, &mut out), Handled::NoReply));
-    let read = enc(102, &Operation::Read { arg: abi::fuse_read_in { fh: U64::new(fh), size: U32::new(64), ..Default::default() } });
+    let read = enc(
+        102,
+        &Operation::Read {
+            arg: abi::fuse_read_in {
+                fh: U64::new(fh),
+                size: U32::new(64),
+                ..Default::default()
+            },
+        },
+    );
     let start = Instant::now();
     match session.handle(&read, &mut out) {
-        Handled::Reply { head, .. } => assert_eq!(i32::from_ne_bytes(head[4..8].try_into().unwrap()), -nix::libc::EINTR),
+        Handled::Reply { head, .. } => assert_eq!(
+            i32::from_ne_bytes(head[4..8].try_into().unwrap()),
+            -nix::libc::EINTR
+        ),
         other => panic!("{other:?}"),
     }
     assert!(start.elapsed() < Duration::from_secs(5));

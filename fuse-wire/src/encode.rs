@@ -22,7 +22,10 @@ impl<'a> Writer<'a> {
     /// Fails unless `total` bytes fit from the start of the buffer.
     pub(crate) fn reserve(&self, total: usize) -> Result<(), EncodeError> {
         if total > self.buf.len() {
-            Err(EncodeError::BufferTooSmall { need: total, have: self.buf.len() })
+            Err(EncodeError::BufferTooSmall {
+                need: total,
+                have: self.buf.len(),
+            })
         } else {
             Ok(())
         }
@@ -87,7 +90,9 @@ impl<'a> Writer<'a> {
     /// Overwrites bytes at `at` (used to patch a length after the body is written).
     pub(crate) fn patch(&mut self, at: usize, b: &[u8]) -> Result<(), EncodeError> {
         let have = self.buf.len();
-        let end = at.checked_add(b.len()).ok_or(EncodeError::TooLarge { what: "message" })?;
+        let end = at
+            .checked_add(b.len())
+            .ok_or(EncodeError::TooLarge { what: "message" })?;
         self.buf
             .get_mut(at..end)
             .ok_or(EncodeError::BufferTooSmall { need: end, have })?
@@ -106,5 +111,7 @@ pub(crate) const fn pad8(n: usize) -> usize {
 
 /// Converts a total message length to the header's `u32`.
 pub(crate) fn len_u32(total: usize) -> Result<u32, EncodeError> {
-    u32::try_from(total).map_err(|_| EncodeError::TooLarge { what: "message length" })
+    u32::try_from(total).map_err(|_| EncodeError::TooLarge {
+        what: "message length",
+    })
 }

@@ -81,15 +81,28 @@ impl fmt::Display for ParseError {
                 "header says the message is {header} bytes but {buffer} were given; \
                  pass exactly the bytes of one read(2) from /dev/fuse"
             ),
-            ParseError::ShortBody { opcode, what, need, have } => write!(
+            ParseError::ShortBody {
+                opcode,
+                what,
+                need,
+                have,
+            } => write!(
                 f,
                 "{opcode} body too short for {what}: need {need} bytes, have {have}; \
                  check the negotiated minor and flags passed to parse"
             ),
             ParseError::MissingNul { opcode, what } => {
-                write!(f, "{opcode}: {what} is not NUL-terminated within the message")
+                write!(
+                    f,
+                    "{opcode}: {what} is not NUL-terminated within the message"
+                )
             }
-            ParseError::CountOverrun { opcode, what, count, available } => write!(
+            ParseError::CountOverrun {
+                opcode,
+                what,
+                count,
+                available,
+            } => write!(
                 f,
                 "{opcode}: {count} {what} declared but only {available} bytes remain"
             ),
@@ -147,7 +160,11 @@ impl fmt::Display for EncodeError {
             ),
             EncodeError::TooLarge { what } => write!(f, "{what} is too large for a FUSE message"),
             EncodeError::BadName { reason } => write!(f, "bad name: {reason}"),
-            EncodeError::NotSupported { what, since_minor, negotiated_minor } => write!(
+            EncodeError::NotSupported {
+                what,
+                since_minor,
+                negotiated_minor,
+            } => write!(
                 f,
                 "{what} needs protocol 7.{since_minor} but 7.{negotiated_minor} was negotiated; \
                  the kernel would reject it"

@@ -332,7 +332,10 @@ mod tests {
     #[test]
     fn debug_names_known_bits_and_keeps_unknown() {
         let f = InitFlags::ASYNC_READ | InitFlags(1 << 60);
-        assert_eq!(format!("{f:?}"), "InitFlags(ASYNC_READ | 0x1000000000000000)");
+        assert_eq!(
+            format!("{f:?}"),
+            "InitFlags(ASYNC_READ | 0x1000000000000000)"
+        );
         assert_eq!(format!("{:?}", FopenFlags::EMPTY), "FopenFlags(0)");
     }
 }

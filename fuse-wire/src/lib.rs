@@ -24,11 +24,11 @@
 #![deny(missing_docs)]
 
 pub mod abi;
-#[doc(hidden)]
-pub mod fuzzing;
 mod encode;
 mod error;
 mod flags;
+#[doc(hidden)]
+pub mod fuzzing;
 mod negotiated;
 pub mod notify;
 mod opcode;

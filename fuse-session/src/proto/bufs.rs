@@ -26,7 +26,11 @@ pub struct ReadBuf<'r, 'b> {
 
 impl<'r, 'b> ReadBuf<'r, 'b> {
     pub(crate) fn new(space: &'b mut [u8]) -> Self {
-        ReadBuf { space, len: 0, lent: None }
+        ReadBuf {
+            space,
+            len: 0,
+            lent: None,
+        }
     }
 
     /// The space to copy data into: as many bytes as the kernel asked for.
@@ -88,7 +92,12 @@ impl DirEntries<'_> {
         if self.error.is_some() {
             return false;
         }
-        let d = Dirent { ino, off: next_offset, typ: kind.dirent_type(), name: name.as_bytes() };
+        let d = Dirent {
+            ino,
+            off: next_offset,
+            typ: kind.dirent_type(),
+            name: name.as_bytes(),
+        };
         match self.writer.push(&d) {
             Ok(Push::Added) => true,
             Ok(Push::Full) => false,
@@ -135,7 +144,12 @@ impl<N: Clone + Eq + Hash> DirEntriesPlus<'_, N> {
         }
         let d = DirentPlus {
             entry: wire,
-            dirent: Dirent { ino: entry.attr.ino, off: next_offset, typ, name },
+            dirent: Dirent {
+                ino: entry.attr.ino,
+                off: next_offset,
+                typ,
+                name,
+            },
         };
         match self.writer.push_plus(&d) {
             Ok(Push::Added) => true,

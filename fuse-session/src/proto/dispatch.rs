@@ -130,12 +130,20 @@ impl<F: Filesystem> Session<F> {
         match result {
             Ok(Dispatched::Whole(n, counted)) => {
                 log::debug!("-> unique={unique} ok ({n} bytes)");
-                Handled::Reply { head: &out[..n], payload: &[], counted }
+                Handled::Reply {
+                    head: &out[..n],
+                    payload: &[],
+                    counted,
+                }
             }
             Ok(Dispatched::Read(data)) => self.finish_read(out, unique, data),
             Ok(Dispatched::Destroy(n)) => {
                 self.shutdown();
-                Handled::Reply { head: &out[..n], payload: &[], counted: None }
+                Handled::Reply {
+                    head: &out[..n],
+                    payload: &[],
+                    counted: None,
+                }
             }
             Err(errno) => self.error_reply(out, unique, errno),
         }
@@ -143,10 +151,18 @@ impl<F: Filesystem> Session<F> {
 
     fn error_reply<'a>(&self, out: &'a mut [u8], unique: u64, errno: Errno) -> Handled<'a> {
         self.stats.errors.fetch_add(1, Ordering::Relaxed);
-        let errno = if (1..=511).contains(&errno.0) { errno } else { Errno::EIO };
+        let errno = if (1..=511).contains(&errno.0) {
+            errno
+        } else {
+            Errno::EIO
+        };
         log::debug!("-> unique={unique} error {errno}");
         match reply::error(out, unique, errno.0) {
-            Ok(n) => Handled::Reply { head: &out[..n], payload: &[], counted: None },
+            Ok(n) => Handled::Reply {
+                head: &out[..n],
+                payload: &[],
+                counted: None,
+            },
             Err(e) => {
                 log::error!("cannot encode an error reply: {e}");
                 Handled::NoReply
@@ -154,7 +170,12 @@ impl<F: Filesystem> Session<F> {
         }
     }
 
-    fn finish_read<'a>(&'a self, out: &'a mut [u8], unique: u64, data: ReadData<'a>) -> Handled<'a> {
+    fn finish_read<'a>(
+        &'a self,
+        out: &'a mut [u8],
+        unique: u64,
+        data: ReadData<'a>,
+    ) -> Handled<'a> {
         let len = match &data {
             ReadData::Lent(d) => d.len(),
             ReadData::InPlace(n) => *n,
@@ -170,12 +191,20 @@ impl<F: Filesystem> Session<F> {
             ReadData::InPlace(n) => &rest[..n],
         };
         log::debug!("-> unique={unique} ok ({len} bytes of data)");
-        Handled::Reply { head: &h[..head.len()], payload, counted: None }
+        Handled::Reply {
+            head: &h[..head.len()],
+            payload,
+            counted: None,
+        }
     }
 
     fn do_init<'a>(&self, out: &'a mut [u8], unique: u64, arg: &abi::fuse_init_in) -> Handled<'a> {
         let low = arg.flags.get();
-        let high = if low & InitFlags::INIT_EXT.low() != 0 { arg.flags2.get() } else { 0 };
+        let high = if low & InitFlags::INIT_EXT.low() != 0 {
+            arg.flags2.get()
+        } else {
+            0
+        };
         let offer = KernelOffer {
             major: arg.major.get(),
             minor: arg.minor.get(),
@@ -206,7 +235,11 @@ impl<F: Filesystem> Session<F> {
                 );
                 let n = enc(reply::init(out, unique, offer.minor, &init_out(&result)));
                 match n {
-                    Ok(n) => Handled::Reply { head: &out[..n], payload: &[], counted: None },
+                    Ok(n) => Handled::Reply {
+                        head: &out[..n],
+                        payload: &[],
+                        counted: None,
+                    },
                     Err(e) => self.error_reply(out, unique, e),
                 }
             }
@@ -218,7 +251,11 @@ impl<F: Filesystem> Session<F> {
                     ..Default::default()
                 };
                 match enc(reply::init(out, unique, offer.minor, &o)) {
-                    Ok(n) => Handled::Reply { head: &out[..n], payload: &[], counted: None },
+                    Ok(n) => Handled::Reply {
+                        head: &out[..n],
+                        payload: &[],
+                        counted: None,
+                    },
                     Err(e) => self.error_reply(out, unique, e),
                 }
             }
@@ -281,8 +318,18 @@ impl<F: Filesystem> Session<F> {
             flags,
         });
         let proto = self.negotiated();
-        let open = reply::Open { fh, flags: opened.flags, backing_id: 0 };
-        match reply::create(out, unique, &proto, &ttl_entry(&entry, id, generation), &open) {
+        let open = reply::Open {
+            fh,
+            flags: opened.flags,
+            backing_id: 0,
+        };
+        match reply::create(
+            out,
+            unique,
+            &proto,
+            &ttl_entry(&entry, id, generation),
+            &open,
+        ) {
             Ok(n) => Ok((n, Some(id))),
             Err(e) => {
                 log::error!("could not encode a create reply: {e}");
@@ -308,7 +355,11 @@ impl<F: Filesystem> Session<F> {
             nodeid,
             flags,
         });
-        let open = reply::Open { fh, flags: opened.flags, backing_id: 0 };
+        let open = reply::Open {
+            fh,
+            flags: opened.flags,
+            backing_id: 0,
+        };
         match reply::open(out, unique, &self.negotiated(), &open) {
             Ok(n) => Ok((n, None)),
             Err(e) => {
@@ -344,24 +395,34 @@ impl<F: Filesystem> Session<F> {
             Operation::Getattr { arg } => {
                 let node = self.node(nodeid)?;
                 let fh = if arg.getattr_flags.get() & RequestFlags::GETATTR_FH.0 != 0 {
-                    lock(&self.handles).get_any(arg.fh.get()).map(|e| e.handle.clone())
+                    lock(&self.handles)
+                        .get_any(arg.fh.get())
+                        .map(|e| e.handle.clone())
                 } else {
                     None
                 };
                 let a = fs.getattr(&ctx, &node, fh.as_ref())?;
-                whole(enc(reply::attr(out, unique, &proto, a.ttl, &a.attr.to_wire())).map(|n| (n, None)))
+                whole(
+                    enc(reply::attr(out, unique, &proto, a.ttl, &a.attr.to_wire()))
+                        .map(|n| (n, None)),
+                )
             }
             Operation::Setattr { arg } => {
                 let node = self.node(nodeid)?;
                 let valid = SetattrValid(arg.valid.get());
                 let fh = if valid.contains(SetattrValid::FH) {
-                    lock(&self.handles).get_any(arg.fh.get()).map(|e| e.handle.clone())
+                    lock(&self.handles)
+                        .get_any(arg.fh.get())
+                        .map(|e| e.handle.clone())
                 } else {
                     None
                 };
                 let set = setattr_of(arg, valid);
                 let a = fs.setattr(&ctx, &node, fh.as_ref(), &set)?;
-                whole(enc(reply::attr(out, unique, &proto, a.ttl, &a.attr.to_wire())).map(|n| (n, None)))
+                whole(
+                    enc(reply::attr(out, unique, &proto, a.ttl, &a.attr.to_wire()))
+                        .map(|n| (n, None)),
+                )
             }
             Operation::Readlink => {
                 let node = self.node(nodeid)?;
@@ -393,15 +454,33 @@ impl<F: Filesystem> Session<F> {
                 let parent = self.node(nodeid)?;
                 empty(out, fs.rmdir(&ctx, &parent, name(n)))
             }
-            Operation::Rename { arg, name: n, newname } => {
+            Operation::Rename {
+                arg,
+                name: n,
+                newname,
+            } => {
                 let parent = self.node(nodeid)?;
                 let newparent = self.node(arg.newdir.get())?;
-                empty(out, fs.rename(&ctx, &parent, name(n), &newparent, name(newname), 0))
+                empty(
+                    out,
+                    fs.rename(&ctx, &parent, name(n), &newparent, name(newname), 0),
+                )
             }
-            Operation::Rename2 { arg, name: n, newname } => {
+            Operation::Rename2 {
+                arg,
+                name: n,
+                newname,
+            } => {
                 let parent = self.node(nodeid)?;
                 let newparent = self.node(arg.newdir.get())?;
-                let r = fs.rename(&ctx, &parent, name(n), &newparent, name(newname), arg.flags.get());
+                let r = fs.rename(
+                    &ctx,
+                    &parent,
+                    name(n),
+                    &newparent,
+                    name(newname),
+                    arg.flags.get(),
+                );
                 empty(out, r)
             }
             Operation::Link { arg, newname } => {
@@ -429,7 +508,15 @@ impl<F: Filesystem> Session<F> {
             Operation::Write { arg, data } => {
                 let node = self.node(nodeid)?;
                 let fh = self.handle_of(arg.fh.get(), HandleKind::File)?;
-                let n = fs.write(&ctx, &node, &fh, arg.offset.get(), data, arg.write_flags.get(), arg.flags.get() as i32)?;
+                let n = fs.write(
+                    &ctx,
+                    &node,
+                    &fh,
+                    arg.offset.get(),
+                    data,
+                    arg.write_flags.get(),
+                    arg.flags.get() as i32,
+                )?;
                 whole(enc(reply::write(out, unique, n)).map(|n| (n, None)))
             }
             Operation::Statfs => {
@@ -439,9 +526,18 @@ impl<F: Filesystem> Session<F> {
             }
             Operation::Release { arg } => {
                 let node = self.node(nodeid)?;
-                let entry = lock(&self.handles).remove(arg.fh.get(), HandleKind::File).ok_or(Errno::EBADF)?;
+                let entry = lock(&self.handles)
+                    .remove(arg.fh.get(), HandleKind::File)
+                    .ok_or(Errno::EBADF)?;
                 let flush = arg.release_flags.get() & RequestFlags::RELEASE_FLUSH.0 != 0;
-                let r = fs.release(&ctx, &node, entry.handle, arg.flags.get() as i32, arg.lock_owner.get(), flush);
+                let r = fs.release(
+                    &ctx,
+                    &node,
+                    entry.handle,
+                    arg.flags.get() as i32,
+                    arg.lock_owner.get(),
+                    flush,
+                );
                 empty(out, r)
             }
             Operation::Fsync { arg } => {
@@ -450,9 +546,20 @@ impl<F: Filesystem> Session<F> {
                 let datasync = arg.fsync_flags.get() & RequestFlags::FSYNC_FDATASYNC.0 != 0;
                 empty(out, fs.fsync(&ctx, &node, &fh, datasync))
             }
-            Operation::Setxattr { arg, name: n, value } => {
+            Operation::Setxattr {
+                arg,
+                name: n,
+                value,
+            } => {
                 let node = self.node(nodeid)?;
-                let r = fs.setxattr(&ctx, &node, name(n), value, arg.flags.get() as i32, arg.setxattr_flags.get());
+                let r = fs.setxattr(
+                    &ctx,
+                    &node,
+                    name(n),
+                    value,
+                    arg.flags.get() as i32,
+                    arg.setxattr_flags.get(),
+                );
                 empty(out, r)
             }
             Operation::Getxattr { arg, name: n } => {
@@ -485,11 +592,15 @@ impl<F: Filesystem> Session<F> {
             Operation::Readdir { arg } => {
                 let node = self.node(nodeid)?;
                 let fh = self.handle_of(arg.fh.get(), HandleKind::Dir)?;
-                let writer = reply::DirentWriter::new(out, unique, arg.size.get() as usize).map_err(|e| {
-                    log::error!("readdir buffer: {e}");
-                    Errno::EIO
-                })?;
-                let mut entries = DirEntries { writer, error: None };
+                let writer = reply::DirentWriter::new(out, unique, arg.size.get() as usize)
+                    .map_err(|e| {
+                        log::error!("readdir buffer: {e}");
+                        Errno::EIO
+                    })?;
+                let mut entries = DirEntries {
+                    writer,
+                    error: None,
+                };
                 fs.readdir(&ctx, &node, &fh, arg.offset.get(), &mut entries)?;
                 if let Some(e) = entries.error {
                     log::warn!("readdir entry refused: {e}");
@@ -500,11 +611,16 @@ impl<F: Filesystem> Session<F> {
             Operation::Readdirplus { arg } => {
                 let node = self.node(nodeid)?;
                 let fh = self.handle_of(arg.fh.get(), HandleKind::Dir)?;
-                let writer = reply::DirentWriter::new(out, unique, arg.size.get() as usize).map_err(|e| {
-                    log::error!("readdirplus buffer: {e}");
-                    Errno::EIO
-                })?;
-                let mut entries = DirEntriesPlus { writer, nodes: &self.nodes, error: None };
+                let writer = reply::DirentWriter::new(out, unique, arg.size.get() as usize)
+                    .map_err(|e| {
+                        log::error!("readdirplus buffer: {e}");
+                        Errno::EIO
+                    })?;
+                let mut entries = DirEntriesPlus {
+                    writer,
+                    nodes: &self.nodes,
+                    error: None,
+                };
                 fs.readdirplus(&ctx, &node, &fh, arg.offset.get(), &mut entries)?;
                 if let Some(e) = entries.error {
                     log::warn!("readdirplus entry refused: {e}");
@@ -514,8 +630,13 @@ impl<F: Filesystem> Session<F> {
             }
             Operation::Releasedir { arg } => {
                 let node = self.node(nodeid)?;
-                let entry = lock(&self.handles).remove(arg.fh.get(), HandleKind::Dir).ok_or(Errno::EBADF)?;
-                empty(out, fs.releasedir(&ctx, &node, entry.handle, arg.flags.get() as i32))
+                let entry = lock(&self.handles)
+                    .remove(arg.fh.get(), HandleKind::Dir)
+                    .ok_or(Errno::EBADF)?;
+                empty(
+                    out,
+                    fs.releasedir(&ctx, &node, entry.handle, arg.flags.get() as i32),
+                )
             }
             Operation::Fsyncdir { arg } => {
                 let node = self.node(nodeid)?;
@@ -526,7 +647,13 @@ impl<F: Filesystem> Session<F> {
             Operation::Getlk { arg } => {
                 let node = self.node(nodeid)?;
                 let fh = self.handle_of(arg.fh.get(), HandleKind::File)?;
-                let lk = fs.getlk(&ctx, &node, &fh, arg.owner.get(), FileLock::from_abi(&arg.lk))?;
+                let lk = fs.getlk(
+                    &ctx,
+                    &node,
+                    &fh,
+                    arg.owner.get(),
+                    FileLock::from_abi(&arg.lk),
+                )?;
                 whole(enc(reply::lk(out, unique, &lk)).map(|n| (n, None)))
             }
             Operation::Setlk { arg } | Operation::Setlkw { arg } => {
@@ -534,7 +661,15 @@ impl<F: Filesystem> Session<F> {
                 let node = self.node(nodeid)?;
                 let fh = self.handle_of(arg.fh.get(), HandleKind::File)?;
                 let flock = arg.lk_flags.get() & RequestFlags::LK_FLOCK.0 != 0;
-                let r = fs.setlk(&ctx, &node, &fh, arg.owner.get(), FileLock::from_abi(&arg.lk), sleep, flock);
+                let r = fs.setlk(
+                    &ctx,
+                    &node,
+                    &fh,
+                    arg.owner.get(),
+                    FileLock::from_abi(&arg.lk),
+                    sleep,
+                    flock,
+                );
                 empty(out, r)
             }
             Operation::Access { arg } => {
@@ -566,13 +701,28 @@ impl<F: Filesystem> Session<F> {
             }
             Operation::Ioctl { arg, data } => {
                 let node = self.node(nodeid)?;
-                let fh = self.handle_of(arg.fh.get(), HandleKind::File)
+                let fh = self
+                    .handle_of(arg.fh.get(), HandleKind::File)
                     .or_else(|_| self.handle_of(arg.fh.get(), HandleKind::Dir))?;
-                let r = fs.ioctl(&ctx, &node, &fh, arg.flags.get(), arg.cmd.get(), arg.arg.get(), data, arg.out_size.get())?;
+                let r = fs.ioctl(
+                    &ctx,
+                    &node,
+                    &fh,
+                    arg.flags.get(),
+                    arg.cmd.get(),
+                    arg.arg.get(),
+                    data,
+                    arg.out_size.get(),
+                )?;
                 let n = match r {
                     IoctlReply::Done { result, data } => {
                         let max = arg.out_size.get() as usize;
-                        enc(reply::ioctl(out, unique, result, &data[..data.len().min(max)]))?
+                        enc(reply::ioctl(
+                            out,
+                            unique,
+                            result,
+                            &data[..data.len().min(max)],
+                        ))?
                     }
                     IoctlReply::Retry { input, output } => {
                         enc(reply::ioctl_retry(out, unique, &proto, &input, &output))?
@@ -595,7 +745,17 @@ impl<F: Filesystem> Session<F> {
             Operation::Fallocate { arg } => {
                 let node = self.node(nodeid)?;
                 let fh = self.handle_of(arg.fh.get(), HandleKind::File)?;
-                empty(out, fs.fallocate(&ctx, &node, &fh, arg.offset.get(), arg.length.get(), arg.mode.get()))
+                empty(
+                    out,
+                    fs.fallocate(
+                        &ctx,
+                        &node,
+                        &fh,
+                        arg.offset.get(),
+                        arg.length.get(),
+                        arg.mode.get(),
+                    ),
+                )
             }
             Operation::Lseek { arg } => {
                 let node = self.node(nodeid)?;
@@ -609,9 +769,21 @@ impl<F: Filesystem> Session<F> {
                 let fh_in = self.handle_of(arg.fh_in.get(), HandleKind::File)?;
                 let node_out = self.node(arg.nodeid_out.get())?;
                 let fh_out = self.handle_of(arg.fh_out.get(), HandleKind::File)?;
-                let len = if wide { arg.len.get() } else { arg.len.get().min(u64::from(u32::MAX) - 4095) };
+                let len = if wide {
+                    arg.len.get()
+                } else {
+                    arg.len.get().min(u64::from(u32::MAX) - 4095)
+                };
                 let n = fs.copy_file_range(
-                    &ctx, &node_in, &fh_in, arg.off_in.get(), &node_out, &fh_out, arg.off_out.get(), len, arg.flags.get(),
+                    &ctx,
+                    &node_in,
+                    &fh_in,
+                    arg.off_in.get(),
+                    &node_out,
+                    &fh_out,
+                    arg.off_out.get(),
+                    len,
+                    arg.flags.get(),
                 )?;
                 let r = if wide {
                     reply::copy_file_range_64(out, unique, n)
@@ -627,17 +799,25 @@ impl<F: Filesystem> Session<F> {
             Operation::Statx { arg } => {
                 let node = self.node(nodeid)?;
                 let fh = if arg.getattr_flags.get() & RequestFlags::GETATTR_FH.0 != 0 {
-                    lock(&self.handles).get_any(arg.fh.get()).map(|e| e.handle.clone())
+                    lock(&self.handles)
+                        .get_any(arg.fh.get())
+                        .map(|e| e.handle.clone())
                 } else {
                     None
                 };
-                let sx = fs.statx(&ctx, &node, fh.as_ref(), arg.sx_flags.get(), arg.sx_mask.get())?;
+                let sx = fs.statx(
+                    &ctx,
+                    &node,
+                    fh.as_ref(),
+                    arg.sx_flags.get(),
+                    arg.sx_mask.get(),
+                )?;
                 let stat = statx_of(&sx);
                 whole(enc(reply::statx(out, unique, sx.ttl, 0, &stat)).map(|n| (n, None)))
             }
-            Operation::Setupmapping { .. } | Operation::Removemapping { .. } | Operation::CuseInit { .. } => {
-                Err(Errno::ENOSYS)
-            }
+            Operation::Setupmapping { .. }
+            | Operation::Removemapping { .. }
+            | Operation::CuseInit { .. } => Err(Errno::ENOSYS),
             Operation::Unknown { opcode, .. } => {
                 log::debug!("unknown opcode {opcode}: answering ENOSYS");
                 Err(Errno::ENOSYS)
@@ -698,8 +878,18 @@ fn setattr_of(arg: &abi::fuse_setattr_in, valid: SetattrValid) -> SetAttr {
         uid: has(SetattrValid::UID).then(|| arg.uid.get()),
         gid: has(SetattrValid::GID).then(|| arg.gid.get()),
         size: has(SetattrValid::SIZE).then(|| arg.size.get()),
-        atime: time(SetattrValid::ATIME, SetattrValid::ATIME_NOW, arg.atime.get(), arg.atimensec.get()),
-        mtime: time(SetattrValid::MTIME, SetattrValid::MTIME_NOW, arg.mtime.get(), arg.mtimensec.get()),
+        atime: time(
+            SetattrValid::ATIME,
+            SetattrValid::ATIME_NOW,
+            arg.atime.get(),
+            arg.atimensec.get(),
+        ),
+        mtime: time(
+            SetattrValid::MTIME,
+            SetattrValid::MTIME_NOW,
+            arg.mtime.get(),
+            arg.mtimensec.get(),
+        ),
         ctime: has(SetattrValid::CTIME).then(|| time_of(arg.ctime.get(), arg.ctimensec.get())),
         lock_owner: has(SetattrValid::LOCKOWNER).then(|| arg.lock_owner.get()),
         kill_suidgid: has(SetattrValid::KILL_SUIDGID),
@@ -727,7 +917,11 @@ fn statx_of(sx: &StatxReply) -> abi::fuse_statx {
     let a = &sx.attr;
     let t = |time: std::time::SystemTime| {
         let (sec, nsec) = split_time(time);
-        abi::fuse_sx_time { tv_sec: I64::new(sec), tv_nsec: U32::new(nsec), reserved: Default::default() }
+        abi::fuse_sx_time {
+            tv_sec: I64::new(sec),
+            tv_nsec: U32::new(nsec),
+            reserved: Default::default(),
+        }
     };
     // STATX_BASIC_STATS (0x7ff) plus STATX_BTIME (0x800) when known.
     let mut mask = 0x7ffu32;

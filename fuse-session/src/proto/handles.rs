@@ -37,7 +37,10 @@ pub struct HandleTable<H> {
 
 impl<H> Default for HandleTable<H> {
     fn default() -> Self {
-        HandleTable { by_fh: HashMap::new(), next_fh: 1 }
+        HandleTable {
+            by_fh: HashMap::new(),
+            next_fh: 1,
+        }
     }
 }
 

@@ -113,7 +113,9 @@ impl InitResult {
     pub fn read_buffer_size(&self, page_size: usize) -> usize {
         let pages = usize::from(self.max_pages).saturating_mul(page_size);
         let payload = (self.max_write as usize).max(pages);
-        payload.saturating_add(page_size).max(abi::FUSE_MIN_READ_BUFFER)
+        payload
+            .saturating_add(page_size)
+            .max(abi::FUSE_MIN_READ_BUFFER)
     }
 
     /// The `fuse_init_out` reply body (full size; the encoder truncates it to what
@@ -157,7 +159,10 @@ impl std::fmt::Display for InitError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match *self {
             InitError::NewerMajor => {
-                write!(f, "kernel speaks a newer FUSE major; answering with major 7")
+                write!(
+                    f,
+                    "kernel speaks a newer FUSE major; answering with major 7"
+                )
             }
             InitError::TooOld { major, minor } => write!(
                 f,
@@ -181,7 +186,10 @@ pub fn negotiate(
         return Err(InitError::NewerMajor);
     }
     if offer.major < abi::FUSE_KERNEL_VERSION || offer.minor < MIN_MINOR {
-        return Err(InitError::TooOld { major: offer.major, minor: offer.minor });
+        return Err(InitError::TooOld {
+            major: offer.major,
+            minor: offer.minor,
+        });
     }
     let minor = offer.minor.min(abi::FUSE_KERNEL_MINOR_VERSION);
     let mut offered = InitFlags(offer.flags);
@@ -216,8 +224,16 @@ pub fn negotiate(
         max_background: wishes.max_background,
         congestion_threshold,
         time_gran: wishes.time_gran.max(1),
-        max_stack_depth: if flags.contains(InitFlags::PASSTHROUGH) { wishes.max_stack_depth } else { 0 },
-        request_timeout: if flags.contains(InitFlags::REQUEST_TIMEOUT) { wishes.request_timeout } else { 0 },
+        max_stack_depth: if flags.contains(InitFlags::PASSTHROUGH) {
+            wishes.max_stack_depth
+        } else {
+            0
+        },
+        request_timeout: if flags.contains(InitFlags::REQUEST_TIMEOUT) {
+            wishes.request_timeout
+        } else {
+            0
+        },
     })
 }
 
@@ -226,15 +242,29 @@ mod tests {
     use super::*;
 
     fn offer(minor: u32, flags: InitFlags) -> KernelOffer {
-        KernelOffer { major: 7, minor, max_readahead: 131072, flags: flags.0 }
+        KernelOffer {
+            major: 7,
+            minor,
+            max_readahead: 131072,
+            flags: flags.0,
+        }
     }
 
     #[test]
     fn keeps_only_offered_flags_and_clamps_sizes() {
-        let o = offer(45, InitFlags::ASYNC_READ | InitFlags::MAX_PAGES | InitFlags::INIT_EXT | InitFlags::HAS_RESEND);
+        let o = offer(
+            45,
+            InitFlags::ASYNC_READ
+                | InitFlags::MAX_PAGES
+                | InitFlags::INIT_EXT
+                | InitFlags::HAS_RESEND,
+        );
         let r = negotiate(&o, &InitWishes::default(), 4096).unwrap();
         assert_eq!(r.minor, 45);
-        assert_eq!(InitFlags(r.flags), InitFlags::ASYNC_READ | InitFlags::MAX_PAGES | InitFlags::INIT_EXT);
+        assert_eq!(
+            InitFlags(r.flags),
+            InitFlags::ASYNC_READ | InitFlags::MAX_PAGES | InitFlags::INIT_EXT
+        );
         assert_eq!(r.max_write, 1 << 20);
         assert_eq!(r.max_pages, 256);
         assert_eq!(r.max_readahead, 131072);
@@ -255,11 +285,16 @@ mod tests {
 
     #[test]
     fn refuses_old_and_newer_majors() {
-        assert_eq!(negotiate(&offer(8, InitFlags::EMPTY), &InitWishes::default(), 4096),
-            Err(InitError::TooOld { major: 7, minor: 8 }));
+        assert_eq!(
+            negotiate(&offer(8, InitFlags::EMPTY), &InitWishes::default(), 4096),
+            Err(InitError::TooOld { major: 7, minor: 8 })
+        );
         let mut o = offer(0, InitFlags::EMPTY);
         o.major = 8;
-        assert_eq!(negotiate(&o, &InitWishes::default(), 4096), Err(InitError::NewerMajor));
+        assert_eq!(
+            negotiate(&o, &InitWishes::default(), 4096),
+            Err(InitError::NewerMajor)
+        );
     }
 
     #[test]

@@ -7,10 +7,10 @@
 //! - feedback: [`Session::reply_lost`] when a reply could not be delivered;
 //! - notifications: [`crate::Notifier`] encodes them against this session's protocol.
 pub mod bufs;
+mod dispatch;
 pub mod handles;
 pub mod init;
 pub mod nodes;
-mod dispatch;
 pub(crate) mod session;
 
 pub use session::{Handled, InitState, Session, SessionStats, PAYLOAD_OFFSET};

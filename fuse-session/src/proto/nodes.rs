@@ -64,7 +64,14 @@ impl<N: Clone + Eq + Hash> NodeTable<N> {
             next_id: ROOT_ID + 1,
             next_generation: 1,
         };
-        t.by_id.insert(ROOT_ID, NodeEntry { node: root.clone(), lookups: 0, generation: 0 });
+        t.by_id.insert(
+            ROOT_ID,
+            NodeEntry {
+                node: root.clone(),
+                lookups: 0,
+                generation: 0,
+            },
+        );
         t.by_node.insert(root, ROOT_ID);
         t
     }
@@ -94,7 +101,14 @@ impl<N: Clone + Eq + Hash> NodeTable<N> {
         self.next_id = self.next_id.wrapping_add(1).max(ROOT_ID + 1);
         let generation = self.next_generation;
         self.next_generation = self.next_generation.wrapping_add(1);
-        self.by_id.insert(id, NodeEntry { node: node.clone(), lookups: 1, generation });
+        self.by_id.insert(
+            id,
+            NodeEntry {
+                node: node.clone(),
+                lookups: 1,
+                generation,
+            },
+        );
         self.by_node.insert(node.clone(), id);
         (id, generation)
     }

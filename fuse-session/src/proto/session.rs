@@ -128,7 +128,9 @@ impl<F: Filesystem> Session<F> {
 
     /// The wire protocol of this connection (the newest, before INIT).
     pub fn negotiated(&self) -> Negotiated {
-        self.init.get().map_or(Negotiated::BEFORE_INIT, |i| i.result.negotiated())
+        self.init
+            .get()
+            .map_or(Negotiated::BEFORE_INIT, |i| i.result.negotiated())
     }
 
     /// The read buffer size the kernel requires on this connection
