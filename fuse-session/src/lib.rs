@@ -24,5 +24,7 @@ pub use fuse_wire as wire;
 pub use notify::{Notified, Notifier, NotifyError};
 pub use proto::bufs::{DirEntries, DirEntriesPlus, ReadBuf};
 pub use proto::init::{InitResult, InitWishes, KernelOffer};
+pub use proto::state::{Counters, HandleState, NodeState, SessionState, StateError};
+pub use proto::handles::HandleKind;
 pub use proto::{Handled, InitState, Session};
 pub use types::*;

@@ -45,6 +45,17 @@ impl<H> Default for HandleTable<H> {
 }
 
 impl<H> HandleTable<H> {
+    /// Rebuilds a table from validated parts (distinct non-zero fhs).
+    pub(crate) fn from_parts(
+        entries: impl IntoIterator<Item = (u64, HandleEntry<H>)>,
+        next_fh: u64,
+    ) -> Self {
+        HandleTable {
+            by_fh: entries.into_iter().collect(),
+            next_fh,
+        }
+    }
+
     /// Stores a new handle and returns its fh.
     pub fn insert(&mut self, entry: HandleEntry<H>) -> u64 {
         let mut fh = self.next_fh;

@@ -11,6 +11,7 @@ mod dispatch;
 pub mod handles;
 pub mod init;
 pub mod nodes;
+pub mod state;
 pub(crate) mod session;
 
 pub use session::{Handled, InitState, Session, SessionStats, PAYLOAD_OFFSET};

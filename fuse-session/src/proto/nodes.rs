@@ -76,6 +76,26 @@ impl<N: Clone + Eq + Hash> NodeTable<N> {
         t
     }
 
+    /// Rebuilds a table from validated parts (unique ids and node values, the root
+    /// present, non-zero counts but the root's).
+    pub(crate) fn from_parts(
+        entries: impl IntoIterator<Item = (u64, NodeEntry<N>)>,
+        next_id: u64,
+        next_generation: u64,
+    ) -> Self {
+        let mut t = NodeTable {
+            by_id: HashMap::new(),
+            by_node: HashMap::new(),
+            next_id,
+            next_generation,
+        };
+        for (id, e) in entries {
+            t.by_node.insert(e.node.clone(), id);
+            t.by_id.insert(id, e);
+        }
+        t
+    }
+
     /// The node of `nodeid`.
     pub fn get(&self, nodeid: u64) -> Option<&NodeEntry<N>> {
         self.by_id.get(&nodeid)
