@@ -13,16 +13,28 @@
 //!
 //! # Parking
 //!
-//! Workers read with `O_NONBLOCK` and wait in `poll(2)` on the device and a
-//! [`Waker`]. [`Running::pause`] wakes every worker; each finishes the request it is
+//! Workers read with `O_NONBLOCK` and, when the queue is empty, wait on the device and
+//! a [`Waker`]. [`Running::pause`] wakes every worker; each finishes the request it is
 //! serving, parks, and `pause` returns once all are parked: no request is in flight in
 //! this process, which is the state a snapshot needs.
+//!
+//! # One wake-up per request
+//!
+//! An idle worker waits in its own `epoll` instance holding the device with
+//! `EPOLLEXCLUSIVE` and its waker without. A request then wakes one idle worker, as
+//! the kernel does for blocking readers (`fuse_dev_do_read` sleeps exclusively), and
+//! not all of them: with `poll(2)`, every idle worker woke for every request, all but
+//! one found the queue empty (`EAGAIN`) and went back to sleep. With 4 workers that
+//! was 2.3 empty reads and polls per request and about half again the server CPU per
+//! request of libfuse's multi-threaded loop (docs/BENCHMARKS.md).
 use std::io::{self, IoSlice};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
+
+use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
 
 use crate::dev::{Channel, Mount, MountError, MountOptions, Received, RequestBuffer, Waker, WriteOutcome};
 use crate::fs::Filesystem;
@@ -319,7 +331,46 @@ pub fn block_termination_signals() {
     let _ = set.thread_block();
 }
 
+/// Where an idle worker sleeps: an `epoll` instance of its own with the device
+/// (`EPOLLEXCLUSIVE`: a request wakes one idle worker, not all) and its waker.
+struct IdleWait {
+    epoll: Epoll,
+}
+
+impl IdleWait {
+    fn new(chan: &Channel, waker: &Waker) -> io::Result<IdleWait> {
+        let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)?;
+        epoll.add(
+            chan.as_fd(),
+            EpollEvent::new(EpollFlags::EPOLLIN | EpollFlags::EPOLLEXCLUSIVE, 0),
+        )?;
+        epoll.add(waker.as_pollable(), EpollEvent::new(EpollFlags::EPOLLIN, 1))?;
+        Ok(IdleWait { epoll })
+    }
+
+    /// Reads one request, or returns [`Received::Woken`] once `waker` fires: as
+    /// [`Channel::read_or_wake`], but sleeping in [`IdleWait`] when the queue is empty.
+    fn read(&self, chan: &Channel, buf: &mut [u8], waker: &Waker) -> io::Result<Received> {
+        loop {
+            if waker.is_woken() {
+                return Ok(Received::Woken);
+            }
+            if let Some(r) = chan.try_read(buf)? {
+                return Ok(r);
+            }
+            // Readable, in error (the connection ended: the next read says so), or
+            // woken: all end the wait. A spurious return only costs a loop.
+            let mut events = [EpollEvent::empty(); 2];
+            match self.epoll.wait(&mut events, EpollTimeout::NONE) {
+                Ok(_) | Err(nix::errno::Errno::EINTR) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+}
+
 fn worker<F: Filesystem>(session: &Session<F>, chan: &Channel, waker: &Waker, control: &Control) -> io::Result<()> {
+    let idle = IdleWait::new(chan, waker)?;
     let mut size = session.read_buffer_size();
     let mut req = RequestBuffer::with_len(size)?;
     let mut out = RequestBuffer::with_len(session.reply_buffer_size())?;
@@ -345,7 +396,7 @@ fn worker<F: Filesystem>(session: &Session<F>, chan: &Channel, waker: &Waker, co
             req = RequestBuffer::with_len(size)?;
             out = RequestBuffer::with_len(session.reply_buffer_size())?;
         }
-        let n = match chan.read_or_wake(&mut req, waker)? {
+        let n = match idle.read(chan, &mut req, waker)? {
             Received::Request(n) => n,
             Received::Woken => {
                 if !control.paused.load(Ordering::Acquire) && !control.stop.load(Ordering::Acquire) {
