@@ -1,0 +1,425 @@
+//! The benchmark filesystem: the same read-only tree, command line and INIT wishes as
+//! the libfuse and fuser peers in the performance comparison (docs/BENCHMARKS.md), so
+//! that the three libraries are measured on identical work.
+//!
+//! ```text
+//! benchfs MOUNTPOINT TIMEOUT [--mt[=N]] [--direct-io] [--keep-cache] [--max-read=BYTES] [--stats]
+//! ```
+//!
+//! The tree (content generated, never stored: the byte at offset `o` is `o % 251`):
+//!
+//! ```text
+//! /              dir,   ino 1, 0555
+//! /big           1 GiB, ino 2, 0444
+//! /f0000..f0999  4 KiB, ino 3..1002, 0444
+//! ```
+//!
+//! - entry and attr timeout = TIMEOUT seconds (0: every `stat()` is a LOOKUP + GETATTR);
+//! - INIT: libfuse 3.14's default wishes (ASYNC_READ, ATOMIC_O_TRUNC, AUTO_INVAL_DATA,
+//!   ASYNC_DIO, PARALLEL_DIROPS, MAX_PAGES), max_write 1 MiB, max_background 16,
+//!   congestion_threshold 12; mount options `ro` and `max_read=BYTES` (default 1 MiB);
+//! - OPEN: no keep_cache unless `--keep-cache`; `--direct-io` answers FOPEN_DIRECT_IO;
+//! - READ: zero-copy, a slice of one page-aligned pattern buffer lent to the reply;
+//! - FORGET ignored (inodes are static), STATFS answered;
+//! - `--mt[=N]`: N worker threads (4 with plain `--mt`), else one;
+//! - `--stats`: request counters on stderr at exit, in the peers' format.
+//!
+//! Prints `ready MOUNTPOINT` on stdout once the mount serves; exits 0 when unmounted
+//! (`umount MOUNTPOINT`) or on SIGINT/SIGTERM (then it unmounts itself).
+use std::ffi::OsStr;
+use std::io::Write;
+use std::os::unix::ffi::OsStrExt;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::{Duration, UNIX_EPOCH};
+
+use fuse_live::session::dev::MountOptions;
+use fuse_live::session::serve::Server;
+use fuse_live::session::wire::{FopenFlags, InitFlags};
+use fuse_live::session::{
+    AttrReply, DirEntries, Entry, Errno, FileAttr, FileType, Filesystem, InitWishes, Opened,
+    ReadBuf, RequestContext, Result, Statfs,
+};
+
+const ROOT_INO: u64 = 1;
+const BIG_INO: u64 = 2;
+const SMALL_FIRST: u64 = 3;
+const NSMALL: u64 = 1000;
+const SMALL_SIZE: u64 = 4096;
+const BIG_SIZE: u64 = 1 << 30;
+const PATTERN_MOD: u64 = 251;
+/// The largest READ served in one reply: the kernel never asks for more than
+/// max_pages (256) pages.
+const PAT_MAX: usize = 1 << 20;
+const PAGE: usize = 4096;
+
+/// Request counters, printed with `--stats` (the same set as the peers).
+#[derive(Default)]
+struct Stats {
+    lookup: AtomicU64,
+    getattr: AtomicU64,
+    open: AtomicU64,
+    read: AtomicU64,
+    read_bytes: AtomicU64,
+    max_read: AtomicU64,
+    release: AtomicU64,
+    readdir: AtomicU64,
+}
+
+struct BenchFs {
+    ttl: Duration,
+    open_flags: FopenFlags,
+    max_read: u32,
+    stats_on: bool,
+    stats: Stats,
+    /// `pattern[pat_off + i] == i % 251` for `i < PAT_MAX + 251`; `pattern[pat_off]`
+    /// is page-aligned, as in both peers (an unaligned source makes the kernel's copy
+    /// several times slower on the reference host).
+    pattern: Vec<u8>,
+    pat_off: usize,
+}
+
+impl BenchFs {
+    fn new(ttl: Duration, open_flags: FopenFlags, max_read: u32, stats_on: bool) -> Self {
+        let len = PAT_MAX + PATTERN_MOD as usize;
+        let mut pattern = vec![0u8; len + PAGE];
+        let pat_off = (PAGE - pattern.as_ptr() as usize % PAGE) % PAGE;
+        for (i, b) in pattern[pat_off..pat_off + len].iter_mut().enumerate() {
+            *b = (i as u64 % PATTERN_MOD) as u8;
+        }
+        BenchFs {
+            ttl,
+            open_flags,
+            max_read,
+            stats_on,
+            stats: Stats::default(),
+            pattern,
+            pat_off,
+        }
+    }
+
+    #[inline]
+    fn count(&self, c: &AtomicU64, n: u64) {
+        if self.stats_on {
+            c.fetch_add(n, Relaxed);
+        }
+    }
+
+    fn print_stats(&self, forgets: u64) {
+        let s = &self.stats;
+        eprintln!(
+            "benchfs stats: lookup={} getattr={} open={} read={} read_bytes={} \
+             max_read_req={} release={} readdir={} forget={}",
+            s.lookup.load(Relaxed),
+            s.getattr.load(Relaxed),
+            s.open.load(Relaxed),
+            s.read.load(Relaxed),
+            s.read_bytes.load(Relaxed),
+            s.max_read.load(Relaxed),
+            s.release.load(Relaxed),
+            s.readdir.load(Relaxed),
+            forgets
+        );
+    }
+}
+
+fn file_size(ino: u64) -> Option<u64> {
+    match ino {
+        BIG_INO => Some(BIG_SIZE),
+        i if (SMALL_FIRST..SMALL_FIRST + NSMALL).contains(&i) => Some(SMALL_SIZE),
+        _ => None,
+    }
+}
+
+fn attr_of(ino: u64) -> Option<FileAttr> {
+    let (kind, perm, size, nlink) = if ino == ROOT_INO {
+        (FileType::Directory, 0o555, 4096, 2)
+    } else {
+        (FileType::RegularFile, 0o444, file_size(ino)?, 1)
+    };
+    let t = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+    Some(FileAttr {
+        ino,
+        size,
+        blocks: size.div_ceil(512),
+        atime: t,
+        mtime: t,
+        ctime: t,
+        kind,
+        perm,
+        nlink,
+        uid: 0,
+        gid: 0,
+        rdev: 0,
+        blksize: 4096,
+        flags: 0,
+    })
+}
+
+/// `big` -> 2, `f0000`..`f0999` -> 3..1002.
+fn name_to_ino(name: &OsStr) -> Option<u64> {
+    let b = name.as_bytes();
+    if b == b"big" {
+        return Some(BIG_INO);
+    }
+    if b.len() == 5 && b[0] == b'f' && b[1..].iter().all(u8::is_ascii_digit) {
+        let n = b[1..]
+            .iter()
+            .fold(0u64, |a, d| a * 10 + u64::from(d - b'0'));
+        if n < NSMALL {
+            return Some(SMALL_FIRST + n);
+        }
+    }
+    None
+}
+
+impl Filesystem for BenchFs {
+    /// The inode number.
+    type Node = u64;
+    /// Nothing: a read needs only the node.
+    type Handle = ();
+
+    fn root(&self) -> u64 {
+        ROOT_INO
+    }
+
+    fn init(&self, wishes: &mut InitWishes) -> Result<()> {
+        wishes.flags = InitFlags::ASYNC_READ
+            | InitFlags::ATOMIC_O_TRUNC
+            | InitFlags::AUTO_INVAL_DATA
+            | InitFlags::ASYNC_DIO
+            | InitFlags::PARALLEL_DIROPS
+            | InitFlags::MAX_PAGES;
+        wishes.max_write = 1 << 20;
+        wishes.max_background = 16;
+        wishes.congestion_threshold = 12;
+        Ok(())
+    }
+
+    fn lookup(&self, _: &RequestContext<'_>, parent: &u64, name: &OsStr) -> Result<Entry<u64>> {
+        self.count(&self.stats.lookup, 1);
+        match (*parent, name_to_ino(name)) {
+            (ROOT_INO, Some(ino)) => Ok(Entry {
+                node: ino,
+                attr: attr_of(ino).ok_or(Errno::ENOENT)?,
+                entry_ttl: self.ttl,
+                attr_ttl: self.ttl,
+            }),
+            _ => Err(Errno::ENOENT),
+        }
+    }
+
+    fn getattr(&self, _: &RequestContext<'_>, node: &u64, _: Option<&()>) -> Result<AttrReply> {
+        self.count(&self.stats.getattr, 1);
+        Ok(AttrReply {
+            attr: attr_of(*node).ok_or(Errno::ENOENT)?,
+            ttl: self.ttl,
+        })
+    }
+
+    fn open(&self, _: &RequestContext<'_>, node: &u64, flags: i32) -> Result<Opened<()>> {
+        self.count(&self.stats.open, 1);
+        if *node == ROOT_INO {
+            return Err(Errno::EISDIR);
+        }
+        if file_size(*node).is_none() {
+            return Err(Errno::ENOENT);
+        }
+        if flags & nix::libc::O_ACCMODE != nix::libc::O_RDONLY {
+            return Err(Errno::EACCES);
+        }
+        Ok(Opened {
+            handle: (),
+            flags: self.open_flags,
+        })
+    }
+
+    fn read<'r>(
+        &'r self,
+        _: &RequestContext<'_>,
+        node: &u64,
+        _: &(),
+        offset: u64,
+        size: u32,
+        out: &mut ReadBuf<'r, '_>,
+    ) -> Result<()> {
+        let fsize = file_size(*node).ok_or(Errno::EIO)?;
+        if self.stats_on {
+            self.stats.read.fetch_add(1, Relaxed);
+            self.stats.max_read.fetch_max(u64::from(size), Relaxed);
+        }
+        if offset >= fsize {
+            return Ok(()); // EOF: an empty reply.
+        }
+        let len = (u64::from(size).min(fsize - offset) as usize).min(PAT_MAX);
+        self.count(&self.stats.read_bytes, len as u64);
+        let start = self.pat_off + (offset % PATTERN_MOD) as usize;
+        out.set(&self.pattern[start..start + len]);
+        Ok(())
+    }
+
+    /// Not implemented, as in both peers (neither libfuse_peer nor fuser_peer has a
+    /// flush operation): the first FLUSH is answered ENOSYS and the kernel sends no
+    /// more (`fc->no_flush`), so `close()` costs one request fewer. The library's
+    /// default answers success, which would keep a FLUSH on every close and make this
+    /// filesystem do more work than its peers.
+    fn flush(&self, _: &RequestContext<'_>, _: &u64, _: &(), _: u64) -> Result<()> {
+        Err(Errno::ENOSYS)
+    }
+
+    fn release(
+        &self,
+        _: &RequestContext<'_>,
+        _: &u64,
+        _: (),
+        _: i32,
+        _: u64,
+        _: bool,
+    ) -> Result<()> {
+        self.count(&self.stats.release, 1);
+        Ok(())
+    }
+
+    fn opendir(&self, _: &RequestContext<'_>, node: &u64, _: i32) -> Result<Opened<()>> {
+        if *node == ROOT_INO {
+            Ok(Opened::new(()))
+        } else {
+            Err(Errno::ENOTDIR)
+        }
+    }
+
+    /// Entry `i`: 0 `.`, 1 `..`, 2 `big`, 3.. the small files; its next offset is `i + 1`.
+    fn readdir(
+        &self,
+        _: &RequestContext<'_>,
+        node: &u64,
+        _: &(),
+        offset: u64,
+        out: &mut DirEntries<'_>,
+    ) -> Result<()> {
+        self.count(&self.stats.readdir, 1);
+        if *node != ROOT_INO {
+            return Err(Errno::ENOTDIR);
+        }
+        let mut name = *b"f0000";
+        for i in offset..3 + NSMALL {
+            let (ino, kind, n): (u64, FileType, &[u8]) = match i {
+                0 => (ROOT_INO, FileType::Directory, b"."),
+                1 => (ROOT_INO, FileType::Directory, b".."),
+                2 => (BIG_INO, FileType::RegularFile, b"big"),
+                _ => {
+                    let k = i - 3;
+                    for (d, place) in name[1..].iter_mut().zip([1000, 100, 10, 1]) {
+                        *d = b'0' + (k / place % 10) as u8;
+                    }
+                    (SMALL_FIRST + k, FileType::RegularFile, &name)
+                }
+            };
+            if !out.add(ino, i + 1, kind, OsStr::from_bytes(n)) {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    fn statfs(&self, _: &RequestContext<'_>, _: &u64) -> Result<Statfs> {
+        Ok(Statfs {
+            blocks: (BIG_SIZE + NSMALL * SMALL_SIZE) / 4096,
+            files: 3 + NSMALL,
+            bsize: 4096,
+            frsize: 4096,
+            namelen: 255,
+            ..Statfs::default()
+        })
+    }
+}
+
+fn usage() -> ! {
+    eprintln!(
+        "usage: benchfs MOUNTPOINT TIMEOUT [--mt[=N]] [--direct-io] [--keep-cache] \
+         [--max-read=BYTES] [--stats]"
+    );
+    std::process::exit(2)
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.len() < 2 {
+        usage();
+    }
+    let mountpoint = std::path::PathBuf::from(&args[0]);
+    let timeout: f64 = args[1]
+        .parse()
+        .ok()
+        .filter(|t: &f64| t.is_finite() && *t >= 0.0)
+        .unwrap_or_else(|| usage());
+    let (mut threads, mut stats) = (1usize, false);
+    let mut open_flags = FopenFlags::EMPTY;
+    let mut max_read: u32 = 1 << 20;
+    for a in &args[2..] {
+        match a.as_str() {
+            "--mt" => threads = 4,
+            s if s.starts_with("--mt=") => {
+                threads = s[5..]
+                    .parse()
+                    .ok()
+                    .filter(|&n| n > 0)
+                    .unwrap_or_else(|| usage())
+            }
+            "--direct-io" => open_flags |= FopenFlags::DIRECT_IO,
+            "--keep-cache" => open_flags |= FopenFlags::KEEP_CACHE,
+            "--stats" => stats = true,
+            s if s.starts_with("--max-read=") => {
+                max_read = s[11..]
+                    .parse()
+                    .ok()
+                    .filter(|&n| n > 0)
+                    .unwrap_or_else(|| usage())
+            }
+            _ => usage(),
+        }
+    }
+    let fs = BenchFs::new(
+        Duration::from_secs_f64(timeout),
+        open_flags,
+        max_read,
+        stats,
+    );
+    let opts = MountOptions::new()
+        .fsname("benchfs")
+        .subtype("benchfs")
+        .read_only(true)
+        .max_read(fs.max_read);
+    let result = Server::mount(fs, &mountpoint, &opts)
+        .and_then(|server| server.spawn(threads))
+        .and_then(|running| {
+            if stats {
+                if let Some(init) = running.session().init_state() {
+                    let r = &init.result;
+                    eprintln!(
+                        "benchfs: proto 7.{} max_readahead={} max_write={} max_pages={} \
+                         offered={:?} agreed={:?} threads={threads}",
+                        r.minor,
+                        r.max_readahead,
+                        r.max_write,
+                        r.max_pages,
+                        init.offer.init_flags(),
+                        InitFlags(r.flags),
+                    );
+                }
+            }
+            println!("ready {}", mountpoint.display());
+            let _ = std::io::stdout().flush();
+            let r = running.run_until_signal();
+            if stats {
+                let session = running.session();
+                session
+                    .filesystem()
+                    .print_stats(session.stats().forgets.load(Relaxed));
+            }
+            r
+        });
+    if let Err(e) = result {
+        eprintln!("benchfs: {e}");
+        std::process::exit(1);
+    }
+}
