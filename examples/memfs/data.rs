@@ -118,11 +118,12 @@ impl FileData {
         self.size = self.size.max(pos);
     }
 
-    /// Sets the size: shrinking frees every chunk beyond the new end (also those
-    /// allocated past the old end) and zeroes the tail of the last one kept; growing
-    /// leaves a hole (chunks allocated past the old end stay allocated).
+    /// Sets the size: shrinking, or setting the same size, frees every chunk beyond
+    /// the new end (also those allocated past the old end, as tmpfs does) and zeroes
+    /// the tail of the last one kept; growing leaves a hole (chunks allocated past
+    /// the old end stay allocated).
     pub fn set_size(&mut self, size: u64) {
-        if size < self.size {
+        if size <= self.size {
             let keep = size.div_ceil(CHUNK);
             self.chunks.split_off(&keep);
             if size % CHUNK != 0 {

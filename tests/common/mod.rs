@@ -1,0 +1,291 @@
+//! Helpers for tests that run an example filesystem binary on a real mount: find
+//! the binary cargo built, start it in a private temporary directory, wait for its
+//! `ready` line, and always clean up (unmount, stop the process, remove the
+//! directory), with a watchdog so that a hung mount can never hang a test.
+#![allow(dead_code)]
+
+use std::fs::File;
+use std::io::{BufRead, BufReader};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use fuse_live::session::dev::fusectl::{self, Watchdog};
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+
+/// How long one test may keep its mount before the watchdog tears it down.
+pub const WATCHDOG: Duration = Duration::from_secs(180);
+
+/// How long a filesystem may take to print `ready`.
+pub const READY_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// True if this test can mount FUSE filesystems (root and `/dev/fuse`). Otherwise
+/// prints why and returns false, or panics when the environment variable `CI` is set:
+/// CI must run every test.
+pub fn can_mount(test: &str) -> bool {
+    let root = nix::unistd::geteuid().is_root();
+    let dev = Path::new("/dev/fuse").exists();
+    if root && dev {
+        return true;
+    }
+    let why = if !dev {
+        "/dev/fuse is missing"
+    } else {
+        "not running as root"
+    };
+    if std::env::var_os("CI").is_some() {
+        panic!("{test}: cannot mount under CI: {why}");
+    }
+    eprintln!("skipping {test}: {why}");
+    false
+}
+
+/// The path of example `name` as cargo builds it for this test binary: tests live
+/// in `<target>/<profile>/deps/`, examples in `<target>/<profile>/examples/`.
+pub fn example_binary(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("current_exe");
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("the test binary is in <target>/<profile>/deps");
+    let bin = profile_dir.join("examples").join(name);
+    assert!(
+        bin.exists(),
+        "example binary {} not built (cargo test builds examples)",
+        bin.display()
+    );
+    bin
+}
+
+/// A fresh private directory under the system's temporary directory, mode 0755 so
+/// that other users (tests that drop privileges) can reach a mount inside it.
+pub fn temp_dir(tag: &str) -> PathBuf {
+    static N: AtomicU32 = AtomicU32::new(0);
+    let n = N.fetch_add(1, Ordering::Relaxed);
+    let dir = std::env::temp_dir().join(format!("fuse-live-{tag}-{}-{n}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("create temp dir");
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).expect("chmod temp dir");
+    dir
+}
+
+/// True if a FUSE filesystem is mounted exactly at `path` (read from the mount table,
+/// never with `stat`, which could block on a hung mount).
+pub fn is_fuse_mounted(path: &Path) -> bool {
+    let Ok(table) = std::fs::read_to_string("/proc/self/mounts") else {
+        return false;
+    };
+    let want = path.to_string_lossy().into_owned();
+    table.lines().any(|l| {
+        let mut f = l.split(' ');
+        let (_src, mnt, ty) = (f.next(), f.next(), f.next());
+        mnt == Some(want.as_str()) && ty.is_some_and(|t| t == "fuse" || t.starts_with("fuse."))
+    })
+}
+
+/// A running filesystem process with its mount. Dropping it stops the process
+/// (SIGTERM, which unmounts), tears the mount down if it is still there, kills the
+/// process if it does not exit, and removes the temporary directory.
+pub struct Mounted {
+    child: Option<Child>,
+    /// The temporary directory holding the mountpoint and the log.
+    pub dir: PathBuf,
+    /// The mountpoint.
+    pub mnt: PathBuf,
+    /// The process's stderr.
+    pub log: PathBuf,
+    watchdog: Option<Watchdog>,
+}
+
+impl Mounted {
+    /// Starts example `bin` on a new mountpoint with `args` after it and `env` set,
+    /// and waits for its `ready MOUNTPOINT` line.
+    pub fn start(bin: &str, args: &[&str], env: &[(&str, &str)]) -> Mounted {
+        let dir = temp_dir(bin);
+        let mnt = dir.join("mnt");
+        std::fs::create_dir(&mnt).expect("create mountpoint");
+        let log = dir.join("stderr.log");
+        let mut cmd = Command::new(example_binary(bin));
+        cmd.arg(&mnt)
+            .args(args)
+            .envs(env.iter().copied())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(File::create(&log).expect("create log"));
+        // SAFETY: the closure runs in the forked child before exec and only makes
+        // the prctl(2) system call, which is async-signal-safe. If the test process
+        // dies, the filesystem gets SIGTERM and unmounts itself.
+        unsafe {
+            cmd.pre_exec(|| {
+                nix::sys::prctl::set_pdeathsig(Signal::SIGTERM).map_err(std::io::Error::from)
+            });
+        }
+        let mut child = cmd.spawn().expect("spawn the example");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut m = Mounted {
+            child: Some(child),
+            dir,
+            mnt: mnt.clone(),
+            log,
+            watchdog: None,
+        };
+        // Armed before the mount exists: it looks the connection up when it fires.
+        m.watchdog = Some(Watchdog::arm(&mnt, None, WATCHDOG).expect("arm watchdog"));
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let mut lines = BufReader::new(stdout).lines();
+            if let Some(Ok(line)) = lines.next() {
+                let _ = tx.send(line);
+            }
+            // Keep reading so that the process never blocks on a full pipe.
+            for _ in lines {}
+        });
+        match rx.recv_timeout(READY_TIMEOUT) {
+            Ok(line) => assert_eq!(
+                line,
+                format!("ready {}", mnt.display()),
+                "first stdout line"
+            ),
+            Err(e) => panic!("{bin} printed no ready line ({e}); log:\n{}", m.log_text()),
+        }
+        assert!(
+            is_fuse_mounted(&mnt),
+            "ready printed but nothing is mounted at {}",
+            mnt.display()
+        );
+        m
+    }
+
+    /// A path inside the mount.
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.mnt.join(rel)
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// What the process wrote to stderr so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Sends `sig` to the process.
+    pub fn signal(&self, sig: Signal) {
+        if let Some(pid) = self.pid() {
+            let _ = kill(Pid::from_raw(pid as i32), sig);
+        }
+    }
+
+    /// Waits up to `timeout` for the process to exit.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let child = self.child.as_mut()?;
+        let deadline = Instant::now() + timeout;
+        loop {
+            match child.try_wait() {
+                Ok(Some(st)) => {
+                    self.child = None;
+                    return Some(st);
+                }
+                Ok(None) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(20))
+                }
+                _ => return None,
+            }
+        }
+    }
+
+    /// Stops the filesystem with SIGTERM and returns its exit status; the mount must
+    /// be gone afterwards.
+    pub fn stop(mut self) -> ExitStatus {
+        self.signal(Signal::SIGTERM);
+        let st = self
+            .wait_exit(Duration::from_secs(30))
+            .expect("the filesystem did not exit on SIGTERM");
+        assert!(
+            !is_fuse_mounted(&self.mnt),
+            "still mounted after the filesystem exited"
+        );
+        st
+    }
+}
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        if self.child.is_some() {
+            self.signal(Signal::SIGTERM);
+            if self.wait_exit(Duration::from_secs(15)).is_none() {
+                let _ = fusectl::tear_down(&self.mnt, None);
+                if let Some(mut c) = self.child.take() {
+                    let _ = c.kill();
+                    let _ = c.wait();
+                }
+            }
+        }
+        if is_fuse_mounted(&self.mnt) {
+            let _ = fusectl::tear_down(&self.mnt, None);
+        }
+        if let Some(w) = self.watchdog.take() {
+            if w.disarm() {
+                eprintln!(
+                    "watchdog fired on {}: the mount hung; log:\n{}",
+                    self.mnt.display(),
+                    self.log_text()
+                );
+            }
+        }
+        if !is_fuse_mounted(&self.mnt) {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+/// Runs `f` in a forked child process that has dropped to user and group `nobody`
+/// (no supplementary groups) and returns what `f` returned (0..=255, e.g. an errno
+/// or 0 for success). Use it for permission checks the kernel makes against the
+/// caller's ids.
+pub fn as_user(uid: u32, gid: u32, f: impl FnOnce() -> i32) -> i32 {
+    use nix::sys::wait::{waitpid, WaitStatus};
+    use nix::unistd::{fork, ForkResult, Gid, Uid};
+    // SAFETY: the child only calls set*id, runs `f` (file system calls through std),
+    // and leaves with _exit, never returning into the test harness. glibc's fork
+    // handlers keep malloc usable in the child of a multi-threaded parent.
+    match unsafe { fork() }.expect("fork") {
+        ForkResult::Child => {
+            let code = (|| {
+                nix::unistd::setgroups(&[]).ok()?;
+                nix::unistd::setgid(Gid::from_raw(gid)).ok()?;
+                nix::unistd::setuid(Uid::from_raw(uid)).ok()?;
+                Some(f())
+            })()
+            .unwrap_or(254);
+            // SAFETY: _exit is always safe to call; it skips the parent's atexit
+            // handlers and destructors, which belong to the parent.
+            unsafe { nix::libc::_exit(code.clamp(0, 255)) }
+        }
+        ForkResult::Parent { child } => match waitpid(child, None).expect("waitpid") {
+            WaitStatus::Exited(_, code) => code,
+            other => panic!("child ended with {other:?}"),
+        },
+    }
+}
+
+/// The uid and gid of `nobody` (65534 where there is no such user).
+pub fn nobody() -> (u32, u32) {
+    let user = nix::unistd::User::from_name("nobody").ok().flatten();
+    user.map_or((65534, 65534), |u| (u.uid.as_raw(), u.gid.as_raw()))
+}
+
+/// The errno of an `io::Result` (0 for success), for [`as_user`] closures.
+pub fn errno_of<T>(r: std::io::Result<T>) -> i32 {
+    match r {
+        Ok(_) => 0,
+        Err(e) => e.raw_os_error().unwrap_or(255),
+    }
+}
