@@ -4,6 +4,7 @@
 //! directory), with a watchdog so that a hung mount can never hang a test.
 #![allow(dead_code)]
 
+use std::collections::BTreeSet;
 use std::fs::File;
 use std::io::{BufRead, BufReader};
 use std::os::unix::fs::PermissionsExt;
@@ -11,7 +12,7 @@ use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::mpsc;
+use std::sync::{mpsc, Mutex};
 use std::time::{Duration, Instant};
 
 use fuse_live::session::dev::fusectl::{self, Watchdog};
@@ -45,18 +46,40 @@ pub fn can_mount(test: &str) -> bool {
     false
 }
 
-/// The path of example `name` as cargo builds it for this test binary: tests live
-/// in `<target>/<profile>/deps/`, examples in `<target>/<profile>/examples/`.
+/// The path of example `name`, built for this test binary's profile: tests live in
+/// `<target>/<profile>/deps/`, examples in `<target>/<profile>/examples/`.
+///
+/// `cargo test` builds examples, but `cargo test --test NAME` does not, and a binary
+/// left from an earlier build may be stale: so the first call per example runs
+/// `cargo build --example NAME` (a no-op when it is fresh).
 pub fn example_binary(name: &str) -> PathBuf {
+    static BUILT: Mutex<BTreeSet<String>> = Mutex::new(BTreeSet::new());
     let exe = std::env::current_exe().expect("current_exe");
     let profile_dir = exe
         .parent()
         .and_then(Path::parent)
         .expect("the test binary is in <target>/<profile>/deps");
     let bin = profile_dir.join("examples").join(name);
+    let mut built = BUILT.lock().unwrap_or_else(|p| p.into_inner());
+    if !built.contains(name) {
+        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+        let mut cmd = Command::new(cargo);
+        cmd.current_dir(env!("CARGO_MANIFEST_DIR"))
+            .args(["build", "--quiet", "--example", name]);
+        if profile_dir.file_name().is_some_and(|p| p == "release") {
+            cmd.arg("--release");
+        }
+        let out = cmd.output().expect("run cargo build");
+        assert!(
+            out.status.success(),
+            "cargo build --example {name} failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        built.insert(name.to_owned());
+    }
     assert!(
         bin.exists(),
-        "example binary {} not built (cargo test builds examples)",
+        "example binary {} not found after building it",
         bin.display()
     );
     bin
@@ -246,7 +269,7 @@ impl Drop for Mounted {
     }
 }
 
-/// Runs `f` in a forked child process that has dropped to user and group `nobody`
+/// Runs `f` in a forked child process that has dropped to user `uid` and group `gid`
 /// (no supplementary groups) and returns what `f` returned (0..=255, e.g. an errno
 /// or 0 for success). Use it for permission checks the kernel makes against the
 /// caller's ids.
