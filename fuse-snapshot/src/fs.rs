@@ -7,7 +7,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::fds::{FdRestorer, FdSaver};
-use crate::format::{decode_raw, decode_state, encode_state, typed, FormatError};
+use crate::format::{decode_state, decode_unvalidated, encode_state, FormatError};
 
 /// A [`Filesystem`] that can be snapshotted and restored in another process.
 ///
@@ -42,13 +42,16 @@ pub trait SnapshotFs: Filesystem {
         Self: Sized;
 }
 
+/// The session state of filesystem `F`: its tables with `F`'s node and handle values.
+pub type StateOf<F> = SessionState<<F as Filesystem>::Node, <F as Filesystem>::Handle>;
+
 /// Encodes `session` and the filesystem's `fs_state` as a snapshot: the typed
 /// form of [`encode_state`](crate::encode_state).
 ///
 /// # Errors
 /// As [`encode_state`](crate::encode_state).
 pub fn encode<F: SnapshotFs>(
-    session: &SessionState<F::Node, F::Handle>,
+    session: &StateOf<F>,
     fs_state: &F::State,
 ) -> Result<Vec<u8>, FormatError> {
     encode_state(session, fs_state)
@@ -61,7 +64,7 @@ pub fn encode<F: SnapshotFs>(
 /// As [`decode_state`](crate::decode_state).
 pub fn decode<F: SnapshotFs>(
     bytes: &[u8],
-) -> Result<(SessionState<F::Node, F::Handle>, F::State), FormatError> {
+) -> Result<(StateOf<F>, F::State), FormatError> {
     decode_state(bytes)
 }
 
@@ -100,7 +103,7 @@ pub fn restore<F: SnapshotFs>(
     fds: &mut FdRestorer,
 ) -> Result<Session<F>, FormatError> {
     // Session::restore validates; no need to do it twice.
-    let (state, fs_state) = typed::<F::Node, F::Handle, F::State>(decode_raw(bytes)?)?;
+    let (state, fs_state) = decode_unvalidated::<F::Node, F::Handle, F::State>(bytes)?;
     let fs = F::restore(fs_state, fds).map_err(FormatError::FsRestore)?;
     Session::restore(fs, state).map_err(FormatError::State)
 }

@@ -61,4 +61,4 @@ pub use format::{
     decode_raw, decode_state, encode_raw, encode_state, summarize, FormatError, RawHandle, RawNode,
     RawSnapshot, Summary, FORMAT_VERSION,
 };
-pub use fs::{decode, encode, restore, snapshot, SnapshotFs};
+pub use fs::{decode, encode, restore, snapshot, SnapshotFs, StateOf};

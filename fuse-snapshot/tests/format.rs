@@ -294,7 +294,12 @@ fn huge_lengths_are_errors_not_allocations() {
         edited.extend_from_slice(&huge);
         edited.extend_from_slice(&b[at + 1..]);
         let err = decode_state::<u64, u64, ()>(&reseal(edited)).unwrap_err();
-        assert!(matches!(err, FormatError::BadBody(_)), "{what}: {err:?}");
+        // The decoder reads entries until the input runs out (whichever entry that
+        // is, its error says so); it never reserves room for 2^56 of them.
+        assert!(
+            matches!(err, FormatError::BadBody(_) | FormatError::BadNode { .. }),
+            "{what}: {err:?}"
+        );
     }
 }
 

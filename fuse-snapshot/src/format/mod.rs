@@ -57,7 +57,10 @@ use std::hash::Hash;
 mod crc;
 pub(crate) mod envelope;
 mod error;
+mod fast;
 mod raw;
+#[cfg(test)]
+mod tests;
 mod v1;
 
 pub use crc::crc32;
@@ -65,6 +68,7 @@ pub use envelope::{FORMAT_VERSION, HEADER_LEN, MAGIC};
 pub use error::FormatError;
 pub use raw::{RawHandle, RawNode, RawSnapshot, Summary};
 
+#[cfg(test)]
 use fuse_session::{HandleState, NodeState};
 use postcard::ser_flavors::Flavor;
 use v1::{BodyV1, SnapshotBody};
@@ -115,6 +119,23 @@ fn value<T: DeserializeOwned>(blob: &[u8]) -> Result<T, String> {
 /// [`FormatError::Encode`] if a value's serde implementation does something
 /// postcard cannot represent.
 pub fn encode_state<N: Serialize, H: Serialize, S: Serialize + ?Sized>(
+    session: &SessionState<N, H>,
+    fs_state: &S,
+) -> Result<Vec<u8>, FormatError> {
+    // A u64 node takes about 12 bytes, a small handle about 20: start there and
+    // let the vector grow for larger values.
+    let estimate = HEADER_LEN + 256 + session.nodes.len() * 16 + session.handles.len() * 32;
+    let mut out = Vec::with_capacity(estimate);
+    out.resize(HEADER_LEN, 0);
+    fast::write_v1(&mut out, session, fs_state)?;
+    envelope::seal(&mut out, FORMAT_VERSION);
+    Ok(out)
+}
+
+/// [`encode_state`] through the serde types of the format (the reference the fast
+/// path is tested against).
+#[cfg(test)]
+pub(crate) fn encode_state_via_serde<N: Serialize, H: Serialize, S: Serialize + ?Sized>(
     session: &SessionState<N, H>,
     fs_state: &S,
 ) -> Result<Vec<u8>, FormatError> {
@@ -222,7 +243,9 @@ pub fn decode_raw(bytes: &[u8]) -> Result<RawSnapshot<'_>, FormatError> {
     })
 }
 
-/// Decodes the filesystem values of `raw`, without validating the state.
+/// Decodes the filesystem values of `raw`, without validating the state (the
+/// reference the fast path is tested against).
+#[cfg(test)]
 pub(crate) fn typed<N: DeserializeOwned, H: DeserializeOwned, S: DeserializeOwned>(
     raw: RawSnapshot<'_>,
 ) -> Result<(SessionState<N, H>, S), FormatError> {
@@ -273,9 +296,28 @@ where
     H: DeserializeOwned,
     S: DeserializeOwned,
 {
-    let (session, fs) = typed(decode_raw(bytes)?)?;
+    let (session, fs) = decode_unvalidated(bytes)?;
     session.validate().map_err(FormatError::State)?;
     Ok((session, fs))
+}
+
+/// [`decode_state`] without the validation (for callers that validate anyway).
+pub(crate) fn decode_unvalidated<N, H, S>(
+    bytes: &[u8],
+) -> Result<(SessionState<N, H>, S), FormatError>
+where
+    N: DeserializeOwned,
+    H: DeserializeOwned,
+    S: DeserializeOwned,
+{
+    let env = envelope::open(bytes)?;
+    match env.version {
+        1 => fast::read_v1(env.body),
+        found => Err(FormatError::UnsupportedVersion {
+            found,
+            newest: FORMAT_VERSION,
+        }),
+    }
 }
 
 /// Checks a snapshot and counts what it holds, without knowing the filesystem's

@@ -8,6 +8,9 @@
 //! with its own types, bump [`FORMAT_VERSION`](super::FORMAT_VERSION), keep
 //! reading V1, and commit a new golden file.
 //!
+//! `fast.rs` writes and reads the same bytes by hand (for speed, straight from
+//! and into the typed state); unit tests hold the two together.
+//!
 //! postcard writes a struct as its fields in order, integers as varints, a
 //! `Vec` or byte blob as a varint length then the items, an enum as a varint
 //! variant index then the payload.
