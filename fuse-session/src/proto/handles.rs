@@ -4,7 +4,7 @@
 //! The session assigns `fh` from a 64-bit counter (never reused within a session),
 //! keeps the filesystem's handle, the nodeid it was opened on and the open flags, and
 //! gives the handle back to the filesystem by value on RELEASE / RELEASEDIR.
-use std::collections::HashMap;
+use crate::proto::nodes::IdMap;
 
 /// Whether a handle is an open file or an open directory.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
@@ -31,14 +31,14 @@ pub struct HandleEntry<H> {
 /// fh -> handle.
 #[derive(Clone, Debug)]
 pub struct HandleTable<H> {
-    by_fh: HashMap<u64, HandleEntry<H>>,
+    by_fh: IdMap<HandleEntry<H>>,
     next_fh: u64,
 }
 
 impl<H> Default for HandleTable<H> {
     fn default() -> Self {
         HandleTable {
-            by_fh: HashMap::new(),
+            by_fh: IdMap::default(),
             next_fh: 1,
         }
     }

@@ -19,7 +19,30 @@
 //! - Linux `fs/fuse/inode.c` (`fuse_iget`, `fuse_queue_forget`), `fs/fuse/readdir.c`
 //!   (`fuse_direntplus_link`)
 use std::collections::HashMap;
-use std::hash::Hash;
+use std::hash::{BuildHasherDefault, Hash, Hasher};
+
+/// A hasher for nodeids: they come from the session's own counter, never from an
+/// adversary, so a multiplicative hash is safe and much cheaper than SipHash on the
+/// per-request lookup.
+#[derive(Default, Clone, Copy)]
+pub(crate) struct IdHasher(u64);
+
+impl Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0.rotate_left(8) ^ u64::from(b)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = (n ^ (n >> 32)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+}
+
+/// A map keyed by nodeid or fh.
+pub(crate) type IdMap<V> = HashMap<u64, V, BuildHasherDefault<IdHasher>>;
 
 /// The root's nodeid.
 pub const ROOT_ID: u64 = fuse_wire::abi::FUSE_ROOT_ID;
@@ -38,7 +61,7 @@ pub struct NodeEntry<N> {
 /// nodeid -> node, node -> nodeid, with lookup counts.
 #[derive(Clone, Debug)]
 pub struct NodeTable<N: Clone + Eq + Hash> {
-    by_id: HashMap<u64, NodeEntry<N>>,
+    by_id: IdMap<NodeEntry<N>>,
     by_node: HashMap<N, u64>,
     next_id: u64,
     next_generation: u64,
@@ -59,7 +82,7 @@ impl<N: Clone + Eq + Hash> NodeTable<N> {
     /// A table holding only the root.
     pub fn new(root: N) -> Self {
         let mut t = NodeTable {
-            by_id: HashMap::new(),
+            by_id: IdMap::default(),
             by_node: HashMap::new(),
             next_id: ROOT_ID + 1,
             next_generation: 1,
@@ -76,24 +99,27 @@ impl<N: Clone + Eq + Hash> NodeTable<N> {
         t
     }
 
-    /// Rebuilds a table from validated parts (unique ids and node values, the root
-    /// present, non-zero counts but the root's).
+    /// Rebuilds a table from validated parts (unique ids, the root present, non-zero
+    /// counts but the root's); fails with the nodeid of a node value seen twice.
     pub(crate) fn from_parts(
-        entries: impl IntoIterator<Item = (u64, NodeEntry<N>)>,
+        entries: impl ExactSizeIterator<Item = (u64, NodeEntry<N>)>,
         next_id: u64,
         next_generation: u64,
-    ) -> Self {
+    ) -> Result<Self, u64> {
+        let n = entries.len();
         let mut t = NodeTable {
-            by_id: HashMap::new(),
-            by_node: HashMap::new(),
+            by_id: IdMap::with_capacity_and_hasher(n, Default::default()),
+            by_node: HashMap::with_capacity(n),
             next_id,
             next_generation,
         };
         for (id, e) in entries {
-            t.by_node.insert(e.node.clone(), id);
+            if t.by_node.insert(e.node.clone(), id).is_some() {
+                return Err(id);
+            }
             t.by_id.insert(id, e);
         }
-        t
+        Ok(t)
     }
 
     /// The node of `nodeid`.

@@ -186,6 +186,20 @@ impl<N: Eq + Hash, H> SessionState<N, H> {
     /// counts and distinct node values, handles with distinct non-zero fhs on existing
     /// nodeids, counters beyond every id in use.
     pub fn validate(&self) -> Result<(), StateError> {
+        self.validate_structure()?;
+        let mut seen = HashSet::with_capacity(self.nodes.len());
+        for n in &self.nodes {
+            if !seen.insert(&n.node) {
+                return Err(StateError::DuplicateNode(n.nodeid));
+            }
+        }
+        Ok(())
+    }
+
+    /// Everything [`SessionState::validate`] checks but the distinct node values
+    /// (which [`Session::restore`] checks while it builds the table, hashing each
+    /// value once).
+    fn validate_structure(&self) -> Result<(), StateError> {
         let r = &self.init.result;
         if r.minor < MIN_MINOR
             || r.minor > abi::FUSE_KERNEL_MINOR_VERSION
@@ -208,7 +222,6 @@ impl<N: Eq + Hash, H> SessionState<N, H> {
         if root.lookups != 0 {
             return Err(StateError::BadRoot("the root has a lookup count"));
         }
-        let mut seen = HashSet::with_capacity(self.nodes.len());
         let mut prev = 0;
         for n in &self.nodes {
             if n.nodeid <= prev {
@@ -217,9 +230,6 @@ impl<N: Eq + Hash, H> SessionState<N, H> {
             prev = n.nodeid;
             if n.nodeid != ROOT_ID && n.lookups == 0 {
                 return Err(StateError::ZeroLookups(n.nodeid));
-            }
-            if !seen.insert(&n.node) {
-                return Err(StateError::DuplicateNode(n.nodeid));
             }
         }
         let c = &self.counters;
@@ -310,7 +320,7 @@ impl<F: Filesystem> Session<F> {
     /// come (the kernel never re-sends it on a live connection). Refuses a state that
     /// does not [validate](SessionState::validate).
     pub fn restore(fs: F, state: SessionState<F::Node, F::Handle>) -> Result<Self, StateError> {
-        state.validate()?;
+        state.validate_structure()?;
         let c = state.counters;
         let root = state.nodes.first().map(|n| n.node.clone());
         let fs_root = fs.root();
@@ -332,7 +342,8 @@ impl<F: Filesystem> Session<F> {
             }),
             c.next_nodeid,
             c.next_generation,
-        );
+        )
+        .map_err(StateError::DuplicateNode)?;
         let handles = HandleTable::from_parts(
             state.handles.into_iter().map(|h| {
                 (
