@@ -1324,6 +1324,128 @@ fn concurrent_workers() {
     assert_eq!(m.stop().code(), Some(0));
 }
 
+#[test]
+fn locks_are_local_to_the_kernel() {
+    use rustix::fs::FlockOperation as L;
+    let Some(m) = memfs("locks_are_local_to_the_kernel") else {
+        return;
+    };
+    let p = m.path("lock");
+    fs::write(&p, b"").unwrap();
+    let rw = || OpenOptions::new().read(true).write(true).open(&p).unwrap();
+    let (a, b) = (rw(), rw());
+    rustix::fs::flock(&a, L::NonBlockingLockExclusive).unwrap();
+    assert_eq!(
+        rustix::fs::flock(&b, L::NonBlockingLockExclusive),
+        Err(Errno::WOULDBLOCK)
+    );
+    rustix::fs::flock(&a, L::Unlock).unwrap();
+    rustix::fs::flock(&b, L::NonBlockingLockShared).unwrap();
+    rustix::fs::flock(&a, L::NonBlockingLockShared).unwrap();
+    rustix::fs::flock(&b, L::Unlock).unwrap();
+    rustix::fs::flock(&a, L::Unlock).unwrap();
+    // POSIX (fcntl) locks belong to the process: another process conflicts.
+    rustix::fs::fcntl_lock(&a, L::NonBlockingLockExclusive).unwrap();
+    let other = || {
+        let f = OpenOptions::new().read(true).write(true).open(&p).unwrap();
+        let r = rustix::fs::fcntl_lock(&f, L::NonBlockingLockShared);
+        errno_of(r.map_err(std::io::Error::from))
+    };
+    assert_eq!(as_user(0, 0, other), libc_errno(Errno::AGAIN));
+    rustix::fs::fcntl_lock(&a, L::Unlock).unwrap();
+    assert_eq!(as_user(0, 0, other), 0);
+    drop(b);
+}
+
+/// Unmounts an in-process mount when dropped (even when the test fails).
+struct InProcess {
+    running: Option<fuse_live::session::serve::Running<fs_impl::MemFs>>,
+    mnt: std::path::PathBuf,
+}
+
+impl Drop for InProcess {
+    fn drop(&mut self) {
+        if let Some(r) = self.running.take() {
+            let _ = r.unmount();
+        }
+        if common::is_fuse_mounted(&self.mnt) {
+            let _ = fuse_live::session::dev::fusectl::tear_down(&self.mnt, None);
+        }
+        if let Some(dir) = self.mnt.parent() {
+            if !common::is_fuse_mounted(&self.mnt) {
+                let _ = fs::remove_dir_all(dir);
+            }
+        }
+    }
+}
+
+#[test]
+fn forgets_drop_unlinked_inodes_in_process() {
+    use fuse_live::session::dev::fusectl::Watchdog;
+    use fuse_live::session::dev::MountOptions;
+    use fuse_live::session::serve::Server;
+    if !can_mount("forgets_drop_unlinked_inodes_in_process") {
+        return;
+    }
+    let mnt = common::temp_dir("memfs-inproc").join("mnt");
+    let mut guard = InProcess {
+        running: None,
+        mnt: mnt.clone(),
+    };
+    fs::create_dir(&mnt).unwrap();
+    let memfs = fs_impl::MemFs::new(0, 0, 1 << 30, fs_impl::Config::default());
+    let opts = MountOptions::new()
+        .fsname("memfs")
+        .subtype("memfs")
+        .default_permissions(true);
+    let running = Server::mount(memfs, &mnt, &opts).unwrap().spawn(2).unwrap();
+    guard.running = Some(running);
+    let _dog = Watchdog::arm(&mnt, None, common::WATCHDOG).unwrap();
+    let running = guard.running.as_ref().unwrap();
+    let session = running.session();
+    let state = || session.filesystem().lock_read();
+    fs::write(mnt.join("a"), vec![1u8; 4096]).unwrap();
+    fs::write(mnt.join("b"), vec![2u8; 8192]).unwrap();
+    fs::create_dir(mnt.join("d")).unwrap();
+    let open_b = File::open(mnt.join("b")).unwrap();
+    let open_d = File::open(mnt.join("d")).unwrap();
+    fs::remove_file(mnt.join("b")).unwrap();
+    fs::remove_dir(mnt.join("d")).unwrap();
+    let tmp = File::from(
+        rustix::fs::openat(
+            CWD,
+            &mnt,
+            OFlags::TMPFILE | OFlags::RDWR,
+            Mode::from_raw_mode(0o600),
+        )
+        .unwrap(),
+    );
+    tmp.write_all_at(&[3u8; 4096], 0).unwrap();
+    // Open, so still there: root, a, b, d and the unnamed file.
+    assert_eq!(state().inode_count(), 5);
+    assert_eq!(state().used_bytes(), 4 * 4096);
+    drop((open_b, open_d, tmp));
+    // Once the kernel forgets everything, only linked inodes remain.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while (session.node_count() > 1 || state().inode_count() > 2) && Instant::now() < deadline {
+        let _ = fs::write("/proc/sys/vm/drop_caches", "2");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(
+        session.node_count(),
+        1,
+        "the kernel forgot every nodeid but the root"
+    );
+    assert_eq!(state().inode_count(), 2, "root and a remain");
+    assert_eq!(state().used_bytes(), 4096);
+    // A fresh lookup finds the linked file again.
+    assert_eq!(fs::read(mnt.join("a")).unwrap(), vec![1u8; 4096]);
+    assert!(session.node_count() > 1);
+    eventually("the read's RELEASE", || session.handle_count() == 0);
+    drop(guard);
+    assert!(!common::is_fuse_mounted(&mnt));
+}
+
 /// memfs's state without a mount: the rules, restore validation, serialization.
 mod core {
     use super::data::{FileData, CHUNK};

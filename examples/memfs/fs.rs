@@ -300,7 +300,14 @@ impl Filesystem for MemFs {
                 log::debug!("O_APPEND write to inode {node} at {offset}, end of file is {size}");
             }
         }
-        state.write(caller(ctx), *node, offset, data, kill)
+        // Page-cache writeback (mmap) carries no meaningful caller: only the kernel's
+        // explicit request clears set-user-ID there.
+        let who = if write_flags & RequestFlags::WRITE_CACHE.bits() != 0 {
+            Caller::ROOT
+        } else {
+            caller(ctx)
+        };
+        state.write(who, *node, offset, data, kill)
     }
 
     fn fsync(

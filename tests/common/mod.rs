@@ -129,17 +129,26 @@ impl Mounted {
     /// Starts example `bin` on a new mountpoint with `args` after it and `env` set,
     /// and waits for its `ready MOUNTPOINT` line.
     pub fn start(bin: &str, args: &[&str], env: &[(&str, &str)]) -> Mounted {
+        let exe = example_binary(bin);
         let dir = temp_dir(bin);
         let mnt = dir.join("mnt");
-        std::fs::create_dir(&mnt).expect("create mountpoint");
         let log = dir.join("stderr.log");
-        let mut cmd = Command::new(example_binary(bin));
+        // The guard exists before anything can fail, so the directory never leaks.
+        let mut m = Mounted {
+            child: None,
+            dir,
+            mnt: mnt.clone(),
+            log,
+            watchdog: None,
+        };
+        std::fs::create_dir(&mnt).expect("create mountpoint");
+        let mut cmd = Command::new(exe);
         cmd.arg(&mnt)
             .args(args)
             .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(File::create(&log).expect("create log"));
+            .stderr(File::create(&m.log).expect("create log"));
         // SAFETY: the closure runs in the forked child before exec and only makes
         // the prctl(2) system call, which is async-signal-safe. If the test process
         // dies, the filesystem gets SIGTERM and unmounts itself.
@@ -150,13 +159,7 @@ impl Mounted {
         }
         let mut child = cmd.spawn().expect("spawn the example");
         let stdout = child.stdout.take().expect("stdout");
-        let mut m = Mounted {
-            child: Some(child),
-            dir,
-            mnt: mnt.clone(),
-            log,
-            watchdog: None,
-        };
+        m.child = Some(child);
         // Armed before the mount exists: it looks the connection up when it fires.
         m.watchdog = Some(Watchdog::arm(&mnt, None, WATCHDOG).expect("arm watchdog"));
         let (tx, rx) = mpsc::channel();
