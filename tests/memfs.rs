@@ -1499,6 +1499,8 @@ mod core {
         assert_eq!(f.chunk_count(), 1, "a chunk left all zero is freed");
         f.set_size(0);
         assert_eq!(f.chunk_count(), 0);
+        f.write(1 << 20, b"");
+        assert_eq!(f.size(), 0, "an empty write does not extend");
     }
 
     #[test]

@@ -101,6 +101,10 @@ impl FileData {
     /// Writes `data` at `off`, extending the file if it ends beyond the size. The
     /// caller has checked `off + data.len() <= MAX_FILE_SIZE` and the space.
     pub fn write(&mut self, off: u64, data: &[u8]) {
+        if data.is_empty() {
+            // A zero-length write changes nothing, not even the size.
+            return;
+        }
         let mut pos = off;
         let mut rest = data;
         while !rest.is_empty() {
