@@ -37,8 +37,16 @@ impl Hasher for IdHasher {
         }
     }
     fn write_u64(&mut self, n: u64) {
-        self.0 = (n ^ (n >> 32)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        let x = self.0.rotate_left(5) ^ n;
+        self.0 = (x ^ (x >> 32)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
     }
+}
+
+/// The [`IdHasher`] hash of any value.
+pub(crate) fn id_hash<T: Hash + ?Sized>(v: &T) -> u64 {
+    let mut h = IdHasher::default();
+    v.hash(&mut h);
+    h.finish()
 }
 
 /// A map keyed by nodeid or fh.

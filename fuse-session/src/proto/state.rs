@@ -8,7 +8,7 @@
 //! A state is untrusted input when it comes back (from a file or another process):
 //! [`Session::restore`] only accepts one that passes [`SessionState::validate`],
 //! whose errors say what is wrong.
-use std::collections::{BTreeSet, HashSet, VecDeque};
+use std::collections::{BTreeSet, VecDeque};
 use std::fmt;
 use std::hash::Hash;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -20,7 +20,7 @@ use fuse_wire::InitFlags;
 use crate::fs::Filesystem;
 use crate::proto::handles::{HandleEntry, HandleKind, HandleTable};
 use crate::proto::init::MIN_MINOR;
-use crate::proto::nodes::{NodeEntry, NodeTable, ROOT_ID};
+use crate::proto::nodes::{id_hash, NodeEntry, NodeTable, ROOT_ID};
 use crate::proto::session::{lock, InitState, Session, SessionStats};
 
 /// One nodeid the kernel holds.
@@ -187,11 +187,31 @@ impl<N: Eq + Hash, H> SessionState<N, H> {
     /// nodeids, counters beyond every id in use.
     pub fn validate(&self) -> Result<(), StateError> {
         self.validate_structure()?;
-        let mut seen = HashSet::with_capacity(self.nodes.len());
-        for n in &self.nodes {
-            if !seen.insert(&n.node) {
-                return Err(StateError::DuplicateNode(n.nodeid));
+        // Distinct node values: sort (hash, index) pairs and compare the values only
+        // where hashes collide. Sequential memory access, unlike a 1M-entry hash set.
+        let mut keys: Vec<(u64, usize)> = self
+            .nodes
+            .iter()
+            .enumerate()
+            .map(|(i, n)| (id_hash(&n.node), i))
+            .collect();
+        keys.sort_unstable();
+        let mut run = 0;
+        while run < keys.len() {
+            let h = keys[run].0;
+            let end = keys[run..]
+                .iter()
+                .position(|k| k.0 != h)
+                .map_or(keys.len(), |p| run + p);
+            for a in run..end {
+                for b in a + 1..end {
+                    let (x, y) = (&self.nodes[keys[a].1], &self.nodes[keys[b].1]);
+                    if x.node == y.node {
+                        return Err(StateError::DuplicateNode(x.nodeid.max(y.nodeid)));
+                    }
+                }
             }
+            run = end;
         }
         Ok(())
     }
