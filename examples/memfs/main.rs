@@ -2,6 +2,8 @@
 //!
 //! ```text
 //! cargo run --release --example memfs -- MOUNTPOINT [--threads N] [--allow-other] [--ttl SECS] [--size BYTES]
+//!         [--upgrade-socket PATH] [--snapshot-dir DIR]
+//! cargo run --release --example memfs -- --takeover PATH [--threads N] [--upgrade-socket PATH2] [--snapshot-dir DIR]
 //! ```
 //!
 //! Mounts at MOUNTPOINT (with `default_permissions`: the kernel checks permissions),
@@ -16,6 +18,17 @@
 //!   fractions allowed, 0 for none).
 //! - `--size BYTES`: the most file data it holds (suffix K, M, G or T; default half
 //!   of the machine's memory); beyond it writes fail with ENOSPC.
+//! - `--upgrade-socket PATH`: listen on the unix socket PATH (mode 0600) for a new
+//!   process that takes the mount over (live upgrade, see `fuse_snapshot::handoff`).
+//!   When one does, this process stops serving without unmounting and exits 0.
+//! - `--takeover PATH`: instead of mounting, take the mount over from the memfs that
+//!   listens on PATH: files, contents, open files and directory streams carry over.
+//!   Prints `ready MOUNTPOINT` once it serves, then listens on PATH itself (or on
+//!   `--upgrade-socket`) so it can be replaced in turn. Exits 1 if the takeover
+//!   fails (the old process then serves on).
+//! - `--snapshot-dir DIR`: on SIGUSR1, write a snapshot of the session and the
+//!   contents to `DIR/memfs.snapshot` (atomically, mode 0600); the mount pauses only
+//!   while the snapshot is taken (the stall is logged at level info).
 //!
 //! Logging goes to stderr; `RUST_LOG=error|warn|info|debug|trace` sets the level
 //! (default `warn`).
@@ -34,7 +47,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use fuse_live::session::dev::MountOptions;
-use fuse_live::session::serve::{block_termination_signals, Server};
+use fuse_live::session::serve::{Running, Server};
 
 mod data;
 // Part of their API serves tests/memfs.rs (which compiles these files too) and
@@ -43,20 +56,37 @@ mod data;
 mod fs;
 #[allow(dead_code)]
 mod state;
+// memfs's part in snapshots and live handoff (`SnapshotFs`).
+mod snapshot;
 
 use fs::{Config, MemFs};
+use fuse_live::snapshot::handoff::{self, Ended, HandoffOptions, Takeover, UpgradeListener};
 
-const USAGE: &str =
-    "usage: memfs MOUNTPOINT [--threads N] [--allow-other] [--ttl SECS] [--size BYTES[K|M|G|T]]";
+const USAGE: &str = "usage: memfs MOUNTPOINT [--threads N] [--allow-other] [--ttl SECS] \
+     [--size BYTES[K|M|G|T]] [--upgrade-socket PATH] [--snapshot-dir DIR]\n       \
+     memfs --takeover PATH [--threads N] [--upgrade-socket PATH] [--snapshot-dir DIR]";
+
+/// Test hooks for the handoff tests (environment variable `MEMFS_HANDOFF_TEST`, read
+/// by a `--takeover` process): `exit-after-receive` exits right after receiving the
+/// snapshot (a process dying mid-restore), `nack-after-receive` refuses it,
+/// `versions=MIN:MAX` announces those snapshot format versions.
+const TEST_HOOK: &str = "MEMFS_HANDOFF_TEST";
+
+/// The snapshot file `--snapshot-dir` writes.
+const SNAPSHOT_FILE: &str = "memfs.snapshot";
 
 /// The parsed command line.
 #[derive(Debug)]
 struct Args {
+    /// Empty with `--takeover`.
     mountpoint: String,
     threads: usize,
     allow_other: bool,
     ttl: Duration,
     size: Option<u64>,
+    upgrade_socket: Option<PathBuf>,
+    takeover: Option<PathBuf>,
+    snapshot_dir: Option<PathBuf>,
 }
 
 fn parse_size(s: &str) -> Option<u64> {
@@ -76,6 +106,9 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Args, String> {
     let mut allow_other = false;
     let mut ttl = Duration::from_secs(1);
     let mut size = None;
+    let mut upgrade_socket = None;
+    let mut takeover = None;
+    let mut snapshot_dir = None;
     let mut it = args.into_iter();
     while let Some(arg) = it.next() {
         let (flag, inline) = match arg.split_once('=') {
@@ -115,18 +148,28 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Args, String> {
                         .ok_or(format!("bad --size {v:?}"))?,
                 );
             }
+            "--upgrade-socket" => upgrade_socket = Some(PathBuf::from(value("--upgrade-socket")?)),
+            "--takeover" => takeover = Some(PathBuf::from(value("--takeover")?)),
+            "--snapshot-dir" => snapshot_dir = Some(PathBuf::from(value("--snapshot-dir")?)),
             f if f.starts_with('-') => return Err(format!("unknown option {f:?}")),
             _ if mountpoint.is_none() => mountpoint = Some(arg),
             _ => return Err(format!("unexpected argument {arg:?}")),
         }
     }
-    let mountpoint = mountpoint.ok_or("no MOUNTPOINT given")?;
+    let mountpoint = match (mountpoint, &takeover) {
+        (Some(_), Some(_)) => return Err("--takeover takes no MOUNTPOINT".into()),
+        (None, Some(_)) => String::new(),
+        (m, None) => m.ok_or("no MOUNTPOINT given")?,
+    };
     Ok(Args {
         mountpoint,
         threads,
         allow_other,
         ttl,
         size,
+        upgrade_socket,
+        takeover,
+        snapshot_dir,
     })
 }
 
@@ -190,10 +233,15 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    // Termination signals wait in a queue until `run_until_signal` reads them, so
-    // one that arrives while mounting still unmounts cleanly.
-    block_termination_signals();
-    match serve(&args) {
+    // Termination signals (and SIGUSR1) wait in a queue until the serving loop reads
+    // them, so one that arrives while mounting still unmounts cleanly.
+    handoff::block_upgrade_signals();
+    let served = if args.takeover.is_some() {
+        take_over(&args)
+    } else {
+        serve(&args)
+    };
+    match served {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("memfs: {e}");
@@ -214,21 +262,121 @@ fn serve(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
         .default_permissions(true)
         .allow_other(args.allow_other);
     let mountpoint = PathBuf::from(&args.mountpoint);
+    // Bound before mounting: a path in use fails before anything is mounted.
+    let listener = args
+        .upgrade_socket
+        .as_ref()
+        .map(UpgradeListener::bind)
+        .transpose()?;
     let server = Server::mount(fs, &mountpoint, &opts)?;
     let running = server.spawn(args.threads)?;
-    {
-        let mut out = std::io::stdout().lock();
-        writeln!(out, "ready {}", args.mountpoint)?;
-        out.flush()?;
+    ready(&args.mountpoint)?;
+    serve_until_done(&running, listener.as_ref(), args)
+}
+
+fn ready(mountpoint: &str) -> std::io::Result<()> {
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "ready {mountpoint}")?;
+    out.flush()
+}
+
+/// Serves until unmounted, a termination signal, or a handoff to a new process.
+fn serve_until_done(
+    running: &Running<MemFs>,
+    listener: Option<&UpgradeListener>,
+    args: &Args,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let options = HandoffOptions::new().threads(args.threads);
+    let ended = handoff::serve_with_upgrades(running, listener, &options, |running| {
+        let Some(dir) = &args.snapshot_dir else {
+            log::warn!("SIGUSR1 without --snapshot-dir: no snapshot written");
+            return;
+        };
+        match handoff::save_snapshot(running, dir.join(SNAPSHOT_FILE)) {
+            Ok(s) => log::info!(
+                "snapshot written to {} ({} bytes, mount paused {:?})",
+                s.path.display(),
+                s.bytes,
+                s.stall
+            ),
+            Err(e) => log::error!("snapshot to {} failed: {e}", dir.display()),
+        }
+    })?;
+    match ended {
+        Ended::HandedOff(outcome) => {
+            let s = outcome.stats;
+            log::info!(
+                "handed over to pid {}: {} snapshot bytes, {} nodeids, {} handles, stall {:?}",
+                s.peer_pid,
+                s.snapshot_bytes,
+                s.nodes,
+                s.handles,
+                s.stall
+            );
+            // Dropping the mount handle does not unmount: the new process serves it.
+            drop(outcome.mount);
+        }
+        _ => {
+            let state = running.session().filesystem().lock_read();
+            log::info!(
+                "unmounted: {} inodes, {} bytes of data",
+                state.inode_count(),
+                state.used_bytes()
+            );
+        }
     }
-    running.run_until_signal()?;
-    let state = running.session().filesystem().lock_read();
-    log::info!(
-        "unmounted: {} inodes, {} bytes of data",
-        state.inode_count(),
-        state.used_bytes()
-    );
     Ok(())
+}
+
+/// `--takeover PATH`: take the mount over from the memfs listening on PATH, serve
+/// it, and listen for the next upgrade.
+fn take_over(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
+    let Some(path) = &args.takeover else {
+        return Err("no --takeover path".into());
+    };
+    let hook = std::env::var(TEST_HOOK).unwrap_or_default();
+    let mut options = HandoffOptions::new().threads(args.threads);
+    if let Some(v) = hook.strip_prefix("versions=") {
+        let (a, b) = v.split_once(':').ok_or("bad versions= hook")?;
+        options = options.versions(a.parse()?, b.parse()?);
+    }
+    let restored = Takeover::connect(path, &options)?.receive::<MemFs>()?;
+    match hook.as_str() {
+        // Dies as a crashing process would: no Nack, the socket just closes.
+        "exit-after-receive" => std::process::exit(3),
+        "nack-after-receive" => {
+            restored.refuse("refused by the MEMFS_HANDOFF_TEST hook");
+            return Err("refused the snapshot (test hook)".into());
+        }
+        _ => {}
+    }
+    let (running, stats) = restored.commit()?;
+    let listen_on = args.upgrade_socket.as_ref().unwrap_or(path);
+    // The previous daemon has stopped serving and is exiting: replace its socket.
+    let listener = UpgradeListener::bind_replacing(listen_on);
+    let mountpoint = running
+        .mountpoint()
+        .map(|m| m.display().to_string())
+        .unwrap_or_default();
+    ready(&mountpoint)?;
+    log::info!(
+        "took over {mountpoint} from pid {}: {} snapshot bytes, {} nodeids, {} handles, \
+         restore {:?}, stall {:?}",
+        stats.peer_pid,
+        stats.snapshot_bytes,
+        stats.nodes,
+        stats.handles,
+        stats.restore,
+        stats.stall
+    );
+    let listener = match listener {
+        Ok(l) => Some(l),
+        Err(e) => {
+            log::error!("serving without an upgrade socket: {e}");
+            None
+        }
+    };
+    serve_until_done(&running, listener.as_ref(), args)
 }
 
 #[cfg(test)]
@@ -263,5 +411,11 @@ mod tests {
         assert!(parse(&["/a", "--threads", "0"]).is_err());
         assert!(parse(&["/a", "--bogus"]).is_err());
         assert!(parse(&["/a", "--ttl", "-1"]).is_err());
+        let t = parse(&["--takeover", "/run/s", "--snapshot-dir=/d"]).unwrap();
+        assert_eq!(t.takeover, Some(PathBuf::from("/run/s")));
+        assert_eq!(t.snapshot_dir, Some(PathBuf::from("/d")));
+        assert!(parse(&["/a", "--takeover", "/run/s"]).is_err());
+        let u = parse(&["/a", "--upgrade-socket", "/run/s"]).unwrap();
+        assert_eq!(u.upgrade_socket, Some(PathBuf::from("/run/s")));
     }
 }

@@ -36,7 +36,9 @@ use std::time::{Duration, Instant};
 
 use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
 
-use crate::dev::{Channel, Mount, MountError, MountOptions, Received, RequestBuffer, Waker, WriteOutcome};
+use crate::dev::{
+    Channel, Mount, MountError, MountOptions, Received, RequestBuffer, Waker, WriteOutcome,
+};
 use crate::fs::Filesystem;
 use crate::notify::Notifier;
 use crate::proto::session::lock;
@@ -99,18 +101,28 @@ pub struct Server<F: Filesystem> {
 impl<F: Filesystem> Server<F> {
     /// Mounts `fs` on `mountpoint` (see [`crate::dev::mount`]). The kernel sends INIT
     /// once workers read the device.
-    pub fn mount(fs: F, mountpoint: impl AsRef<Path>, options: &MountOptions) -> Result<Self, ServeError> {
+    pub fn mount(
+        fs: F,
+        mountpoint: impl AsRef<Path>,
+        options: &MountOptions,
+    ) -> Result<Self, ServeError> {
         let mount = crate::dev::mount(mountpoint, options)?;
         let mut session = Session::new(fs);
         if options.is_allow_root() {
             session.restrict_to_uid(Some(nix::unistd::geteuid().as_raw()));
         }
-        Ok(Server { session: Arc::new(session), mount })
+        Ok(Server {
+            session: Arc::new(session),
+            mount,
+        })
     }
 
     /// Serves an existing session on an existing mount (a restored process).
     pub fn from_parts(session: Session<F>, mount: Mount) -> Self {
-        Server { session: Arc::new(session), mount }
+        Server {
+            session: Arc::new(session),
+            mount,
+        }
     }
 
     /// The session.
@@ -170,6 +182,8 @@ impl<F: Filesystem> Server<F> {
 struct Control {
     paused: AtomicBool,
     stop: AtomicBool,
+    /// Set by [`Running::stop`]: the mount was released to another process.
+    released: AtomicBool,
     running: AtomicUsize,
     parked: Mutex<usize>,
     cond: Condvar,
@@ -221,7 +235,9 @@ impl<F: Filesystem> Running<F> {
 
     /// The mountpoint, while mounted.
     pub fn mountpoint(&self) -> Option<std::path::PathBuf> {
-        lock(&self.mount).as_ref().map(|m| m.mountpoint().to_path_buf())
+        lock(&self.mount)
+            .as_ref()
+            .map(|m| m.mountpoint().to_path_buf())
     }
 
     /// Parks every worker at a request boundary and returns once all are parked
@@ -240,7 +256,10 @@ impl<F: Filesystem> Running<F> {
                 .unwrap_or_else(|p| p.into_inner().0);
             self.control.wake_all();
         }
-        PauseGuard { control: &self.control, parked_in: start.elapsed() }
+        PauseGuard {
+            control: &self.control,
+            parked_in: start.elapsed(),
+        }
     }
 
     /// True while at least one worker serves.
@@ -257,9 +276,18 @@ impl<F: Filesystem> Running<F> {
         Ok(())
     }
 
+    /// Runs `f` on the mount, while this process holds it (not after [`Running::stop`]
+    /// or [`Running::unmount`]): e.g. to `dup` its descriptors for a live handoff.
+    pub fn with_mount<R>(&self, f: impl FnOnce(&Mount) -> R) -> Option<R> {
+        lock(&self.mount).as_ref().map(f)
+    }
+
     /// Stops the workers without unmounting: the mount stays, and whoever holds a
-    /// device fd (a new process) can serve it.
+    /// device fd (a new process) can serve it. The filesystem is not told (no
+    /// `destroy`): the session lives on elsewhere; [`Running::run_until_signal`] then
+    /// returns without unmounting.
     pub fn stop(&self) -> Option<Mount> {
+        self.control.released.store(true, Ordering::Release);
         self.control.stop.store(true, Ordering::Release);
         self.control.wake_all();
         {
@@ -292,7 +320,8 @@ impl<F: Filesystem> Running<F> {
         set.add(Signal::SIGINT);
         set.add(Signal::SIGTERM);
         set.thread_block().map_err(io::Error::from)?;
-        let sfd = SignalFd::with_flags(&set, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC).map_err(io::Error::from)?;
+        let sfd = SignalFd::with_flags(&set, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
+            .map_err(io::Error::from)?;
         loop {
             if !self.is_serving() {
                 break;
@@ -311,8 +340,12 @@ impl<F: Filesystem> Running<F> {
             )];
             let _ = nix::poll::poll(&mut fds, nix::poll::PollTimeout::from(100u16));
         }
-        // Unmounted from outside: the mount is gone; drop our handle quietly.
         self.join_workers();
+        if self.control.released.load(Ordering::Acquire) {
+            // Stopped for a handoff: another process serves the session now.
+            return Ok(());
+        }
+        // Unmounted from outside: the mount is gone; drop our handle quietly.
         if let Some(m) = lock(&self.mount).take() {
             let _ = m.unmount();
         }
@@ -369,7 +402,12 @@ impl IdleWait {
     }
 }
 
-fn worker<F: Filesystem>(session: &Session<F>, chan: &Channel, waker: &Waker, control: &Control) -> io::Result<()> {
+fn worker<F: Filesystem>(
+    session: &Session<F>,
+    chan: &Channel,
+    waker: &Waker,
+    control: &Control,
+) -> io::Result<()> {
     let idle = IdleWait::new(chan, waker)?;
     let mut size = session.read_buffer_size();
     let mut req = RequestBuffer::with_len(size)?;
@@ -399,7 +437,8 @@ fn worker<F: Filesystem>(session: &Session<F>, chan: &Channel, waker: &Waker, co
         let n = match idle.read(chan, &mut req, waker)? {
             Received::Request(n) => n,
             Received::Woken => {
-                if !control.paused.load(Ordering::Acquire) && !control.stop.load(Ordering::Acquire) {
+                if !control.paused.load(Ordering::Acquire) && !control.stop.load(Ordering::Acquire)
+                {
                     waker.reset()?;
                 }
                 continue;
@@ -413,9 +452,17 @@ fn worker<F: Filesystem>(session: &Session<F>, chan: &Channel, waker: &Waker, co
             }
         };
         match session.handle(&req[..n], &mut out) {
-            Handled::Reply { head, payload, counted } => {
+            Handled::Reply {
+                head,
+                payload,
+                counted,
+            } => {
                 let iov = [IoSlice::new(head), IoSlice::new(payload)];
-                let iov = if payload.is_empty() { &iov[..1] } else { &iov[..] };
+                let iov = if payload.is_empty() {
+                    &iov[..1]
+                } else {
+                    &iov[..]
+                };
                 match chan.write(iov) {
                     Ok(WriteOutcome::Delivered) => {}
                     Ok(WriteOutcome::Gone) => {

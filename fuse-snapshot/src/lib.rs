@@ -54,6 +54,7 @@ pub mod fds;
 mod file;
 pub mod format;
 mod fs;
+pub mod handoff;
 
 pub use fds::{FdRestorer, FdSaver, FdSlot};
 pub use file::{load_file, load_file_with_limit, save_file, DEFAULT_MAX_FILE_SIZE};

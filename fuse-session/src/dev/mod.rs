@@ -2,9 +2,9 @@
 //! requests and writing replies, the fuse control filesystem, and request buffers.
 //!
 //! This is the only module of the crate that talks to the kernel, and the only one
-//! allowed `unsafe` code. It has two `unsafe` blocks, each with a `// SAFETY:` comment:
+//! allowed `unsafe` code. It has three `unsafe` blocks, each with a `// SAFETY:` comment:
 //! taking ownership of a file descriptor received over `SCM_RIGHTS` (in
-//! `fusermount.rs`: nix hands received descriptors out as raw integers) and the
+//! `fusermount.rs` and `scm.rs`: nix hands received descriptors out as raw integers) and the
 //! `FUSE_DEV_IOC_CLONE` ioctl (in `channel.rs`: nix's ioctl wrappers are `unsafe fn`).
 //!
 //! The pieces, a file per idea:
@@ -35,6 +35,8 @@ mod fusermount;
 mod mount;
 mod mountinfo;
 mod options;
+#[allow(unsafe_code)]
+mod scm;
 mod waker;
 
 pub use buffer::{page_size, RequestBuffer, REQUEST_HEADER_ROOM};
@@ -43,6 +45,10 @@ pub use error::{MountError, OptionError};
 pub use fusermount::find_fusermount;
 pub use mount::{mount, Mount, MountMethod, MountParts};
 pub use options::MountOptions;
+pub use scm::{
+    peer_credentials, recv_exact_with_fds, recv_with_fds, send_with_fds, PeerCredentials,
+    MAX_FDS_PER_MESSAGE,
+};
 pub use waker::Waker;
 
 /// Path of the FUSE character device.

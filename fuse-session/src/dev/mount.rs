@@ -230,6 +230,12 @@ impl Mount {
         self.method
     }
 
+    /// With `auto_unmount`: the socket whose closing makes `fusermount3` unmount (see
+    /// [`MountParts::auto_unmount_socket`]); a live handoff passes a `dup` of it on.
+    pub fn auto_unmount_socket(&self) -> Option<BorrowedFd<'_>> {
+        self.keepalive.0.as_ref().map(|s| s.as_fd())
+    }
+
     /// The fusectl connection id (the directory under `/sys/fs/fuse/connections`), if
     /// it was found in the mount table after mounting.
     pub fn connection_id(&self) -> Option<u64> {

@@ -1,0 +1,413 @@
+//! The old process's side: [`UpgradeListener`] and [`serve_upgrades`].
+use std::io::ErrorKind;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use fuse_session::dev::{Mount, MountMethod};
+use fuse_session::serve::Running;
+
+use super::conn::Conn;
+use super::message::{self, Hello, Kind, SnapshotMeta, WireMethod};
+use super::{HandoffError, HandoffOptions, HandoffStats};
+use crate::{FdSaver, SnapshotFs};
+
+/// The control socket a running daemon listens on for a process that wants to take
+/// its mount over.
+///
+/// The socket file is created with mode 0600 (bound under a temporary name,
+/// `chmod`ed, then renamed into place, so it is never reachable with looser
+/// permissions). Both ends also check each other's credentials.
+#[derive(Debug)]
+pub struct UpgradeListener {
+    listener: Mutex<Option<UnixListener>>,
+    path: PathBuf,
+    /// (dev, ino) of the socket file this listener created: it only removes the path
+    /// if it is still its own (a successor may have bound it since).
+    identity: (u64, u64),
+    closed: AtomicBool,
+    /// Held for the whole of one handoff, so that [`UpgradeListener::close`] waits
+    /// for one in progress.
+    busy: Mutex<()>,
+}
+
+fn io(what: &'static str) -> impl FnOnce(std::io::Error) -> HandoffError {
+    move |source| HandoffError::Io { what, source }
+}
+
+impl UpgradeListener {
+    /// Listens on `path`. A stale socket file there (nobody accepts on it) is
+    /// replaced; a live one is [`HandoffError::AlreadyListening`]; anything that is
+    /// not a socket is [`HandoffError::NotASocket`] and left alone.
+    ///
+    /// # Errors
+    /// Those, and IO errors of creating the socket.
+    pub fn bind(path: impl AsRef<Path>) -> Result<UpgradeListener, HandoffError> {
+        let path = path.as_ref();
+        match std::fs::symlink_metadata(path) {
+            Ok(m) if !m.file_type().is_socket() => {
+                return Err(HandoffError::NotASocket(path.to_owned()))
+            }
+            Ok(_) => match UnixStream::connect(path) {
+                Ok(_) => return Err(HandoffError::AlreadyListening(path.to_owned())),
+                Err(e) if e.kind() == ErrorKind::ConnectionRefused => {
+                    // Stale: replaced by the rename below.
+                }
+                Err(e) => return Err(io("probe the existing upgrade socket")(e)),
+            },
+            Err(e) if e.kind() == ErrorKind::NotFound => {}
+            Err(e) => return Err(io("inspect the upgrade socket path")(e)),
+        }
+        Self::bind_replacing(path)
+    }
+
+    /// Listens on `path`, replacing whatever socket is there without asking whether
+    /// it is alive: for a process that has just taken the mount over from the
+    /// daemon that listened there (which has stopped serving and is exiting).
+    ///
+    /// # Errors
+    /// [`HandoffError::NotASocket`] if `path` exists and is not a socket; IO errors.
+    pub fn bind_replacing(path: impl AsRef<Path>) -> Result<UpgradeListener, HandoffError> {
+        let path = path.as_ref();
+        if let Ok(m) = std::fs::symlink_metadata(path) {
+            if !m.file_type().is_socket() {
+                return Err(HandoffError::NotASocket(path.to_owned()));
+            }
+        }
+        let name = path
+            .file_name()
+            .ok_or_else(|| HandoffError::NotASocket(path.to_owned()))?;
+        let mut tmp_name = std::ffi::OsString::from(".");
+        tmp_name.push(name);
+        tmp_name.push(format!(".{}.tmp", std::process::id()));
+        let tmp = path.with_file_name(tmp_name);
+        if tmp.as_os_str().as_bytes().len() > 107 {
+            return Err(HandoffError::Io {
+                what: "bind the upgrade socket",
+                source: std::io::Error::new(
+                    ErrorKind::InvalidInput,
+                    "socket path too long for a unix socket (108 bytes); choose a shorter one",
+                ),
+            });
+        }
+        let _ = std::fs::remove_file(&tmp);
+        let listener = UnixListener::bind(&tmp).map_err(io("bind the upgrade socket"))?;
+        let finish = || -> std::io::Result<(u64, u64)> {
+            std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600))?;
+            std::fs::rename(&tmp, path)?;
+            let m = std::fs::symlink_metadata(path)?;
+            Ok((m.dev(), m.ino()))
+        };
+        let identity = match finish() {
+            Ok(id) => id,
+            Err(e) => {
+                let _ = std::fs::remove_file(&tmp);
+                return Err(io("put the upgrade socket in place")(e));
+            }
+        };
+        listener
+            .set_nonblocking(true)
+            .map_err(io("make the upgrade socket non-blocking"))?;
+        Ok(UpgradeListener {
+            listener: Mutex::new(Some(listener)),
+            path: path.to_owned(),
+            identity,
+            closed: AtomicBool::new(false),
+            busy: Mutex::new(()),
+        })
+    }
+
+    /// The socket path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Stops accepting: waits for a handoff in progress to end (committed or rolled
+    /// back), then closes the socket and removes its file (if still ours).
+    pub fn close(&self) {
+        self.closed.store(true, Ordering::Release);
+        let _busy = self.busy.lock().unwrap_or_else(|p| p.into_inner());
+        self.shut();
+    }
+
+    fn shut(&self) {
+        let taken = self
+            .listener
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if taken.is_some() {
+            if let Ok(m) = std::fs::symlink_metadata(&self.path) {
+                if (m.dev(), m.ino()) == self.identity {
+                    let _ = std::fs::remove_file(&self.path);
+                }
+            }
+        }
+    }
+
+    /// Closes the socket without removing the file: a successor is about to bind it.
+    fn release(&self) {
+        self.listener
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+    }
+
+    /// Waits up to `wait` for a connection. `Ok(None)` if none came.
+    fn accept(&self, wait: Duration) -> Result<Option<UnixStream>, HandoffError> {
+        let guard = self.listener.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(l) = guard.as_ref() else {
+            return Err(HandoffError::Closed);
+        };
+        match l.accept() {
+            Ok((s, _)) => return Ok(Some(s)),
+            Err(e) if e.kind() == ErrorKind::WouldBlock => {}
+            Err(e) if e.kind() == ErrorKind::Interrupted => return Ok(None),
+            Err(e) => return Err(io("accept on the upgrade socket")(e)),
+        }
+        let mut fds = [nix::poll::PollFd::new(
+            l.as_fd(),
+            nix::poll::PollFlags::POLLIN,
+        )];
+        let ms = u16::try_from(wait.as_millis()).unwrap_or(u16::MAX);
+        let _ = nix::poll::poll(&mut fds, nix::poll::PollTimeout::from(ms));
+        match l.accept() {
+            Ok((s, _)) => Ok(Some(s)),
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::Interrupted) => {
+                Ok(None)
+            }
+            Err(e) => Err(io("accept on the upgrade socket")(e)),
+        }
+    }
+}
+
+impl Drop for UpgradeListener {
+    fn drop(&mut self) {
+        self.shut();
+    }
+}
+
+/// A committed handoff, on the old side: the new process serves the mount now.
+#[derive(Debug)]
+pub struct HandoffOutcome {
+    /// What it cost.
+    pub stats: HandoffStats,
+    /// This process's handle on the mount, released by [`Running::stop`]. Drop it
+    /// (that does not unmount) and exit.
+    pub mount: Option<Mount>,
+}
+
+/// Serves upgrade requests for `running` until one commits (returns the outcome),
+/// the listener is closed ([`HandoffError::Closed`]) or the mount is no longer
+/// served ([`HandoffError::NotServing`]). Refused and rolled-back attempts are
+/// logged and the loop goes on: the mount keeps being served.
+///
+/// # Errors
+/// As above, or an error of the listening socket itself.
+pub fn serve_upgrades<F: SnapshotFs>(
+    running: &Running<F>,
+    listener: &UpgradeListener,
+    options: &HandoffOptions,
+) -> Result<HandoffOutcome, HandoffError> {
+    loop {
+        if listener.closed.load(Ordering::Acquire) {
+            return Err(HandoffError::Closed);
+        }
+        if !running.is_serving() {
+            return Err(HandoffError::NotServing);
+        }
+        let Some(stream) = listener.accept(Duration::from_millis(100))? else {
+            continue;
+        };
+        let busy = listener.busy.lock().unwrap_or_else(|p| p.into_inner());
+        if listener.closed.load(Ordering::Acquire) {
+            return Err(HandoffError::Closed);
+        }
+        match serve_one(running, stream, options) {
+            Ok(outcome) => {
+                listener.release();
+                drop(busy);
+                log::info!(
+                    "handed the mount over to pid {} ({} snapshot bytes, stall {:?})",
+                    outcome.stats.peer_pid,
+                    outcome.stats.snapshot_bytes,
+                    outcome.stats.stall
+                );
+                return Ok(outcome);
+            }
+            Err(e) => log::warn!("{e}"),
+        }
+    }
+}
+
+fn wire_method(m: MountMethod) -> WireMethod {
+    match m {
+        MountMethod::Fusermount { auto_unmount: true } => WireMethod::FusermountAutoUnmount,
+        MountMethod::Fusermount { .. } => WireMethod::Fusermount,
+        _ => WireMethod::Syscall,
+    }
+}
+
+/// The mount's descriptors (dups) and its description.
+struct MountOut {
+    device: OwnedFd,
+    unmount_socket: Option<OwnedFd>,
+    method: WireMethod,
+    connection_id: Option<u64>,
+    mountpoint: Vec<u8>,
+}
+
+fn mount_out(m: &Mount) -> std::io::Result<MountOut> {
+    Ok(MountOut {
+        device: m.device().try_clone_to_owned()?,
+        unmount_socket: m
+            .auto_unmount_socket()
+            .map(|s| s.try_clone_to_owned())
+            .transpose()?,
+        method: wire_method(m.method()),
+        connection_id: m.connection_id(),
+        mountpoint: m.mountpoint().as_os_str().as_bytes().to_vec(),
+    })
+}
+
+/// One upgrade connection, old side. Every error before `Commit` leaves this
+/// process serving.
+fn serve_one<F: SnapshotFs>(
+    running: &Running<F>,
+    stream: UnixStream,
+    options: &HandoffOptions,
+) -> Result<HandoffOutcome, HandoffError> {
+    stream
+        .set_nonblocking(false)
+        .map_err(io("configure the upgrade connection"))?;
+    let conn = Conn::new(stream, options.timeout, 0);
+    let refuse = |conn: &Conn, e: HandoffError| {
+        let _ = conn.send(
+            "refuse",
+            &message::encode_reason(Kind::Refuse, &e.to_string()),
+            &[],
+        );
+        e
+    };
+    let peer = match conn.check_peer() {
+        Ok(p) => p,
+        Err(e) => return Err(refuse(&conn, e)),
+    };
+    let hello = conn
+        .expect("read Hello", &[Kind::Hello], "Hello")
+        .and_then(|r| Ok(Hello::decode(&r.body)?));
+    let hello = match hello {
+        Ok(h) => h,
+        Err(e) => return Err(refuse(&conn, e)),
+    };
+    let version = crate::FORMAT_VERSION;
+    if !(hello.min_version..=hello.max_version).contains(&version) {
+        let e = HandoffError::VersionMismatch {
+            wanted: (hello.min_version, hello.max_version),
+            offered: version,
+        };
+        return Err(refuse(&conn, e));
+    }
+    conn.send("send Accept", &message::encode_accept(version), &[])?;
+
+    // From here on the mount is paused; every early return drops the guard, which
+    // resumes serving.
+    let start = Instant::now();
+    let guard = running.pause();
+    let parked_in = guard.parked_in;
+    let rolled_back = |e: HandoffError| HandoffError::RolledBack(Box::new(e));
+    let out = match running.with_mount(mount_out) {
+        Some(Ok(m)) => m,
+        Some(Err(e)) => {
+            return Err(rolled_back(refuse(
+                &conn,
+                io("duplicate the mount's descriptors")(e),
+            )))
+        }
+        None => return Err(refuse(&conn, HandoffError::NotServing)),
+    };
+    let mut saver = FdSaver::new();
+    let bytes = match crate::snapshot(running.session(), &mut saver) {
+        Ok(b) => b,
+        Err(e) => return Err(rolled_back(refuse(&conn, HandoffError::Snapshot(e)))),
+    };
+    let fs_fds = saver.into_fds();
+    let meta = SnapshotMeta {
+        since_pause: start.elapsed(),
+        has_unmount_socket: out.unmount_socket.is_some(),
+        method: out.method,
+        connection_id: out.connection_id,
+        fs_fds: u32::try_from(fs_fds.len()).unwrap_or(u32::MAX),
+        mountpoint: out.mountpoint,
+    };
+    let mut fds: Vec<BorrowedFd<'_>> = vec![out.device.as_fd()];
+    fds.extend(out.unmount_socket.as_ref().map(|s| s.as_fd()));
+    fds.extend(fs_fds.iter().map(|f| f.as_fd()));
+    if fds.len() > fuse_session::dev::MAX_FDS_PER_MESSAGE {
+        let e = HandoffError::Io {
+            what: "send the descriptors",
+            source: std::io::Error::new(
+                ErrorKind::InvalidInput,
+                format!(
+                    "{} descriptors; one message carries at most {}",
+                    fds.len(),
+                    fuse_session::dev::MAX_FDS_PER_MESSAGE
+                ),
+            ),
+        };
+        return Err(rolled_back(refuse(&conn, e)));
+    }
+    conn.send("send the snapshot", &meta.encode(bytes.len()), &fds)
+        .and_then(|()| conn.send("send the snapshot", &bytes, &[]))
+        .map_err(rolled_back)?;
+    let snapshot_sent = start.elapsed();
+    let fd_count = fds.len();
+    drop(fds);
+    drop(fs_fds);
+
+    let reply = conn
+        .expect("read Ack", &[Kind::Ack, Kind::Nack], "Ack or Nack")
+        .map_err(rolled_back)?;
+    let restore = match reply.header.kind {
+        Kind::Ack => {
+            message::decode_duration(Kind::Ack, &reply.body).map_err(|e| rolled_back(e.into()))?
+        }
+        _ => {
+            return Err(rolled_back(HandoffError::Refused(message::decode_reason(
+                &reply.body,
+            ))))
+        }
+    };
+    let stall = start.elapsed();
+    conn.send(
+        "send Commit",
+        &message::encode_duration(Kind::Commit, stall),
+        &[],
+    )
+    .map_err(rolled_back)?;
+    // Committed: the new process serves as soon as it reads Commit. The workers are
+    // parked; stop them for good without unmounting.
+    let mount = running.stop();
+    drop(guard);
+    let session = running.session();
+    Ok(HandoffOutcome {
+        stats: HandoffStats {
+            version,
+            snapshot_bytes: bytes.len(),
+            fds: fd_count,
+            nodes: session.node_count(),
+            handles: session.handle_count(),
+            parked_in,
+            snapshot_sent,
+            restore,
+            stall,
+            peer_pid: peer.pid,
+        },
+        mount,
+    })
+}
