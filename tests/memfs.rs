@@ -1238,7 +1238,7 @@ fn statfs_and_enospc() {
 
 #[test]
 fn concurrent_workers() {
-    let Some(m) = memfs_with("concurrent_workers", &["--threads", "4"], &[]) else {
+    let Some(m) = memfs_with("concurrent_workers", &["--threads", "4", "--ttl", "0"], &[]) else {
         return;
     };
     let root = Arc::new(m.mnt.clone());
