@@ -147,7 +147,24 @@ fn next_secctx(bytes: &[u8]) -> Result<(SecCtx<'_>, &[u8]), &'static str> {
 }
 
 /// Parses and checks the extension area of a request with `opcode`.
+///
+/// Most requests carry none: that case is inlined into `parse` and costs a
+/// comparison; the loop lives in [`parse_extension_list`].
+#[inline]
 pub(crate) fn parse_extensions(area: &[u8], opcode: Opcode) -> Result<Extensions<'_>, ParseError> {
+    if area.is_empty() {
+        return Ok(Extensions {
+            raw: area,
+            secctx: None,
+            groups: None,
+        });
+    }
+    parse_extension_list(area, opcode)
+}
+
+/// [`parse_extensions`] of a non-empty area.
+#[inline(never)]
+fn parse_extension_list(area: &[u8], opcode: Opcode) -> Result<Extensions<'_>, ParseError> {
     let bad = |reason| ParseError::BadExtension { reason };
     let mut ext = Extensions {
         raw: area,

@@ -451,6 +451,7 @@ pub(crate) const fn init_in_size(kernel_minor: u32) -> usize {
 }
 
 /// Parses the body of a request with `opcode` on a connection with `proto`.
+#[inline]
 pub(crate) fn parse_operation<'a>(
     opcode: Opcode,
     body: &'a [u8],

@@ -62,6 +62,11 @@ impl<'a> Reader<'a> {
         T: FromBytes + IntoBytes,
     {
         let src = self.bytes(wire_size, what)?;
+        // The usual case, the whole struct on the wire: a fixed-size copy instead
+        // of zeroing then copying a run of unknown length.
+        if let Ok(v) = T::read_from_bytes(src) {
+            return Ok(v);
+        }
         let mut v = T::new_zeroed();
         let dst = v.as_mut_bytes();
         let n = core::cmp::min(dst.len(), src.len());
@@ -83,8 +88,9 @@ impl<'a> Reader<'a> {
     }
 
     /// Takes a NUL-terminated name and returns it without the NUL.
+    #[inline]
     pub(crate) fn name(&mut self, what: &'static str) -> Result<&'a [u8], ParseError> {
-        let Some(pos) = self.rest.iter().position(|&b| b == 0) else {
+        let Some(pos) = find_nul(self.rest) else {
             return Err(ParseError::MissingNul {
                 opcode: self.opcode,
                 what,
@@ -114,5 +120,58 @@ impl<'a> Reader<'a> {
         let items = <[T]>::ref_from_bytes(head).map_err(|_| overrun)?;
         self.rest = rest;
         Ok(items)
+    }
+}
+
+/// The index of the first NUL byte in `bytes`.
+///
+/// Names are scanned eight bytes at a time (a word has a zero byte iff
+/// `(w - 0x01..01) & !w & 0x80..80` is nonzero; the lowest set bit of that mask
+/// marks the first zero byte when the word is read little-endian), which roughly
+/// halves the cost of LOOKUP-style parsing against a byte loop.
+#[inline]
+pub(crate) fn find_nul(bytes: &[u8]) -> Option<usize> {
+    const LO: u64 = u64::from_le_bytes([0x01; 8]);
+    const HI: u64 = u64::from_le_bytes([0x80; 8]);
+    let mut chunks = bytes.chunks_exact(8);
+    let mut base = 0usize;
+    for chunk in chunks.by_ref() {
+        let mut word = [0u8; 8];
+        word.copy_from_slice(chunk);
+        let w = u64::from_le_bytes(word);
+        let zeros = w.wrapping_sub(LO) & !w & HI;
+        if zeros != 0 {
+            return Some(base + (zeros.trailing_zeros() / 8) as usize);
+        }
+        base += 8;
+    }
+    chunks
+        .remainder()
+        .iter()
+        .position(|&b| b == 0)
+        .map(|i| base + i)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::find_nul;
+
+    #[test]
+    fn find_nul_agrees_with_a_byte_loop() {
+        let mut buf = [0xffu8; 40];
+        for len in 0..buf.len() {
+            for nul in 0..=len {
+                buf.fill(0x80);
+                if let Some(b) = buf.get_mut(nul) {
+                    *b = 0;
+                }
+                // Bytes 0x01 and 0x80 around the NUL are the classic traps.
+                if nul > 0 {
+                    buf[nul - 1] = 0x01;
+                }
+                let s = &buf[..len];
+                assert_eq!(find_nul(s), s.iter().position(|&b| b == 0), "{s:?}");
+            }
+        }
     }
 }
