@@ -513,13 +513,16 @@ fn reply_round_trip(bytes: &[u8], opcode: Opcode, xattr_size: bool, proto: &Nego
 /// CUSE device info with empty strings, and anything not fitting the scratch
 /// buffer.
 fn refusal_expected(body: &ReplyBody<'_>) -> bool {
-    match body {
-        ReplyBody::Open(_) | ReplyBody::Create { .. } => true,
-        ReplyBody::IoctlRetry { .. } => true,
-        ReplyBody::CuseInit { .. } => true,
-        ReplyBody::Data(_) | ReplyBody::Unknown(_) | ReplyBody::Ioctl { .. } => true,
-        _ => false,
-    }
+    matches!(
+        body,
+        ReplyBody::Open(_)
+            | ReplyBody::Create { .. }
+            | ReplyBody::IoctlRetry { .. }
+            | ReplyBody::CuseInit { .. }
+            | ReplyBody::Data(_)
+            | ReplyBody::Unknown(_)
+            | ReplyBody::Ioctl { .. }
+    )
 }
 
 fn same_reply(a: &ReplyBody<'_>, b: &ReplyBody<'_>) -> bool {
