@@ -366,8 +366,13 @@ pub fn block_termination_signals() {
 
 /// Where an idle worker sleeps: an `epoll` instance of its own with the device
 /// (`EPOLLEXCLUSIVE`: a request wakes one idle worker, not all) and its waker.
+///
+/// It also remembers whether the last read found the queue empty: a worker serving
+/// one synchronous caller then waits first and reads once (two syscalls per request)
+/// instead of read (EAGAIN), wait, read (three). A busy queue keeps reading first.
 struct IdleWait {
     epoll: Epoll,
+    was_idle: std::cell::Cell<bool>,
 }
 
 impl IdleWait {
@@ -378,25 +383,38 @@ impl IdleWait {
             EpollEvent::new(EpollFlags::EPOLLIN | EpollFlags::EPOLLEXCLUSIVE, 0),
         )?;
         epoll.add(waker.as_pollable(), EpollEvent::new(EpollFlags::EPOLLIN, 1))?;
-        Ok(IdleWait { epoll })
+        Ok(IdleWait {
+            epoll,
+            was_idle: std::cell::Cell::new(false),
+        })
     }
 
     /// Reads one request, or returns [`Received::Woken`] once `waker` fires: as
     /// [`Channel::read_or_wake`], but sleeping in [`IdleWait`] when the queue is empty.
     fn read(&self, chan: &Channel, buf: &mut [u8], waker: &Waker) -> io::Result<Received> {
+        let mut wait = self.was_idle.get();
         loop {
             if waker.is_woken() {
                 return Ok(Received::Woken);
             }
-            if let Some(r) = chan.try_read(buf)? {
-                return Ok(r);
+            if wait {
+                // Readable, in error (the connection ended: the next read says so), or
+                // woken: all end the wait. A spurious return only costs a loop.
+                let mut events = [EpollEvent::empty(); 2];
+                match self.epoll.wait(&mut events, EpollTimeout::NONE) {
+                    Ok(_) | Err(nix::errno::Errno::EINTR) => {}
+                    Err(e) => return Err(e.into()),
+                }
+                if waker.is_woken() {
+                    return Ok(Received::Woken);
+                }
             }
-            // Readable, in error (the connection ended: the next read says so), or
-            // woken: all end the wait. A spurious return only costs a loop.
-            let mut events = [EpollEvent::empty(); 2];
-            match self.epoll.wait(&mut events, EpollTimeout::NONE) {
-                Ok(_) | Err(nix::errno::Errno::EINTR) => {}
-                Err(e) => return Err(e.into()),
+            match chan.try_read(buf)? {
+                Some(r) => {
+                    self.was_idle.set(wait);
+                    return Ok(r);
+                }
+                None => wait = true,
             }
         }
     }

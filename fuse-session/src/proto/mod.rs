@@ -11,7 +11,7 @@ mod dispatch;
 pub mod handles;
 pub mod init;
 pub mod nodes;
-pub mod state;
 pub(crate) mod session;
+pub mod state;
 
 pub use session::{Handled, InitState, Session, SessionStats, PAYLOAD_OFFSET};

@@ -69,6 +69,8 @@ pub struct Session<F: Filesystem> {
     pub(crate) wishes: Mutex<Option<InitWishes>>,
     pub(crate) inflight: Mutex<HashMap<u64, Arc<AtomicBool>>>,
     pub(crate) early_interrupts: Mutex<VecDeque<u64>>,
+    /// Length of `early_interrupts`, read without the lock on every request.
+    pub(crate) early_count: std::sync::atomic::AtomicUsize,
     pub(crate) polls: Mutex<BTreeSet<u64>>,
     pub(crate) notify_unique: AtomicU64,
     pub(crate) retrieves: crate::notify::Retrieves,
@@ -99,6 +101,7 @@ impl<F: Filesystem> Session<F> {
             wishes: Mutex::new(None),
             inflight: Mutex::new(HashMap::new()),
             early_interrupts: Mutex::new(VecDeque::new()),
+            early_count: std::sync::atomic::AtomicUsize::new(0),
             polls: Mutex::new(BTreeSet::new()),
             notify_unique: AtomicU64::new(1),
             retrieves: Mutex::new(HashMap::new()),
@@ -192,16 +195,30 @@ impl<F: Filesystem> Session<F> {
     }
 
     /// Registers an in-flight request for interrupts.
+    ///
+    /// The flag is the calling thread's, reused from one request to the next (no
+    /// allocation per request). That is safe because [`Session::interrupt`] sets a flag
+    /// only under the in-flight lock and only while its request is registered, and
+    /// [`Session::end`] unregisters under the same lock before the thread's next
+    /// request resets the flag.
     pub(crate) fn begin(&self, unique: u64) -> Arc<AtomicBool> {
-        let flag = Arc::new(AtomicBool::new(false));
-        {
+        thread_local! {
+            static FLAG: Arc<AtomicBool> = Arc::new(AtomicBool::new(false));
+        }
+        let flag = FLAG.with(Arc::clone);
+        flag.store(false, Ordering::Relaxed);
+        // Register first, then look for an INTERRUPT that overtook the request: an
+        // interrupt either finds the request registered, or was remembered before
+        // the registration (it holds the in-flight lock while it does both).
+        lock(&self.inflight).insert(unique, Arc::clone(&flag));
+        if self.early_count.load(Ordering::Acquire) > 0 {
             let mut early = lock(&self.early_interrupts);
             if let Some(pos) = early.iter().position(|&u| u == unique) {
                 early.remove(pos);
+                self.early_count.store(early.len(), Ordering::Release);
                 flag.store(true, Ordering::Relaxed);
             }
         }
-        lock(&self.inflight).insert(unique, flag.clone());
         flag
     }
 
@@ -213,7 +230,8 @@ impl<F: Filesystem> Session<F> {
     /// interrupt overtook the request.
     pub(crate) fn interrupt(&self, target: u64) {
         self.stats.interrupts.fetch_add(1, Ordering::Relaxed);
-        if let Some(flag) = lock(&self.inflight).get(&target) {
+        let inflight = lock(&self.inflight);
+        if let Some(flag) = inflight.get(&target) {
             flag.store(true, Ordering::Relaxed);
             return;
         }
@@ -222,6 +240,9 @@ impl<F: Filesystem> Session<F> {
             early.pop_front();
         }
         early.push_back(target);
+        self.early_count.store(early.len(), Ordering::Release);
+        drop(early);
+        drop(inflight);
     }
 
     pub(crate) fn forget_one(&self, nodeid: u64, nlookup: u64) {
