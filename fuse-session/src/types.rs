@@ -386,6 +386,22 @@ pub struct RequestContext<'a> {
     pub(crate) interrupted: Option<&'a std::sync::atomic::AtomicBool>,
 }
 
+impl RequestContext<'static> {
+    /// A context for calling a [`Filesystem`](crate::Filesystem) directly, e.g. in
+    /// its unit tests (the session builds the real ones from each request).
+    pub fn new(unique: u64, uid: u32, gid: u32, pid: u32) -> Self {
+        RequestContext {
+            unique,
+            uid,
+            gid,
+            pid,
+            umask: None,
+            supp_groups: &[],
+            interrupted: None,
+        }
+    }
+}
+
 impl RequestContext<'_> {
     /// Supplementary groups the kernel sent with a create operation
     /// (`FUSE_CREATE_SUPP_GROUP`, 7.37): the one matching the parent's group.

@@ -6,7 +6,7 @@ use std::sync::Mutex;
 
 use fuse_wire::reply::{self, Dirent, DirentPlus, DirentWriter, Push};
 
-use crate::proto::nodes::NodeTable;
+use crate::proto::nodes::{Forgotten, NodeTable};
 use crate::types::{Entry, FileType};
 
 /// Where a READ reply's data goes.
@@ -115,6 +115,9 @@ pub struct DirEntriesPlus<'a, N: Clone + Eq + Hash> {
     pub(crate) writer: DirentWriter<'a>,
     pub(crate) nodes: &'a Mutex<NodeTable<N>>,
     pub(crate) error: Option<fuse_wire::EncodeError>,
+    /// Nodes whose count went back to zero when their entry did not fit: the
+    /// session calls `forget` for them after the listing.
+    pub(crate) dropped: Vec<N>,
 }
 
 impl<N: Clone + Eq + Hash> DirEntriesPlus<'_, N> {
@@ -156,7 +159,9 @@ impl<N: Clone + Eq + Hash> DirEntriesPlus<'_, N> {
             other => {
                 if let Some(id) = counted {
                     let mut nodes = self.nodes.lock().unwrap_or_else(|p| p.into_inner());
-                    nodes.unlookup(id);
+                    if let Forgotten::Gone(node) = nodes.unlookup(id) {
+                        self.dropped.push(node);
+                    }
                 }
                 if let Err(e) = other {
                     self.error = Some(e);

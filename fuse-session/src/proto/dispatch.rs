@@ -620,8 +620,13 @@ impl<F: Filesystem> Session<F> {
                     writer,
                     nodes: &self.nodes,
                     error: None,
+                    dropped: Vec::new(),
                 };
-                fs.readdirplus(&ctx, &node, &fh, arg.offset.get(), &mut entries)?;
+                let r = fs.readdirplus(&ctx, &node, &fh, arg.offset.get(), &mut entries);
+                for n in entries.dropped.drain(..) {
+                    fs.forget(n);
+                }
+                r?;
                 if let Some(e) = entries.error {
                     log::warn!("readdirplus entry refused: {e}");
                 }
