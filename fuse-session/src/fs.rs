@@ -515,4 +515,31 @@ pub trait Filesystem: Send + Sync + 'static {
     fn syncfs(&self, ctx: &RequestContext<'_>, node: &Self::Node) -> Result<()> {
         Err(Errno::ENOSYS)
     }
+
+    /// Maps `len` bytes of the file at `foffset` into the DAX window at `moffset`
+    /// (SETUPMAPPING, 7.31). Only virtio-fs sends it; `flags` are
+    /// `FUSE_SETUPMAPPING_FLAG_{WRITE,READ}`.
+    fn setupmapping(
+        &self,
+        ctx: &RequestContext<'_>,
+        node: &Self::Node,
+        fh: &Self::Handle,
+        foffset: u64,
+        len: u64,
+        flags: u64,
+        moffset: u64,
+    ) -> Result<()> {
+        Err(Errno::ENOSYS)
+    }
+
+    /// Removes DAX mappings, each `(moffset, len)` (REMOVEMAPPING, 7.31; virtio-fs
+    /// only).
+    fn removemapping(
+        &self,
+        ctx: &RequestContext<'_>,
+        node: &Self::Node,
+        mappings: &[(u64, u64)],
+    ) -> Result<()> {
+        Err(Errno::ENOSYS)
+    }
 }

@@ -820,9 +820,30 @@ impl<F: Filesystem> Session<F> {
                 let stat = statx_of(&sx);
                 whole(enc(reply::statx(out, unique, sx.ttl, 0, &stat)).map(|n| (n, None)))
             }
-            Operation::Setupmapping { .. }
-            | Operation::Removemapping { .. }
-            | Operation::CuseInit { .. } => Err(Errno::ENOSYS),
+            Operation::Setupmapping { arg } => {
+                let node = self.node(nodeid)?;
+                let fh = self.handle_of(arg.fh.get(), HandleKind::File)?;
+                let r = fs.setupmapping(
+                    &ctx,
+                    &node,
+                    &fh,
+                    arg.foffset.get(),
+                    arg.len.get(),
+                    arg.flags.get(),
+                    arg.moffset.get(),
+                );
+                empty(out, r)
+            }
+            Operation::Removemapping { mappings } => {
+                let node = self.node(nodeid)?;
+                let list: Vec<(u64, u64)> = mappings
+                    .iter()
+                    .map(|m| (m.moffset.get(), m.len.get()))
+                    .collect();
+                empty(out, fs.removemapping(&ctx, &node, &list))
+            }
+            // CUSE is a different device (/dev/cuse); this library serves FUSE mounts.
+            Operation::CuseInit { .. } => Err(Errno::ENOSYS),
             Operation::Unknown { opcode, .. } => {
                 log::debug!("unknown opcode {opcode}: answering ENOSYS");
                 Err(Errno::ENOSYS)
