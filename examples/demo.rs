@@ -1,19 +1,30 @@
-//! The demo: mounts memfs in a temporary directory, runs a mixed workload on it
-//! through the kernel from several threads, parks the workers a few times in the
-//! middle (what a snapshot will do), prints what happened, and unmounts.
+//! The demo: a FUSE daemon replaced by new processes, live, under load.
 //!
 //! ```text
 //! cargo run --release --example demo
 //! ```
-//! Needs root (mount(2)) or Debian's `fuse3` (fusermount3) and `/dev/fuse`.
-use std::io::{Read, Seek, SeekFrom, Write};
+//!
+//! Mounts memfs in a temporary directory (as a daemon process: this program run
+//! again with a hidden flag), starts a mixed workload in child processes (create,
+//! write, read back and verify, rename, stat, readdir, with files held open the whole
+//! time), replaces the daemon by a new process several times in the middle of it —
+//! each new process takes the mount over from the previous one through its upgrade
+//! socket, with the kernel connection, every nodeid and every open file — then
+//! prints what happened and unmounts. Needs root (mount(2)) and `/dev/fuse`.
+//!
+//! Exit status 0 if every operation succeeded.
+use std::fs::{File, OpenOptions};
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::process::{Child, Command, ExitCode, Stdio};
+use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use fuse_live::session::dev::fusectl::{self, Watchdog};
 use fuse_live::session::dev::MountOptions;
-use fuse_live::session::serve::Server;
+use fuse_live::session::serve::{Running, Server};
+use fuse_live::snapshot::handoff::{self, Ended, HandoffOptions, UpgradeListener};
 
 #[path = "memfs/data.rs"]
 #[allow(dead_code)]
@@ -21,162 +32,389 @@ mod data;
 #[path = "memfs/fs.rs"]
 #[allow(dead_code)]
 mod fs;
+#[path = "memfs/snapshot.rs"]
+mod snapshot;
 #[path = "memfs/state.rs"]
 #[allow(dead_code)]
 mod state;
 
-#[derive(Default)]
-struct Tally {
-    ops: AtomicU64,
-    failed: AtomicU64,
-    bytes_verified: AtomicU64,
+use fs::MemFs;
+
+/// How many times the daemon is replaced.
+const HANDOFFS: usize = 5;
+/// Workload processes.
+const WORKERS: usize = 4;
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let result = match args.as_slice() {
+        ["--daemon", mnt, sock] => daemon(Some(Path::new(mnt)), Path::new(sock)),
+        ["--takeover", sock] => daemon(None, Path::new(sock)),
+        ["--worker", dir, id, stop, out] => worker(
+            Path::new(dir),
+            id.parse().unwrap_or(0),
+            Path::new(stop),
+            Path::new(out),
+        ),
+        [] => demo(),
+        _ => Err("usage: demo (no arguments)".into()),
+    };
+    match result {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("demo: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
-/// One worker's loop: create, write, read back and verify, rename, stat, readdir,
-/// keeping one file open for the whole run.
-fn work(dir: &Path, id: usize, until: Instant, t: &Tally) {
-    let mut held = match std::fs::File::options()
+type Res<T> = Result<T, Box<dyn std::error::Error>>;
+
+// --- the daemon ----------------------------------------------------------------
+
+/// The memfs daemon: mounts `mnt` (or takes the mount over from whoever listens on
+/// `sock`), prints `ready` and, after a takeover, one `handoff ...` line of
+/// statistics, then serves and listens on `sock` until replaced or stopped.
+fn daemon(mnt: Option<&Path>, sock: &Path) -> Res<bool> {
+    handoff::block_upgrade_signals();
+    let options = HandoffOptions::new().threads(2);
+    let mut out = std::io::stdout().lock();
+    let (running, listener): (Running<MemFs>, _) = match mnt {
+        Some(mnt) => {
+            let listener = UpgradeListener::bind(sock)?;
+            let uid = nix::unistd::geteuid().as_raw();
+            let gid = nix::unistd::getegid().as_raw();
+            let fs = MemFs::new(uid, gid, 1 << 30, fs::Config::default());
+            let opts = MountOptions::new()
+                .fsname("memfs")
+                .subtype("memfs")
+                .default_permissions(true);
+            let running = Server::mount(fs, mnt, &opts)?.spawn(2)?;
+            writeln!(out, "ready {}", mnt.display())?;
+            (running, listener)
+        }
+        None => {
+            let (running, stats) = handoff::take_over::<MemFs>(sock, &options)?;
+            let listener = UpgradeListener::bind_replacing(sock)?;
+            let mnt = running.mountpoint().unwrap_or_default();
+            writeln!(out, "ready {}", mnt.display())?;
+            writeln!(
+                out,
+                "handoff stall_us={} restore_us={} bytes={} nodes={} handles={}",
+                stats.stall.as_micros(),
+                stats.restore.as_micros(),
+                stats.snapshot_bytes,
+                stats.nodes,
+                stats.handles
+            )?;
+            (running, listener)
+        }
+    };
+    out.flush()?;
+    drop(out);
+    let ended = handoff::serve_with_upgrades(&running, Some(&listener), &options, |_| {})?;
+    Ok(matches!(
+        ended,
+        Ended::HandedOff(_) | Ended::Signal(_) | Ended::Unmounted
+    ))
+}
+
+// --- the workload ----------------------------------------------------------------
+
+fn pattern(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+/// One workload process: rounds of create, write, read back and verify, rename,
+/// stat, readdir, unlink, plus a record written and read back through a file held
+/// open for the whole run, until `stop` exists. Writes "ops failed bytes" to `out`.
+fn worker(dir: &Path, id: u64, stop: &Path, out: &Path) -> Res<bool> {
+    let wdir = dir.join(format!("worker-{id}"));
+    std::fs::create_dir(&wdir)?;
+    let held = OpenOptions::new()
         .create(true)
+        .truncate(false)
         .read(true)
         .write(true)
-        .open(dir.join(format!("held-{id}")))
-    {
-        Ok(f) => f,
-        Err(e) => {
-            eprintln!("worker {id}: {e}");
-            t.failed.fetch_add(1, Ordering::Relaxed);
-            return;
+        .open(wdir.join("held"))?;
+    let (mut ops, mut failed, mut bytes) = (0u64, 0u64, 0u64);
+    let mut check = |what: &str, r: std::io::Result<bool>| {
+        ops += 1;
+        match r {
+            Ok(true) => {}
+            Ok(false) => {
+                failed += 1;
+                eprintln!("worker {id}: {what}: wrong result");
+            }
+            Err(e) => {
+                failed += 1;
+                eprintln!("worker {id}: {what}: {e}");
+            }
         }
     };
     let mut round = 0u64;
-    let check = |ok: bool| {
-        t.ops.fetch_add(1, Ordering::Relaxed);
-        if !ok {
-            t.failed.fetch_add(1, Ordering::Relaxed);
-        }
-    };
-    while Instant::now() < until {
-        let payload: Vec<u8> = (0..4096 + (round as usize % 5000))
-            .map(|i| (i as u64 * 31 + round + id as u64) as u8)
-            .collect();
-        let a = dir.join(format!("w{id}-{round}"));
-        let b = dir.join(format!("w{id}-{round}.renamed"));
-        check(std::fs::write(&a, &payload).is_ok());
-        let back = std::fs::read(&a).unwrap_or_default();
-        check(back == payload);
-        if back == payload {
-            t.bytes_verified
-                .fetch_add(payload.len() as u64, Ordering::Relaxed);
-        }
-        check(std::fs::rename(&a, &b).is_ok());
-        check(
-            std::fs::metadata(&b)
-                .map(|m| m.len() == payload.len() as u64)
-                .unwrap_or(false),
+    while !stop.exists() {
+        let data = pattern(id << 32 | round, 1 + (round as usize * 4099) % 64_000);
+        let (a, b) = (
+            wdir.join(format!("new-{round}")),
+            wdir.join(format!("done-{round}")),
         );
+        check("create+write", std::fs::write(&a, &data).map(|_| true));
+        check("read back", std::fs::read(&a).map(|d| d == data));
+        bytes += data.len() as u64;
+        check("rename", std::fs::rename(&a, &b).map(|_| true));
         check(
-            std::fs::read_dir(dir)
-                .map(|d| d.count() > 0)
-                .unwrap_or(false),
+            "stat",
+            std::fs::metadata(&b).map(|m| m.len() == data.len() as u64),
         );
-        // The held file: append a record and read it back through the same fd.
+        let listed = std::fs::read_dir(&wdir).map(|d| {
+            let want = format!("done-{round}");
+            d.filter_map(Result::ok)
+                .any(|e| e.file_name() == want.as_str())
+        });
+        check("readdir", listed);
         let rec = round.to_le_bytes();
-        let ok = held.seek(SeekFrom::Start(round * 8)).is_ok() && held.write_all(&rec).is_ok();
         let mut got = [0u8; 8];
-        let ok = ok
-            && held.seek(SeekFrom::Start(round * 8)).is_ok()
-            && held.read_exact(&mut got).is_ok()
-            && got == rec;
-        check(ok);
-        if round >= 3 {
-            check(std::fs::remove_file(dir.join(format!("w{id}-{}.renamed", round - 3))).is_ok());
+        let held_ok = held
+            .write_all_at(&rec, round * 8)
+            .and_then(|()| held.read_exact_at(&mut got, round * 8))
+            .map(|()| got == rec);
+        check("held file", held_ok);
+        if round >= 4 {
+            let old = wdir.join(format!("done-{}", round - 4));
+            check("unlink", std::fs::remove_file(old).map(|_| true));
         }
         round += 1;
     }
+    let mut all = vec![0u8; round as usize * 8];
+    let whole = held.read_exact_at(&mut all, 0).map(|()| {
+        all.chunks(8)
+            .enumerate()
+            .all(|(i, c)| c == (i as u64).to_le_bytes())
+    });
+    check("held file, whole", whole);
+    std::fs::write(out, format!("{ops} {failed} {bytes}"))?;
+    Ok(failed == 0)
 }
 
-fn main() {
-    let dir: PathBuf = std::env::temp_dir().join(format!("fuse-live-demo-{}", std::process::id()));
-    if let Err(e) = std::fs::create_dir_all(&dir) {
-        eprintln!("demo: cannot create {}: {e}", dir.display());
-        std::process::exit(1);
-    }
-    let uid = nix::unistd::geteuid().as_raw();
-    let gid = nix::unistd::getegid().as_raw();
-    let memfs = fs::MemFs::new(uid, gid, 1 << 30, fs::Config::default());
-    let opts = MountOptions::new()
-        .fsname("memfs")
-        .subtype("memfs")
-        .default_permissions(true);
-    let running = match Server::mount(memfs, &dir, &opts).and_then(|s| s.spawn(2)) {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("demo: {e}");
-            let _ = std::fs::remove_dir(&dir);
-            std::process::exit(1);
-        }
-    };
-    let init = running.session().init_state().copied();
-    println!("mounted memfs at {}", dir.display());
-    if let Some(i) = init {
-        println!(
-            "  INIT: kernel 7.{} -> agreed 7.{}, max_write {} KiB, {} flags",
-            i.offer.minor,
-            i.result.minor,
-            i.result.max_write / 1024,
-            i.result.flags.count_ones()
-        );
-    }
+// --- the orchestration -----------------------------------------------------------
 
-    let tally = Arc::new(Tally::default());
-    let until = Instant::now() + Duration::from_secs(3);
-    let workers: Vec<_> = (0..4)
-        .map(|id| {
-            let (dir, t) = (dir.clone(), Arc::clone(&tally));
-            std::thread::spawn(move || work(&dir, id, until, &t))
-        })
-        .collect();
-    // Park all daemon workers at a request boundary a few times while the load runs.
-    let mut longest = Duration::ZERO;
-    let mut pauses = 0;
-    while Instant::now() + Duration::from_millis(300) < until {
-        std::thread::sleep(Duration::from_millis(250));
-        let guard = running.pause();
-        let (nodes, handles) = (
-            running.session().node_count(),
-            running.session().handle_count(),
-        );
-        longest = longest.max(guard.parked_in);
-        drop(guard);
-        pauses += 1;
-        if pauses == 1 {
-            println!("  paused under load: {nodes} nodeids and {handles} open handles held by the session");
+/// Everything the demo started; dropping it stops and removes all of it.
+struct Cleanup {
+    dir: PathBuf,
+    mnt: PathBuf,
+    daemon: Option<Child>,
+    workers: Vec<Child>,
+    watchdog: Option<Watchdog>,
+}
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        for w in &mut self.workers {
+            let _ = w.kill();
+            let _ = w.wait();
+        }
+        if let Some(mut d) = self.daemon.take() {
+            let pid = nix::unistd::Pid::from_raw(d.id() as i32);
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+            if wait_exit(&mut d, Duration::from_secs(10)).is_none() {
+                let _ = fusectl::tear_down(&self.mnt, None);
+                let _ = d.kill();
+                let _ = d.wait();
+            }
+        }
+        if is_mounted(&self.mnt) {
+            let _ = fusectl::tear_down(&self.mnt, None);
+        }
+        if let Some(w) = self.watchdog.take() {
+            if w.disarm() {
+                eprintln!("demo: the watchdog had to tear the mount down");
+            }
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn is_mounted(p: &Path) -> bool {
+    let want = p.to_string_lossy();
+    std::fs::read_to_string("/proc/self/mounts")
+        .unwrap_or_default()
+        .lines()
+        .any(|l| l.split(' ').nth(1) == Some(&*want))
+}
+
+fn wait_exit(c: &mut Child, timeout: Duration) -> Option<std::process::ExitStatus> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        match c.try_wait() {
+            Ok(Some(st)) => return Some(st),
+            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(5)),
+            _ => return None,
         }
     }
-    for w in workers {
-        let _ = w.join();
+}
+
+/// Starts this program with `args` as a daemon; returns it and its stdout lines.
+fn spawn_daemon(args: &[&Path], log: &Path) -> Res<(Child, mpsc::Receiver<String>)> {
+    let mut child = Command::new(std::env::current_exe()?)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(File::create(log)?)
+        .spawn()?;
+    let stdout = child.stdout.take().ok_or("no stdout")?;
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    Ok((child, rx))
+}
+
+fn expect_ready(rx: &mpsc::Receiver<String>, log: &Path) -> Res<()> {
+    match rx.recv_timeout(Duration::from_secs(30)) {
+        Ok(l) if l.starts_with("ready ") => Ok(()),
+        _ => Err(format!(
+            "the daemon did not start: {}",
+            std::fs::read_to_string(log).unwrap_or_default().trim()
+        )
+        .into()),
+    }
+}
+
+fn field(line: &str, name: &str) -> u64 {
+    line.split(' ')
+        .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('='))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+fn demo() -> Res<bool> {
+    if !nix::unistd::geteuid().is_root() || !Path::new("/dev/fuse").exists() {
+        return Err("needs root and /dev/fuse (it mounts with mount(2))".into());
+    }
+    let dir = std::env::temp_dir().join(format!("fuse-live-demo-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let mnt = dir.join("mnt");
+    std::fs::create_dir(&mnt)?;
+    let mut c = Cleanup {
+        dir: dir.clone(),
+        mnt: mnt.clone(),
+        daemon: None,
+        workers: Vec::new(),
+        watchdog: Some(Watchdog::arm(&mnt, None, Duration::from_secs(120))?),
+    };
+    let sock = dir.join("upgrade.sock");
+    let log = |n: usize| dir.join(format!("daemon-{n}.log"));
+
+    let (d, rx) = spawn_daemon(&[Path::new("--daemon"), &mnt, &sock], &log(0))?;
+    c.daemon = Some(d);
+    expect_ready(&rx, &log(0))?;
+    println!(
+        "mounted memfs at {} (daemon pid {})",
+        mnt.display(),
+        c.daemon.as_ref().map_or(0, Child::id)
+    );
+
+    let stop = dir.join("stop");
+    let exe = std::env::current_exe()?;
+    for id in 0..WORKERS {
+        let w = Command::new(&exe)
+            .arg("--worker")
+            .arg(&mnt)
+            .arg(id.to_string())
+            .arg(&stop)
+            .arg(dir.join(format!("result-{id}")))
+            .stdin(Stdio::null())
+            .spawn()?;
+        c.workers.push(w);
+    }
+    println!("workload: {WORKERS} processes creating, writing, verifying, renaming, listing");
+
+    let (mut longest, mut snapshot_bytes, mut nodes, mut handles) = (0u64, 0u64, 0u64, 0u64);
+    for n in 1..=HANDOFFS {
+        std::thread::sleep(Duration::from_millis(500));
+        let (next, rx) = spawn_daemon(&[Path::new("--takeover"), &sock], &log(n))?;
+        let mut old = c.daemon.replace(next).ok_or("no daemon")?;
+        expect_ready(&rx, &log(n))?;
+        let stats = rx
+            .recv_timeout(Duration::from_secs(5))
+            .map_err(|_| "no handoff statistics")?;
+        let st = wait_exit(&mut old, Duration::from_secs(30)).ok_or("old daemon did not exit")?;
+        if !st.success() {
+            return Err(format!("the old daemon exited with {st}").into());
+        }
+        let stall = field(&stats, "stall_us");
+        longest = longest.max(stall);
+        snapshot_bytes = field(&stats, "bytes");
+        nodes = field(&stats, "nodes");
+        handles = field(&stats, "handles");
+        println!(
+            "handoff {n}: pid {} -> pid {}: {} nodeids, {} open handles, {} snapshot bytes, \
+             stall {:.2} ms",
+            old.id(),
+            c.daemon.as_ref().map_or(0, Child::id),
+            nodes,
+            handles,
+            snapshot_bytes,
+            stall as f64 / 1000.0
+        );
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    File::create(&stop)?;
+    let (mut ops, mut failed, mut bytes) = (0u64, 0u64, 0u64);
+    for (id, mut w) in std::mem::take(&mut c.workers).into_iter().enumerate() {
+        let st = wait_exit(&mut w, Duration::from_secs(30));
+        let text = std::fs::read_to_string(dir.join(format!("result-{id}"))).unwrap_or_default();
+        let v: Vec<u64> = text.split(' ').filter_map(|s| s.parse().ok()).collect();
+        if let [o, f, b] = v[..] {
+            ops += o;
+            failed += f;
+            bytes += b;
+        } else {
+            failed += 1;
+            eprintln!("worker {id} reported nothing ({st:?})");
+        }
+    }
+    println!();
+    println!("report:");
+    println!("  daemon replaced {HANDOFFS} times, each by a new process, mid-workload");
+    println!(
+        "  operations: {ops} done, {failed} failed; {:.1} MiB written and verified",
+        bytes as f64 / f64::from(1 << 20)
+    );
+    println!(
+        "  longest stall: {:.2} ms (pause to the new process serving)",
+        longest as f64 / 1000.0
+    );
+    println!("  last snapshot: {snapshot_bytes} bytes ({nodes} nodeids, {handles} open handles)");
+    // Unmount: SIGTERM the current daemon, which unmounts and exits.
+    if let Some(mut d) = c.daemon.take() {
+        let pid = nix::unistd::Pid::from_raw(d.id() as i32);
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM)?;
+        let st = wait_exit(&mut d, Duration::from_secs(30)).ok_or("daemon did not exit")?;
+        if !st.success() {
+            return Err(format!("the daemon exited with {st}").into());
+        }
     }
     println!(
-        "workload: {} operations from 4 threads, {} failed, {:.1} MiB written and verified",
-        tally.ops.load(Ordering::Relaxed),
-        tally.failed.load(Ordering::Relaxed),
-        tally.bytes_verified.load(Ordering::Relaxed) as f64 / (1 << 20) as f64
+        "unmounted{}",
+        if is_mounted(&mnt) {
+            " (NOT: still mounted)"
+        } else {
+            ""
+        }
     );
-    println!("parked the daemon {pauses} times mid-workload; longest park took {longest:?}");
-    let stats = running.session().stats();
-    println!(
-        "session: {} requests, {} error replies, {} forgets; {} nodeids, {} handles now",
-        stats.requests.load(Ordering::Relaxed),
-        stats.errors.load(Ordering::Relaxed),
-        stats.forgets.load(Ordering::Relaxed),
-        running.session().node_count(),
-        running.session().handle_count()
-    );
-    let failed = tally.failed.load(Ordering::Relaxed);
-    if let Err(e) = running.unmount() {
-        eprintln!("demo: unmount: {e}");
-    }
-    let _ = std::fs::remove_dir(&dir);
-    println!("unmounted");
-    std::process::exit(if failed == 0 { 0 } else { 1 });
+    Ok(failed == 0)
 }
