@@ -18,6 +18,8 @@ pub(crate) struct Conn {
 
 /// A received message.
 pub(crate) struct Received {
+    /// When the header arrived.
+    pub started: Instant,
     pub header: Header,
     pub body: Vec<u8>,
     pub fds: Vec<OwnedFd>,
@@ -93,6 +95,7 @@ impl Conn {
             Ok(false) => return Err(HandoffError::PeerGone(what)),
             Err(e) => return Err(Self::io_error(what, e)),
         }
+        let started = Instant::now();
         let header = parse_header(&h, self.max_snapshot).map_err(HandoffError::Message)?;
         let mut body = Vec::new();
         // Grow as the bytes arrive, not from the announced length alone: a peer that
@@ -115,7 +118,12 @@ impl Conn {
             }
             got += chunk;
         }
-        Ok(Received { header, body, fds })
+        Ok(Received {
+            started,
+            header,
+            body,
+            fds,
+        })
     }
 
     /// Receives one message and checks its kind is one of `kinds`.

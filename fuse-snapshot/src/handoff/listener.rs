@@ -332,10 +332,12 @@ fn serve_one<F: SnapshotFs>(
         None => return Err(refuse(&conn, HandoffError::NotServing)),
     };
     let mut saver = FdSaver::new();
+    let encode_start = Instant::now();
     let bytes = match crate::snapshot(running.session(), &mut saver) {
         Ok(b) => b,
         Err(e) => return Err(rolled_back(refuse(&conn, HandoffError::Snapshot(e)))),
     };
+    let encode = encode_start.elapsed();
     let fs_fds = saver.into_fds();
     let meta = SnapshotMeta {
         since_pause: start.elapsed(),
@@ -403,6 +405,8 @@ fn serve_one<F: SnapshotFs>(
             nodes: session.node_count(),
             handles: session.handle_count(),
             parked_in,
+            encode,
+            transfer: Duration::ZERO,
             snapshot_sent,
             restore,
             stall,

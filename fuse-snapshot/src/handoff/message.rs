@@ -1,5 +1,5 @@
 //! The handoff messages and their bytes. Pure: no sockets here (see
-//! [`super::conn`] for the IO), so every decoder can be fed any bytes in tests.
+//! `conn.rs` for the IO), so every decoder can be fed any bytes in tests.
 //!
 //! # Framing
 //! Every message is a 12-byte header and a body:

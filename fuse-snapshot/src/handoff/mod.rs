@@ -144,6 +144,11 @@ pub struct HandoffStats {
     pub handles: usize,
     /// Old side: time to park the workers.
     pub parked_in: Duration,
+    /// Old side: the time to take and encode the snapshot (session tables and
+    /// [`SnapshotFs::save`](crate::SnapshotFs::save)), after parking.
+    pub encode: Duration,
+    /// New side: the time from the first byte of the snapshot message to its last.
+    pub transfer: Duration,
     /// From the pause to the snapshot sent (the old process's part).
     pub snapshot_sent: Duration,
     /// The new process's decode, validate and restore time (reported in Ack).

@@ -22,7 +22,7 @@ pub enum Ended {
     Signal(i32),
     /// A new process took the mount over; this one stopped serving (and did not
     /// unmount). Exit now.
-    HandedOff(HandoffOutcome),
+    HandedOff(Box<HandoffOutcome>),
 }
 
 /// The signals [`serve_with_upgrades`] handles: SIGINT, SIGTERM, SIGUSR1.
@@ -83,7 +83,7 @@ pub fn serve_with_upgrades<F: SnapshotFs>(
         loop {
             if upgrades.as_ref().is_some_and(|h| h.is_finished()) {
                 match upgrades.take().map(|h| h.join()) {
-                    Some(Ok(Ok(outcome))) => return Ok(Ended::HandedOff(outcome)),
+                    Some(Ok(Ok(outcome))) => return Ok(Ended::HandedOff(Box::new(outcome))),
                     Some(Ok(Err(HandoffError::NotServing | HandoffError::Closed))) => {}
                     Some(Ok(Err(e))) => {
                         log::error!("upgrade listener failed, serving on without it: {e}")
@@ -94,7 +94,7 @@ pub fn serve_with_upgrades<F: SnapshotFs>(
             }
             if !running.is_serving() {
                 if let Some(outcome) = finish_upgrades(upgrades.take()) {
-                    return Ok(Ended::HandedOff(outcome));
+                    return Ok(Ended::HandedOff(Box::new(outcome)));
                 }
                 // Unmounted from outside (or DESTROY): drop our handle quietly.
                 let _ = running.unmount();
@@ -105,7 +105,7 @@ pub fn serve_with_upgrades<F: SnapshotFs>(
                 Ok(Some(sig)) if sig.ssi_signo == Signal::SIGUSR1 as u32 => on_sigusr1(running),
                 Ok(Some(sig)) => {
                     if let Some(outcome) = finish_upgrades(upgrades.take()) {
-                        return Ok(Ended::HandedOff(outcome));
+                        return Ok(Ended::HandedOff(Box::new(outcome)));
                     }
                     log::info!("signal {} received: unmounting", sig.ssi_signo);
                     running.unmount().map_err(|e| HandoffError::Io {

@@ -63,12 +63,17 @@ impl Takeover {
             max_version,
             pid: std::process::id(),
         };
-        conn.send("send Hello", &hello.encode(), &[])?;
-        let r = conn.expect(
+        let sent = conn.send("send Hello", &hello.encode(), &[]);
+        // A daemon that refuses at once (e.g. our uid) may close before reading
+        // Hello: its Refuse is still there to read, and says more than EPIPE.
+        let r = match conn.expect(
             "read Accept",
             &[Kind::Accept, Kind::Refuse],
             "Accept or Refuse",
-        )?;
+        ) {
+            Ok(r) => r,
+            Err(e) => return Err(sent.err().unwrap_or(e)),
+        };
         if r.header.kind == Kind::Refuse {
             return Err(HandoffError::Refused(message::decode_reason(&r.body)));
         }
@@ -148,6 +153,7 @@ impl Takeover {
             return Err((None, HandoffError::Refused(message::decode_reason(&r.body))));
         }
         let received = Instant::now();
+        let transfer = received - r.started;
         let (meta, bytes) = match SnapshotMeta::decode(&r.body) {
             Ok(x) => x,
             Err(e) => return Err((Some(conn), e.into())),
@@ -205,6 +211,7 @@ impl Takeover {
             handles: session.handle_count(),
             snapshot_sent: meta.since_pause,
             restore: received.elapsed(),
+            transfer,
             peer_pid,
             ..HandoffStats::default()
         };

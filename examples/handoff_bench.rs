@@ -1,0 +1,346 @@
+//! Benchmark: the stall a client sees while a daemon holding 100k nodeids is handed
+//! over to a new process under load.
+//!
+//! ```text
+//! cargo run --release --example handoff_bench -- [FILES] [HANDOFFS]
+//! ```
+//!
+//! Mounts memfs (a daemon process: this program run again with a hidden flag) with
+//! a one-hour entry and attribute TTL, creates FILES files (default 100000) in 100
+//! directories and stats them all, so that the kernel holds a nodeid for each. Then
+//! client threads run a loop of operations that always reach the daemon (4 KiB
+//! `pwrite` on a held file, create + unlink, `open` + `close`), timing each, while
+//! the daemon is replaced HANDOFFS times (default 5). Prints the longest operation
+//! during the handoffs (the client-visible stall), the same outside them, the
+//! daemon-side stall and the snapshot size. Needs root and `/dev/fuse`.
+use std::fs::{File, OpenOptions};
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitCode, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use fuse_live::session::dev::fusectl::{self, Watchdog};
+use fuse_live::session::dev::MountOptions;
+use fuse_live::session::serve::{Running, Server};
+use fuse_live::snapshot::handoff::{self, HandoffOptions, UpgradeListener};
+
+#[path = "memfs/data.rs"]
+#[allow(dead_code)]
+mod data;
+#[path = "memfs/fs.rs"]
+#[allow(dead_code)]
+mod fs;
+#[path = "memfs/snapshot.rs"]
+mod snapshot;
+#[path = "memfs/state.rs"]
+#[allow(dead_code)]
+mod state;
+
+use fs::MemFs;
+
+type Res<T> = Result<T, Box<dyn std::error::Error>>;
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let r = match args.as_slice() {
+        ["--daemon", mnt, sock] => daemon(Some(Path::new(mnt)), Path::new(sock)),
+        ["--takeover", sock] => daemon(None, Path::new(sock)),
+        rest => {
+            let files = rest.first().and_then(|s| s.parse().ok()).unwrap_or(100_000);
+            let handoffs = rest.get(1).and_then(|s| s.parse().ok()).unwrap_or(5);
+            bench(files, handoffs)
+        }
+    };
+    match r {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("handoff_bench: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The daemon: as the demo's, with a one-hour TTL.
+fn daemon(mnt: Option<&Path>, sock: &Path) -> Res<()> {
+    handoff::block_upgrade_signals();
+    let options = HandoffOptions::new().threads(2);
+    let mut out = std::io::stdout().lock();
+    let (running, listener): (Running<MemFs>, _) = match mnt {
+        Some(mnt) => {
+            let listener = UpgradeListener::bind(sock)?;
+            let config = fs::Config {
+                ttl: Duration::from_secs(3600),
+            };
+            let fs = MemFs::new(0, 0, 1 << 30, config);
+            let opts = MountOptions::new().fsname("memfs").subtype("memfs");
+            let running = Server::mount(fs, mnt, &opts)?.spawn(2)?;
+            writeln!(out, "ready")?;
+            (running, listener)
+        }
+        None => {
+            let (running, s) = handoff::take_over::<MemFs>(sock, &options)?;
+            let listener = UpgradeListener::bind_replacing(sock)?;
+            writeln!(out, "ready")?;
+            writeln!(
+                out,
+                "stats stall_us={} snapshot_sent_us={} transfer_us={} restore_us={} bytes={} nodes={} handles={}",
+                s.stall.as_micros(),
+                s.snapshot_sent.as_micros(),
+                s.transfer.as_micros(),
+                s.restore.as_micros(),
+                s.snapshot_bytes,
+                s.nodes,
+                s.handles
+            )?;
+            (running, listener)
+        }
+    };
+    out.flush()?;
+    drop(out);
+    let ended = handoff::serve_with_upgrades(&running, Some(&listener), &options, |_| {})?;
+    if let handoff::Ended::HandedOff(o) = ended {
+        let s = o.stats;
+        eprintln!(
+            "old parked_us={} encode_us={} snapshot_sent_us={} stall_us={}",
+            s.parked_in.as_micros(),
+            s.encode.as_micros(),
+            s.snapshot_sent.as_micros(),
+            s.stall.as_micros()
+        );
+    }
+    Ok(())
+}
+
+fn spawn(args: &[&Path], log: &Path) -> Res<(Child, mpsc::Receiver<String>)> {
+    let mut child = Command::new(std::env::current_exe()?)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(File::create(log)?)
+        .spawn()?;
+    let stdout = child.stdout.take().ok_or("no stdout")?;
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for l in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(l);
+        }
+    });
+    Ok((child, rx))
+}
+
+fn wait_exit(c: &mut Child, t: Duration) -> Option<std::process::ExitStatus> {
+    let deadline = Instant::now() + t;
+    loop {
+        match c.try_wait() {
+            Ok(Some(s)) => return Some(s),
+            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(5)),
+            _ => return None,
+        }
+    }
+}
+
+struct Cleanup {
+    dir: PathBuf,
+    mnt: PathBuf,
+    daemon: Option<Child>,
+    watchdog: Option<Watchdog>,
+}
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        if let Some(mut d) = self.daemon.take() {
+            let pid = nix::unistd::Pid::from_raw(d.id() as i32);
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+            if wait_exit(&mut d, Duration::from_secs(20)).is_none() {
+                let _ = fusectl::tear_down(&self.mnt, None);
+                let _ = d.kill();
+                let _ = d.wait();
+            }
+        }
+        let _ = fusectl::tear_down(&self.mnt, None);
+        drop(self.watchdog.take());
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn field(line: &str, name: &str) -> u64 {
+    line.split(' ')
+        .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('='))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Timed operations: (end time, duration) of each.
+type Samples = Arc<Mutex<Vec<(Instant, Duration)>>>;
+
+fn client(mnt: PathBuf, id: usize, stop: Arc<AtomicBool>, samples: Samples) -> u64 {
+    let held = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .read(true)
+        .write(true)
+        .open(mnt.join(format!("client-{id}")));
+    let Ok(held) = held else {
+        return 1;
+    };
+    let block = vec![id as u8; 4096];
+    let mut failed = 0;
+    let mut local = Vec::with_capacity(1 << 16);
+    let mut i = 0u64;
+    while !stop.load(Ordering::Relaxed) {
+        let t = Instant::now();
+        let ok = match i % 3 {
+            0 => held.write_all_at(&block, (i % 256) * 4096).is_ok(),
+            1 => {
+                let p = mnt.join(format!("tmp-{id}"));
+                std::fs::write(&p, b"x").is_ok() && std::fs::remove_file(&p).is_ok()
+            }
+            _ => File::open(mnt.join("d0/f0")).is_ok(),
+        };
+        let end = Instant::now();
+        local.push((end, end - t));
+        if !ok {
+            failed += 1;
+        }
+        i += 1;
+    }
+    if let Ok(mut s) = samples.lock() {
+        s.extend(local);
+    }
+    failed
+}
+
+fn bench(files: usize, handoffs: usize) -> Res<()> {
+    if !nix::unistd::geteuid().is_root() {
+        return Err("needs root and /dev/fuse".into());
+    }
+    let dir = std::env::temp_dir().join(format!("fuse-live-hbench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let mnt = dir.join("mnt");
+    std::fs::create_dir(&mnt)?;
+    let mut c = Cleanup {
+        dir: dir.clone(),
+        mnt: mnt.clone(),
+        daemon: None,
+        watchdog: Some(Watchdog::arm(&mnt, None, Duration::from_secs(900))?),
+    };
+    let sock = dir.join("upgrade.sock");
+    let (d, rx) = spawn(
+        &[Path::new("--daemon"), &mnt, &sock],
+        &dir.join("daemon-0.log"),
+    )?;
+    c.daemon = Some(d);
+    rx.recv_timeout(Duration::from_secs(30))
+        .map_err(|_| "the daemon did not start")?;
+
+    let t = Instant::now();
+    let per_dir = files.div_ceil(100).max(1);
+    for n in 0..files {
+        let d = mnt.join(format!("d{}", n / per_dir));
+        if n % per_dir == 0 {
+            std::fs::create_dir(&d)?;
+        }
+        File::create(d.join(format!("f{}", n % per_dir)))?;
+    }
+    let mut seen = 0;
+    for n in 0..files {
+        let p = mnt.join(format!("d{}/f{}", n / per_dir, n % per_dir));
+        std::fs::metadata(p)?;
+        seen += 1;
+    }
+    println!(
+        "created and stat'ed {seen} files in {:.1} s",
+        t.elapsed().as_secs_f64()
+    );
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let samples: Samples = Arc::default();
+    let clients: Vec<_> = (0..2)
+        .map(|id| {
+            let (m, s, v) = (mnt.clone(), Arc::clone(&stop), Arc::clone(&samples));
+            std::thread::spawn(move || client(m, id, s, v))
+        })
+        .collect();
+    std::thread::sleep(Duration::from_secs(1));
+    let mut windows = Vec::new();
+    let mut stats = Vec::new();
+    for n in 1..=handoffs {
+        let start = Instant::now();
+        let (next, rx) = spawn(
+            &[Path::new("--takeover"), &sock],
+            &dir.join(format!("daemon-{n}.log")),
+        )?;
+        let mut old = c.daemon.replace(next).ok_or("no daemon")?;
+        rx.recv_timeout(Duration::from_secs(60)).map_err(|_| {
+            format!(
+                "takeover {n} failed: {}",
+                std::fs::read_to_string(dir.join(format!("daemon-{n}.log"))).unwrap_or_default()
+            )
+        })?;
+        let line = rx.recv_timeout(Duration::from_secs(5))?;
+        wait_exit(&mut old, Duration::from_secs(60)).ok_or("the old daemon did not exit")?;
+        windows.push((start, Instant::now()));
+        let old_log = std::fs::read_to_string(dir.join(format!("daemon-{}.log", n - 1)))?;
+        let old_line = old_log
+            .lines()
+            .find(|l| l.starts_with("old "))
+            .unwrap_or("");
+        stats.push(format!("{line} {old_line}"));
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    stop.store(true, Ordering::Relaxed);
+    let failed: u64 = clients.into_iter().map(|h| h.join().unwrap_or(1)).sum();
+    let samples = samples.lock().map_err(|_| "poisoned")?.clone();
+    let (mut during, mut outside) = (Duration::ZERO, Vec::new());
+    for (end, d) in &samples {
+        let start = *end - *d;
+        // An operation that overlaps a handoff window (from spawning the new process
+        // until the old one exited).
+        if windows.iter().any(|(a, b)| start < *b && *end > *a) {
+            during = during.max(*d);
+        } else {
+            outside.push(*d);
+        }
+    }
+    outside.sort();
+    let pct = |p: f64| {
+        outside
+            .get(((outside.len() as f64 * p) as usize).min(outside.len().saturating_sub(1)))
+            .copied()
+            .unwrap_or_default()
+    };
+    println!(
+        "client operations: {} ({} failed); outside handoffs p50 {:?} p99 {:?} max {:?}",
+        samples.len(),
+        failed,
+        pct(0.5),
+        pct(0.99),
+        outside.last().copied().unwrap_or_default()
+    );
+    println!("longest client operation overlapping a handoff: {during:?}");
+    for (i, l) in stats.iter().enumerate() {
+        println!(
+            "handoff {}: daemon-side stall {:.1} ms (parked in {:.1} ms, encoded in {:.1} ms, \
+             snapshot sent after {:.1} ms, transfer {:.1} ms, restore {:.1} ms), \
+             {} snapshot bytes, {} nodeids, {} handles",
+            i + 1,
+            field(l, "stall_us") as f64 / 1e3,
+            field(l, "parked_us") as f64 / 1e3,
+            field(l, "encode_us") as f64 / 1e3,
+            field(l, "snapshot_sent_us") as f64 / 1e3,
+            field(l, "transfer_us") as f64 / 1e3,
+            field(l, "restore_us") as f64 / 1e3,
+            field(l, "bytes"),
+            field(l, "nodes"),
+            field(l, "handles")
+        );
+    }
+    if failed > 0 {
+        return Err(format!("{failed} client operations failed").into());
+    }
+    Ok(())
+}
