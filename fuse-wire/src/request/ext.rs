@@ -39,11 +39,14 @@ pub struct SecCtx<'a> {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
 pub struct Extensions<'a> {
     raw: &'a [u8],
-    secctx: Option<(u32, &'a [u8])>,
-    groups: Option<&'a [U32]>,
 }
 
 impl<'a> Extensions<'a> {
+    /// The extensions of an area that `parse` validated.
+    pub(crate) fn from_area(raw: &'a [u8]) -> Self {
+        Extensions { raw }
+    }
+
     /// The whole extension area as sent (`total_extlen * 8` bytes).
     pub fn raw(&self) -> &'a [u8] {
         self.raw
@@ -54,31 +57,43 @@ impl<'a> Extensions<'a> {
         self.raw.is_empty()
     }
 
-    /// True if a security-context extension is present (even with no entries: the
-    /// kernel sends an empty one when `FUSE_SECURITY_CTX` is agreed but no LSM
-    /// supplies a context).
-    pub fn has_security_context(&self) -> bool {
-        self.secctx.is_some()
+    /// The extensions found in the (already validated) area. They are not stored in
+    /// the request (which stays small and cheap to build); requests with extensions
+    /// are rare and the area is short.
+    fn found(&self) -> Found<'a> {
+        if self.raw.is_empty() {
+            return Found::default();
+        }
+        scan(self.raw, Opcode(0)).unwrap_or_default()
     }
 
-    /// The security contexts (7.36, `FUSE_SECURITY_CTX`); empty if there are none.
+    /// True if a security-context extension is present (7.36).
+    pub fn has_security_context(&self) -> bool {
+        self.found().secctx.is_some()
+    }
+
+    /// The security contexts (7.36, `FUSE_SECURITY_CTX`), in order.
     pub fn security_contexts(&self) -> SecCtxIter<'a> {
-        match self.secctx {
+        match self.found().secctx {
             Some((left, rest)) => SecCtxIter { rest, left },
             None => SecCtxIter { rest: &[], left: 0 },
         }
     }
 
-    /// The supplementary groups (7.37, `FUSE_CREATE_SUPP_GROUP`), if present. The
-    /// kernel sends one: the group of the parent directory when the caller is a
-    /// member of it (so a daemon can apply setgid-directory semantics).
+    /// The supplementary groups (7.37, `FUSE_CREATE_SUPP_GROUP`).
     pub fn supp_groups(&self) -> Option<&'a [U32]> {
-        self.groups
+        self.found().groups
     }
 }
 
-/// Iterator over the security contexts of a request (see
-/// [`Extensions::security_contexts`]). The layout was checked by `parse`.
+/// What the extension area holds.
+#[derive(Clone, Copy, Default)]
+struct Found<'a> {
+    secctx: Option<(u32, &'a [u8])>,
+    groups: Option<&'a [U32]>,
+}
+
+/// An iterator over the security contexts of a request.
 #[derive(Clone, Debug)]
 pub struct SecCtxIter<'a> {
     rest: &'a [u8],
@@ -149,28 +164,20 @@ fn next_secctx(bytes: &[u8]) -> Result<(SecCtx<'_>, &[u8]), &'static str> {
 /// Parses and checks the extension area of a request with `opcode`.
 ///
 /// Most requests carry none: that case is inlined into `parse` and costs a
-/// comparison; the loop lives in [`parse_extension_list`].
+/// comparison; the loop lives in [`scan`].
 #[inline]
-pub(crate) fn parse_extensions(area: &[u8], opcode: Opcode) -> Result<Extensions<'_>, ParseError> {
-    if area.is_empty() {
-        return Ok(Extensions {
-            raw: area,
-            secctx: None,
-            groups: None,
-        });
+pub(crate) fn parse_extensions(area: &[u8], opcode: Opcode) -> Result<(), ParseError> {
+    if !area.is_empty() {
+        scan(area, opcode)?;
     }
-    parse_extension_list(area, opcode)
+    Ok(())
 }
 
 /// [`parse_extensions`] of a non-empty area.
 #[inline(never)]
-fn parse_extension_list(area: &[u8], opcode: Opcode) -> Result<Extensions<'_>, ParseError> {
+fn scan(area: &[u8], opcode: Opcode) -> Result<Found<'_>, ParseError> {
     let bad = |reason| ParseError::BadExtension { reason };
-    let mut ext = Extensions {
-        raw: area,
-        secctx: None,
-        groups: None,
-    };
+    let mut ext = Found::default();
     let mut rest = area;
     while !rest.is_empty() {
         let (h, _) = abi::fuse_ext_header::ref_from_prefix(rest)

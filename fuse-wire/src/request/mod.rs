@@ -72,8 +72,6 @@ pub use ops::{init_flags, Operation};
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Request<'a> {
     header: RequestHeader<'a>,
-    body: &'a [u8],
-    extensions: Extensions<'a>,
     op: Operation<'a>,
 }
 
@@ -102,14 +100,11 @@ pub fn parse<'a>(bytes: &'a [u8], proto: &Negotiated) -> Result<Request<'a>, Par
         .ok_or(ParseError::BadExtension {
             reason: "total_extlen covers more bytes than the message has after its header",
         })?;
-    let extensions = ext::parse_extensions(ext_area, header.opcode())?;
+    ext::parse_extensions(ext_area, header.opcode())?;
     let op = ops::parse_operation(header.opcode(), body, proto)?;
-    Ok(Request {
-        header,
-        body,
-        extensions,
-        op,
-    })
+    // The request keeps only the header and the operation (small and cheap to build);
+    // body and extensions are recomputed from the header when asked for.
+    Ok(Request { header, op })
 }
 
 impl<'a> Request<'a> {
@@ -156,8 +151,15 @@ impl<'a> Request<'a> {
     }
 
     /// The extensions (7.36): security contexts and supplementary groups.
-    pub fn extensions(&self) -> &Extensions<'a> {
-        &self.extensions
+    pub fn extensions(&self) -> Extensions<'a> {
+        ext::Extensions::from_area(self.ext_area())
+    }
+
+    /// The extension area: the last `total_extlen * 8` bytes (parse checked it fits).
+    fn ext_area(&self) -> &'a [u8] {
+        let payload = self.header.payload();
+        let at = payload.len().saturating_sub(self.header.extensions_len());
+        payload.get(at..).unwrap_or(&[])
     }
 
     /// The operation and its arguments.
@@ -167,7 +169,10 @@ impl<'a> Request<'a> {
 
     /// The raw body: the bytes between the header and the extensions.
     pub fn body(&self) -> &'a [u8] {
-        self.body
+        // parse() checked that the extensions fit in the payload.
+        let payload = self.header.payload();
+        let body_len = payload.len().saturating_sub(self.header.extensions_len());
+        payload.get(..body_len).unwrap_or(payload)
     }
 
     /// Total length of the request in bytes.
