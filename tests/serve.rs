@@ -351,3 +351,29 @@ fn hello_follows_the_command_line_contract() {
     assert_eq!(out.status.code(), Some(2));
     let _ = std::fs::remove_dir(&mnt);
 }
+
+#[test]
+fn unmount_returns_even_with_a_file_held_open() {
+    if !can_mount("unmount_returns_even_with_a_file_held_open") {
+        return;
+    }
+    let mnt = tempdir("held");
+    let opts = MountOptions::new().fsname("files").read_only(true);
+    let running = Server::mount(Files(3), &mnt, &opts)
+        .unwrap()
+        .spawn(2)
+        .unwrap();
+    let dog = Watchdog::arm(&mnt, None, Duration::from_secs(60)).unwrap();
+    let held = std::fs::File::open(mnt.join("f1")).unwrap();
+    let start = Instant::now();
+    running.unmount().unwrap();
+    assert!(!running.is_serving(), "workers stopped");
+    assert!(start.elapsed() < Duration::from_secs(30));
+    // The detached mount is gone from the namespace.
+    let mounted = std::fs::read_to_string("/proc/self/mounts").unwrap();
+    assert!(!mounted.contains(mnt.to_str().unwrap()));
+    drop(running);
+    drop(held);
+    drop(dog);
+    let _ = std::fs::remove_dir(&mnt);
+}

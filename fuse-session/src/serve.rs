@@ -92,6 +92,10 @@ impl From<io::Error> for ServeError {
     }
 }
 
+/// How long [`Running::unmount`] waits for the kernel to end the connection (files
+/// still open on the detached mount keep it alive) before stopping the workers.
+pub const UNMOUNT_GRACE: Duration = Duration::from_secs(2);
+
 /// A mounted filesystem, not yet served.
 pub struct Server<F: Filesystem> {
     session: Arc<Session<F>>,
@@ -268,9 +272,27 @@ impl<F: Filesystem> Running<F> {
     }
 
     /// Unmounts (lazily) and waits for the workers to see the connection end.
+    ///
+    /// The unmount is lazy: the mount leaves the namespace at once, but the kernel
+    /// keeps the connection while files on it are open, and the workers go on
+    /// serving them. If the connection has not ended after
+    /// [`UNMOUNT_GRACE`], the workers are stopped anyway; when this process exits
+    /// and its device fds close, the kernel ends the connection and such files fail
+    /// with ENOTCONN, as with any FUSE daemon that exits.
     pub fn unmount(&self) -> Result<(), ServeError> {
         if let Some(m) = lock(&self.mount).take() {
             m.unmount()?;
+        }
+        let deadline = Instant::now() + UNMOUNT_GRACE;
+        while self.is_serving() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        if self.is_serving() {
+            log::warn!("files are still open on the unmounted filesystem: stopping anyway");
+            self.control.stop.store(true, Ordering::Release);
+            self.control.wake_all();
+            let _g = lock(&self.control.parked);
+            self.control.cond.notify_all();
         }
         self.join_workers();
         Ok(())
