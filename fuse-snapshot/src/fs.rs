@@ -62,9 +62,7 @@ pub fn encode<F: SnapshotFs>(
 ///
 /// # Errors
 /// As [`decode_state`](crate::decode_state).
-pub fn decode<F: SnapshotFs>(
-    bytes: &[u8],
-) -> Result<(StateOf<F>, F::State), FormatError> {
+pub fn decode<F: SnapshotFs>(bytes: &[u8]) -> Result<(StateOf<F>, F::State), FormatError> {
     decode_state(bytes)
 }
 
