@@ -161,19 +161,25 @@ fn next_secctx(bytes: &[u8]) -> Result<(SecCtx<'_>, &[u8]), &'static str> {
     Ok((SecCtx { name, context }, rest))
 }
 
-/// Parses and checks the extension area of a request with `opcode`.
-///
-/// Most requests carry none: that case is inlined into `parse` and costs a
-/// comparison; the loop lives in [`scan`].
-#[inline]
-pub(crate) fn parse_extensions(area: &[u8], opcode: Opcode) -> Result<(), ParseError> {
-    if !area.is_empty() {
-        scan(area, opcode)?;
-    }
-    Ok(())
+/// Splits `payload` into the body and its last `ext_len` bytes of extensions, and
+/// checks the extensions of a request with `opcode`. Out of line: most requests
+/// carry none and never get here.
+#[inline(never)]
+pub(crate) fn split_and_check(
+    payload: &[u8],
+    ext_len: usize,
+    opcode: Opcode,
+) -> Result<&[u8], ParseError> {
+    let too_long = ParseError::BadExtension {
+        reason: "total_extlen covers more bytes than the message has after its header",
+    };
+    let body_len = payload.len().checked_sub(ext_len).ok_or(too_long)?;
+    let (body, area) = payload.split_at_checked(body_len).ok_or(too_long)?;
+    scan(area, opcode)?;
+    Ok(body)
 }
 
-/// [`parse_extensions`] of a non-empty area.
+/// Walks a non-empty extension area, checking every extension.
 #[inline(never)]
 fn scan(area: &[u8], opcode: Opcode) -> Result<Found<'_>, ParseError> {
     let bad = |reason| ParseError::BadExtension { reason };

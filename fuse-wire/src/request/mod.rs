@@ -88,19 +88,13 @@ pub struct Request<'a> {
 pub fn parse<'a>(bytes: &'a [u8], proto: &Negotiated) -> Result<Request<'a>, ParseError> {
     let header = parse_header(bytes)?;
     let payload = header.payload();
-    let body_len =
+    let ext_len = header.extensions_len();
+    // Most requests carry no extension: then the body is the whole payload.
+    let body = if ext_len == 0 {
         payload
-            .len()
-            .checked_sub(header.extensions_len())
-            .ok_or(ParseError::BadExtension {
-                reason: "total_extlen covers more bytes than the message has after its header",
-            })?;
-    let (body, ext_area) = payload
-        .split_at_checked(body_len)
-        .ok_or(ParseError::BadExtension {
-            reason: "total_extlen covers more bytes than the message has after its header",
-        })?;
-    ext::parse_extensions(ext_area, header.opcode())?;
+    } else {
+        ext::split_and_check(payload, ext_len, header.opcode())?
+    };
     let op = ops::parse_operation(header.opcode(), body, proto)?;
     // The request keeps only the header and the operation (small and cheap to build);
     // body and extensions are recomputed from the header when asked for.
