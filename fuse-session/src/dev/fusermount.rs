@@ -11,12 +11,10 @@
 use super::error::{libc_errno, MountError};
 use nix::errno::Errno;
 use nix::fcntl::{fcntl, FcntlArg, FdFlag};
-use nix::sys::socket::{
-    recvmsg, socketpair, AddressFamily, ControlMessageOwned, MsgFlags, SockFlag, SockType,
-};
+use nix::sys::socket::{socketpair, AddressFamily, SockFlag, SockType};
 use std::ffi::OsString;
-use std::io::{self, IoSliceMut, Read};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::io::{self, Read};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
@@ -157,41 +155,15 @@ fn classify(status: Option<i32>, stderr: String) -> MountError {
 }
 
 /// Receive one descriptor sent with `SCM_RIGHTS`. `Ok(None)` on EOF without one.
+/// Extra descriptors a misbehaving sender adds are received and closed.
 fn receive_fd(sock: &OwnedFd) -> io::Result<Option<OwnedFd>> {
     let mut byte = [0u8; 1];
-    // Room for a few descriptors: a misbehaving sender's extras are received and closed
-    // rather than truncated away.
-    let mut space = nix::cmsg_space!([RawFd; 4]);
     loop {
-        let mut iov = [IoSliceMut::new(&mut byte)];
-        let msg = match recvmsg::<()>(
-            sock.as_raw_fd(),
-            &mut iov,
-            Some(&mut space),
-            MsgFlags::MSG_CMSG_CLOEXEC,
-        ) {
-            Ok(m) => m,
-            Err(Errno::EINTR) => continue,
-            Err(e) => return Err(e.into()),
-        };
-        let mut fds: Vec<OwnedFd> = Vec::new();
-        for cmsg in msg.cmsgs()? {
-            if let ControlMessageOwned::ScmRights(raw) = cmsg {
-                for fd in raw {
-                    // SAFETY: `fd` was just installed in this process's descriptor table
-                    // by the kernel for this `SCM_RIGHTS` message (`unix(7)`): it is open,
-                    // and nothing else in the process knows its number, so this is its
-                    // single owner. nix returns it as a bare integer, which is why
-                    // ownership has to be asserted here.
-                    fds.push(unsafe { OwnedFd::from_raw_fd(fd) });
-                }
-            }
-        }
-        let mut fds = fds.into_iter();
-        if let Some(fd) = fds.next() {
+        let (n, fds) = super::scm::recv_with_fds(sock, &mut byte)?;
+        if let Some(fd) = fds.into_iter().next() {
             return Ok(Some(fd));
         }
-        if msg.bytes == 0 {
+        if n == 0 {
             return Ok(None);
         }
         // A data byte without a descriptor: keep reading until one or EOF.

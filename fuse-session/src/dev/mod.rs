@@ -2,10 +2,10 @@
 //! requests and writing replies, the fuse control filesystem, and request buffers.
 //!
 //! This is the only module of the crate that talks to the kernel, and the only one
-//! allowed `unsafe` code. It has three `unsafe` blocks, each with a `// SAFETY:` comment:
-//! taking ownership of a file descriptor received over `SCM_RIGHTS` (in
-//! `fusermount.rs` and `scm.rs`: nix hands received descriptors out as raw integers) and the
-//! `FUSE_DEV_IOC_CLONE` ioctl (in `channel.rs`: nix's ioctl wrappers are `unsafe fn`).
+//! allowed `unsafe` code. It has two `unsafe` blocks, each with a `// SAFETY:` comment:
+//! taking ownership of a file descriptor received over `SCM_RIGHTS` (in `scm.rs`, which
+//! `fusermount.rs` also uses: nix hands received descriptors out as raw integers) and
+//! the `FUSE_DEV_IOC_CLONE` ioctl (in `channel.rs`: nix's ioctl wrappers are `unsafe fn`).
 //!
 //! The pieces, a file per idea:
 //! - [`MountOptions`]: what to mount, rendered to the kernel's and `fusermount3`'s
@@ -30,7 +30,6 @@ mod buffer;
 mod channel;
 mod error;
 pub mod fusectl;
-#[allow(unsafe_code)]
 mod fusermount;
 mod mount;
 mod mountinfo;
