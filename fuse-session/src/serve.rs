@@ -42,7 +42,7 @@ use crate::dev::{
 use crate::fs::Filesystem;
 use crate::notify::Notifier;
 use crate::proto::session::lock;
-use crate::proto::{Handled, Session};
+use crate::proto::{Handled, Session, POKE_NAME};
 
 /// Why serving failed.
 #[derive(Debug)]
@@ -168,6 +168,7 @@ impl<F: Filesystem> Server<F> {
             control,
             workers: Mutex::new(workers),
             mount: Mutex::new(Some(mount)),
+            device: channel.try_clone()?,
             notifier: Notifier::new(Arc::clone(&session), channel),
         };
         let deadline = Instant::now() + Duration::from_secs(30);
@@ -178,12 +179,21 @@ impl<F: Filesystem> Server<F> {
             }
             std::thread::sleep(Duration::from_millis(1));
         }
+        running.enable_blocking_reads();
         Ok(running)
     }
 }
 
 #[derive(Default)]
 struct Control {
+    /// Workers read with blocking `read(2)` and are woken by pokes.
+    blocking: AtomicBool,
+    /// The mountpoint and the device number of the mount's root, for pokes. No
+    /// descriptor is kept open on the mount: it would keep a lazily unmounted
+    /// connection alive and make a plain `umount` fail with EBUSY.
+    root: Mutex<Option<(std::path::PathBuf, u64)>>,
+    /// A poker thread is running.
+    poking: AtomicBool,
     paused: AtomicBool,
     stop: AtomicBool,
     /// Set by [`Running::stop`]: the mount was released to another process.
@@ -200,6 +210,80 @@ impl Control {
             let _ = w.wake();
         }
     }
+
+    /// True while some worker still has to see `paused` or `stop`.
+    fn workers_to_reach(&self) -> bool {
+        let running = self.running.load(Ordering::Acquire);
+        if self.stop.load(Ordering::Acquire) {
+            return running > 0;
+        }
+        self.paused.load(Ordering::Acquire) && *lock(&self.parked) < running
+    }
+
+    /// Wakes workers blocked in `read(2)` by poking the mount (see [`POKE_NAME`])
+    /// from a helper thread, until every worker has parked or stopped. A poke sent
+    /// while the last worker parks stays queued until the workers resume (or the
+    /// process exits); it never blocks the caller.
+    fn poke_workers(self: &Arc<Self>) {
+        if !self.blocking.load(Ordering::Acquire) || self.poking.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let Some((path, dev)) = lock(&self.root).clone() else {
+            self.poking.store(false, Ordering::Release);
+            return;
+        };
+        let control = Arc::clone(self);
+        let spawned = std::thread::Builder::new()
+            .name("fuse-poker".into())
+            .spawn(move || {
+                block_termination_signals();
+                while control.workers_to_reach() {
+                    match open_root(&path, Some(dev)).and_then(|root| poke(&root)) {
+                        Ok(()) => {}
+                        Err(e) => {
+                            log::warn!(
+                                "waking a worker by a lookup in the mount's root failed: {e}"
+                            );
+                            std::thread::sleep(Duration::from_millis(10));
+                        }
+                    }
+                }
+                control.poking.store(false, Ordering::Release);
+            });
+        if spawned.is_err() {
+            self.poking.store(false, Ordering::Release);
+        }
+    }
+}
+
+/// An `O_PATH` descriptor of the root of the mount at `path`; with `dev`, only if
+/// it is still that mount (not another filesystem mounted over it).
+fn open_root(path: &Path, dev: Option<u64>) -> io::Result<std::os::fd::OwnedFd> {
+    use nix::fcntl::OFlag;
+    let fd = nix::fcntl::open(
+        path,
+        OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    )?;
+    if let Some(dev) = dev {
+        if nix::sys::stat::fstat(&fd)?.st_dev != dev {
+            return Err(io::Error::other(
+                "another filesystem is mounted over the mountpoint",
+            ));
+        }
+    }
+    Ok(fd)
+}
+
+/// One poke: a lookup of [`POKE_NAME`] in the root, which the session answers ENOENT
+/// (the kernel does not cache the negative entry, so every poke is a request).
+fn poke(root: &std::os::fd::OwnedFd) -> io::Result<()> {
+    use nix::fcntl::AtFlags;
+    match nix::sys::stat::fstatat(root, POKE_NAME, AtFlags::AT_SYMLINK_NOFOLLOW) {
+        Err(nix::errno::Errno::ENOENT) => Ok(()),
+        Ok(_) => Err(io::Error::other("the poke name exists in the root")),
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// A mount being served by worker threads.
@@ -208,6 +292,8 @@ pub struct Running<F: Filesystem> {
     control: Arc<Control>,
     workers: Mutex<Vec<JoinHandle<io::Result<()>>>>,
     mount: Mutex<Option<Mount>>,
+    /// A descriptor of the connection, to switch it to blocking reads.
+    device: Channel,
     notifier: Notifier<F>,
 }
 
@@ -244,12 +330,51 @@ impl<F: Filesystem> Running<F> {
             .map(|m| m.mountpoint().to_path_buf())
     }
 
+    /// Switches the workers to blocking reads — one `read(2)` per request, the
+    /// kernel's exclusive wake-up — once a test poke shows that the mount's root is
+    /// reachable from this process, so that parking can still wake them (see
+    /// [`POKE_NAME`]). Otherwise the workers keep waiting in `epoll` with a waker.
+    fn enable_blocking_reads(&self) {
+        let Some(mountpoint) = self.mountpoint() else {
+            return;
+        };
+        let root = match open_root(&mountpoint, None) {
+            Ok(fd) => fd,
+            Err(e) => {
+                log::debug!("cannot open the mount's root ({e}): workers wait in epoll");
+                return;
+            }
+        };
+        let dev = match nix::sys::stat::fstat(&root) {
+            Ok(st) => st.st_dev,
+            Err(e) => {
+                log::debug!("cannot stat the mount's root ({e}): workers wait in epoll");
+                return;
+            }
+        };
+        let before = self.session.stats().pokes.load(Ordering::Relaxed);
+        let answered =
+            poke(&root).is_ok() && self.session.stats().pokes.load(Ordering::Relaxed) > before;
+        drop(root);
+        if !answered {
+            log::debug!("a poke was not answered by this session: workers wait in epoll");
+            return;
+        }
+        if let Err(e) = self.device.set_nonblocking(false) {
+            log::debug!("cannot clear O_NONBLOCK ({e}): workers wait in epoll");
+            return;
+        }
+        *lock(&self.control.root) = Some((mountpoint, dev));
+        self.control.blocking.store(true, Ordering::Release);
+    }
+
     /// Parks every worker at a request boundary and returns once all are parked
     /// (or have exited). Nothing is in flight in this process while the guard lives.
     pub fn pause(&self) -> PauseGuard<'_> {
         let start = Instant::now();
         self.control.paused.store(true, Ordering::Release);
         self.control.wake_all();
+        self.control.poke_workers();
         let mut parked = lock(&self.control.parked);
         while *parked < self.control.running.load(Ordering::Acquire) {
             parked = self
@@ -259,6 +384,9 @@ impl<F: Filesystem> Running<F> {
                 .map(|(g, _)| g)
                 .unwrap_or_else(|p| p.into_inner().0);
             self.control.wake_all();
+            drop(parked);
+            self.control.poke_workers();
+            parked = lock(&self.control.parked);
         }
         PauseGuard {
             control: &self.control,
@@ -280,6 +408,18 @@ impl<F: Filesystem> Running<F> {
     /// and its device fds close, the kernel ends the connection and such files fail
     /// with ENOTCONN, as with any FUSE daemon that exits.
     pub fn unmount(&self) -> Result<(), ServeError> {
+        if self.control.blocking.load(Ordering::Acquire) && self.is_serving() {
+            // Back to waker-driven waits while the mount can still be poked: after
+            // the unmount, workers blocked in read(2) could only be woken by the end
+            // of the connection, which files left open would postpone.
+            let guard = self.pause();
+            self.control.blocking.store(false, Ordering::Release);
+            *lock(&self.control.root) = None;
+            if let Err(e) = self.device.set_nonblocking(true) {
+                log::warn!("cannot set O_NONBLOCK back before unmounting: {e}");
+            }
+            drop(guard);
+        }
         if let Some(m) = lock(&self.mount).take() {
             m.unmount()?;
         }
@@ -291,6 +431,7 @@ impl<F: Filesystem> Running<F> {
             log::warn!("files are still open on the unmounted filesystem: stopping anyway");
             self.control.stop.store(true, Ordering::Release);
             self.control.wake_all();
+            self.control.poke_workers();
             let _g = lock(&self.control.parked);
             self.control.cond.notify_all();
         }
@@ -312,6 +453,7 @@ impl<F: Filesystem> Running<F> {
         self.control.released.store(true, Ordering::Release);
         self.control.stop.store(true, Ordering::Release);
         self.control.wake_all();
+        self.control.poke_workers();
         {
             let _g = lock(&self.control.parked);
             self.control.cond.notify_all();
@@ -474,7 +616,12 @@ fn worker<F: Filesystem>(
             req = RequestBuffer::with_len(size)?;
             out = RequestBuffer::with_len(session.reply_buffer_size())?;
         }
-        let n = match idle.read(chan, &mut req, waker)? {
+        let received = if control.blocking.load(Ordering::Acquire) {
+            chan.read(&mut req)?
+        } else {
+            idle.read(chan, &mut req, waker)?
+        };
+        let n = match received {
             Received::Request(n) => n,
             Received::Woken => {
                 if !control.paused.load(Ordering::Acquire) && !control.stop.load(Ordering::Acquire)

@@ -14,7 +14,7 @@ pub enum Received {
     Request(usize),
     /// The [`Waker`] fired (only from [`Channel::read_or_wake`]); no request was taken.
     Woken,
-    /// The connection is gone (`ENODEV`): the filesystem was unmounted or the
+    /// The connection is gone (`ENODEV`, or `ECONNABORTED` after an abort): the filesystem was unmounted or the
     /// connection aborted. No further request will come.
     Closed,
 }
@@ -29,7 +29,7 @@ pub enum WriteOutcome {
     /// finished, or the connection was aborted); not an error of the daemon. For a
     /// notification: the kernel has no such inode or entry cached.
     Gone,
-    /// `ENODEV`: the connection is gone (unmounted or aborted).
+    /// `ENODEV` (or `ECONNABORTED`): the connection is gone (unmounted or aborted).
     Closed,
 }
 
@@ -78,6 +78,26 @@ impl Channel {
             fcntl(&fd, FcntlArg::F_SETFL(flags | OFlag::O_NONBLOCK))?;
         }
         Ok(Channel { fd })
+    }
+
+    /// Sets or clears `O_NONBLOCK` on the open file description (shared by every
+    /// `dup` of it, in every process). With it cleared, [`Channel::read`] sleeps in
+    /// the kernel's own exclusive wait (one syscall per request, as libfuse), and only
+    /// a request — or the end of the connection — wakes a reader.
+    ///
+    /// # Errors
+    /// The error of `fcntl(2)`.
+    pub fn set_nonblocking(&self, on: bool) -> io::Result<()> {
+        let flags = OFlag::from_bits_retain(fcntl(&self.fd, FcntlArg::F_GETFL)?);
+        let want = if on {
+            flags | OFlag::O_NONBLOCK
+        } else {
+            flags - OFlag::O_NONBLOCK
+        };
+        if want != flags {
+            fcntl(&self.fd, FcntlArg::F_SETFL(want))?;
+        }
+        Ok(())
     }
 
     /// The descriptor.
@@ -195,7 +215,7 @@ impl Channel {
                 Ok(_) => return Err(io::ErrorKind::WriteZero.into()),
                 Err(Errno::EINTR) => continue,
                 Err(Errno::ENOENT) => return Ok(WriteOutcome::Gone),
-                Err(Errno::ENODEV) => return Ok(WriteOutcome::Closed),
+                Err(Errno::ENODEV) | Err(Errno::ECONNABORTED) => return Ok(WriteOutcome::Closed),
                 Err(e) => return Err(e.into()),
             }
         }
@@ -208,7 +228,9 @@ impl Channel {
                 Ok(n) => return Ok(Some(Received::Request(n))),
                 Err(Errno::EINTR) | Err(Errno::ENOENT) => continue,
                 Err(Errno::EAGAIN) => return Ok(None),
-                Err(Errno::ENODEV) => return Ok(Some(Received::Closed)),
+                // ECONNABORTED instead of ENODEV after an abort (fusectl, or the kernel's
+                // request timeout) when FUSE_ABORT_ERROR was agreed.
+                Err(Errno::ENODEV) | Err(Errno::ECONNABORTED) => return Ok(Some(Received::Closed)),
                 Err(e) => return Err(e.into()),
             }
         }

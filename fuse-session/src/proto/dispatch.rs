@@ -11,7 +11,8 @@ use crate::fs::{Filesystem, PollHandle, StatxReply};
 use crate::proto::bufs::{DirEntries, DirEntriesPlus, ReadBuf, ReadData};
 use crate::proto::handles::{HandleEntry, HandleKind};
 use crate::proto::init::{negotiate, InitError, InitResult, KernelOffer};
-use crate::proto::session::{lock, Handled, InitState, Session, PAYLOAD_OFFSET};
+use crate::proto::nodes::ROOT_ID;
+use crate::proto::session::{lock, Handled, InitState, Session, PAYLOAD_OFFSET, POKE_NAME};
 use crate::types::*;
 
 /// The outcome of one operation before encoding errors are folded in.
@@ -109,6 +110,20 @@ impl<F: Filesystem> Session<F> {
         if self.init.get().is_none() {
             log::warn!("{} before INIT: answering EIO", header.opcode());
             return self.error_reply(out, unique, Errno::EIO);
+        }
+        if let Operation::Lookup { name } = op {
+            if header.nodeid() == ROOT_ID && name == POKE_NAME.as_bytes() {
+                // A wake-up poke from the serving layer: no filesystem call.
+                self.stats.pokes.fetch_add(1, Ordering::Relaxed);
+                return match reply::error(out, unique, Errno::ENOENT.0) {
+                    Ok(n) => Handled::Reply {
+                        head: &out[..n],
+                        payload: &[],
+                        counted: None,
+                    },
+                    Err(_) => Handled::NoReply,
+                };
+            }
         }
         if let Some(owner) = self.only_uid {
             if header.uid() != owner && header.uid() != 0 {

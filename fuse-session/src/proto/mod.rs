@@ -14,4 +14,4 @@ pub mod nodes;
 pub(crate) mod session;
 pub mod state;
 
-pub use session::{Handled, InitState, Session, SessionStats, PAYLOAD_OFFSET};
+pub use session::{Handled, InitState, Session, SessionStats, PAYLOAD_OFFSET, POKE_NAME};

@@ -37,7 +37,14 @@ pub struct SessionStats {
     /// Requests whose body did not parse (answered EIO) or whose header did not
     /// (dropped).
     pub malformed: AtomicU64,
+    /// Wake-up pokes answered (see [`POKE_NAME`]); not carried in snapshots.
+    pub pokes: AtomicU64,
 }
+
+/// The name the serving layer looks up in the root to wake a worker blocked in
+/// `read(2)` on the device (a *poke*). The session answers it ENOENT itself, without
+/// calling the filesystem, so the name is reserved in the root directory.
+pub const POKE_NAME: &str = ".fuse-live-wake.7f3c9a";
 
 /// What to do with one request's outcome.
 #[derive(Debug)]

@@ -386,6 +386,7 @@ impl<F: Filesystem> Session<F> {
             interrupts: AtomicU64::new(c.interrupts),
             forgets: AtomicU64::new(c.forgets),
             malformed: AtomicU64::new(c.malformed),
+            pokes: AtomicU64::new(0),
         };
         let mut s = Session::new(fs);
         s.nodes = Mutex::new(nodes);
