@@ -450,6 +450,41 @@ pub(crate) const fn init_in_size(kernel_minor: u32) -> usize {
     }
 }
 
+/// The short path of `parse` for LOOKUP, GETATTR, READ and WRITE with their full
+/// (7.9+) layouts: the same result as [`parse_operation`] when it returns `Some`;
+/// `None` for anything else, malformed input included (the general path then
+/// reports it).
+#[inline]
+pub(crate) fn parse_hot<'a>(
+    opcode: Opcode,
+    body: &'a [u8],
+    proto: &Negotiated,
+) -> Option<Operation<'a>> {
+    use zerocopy::FromBytes;
+    match opcode {
+        Opcode::LOOKUP => {
+            let nul = crate::request::reader::find_nul(body)?;
+            Some(Operation::Lookup {
+                name: body.get(..nul)?,
+            })
+        }
+        Opcode::GETATTR if proto.minor >= 9 => {
+            let (arg, _) = abi::fuse_getattr_in::read_from_prefix(body).ok()?;
+            Some(Operation::Getattr { arg })
+        }
+        Opcode::READ if proto.minor >= 9 => {
+            let (arg, _) = abi::fuse_read_in::read_from_prefix(body).ok()?;
+            Some(Operation::Read { arg })
+        }
+        Opcode::WRITE if proto.minor >= 9 => {
+            let (arg, rest) = abi::fuse_write_in::read_from_prefix(body).ok()?;
+            let data = rest.get(..len(arg.size.get()))?;
+            Some(Operation::Write { arg, data })
+        }
+        _ => None,
+    }
+}
+
 /// Parses the body of a request with `opcode` on a connection with `proto`.
 #[inline]
 pub(crate) fn parse_operation<'a>(
