@@ -118,6 +118,11 @@ pub fn parse_request(data: &[u8]) {
 }
 
 fn round_trip_request(bytes: &[u8], proto: &Negotiated) {
+    // The short path of `parse` must give exactly what the general parser gives.
+    let general = request::parse_general_only(bytes, proto);
+    if request::parse(bytes, proto) != general {
+        panic!("parse and its general path disagree on {bytes:?}");
+    }
     // The header parser must agree with the full parser on what it accepts.
     let header = request::parse_header(bytes);
     let req = match request::parse(bytes, proto) {

@@ -98,6 +98,16 @@ pub fn parse<'a>(bytes: &'a [u8], proto: &Negotiated) -> Result<Request<'a>, Par
     parse_general(header, proto)
 }
 
+/// [`parse`] without its short path: the general parser alone. For tests and fuzzing,
+/// which check that both paths give the same result for every input.
+#[doc(hidden)]
+pub fn parse_general_only<'a>(
+    bytes: &'a [u8],
+    proto: &Negotiated,
+) -> Result<Request<'a>, ParseError> {
+    parse_general(parse_header(bytes)?, proto)
+}
+
 /// Every request the short path of [`parse`] does not take.
 #[inline(never)]
 fn parse_general<'a>(
