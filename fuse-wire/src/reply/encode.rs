@@ -9,7 +9,7 @@ use core::mem::size_of;
 use core::time::Duration;
 
 use zerocopy::byteorder::native_endian::{I32, U32, U64};
-use zerocopy::{Immutable, IntoBytes};
+use zerocopy::{FromBytes, Immutable, IntoBytes};
 
 use super::attr::{Attr, Entry, FileLock, IoctlIovec, Open, Statfs};
 use super::init::{CuseInitOut, InitOut, CUSE_INIT_INFO_MAX};
@@ -68,8 +68,15 @@ fn write_reply<T: IntoBytes + Immutable>(
     let mut w = Writer::new(buf);
     w.reserve(total)?;
     w.put(&header)?;
-    w.put_prefix(fixed, fixed_len)?;
-    w.bytes(tail)?;
+    // The whole struct is the usual case: a copy of known size, inlined.
+    if fixed_len == size_of::<T>() {
+        w.put(fixed)?;
+    } else {
+        w.put_prefix(fixed, fixed_len)?;
+    }
+    if !tail.is_empty() {
+        w.bytes(tail)?;
+    }
     Ok(w.pos())
 }
 
@@ -151,7 +158,25 @@ pub fn entry(
     proto: &Negotiated,
     entry: &Entry,
 ) -> Result<usize, EncodeError> {
-    write_reply(buf, unique, &entry.to_abi(), proto.entry_out_size(), &[])
+    const FULL: usize = OUT_HEADER_SIZE + size_of::<abi::fuse_entry_out>();
+    if proto.entry_out_size() != size_of::<abi::fuse_entry_out>() {
+        return write_reply(buf, unique, &entry.to_abi(), proto.entry_out_size(), &[]);
+    }
+    // The usual case, built in place in the caller's buffer (the reply of every
+    // LOOKUP): no intermediate copy of the 128-byte struct.
+    check_unique(unique)?;
+    let have = buf.len();
+    let dst = buf
+        .get_mut(..FULL)
+        .ok_or(EncodeError::BufferTooSmall { need: FULL, have })?;
+    let (h, e) = dst.split_at_mut(OUT_HEADER_SIZE);
+    let (h, _) = abi::fuse_out_header::mut_from_prefix(h)
+        .map_err(|_| EncodeError::BufferTooSmall { need: FULL, have })?;
+    let (e, _) = abi::fuse_entry_out::mut_from_prefix(e)
+        .map_err(|_| EncodeError::BufferTooSmall { need: FULL, have })?;
+    *h = out_header(FULL, 0, unique)?;
+    *e = entry.to_abi();
+    Ok(FULL)
 }
 
 /// The answer to GETATTR and SETATTR: `fuse_attr_out` (7.0), sent in its 96-byte
