@@ -469,8 +469,8 @@ pub(crate) fn parse_hot<'a>(
             })
         }
         Opcode::GETATTR if proto.minor >= 9 => {
-            let (arg, _) = abi::fuse_getattr_in::read_from_prefix(body).ok()?;
-            Some(Operation::Getattr { arg })
+            let (arg, _) = abi::fuse_getattr_in::ref_from_prefix(body).ok()?;
+            Some(Operation::Getattr { arg: *arg })
         }
         Opcode::READ if proto.minor >= 9 => {
             let (arg, _) = abi::fuse_read_in::read_from_prefix(body).ok()?;
