@@ -483,3 +483,39 @@ fn allow_root_lets_in_only_the_owner_and_root() {
     k.caller = (0, 0, 7);
     assert!(k.lookup(1, b"n2").is_ok());
 }
+
+#[test]
+fn a_reply_buffer_smaller_than_a_page_gets_eio_not_a_panic() {
+    let mut k = kernel();
+    let fh = k.open(1, false, 0).unwrap();
+    let proto = k.proto();
+    let h = fuse_wire::request::encode::HeaderFields {
+        unique: 9,
+        nodeid: 1,
+        uid: 0,
+        gid: 0,
+        pid: 1,
+    };
+    let read = abi::fuse_read_in {
+        fh: U64::new(fh),
+        size: U32::new(64),
+        ..Default::default()
+    };
+    let mut req = vec![0u8; 4096];
+    let n = fuse_wire::request::encode::encode(
+        &mut req,
+        &proto,
+        &h,
+        &Operation::Read { arg: read },
+        &Default::default(),
+    )
+    .unwrap();
+    let mut small = vec![0u8; 100];
+    match k.session().handle(&req[..n], &mut small) {
+        Handled::Reply { head, .. } => assert_eq!(
+            i32::from_ne_bytes(head[4..8].try_into().unwrap()),
+            -nix::libc::EIO
+        ),
+        other => panic!("{other:?}"),
+    }
+}

@@ -199,6 +199,9 @@ impl<F: Filesystem> Session<F> {
             Ok(h) => h,
             Err(_) => return self.error_reply(out, unique, Errno::EIO),
         };
+        if out.len() < PAYLOAD_OFFSET {
+            return self.error_reply(out, unique, Errno::EIO);
+        }
         let (h, rest) = out.split_at_mut(PAYLOAD_OFFSET);
         h[..head.len()].copy_from_slice(&head);
         let payload: &'a [u8] = match data {
@@ -513,9 +516,11 @@ impl<F: Filesystem> Session<F> {
             Operation::Read { arg } => {
                 let node = self.node(nodeid)?;
                 let fh = self.handle_of(arg.fh.get(), HandleKind::File)?;
-                let room = out.len().saturating_sub(PAYLOAD_OFFSET);
-                let size = (arg.size.get() as usize).min(room);
-                let (_, rest) = out.split_at_mut(PAYLOAD_OFFSET);
+                let Some((_, rest)) = out.split_at_mut_checked(PAYLOAD_OFFSET) else {
+                    log::error!("reply buffer smaller than a page: see Session::reply_buffer_size");
+                    return Err(Errno::EIO);
+                };
+                let size = (arg.size.get() as usize).min(rest.len());
                 let mut buf = ReadBuf::new(&mut rest[..size]);
                 fs.read(&ctx, &node, &fh, arg.offset.get(), size as u32, &mut buf)?;
                 Ok(Dispatched::Read(buf.into_data()))
