@@ -111,6 +111,11 @@ fn parse_stall(log: &str) -> Option<Duration> {
 
 impl Chain {
     fn start(test: &str) -> Option<Chain> {
+        Chain::start_with(test, &[])
+    }
+
+    /// As [`Chain::start`], with more memfs arguments.
+    fn start_with(test: &str, extra: &[&str]) -> Option<Chain> {
         if !can_mount(test) {
             return None;
         }
@@ -133,19 +138,17 @@ impl Chain {
             chain.sock.to_string_lossy().into_owned(),
             chain.dir.to_string_lossy().into_owned(),
         );
-        let (child, ready) = spawn_memfs(
-            &[
-                &mnt,
-                "--upgrade-socket",
-                &sock,
-                "--snapshot-dir",
-                &snaps,
-                "--ttl",
-                "5",
-            ],
-            &chain.log_path(0),
-            &[],
-        );
+        let mut args = vec![
+            mnt.as_str(),
+            "--upgrade-socket",
+            sock.as_str(),
+            "--snapshot-dir",
+            snaps.as_str(),
+            "--ttl",
+            "5",
+        ];
+        args.extend_from_slice(extra);
+        let (child, ready) = spawn_memfs(&args, &chain.log_path(0), &[]);
         chain.current = Some(child);
         let line = ready.recv_timeout(WAIT);
         assert_eq!(
@@ -968,4 +971,45 @@ fn upgrade_socket_path_rules() {
         Err(HandoffError::NoListener(_))
     ));
     let _ = stdfs::remove_dir_all(&dir);
+}
+
+/// With `auto_unmount` (fusermount3 watches a socket and unmounts when the last process
+/// holding it dies), a handoff passes the socket on: the watcher does not fire when the
+/// old process exits, and still fires when the last daemon is killed.
+#[test]
+fn auto_unmount_survives_handoffs_and_fires_when_the_last_holder_dies() {
+    if fuse_live::session::dev::find_fusermount().is_none() {
+        if std::env::var_os("CI").is_some() {
+            panic!("fusermount3 is missing (Debian's fuse3): .ci/run installs it");
+        }
+        eprintln!("skipping: fusermount3 is missing");
+        return;
+    }
+    let Some(mut chain) = Chain::start_with("auto_unmount", &["--auto-unmount"]) else {
+        return;
+    };
+    stdfs::write(chain.path("kept"), b"kept across handoffs").expect("write");
+    for _ in 0..3 {
+        chain.hand_over();
+        assert!(
+            is_fuse_mounted(&chain.mnt),
+            "the auto_unmount watcher fired on a handoff"
+        );
+        assert_eq!(
+            stdfs::read(chain.path("kept")).expect("read"),
+            b"kept across handoffs"
+        );
+    }
+    // SIGKILL the last holder: nobody unmounts but fusermount3's watcher.
+    let mut last = chain.current.take().expect("daemon");
+    let _ = kill(Pid::from_raw(last.id() as i32), Signal::SIGKILL);
+    let _ = last.wait();
+    let deadline = Instant::now() + WAIT;
+    while is_fuse_mounted(&chain.mnt) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(
+        !is_fuse_mounted(&chain.mnt),
+        "the watcher did not unmount after the last holder died"
+    );
 }

@@ -1,7 +1,7 @@
 //! memfs: a complete in-memory POSIX filesystem served with fuse-live.
 //!
 //! ```text
-//! cargo run --release --example memfs -- MOUNTPOINT [--threads N] [--allow-other] [--ttl SECS] [--size BYTES]
+//! cargo run --release --example memfs -- MOUNTPOINT [--threads N] [--allow-other] [--auto-unmount] [--ttl SECS] [--size BYTES]
 //!         [--upgrade-socket PATH] [--snapshot-dir DIR]
 //! cargo run --release --example memfs -- --takeover PATH [--threads N] [--upgrade-socket PATH2] [--snapshot-dir DIR]
 //! ```
@@ -14,6 +14,9 @@
 //!
 //! - `--threads N`: worker threads (default 2).
 //! - `--allow-other`: let every user access the mount (the mount option).
+//! - `--auto-unmount`: mount through `fusermount3` with `auto_unmount`, so that the
+//!   mount goes away when the last process holding it dies; a live handoff passes the
+//!   watcher's socket on, so a takeover does not trigger it.
 //! - `--ttl SECS`: how long the kernel caches names and attributes (default 1,
 //!   fractions allowed, 0 for none).
 //! - `--size BYTES`: the most file data it holds (suffix K, M, G or T; default half
@@ -62,7 +65,8 @@ mod snapshot;
 use fs::{Config, MemFs};
 use fuse_live::snapshot::handoff::{self, Ended, HandoffOptions, Takeover, UpgradeListener};
 
-const USAGE: &str = "usage: memfs MOUNTPOINT [--threads N] [--allow-other] [--ttl SECS] \
+const USAGE: &str =
+    "usage: memfs MOUNTPOINT [--threads N] [--allow-other] [--auto-unmount] [--ttl SECS] \
      [--size BYTES[K|M|G|T]] [--upgrade-socket PATH] [--snapshot-dir DIR]\n       \
      memfs --takeover PATH [--threads N] [--upgrade-socket PATH] [--snapshot-dir DIR]";
 
@@ -82,6 +86,9 @@ struct Args {
     mountpoint: String,
     threads: usize,
     allow_other: bool,
+    /// Mount through fusermount3 with `auto_unmount`: the mount goes when the last
+    /// process holding it dies (survives handoffs).
+    auto_unmount: bool,
     ttl: Duration,
     size: Option<u64>,
     upgrade_socket: Option<PathBuf>,
@@ -104,6 +111,7 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Args, String> {
     let mut mountpoint = None;
     let mut threads = 2;
     let mut allow_other = false;
+    let mut auto_unmount = false;
     let mut ttl = Duration::from_secs(1);
     let mut size = None;
     let mut upgrade_socket = None;
@@ -131,6 +139,7 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Args, String> {
                     .ok_or(format!("bad --threads {v:?}"))?;
             }
             "--allow-other" if inline.is_none() => allow_other = true,
+            "--auto-unmount" if inline.is_none() => auto_unmount = true,
             "--ttl" => {
                 let v = value("--ttl")?;
                 let secs: f64 = v
@@ -165,6 +174,7 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Args, String> {
         mountpoint,
         threads,
         allow_other,
+        auto_unmount,
         ttl,
         size,
         upgrade_socket,
@@ -260,7 +270,8 @@ fn serve(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
         .fsname("memfs")
         .subtype("memfs")
         .default_permissions(true)
-        .allow_other(args.allow_other);
+        .allow_other(args.allow_other)
+        .auto_unmount(args.auto_unmount);
     let mountpoint = PathBuf::from(&args.mountpoint);
     // Bound before mounting: a path in use fails before anything is mounted.
     let listener = args
