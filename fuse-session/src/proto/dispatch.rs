@@ -32,11 +32,13 @@ fn ttl_entry<N>(e: &Entry<N>, nodeid: u64, generation: u64) -> reply::Entry {
     }
 }
 
+fn encode_failed(e: fuse_wire::EncodeError) -> Errno {
+    log::error!("could not encode a reply: {e}");
+    Errno::EIO
+}
+
 fn enc(r: std::result::Result<usize, fuse_wire::EncodeError>) -> std::result::Result<usize, Errno> {
-    r.map_err(|e| {
-        log::error!("could not encode a reply: {e}");
-        Errno::EIO
-    })
+    r.map_err(encode_failed)
 }
 
 fn time_of(secs: u64, nsecs: u32) -> std::time::SystemTime {
@@ -613,10 +615,7 @@ impl<F: Filesystem> Session<F> {
                 let node = self.node(nodeid)?;
                 let fh = self.handle_of(arg.fh.get(), HandleKind::Dir)?;
                 let writer = reply::DirentWriter::new(out, unique, arg.size.get() as usize)
-                    .map_err(|e| {
-                        log::error!("readdir buffer: {e}");
-                        Errno::EIO
-                    })?;
+                    .map_err(encode_failed)?;
                 let mut entries = DirEntries {
                     writer,
                     error: None,
@@ -632,10 +631,7 @@ impl<F: Filesystem> Session<F> {
                 let node = self.node(nodeid)?;
                 let fh = self.handle_of(arg.fh.get(), HandleKind::Dir)?;
                 let writer = reply::DirentWriter::new(out, unique, arg.size.get() as usize)
-                    .map_err(|e| {
-                        log::error!("readdirplus buffer: {e}");
-                        Errno::EIO
-                    })?;
+                    .map_err(encode_failed)?;
                 let mut entries = DirEntriesPlus {
                     writer,
                     nodes: &self.nodes,
