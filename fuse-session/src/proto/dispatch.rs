@@ -56,20 +56,20 @@ impl<F: Filesystem> Session<F> {
     /// ENOSYS; a request before INIT, EIO.
     pub fn handle<'a>(&'a self, request: &[u8], out: &'a mut [u8]) -> Handled<'a> {
         self.stats.requests.fetch_add(1, Ordering::Relaxed);
-        let header = match parse_header(request) {
-            Ok(h) => h,
-            Err(e) => {
-                self.stats.malformed.fetch_add(1, Ordering::Relaxed);
-                log::warn!("dropping a request whose header does not parse: {e}");
-                return Handled::Dropped(e);
-            }
-        };
-        let unique = header.unique();
         let proto = self.negotiated();
         let req = match fuse_wire::parse(request, &proto) {
             Ok(r) => r,
             Err(e) => {
                 self.stats.malformed.fetch_add(1, Ordering::Relaxed);
+                // Answer a bad body if the header says whom to answer.
+                let header = match parse_header(request) {
+                    Ok(h) => h,
+                    Err(_) => {
+                        log::warn!("dropping a request whose header does not parse: {e}");
+                        return Handled::Dropped(e);
+                    }
+                };
+                let unique = header.unique();
                 log::warn!("{} unique={unique}: malformed body: {e}", header.opcode());
                 if header.opcode().is_unanswered() {
                     return Handled::NoReply;
@@ -77,6 +77,8 @@ impl<F: Filesystem> Session<F> {
                 return self.error_reply(out, unique, Errno::EIO);
             }
         };
+        let header = *req.header();
+        let unique = header.unique();
         let op = *req.op();
         if log::log_enabled!(log::Level::Debug) {
             log::debug!("<- {req}");
