@@ -7,7 +7,7 @@
 //! Prints `ready MOUNTPOINT` once the mount serves, runs until it is unmounted or
 //! gets SIGINT/SIGTERM (then it unmounts), and exits 0.
 use std::ffi::OsStr;
-use std::time::{Duration, UNIX_EPOCH};
+use std::time::Duration;
 
 use fuse_live::session::dev::MountOptions;
 use fuse_live::session::serve::Server;
@@ -23,26 +23,15 @@ struct Hello;
 
 /// Nodes are inode numbers: 1 is the root, 2 the file.
 fn attr(ino: u64) -> FileAttr {
-    let (kind, perm, size, nlink) = if ino == 1 {
-        (FileType::Directory, 0o555, 0, 2)
+    if ino == 1 {
+        FileAttr::new(1, FileType::Directory, 0o555)
     } else {
-        (FileType::RegularFile, 0o444, TEXT.len() as u64, 1)
-    };
-    FileAttr {
-        ino,
-        size,
-        blocks: size.div_ceil(512),
-        atime: UNIX_EPOCH,
-        mtime: UNIX_EPOCH,
-        ctime: UNIX_EPOCH,
-        kind,
-        perm,
-        nlink,
-        uid: 0,
-        gid: 0,
-        rdev: 0,
-        blksize: 4096,
-        flags: 0,
+        let size = TEXT.len() as u64;
+        FileAttr {
+            size,
+            blocks: size.div_ceil(512),
+            ..FileAttr::new(ino, FileType::RegularFile, 0o444)
+        }
     }
 }
 

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use fuse_live::session::dev::fusectl::Watchdog;
 use fuse_live::session::dev::MountOptions;
@@ -43,25 +43,14 @@ fn tempdir(tag: &str) -> PathBuf {
 struct Files(u64);
 
 fn attr(ino: u64) -> FileAttr {
-    FileAttr {
-        ino,
-        size: if ino == 1 { 0 } else { 5 },
-        blocks: 1,
-        atime: UNIX_EPOCH,
-        mtime: UNIX_EPOCH,
-        ctime: UNIX_EPOCH,
-        kind: if ino == 1 {
-            FileType::Directory
-        } else {
-            FileType::RegularFile
-        },
-        perm: if ino == 1 { 0o755 } else { 0o644 },
-        nlink: 1,
-        uid: 0,
-        gid: 0,
-        rdev: 0,
-        blksize: 4096,
-        flags: 0,
+    if ino == 1 {
+        FileAttr::new(1, FileType::Directory, 0o755)
+    } else {
+        FileAttr {
+            size: 5,
+            blocks: 1,
+            ..FileAttr::new(ino, FileType::RegularFile, 0o644)
+        }
     }
 }
 

@@ -203,6 +203,34 @@ pub struct FileAttr {
 }
 
 impl FileAttr {
+    /// Attributes of an empty inode `ino` of `kind` with permissions `perm`: size 0,
+    /// owned by root, one link (two for a directory), every time at the epoch,
+    /// 4 KiB I/O size. Change what differs with struct update syntax:
+    /// `FileAttr { size: 5, ..FileAttr::new(2, FileType::RegularFile, 0o644) }`.
+    pub const fn new(ino: u64, kind: FileType, perm: u16) -> FileAttr {
+        let nlink = if matches!(kind, FileType::Directory) {
+            2
+        } else {
+            1
+        };
+        FileAttr {
+            ino,
+            size: 0,
+            blocks: 0,
+            atime: UNIX_EPOCH,
+            mtime: UNIX_EPOCH,
+            ctime: UNIX_EPOCH,
+            kind,
+            perm,
+            nlink,
+            uid: 0,
+            gid: 0,
+            rdev: 0,
+            blksize: 4096,
+            flags: 0,
+        }
+    }
+
     /// The full mode: type bits and permission bits.
     pub const fn mode(&self) -> u32 {
         self.kind.mode_bits() | (self.perm as u32 & 0o7777)

@@ -5,7 +5,7 @@ use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
-use std::time::{Duration, Instant, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use fuse_session::fake::FakeKernel;
 use fuse_session::*;
@@ -25,25 +25,14 @@ struct TreeFs {
 const N: u32 = 12;
 
 fn attr(node: u32) -> FileAttr {
+    let kind = if node == 0 {
+        FileType::Directory
+    } else {
+        FileType::RegularFile
+    };
     FileAttr {
-        ino: u64::from(node) + 1,
-        size: 0,
-        blocks: 0,
-        atime: UNIX_EPOCH,
-        mtime: UNIX_EPOCH,
-        ctime: UNIX_EPOCH,
-        kind: if node == 0 {
-            FileType::Directory
-        } else {
-            FileType::RegularFile
-        },
-        perm: 0o644,
         nlink: 1,
-        uid: 0,
-        gid: 0,
-        rdev: 0,
-        blksize: 4096,
-        flags: 0,
+        ..FileAttr::new(u64::from(node) + 1, kind, 0o644)
     }
 }
 

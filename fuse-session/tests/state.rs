@@ -1,7 +1,7 @@
 //! The session as a value: snapshot, restore without INIT, and refusal of
 //! inconsistent states.
 use std::ffi::OsStr;
-use std::time::{Duration, UNIX_EPOCH};
+use std::time::Duration;
 
 use fuse_session::fake::FakeKernel;
 use fuse_session::*;
@@ -11,25 +11,14 @@ use fuse_wire::InitFlags;
 struct Flat;
 
 fn attr(ino: u64) -> FileAttr {
+    let kind = if ino == 1 {
+        FileType::Directory
+    } else {
+        FileType::RegularFile
+    };
     FileAttr {
-        ino,
-        size: 0,
-        blocks: 0,
-        atime: UNIX_EPOCH,
-        mtime: UNIX_EPOCH,
-        ctime: UNIX_EPOCH,
-        kind: if ino == 1 {
-            FileType::Directory
-        } else {
-            FileType::RegularFile
-        },
-        perm: 0o644,
         nlink: 1,
-        uid: 0,
-        gid: 0,
-        rdev: 0,
-        blksize: 4096,
-        flags: 0,
+        ..FileAttr::new(ino, kind, 0o644)
     }
 }
 
