@@ -10,7 +10,7 @@ use zerocopy::byteorder::native_endian::{I64, U16, U32, U64};
 use crate::fs::{Filesystem, PollHandle, StatxReply};
 use crate::proto::bufs::{DirEntries, DirEntriesPlus, ReadBuf, ReadData};
 use crate::proto::handles::{HandleEntry, HandleKind};
-use crate::proto::init::{negotiate, InitError, InitResult, KernelOffer};
+use crate::proto::init::{negotiate, InitError, KernelOffer};
 use crate::proto::nodes::ROOT_ID;
 use crate::proto::session::{lock, Handled, InitState, Session, PAYLOAD_OFFSET, POKE_NAME};
 use crate::types::*;
@@ -255,7 +255,7 @@ impl<F: Filesystem> Session<F> {
                     result.max_write,
                     result.max_pages
                 );
-                let n = enc(reply::init(out, unique, offer.minor, &init_out(&result)));
+                let n = enc(reply::init(out, unique, offer.minor, &result.to_init_out()));
                 match n {
                     Ok(n) => Handled::Reply {
                         head: &out[..n],
@@ -937,23 +937,6 @@ fn setattr_of(arg: &abi::fuse_setattr_in, valid: SetattrValid) -> SetAttr {
         ctime: has(SetattrValid::CTIME).then(|| time_of(arg.ctime.get(), arg.ctimensec.get())),
         lock_owner: has(SetattrValid::LOCKOWNER).then(|| arg.lock_owner.get()),
         kill_suidgid: has(SetattrValid::KILL_SUIDGID),
-    }
-}
-
-fn init_out(r: &InitResult) -> reply::InitOut {
-    reply::InitOut {
-        major: abi::FUSE_KERNEL_VERSION,
-        minor: r.minor,
-        max_readahead: r.max_readahead,
-        flags: InitFlags(r.flags),
-        max_background: r.max_background,
-        congestion_threshold: r.congestion_threshold,
-        max_write: r.max_write,
-        time_gran: r.time_gran,
-        max_pages: r.max_pages,
-        map_alignment: 0,
-        max_stack_depth: r.max_stack_depth,
-        request_timeout: r.request_timeout,
     }
 }
 

@@ -4,9 +4,8 @@
 //! # References
 //! - Linux `fs/fuse/inode.c` (`fuse_send_init`, `process_init_reply`)
 //! - libfuse `lib/fuse_lowlevel.c` (`do_init`) for the conventional defaults
-use fuse_wire::abi;
+use fuse_wire::{abi, reply};
 use fuse_wire::{InitFlags, Negotiated};
-use zerocopy::byteorder::native_endian::{U16, U32};
 
 /// The oldest protocol minor this library serves.
 pub const MIN_MINOR: u32 = 12;
@@ -118,25 +117,21 @@ impl InitResult {
             .max(abi::FUSE_MIN_READ_BUFFER)
     }
 
-    /// The `fuse_init_out` reply body (full size; the encoder truncates it to what
-    /// the kernel's minor expects).
-    pub fn to_init_out(&self) -> abi::fuse_init_out {
-        let f = InitFlags(self.flags);
-        abi::fuse_init_out {
-            major: U32::new(abi::FUSE_KERNEL_VERSION),
-            minor: U32::new(self.minor),
-            max_readahead: U32::new(self.max_readahead),
-            flags: U32::new(f.low()),
-            max_background: U16::new(self.max_background),
-            congestion_threshold: U16::new(self.congestion_threshold),
-            max_write: U32::new(self.max_write),
-            time_gran: U32::new(self.time_gran),
-            max_pages: U16::new(self.max_pages),
-            map_alignment: U16::new(0),
-            flags2: U32::new(f.high()),
-            max_stack_depth: U32::new(self.max_stack_depth),
-            request_timeout: U16::new(self.request_timeout),
-            unused: Default::default(),
+    /// The INIT reply (the encoder sends as much of it as the kernel's minor reads).
+    pub fn to_init_out(&self) -> reply::InitOut {
+        reply::InitOut {
+            major: abi::FUSE_KERNEL_VERSION,
+            minor: self.minor,
+            max_readahead: self.max_readahead,
+            flags: InitFlags(self.flags),
+            max_background: self.max_background,
+            congestion_threshold: self.congestion_threshold,
+            max_write: self.max_write,
+            time_gran: self.time_gran,
+            max_pages: self.max_pages,
+            map_alignment: 0,
+            max_stack_depth: self.max_stack_depth,
+            request_timeout: self.request_timeout,
         }
     }
 }
