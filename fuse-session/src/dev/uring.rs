@@ -174,6 +174,8 @@ pub struct UringQueue {
     device: OwnedFd,
     qid: u16,
     payload_len: usize,
+    /// The device is the ring's registered file 0 (saves a file lookup per command).
+    fixed: bool,
     waker_armed: bool,
     /// Completions reaped but not yet returned.
     pending: std::collections::VecDeque<(u64, i32)>,
@@ -237,6 +239,15 @@ impl UringQueue {
             }
             Err(e) => return Err(e),
         };
+        let fixed = match ring.submitter().register_files(&[device.as_raw_fd()]) {
+            Ok(()) => true,
+            Err(e) => {
+                log::debug!(
+                    "io_uring queue {qid}: cannot register the device as a fixed file: {e}"
+                );
+                false
+            }
+        };
         let mut entries = Vec::with_capacity(depth);
         for _ in 0..depth {
             let mut header = MmapMut::map_anon(crate::dev::page_size())?;
@@ -268,6 +279,7 @@ impl UringQueue {
             device,
             qid,
             payload_len,
+            fixed,
             waker_armed: false,
             pending: std::collections::VecDeque::new(),
         })
@@ -353,7 +365,12 @@ impl UringQueue {
     ) -> squeue::Entry128 {
         let mut area = [0u8; 80];
         area[..std::mem::size_of::<abi::fuse_uring_cmd_req>()].copy_from_slice(cmd.as_bytes());
-        let mut b = opcode::UringCmd80::new(types::Fd(self.device.as_raw_fd()), op).cmd(area);
+        let mut b = if self.fixed {
+            opcode::UringCmd80::new(types::Fixed(0), op)
+        } else {
+            opcode::UringCmd80::new(types::Fd(self.device.as_raw_fd()), op)
+        }
+        .cmd(area);
         if let Some(a) = addr {
             b = b.addr(Some(a));
         }
