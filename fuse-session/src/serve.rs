@@ -27,6 +27,14 @@
 //! one found the queue empty (`EAGAIN`) and went back to sleep. With 4 workers that
 //! was 2.3 empty reads and polls per request and about half again the server CPU per
 //! request of libfuse's multi-threaded loop (docs/BENCHMARKS.md).
+//!
+//! # fuse-over-io_uring
+//!
+//! [`Server::spawn_uring`] serves through the kernel's io_uring transport instead
+//! (see [`crate::dev::uring`]): a pinned thread and a ring per CPU, so that a request
+//! is served on the CPU that issued it, with one `io_uring_enter` per request. INIT,
+//! FORGET and INTERRUPT still come through one `/dev/fuse` worker. Parking works;
+//! handing the mount to another process does not ([`Running::try_stop`]).
 use std::io::{self, IoSlice};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -233,6 +241,10 @@ impl<F: Filesystem> Server<F> {
         let Server { session, mount } = self;
         let channel = mount.channel()?;
         let control = Arc::new(Control::default());
+        if session.init_state().is_some() {
+            // A restored session: INIT was answered by an earlier process.
+            control.init_replied.store(true, Ordering::Release);
+        }
         let mut workers = Vec::new();
         for i in 0..threads.max(1) {
             workers.push(spawn_worker(i, &session, &channel, &control)?);
