@@ -10,7 +10,7 @@
 //! state still applies the rules the kernel leaves to the filesystem: set-group-ID
 //! directories, clearing set-user-ID and set-group-ID bits on write, truncate and
 //! chown, the rename rules, link counts and times.
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::time::{Duration, SystemTime};
 
 use fuse_live::session::{Errno, FileAttr, FileType, SetAttr, Statfs, TimeOrNow};
@@ -255,6 +255,226 @@ impl Inode {
     }
 }
 
+/// The inode table: inode number -> inode, in order. It can record which inodes
+/// change (are created, changed or dropped) while it does, for a pre-copy handoff:
+/// every mutable access goes through [`Inodes::get_mut`], [`Inodes::insert`] or
+/// [`Inodes::remove`], which note the inode. Serialized as the map alone.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Inodes {
+    map: BTreeMap<u64, Inode>,
+    #[serde(skip)]
+    changed: Option<HashSet<u64>>,
+}
+
+impl PartialEq for Inodes {
+    fn eq(&self, other: &Self) -> bool {
+        self.map == other.map
+    }
+}
+
+impl Eq for Inodes {}
+
+impl Inodes {
+    fn note(&mut self, ino: u64) {
+        if let Some(c) = &mut self.changed {
+            c.insert(ino);
+        }
+    }
+
+    fn get(&self, ino: &u64) -> Option<&Inode> {
+        self.map.get(ino)
+    }
+
+    fn get_mut(&mut self, ino: &u64) -> Option<&mut Inode> {
+        self.note(*ino);
+        self.map.get_mut(ino)
+    }
+
+    fn insert(&mut self, ino: u64, inode: Inode) {
+        self.note(ino);
+        self.map.insert(ino, inode);
+    }
+
+    fn remove(&mut self, ino: &u64) -> Option<Inode> {
+        self.note(*ino);
+        self.map.remove(ino)
+    }
+
+    fn contains_key(&self, ino: &u64) -> bool {
+        self.map.contains_key(ino)
+    }
+
+    fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    fn iter(&self) -> std::collections::btree_map::Iter<'_, u64, Inode> {
+        self.map.iter()
+    }
+}
+
+impl<'a> IntoIterator for &'a Inodes {
+    type Item = (&'a u64, &'a Inode);
+    type IntoIter = std::collections::btree_map::Iter<'a, u64, Inode>;
+    fn into_iter(self) -> Self::IntoIter {
+        self.map.iter()
+    }
+}
+
+/// What changed in a [`State`] while it recorded ([`State::start_recording`]):
+/// the final value of every inode noted (`None`: dropped) and the counters.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StateChanges {
+    /// Inode number -> its value now, `None` if it no longer exists; sorted.
+    pub inodes: Vec<(u64, Option<Inode>)>,
+    /// The counters: `next_ino`, `used_chunks`, `capacity_chunks`, `max_inodes`.
+    pub counters: [u64; 4],
+}
+
+/// What checking a [`State`] found, kept so that changes can be checked without
+/// going over the whole state again ([`State::apply_changes`]).
+///
+/// Each inode is checked on its own ([`check_inode`]); what crosses inodes is
+/// counted: how often each inode is referenced (directory entries, and a live
+/// directory's parent), which referenced inodes are missing, and the chunks in use.
+#[derive(Debug, Default)]
+pub struct StateIndex {
+    refs: std::collections::HashMap<u64, u32>,
+    missing: HashSet<u64>,
+    /// Inodes that fail their own checks, with the first reason.
+    bad: BTreeMap<u64, String>,
+    used: u64,
+}
+
+/// The inodes `inode` refers to: a directory's entries, and its parent unless it
+/// was removed.
+fn refs_of(inode: &Inode) -> impl Iterator<Item = u64> + '_ {
+    let (parent, entries) = match &inode.body {
+        Body::Dir(d) => (
+            (inode.nlink != 0).then_some(d.parent),
+            Some(d.entries.values().map(|e| e.ino)),
+        ),
+        _ => (None, None),
+    };
+    parent.into_iter().chain(entries.into_iter().flatten())
+}
+
+/// The checks of one inode that need no other inode.
+fn check_inode(ino: u64, inode: &Inode) -> std::result::Result<(), String> {
+    if ino == 0 {
+        return Err("inode 0 exists".into());
+    }
+    if inode.perm & !0o7777 != 0 {
+        return Err(format!("inode {ino} has type bits in its permissions"));
+    }
+    let kind_ok = match &inode.body {
+        Body::File(f) => {
+            f.validate().map_err(|e| format!("inode {ino}: {e}"))?;
+            inode.kind == FileType::RegularFile
+        }
+        Body::Dir(d) => {
+            if d.entries.len() != d.order.len() {
+                return Err(format!("directory {ino}: listing and names disagree"));
+            }
+            for (name, e) in &d.entries {
+                check_name(name).map_err(|_| format!("directory {ino} has a bad name"))?;
+                if d.order.get(&e.cookie) != Some(name)
+                    || e.cookie < FIRST_COOKIE
+                    || e.cookie >= d.next_cookie
+                {
+                    return Err(format!("directory {ino}: bad cookie"));
+                }
+            }
+            inode.kind == FileType::Directory
+        }
+        Body::Symlink(t) => inode.kind == FileType::Symlink && t.len() <= PATH_MAX,
+        Body::Special => !matches!(
+            inode.kind,
+            FileType::RegularFile | FileType::Directory | FileType::Symlink
+        ),
+    };
+    if !kind_ok {
+        return Err(format!("inode {ino}: type and contents disagree"));
+    }
+    Ok(())
+}
+
+impl StateIndex {
+    /// Checks every inode of `state` on its own and counts what crosses inodes.
+    /// Finding nothing wrong yet: [`StateIndex::finish`] says whether the whole is
+    /// consistent.
+    pub fn build(state: &State) -> StateIndex {
+        let mut index = StateIndex {
+            refs: std::collections::HashMap::with_capacity(state.inodes.len()),
+            ..StateIndex::default()
+        };
+        for (&ino, inode) in &state.inodes {
+            index.add(ino, inode, state);
+        }
+        index
+    }
+
+    /// Counts inode `ino` (about to be, or already, in `state`).
+    fn add(&mut self, ino: u64, inode: &Inode, state: &State) {
+        if let Err(e) = check_inode(ino, inode) {
+            self.bad.insert(ino, e);
+        }
+        self.used = self.used.saturating_add(inode.chunks());
+        for t in refs_of(inode) {
+            *self.refs.entry(t).or_insert(0) += 1;
+            if t != ino && !state.inodes.contains_key(&t) {
+                self.missing.insert(t);
+            }
+        }
+    }
+
+    /// Takes inode `ino` (about to leave `state`) out of the counts.
+    fn remove(&mut self, ino: u64, inode: &Inode) {
+        self.bad.remove(&ino);
+        self.used = self.used.saturating_sub(inode.chunks());
+        for t in refs_of(inode) {
+            if let Some(n) = self.refs.get_mut(&t) {
+                *n -= 1;
+                if *n == 0 {
+                    self.refs.remove(&t);
+                    self.missing.remove(&t);
+                }
+            }
+        }
+    }
+
+    /// Whether `state`, which this index counts, is consistent.
+    pub fn finish(&mut self, state: &State) -> std::result::Result<(), String> {
+        if let Some((_, e)) = self.bad.iter().next() {
+            return Err(e.clone());
+        }
+        self.missing.retain(|t| !state.inodes.contains_key(t));
+        if let Some(t) = self.missing.iter().min() {
+            return Err(format!("an inode names the missing inode {t}"));
+        }
+        let root = state.inodes.get(&ROOT_INO).ok_or("no root inode")?;
+        if !matches!(root.body, Body::Dir(_)) {
+            return Err("the root is not a directory".into());
+        }
+        if let Some((&last, _)) = state.inodes.map.last_key_value() {
+            if last >= state.next_ino {
+                return Err(format!(
+                    "inode {last} is out of range (next {})",
+                    state.next_ino
+                ));
+            }
+        }
+        if self.used != state.used_chunks {
+            return Err(format!(
+                "{} chunks counted, {} allocated",
+                state.used_chunks, self.used
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// The whole filesystem: a plain value (serde), so it can be saved and restored.
 ///
 /// Inode numbers are never reused (a 64-bit counter), so an inode number is also a
@@ -263,7 +483,7 @@ impl Inode {
 /// looked up keeps working.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct State {
-    inodes: BTreeMap<u64, Inode>,
+    inodes: Inodes,
     next_ino: u64,
     /// Allocated chunks over all files.
     used_chunks: u64,
@@ -315,7 +535,7 @@ impl State {
         );
         root.nlink = 2;
         let capacity_chunks = (capacity / CHUNK).max(1);
-        let mut inodes = BTreeMap::new();
+        let mut inodes = Inodes::default();
         inodes.insert(ROOT_INO, root);
         State {
             inodes,
@@ -328,65 +548,96 @@ impl State {
 
     /// Checks every invariant of a restored state: it is untrusted input.
     pub fn validate(&self) -> std::result::Result<(), String> {
-        let root = self.inodes.get(&ROOT_INO).ok_or("no root inode")?;
-        if !matches!(root.body, Body::Dir(_)) {
-            return Err("the root is not a directory".into());
+        let mut index = StateIndex::build(self);
+        index.finish(self)
+    }
+
+    /// Starts noting every inode that changes (pre-copy); forgets earlier notes.
+    pub fn start_recording(&mut self) {
+        self.inodes.changed = Some(HashSet::new());
+    }
+
+    /// Stops noting changes; returns what was noted, sorted (`None` if not
+    /// recording).
+    pub fn stop_recording(&mut self) -> Option<Vec<u64>> {
+        let mut v: Vec<u64> = self.inodes.changed.take()?.into_iter().collect();
+        v.sort_unstable();
+        Some(v)
+    }
+
+    /// Appends the postcard encoding of up to `max` `(ino, inode)` pairs from inode
+    /// `from` on to `out` (the entries of the inode map, as [`State`] encodes them).
+    /// Returns how many, and the inode number to continue from (`None`: done).
+    pub fn encode_inodes(
+        &self,
+        from: u64,
+        max: usize,
+        out: &mut Vec<u8>,
+    ) -> std::result::Result<(u64, Option<u64>), postcard::Error> {
+        let mut n = 0u64;
+        let mut it = self.inodes.map.range(from..);
+        for (ino, inode) in it.by_ref().take(max) {
+            let buf = std::mem::take(out);
+            *out = postcard::to_extend(&(ino, inode), buf)?;
+            n += 1;
         }
-        let mut used = 0u64;
-        for (&ino, inode) in &self.inodes {
-            if ino == 0 || ino >= self.next_ino {
-                return Err(format!(
-                    "inode {ino} is out of range (next {})",
-                    self.next_ino
-                ));
+        Ok((n, it.next().map(|(&ino, _)| ino)))
+    }
+
+    /// The counters, in the order [`State`] encodes them after the inode map.
+    pub fn counters(&self) -> [u64; 4] {
+        [
+            self.next_ino,
+            self.used_chunks,
+            self.capacity_chunks,
+            self.max_inodes,
+        ]
+    }
+
+    /// The changes to send for the noted inodes `changed`: their values now.
+    pub fn changes(&self, changed: &[u64]) -> StateChanges {
+        StateChanges {
+            inodes: changed
+                .iter()
+                .map(|&ino| (ino, self.inodes.get(&ino).cloned()))
+                .collect(),
+            counters: self.counters(),
+        }
+    }
+
+    /// Applies `changes` (to a state copied while they were made), keeping `index`
+    /// (built on this state) up to date, then checks the result: the same checks as
+    /// [`State::validate`], in time proportional to the changes.
+    pub fn apply_changes(
+        &mut self,
+        changes: StateChanges,
+        index: &mut StateIndex,
+    ) -> std::result::Result<(), String> {
+        for (ino, inode) in changes.inodes {
+            if let Some(old) = self.inodes.get(&ino) {
+                index.remove(ino, old);
             }
-            if inode.perm & !0o7777 != 0 {
-                return Err(format!("inode {ino} has type bits in its permissions"));
-            }
-            let kind_ok = match &inode.body {
-                Body::File(f) => {
-                    f.validate().map_err(|e| format!("inode {ino}: {e}"))?;
-                    used += f.chunk_count();
-                    inode.kind == FileType::RegularFile
+            match inode {
+                Some(i) => {
+                    index.add(ino, &i, self);
+                    self.inodes.insert(ino, i);
+                    index.missing.remove(&ino);
                 }
-                Body::Dir(d) => {
-                    if !self.inodes.contains_key(&d.parent) && inode.nlink != 0 {
-                        return Err(format!("directory {ino} has a missing parent"));
+                None => {
+                    self.inodes.remove(&ino);
+                    if index.refs.get(&ino).is_some_and(|&n| n > 0) {
+                        index.missing.insert(ino);
                     }
-                    if d.entries.len() != d.order.len() {
-                        return Err(format!("directory {ino}: listing and names disagree"));
-                    }
-                    for (name, e) in &d.entries {
-                        check_name(name).map_err(|_| format!("directory {ino} has a bad name"))?;
-                        if d.order.get(&e.cookie) != Some(name)
-                            || e.cookie < FIRST_COOKIE
-                            || e.cookie >= d.next_cookie
-                        {
-                            return Err(format!("directory {ino}: bad cookie"));
-                        }
-                        if !self.inodes.contains_key(&e.ino) {
-                            return Err(format!("directory {ino} names a missing inode {}", e.ino));
-                        }
-                    }
-                    inode.kind == FileType::Directory
                 }
-                Body::Symlink(t) => inode.kind == FileType::Symlink && t.len() <= PATH_MAX,
-                Body::Special => !matches!(
-                    inode.kind,
-                    FileType::RegularFile | FileType::Directory | FileType::Symlink
-                ),
-            };
-            if !kind_ok {
-                return Err(format!("inode {ino}: type and contents disagree"));
             }
         }
-        if used != self.used_chunks {
-            return Err(format!(
-                "{} chunks counted, {used} allocated",
-                self.used_chunks
-            ));
-        }
-        Ok(())
+        [
+            self.next_ino,
+            self.used_chunks,
+            self.capacity_chunks,
+            self.max_inodes,
+        ] = changes.counters;
+        index.finish(self)
     }
 
     fn get(&self, ino: u64) -> Result<&Inode> {

@@ -55,6 +55,7 @@ mod file;
 pub mod format;
 mod fs;
 pub mod handoff;
+pub mod precopy;
 
 pub use fds::{FdRestorer, FdSaver, FdSlot};
 pub use file::{load_file, load_file_with_limit, save_file, DEFAULT_MAX_FILE_SIZE};
@@ -63,3 +64,4 @@ pub use format::{
     RawSnapshot, Summary, FORMAT_VERSION,
 };
 pub use fs::{decode, encode, restore, snapshot, SnapshotFs, StateOf};
+pub use precopy::{Precopy, PrecopyOps};

@@ -12,6 +12,11 @@
 //! 2. New → old: `Hello { min_version, max_version, pid }`, the snapshot format
 //!    versions the new process reads. Old → new: `Accept { version }`, or
 //!    `Refuse { reason }` if it cannot write any of them. Nothing was touched.
+//!    With pre-copy agreed (both sides offer it and the filesystem implements
+//!    [`Precopy`](crate::Precopy)), the old process first sends its filesystem's
+//!    state while still serving, and the new one decodes it and answers Ready;
+//!    the snapshot of step 3 then carries only what changed meanwhile
+//!    ([`crate::precopy`]).
 //! 3. The old process **pauses** its workers ([`Running::pause`]): each finishes
 //!    the request it is serving and parks, so no request is in flight in this
 //!    process. It snapshots the session and the filesystem ([`crate::snapshot`],
@@ -85,6 +90,10 @@ pub struct HandoffOptions {
     pub versions: (u16, u16),
     /// Worker threads the new process starts. Default 2.
     pub threads: usize,
+    /// New side: offer to take a pre-copied filesystem state
+    /// ([`crate::precopy`]), used when the running daemon's filesystem supports
+    /// it. [`take_over`] offers it only if the filesystem type does. Default true.
+    pub precopy: bool,
 }
 
 impl Default for HandoffOptions {
@@ -94,6 +103,7 @@ impl Default for HandoffOptions {
             max_snapshot: 1 << 30,
             versions: (1, crate::FORMAT_VERSION),
             threads: 2,
+            precopy: true,
         }
     }
 }
@@ -127,6 +137,12 @@ impl HandoffOptions {
         self.threads = n.max(1);
         self
     }
+
+    /// Sets [`HandoffOptions::precopy`].
+    pub fn precopy(mut self, on: bool) -> Self {
+        self.precopy = on;
+        self
+    }
 }
 
 /// What a handoff cost, as one side saw it.
@@ -142,6 +158,12 @@ pub struct HandoffStats {
     pub nodes: usize,
     /// Open handles in the session.
     pub handles: usize,
+    /// Bytes of the pre-copied filesystem state (0 without pre-copy).
+    pub precopy_bytes: usize,
+    /// The pre-copy, before the pause. Old side: from starting to record changes
+    /// to the new process's Ready. New side: from the first byte of the pre-copy
+    /// to its decoded base.
+    pub precopy: Duration,
     /// Old side: time to park the workers.
     pub parked_in: Duration,
     /// Old side: the time to take and encode the snapshot (session tables and
@@ -216,6 +238,11 @@ pub enum HandoffError {
     RolledBack(Box<HandoffError>),
     /// The upgrade listener was closed.
     Closed,
+    /// New side: the running daemon agreed to pre-copy, but this filesystem type
+    /// does not implement [`Precopy`](crate::Precopy) (connect with
+    /// [`HandoffOptions::precopy`] false, or use [`take_over`], which offers it
+    /// only when the type supports it).
+    PrecopyUnsupported,
 }
 
 impl fmt::Display for HandoffError {
@@ -280,6 +307,11 @@ impl fmt::Display for HandoffError {
                 )
             }
             HandoffError::Closed => write!(f, "the upgrade listener was closed"),
+            HandoffError::PrecopyUnsupported => write!(
+                f,
+                "the running daemon sends a pre-copied state but this filesystem type \
+                 cannot take one; connect without offering pre-copy"
+            ),
         }
     }
 }

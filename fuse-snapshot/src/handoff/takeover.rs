@@ -20,6 +20,7 @@ use crate::{FdRestorer, SnapshotFs};
 pub struct Takeover {
     conn: Conn,
     version: u16,
+    features: u32,
     peer_pid: i32,
     threads: usize,
 }
@@ -28,6 +29,7 @@ impl std::fmt::Debug for Takeover {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Takeover")
             .field("version", &self.version)
+            .field("features", &self.features)
             .field("peer_pid", &self.peer_pid)
             .finish_non_exhaustive()
     }
@@ -35,7 +37,10 @@ impl std::fmt::Debug for Takeover {
 
 impl Takeover {
     /// Connects to the daemon listening on `path`, checks its credentials, and
-    /// agrees on a snapshot format version.
+    /// agrees on a snapshot format version, and on pre-copy if
+    /// [`HandoffOptions::precopy`] (then the filesystem type given to
+    /// [`Takeover::receive`] must implement [`Precopy`](crate::Precopy), or the
+    /// handoff fails with [`HandoffError::PrecopyUnsupported`]).
     ///
     /// # Errors
     /// [`HandoffError::NoListener`], [`HandoffError::PeerNotTrusted`],
@@ -62,6 +67,11 @@ impl Takeover {
             min_version,
             max_version,
             pid: std::process::id(),
+            features: if options.precopy {
+                message::FEATURE_PRECOPY
+            } else {
+                0
+            },
         };
         let sent = conn.send("send Hello", &hello.encode(), &[]);
         // A daemon that refuses at once (e.g. our uid) may close before reading
@@ -77,8 +87,21 @@ impl Takeover {
         if r.header.kind == Kind::Refuse {
             return Err(HandoffError::Refused(message::decode_reason(&r.body)));
         }
-        let version = message::decode_accept(&r.body)?;
-        if !(min_version..=max_version).contains(&version) {
+        let (version, features) = message::decode_accept(&r.body)?;
+        let unoffered = features & !hello.features;
+        if unoffered != 0 || !(min_version..=max_version).contains(&version) {
+            if unoffered != 0 {
+                let e = HandoffError::Message(message::MessageError::BadBody {
+                    kind: Kind::Accept,
+                    why: "accepts a feature that was not offered",
+                });
+                let _ = conn.send(
+                    "send Nack",
+                    &message::encode_reason(Kind::Nack, &e.to_string()),
+                    &[],
+                );
+                return Err(e);
+            }
             let e = HandoffError::VersionMismatch {
                 wanted: (min_version, max_version),
                 offered: version,
@@ -93,9 +116,15 @@ impl Takeover {
         Ok(Takeover {
             conn,
             version,
+            features,
             peer_pid: peer.pid,
             threads: options.threads,
         })
+    }
+
+    /// Whether the daemon will pre-copy its filesystem's state before pausing.
+    pub fn precopy(&self) -> bool {
+        self.features & message::FEATURE_PRECOPY != 0
     }
 
     /// The snapshot format version agreed.
@@ -138,9 +167,52 @@ impl Takeover {
         let Takeover {
             conn,
             version,
+            features,
             peer_pid,
             threads,
         } = self;
+        // Pre-copy: the daemon still serves while the base crosses and decodes.
+        let mut precopied = None;
+        let mut precopy_bytes = 0;
+        let mut precopy_time = std::time::Duration::ZERO;
+        if features & message::FEATURE_PRECOPY != 0 {
+            let Some(ops) = F::precopy() else {
+                return Err((Some(conn), HandoffError::PrecopyUnsupported));
+            };
+            let r = match conn.expect(
+                "read the pre-copied state",
+                &[Kind::Precopy, Kind::Refuse],
+                "Precopy",
+            ) {
+                Ok(r) => r,
+                Err(e) => return Err((Some(conn), e)),
+            };
+            if r.header.kind == Kind::Refuse {
+                return Err((None, HandoffError::Refused(message::decode_reason(&r.body))));
+            }
+            if !r.fds.is_empty() {
+                let e = HandoffError::Message(message::MessageError::BadBody {
+                    kind: Kind::Precopy,
+                    why: "descriptors on a pre-copy",
+                });
+                return Err((Some(conn), e));
+            }
+            let base = match (ops.decode_base)(&r.body) {
+                Ok(b) => b,
+                Err(e) => return Err((Some(conn), HandoffError::Snapshot(e))),
+            };
+            precopy_bytes = r.body.len();
+            drop(r.body);
+            precopy_time = r.started.elapsed();
+            if let Err(e) = conn.send(
+                "send Ready",
+                &message::encode_duration(Kind::Ready, precopy_time),
+                &[],
+            ) {
+                return Err((None, e));
+            }
+            precopied = Some((ops, base));
+        }
         let r = match conn.expect(
             "read the snapshot",
             &[Kind::Snapshot, Kind::Refuse],
@@ -199,7 +271,11 @@ impl Takeover {
             Ok(m) => m,
             Err(e) => return Err((Some(conn), HandoffError::Mount(e))),
         };
-        let session = match crate::restore::<F>(bytes, &mut restorer) {
+        let restored = match precopied {
+            Some((ops, base)) => (ops.restore)(base, bytes, &mut restorer),
+            None => crate::restore::<F>(bytes, &mut restorer),
+        };
+        let session = match restored {
             Ok(s) => s,
             Err(e) => return Err((Some(conn), HandoffError::Snapshot(e))),
         };
@@ -209,6 +285,8 @@ impl Takeover {
             fds: meta.fd_count() as usize,
             nodes: session.node_count(),
             handles: session.handle_count(),
+            precopy_bytes,
+            precopy: precopy_time,
             snapshot_sent: meta.since_pause,
             restore: received.elapsed(),
             transfer,
@@ -302,8 +380,9 @@ impl<F: SnapshotFs> Restored<F> {
     }
 }
 
-/// Takes the mount over from the daemon listening on `path`: connect, receive,
-/// restore, Ack, wait for Commit, serve with `options.threads` workers. Returns the
+/// Takes the mount over from the daemon listening on `path`: connect, take the
+/// pre-copied state if both sides support it, receive, restore, Ack, wait for
+/// Commit, serve with `options.threads` workers. Returns the
 /// running server and what the handoff cost.
 ///
 /// # Errors
@@ -313,5 +392,8 @@ pub fn take_over<F: SnapshotFs>(
     path: impl AsRef<Path>,
     options: &HandoffOptions,
 ) -> Result<(Running<F>, HandoffStats), HandoffError> {
-    Takeover::connect(path, options)?.receive::<F>()?.commit()
+    let options = options
+        .clone()
+        .precopy(options.precopy && F::precopy().is_some());
+    Takeover::connect(path, &options)?.receive::<F>()?.commit()
 }
