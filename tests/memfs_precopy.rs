@@ -19,7 +19,7 @@ mod snapshot;
 mod state;
 
 use fs::{Config, MemFs};
-use state::{Caller, ROOT_INO};
+use state::{Caller, InodeChange, ROOT_INO};
 
 const ROOT: Caller = Caller::ROOT;
 
@@ -38,6 +38,8 @@ enum Op {
     Link(u8, u8, u8),
     Setxattr(u8, u8),
     Forget(u8),
+    Truncate(u8, u16),
+    Fallocate(u8, u16, u16, u8),
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -51,6 +53,9 @@ fn op() -> impl Strategy<Value = Op> {
         (0u8..40, 0u8..4, 0u8..6).prop_map(|(i, d, n)| Op::Link(i, d, n)),
         (0u8..40, any::<u8>()).prop_map(|(i, v)| Op::Setxattr(i, v)),
         (0u8..40).prop_map(Op::Forget),
+        (0u8..40, 0u16..30000).prop_map(|(i, n)| Op::Truncate(i, n)),
+        (0u8..40, 0u16..20000, 1u16..9000, 0u8..3)
+            .prop_map(|(i, o, l, m)| Op::Fallocate(i, o, l, m)),
     ]
 }
 
@@ -105,6 +110,21 @@ fn run(fs: &MemFs, op: &Op) {
         }
         Op::Forget(i) => {
             let _ = st.forget(ino(i));
+        }
+        Op::Truncate(i, n) => {
+            let set = fuse_live::session::SetAttr {
+                size: Some(u64::from(n)),
+                ..Default::default()
+            };
+            let _ = st.setattr(ROOT, ino(i), &set);
+        }
+        Op::Fallocate(i, off, len, mode) => {
+            let mode = [
+                0,
+                state::FALLOC_FL_KEEP_SIZE | state::FALLOC_FL_PUNCH_HOLE,
+                state::FALLOC_FL_ZERO_RANGE,
+            ][mode as usize];
+            let _ = st.fallocate(ino(i), u64::from(off), u64::from(len), mode);
         }
     }
 }
@@ -178,6 +198,69 @@ fn restore(base: &[u8], changes: snapshot::MemFsChanges) -> Result<MemFs, String
     )
 }
 
+/// A write to a large file sends its attributes and the chunks written, not the
+/// file; a shrinking truncate sends the tail; both restore exactly.
+#[test]
+fn a_write_to_a_big_file_sends_only_its_chunks() {
+    let fs = memfs();
+    let (f, _) = fs
+        .lock_write()
+        .create(ROOT, ROOT_INO, b"big", 0o644, 0)
+        .unwrap();
+    let (t, _) = fs
+        .lock_write()
+        .create(ROOT, ROOT_INO, b"cut", 0o644, 0)
+        .unwrap();
+    let mib = vec![7u8; 1 << 20];
+    for i in 0..8 {
+        fs.lock_write()
+            .write(ROOT, f, i << 20, &mib, false)
+            .unwrap();
+        fs.lock_write()
+            .write(ROOT, t, i << 20, &mib, false)
+            .unwrap();
+    }
+    let base = fs.precopy_begin().unwrap();
+    fs.lock_write()
+        .write(ROOT, f, 4096 * 3 + 5, b"changed", false)
+        .unwrap();
+    fs.lock_write().setxattr(f, b"user.x", b"1", 0).unwrap();
+    fs.lock_write()
+        .setattr(
+            ROOT,
+            t,
+            &fuse_live::session::SetAttr {
+                size: Some(3 << 20),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    let changes = fs.precopy_changes(&mut FdSaver::new()).unwrap();
+    let bytes = postcard::to_allocvec(&changes).unwrap();
+    assert!(
+        bytes.len() < 3 * 4096,
+        "{} bytes of changes for 7 bytes written and a truncate",
+        bytes.len()
+    );
+    let kinds: Vec<_> = changes
+        .state
+        .inodes
+        .iter()
+        .map(|(i, c)| match c {
+            InodeChange::Data { chunks, from, .. } => (*i, chunks.clone(), *from),
+            other => panic!("inode {i}: {other:?}"),
+        })
+        .collect();
+    assert_eq!(
+        kinds,
+        vec![(f, vec![3], None), (t, vec![], Some(3 << 8))],
+        "the chunk written, and the truncated tail"
+    );
+    let want = image_bytes(&fs);
+    let restored = restore(&base, changes).unwrap();
+    assert_eq!(image_bytes(&restored), want);
+}
+
 #[test]
 fn damaged_changes_are_refused() {
     let (base, good) = sample();
@@ -187,13 +270,13 @@ fn damaged_changes_are_refused() {
     // The new file is dropped, but the directory (changed) still names it.
     let mut c = good.clone();
     c.state.inodes.retain(|(i, _)| *i != g);
-    c.state.inodes.push((g, None));
+    c.state.inodes.push((g, InodeChange::Gone));
     let e = restore(&base, c).err().unwrap();
     assert!(e.contains("missing inode"), "{e}");
 
     // An unchanged directory's file disappears.
     let (base2, mut c) = sample();
-    c.state.inodes.push((2, None)); // the directory d, named by the root
+    c.state.inodes.push((2, InodeChange::Gone)); // the directory d, named by the root
     c.state.inodes.sort_by_key(|(i, _)| *i);
     let e = restore(&base2, c).err().unwrap();
     assert!(e.contains("missing inode 2"), "{e}");
@@ -210,11 +293,23 @@ fn damaged_changes_are_refused() {
 
     // A changed inode that is broken on its own.
     let mut c = good.clone();
-    if let Some((_, Some(i))) = c.state.inodes.last_mut() {
+    if let Some((_, InodeChange::Whole(i) | InodeChange::Data { inode: i, .. })) =
+        c.state.inodes.last_mut()
+    {
         i.perm = 0o170777;
     }
     let e = restore(&base, c).err().unwrap();
     assert!(e.contains("type bits"), "{e}");
+
+    // A data change whose patch holds a chunk outside the ranges it names.
+    let (base3, mut c) = sample();
+    for (_, ch) in &mut c.state.inodes {
+        if let InodeChange::Data { chunks, .. } = ch {
+            chunks.clear();
+        }
+    }
+    let e = restore(&base3, c).err().unwrap();
+    assert!(e.contains("outside the ranges"), "{e}");
 
     // Damaged base bytes never panic.
     for n in 0..base.len().min(400) {

@@ -103,7 +103,7 @@ mod chunk_bytes {
 }
 
 /// The chunk indexes `[first, last)` that the byte range `[off, off + len)` touches.
-fn chunk_span(off: u64, len: u64) -> (u64, u64) {
+pub fn chunk_span(off: u64, len: u64) -> (u64, u64) {
     let end = off.saturating_add(len);
     (off / CHUNK, end.div_ceil(CHUNK))
 }
@@ -117,6 +117,46 @@ impl FileData {
     /// The number of allocated chunks.
     pub fn chunk_count(&self) -> u64 {
         self.chunks.len() as u64
+    }
+
+    /// The same size, holding only the chunks among `chunks` or from `from` on
+    /// (what a pre-copy sends of a file changed in places).
+    pub fn only(&self, chunks: &std::collections::BTreeSet<u64>, from: Option<u64>) -> FileData {
+        let mut part: BTreeMap<u64, Vec<u8>> = chunks
+            .iter()
+            .filter_map(|&i| Some((i, self.chunks.get(&i)?.clone())))
+            .collect();
+        if let Some(f) = from {
+            part.extend(self.chunks.range(f..).map(|(&i, c)| (i, c.clone())));
+        }
+        FileData {
+            size: self.size,
+            chunks: part,
+        }
+    }
+
+    /// Applies `patch` (from [`FileData::only`] of the same file later): chunks
+    /// `chunks` (sorted) and every chunk from `from` on become the patch's, and the
+    /// size its size. Fails if the patch holds a chunk outside those.
+    pub fn patch(
+        &mut self,
+        patch: FileData,
+        chunks: &[u64],
+        from: Option<u64>,
+    ) -> Result<(), String> {
+        let listed = |i: u64| chunks.binary_search(&i).is_ok() || from.is_some_and(|f| i >= f);
+        if let Some(&i) = patch.chunks.keys().find(|&&i| !listed(i)) {
+            return Err(format!("chunk {i} changed outside the ranges noted"));
+        }
+        for i in chunks {
+            self.chunks.remove(i);
+        }
+        if let Some(f) = from {
+            self.chunks.split_off(&f);
+        }
+        self.chunks.extend(patch.chunks);
+        self.size = patch.size;
+        Ok(())
     }
 
     /// Checks the invariants of restored data.

@@ -164,7 +164,7 @@ impl Precopy for MemFs {
         })?;
         Ok(MemFsChanges {
             config: self.config(),
-            state: state.changes(&changed),
+            state: state.changes(changed),
         })
     }
 

@@ -10,13 +10,13 @@
 //! state still applies the rules the kernel leaves to the filesystem: set-group-ID
 //! directories, clearing set-user-ID and set-group-ID bits on write, truncate and
 //! chown, the rename rules, link counts and times.
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::time::{Duration, SystemTime};
 
 use fuse_live::session::{Errno, FileAttr, FileType, SetAttr, Statfs, TimeOrNow};
 use serde::{Deserialize, Serialize};
 
-use super::data::{FileData, CHUNK, MAX_FILE_SIZE};
+use super::data::{chunk_span, FileData, CHUNK, MAX_FILE_SIZE};
 
 /// Result of state operations.
 pub type Result<T> = std::result::Result<T, Errno>;
@@ -257,14 +257,32 @@ impl Inode {
 
 /// The inode table: inode number -> inode, in order. It can record which inodes
 /// change (are created, changed or dropped) while it does, for a pre-copy handoff:
-/// every mutable access goes through [`Inodes::get_mut`], [`Inodes::insert`] or
-/// [`Inodes::remove`], which note the inode. Serialized as the map alone.
+/// every mutable access goes through one of its methods, which note the inode —
+/// wholly ([`Inodes::get_mut`], [`Inodes::insert`], [`Inodes::remove`]), or, for
+/// a regular file, only its attributes ([`Inodes::get_mut_meta`]) or attributes
+/// and some chunks ([`Inodes::get_mut_data`]), so that writing to a large file
+/// does not send all of it. Serialized as the map alone.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 #[serde(transparent)]
 pub struct Inodes {
     map: BTreeMap<u64, Inode>,
     #[serde(skip)]
-    changed: Option<HashSet<u64>>,
+    changed: Option<HashMap<u64, Noted>>,
+}
+
+/// How much of an inode changed while recording.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Noted {
+    /// Anything: send it whole.
+    Whole,
+    /// A file's attributes, and the contents of these chunks and of every chunk
+    /// from `from` on (a shrinking truncate).
+    Meta {
+        /// Chunk indexes written, zeroed or freed.
+        chunks: BTreeSet<u64>,
+        /// Every chunk at or beyond this index may have changed.
+        from: Option<u64>,
+    },
 }
 
 impl PartialEq for Inodes {
@@ -278,7 +296,26 @@ impl Eq for Inodes {}
 impl Inodes {
     fn note(&mut self, ino: u64) {
         if let Some(c) = &mut self.changed {
-            c.insert(ino);
+            c.insert(ino, Noted::Whole);
+        }
+    }
+
+    /// Notes `ino`'s attributes and the chunks `[first, last)` (`last` `u64::MAX`:
+    /// every chunk from `first` on).
+    fn note_data(&mut self, ino: u64, first: u64, last: u64) {
+        let Some(c) = &mut self.changed else {
+            return;
+        };
+        let entry = c.entry(ino).or_insert_with(|| Noted::Meta {
+            chunks: BTreeSet::new(),
+            from: None,
+        });
+        if let Noted::Meta { chunks, from } = entry {
+            if last == u64::MAX {
+                *from = Some(from.map_or(first, |f| f.min(first)));
+            } else {
+                chunks.extend(first..last);
+            }
         }
     }
 
@@ -288,6 +325,19 @@ impl Inodes {
 
     fn get_mut(&mut self, ino: &u64) -> Option<&mut Inode> {
         self.note(*ino);
+        self.map.get_mut(ino)
+    }
+
+    /// For a change that leaves a file's contents alone: attributes, times, links,
+    /// extended attributes.
+    fn get_mut_meta(&mut self, ino: &u64) -> Option<&mut Inode> {
+        self.note_data(*ino, 0, 0);
+        self.map.get_mut(ino)
+    }
+
+    /// For a change of a file's attributes and of its chunks `[first, last)` only.
+    fn get_mut_data(&mut self, ino: &u64, first: u64, last: u64) -> Option<&mut Inode> {
+        self.note_data(*ino, first, last);
         self.map.get_mut(ino)
     }
 
@@ -322,12 +372,33 @@ impl<'a> IntoIterator for &'a Inodes {
     }
 }
 
+/// How one inode changed during a pre-copy.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum InodeChange {
+    /// It no longer exists.
+    Gone,
+    /// Its value now.
+    Whole(Inode),
+    /// A regular file whose contents changed only in places: its value now, but
+    /// its contents hold only the chunks listed (or from `from` on) that exist now;
+    /// the copied file's other chunks are unchanged.
+    Data {
+        /// The inode now, with only the changed chunks.
+        inode: Inode,
+        /// Chunk indexes that changed (present in `inode`: their contents now;
+        /// absent: a hole now), sorted.
+        chunks: Vec<u64>,
+        /// Every chunk at or beyond this index changed likewise.
+        from: Option<u64>,
+    },
+}
+
 /// What changed in a [`State`] while it recorded ([`State::start_recording`]):
-/// the final value of every inode noted (`None`: dropped) and the counters.
+/// every inode noted and the counters.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StateChanges {
-    /// Inode number -> its value now, `None` if it no longer exists; sorted.
-    pub inodes: Vec<(u64, Option<Inode>)>,
+    /// Inode number -> how it changed; sorted.
+    pub inodes: Vec<(u64, InodeChange)>,
     /// The counters: `next_ino`, `used_chunks`, `capacity_chunks`, `max_inodes`.
     pub counters: [u64; 4],
 }
@@ -554,14 +625,14 @@ impl State {
 
     /// Starts noting every inode that changes (pre-copy); forgets earlier notes.
     pub fn start_recording(&mut self) {
-        self.inodes.changed = Some(HashSet::new());
+        self.inodes.changed = Some(HashMap::new());
     }
 
-    /// Stops noting changes; returns what was noted, sorted (`None` if not
-    /// recording).
-    pub fn stop_recording(&mut self) -> Option<Vec<u64>> {
-        let mut v: Vec<u64> = self.inodes.changed.take()?.into_iter().collect();
-        v.sort_unstable();
+    /// Stops noting changes; returns what was noted, sorted by inode (`None` if
+    /// not recording).
+    pub fn stop_recording(&mut self) -> Option<Vec<(u64, Noted)>> {
+        let mut v: Vec<(u64, Noted)> = self.inodes.changed.take()?.into_iter().collect();
+        v.sort_unstable_by_key(|(ino, _)| *ino);
         Some(v)
     }
 
@@ -594,13 +665,35 @@ impl State {
         ]
     }
 
-    /// The changes to send for the noted inodes `changed`: their values now.
-    pub fn changes(&self, changed: &[u64]) -> StateChanges {
+    /// The changes to send for the noted inodes `changed`: their values now, and
+    /// of a file whose contents changed in places, only those places.
+    pub fn changes(&self, changed: Vec<(u64, Noted)>) -> StateChanges {
+        let inodes = changed
+            .into_iter()
+            .map(|(ino, noted)| {
+                let change = match (self.inodes.get(&ino), noted) {
+                    (None, _) => InodeChange::Gone,
+                    (Some(i), Noted::Meta { chunks, from }) if matches!(i.body, Body::File(_)) => {
+                        let Body::File(f) = &i.body else {
+                            unreachable!("matched a file above")
+                        };
+                        InodeChange::Data {
+                            inode: Inode {
+                                xattrs: i.xattrs.clone(),
+                                body: Body::File(f.only(&chunks, from)),
+                                ..*i
+                            },
+                            chunks: chunks.into_iter().collect(),
+                            from,
+                        }
+                    }
+                    (Some(i), _) => InodeChange::Whole(i.clone()),
+                };
+                (ino, change)
+            })
+            .collect();
         StateChanges {
-            inodes: changed
-                .iter()
-                .map(|&ino| (ino, self.inodes.get(&ino).cloned()))
-                .collect(),
+            inodes,
             counters: self.counters(),
         }
     }
@@ -613,10 +706,34 @@ impl State {
         changes: StateChanges,
         index: &mut StateIndex,
     ) -> std::result::Result<(), String> {
-        for (ino, inode) in changes.inodes {
+        for (ino, change) in changes.inodes {
             if let Some(old) = self.inodes.get(&ino) {
                 index.remove(ino, old);
             }
+            let inode = match change {
+                InodeChange::Gone => None,
+                InodeChange::Whole(i) => Some(i),
+                InodeChange::Data {
+                    inode,
+                    chunks,
+                    from,
+                } => {
+                    let mut old = self
+                        .inodes
+                        .remove(&ino)
+                        .ok_or_else(|| format!("inode {ino}: a data change of a missing inode"))?;
+                    let (Body::File(data), Body::File(patch)) = (&mut old.body, inode.body) else {
+                        return Err(format!("inode {ino}: a data change of a non-file"));
+                    };
+                    data.patch(patch, &chunks, from)
+                        .map_err(|e| format!("inode {ino}: {e}"))?;
+                    Some(Inode {
+                        xattrs: inode.xattrs,
+                        body: old.body,
+                        ..inode
+                    })
+                }
+            };
             match inode {
                 Some(i) => {
                     index.add(ino, &i, self);
@@ -646,6 +763,12 @@ impl State {
 
     fn get_mut(&mut self, ino: u64) -> Result<&mut Inode> {
         self.inodes.get_mut(&ino).ok_or(Errno::ENOENT)
+    }
+
+    /// For a change that leaves a file's contents alone (attributes, times, link
+    /// count, extended attributes): a pre-copy then sends only those.
+    fn get_mut_meta(&mut self, ino: u64) -> Result<&mut Inode> {
+        self.inodes.get_mut_meta(&ino).ok_or(Errno::ENOENT)
     }
 
     /// The number of inodes (the root and unlinked-but-referenced ones included).
@@ -916,7 +1039,7 @@ impl State {
         p.dir_mut()?.insert(newname, ino);
         p.mtime = now;
         p.ctime = now;
-        let inode = self.get_mut(ino)?;
+        let inode = self.get_mut_meta(ino)?;
         inode.nlink += 1;
         inode.ctime = now;
         Ok(())
@@ -924,7 +1047,7 @@ impl State {
 
     /// Drops one link of `ino` (all of a directory's).
     fn unlinked(&mut self, ino: u64, now: SystemTime) {
-        if let Some(i) = self.inodes.get_mut(&ino) {
+        if let Some(i) = self.inodes.get_mut_meta(&ino) {
             i.nlink = if i.kind == FileType::Directory {
                 0
             } else {
@@ -1049,7 +1172,7 @@ impl State {
                 p.ctime = now;
             }
             for ino in [src, dst] {
-                self.get_mut(ino)?.ctime = now;
+                self.get_mut_meta(ino)?.ctime = now;
             }
             return Ok(());
         }
@@ -1091,7 +1214,7 @@ impl State {
             p.mtime = now;
             p.ctime = now;
         }
-        self.get_mut(src)?.ctime = now;
+        self.get_mut_meta(src)?.ctime = now;
         Ok(())
     }
 
@@ -1117,8 +1240,18 @@ impl State {
     }
 
     /// Runs `f` on the data of regular file `ino`, keeping the chunk count.
-    fn with_file<T>(&mut self, ino: u64, f: impl FnOnce(&mut FileData) -> T) -> Result<T> {
-        let inode = self.inodes.get_mut(&ino).ok_or(Errno::ENOENT)?;
+    /// Runs `f` on the contents of file `ino`, which changes only chunks
+    /// `chunks` (`(first, last)`, `last` `u64::MAX` for every chunk from `first`).
+    fn with_file<T>(
+        &mut self,
+        ino: u64,
+        chunks: (u64, u64),
+        f: impl FnOnce(&mut FileData) -> T,
+    ) -> Result<T> {
+        let inode = self
+            .inodes
+            .get_mut_data(&ino, chunks.0, chunks.1)
+            .ok_or(Errno::ENOENT)?;
         let data = match &mut inode.body {
             Body::File(d) => d,
             Body::Dir(_) => return Err(Errno::EISDIR),
@@ -1153,8 +1286,8 @@ impl State {
                 return Err(Errno::EFBIG);
             }
             let old = self.get(ino)?.file()?.size();
-            self.with_file(ino, |f| f.set_size(size))?;
-            let i = self.get_mut(ino)?;
+            self.with_file(ino, (size.min(old) / CHUNK, u64::MAX), |f| f.set_size(size))?;
+            let i = self.get_mut_meta(ino)?;
             if set.mtime.is_none() && size != old {
                 i.mtime = now;
             }
@@ -1162,7 +1295,7 @@ impl State {
                 i.kill_suid_sgid();
             }
         }
-        let i = self.get_mut(ino)?;
+        let i = self.get_mut_meta(ino)?;
         if let Some(mode) = set.mode {
             i.perm = mode as u16 & 0o7777;
         }
@@ -1227,7 +1360,7 @@ impl State {
 
     /// Sets the atime of `ino` to `now`.
     pub fn touch_atime(&mut self, ino: u64, now: SystemTime) {
-        if let Some(i) = self.inodes.get_mut(&ino) {
+        if let Some(i) = self.inodes.get_mut_meta(&ino) {
             i.atime = now;
         }
     }
@@ -1250,9 +1383,9 @@ impl State {
         }
         let missing = self.get(ino)?.file()?.missing_chunks(off, len);
         self.reserve(missing)?;
-        self.with_file(ino, |f| f.write(off, data))?;
+        self.with_file(ino, chunk_span(off, len), |f| f.write(off, data))?;
         let now = SystemTime::now();
-        let i = self.get_mut(ino)?;
+        let i = self.get_mut_meta(ino)?;
         i.mtime = now;
         i.ctime = now;
         if kill_suidgid || !caller.privileged() {
@@ -1278,7 +1411,7 @@ impl State {
             0 | FALLOC_FL_ZERO_RANGE => {
                 self.reserve(file.missing_chunks(off, len))?;
                 let zero = mode & FALLOC_FL_ZERO_RANGE != 0;
-                self.with_file(ino, |f| {
+                self.with_file(ino, chunk_span(off, len), |f| {
                     if zero {
                         f.zero_range(off, len, true);
                     }
@@ -1289,15 +1422,15 @@ impl State {
                 })?;
                 if zero || !keep {
                     let now = SystemTime::now();
-                    let i = self.get_mut(ino)?;
+                    let i = self.get_mut_meta(ino)?;
                     i.mtime = now;
                     i.ctime = now;
                 }
             }
             FALLOC_FL_PUNCH_HOLE if keep => {
-                self.with_file(ino, |f| f.zero_range(off, len, false))?;
+                self.with_file(ino, chunk_span(off, len), |f| f.zero_range(off, len, false))?;
                 let now = SystemTime::now();
-                let i = self.get_mut(ino)?;
+                let i = self.get_mut_meta(ino)?;
                 i.mtime = now;
                 i.ctime = now;
             }
@@ -1368,7 +1501,7 @@ impl State {
             let data_at = next.unwrap_or(end_in);
             if data_at > pos {
                 let (o, n) = (off_out + (pos - off_in), data_at - pos);
-                self.with_file(ino_out, |f| f.zero_range(o, n, false))?;
+                self.with_file(ino_out, chunk_span(o, n), |f| f.zero_range(o, n, false))?;
                 pos = data_at;
                 continue;
             }
@@ -1378,16 +1511,19 @@ impl State {
             let from = (pos % CHUNK) as usize;
             piece[..n].copy_from_slice(&chunk[from..from + n]);
             let o = off_out + (pos - off_in);
-            self.with_file(ino_out, |f| f.write(o, &piece[..n]))?;
+            self.with_file(ino_out, chunk_span(o, n as u64), |f| {
+                f.write(o, &piece[..n])
+            })?;
             pos = to;
         }
-        self.with_file(ino_out, |f| {
+        // Growing only: no chunk changes.
+        self.with_file(ino_out, (0, 0), |f| {
             if end_out > f.size() {
                 f.set_size(end_out);
             }
         })?;
         let now = SystemTime::now();
-        let i = self.get_mut(ino_out)?;
+        let i = self.get_mut_meta(ino_out)?;
         i.mtime = now;
         i.ctime = now;
         if !caller.privileged() {
@@ -1399,7 +1535,7 @@ impl State {
     /// Sets an extended attribute (`user.`, `trusted.`, `security.` namespaces).
     pub fn setxattr(&mut self, ino: u64, name: &[u8], value: &[u8], flags: i32) -> Result<()> {
         check_xattr_name(name)?;
-        let i = self.get_mut(ino)?;
+        let i = self.get_mut_meta(ino)?;
         let exists = i.xattrs.contains_key(name);
         if flags & XATTR_CREATE != 0 && exists {
             return Err(Errno::EEXIST);
@@ -1435,7 +1571,7 @@ impl State {
     /// Removes an extended attribute.
     pub fn removexattr(&mut self, ino: u64, name: &[u8]) -> Result<()> {
         check_xattr_name(name)?;
-        let i = self.get_mut(ino)?;
+        let i = self.get_mut_meta(ino)?;
         i.xattrs.remove(name).ok_or(Errno::ENODATA)?;
         i.ctime = SystemTime::now();
         Ok(())
