@@ -20,6 +20,12 @@
 //! File descriptors a filesystem's state holds travel beside the snapshot as
 //! [`FdSlot`]s: see [`fds`].
 //!
+//! # Live handoff
+//! [`handoff`] hands a mounted, serving session to a new process on the same
+//! `/dev/fuse` connection. With [`Precopy`] (see [`precopy`]) the state crosses
+//! while the old process still serves and only what changed meanwhile crosses
+//! under the pause, so the stall depends on the changes, not on the state's size.
+//!
 //! ```
 //! use fuse_snapshot::{encode_state, decode_state, summarize};
 //! use fuse_snapshot::session::{Counters, InitResult, InitState, KernelOffer, NodeState, SessionState};

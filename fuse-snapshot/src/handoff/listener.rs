@@ -344,6 +344,7 @@ fn serve_one<F: SnapshotFs>(
     let mut precopy_bytes = 0;
     let mut precopy_time = Duration::ZERO;
     if let Some(ops) = precopy {
+        conn.rearm(options.precopy_timeout);
         let t = Instant::now();
         let session = running.session();
         let base = (ops.begin)(session);
@@ -374,6 +375,8 @@ fn serve_one<F: SnapshotFs>(
         }
         message::decode_duration(Kind::Ready, &r.body)?;
         precopy_time = t.elapsed();
+        // The pause starts now: it is bounded by the ordinary timeout.
+        conn.rearm(options.timeout);
     }
 
     // From here on the mount is paused; every early return drops the guard, which

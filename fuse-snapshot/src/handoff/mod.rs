@@ -78,11 +78,15 @@ use fuse_session::serve::Running;
 #[derive(Clone, Debug)]
 #[non_exhaustive]
 pub struct HandoffOptions {
-    /// How long one handoff may take, from the connection to `Commit`. On the old
-    /// side this bounds the stall of a failed handoff (the pause lasts at most this
-    /// long before serving resumes). Default 5 s; keep it well under the
-    /// negotiated `request_timeout`, if any.
+    /// How long one handoff may take, from the connection to `Commit` — with
+    /// pre-copy, from the connection to the pre-copy, and again from the new
+    /// process's Ready to `Commit`. On the old side this bounds the stall of a
+    /// failed handoff (the pause lasts at most this long before serving resumes).
+    /// Default 5 s; keep it well under the negotiated `request_timeout`, if any.
     pub timeout: Duration,
+    /// How long the pre-copy may take (sending, decoding and preparing the state
+    /// while the old process serves: nothing is paused). Default 60 s.
+    pub precopy_timeout: Duration,
     /// The largest snapshot accepted, in bytes. Default 1 GiB.
     pub max_snapshot: usize,
     /// The snapshot format versions the new process reads (sent in Hello). Default
@@ -100,6 +104,7 @@ impl Default for HandoffOptions {
     fn default() -> Self {
         HandoffOptions {
             timeout: Duration::from_secs(5),
+            precopy_timeout: Duration::from_secs(60),
             max_snapshot: 1 << 30,
             versions: (1, crate::FORMAT_VERSION),
             threads: 2,
@@ -117,6 +122,12 @@ impl HandoffOptions {
     /// Sets [`HandoffOptions::timeout`].
     pub fn timeout(mut self, t: Duration) -> Self {
         self.timeout = t;
+        self
+    }
+
+    /// Sets [`HandoffOptions::precopy_timeout`].
+    pub fn precopy_timeout(mut self, t: Duration) -> Self {
+        self.precopy_timeout = t;
         self
     }
 

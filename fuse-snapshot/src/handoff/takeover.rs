@@ -23,6 +23,7 @@ pub struct Takeover {
     features: u32,
     peer_pid: i32,
     threads: usize,
+    timeouts: (std::time::Duration, std::time::Duration),
 }
 
 impl std::fmt::Debug for Takeover {
@@ -119,6 +120,7 @@ impl Takeover {
             features,
             peer_pid: peer.pid,
             threads: options.threads,
+            timeouts: (options.timeout, options.precopy_timeout),
         })
     }
 
@@ -170,6 +172,7 @@ impl Takeover {
             features,
             peer_pid,
             threads,
+            timeouts,
         } = self;
         // Pre-copy: the daemon still serves while the base crosses and decodes.
         let mut precopied = None;
@@ -179,6 +182,7 @@ impl Takeover {
             let Some(ops) = F::precopy() else {
                 return Err((Some(conn), HandoffError::PrecopyUnsupported));
             };
+            conn.rearm(timeouts.1);
             let r = match conn.expect(
                 "read the pre-copied state",
                 &[Kind::Precopy, Kind::Refuse],
@@ -211,6 +215,7 @@ impl Takeover {
             ) {
                 return Err((None, e));
             }
+            conn.rearm(timeouts.0);
             precopied = Some((ops, base));
         }
         let r = match conn.expect(
