@@ -87,7 +87,7 @@ fn daemon(mnt: Option<&Path>, sock: &Path) -> Res<()> {
             writeln!(out, "ready")?;
             writeln!(
                 out,
-                "stats stall_us={} snapshot_sent_us={} transfer_us={} restore_us={} bytes={} nodes={} handles={} precopy_us={} precopy_bytes={}",
+                "stats stall_us={} snapshot_sent_us={} transfer_us={} restore_us={} bytes={} nodes={} handles={} precopy_us={} precopy_bytes={} rounds={}",
                 s.stall.as_micros(),
                 s.snapshot_sent.as_micros(),
                 s.transfer.as_micros(),
@@ -96,7 +96,8 @@ fn daemon(mnt: Option<&Path>, sock: &Path) -> Res<()> {
                 s.nodes,
                 s.handles,
                 s.precopy.as_micros(),
-                s.precopy_bytes
+                s.precopy_bytes,
+                s.precopy_rounds
             )?;
             (running, listener)
         }
@@ -342,7 +343,7 @@ fn bench(files: usize, handoffs: usize) -> Res<()> {
             "handoff {}: daemon-side stall {:.1} ms (parked in {:.1} ms, encoded in {:.1} ms, \
              snapshot sent after {:.1} ms, transfer {:.1} ms, restore {:.1} ms), \
              {} snapshot bytes, {} nodeids, {} handles; before the pause: pre-copy of {} \
-             bytes in {:.1} ms; window {:.0} ms, longest client operation {:.1} ms from \
+             bytes ({} rounds) in {:.1} ms; window {:.0} ms, longest client operation {:.1} ms from \
              {:+.1} ms",
             i + 1,
             field(l, "stall_us") as f64 / 1e3,
@@ -355,6 +356,7 @@ fn bench(files: usize, handoffs: usize) -> Res<()> {
             field(l, "nodes"),
             field(l, "handles"),
             field(l, "precopy_bytes"),
+            field(l, "rounds"),
             field(l, "precopy_us") as f64 / 1e3,
             (windows[i].1 - windows[i].0).as_secs_f64() * 1e3,
             worst[i].0.as_secs_f64() * 1e3,

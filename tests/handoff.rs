@@ -930,6 +930,27 @@ fn until_precopy(chain: &Chain) -> (UnixStream, Vec<u8>) {
     (s, base)
 }
 
+/// After the pre-copy: answers Ready to it and to every round that follows, until
+/// the Snapshot (the daemon is paused then). Returns the rounds' bodies, the
+/// Snapshot's body and its descriptors.
+fn ready_until_snapshot(s: &UnixStream) -> (Vec<Vec<u8>>, Vec<u8>, Vec<OwnedFd>) {
+    let ready = message::encode_duration(Kind::Ready, Duration::ZERO);
+    send_with_fds(s, &ready, &[]).unwrap();
+    let mut rounds = Vec::new();
+    loop {
+        let (k, body, fds) = read_message(s).expect("a round or the Snapshot");
+        match k {
+            Kind::PrecopyRound => {
+                assert!(fds.is_empty(), "descriptors on a round");
+                rounds.push(body);
+                send_with_fds(s, &ready, &[]).unwrap();
+            }
+            Kind::Snapshot => return (rounds, body, fds),
+            other => panic!("{other:?} where a round or the Snapshot was expected"),
+        }
+    }
+}
+
 /// Serving right now: a write through the mount completes at once.
 fn serves(chain: &mut Chain, what: &str) {
     let t = Instant::now();
@@ -983,14 +1004,8 @@ fn precopy_failures_leave_the_daemon_serving() {
         "end of stream after the snapshot",
     ] {
         let (s, _) = until_precopy(&chain);
-        send_with_fds(
-            &s,
-            &message::encode_duration(Kind::Ready, Duration::ZERO),
-            &[],
-        )
-        .unwrap();
-        let (k, _, fds) = read_message(&s).expect("Snapshot");
-        assert_eq!(k, Kind::Snapshot, "{what}");
+        let (rounds, _, fds) = ready_until_snapshot(&s);
+        assert!(!rounds.is_empty(), "memfs sends at least one round");
         assert!(!fds.is_empty());
         if what.starts_with("Nack") {
             send_with_fds(&s, &message::encode_reason(Kind::Nack, what), &[]).unwrap();
@@ -1027,8 +1042,9 @@ fn precopy_failures_leave_the_daemon_serving() {
     chain.stop();
 }
 
-/// Plays the old daemon for one `memfs --takeover`. With `precopy` (bytes and
-/// descriptors), agrees to pre-copy and sends it first; if the new process then
+/// Plays the old daemon for one `memfs --takeover`. With `precopy` (bytes,
+/// descriptors, rounds), agrees to pre-copy and sends it and the rounds first
+/// (each while the new process answers Ready); if the new process then
 /// answers Ready (or without pre-copy), sends the Snapshot (`snapshot`, with `fds`).
 /// Returns the last reply (Nack, or Ack/Nack to the Snapshot; Ready is not one),
 /// the exit status and the log.
@@ -1036,7 +1052,7 @@ fn precopy_failures_leave_the_daemon_serving() {
 fn fake_old_with(
     dir: &Path,
     tag: &str,
-    precopy: Option<(&[u8], &[std::os::fd::BorrowedFd<'_>])>,
+    precopy: Option<(&[u8], &[std::os::fd::BorrowedFd<'_>], &[Vec<u8>])>,
     meta: &SnapshotMeta,
     snapshot: &[u8],
     fds: &[std::os::fd::BorrowedFd<'_>],
@@ -1069,11 +1085,20 @@ fn fake_old_with(
     .unwrap();
     let read_reply = || read_message(&s).map(|(k, body, _)| (k, message::decode_reason(&body)));
     let mut reply = Some((Kind::Ready, String::new()));
-    if let Some((base, base_fds)) = precopy {
+    if let Some((base, base_fds, rounds)) = precopy {
         let mut m = message::precopy_header(base.len()).to_vec();
         m.extend_from_slice(base);
         let _ = send_with_fds(&s, &m, base_fds);
         reply = read_reply();
+        for r in rounds {
+            if reply.as_ref().map(|r| r.0) != Some(Kind::Ready) {
+                break;
+            }
+            let mut m = message::header(Kind::PrecopyRound, r.len()).to_vec();
+            m.extend_from_slice(r);
+            let _ = send_with_fds(&s, &m, &[]);
+            reply = read_reply();
+        }
     }
     if reply.as_ref().map(|r| r.0) == Some(Kind::Ready) {
         let mut msg = meta.encode(snapshot.len());
@@ -1102,14 +1127,8 @@ fn bad_precopies_are_refused_by_the_new_process() {
     // A real exchange with the daemon: its pre-copy and its changes.
     let (s, base) = until_precopy(&chain);
     stdfs::write(chain.path("tree/changed"), "during the pre-copy").unwrap();
-    send_with_fds(
-        &s,
-        &message::encode_duration(Kind::Ready, Duration::ZERO),
-        &[],
-    )
-    .unwrap();
-    let (k, body, _fds) = read_message(&s).expect("Snapshot");
-    assert_eq!(k, Kind::Snapshot);
+    let (rounds, body, _fds) = ready_until_snapshot(&s);
+    assert!(!rounds.is_empty());
     let (_, changes) = SnapshotMeta::decode(&body).unwrap();
     let changes = changes.to_vec();
     send_with_fds(&s, &message::encode_reason(Kind::Nack, "test"), &[]).unwrap();
@@ -1132,15 +1151,24 @@ fn bad_precopies_are_refused_by_the_new_process() {
         &'a str,
         Vec<u8>,
         &'a [std::os::fd::BorrowedFd<'a>],
+        Vec<Vec<u8>>,
         Vec<u8>,
         &'a str,
     );
     let cases: Vec<Case<'_>> = vec![
-        ("empty pre-copy", vec![], &[], changes.clone(), "too short"),
+        (
+            "empty pre-copy",
+            vec![],
+            &[],
+            rounds.clone(),
+            changes.clone(),
+            "too short",
+        ),
         (
             "truncated pre-copy",
             base[..session_len / 2].to_vec(),
             &[],
+            rounds.clone(),
             changes.clone(),
             "truncated",
         ),
@@ -1148,6 +1176,7 @@ fn bad_precopies_are_refused_by_the_new_process() {
             "bit flip in the session part",
             flip(&base, 4 + session_len - 3),
             &[],
+            rounds.clone(),
             changes.clone(),
             "checksum",
         ),
@@ -1155,6 +1184,7 @@ fn bad_precopies_are_refused_by_the_new_process() {
             "garbage filesystem part",
             garbage_fs,
             &[],
+            rounds.clone(),
             changes.clone(),
             "memfs state",
         ),
@@ -1162,6 +1192,7 @@ fn bad_precopies_are_refused_by_the_new_process() {
             "descriptors on the pre-copy",
             base.clone(),
             &null_fd,
+            rounds.clone(),
             changes.clone(),
             "descriptors",
         ),
@@ -1169,21 +1200,39 @@ fn bad_precopies_are_refused_by_the_new_process() {
             "bit flip in the changes",
             base.clone(),
             &[],
+            rounds.clone(),
             flip(&changes, changes.len() - 2),
+            "checksum",
+        ),
+        (
+            "bit flip in a round",
+            base.clone(),
+            &[],
+            vec![flip(&rounds[0], rounds[0].len() - 2)],
+            changes.clone(),
+            "checksum",
+        ),
+        (
+            "a round that is not one",
+            base.clone(),
+            &[],
+            vec![b"\0\0\0\0 not a round".to_vec()],
+            changes.clone(),
             "checksum",
         ),
         (
             "truncated changes",
             base.clone(),
             &[],
+            rounds.clone(),
             changes[..3].to_vec(),
             "too short",
         ),
     ];
-    for (what, b, bfds, c, says) in cases {
+    for (what, b, bfds, r, c, says) in cases {
         let tag = what.replace(|ch: char| !ch.is_ascii_alphanumeric(), "-");
         let (reply, st, log) =
-            fake_old_with(&chain.dir, &tag, Some((&b, bfds)), &meta, &c, &fuse_fd);
+            fake_old_with(&chain.dir, &tag, Some((&b, bfds, &r)), &meta, &c, &fuse_fd);
         assert_refused(what, says, reply, st, &log);
     }
     // The captured pre-copy and changes are valid: an Ack (and, without Commit, an
@@ -1191,7 +1240,7 @@ fn bad_precopies_are_refused_by_the_new_process() {
     let (reply, st, log) = fake_old_with(
         &chain.dir,
         "valid-p",
-        Some((&base, &[])),
+        Some((&base, &[], &rounds)),
         &meta,
         &changes,
         &fuse_fd,
@@ -1202,7 +1251,7 @@ fn bad_precopies_are_refused_by_the_new_process() {
     let (reply, _, log) = fake_old_with(
         &chain.dir,
         "devnull-p",
-        Some((&base, &[])),
+        Some((&base, &[], &rounds)),
         &meta,
         &changes,
         &null_fd,

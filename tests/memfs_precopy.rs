@@ -152,6 +152,7 @@ proptest! {
     #[test]
     fn base_plus_changes_is_the_state(
         before in prop::collection::vec(op(), 0..40),
+        rounds in prop::collection::vec(prop::collection::vec(op(), 0..15), 0..3),
         during in prop::collection::vec(op(), 0..40),
     ) {
         let fs = memfs();
@@ -159,6 +160,15 @@ proptest! {
             run(&fs, o);
         }
         let base = fs.precopy_begin().unwrap();
+        let mut base = MemFs::decode_base(&base).unwrap();
+        for round in &rounds {
+            for o in round {
+                run(&fs, o);
+            }
+            let r = fs.precopy_round().unwrap().expect("memfs takes rounds");
+            prop_assert!(r.state.inodes.len() <= 2 * round.len() + 1);
+            MemFs::apply_round(&mut base, r).unwrap();
+        }
         for o in &during {
             run(&fs, o);
         }
@@ -166,7 +176,7 @@ proptest! {
         prop_assert!(changes.state.inodes.len() <= 2 * during.len() + 1);
         let want = image_bytes(&fs);
         let restored = MemFs::restore_precopied(
-            MemFs::decode_base(&base).unwrap(),
+            base,
             changes,
             &mut FdRestorer::new(Vec::new()),
         ).unwrap();
@@ -352,7 +362,7 @@ fn check_session_names_what_memfs_lacks() {
 fn chunks_and_a_concurrent_writer() {
     let fs = std::sync::Arc::new(memfs());
     let d = fs.lock_write().mkdir(ROOT, ROOT_INO, b"d", 0o755).unwrap();
-    for i in 0..(3 * snapshot::PRECOPY_CHUNK + 17) {
+    for i in 0..6000 {
         let name = format!("f{i}");
         fs.lock_write()
             .create(ROOT, d, name.as_bytes(), 0o644, 0)

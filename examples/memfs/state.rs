@@ -636,23 +636,37 @@ impl State {
         Some(v)
     }
 
-    /// Appends the postcard encoding of up to `max` `(ino, inode)` pairs from inode
-    /// `from` on to `out` (the entries of the inode map, as [`State`] encodes them).
-    /// Returns how many, and the inode number to continue from (`None`: done).
+    /// Appends the postcard encoding of `(ino, inode)` pairs from inode `from` on
+    /// to `out` (the entries of the inode map, as [`State`] encodes them), until
+    /// about `max_bytes` were added (at least one pair). Returns how many, and the
+    /// inode number to continue from (`None`: done).
     pub fn encode_inodes(
         &self,
         from: u64,
-        max: usize,
+        max_bytes: usize,
         out: &mut Vec<u8>,
     ) -> std::result::Result<(u64, Option<u64>), postcard::Error> {
+        let start = out.len();
         let mut n = 0u64;
-        let mut it = self.inodes.map.range(from..);
-        for (ino, inode) in it.by_ref().take(max) {
+        let mut it = self.inodes.map.range(from..).peekable();
+        for (ino, inode) in it.by_ref() {
             let buf = std::mem::take(out);
             *out = postcard::to_extend(&(ino, inode), buf)?;
             n += 1;
+            if out.len() - start >= max_bytes {
+                break;
+            }
         }
-        Ok((n, it.next().map(|(&ino, _)| ino)))
+        Ok((n, it.peek().map(|(&ino, _)| ino)))
+    }
+
+    /// What was noted so far, sorted by inode, and noting goes on afresh (`None`
+    /// if not recording): a pre-copy round.
+    pub fn take_recorded(&mut self) -> Option<Vec<(u64, Noted)>> {
+        let c = self.inodes.changed.as_mut()?;
+        let mut v: Vec<(u64, Noted)> = c.drain().collect();
+        v.sort_unstable_by_key(|(ino, _)| *ino);
+        Some(v)
     }
 
     /// The counters, in the order [`State`] encodes them after the inode map.
@@ -706,6 +720,17 @@ impl State {
         changes: StateChanges,
         index: &mut StateIndex,
     ) -> std::result::Result<(), String> {
+        self.apply_round(changes, index)?;
+        index.finish(self)
+    }
+
+    /// Applies one round of changes, keeping `index` up to date, without the
+    /// final check (the state is whole only after the last changes).
+    pub fn apply_round(
+        &mut self,
+        changes: StateChanges,
+        index: &mut StateIndex,
+    ) -> std::result::Result<(), String> {
         for (ino, change) in changes.inodes {
             if let Some(old) = self.inodes.get(&ino) {
                 index.remove(ino, old);
@@ -754,7 +779,7 @@ impl State {
             self.capacity_chunks,
             self.max_inodes,
         ] = changes.counters;
-        index.finish(self)
+        Ok(())
     }
 
     fn get(&self, ino: u64) -> Result<&Inode> {

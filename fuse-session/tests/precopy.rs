@@ -141,6 +141,7 @@ proptest! {
     #[test]
     fn base_plus_changes_is_the_state(
         before in prop::collection::vec(step(), 0..30),
+        rounds in prop::collection::vec(prop::collection::vec(step(), 0..15), 0..3),
         during in prop::collection::vec(step(), 0..30),
         after in prop::collection::vec(step(), 0..20),
     ) {
@@ -150,6 +151,16 @@ proptest! {
             run(&mut k, &mut open, s);
         }
         let base = k.session().precopy_begin().expect("initialized");
+        let mut prepared = PrecopiedState::new(base).unwrap();
+        // Rounds while serving: each carries what changed since the last one.
+        for round in &rounds {
+            for s in round {
+                run(&mut k, &mut open, s);
+            }
+            let r = k.session().precopy_round().expect("recording");
+            prop_assert!(r.nodes.len() + r.forgotten.len() <= round.len());
+            prepared.apply_round(r).unwrap();
+        }
         for s in &during {
             run(&mut k, &mut open, s);
         }
@@ -160,7 +171,6 @@ proptest! {
         // Only what changed travels: every changed nodeid is one the steps touched.
         prop_assert!(changes.nodes.len() + changes.forgotten.len() <= during.len());
 
-        let prepared = PrecopiedState::new(base).unwrap();
         let restored = Session::restore_precopied(Tree, prepared, changes).unwrap();
         prop_assert_eq!(restored.snapshot().unwrap(), want);
 
@@ -224,6 +234,7 @@ fn the_sample_restores() {
 fn abort_stops_recording() {
     let k = kernel();
     assert!(k.session().precopy_changes().is_none(), "not recording");
+    assert!(k.session().precopy_round().is_none(), "not recording");
     k.session().precopy_begin().unwrap();
     k.session().precopy_abort();
     assert!(k.session().precopy_changes().is_none());
@@ -306,6 +317,20 @@ fn bad_changes_are_refused_with_what_is_wrong() {
     assert!(matches!(
         restore(base.clone(), c),
         Err(StateError::BadRoot(_))
+    ));
+
+    // A round is checked like the final changes.
+    let mut p = PrecopiedState::new(base.clone()).unwrap();
+    let bad = NodeChanges {
+        nodes: vec![NodeState {
+            lookups: 0,
+            ..good.nodes[0].clone()
+        }],
+        forgotten: vec![],
+    };
+    assert!(matches!(
+        p.apply_round(bad),
+        Err(StateError::ZeroLookups(_))
     ));
 
     // The base itself is validated.

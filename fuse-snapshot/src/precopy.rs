@@ -10,8 +10,13 @@
 //!    encodes as it likes, e.g. in chunks under short locks). It is sent to the new
 //!    process, which decodes it ([`Precopy::decode_base`]) while the old process
 //!    keeps serving, and answers that it is ready.
+//!    Then, still serving, it may send *rounds* ([`Precopy::precopy_round`]): what
+//!    changed since step 1 or the last round, which the new process applies to its
+//!    base ([`Precopy::apply_round`]); rounds go on while they shrink (at most
+//!    [`MAX_ROUNDS`], stopping once one is under [`ROUND_ENOUGH`] bytes), so that
+//!    what is written during a long copy does not all wait for the pause.
 //! 2. Old process, paused: [`Precopy::precopy_changes`] returns what changed since
-//!    step 1 and stops recording. It travels in the snapshot in place of the whole
+//!    step 1 (or the last round) and stops recording. It travels in the snapshot in place of the whole
 //!    state, beside the session's tables and the descriptors.
 //! 3. New process, paused: [`Precopy::restore_precopied`] builds the filesystem from
 //!    the base and the changes, and validates it (both are untrusted).
@@ -25,7 +30,7 @@
 use std::any::Any;
 use std::io;
 
-use fuse_session::{Filesystem, PrecopiedState, Session, SessionChanges};
+use fuse_session::{Filesystem, NodeChanges, PrecopiedState, Session, SessionChanges};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
@@ -59,6 +64,28 @@ pub trait Precopy: SnapshotFs {
     /// The handoff is abandoned and the old process serves on.
     fn precopy_changes(&self, fds: &mut FdSaver) -> io::Result<Self::Changes>;
 
+    /// Old process, while serving, after the base: what changed since
+    /// [`Precopy::precopy_begin`] or the last round, recording on afresh. Hold
+    /// locks only briefly. The default, `Ok(None)`, takes no rounds: everything
+    /// changed during the copy crosses under the pause.
+    ///
+    /// # Errors
+    /// The handoff is refused and the mount keeps being served.
+    fn precopy_round(&self) -> io::Result<Option<Self::Changes>> {
+        Ok(None)
+    }
+
+    /// New process, while the old one still serves: apply one round to the base.
+    /// The end state is only whole after the last changes: check then, in
+    /// [`Precopy::restore_precopied`]. Untrusted input: an error, never a panic.
+    ///
+    /// # Errors
+    /// A message saying what is wrong; the handoff is refused.
+    fn apply_round(base: &mut Self::Base, changes: Self::Changes) -> Result<(), String> {
+        let _ = (base, changes);
+        Err("this filesystem takes no pre-copy rounds".into())
+    }
+
     /// Old process: stop recording without sending the changes (the handoff
     /// failed or was refused). Must be harmless when not recording.
     fn precopy_abort(&self);
@@ -85,7 +112,15 @@ pub trait Precopy: SnapshotFs {
         Self: Sized;
 }
 
+/// The most rounds of changes sent after the pre-copy.
+pub const MAX_ROUNDS: u32 = 3;
+/// A round smaller than this is the last: what is left is small enough for the
+/// pause.
+pub const ROUND_ENOUGH: usize = 64 * 1024;
+
 type AnyBase = Box<dyn Any + Send>;
+/// Takes one round's bytes (`None`: the filesystem takes no rounds).
+type RoundFn<F> = fn(&Session<F>) -> Result<Option<Vec<u8>>, FormatError>;
 /// Builds the session from the base and the changes' bytes.
 type RestoreFn<F> = fn(AnyBase, &[u8], &mut FdRestorer) -> Result<Session<F>, FormatError>;
 
@@ -95,6 +130,8 @@ type RestoreFn<F> = fn(AnyBase, &[u8], &mut FdRestorer) -> Result<Session<F>, Fo
 pub struct PrecopyOps<F: SnapshotFs> {
     pub(crate) begin: fn(&Session<F>) -> Result<Vec<u8>, FormatError>,
     pub(crate) abort: fn(&Session<F>),
+    pub(crate) round: RoundFn<F>,
+    pub(crate) apply_round: fn(&mut AnyBase, &[u8]) -> Result<(), FormatError>,
     pub(crate) changes: fn(&Session<F>, &mut FdSaver) -> Result<Vec<u8>, FormatError>,
     pub(crate) decode_base: fn(&[u8]) -> Result<AnyBase, FormatError>,
     pub(crate) restore: RestoreFn<F>,
@@ -120,6 +157,8 @@ impl<F: Precopy> PrecopyOps<F> {
         PrecopyOps {
             begin: begin::<F>,
             abort: abort::<F>,
+            round: round::<F>,
+            apply_round: apply_round::<F>,
             changes: changes::<F>,
             decode_base: |bytes| decode_base::<F>(bytes).map(|b| Box::new(b) as AnyBase),
             restore: restore_precopied::<F>,
@@ -201,27 +240,21 @@ fn decode_base<F: Precopy>(bytes: &[u8]) -> Result<Base<F>, FormatError> {
     Ok((tables, fs))
 }
 
-/// The changes under the pause: `crc32 u32 LE` of the rest, then the postcard
-/// encoding of the session's and the filesystem's changes.
-fn changes<F: Precopy>(session: &Session<F>, fds: &mut FdSaver) -> Result<Vec<u8>, FormatError> {
-    let tables = session
-        .precopy_changes()
-        .ok_or_else(|| FormatError::FsSave("no pre-copy in progress".into()))?;
-    let fs = session
-        .filesystem()
-        .precopy_changes(fds)
-        .map_err(|e| FormatError::FsSave(e.to_string()))?;
-    let mut out = postcard::to_extend(&(tables, fs), vec![0u8; 4])
-        .map_err(|e| FormatError::Encode(e.to_string()))?;
+/// `crc32 u32 LE` of the rest, then the postcard encoding of `value`: how rounds
+/// and the changes under the pause travel.
+fn encode_checked<T: Serialize>(value: &T) -> Result<Vec<u8>, FormatError> {
+    let mut out =
+        postcard::to_extend(value, vec![0u8; 4]).map_err(|e| FormatError::Encode(e.to_string()))?;
     let crc = crc32(&out[4..]);
     out[..4].copy_from_slice(&crc.to_le_bytes());
     Ok(out)
 }
 
-fn decode_changes<F: Precopy>(bytes: &[u8]) -> Result<Changes<F>, FormatError> {
+/// Reads what [`encode_checked`] wrote (`what` names it in errors).
+fn decode_checked<T: DeserializeOwned>(bytes: &[u8], what: &str) -> Result<T, FormatError> {
     let Some((stored, body)) = bytes.split_first_chunk::<4>() else {
         return Err(FormatError::BadPrecopy(format!(
-            "the pre-copy's changes are {} bytes, too short for their checksum",
+            "{what} are {} bytes, too short for their checksum",
             bytes.len()
         )));
     };
@@ -230,16 +263,55 @@ fn decode_changes<F: Precopy>(bytes: &[u8]) -> Result<Changes<F>, FormatError> {
     if stored != computed {
         return Err(FormatError::ChecksumMismatch { stored, computed });
     }
-    match postcard::take_from_bytes::<Changes<F>>(body) {
+    match postcard::take_from_bytes::<T>(body) {
         Ok((c, [])) => Ok(c),
         Ok((_, rest)) => Err(FormatError::BadPrecopy(format!(
-            "the pre-copy's changes have {} trailing bytes",
+            "{what} have {} trailing bytes",
             rest.len()
         ))),
         Err(e) => Err(FormatError::BadPrecopy(format!(
-            "the pre-copy's changes do not decode: {e}"
+            "{what} do not decode: {e}"
         ))),
     }
+}
+
+/// One round: the filesystem's changes (none if it takes no rounds) and the
+/// session's nodeids changed since the last.
+fn round<F: Precopy>(session: &Session<F>) -> Result<Option<Vec<u8>>, FormatError> {
+    let fs = session
+        .filesystem()
+        .precopy_round()
+        .map_err(|e| FormatError::FsSave(e.to_string()))?;
+    let Some(fs) = fs else {
+        return Ok(None);
+    };
+    let nodes = session
+        .precopy_round()
+        .ok_or_else(|| FormatError::FsSave("no pre-copy in progress".into()))?;
+    encode_checked(&(nodes, fs)).map(Some)
+}
+
+fn apply_round<F: Precopy>(base: &mut AnyBase, bytes: &[u8]) -> Result<(), FormatError> {
+    let (tables, fs) = base.downcast_mut::<Base<F>>().ok_or_else(|| {
+        FormatError::FsRestore("pre-copied base of another filesystem type".into())
+    })?;
+    let (nodes, changes): (NodeChanges<F::Node>, F::Changes) =
+        decode_checked(bytes, "a pre-copy round's changes")?;
+    tables.apply_round(nodes).map_err(FormatError::State)?;
+    F::apply_round(fs, changes).map_err(FormatError::FsRestore)
+}
+
+/// The changes under the pause, as [`encode_checked`]: the session's and the
+/// filesystem's.
+fn changes<F: Precopy>(session: &Session<F>, fds: &mut FdSaver) -> Result<Vec<u8>, FormatError> {
+    let tables = session
+        .precopy_changes()
+        .ok_or_else(|| FormatError::FsSave("no pre-copy in progress".into()))?;
+    let fs = session
+        .filesystem()
+        .precopy_changes(fds)
+        .map_err(|e| FormatError::FsSave(e.to_string()))?;
+    encode_checked(&(tables, fs))
 }
 
 fn restore_precopied<F: Precopy>(
@@ -250,7 +322,8 @@ fn restore_precopied<F: Precopy>(
     let (tables, fs_base) = *base
         .downcast::<Base<F>>()
         .map_err(|_| FormatError::FsRestore("pre-copied base of another filesystem type".into()))?;
-    let (session_changes, fs_changes) = decode_changes::<F>(bytes)?;
+    let (session_changes, fs_changes): Changes<F> =
+        decode_checked(bytes, "the pre-copy's changes")?;
     let fs = F::restore_precopied(fs_base, fs_changes, fds).map_err(FormatError::FsRestore)?;
     fs.check_session(&session_changes.nodes, &session_changes.handles)
         .map_err(FormatError::FsRestore)?;

@@ -164,6 +164,15 @@ impl<N: Clone + Eq + Hash> NodeTable<N> {
         Some(v)
     }
 
+    /// The nodeids noted so far, sorted, and recording goes on afresh (`None` if
+    /// not recording).
+    pub fn take_recorded(&mut self) -> Option<Vec<u64>> {
+        let set = self.changed.as_mut()?;
+        let mut v: Vec<u64> = set.drain().collect();
+        v.sort_unstable();
+        Some(v)
+    }
+
     /// Removes `nodeid` outright (applying a pre-copy's changes).
     pub(crate) fn remove_id(&mut self, nodeid: u64) -> Option<NodeEntry<N>> {
         let e = self.by_id.remove(&nodeid)?;

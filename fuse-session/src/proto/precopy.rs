@@ -70,6 +70,107 @@ impl<N: Clone + Eq + Hash> PrecopiedState<N> {
     pub fn node_count(&self) -> usize {
         self.nodes.len()
     }
+
+    /// Applies one round of changes ([`Session::precopy_round`]) while the old
+    /// process still serves; each change is checked as in
+    /// [`Session::restore_precopied`], which applies the last ones.
+    ///
+    /// # Errors
+    /// What is wrong with the changes; the base is then unusable.
+    pub fn apply_round(&mut self, round: NodeChanges<N>) -> Result<(), StateError> {
+        self.apply_nodes(round.nodes, &round.forgotten)
+    }
+
+    /// Applies changed and forgotten nodeids (both sorted), checking each.
+    fn apply_nodes(
+        &mut self,
+        changed: Vec<NodeState<N>>,
+        forgotten: &[u64],
+    ) -> Result<(), StateError> {
+        let nodes = &mut self.nodes;
+        // Every changed nodeid leaves the table first, so that values may move
+        // between nodeids (a rebind) without a false duplicate.
+        let mut prev = 0;
+        for &id in forgotten {
+            if id <= prev {
+                return Err(StateError::NodeidsNotSorted(id));
+            }
+            prev = id;
+            if id == ROOT_ID {
+                return Err(StateError::BadRoot("the root is forgotten"));
+            }
+            nodes.remove_id(id);
+        }
+        let mut prev = 0;
+        let root_node = nodes.get(ROOT_ID).map(|e| e.node.clone());
+        for n in &changed {
+            if n.nodeid <= prev {
+                return Err(StateError::NodeidsNotSorted(n.nodeid));
+            }
+            prev = n.nodeid;
+            if forgotten.binary_search(&n.nodeid).is_ok() {
+                return Err(StateError::NodeidsNotSorted(n.nodeid));
+            }
+            if n.nodeid == ROOT_ID {
+                if n.lookups != 0 || Some(&n.node) != root_node.as_ref() {
+                    return Err(StateError::BadRoot("the root changed during the pre-copy"));
+                }
+                continue;
+            }
+            if n.lookups == 0 {
+                return Err(StateError::ZeroLookups(n.nodeid));
+            }
+            self.nodeid_bound = self.nodeid_bound.max(n.nodeid.saturating_add(1));
+            nodes.remove_id(n.nodeid);
+        }
+        for n in changed {
+            if n.nodeid == ROOT_ID {
+                continue;
+            }
+            let id = n.nodeid;
+            nodes
+                .insert_id(
+                    id,
+                    NodeEntry {
+                        node: n.node,
+                        lookups: n.lookups,
+                        generation: n.generation,
+                    },
+                )
+                .map_err(|()| StateError::DuplicateNode(id))?;
+        }
+        Ok(())
+    }
+}
+
+/// The nodeids that changed during one round of a pre-copy: their entries now, and
+/// those forgotten; both sorted.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct NodeChanges<N> {
+    /// Every nodeid added or changed, with its entry now.
+    pub nodes: Vec<NodeState<N>>,
+    /// Every nodeid forgotten.
+    pub forgotten: Vec<u64>,
+}
+
+/// The entries now of the nodeids `changed` (sorted).
+fn node_changes<N: Clone + Eq + Hash>(t: &NodeTable<N>, changed: Vec<u64>) -> NodeChanges<N> {
+    let mut out = NodeChanges {
+        nodes: Vec::new(),
+        forgotten: Vec::new(),
+    };
+    for id in changed {
+        match t.get(id) {
+            Some(e) => out.nodes.push(NodeState {
+                nodeid: id,
+                generation: e.generation,
+                lookups: e.lookups,
+                node: e.node.clone(),
+            }),
+            None => out.forgotten.push(id),
+        }
+    }
+    out
 }
 
 impl<F: Filesystem> Session<F> {
@@ -93,40 +194,32 @@ impl<F: Filesystem> Session<F> {
     /// when no pre-copy is in progress.
     pub fn precopy_changes(&self) -> Option<SessionChanges<F::Node, F::Handle>> {
         let init = *self.init.get()?;
-        let (changed, nodes_now, (next_nodeid, next_generation)) = {
+        let (changed, (next_nodeid, next_generation)) = {
             let mut t = lock(&self.nodes);
             let changed = t.stop_recording()?;
-            let now: Vec<Option<NodeState<F::Node>>> = changed
-                .iter()
-                .map(|&id| {
-                    t.get(id).map(|e| NodeState {
-                        nodeid: id,
-                        generation: e.generation,
-                        lookups: e.lookups,
-                        node: e.node.clone(),
-                    })
-                })
-                .collect();
-            (changed, now, t.counters())
+            (node_changes(&t, changed), t.counters())
         };
         let (handles, polls, counters) = self.snapshot_rest(next_nodeid, next_generation);
-        let mut nodes = Vec::new();
-        let mut forgotten = Vec::new();
-        for (id, now) in changed.into_iter().zip(nodes_now) {
-            match now {
-                Some(n) => nodes.push(n),
-                None => forgotten.push(id),
-            }
-        }
         Some(SessionChanges {
             init,
-            nodes,
-            forgotten,
+            nodes: changed.nodes,
+            forgotten: changed.forgotten,
             handles,
             polls,
             only_uid: self.only_uid,
             counters,
         })
+    }
+
+    /// One round of a pre-copy, while serving: the nodeids that changed since
+    /// [`Session::precopy_begin`] or the last round, recording on. The new process
+    /// applies it to its base ([`PrecopiedState::apply_round`]) while this one
+    /// serves on, so that less is left for the pause. `None` when no pre-copy is in
+    /// progress.
+    pub fn precopy_round(&self) -> Option<NodeChanges<F::Node>> {
+        let mut t = lock(&self.nodes);
+        let changed = t.take_recorded()?;
+        Some(node_changes(&t, changed))
     }
 
     /// Stops a pre-copy without taking the changes (the handoff failed). Harmless
@@ -146,69 +239,20 @@ impl<F: Filesystem> Session<F> {
         base: PrecopiedState<F::Node>,
         changes: SessionChanges<F::Node, F::Handle>,
     ) -> Result<Self, StateError> {
-        let PrecopiedState {
-            init,
-            mut nodes,
-            nodeid_bound,
-        } = base;
-        if changes.init != init {
+        if changes.init != base.init {
             return Err(StateError::BadInit(
                 "the INIT result changed during the pre-copy",
             ));
         }
+        let mut base = base;
+        base.apply_nodes(changes.nodes, &changes.forgotten)?;
+        let PrecopiedState {
+            init,
+            mut nodes,
+            nodeid_bound: bound,
+        } = base;
         let c = changes.counters;
-        // Every changed nodeid leaves the table first, so that values may move
-        // between nodeids (a rebind) without a false duplicate.
-        let mut prev = 0;
-        for &id in &changes.forgotten {
-            if id <= prev {
-                return Err(StateError::NodeidsNotSorted(id));
-            }
-            prev = id;
-            if id == ROOT_ID {
-                return Err(StateError::BadRoot("the root is forgotten"));
-            }
-            nodes.remove_id(id);
-        }
-        let mut prev = 0;
-        let mut bound = nodeid_bound;
         let root_node = nodes.get(ROOT_ID).map(|e| e.node.clone());
-        for n in &changes.nodes {
-            if n.nodeid <= prev {
-                return Err(StateError::NodeidsNotSorted(n.nodeid));
-            }
-            prev = n.nodeid;
-            if changes.forgotten.binary_search(&n.nodeid).is_ok() {
-                return Err(StateError::NodeidsNotSorted(n.nodeid));
-            }
-            if n.nodeid == ROOT_ID {
-                if n.lookups != 0 || Some(&n.node) != root_node.as_ref() {
-                    return Err(StateError::BadRoot("the root changed during the pre-copy"));
-                }
-                continue;
-            }
-            if n.lookups == 0 {
-                return Err(StateError::ZeroLookups(n.nodeid));
-            }
-            bound = bound.max(n.nodeid.saturating_add(1));
-            nodes.remove_id(n.nodeid);
-        }
-        for n in changes.nodes {
-            if n.nodeid == ROOT_ID {
-                continue;
-            }
-            let id = n.nodeid;
-            nodes
-                .insert_id(
-                    id,
-                    NodeEntry {
-                        node: n.node,
-                        lookups: n.lookups,
-                        generation: n.generation,
-                    },
-                )
-                .map_err(|()| StateError::DuplicateNode(id))?;
-        }
         if c.next_nodeid < bound {
             return Err(StateError::BadCounter("next_nodeid"));
         }

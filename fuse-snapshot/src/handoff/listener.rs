@@ -342,11 +342,14 @@ fn serve_one<F: SnapshotFs>(
     // the snapshot (or until this attempt ends, when the guard stops it).
     let mut recording = None;
     let mut precopy_bytes = 0;
+    let mut precopy_rounds = 0;
     let mut precopy_time = Duration::ZERO;
     if let Some(ops) = precopy {
         conn.rearm(options.precopy_timeout);
         let t = Instant::now();
         let session = running.session();
+        // Not at a lower priority: the copy takes the tables' locks, which
+        // requests wait for.
         let base = (ops.begin)(session);
         recording = Some(Recording { ops, session });
         let base = match base {
@@ -374,6 +377,31 @@ fn serve_one<F: SnapshotFs>(
             return Err(HandoffError::Refused(message::decode_reason(&r.body)));
         }
         message::decode_duration(Kind::Ready, &r.body)?;
+        // Rounds while serving: what changed during the copy crosses now rather
+        // than under the pause, as long as it shrinks.
+        while precopy_rounds < crate::precopy::MAX_ROUNDS {
+            let round = match (ops.round)(session) {
+                Ok(Some(b)) => b,
+                Ok(None) => break,
+                Err(e) => return Err(refuse(&conn, HandoffError::Snapshot(e))),
+            };
+            conn.send(
+                "send a pre-copy round",
+                &message::header(Kind::PrecopyRound, round.len()),
+                &[],
+            )
+            .and_then(|()| conn.send("send a pre-copy round", &round, &[]))?;
+            precopy_bytes += round.len();
+            precopy_rounds += 1;
+            let r = conn.expect("read Ready", &[Kind::Ready, Kind::Nack], "Ready or Nack")?;
+            if r.header.kind == Kind::Nack {
+                return Err(HandoffError::Refused(message::decode_reason(&r.body)));
+            }
+            message::decode_duration(Kind::Ready, &r.body)?;
+            if round.len() < crate::precopy::ROUND_ENOUGH {
+                break;
+            }
+        }
         precopy_time = t.elapsed();
         // The pause starts now: it is bounded by the ordinary timeout.
         conn.rearm(options.timeout);
@@ -474,6 +502,7 @@ fn serve_one<F: SnapshotFs>(
             nodes: session.node_count(),
             handles: session.handle_count(),
             precopy_bytes,
+            precopy_rounds,
             precopy: precopy_time,
             parked_in,
             encode,

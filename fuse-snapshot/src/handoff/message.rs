@@ -9,7 +9,7 @@
 //!      0    4  magic  "FLHO"
 //!      4    1  protocol version (1)
 //!      5    1  kind   (1 Hello, 2 Accept, 3 Refuse, 4 Snapshot, 5 Ack, 6 Nack, 7 Commit,
-//!                      8 Precopy, 9 Ready)
+//!                      8 Precopy, 9 Ready, 10 PrecopyRound)
 //!      6    2  reserved, zero
 //!      8    4  body length, little-endian (bounded per kind, see `Kind::max_body`)
 //! ```
@@ -29,15 +29,17 @@
 //! Commit   since_pause_ns u64                                    (old -> new)
 //! Precopy  the filesystem's pre-copied state                     (old -> new)
 //! Ready    decode_ns u64                                         (new -> old)
+//! PrecopyRound  changes since the pre-copy or the last round     (old -> new)
 //! ```
 //!
 //! `features` is a bit set ([`FEATURE_PRECOPY`]); a Hello or Accept without it
 //! (the first releases) means none. The new process offers, the old one answers
 //! with what it will use. With [`FEATURE_PRECOPY`] agreed, the old process sends
 //! Precopy right after Accept while it still serves, the new one answers Ready
-//! (or Nack) once it has decoded it, and only then does the old one pause and
-//! send Snapshot, whose filesystem part is then the changes since the pre-copy
-//! (see [`crate::precopy`]).
+//! (or Nack) once it has decoded it. The old one may then send PrecopyRounds —
+//! what changed since, each answered Ready — and only then does it pause and send
+//! Snapshot, which then carries the changes since the last round (see
+//! [`crate::precopy`]).
 //!
 //! The descriptors of a Snapshot ride on its header bytes (`SCM_RIGHTS`), in this
 //! order: the `/dev/fuse` descriptor, the `auto_unmount` socket if
@@ -87,6 +89,8 @@ pub enum Kind {
     Precopy = 8,
     /// New process: the pre-copied state is decoded; pause and send the rest.
     Ready = 9,
+    /// Old process, still serving: changes since the pre-copy or the last round.
+    PrecopyRound = 10,
 }
 
 impl Kind {
@@ -101,6 +105,7 @@ impl Kind {
             7 => Kind::Commit,
             8 => Kind::Precopy,
             9 => Kind::Ready,
+            10 => Kind::PrecopyRound,
             _ => return None,
         })
     }
@@ -111,7 +116,7 @@ impl Kind {
         match self {
             Kind::Hello => 12,
             Kind::Accept => 6,
-            Kind::Precopy => max_snapshot,
+            Kind::Precopy | Kind::PrecopyRound => max_snapshot,
             Kind::Ready => 8,
             Kind::Refuse | Kind::Nack => MAX_REASON,
             Kind::Snapshot => SNAPSHOT_FIXED

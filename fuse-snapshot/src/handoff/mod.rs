@@ -169,8 +169,10 @@ pub struct HandoffStats {
     pub nodes: usize,
     /// Open handles in the session.
     pub handles: usize,
-    /// Bytes of the pre-copied filesystem state (0 without pre-copy).
+    /// Bytes of the pre-copy, rounds included (0 without pre-copy).
     pub precopy_bytes: usize,
+    /// Rounds of changes sent after the pre-copy, while serving.
+    pub precopy_rounds: u32,
     /// The pre-copy, before the pause. Old side: from starting to record changes
     /// to the new process's Ready. New side: from the first byte of the pre-copy
     /// to its decoded base.

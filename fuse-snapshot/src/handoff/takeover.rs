@@ -6,6 +6,7 @@ use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+use fuse_session::dev::priority::background;
 use fuse_session::dev::{Mount, MountMethod, MountParts};
 use fuse_session::serve::{Running, Server};
 use fuse_session::Session;
@@ -201,7 +202,9 @@ impl Takeover {
                 });
                 return Err((Some(conn), e));
             }
-            let base = match (ops.decode_base)(&r.body) {
+            // Decoding runs beside the old process's serving: at a lower priority.
+            let body = &r.body;
+            let base = match background(|| (ops.decode_base)(body)) {
                 Ok(b) => b,
                 Err(e) => return Err((Some(conn), HandoffError::Snapshot(e))),
             };
@@ -215,17 +218,52 @@ impl Takeover {
             ) {
                 return Err((None, e));
             }
-            conn.rearm(timeouts.0);
             precopied = Some((ops, base));
         }
-        let r = match conn.expect(
-            "read the snapshot",
-            &[Kind::Snapshot, Kind::Refuse],
-            "Snapshot",
-        ) {
-            Ok(r) => r,
-            Err(e) => return Err((Some(conn), e)),
+        // Rounds of changes while the daemon still serves, each answered Ready,
+        // until the Snapshot (the daemon paused).
+        let mut rounds = 0;
+        let r = loop {
+            let r = match conn.expect(
+                "read the snapshot",
+                &[Kind::Snapshot, Kind::Refuse, Kind::PrecopyRound],
+                "Snapshot",
+            ) {
+                Ok(r) => r,
+                Err(e) => return Err((Some(conn), e)),
+            };
+            if r.header.kind != Kind::PrecopyRound {
+                break r;
+            }
+            let Some((ops, base)) = precopied.as_mut() else {
+                let e = HandoffError::Message(message::MessageError::Unexpected {
+                    got: Kind::PrecopyRound,
+                    expected: "Snapshot (no pre-copy was agreed)",
+                });
+                return Err((Some(conn), e));
+            };
+            if !r.fds.is_empty() {
+                let e = HandoffError::Message(message::MessageError::BadBody {
+                    kind: Kind::PrecopyRound,
+                    why: "descriptors on a pre-copy round",
+                });
+                return Err((Some(conn), e));
+            }
+            let body = &r.body;
+            if let Err(e) = background(|| (ops.apply_round)(base, body)) {
+                return Err((Some(conn), HandoffError::Snapshot(e)));
+            }
+            rounds += 1;
+            precopy_bytes += r.body.len();
+            if let Err(e) = conn.send(
+                "send Ready",
+                &message::encode_duration(Kind::Ready, r.started.elapsed()),
+                &[],
+            ) {
+                return Err((None, e));
+            }
         };
+        conn.rearm(timeouts.0);
         if r.header.kind == Kind::Refuse {
             return Err((None, HandoffError::Refused(message::decode_reason(&r.body))));
         }
@@ -291,6 +329,7 @@ impl Takeover {
             nodes: session.node_count(),
             handles: session.handle_count(),
             precopy_bytes,
+            precopy_rounds: rounds,
             precopy: precopy_time,
             snapshot_sent: meta.since_pause,
             restore: received.elapsed(),
