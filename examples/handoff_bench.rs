@@ -75,7 +75,8 @@ fn daemon(mnt: Option<&Path>, sock: &Path) -> Res<()> {
             let config = fs::Config {
                 ttl: Duration::from_secs(3600),
             };
-            let fs = MemFs::new(0, 0, 1 << 30, config);
+            // 8 GiB: room for 2M inodes (memfs allows one per 4 KiB of capacity).
+            let fs = MemFs::new(0, 0, 1 << 33, config);
             let opts = MountOptions::new().fsname("memfs").subtype("memfs");
             let running = Server::mount(fs, mnt, &opts)?.spawn(2)?;
             writeln!(out, "ready")?;

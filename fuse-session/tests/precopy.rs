@@ -344,3 +344,132 @@ fn bad_changes_are_refused_with_what_is_wrong() {
     // And the good changes still restore after all that.
     assert!(restore(base, good).is_ok());
 }
+
+/// Root holds `m0`..`m{BIG-1}`: more nodeids than one copy range.
+struct Big;
+
+const BIG: u32 = 3 * precopy_copy_range() + 123;
+
+const fn precopy_copy_range() -> u32 {
+    fuse_session::proto::precopy::COPY_RANGE as u32
+}
+
+impl Filesystem for Big {
+    type Node = u32;
+    type Handle = u32;
+
+    fn root(&self) -> u32 {
+        0
+    }
+
+    fn lookup(&self, _: &RequestContext<'_>, parent: &u32, name: &OsStr) -> Result<Entry<u32>> {
+        let n: u32 = name
+            .to_str()
+            .and_then(|s| s.strip_prefix('m'))
+            .and_then(|s| s.parse().ok())
+            .ok_or(Errno::ENOENT)?;
+        if *parent != 0 || n >= BIG {
+            return Err(Errno::ENOENT);
+        }
+        Ok(Entry {
+            node: n + 1,
+            attr: attr(n + 1),
+            entry_ttl: Duration::ZERO,
+            attr_ttl: Duration::ZERO,
+        })
+    }
+}
+
+/// Encodes one request for the session `s`.
+fn request(
+    s: &Session<Big>,
+    unique: u64,
+    nodeid: u64,
+    op: &fuse_wire::request::Operation<'_>,
+) -> Vec<u8> {
+    use fuse_wire::request::encode::{encode, ExtensionArgs, HeaderFields};
+    let mut buf = vec![0u8; 8192];
+    let header = HeaderFields {
+        unique,
+        nodeid,
+        uid: 0,
+        gid: 0,
+        pid: 1,
+    };
+    let n = encode(
+        &mut buf,
+        &s.negotiated(),
+        &header,
+        op,
+        &ExtensionArgs::default(),
+    )
+    .unwrap();
+    buf.truncate(n);
+    buf
+}
+
+/// The base is copied a range at a time while another thread looks nodes up and
+/// forgets them: base + changes is still exactly the end state.
+#[test]
+fn a_copy_in_ranges_with_requests_in_between() {
+    let mut k = FakeKernel::new(Big);
+    let _ = k.init(45, InitFlags::INIT_EXT | InitFlags::MAX_PAGES);
+    for i in 0..BIG {
+        k.lookup(1, format!("m{i}").as_bytes()).unwrap();
+    }
+    let s = k.session();
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let (base, rounds) = std::thread::scope(|sc| {
+        let worker = sc.spawn(|| {
+            let mut out = vec![0u8; 1 << 20];
+            let mut i = 0u32;
+            let mut unique = 1u64 << 32;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                // Look a node up twice, forget it once: its count changes, and
+                // some new nodes appear (BIG..) and go again.
+                let name = format!("m{}", (i * 7919) % (BIG + 50));
+                for _ in 0..2 {
+                    unique += 1;
+                    let r = request(
+                        s,
+                        unique,
+                        1,
+                        &fuse_wire::request::Operation::Lookup {
+                            name: name.as_bytes(),
+                        },
+                    );
+                    let _ = s.handle(&r, &mut out);
+                }
+                let nodeid = (i % (BIG + 40)) as u64 + 2;
+                let arg = fuse_wire::abi::fuse_forget_in {
+                    nlookup: zerocopy::byteorder::native_endian::U64::new(1),
+                };
+                unique += 1;
+                let r = request(
+                    s,
+                    unique,
+                    nodeid,
+                    &fuse_wire::request::Operation::Forget { arg: &arg },
+                );
+                let _ = s.handle(&r, &mut out);
+                i += 1;
+            }
+            i
+        });
+        std::thread::sleep(Duration::from_millis(2));
+        let base = s.precopy_begin().unwrap();
+        std::thread::sleep(Duration::from_millis(2));
+        let round = s.precopy_round().unwrap();
+        std::thread::sleep(Duration::from_millis(2));
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let n = worker.join().unwrap();
+        assert!(n > 0, "the worker ran");
+        (base, round)
+    });
+    let changes = s.precopy_changes().unwrap();
+    let want = s.snapshot().unwrap();
+    let mut prepared = PrecopiedState::new(base).unwrap();
+    prepared.apply_round(rounds).unwrap();
+    let restored = Session::restore_precopied(Big, prepared, changes).unwrap();
+    assert_eq!(restored.snapshot().unwrap(), want);
+}

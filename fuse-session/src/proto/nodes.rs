@@ -164,6 +164,13 @@ impl<N: Clone + Eq + Hash> NodeTable<N> {
         Some(v)
     }
 
+    /// The nodeids noted so far, sorted, recording on (empty if not recording).
+    pub fn recorded(&self) -> Vec<u64> {
+        let mut v: Vec<u64> = self.changed.iter().flatten().copied().collect();
+        v.sort_unstable();
+        v
+    }
+
     /// The nodeids noted so far, sorted, and recording goes on afresh (`None` if
     /// not recording).
     pub fn take_recorded(&mut self) -> Option<Vec<u64>> {

@@ -13,10 +13,13 @@
 //!    versions the new process reads. Old → new: `Accept { version }`, or
 //!    `Refuse { reason }` if it cannot write any of them. Nothing was touched.
 //!    With pre-copy agreed (both sides offer it and the filesystem implements
-//!    [`Precopy`](crate::Precopy)), the old process first sends its filesystem's
-//!    state while still serving, and the new one decodes it and answers Ready;
-//!    the snapshot of step 3 then carries only what changed meanwhile
-//!    ([`crate::precopy`]).
+//!    [`Precopy`](crate::Precopy)), the old process first sends the session's
+//!    tables and its filesystem's state while still serving (`Precopy`), the new
+//!    one decodes and prepares them and answers `Ready`, and rounds of what
+//!    changed meanwhile may follow (`PrecopyRound`, each answered `Ready`); the
+//!    snapshot of step 3 then carries only what changed since the last round
+//!    ([`crate::precopy`]). The pre-copy has its own, longer timeout
+//!    ([`HandoffOptions::precopy_timeout`]): nothing is paused during it.
 //! 3. The old process **pauses** its workers ([`Running::pause`]): each finishes
 //!    the request it is serving and parks, so no request is in flight in this
 //!    process. It snapshots the session and the filesystem ([`crate::snapshot`],
