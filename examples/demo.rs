@@ -102,12 +102,13 @@ fn daemon(mnt: Option<&Path>, sock: &Path) -> Res<bool> {
             writeln!(out, "ready {}", mnt.display())?;
             writeln!(
                 out,
-                "handoff stall_us={} restore_us={} bytes={} nodes={} handles={}",
+                "handoff stall_us={} restore_us={} bytes={} nodes={} handles={} precopy_bytes={}",
                 stats.stall.as_micros(),
                 stats.restore.as_micros(),
                 stats.snapshot_bytes,
                 stats.nodes,
-                stats.handles
+                stats.handles,
+                stats.precopy_bytes
             )?;
             (running, listener)
         }
@@ -343,6 +344,7 @@ fn demo() -> Res<bool> {
     println!("workload: {WORKERS} processes creating, writing, verifying, renaming, listing");
 
     let (mut longest, mut snapshot_bytes, mut nodes, mut handles) = (0u64, 0u64, 0u64, 0u64);
+    let mut precopy_bytes = 0u64;
     for n in 1..=HANDOFFS {
         std::thread::sleep(Duration::from_millis(500));
         let (next, rx) = spawn_daemon(&[Path::new("--takeover"), &sock], &log(n))?;
@@ -360,13 +362,15 @@ fn demo() -> Res<bool> {
         snapshot_bytes = field(&stats, "bytes");
         nodes = field(&stats, "nodes");
         handles = field(&stats, "handles");
+        precopy_bytes = field(&stats, "precopy_bytes");
         println!(
-            "handoff {n}: pid {} -> pid {}: {} nodeids, {} open handles, {} snapshot bytes, \
-             stall {:.2} ms",
+            "handoff {n}: pid {} -> pid {}: {} nodeids, {} open handles, {} bytes pre-copied \
+             while serving, {} bytes of changes under the pause, stall {:.2} ms",
             old.id(),
             c.daemon.as_ref().map_or(0, Child::id),
             nodes,
             handles,
+            precopy_bytes,
             snapshot_bytes,
             stall as f64 / 1000.0
         );
@@ -398,7 +402,10 @@ fn demo() -> Res<bool> {
         "  longest stall: {:.2} ms (pause to the new process serving)",
         longest as f64 / 1000.0
     );
-    println!("  last snapshot: {snapshot_bytes} bytes ({nodes} nodeids, {handles} open handles)");
+    println!(
+        "  last handoff: {precopy_bytes} bytes pre-copied while serving, then {snapshot_bytes} \
+         bytes under the pause ({nodes} nodeids, {handles} open handles)"
+    );
     // Unmount: SIGTERM the current daemon, which unmounts and exits.
     if let Some(mut d) = c.daemon.take() {
         let pid = nix::unistd::Pid::from_raw(d.id() as i32);

@@ -75,7 +75,8 @@ fn daemon(mnt: Option<&Path>, sock: &Path) -> Res<()> {
             let config = fs::Config {
                 ttl: Duration::from_secs(3600),
             };
-            let fs = MemFs::new(0, 0, 1 << 30, config);
+            // 8 GiB: room for 2M inodes (memfs allows one per 4 KiB of capacity).
+            let fs = MemFs::new(0, 0, 1 << 33, config);
             let opts = MountOptions::new().fsname("memfs").subtype("memfs");
             let running = Server::mount(fs, mnt, &opts)?.spawn(2)?;
             writeln!(out, "ready")?;
@@ -87,14 +88,17 @@ fn daemon(mnt: Option<&Path>, sock: &Path) -> Res<()> {
             writeln!(out, "ready")?;
             writeln!(
                 out,
-                "stats stall_us={} snapshot_sent_us={} transfer_us={} restore_us={} bytes={} nodes={} handles={}",
+                "stats stall_us={} snapshot_sent_us={} transfer_us={} restore_us={} bytes={} nodes={} handles={} precopy_us={} precopy_bytes={} rounds={}",
                 s.stall.as_micros(),
                 s.snapshot_sent.as_micros(),
                 s.transfer.as_micros(),
                 s.restore.as_micros(),
                 s.snapshot_bytes,
                 s.nodes,
-                s.handles
+                s.handles,
+                s.precopy.as_micros(),
+                s.precopy_bytes,
+                s.precopy_rounds
             )?;
             (running, listener)
         }
@@ -296,14 +300,27 @@ fn bench(files: usize, handoffs: usize) -> Res<()> {
     let failed: u64 = clients.into_iter().map(|h| h.join().unwrap_or(1)).sum();
     let samples = samples.lock().map_err(|_| "poisoned")?.clone();
     let (mut during, mut outside) = (Duration::ZERO, Vec::new());
+    // Per window: the longest operation overlapping it, and when it started
+    // (relative to the window's start, negative if before).
+    let mut worst = vec![(Duration::ZERO, 0f64); windows.len()];
     for (end, d) in &samples {
         let start = *end - *d;
         // An operation that overlaps a handoff window (from spawning the new process
         // until the old one exited).
-        if windows.iter().any(|(a, b)| start < *b && *end > *a) {
-            during = during.max(*d);
-        } else {
-            outside.push(*d);
+        match windows.iter().position(|(a, b)| start < *b && *end > *a) {
+            Some(w) => {
+                during = during.max(*d);
+                if *d > worst[w].0 {
+                    let a = windows[w].0;
+                    let at = if start >= a {
+                        (start - a).as_secs_f64()
+                    } else {
+                        -(a - start).as_secs_f64()
+                    };
+                    worst[w] = (*d, at * 1e3);
+                }
+            }
+            None => outside.push(*d),
         }
     }
     outside.sort();
@@ -326,7 +343,9 @@ fn bench(files: usize, handoffs: usize) -> Res<()> {
         println!(
             "handoff {}: daemon-side stall {:.1} ms (parked in {:.1} ms, encoded in {:.1} ms, \
              snapshot sent after {:.1} ms, transfer {:.1} ms, restore {:.1} ms), \
-             {} snapshot bytes, {} nodeids, {} handles",
+             {} snapshot bytes, {} nodeids, {} handles; before the pause: pre-copy of {} \
+             bytes ({} rounds) in {:.1} ms; window {:.0} ms, longest client operation {:.1} ms from \
+             {:+.1} ms",
             i + 1,
             field(l, "stall_us") as f64 / 1e3,
             field(l, "parked_us") as f64 / 1e3,
@@ -336,7 +355,13 @@ fn bench(files: usize, handoffs: usize) -> Res<()> {
             field(l, "restore_us") as f64 / 1e3,
             field(l, "bytes"),
             field(l, "nodes"),
-            field(l, "handles")
+            field(l, "handles"),
+            field(l, "precopy_bytes"),
+            field(l, "rounds"),
+            field(l, "precopy_us") as f64 / 1e3,
+            (windows[i].1 - windows[i].0).as_secs_f64() * 1e3,
+            worst[i].0.as_secs_f64() * 1e3,
+            worst[i].1
         );
     }
     if failed > 0 {

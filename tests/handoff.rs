@@ -544,6 +544,18 @@ fn twenty_handoffs_under_load() {
     assert_eq!(failed, 0, "failed operations");
     assert!(ops > 100, "the workload hardly ran ({ops} operations)");
     assert_eq!(chain.generation, HANDOFFS);
+    // Every handoff pre-copied memfs's state before pausing.
+    for g in 1..=HANDOFFS {
+        let log = chain.log(g);
+        let line = log.lines().find(|l| l.contains("took over")).unwrap_or("");
+        let bytes: u64 = line
+            .split(" pre-copied bytes")
+            .next()
+            .and_then(|r| r.rsplit(' ').next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0);
+        assert!(bytes > 0, "handoff {g} did not pre-copy: {line}");
+    }
     // Open files keep a lazily unmounted mount alive: close them first.
     drop(held);
     chain.stop();
@@ -617,10 +629,15 @@ fn connect(chain: &Chain) -> UnixStream {
 }
 
 fn hello() -> Vec<u8> {
+    hello_with(0)
+}
+
+fn hello_with(features: u32) -> Vec<u8> {
     Hello {
         min_version: 1,
         max_version: fuse_live::snapshot::FORMAT_VERSION,
         pid: std::process::id(),
+        features,
     }
     .encode()
 }
@@ -754,9 +771,9 @@ fn malformed_messages_leave_the_daemon_serving() {
     chain.stop();
 }
 
-/// Plays the old daemon on `sock` for one `memfs --takeover`: sends `snapshot`
-/// (with `fds`), returns the reply the new process sent (Ack or Nack) and its exit
-/// status and log.
+/// Plays the old daemon on `sock` for one `memfs --takeover`, without pre-copy:
+/// sends `snapshot` (with `fds`), returns the reply the new process sent (Ack or
+/// Nack) and its exit status and log.
 fn fake_old(
     dir: &Path,
     tag: &str,
@@ -764,32 +781,55 @@ fn fake_old(
     snapshot: &[u8],
     fds: &[std::os::fd::BorrowedFd<'_>],
 ) -> (Option<(Kind, String)>, ExitStatus, String) {
-    let sock = dir.join(format!("fake-{tag}.sock"));
-    let _ = stdfs::remove_file(&sock);
-    let listener = UnixListener::bind(&sock).unwrap();
-    let log = dir.join(format!("fake-{tag}.log"));
-    let (mut child, _ready) = spawn_memfs(&["--takeover", &sock.to_string_lossy()], &log, &[]);
-    let (s, _) = listener.accept().unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-    let (k, _, _) = read_message(&s).expect("Hello");
-    assert_eq!(k, Kind::Hello);
-    send_with_fds(
-        &s,
-        &message::encode_accept(fuse_live::snapshot::FORMAT_VERSION),
-        &[],
-    )
-    .unwrap();
-    let mut msg = meta.encode(snapshot.len());
-    msg.extend_from_slice(snapshot);
-    let _ = send_with_fds(&s, &msg, fds);
-    let reply = read_message(&s).map(|(k, body, _)| (k, message::decode_reason(&body)));
-    // Never Commit: the new process must exit without serving.
-    drop(s);
-    let st = wait_exit(&mut child, WAIT).unwrap_or_else(|| {
-        let _ = child.kill();
-        panic!("{tag}: the new process did not exit")
-    });
-    (reply, st, stdfs::read_to_string(&log).unwrap_or_default())
+    fake_old_with(dir, tag, None, meta, snapshot, fds)
+}
+
+/// A fake old daemon's exchange ended in a Nack saying `says`, and the new
+/// process exited 1 without serving.
+fn assert_refused(
+    what: &str,
+    says: &str,
+    reply: Option<(Kind, String)>,
+    st: ExitStatus,
+    log: &str,
+) {
+    let (kind, reason) = reply.unwrap_or_else(|| panic!("{what}: no reply; log:\n{log}"));
+    assert_eq!(kind, Kind::Nack, "{what}: {reason}");
+    assert!(
+        reason.to_lowercase().contains(says),
+        "{what}: expected {says:?} in the Nack: {reason}"
+    );
+    assert_eq!(st.code(), Some(1), "{what}: exit status; log:\n{log}");
+    assert!(!log.contains("took over"), "{what}: it served");
+    eprintln!("{what}: {reason}");
+}
+
+/// The Snapshot meta of the fake old daemons (a mountpoint nobody mounted).
+fn fake_meta(chain: &Chain) -> SnapshotMeta {
+    SnapshotMeta {
+        since_pause: Duration::ZERO,
+        has_unmount_socket: false,
+        method: WireMethod::Syscall,
+        connection_id: None,
+        fs_fds: 0,
+        mountpoint: chain
+            .dir
+            .join("nowhere")
+            .to_string_lossy()
+            .as_bytes()
+            .to_vec(),
+    }
+}
+
+/// A fresh `/dev/fuse` descriptor (no connection) and `/dev/null`, to send as
+/// the device.
+fn fake_devices() -> (File, File) {
+    let device = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/fuse")
+        .unwrap();
+    (device, File::open("/dev/null").unwrap())
 }
 
 /// (c, new side) Truncated, bit-flipped, wrong-magic, future-version and
@@ -831,25 +871,8 @@ fn bad_snapshots_are_refused_by_the_new_process() {
     };
     let mut future = good.clone();
     future[8..10].copy_from_slice(&(fuse_live::snapshot::FORMAT_VERSION + 1).to_le_bytes());
-    let meta = SnapshotMeta {
-        since_pause: Duration::ZERO,
-        has_unmount_socket: false,
-        method: WireMethod::Syscall,
-        connection_id: None,
-        fs_fds: 0,
-        mountpoint: chain
-            .dir
-            .join("nowhere")
-            .to_string_lossy()
-            .as_bytes()
-            .to_vec(),
-    };
-    let device = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/fuse")
-        .unwrap();
-    let null = File::open("/dev/null").unwrap();
+    let meta = fake_meta(&chain);
+    let (device, null) = fake_devices();
     let fuse_fd = [device.as_fd()];
     let null_fd = [null.as_fd()];
     let cases: Vec<(&str, Vec<u8>, &[std::os::fd::BorrowedFd<'_>], &str)> = vec![
@@ -874,15 +897,7 @@ fn bad_snapshots_are_refused_by_the_new_process() {
             &bytes,
             fds,
         );
-        let (kind, reason) = reply.unwrap_or_else(|| panic!("{what}: no reply; log:\n{log}"));
-        assert_eq!(kind, Kind::Nack, "{what}: {reason}");
-        assert!(
-            reason.to_lowercase().contains(says),
-            "{what}: expected {says:?} in the Nack: {reason}"
-        );
-        assert_eq!(st.code(), Some(1), "{what}: exit status; log:\n{log}");
-        assert!(!log.contains("took over"), "{what}: it served");
-        eprintln!("{what}: {reason}");
+        assert_refused(what, says, reply, st, &log);
     }
     // A valid snapshot gets an Ack, but without Commit the new process must not
     // serve: it exits 1.
@@ -891,6 +906,359 @@ fn bad_snapshots_are_refused_by_the_new_process() {
     assert_eq!(st.code(), Some(1), "no Commit: exit status; log:\n{log}");
     assert!(!log.contains("ready"), "it served without Commit");
     let mut chain = chain;
+    assert!(chain.alive());
+    chain.stop();
+}
+
+/// Connects offering pre-copy; returns the stream, the Accept's features and
+/// the Precopy body (the daemon still serves).
+fn until_precopy(chain: &Chain) -> (UnixStream, Vec<u8>) {
+    let s = connect(chain);
+    send_with_fds(&s, &hello_with(message::FEATURE_PRECOPY), &[]).unwrap();
+    let (k, body, _) = read_message(&s).expect("Accept");
+    assert_eq!(k, Kind::Accept);
+    let (_, features) = message::decode_accept(&body).unwrap();
+    assert_eq!(
+        features,
+        message::FEATURE_PRECOPY,
+        "memfs agrees to pre-copy"
+    );
+    let (k, base, fds) = read_message(&s).expect("Precopy");
+    assert_eq!(k, Kind::Precopy);
+    assert!(fds.is_empty(), "descriptors on a pre-copy");
+    assert!(!base.is_empty());
+    (s, base)
+}
+
+/// After the pre-copy: answers Ready to it and to every round that follows, until
+/// the Snapshot (the daemon is paused then). Returns the rounds' bodies, the
+/// Snapshot's body and its descriptors.
+fn ready_until_snapshot(s: &UnixStream) -> (Vec<Vec<u8>>, Vec<u8>, Vec<OwnedFd>) {
+    let ready = message::encode_duration(Kind::Ready, Duration::ZERO);
+    send_with_fds(s, &ready, &[]).unwrap();
+    let mut rounds = Vec::new();
+    loop {
+        let (k, body, fds) = read_message(s).expect("a round or the Snapshot");
+        match k {
+            Kind::PrecopyRound => {
+                assert!(fds.is_empty(), "descriptors on a round");
+                rounds.push(body);
+                send_with_fds(s, &ready, &[]).unwrap();
+            }
+            Kind::Snapshot => return (rounds, body, fds),
+            other => panic!("{other:?} where a round or the Snapshot was expected"),
+        }
+    }
+}
+
+/// Serving right now: a write through the mount completes at once.
+fn serves(chain: &mut Chain, what: &str) {
+    let t = Instant::now();
+    stdfs::write(chain.path("probe"), what).unwrap();
+    assert!(t.elapsed() < Duration::from_secs(2), "{what}: paused");
+    assert!(chain.alive(), "{what}: the daemon died");
+}
+
+/// (c, old side, pre-copy) A peer that takes the pre-copy and then refuses,
+/// vanishes, babbles, or fails after the snapshot: the daemon was never paused
+/// before Ready, rolls back after it, stops recording changes, and a real
+/// (pre-copied) handoff afterwards carries everything.
+#[test]
+fn precopy_failures_leave_the_daemon_serving() {
+    let Some(mut chain) = Chain::start("handoff-precopy-fail") else {
+        return;
+    };
+    let tree = chain.path("tree");
+    make_tree(&tree);
+    let before = listing(&tree);
+    let cases: Vec<(&str, Option<Vec<u8>>)> = vec![
+        ("Nack", Some(message::encode_reason(Kind::Nack, "no"))),
+        ("end of stream", None),
+        ("garbage", Some(b"not a message".to_vec())),
+        (
+            "Ack instead of Ready",
+            Some(message::encode_duration(Kind::Ack, Duration::ZERO)),
+        ),
+        (
+            "short Ready",
+            Some({
+                let mut m = message::header(Kind::Ready, 2).to_vec();
+                m.extend_from_slice(&[0, 0]);
+                m
+            }),
+        ),
+    ];
+    for (what, reply) in &cases {
+        let (s, _) = until_precopy(&chain);
+        // Still serving while the peer holds the pre-copy.
+        serves(&mut chain, what);
+        if let Some(r) = reply {
+            let _ = send_with_fds(&s, r, &[]);
+        }
+        drop(s);
+        serves(&mut chain, what);
+    }
+    // Ready, then the snapshot (paused), then Nack or silence: rolled back.
+    for what in [
+        "Nack after the snapshot",
+        "end of stream after the snapshot",
+    ] {
+        let (s, _) = until_precopy(&chain);
+        let (rounds, _, fds) = ready_until_snapshot(&s);
+        assert!(!rounds.is_empty(), "memfs sends at least one round");
+        assert!(!fds.is_empty());
+        if what.starts_with("Nack") {
+            send_with_fds(&s, &message::encode_reason(Kind::Nack, what), &[]).unwrap();
+        }
+        drop(s);
+        serves(&mut chain, what);
+    }
+    // Changes made after all those attempts cross in the real handoff.
+    stdfs::write(tree.join("late"), "after the failed attempts").unwrap();
+    stdfs::remove_file(tree.join("f1")).unwrap();
+    let before = {
+        let mut b = before;
+        b.retain(|l| !l.starts_with("f1 "));
+        listing(&tree).iter().for_each(|l| {
+            if !b.contains(l) {
+                b.push(l.clone());
+            }
+        });
+        b.sort();
+        b
+    };
+    let mut now = listing(&tree);
+    now.sort();
+    assert_eq!(now, before);
+    chain.hand_over();
+    let mut after = listing(&tree);
+    after.sort();
+    assert_eq!(after, before, "the tree after a pre-copied handoff");
+    assert_eq!(
+        stdfs::read_to_string(tree.join("late")).unwrap(),
+        "after the failed attempts"
+    );
+    assert!(chain.log(1).contains("pre-copied"), "{}", chain.log(1));
+    chain.stop();
+}
+
+/// Plays the old daemon for one `memfs --takeover`. With `precopy` (bytes,
+/// descriptors, rounds), agrees to pre-copy and sends it and the rounds first
+/// (each while the new process answers Ready); if the new process then
+/// answers Ready (or without pre-copy), sends the Snapshot (`snapshot`, with `fds`).
+/// Returns the last reply (Nack, or Ack/Nack to the Snapshot; Ready is not one),
+/// the exit status and the log.
+#[allow(clippy::type_complexity)]
+fn fake_old_with(
+    dir: &Path,
+    tag: &str,
+    precopy: Option<(&[u8], &[std::os::fd::BorrowedFd<'_>], &[Vec<u8>])>,
+    meta: &SnapshotMeta,
+    snapshot: &[u8],
+    fds: &[std::os::fd::BorrowedFd<'_>],
+) -> (Option<(Kind, String)>, ExitStatus, String) {
+    let sock = dir.join(format!("fake-{tag}.sock"));
+    let _ = stdfs::remove_file(&sock);
+    let listener = UnixListener::bind(&sock).unwrap();
+    let log = dir.join(format!("fake-{tag}.log"));
+    let (mut child, _ready) = spawn_memfs(&["--takeover", &sock.to_string_lossy()], &log, &[]);
+    let (s, _) = listener.accept().unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let (k, body, _) = read_message(&s).expect("Hello");
+    assert_eq!(k, Kind::Hello);
+    let hello = Hello::decode(&body).unwrap();
+    assert_eq!(
+        hello.features & message::FEATURE_PRECOPY,
+        message::FEATURE_PRECOPY,
+        "memfs offers pre-copy"
+    );
+    let features = if precopy.is_some() {
+        message::FEATURE_PRECOPY
+    } else {
+        0
+    };
+    send_with_fds(
+        &s,
+        &message::encode_accept(fuse_live::snapshot::FORMAT_VERSION, features),
+        &[],
+    )
+    .unwrap();
+    let read_reply = || read_message(&s).map(|(k, body, _)| (k, message::decode_reason(&body)));
+    let mut reply = Some((Kind::Ready, String::new()));
+    if let Some((base, base_fds, rounds)) = precopy {
+        let mut m = message::precopy_header(base.len()).to_vec();
+        m.extend_from_slice(base);
+        let _ = send_with_fds(&s, &m, base_fds);
+        reply = read_reply();
+        for r in rounds {
+            if reply.as_ref().map(|r| r.0) != Some(Kind::Ready) {
+                break;
+            }
+            let mut m = message::header(Kind::PrecopyRound, r.len()).to_vec();
+            m.extend_from_slice(r);
+            let _ = send_with_fds(&s, &m, &[]);
+            reply = read_reply();
+        }
+    }
+    if reply.as_ref().map(|r| r.0) == Some(Kind::Ready) {
+        let mut msg = meta.encode(snapshot.len());
+        msg.extend_from_slice(snapshot);
+        let _ = send_with_fds(&s, &msg, fds);
+        reply = read_reply();
+    }
+    // Never Commit: the new process must exit without serving.
+    drop(s);
+    let st = wait_exit(&mut child, WAIT).unwrap_or_else(|| {
+        let _ = child.kill();
+        panic!("{tag}: the new process did not exit")
+    });
+    (reply, st, stdfs::read_to_string(&log).unwrap_or_default())
+}
+
+/// (c, new side, pre-copy) A damaged pre-copy (truncated, bit-flipped session
+/// part, garbage filesystem part, with descriptors) or damaged changes: the new
+/// process says why (Nack), exits 1, and never serves. Valid ones get an Ack.
+#[test]
+fn bad_precopies_are_refused_by_the_new_process() {
+    let Some(mut chain) = Chain::start("handoff-badprecopy") else {
+        return;
+    };
+    make_tree(&chain.path("tree"));
+    // A real exchange with the daemon: its pre-copy and its changes.
+    let (s, base) = until_precopy(&chain);
+    stdfs::write(chain.path("tree/changed"), "during the pre-copy").unwrap();
+    let (rounds, body, _fds) = ready_until_snapshot(&s);
+    assert!(!rounds.is_empty());
+    let (_, changes) = SnapshotMeta::decode(&body).unwrap();
+    let changes = changes.to_vec();
+    send_with_fds(&s, &message::encode_reason(Kind::Nack, "test"), &[]).unwrap();
+    drop(s);
+    serves(&mut chain, "after the capture");
+
+    let meta = fake_meta(&chain);
+    let (device, null) = fake_devices();
+    let fuse_fd = [device.as_fd()];
+    let null_fd = [null.as_fd()];
+    let session_len = u32::from_le_bytes(base[..4].try_into().unwrap()) as usize;
+    let flip = |b: &[u8], at: usize| {
+        let mut b = b.to_vec();
+        b[at] ^= 0x10;
+        b
+    };
+    let mut garbage_fs = base[..4 + session_len].to_vec();
+    garbage_fs.extend_from_slice(b"\xff\xff\xff\xff\xff\xff\xff\xff\xff\xffnot memfs");
+    type Case<'a> = (
+        &'a str,
+        Vec<u8>,
+        &'a [std::os::fd::BorrowedFd<'a>],
+        Vec<Vec<u8>>,
+        Vec<u8>,
+        &'a str,
+    );
+    let cases: Vec<Case<'_>> = vec![
+        (
+            "empty pre-copy",
+            vec![],
+            &[],
+            rounds.clone(),
+            changes.clone(),
+            "too short",
+        ),
+        (
+            "truncated pre-copy",
+            base[..session_len / 2].to_vec(),
+            &[],
+            rounds.clone(),
+            changes.clone(),
+            "truncated",
+        ),
+        (
+            "bit flip in the session part",
+            flip(&base, 4 + session_len - 3),
+            &[],
+            rounds.clone(),
+            changes.clone(),
+            "checksum",
+        ),
+        (
+            "garbage filesystem part",
+            garbage_fs,
+            &[],
+            rounds.clone(),
+            changes.clone(),
+            "memfs state",
+        ),
+        (
+            "descriptors on the pre-copy",
+            base.clone(),
+            &null_fd,
+            rounds.clone(),
+            changes.clone(),
+            "descriptors",
+        ),
+        (
+            "bit flip in the changes",
+            base.clone(),
+            &[],
+            rounds.clone(),
+            flip(&changes, changes.len() - 2),
+            "checksum",
+        ),
+        (
+            "bit flip in a round",
+            base.clone(),
+            &[],
+            vec![flip(&rounds[0], rounds[0].len() - 2)],
+            changes.clone(),
+            "checksum",
+        ),
+        (
+            "a round that is not one",
+            base.clone(),
+            &[],
+            vec![b"\0\0\0\0 not a round".to_vec()],
+            changes.clone(),
+            "checksum",
+        ),
+        (
+            "truncated changes",
+            base.clone(),
+            &[],
+            rounds.clone(),
+            changes[..3].to_vec(),
+            "too short",
+        ),
+    ];
+    for (what, b, bfds, r, c, says) in cases {
+        let tag = what.replace(|ch: char| !ch.is_ascii_alphanumeric(), "-");
+        let (reply, st, log) =
+            fake_old_with(&chain.dir, &tag, Some((&b, bfds, &r)), &meta, &c, &fuse_fd);
+        assert_refused(what, says, reply, st, &log);
+    }
+    // The captured pre-copy and changes are valid: an Ack (and, without Commit, an
+    // exit without serving); with /dev/null for the device, a Nack.
+    let (reply, st, log) = fake_old_with(
+        &chain.dir,
+        "valid-p",
+        Some((&base, &[], &rounds)),
+        &meta,
+        &changes,
+        &fuse_fd,
+    );
+    assert_eq!(reply.map(|r| r.0), Some(Kind::Ack), "log:\n{log}");
+    assert_eq!(st.code(), Some(1), "no Commit: exit status; log:\n{log}");
+    assert!(!log.contains("ready"), "it served without Commit");
+    let (reply, _, log) = fake_old_with(
+        &chain.dir,
+        "devnull-p",
+        Some((&base, &[], &rounds)),
+        &meta,
+        &changes,
+        &null_fd,
+    );
+    let (kind, reason) = reply.unwrap_or_else(|| panic!("no reply; log:\n{log}"));
+    assert_eq!(kind, Kind::Nack);
+    assert!(reason.contains("/dev/fuse"), "{reason}");
     assert!(chain.alive());
     chain.stop();
 }

@@ -80,6 +80,11 @@ impl MemFs {
         }
     }
 
+    /// The settings.
+    pub fn config(&self) -> Config {
+        self.config
+    }
+
     /// A copy of the whole filesystem, consistent at one instant.
     pub fn snapshot(&self) -> MemFsImage {
         MemFsImage {
@@ -92,10 +97,16 @@ impl MemFs {
     /// is untrusted input).
     pub fn restore(image: MemFsImage) -> std::result::Result<MemFs, String> {
         image.state.validate()?;
-        Ok(MemFs {
+        Ok(Self::from_checked(image))
+    }
+
+    /// A filesystem from an image already checked ([`State::validate`] or
+    /// [`State::apply_changes`]).
+    pub fn from_checked(image: MemFsImage) -> MemFs {
+        MemFs {
             state: RwLock::new(image.state),
             config: image.config,
-        })
+        }
     }
 
     /// The read lock (a panicked writer cannot have left the state half-changed:
@@ -104,7 +115,8 @@ impl MemFs {
         self.state.read().unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn lock_write(&self) -> RwLockWriteGuard<'_, State> {
+    /// The write lock.
+    pub(super) fn lock_write(&self) -> RwLockWriteGuard<'_, State> {
         self.state.write().unwrap_or_else(PoisonError::into_inner)
     }
 

@@ -371,9 +371,12 @@ fn take_over(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
         .unwrap_or_default();
     ready(&mountpoint)?;
     log::info!(
-        "took over {mountpoint} from pid {}: {} snapshot bytes, {} nodeids, {} handles, \
-         restore {:?}, stall {:?}",
+        "took over {mountpoint} from pid {}: {} pre-copied bytes ({} rounds) in {:?} before \
+         the pause, {} snapshot bytes, {} nodeids, {} handles, restore {:?}, stall {:?}",
         stats.peer_pid,
+        stats.precopy_bytes,
+        stats.precopy_rounds,
+        stats.precopy,
         stats.snapshot_bytes,
         stats.nodes,
         stats.handles,

@@ -10,13 +10,13 @@
 //! state still applies the rules the kernel leaves to the filesystem: set-group-ID
 //! directories, clearing set-user-ID and set-group-ID bits on write, truncate and
 //! chown, the rename rules, link counts and times.
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::time::{Duration, SystemTime};
 
 use fuse_live::session::{Errno, FileAttr, FileType, SetAttr, Statfs, TimeOrNow};
 use serde::{Deserialize, Serialize};
 
-use super::data::{FileData, CHUNK, MAX_FILE_SIZE};
+use super::data::{chunk_span, FileData, CHUNK, MAX_FILE_SIZE};
 
 /// Result of state operations.
 pub type Result<T> = std::result::Result<T, Errno>;
@@ -255,6 +255,297 @@ impl Inode {
     }
 }
 
+/// The inode table: inode number -> inode, in order. It can record which inodes
+/// change (are created, changed or dropped) while it does, for a pre-copy handoff:
+/// every mutable access goes through one of its methods, which note the inode —
+/// wholly ([`Inodes::get_mut`], [`Inodes::insert`], [`Inodes::remove`]), or, for
+/// a regular file, only its attributes ([`Inodes::get_mut_meta`]) or attributes
+/// and some chunks ([`Inodes::get_mut_data`]), so that writing to a large file
+/// does not send all of it. Serialized as the map alone.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Inodes {
+    map: BTreeMap<u64, Inode>,
+    #[serde(skip)]
+    changed: Option<HashMap<u64, Noted>>,
+}
+
+/// How much of an inode changed while recording.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Noted {
+    /// Anything: send it whole.
+    Whole,
+    /// A file's attributes, and the contents of these chunks and of every chunk
+    /// from `from` on (a shrinking truncate).
+    Meta {
+        /// Chunk indexes written, zeroed or freed.
+        chunks: BTreeSet<u64>,
+        /// Every chunk at or beyond this index may have changed.
+        from: Option<u64>,
+    },
+}
+
+impl PartialEq for Inodes {
+    fn eq(&self, other: &Self) -> bool {
+        self.map == other.map
+    }
+}
+
+impl Eq for Inodes {}
+
+impl Inodes {
+    fn note(&mut self, ino: u64) {
+        if let Some(c) = &mut self.changed {
+            c.insert(ino, Noted::Whole);
+        }
+    }
+
+    /// Notes `ino`'s attributes and the chunks `[first, last)` (`last` `u64::MAX`:
+    /// every chunk from `first` on).
+    fn note_data(&mut self, ino: u64, first: u64, last: u64) {
+        let Some(c) = &mut self.changed else {
+            return;
+        };
+        let entry = c.entry(ino).or_insert_with(|| Noted::Meta {
+            chunks: BTreeSet::new(),
+            from: None,
+        });
+        if let Noted::Meta { chunks, from } = entry {
+            if last == u64::MAX {
+                *from = Some(from.map_or(first, |f| f.min(first)));
+            } else {
+                chunks.extend(first..last);
+            }
+        }
+    }
+
+    fn get(&self, ino: &u64) -> Option<&Inode> {
+        self.map.get(ino)
+    }
+
+    fn get_mut(&mut self, ino: &u64) -> Option<&mut Inode> {
+        self.note(*ino);
+        self.map.get_mut(ino)
+    }
+
+    /// For a change that leaves a file's contents alone: attributes, times, links,
+    /// extended attributes.
+    fn get_mut_meta(&mut self, ino: &u64) -> Option<&mut Inode> {
+        self.note_data(*ino, 0, 0);
+        self.map.get_mut(ino)
+    }
+
+    /// For a change of a file's attributes and of its chunks `[first, last)` only.
+    fn get_mut_data(&mut self, ino: &u64, first: u64, last: u64) -> Option<&mut Inode> {
+        self.note_data(*ino, first, last);
+        self.map.get_mut(ino)
+    }
+
+    fn insert(&mut self, ino: u64, inode: Inode) {
+        self.note(ino);
+        self.map.insert(ino, inode);
+    }
+
+    fn remove(&mut self, ino: &u64) -> Option<Inode> {
+        self.note(*ino);
+        self.map.remove(ino)
+    }
+
+    fn contains_key(&self, ino: &u64) -> bool {
+        self.map.contains_key(ino)
+    }
+
+    fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    fn iter(&self) -> std::collections::btree_map::Iter<'_, u64, Inode> {
+        self.map.iter()
+    }
+}
+
+impl<'a> IntoIterator for &'a Inodes {
+    type Item = (&'a u64, &'a Inode);
+    type IntoIter = std::collections::btree_map::Iter<'a, u64, Inode>;
+    fn into_iter(self) -> Self::IntoIter {
+        self.map.iter()
+    }
+}
+
+/// How one inode changed during a pre-copy.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum InodeChange {
+    /// It no longer exists.
+    Gone,
+    /// Its value now.
+    Whole(Inode),
+    /// A regular file whose contents changed only in places: its value now, but
+    /// its contents hold only the chunks listed (or from `from` on) that exist now;
+    /// the copied file's other chunks are unchanged.
+    Data {
+        /// The inode now, with only the changed chunks.
+        inode: Inode,
+        /// Chunk indexes that changed (present in `inode`: their contents now;
+        /// absent: a hole now), sorted.
+        chunks: Vec<u64>,
+        /// Every chunk at or beyond this index changed likewise.
+        from: Option<u64>,
+    },
+}
+
+/// What changed in a [`State`] while it recorded ([`State::start_recording`]):
+/// every inode noted and the counters.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StateChanges {
+    /// Inode number -> how it changed; sorted.
+    pub inodes: Vec<(u64, InodeChange)>,
+    /// The counters: `next_ino`, `used_chunks`, `capacity_chunks`, `max_inodes`.
+    pub counters: [u64; 4],
+}
+
+/// What checking a [`State`] found, kept so that changes can be checked without
+/// going over the whole state again ([`State::apply_changes`]).
+///
+/// Each inode is checked on its own ([`check_inode`]); what crosses inodes is
+/// counted: how often each inode is referenced (directory entries, and a live
+/// directory's parent), which referenced inodes are missing, and the chunks in use.
+#[derive(Debug, Default)]
+pub struct StateIndex {
+    refs: std::collections::HashMap<u64, u32>,
+    missing: HashSet<u64>,
+    /// Inodes that fail their own checks, with the first reason.
+    bad: BTreeMap<u64, String>,
+    used: u64,
+}
+
+/// The inodes `inode` refers to: a directory's entries, and its parent unless it
+/// was removed.
+fn refs_of(inode: &Inode) -> impl Iterator<Item = u64> + '_ {
+    let (parent, entries) = match &inode.body {
+        Body::Dir(d) => (
+            (inode.nlink != 0).then_some(d.parent),
+            Some(d.entries.values().map(|e| e.ino)),
+        ),
+        _ => (None, None),
+    };
+    parent.into_iter().chain(entries.into_iter().flatten())
+}
+
+/// The checks of one inode that need no other inode.
+fn check_inode(ino: u64, inode: &Inode) -> std::result::Result<(), String> {
+    if ino == 0 {
+        return Err("inode 0 exists".into());
+    }
+    if inode.perm & !0o7777 != 0 {
+        return Err(format!("inode {ino} has type bits in its permissions"));
+    }
+    let kind_ok = match &inode.body {
+        Body::File(f) => {
+            f.validate().map_err(|e| format!("inode {ino}: {e}"))?;
+            inode.kind == FileType::RegularFile
+        }
+        Body::Dir(d) => {
+            if d.entries.len() != d.order.len() {
+                return Err(format!("directory {ino}: listing and names disagree"));
+            }
+            for (name, e) in &d.entries {
+                check_name(name).map_err(|_| format!("directory {ino} has a bad name"))?;
+                if d.order.get(&e.cookie) != Some(name)
+                    || e.cookie < FIRST_COOKIE
+                    || e.cookie >= d.next_cookie
+                {
+                    return Err(format!("directory {ino}: bad cookie"));
+                }
+            }
+            inode.kind == FileType::Directory
+        }
+        Body::Symlink(t) => inode.kind == FileType::Symlink && t.len() <= PATH_MAX,
+        Body::Special => !matches!(
+            inode.kind,
+            FileType::RegularFile | FileType::Directory | FileType::Symlink
+        ),
+    };
+    if !kind_ok {
+        return Err(format!("inode {ino}: type and contents disagree"));
+    }
+    Ok(())
+}
+
+impl StateIndex {
+    /// Checks every inode of `state` on its own and counts what crosses inodes.
+    /// Finding nothing wrong yet: [`StateIndex::finish`] says whether the whole is
+    /// consistent.
+    pub fn build(state: &State) -> StateIndex {
+        let mut index = StateIndex {
+            refs: std::collections::HashMap::with_capacity(state.inodes.len()),
+            ..StateIndex::default()
+        };
+        for (&ino, inode) in &state.inodes {
+            index.add(ino, inode, state);
+        }
+        index
+    }
+
+    /// Counts inode `ino` (about to be, or already, in `state`).
+    fn add(&mut self, ino: u64, inode: &Inode, state: &State) {
+        if let Err(e) = check_inode(ino, inode) {
+            self.bad.insert(ino, e);
+        }
+        self.used = self.used.saturating_add(inode.chunks());
+        for t in refs_of(inode) {
+            *self.refs.entry(t).or_insert(0) += 1;
+            if t != ino && !state.inodes.contains_key(&t) {
+                self.missing.insert(t);
+            }
+        }
+    }
+
+    /// Takes inode `ino` (about to leave `state`) out of the counts.
+    fn remove(&mut self, ino: u64, inode: &Inode) {
+        self.bad.remove(&ino);
+        self.used = self.used.saturating_sub(inode.chunks());
+        for t in refs_of(inode) {
+            if let Some(n) = self.refs.get_mut(&t) {
+                *n -= 1;
+                if *n == 0 {
+                    self.refs.remove(&t);
+                    self.missing.remove(&t);
+                }
+            }
+        }
+    }
+
+    /// Whether `state`, which this index counts, is consistent.
+    pub fn finish(&mut self, state: &State) -> std::result::Result<(), String> {
+        if let Some((_, e)) = self.bad.iter().next() {
+            return Err(e.clone());
+        }
+        self.missing.retain(|t| !state.inodes.contains_key(t));
+        if let Some(t) = self.missing.iter().min() {
+            return Err(format!("an inode names the missing inode {t}"));
+        }
+        let root = state.inodes.get(&ROOT_INO).ok_or("no root inode")?;
+        if !matches!(root.body, Body::Dir(_)) {
+            return Err("the root is not a directory".into());
+        }
+        if let Some((&last, _)) = state.inodes.map.last_key_value() {
+            if last >= state.next_ino {
+                return Err(format!(
+                    "inode {last} is out of range (next {})",
+                    state.next_ino
+                ));
+            }
+        }
+        if self.used != state.used_chunks {
+            return Err(format!(
+                "{} chunks counted, {} allocated",
+                state.used_chunks, self.used
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// The whole filesystem: a plain value (serde), so it can be saved and restored.
 ///
 /// Inode numbers are never reused (a 64-bit counter), so an inode number is also a
@@ -263,7 +554,7 @@ impl Inode {
 /// looked up keeps working.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct State {
-    inodes: BTreeMap<u64, Inode>,
+    inodes: Inodes,
     next_ino: u64,
     /// Allocated chunks over all files.
     used_chunks: u64,
@@ -315,7 +606,7 @@ impl State {
         );
         root.nlink = 2;
         let capacity_chunks = (capacity / CHUNK).max(1);
-        let mut inodes = BTreeMap::new();
+        let mut inodes = Inodes::default();
         inodes.insert(ROOT_INO, root);
         State {
             inodes,
@@ -328,64 +619,166 @@ impl State {
 
     /// Checks every invariant of a restored state: it is untrusted input.
     pub fn validate(&self) -> std::result::Result<(), String> {
-        let root = self.inodes.get(&ROOT_INO).ok_or("no root inode")?;
-        if !matches!(root.body, Body::Dir(_)) {
-            return Err("the root is not a directory".into());
+        let mut index = StateIndex::build(self);
+        index.finish(self)
+    }
+
+    /// Starts noting every inode that changes (pre-copy); forgets earlier notes.
+    pub fn start_recording(&mut self) {
+        self.inodes.changed = Some(HashMap::new());
+    }
+
+    /// Stops noting changes; returns what was noted, sorted by inode (`None` if
+    /// not recording).
+    pub fn stop_recording(&mut self) -> Option<Vec<(u64, Noted)>> {
+        let mut v: Vec<(u64, Noted)> = self.inodes.changed.take()?.into_iter().collect();
+        v.sort_unstable_by_key(|(ino, _)| *ino);
+        Some(v)
+    }
+
+    /// Appends the postcard encoding of `(ino, inode)` pairs from inode `from` on
+    /// to `out` (the entries of the inode map, as [`State`] encodes them), until
+    /// about `max_bytes` were added (at least one pair). Returns how many, and the
+    /// inode number to continue from (`None`: done).
+    pub fn encode_inodes(
+        &self,
+        from: u64,
+        max_bytes: usize,
+        out: &mut Vec<u8>,
+    ) -> std::result::Result<(u64, Option<u64>), postcard::Error> {
+        let start = out.len();
+        let mut n = 0u64;
+        let mut it = self.inodes.map.range(from..).peekable();
+        for (ino, inode) in it.by_ref() {
+            let buf = std::mem::take(out);
+            *out = postcard::to_extend(&(ino, inode), buf)?;
+            n += 1;
+            if out.len() - start >= max_bytes {
+                break;
+            }
         }
-        let mut used = 0u64;
-        for (&ino, inode) in &self.inodes {
-            if ino == 0 || ino >= self.next_ino {
-                return Err(format!(
-                    "inode {ino} is out of range (next {})",
-                    self.next_ino
-                ));
-            }
-            if inode.perm & !0o7777 != 0 {
-                return Err(format!("inode {ino} has type bits in its permissions"));
-            }
-            let kind_ok = match &inode.body {
-                Body::File(f) => {
-                    f.validate().map_err(|e| format!("inode {ino}: {e}"))?;
-                    used += f.chunk_count();
-                    inode.kind == FileType::RegularFile
-                }
-                Body::Dir(d) => {
-                    if !self.inodes.contains_key(&d.parent) && inode.nlink != 0 {
-                        return Err(format!("directory {ino} has a missing parent"));
-                    }
-                    if d.entries.len() != d.order.len() {
-                        return Err(format!("directory {ino}: listing and names disagree"));
-                    }
-                    for (name, e) in &d.entries {
-                        check_name(name).map_err(|_| format!("directory {ino} has a bad name"))?;
-                        if d.order.get(&e.cookie) != Some(name)
-                            || e.cookie < FIRST_COOKIE
-                            || e.cookie >= d.next_cookie
-                        {
-                            return Err(format!("directory {ino}: bad cookie"));
+        Ok((n, it.peek().map(|(&ino, _)| ino)))
+    }
+
+    /// What was noted so far, sorted by inode, and noting goes on afresh (`None`
+    /// if not recording): a pre-copy round.
+    pub fn take_recorded(&mut self) -> Option<Vec<(u64, Noted)>> {
+        let c = self.inodes.changed.as_mut()?;
+        let mut v: Vec<(u64, Noted)> = c.drain().collect();
+        v.sort_unstable_by_key(|(ino, _)| *ino);
+        Some(v)
+    }
+
+    /// The counters, in the order [`State`] encodes them after the inode map.
+    pub fn counters(&self) -> [u64; 4] {
+        [
+            self.next_ino,
+            self.used_chunks,
+            self.capacity_chunks,
+            self.max_inodes,
+        ]
+    }
+
+    /// The changes to send for the noted inodes `changed`: their values now, and
+    /// of a file whose contents changed in places, only those places.
+    pub fn changes(&self, changed: Vec<(u64, Noted)>) -> StateChanges {
+        let inodes = changed
+            .into_iter()
+            .map(|(ino, noted)| {
+                let change = match (self.inodes.get(&ino), noted) {
+                    (None, _) => InodeChange::Gone,
+                    (Some(i), Noted::Meta { chunks, from }) if matches!(i.body, Body::File(_)) => {
+                        let Body::File(f) = &i.body else {
+                            unreachable!("matched a file above")
+                        };
+                        InodeChange::Data {
+                            inode: Inode {
+                                xattrs: i.xattrs.clone(),
+                                body: Body::File(f.only(&chunks, from)),
+                                ..*i
+                            },
+                            chunks: chunks.into_iter().collect(),
+                            from,
                         }
-                        if !self.inodes.contains_key(&e.ino) {
-                            return Err(format!("directory {ino} names a missing inode {}", e.ino));
-                        }
                     }
-                    inode.kind == FileType::Directory
+                    (Some(i), _) => InodeChange::Whole(i.clone()),
+                };
+                (ino, change)
+            })
+            .collect();
+        StateChanges {
+            inodes,
+            counters: self.counters(),
+        }
+    }
+
+    /// Applies `changes` (to a state copied while they were made), keeping `index`
+    /// (built on this state) up to date, then checks the result: the same checks as
+    /// [`State::validate`], in time proportional to the changes.
+    pub fn apply_changes(
+        &mut self,
+        changes: StateChanges,
+        index: &mut StateIndex,
+    ) -> std::result::Result<(), String> {
+        self.apply_round(changes, index)?;
+        index.finish(self)
+    }
+
+    /// Applies one round of changes, keeping `index` up to date, without the
+    /// final check (the state is whole only after the last changes).
+    pub fn apply_round(
+        &mut self,
+        changes: StateChanges,
+        index: &mut StateIndex,
+    ) -> std::result::Result<(), String> {
+        for (ino, change) in changes.inodes {
+            if let Some(old) = self.inodes.get(&ino) {
+                index.remove(ino, old);
+            }
+            let inode = match change {
+                InodeChange::Gone => None,
+                InodeChange::Whole(i) => Some(i),
+                InodeChange::Data {
+                    inode,
+                    chunks,
+                    from,
+                } => {
+                    let mut old = self
+                        .inodes
+                        .remove(&ino)
+                        .ok_or_else(|| format!("inode {ino}: a data change of a missing inode"))?;
+                    let (Body::File(data), Body::File(patch)) = (&mut old.body, inode.body) else {
+                        return Err(format!("inode {ino}: a data change of a non-file"));
+                    };
+                    data.patch(patch, &chunks, from)
+                        .map_err(|e| format!("inode {ino}: {e}"))?;
+                    Some(Inode {
+                        xattrs: inode.xattrs,
+                        body: old.body,
+                        ..inode
+                    })
                 }
-                Body::Symlink(t) => inode.kind == FileType::Symlink && t.len() <= PATH_MAX,
-                Body::Special => !matches!(
-                    inode.kind,
-                    FileType::RegularFile | FileType::Directory | FileType::Symlink
-                ),
             };
-            if !kind_ok {
-                return Err(format!("inode {ino}: type and contents disagree"));
+            match inode {
+                Some(i) => {
+                    index.add(ino, &i, self);
+                    self.inodes.insert(ino, i);
+                    index.missing.remove(&ino);
+                }
+                None => {
+                    self.inodes.remove(&ino);
+                    if index.refs.get(&ino).is_some_and(|&n| n > 0) {
+                        index.missing.insert(ino);
+                    }
+                }
             }
         }
-        if used != self.used_chunks {
-            return Err(format!(
-                "{} chunks counted, {used} allocated",
-                self.used_chunks
-            ));
-        }
+        [
+            self.next_ino,
+            self.used_chunks,
+            self.capacity_chunks,
+            self.max_inodes,
+        ] = changes.counters;
         Ok(())
     }
 
@@ -395,6 +788,12 @@ impl State {
 
     fn get_mut(&mut self, ino: u64) -> Result<&mut Inode> {
         self.inodes.get_mut(&ino).ok_or(Errno::ENOENT)
+    }
+
+    /// For a change that leaves a file's contents alone (attributes, times, link
+    /// count, extended attributes): a pre-copy then sends only those.
+    fn get_mut_meta(&mut self, ino: u64) -> Result<&mut Inode> {
+        self.inodes.get_mut_meta(&ino).ok_or(Errno::ENOENT)
     }
 
     /// The number of inodes (the root and unlinked-but-referenced ones included).
@@ -665,7 +1064,7 @@ impl State {
         p.dir_mut()?.insert(newname, ino);
         p.mtime = now;
         p.ctime = now;
-        let inode = self.get_mut(ino)?;
+        let inode = self.get_mut_meta(ino)?;
         inode.nlink += 1;
         inode.ctime = now;
         Ok(())
@@ -673,7 +1072,7 @@ impl State {
 
     /// Drops one link of `ino` (all of a directory's).
     fn unlinked(&mut self, ino: u64, now: SystemTime) {
-        if let Some(i) = self.inodes.get_mut(&ino) {
+        if let Some(i) = self.inodes.get_mut_meta(&ino) {
             i.nlink = if i.kind == FileType::Directory {
                 0
             } else {
@@ -798,7 +1197,7 @@ impl State {
                 p.ctime = now;
             }
             for ino in [src, dst] {
-                self.get_mut(ino)?.ctime = now;
+                self.get_mut_meta(ino)?.ctime = now;
             }
             return Ok(());
         }
@@ -840,7 +1239,7 @@ impl State {
             p.mtime = now;
             p.ctime = now;
         }
-        self.get_mut(src)?.ctime = now;
+        self.get_mut_meta(src)?.ctime = now;
         Ok(())
     }
 
@@ -866,8 +1265,18 @@ impl State {
     }
 
     /// Runs `f` on the data of regular file `ino`, keeping the chunk count.
-    fn with_file<T>(&mut self, ino: u64, f: impl FnOnce(&mut FileData) -> T) -> Result<T> {
-        let inode = self.inodes.get_mut(&ino).ok_or(Errno::ENOENT)?;
+    /// Runs `f` on the contents of file `ino`, which changes only chunks
+    /// `chunks` (`(first, last)`, `last` `u64::MAX` for every chunk from `first`).
+    fn with_file<T>(
+        &mut self,
+        ino: u64,
+        chunks: (u64, u64),
+        f: impl FnOnce(&mut FileData) -> T,
+    ) -> Result<T> {
+        let inode = self
+            .inodes
+            .get_mut_data(&ino, chunks.0, chunks.1)
+            .ok_or(Errno::ENOENT)?;
         let data = match &mut inode.body {
             Body::File(d) => d,
             Body::Dir(_) => return Err(Errno::EISDIR),
@@ -902,8 +1311,8 @@ impl State {
                 return Err(Errno::EFBIG);
             }
             let old = self.get(ino)?.file()?.size();
-            self.with_file(ino, |f| f.set_size(size))?;
-            let i = self.get_mut(ino)?;
+            self.with_file(ino, (size.min(old) / CHUNK, u64::MAX), |f| f.set_size(size))?;
+            let i = self.get_mut_meta(ino)?;
             if set.mtime.is_none() && size != old {
                 i.mtime = now;
             }
@@ -911,7 +1320,7 @@ impl State {
                 i.kill_suid_sgid();
             }
         }
-        let i = self.get_mut(ino)?;
+        let i = self.get_mut_meta(ino)?;
         if let Some(mode) = set.mode {
             i.perm = mode as u16 & 0o7777;
         }
@@ -976,7 +1385,7 @@ impl State {
 
     /// Sets the atime of `ino` to `now`.
     pub fn touch_atime(&mut self, ino: u64, now: SystemTime) {
-        if let Some(i) = self.inodes.get_mut(&ino) {
+        if let Some(i) = self.inodes.get_mut_meta(&ino) {
             i.atime = now;
         }
     }
@@ -999,9 +1408,9 @@ impl State {
         }
         let missing = self.get(ino)?.file()?.missing_chunks(off, len);
         self.reserve(missing)?;
-        self.with_file(ino, |f| f.write(off, data))?;
+        self.with_file(ino, chunk_span(off, len), |f| f.write(off, data))?;
         let now = SystemTime::now();
-        let i = self.get_mut(ino)?;
+        let i = self.get_mut_meta(ino)?;
         i.mtime = now;
         i.ctime = now;
         if kill_suidgid || !caller.privileged() {
@@ -1027,7 +1436,7 @@ impl State {
             0 | FALLOC_FL_ZERO_RANGE => {
                 self.reserve(file.missing_chunks(off, len))?;
                 let zero = mode & FALLOC_FL_ZERO_RANGE != 0;
-                self.with_file(ino, |f| {
+                self.with_file(ino, chunk_span(off, len), |f| {
                     if zero {
                         f.zero_range(off, len, true);
                     }
@@ -1038,15 +1447,15 @@ impl State {
                 })?;
                 if zero || !keep {
                     let now = SystemTime::now();
-                    let i = self.get_mut(ino)?;
+                    let i = self.get_mut_meta(ino)?;
                     i.mtime = now;
                     i.ctime = now;
                 }
             }
             FALLOC_FL_PUNCH_HOLE if keep => {
-                self.with_file(ino, |f| f.zero_range(off, len, false))?;
+                self.with_file(ino, chunk_span(off, len), |f| f.zero_range(off, len, false))?;
                 let now = SystemTime::now();
-                let i = self.get_mut(ino)?;
+                let i = self.get_mut_meta(ino)?;
                 i.mtime = now;
                 i.ctime = now;
             }
@@ -1117,7 +1526,7 @@ impl State {
             let data_at = next.unwrap_or(end_in);
             if data_at > pos {
                 let (o, n) = (off_out + (pos - off_in), data_at - pos);
-                self.with_file(ino_out, |f| f.zero_range(o, n, false))?;
+                self.with_file(ino_out, chunk_span(o, n), |f| f.zero_range(o, n, false))?;
                 pos = data_at;
                 continue;
             }
@@ -1127,16 +1536,19 @@ impl State {
             let from = (pos % CHUNK) as usize;
             piece[..n].copy_from_slice(&chunk[from..from + n]);
             let o = off_out + (pos - off_in);
-            self.with_file(ino_out, |f| f.write(o, &piece[..n]))?;
+            self.with_file(ino_out, chunk_span(o, n as u64), |f| {
+                f.write(o, &piece[..n])
+            })?;
             pos = to;
         }
-        self.with_file(ino_out, |f| {
+        // Growing only: no chunk changes.
+        self.with_file(ino_out, (0, 0), |f| {
             if end_out > f.size() {
                 f.set_size(end_out);
             }
         })?;
         let now = SystemTime::now();
-        let i = self.get_mut(ino_out)?;
+        let i = self.get_mut_meta(ino_out)?;
         i.mtime = now;
         i.ctime = now;
         if !caller.privileged() {
@@ -1148,7 +1560,7 @@ impl State {
     /// Sets an extended attribute (`user.`, `trusted.`, `security.` namespaces).
     pub fn setxattr(&mut self, ino: u64, name: &[u8], value: &[u8], flags: i32) -> Result<()> {
         check_xattr_name(name)?;
-        let i = self.get_mut(ino)?;
+        let i = self.get_mut_meta(ino)?;
         let exists = i.xattrs.contains_key(name);
         if flags & XATTR_CREATE != 0 && exists {
             return Err(Errno::EEXIST);
@@ -1184,7 +1596,7 @@ impl State {
     /// Removes an extended attribute.
     pub fn removexattr(&mut self, ino: u64, name: &[u8]) -> Result<()> {
         check_xattr_name(name)?;
-        let i = self.get_mut(ino)?;
+        let i = self.get_mut_meta(ino)?;
         i.xattrs.remove(name).ok_or(Errno::ENODATA)?;
         i.ctime = SystemTime::now();
         Ok(())

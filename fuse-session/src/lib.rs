@@ -25,6 +25,7 @@ pub use notify::{Notified, Notifier, NotifyError};
 pub use proto::bufs::{DirEntries, DirEntriesPlus, ReadBuf};
 pub use proto::handles::HandleKind;
 pub use proto::init::{InitResult, InitWishes, KernelOffer};
+pub use proto::precopy::{NodeChanges, PrecopiedState, SessionChanges};
 pub use proto::state::{Counters, HandleState, NodeState, SessionState, StateError};
 pub use proto::{Handled, InitState, Session};
 pub use types::*;

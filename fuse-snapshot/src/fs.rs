@@ -2,12 +2,13 @@
 //! and the typed entry points built on it.
 use std::io;
 
-use fuse_session::{Filesystem, Session, SessionState};
+use fuse_session::{Filesystem, HandleState, NodeState, Session, SessionState};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::fds::{FdRestorer, FdSaver};
 use crate::format::{decode_state, decode_unvalidated, encode_state, FormatError};
+use crate::precopy::PrecopyOps;
 
 /// A [`Filesystem`] that can be snapshotted and restored in another process.
 ///
@@ -40,6 +41,38 @@ pub trait SnapshotFs: Filesystem {
     fn restore(state: Self::State, fds: &mut FdRestorer) -> Result<Self, String>
     where
         Self: Sized;
+
+    /// Checks the restored filesystem against the session's tables before they are
+    /// served: that every node and handle value given names something the
+    /// filesystem has. Both came from the same untrusted snapshot, and each is
+    /// consistent on its own only by its own checks. A whole restore passes every
+    /// node; a pre-copied handoff passes the nodes that changed since the pre-copy
+    /// (and every handle). The default accepts.
+    ///
+    /// # Errors
+    /// A message saying what does not match; the restore is refused.
+    fn check_session(
+        &self,
+        nodes: &[NodeState<Self::Node>],
+        handles: &[HandleState<Self::Handle>],
+    ) -> Result<(), String>
+    where
+        Self: Sized,
+    {
+        let _ = (nodes, handles);
+        Ok(())
+    }
+
+    /// Pre-copy support for live handoff ([`crate::precopy`]): return
+    /// `Some(PrecopyOps::new())` when the filesystem implements
+    /// [`Precopy`](crate::Precopy), so that most of its state crosses before the
+    /// mount is paused. The default, `None`, takes the whole state while paused.
+    fn precopy() -> Option<PrecopyOps<Self>>
+    where
+        Self: Sized,
+    {
+        None
+    }
 }
 
 /// The session state of filesystem `F`: its tables with `F`'s node and handle values.
@@ -89,7 +122,8 @@ pub fn snapshot<F: SnapshotFs>(
 }
 
 /// Restores a session from a snapshot: decodes it, rebuilds the filesystem with
-/// [`SnapshotFs::restore`] (taking its descriptors from `fds`), and hands both to
+/// [`SnapshotFs::restore`] (taking its descriptors from `fds`), checks the two
+/// against each other ([`SnapshotFs::check_session`]), and hands both to
 /// [`Session::restore`], which validates the state. The session is already
 /// initialized; serve it on the inherited `/dev/fuse` connection.
 ///
@@ -103,5 +137,7 @@ pub fn restore<F: SnapshotFs>(
     // Session::restore validates; no need to do it twice.
     let (state, fs_state) = decode_unvalidated::<F::Node, F::Handle, F::State>(bytes)?;
     let fs = F::restore(fs_state, fds).map_err(FormatError::FsRestore)?;
+    fs.check_session(&state.nodes, &state.handles)
+        .map_err(FormatError::FsRestore)?;
     Session::restore(fs, state).map_err(FormatError::State)
 }

@@ -20,6 +20,12 @@
 //! File descriptors a filesystem's state holds travel beside the snapshot as
 //! [`FdSlot`]s: see [`fds`].
 //!
+//! # Live handoff
+//! [`handoff`] hands a mounted, serving session to a new process on the same
+//! `/dev/fuse` connection. With [`Precopy`] (see [`precopy`]) the state crosses
+//! while the old process still serves and only what changed meanwhile crosses
+//! under the pause, so the stall depends on the changes, not on the state's size.
+//!
 //! ```
 //! use fuse_snapshot::{encode_state, decode_state, summarize};
 //! use fuse_snapshot::session::{Counters, InitResult, InitState, KernelOffer, NodeState, SessionState};
@@ -55,6 +61,7 @@ mod file;
 pub mod format;
 mod fs;
 pub mod handoff;
+pub mod precopy;
 
 pub use fds::{FdRestorer, FdSaver, FdSlot};
 pub use file::{load_file, load_file_with_limit, save_file, DEFAULT_MAX_FILE_SIZE};
@@ -63,3 +70,4 @@ pub use format::{
     RawSnapshot, Summary, FORMAT_VERSION,
 };
 pub use fs::{decode, encode, restore, snapshot, SnapshotFs, StateOf};
+pub use precopy::{Precopy, PrecopyOps};

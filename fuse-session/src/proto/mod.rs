@@ -11,6 +11,7 @@ mod dispatch;
 pub mod handles;
 pub mod init;
 pub mod nodes;
+pub mod precopy;
 pub(crate) mod session;
 pub mod state;
 

@@ -18,7 +18,7 @@
 //! # References
 //! - Linux `fs/fuse/inode.c` (`fuse_iget`, `fuse_queue_forget`), `fs/fuse/readdir.c`
 //!   (`fuse_direntplus_link`)
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::hash::{BuildHasherDefault, Hash, Hasher};
 
 /// A hasher for nodeids: they come from the session's own counter, never from an
@@ -67,12 +67,16 @@ pub struct NodeEntry<N> {
 }
 
 /// nodeid -> node, node -> nodeid, with lookup counts.
+///
+/// While *recording* (a pre-copy handoff, [`crate::proto::precopy`]) the table also
+/// notes every nodeid whose entry is added, changed or removed.
 #[derive(Clone, Debug)]
 pub struct NodeTable<N: Clone + Eq + Hash> {
     by_id: IdMap<NodeEntry<N>>,
     by_node: HashMap<N, u64>,
     next_id: u64,
     next_generation: u64,
+    changed: Option<HashSet<u64, BuildHasherDefault<IdHasher>>>,
 }
 
 /// What [`NodeTable::forget`] did.
@@ -94,6 +98,7 @@ impl<N: Clone + Eq + Hash> NodeTable<N> {
             by_node: HashMap::new(),
             next_id: ROOT_ID + 1,
             next_generation: 1,
+            changed: None,
         };
         t.by_id.insert(
             ROOT_ID,
@@ -120,6 +125,7 @@ impl<N: Clone + Eq + Hash> NodeTable<N> {
             by_node: HashMap::with_capacity(n),
             next_id,
             next_generation,
+            changed: None,
         };
         for (id, e) in entries {
             if t.by_node.insert(e.node.clone(), id).is_some() {
@@ -140,6 +146,66 @@ impl<N: Clone + Eq + Hash> NodeTable<N> {
         self.by_node.get(node).copied()
     }
 
+    fn note(&mut self, nodeid: u64) {
+        if let Some(c) = &mut self.changed {
+            c.insert(nodeid);
+        }
+    }
+
+    /// Starts noting every nodeid whose entry changes (forgets earlier notes).
+    pub fn start_recording(&mut self) {
+        self.changed = Some(HashSet::default());
+    }
+
+    /// Stops noting; returns the nodeids noted, sorted (`None` if not recording).
+    pub fn stop_recording(&mut self) -> Option<Vec<u64>> {
+        let mut v: Vec<u64> = self.changed.take()?.into_iter().collect();
+        v.sort_unstable();
+        Some(v)
+    }
+
+    /// The nodeids noted so far, sorted, recording on (empty if not recording).
+    pub fn recorded(&self) -> Vec<u64> {
+        let mut v: Vec<u64> = self.changed.iter().flatten().copied().collect();
+        v.sort_unstable();
+        v
+    }
+
+    /// The nodeids noted so far, sorted, and recording goes on afresh (`None` if
+    /// not recording).
+    pub fn take_recorded(&mut self) -> Option<Vec<u64>> {
+        let set = self.changed.as_mut()?;
+        let mut v: Vec<u64> = set.drain().collect();
+        v.sort_unstable();
+        Some(v)
+    }
+
+    /// Removes `nodeid` outright (applying a pre-copy's changes).
+    pub(crate) fn remove_id(&mut self, nodeid: u64) -> Option<NodeEntry<N>> {
+        let e = self.by_id.remove(&nodeid)?;
+        if self.by_node.get(&e.node) == Some(&nodeid) {
+            self.by_node.remove(&e.node);
+        }
+        Some(e)
+    }
+
+    /// Inserts `nodeid` (not present) with `e`; fails if its node value is already
+    /// another nodeid's (applying a pre-copy's changes).
+    pub(crate) fn insert_id(&mut self, nodeid: u64, e: NodeEntry<N>) -> Result<(), ()> {
+        if self.by_node.contains_key(&e.node) || self.by_id.contains_key(&nodeid) {
+            return Err(());
+        }
+        self.by_node.insert(e.node.clone(), nodeid);
+        self.by_id.insert(nodeid, e);
+        Ok(())
+    }
+
+    /// Sets the counters (applying a pre-copy's changes).
+    pub(crate) fn set_counters(&mut self, next_id: u64, next_generation: u64) {
+        self.next_id = next_id;
+        self.next_generation = next_generation;
+    }
+
     /// Counts one lookup of `node`, assigning a nodeid if it is new.
     /// Returns `(nodeid, generation)`.
     pub fn lookup(&mut self, node: &N) -> (u64, u64) {
@@ -147,6 +213,9 @@ impl<N: Clone + Eq + Hash> NodeTable<N> {
             if let Some(e) = self.by_id.get_mut(&id) {
                 if id != ROOT_ID {
                     e.lookups = e.lookups.saturating_add(1);
+                    let generation = e.generation;
+                    self.note(id);
+                    return (id, generation);
                 }
                 return (id, e.generation);
             }
@@ -164,6 +233,7 @@ impl<N: Clone + Eq + Hash> NodeTable<N> {
             },
         );
         self.by_node.insert(node.clone(), id);
+        self.note(id);
         (id, generation)
     }
 
@@ -182,8 +252,10 @@ impl<N: Clone + Eq + Hash> NodeTable<N> {
             return Forgotten::Unknown;
         };
         e.lookups = e.lookups.saturating_sub(nlookup);
-        if e.lookups > 0 {
-            return Forgotten::Still(e.lookups);
+        let left = e.lookups;
+        self.note(nodeid);
+        if left > 0 {
+            return Forgotten::Still(left);
         }
         match self.by_id.remove(&nodeid) {
             Some(e) => {
@@ -207,6 +279,7 @@ impl<N: Clone + Eq + Hash> NodeTable<N> {
         let old = std::mem::replace(&mut e.node, node.clone());
         self.by_node.remove(&old);
         self.by_node.insert(node, nodeid);
+        self.note(nodeid);
         true
     }
 
@@ -218,6 +291,11 @@ impl<N: Clone + Eq + Hash> NodeTable<N> {
     /// True if only... never: the root is always present. Provided for clippy's sake.
     pub fn is_empty(&self) -> bool {
         self.by_id.is_empty()
+    }
+
+    /// Every entry, in no particular order.
+    pub fn iter(&self) -> impl Iterator<Item = (u64, &NodeEntry<N>)> + '_ {
+        self.by_id.iter().map(|(&id, e)| (id, e))
     }
 
     /// Every entry, sorted by nodeid (deterministic, for snapshots).

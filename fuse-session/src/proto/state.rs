@@ -219,7 +219,7 @@ impl<N: Eq + Hash, H> SessionState<N, H> {
     /// Everything [`SessionState::validate`] checks but the distinct node values
     /// (which [`Session::restore`] checks while it builds the table, hashing each
     /// value once).
-    fn validate_structure(&self) -> Result<(), StateError> {
+    pub(crate) fn validate_structure(&self) -> Result<(), StateError> {
         let r = &self.init.result;
         if r.minor < MIN_MINOR
             || r.minor > abi::FUSE_KERNEL_MINOR_VERSION
@@ -285,12 +285,20 @@ impl<F: Filesystem> Session<F> {
     /// being handled (e.g. under [`Running::pause`](crate::serve::Running::pause));
     /// `None` before INIT (there is nothing to restore without it).
     pub fn snapshot(&self) -> Option<SessionState<F::Node, F::Handle>> {
+        self.snapshot_with(|_| {})
+    }
+
+    /// [`Session::snapshot`], running `f` on the nodeid table under its lock first.
+    pub(crate) fn snapshot_with(
+        &self,
+        f: impl FnOnce(&mut NodeTable<F::Node>),
+    ) -> Option<SessionState<F::Node, F::Handle>> {
         let init = *self.init.get()?;
-        let (nodes, (next_nodeid, next_generation)) = {
-            let t = lock(&self.nodes);
+        let (mut nodes, (next_nodeid, next_generation)) = {
+            let mut t = lock(&self.nodes);
+            f(&mut t);
             let nodes: Vec<NodeState<F::Node>> = t
-                .sorted()
-                .into_iter()
+                .iter()
                 .map(|(nodeid, e)| NodeState {
                     nodeid,
                     generation: e.generation,
@@ -300,6 +308,27 @@ impl<F: Filesystem> Session<F> {
                 .collect();
             (nodes, t.counters())
         };
+        // Sorted after the lock is released: requests wait only for the copy.
+        nodes.sort_unstable_by_key(|n| n.nodeid);
+        let (handles, polls, counters) = self.snapshot_rest(next_nodeid, next_generation);
+        Some(SessionState {
+            init,
+            nodes,
+            handles,
+            polls,
+            only_uid: self.only_uid,
+            counters,
+        })
+    }
+
+    /// Everything of a snapshot but the nodeid table: handles, polls, counters
+    /// (with the table's `next_nodeid` and `next_generation`).
+    #[allow(clippy::type_complexity)]
+    pub(crate) fn snapshot_rest(
+        &self,
+        next_nodeid: u64,
+        next_generation: u64,
+    ) -> (Vec<HandleState<F::Handle>>, Vec<u64>, Counters) {
         let (handles, next_fh) = {
             let t = lock(&self.handles);
             let handles: Vec<HandleState<F::Handle>> = t
@@ -316,24 +345,22 @@ impl<F: Filesystem> Session<F> {
             (handles, t.next_fh())
         };
         let s = &self.stats;
-        Some(SessionState {
-            init,
-            nodes,
+        let counters = Counters {
+            next_nodeid,
+            next_generation,
+            next_fh,
+            next_notify_unique: self.notify_unique.load(Ordering::Relaxed),
+            requests: s.requests.load(Ordering::Relaxed),
+            errors: s.errors.load(Ordering::Relaxed),
+            interrupts: s.interrupts.load(Ordering::Relaxed),
+            forgets: s.forgets.load(Ordering::Relaxed),
+            malformed: s.malformed.load(Ordering::Relaxed),
+        };
+        (
             handles,
-            polls: lock(&self.polls).iter().copied().collect(),
-            only_uid: self.only_uid,
-            counters: Counters {
-                next_nodeid,
-                next_generation,
-                next_fh,
-                next_notify_unique: self.notify_unique.load(Ordering::Relaxed),
-                requests: s.requests.load(Ordering::Relaxed),
-                errors: s.errors.load(Ordering::Relaxed),
-                interrupts: s.interrupts.load(Ordering::Relaxed),
-                forgets: s.forgets.load(Ordering::Relaxed),
-                malformed: s.malformed.load(Ordering::Relaxed),
-            },
-        })
+            lock(&self.polls).iter().copied().collect(),
+            counters,
+        )
     }
 
     /// A session for `fs` in the state `state`, already initialized: no INIT will
@@ -349,23 +376,30 @@ impl<F: Filesystem> Session<F> {
                 "the filesystem's root node differs from the state's",
             ));
         }
-        let nodes = NodeTable::from_parts(
-            state.nodes.into_iter().map(|n| {
-                (
-                    n.nodeid,
-                    NodeEntry {
-                        node: n.node,
-                        lookups: n.lookups,
-                        generation: n.generation,
-                    },
-                )
-            }),
-            c.next_nodeid,
-            c.next_generation,
-        )
-        .map_err(StateError::DuplicateNode)?;
+        let nodes = node_table(state.nodes, &c)?;
+        Ok(Session::assemble(
+            fs,
+            state.init,
+            nodes,
+            state.handles,
+            state.polls,
+            state.only_uid,
+            &c,
+        ))
+    }
+
+    /// A restored session from its parts, all checked.
+    pub(crate) fn assemble(
+        fs: F,
+        init: InitState,
+        nodes: NodeTable<F::Node>,
+        handles: Vec<HandleState<F::Handle>>,
+        polls: Vec<u64>,
+        only_uid: Option<u32>,
+        c: &Counters,
+    ) -> Self {
         let handles = HandleTable::from_parts(
-            state.handles.into_iter().map(|h| {
+            handles.into_iter().map(|h| {
                 (
                     h.fh,
                     HandleEntry {
@@ -378,9 +412,16 @@ impl<F: Filesystem> Session<F> {
             }),
             c.next_fh,
         );
-        let init = OnceLock::new();
-        let _ = init.set(state.init);
-        let stats = SessionStats {
+        let once = OnceLock::new();
+        let _ = once.set(init);
+        let mut s = Session::new(fs);
+        s.nodes = Mutex::new(nodes);
+        s.handles = Mutex::new(handles);
+        s.init = once;
+        s.polls = Mutex::new(polls.into_iter().collect::<BTreeSet<u64>>());
+        s.notify_unique = AtomicU64::new(c.next_notify_unique.max(1));
+        s.only_uid = only_uid;
+        s.stats = SessionStats {
             requests: AtomicU64::new(c.requests),
             errors: AtomicU64::new(c.errors),
             interrupts: AtomicU64::new(c.interrupts),
@@ -388,16 +429,31 @@ impl<F: Filesystem> Session<F> {
             malformed: AtomicU64::new(c.malformed),
             pokes: AtomicU64::new(0),
         };
-        let mut s = Session::new(fs);
-        s.nodes = Mutex::new(nodes);
-        s.handles = Mutex::new(handles);
-        s.init = init;
-        s.polls = Mutex::new(state.polls.into_iter().collect::<BTreeSet<u64>>());
-        s.notify_unique = AtomicU64::new(c.next_notify_unique.max(1));
-        s.only_uid = state.only_uid;
-        s.stats = stats;
         s.destroyed = AtomicBool::new(false);
         s.early_interrupts = Mutex::new(VecDeque::new());
-        Ok(s)
+        s
     }
+}
+
+/// The nodeid table of checked `nodes` (sorted, counted); fails on a node value
+/// carried twice.
+pub(crate) fn node_table<N: Clone + Eq + Hash>(
+    nodes: Vec<NodeState<N>>,
+    c: &Counters,
+) -> Result<NodeTable<N>, StateError> {
+    NodeTable::from_parts(
+        nodes.into_iter().map(|n| {
+            (
+                n.nodeid,
+                NodeEntry {
+                    node: n.node,
+                    lookups: n.lookups,
+                    generation: n.generation,
+                },
+            )
+        }),
+        c.next_nodeid,
+        c.next_generation,
+    )
+    .map_err(StateError::DuplicateNode)
 }

@@ -86,6 +86,8 @@ pub enum FormatError {
     FsSave(String),
     /// The filesystem refused its saved state.
     FsRestore(String),
+    /// A live handoff's pre-copy, or the changes that complete it, are malformed.
+    BadPrecopy(String),
 }
 
 impl fmt::Display for FormatError {
@@ -134,6 +136,11 @@ impl fmt::Display for FormatError {
                 f,
                 "snapshot header says format version {header} but the body is version {body}: \
                  the writer is broken; report it"
+            ),
+            FormatError::BadPrecopy(e) => write!(
+                f,
+                "{e}: the running daemon sent a malformed pre-copy (a bug in it, or not the \
+                 program it claims to be)"
             ),
             FormatError::BadBody(e) => write!(
                 f,

@@ -54,7 +54,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use std::hash::Hash;
 
-mod crc;
+pub(crate) mod crc;
 pub(crate) mod envelope;
 mod error;
 mod fast;

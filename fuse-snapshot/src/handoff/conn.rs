@@ -12,7 +12,7 @@ use super::HandoffError;
 /// A connected handoff socket with an overall deadline.
 pub(crate) struct Conn {
     stream: UnixStream,
-    deadline: Instant,
+    deadline: std::cell::Cell<Instant>,
     max_snapshot: usize,
 }
 
@@ -29,9 +29,14 @@ impl Conn {
     pub(crate) fn new(stream: UnixStream, timeout: Duration, max_snapshot: usize) -> Conn {
         Conn {
             stream,
-            deadline: Instant::now() + timeout,
+            deadline: std::cell::Cell::new(Instant::now() + timeout),
             max_snapshot,
         }
+    }
+
+    /// Replaces the deadline: `timeout` from now (a new phase of the handoff).
+    pub(crate) fn rearm(&self, timeout: Duration) {
+        self.deadline.set(Instant::now() + timeout);
     }
 
     /// The peer's credentials, checked: the same effective uid as ours, or root.
@@ -52,7 +57,10 @@ impl Conn {
     }
 
     fn arm(&self, what: &'static str) -> Result<(), HandoffError> {
-        let left = self.deadline.saturating_duration_since(Instant::now());
+        let left = self
+            .deadline
+            .get()
+            .saturating_duration_since(Instant::now());
         if left.is_zero() {
             return Err(HandoffError::Timeout(what));
         }

@@ -15,7 +15,7 @@ use fuse_session::serve::Running;
 use super::conn::Conn;
 use super::message::{self, Hello, Kind, SnapshotMeta, WireMethod};
 use super::{HandoffError, HandoffOptions, HandoffStats};
-use crate::{FdSaver, SnapshotFs};
+use crate::{FdSaver, PrecopyOps, SnapshotFs};
 
 /// The control socket a running daemon listens on for a process that wants to take
 /// its mount over.
@@ -275,6 +275,19 @@ fn mount_out(m: &Mount) -> std::io::Result<MountOut> {
     })
 }
 
+/// A filesystem recording its changes for a pre-copy; stops it when dropped (the
+/// snapshot already did on success; stopping again is harmless).
+struct Recording<'a, F: SnapshotFs> {
+    ops: PrecopyOps<F>,
+    session: &'a fuse_session::Session<F>,
+}
+
+impl<F: SnapshotFs> Drop for Recording<'_, F> {
+    fn drop(&mut self) {
+        (self.ops.abort)(self.session);
+    }
+}
+
 /// One upgrade connection, old side. Every error before `Commit` leaves this
 /// process serving.
 fn serve_one<F: SnapshotFs>(
@@ -313,7 +326,86 @@ fn serve_one<F: SnapshotFs>(
         };
         return Err(refuse(&conn, e));
     }
-    conn.send("send Accept", &message::encode_accept(version), &[])?;
+    let precopy = F::precopy().filter(|_| hello.features & message::FEATURE_PRECOPY != 0);
+    let features = if precopy.is_some() {
+        message::FEATURE_PRECOPY
+    } else {
+        0
+    };
+    conn.send(
+        "send Accept",
+        &message::encode_accept(version, features),
+        &[],
+    )?;
+
+    // Pre-copy, still serving: the filesystem records its changes from here until
+    // the snapshot (or until this attempt ends, when the guard stops it).
+    let mut recording = None;
+    let mut precopy_bytes = 0;
+    let mut precopy_rounds = 0;
+    let mut precopy_time = Duration::ZERO;
+    if let Some(ops) = precopy {
+        conn.rearm(options.precopy_timeout);
+        let t = Instant::now();
+        let session = running.session();
+        // Not at a lower priority: the copy takes the tables' locks, which
+        // requests wait for.
+        let base = (ops.begin)(session);
+        recording = Some(Recording { ops, session });
+        let base = match base {
+            Ok(b) => b,
+            Err(e) => return Err(refuse(&conn, HandoffError::Snapshot(e))),
+        };
+        if base.len() > options.max_snapshot {
+            let e = HandoffError::Snapshot(crate::FormatError::FsSave(format!(
+                "the pre-copied state is {} bytes, over the limit of {}",
+                base.len(),
+                options.max_snapshot
+            )));
+            return Err(refuse(&conn, e));
+        }
+        conn.send(
+            "send the pre-copied state",
+            &message::precopy_header(base.len()),
+            &[],
+        )
+        .and_then(|()| conn.send("send the pre-copied state", &base, &[]))?;
+        precopy_bytes = base.len();
+        drop(base);
+        let r = conn.expect("read Ready", &[Kind::Ready, Kind::Nack], "Ready or Nack")?;
+        if r.header.kind == Kind::Nack {
+            return Err(HandoffError::Refused(message::decode_reason(&r.body)));
+        }
+        message::decode_duration(Kind::Ready, &r.body)?;
+        // Rounds while serving: what changed during the copy crosses now rather
+        // than under the pause, as long as it shrinks.
+        while precopy_rounds < crate::precopy::MAX_ROUNDS {
+            let round = match (ops.round)(session) {
+                Ok(Some(b)) => b,
+                Ok(None) => break,
+                Err(e) => return Err(refuse(&conn, HandoffError::Snapshot(e))),
+            };
+            conn.send(
+                "send a pre-copy round",
+                &message::header(Kind::PrecopyRound, round.len()),
+                &[],
+            )
+            .and_then(|()| conn.send("send a pre-copy round", &round, &[]))?;
+            precopy_bytes += round.len();
+            precopy_rounds += 1;
+            let r = conn.expect("read Ready", &[Kind::Ready, Kind::Nack], "Ready or Nack")?;
+            if r.header.kind == Kind::Nack {
+                return Err(HandoffError::Refused(message::decode_reason(&r.body)));
+            }
+            message::decode_duration(Kind::Ready, &r.body)?;
+            if round.len() < crate::precopy::ROUND_ENOUGH {
+                break;
+            }
+        }
+        precopy_time = t.elapsed();
+        // The pause starts now: it is bounded by the ordinary timeout.
+        conn.rearm(options.timeout);
+    }
 
     // From here on the mount is paused; every early return drops the guard, which
     // resumes serving.
@@ -333,7 +425,11 @@ fn serve_one<F: SnapshotFs>(
     };
     let mut saver = FdSaver::new();
     let encode_start = Instant::now();
-    let bytes = match crate::snapshot(running.session(), &mut saver) {
+    let taken = match precopy {
+        Some(ops) => (ops.changes)(running.session(), &mut saver),
+        None => crate::snapshot(running.session(), &mut saver),
+    };
+    let bytes = match taken {
         Ok(b) => b,
         Err(e) => return Err(rolled_back(refuse(&conn, HandoffError::Snapshot(e)))),
     };
@@ -396,6 +492,7 @@ fn serve_one<F: SnapshotFs>(
     // parked; stop them for good without unmounting.
     let mount = running.stop();
     drop(guard);
+    drop(recording);
     let session = running.session();
     Ok(HandoffOutcome {
         stats: HandoffStats {
@@ -404,6 +501,9 @@ fn serve_one<F: SnapshotFs>(
             fds: fd_count,
             nodes: session.node_count(),
             handles: session.handle_count(),
+            precopy_bytes,
+            precopy_rounds,
+            precopy: precopy_time,
             parked_in,
             encode,
             transfer: Duration::ZERO,

@@ -8,7 +8,8 @@
 //! offset size  field
 //!      0    4  magic  "FLHO"
 //!      4    1  protocol version (1)
-//!      5    1  kind   (1 Hello, 2 Accept, 3 Refuse, 4 Snapshot, 5 Ack, 6 Nack, 7 Commit)
+//!      5    1  kind   (1 Hello, 2 Accept, 3 Refuse, 4 Snapshot, 5 Ack, 6 Nack, 7 Commit,
+//!                      8 Precopy, 9 Ready, 10 PrecopyRound)
 //!      6    2  reserved, zero
 //!      8    4  body length, little-endian (bounded per kind, see `Kind::max_body`)
 //! ```
@@ -16,8 +17,9 @@
 //! Bodies, all integers little-endian:
 //!
 //! ```text
-//! Hello    min_version u16, max_version u16, pid u32             (new -> old)
-//! Accept   version u16                                           (old -> new)
+//! Hello    min_version u16, max_version u16, pid u32,
+//!          [features u32]                                        (new -> old)
+//! Accept   version u16, [features u32]                           (old -> new)
 //! Refuse   reason, UTF-8                                         (old -> new)
 //! Snapshot since_pause_ns u64, has_unmount_socket u8, method u8,
 //!          connection_id_present u8, connection_id u64, fs_fds u32,
@@ -25,7 +27,19 @@
 //! Ack      restore_ns u64                                        (new -> old)
 //! Nack     reason, UTF-8                                         (new -> old)
 //! Commit   since_pause_ns u64                                    (old -> new)
+//! Precopy  the filesystem's pre-copied state                     (old -> new)
+//! Ready    decode_ns u64                                         (new -> old)
+//! PrecopyRound  changes since the pre-copy or the last round     (old -> new)
 //! ```
+//!
+//! `features` is a bit set ([`FEATURE_PRECOPY`]); a Hello or Accept without it
+//! (the first releases) means none. The new process offers, the old one answers
+//! with what it will use. With [`FEATURE_PRECOPY`] agreed, the old process sends
+//! Precopy right after Accept while it still serves, the new one answers Ready
+//! (or Nack) once it has decoded it. The old one may then send PrecopyRounds —
+//! what changed since, each answered Ready — and only then does it pause and send
+//! Snapshot, which then carries the changes since the last round (see
+//! [`crate::precopy`]).
 //!
 //! The descriptors of a Snapshot ride on its header bytes (`SCM_RIGHTS`), in this
 //! order: the `/dev/fuse` descriptor, the `auto_unmount` socket if
@@ -45,6 +59,11 @@ pub const HEADER_LEN: usize = 12;
 pub const MAX_REASON: usize = 4096;
 /// The longest mountpoint a Snapshot may carry (`PATH_MAX`).
 pub const MAX_MOUNTPOINT: usize = 4096;
+/// Feature bit: the new process takes a pre-copied filesystem state
+/// ([`crate::precopy`]) before the pause.
+pub const FEATURE_PRECOPY: u32 = 1;
+/// Every feature bit this release knows.
+pub const FEATURES: u32 = FEATURE_PRECOPY;
 /// Fixed part of a Snapshot body before the mountpoint.
 const SNAPSHOT_FIXED: usize = 8 + 1 + 1 + 1 + 8 + 4 + 4;
 
@@ -66,6 +85,12 @@ pub enum Kind {
     Nack = 6,
     /// Old process: stopped for good; serve now.
     Commit = 7,
+    /// Old process, still serving: the filesystem's pre-copied state.
+    Precopy = 8,
+    /// New process: the pre-copied state is decoded; pause and send the rest.
+    Ready = 9,
+    /// Old process, still serving: changes since the pre-copy or the last round.
+    PrecopyRound = 10,
 }
 
 impl Kind {
@@ -78,6 +103,9 @@ impl Kind {
             5 => Kind::Ack,
             6 => Kind::Nack,
             7 => Kind::Commit,
+            8 => Kind::Precopy,
+            9 => Kind::Ready,
+            10 => Kind::PrecopyRound,
             _ => return None,
         })
     }
@@ -86,8 +114,10 @@ impl Kind {
     /// snapshot bytes.
     pub fn max_body(self, max_snapshot: usize) -> usize {
         match self {
-            Kind::Hello => 8,
-            Kind::Accept => 2,
+            Kind::Hello => 12,
+            Kind::Accept => 6,
+            Kind::Precopy | Kind::PrecopyRound => max_snapshot,
+            Kind::Ready => 8,
             Kind::Refuse | Kind::Nack => MAX_REASON,
             Kind::Snapshot => SNAPSHOT_FIXED
                 .saturating_add(MAX_MOUNTPOINT)
@@ -282,26 +312,33 @@ pub struct Hello {
     pub max_version: u16,
     /// Its process id (informational; the kernel's `SO_PEERCRED` is what counts).
     pub pid: u32,
+    /// The features it offers ([`FEATURE_PRECOPY`]); unknown bits are ignored.
+    pub features: u32,
 }
 
 impl Hello {
     /// The whole message.
     pub fn encode(&self) -> Vec<u8> {
-        let mut v = header(Kind::Hello, 8).to_vec();
+        let mut v = header(Kind::Hello, 12).to_vec();
         v.extend_from_slice(&self.min_version.to_le_bytes());
         v.extend_from_slice(&self.max_version.to_le_bytes());
         v.extend_from_slice(&self.pid.to_le_bytes());
+        v.extend_from_slice(&self.features.to_le_bytes());
         v
     }
 
     /// Decodes a Hello body.
     pub fn decode(body: &[u8]) -> Result<Hello, MessageError> {
         let mut r = reader(Kind::Hello, body);
-        let h = Hello {
+        let mut h = Hello {
             min_version: r.u16()?,
             max_version: r.u16()?,
             pid: r.u32()?,
+            features: 0,
         };
+        if !r.rest.is_empty() {
+            h.features = r.u32()?;
+        }
         r.end()?;
         if h.min_version > h.max_version {
             return Err(MessageError::BadBody {
@@ -313,19 +350,27 @@ impl Hello {
     }
 }
 
-/// Encodes a message whose body is one little-endian `u16` (Accept).
-pub fn encode_accept(version: u16) -> Vec<u8> {
-    let mut v = header(Kind::Accept, 2).to_vec();
+/// Encodes an Accept: the snapshot format version and the features the old
+/// process will use.
+pub fn encode_accept(version: u16, features: u32) -> Vec<u8> {
+    let mut v = header(Kind::Accept, 6).to_vec();
     v.extend_from_slice(&version.to_le_bytes());
+    v.extend_from_slice(&features.to_le_bytes());
     v
 }
 
-/// Decodes an Accept body.
-pub fn decode_accept(body: &[u8]) -> Result<u16, MessageError> {
+/// Decodes an Accept body: `(version, features)` (features 0 if absent).
+pub fn decode_accept(body: &[u8]) -> Result<(u16, u32), MessageError> {
     let mut r = reader(Kind::Accept, body);
     let v = r.u16()?;
+    let features = if r.rest.is_empty() { 0 } else { r.u32()? };
     r.end()?;
-    Ok(v)
+    Ok((v, features))
+}
+
+/// The header of a Precopy whose body (the pre-copied state) is `len` bytes.
+pub fn precopy_header(len: usize) -> [u8; HEADER_LEN] {
+    header(Kind::Precopy, len)
 }
 
 /// Encodes a Refuse or Nack with `reason` (cut to [`MAX_REASON`] bytes at a
@@ -492,15 +537,38 @@ mod tests {
             min_version: 1,
             max_version: 3,
             pid: 42,
+            features: FEATURE_PRECOPY,
         };
         let m = hello.encode();
         let (h, b) = split(&m);
         assert_eq!(h.kind, Kind::Hello);
         assert_eq!(Hello::decode(b).unwrap(), hello);
+        // The first releases' Hello has no features word: none offered.
+        let old = Hello::decode(&b[..8]).unwrap();
+        assert_eq!(old.features, 0);
+        assert_eq!((old.min_version, old.max_version, old.pid), (1, 3, 42));
 
-        let m = encode_accept(7);
+        let m = encode_accept(7, FEATURE_PRECOPY);
         let (h, b) = split(&m);
-        assert_eq!((h.kind, decode_accept(b).unwrap()), (Kind::Accept, 7));
+        assert_eq!(
+            (h.kind, decode_accept(b).unwrap()),
+            (Kind::Accept, (7, FEATURE_PRECOPY))
+        );
+        assert_eq!(decode_accept(&b[..2]).unwrap(), (7, 0), "an old Accept");
+
+        let m = encode_duration(Kind::Ready, Duration::from_millis(3));
+        let (h, b) = split(&m);
+        assert_eq!(h.kind, Kind::Ready);
+        assert_eq!(
+            decode_duration(Kind::Ready, b).unwrap(),
+            Duration::from_millis(3)
+        );
+        let h = precopy_header(5);
+        assert_eq!(parse_header(&h, 5).unwrap().len, 5);
+        assert!(
+            parse_header(&h, 4).is_err(),
+            "a Precopy is bounded by max_snapshot"
+        );
 
         let m = encode_reason(Kind::Nack, "no");
         let (h, b) = split(&m);
@@ -548,7 +616,7 @@ mod tests {
         let mut h = header(Kind::Hello, 8);
         h[7] = 1;
         assert_eq!(parse_header(&h, 0), Err(MessageError::Reserved));
-        let h = header(Kind::Hello, 9);
+        let h = header(Kind::Hello, 13);
         assert!(matches!(
             parse_header(&h, 0),
             Err(MessageError::TooLong { .. })
@@ -568,6 +636,11 @@ mod tests {
             "min > max"
         );
         assert!(decode_accept(&[1, 0, 0]).is_err());
+        assert!(
+            decode_accept(&[1, 0, 0, 0, 0]).is_err(),
+            "half a features word"
+        );
+        assert!(Hello::decode(&[1, 0, 1, 0, 0, 0, 0, 0, 1]).is_err());
         assert!(decode_duration(Kind::Ack, &[0; 7]).is_err());
         let meta = SnapshotMeta {
             since_pause: Duration::ZERO,

@@ -12,6 +12,14 @@
 //! 2. New → old: `Hello { min_version, max_version, pid }`, the snapshot format
 //!    versions the new process reads. Old → new: `Accept { version }`, or
 //!    `Refuse { reason }` if it cannot write any of them. Nothing was touched.
+//!    With pre-copy agreed (both sides offer it and the filesystem implements
+//!    [`Precopy`](crate::Precopy)), the old process first sends the session's
+//!    tables and its filesystem's state while still serving (`Precopy`), the new
+//!    one decodes and prepares them and answers `Ready`, and rounds of what
+//!    changed meanwhile may follow (`PrecopyRound`, each answered `Ready`); the
+//!    snapshot of step 3 then carries only what changed since the last round
+//!    ([`crate::precopy`]). The pre-copy has its own, longer timeout
+//!    ([`HandoffOptions::precopy_timeout`]): nothing is paused during it.
 //! 3. The old process **pauses** its workers ([`Running::pause`]): each finishes
 //!    the request it is serving and parks, so no request is in flight in this
 //!    process. It snapshots the session and the filesystem ([`crate::snapshot`],
@@ -73,11 +81,15 @@ use fuse_session::serve::Running;
 #[derive(Clone, Debug)]
 #[non_exhaustive]
 pub struct HandoffOptions {
-    /// How long one handoff may take, from the connection to `Commit`. On the old
-    /// side this bounds the stall of a failed handoff (the pause lasts at most this
-    /// long before serving resumes). Default 5 s; keep it well under the
-    /// negotiated `request_timeout`, if any.
+    /// How long one handoff may take, from the connection to `Commit` — with
+    /// pre-copy, from the connection to the pre-copy, and again from the new
+    /// process's Ready to `Commit`. On the old side this bounds the stall of a
+    /// failed handoff (the pause lasts at most this long before serving resumes).
+    /// Default 5 s; keep it well under the negotiated `request_timeout`, if any.
     pub timeout: Duration,
+    /// How long the pre-copy may take (sending, decoding and preparing the state
+    /// while the old process serves: nothing is paused). Default 60 s.
+    pub precopy_timeout: Duration,
     /// The largest snapshot accepted, in bytes. Default 1 GiB.
     pub max_snapshot: usize,
     /// The snapshot format versions the new process reads (sent in Hello). Default
@@ -85,15 +97,21 @@ pub struct HandoffOptions {
     pub versions: (u16, u16),
     /// Worker threads the new process starts. Default 2.
     pub threads: usize,
+    /// New side: offer to take a pre-copied filesystem state
+    /// ([`crate::precopy`]), used when the running daemon's filesystem supports
+    /// it. [`take_over`] offers it only if the filesystem type does. Default true.
+    pub precopy: bool,
 }
 
 impl Default for HandoffOptions {
     fn default() -> Self {
         HandoffOptions {
             timeout: Duration::from_secs(5),
+            precopy_timeout: Duration::from_secs(60),
             max_snapshot: 1 << 30,
             versions: (1, crate::FORMAT_VERSION),
             threads: 2,
+            precopy: true,
         }
     }
 }
@@ -107,6 +125,12 @@ impl HandoffOptions {
     /// Sets [`HandoffOptions::timeout`].
     pub fn timeout(mut self, t: Duration) -> Self {
         self.timeout = t;
+        self
+    }
+
+    /// Sets [`HandoffOptions::precopy_timeout`].
+    pub fn precopy_timeout(mut self, t: Duration) -> Self {
+        self.precopy_timeout = t;
         self
     }
 
@@ -127,6 +151,12 @@ impl HandoffOptions {
         self.threads = n.max(1);
         self
     }
+
+    /// Sets [`HandoffOptions::precopy`].
+    pub fn precopy(mut self, on: bool) -> Self {
+        self.precopy = on;
+        self
+    }
 }
 
 /// What a handoff cost, as one side saw it.
@@ -142,6 +172,14 @@ pub struct HandoffStats {
     pub nodes: usize,
     /// Open handles in the session.
     pub handles: usize,
+    /// Bytes of the pre-copy, rounds included (0 without pre-copy).
+    pub precopy_bytes: usize,
+    /// Rounds of changes sent after the pre-copy, while serving.
+    pub precopy_rounds: u32,
+    /// The pre-copy, before the pause. Old side: from starting to record changes
+    /// to the new process's Ready. New side: from the first byte of the pre-copy
+    /// to its decoded base.
+    pub precopy: Duration,
     /// Old side: time to park the workers.
     pub parked_in: Duration,
     /// Old side: the time to take and encode the snapshot (session tables and
@@ -216,6 +254,11 @@ pub enum HandoffError {
     RolledBack(Box<HandoffError>),
     /// The upgrade listener was closed.
     Closed,
+    /// New side: the running daemon agreed to pre-copy, but this filesystem type
+    /// does not implement [`Precopy`](crate::Precopy) (connect with
+    /// [`HandoffOptions::precopy`] false, or use [`take_over`], which offers it
+    /// only when the type supports it).
+    PrecopyUnsupported,
 }
 
 impl fmt::Display for HandoffError {
@@ -280,6 +323,11 @@ impl fmt::Display for HandoffError {
                 )
             }
             HandoffError::Closed => write!(f, "the upgrade listener was closed"),
+            HandoffError::PrecopyUnsupported => write!(
+                f,
+                "the running daemon sends a pre-copied state but this filesystem type \
+                 cannot take one; connect without offering pre-copy"
+            ),
         }
     }
 }

@@ -6,6 +6,7 @@ use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+use fuse_session::dev::priority::background;
 use fuse_session::dev::{Mount, MountMethod, MountParts};
 use fuse_session::serve::{Running, Server};
 use fuse_session::Session;
@@ -20,14 +21,17 @@ use crate::{FdRestorer, SnapshotFs};
 pub struct Takeover {
     conn: Conn,
     version: u16,
+    features: u32,
     peer_pid: i32,
     threads: usize,
+    timeouts: (std::time::Duration, std::time::Duration),
 }
 
 impl std::fmt::Debug for Takeover {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Takeover")
             .field("version", &self.version)
+            .field("features", &self.features)
             .field("peer_pid", &self.peer_pid)
             .finish_non_exhaustive()
     }
@@ -35,7 +39,10 @@ impl std::fmt::Debug for Takeover {
 
 impl Takeover {
     /// Connects to the daemon listening on `path`, checks its credentials, and
-    /// agrees on a snapshot format version.
+    /// agrees on a snapshot format version, and on pre-copy if
+    /// [`HandoffOptions::precopy`] (then the filesystem type given to
+    /// [`Takeover::receive`] must implement [`Precopy`](crate::Precopy), or the
+    /// handoff fails with [`HandoffError::PrecopyUnsupported`]).
     ///
     /// # Errors
     /// [`HandoffError::NoListener`], [`HandoffError::PeerNotTrusted`],
@@ -62,6 +69,11 @@ impl Takeover {
             min_version,
             max_version,
             pid: std::process::id(),
+            features: if options.precopy {
+                message::FEATURE_PRECOPY
+            } else {
+                0
+            },
         };
         let sent = conn.send("send Hello", &hello.encode(), &[]);
         // A daemon that refuses at once (e.g. our uid) may close before reading
@@ -77,8 +89,21 @@ impl Takeover {
         if r.header.kind == Kind::Refuse {
             return Err(HandoffError::Refused(message::decode_reason(&r.body)));
         }
-        let version = message::decode_accept(&r.body)?;
-        if !(min_version..=max_version).contains(&version) {
+        let (version, features) = message::decode_accept(&r.body)?;
+        let unoffered = features & !hello.features;
+        if unoffered != 0 || !(min_version..=max_version).contains(&version) {
+            if unoffered != 0 {
+                let e = HandoffError::Message(message::MessageError::BadBody {
+                    kind: Kind::Accept,
+                    why: "accepts a feature that was not offered",
+                });
+                let _ = conn.send(
+                    "send Nack",
+                    &message::encode_reason(Kind::Nack, &e.to_string()),
+                    &[],
+                );
+                return Err(e);
+            }
             let e = HandoffError::VersionMismatch {
                 wanted: (min_version, max_version),
                 offered: version,
@@ -93,9 +118,16 @@ impl Takeover {
         Ok(Takeover {
             conn,
             version,
+            features,
             peer_pid: peer.pid,
             threads: options.threads,
+            timeouts: (options.timeout, options.precopy_timeout),
         })
+    }
+
+    /// Whether the daemon will pre-copy its filesystem's state before pausing.
+    pub fn precopy(&self) -> bool {
+        self.features & message::FEATURE_PRECOPY != 0
     }
 
     /// The snapshot format version agreed.
@@ -138,17 +170,100 @@ impl Takeover {
         let Takeover {
             conn,
             version,
+            features,
             peer_pid,
             threads,
+            timeouts,
         } = self;
-        let r = match conn.expect(
-            "read the snapshot",
-            &[Kind::Snapshot, Kind::Refuse],
-            "Snapshot",
-        ) {
-            Ok(r) => r,
-            Err(e) => return Err((Some(conn), e)),
+        // Pre-copy: the daemon still serves while the base crosses and decodes.
+        let mut precopied = None;
+        let mut precopy_bytes = 0;
+        let mut precopy_time = std::time::Duration::ZERO;
+        if features & message::FEATURE_PRECOPY != 0 {
+            let Some(ops) = F::precopy() else {
+                return Err((Some(conn), HandoffError::PrecopyUnsupported));
+            };
+            conn.rearm(timeouts.1);
+            let r = match conn.expect(
+                "read the pre-copied state",
+                &[Kind::Precopy, Kind::Refuse],
+                "Precopy",
+            ) {
+                Ok(r) => r,
+                Err(e) => return Err((Some(conn), e)),
+            };
+            if r.header.kind == Kind::Refuse {
+                return Err((None, HandoffError::Refused(message::decode_reason(&r.body))));
+            }
+            if !r.fds.is_empty() {
+                let e = HandoffError::Message(message::MessageError::BadBody {
+                    kind: Kind::Precopy,
+                    why: "descriptors on a pre-copy",
+                });
+                return Err((Some(conn), e));
+            }
+            // Decoding runs beside the old process's serving: at a lower priority.
+            let body = &r.body;
+            let base = match background(|| (ops.decode_base)(body)) {
+                Ok(b) => b,
+                Err(e) => return Err((Some(conn), HandoffError::Snapshot(e))),
+            };
+            precopy_bytes = r.body.len();
+            drop(r.body);
+            precopy_time = r.started.elapsed();
+            if let Err(e) = conn.send(
+                "send Ready",
+                &message::encode_duration(Kind::Ready, precopy_time),
+                &[],
+            ) {
+                return Err((None, e));
+            }
+            precopied = Some((ops, base));
+        }
+        // Rounds of changes while the daemon still serves, each answered Ready,
+        // until the Snapshot (the daemon paused).
+        let mut rounds = 0;
+        let r = loop {
+            let r = match conn.expect(
+                "read the snapshot",
+                &[Kind::Snapshot, Kind::Refuse, Kind::PrecopyRound],
+                "Snapshot",
+            ) {
+                Ok(r) => r,
+                Err(e) => return Err((Some(conn), e)),
+            };
+            if r.header.kind != Kind::PrecopyRound {
+                break r;
+            }
+            let Some((ops, base)) = precopied.as_mut() else {
+                let e = HandoffError::Message(message::MessageError::Unexpected {
+                    got: Kind::PrecopyRound,
+                    expected: "Snapshot (no pre-copy was agreed)",
+                });
+                return Err((Some(conn), e));
+            };
+            if !r.fds.is_empty() {
+                let e = HandoffError::Message(message::MessageError::BadBody {
+                    kind: Kind::PrecopyRound,
+                    why: "descriptors on a pre-copy round",
+                });
+                return Err((Some(conn), e));
+            }
+            let body = &r.body;
+            if let Err(e) = background(|| (ops.apply_round)(base, body)) {
+                return Err((Some(conn), HandoffError::Snapshot(e)));
+            }
+            rounds += 1;
+            precopy_bytes += r.body.len();
+            if let Err(e) = conn.send(
+                "send Ready",
+                &message::encode_duration(Kind::Ready, r.started.elapsed()),
+                &[],
+            ) {
+                return Err((None, e));
+            }
         };
+        conn.rearm(timeouts.0);
         if r.header.kind == Kind::Refuse {
             return Err((None, HandoffError::Refused(message::decode_reason(&r.body))));
         }
@@ -199,7 +314,11 @@ impl Takeover {
             Ok(m) => m,
             Err(e) => return Err((Some(conn), HandoffError::Mount(e))),
         };
-        let session = match crate::restore::<F>(bytes, &mut restorer) {
+        let restored = match precopied {
+            Some((ops, base)) => (ops.restore)(base, bytes, &mut restorer),
+            None => crate::restore::<F>(bytes, &mut restorer),
+        };
+        let session = match restored {
             Ok(s) => s,
             Err(e) => return Err((Some(conn), HandoffError::Snapshot(e))),
         };
@@ -209,6 +328,9 @@ impl Takeover {
             fds: meta.fd_count() as usize,
             nodes: session.node_count(),
             handles: session.handle_count(),
+            precopy_bytes,
+            precopy_rounds: rounds,
+            precopy: precopy_time,
             snapshot_sent: meta.since_pause,
             restore: received.elapsed(),
             transfer,
@@ -302,8 +424,9 @@ impl<F: SnapshotFs> Restored<F> {
     }
 }
 
-/// Takes the mount over from the daemon listening on `path`: connect, receive,
-/// restore, Ack, wait for Commit, serve with `options.threads` workers. Returns the
+/// Takes the mount over from the daemon listening on `path`: connect, take the
+/// pre-copied state if both sides support it, receive, restore, Ack, wait for
+/// Commit, serve with `options.threads` workers. Returns the
 /// running server and what the handoff cost.
 ///
 /// # Errors
@@ -313,5 +436,8 @@ pub fn take_over<F: SnapshotFs>(
     path: impl AsRef<Path>,
     options: &HandoffOptions,
 ) -> Result<(Running<F>, HandoffStats), HandoffError> {
-    Takeover::connect(path, options)?.receive::<F>()?.commit()
+    let options = options
+        .clone()
+        .precopy(options.precopy && F::precopy().is_some());
+    Takeover::connect(path, &options)?.receive::<F>()?.commit()
 }

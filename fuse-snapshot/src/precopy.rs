@@ -1,0 +1,331 @@
+//! Pre-copy: most of a filesystem's state crosses to the new process *before* the
+//! mount is paused, so the stall of a live handoff depends on what changed during
+//! the copy, not on how large the state is.
+//!
+//! A [`SnapshotFs`] takes part by also implementing [`Precopy`] and returning
+//! [`PrecopyOps::new`] from [`SnapshotFs::precopy`]. A handoff then runs:
+//!
+//! 1. Old process, still serving: [`Precopy::precopy_begin`] starts recording what
+//!    changes and returns the state as it is (the *base*, bytes the filesystem
+//!    encodes as it likes, e.g. in chunks under short locks). It is sent to the new
+//!    process, which decodes it ([`Precopy::decode_base`]) while the old process
+//!    keeps serving, and answers that it is ready.
+//!    Then, still serving, it may send *rounds* ([`Precopy::precopy_round`]): what
+//!    changed since step 1 or the last round, which the new process applies to its
+//!    base ([`Precopy::apply_round`]); rounds go on while they shrink (at most
+//!    [`MAX_ROUNDS`], stopping once one is under [`ROUND_ENOUGH`] bytes), so that
+//!    what is written during a long copy does not all wait for the pause.
+//! 2. Old process, paused: [`Precopy::precopy_changes`] returns what changed since
+//!    step 1 (or the last round) and stops recording. It travels in the snapshot in place of the whole
+//!    state, beside the session's tables and the descriptors.
+//! 3. New process, paused: [`Precopy::restore_precopied`] builds the filesystem from
+//!    the base and the changes, and validates it (both are untrusted).
+//!
+//! If the handoff fails anywhere, [`Precopy::precopy_abort`] stops the recording
+//! and the old process serves on, as without pre-copy.
+//!
+//! The base may be inconsistent (an item changed while it was being copied): that
+//! is fine as long as every such item is among the changes of step 2, which carry
+//! its final value.
+use std::any::Any;
+use std::io;
+
+use fuse_session::{Filesystem, NodeChanges, PrecopiedState, Session, SessionChanges};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::format::crc::crc32;
+use crate::format::{decode_unvalidated, encode_state, FormatError};
+use crate::{FdRestorer, FdSaver, SnapshotFs};
+
+/// A [`SnapshotFs`] whose state can be copied while it serves, then completed by
+/// the changes made meanwhile: see the [module docs](self).
+pub trait Precopy: SnapshotFs {
+    /// The decoded base, as the new process keeps it until the changes arrive.
+    type Base: Send + 'static;
+    /// What changed between [`Precopy::precopy_begin`] and the pause.
+    type Changes: Serialize + DeserializeOwned + Send + 'static;
+
+    /// Old process, while serving (called from the handoff thread, concurrently
+    /// with requests): start recording every change, then return the state as it
+    /// is, encoded (what [`Precopy::decode_base`] reads). Hold locks only briefly:
+    /// requests wait for them.
+    ///
+    /// # Errors
+    /// The handoff is refused and the mount keeps being served; recording is
+    /// stopped with [`Precopy::precopy_abort`].
+    fn precopy_begin(&self) -> io::Result<Vec<u8>>;
+
+    /// Old process, paused (no request in flight): everything that changed since
+    /// [`Precopy::precopy_begin`], and stop recording. Descriptors the state needs
+    /// go into `fds`, as in [`SnapshotFs::save`].
+    ///
+    /// # Errors
+    /// The handoff is abandoned and the old process serves on.
+    fn precopy_changes(&self, fds: &mut FdSaver) -> io::Result<Self::Changes>;
+
+    /// Old process, while serving, after the base: what changed since
+    /// [`Precopy::precopy_begin`] or the last round, recording on afresh. Hold
+    /// locks only briefly. The default, `Ok(None)`, takes no rounds: everything
+    /// changed during the copy crosses under the pause.
+    ///
+    /// # Errors
+    /// The handoff is refused and the mount keeps being served.
+    fn precopy_round(&self) -> io::Result<Option<Self::Changes>> {
+        Ok(None)
+    }
+
+    /// New process, while the old one still serves: apply one round to the base.
+    /// The end state is only whole after the last changes: check then, in
+    /// [`Precopy::restore_precopied`]. Untrusted input: an error, never a panic.
+    ///
+    /// # Errors
+    /// A message saying what is wrong; the handoff is refused.
+    fn apply_round(base: &mut Self::Base, changes: Self::Changes) -> Result<(), String> {
+        let _ = (base, changes);
+        Err("this filesystem takes no pre-copy rounds".into())
+    }
+
+    /// Old process: stop recording without sending the changes (the handoff
+    /// failed or was refused). Must be harmless when not recording.
+    fn precopy_abort(&self);
+
+    /// New process, while the old one still serves: decode the bytes of
+    /// [`Precopy::precopy_begin`]. Untrusted input: an error, never a panic.
+    ///
+    /// # Errors
+    /// A message saying what is wrong; the handoff is refused.
+    fn decode_base(bytes: &[u8]) -> Result<Self::Base, String>;
+
+    /// New process, paused: the filesystem from the base and the changes, taking
+    /// its descriptors from `fds`. Validate the result as [`SnapshotFs::restore`]
+    /// does: both parts are untrusted.
+    ///
+    /// # Errors
+    /// A message saying what is wrong; the handoff is refused.
+    fn restore_precopied(
+        base: Self::Base,
+        changes: Self::Changes,
+        fds: &mut FdRestorer,
+    ) -> Result<Self, String>
+    where
+        Self: Sized;
+}
+
+/// The most rounds of changes sent after the pre-copy.
+pub const MAX_ROUNDS: u32 = 3;
+/// A round smaller than this is the last: what is left is small enough for the
+/// pause.
+pub const ROUND_ENOUGH: usize = 64 * 1024;
+
+type AnyBase = Box<dyn Any + Send>;
+/// Takes one round's bytes (`None`: the filesystem takes no rounds).
+type RoundFn<F> = fn(&Session<F>) -> Result<Option<Vec<u8>>, FormatError>;
+/// Builds the session from the base and the changes' bytes.
+type RestoreFn<F> = fn(AnyBase, &[u8], &mut FdRestorer) -> Result<Session<F>, FormatError>;
+
+/// The pre-copy entry points of filesystem `F`, for the handoff code (which only
+/// knows `F: SnapshotFs`). Made by [`PrecopyOps::new`] for an `F: Precopy`, and
+/// returned by [`SnapshotFs::precopy`].
+pub struct PrecopyOps<F: SnapshotFs> {
+    pub(crate) begin: fn(&Session<F>) -> Result<Vec<u8>, FormatError>,
+    pub(crate) abort: fn(&Session<F>),
+    pub(crate) round: RoundFn<F>,
+    pub(crate) apply_round: fn(&mut AnyBase, &[u8]) -> Result<(), FormatError>,
+    pub(crate) changes: fn(&Session<F>, &mut FdSaver) -> Result<Vec<u8>, FormatError>,
+    pub(crate) decode_base: fn(&[u8]) -> Result<AnyBase, FormatError>,
+    pub(crate) restore: RestoreFn<F>,
+}
+
+impl<F: SnapshotFs> Clone for PrecopyOps<F> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<F: SnapshotFs> Copy for PrecopyOps<F> {}
+
+impl<F: SnapshotFs> std::fmt::Debug for PrecopyOps<F> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PrecopyOps")
+    }
+}
+
+impl<F: Precopy> PrecopyOps<F> {
+    /// The entry points of `F`'s [`Precopy`] implementation.
+    pub fn new() -> Self {
+        PrecopyOps {
+            begin: begin::<F>,
+            abort: abort::<F>,
+            round: round::<F>,
+            apply_round: apply_round::<F>,
+            changes: changes::<F>,
+            decode_base: |bytes| decode_base::<F>(bytes).map(|b| Box::new(b) as AnyBase),
+            restore: restore_precopied::<F>,
+        }
+    }
+}
+
+impl<F: Precopy> Default for PrecopyOps<F> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// The new process's base: the session's tables, built, and the filesystem's.
+type Base<F> = (
+    PrecopiedState<<F as Filesystem>::Node>,
+    <F as Precopy>::Base,
+);
+
+/// The changes under the pause, as they travel.
+type Changes<F> = (
+    SessionChanges<<F as Filesystem>::Node, <F as Filesystem>::Handle>,
+    <F as Precopy>::Changes,
+);
+
+/// The pre-copy: the session's base as an ordinary snapshot (with an empty
+/// filesystem state), then the filesystem's base bytes:
+/// `session_len u32 LE, session snapshot, filesystem bytes`.
+fn begin<F: Precopy>(session: &Session<F>) -> Result<Vec<u8>, FormatError> {
+    let state = session.precopy_begin().ok_or(FormatError::NotInitialized)?;
+    let tables = encode_state(&state, &());
+    drop(state);
+    let fs = session
+        .filesystem()
+        .precopy_begin()
+        .map_err(|e| FormatError::FsSave(e.to_string()));
+    let (tables, fs) = match (tables, fs) {
+        (Ok(t), Ok(f)) => (t, f),
+        (Err(e), _) | (_, Err(e)) => {
+            abort::<F>(session);
+            return Err(e);
+        }
+    };
+    let len = u32::try_from(tables.len())
+        .map_err(|_| FormatError::Encode("the session's pre-copy exceeds 4 GiB".into()))?;
+    let mut out = Vec::with_capacity(4 + tables.len() + fs.len());
+    out.extend_from_slice(&len.to_le_bytes());
+    out.extend_from_slice(&tables);
+    out.extend_from_slice(&fs);
+    Ok(out)
+}
+
+fn abort<F: Precopy>(session: &Session<F>) {
+    session.precopy_abort();
+    session.filesystem().precopy_abort();
+}
+
+fn decode_base<F: Precopy>(bytes: &[u8]) -> Result<Base<F>, FormatError> {
+    let (len, rest) = match bytes.split_first_chunk::<4>() {
+        Some((len, rest)) => (u32::from_le_bytes(*len) as usize, rest),
+        None => {
+            return Err(FormatError::BadPrecopy(format!(
+                "the pre-copy is {} bytes, too short for its 4-byte length",
+                bytes.len()
+            )))
+        }
+    };
+    if len > rest.len() {
+        return Err(FormatError::BadPrecopy(format!(
+            "the pre-copy is truncated: its session part is {len} bytes, {} follow",
+            rest.len()
+        )));
+    }
+    let (tables, fs) = rest.split_at(len);
+    let (state, ()) = decode_unvalidated::<F::Node, F::Handle, ()>(tables)?;
+    let tables = PrecopiedState::new(state).map_err(FormatError::State)?;
+    let fs = F::decode_base(fs)
+        .map_err(|e| FormatError::FsRestore(format!("the pre-copied state: {e}")))?;
+    Ok((tables, fs))
+}
+
+/// `crc32 u32 LE` of the rest, then the postcard encoding of `value`: how rounds
+/// and the changes under the pause travel.
+fn encode_checked<T: Serialize>(value: &T) -> Result<Vec<u8>, FormatError> {
+    let mut out =
+        postcard::to_extend(value, vec![0u8; 4]).map_err(|e| FormatError::Encode(e.to_string()))?;
+    let crc = crc32(&out[4..]);
+    out[..4].copy_from_slice(&crc.to_le_bytes());
+    Ok(out)
+}
+
+/// Reads what [`encode_checked`] wrote (`what` names it in errors).
+fn decode_checked<T: DeserializeOwned>(bytes: &[u8], what: &str) -> Result<T, FormatError> {
+    let Some((stored, body)) = bytes.split_first_chunk::<4>() else {
+        return Err(FormatError::BadPrecopy(format!(
+            "{what} are {} bytes, too short for their checksum",
+            bytes.len()
+        )));
+    };
+    let stored = u32::from_le_bytes(*stored);
+    let computed = crc32(body);
+    if stored != computed {
+        return Err(FormatError::ChecksumMismatch { stored, computed });
+    }
+    match postcard::take_from_bytes::<T>(body) {
+        Ok((c, [])) => Ok(c),
+        Ok((_, rest)) => Err(FormatError::BadPrecopy(format!(
+            "{what} have {} trailing bytes",
+            rest.len()
+        ))),
+        Err(e) => Err(FormatError::BadPrecopy(format!(
+            "{what} do not decode: {e}"
+        ))),
+    }
+}
+
+/// One round: the filesystem's changes (none if it takes no rounds) and the
+/// session's nodeids changed since the last.
+fn round<F: Precopy>(session: &Session<F>) -> Result<Option<Vec<u8>>, FormatError> {
+    let fs = session
+        .filesystem()
+        .precopy_round()
+        .map_err(|e| FormatError::FsSave(e.to_string()))?;
+    let Some(fs) = fs else {
+        return Ok(None);
+    };
+    let nodes = session
+        .precopy_round()
+        .ok_or_else(|| FormatError::FsSave("no pre-copy in progress".into()))?;
+    encode_checked(&(nodes, fs)).map(Some)
+}
+
+fn apply_round<F: Precopy>(base: &mut AnyBase, bytes: &[u8]) -> Result<(), FormatError> {
+    let (tables, fs) = base.downcast_mut::<Base<F>>().ok_or_else(|| {
+        FormatError::FsRestore("pre-copied base of another filesystem type".into())
+    })?;
+    let (nodes, changes): (NodeChanges<F::Node>, F::Changes) =
+        decode_checked(bytes, "a pre-copy round's changes")?;
+    tables.apply_round(nodes).map_err(FormatError::State)?;
+    F::apply_round(fs, changes).map_err(FormatError::FsRestore)
+}
+
+/// The changes under the pause, as [`encode_checked`]: the session's and the
+/// filesystem's.
+fn changes<F: Precopy>(session: &Session<F>, fds: &mut FdSaver) -> Result<Vec<u8>, FormatError> {
+    let tables = session
+        .precopy_changes()
+        .ok_or_else(|| FormatError::FsSave("no pre-copy in progress".into()))?;
+    let fs = session
+        .filesystem()
+        .precopy_changes(fds)
+        .map_err(|e| FormatError::FsSave(e.to_string()))?;
+    encode_checked(&(tables, fs))
+}
+
+fn restore_precopied<F: Precopy>(
+    base: AnyBase,
+    bytes: &[u8],
+    fds: &mut FdRestorer,
+) -> Result<Session<F>, FormatError> {
+    let (tables, fs_base) = *base
+        .downcast::<Base<F>>()
+        .map_err(|_| FormatError::FsRestore("pre-copied base of another filesystem type".into()))?;
+    let (session_changes, fs_changes): Changes<F> =
+        decode_checked(bytes, "the pre-copy's changes")?;
+    let fs = F::restore_precopied(fs_base, fs_changes, fds).map_err(FormatError::FsRestore)?;
+    fs.check_session(&session_changes.nodes, &session_changes.handles)
+        .map_err(FormatError::FsRestore)?;
+    Session::restore_precopied(fs, tables, session_changes).map_err(FormatError::State)
+}
