@@ -2,7 +2,8 @@
 //! lookups, attributes, directory listings, reads of 4 KiB and 1 MiB with verified
 //! contents, 2 MiB of writes (O_DIRECT and buffered) read back, concurrent readers
 //! pinned to each CPU, FORGET traffic (which still comes
-//! through `/dev/fuse`), pausing, the refused handoff, unmount and abort, the
+//! through `/dev/fuse`), pausing and a snapshot, a live handoff refused before
+//! Commit (through fuse-snapshot's real handoff), unmount and abort, the
 //! fallback when the kernel does not offer io_uring, and `benchfs --uring`.
 //!
 //! Needs root, `/dev/fuse` and a kernel with `CONFIG_FUSE_IO_URING`; the tests switch
@@ -680,5 +681,69 @@ fn uring_delivers_writes_whole_and_reads_them_back() {
         std::fs::metadata(m.path("w")).expect("stat w").len(),
         len as u64
     );
+    m.finish();
+}
+
+impl fuse_live::snapshot::SnapshotFs for Tree {
+    type State = Vec<u8>;
+    fn save(&self, _: &mut fuse_live::snapshot::FdSaver) -> std::io::Result<Vec<u8>> {
+        Ok(self.w.lock().unwrap_or_else(|p| p.into_inner()).clone())
+    }
+    fn restore(
+        state: Vec<u8>,
+        _: &mut fuse_live::snapshot::FdRestorer,
+    ) -> std::result::Result<Self, String> {
+        let t = Tree::new();
+        *t.w.lock().unwrap_or_else(|p| p.into_inner()) = state;
+        Ok(t)
+    }
+}
+
+#[test]
+fn uring_snapshot_works_and_a_live_handoff_is_refused_before_commit() {
+    use fuse_live::snapshot::handoff::{
+        serve_upgrades, take_over, HandoffOptions, UpgradeListener,
+    };
+    let _s = serial();
+    if !uring_ready("uring_snapshot_works_and_a_live_handoff_is_refused_before_commit") {
+        return;
+    }
+    let m = UringMount::start("uring-handoff", &required()).expect("spawn_uring");
+    let running = m.running();
+    std::fs::metadata(m.path("s3")).expect("stat");
+    {
+        // What SIGUSR1's snapshot file does: pause, snapshot, resume.
+        let _paused = running.pause();
+        let bytes = fuse_live::snapshot::snapshot(
+            running.session(),
+            &mut fuse_live::snapshot::FdSaver::new(),
+        )
+        .expect("snapshot while the queues are parked");
+        assert!(!bytes.is_empty());
+    }
+    let sock = m.mnt.parent().expect("temp dir").join("upgrade.sock");
+    let listener = UpgradeListener::bind(&sock).expect("bind the upgrade socket");
+    let opts = HandoffOptions::default();
+    std::thread::scope(|s| {
+        let old = s.spawn(|| serve_upgrades(running, &listener, &opts));
+        let new = take_over::<Tree>(&sock, &opts);
+        assert!(
+            new.is_err(),
+            "a new process cannot take over an io_uring mount"
+        );
+        // Refused before Commit: this process still serves.
+        assert!(running.is_serving());
+        check_content(
+            FIRST_SMALL + 8,
+            0,
+            &std::fs::read(m.path("s8")).expect("read"),
+        );
+        listener.close();
+        assert!(
+            old.join().expect("serve_upgrades").is_err(),
+            "closed, no handoff"
+        );
+    });
+    assert!(common::is_fuse_mounted(&m.mnt));
     m.finish();
 }
