@@ -2,11 +2,10 @@
 //! requests and writing replies, the fuse control filesystem, and request buffers.
 //!
 //! This is the only module of the crate that talks to the kernel, and the only one
-//! allowed `unsafe` code. Each `unsafe` block has a `// SAFETY:` comment: taking
-//! ownership of a file descriptor received over `SCM_RIGHTS` (in `scm.rs`, which
-//! `fusermount.rs` also uses: nix hands received descriptors out as raw integers), the
-//! `FUSE_DEV_IOC_CLONE` ioctl (in `channel.rs`: nix's ioctl wrappers are `unsafe fn`),
-//! and `setpriority(2)` for one thread (in `priority.rs`: nix has no wrapper).
+//! allowed `unsafe` code. It has two `unsafe` blocks, each with a `// SAFETY:` comment:
+//! taking ownership of a file descriptor received over `SCM_RIGHTS` (in `scm.rs`, which
+//! `fusermount.rs` also uses: nix hands received descriptors out as raw integers) and
+//! the `FUSE_DEV_IOC_CLONE` ioctl (in `channel.rs`: nix's ioctl wrappers are `unsafe fn`).
 //!
 //! The pieces, a file per idea:
 //! - [`MountOptions`]: what to mount, rendered to the kernel's and `fusermount3`'s
@@ -35,8 +34,6 @@ mod fusermount;
 mod mount;
 mod mountinfo;
 mod options;
-#[allow(unsafe_code)]
-pub mod priority;
 #[allow(unsafe_code)]
 mod scm;
 mod waker;
