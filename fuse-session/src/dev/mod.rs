@@ -6,8 +6,7 @@
 //! ownership of a file descriptor received over `SCM_RIGHTS` (in `scm.rs`, which
 //! `fusermount.rs` also uses: nix hands received descriptors out as raw integers), the
 //! `FUSE_DEV_IOC_CLONE` ioctl (in `channel.rs`: nix's ioctl wrappers are `unsafe fn`),
-//! and `setpriority(2)` for one thread (in `priority.rs`: nix has no wrapper).
-//! `uring.rs` has the io_uring ones: pushing SQEs that point at buffers the kernel
+//! and in `uring.rs` the io_uring ones: pushing SQEs that point at buffers the kernel
 //! fills, and setting the SQE field the io-uring crate does not expose.
 //!
 //! The pieces, a file per idea:
@@ -38,8 +37,6 @@ mod fusermount;
 mod mount;
 mod mountinfo;
 mod options;
-#[allow(unsafe_code)]
-pub mod priority;
 #[allow(unsafe_code)]
 mod scm;
 #[allow(unsafe_code)]

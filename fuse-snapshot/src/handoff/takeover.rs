@@ -6,7 +6,6 @@ use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use fuse_session::dev::priority::background;
 use fuse_session::dev::{Mount, MountMethod, MountParts};
 use fuse_session::serve::{Running, Server};
 use fuse_session::Session;
@@ -202,9 +201,7 @@ impl Takeover {
                 });
                 return Err((Some(conn), e));
             }
-            // Decoding runs beside the old process's serving: at a lower priority.
-            let body = &r.body;
-            let base = match background(|| (ops.decode_base)(body)) {
+            let base = match (ops.decode_base)(&r.body) {
                 Ok(b) => b,
                 Err(e) => return Err((Some(conn), HandoffError::Snapshot(e))),
             };
@@ -249,8 +246,7 @@ impl Takeover {
                 });
                 return Err((Some(conn), e));
             }
-            let body = &r.body;
-            if let Err(e) = background(|| (ops.apply_round)(base, body)) {
+            if let Err(e) = (ops.apply_round)(base, &r.body) {
                 return Err((Some(conn), HandoffError::Snapshot(e)));
             }
             rounds += 1;
