@@ -3,7 +3,7 @@
 //! that the three libraries are measured on identical work.
 //!
 //! ```text
-//! benchfs MOUNTPOINT TIMEOUT [--mt[=N]] [--direct-io] [--keep-cache] [--max-read=BYTES] [--stats]
+//! benchfs MOUNTPOINT TIMEOUT [--mt[=N]] [--uring] [--direct-io] [--keep-cache] [--max-read=BYTES] [--stats]
 //! ```
 //!
 //! The tree (content generated, never stored: the byte at offset `o` is `o % 251`):
@@ -22,6 +22,13 @@
 //! - READ: zero-copy, a slice of one page-aligned pattern buffer lent to the reply;
 //! - FORGET ignored (inodes are static), STATFS answered;
 //! - `--mt[=N]`: N worker threads (4 with plain `--mt`), else one;
+//! - `--uring` (or the environment variable `BENCHFS_URING=1`, so that the peers'
+//!   `run_all.sh` can run it unchanged): serve through fuse-over-io_uring
+//!   (`Server::spawn_uring`): one thread and ring per CPU, each pinned to its CPU,
+//!   plus one `/dev/fuse` reader for FORGET and INTERRUPT. Fails with a clear error
+//!   if the kernel does not offer it (module parameter `enable_uring`). `--mt=N`
+//!   changes nothing then: there is one queue thread per CPU in either case;
+//!   `BENCHFS_URING_DEPTH=N` sets the entries per queue (default 2);
 //! - `--stats`: request counters on stderr at exit, in the peers' format.
 //!
 //! Prints `ready MOUNTPOINT` on stdout once the mount serves; exits 0 when unmounted
@@ -33,7 +40,7 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, UNIX_EPOCH};
 
 use fuse_live::session::dev::MountOptions;
-use fuse_live::session::serve::Server;
+use fuse_live::session::serve::{Server, UringOptions};
 use fuse_live::session::wire::{FopenFlags, InitFlags};
 use fuse_live::session::{
     AttrReply, DirEntries, Entry, Errno, FileAttr, FileType, Filesystem, InitWishes, Opened,
@@ -335,7 +342,7 @@ impl Filesystem for BenchFs {
 
 fn usage() -> ! {
     eprintln!(
-        "usage: benchfs MOUNTPOINT TIMEOUT [--mt[=N]] [--direct-io] [--keep-cache] \
+        "usage: benchfs MOUNTPOINT TIMEOUT [--mt[=N]] [--uring] [--direct-io] [--keep-cache] \
          [--max-read=BYTES] [--stats]"
     );
     std::process::exit(2)
@@ -353,6 +360,7 @@ fn main() {
         .filter(|t: &f64| t.is_finite() && *t >= 0.0)
         .unwrap_or_else(|| usage());
     let (mut threads, mut stats) = (1usize, false);
+    let mut uring = std::env::var_os("BENCHFS_URING").is_some_and(|v| v == "1");
     let mut open_flags = FopenFlags::EMPTY;
     let mut max_read: u32 = 1 << 20;
     for a in &args[2..] {
@@ -368,6 +376,7 @@ fn main() {
             "--direct-io" => open_flags |= FopenFlags::DIRECT_IO,
             "--keep-cache" => open_flags |= FopenFlags::KEEP_CACHE,
             "--stats" => stats = true,
+            "--uring" => uring = true,
             s if s.starts_with("--max-read=") => {
                 max_read = s[11..]
                     .parse()
@@ -390,26 +399,47 @@ fn main() {
         .read_only(true)
         .max_read(fs.max_read);
     let result = Server::mount(fs, &mountpoint, &opts)
-        .and_then(|server| server.spawn(threads))
+        .and_then(|server| {
+            if uring {
+                let mut o = UringOptions::default();
+                o.required = true;
+                if let Some(d) = std::env::var("BENCHFS_URING_DEPTH")
+                    .ok()
+                    .and_then(|d| d.parse().ok())
+                {
+                    o.depth = d;
+                }
+                server.spawn_uring(&o)
+            } else {
+                server.spawn(threads)
+            }
+        })
         .and_then(|running| {
             if stats {
                 if let Some(init) = running.session().init_state() {
                     let r = &init.result;
                     eprintln!(
                         "benchfs: proto 7.{} max_readahead={} max_write={} max_pages={} \
-                         offered={:?} agreed={:?} threads={threads}",
+                         offered={:?} agreed={:?} threads={threads} backend={:?}",
                         r.minor,
                         r.max_readahead,
                         r.max_write,
                         r.max_pages,
                         init.offer.init_flags(),
                         InitFlags(r.flags),
+                        running.backend(),
                     );
                 }
             }
             println!("ready {}", mountpoint.display());
             let _ = std::io::stdout().flush();
             let r = running.run_until_signal();
+            if stats && uring {
+                eprintln!(
+                    "benchfs: {} requests served from io_uring entries",
+                    running.ring_requests()
+                );
+            }
             if stats {
                 let session = running.session();
                 session

@@ -27,6 +27,14 @@
 //! one found the queue empty (`EAGAIN`) and went back to sleep. With 4 workers that
 //! was 2.3 empty reads and polls per request and about half again the server CPU per
 //! request of libfuse's multi-threaded loop (docs/BENCHMARKS.md).
+//!
+//! # fuse-over-io_uring
+//!
+//! [`Server::spawn_uring`] serves through the kernel's io_uring transport instead
+//! (see [`crate::dev::uring`]): a pinned thread and a ring per CPU, so that a request
+//! is served on the CPU that issued it, with one `io_uring_enter` per request. INIT,
+//! FORGET and INTERRUPT still come through one `/dev/fuse` worker. Parking works;
+//! handing the mount to another process does not ([`Running::try_stop`]).
 use std::io::{self, IoSlice};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -36,13 +44,14 @@ use std::time::{Duration, Instant};
 
 use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
 
+use crate::dev::uring::{self, Commit, RingEvent, UringQueue};
 use crate::dev::{
     Channel, Mount, MountError, MountOptions, Received, RequestBuffer, Waker, WriteOutcome,
 };
 use crate::fs::Filesystem;
 use crate::notify::Notifier;
 use crate::proto::session::lock;
-use crate::proto::{Handled, Session, POKE_NAME};
+use crate::proto::{Handled, Session, PAYLOAD_OFFSET, POKE_NAME};
 
 /// Why serving failed.
 #[derive(Debug)]
@@ -54,6 +63,12 @@ pub enum ServeError {
     Io(io::Error),
     /// The kernel did not send INIT in time, or the connection closed before it.
     NoInit,
+    /// fuse-over-io_uring was required ([`UringOptions::required`]) but cannot be
+    /// used on this mount; the text says why and what to do.
+    Uring(String),
+    /// The operation is not possible with this mount's serving backend (e.g. a live
+    /// handoff of a mount served through io_uring).
+    Unsupported(&'static str),
 }
 
 impl std::fmt::Display for ServeError {
@@ -66,6 +81,8 @@ impl std::fmt::Display for ServeError {
                 "the kernel never sent INIT (or the mount went away before it); \
                  check that the mountpoint was not unmounted or aborted"
             ),
+            ServeError::Uring(why) => write!(f, "cannot serve through io_uring: {why}"),
+            ServeError::Unsupported(why) => write!(f, "{why}"),
         }
     }
 }
@@ -75,7 +92,7 @@ impl std::error::Error for ServeError {
         match self {
             ServeError::Mount(e) => Some(e),
             ServeError::Io(e) => Some(e),
-            ServeError::NoInit => None,
+            ServeError::NoInit | ServeError::Uring(_) | ServeError::Unsupported(_) => None,
         }
     }
 }
@@ -95,6 +112,11 @@ impl From<io::Error> for ServeError {
 /// How long [`Running::unmount`] waits for the kernel to end the connection (files
 /// still open on the detached mount keep it alive) before stopping the workers.
 pub const UNMOUNT_GRACE: Duration = Duration::from_secs(2);
+
+/// Why a mount served through io_uring cannot be handed over or stopped.
+const URING_NO_HANDOFF: &str = "a mount served through io_uring cannot be handed to another \
+     process or stopped without unmounting: the kernel keeps this process's ring entries \
+     and offers no way to take them over; serve with Server::spawn for live handoff";
 
 /// A mounted filesystem, not yet served.
 pub struct Server<F: Filesystem> {
@@ -137,51 +159,186 @@ impl<F: Filesystem> Server<F> {
     /// Starts `threads` workers (at least one) and waits until INIT has been
     /// answered (at most 30 s), so that the mount serves when this returns.
     pub fn spawn(self, threads: usize) -> Result<Running<F>, ServeError> {
+        let running = self.start(threads)?;
+        running.wait_init()?;
+        running.enable_blocking_reads();
+        Ok(running)
+    }
+
+    /// Serves through fuse-over-io_uring (see [`crate::dev::uring`]): asks for
+    /// `FUSE_OVER_IO_URING` in INIT, answers INIT through `/dev/fuse`, then starts
+    /// one thread per possible CPU, each pinned to its CPU with a ring of its own
+    /// and `options.depth` registered entries, serving requests through the same
+    /// [`Session`]. One `/dev/fuse` worker stays for what the kernel still sends
+    /// there (FORGET, BATCH_FORGET, INTERRUPT, requests queued before the rings
+    /// were ready).
+    ///
+    /// When the kernel did not offer `FUSE_OVER_IO_URING` (the `fuse` module
+    /// parameter `enable_uring` is off, or the kernel predates 6.14), this serves
+    /// through `/dev/fuse` with `options.fallback_threads` workers and logs a warning,
+    /// or fails with [`ServeError::Uring`] if `options.required`.
+    /// [`Running::backend`] tells which one serves.
+    ///
+    /// [`Running::pause`] works (every queue thread parks at a request boundary);
+    /// a live handoff does not: [`Running::stop`] refuses and
+    /// [`Running::with_mount`] returns `None` (docs/DESIGN.md says why).
+    ///
+    /// # Errors
+    /// As [`Server::spawn`]; [`ServeError::Uring`] when a queue cannot be set up or
+    /// registered (the mount is unmounted then).
+    pub fn spawn_uring(self, options: &UringOptions) -> Result<Running<F>, ServeError> {
+        self.session.want_io_uring(true);
+        let mut running = self.start(1)?;
+        running.wait_init()?;
+        let agreed = running.session.init_state().is_some_and(|i| {
+            fuse_wire::InitFlags(i.result.flags).contains(fuse_wire::InitFlags::OVER_IO_URING)
+        });
+        if !agreed {
+            let why = match uring::uring_enabled() {
+                Some(false) => {
+                    "the kernel did not offer FUSE_OVER_IO_URING because the fuse module \
+                     parameter enable_uring is off; as root, run \
+                     `echo Y > /sys/module/fuse/parameters/enable_uring` before mounting"
+                }
+                None => {
+                    "this kernel has no fuse-over-io_uring (CONFIG_FUSE_IO_URING, Linux 6.14 \
+                     or later)"
+                }
+                Some(true) => {
+                    "the kernel did not offer FUSE_OVER_IO_URING although enable_uring is on \
+                     (was it switched on after this mount was made?)"
+                }
+            };
+            if options.required {
+                let _ = running.unmount();
+                return Err(ServeError::Uring(why.to_owned()));
+            }
+            log::warn!("{why}: serving through /dev/fuse instead");
+            for i in 1..options.fallback_threads.max(1) {
+                let w = spawn_worker(i, &running.session, &running.device, &running.control)?;
+                lock(&running.workers).push(w);
+            }
+            running.enable_blocking_reads();
+            return Ok(running);
+        }
+        match running.start_queues(options) {
+            Ok(queues) => {
+                running.backend = Backend::Uring {
+                    queues,
+                    depth: options.depth,
+                };
+                Ok(running)
+            }
+            Err(e) => {
+                let _ = running.unmount();
+                Err(e)
+            }
+        }
+    }
+
+    /// Starts `threads` `/dev/fuse` workers.
+    fn start(self, threads: usize) -> Result<Running<F>, ServeError> {
         let Server { session, mount } = self;
         let channel = mount.channel()?;
         let control = Arc::new(Control::default());
+        if session.init_state().is_some() {
+            // A restored session: INIT was answered by an earlier process.
+            control.init_replied.store(true, Ordering::Release);
+        }
         let mut workers = Vec::new();
         for i in 0..threads.max(1) {
-            let chan = channel.try_clone()?;
-            let waker = Arc::new(Waker::new()?);
-            lock(&control.wakers).push(Arc::clone(&waker));
-            let session = Arc::clone(&session);
-            let control = Arc::clone(&control);
-            control.running.fetch_add(1, Ordering::AcqRel);
-            let handle = std::thread::Builder::new()
-                .name(format!("fuse-worker-{i}"))
-                .spawn(move || {
-                    block_termination_signals();
-                    let r = worker(&session, &chan, &waker, &control);
-                    control.running.fetch_sub(1, Ordering::AcqRel);
-                    let _g = lock(&control.parked);
-                    control.cond.notify_all();
-                    if let Err(e) = &r {
-                        log::error!("worker {i} stopped: {e}");
-                    }
-                    r
-                })?;
-            workers.push(handle);
+            workers.push(spawn_worker(i, &session, &channel, &control)?);
         }
-        let running = Running {
+        Ok(Running {
             session: Arc::clone(&session),
             control,
             workers: Mutex::new(workers),
             mount: Mutex::new(Some(mount)),
             device: channel.try_clone()?,
             notifier: Notifier::new(Arc::clone(&session), channel),
-        };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while session.init_state().is_none() {
-            if running.control.running.load(Ordering::Acquire) == 0 || Instant::now() > deadline {
-                let _ = running.unmount();
-                return Err(ServeError::NoInit);
-            }
-            std::thread::sleep(Duration::from_millis(1));
-        }
-        running.enable_blocking_reads();
-        Ok(running)
+            backend: Backend::Device,
+        })
     }
+}
+
+/// Options of [`Server::spawn_uring`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct UringOptions {
+    /// Registered entries per queue (requests a queue can hold at once), 1 to
+    /// [`uring::MAX_DEPTH`]; default [`uring::DEFAULT_DEPTH`].
+    pub depth: usize,
+    /// Pin each queue's thread to its CPU (default true): the kernel queues a
+    /// request on the queue of the CPU its caller runs on, so the request is then
+    /// served on that CPU, without a cross-CPU wake-up.
+    pub pin: bool,
+    /// Fail with [`ServeError::Uring`] instead of falling back to `/dev/fuse`
+    /// workers when the kernel does not offer io_uring (default false).
+    pub required: bool,
+    /// `/dev/fuse` workers when falling back (default 1).
+    pub fallback_threads: usize,
+}
+
+impl Default for UringOptions {
+    fn default() -> Self {
+        UringOptions {
+            depth: uring::DEFAULT_DEPTH,
+            pin: true,
+            required: false,
+            fallback_threads: 1,
+        }
+    }
+}
+
+/// How a mount is being served.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Backend {
+    /// Worker threads reading and writing `/dev/fuse`.
+    Device,
+    /// fuse-over-io_uring: a thread and a ring per queue (one queue per possible
+    /// CPU), plus one `/dev/fuse` worker.
+    Uring {
+        /// Number of queues (rings).
+        queues: usize,
+        /// Registered entries per queue.
+        depth: usize,
+    },
+}
+
+/// Spawns `/dev/fuse` worker `i`.
+fn spawn_worker<F: Filesystem>(
+    i: usize,
+    session: &Arc<Session<F>>,
+    channel: &Channel,
+    control: &Arc<Control>,
+) -> io::Result<JoinHandle<io::Result<()>>> {
+    let chan = channel.try_clone()?;
+    let waker = Arc::new(Waker::new()?);
+    lock(&control.wakers).push(Arc::clone(&waker));
+    let session = Arc::clone(session);
+    let control = Arc::clone(control);
+    control.running.fetch_add(1, Ordering::AcqRel);
+    let spawned = std::thread::Builder::new()
+        .name(format!("fuse-worker-{i}"))
+        .spawn({
+            let control = Arc::clone(&control);
+            move || {
+                block_termination_signals();
+                let r = worker(&session, &chan, &waker, &control);
+                control.running.fetch_sub(1, Ordering::AcqRel);
+                let _g = lock(&control.parked);
+                control.cond.notify_all();
+                if let Err(e) = &r {
+                    log::error!("worker {i} stopped: {e}");
+                }
+                r
+            }
+        });
+    if spawned.is_err() {
+        control.running.fetch_sub(1, Ordering::AcqRel);
+    }
+    spawned
 }
 
 #[derive(Default)]
@@ -198,6 +355,10 @@ struct Control {
     stop: AtomicBool,
     /// Set by [`Running::stop`]: the mount was released to another process.
     released: AtomicBool,
+    /// A `/dev/fuse` worker delivered the INIT reply (the kernel has processed it).
+    init_replied: AtomicBool,
+    /// Requests served from io_uring entries.
+    ring_requests: std::sync::atomic::AtomicU64,
     running: AtomicUsize,
     parked: Mutex<usize>,
     cond: Condvar,
@@ -295,6 +456,7 @@ pub struct Running<F: Filesystem> {
     /// A descriptor of the connection, to switch it to blocking reads.
     device: Channel,
     notifier: Notifier<F>,
+    backend: Backend,
 }
 
 /// Workers stay parked while this guard lives (see [`Running::pause`]).
@@ -313,6 +475,137 @@ impl Drop for PauseGuard<'_> {
 }
 
 impl<F: Filesystem> Running<F> {
+    /// Waits until INIT has been answered (at most 30 s); unmounts on failure.
+    fn wait_init(&self) -> Result<(), ServeError> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while self.session.init_state().is_none()
+            || !self.control.init_replied.load(Ordering::Acquire)
+        {
+            if self.control.running.load(Ordering::Acquire) == 0 || Instant::now() > deadline {
+                if self.session.init_state().is_some() {
+                    // Answered, but the reply was not delivered (the mount went away).
+                    break;
+                }
+                let _ = self.unmount();
+                return Err(ServeError::NoInit);
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        Ok(())
+    }
+
+    /// Starts one io_uring queue thread per possible CPU and waits until each has
+    /// registered its entries. Returns the number of queues.
+    fn start_queues(&self, options: &UringOptions) -> Result<usize, ServeError> {
+        let Some(init) = self.session.init_state() else {
+            return Err(ServeError::NoInit);
+        };
+        if !(1..=uring::MAX_DEPTH).contains(&options.depth) {
+            return Err(ServeError::Uring(format!(
+                "a queue depth of {} is out of range (1 to {})",
+                options.depth,
+                uring::MAX_DEPTH
+            )));
+        }
+        let page = crate::dev::page_size();
+        let payload_len =
+            UringQueue::payload_len_for(init.result.max_write, init.result.max_pages, page);
+        let queues = uring::queue_count();
+        let qid_max = u16::try_from(queues).map_err(|_| {
+            ServeError::Uring(format!(
+                "{queues} possible CPUs: more queues than supported"
+            ))
+        })?;
+        let (tx, rx) = std::sync::mpsc::channel::<io::Result<()>>();
+        for qid in 0..qid_max {
+            let session = Arc::clone(&self.session);
+            let control = Arc::clone(&self.control);
+            let device = self.device.try_clone()?;
+            let waker = Arc::new(Waker::new()?);
+            lock(&control.wakers).push(Arc::clone(&waker));
+            let tx = tx.clone();
+            let depth = options.depth;
+            let pin = options.pin;
+            control.running.fetch_add(1, Ordering::AcqRel);
+            let spawned = std::thread::Builder::new()
+                .name(format!("fuse-uring-{qid}"))
+                .spawn({
+                    let control = Arc::clone(&control);
+                    move || {
+                        block_termination_signals();
+                        if pin {
+                            if let Err(e) = uring::pin_to_cpu(usize::from(qid)) {
+                                log::debug!("cannot pin io_uring queue {qid} to its CPU: {e}");
+                            }
+                        }
+                        let setup = UringQueue::new(device.as_fd(), qid, depth, payload_len)
+                            .and_then(|mut q| q.register().map(|()| q));
+                        let r = match setup {
+                            Ok(mut queue) => {
+                                drop(device);
+                                let _ = tx.send(Ok(()));
+                                drop(tx);
+                                uring_worker(&session, &mut queue, &waker, &control)
+                            }
+                            Err(e) => {
+                                let _ = tx.send(Err(io::Error::new(e.kind(), e.to_string())));
+                                Err(e)
+                            }
+                        };
+                        control.running.fetch_sub(1, Ordering::AcqRel);
+                        let _g = lock(&control.parked);
+                        control.cond.notify_all();
+                        if let Err(e) = &r {
+                            log::error!("io_uring queue {qid} stopped: {e}");
+                        }
+                        r
+                    }
+                });
+            match spawned {
+                Ok(h) => lock(&self.workers).push(h),
+                Err(e) => {
+                    control.running.fetch_sub(1, Ordering::AcqRel);
+                    return Err(e.into());
+                }
+            }
+        }
+        drop(tx);
+        for _ in 0..queues {
+            match rx.recv_timeout(Duration::from_secs(10)) {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    let hint = if e.raw_os_error() == Some(nix::libc::EPERM) {
+                        " (is io_uring disabled by the sysctl kernel.io_uring_disabled?)"
+                    } else {
+                        ""
+                    };
+                    return Err(ServeError::Uring(format!("{e}{hint}")));
+                }
+                Err(_) => {
+                    return Err(ServeError::Uring(
+                        "an io_uring queue did not register within 10 s".to_owned(),
+                    ))
+                }
+            }
+        }
+        log::info!(
+            "serving through io_uring: {queues} queues of {} entries, {payload_len}-byte payload buffers",
+            options.depth
+        );
+        Ok(queues)
+    }
+
+    /// Which transport serves the mount.
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// How many requests were served from io_uring entries so far (the rest came
+    /// through `/dev/fuse`): 0 with [`Backend::Device`].
+    pub fn ring_requests(&self) -> u64 {
+        self.control.ring_requests.load(Ordering::Relaxed)
+    }
+
     /// The session (tables, counters, the filesystem).
     pub fn session(&self) -> &Arc<Session<F>> {
         &self.session
@@ -441,7 +734,16 @@ impl<F: Filesystem> Running<F> {
 
     /// Runs `f` on the mount, while this process holds it (not after [`Running::stop`]
     /// or [`Running::unmount`]): e.g. to `dup` its descriptors for a live handoff.
+    ///
+    /// `None` as well when the mount is served through io_uring
+    /// ([`Backend::Uring`]): its descriptors must not be handed to another process,
+    /// which could not take over the registered ring entries (docs/DESIGN.md), so a
+    /// handoff that asks for them is refused before anything is committed.
     pub fn with_mount<R>(&self, f: impl FnOnce(&Mount) -> R) -> Option<R> {
+        if matches!(self.backend, Backend::Uring { .. }) {
+            log::error!("{URING_NO_HANDOFF}");
+            return None;
+        }
         lock(&self.mount).as_ref().map(f)
     }
 
@@ -449,7 +751,31 @@ impl<F: Filesystem> Running<F> {
     /// device fd (a new process) can serve it. The filesystem is not told (no
     /// `destroy`): the session lives on elsewhere; [`Running::run_until_signal`] then
     /// returns without unmounting.
+    ///
+    /// Refused with the io_uring backend: this logs an error, keeps serving and
+    /// returns `None` (see [`Running::try_stop`]).
     pub fn stop(&self) -> Option<Mount> {
+        match self.try_stop() {
+            Ok(m) => m,
+            Err(e) => {
+                log::error!("{e}");
+                None
+            }
+        }
+    }
+
+    /// As [`Running::stop`], with an error instead of a log line when stopping is
+    /// refused.
+    ///
+    /// # Errors
+    /// [`ServeError::Unsupported`] with the io_uring backend: closing the rings
+    /// leaves the kernel's ring entries of this connection in the "in userspace"
+    /// state, with no way for another process to register in their place, so the
+    /// mount could not be served by anyone; it keeps being served by this process.
+    pub fn try_stop(&self) -> Result<Option<Mount>, ServeError> {
+        if matches!(self.backend, Backend::Uring { .. }) {
+            return Err(ServeError::Unsupported(URING_NO_HANDOFF));
+        }
         self.control.released.store(true, Ordering::Release);
         self.control.stop.store(true, Ordering::Release);
         self.control.wake_all();
@@ -459,7 +785,7 @@ impl<F: Filesystem> Running<F> {
             self.control.cond.notify_all();
         }
         self.join_workers();
-        lock(&self.mount).take()
+        Ok(lock(&self.mount).take())
     }
 
     /// Waits until every worker has exited (the mount went away, or DESTROY).
@@ -599,15 +925,7 @@ fn worker<F: Filesystem>(
             return Ok(());
         }
         if control.paused.load(Ordering::Acquire) {
-            let mut parked = lock(&control.parked);
-            *parked += 1;
-            control.cond.notify_all();
-            while control.paused.load(Ordering::Acquire) && !control.stop.load(Ordering::Acquire) {
-                parked = control.cond.wait(parked).unwrap_or_else(|p| p.into_inner());
-            }
-            *parked -= 1;
-            drop(parked);
-            waker.reset()?;
+            park(control, waker)?;
             continue;
         }
         let want = session.read_buffer_size();
@@ -651,7 +969,13 @@ fn worker<F: Filesystem>(
                     &iov[..]
                 };
                 match chan.write(iov) {
-                    Ok(WriteOutcome::Delivered) => {}
+                    Ok(WriteOutcome::Delivered) => {
+                        if !control.init_replied.load(Ordering::Relaxed)
+                            && session.init_state().is_some()
+                        {
+                            control.init_replied.store(true, Ordering::Release);
+                        }
+                    }
                     Ok(WriteOutcome::Gone) => {
                         log::debug!("reply not delivered: the request was interrupted");
                         if let Some(id) = counted {
@@ -681,4 +1005,131 @@ fn worker<F: Filesystem>(
             return Ok(());
         }
     }
+}
+
+/// Parks the calling worker while `control.paused` (and not stopped).
+fn park(control: &Control, waker: &Waker) -> io::Result<()> {
+    let mut parked = lock(&control.parked);
+    *parked += 1;
+    control.cond.notify_all();
+    while control.paused.load(Ordering::Acquire) && !control.stop.load(Ordering::Acquire) {
+        parked = control.cond.wait(parked).unwrap_or_else(|p| p.into_inner());
+    }
+    *parked -= 1;
+    drop(parked);
+    waker.reset()
+}
+
+/// One io_uring queue's thread: wait for a request in one of the queue's entries,
+/// hand it to the session, commit the reply (which fetches the next request: the
+/// commit is submitted by the same `io_uring_enter` that waits).
+fn uring_worker<F: Filesystem>(
+    session: &Session<F>,
+    queue: &mut UringQueue,
+    waker: &Waker,
+    control: &Control,
+) -> io::Result<()> {
+    // A request as the device would have delivered it: header, op struct, payload.
+    let mut req = RequestBuffer::with_len(session.read_buffer_size() + abi_room())?;
+    // Counted locally, published every 64 requests and when parking or leaving, so
+    // that the queues of different CPUs do not share a cache line per request.
+    let mut served = 0u64;
+    let publish = |served: &mut u64| {
+        control
+            .ring_requests
+            .fetch_add(std::mem::take(served), Ordering::Relaxed);
+    };
+    loop {
+        if control.stop.load(Ordering::Acquire) {
+            publish(&mut served);
+            return Ok(());
+        }
+        if control.paused.load(Ordering::Acquire) {
+            publish(&mut served);
+            park(control, waker)?;
+            continue;
+        }
+        if waker.is_woken() {
+            // Woken for a pause or stop that has since ended: clear it.
+            waker.reset()?;
+            continue;
+        }
+        queue.arm_waker(waker.as_pollable())?;
+        match queue.next_event()? {
+            RingEvent::Request(i) => {
+                served += 1;
+                if served == 64 {
+                    publish(&mut served);
+                }
+                serve_ring_request(session, queue, i, &mut req)?;
+            }
+            RingEvent::Woken => {}
+            RingEvent::ReplyLost(id) => session.reply_lost(id),
+            RingEvent::Closed => {
+                log::info!("io_uring queue {}: the connection ended", queue.qid());
+                publish(&mut served);
+                session.shutdown();
+                control.stop.store(true, Ordering::Release);
+                control.wake_all();
+                return Ok(());
+            }
+        }
+        if session.is_destroyed() {
+            control.stop.store(true, Ordering::Release);
+            control.wake_all();
+            return Ok(());
+        }
+    }
+}
+
+/// Room beyond the read buffer size for a request reassembled from a ring entry
+/// (the op struct area and a page of slack).
+fn abi_room() -> usize {
+    fuse_wire::abi::FUSE_URING_OP_IN_OUT_SZ + crate::dev::page_size()
+}
+
+/// Answers the request in entry `i` of `queue`: exactly one commit per request.
+fn serve_ring_request<F: Filesystem>(
+    session: &Session<F>,
+    queue: &mut UringQueue,
+    i: usize,
+    req: &mut [u8],
+) -> io::Result<()> {
+    let n = match queue.take_request(i, req) {
+        Ok(n) => n,
+        Err(e) => {
+            session.stats().malformed.fetch_add(1, Ordering::Relaxed);
+            log::warn!("unique={}: {e}: answering EIO", queue.commit_id(i));
+            return queue.commit(i, Commit::Error(nix::libc::EIO));
+        }
+    };
+    let out = queue.reply_buffer(i);
+    let data_at = out.as_ptr() as usize + PAYLOAD_OFFSET;
+    let commit = match session.handle_in_place(&req[..n], out) {
+        Handled::Reply {
+            head,
+            payload,
+            counted,
+        } => {
+            if payload.is_empty() || payload.as_ptr() as usize == data_at {
+                Commit::Reply {
+                    head_len: head.len(),
+                    payload_len: payload.len(),
+                    counted,
+                }
+            } else {
+                log::error!("a reply's data is not in the ring's payload buffer: answering EIO");
+                if let Some(id) = counted {
+                    session.reply_lost(id);
+                }
+                Commit::Error(nix::libc::EIO)
+            }
+        }
+        Handled::NoReply => Commit::Empty,
+        Handled::Dropped(e) => {
+            log::warn!("a request from an io_uring entry does not parse ({e}): answering EIO");
+            Commit::Error(nix::libc::EIO)
+        }
+    };
+    queue.commit(i, commit)
 }

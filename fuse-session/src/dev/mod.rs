@@ -2,10 +2,12 @@
 //! requests and writing replies, the fuse control filesystem, and request buffers.
 //!
 //! This is the only module of the crate that talks to the kernel, and the only one
-//! allowed `unsafe` code. It has two `unsafe` blocks, each with a `// SAFETY:` comment:
-//! taking ownership of a file descriptor received over `SCM_RIGHTS` (in `scm.rs`, which
-//! `fusermount.rs` also uses: nix hands received descriptors out as raw integers) and
-//! the `FUSE_DEV_IOC_CLONE` ioctl (in `channel.rs`: nix's ioctl wrappers are `unsafe fn`).
+//! allowed `unsafe` code. Each `unsafe` block has a `// SAFETY:` comment: taking
+//! ownership of a file descriptor received over `SCM_RIGHTS` (in `scm.rs`, which
+//! `fusermount.rs` also uses: nix hands received descriptors out as raw integers), the
+//! `FUSE_DEV_IOC_CLONE` ioctl (in `channel.rs`: nix's ioctl wrappers are `unsafe fn`),
+//! and in `uring.rs` the io_uring ones: pushing SQEs that point at buffers the kernel
+//! fills, and setting the SQE field the io-uring crate does not expose.
 //!
 //! The pieces, a file per idea:
 //! - [`MountOptions`]: what to mount, rendered to the kernel's and `fusermount3`'s
@@ -17,6 +19,7 @@
 //! - [`Channel`]: read requests and write replies on a `/dev/fuse` descriptor, with
 //!   reads a [`Waker`] can interrupt at a request boundary, without signals.
 //! - [`RequestBuffer`]: page-aligned read buffers sized from the negotiated protocol.
+//! - [`uring`]: fuse-over-io_uring queues (one ring per CPU, registered entries).
 //! - [`fusectl`]: the fuse control filesystem (connection ids, abort, waiting
 //!   requests) and a [`fusectl::Watchdog`] that tears down a hung mount.
 //!
@@ -36,6 +39,8 @@ mod mountinfo;
 mod options;
 #[allow(unsafe_code)]
 mod scm;
+#[allow(unsafe_code)]
+pub mod uring;
 mod waker;
 
 pub use buffer::{page_size, RequestBuffer, REQUEST_HEADER_ROOM};

@@ -55,6 +55,19 @@ impl<F: Filesystem> Session<F> {
     /// NOTIFY_REPLY). A body that does not parse is answered EIO; an unknown opcode
     /// ENOSYS; a request before INIT, EIO.
     pub fn handle<'a>(&'a self, request: &[u8], out: &'a mut [u8]) -> Handled<'a> {
+        self.handle_impl(request, out, false)
+    }
+
+    /// As [`Session::handle`], but a READ's data is always in `out`, at
+    /// [`PAYLOAD_OFFSET`](crate::proto::PAYLOAD_OFFSET): data the filesystem lent
+    /// ([`ReadBuf::set`]) is copied there. For transports whose replies must be in
+    /// one fixed buffer (fuse-over-io_uring's payload buffer starts at that offset of
+    /// `out`): the returned `payload` is either empty or `out[PAYLOAD_OFFSET..]`.
+    pub fn handle_in_place<'a>(&'a self, request: &[u8], out: &'a mut [u8]) -> Handled<'a> {
+        self.handle_impl(request, out, true)
+    }
+
+    fn handle_impl<'a>(&'a self, request: &[u8], out: &'a mut [u8], in_place: bool) -> Handled<'a> {
         self.stats.requests.fetch_add(1, Ordering::Relaxed);
         let proto = self.negotiated();
         let req = match fuse_wire::parse(request, &proto) {
@@ -155,7 +168,7 @@ impl<F: Filesystem> Session<F> {
                     counted,
                 }
             }
-            Ok(Dispatched::Read(data)) => self.finish_read(out, unique, data),
+            Ok(Dispatched::Read(data)) => self.finish_read(out, unique, data, in_place),
             Ok(Dispatched::Destroy(n)) => {
                 self.shutdown();
                 Handled::Reply {
@@ -194,6 +207,7 @@ impl<F: Filesystem> Session<F> {
         out: &'a mut [u8],
         unique: u64,
         data: ReadData<'a>,
+        in_place: bool,
     ) -> Handled<'a> {
         let len = match &data {
             ReadData::Lent(d) => d.len(),
@@ -209,6 +223,13 @@ impl<F: Filesystem> Session<F> {
         let (h, rest) = out.split_at_mut(PAYLOAD_OFFSET);
         h[..head.len()].copy_from_slice(&head);
         let payload: &'a [u8] = match data {
+            ReadData::Lent(d) if in_place => match rest.get_mut(..d.len()) {
+                Some(space) => {
+                    space.copy_from_slice(d);
+                    space
+                }
+                None => return self.error_reply(h, unique, Errno::EIO),
+            },
             ReadData::Lent(d) => d,
             ReadData::InPlace(n) => &rest[..n],
         };
@@ -241,6 +262,10 @@ impl<F: Filesystem> Session<F> {
         if let Err(e) = self.fs.init(&mut wishes) {
             log::error!("filesystem init failed: {e}");
             return self.error_reply(out, unique, e);
+        }
+        if self.uring_wish.load(Ordering::Relaxed) {
+            // The serving layer will register io_uring queues once INIT is done.
+            wishes.flags |= InitFlags::OVER_IO_URING;
         }
         match negotiate(&offer, &wishes, self.page_size) {
             Ok(result) => {

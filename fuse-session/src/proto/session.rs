@@ -86,6 +86,8 @@ pub struct Session<F: Filesystem> {
     pub(crate) page_size: u32,
     /// With `allow_root`: the only uids (besides 0) allowed in.
     pub(crate) only_uid: Option<u32>,
+    /// Ask for `FUSE_OVER_IO_URING` in INIT (set by the io_uring serving backend).
+    pub(crate) uring_wish: AtomicBool,
 }
 
 /// How many INTERRUPTs for not-yet-seen requests are remembered.
@@ -116,6 +118,7 @@ impl<F: Filesystem> Session<F> {
             stats: SessionStats::default(),
             page_size: page_size(),
             only_uid: None,
+            uring_wish: AtomicBool::new(false),
         }
     }
 
@@ -124,6 +127,13 @@ impl<F: Filesystem> Session<F> {
     /// daemon enforces the rest.
     pub fn restrict_to_uid(&mut self, uid: Option<u32>) {
         self.only_uid = uid;
+    }
+
+    /// Adds `FUSE_OVER_IO_URING` to the flags the session asks for in INIT (after
+    /// [`Filesystem::init`] adjusted the wishes), when the kernel offers it. Only
+    /// useful before INIT; the io_uring serving backend sets it.
+    pub fn want_io_uring(&self, on: bool) {
+        self.uring_wish.store(on, Ordering::Relaxed);
     }
 
     /// The filesystem.

@@ -1,0 +1,803 @@
+//! fuse-over-io_uring: one `io_uring` per queue of a `/dev/fuse` connection, each
+//! holding a few registered entries the kernel fills with requests.
+//!
+//! # The protocol (Linux 6.14+, FUSE 7.42, `CONFIG_FUSE_IO_URING`)
+//!
+//! - The kernel offers `FUSE_OVER_IO_URING` in INIT only when the `fuse` module
+//!   parameter `enable_uring` is `Y`; the daemon agrees by echoing the flag. INIT
+//!   itself goes through `read`/`writev` on the device as always.
+//! - After INIT the daemon sends `IORING_OP_URING_CMD` SQEs (128-byte SQEs: the
+//!   command data, [`abi::fuse_uring_cmd_req`], is in the SQE's 80-byte `cmd` area)
+//!   on the device fd. `FUSE_IO_URING_CMD_REGISTER` hands the kernel one *entry*:
+//!   two iovecs (`addr` = the iovec array, `len` = 2), a header buffer of at least
+//!   [`abi::fuse_uring_req_header`] and a payload buffer of at least
+//!   `max(FUSE_MIN_READ_BUFFER, max_write, max_pages * page size)`. The command
+//!   completes only when a request was copied into the entry.
+//! - There is one queue per *possible* CPU (qid = CPU number); the kernel queues a
+//!   request on the queue of the CPU its caller runs on. The ring becomes *ready*,
+//!   and requests start going to it instead of the device's read queue, once every
+//!   queue has at least one registered entry.
+//! - A request in an entry: `fuse_in_header` at the start of `in_out`, the opcode's
+//!   first argument (its fixed struct, empty for name-only operations) in `op_in`,
+//!   every further argument (names, WRITE data, extension headers) in the payload
+//!   buffer, `payload_sz` bytes. `fuse_in_header.len` is the total as on the device,
+//!   so the size of the `op_in` part is `len - 40 - payload_sz`.
+//!   `ring_ent_in_out.commit_id` names the request.
+//! - The reply: `fuse_out_header` at the start of `in_out` (its `unique` must be the
+//!   request's), the whole reply body (fixed struct and data) at the start of the
+//!   payload buffer, its length in `ring_ent_in_out.payload_sz`; then
+//!   `FUSE_IO_URING_CMD_COMMIT_AND_FETCH` with `commit_id` and `qid`, which also
+//!   makes the entry wait for the next request: one `io_uring_enter` per request.
+//! - Still on the device: FORGET/BATCH_FORGET and INTERRUPT (always), requests
+//!   queued before the ring was ready, NOTIFY_* from the daemon (writes).
+//! - Teardown: unmount or abort ends every waiting command with `-ENOTCONN`
+//!   (`fuse_uring_stop_queues`); commands on a ring that is closed are cancelled
+//!   (`fuse_uring_cancel`: the entry stays with the kernel, as "in userspace").
+//!
+//! # Memory
+//!
+//! Each entry owns two anonymous mappings (page-aligned): a page for the header
+//! buffer, and the *reply buffer*, whose tail from [`PAYLOAD_OFFSET`] on is the
+//! payload buffer registered with the kernel. The session writes a reply into the
+//! reply buffer; its data (READ) lands in the payload buffer in place, so a reply
+//! needs no copy of its data before the kernel's.
+//!
+//! The kernel writes into an entry's buffers only while the entry's command is
+//! pending, and reads them while it handles a commit (during `io_uring_enter`).
+//! This module touches them only between the completion of a command and the
+//! submission of the next one; the ring is closed (which cancels pending commands
+//! and stops all access) before the buffers are unmapped.
+//!
+//! # References
+//! - Linux `fs/fuse/dev_uring.c`, `fs/fuse/dev_uring_i.h`, `include/uapi/linux/fuse.h`
+//!   (`struct fuse_uring_req_header`, `struct fuse_uring_cmd_req`)
+//! - `io_uring_setup(2)`, `io_uring_enter(2)`
+use std::io;
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
+
+use fuse_wire::abi;
+use io_uring::{cqueue, opcode, squeue, types, IoUring};
+use memmap2::MmapMut;
+use nix::errno::Errno;
+use zerocopy::{FromBytes, IntoBytes};
+
+use crate::proto::PAYLOAD_OFFSET;
+
+/// Registered entries per queue unless told otherwise: two, so that a queue can
+/// take the next request while one is being answered.
+pub const DEFAULT_DEPTH: usize = 2;
+
+/// Most entries one queue may register.
+pub const MAX_DEPTH: usize = 64;
+
+/// `user_data` of the waker's poll.
+const WAKE_TOKEN: u64 = u64::MAX;
+
+const IN_HEADER: usize = std::mem::size_of::<abi::fuse_in_header>();
+const OUT_HEADER: usize = std::mem::size_of::<abi::fuse_out_header>();
+const OP_IN_AT: usize = abi::FUSE_URING_IN_OUT_HEADER_SZ;
+const ENT_IN_OUT_AT: usize = abi::FUSE_URING_IN_OUT_HEADER_SZ + abi::FUSE_URING_OP_IN_OUT_SZ;
+
+/// Where an entry is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum State {
+    /// Not given to the kernel (before registering, or after a failed command).
+    Idle,
+    /// A REGISTER command is pending.
+    Registering,
+    /// A COMMIT_AND_FETCH command is pending.
+    Committing,
+    /// Holds a request for the daemon to answer.
+    Request,
+}
+
+struct Entry {
+    /// The kernel's header buffer (`fuse_uring_req_header`), one page.
+    header: MmapMut,
+    /// The reply buffer; from [`PAYLOAD_OFFSET`] on, the kernel's payload buffer.
+    buf: MmapMut,
+    /// The two iovecs REGISTER points the kernel at (read while it is issued).
+    iov: Box<[nix::libc::iovec; 2]>,
+    state: State,
+    /// The pending request's `commit_id` (its `unique`).
+    commit_id: u64,
+    /// A nodeid whose lookup the committed reply counted (see
+    /// [`crate::Session::reply_lost`]).
+    counted: Option<u64>,
+}
+
+/// What [`UringQueue::next_event`] produced.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum RingEvent {
+    /// Entry `n` holds a request: [`UringQueue::take_request`], then
+    /// [`UringQueue::commit`].
+    Request(usize),
+    /// The waker armed with [`UringQueue::arm_waker`] fired.
+    Woken,
+    /// A reply that counted a lookup of this nodeid was refused because its request
+    /// is gone (interrupted and ended): take the lookup back. The entry has been
+    /// registered again.
+    ReplyLost(u64),
+    /// The connection ended (unmounted or aborted): no more requests will come.
+    Closed,
+}
+
+/// How to answer the request in an entry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Commit {
+    /// The reply is in the entry's reply buffer as [`crate::Session::handle_in_place`]
+    /// left it: `head_len` bytes (out header and fixed body) at the start, then
+    /// `payload_len` bytes of data at [`PAYLOAD_OFFSET`].
+    Reply {
+        /// Bytes at the start of the reply buffer, out header included.
+        head_len: usize,
+        /// Bytes of data at [`PAYLOAD_OFFSET`].
+        payload_len: usize,
+        /// A nodeid whose lookup this reply counted.
+        counted: Option<u64>,
+    },
+    /// Answer with this errno (positive), no body.
+    Error(i32),
+    /// A request that takes no answer (NOTIFY_REPLY): end it with an empty success,
+    /// which frees the entry for the next request.
+    Empty,
+}
+
+/// A request in an entry that cannot be handed to the session.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BadRequest {
+    /// What is wrong with it.
+    pub reason: &'static str,
+}
+
+impl std::fmt::Display for BadRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "malformed request in an io_uring entry: {}", self.reason)
+    }
+}
+
+impl std::error::Error for BadRequest {}
+
+/// One queue of fuse-over-io_uring: a ring of its own and `depth` registered entries.
+///
+/// Made and used by one thread (the ring is set up `SINGLE_ISSUER` with
+/// `DEFER_TASKRUN` where the kernel has them: the kernel copies a request into an
+/// entry in this thread, when it waits, not in the caller's).
+pub struct UringQueue {
+    // Field order matters: the ring is dropped (closed, which cancels every pending
+    // command) before the entries' buffers are unmapped.
+    ring: IoUring<squeue::Entry128, cqueue::Entry>,
+    entries: Vec<Entry>,
+    /// A `dup` of the device, for as long as the ring refers to it.
+    device: OwnedFd,
+    qid: u16,
+    payload_len: usize,
+    /// The device is the ring's registered file 0 (saves a file lookup per command).
+    fixed: bool,
+    waker_armed: bool,
+    /// Completions reaped but not yet returned.
+    pending: std::collections::VecDeque<(u64, i32)>,
+}
+
+impl std::fmt::Debug for UringQueue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UringQueue")
+            .field("qid", &self.qid)
+            .field("depth", &self.entries.len())
+            .field("payload_len", &self.payload_len)
+            .finish_non_exhaustive()
+    }
+}
+
+impl UringQueue {
+    /// A ring for queue `qid` of the connection of `device`, with `depth` entries
+    /// (1 to [`MAX_DEPTH`]) whose payload buffers have `payload_len` bytes (at least
+    /// what the kernel requires for the negotiated limits, see
+    /// [`UringQueue::payload_len_for`]). Nothing is registered yet.
+    ///
+    /// # Errors
+    /// `io_uring_setup(2)` errors (`ENOSYS` without io_uring, `EPERM` when
+    /// `kernel.io_uring_disabled` forbids it), `mmap(2)` and `dup(2)` errors;
+    /// `InvalidInput` for a depth out of range.
+    pub fn new(
+        device: BorrowedFd<'_>,
+        qid: u16,
+        depth: usize,
+        payload_len: usize,
+    ) -> io::Result<UringQueue> {
+        if !(1..=MAX_DEPTH).contains(&depth) {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("an io_uring queue needs 1 to {MAX_DEPTH} entries, not {depth}"),
+            ));
+        }
+        if payload_len < abi::FUSE_MIN_READ_BUFFER {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!(
+                    "an io_uring payload buffer needs at least {} bytes, not {payload_len}",
+                    abi::FUSE_MIN_READ_BUFFER
+                ),
+            ));
+        }
+        let device = device.try_clone_to_owned()?;
+        // Room for every entry's command and the waker's poll, twice over.
+        let size = u32::try_from(2 * (depth + 1))
+            .unwrap_or(256)
+            .next_power_of_two();
+        let ring = match IoUring::<squeue::Entry128, cqueue::Entry>::builder()
+            .setup_single_issuer()
+            .setup_defer_taskrun()
+            .build(size)
+        {
+            Ok(r) => r,
+            // Kernels before 6.1 lack DEFER_TASKRUN: a plain ring works too.
+            Err(e) if e.raw_os_error() == Some(nix::libc::EINVAL) => {
+                IoUring::<squeue::Entry128, cqueue::Entry>::builder().build(size)?
+            }
+            Err(e) => return Err(e),
+        };
+        let fixed = match ring.submitter().register_files(&[device.as_raw_fd()]) {
+            Ok(()) => true,
+            Err(e) => {
+                log::debug!(
+                    "io_uring queue {qid}: cannot register the device as a fixed file: {e}"
+                );
+                false
+            }
+        };
+        let mut entries = Vec::with_capacity(depth);
+        for _ in 0..depth {
+            let mut header = MmapMut::map_anon(crate::dev::page_size())?;
+            let mut buf = MmapMut::map_anon(PAYLOAD_OFFSET + payload_len)?;
+            let iov = Box::new([
+                nix::libc::iovec {
+                    iov_base: header.as_mut_ptr().cast(),
+                    iov_len: header.len(),
+                },
+                nix::libc::iovec {
+                    // SAFETY: `buf` has PAYLOAD_OFFSET + payload_len bytes, so the
+                    // offset stays inside the mapping.
+                    iov_base: unsafe { buf.as_mut_ptr().add(PAYLOAD_OFFSET) }.cast(),
+                    iov_len: payload_len,
+                },
+            ]);
+            entries.push(Entry {
+                header,
+                buf,
+                iov,
+                state: State::Idle,
+                commit_id: 0,
+                counted: None,
+            });
+        }
+        Ok(UringQueue {
+            ring,
+            entries,
+            device,
+            qid,
+            payload_len,
+            fixed,
+            waker_armed: false,
+            pending: std::collections::VecDeque::new(),
+        })
+    }
+
+    /// The payload buffer size the kernel requires for a connection with these
+    /// negotiated limits (`max(FUSE_MIN_READ_BUFFER, max_write, max_pages * page)`),
+    /// plus a page of slack.
+    pub fn payload_len_for(max_write: u32, max_pages: u16, page_size: usize) -> usize {
+        let pages = usize::from(max_pages).saturating_mul(page_size);
+        (max_write as usize)
+            .max(pages)
+            .max(abi::FUSE_MIN_READ_BUFFER)
+            .saturating_add(page_size)
+    }
+
+    /// The queue id.
+    pub fn qid(&self) -> u16 {
+        self.qid
+    }
+
+    /// Registers every entry that is not with the kernel (FUSE_IO_URING_CMD_REGISTER)
+    /// and submits. Errors the kernel returns at once are reported here; an entry
+    /// whose registration fails later with `EAGAIN` (INIT not processed yet) is
+    /// registered again by [`UringQueue::next_event`].
+    ///
+    /// # Errors
+    /// `EOPNOTSUPP`: the module parameter `enable_uring` is off; `EINVAL`: a buffer
+    /// is too small or the queue id is out of range; `ENOTCONN`/`ECONNABORTED`: the
+    /// connection is gone; `io_uring_enter(2)` errors.
+    pub fn register(&mut self) -> io::Result<()> {
+        for i in 0..self.entries.len() {
+            if self.entries[i].state == State::Idle {
+                self.push_register(i)?;
+            }
+        }
+        self.submit()?;
+        // Errors found at issue time are already in the completion queue.
+        self.reap();
+        let mut failed = None;
+        self.pending.retain(|&(token, res)| {
+            let is_register_error = token != WAKE_TOKEN && res < 0 && res != -nix::libc::EAGAIN;
+            if is_register_error && failed.is_none() {
+                failed = Some(res);
+            }
+            !is_register_error
+        });
+        match failed {
+            Some(res) => {
+                let e = io::Error::from_raw_os_error(-res);
+                Err(io::Error::new(
+                    e.kind(),
+                    format!("registering io_uring queue {} failed: {e}", self.qid),
+                ))
+            }
+            None => Ok(()),
+        }
+    }
+
+    fn push_register(&mut self, i: usize) -> io::Result<()> {
+        let cmd = abi::fuse_uring_cmd_req {
+            flags: 0.into(),
+            commit_id: 0.into(),
+            qid: self.qid.into(),
+            padding: [0; 6],
+        };
+        let iov_addr = self.entries[i].iov.as_ptr() as u64;
+        let sqe = with_len(
+            self.cmd_sqe(abi::FUSE_IO_URING_CMD_REGISTER, &cmd, Some(iov_addr), i),
+            2,
+        );
+        self.push(&sqe)?;
+        self.entries[i].state = State::Registering;
+        Ok(())
+    }
+
+    fn cmd_sqe(
+        &self,
+        op: u32,
+        cmd: &abi::fuse_uring_cmd_req,
+        addr: Option<u64>,
+        i: usize,
+    ) -> squeue::Entry128 {
+        let mut area = [0u8; 80];
+        area[..std::mem::size_of::<abi::fuse_uring_cmd_req>()].copy_from_slice(cmd.as_bytes());
+        let mut b = if self.fixed {
+            opcode::UringCmd80::new(types::Fixed(0), op)
+        } else {
+            opcode::UringCmd80::new(types::Fd(self.device.as_raw_fd()), op)
+        }
+        .cmd(area);
+        if let Some(a) = addr {
+            b = b.addr(Some(a));
+        }
+        b.build().user_data(i as u64)
+    }
+
+    fn push(&mut self, sqe: &squeue::Entry128) -> io::Result<()> {
+        loop {
+            // SAFETY: every buffer an SQE of this module refers to lives as long as
+            // the ring: REGISTER's iovec array and the buffers it describes are owned
+            // by `self.entries` (dropped after the ring), the poll's fd is the
+            // waker's, which the caller keeps alive while it uses this queue
+            // ([`UringQueue::arm_waker`]), and COMMIT_AND_FETCH carries its data in
+            // the SQE itself.
+            let pushed = unsafe { self.ring.submission().push(sqe) };
+            match pushed {
+                Ok(()) => return Ok(()),
+                // Full: hand what is queued to the kernel, then retry.
+                Err(_) => {
+                    self.submit()?;
+                }
+            }
+        }
+    }
+
+    fn submit(&mut self) -> io::Result<()> {
+        loop {
+            match self.ring.submit() {
+                Ok(_) => return Ok(()),
+                Err(e) if e.raw_os_error() == Some(nix::libc::EINTR) => continue,
+                Err(e) if e.raw_os_error() == Some(nix::libc::EBUSY) => {
+                    // The completion queue is full: make room, then retry.
+                    self.reap();
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    fn reap(&mut self) {
+        let mut cq = self.ring.completion();
+        cq.sync();
+        for cqe in &mut cq {
+            self.pending.push_back((cqe.user_data(), cqe.result()));
+        }
+    }
+
+    /// Polls `waker` (its readable end): [`UringQueue::next_event`] returns
+    /// [`RingEvent::Woken`] once it is readable. One-shot: arm again after each
+    /// `Woken`. Arming twice before it fires is a no-op.
+    ///
+    /// The descriptor must stay open while the poll is pending (until `Woken`, or the
+    /// queue is dropped).
+    ///
+    /// # Errors
+    /// `io_uring_enter(2)` errors while making room in the submission queue.
+    pub fn arm_waker(&mut self, waker: BorrowedFd<'_>) -> io::Result<()> {
+        if self.waker_armed {
+            return Ok(());
+        }
+        let sqe: squeue::Entry128 =
+            opcode::PollAdd::new(types::Fd(waker.as_raw_fd()), nix::libc::POLLIN as u32)
+                .build()
+                .user_data(WAKE_TOKEN)
+                .into();
+        self.push(&sqe)?;
+        self.waker_armed = true;
+        Ok(())
+    }
+
+    /// Submits what is queued (commits, registrations) and waits for the next event.
+    ///
+    /// # Errors
+    /// `io_uring_enter(2)` errors; a registration or commit that failed for another
+    /// reason than the end of the connection (the message names the errno).
+    pub fn next_event(&mut self) -> io::Result<RingEvent> {
+        loop {
+            if self.pending.is_empty() {
+                self.reap();
+            }
+            if let Some((token, res)) = self.pending.pop_front() {
+                if let Some(ev) = self.completion(token, res)? {
+                    return Ok(ev);
+                }
+                continue;
+            }
+            match self.ring.submit_and_wait(1) {
+                Ok(_) => {}
+                Err(e) if e.raw_os_error() == Some(nix::libc::EINTR) => {}
+                Err(e) if e.raw_os_error() == Some(nix::libc::EBUSY) => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// One completion: an event for the caller, or `None` (handled here).
+    fn completion(&mut self, token: u64, res: i32) -> io::Result<Option<RingEvent>> {
+        if token == WAKE_TOKEN {
+            self.waker_armed = false;
+            if res < 0 && res != -nix::libc::ECANCELED {
+                log::warn!(
+                    "io_uring queue {}: waker poll failed: {}",
+                    self.qid,
+                    Errno::from_raw(-res)
+                );
+            }
+            return Ok(Some(RingEvent::Woken));
+        }
+        let i = usize::try_from(token)
+            .ok()
+            .filter(|&i| i < self.entries.len());
+        let Some(i) = i else {
+            log::warn!(
+                "io_uring queue {}: completion for unknown entry {token}",
+                self.qid
+            );
+            return Ok(None);
+        };
+        let was = self.entries[i].state;
+        if res >= 0 {
+            self.entries[i].state = State::Request;
+            self.entries[i].counted = None;
+            return Ok(Some(RingEvent::Request(i)));
+        }
+        self.entries[i].state = State::Idle;
+        let errno = Errno::from_raw(-res);
+        match errno {
+            // The connection ended (unmount, abort), or the ring is being closed.
+            Errno::ENOTCONN | Errno::ECONNABORTED | Errno::ECANCELED | Errno::ENODEV => {
+                Ok(Some(RingEvent::Closed))
+            }
+            // REGISTER before the kernel processed INIT's reply: try again shortly.
+            Errno::EAGAIN if was == State::Registering => {
+                std::thread::sleep(std::time::Duration::from_millis(1));
+                self.push_register(i)?;
+                Ok(None)
+            }
+            // The committed request is gone (interrupted and ended): the entry is
+            // lost to the kernel; register it anew.
+            Errno::ENOENT if was == State::Committing => {
+                log::debug!("io_uring queue {}: committed request was gone", self.qid);
+                let counted = self.entries[i].counted.take();
+                self.push_register(i)?;
+                Ok(counted.map(RingEvent::ReplyLost))
+            }
+            _ if was == State::Committing => {
+                log::error!(
+                    "io_uring queue {}: committing a reply failed: {errno}; registering the entry again",
+                    self.qid
+                );
+                self.push_register(i)?;
+                Ok(None)
+            }
+            _ => Err(io::Error::new(
+                io::Error::from(errno).kind(),
+                format!(
+                    "registering an entry of io_uring queue {} failed: {errno}",
+                    self.qid
+                ),
+            )),
+        }
+    }
+
+    /// Copies the request in entry `i` into `into` as one contiguous message, as a
+    /// `read(2)` of the device would have returned it, and returns its length.
+    ///
+    /// # Errors
+    /// The header's lengths do not add up (a malformed request from the kernel):
+    /// answer it with [`Commit::Error`] (its `unique` is known to the entry).
+    pub fn take_request(&mut self, i: usize, into: &mut [u8]) -> Result<usize, BadRequest> {
+        let e = &mut self.entries[i];
+        if e.state != State::Request {
+            return Err(BadRequest {
+                reason: "the entry holds no request",
+            });
+        }
+        let head = &e.header[..];
+        let trailer = abi::fuse_uring_ent_in_out::read_from_prefix(&head[ENT_IN_OUT_AT..])
+            .map(|(t, _)| t)
+            .map_err(|_| BadRequest {
+                reason: "short header buffer",
+            })?;
+        e.commit_id = trailer.commit_id.get();
+        let inh = abi::fuse_in_header::read_from_prefix(&head[..IN_HEADER])
+            .map(|(h, _)| h)
+            .map_err(|_| BadRequest {
+                reason: "short in header",
+            })?;
+        let total = inh.len.get() as usize;
+        let payload = trailer.payload_sz.get() as usize;
+        if payload > self.payload_len {
+            return Err(BadRequest {
+                reason: "payload_sz larger than the payload buffer",
+            });
+        }
+        let op_len = total
+            .checked_sub(IN_HEADER)
+            .and_then(|n| n.checked_sub(payload))
+            .ok_or(BadRequest {
+                reason: "header length shorter than header and payload",
+            })?;
+        if op_len > abi::FUSE_URING_OP_IN_OUT_SZ {
+            return Err(BadRequest {
+                reason: "op struct larger than the op_in area",
+            });
+        }
+        if total > into.len() {
+            return Err(BadRequest {
+                reason: "request larger than the request buffer",
+            });
+        }
+        into[..IN_HEADER].copy_from_slice(&head[..IN_HEADER]);
+        into[IN_HEADER..IN_HEADER + op_len].copy_from_slice(&head[OP_IN_AT..OP_IN_AT + op_len]);
+        into[IN_HEADER + op_len..total]
+            .copy_from_slice(&e.buf[PAYLOAD_OFFSET..PAYLOAD_OFFSET + payload]);
+        Ok(total)
+    }
+
+    /// The `unique` of the request last taken from entry `i`.
+    pub fn commit_id(&self, i: usize) -> u64 {
+        self.entries[i].commit_id
+    }
+
+    /// Entry `i`'s reply buffer, for [`crate::Session::handle_in_place`]: at least
+    /// [`crate::Session::reply_buffer_size`] bytes when the payload length was sized
+    /// with [`UringQueue::payload_len_for`].
+    pub fn reply_buffer(&mut self, i: usize) -> &mut [u8] {
+        &mut self.entries[i].buf[..]
+    }
+
+    /// Answers the request in entry `i` and makes the entry fetch the next one
+    /// (FUSE_IO_URING_CMD_COMMIT_AND_FETCH). Queued; submitted by the next
+    /// [`UringQueue::next_event`].
+    ///
+    /// # Errors
+    /// A reply that does not fit the payload buffer or lacks its out header is
+    /// answered `EIO` instead (and logged); errors only come from making room in the
+    /// submission queue.
+    pub fn commit(&mut self, i: usize, commit: Commit) -> io::Result<()> {
+        let unique = self.entries[i].commit_id;
+        let payload_cap = self.payload_len;
+        let e = &mut self.entries[i];
+        let (error, body_len, counted) = match commit {
+            Commit::Reply {
+                head_len,
+                payload_len,
+                counted,
+            } => {
+                let body = head_len.checked_sub(OUT_HEADER);
+                match body {
+                    Some(body) if body + payload_len <= payload_cap && head_len <= e.buf.len() => {
+                        let oh = abi::fuse_out_header::read_from_prefix(&e.buf[..OUT_HEADER])
+                            .map(|(h, _)| h)
+                            .ok();
+                        match oh {
+                            Some(oh) => {
+                                // Data first (it may have to move up behind the fixed
+                                // body), then the fixed body to the payload's start.
+                                if payload_len > 0 && body > 0 {
+                                    e.buf.copy_within(
+                                        PAYLOAD_OFFSET..PAYLOAD_OFFSET + payload_len,
+                                        PAYLOAD_OFFSET + body,
+                                    );
+                                }
+                                if body > 0 {
+                                    e.buf.copy_within(OUT_HEADER..head_len, PAYLOAD_OFFSET);
+                                }
+                                e.header[..OUT_HEADER].copy_from_slice(oh.as_bytes());
+                                (None, body + payload_len, counted)
+                            }
+                            None => (Some(nix::libc::EIO), 0, None),
+                        }
+                    }
+                    _ => {
+                        log::error!(
+                            "io_uring queue {}: a reply of {head_len}+{payload_len} bytes does not fit; answering EIO",
+                            self.qid
+                        );
+                        (Some(nix::libc::EIO), 0, None)
+                    }
+                }
+            }
+            Commit::Error(errno) => (Some(errno), 0, None),
+            Commit::Empty => (Some(0), 0, None),
+        };
+        let e = &mut self.entries[i];
+        if let Some(errno) = error {
+            let oh = abi::fuse_out_header {
+                len: (OUT_HEADER as u32).into(),
+                error: (-errno).into(),
+                unique: unique.into(),
+            };
+            e.header[..OUT_HEADER].copy_from_slice(oh.as_bytes());
+        }
+        let trailer = abi::fuse_uring_ent_in_out {
+            flags: 0.into(),
+            commit_id: unique.into(),
+            payload_sz: u32::try_from(body_len).unwrap_or(0).into(),
+            padding: 0.into(),
+            reserved: 0.into(),
+        };
+        e.header[ENT_IN_OUT_AT..ENT_IN_OUT_AT + std::mem::size_of::<abi::fuse_uring_ent_in_out>()]
+            .copy_from_slice(trailer.as_bytes());
+        e.counted = counted;
+        let cmd = abi::fuse_uring_cmd_req {
+            flags: 0.into(),
+            commit_id: unique.into(),
+            qid: self.qid.into(),
+            padding: [0; 6],
+        };
+        let sqe = self.cmd_sqe(abi::FUSE_IO_URING_CMD_COMMIT_AND_FETCH, &cmd, None, i);
+        self.push(&sqe)?;
+        self.entries[i].state = State::Committing;
+        Ok(())
+    }
+}
+
+/// Sets the SQE's `len` field (REGISTER wants the iovec count there), which the
+/// io-uring crate's `UringCmd80` builder does not expose.
+fn with_len(sqe: squeue::Entry128, len: u32) -> squeue::Entry128 {
+    /// Offset of `len` in `struct io_uring_sqe` (include/uapi/linux/io_uring.h:
+    /// opcode, flags, ioprio, fd, off, addr, then `__u32 len`).
+    const LEN_AT: usize = 24;
+    // SAFETY: `Entry128` is `#[repr(C)]` holding a `#[repr(C)]` 64-byte
+    // `io_uring_sqe` and a `[u8; 64]`: 128 bytes, no padding, every byte initialised
+    // (the builder starts from a zeroed SQE), so it can be viewed as bytes and any
+    // bytes form a valid value (plain integers and unions of integers).
+    let mut bytes: [u8; 128] = unsafe { std::mem::transmute(sqe) };
+    bytes[LEN_AT..LEN_AT + 4].copy_from_slice(&len.to_ne_bytes());
+    // SAFETY: as above: the same layout back, with one integer field changed.
+    unsafe { std::mem::transmute::<[u8; 128], squeue::Entry128>(bytes) }
+}
+
+/// The number of queues the kernel makes for a connection: the number of possible
+/// CPUs (`/sys/devices/system/cpu/possible`), falling back to the CPUs online.
+pub fn queue_count() -> usize {
+    std::fs::read_to_string("/sys/devices/system/cpu/possible")
+        .ok()
+        .and_then(|s| parse_cpu_list(s.trim()))
+        .filter(|&n| n > 0)
+        .or_else(|| std::thread::available_parallelism().ok().map(|n| n.get()))
+        .unwrap_or(1)
+}
+
+/// Counts the CPUs in a list like `0-3,5`.
+fn parse_cpu_list(s: &str) -> Option<usize> {
+    let mut n = 0usize;
+    for part in s.split(',').filter(|p| !p.is_empty()) {
+        match part.split_once('-') {
+            Some((a, b)) => {
+                let a: usize = a.parse().ok()?;
+                let b: usize = b.parse().ok()?;
+                n += b.checked_sub(a)? + 1;
+            }
+            None => {
+                part.parse::<usize>().ok()?;
+                n += 1;
+            }
+        }
+    }
+    Some(n)
+}
+
+/// Whether the `fuse` module allows io_uring (`/sys/module/fuse/parameters/enable_uring`):
+/// `None` if the parameter does not exist (a kernel without `CONFIG_FUSE_IO_URING`).
+/// Root can switch it on with `echo Y > /sys/module/fuse/parameters/enable_uring`.
+pub fn uring_enabled() -> Option<bool> {
+    std::fs::read_to_string("/sys/module/fuse/parameters/enable_uring")
+        .ok()
+        .map(|s| s.trim() == "Y" || s.trim() == "1")
+}
+
+/// Pins the calling thread to `cpu` (`sched_setaffinity(2)`).
+///
+/// # Errors
+/// `EINVAL` if the CPU is not online or not allowed to this process.
+pub fn pin_to_cpu(cpu: usize) -> io::Result<()> {
+    let mut set = nix::sched::CpuSet::new();
+    set.set(cpu)?;
+    nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set)?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cpu_lists() {
+        assert_eq!(parse_cpu_list("0"), Some(1));
+        assert_eq!(parse_cpu_list("0-1"), Some(2));
+        assert_eq!(parse_cpu_list("0-3,5,7-8"), Some(7));
+        assert_eq!(parse_cpu_list("3-1"), None);
+        assert_eq!(parse_cpu_list("x"), None);
+        assert!(queue_count() >= 1);
+    }
+
+    #[test]
+    fn payload_sizes() {
+        assert_eq!(UringQueue::payload_len_for(0, 0, 4096), 8192 + 4096);
+        assert_eq!(
+            UringQueue::payload_len_for(1 << 20, 256, 4096),
+            (1 << 20) + 4096
+        );
+    }
+
+    #[test]
+    fn sqe_len_is_set() {
+        let sqe = opcode::UringCmd80::new(types::Fd(3), 1).build();
+        let sqe = with_len(sqe, 2);
+        // SAFETY: as in `with_len`.
+        let bytes: [u8; 128] = unsafe { std::mem::transmute(sqe) };
+        assert_eq!(u32::from_ne_bytes(bytes[24..28].try_into().unwrap()), 2);
+        assert_eq!(bytes[0], 46, "IORING_OP_URING_CMD");
+        assert_eq!(
+            u32::from_ne_bytes(bytes[8..12].try_into().unwrap()),
+            1,
+            "cmd_op"
+        );
+    }
+
+    #[test]
+    fn header_layout() {
+        assert_eq!(
+            ENT_IN_OUT_AT + std::mem::size_of::<abi::fuse_uring_ent_in_out>(),
+            std::mem::size_of::<abi::fuse_uring_req_header>()
+        );
+        assert!(crate::dev::page_size() >= std::mem::size_of::<abi::fuse_uring_req_header>());
+    }
+}
