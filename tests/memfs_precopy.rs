@@ -373,12 +373,14 @@ fn chunks_and_a_concurrent_writer() {
     assert_eq!(base, saved.0, "several chunks make the image's bytes");
     fs.precopy_abort();
 
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    let stop = std::sync::Arc::new(AtomicBool::new(false));
+    let rounds = std::sync::Arc::new(AtomicU64::new(0));
     let writer = {
-        let (fs, stop) = (fs.clone(), stop.clone());
+        let (fs, stop, rounds) = (fs.clone(), stop.clone(), rounds.clone());
         std::thread::spawn(move || {
             let mut n = 0u64;
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            while !stop.load(Ordering::Relaxed) {
                 let mut st = fs.lock_write();
                 let name = format!("f{}", n % 5000);
                 let _ = st.unlink(d, name.as_bytes());
@@ -386,18 +388,26 @@ fn chunks_and_a_concurrent_writer() {
                 let _ = st.write(ROOT, 3 + n % 100, n * 7, b"x", false);
                 drop(st);
                 n += 1;
+                rounds.store(n, Ordering::Relaxed);
             }
             n
         })
     };
-    std::thread::sleep(std::time::Duration::from_millis(5));
+    // Wait for the writer (however loaded the machine), copy while it writes,
+    // and let it write some more after the copy.
+    let wait_for = |at_least: u64| {
+        while rounds.load(Ordering::Relaxed) < at_least {
+            std::thread::yield_now();
+        }
+    };
+    wait_for(10);
     let base = fs.precopy_begin().unwrap();
-    std::thread::sleep(std::time::Duration::from_millis(5));
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let after_copy = rounds.load(Ordering::Relaxed);
+    wait_for(after_copy + 10);
+    stop.store(true, Ordering::Relaxed);
     let n = writer.join().unwrap();
     let changes = fs.precopy_changes(&mut FdSaver::new()).unwrap();
     let want = image_bytes(&fs);
     let restored = restore(&base, changes).unwrap();
     assert_eq!(image_bytes(&restored), want, "after {n} writer rounds");
-    assert!(n > 0);
 }

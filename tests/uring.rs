@@ -727,10 +727,16 @@ fn uring_snapshot_works_and_a_live_handoff_is_refused_before_commit() {
     std::thread::scope(|s| {
         let old = s.spawn(|| serve_upgrades(running, &listener, &opts));
         let new = take_over::<Tree>(&sock, &opts);
-        assert!(
-            new.is_err(),
-            "a new process cannot take over an io_uring mount"
-        );
+        match new {
+            Err(fuse_live::snapshot::handoff::HandoffError::Refused(why)) => {
+                assert!(
+                    why.contains("io_uring"),
+                    "refused at once, saying why: {why}"
+                )
+            }
+            Err(e) => panic!("refused for another reason: {e}"),
+            Ok(_) => panic!("a new process took over an io_uring mount"),
+        }
         // Refused before Commit: this process still serves.
         assert!(running.is_serving());
         check_content(

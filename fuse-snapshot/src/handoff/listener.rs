@@ -10,7 +10,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use fuse_session::dev::{Mount, MountMethod};
-use fuse_session::serve::Running;
+use fuse_session::serve::{Backend, Running};
 
 use super::conn::Conn;
 use super::message::{self, Hello, Kind, SnapshotMeta, WireMethod};
@@ -318,6 +318,9 @@ fn serve_one<F: SnapshotFs>(
         Ok(h) => h,
         Err(e) => return Err(refuse(&conn, e)),
     };
+    if matches!(running.backend(), Backend::Uring { .. }) {
+        return Err(refuse(&conn, HandoffError::BackendUnsupported));
+    }
     let version = crate::FORMAT_VERSION;
     if !(hello.min_version..=hello.max_version).contains(&version) {
         let e = HandoffError::VersionMismatch {

@@ -254,6 +254,9 @@ pub enum HandoffError {
     RolledBack(Box<HandoffError>),
     /// The upgrade listener was closed.
     Closed,
+    /// Old side: the mount is served over io_uring, whose queues another process
+    /// cannot take over; serve it with `Server::spawn` to make it replaceable.
+    BackendUnsupported,
     /// New side: the running daemon agreed to pre-copy, but this filesystem type
     /// does not implement [`Precopy`](crate::Precopy) (connect with
     /// [`HandoffOptions::precopy`] false, or use [`take_over`], which offers it
@@ -323,6 +326,12 @@ impl fmt::Display for HandoffError {
                 )
             }
             HandoffError::Closed => write!(f, "the upgrade listener was closed"),
+            HandoffError::BackendUnsupported => write!(
+                f,
+                "this mount is served over io_uring, whose queues cannot be handed to \
+                 another process (docs/DESIGN.md); serve it with Server::spawn (the \
+                 /dev/fuse workers) to make the daemon replaceable"
+            ),
             HandoffError::PrecopyUnsupported => write!(
                 f,
                 "the running daemon sends a pre-copied state but this filesystem type \
