@@ -349,6 +349,9 @@ fn usage() -> ! {
 }
 
 fn main() {
+    // Before any thread starts and before `ready` is printed: a SIGTERM sent right
+    // after `ready` must reach run_until_signal, not the default action.
+    fuse_live::session::serve::block_termination_signals();
     let args: Vec<String> = std::env::args().skip(1).collect();
     if args.len() < 2 {
         usage();

@@ -123,6 +123,9 @@ fn usage() -> ! {
 }
 
 fn main() {
+    // Before any thread starts and before `ready` is printed: a SIGTERM sent right
+    // after `ready` must reach run_until_signal, not the default action.
+    fuse_live::session::serve::block_termination_signals();
     let mut args = std::env::args().skip(1);
     let mut mountpoint = None;
     let mut threads = 1;

@@ -802,7 +802,9 @@ impl<F: Filesystem> Running<F> {
     }
 
     /// Serves until the filesystem is unmounted (by anyone) or the process receives
-    /// SIGINT or SIGTERM, then unmounts and joins the workers.
+    /// SIGINT or SIGTERM, then unmounts and joins the workers. Call
+    /// [`block_termination_signals`] at the start of `main`, so that a signal sent
+    /// before this call is held for it instead of killing the process.
     pub fn run_until_signal(&self) -> Result<(), ServeError> {
         use nix::sys::signal::{SigSet, Signal};
         use nix::sys::signalfd::{SfdFlags, SignalFd};
@@ -845,7 +847,11 @@ impl<F: Filesystem> Running<F> {
 }
 
 /// Blocks SIGINT and SIGTERM in the calling thread, so that they reach the thread
-/// that waits for them ([`Running::run_until_signal`]) and not a worker.
+/// that waits for them ([`Running::run_until_signal`]) and not a worker. Call it
+/// first in `main`, before announcing that the mount serves: a signal that arrives
+/// between the announcement and [`Running::run_until_signal`] would otherwise
+/// take its default action and kill the process (the library's own threads block
+/// both signals themselves).
 pub fn block_termination_signals() {
     use nix::sys::signal::{SigSet, Signal};
     let mut set = SigSet::empty();
