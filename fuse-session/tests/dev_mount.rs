@@ -368,6 +368,51 @@ fn watchdog_aborts_an_unanswered_request() {
     m.unmount().unwrap();
 }
 
+/// A test that fails (panics) while its watchdog is armed leaves no mount: the
+/// watchdog tears the mount down as it is dropped during the unwinding.
+#[test]
+fn a_panic_with_an_armed_watchdog_tears_the_mount_down() {
+    if !can_mount() {
+        return;
+    }
+    let tmp = TempDir::new("watchdog-panic");
+    let mp = tmp.subdir("mnt");
+    let _cleanup = Cleanup::new(&mp);
+    let m = mount(&mp, &MountOptions::new().fsname("fuselive-panic")).unwrap();
+    let ch = m.channel().unwrap();
+    let mut buf = RequestBuffer::for_any_protocol().unwrap();
+    handshake(&ch, &mut buf);
+    assert!(fuse_mount_at(m.mountpoint()).is_some());
+    let where_ = m.mountpoint().to_owned();
+    let conn = m.connection_id();
+    let failed = std::thread::spawn(move || {
+        let _dog = Watchdog::arm(&where_, conn, Duration::from_secs(600)).unwrap();
+        panic!("a test failing with its mount up");
+    })
+    .join();
+    assert!(failed.is_err(), "the thread panicked");
+    assert_unmounted(m.mountpoint());
+    // Disarmed normally, a watchdog leaves the mount alone.
+    let m2 = mount(&mp, &MountOptions::new().fsname("fuselive-panic")).unwrap();
+    let ch2 = m2.channel().unwrap();
+    handshake(&ch2, &mut buf);
+    drop(
+        Watchdog::arm(
+            m2.mountpoint(),
+            m2.connection_id(),
+            Duration::from_secs(600),
+        )
+        .unwrap(),
+    );
+    assert!(
+        fuse_mount_at(m2.mountpoint()).is_some(),
+        "dropped without a panic"
+    );
+    m2.unmount().unwrap();
+    drop(ch);
+    m.unmount().unwrap();
+}
+
 #[test]
 fn missing_and_file_mountpoints_are_clear_errors() {
     let tmp = TempDir::new("errors");

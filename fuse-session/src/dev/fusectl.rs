@@ -118,7 +118,9 @@ pub fn waiting(conn: u64) -> io::Result<u64> {
 /// with `umount2(MNT_DETACH)`, or `fusermount3 -u -z` if that is not permitted. It
 /// only touches the mountpoint if the FUSE mount there is the expected connection.
 ///
-/// Dropping the watchdog disarms it (and joins its thread).
+/// Dropping the watchdog disarms it (and joins its thread) — except while the
+/// thread that drops it is panicking (a failed test): then it tears the mount down
+/// at once, so that a failure leaves no mount behind.
 ///
 /// # References
 /// - [`abort`], `umount(2)`
@@ -126,6 +128,8 @@ pub fn waiting(conn: u64) -> io::Result<u64> {
 pub struct Watchdog {
     shared: Arc<Shared>,
     thread: Option<JoinHandle<()>>,
+    mountpoint: PathBuf,
+    connection: Option<u64>,
 }
 
 #[derive(Debug)]
@@ -156,6 +160,7 @@ impl Watchdog {
         });
         let theirs = Arc::clone(&shared);
         let deadline = Instant::now() + timeout;
+        let ours = mountpoint.clone();
         let thread = std::thread::Builder::new()
             .name("fuse-watchdog".into())
             .spawn(move || {
@@ -185,6 +190,8 @@ impl Watchdog {
         Ok(Watchdog {
             shared,
             thread: Some(thread),
+            mountpoint: ours,
+            connection,
         })
     }
 
@@ -214,7 +221,12 @@ impl Watchdog {
 
 impl Drop for Watchdog {
     fn drop(&mut self) {
-        self.stop();
+        let fired = self.stop();
+        if std::thread::panicking() && !fired {
+            if let Err(e) = tear_down(&self.mountpoint, self.connection) {
+                log::warn!("watchdog on {}: {e}", self.mountpoint.display());
+            }
+        }
     }
 }
 
