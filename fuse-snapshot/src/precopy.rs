@@ -329,3 +329,212 @@ fn restore_precopied<F: Precopy>(
         .map_err(FormatError::FsRestore)?;
     Session::restore_precopied(fs, tables, session_changes).map_err(FormatError::State)
 }
+
+#[cfg(test)]
+mod tests {
+    //! The pre-copy entry points in process, with a filesystem that takes no
+    //! rounds (the default `precopy_round`) and one that does.
+    use std::ffi::OsStr;
+    use std::sync::Mutex;
+    use std::time::Duration;
+
+    use fuse_session::fake::FakeKernel;
+    use fuse_session::{Entry, Errno, FileAttr, FileType, RequestContext, Result};
+    use fuse_wire::InitFlags;
+
+    use super::*;
+
+    /// Root (node 0) holds `n0`..`n9`; its own state is a counter that every
+    /// lookup bumps; with `rounds`, it takes pre-copy rounds.
+    struct Counted {
+        hits: Mutex<u64>,
+        rounds: bool,
+        recording: Mutex<Option<u64>>,
+    }
+
+    impl Counted {
+        fn new(rounds: bool) -> Self {
+            Counted {
+                hits: Mutex::new(0),
+                rounds,
+                recording: Mutex::new(None),
+            }
+        }
+    }
+
+    impl Filesystem for Counted {
+        type Node = u32;
+        type Handle = u32;
+
+        fn root(&self) -> u32 {
+            0
+        }
+
+        fn lookup(&self, _: &RequestContext<'_>, _: &u32, name: &OsStr) -> Result<Entry<u32>> {
+            let n: u32 = name
+                .to_str()
+                .and_then(|s| s.strip_prefix('n'))
+                .and_then(|s| s.parse().ok())
+                .filter(|&n| n < 10)
+                .ok_or(Errno::ENOENT)?;
+            *self.hits.lock().unwrap() += 1;
+            Ok(Entry {
+                node: n + 1,
+                attr: FileAttr::new(u64::from(n) + 2, FileType::RegularFile, 0o644),
+                entry_ttl: Duration::ZERO,
+                attr_ttl: Duration::ZERO,
+            })
+        }
+    }
+
+    impl SnapshotFs for Counted {
+        type State = u64;
+
+        fn save(&self, _: &mut FdSaver) -> io::Result<u64> {
+            Ok(*self.hits.lock().unwrap())
+        }
+
+        fn restore(state: u64, _: &mut FdRestorer) -> std::result::Result<Self, String> {
+            let fs = Counted::new(false);
+            *fs.hits.lock().unwrap() = state;
+            Ok(fs)
+        }
+
+        fn precopy() -> Option<PrecopyOps<Self>> {
+            Some(PrecopyOps::new())
+        }
+    }
+
+    impl Precopy for Counted {
+        type Base = u64;
+        /// The counter now (the whole state is the change here).
+        type Changes = u64;
+
+        fn precopy_begin(&self) -> io::Result<Vec<u8>> {
+            let hits = *self.hits.lock().unwrap();
+            *self.recording.lock().unwrap() = Some(hits);
+            Ok(hits.to_le_bytes().to_vec())
+        }
+
+        fn precopy_round(&self) -> io::Result<Option<u64>> {
+            Ok(self.rounds.then(|| *self.hits.lock().unwrap()))
+        }
+
+        fn apply_round(base: &mut u64, changes: u64) -> std::result::Result<(), String> {
+            *base = changes;
+            Ok(())
+        }
+
+        fn precopy_changes(&self, _: &mut FdSaver) -> io::Result<u64> {
+            self.recording
+                .lock()
+                .unwrap()
+                .take()
+                .ok_or_else(|| io::Error::other("not recording"))?;
+            Ok(*self.hits.lock().unwrap())
+        }
+
+        fn precopy_abort(&self) {
+            *self.recording.lock().unwrap() = None;
+        }
+
+        fn decode_base(bytes: &[u8]) -> std::result::Result<u64, String> {
+            let b: [u8; 8] = bytes.try_into().map_err(|_| "not 8 bytes".to_string())?;
+            Ok(u64::from_le_bytes(b))
+        }
+
+        fn restore_precopied(
+            base: u64,
+            changes: u64,
+            _: &mut FdRestorer,
+        ) -> std::result::Result<Self, String> {
+            if changes < base {
+                return Err(format!("the counter went back from {base} to {changes}"));
+            }
+            let fs = Counted::new(false);
+            *fs.hits.lock().unwrap() = changes;
+            Ok(fs)
+        }
+    }
+
+    fn kernel(rounds: bool) -> FakeKernel<Counted> {
+        let mut k = FakeKernel::new(Counted::new(rounds));
+        let _ = k.init(45, InitFlags::INIT_EXT | InitFlags::MAX_PAGES);
+        k
+    }
+
+    /// Base, optional round, lookups in between, changes: what the new process
+    /// restores is the session and the filesystem at the end.
+    fn hand_over(rounds: bool) -> u32 {
+        let mut k = kernel(rounds);
+        for i in 0..4 {
+            k.lookup(1, format!("n{i}").as_bytes()).unwrap();
+        }
+        let ops = Counted::precopy().unwrap();
+        let base = (ops.begin)(k.session()).unwrap();
+        let mut prepared = (ops.decode_base)(&base).unwrap();
+        k.lookup(1, b"n5").unwrap();
+        let mut taken = 0;
+        while let Some(round) = (ops.round)(k.session()).unwrap() {
+            (ops.apply_round)(&mut prepared, &round).unwrap();
+            taken += 1;
+            k.lookup(1, b"n6").unwrap();
+            if taken == 2 {
+                break;
+            }
+        }
+        k.forget(k.session().snapshot().unwrap().nodes[1].nodeid, 1);
+        let changes = (ops.changes)(k.session(), &mut FdSaver::new()).unwrap();
+        let want = k.session().snapshot().unwrap();
+        let restored = (ops.restore)(prepared, &changes, &mut FdRestorer::new(Vec::new())).unwrap();
+        assert_eq!(restored.snapshot().unwrap(), want);
+        assert_eq!(
+            *restored.filesystem().hits.lock().unwrap(),
+            *k.session().filesystem().hits.lock().unwrap()
+        );
+        taken
+    }
+
+    #[test]
+    fn without_rounds_the_changes_carry_everything() {
+        assert_eq!(hand_over(false), 0, "the default precopy_round takes none");
+    }
+
+    #[test]
+    fn with_rounds_each_is_applied_to_the_base() {
+        assert_eq!(hand_over(true), 2);
+    }
+
+    #[test]
+    fn abort_stops_recording_on_both_sides() {
+        let k = kernel(false);
+        let ops = Counted::precopy().unwrap();
+        (ops.begin)(k.session()).unwrap();
+        (ops.abort)(k.session());
+        assert!(k.session().precopy_changes().is_none());
+        assert!((ops.changes)(k.session(), &mut FdSaver::new()).is_err());
+    }
+
+    #[test]
+    fn damaged_bytes_are_errors() {
+        let k = kernel(true);
+        let ops = Counted::precopy().unwrap();
+        let base = (ops.begin)(k.session()).unwrap();
+        for n in 0..base.len() {
+            assert!((ops.decode_base)(&base[..n]).is_err(), "truncated at {n}");
+        }
+        let mut prepared = (ops.decode_base)(&base).unwrap();
+        let round = (ops.round)(k.session()).unwrap().unwrap();
+        let mut bad = round.clone();
+        bad[0] ^= 1;
+        assert!(matches!(
+            (ops.apply_round)(&mut prepared, &bad),
+            Err(FormatError::ChecksumMismatch { .. })
+        ));
+        let changes = (ops.changes)(k.session(), &mut FdSaver::new()).unwrap();
+        assert!(matches!(
+            (ops.restore)(prepared, &changes[..3], &mut FdRestorer::new(Vec::new())),
+            Err(FormatError::BadPrecopy(_))
+        ));
+    }
+}
