@@ -1086,7 +1086,7 @@ fn fake_old_with(
     let read_reply = || read_message(&s).map(|(k, body, _)| (k, message::decode_reason(&body)));
     let mut reply = Some((Kind::Ready, String::new()));
     if let Some((base, base_fds, rounds)) = precopy {
-        let mut m = message::precopy_header(base.len()).to_vec();
+        let mut m = message::header(Kind::Precopy, base.len()).to_vec();
         m.extend_from_slice(base);
         let _ = send_with_fds(&s, &m, base_fds);
         reply = read_reply();

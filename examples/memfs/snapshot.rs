@@ -23,7 +23,7 @@ use serde::de::{self, Visitor};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use super::fs::{Config, Handle, MemFs, MemFsImage};
-use super::state::{StateChanges, StateIndex};
+use super::state::{Noted, State, StateChanges, StateIndex};
 
 /// Bytes encoded per hold of the read lock during a pre-copy (well under a
 /// millisecond of work): a writer waits for at most that much, or one inode.
@@ -122,6 +122,24 @@ impl SnapshotFs for MemFs {
     }
 }
 
+impl MemFs {
+    /// The changes noted so far, taken from the record by `take` (which stops the
+    /// recording, or starts it afresh), under the write lock.
+    fn noted_changes(
+        &self,
+        take: impl FnOnce(&mut State) -> Option<Vec<(u64, Noted)>>,
+    ) -> io::Result<MemFsChanges> {
+        let mut state = self.lock_write();
+        let changed = take(&mut state).ok_or_else(|| {
+            io::Error::other("memfs was not recording changes (no pre-copy in progress)")
+        })?;
+        Ok(MemFsChanges {
+            config: self.config(),
+            state: state.changes(changed),
+        })
+    }
+}
+
 /// Decodes a memfs image (untrusted bytes: an error, never a panic). Not validated.
 fn decode_image(bytes: &[u8]) -> Result<MemFsImage, String> {
     match postcard::take_from_bytes::<MemFsImage>(bytes) {
@@ -170,25 +188,11 @@ impl Precopy for MemFs {
     }
 
     fn precopy_changes(&self, _fds: &mut FdSaver) -> io::Result<MemFsChanges> {
-        let mut state = self.lock_write();
-        let changed = state.stop_recording().ok_or_else(|| {
-            io::Error::other("memfs was not recording changes (no pre-copy in progress)")
-        })?;
-        Ok(MemFsChanges {
-            config: self.config(),
-            state: state.changes(changed),
-        })
+        self.noted_changes(State::stop_recording)
     }
 
     fn precopy_round(&self) -> io::Result<Option<MemFsChanges>> {
-        let mut state = self.lock_write();
-        let changed = state.take_recorded().ok_or_else(|| {
-            io::Error::other("memfs was not recording changes (no pre-copy in progress)")
-        })?;
-        Ok(Some(MemFsChanges {
-            config: self.config(),
-            state: state.changes(changed),
-        }))
+        self.noted_changes(State::take_recorded).map(Some)
     }
 
     fn apply_round(

@@ -372,6 +372,13 @@ impl<'a> IntoIterator for &'a Inodes {
     }
 }
 
+/// What was noted, sorted by inode.
+fn sorted_notes(notes: impl IntoIterator<Item = (u64, Noted)>) -> Vec<(u64, Noted)> {
+    let mut v: Vec<(u64, Noted)> = notes.into_iter().collect();
+    v.sort_unstable_by_key(|(ino, _)| *ino);
+    v
+}
+
 /// How one inode changed during a pre-copy.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum InodeChange {
@@ -631,9 +638,7 @@ impl State {
     /// Stops noting changes; returns what was noted, sorted by inode (`None` if
     /// not recording).
     pub fn stop_recording(&mut self) -> Option<Vec<(u64, Noted)>> {
-        let mut v: Vec<(u64, Noted)> = self.inodes.changed.take()?.into_iter().collect();
-        v.sort_unstable_by_key(|(ino, _)| *ino);
-        Some(v)
+        Some(sorted_notes(self.inodes.changed.take()?))
     }
 
     /// Appends the postcard encoding of `(ino, inode)` pairs from inode `from` on
@@ -663,10 +668,7 @@ impl State {
     /// What was noted so far, sorted by inode, and noting goes on afresh (`None`
     /// if not recording): a pre-copy round.
     pub fn take_recorded(&mut self) -> Option<Vec<(u64, Noted)>> {
-        let c = self.inodes.changed.as_mut()?;
-        let mut v: Vec<(u64, Noted)> = c.drain().collect();
-        v.sort_unstable_by_key(|(ino, _)| *ino);
-        Some(v)
+        Some(sorted_notes(self.inodes.changed.as_mut()?.drain()))
     }
 
     /// The counters, in the order [`State`] encodes them after the inode map.
@@ -687,20 +689,23 @@ impl State {
             .map(|(ino, noted)| {
                 let change = match (self.inodes.get(&ino), noted) {
                     (None, _) => InodeChange::Gone,
-                    (Some(i), Noted::Meta { chunks, from }) if matches!(i.body, Body::File(_)) => {
-                        let Body::File(f) = &i.body else {
-                            unreachable!("matched a file above")
-                        };
-                        InodeChange::Data {
-                            inode: Inode {
-                                xattrs: i.xattrs.clone(),
-                                body: Body::File(f.only(&chunks, from)),
-                                ..*i
+                    (
+                        Some(
+                            i @ Inode {
+                                body: Body::File(f),
+                                ..
                             },
-                            chunks: chunks.into_iter().collect(),
-                            from,
-                        }
-                    }
+                        ),
+                        Noted::Meta { chunks, from },
+                    ) => InodeChange::Data {
+                        inode: Inode {
+                            xattrs: i.xattrs.clone(),
+                            body: Body::File(f.only(&chunks, from)),
+                            ..*i
+                        },
+                        chunks: chunks.into_iter().collect(),
+                        from,
+                    },
                     (Some(i), _) => InodeChange::Whole(i.clone()),
                 };
                 (ino, change)

@@ -926,6 +926,9 @@ fn worker<F: Filesystem>(
     let mut size = session.read_buffer_size();
     let mut req = RequestBuffer::with_len(size)?;
     let mut out = RequestBuffer::with_len(session.reply_buffer_size())?;
+    // Until this worker has seen INIT answered: a local flag, so that the request
+    // path reads no shared state for it afterwards.
+    let mut init_replied = control.init_replied.load(Ordering::Acquire);
     loop {
         if control.stop.load(Ordering::Acquire) {
             return Ok(());
@@ -976,9 +979,8 @@ fn worker<F: Filesystem>(
                 };
                 match chan.write(iov) {
                     Ok(WriteOutcome::Delivered) => {
-                        if !control.init_replied.load(Ordering::Relaxed)
-                            && session.init_state().is_some()
-                        {
+                        if !init_replied && session.init_state().is_some() {
+                            init_replied = true;
                             control.init_replied.store(true, Ordering::Release);
                         }
                     }

@@ -8,11 +8,16 @@ use fuse_session::*;
 use fuse_wire::InitFlags;
 use proptest::prelude::*;
 
-/// Root (node 0) holds files "n0".."n{N-1}" (nodes 1..=N); nodes are u32.
-#[derive(Default)]
-struct Tree;
+/// Root (node 0) holds files "n0".."n{files-1}" (nodes 1..=files); nodes are u32.
+struct Tree {
+    files: u32,
+}
 
+/// The files of the small tree most tests use.
 const N: u32 = 10;
+
+/// The small tree.
+const TREE: Tree = Tree { files: N };
 
 fn attr(node: u32) -> FileAttr {
     let kind = if node == 0 {
@@ -40,7 +45,7 @@ impl Filesystem for Tree {
             .and_then(|s| s.strip_prefix('n'))
             .and_then(|s| s.parse().ok())
             .ok_or(Errno::ENOENT)?;
-        if *parent != 0 || n >= N {
+        if *parent != 0 || n >= self.files {
             return Err(Errno::ENOENT);
         }
         Ok(Entry {
@@ -57,7 +62,7 @@ impl Filesystem for Tree {
 }
 
 fn kernel() -> FakeKernel<Tree> {
-    let mut k = FakeKernel::new(Tree);
+    let mut k = FakeKernel::new(TREE);
     let _ = k.init(45, InitFlags::INIT_EXT | InitFlags::MAX_PAGES);
     k
 }
@@ -171,7 +176,7 @@ proptest! {
         // Only what changed travels: every changed nodeid is one the steps touched.
         prop_assert!(changes.nodes.len() + changes.forgotten.len() <= during.len());
 
-        let restored = Session::restore_precopied(Tree, prepared, changes).unwrap();
+        let restored = Session::restore_precopied(TREE, prepared, changes).unwrap();
         prop_assert_eq!(restored.snapshot().unwrap(), want);
 
         // The restored session serves on with the same counts.
@@ -218,7 +223,7 @@ fn restore(
     base: SessionState<u32, u32>,
     changes: SessionChanges<u32, u32>,
 ) -> std::result::Result<Session<Tree>, StateError> {
-    Session::restore_precopied(Tree, PrecopiedState::new(base)?, changes)
+    Session::restore_precopied(TREE, PrecopiedState::new(base)?, changes)
 }
 
 #[test]
@@ -345,44 +350,12 @@ fn bad_changes_are_refused_with_what_is_wrong() {
     assert!(restore(base, good).is_ok());
 }
 
-/// Root holds `m0`..`m{BIG-1}`: more nodeids than one copy range.
-struct Big;
-
-const BIG: u32 = 3 * precopy_copy_range() + 123;
-
-const fn precopy_copy_range() -> u32 {
-    fuse_session::proto::precopy::COPY_RANGE as u32
-}
-
-impl Filesystem for Big {
-    type Node = u32;
-    type Handle = u32;
-
-    fn root(&self) -> u32 {
-        0
-    }
-
-    fn lookup(&self, _: &RequestContext<'_>, parent: &u32, name: &OsStr) -> Result<Entry<u32>> {
-        let n: u32 = name
-            .to_str()
-            .and_then(|s| s.strip_prefix('m'))
-            .and_then(|s| s.parse().ok())
-            .ok_or(Errno::ENOENT)?;
-        if *parent != 0 || n >= BIG {
-            return Err(Errno::ENOENT);
-        }
-        Ok(Entry {
-            node: n + 1,
-            attr: attr(n + 1),
-            entry_ttl: Duration::ZERO,
-            attr_ttl: Duration::ZERO,
-        })
-    }
-}
+/// More files than one copy range of [`Session::precopy_begin`].
+const BIG: u32 = 3 * fuse_session::proto::precopy::COPY_RANGE as u32 + 123;
 
 /// Encodes one request for the session `s`.
 fn request(
-    s: &Session<Big>,
+    s: &Session<Tree>,
     unique: u64,
     nodeid: u64,
     op: &fuse_wire::request::Operation<'_>,
@@ -412,10 +385,10 @@ fn request(
 /// forgets them: base + changes is still exactly the end state.
 #[test]
 fn a_copy_in_ranges_with_requests_in_between() {
-    let mut k = FakeKernel::new(Big);
+    let mut k = FakeKernel::new(Tree { files: BIG });
     let _ = k.init(45, InitFlags::INIT_EXT | InitFlags::MAX_PAGES);
     for i in 0..BIG {
-        k.lookup(1, format!("m{i}").as_bytes()).unwrap();
+        k.lookup(1, format!("n{i}").as_bytes()).unwrap();
     }
     let s = k.session();
     let stop = std::sync::atomic::AtomicBool::new(false);
@@ -427,7 +400,7 @@ fn a_copy_in_ranges_with_requests_in_between() {
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                 // Look a node up twice, forget it once: its count changes, and
                 // some new nodes appear (BIG..) and go again.
-                let name = format!("m{}", (i * 7919) % (BIG + 50));
+                let name = format!("n{}", (i * 7919) % (BIG + 50));
                 for _ in 0..2 {
                     unique += 1;
                     let r = request(
@@ -470,6 +443,6 @@ fn a_copy_in_ranges_with_requests_in_between() {
     let want = s.snapshot().unwrap();
     let mut prepared = PrecopiedState::new(base).unwrap();
     prepared.apply_round(rounds).unwrap();
-    let restored = Session::restore_precopied(Big, prepared, changes).unwrap();
+    let restored = Session::restore_precopied(Tree { files: BIG }, prepared, changes).unwrap();
     assert_eq!(restored.snapshot().unwrap(), want);
 }

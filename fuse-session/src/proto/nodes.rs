@@ -79,6 +79,13 @@ pub struct NodeTable<N: Clone + Eq + Hash> {
     changed: Option<HashSet<u64, BuildHasherDefault<IdHasher>>>,
 }
 
+/// `ids`, sorted.
+fn sorted_ids(ids: impl IntoIterator<Item = u64>) -> Vec<u64> {
+    let mut v: Vec<u64> = ids.into_iter().collect();
+    v.sort_unstable();
+    v
+}
+
 /// What [`NodeTable::forget`] did.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Forgotten<N> {
@@ -159,25 +166,18 @@ impl<N: Clone + Eq + Hash> NodeTable<N> {
 
     /// Stops noting; returns the nodeids noted, sorted (`None` if not recording).
     pub fn stop_recording(&mut self) -> Option<Vec<u64>> {
-        let mut v: Vec<u64> = self.changed.take()?.into_iter().collect();
-        v.sort_unstable();
-        Some(v)
+        Some(sorted_ids(self.changed.take()?))
     }
 
     /// The nodeids noted so far, sorted, recording on (empty if not recording).
     pub fn recorded(&self) -> Vec<u64> {
-        let mut v: Vec<u64> = self.changed.iter().flatten().copied().collect();
-        v.sort_unstable();
-        v
+        sorted_ids(self.changed.iter().flatten().copied())
     }
 
     /// The nodeids noted so far, sorted, and recording goes on afresh (`None` if
     /// not recording).
     pub fn take_recorded(&mut self) -> Option<Vec<u64>> {
-        let set = self.changed.as_mut()?;
-        let mut v: Vec<u64> = set.drain().collect();
-        v.sort_unstable();
-        Some(v)
+        Some(sorted_ids(self.changed.as_mut()?.drain()))
     }
 
     /// Removes `nodeid` outright (applying a pre-copy's changes).
@@ -211,13 +211,12 @@ impl<N: Clone + Eq + Hash> NodeTable<N> {
     pub fn lookup(&mut self, node: &N) -> (u64, u64) {
         if let Some(&id) = self.by_node.get(node) {
             if let Some(e) = self.by_id.get_mut(&id) {
+                let generation = e.generation;
                 if id != ROOT_ID {
                     e.lookups = e.lookups.saturating_add(1);
-                    let generation = e.generation;
                     self.note(id);
-                    return (id, generation);
                 }
-                return (id, e.generation);
+                return (id, generation);
             }
         }
         let id = self.next_id;
@@ -296,13 +295,6 @@ impl<N: Clone + Eq + Hash> NodeTable<N> {
     /// Every entry, in no particular order.
     pub fn iter(&self) -> impl Iterator<Item = (u64, &NodeEntry<N>)> + '_ {
         self.by_id.iter().map(|(&id, e)| (id, e))
-    }
-
-    /// Every entry, sorted by nodeid (deterministic, for snapshots).
-    pub fn sorted(&self) -> Vec<(u64, &NodeEntry<N>)> {
-        let mut v: Vec<_> = self.by_id.iter().map(|(&id, e)| (id, e)).collect();
-        v.sort_unstable_by_key(|(id, _)| *id);
-        v
     }
 
     /// The next nodeid and generation that will be assigned.

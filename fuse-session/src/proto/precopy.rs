@@ -164,12 +164,7 @@ fn node_changes<N: Clone + Eq + Hash>(t: &NodeTable<N>, changed: Vec<u64>) -> No
     };
     for id in changed {
         match t.get(id) {
-            Some(e) => out.nodes.push(NodeState {
-                nodeid: id,
-                generation: e.generation,
-                lookups: e.lookups,
-                node: e.node.clone(),
-            }),
+            Some(e) => out.nodes.push(NodeState::of(id, e)),
             None => out.forgotten.push(id),
         }
     }
@@ -199,12 +194,7 @@ impl<F: Filesystem> Session<F> {
         let mut nodes: Vec<NodeState<F::Node>> = if sparse {
             let mut v: Vec<NodeState<F::Node>> = lock(&self.nodes)
                 .iter()
-                .map(|(nodeid, e)| NodeState {
-                    nodeid,
-                    generation: e.generation,
-                    lookups: e.lookups,
-                    node: e.node.clone(),
-                })
+                .map(|(id, e)| NodeState::of(id, e))
                 .collect();
             v.sort_unstable_by_key(|n| n.nodeid);
             v
@@ -214,16 +204,7 @@ impl<F: Filesystem> Session<F> {
             while id < end {
                 let stop = id.saturating_add(COPY_RANGE).min(end);
                 let t = lock(&self.nodes);
-                for nodeid in id..stop {
-                    if let Some(e) = t.get(nodeid) {
-                        v.push(NodeState {
-                            nodeid,
-                            generation: e.generation,
-                            lookups: e.lookups,
-                            node: e.node.clone(),
-                        });
-                    }
-                }
+                v.extend((id..stop).filter_map(|n| Some(NodeState::of(n, t.get(n)?))));
                 drop(t);
                 id = stop;
             }

@@ -36,6 +36,18 @@ pub struct NodeState<N> {
     pub node: N,
 }
 
+impl<N: Clone> NodeState<N> {
+    /// The saved form of table entry `nodeid`.
+    pub(crate) fn of(nodeid: u64, e: &NodeEntry<N>) -> Self {
+        NodeState {
+            nodeid,
+            generation: e.generation,
+            lookups: e.lookups,
+            node: e.node.clone(),
+        }
+    }
+}
+
 /// One open file or directory handle.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct HandleState<H> {
@@ -285,27 +297,11 @@ impl<F: Filesystem> Session<F> {
     /// being handled (e.g. under [`Running::pause`](crate::serve::Running::pause));
     /// `None` before INIT (there is nothing to restore without it).
     pub fn snapshot(&self) -> Option<SessionState<F::Node, F::Handle>> {
-        self.snapshot_with(|_| {})
-    }
-
-    /// [`Session::snapshot`], running `f` on the nodeid table under its lock first.
-    pub(crate) fn snapshot_with(
-        &self,
-        f: impl FnOnce(&mut NodeTable<F::Node>),
-    ) -> Option<SessionState<F::Node, F::Handle>> {
         let init = *self.init.get()?;
         let (mut nodes, (next_nodeid, next_generation)) = {
-            let mut t = lock(&self.nodes);
-            f(&mut t);
-            let nodes: Vec<NodeState<F::Node>> = t
-                .iter()
-                .map(|(nodeid, e)| NodeState {
-                    nodeid,
-                    generation: e.generation,
-                    lookups: e.lookups,
-                    node: e.node.clone(),
-                })
-                .collect();
+            let t = lock(&self.nodes);
+            let nodes: Vec<NodeState<F::Node>> =
+                t.iter().map(|(id, e)| NodeState::of(id, e)).collect();
             (nodes, t.counters())
         };
         // Sorted after the lock is released: requests wait only for the copy.

@@ -275,6 +275,19 @@ fn mount_out(m: &Mount) -> std::io::Result<MountOut> {
     })
 }
 
+/// Sends a pre-copy message (the base or a round) while serving and waits for the
+/// new process's Ready.
+fn send_awaiting_ready(conn: &Conn, kind: Kind, body: &[u8]) -> Result<(), HandoffError> {
+    conn.send("send the pre-copy", &message::header(kind, body.len()), &[])
+        .and_then(|()| conn.send("send the pre-copy", body, &[]))?;
+    let r = conn.expect("read Ready", &[Kind::Ready, Kind::Nack], "Ready or Nack")?;
+    if r.header.kind == Kind::Nack {
+        return Err(HandoffError::Refused(message::decode_reason(&r.body)));
+    }
+    message::decode_duration(Kind::Ready, &r.body)?;
+    Ok(())
+}
+
 /// A filesystem recording its changes for a pre-copy; stops it when dropped (the
 /// snapshot already did on success; stopping again is harmless).
 struct Recording<'a, F: SnapshotFs> {
@@ -359,51 +372,33 @@ fn serve_one<F: SnapshotFs>(
             Ok(b) => b,
             Err(e) => return Err(refuse(&conn, HandoffError::Snapshot(e))),
         };
-        if base.len() > options.max_snapshot {
-            let e = HandoffError::Snapshot(crate::FormatError::FsSave(format!(
-                "the pre-copied state is {} bytes, over the limit of {}",
-                base.len(),
-                options.max_snapshot
-            )));
-            return Err(refuse(&conn, e));
-        }
-        conn.send(
-            "send the pre-copied state",
-            &message::precopy_header(base.len()),
-            &[],
-        )
-        .and_then(|()| conn.send("send the pre-copied state", &base, &[]))?;
-        precopy_bytes = base.len();
-        drop(base);
-        let r = conn.expect("read Ready", &[Kind::Ready, Kind::Nack], "Ready or Nack")?;
-        if r.header.kind == Kind::Nack {
-            return Err(HandoffError::Refused(message::decode_reason(&r.body)));
-        }
-        message::decode_duration(Kind::Ready, &r.body)?;
-        // Rounds while serving: what changed during the copy crosses now rather
-        // than under the pause, as long as it shrinks.
-        while precopy_rounds < crate::precopy::MAX_ROUNDS {
-            let round = match (ops.round)(session) {
-                Ok(Some(b)) => b,
-                Ok(None) => break,
-                Err(e) => return Err(refuse(&conn, HandoffError::Snapshot(e))),
-            };
-            conn.send(
-                "send a pre-copy round",
-                &message::header(Kind::PrecopyRound, round.len()),
-                &[],
-            )
-            .and_then(|()| conn.send("send a pre-copy round", &round, &[]))?;
-            precopy_bytes += round.len();
-            precopy_rounds += 1;
-            let r = conn.expect("read Ready", &[Kind::Ready, Kind::Nack], "Ready or Nack")?;
-            if r.header.kind == Kind::Nack {
-                return Err(HandoffError::Refused(message::decode_reason(&r.body)));
+        // The base, then rounds of what changed meanwhile while they shrink: each
+        // crosses now rather than under the pause.
+        let mut next = Some((Kind::Precopy, base));
+        while let Some((kind, body)) = next.take() {
+            if body.len() > options.max_snapshot {
+                let e = HandoffError::Snapshot(crate::FormatError::FsSave(format!(
+                    "the pre-copy is {} bytes, over the limit of {}",
+                    body.len(),
+                    options.max_snapshot
+                )));
+                return Err(refuse(&conn, e));
             }
-            message::decode_duration(Kind::Ready, &r.body)?;
-            if round.len() < crate::precopy::ROUND_ENOUGH {
+            send_awaiting_ready(&conn, kind, &body)?;
+            precopy_bytes += body.len();
+            if kind == Kind::PrecopyRound {
+                precopy_rounds += 1;
+                if body.len() < crate::precopy::ROUND_ENOUGH {
+                    break;
+                }
+            }
+            if precopy_rounds == crate::precopy::MAX_ROUNDS {
                 break;
             }
+            next = match (ops.round)(session) {
+                Ok(round) => round.map(|r| (Kind::PrecopyRound, r)),
+                Err(e) => return Err(refuse(&conn, HandoffError::Snapshot(e))),
+            };
         }
         precopy_time = t.elapsed();
         // The pause starts now: it is bounded by the ordinary timeout.

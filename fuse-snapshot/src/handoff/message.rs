@@ -368,11 +368,6 @@ pub fn decode_accept(body: &[u8]) -> Result<(u16, u32), MessageError> {
     Ok((v, features))
 }
 
-/// The header of a Precopy whose body (the pre-copied state) is `len` bytes.
-pub fn precopy_header(len: usize) -> [u8; HEADER_LEN] {
-    header(Kind::Precopy, len)
-}
-
 /// Encodes a Refuse or Nack with `reason` (cut to [`MAX_REASON`] bytes at a
 /// character boundary).
 pub fn encode_reason(kind: Kind, reason: &str) -> Vec<u8> {
@@ -563,7 +558,7 @@ mod tests {
             decode_duration(Kind::Ready, b).unwrap(),
             Duration::from_millis(3)
         );
-        let h = precopy_header(5);
+        let h = header(Kind::Precopy, 5);
         assert_eq!(parse_header(&h, 5).unwrap().len, 5);
         assert!(
             parse_header(&h, 4).is_err(),

@@ -194,13 +194,6 @@ impl Takeover {
             if r.header.kind == Kind::Refuse {
                 return Err((None, HandoffError::Refused(message::decode_reason(&r.body))));
             }
-            if !r.fds.is_empty() {
-                let e = HandoffError::Message(message::MessageError::BadBody {
-                    kind: Kind::Precopy,
-                    why: "descriptors on a pre-copy",
-                });
-                return Err((Some(conn), e));
-            }
             let base = match (ops.decode_base)(&r.body) {
                 Ok(b) => b,
                 Err(e) => return Err((Some(conn), HandoffError::Snapshot(e))),
@@ -239,13 +232,6 @@ impl Takeover {
                 });
                 return Err((Some(conn), e));
             };
-            if !r.fds.is_empty() {
-                let e = HandoffError::Message(message::MessageError::BadBody {
-                    kind: Kind::PrecopyRound,
-                    why: "descriptors on a pre-copy round",
-                });
-                return Err((Some(conn), e));
-            }
             if let Err(e) = (ops.apply_round)(base, &r.body) {
                 return Err((Some(conn), HandoffError::Snapshot(e)));
             }
