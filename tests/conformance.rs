@@ -3,6 +3,7 @@
 //! finding on real kernel mounts.
 use std::fs;
 use std::io::{Read, Write};
+use std::path::Path;
 use std::time::Duration;
 
 mod common;
@@ -56,4 +57,112 @@ fn exiting_daemon_leaves_a_newer_mount_alone() {
         let status = b.stop();
         assert!(status.success(), "round {round}: B exited with {status}");
     }
+}
+
+/// Mounts memfs with `allow_other` (children running as `nobody` get in).
+fn memfs(test: &str, args: &[&str]) -> Option<Mounted> {
+    if !can_mount(test) {
+        return None;
+    }
+    let mut all = vec!["--allow-other"];
+    all.extend_from_slice(args);
+    Some(Mounted::start("memfs", &all, &[]))
+}
+
+/// The permission bits of `p` (through a fresh stat: memfs's attributes are cached
+/// for a second, so the mount is asked with `statx(AT_STATX_FORCE_SYNC)`).
+fn perm_of(p: &Path) -> u32 {
+    let st = rustix::fs::statx(
+        rustix::fs::CWD,
+        p,
+        rustix::fs::AtFlags::STATX_FORCE_SYNC,
+        rustix::fs::StatxFlags::MODE,
+    )
+    .unwrap();
+    u32::from(st.stx_mode) & 0o7777
+}
+
+/// A size or data change by a user who is neither privileged nor in the file's
+/// group clears set-user-ID and set-group-ID, group-executable or not (the kernel's
+/// `setattr_should_drop_suidgid`, which tmpfs follows): 6666 -> 666, 2666 -> 666.
+/// FUSE sends no kill flag with FALLOCATE, and without `HANDLE_KILLPRIV` its own
+/// SETATTR before the change clears set-group-ID only when group-executable.
+#[test]
+fn fallocate_write_truncate_by_others_drop_setgid() {
+    use rustix::fs::FallocateFlags as F;
+    let Some(m) = memfs("fallocate_write_truncate_by_others_drop_setgid", &[]) else {
+        return;
+    };
+    let (uid, gid) = common::nobody();
+    let src = m.path("copy-source");
+    fs::write(&src, vec![1u8; 100]).unwrap();
+    type Change = fn(&fs::File, &Path) -> std::io::Result<()>;
+    let changes: [(&str, Change); 6] = [
+        ("fallocate", |f, _| {
+            Ok(rustix::fs::fallocate(f, F::empty(), 0, 8192)?)
+        }),
+        ("punch-hole", |f, _| {
+            Ok(rustix::fs::fallocate(
+                f,
+                F::PUNCH_HOLE | F::KEEP_SIZE,
+                0,
+                4096,
+            )?)
+        }),
+        ("zero-range", |f, _| {
+            Ok(rustix::fs::fallocate(f, F::ZERO_RANGE, 0, 4096)?)
+        }),
+        ("write", |f, _| {
+            use std::os::unix::fs::FileExt;
+            f.write_at(b"x", 0).map(|_| ())
+        }),
+        ("truncate", |f, _| f.set_len(100)),
+        ("copy_file_range", |f, src| {
+            let src = fs::File::open(src)?;
+            let mut off = 0u64;
+            rustix::fs::copy_file_range(&src, Some(&mut off), f, Some(&mut 0u64), 10)?;
+            Ok(())
+        }),
+    ];
+    for (what, change) in changes {
+        for (before, after) in [(0o6666, 0o666), (0o2666, 0o666), (0o4666, 0o666)] {
+            let p = m.path(&format!("{what}-{before:o}"));
+            fs::write(&p, vec![7u8; 8192]).unwrap();
+            fs::set_permissions(&p, std::os::unix::fs::PermissionsExt::from_mode(before)).unwrap();
+            assert_eq!(perm_of(&p), before);
+            let q = p.clone();
+            let src = src.clone();
+            let rc = common::as_user(uid, gid, move || {
+                let f = match fs::OpenOptions::new().write(true).open(&q) {
+                    Ok(f) => f,
+                    Err(e) => return 100 + e.raw_os_error().unwrap_or(0).min(100),
+                };
+                common::errno_of(change(&f, &src))
+            });
+            assert_eq!(rc, 0, "{what} as nobody on {before:o}");
+            assert_eq!(
+                perm_of(&p),
+                after,
+                "{what} by a user outside the file's group on a {before:o} file"
+            );
+        }
+    }
+    // The owner's own group keeps set-group-ID without group-exec (the rule is about
+    // callers outside the group): root's privileged write keeps both bits.
+    let p = m.path("root-writes");
+    fs::write(&p, b"x").unwrap();
+    fs::set_permissions(&p, std::os::unix::fs::PermissionsExt::from_mode(0o6666)).unwrap();
+    rustix::fs::fallocate(
+        fs::OpenOptions::new().write(true).open(&p).unwrap(),
+        F::empty(),
+        0,
+        8192,
+    )
+    .unwrap();
+    assert_eq!(
+        perm_of(&p),
+        0o6666,
+        "a privileged fallocate keeps both bits"
+    );
+    m.stop();
 }

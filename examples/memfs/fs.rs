@@ -66,6 +66,26 @@ fn caller(ctx: &RequestContext<'_>) -> Caller {
     }
 }
 
+/// Is the caller of `ctx` in group `gid`: its fs gid, or one of its supplementary
+/// groups (read from `/proc/PID/status`, since FUSE sends them only with creates).
+/// A caller whose groups cannot be read is taken as not in the group, which clears
+/// set-group-ID: the safe side.
+fn in_group(ctx: &RequestContext<'_>, gid: u32) -> bool {
+    if ctx.gid == gid {
+        return true;
+    }
+    if ctx.pid == 0 {
+        return false;
+    }
+    let Ok(status) = std::fs::read_to_string(format!("/proc/{}/status", ctx.pid)) else {
+        return false;
+    };
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Groups:"))
+        .is_some_and(|g| g.split_whitespace().any(|x| x.parse() == Ok(gid)))
+}
+
 fn bytes(name: &OsStr) -> &[u8] {
     name.as_bytes()
 }
@@ -196,7 +216,13 @@ impl Filesystem for MemFs {
         set: &SetAttr,
     ) -> Result<AttrReply> {
         let mut state = self.lock_write();
+        let owner = state.owner(*node)?;
         state.setattr(caller(ctx), *node, set)?;
+        // A truncate, or a mode change by someone who may not chmod (so the kernel's
+        // removal of privileges before a write or fallocate): apply the whole rule.
+        if set.size.is_some() || (set.mode.is_some() && ctx.uid != owner) {
+            state.drop_privs(caller(ctx), *node, |gid| in_group(ctx, gid))?;
+        }
         self.attr_reply(&state, *node)
     }
 
@@ -275,7 +301,11 @@ impl Filesystem for MemFs {
     }
 
     fn open(&self, ctx: &RequestContext<'_>, node: &u64, flags: i32) -> Result<Opened<Handle>> {
-        self.lock_write().open(caller(ctx), *node, flags)?;
+        let mut state = self.lock_write();
+        state.open(caller(ctx), *node, flags)?;
+        if flags & nix::libc::O_TRUNC != 0 {
+            state.drop_privs(caller(ctx), *node, |gid| in_group(ctx, gid))?;
+        }
         Ok(Self::opened(*node, flags))
     }
 
@@ -319,7 +349,9 @@ impl Filesystem for MemFs {
         } else {
             caller(ctx)
         };
-        state.write(who, *node, offset, data, kill)
+        let n = state.write(who, *node, offset, data, kill)?;
+        state.drop_privs(who, *node, |gid| in_group(ctx, gid))?;
+        Ok(n)
     }
 
     fn fsync(
@@ -467,14 +499,18 @@ impl Filesystem for MemFs {
 
     fn fallocate(
         &self,
-        _ctx: &RequestContext<'_>,
+        ctx: &RequestContext<'_>,
         node: &u64,
         _fh: &Handle,
         offset: u64,
         length: u64,
         mode: u32,
     ) -> Result<()> {
-        self.lock_write().fallocate(*node, offset, length, mode)
+        let mut state = self.lock_write();
+        state.fallocate(*node, offset, length, mode)?;
+        // Every mode that gets here changes size or data (the kernel refuses the
+        // others for FUSE): privileges go as on a write.
+        state.drop_privs(caller(ctx), *node, |gid| in_group(ctx, gid))
     }
 
     fn lseek(
@@ -503,8 +539,12 @@ impl Filesystem for MemFs {
         if flags != 0 {
             return Err(Errno::EINVAL);
         }
-        self.lock_write()
-            .copy_range(caller(ctx), *node_in, offset_in, *node_out, offset_out, len)
+        let mut state = self.lock_write();
+        let n = state.copy_range(caller(ctx), *node_in, offset_in, *node_out, offset_out, len)?;
+        if n > 0 {
+            state.drop_privs(caller(ctx), *node_out, |gid| in_group(ctx, gid))?;
+        }
+        Ok(n)
     }
 
     fn statx(

@@ -1353,6 +1353,42 @@ impl State {
         Ok(())
     }
 
+    /// The kernel's rule for a data or size change by a caller without `CAP_FSETID`
+    /// (`setattr_should_drop_suidgid`): set-user-ID goes; set-group-ID goes when the
+    /// file is group-executable or the caller is not in the file's group
+    /// (`in_group` answers that for the file's gid). Files only; privileged callers
+    /// keep both.
+    ///
+    /// FUSE passes no flag for it on FALLOCATE (and, without `HANDLE_KILLPRIV`, its
+    /// own SETATTR before a change clears set-group-ID only when group-executable),
+    /// so memfs applies the whole rule itself after each such change.
+    pub fn drop_privs(
+        &mut self,
+        caller: Caller,
+        ino: u64,
+        in_group: impl FnOnce(u32) -> bool,
+    ) -> Result<()> {
+        if caller.privileged() {
+            return Ok(());
+        }
+        let i = self.get(ino)?;
+        if i.kind != FileType::RegularFile || i.perm & (S_ISUID | S_ISGID) == 0 {
+            return Ok(());
+        }
+        let drop_sgid = i.perm & S_ISGID != 0 && (i.perm & S_IXGRP != 0 || !in_group(i.gid));
+        let i = self.get_mut_meta(ino)?;
+        i.perm &= !S_ISUID;
+        if drop_sgid {
+            i.perm &= !S_ISGID;
+        }
+        Ok(())
+    }
+
+    /// The owner of `ino`.
+    pub fn owner(&self, ino: u64) -> Result<u32> {
+        Ok(self.get(ino)?.uid)
+    }
+
     /// OPEN of an existing inode: applies `O_TRUNC` (the library agrees
     /// `ATOMIC_O_TRUNC`, so the kernel leaves it to the filesystem).
     pub fn open(&mut self, caller: Caller, ino: u64, flags: i32) -> Result<()> {
