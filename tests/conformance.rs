@@ -166,3 +166,73 @@ fn fallocate_write_truncate_by_others_drop_setgid() {
     );
     m.stop();
 }
+
+/// Files listed while another thread renames them back and forth in the same
+/// directory: every listing shows each file exactly once (an entry keeps its place
+/// in the listing when renamed within its directory), and none is missed.
+#[test]
+fn readdir_while_renaming_lists_each_file_once() {
+    use std::collections::BTreeSet;
+    use std::os::unix::fs::DirEntryExt;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    const FILES: usize = 5000;
+    const LISTINGS: usize = 6;
+    let Some(m) = memfs("readdir_while_renaming_lists_each_file_once", &[]) else {
+        return;
+    };
+    let dir = m.path("d");
+    fs::create_dir(&dir).unwrap();
+    for i in 0..FILES {
+        fs::File::create(dir.join(format!("f{i}"))).unwrap();
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let renamer = {
+        let (dir, stop) = (dir.clone(), Arc::clone(&stop));
+        std::thread::spawn(move || {
+            let mut renames = 0u64;
+            let mut round = 0usize;
+            while !stop.load(Ordering::Relaxed) {
+                let (from, to) = if round % 2 == 0 {
+                    ("f", "g")
+                } else {
+                    ("g", "f")
+                };
+                for i in 0..FILES {
+                    if stop.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    let a = dir.join(format!("{from}{i}"));
+                    let b = dir.join(format!("{to}{i}"));
+                    if fs::rename(&a, &b).is_ok() {
+                        renames += 1;
+                    }
+                }
+                round += 1;
+            }
+            renames
+        })
+    };
+    let mut lists = Vec::new();
+    for _ in 0..LISTINGS {
+        let mut names = Vec::new();
+        let mut inos = BTreeSet::new();
+        for e in fs::read_dir(&dir).unwrap() {
+            let e = e.unwrap();
+            names.push(e.file_name());
+            inos.insert(e.ino());
+        }
+        lists.push((names.len(), inos.len()));
+    }
+    stop.store(true, Ordering::Relaxed);
+    let renames = renamer.join().unwrap();
+    assert!(renames > 0, "the renamer never ran");
+    for (i, (names, inos)) in lists.into_iter().enumerate() {
+        assert_eq!(
+            (names, inos),
+            (FILES, FILES),
+            "listing {i}: (entries, distinct inodes) for {FILES} files being renamed"
+        );
+    }
+    m.stop();
+}

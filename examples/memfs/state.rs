@@ -140,6 +140,28 @@ impl Dir {
         Some(e.ino)
     }
 
+    /// Renames `name` to `newname` within this directory (replacing any entry
+    /// `newname`), keeping the entry's cookie: the entry keeps its place in the
+    /// listing, so a listing in progress shows it once, under one name or the other.
+    /// Moving it to a fresh cookie would show it again to a reader that had passed it.
+    fn rename_within(&mut self, name: &[u8], newname: &[u8]) {
+        let Some(e) = self.entries.get(name).copied() else {
+            return;
+        };
+        self.remove(newname);
+        self.entries.remove(name);
+        self.entries.insert(newname.to_vec(), e);
+        self.order.insert(e.cookie, newname.to_vec());
+    }
+
+    /// Points the existing entry `name` at `ino`, keeping its cookie (RENAME_EXCHANGE:
+    /// the names stay where they are, the inodes trade places).
+    fn repoint(&mut self, name: &[u8], ino: u64) {
+        if let Some(e) = self.entries.get_mut(name) {
+            e.ino = ino;
+        }
+    }
+
     /// Entries from READDIR offset `offset` on: `(offset of the next entry, name, ino)`.
     /// Offsets 0 and 1 (`.` and `..`) are the caller's.
     pub fn listing_from(&self, offset: u64) -> impl Iterator<Item = (u64, &[u8], u64)> + '_ {
@@ -1186,8 +1208,8 @@ impl State {
             {
                 return Err(Errno::EINVAL);
             }
-            self.get_mut(parent)?.dir_mut()?.insert(name, dst);
-            self.get_mut(newparent)?.dir_mut()?.insert(newname, src);
+            self.get_mut(parent)?.dir_mut()?.repoint(name, dst);
+            self.get_mut(newparent)?.dir_mut()?.repoint(newname, src);
             if parent != newparent {
                 if src_dir {
                     self.move_dir(src, parent, newparent);
@@ -1234,8 +1256,14 @@ impl State {
             }
             self.unlinked(dst, now);
         }
-        self.get_mut(parent)?.dir_mut()?.remove(name);
-        self.get_mut(newparent)?.dir_mut()?.insert(newname, src);
+        if parent == newparent {
+            self.get_mut(parent)?
+                .dir_mut()?
+                .rename_within(name, newname);
+        } else {
+            self.get_mut(parent)?.dir_mut()?.remove(name);
+            self.get_mut(newparent)?.dir_mut()?.insert(newname, src);
+        }
         if src_dir && parent != newparent {
             self.move_dir(src, parent, newparent);
         }
