@@ -236,3 +236,132 @@ fn readdir_while_renaming_lists_each_file_once() {
     }
     m.stop();
 }
+
+/// The atime of `p`, asked of the mount (not the kernel's attribute cache).
+fn atime_of(p: &Path) -> i64 {
+    let st = rustix::fs::statx(
+        rustix::fs::CWD,
+        p,
+        rustix::fs::AtFlags::STATX_FORCE_SYNC,
+        rustix::fs::StatxFlags::ATIME,
+    )
+    .unwrap();
+    st.stx_atime.tv_sec
+}
+
+/// Sets `p`'s atime to `secs` (mtime to now - 100 s, and so ctime to now).
+fn set_atime(p: &Path, secs: i64) {
+    use rustix::fs::{Timespec, Timestamps};
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let ts = Timestamps {
+        last_access: Timespec {
+            tv_sec: secs,
+            tv_nsec: 0,
+        },
+        last_modification: Timespec {
+            tv_sec: now - 100,
+            tv_nsec: 0,
+        },
+    };
+    rustix::fs::utimensat(rustix::fs::CWD, p, &ts, rustix::fs::AtFlags::empty()).unwrap();
+}
+
+/// Reads `p` through the mount: the page cache is dropped first, so that the read
+/// reaches the filesystem.
+fn read_through(p: &Path) {
+    let mut f = fs::File::open(p).unwrap();
+    rustix::fs::fadvise(&f, 0, None, rustix::fs::Advice::DontNeed).unwrap();
+    let mut v = Vec::new();
+    f.read_to_end(&mut v).unwrap();
+}
+
+/// memfs follows the mount's access-time mode: `noatime` never updates the atime
+/// (not on read, not on exec), `strictatime` updates it on every access, `relatime`
+/// (the default) only when it is not after mtime/ctime or is a day old.
+#[test]
+fn atime_follows_the_mount_mode() {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let (old, future) = (1000, now + 3600);
+    // (options, atime updated when old, atime updated when in the future)
+    let modes: [(&[&str], bool, bool); 3] = [
+        (&["-o", "noatime"], false, false),
+        (&["-o", "strictatime"], true, true),
+        (&[], true, false),
+    ];
+    for (args, when_old, when_future) in modes {
+        let Some(m) = memfs("atime_follows_the_mount_mode", args) else {
+            return;
+        };
+        let file = m.path("file");
+        fs::write(&file, vec![5u8; 16384]).unwrap();
+        let exe = m.path("true");
+        fs::copy("/bin/true", &exe).unwrap();
+        fs::set_permissions(&exe, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+        for (start, updated) in [(old, when_old), (future, when_future)] {
+            set_atime(&file, start);
+            read_through(&file);
+            let after = atime_of(&file);
+            assert_eq!(
+                after != start,
+                updated,
+                "{args:?}: read of a file with atime {start}: atime now {after}"
+            );
+            set_atime(&exe, start);
+            read_through(&exe);
+            set_atime(&exe, start);
+            {
+                let f = fs::File::open(&exe).unwrap();
+                rustix::fs::fadvise(&f, 0, None, rustix::fs::Advice::DontNeed).unwrap();
+            }
+            let st = std::process::Command::new(&exe).status().unwrap();
+            assert!(st.success());
+            let after = atime_of(&exe);
+            assert_eq!(
+                after != start,
+                updated,
+                "{args:?}: exec of a file with atime {start}: atime now {after}"
+            );
+        }
+        m.stop();
+    }
+}
+
+/// A remount that changes the access-time mode is followed (memfs reads the mode
+/// again at most a second after the last reading).
+#[test]
+fn atime_follows_a_remount() {
+    use nix::mount::MsFlags;
+    let Some(m) = memfs("atime_follows_a_remount", &[]) else {
+        return;
+    };
+    let file = m.path("file");
+    fs::write(&file, vec![5u8; 4096]).unwrap();
+    set_atime(&file, 1000);
+    read_through(&file);
+    assert_ne!(atime_of(&file), 1000, "relatime updates an old atime");
+    nix::mount::mount(
+        None::<&str>,
+        &m.mnt,
+        None::<&str>,
+        MsFlags::MS_REMOUNT
+            | MsFlags::MS_BIND
+            | MsFlags::MS_NOATIME
+            | MsFlags::MS_NOSUID
+            | MsFlags::MS_NODEV,
+        None::<&str>,
+    )
+    .expect("remount noatime");
+    // Past memfs's refresh period of the mount's mode (not a timing assumption about
+    // the machine: the period is measured by memfs from its last reading).
+    std::thread::sleep(Duration::from_millis(1100));
+    set_atime(&file, 1000);
+    read_through(&file);
+    assert_eq!(atime_of(&file), 1000, "noatime after the remount");
+    m.stop();
+}

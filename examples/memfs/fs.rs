@@ -3,11 +3,16 @@
 //! Nodes are inode numbers (`u64`, never reused); handles are a small serde
 //! [`Handle`]. Operations that only look take the read lock, so many workers serve
 //! lookups, reads and listings at once; operations that change take the write lock.
-//! A read updates the atime (relatime rule) under a short write lock only when due.
+//! A read or listing updates the atime under a short write lock only when due by
+//! the mount's mode (`relatime` by default; `noatime`, `strictatime`, `nodiratime`
+//! followed from the mount's flags).
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
-use std::sync::{PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
-use std::time::{Duration, SystemTime};
+use std::path::PathBuf;
+use std::sync::{Mutex, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::time::{Duration, Instant, SystemTime};
+
+use fuse_live::session::dev::{AccessTimes, MountIdentity};
 
 use fuse_live::session::wire::{InitFlags, RequestFlags};
 use fuse_live::session::{
@@ -48,7 +53,22 @@ impl Default for Config {
 pub struct MemFs {
     state: RwLock<State>,
     config: Config,
+    /// The mount's access-time mode, followed once [`MemFs::follow_mount`] says
+    /// which mount; `relatime` until then. Not part of the contents.
+    atime: Mutex<AtimeWatch>,
 }
+
+/// Where memfs reads its mount's access-time mode from, and the last reading.
+#[derive(Debug, Default)]
+struct AtimeWatch {
+    mount: Option<(MountIdentity, PathBuf)>,
+    times: AccessTimes,
+    read_at: Option<Instant>,
+}
+
+/// How long a reading of the mount's atime mode is used before it is read again (a
+/// remount can change it; reading costs a system call).
+const ATIME_MODE_REFRESH: Duration = Duration::from_secs(1);
 
 /// The serialized form of a [`MemFs`]: settings and contents.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -97,6 +117,7 @@ impl MemFs {
         MemFs {
             state: RwLock::new(State::new(uid, gid, capacity)),
             config,
+            atime: Mutex::default(),
         }
     }
 
@@ -126,6 +147,7 @@ impl MemFs {
         MemFs {
             state: RwLock::new(image.state),
             config: image.config,
+            atime: Mutex::default(),
         }
     }
 
@@ -160,10 +182,38 @@ impl MemFs {
         Opened::new(Handle { ino, flags })
     }
 
-    /// Updates the atime of `ino` after a read if relatime says so.
+    /// Follow the access-time mode (`noatime`, `relatime`, `strictatime`,
+    /// `nodiratime`) of the mount `identity` at `mountpoint`: FUSE leaves atime to the
+    /// filesystem, and the kernel does not say the mount's mode in requests. Read now
+    /// and again at most every [`ATIME_MODE_REFRESH`] while accesses come (a remount
+    /// takes effect within that time).
+    pub fn follow_mount(&self, identity: MountIdentity, mountpoint: PathBuf) {
+        let mut w = self.atime.lock().unwrap_or_else(PoisonError::into_inner);
+        w.mount = Some((identity, mountpoint));
+        w.read_at = None;
+    }
+
+    /// The mount's access-time mode, read again if the last reading is old.
+    pub fn access_times(&self) -> AccessTimes {
+        let mut w = self.atime.lock().unwrap_or_else(PoisonError::into_inner);
+        let fresh = w.read_at.is_some_and(|t| t.elapsed() < ATIME_MODE_REFRESH);
+        if !fresh {
+            if let Some((id, path)) = &w.mount {
+                match id.access_times(path) {
+                    Ok(t) => w.times = t,
+                    Err(e) => log::debug!("cannot read the mount's atime mode: {e}"),
+                }
+            }
+            w.read_at = Some(Instant::now());
+        }
+        w.times
+    }
+
+    /// Updates the atime of `ino` after a read or listing if the mount's mode says so.
     fn accessed(&self, ino: u64) {
         let now = SystemTime::now();
-        if self.lock_read().atime_due(ino, now) {
+        let times = self.access_times();
+        if self.lock_read().atime_due_in(ino, now, &times) {
             self.lock_write().touch_atime(ino, now);
         }
     }

@@ -12,6 +12,10 @@
 //! (then it unmounts), and exits 0. Bad arguments print a usage line on stderr and
 //! exit 2; a failure to mount or serve exits 1.
 //!
+//! - `-o OPTIONS`: comma-separated mount options: `noatime`, `relatime` (the
+//!   default), `strictatime`, `allow_other`, `auto_unmount` (`rw`, `nosuid`, `nodev`
+//!   and `default_permissions` are accepted: memfs always mounts so). memfs follows
+//!   the mount's access-time mode, also after a remount changes it (within a second).
 //! - `--threads N`: worker threads (default 2).
 //! - `--allow-other`: let every user access the mount (the mount option).
 //! - `--auto-unmount`: mount through `fusermount3` with `auto_unmount`, so that the
@@ -49,7 +53,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use fuse_live::session::dev::MountOptions;
+use fuse_live::session::dev::{Atime, MountOptions};
 use fuse_live::session::serve::{Running, Server};
 
 mod data;
@@ -66,8 +70,8 @@ use fs::{Config, MemFs};
 use fuse_live::snapshot::handoff::{self, Ended, HandoffOptions, Takeover, UpgradeListener};
 
 const USAGE: &str =
-    "usage: memfs MOUNTPOINT [--threads N] [--allow-other] [--auto-unmount] [--ttl SECS] \
-     [--size BYTES[K|M|G|T]] [--upgrade-socket PATH] [--snapshot-dir DIR]\n       \
+    "usage: memfs MOUNTPOINT [-o OPTIONS] [--threads N] [--allow-other] [--auto-unmount] \
+     [--ttl SECS] [--size BYTES[K|M|G|T]] [--upgrade-socket PATH] [--snapshot-dir DIR]\n       \
      memfs --takeover PATH [--threads N] [--upgrade-socket PATH] [--snapshot-dir DIR]";
 
 /// Test hooks for the handoff tests (environment variable `MEMFS_HANDOFF_TEST`, read
@@ -89,6 +93,8 @@ struct Args {
     /// Mount through fusermount3 with `auto_unmount`: the mount goes when the last
     /// process holding it dies (survives handoffs).
     auto_unmount: bool,
+    /// `-o noatime|relatime|strictatime`.
+    atime: Option<Atime>,
     ttl: Duration,
     size: Option<u64>,
     upgrade_socket: Option<PathBuf>,
@@ -112,6 +118,7 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Args, String> {
     let mut threads = 2;
     let mut allow_other = false;
     let mut auto_unmount = false;
+    let mut atime = None;
     let mut ttl = Duration::from_secs(1);
     let mut size = None;
     let mut upgrade_socket = None;
@@ -137,6 +144,21 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Args, String> {
                     .ok()
                     .filter(|&n| (1..=256).contains(&n))
                     .ok_or(format!("bad --threads {v:?}"))?;
+            }
+            "-o" => {
+                let v = value("-o")?;
+                for opt in v.split(',') {
+                    match opt {
+                        "allow_other" => allow_other = true,
+                        "auto_unmount" => auto_unmount = true,
+                        "noatime" => atime = Some(Atime::NoAtime),
+                        "relatime" => atime = Some(Atime::Relatime),
+                        "strictatime" => atime = Some(Atime::StrictAtime),
+                        // What mount(8) passes that is already memfs's behaviour.
+                        "rw" | "default_permissions" | "nosuid" | "nodev" => {}
+                        _ => return Err(format!("unsupported mount option {opt:?} in -o")),
+                    }
+                }
             }
             "--allow-other" if inline.is_none() => allow_other = true,
             "--auto-unmount" if inline.is_none() => auto_unmount = true,
@@ -175,6 +197,7 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Args, String> {
         threads,
         allow_other,
         auto_unmount,
+        atime,
         ttl,
         size,
         upgrade_socket,
@@ -266,12 +289,15 @@ fn serve(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
     let uid = nix::unistd::geteuid().as_raw();
     let gid = nix::unistd::getegid().as_raw();
     let fs = MemFs::new(uid, gid, capacity, config);
-    let opts = MountOptions::new()
+    let mut opts = MountOptions::new()
         .fsname("memfs")
         .subtype("memfs")
         .default_permissions(true)
         .allow_other(args.allow_other)
         .auto_unmount(args.auto_unmount);
+    if let Some(a) = args.atime {
+        opts = opts.atime(a);
+    }
     let mountpoint = PathBuf::from(&args.mountpoint);
     // Bound before mounting: a path in use fails before anything is mounted.
     let listener = args
@@ -281,6 +307,7 @@ fn serve(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
         .transpose()?;
     let server = Server::mount(fs, &mountpoint, &opts)?;
     let running = server.spawn(args.threads)?;
+    follow_mount(&running);
     ready(&args.mountpoint)?;
     serve_until_done(&running, listener.as_ref(), args)
 }
@@ -339,6 +366,15 @@ fn serve_until_done(
     Ok(())
 }
 
+/// Makes memfs follow its mount's access-time mode (a taken-over mount too).
+fn follow_mount(running: &Running<MemFs>) {
+    let found = running.with_mount(|m| (m.identity(), m.mountpoint().to_path_buf()));
+    match found {
+        Some((Some(id), path)) => running.session().filesystem().follow_mount(id, path),
+        _ => log::warn!("the mount's identity is unknown: atime follows relatime"),
+    }
+}
+
 /// `--takeover PATH`: take the mount over from the memfs listening on PATH, serve
 /// it, and listen for the next upgrade.
 fn take_over(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
@@ -369,6 +405,7 @@ fn take_over(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
         .mountpoint()
         .map(|m| m.display().to_string())
         .unwrap_or_default();
+    follow_mount(&running);
     ready(&mountpoint)?;
     log::info!(
         "took over {mountpoint} from pid {}: {} pre-copied bytes ({} rounds) in {:?} before \
@@ -424,6 +461,10 @@ mod tests {
         assert!(parse(&["/a", "--threads"]).is_err());
         assert!(parse(&["/a", "--threads", "0"]).is_err());
         assert!(parse(&["/a", "--bogus"]).is_err());
+        let o = parse(&["/a", "-o", "rw,noatime,allow_other"]).unwrap();
+        assert_eq!((o.atime, o.allow_other), (Some(Atime::NoAtime), true));
+        assert!(parse(&["/a", "-o", "exec,suid"]).is_err());
+        assert!(parse(&["/a", "-o"]).is_err());
         assert!(parse(&["/a", "--ttl", "-1"]).is_err());
         let t = parse(&["--takeover", "/run/s", "--snapshot-dir=/d"]).unwrap();
         assert_eq!(t.takeover, Some(PathBuf::from("/run/s")));

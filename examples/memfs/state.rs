@@ -11,7 +11,7 @@
 //! directories, clearing set-user-ID and set-group-ID bits on write, truncate and
 //! chown, the rename rules, link counts and times.
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use fuse_live::session::{Errno, FileAttr, FileType, SetAttr, Statfs, TimeOrNow};
 use serde::{Deserialize, Serialize};
@@ -616,9 +616,6 @@ fn time_of(t: TimeOrNow, now: SystemTime) -> SystemTime {
 
 /// Bytes reported as a directory's size per entry, as tmpfs does.
 const DIRENT_SIZE: u64 = 20;
-
-/// Strictly after `atime` by one day: relatime's rule.
-const RELATIME_AGE: Duration = Duration::from_secs(24 * 60 * 60);
 
 impl State {
     /// An empty filesystem: a root directory `0755` owned by `uid:gid`, room for
@@ -1442,13 +1439,22 @@ impl State {
         Ok(self.get(ino)?.file()?.read(off, buf))
     }
 
-    /// True if reading `ino` now should update its atime (relatime: the atime is
-    /// not after the mtime or ctime, or is a day old).
-    pub fn atime_due(&self, ino: u64, now: SystemTime) -> bool {
+    /// True if an access to `ino` now should update its atime under the mount's
+    /// access-time mode `times`.
+    pub fn atime_due_in(
+        &self,
+        ino: u64,
+        now: SystemTime,
+        times: &fuse_live::session::dev::AccessTimes,
+    ) -> bool {
         self.inodes.get(&ino).is_some_and(|i| {
-            i.atime <= i.mtime
-                || i.atime <= i.ctime
-                || now.duration_since(i.atime).is_ok_and(|d| d >= RELATIME_AGE)
+            times.update_due(
+                i.kind == FileType::Directory,
+                i.atime,
+                i.mtime,
+                i.ctime,
+                now,
+            )
         })
     }
 

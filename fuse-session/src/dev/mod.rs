@@ -40,7 +40,7 @@ mod fusermount;
 mod mount;
 #[allow(unsafe_code)]
 pub mod mountid;
-mod mountinfo;
+pub(crate) mod mountinfo;
 mod options;
 #[allow(unsafe_code)]
 mod scm;
@@ -53,8 +53,8 @@ pub use channel::{Channel, Received, WriteOutcome};
 pub use error::{MountError, OptionError};
 pub use fusermount::find_fusermount;
 pub use mount::{mount, Mount, MountMethod, MountParts};
-pub use mountid::{MountIdentity, Ownership};
-pub use options::MountOptions;
+pub use mountid::{AccessTimes, MountIdentity, Ownership};
+pub use options::{Atime, MountOptions};
 pub use scm::{
     peer_credentials, recv_exact_with_fds, recv_with_fds, send_with_fds, PeerCredentials,
     MAX_FDS_PER_MESSAGE,

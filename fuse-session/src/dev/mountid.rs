@@ -28,6 +28,7 @@
 //!   (`vfs_statx_path`), `fs/namespace.c` (`mnt_id_unique`), `fs/fuse/dir.c`
 //!   (`fuse_update_get_attr`: no request when nothing but the mount id is asked),
 //!   `fs/fuse/dev.c` (`fuse_dev_poll`: `POLLERR` once the connection is aborted)
+use super::options::Atime;
 use nix::libc;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
@@ -165,6 +166,30 @@ impl MountIdentity {
 /// `statmount(2)` answers `ENOENT` for one that is gone. `None` where the kernel has
 /// no `statmount` (before 6.8) or it fails otherwise.
 pub fn mount_exists(id: u64) -> Option<bool> {
+    match statmount(id, STATMOUNT_SB_BASIC) {
+        Ok(_) => Some(true),
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Some(false),
+        Err(_) => None,
+    }
+}
+
+/// `STATMOUNT_MNT_BASIC`: ask for the mount's ids, attributes and propagation.
+const STATMOUNT_MNT_BASIC: u64 = 0x2;
+/// Offsets in `struct statmount` (`include/uapi/linux/mount.h`, fixed since 6.8).
+const STATMOUNT_MASK_AT: usize = 8;
+const STATMOUNT_MNT_ATTR_AT: usize = 64;
+/// `MOUNT_ATTR_*` bits of `mnt_attr`.
+const MOUNT_ATTR_NOATIME: u64 = 0x10;
+const MOUNT_ATTR_STRICTATIME: u64 = 0x20;
+const MOUNT_ATTR_NODIRATIME: u64 = 0x80;
+
+/// `statmount(2)` of mount `id` asking for `param`: the `struct statmount` bytes.
+///
+/// # Errors
+/// `ENOENT` if there is no such mount; `Unsupported` where the system call number is
+/// not known for this architecture; the system call's other errors (`ENOSYS` before
+/// Linux 6.8).
+fn statmount(id: u64, param: u64) -> io::Result<Vec<u8>> {
     #[cfg(any(
         target_arch = "x86_64",
         target_arch = "x86",
@@ -188,12 +213,12 @@ pub fn mount_exists(id: u64) -> Option<bool> {
             size: MNT_ID_REQ_SIZE_VER0,
             spare: 0,
             mnt_id: id,
-            param: STATMOUNT_SB_BASIC,
+            param,
         };
         // Room for `struct statmount` (its fixed part is 512 bytes in 6.18) and
-        // growth; the kernel writes at most `buf.len()` bytes.
-        let mut buf = vec![0u64; 1024 / 8];
-        let len = buf.len() * 8;
+        // growth; the basic parameters asked for here carry no strings.
+        let mut buf = vec![0u8; 1024];
+        let len = buf.len();
         // SAFETY: `req` is a valid `struct mnt_id_req` of the size it declares, `buf`
         // is writable memory of `len` bytes that lives across the call, and flags 0 is
         // the only defined value. The kernel copies at most `len` bytes out.
@@ -206,13 +231,10 @@ pub fn mount_exists(id: u64) -> Option<bool> {
                 0u32,
             )
         };
-        if rc == 0 {
-            return Some(true);
+        if rc != 0 {
+            return Err(io::Error::last_os_error());
         }
-        match io::Error::last_os_error().raw_os_error() {
-            Some(libc::ENOENT) => Some(false),
-            _ => None,
-        }
+        Ok(buf)
     }
     #[cfg(not(any(
         target_arch = "x86_64",
@@ -225,8 +247,111 @@ pub fn mount_exists(id: u64) -> Option<bool> {
         target_arch = "loongarch64"
     )))]
     {
-        let _ = id;
-        None
+        let _ = (id, param);
+        Err(io::Error::from(io::ErrorKind::Unsupported))
+    }
+}
+
+fn u64_at(buf: &[u8], at: usize) -> Option<u64> {
+    let bytes = buf.get(at..at.checked_add(8)?)?;
+    Some(u64::from_ne_bytes(bytes.try_into().ok()?))
+}
+
+/// A mount's access-time behaviour, from its per-mount flags.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct AccessTimes {
+    /// `relatime`, `noatime` or `strictatime`.
+    pub mode: Atime,
+    /// `nodiratime`: directories' atime is never updated on access.
+    pub nodiratime: bool,
+}
+
+impl AccessTimes {
+    /// From per-mount options as `/proc/self/mountinfo` shows them (`rw,noatime`):
+    /// `noatime` and `relatime` are named, `strictatime` is neither.
+    pub fn from_options(options: &str) -> AccessTimes {
+        let has = |o: &str| options.split(',').any(|x| x == o);
+        let mode = if has("noatime") {
+            Atime::NoAtime
+        } else if has("relatime") {
+            Atime::Relatime
+        } else {
+            Atime::StrictAtime
+        };
+        AccessTimes {
+            mode,
+            nodiratime: has("nodiratime"),
+        }
+    }
+
+    /// Should an access at `now` update an atime, given the file's times and whether
+    /// it is a directory? The kernel's rule (`atime_needs_update`,
+    /// `relatime_need_update`) for this mode.
+    pub fn update_due(
+        &self,
+        is_dir: bool,
+        atime: std::time::SystemTime,
+        mtime: std::time::SystemTime,
+        ctime: std::time::SystemTime,
+        now: std::time::SystemTime,
+    ) -> bool {
+        const DAY: std::time::Duration = std::time::Duration::from_secs(24 * 60 * 60);
+        match self.mode {
+            Atime::NoAtime => false,
+            _ if is_dir && self.nodiratime => false,
+            Atime::StrictAtime => true,
+            Atime::Relatime => {
+                atime <= mtime
+                    || atime <= ctime
+                    || now.duration_since(atime).is_ok_and(|d| d >= DAY)
+            }
+        }
+    }
+}
+
+impl MountIdentity {
+    /// The access-time mode of this mount, as it is now (a remount can change it):
+    /// from `statmount(2)` by unique id, or else from the mount table's entry at
+    /// `mountpoint` if that is this mount's device.
+    ///
+    /// # Errors
+    /// `NotFound` if the mount is gone or not at `mountpoint` (without unique ids);
+    /// the error of reading the mount table.
+    pub fn access_times(&self, mountpoint: &Path) -> io::Result<AccessTimes> {
+        if let Some(id) = self.unique_id {
+            match statmount(id, STATMOUNT_MNT_BASIC) {
+                Ok(buf) => {
+                    let asked = u64_at(&buf, STATMOUNT_MASK_AT).unwrap_or(0);
+                    if asked & STATMOUNT_MNT_BASIC != 0 {
+                        let attr = u64_at(&buf, STATMOUNT_MNT_ATTR_AT).unwrap_or(0);
+                        let mode = if attr & MOUNT_ATTR_NOATIME != 0 {
+                            Atime::NoAtime
+                        } else if attr & MOUNT_ATTR_STRICTATIME != 0 {
+                            Atime::StrictAtime
+                        } else {
+                            Atime::Relatime
+                        };
+                        return Ok(AccessTimes {
+                            mode,
+                            nodiratime: attr & MOUNT_ATTR_NODIRATIME != 0,
+                        });
+                    }
+                }
+                Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
+                    return Err(io::Error::new(io::ErrorKind::NotFound, "the mount is gone"))
+                }
+                Err(_) => {}
+            }
+        }
+        match super::mountinfo::find(mountpoint)? {
+            Some(e) if e.kernel_dev() == self.dev => {
+                Ok(AccessTimes::from_options(&e.mount_options))
+            }
+            _ => Err(io::Error::new(
+                io::ErrorKind::NotFound,
+                format!("the mount is not at {}", mountpoint.display()),
+            )),
+        }
     }
 }
 
@@ -255,6 +380,32 @@ mod tests {
             assert_ne!(mount_exists(u), Some(false));
             assert_eq!(id.check(Path::new("/"), true), Ownership::Top);
         }
+    }
+
+    #[test]
+    fn access_times_of_the_root_and_from_options() {
+        let root = MountIdentity::at(Path::new("/")).unwrap();
+        let here = root.access_times(Path::new("/")).unwrap();
+        let table = crate::dev::mountinfo::find(Path::new("/"))
+            .unwrap()
+            .unwrap();
+        assert_eq!(here, AccessTimes::from_options(&table.mount_options));
+        assert_eq!(AccessTimes::from_options("rw,noatime").mode, Atime::NoAtime);
+        assert_eq!(
+            AccessTimes::from_options("rw,nosuid").mode,
+            Atime::StrictAtime
+        );
+        let r = AccessTimes::from_options("rw,relatime,nodiratime");
+        assert_eq!((r.mode, r.nodiratime), (Atime::Relatime, true));
+        let t = |s| std::time::UNIX_EPOCH + std::time::Duration::from_secs(s);
+        let day = 24 * 3600;
+        assert!(r.update_due(false, t(10), t(20), t(5), t(30)));
+        assert!(!r.update_due(false, t(30), t(20), t(5), t(40)));
+        assert!(r.update_due(false, t(30), t(20), t(5), t(30 + day)));
+        assert!(!r.update_due(true, t(10), t(20), t(5), t(30)));
+        let s = AccessTimes::from_options("rw");
+        assert!(s.update_due(true, t(30), t(20), t(5), t(31)));
+        assert!(!AccessTimes::from_options("noatime").update_due(false, t(1), t(2), t(2), t(3)));
     }
 
     #[test]
