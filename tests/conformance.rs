@@ -365,3 +365,85 @@ fn atime_follows_a_remount() {
     assert_eq!(atime_of(&file), 1000, "noatime after the remount");
     m.stop();
 }
+
+/// `memfs --state FILE` keeps the contents across mounts: saved at SIGTERM and at an
+/// unmount from outside, restored at the next start (fresh connection, same inode
+/// numbers); a damaged state file is refused with exit 1, never replaced by an empty
+/// filesystem.
+#[test]
+fn state_file_survives_remounts() {
+    use std::os::unix::fs::MetadataExt;
+    if !can_mount("state_file_survives_remounts") {
+        return;
+    }
+    let keep = temp_dir("state");
+    let file = keep.join("memfs.state");
+    let arg = file.to_str().unwrap().to_owned();
+
+    // First mount: make a tree, stop with SIGTERM.
+    let m = Mounted::start("memfs", &["--state", &arg], &[]);
+    fs::create_dir(m.path("dir")).unwrap();
+    fs::write(m.path("dir/a"), b"hello across mounts").unwrap();
+    std::os::unix::fs::symlink("dir/a", m.path("link")).unwrap();
+    rustix::fs::setxattr(
+        m.path("dir/a"),
+        "user.k",
+        b"v",
+        rustix::fs::XattrFlags::empty(),
+    )
+    .unwrap();
+    fs::set_permissions(
+        m.path("dir/a"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o640),
+    )
+    .unwrap();
+    let ino = fs::metadata(m.path("dir/a")).unwrap().ino();
+    assert!(m.stop().success());
+    assert!(file.exists(), "no state file after SIGTERM");
+
+    // Second mount: everything is back; then unmount from outside.
+    let mut m = Mounted::start("memfs", &["--state", &arg], &[]);
+    assert_eq!(fs::read(m.path("dir/a")).unwrap(), b"hello across mounts");
+    assert_eq!(fs::read_link(m.path("link")).unwrap(), Path::new("dir/a"));
+    let md = fs::metadata(m.path("dir/a")).unwrap();
+    assert_eq!((md.ino(), md.mode() & 0o7777), (ino, 0o640));
+    let mut v = [0u8; 8];
+    let n = rustix::fs::getxattr(m.path("dir/a"), "user.k", &mut v).unwrap();
+    assert_eq!(&v[..n], b"v");
+    fs::write(m.path("second"), b"2").unwrap();
+    nix::mount::umount(&m.mnt).expect("umount from outside");
+    let st = m
+        .wait_exit(Duration::from_secs(60))
+        .expect("memfs did not exit");
+    assert!(st.success());
+    drop(m);
+
+    // Third mount: the second mount's change is there too.
+    let m = Mounted::start("memfs", &["--state", &arg], &[]);
+    assert_eq!(fs::read(m.path("second")).unwrap(), b"2");
+    assert_eq!(fs::read(m.path("dir/a")).unwrap(), b"hello across mounts");
+    assert!(m.stop().success());
+
+    // A damaged state file: exit 1, and the file is left as it was.
+    let mut bytes = fs::read(&file).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0xff;
+    fs::write(&file, &bytes).unwrap();
+    let mnt = keep.join("mnt");
+    fs::create_dir(&mnt).unwrap();
+    let out = std::process::Command::new(common::example_binary("memfs"))
+        .arg(&mnt)
+        .args(["--state", &arg])
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "a damaged state file must be refused"
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--state"), "stderr: {err}");
+    assert!(!is_fuse_mounted(&mnt));
+    assert_eq!(fs::read(&file).unwrap(), bytes);
+    fs::remove_dir_all(&keep).unwrap();
+}

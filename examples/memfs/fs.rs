@@ -56,6 +56,9 @@ pub struct MemFs {
     /// The mount's access-time mode, followed once [`MemFs::follow_mount`] says
     /// which mount; `relatime` until then. Not part of the contents.
     atime: Mutex<AtimeWatch>,
+    /// After a cold restore: the INIT settings the snapshot recorded, the starting
+    /// point of this connection's INIT. Not part of the contents.
+    recorded_init: Option<InitWishes>,
 }
 
 /// Where memfs reads its mount's access-time mode from, and the last reading.
@@ -118,6 +121,7 @@ impl MemFs {
             state: RwLock::new(State::new(uid, gid, capacity)),
             config,
             atime: Mutex::default(),
+            recorded_init: None,
         }
     }
 
@@ -148,6 +152,7 @@ impl MemFs {
             state: RwLock::new(image.state),
             config: image.config,
             atime: Mutex::default(),
+            recorded_init: None,
         }
     }
 
@@ -180,6 +185,18 @@ impl MemFs {
 
     fn opened(ino: u64, flags: i32) -> Opened<Handle> {
         Opened::new(Handle { ino, flags })
+    }
+
+    /// Start this connection's INIT from the settings a snapshot recorded (a cold
+    /// restore); memfs's own requirements are applied on top.
+    pub fn use_recorded_init(&mut self, wishes: InitWishes) {
+        self.recorded_init = Some(wishes);
+    }
+
+    /// Prepares a filesystem restored from a snapshot for a new mount: drops the
+    /// inodes only the old mount's open files reached. Returns how many.
+    pub fn prepare_cold(&mut self) -> usize {
+        self.lock_write().drop_unlinked()
     }
 
     /// Follow the access-time mode (`noatime`, `relatime`, `strictatime`,
@@ -228,6 +245,9 @@ impl Filesystem for MemFs {
     }
 
     fn init(&self, wishes: &mut InitWishes) -> Result<()> {
+        if let Some(recorded) = self.recorded_init {
+            *wishes = recorded;
+        }
         // READDIRPLUS (adaptive), "." and ".." lookups; no writeback cache, so the
         // kernel gives O_APPEND writes the end-of-file offset and every write reaches
         // us with the writer's ids. Locks stay local to the kernel.

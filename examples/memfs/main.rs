@@ -33,6 +33,13 @@
 //!   Prints `ready MOUNTPOINT` once it serves, then listens on PATH itself (or on
 //!   `--upgrade-socket`) so it can be replaced in turn. Exits 1 if the takeover
 //!   fails (the old process then serves on).
+//! - `--state FILE`: keep the contents across mounts. At start, if FILE exists, the
+//!   filesystem is restored from it (a snapshot file, as `--snapshot-dir` writes;
+//!   a damaged or unreadable file is an error, exit 1); at a clean end (unmounted,
+//!   SIGTERM, SIGINT) the contents are written to FILE atomically (mode 0600). Files,
+//!   contents, attributes and inode numbers carry over; open files, nodeids and
+//!   unlinked-but-open files cannot (a new mount is a new connection:
+//!   `fuse_snapshot::cold`). A process killed with SIGKILL saves nothing.
 //! - `--snapshot-dir DIR`: on SIGUSR1, write a snapshot of the session and the
 //!   contents to `DIR/memfs.snapshot` (atomically, mode 0600); the mount pauses only
 //!   while the snapshot is taken (the stall is logged at level info).
@@ -71,8 +78,10 @@ use fuse_live::snapshot::handoff::{self, Ended, HandoffOptions, Takeover, Upgrad
 
 const USAGE: &str =
     "usage: memfs MOUNTPOINT [-o OPTIONS] [--threads N] [--allow-other] [--auto-unmount] \
-     [--ttl SECS] [--size BYTES[K|M|G|T]] [--upgrade-socket PATH] [--snapshot-dir DIR]\n       \
-     memfs --takeover PATH [--threads N] [--upgrade-socket PATH] [--snapshot-dir DIR]";
+     [--ttl SECS] [--size BYTES[K|M|G|T]] [--state FILE] [--upgrade-socket PATH] \
+     [--snapshot-dir DIR]\n       \
+     memfs --takeover PATH [--threads N] [--state FILE] [--upgrade-socket PATH] \
+     [--snapshot-dir DIR]";
 
 /// Test hooks for the handoff tests (environment variable `MEMFS_HANDOFF_TEST`, read
 /// by a `--takeover` process): `exit-after-receive` exits right after receiving the
@@ -100,6 +109,8 @@ struct Args {
     upgrade_socket: Option<PathBuf>,
     takeover: Option<PathBuf>,
     snapshot_dir: Option<PathBuf>,
+    /// `--state FILE`: contents loaded at start, saved at a clean end.
+    state: Option<PathBuf>,
 }
 
 fn parse_size(s: &str) -> Option<u64> {
@@ -124,6 +135,7 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Args, String> {
     let mut upgrade_socket = None;
     let mut takeover = None;
     let mut snapshot_dir = None;
+    let mut state = None;
     let mut it = args.into_iter();
     while let Some(arg) = it.next() {
         let (flag, inline) = match arg.split_once('=') {
@@ -182,6 +194,7 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Args, String> {
             "--upgrade-socket" => upgrade_socket = Some(PathBuf::from(value("--upgrade-socket")?)),
             "--takeover" => takeover = Some(PathBuf::from(value("--takeover")?)),
             "--snapshot-dir" => snapshot_dir = Some(PathBuf::from(value("--snapshot-dir")?)),
+            "--state" => state = Some(PathBuf::from(value("--state")?)),
             f if f.starts_with('-') => return Err(format!("unknown option {f:?}")),
             _ if mountpoint.is_none() => mountpoint = Some(arg),
             _ => return Err(format!("unexpected argument {arg:?}")),
@@ -203,6 +216,7 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Args, String> {
         upgrade_socket,
         takeover,
         snapshot_dir,
+        state,
     })
 }
 
@@ -288,7 +302,10 @@ fn serve(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
     let capacity = args.size.unwrap_or_else(default_capacity);
     let uid = nix::unistd::geteuid().as_raw();
     let gid = nix::unistd::getegid().as_raw();
-    let fs = MemFs::new(uid, gid, capacity, config);
+    let fs = match &args.state {
+        Some(path) if path.exists() => load_state(path, args)?,
+        _ => MemFs::new(uid, gid, capacity, config),
+    };
     let mut opts = MountOptions::new()
         .fsname("memfs")
         .subtype("memfs")
@@ -355,14 +372,61 @@ fn serve_until_done(
             drop(outcome.mount);
         }
         _ => {
-            let state = running.session().filesystem().lock_read();
-            log::info!(
-                "unmounted: {} inodes, {} bytes of data",
-                state.inode_count(),
-                state.used_bytes()
-            );
+            {
+                let state = running.session().filesystem().lock_read();
+                log::info!(
+                    "unmounted: {} inodes, {} bytes of data",
+                    state.inode_count(),
+                    state.used_bytes()
+                );
+            }
+            if let Some(path) = &args.state {
+                save_state(running, path)?;
+            }
         }
     }
+    Ok(())
+}
+
+/// `--state FILE` at start: the contents of the snapshot in FILE, restored cold
+/// (fresh nodeids; INIT starts from the recorded settings). A file that cannot be
+/// used is an error, not an empty filesystem, which would overwrite it at the end.
+fn load_state(path: &std::path::Path, args: &Args) -> Result<MemFs, Box<dyn std::error::Error>> {
+    let bytes = fuse_live::snapshot::load_file(path)
+        .map_err(|e| format!("--state {}: {e}", path.display()))?;
+    let cold = fuse_live::snapshot::restore_cold::<MemFs>(&bytes)
+        .map_err(|e| format!("--state {}: {e}", path.display()))?;
+    let wishes = cold.wishes();
+    let mut fs = cold.fs;
+    let dropped = fs.prepare_cold();
+    fs.use_recorded_init(wishes);
+    if args.ttl != fs.config().ttl {
+        log::info!("--state: the saved --ttl {:?} applies", fs.config().ttl);
+    }
+    log::info!(
+        "--state {}: restored {} inodes ({} unlinked ones dropped, {} nodeids and {} open \
+         handles of the old mount not carried over)",
+        path.display(),
+        fs.lock_read().inode_count(),
+        dropped,
+        cold.dropped_nodes,
+        cold.dropped_handles
+    );
+    Ok(fs)
+}
+
+/// `--state FILE` at a clean end (unmounted, SIGTERM, SIGINT): the session and the
+/// contents, written atomically.
+fn save_state(
+    running: &Running<MemFs>,
+    path: &std::path::Path,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let mut fds = fuse_live::snapshot::FdSaver::new();
+    let bytes = fuse_live::snapshot::snapshot(running.session(), &mut fds)
+        .map_err(|e| format!("--state {}: snapshot: {e}", path.display()))?;
+    fuse_live::snapshot::save_file(path, &bytes)
+        .map_err(|e| format!("--state {}: write: {e}", path.display()))?;
+    log::info!("--state {}: saved ({} bytes)", path.display(), bytes.len());
     Ok(())
 }
 
@@ -465,6 +529,8 @@ mod tests {
         assert_eq!((o.atime, o.allow_other), (Some(Atime::NoAtime), true));
         assert!(parse(&["/a", "-o", "exec,suid"]).is_err());
         assert!(parse(&["/a", "-o"]).is_err());
+        let s = parse(&["/a", "--state", "/var/lib/m.state"]).unwrap();
+        assert_eq!(s.state, Some(PathBuf::from("/var/lib/m.state")));
         assert!(parse(&["/a", "--ttl", "-1"]).is_err());
         let t = parse(&["--takeover", "/run/s", "--snapshot-dir=/d"]).unwrap();
         assert_eq!(t.takeover, Some(PathBuf::from("/run/s")));

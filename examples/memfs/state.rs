@@ -1694,6 +1694,19 @@ impl State {
 
     /// The kernel forgot `ino`: drop it if no name links it any more.
     /// Returns whether it was dropped.
+    /// Drops every inode no name links (unlinked files that were still open): for a
+    /// cold restore onto a new mount, where no open file or nodeid of the old one
+    /// survives. Returns how many were dropped.
+    pub fn drop_unlinked(&mut self) -> usize {
+        let gone: Vec<u64> = self
+            .inodes
+            .iter()
+            .filter(|(&ino, i)| ino != ROOT_INO && i.nlink == 0)
+            .map(|(&ino, _)| ino)
+            .collect();
+        gone.into_iter().filter(|&ino| self.forget(ino)).count()
+    }
+
     pub fn forget(&mut self, ino: u64) -> bool {
         if ino == ROOT_INO || self.inodes.get(&ino).map_or(true, |i| i.nlink > 0) {
             return false;
