@@ -137,3 +137,34 @@ fn cold_restore_keeps_contents_and_drops_the_connection() {
     ));
     assert!(restore_cold::<MemFs>(&bytes[..bytes.len() - 3]).is_err());
 }
+
+/// memfs names its nodes by inode number (stable ids), resolves a nodeid it handed
+/// out while the inode exists, and answers `.` of a regular file with the file
+/// (what the kernel asks to turn a file handle back into an inode).
+#[test]
+fn stable_ids_resolve_while_the_inode_exists() {
+    use fuse_live::session::{Filesystem, RequestContext};
+    use std::ffi::OsStr;
+    let fs = MemFs::new(0, 0, 1 << 26, Config::default());
+    let f = fs
+        .lock_write()
+        .mknod(Caller::ROOT, ROOT_INO, b"f", 0o100644, 0)
+        .unwrap();
+    assert_eq!(
+        MemFs::stable_id(&ROOT_INO),
+        Some((1, 0)),
+        "the root is nodeid 1"
+    );
+    assert_eq!(MemFs::stable_id(&f), Some((f, 0)));
+    assert_eq!(fs.resolve_stable_id(f), Some(f));
+    let ctx = RequestContext::new(1, 0, 0, 1);
+    assert_eq!(fs.lookup(&ctx, &f, OsStr::new(".")).unwrap().node, f);
+    fs.lock_write().unlink(ROOT_INO, b"f").unwrap();
+    fs.forget(f);
+    assert_eq!(
+        fs.resolve_stable_id(f),
+        None,
+        "gone once unlinked and forgotten"
+    );
+    assert_eq!(fs.resolve_stable_id(9999), None);
+}

@@ -265,8 +265,24 @@ impl Filesystem for MemFs {
 
     fn lookup(&self, _ctx: &RequestContext<'_>, parent: &u64, name: &OsStr) -> Result<Entry<u64>> {
         let state = self.lock_read();
-        let ino = state.lookup(*parent, bytes(name))?;
+        // `.` of any inode is itself: the kernel asks so (EXPORT_SUPPORT) to turn a
+        // file handle of a regular file back into an inode.
+        let ino = if bytes(name) == b"." && state.contains(*parent) {
+            *parent
+        } else {
+            state.lookup(*parent, bytes(name))?
+        };
         self.entry(&state, ino)
+    }
+
+    /// Inode numbers are never reused within a filesystem's life (a cold restore
+    /// keeps them): the nodeid is the inode number, with generation 0.
+    fn stable_id(node: &u64) -> Option<(u64, u64)> {
+        Some((*node, 0))
+    }
+
+    fn resolve_stable_id(&self, nodeid: u64) -> Option<u64> {
+        self.lock_read().contains(nodeid).then_some(nodeid)
     }
 
     fn getattr(
