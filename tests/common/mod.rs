@@ -147,6 +147,30 @@ impl Mounted {
         args: &[&str],
         env: &[(&str, &str)],
     ) -> Mounted {
+        Mounted::spawn_in(bin, dir, log_name, true, args, env)
+    }
+
+    /// As [`Mounted::start_in`] for a process that takes over the mount at
+    /// `dir/mnt` instead of mounting (`args` name where from, e.g. `--takeover
+    /// SOCKET`): the mountpoint is not passed, but the `ready` line must name it.
+    pub fn take_over_in(
+        bin: &str,
+        dir: PathBuf,
+        log_name: &str,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Mounted {
+        Mounted::spawn_in(bin, dir, log_name, false, args, env)
+    }
+
+    fn spawn_in(
+        bin: &str,
+        dir: PathBuf,
+        log_name: &str,
+        pass_mountpoint: bool,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Mounted {
         let exe = example_binary(bin);
         let mnt = dir.join("mnt");
         let log = dir.join(log_name);
@@ -160,8 +184,10 @@ impl Mounted {
             owns_mountpoint: true,
         };
         let mut cmd = Command::new(exe);
-        cmd.arg(&mnt)
-            .args(args)
+        if pass_mountpoint {
+            cmd.arg(&mnt);
+        }
+        cmd.args(args)
             .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
