@@ -39,7 +39,8 @@
 //!   SIGTERM, SIGINT) the contents are written to FILE atomically (mode 0600). Files,
 //!   contents, attributes and inode numbers carry over; open files, nodeids and
 //!   unlinked-but-open files cannot (a new mount is a new connection:
-//!   `fuse_snapshot::cold`). A process killed with SIGKILL saves nothing.
+//!   `fuse_snapshot::cold`). The saved filesystem's `--ttl` and `--size` apply. A
+//!   process killed with SIGKILL saves nothing.
 //! - `--snapshot-dir DIR`: on SIGUSR1, write a snapshot of the session and the
 //!   contents to `DIR/memfs.snapshot` (atomically, mode 0600); the mount pauses only
 //!   while the snapshot is taken (the stall is logged at level info).

@@ -409,6 +409,34 @@ mod tests {
     }
 
     #[test]
+    fn ownership_decisions() {
+        let root = MountIdentity::at(Path::new("/")).unwrap();
+        let gone = MountIdentity {
+            dev: root.dev,
+            unique_id: Some(u64::MAX - 1),
+        };
+        let no_unique = MountIdentity {
+            dev: root.dev,
+            unique_id: None,
+        };
+        let other_dev = MountIdentity {
+            dev: root.dev ^ 1,
+            unique_id: None,
+        };
+        let p = Path::new("/");
+        if root.unique_id.is_some() {
+            // Same device number, another (vanished) mount: gone, never "top".
+            assert_eq!(gone.check(p, true), Ownership::Gone);
+            assert_eq!(gone.check(p, false), Ownership::Gone);
+        }
+        // Without unique ids the device number is trusted only while alive.
+        assert_eq!(no_unique.check(p, true), Ownership::Top);
+        assert_eq!(no_unique.check(p, false), Ownership::Unknown);
+        assert_eq!(other_dev.check(p, true), Ownership::Covered);
+        assert_eq!(other_dev.check(p, false), Ownership::Unknown);
+    }
+
+    #[test]
     fn a_made_up_mount_id_is_gone() {
         if MountIdentity::at(Path::new("/"))
             .unwrap()
