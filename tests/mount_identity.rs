@@ -45,3 +45,46 @@ fn watchdog_leaves_a_newer_mount_alone() {
     assert_eq!(fs::read(b.path("still")).unwrap(), b"serving");
     assert!(b.stop().success());
 }
+
+/// The identity is re-derived by a process that took the mount over (it is not in
+/// the handoff message): after a live handoff, an unmount from outside and a newer
+/// mount at the same place, the exiting new daemon leaves the newer mount alone.
+#[test]
+fn taken_over_mount_leaves_a_newer_mount_alone() {
+    if !can_mount("taken_over_mount_leaves_a_newer_mount_alone") {
+        return;
+    }
+    for round in 0..5 {
+        let dir = temp_dir("takeover-identity");
+        let mnt = dir.join("mnt");
+        fs::create_dir(&mnt).unwrap();
+        let sock = dir.join("upgrade.sock");
+        let sock_s = sock.to_str().unwrap().to_owned();
+        let mut a = Mounted::start_in(
+            "memfs",
+            dir.clone(),
+            "a.log",
+            &["--upgrade-socket", &sock_s],
+            &[],
+        );
+        let mut b =
+            Mounted::take_over_in("memfs", dir.clone(), "b.log", &["--takeover", &sock_s], &[]);
+        assert!(a
+            .wait_exit(Duration::from_secs(60))
+            .is_some_and(|s| s.success()));
+        a.release_exited();
+        nix::mount::umount(&mnt).expect("umount from outside");
+        let c = Mounted::start_in("memfs", dir.clone(), "c.log", &[], &[]);
+        let st = b
+            .wait_exit(Duration::from_secs(60))
+            .expect("the daemon that took over did not exit after the unmount");
+        assert!(st.success(), "round {round}: {st}");
+        b.release_exited();
+        assert!(
+            is_fuse_mounted(&mnt),
+            "round {round}: the daemon that took over unmounted the newer mount"
+        );
+        fs::write(c.path("x"), b"c serves").unwrap();
+        assert!(c.stop().success());
+    }
+}
