@@ -447,3 +447,196 @@ fn state_file_survives_remounts() {
     assert_eq!(fs::read(&file).unwrap(), bytes);
     fs::remove_dir_all(&keep).unwrap();
 }
+
+/// A file handle of `path` (`name_to_handle_at`): the raw `struct file_handle`.
+fn handle_of(path: &Path) -> Vec<u32> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).unwrap();
+    // struct file_handle: u32 handle_bytes, i32 handle_type, then MAX_HANDLE_SZ (128)
+    // bytes; kept in u32s for its alignment.
+    let mut buf = vec![0u32; 2 + 128 / 4];
+    buf[0] = 128;
+    let mut mount_id: nix::libc::c_int = 0;
+    // SAFETY: `c` is a NUL-terminated path; `buf` is a writable, u32-aligned
+    // `struct file_handle` whose `handle_bytes` says how much room follows the
+    // header; `mount_id` is a writable int.
+    let rc = unsafe {
+        nix::libc::name_to_handle_at(
+            nix::libc::AT_FDCWD,
+            c.as_ptr(),
+            buf.as_mut_ptr().cast(),
+            &mut mount_id,
+            0,
+        )
+    };
+    assert_eq!(
+        rc,
+        0,
+        "name_to_handle_at: {}",
+        std::io::Error::last_os_error()
+    );
+    buf
+}
+
+/// Opens file handle `h` on the filesystem of `mount_fd`.
+fn open_by_handle(mount_fd: &fs::File, h: &mut [u32], flags: i32) -> std::io::Result<fs::File> {
+    use std::os::fd::{AsRawFd, FromRawFd};
+    // SAFETY: `h` is a `struct file_handle` filled by name_to_handle_at; the kernel
+    // only reads it. On success the returned descriptor is new and ours.
+    let fd =
+        unsafe { nix::libc::open_by_handle_at(mount_fd.as_raw_fd(), h.as_mut_ptr().cast(), flags) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: `fd` was just returned by open_by_handle_at and is owned by no one else.
+    Ok(unsafe { fs::File::from_raw_fd(fd) })
+}
+
+/// Evicts unused inodes and dentries machine-wide, so that the kernel forgets the
+/// mount's inodes that no one holds (FORGET reaches the daemon).
+fn evict_inodes() {
+    fs::write("/proc/sys/vm/drop_caches", b"2").expect("write drop_caches");
+}
+
+/// File handles (`name_to_handle_at`, as NFS export uses them) of a file and a
+/// directory still open by handle after the kernel evicted their inodes: the kernel
+/// asks LOOKUP of `.` (and `..`) on nodeids the session had forgotten, and memfs
+/// resolves them (its nodeids are its inode numbers).
+#[test]
+fn file_handles_work_after_eviction() {
+    if !can_mount("file_handles_work_after_eviction") {
+        return;
+    }
+    let m = Mounted::start("memfs", &["--allow-other"], &[("RUST_LOG", "debug")]);
+    fs::create_dir_all(m.path("d/sub")).unwrap();
+    fs::write(m.path("d/sub/f"), b"by handle").unwrap();
+    let mut file_h = handle_of(&m.path("d/sub/f"));
+    let mut dir_h = handle_of(&m.path("d/sub"));
+    let root = fs::File::open(&m.mnt).unwrap();
+    let mut resolved = false;
+    // Eviction is the kernel's choice: try a few times until memfs saw a nodeid
+    // named again after it was forgotten.
+    for _ in 0..5 {
+        evict_inodes();
+        let mut f = open_by_handle(&root, &mut file_h, nix::libc::O_RDONLY)
+            .expect("open_by_handle_at of a file after eviction");
+        let mut s = String::new();
+        f.read_to_string(&mut s).unwrap();
+        assert_eq!(s, "by handle");
+        drop(f);
+        let d = open_by_handle(
+            &root,
+            &mut dir_h,
+            nix::libc::O_RDONLY | nix::libc::O_DIRECTORY,
+        )
+        .expect("open_by_handle_at of a directory after eviction");
+        drop(d);
+        if m.log_text()
+            .contains("resolved by the filesystem after the kernel forgot it")
+        {
+            resolved = true;
+            break;
+        }
+    }
+    assert!(
+        resolved,
+        "the kernel never forgot the inodes; log:\n{}",
+        m.log_text()
+    );
+    assert!(
+        !m.log_text().contains("unknown nodeid"),
+        "log:\n{}",
+        m.log_text()
+    );
+    // A deleted file's handle is stale, as on any filesystem.
+    fs::remove_file(m.path("d/sub/f")).unwrap();
+    evict_inodes();
+    let e = open_by_handle(&root, &mut file_h, nix::libc::O_RDONLY).unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(nix::libc::ESTALE), "{e}");
+    drop(root);
+    m.stop();
+}
+
+/// File handles stay valid when the session moves: across a live handoff to a new
+/// process (evicted inodes resolved by the new one), and across a cold restore
+/// (`--state`) onto a new mount, since memfs's nodeids are its inode numbers.
+#[test]
+fn file_handles_survive_handoff_and_cold_restore() {
+    if !can_mount("file_handles_survive_handoff_and_cold_restore") {
+        return;
+    }
+    let dir = temp_dir("handles");
+    fs::create_dir(dir.join("mnt")).unwrap();
+    let sock = dir.join("upgrade.sock");
+    // Outside `dir`, which the daemon's guard removes when it stops.
+    let keep = temp_dir("handles-state");
+    let state = keep.join("memfs.state");
+    let (sock_s, state_s) = (sock.to_str().unwrap(), state.to_str().unwrap());
+    let mut a = Mounted::start_in(
+        "memfs",
+        dir.clone(),
+        "a.log",
+        &["--upgrade-socket", sock_s],
+        &[],
+    );
+    fs::create_dir(a.path("d")).unwrap();
+    fs::write(a.path("d/f"), b"moved").unwrap();
+    let mut h = handle_of(&a.path("d/f"));
+    let b = Mounted::take_over_in(
+        "memfs",
+        dir.clone(),
+        "b.log",
+        &["--takeover", sock_s, "--state", state_s],
+        &[("RUST_LOG", "debug")],
+    );
+    let st = a
+        .wait_exit(Duration::from_secs(60))
+        .expect("the old daemon did not exit");
+    assert!(st.success());
+    a.release_exited();
+    let root = fs::File::open(&b.mnt).unwrap();
+    let mut ok = false;
+    for _ in 0..5 {
+        evict_inodes();
+        let mut s = String::new();
+        open_by_handle(&root, &mut h, nix::libc::O_RDONLY)
+            .expect("open_by_handle_at after the handoff")
+            .read_to_string(&mut s)
+            .unwrap();
+        assert_eq!(s, "moved");
+        if b.log_text().contains("resolved by the filesystem") {
+            ok = true;
+            break;
+        }
+    }
+    assert!(
+        ok,
+        "the kernel never forgot the inode; log:\n{}",
+        b.log_text()
+    );
+    drop(root);
+    assert!(b.stop().success());
+    assert!(
+        state.exists(),
+        "no state saved by the daemon that took over"
+    );
+
+    // Cold restore onto a new mount: the handle taken on the first mount opens the
+    // same file on the new one.
+    let c = Mounted::start("memfs", &["--state", state_s], &[]);
+    assert_eq!(
+        fs::read(c.path("d/f")).unwrap(),
+        b"moved",
+        "restored contents"
+    );
+    let root = fs::File::open(&c.mnt).unwrap();
+    let mut s = String::new();
+    open_by_handle(&root, &mut h, nix::libc::O_RDONLY)
+        .expect("open_by_handle_at on the restored mount")
+        .read_to_string(&mut s)
+        .unwrap();
+    assert_eq!(s, "moved");
+    drop(root);
+    assert!(c.stop().success());
+    fs::remove_dir_all(&keep).unwrap();
+}
