@@ -1523,10 +1523,22 @@ mod core {
             .map(|(_, n)| n)
             .collect();
         assert_eq!(rest, ["f4", "f5", "f6", "f8", "f9"]);
-        // A renamed entry moves to the end.
+        // An entry renamed within its directory keeps its place (a listing in
+        // progress shows it once), also over an existing name; RENAME_EXCHANGE keeps
+        // both names in place.
         s.rename(ROOT_INO, b"f4", ROOT_INO, b"z", 0).unwrap();
-        let last = names(&s, ROOT_INO, 0).pop().unwrap().1;
-        assert_eq!(last, "z");
+        s.rename(ROOT_INO, b"f8", ROOT_INO, b"f5", 0).unwrap();
+        s.rename(ROOT_INO, b"z", ROOT_INO, b"f9", RENAME_EXCHANGE)
+            .unwrap();
+        let now: Vec<String> = names(&s, ROOT_INO, 0).into_iter().map(|(_, n)| n).collect();
+        assert_eq!(now, ["z", "f6", "f5", "f9"]);
+        s.validate().unwrap();
+        // Into another directory: the entry is new there, at its end.
+        let d = s.mkdir(ROOT, ROOT_INO, b"d", 0o755).unwrap();
+        s.mknod(ROOT, d, b"a", 0o100644, 0).unwrap();
+        s.rename(ROOT_INO, b"f6", d, b"0", 0).unwrap();
+        let there: Vec<String> = names(&s, d, 0).into_iter().map(|(_, n)| n).collect();
+        assert_eq!(there, ["a", "0"]);
     }
 
     #[test]

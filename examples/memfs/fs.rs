@@ -3,11 +3,16 @@
 //! Nodes are inode numbers (`u64`, never reused); handles are a small serde
 //! [`Handle`]. Operations that only look take the read lock, so many workers serve
 //! lookups, reads and listings at once; operations that change take the write lock.
-//! A read updates the atime (relatime rule) under a short write lock only when due.
+//! A read or listing updates the atime under a short write lock only when due by
+//! the mount's mode (`relatime` by default; `noatime`, `strictatime`, `nodiratime`
+//! followed from the mount's flags).
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
-use std::sync::{PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
-use std::time::{Duration, SystemTime};
+use std::path::PathBuf;
+use std::sync::{Mutex, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::time::{Duration, Instant, SystemTime};
+
+use fuse_live::session::dev::{AccessTimes, MountIdentity};
 
 use fuse_live::session::wire::{InitFlags, RequestFlags};
 use fuse_live::session::{
@@ -48,7 +53,25 @@ impl Default for Config {
 pub struct MemFs {
     state: RwLock<State>,
     config: Config,
+    /// The mount's access-time mode, followed once [`MemFs::follow_mount`] says
+    /// which mount; `relatime` until then. Not part of the contents.
+    atime: Mutex<AtimeWatch>,
+    /// After a cold restore: the INIT settings the snapshot recorded, the starting
+    /// point of this connection's INIT. Not part of the contents.
+    recorded_init: Option<InitWishes>,
 }
+
+/// Where memfs reads its mount's access-time mode from, and the last reading.
+#[derive(Debug, Default)]
+struct AtimeWatch {
+    mount: Option<(MountIdentity, PathBuf)>,
+    times: AccessTimes,
+    read_at: Option<Instant>,
+}
+
+/// How long a reading of the mount's atime mode is used before it is read again (a
+/// remount can change it; reading costs a system call).
+const ATIME_MODE_REFRESH: Duration = Duration::from_secs(1);
 
 /// The serialized form of a [`MemFs`]: settings and contents.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -66,6 +89,26 @@ fn caller(ctx: &RequestContext<'_>) -> Caller {
     }
 }
 
+/// Is the caller of `ctx` in group `gid`: its fs gid, or one of its supplementary
+/// groups (read from `/proc/PID/status`, since FUSE sends them only with creates).
+/// A caller whose groups cannot be read is taken as not in the group, which clears
+/// set-group-ID: the safe side.
+fn in_group(ctx: &RequestContext<'_>, gid: u32) -> bool {
+    if ctx.gid == gid {
+        return true;
+    }
+    if ctx.pid == 0 {
+        return false;
+    }
+    let Ok(status) = std::fs::read_to_string(format!("/proc/{}/status", ctx.pid)) else {
+        return false;
+    };
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Groups:"))
+        .is_some_and(|g| g.split_whitespace().any(|x| x.parse() == Ok(gid)))
+}
+
 fn bytes(name: &OsStr) -> &[u8] {
     name.as_bytes()
 }
@@ -77,6 +120,8 @@ impl MemFs {
         MemFs {
             state: RwLock::new(State::new(uid, gid, capacity)),
             config,
+            atime: Mutex::default(),
+            recorded_init: None,
         }
     }
 
@@ -106,6 +151,8 @@ impl MemFs {
         MemFs {
             state: RwLock::new(image.state),
             config: image.config,
+            atime: Mutex::default(),
+            recorded_init: None,
         }
     }
 
@@ -140,10 +187,50 @@ impl MemFs {
         Opened::new(Handle { ino, flags })
     }
 
-    /// Updates the atime of `ino` after a read if relatime says so.
+    /// Start this connection's INIT from the settings a snapshot recorded (a cold
+    /// restore); memfs's own requirements are applied on top.
+    pub fn use_recorded_init(&mut self, wishes: InitWishes) {
+        self.recorded_init = Some(wishes);
+    }
+
+    /// Prepares a filesystem restored from a snapshot for a new mount: drops the
+    /// inodes only the old mount's open files reached. Returns how many.
+    pub fn prepare_cold(&mut self) -> usize {
+        self.lock_write().drop_unlinked()
+    }
+
+    /// Follow the access-time mode (`noatime`, `relatime`, `strictatime`,
+    /// `nodiratime`) of the mount `identity` at `mountpoint`: FUSE leaves atime to the
+    /// filesystem, and the kernel does not say the mount's mode in requests. Read now
+    /// and again at most every [`ATIME_MODE_REFRESH`] while accesses come (a remount
+    /// takes effect within that time).
+    pub fn follow_mount(&self, identity: MountIdentity, mountpoint: PathBuf) {
+        let mut w = self.atime.lock().unwrap_or_else(PoisonError::into_inner);
+        w.mount = Some((identity, mountpoint));
+        w.read_at = None;
+    }
+
+    /// The mount's access-time mode, read again if the last reading is old.
+    pub fn access_times(&self) -> AccessTimes {
+        let mut w = self.atime.lock().unwrap_or_else(PoisonError::into_inner);
+        let fresh = w.read_at.is_some_and(|t| t.elapsed() < ATIME_MODE_REFRESH);
+        if !fresh {
+            if let Some((id, path)) = &w.mount {
+                match id.access_times(path) {
+                    Ok(t) => w.times = t,
+                    Err(e) => log::debug!("cannot read the mount's atime mode: {e}"),
+                }
+            }
+            w.read_at = Some(Instant::now());
+        }
+        w.times
+    }
+
+    /// Updates the atime of `ino` after a read or listing if the mount's mode says so.
     fn accessed(&self, ino: u64) {
         let now = SystemTime::now();
-        if self.lock_read().atime_due(ino, now) {
+        let times = self.access_times();
+        if self.lock_read().atime_due_in(ino, now, &times) {
             self.lock_write().touch_atime(ino, now);
         }
     }
@@ -158,6 +245,9 @@ impl Filesystem for MemFs {
     }
 
     fn init(&self, wishes: &mut InitWishes) -> Result<()> {
+        if let Some(recorded) = self.recorded_init {
+            *wishes = recorded;
+        }
         // READDIRPLUS (adaptive), "." and ".." lookups; no writeback cache, so the
         // kernel gives O_APPEND writes the end-of-file offset and every write reaches
         // us with the writer's ids. Locks stay local to the kernel.
@@ -175,8 +265,24 @@ impl Filesystem for MemFs {
 
     fn lookup(&self, _ctx: &RequestContext<'_>, parent: &u64, name: &OsStr) -> Result<Entry<u64>> {
         let state = self.lock_read();
-        let ino = state.lookup(*parent, bytes(name))?;
+        // `.` of any inode is itself: the kernel asks so (EXPORT_SUPPORT) to turn a
+        // file handle of a regular file back into an inode.
+        let ino = if bytes(name) == b"." && state.contains(*parent) {
+            *parent
+        } else {
+            state.lookup(*parent, bytes(name))?
+        };
         self.entry(&state, ino)
+    }
+
+    /// Inode numbers are never reused within a filesystem's life (a cold restore
+    /// keeps them): the nodeid is the inode number, with generation 0.
+    fn stable_id(node: &u64) -> Option<(u64, u64)> {
+        Some((*node, 0))
+    }
+
+    fn resolve_stable_id(&self, nodeid: u64) -> Option<u64> {
+        self.lock_read().contains(nodeid).then_some(nodeid)
     }
 
     fn getattr(
@@ -196,7 +302,13 @@ impl Filesystem for MemFs {
         set: &SetAttr,
     ) -> Result<AttrReply> {
         let mut state = self.lock_write();
+        let owner = state.owner(*node)?;
         state.setattr(caller(ctx), *node, set)?;
+        // A truncate, or a mode change by someone who may not chmod (so the kernel's
+        // removal of privileges before a write or fallocate): apply the whole rule.
+        if set.size.is_some() || (set.mode.is_some() && ctx.uid != owner) {
+            state.drop_privs(caller(ctx), *node, |gid| in_group(ctx, gid))?;
+        }
         self.attr_reply(&state, *node)
     }
 
@@ -275,7 +387,11 @@ impl Filesystem for MemFs {
     }
 
     fn open(&self, ctx: &RequestContext<'_>, node: &u64, flags: i32) -> Result<Opened<Handle>> {
-        self.lock_write().open(caller(ctx), *node, flags)?;
+        let mut state = self.lock_write();
+        state.open(caller(ctx), *node, flags)?;
+        if flags & nix::libc::O_TRUNC != 0 {
+            state.drop_privs(caller(ctx), *node, |gid| in_group(ctx, gid))?;
+        }
         Ok(Self::opened(*node, flags))
     }
 
@@ -319,7 +435,9 @@ impl Filesystem for MemFs {
         } else {
             caller(ctx)
         };
-        state.write(who, *node, offset, data, kill)
+        let n = state.write(who, *node, offset, data, kill)?;
+        state.drop_privs(who, *node, |gid| in_group(ctx, gid))?;
+        Ok(n)
     }
 
     fn fsync(
@@ -467,14 +585,18 @@ impl Filesystem for MemFs {
 
     fn fallocate(
         &self,
-        _ctx: &RequestContext<'_>,
+        ctx: &RequestContext<'_>,
         node: &u64,
         _fh: &Handle,
         offset: u64,
         length: u64,
         mode: u32,
     ) -> Result<()> {
-        self.lock_write().fallocate(*node, offset, length, mode)
+        let mut state = self.lock_write();
+        state.fallocate(*node, offset, length, mode)?;
+        // Every mode that gets here changes size or data (the kernel refuses the
+        // others for FUSE): privileges go as on a write.
+        state.drop_privs(caller(ctx), *node, |gid| in_group(ctx, gid))
     }
 
     fn lseek(
@@ -503,8 +625,12 @@ impl Filesystem for MemFs {
         if flags != 0 {
             return Err(Errno::EINVAL);
         }
-        self.lock_write()
-            .copy_range(caller(ctx), *node_in, offset_in, *node_out, offset_out, len)
+        let mut state = self.lock_write();
+        let n = state.copy_range(caller(ctx), *node_in, offset_in, *node_out, offset_out, len)?;
+        if n > 0 {
+            state.drop_privs(caller(ctx), *node_out, |gid| in_group(ctx, gid))?;
+        }
+        Ok(n)
     }
 
     fn statx(

@@ -12,6 +12,10 @@
 //! (then it unmounts), and exits 0. Bad arguments print a usage line on stderr and
 //! exit 2; a failure to mount or serve exits 1.
 //!
+//! - `-o OPTIONS`: comma-separated mount options: `noatime`, `relatime` (the
+//!   default), `strictatime`, `allow_other`, `auto_unmount` (`rw`, `nosuid`, `nodev`
+//!   and `default_permissions` are accepted: memfs always mounts so). memfs follows
+//!   the mount's access-time mode, also after a remount changes it (within a second).
 //! - `--threads N`: worker threads (default 2).
 //! - `--allow-other`: let every user access the mount (the mount option).
 //! - `--auto-unmount`: mount through `fusermount3` with `auto_unmount`, so that the
@@ -29,6 +33,14 @@
 //!   Prints `ready MOUNTPOINT` once it serves, then listens on PATH itself (or on
 //!   `--upgrade-socket`) so it can be replaced in turn. Exits 1 if the takeover
 //!   fails (the old process then serves on).
+//! - `--state FILE`: keep the contents across mounts. At start, if FILE exists, the
+//!   filesystem is restored from it (a snapshot file, as `--snapshot-dir` writes;
+//!   a damaged or unreadable file is an error, exit 1); at a clean end (unmounted,
+//!   SIGTERM, SIGINT) the contents are written to FILE atomically (mode 0600). Files,
+//!   contents, attributes and inode numbers carry over; open files, nodeids and
+//!   unlinked-but-open files cannot (a new mount is a new connection:
+//!   `fuse_snapshot::cold`). The saved filesystem's `--ttl` and `--size` apply. A
+//!   process killed with SIGKILL saves nothing.
 //! - `--snapshot-dir DIR`: on SIGUSR1, write a snapshot of the session and the
 //!   contents to `DIR/memfs.snapshot` (atomically, mode 0600); the mount pauses only
 //!   while the snapshot is taken (the stall is logged at level info).
@@ -49,7 +61,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use fuse_live::session::dev::MountOptions;
+use fuse_live::session::dev::{Atime, MountOptions};
 use fuse_live::session::serve::{Running, Server};
 
 mod data;
@@ -66,9 +78,11 @@ use fs::{Config, MemFs};
 use fuse_live::snapshot::handoff::{self, Ended, HandoffOptions, Takeover, UpgradeListener};
 
 const USAGE: &str =
-    "usage: memfs MOUNTPOINT [--threads N] [--allow-other] [--auto-unmount] [--ttl SECS] \
-     [--size BYTES[K|M|G|T]] [--upgrade-socket PATH] [--snapshot-dir DIR]\n       \
-     memfs --takeover PATH [--threads N] [--upgrade-socket PATH] [--snapshot-dir DIR]";
+    "usage: memfs MOUNTPOINT [-o OPTIONS] [--threads N] [--allow-other] [--auto-unmount] \
+     [--ttl SECS] [--size BYTES[K|M|G|T]] [--state FILE] [--upgrade-socket PATH] \
+     [--snapshot-dir DIR]\n       \
+     memfs --takeover PATH [--threads N] [--state FILE] [--upgrade-socket PATH] \
+     [--snapshot-dir DIR]";
 
 /// Test hooks for the handoff tests (environment variable `MEMFS_HANDOFF_TEST`, read
 /// by a `--takeover` process): `exit-after-receive` exits right after receiving the
@@ -89,11 +103,15 @@ struct Args {
     /// Mount through fusermount3 with `auto_unmount`: the mount goes when the last
     /// process holding it dies (survives handoffs).
     auto_unmount: bool,
+    /// `-o noatime|relatime|strictatime`.
+    atime: Option<Atime>,
     ttl: Duration,
     size: Option<u64>,
     upgrade_socket: Option<PathBuf>,
     takeover: Option<PathBuf>,
     snapshot_dir: Option<PathBuf>,
+    /// `--state FILE`: contents loaded at start, saved at a clean end.
+    state: Option<PathBuf>,
 }
 
 fn parse_size(s: &str) -> Option<u64> {
@@ -112,11 +130,13 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Args, String> {
     let mut threads = 2;
     let mut allow_other = false;
     let mut auto_unmount = false;
+    let mut atime = None;
     let mut ttl = Duration::from_secs(1);
     let mut size = None;
     let mut upgrade_socket = None;
     let mut takeover = None;
     let mut snapshot_dir = None;
+    let mut state = None;
     let mut it = args.into_iter();
     while let Some(arg) = it.next() {
         let (flag, inline) = match arg.split_once('=') {
@@ -137,6 +157,21 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Args, String> {
                     .ok()
                     .filter(|&n| (1..=256).contains(&n))
                     .ok_or(format!("bad --threads {v:?}"))?;
+            }
+            "-o" => {
+                let v = value("-o")?;
+                for opt in v.split(',') {
+                    match opt {
+                        "allow_other" => allow_other = true,
+                        "auto_unmount" => auto_unmount = true,
+                        "noatime" => atime = Some(Atime::NoAtime),
+                        "relatime" => atime = Some(Atime::Relatime),
+                        "strictatime" => atime = Some(Atime::StrictAtime),
+                        // What mount(8) passes that is already memfs's behaviour.
+                        "rw" | "default_permissions" | "nosuid" | "nodev" => {}
+                        _ => return Err(format!("unsupported mount option {opt:?} in -o")),
+                    }
+                }
             }
             "--allow-other" if inline.is_none() => allow_other = true,
             "--auto-unmount" if inline.is_none() => auto_unmount = true,
@@ -160,6 +195,7 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Args, String> {
             "--upgrade-socket" => upgrade_socket = Some(PathBuf::from(value("--upgrade-socket")?)),
             "--takeover" => takeover = Some(PathBuf::from(value("--takeover")?)),
             "--snapshot-dir" => snapshot_dir = Some(PathBuf::from(value("--snapshot-dir")?)),
+            "--state" => state = Some(PathBuf::from(value("--state")?)),
             f if f.starts_with('-') => return Err(format!("unknown option {f:?}")),
             _ if mountpoint.is_none() => mountpoint = Some(arg),
             _ => return Err(format!("unexpected argument {arg:?}")),
@@ -175,11 +211,13 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Args, String> {
         threads,
         allow_other,
         auto_unmount,
+        atime,
         ttl,
         size,
         upgrade_socket,
         takeover,
         snapshot_dir,
+        state,
     })
 }
 
@@ -265,13 +303,19 @@ fn serve(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
     let capacity = args.size.unwrap_or_else(default_capacity);
     let uid = nix::unistd::geteuid().as_raw();
     let gid = nix::unistd::getegid().as_raw();
-    let fs = MemFs::new(uid, gid, capacity, config);
-    let opts = MountOptions::new()
+    let fs = match &args.state {
+        Some(path) if path.exists() => load_state(path, args)?,
+        _ => MemFs::new(uid, gid, capacity, config),
+    };
+    let mut opts = MountOptions::new()
         .fsname("memfs")
         .subtype("memfs")
         .default_permissions(true)
         .allow_other(args.allow_other)
         .auto_unmount(args.auto_unmount);
+    if let Some(a) = args.atime {
+        opts = opts.atime(a);
+    }
     let mountpoint = PathBuf::from(&args.mountpoint);
     // Bound before mounting: a path in use fails before anything is mounted.
     let listener = args
@@ -281,6 +325,7 @@ fn serve(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
         .transpose()?;
     let server = Server::mount(fs, &mountpoint, &opts)?;
     let running = server.spawn(args.threads)?;
+    follow_mount(&running);
     ready(&args.mountpoint)?;
     serve_until_done(&running, listener.as_ref(), args)
 }
@@ -328,15 +373,71 @@ fn serve_until_done(
             drop(outcome.mount);
         }
         _ => {
-            let state = running.session().filesystem().lock_read();
-            log::info!(
-                "unmounted: {} inodes, {} bytes of data",
-                state.inode_count(),
-                state.used_bytes()
-            );
+            {
+                let state = running.session().filesystem().lock_read();
+                log::info!(
+                    "unmounted: {} inodes, {} bytes of data",
+                    state.inode_count(),
+                    state.used_bytes()
+                );
+            }
+            if let Some(path) = &args.state {
+                save_state(running, path)?;
+            }
         }
     }
     Ok(())
+}
+
+/// `--state FILE` at start: the contents of the snapshot in FILE, restored cold
+/// (fresh nodeids; INIT starts from the recorded settings). A file that cannot be
+/// used is an error, not an empty filesystem, which would overwrite it at the end.
+fn load_state(path: &std::path::Path, args: &Args) -> Result<MemFs, Box<dyn std::error::Error>> {
+    let bytes = fuse_live::snapshot::load_file(path)
+        .map_err(|e| format!("--state {}: {e}", path.display()))?;
+    let cold = fuse_live::snapshot::restore_cold::<MemFs>(&bytes)
+        .map_err(|e| format!("--state {}: {e}", path.display()))?;
+    let wishes = cold.wishes();
+    let mut fs = cold.fs;
+    let dropped = fs.prepare_cold();
+    fs.use_recorded_init(wishes);
+    if args.ttl != fs.config().ttl {
+        log::info!("--state: the saved --ttl {:?} applies", fs.config().ttl);
+    }
+    log::info!(
+        "--state {}: restored {} inodes ({} unlinked ones dropped, {} nodeids and {} open \
+         handles of the old mount not carried over)",
+        path.display(),
+        fs.lock_read().inode_count(),
+        dropped,
+        cold.dropped_nodes,
+        cold.dropped_handles
+    );
+    Ok(fs)
+}
+
+/// `--state FILE` at a clean end (unmounted, SIGTERM, SIGINT): the session and the
+/// contents, written atomically.
+fn save_state(
+    running: &Running<MemFs>,
+    path: &std::path::Path,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let mut fds = fuse_live::snapshot::FdSaver::new();
+    let bytes = fuse_live::snapshot::snapshot(running.session(), &mut fds)
+        .map_err(|e| format!("--state {}: snapshot: {e}", path.display()))?;
+    fuse_live::snapshot::save_file(path, &bytes)
+        .map_err(|e| format!("--state {}: write: {e}", path.display()))?;
+    log::info!("--state {}: saved ({} bytes)", path.display(), bytes.len());
+    Ok(())
+}
+
+/// Makes memfs follow its mount's access-time mode (a taken-over mount too).
+fn follow_mount(running: &Running<MemFs>) {
+    let found = running.with_mount(|m| (m.identity(), m.mountpoint().to_path_buf()));
+    match found {
+        Some((Some(id), path)) => running.session().filesystem().follow_mount(id, path),
+        _ => log::warn!("the mount's identity is unknown: atime follows relatime"),
+    }
 }
 
 /// `--takeover PATH`: take the mount over from the memfs listening on PATH, serve
@@ -369,6 +470,7 @@ fn take_over(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
         .mountpoint()
         .map(|m| m.display().to_string())
         .unwrap_or_default();
+    follow_mount(&running);
     ready(&mountpoint)?;
     log::info!(
         "took over {mountpoint} from pid {}: {} pre-copied bytes ({} rounds) in {:?} before \
@@ -424,6 +526,12 @@ mod tests {
         assert!(parse(&["/a", "--threads"]).is_err());
         assert!(parse(&["/a", "--threads", "0"]).is_err());
         assert!(parse(&["/a", "--bogus"]).is_err());
+        let o = parse(&["/a", "-o", "rw,noatime,allow_other"]).unwrap();
+        assert_eq!((o.atime, o.allow_other), (Some(Atime::NoAtime), true));
+        assert!(parse(&["/a", "-o", "exec,suid"]).is_err());
+        assert!(parse(&["/a", "-o"]).is_err());
+        let s = parse(&["/a", "--state", "/var/lib/m.state"]).unwrap();
+        assert_eq!(s.state, Some(PathBuf::from("/var/lib/m.state")));
         assert!(parse(&["/a", "--ttl", "-1"]).is_err());
         let t = parse(&["--takeover", "/run/s", "--snapshot-dir=/d"]).unwrap();
         assert_eq!(t.takeover, Some(PathBuf::from("/run/s")));

@@ -11,7 +11,7 @@
 //! directories, clearing set-user-ID and set-group-ID bits on write, truncate and
 //! chown, the rename rules, link counts and times.
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use fuse_live::session::{Errno, FileAttr, FileType, SetAttr, Statfs, TimeOrNow};
 use serde::{Deserialize, Serialize};
@@ -138,6 +138,28 @@ impl Dir {
         let e = self.entries.remove(name)?;
         self.order.remove(&e.cookie);
         Some(e.ino)
+    }
+
+    /// Renames `name` to `newname` within this directory (replacing any entry
+    /// `newname`), keeping the entry's cookie: the entry keeps its place in the
+    /// listing, so a listing in progress shows it once, under one name or the other.
+    /// Moving it to a fresh cookie would show it again to a reader that had passed it.
+    fn rename_within(&mut self, name: &[u8], newname: &[u8]) {
+        let Some(e) = self.entries.get(name).copied() else {
+            return;
+        };
+        self.remove(newname);
+        self.entries.remove(name);
+        self.entries.insert(newname.to_vec(), e);
+        self.order.insert(e.cookie, newname.to_vec());
+    }
+
+    /// Points the existing entry `name` at `ino`, keeping its cookie (RENAME_EXCHANGE:
+    /// the names stay where they are, the inodes trade places).
+    fn repoint(&mut self, name: &[u8], ino: u64) {
+        if let Some(e) = self.entries.get_mut(name) {
+            e.ino = ino;
+        }
     }
 
     /// Entries from READDIR offset `offset` on: `(offset of the next entry, name, ino)`.
@@ -594,9 +616,6 @@ fn time_of(t: TimeOrNow, now: SystemTime) -> SystemTime {
 
 /// Bytes reported as a directory's size per entry, as tmpfs does.
 const DIRENT_SIZE: u64 = 20;
-
-/// Strictly after `atime` by one day: relatime's rule.
-const RELATIME_AGE: Duration = Duration::from_secs(24 * 60 * 60);
 
 impl State {
     /// An empty filesystem: a root directory `0755` owned by `uid:gid`, room for
@@ -1186,8 +1205,8 @@ impl State {
             {
                 return Err(Errno::EINVAL);
             }
-            self.get_mut(parent)?.dir_mut()?.insert(name, dst);
-            self.get_mut(newparent)?.dir_mut()?.insert(newname, src);
+            self.get_mut(parent)?.dir_mut()?.repoint(name, dst);
+            self.get_mut(newparent)?.dir_mut()?.repoint(newname, src);
             if parent != newparent {
                 if src_dir {
                     self.move_dir(src, parent, newparent);
@@ -1234,8 +1253,14 @@ impl State {
             }
             self.unlinked(dst, now);
         }
-        self.get_mut(parent)?.dir_mut()?.remove(name);
-        self.get_mut(newparent)?.dir_mut()?.insert(newname, src);
+        if parent == newparent {
+            self.get_mut(parent)?
+                .dir_mut()?
+                .rename_within(name, newname);
+        } else {
+            self.get_mut(parent)?.dir_mut()?.remove(name);
+            self.get_mut(newparent)?.dir_mut()?.insert(newname, src);
+        }
         if src_dir && parent != newparent {
             self.move_dir(src, parent, newparent);
         }
@@ -1353,6 +1378,42 @@ impl State {
         Ok(())
     }
 
+    /// The kernel's rule for a data or size change by a caller without `CAP_FSETID`
+    /// (`setattr_should_drop_suidgid`): set-user-ID goes; set-group-ID goes when the
+    /// file is group-executable or the caller is not in the file's group
+    /// (`in_group` answers that for the file's gid). Files only; privileged callers
+    /// keep both.
+    ///
+    /// FUSE passes no flag for it on FALLOCATE (and, without `HANDLE_KILLPRIV`, its
+    /// own SETATTR before a change clears set-group-ID only when group-executable),
+    /// so memfs applies the whole rule itself after each such change.
+    pub fn drop_privs(
+        &mut self,
+        caller: Caller,
+        ino: u64,
+        in_group: impl FnOnce(u32) -> bool,
+    ) -> Result<()> {
+        if caller.privileged() {
+            return Ok(());
+        }
+        let i = self.get(ino)?;
+        if i.kind != FileType::RegularFile || i.perm & (S_ISUID | S_ISGID) == 0 {
+            return Ok(());
+        }
+        let drop_sgid = i.perm & S_ISGID != 0 && (i.perm & S_IXGRP != 0 || !in_group(i.gid));
+        let i = self.get_mut_meta(ino)?;
+        i.perm &= !S_ISUID;
+        if drop_sgid {
+            i.perm &= !S_ISGID;
+        }
+        Ok(())
+    }
+
+    /// The owner of `ino`.
+    pub fn owner(&self, ino: u64) -> Result<u32> {
+        Ok(self.get(ino)?.uid)
+    }
+
     /// OPEN of an existing inode: applies `O_TRUNC` (the library agrees
     /// `ATOMIC_O_TRUNC`, so the kernel leaves it to the filesystem).
     pub fn open(&mut self, caller: Caller, ino: u64, flags: i32) -> Result<()> {
@@ -1378,13 +1439,22 @@ impl State {
         Ok(self.get(ino)?.file()?.read(off, buf))
     }
 
-    /// True if reading `ino` now should update its atime (relatime: the atime is
-    /// not after the mtime or ctime, or is a day old).
-    pub fn atime_due(&self, ino: u64, now: SystemTime) -> bool {
+    /// True if an access to `ino` now should update its atime under the mount's
+    /// access-time mode `times`.
+    pub fn atime_due_in(
+        &self,
+        ino: u64,
+        now: SystemTime,
+        times: &fuse_live::session::dev::AccessTimes,
+    ) -> bool {
         self.inodes.get(&ino).is_some_and(|i| {
-            i.atime <= i.mtime
-                || i.atime <= i.ctime
-                || now.duration_since(i.atime).is_ok_and(|d| d >= RELATIME_AGE)
+            times.update_due(
+                i.kind == FileType::Directory,
+                i.atime,
+                i.mtime,
+                i.ctime,
+                now,
+            )
         })
     }
 
@@ -1624,6 +1694,19 @@ impl State {
 
     /// The kernel forgot `ino`: drop it if no name links it any more.
     /// Returns whether it was dropped.
+    /// Drops every inode no name links (unlinked files that were still open): for a
+    /// cold restore onto a new mount, where no open file or nodeid of the old one
+    /// survives. Returns how many were dropped.
+    pub fn drop_unlinked(&mut self) -> usize {
+        let gone: Vec<u64> = self
+            .inodes
+            .iter()
+            .filter(|(&ino, i)| ino != ROOT_INO && i.nlink == 0)
+            .map(|(&ino, _)| ino)
+            .collect();
+        gone.into_iter().filter(|&ino| self.forget(ino)).count()
+    }
+
     pub fn forget(&mut self, ino: u64) -> bool {
         if ino == ROOT_INO || self.inodes.get(&ino).map_or(true, |i| i.nlink > 0) {
             return false;

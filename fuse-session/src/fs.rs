@@ -67,6 +67,39 @@ pub trait Filesystem: Send + Sync + 'static {
     /// kernel's reference kept alive (e.g. an unlinked inode).
     fn forget(&self, node: Self::Node) {}
 
+    /// Stable nodeids: the nodeid and generation `node` should have, for a filesystem
+    /// whose nodes have numbers of their own that are never reused (inode numbers
+    /// of an in-memory or on-disk filesystem). `None` (the default): the session
+    /// numbers nodes itself, and a nodeid the kernel forgot cannot be named again.
+    ///
+    /// With stable ids, a node the kernel forgot gets the same nodeid and
+    /// generation when it is looked up again, and [`Filesystem::resolve_stable_id`]
+    /// can name it from its nodeid alone: so file handles (`name_to_handle_at`, NFS
+    /// export with `FUSE_EXPORT_SUPPORT`) stay valid after the kernel evicted the
+    /// inode, across a handoff or crash recovery, and even across a cold restore.
+    /// The pair must be unique over the filesystem's life (a nodeid never names two
+    /// nodes with one generation); nodeid 1 is the root's. A node whose stable id is
+    /// taken (by another node, or by a nodeid the session assigned) is numbered by the
+    /// session instead.
+    fn stable_id(node: &Self::Node) -> Option<(u64, u64)>
+    where
+        Self: Sized,
+    {
+        let _ = node;
+        None
+    }
+
+    /// The node whose [`stable_id`](Filesystem::stable_id) has nodeid `nodeid`, if it
+    /// still exists. The session asks when the kernel sends a request for a nodeid it
+    /// forgot: `LOOKUP` of `.` (or `..`) on the nodeid of a file handle, which the
+    /// kernel sends with `FUSE_EXPORT_SUPPORT` after it evicted the inode. The
+    /// session checks that the node's stable id has this nodeid; the kernel checks
+    /// the generation against the handle's. The default: `None` (`ESTALE`).
+    fn resolve_stable_id(&self, nodeid: u64) -> Option<Self::Node> {
+        let _ = nodeid;
+        None
+    }
+
     /// Looks up `name` in directory `parent`.
     fn lookup(
         &self,

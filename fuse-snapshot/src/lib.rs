@@ -16,6 +16,8 @@
 //! - Generic, for any value types: [`encode_state`] / [`decode_state`].
 //! - Untyped, for tools: [`summarize`], [`decode_raw`].
 //! - Files: [`save_file`] (atomic), [`load_file`] (bounded).
+//! - Cold restore onto a fresh mount: [`restore_cold`] (what carries over and what
+//!   cannot: [`ColdRestore`]).
 //!
 //! File descriptors a filesystem's state holds travel beside the snapshot as
 //! [`FdSlot`]s: see [`fds`].
@@ -56,6 +58,7 @@
 
 pub use fuse_session as session;
 
+pub mod cold;
 pub mod fds;
 mod file;
 pub mod format;
@@ -63,6 +66,7 @@ mod fs;
 pub mod handoff;
 pub mod precopy;
 
+pub use cold::{restore_cold, ColdRestore};
 pub use fds::{FdRestorer, FdSaver, FdSlot};
 pub use file::{load_file, load_file_with_limit, save_file, DEFAULT_MAX_FILE_SIZE};
 pub use format::{

@@ -123,16 +123,57 @@ pub struct Mounted {
     /// The process's stderr.
     pub log: PathBuf,
     watchdog: Option<Watchdog>,
+    /// False once [`Mounted::release_exited`] gave the mountpoint up.
+    owns_mountpoint: bool,
 }
 
 impl Mounted {
     /// Starts example `bin` on a new mountpoint with `args` after it and `env` set,
     /// and waits for its `ready MOUNTPOINT` line.
     pub fn start(bin: &str, args: &[&str], env: &[(&str, &str)]) -> Mounted {
-        let exe = example_binary(bin);
         let dir = temp_dir(bin);
         let mnt = dir.join("mnt");
-        let log = dir.join("stderr.log");
+        std::fs::create_dir(&mnt).expect("create mountpoint");
+        Mounted::start_in(bin, dir, "stderr.log", args, env)
+    }
+
+    /// As [`Mounted::start`], in the existing directory `dir` (removed when the
+    /// value is dropped) on its existing `mnt` subdirectory, logging to `log_name`
+    /// there: for tests that mount several processes one after another at one place.
+    pub fn start_in(
+        bin: &str,
+        dir: PathBuf,
+        log_name: &str,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Mounted {
+        Mounted::spawn_in(bin, dir, log_name, true, args, env)
+    }
+
+    /// As [`Mounted::start_in`] for a process that takes over the mount at
+    /// `dir/mnt` instead of mounting (`args` name where from, e.g. `--takeover
+    /// SOCKET`): the mountpoint is not passed, but the `ready` line must name it.
+    pub fn take_over_in(
+        bin: &str,
+        dir: PathBuf,
+        log_name: &str,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Mounted {
+        Mounted::spawn_in(bin, dir, log_name, false, args, env)
+    }
+
+    fn spawn_in(
+        bin: &str,
+        dir: PathBuf,
+        log_name: &str,
+        pass_mountpoint: bool,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Mounted {
+        let exe = example_binary(bin);
+        let mnt = dir.join("mnt");
+        let log = dir.join(log_name);
         // The guard exists before anything can fail, so the directory never leaks.
         let mut m = Mounted {
             child: None,
@@ -140,11 +181,13 @@ impl Mounted {
             mnt: mnt.clone(),
             log,
             watchdog: None,
+            owns_mountpoint: true,
         };
-        std::fs::create_dir(&mnt).expect("create mountpoint");
         let mut cmd = Command::new(exe);
-        cmd.arg(&mnt)
-            .args(args)
+        if pass_mountpoint {
+            cmd.arg(&mnt);
+        }
+        cmd.args(args)
             .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -227,6 +270,14 @@ impl Mounted {
         }
     }
 
+    /// For a process that has exited while another one now serves the same
+    /// mountpoint: disarms the watchdog and forgets the mountpoint and directory
+    /// (the other process's value cleans them up). Panics if the process still runs.
+    pub fn release_exited(mut self) {
+        assert!(self.child.is_none(), "release_exited of a running process");
+        self.owns_mountpoint = false;
+    }
+
     /// Stops the filesystem with SIGTERM and returns its exit status; the mount must
     /// be gone afterwards.
     pub fn stop(mut self) -> ExitStatus {
@@ -244,6 +295,12 @@ impl Mounted {
 
 impl Drop for Mounted {
     fn drop(&mut self) {
+        if !self.owns_mountpoint {
+            if let Some(w) = self.watchdog.take() {
+                w.disarm();
+            }
+            return;
+        }
         if self.child.is_some() {
             self.signal(Signal::SIGTERM);
             if self.wait_exit(Duration::from_secs(15)).is_none() {

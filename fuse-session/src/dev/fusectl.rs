@@ -10,6 +10,7 @@
 //! # References
 //! - Linux `fs/fuse/control.c`, Documentation/filesystems/fuse.rst ("Control
 //!   filesystem"), `fs/fuse/dev.c` (`fuse_abort_conn`)
+use super::mountid::{MountIdentity, Ownership};
 use super::mountinfo;
 use nix::errno::Errno;
 use nix::mount::{MntFlags, MsFlags};
@@ -130,6 +131,7 @@ pub struct Watchdog {
     thread: Option<JoinHandle<()>>,
     mountpoint: PathBuf,
     connection: Option<u64>,
+    identity: Option<MountIdentity>,
 }
 
 #[derive(Debug)]
@@ -153,6 +155,14 @@ impl Watchdog {
     ) -> io::Result<Watchdog> {
         let mountpoint = mountpoint.into();
         let mountpoint = std::fs::canonicalize(&mountpoint).unwrap_or(mountpoint);
+        // With a known connection that is on top now, remember the mount by its unique
+        // id: if it is unmounted and another mount reuses the connection id before the
+        // watchdog fires, the newer mount is left alone.
+        let identity = connection.and_then(|c| {
+            MountIdentity::at(&mountpoint)
+                .ok()
+                .filter(|id| id.dev == c && id.unique_id.is_some())
+        });
         let shared = Arc::new(Shared {
             disarmed: Mutex::new(false),
             cond: Condvar::new(),
@@ -183,7 +193,7 @@ impl Watchdog {
                 }
                 drop(disarmed);
                 theirs.fired.store(true, Ordering::SeqCst);
-                if let Err(e) = tear_down(&mountpoint, connection) {
+                if let Err(e) = tear_down_identified(&mountpoint, connection, identity) {
                     log::warn!("watchdog on {}: {e}", mountpoint.display());
                 }
             })?;
@@ -192,6 +202,7 @@ impl Watchdog {
             thread: Some(thread),
             mountpoint: ours,
             connection,
+            identity,
         })
     }
 
@@ -223,7 +234,7 @@ impl Drop for Watchdog {
     fn drop(&mut self) {
         let fired = self.stop();
         if std::thread::panicking() && !fired {
-            if let Err(e) = tear_down(&self.mountpoint, self.connection) {
+            if let Err(e) = tear_down_identified(&self.mountpoint, self.connection, self.identity) {
                 log::warn!("watchdog on {}: {e}", self.mountpoint.display());
             }
         }
@@ -249,7 +260,32 @@ impl Drop for Watchdog {
 /// Errors of [`abort`] other than `NotFound`, and of `umount2(2)` other than `EINVAL`
 /// (not a mount point any more).
 pub fn tear_down(mountpoint: impl AsRef<Path>, connection: Option<u64>) -> io::Result<()> {
-    let mountpoint = mountpoint.as_ref();
+    tear_down_identified(mountpoint.as_ref(), connection, None)
+}
+
+/// [`tear_down`] of the mount `identity` (recorded while it was known to be the
+/// caller's): nothing is done once that mount is gone, since its connection id may
+/// belong to a newer mount by now; if it is covered, its connection is aborted but
+/// the mountpoint is left alone.
+fn tear_down_identified(
+    mountpoint: &Path,
+    connection: Option<u64>,
+    identity: Option<MountIdentity>,
+) -> io::Result<()> {
+    if let Some(id) = identity {
+        // Without the device at hand, liveness is unknown: say "ended", so that only
+        // the unique id (and statmount) can answer Top, Covered or Gone.
+        match id.check(mountpoint, false) {
+            Ownership::Gone => return Ok(()),
+            Ownership::Covered => {
+                return match abort(id.dev) {
+                    Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+                    _ => Ok(()),
+                }
+            }
+            Ownership::Top | Ownership::Unknown => {}
+        }
+    }
     let here = connection_at(mountpoint).ok();
     let conn = match (connection, here) {
         (Some(c), _) => c,

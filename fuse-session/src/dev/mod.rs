@@ -20,6 +20,9 @@
 //!   reads a [`Waker`] can interrupt at a request boundary, without signals.
 //! - [`RequestBuffer`]: page-aligned read buffers sized from the negotiated protocol.
 //! - [`uring`]: fuse-over-io_uring queues (one ring per CPU, registered entries).
+//! - [`mountid`]: which mount is at a path, by the kernel's never-reused unique
+//!   mount id (`statx`/`statmount`, in `mountid.rs`, which holds their `unsafe`), so
+//!   that no code here mistakes a newer mount that reuses a device number for its own.
 //! - [`fusectl`]: the fuse control filesystem (connection ids, abort, waiting
 //!   requests) and a [`fusectl::Watchdog`] that tears down a hung mount.
 //!
@@ -35,7 +38,9 @@ mod error;
 pub mod fusectl;
 mod fusermount;
 mod mount;
-mod mountinfo;
+#[allow(unsafe_code)]
+pub mod mountid;
+pub(crate) mod mountinfo;
 mod options;
 #[allow(unsafe_code)]
 mod scm;
@@ -48,7 +53,8 @@ pub use channel::{Channel, Received, WriteOutcome};
 pub use error::{MountError, OptionError};
 pub use fusermount::find_fusermount;
 pub use mount::{mount, Mount, MountMethod, MountParts};
-pub use options::MountOptions;
+pub use mountid::{AccessTimes, MountIdentity, Ownership};
+pub use options::{Atime, MountOptions};
 pub use scm::{
     peer_credentials, recv_exact_with_fds, recv_with_fds, send_with_fds, PeerCredentials,
     MAX_FDS_PER_MESSAGE,

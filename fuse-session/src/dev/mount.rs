@@ -2,6 +2,7 @@
 use super::channel::Channel;
 use super::error::{libc_errno, MountError};
 use super::fusermount;
+use super::mountid::{self, MountIdentity, Ownership};
 use super::mountinfo;
 use super::options::MountOptions;
 use nix::errno::Errno;
@@ -53,6 +54,7 @@ pub struct Mount {
     mountpoint: PathBuf,
     method: MountMethod,
     connection_id: Option<u64>,
+    identity: Option<MountIdentity>,
     keepalive: Keepalive,
     helper: Option<Child>,
 }
@@ -138,6 +140,7 @@ pub fn mount(mountpoint: impl AsRef<Path>, options: &MountOptions) -> Result<Mou
         None => (None, None),
     };
     let connection_id = lookup_connection(&canonical);
+    let identity = identify(&canonical, connection_id);
     Ok(Mount {
         device: helped.device,
         mountpoint: canonical,
@@ -145,6 +148,7 @@ pub fn mount(mountpoint: impl AsRef<Path>, options: &MountOptions) -> Result<Mou
             auto_unmount: options.is_auto_unmount(),
         },
         connection_id,
+        identity,
         keepalive: Keepalive(keepalive),
         helper,
     })
@@ -196,11 +200,13 @@ fn mount_syscall(canonical: &Path, mode: u32, options: &MountOptions) -> Result<
         e => MountError::from_mount_errno("mount(2)", e.into(), canonical.to_owned()),
     })?;
     let connection_id = lookup_connection(canonical);
+    let identity = identify(canonical, connection_id);
     Ok(Mount {
         device,
         mountpoint: canonical.to_owned(),
         method: MountMethod::Syscall,
         connection_id,
+        identity,
         keepalive: Keepalive(None),
         helper: None,
     })
@@ -212,6 +218,21 @@ fn lookup_connection(canonical: &Path) -> Option<u64> {
         Ok(Some(e)) if e.fstype == "fuse" || e.fstype.starts_with("fuse.") => Some(e.kernel_dev()),
         _ => None,
     }
+}
+
+/// The identity of the mount just made (or adopted) at `canonical`, if the mount on
+/// top there is the connection `connection_id` (the caller's connection is alive, so
+/// its device number is not anyone else's yet).
+fn identify(canonical: &Path, connection_id: Option<u64>) -> Option<MountIdentity> {
+    let id = MountIdentity::at(canonical).ok()?;
+    if Some(id.dev) != connection_id {
+        log::warn!(
+            "the mount on top of {} is not the connection just mounted: its identity is unknown",
+            canonical.display()
+        );
+        return None;
+    }
+    Some(id)
 }
 
 impl Mount {
@@ -242,6 +263,47 @@ impl Mount {
         self.connection_id
     }
 
+    /// The mount's identity (device number and the kernel's never-reused unique mount
+    /// id), recorded when it was mounted or adopted; `None` if it could not be told.
+    pub fn identity(&self) -> Option<MountIdentity> {
+        self.identity
+    }
+
+    /// Is the topmost mount at the mountpoint still this one? Decided by the unique
+    /// mount id, not by the device number the kernel hands to the next mount at once
+    /// (see [`mountid`](super::mountid)).
+    pub fn ownership(&self) -> Ownership {
+        let alive = mountid::connection_alive(self.device.as_fd());
+        match self.identity {
+            Some(id) => id.check(&self.mountpoint, alive),
+            None => self.ownership_by_table(alive),
+        }
+    }
+
+    /// Without an identity: the mount table's device numbers, which are ours only
+    /// while the connection lives.
+    fn ownership_by_table(&self, alive: bool) -> Ownership {
+        let (Some(id), true) = (self.connection_id, alive) else {
+            return Ownership::Unknown;
+        };
+        let Ok(table) = mountinfo::read() else {
+            return Ownership::Unknown;
+        };
+        let ours = |e: &mountinfo::MountEntry| e.kernel_dev() == id && e.fstype.starts_with("fuse");
+        if !table.iter().any(ours) {
+            return Ownership::Gone;
+        }
+        let top = table
+            .iter()
+            .rev()
+            .find(|e| e.mount_point == self.mountpoint);
+        if top.is_some_and(ours) {
+            Ownership::Top
+        } else {
+            Ownership::Covered
+        }
+    }
+
     /// A [`Channel`] on a `dup` of the device: same open file description, same
     /// processing queue. Sets `O_NONBLOCK` on that description (see [`Channel`]).
     ///
@@ -257,28 +319,28 @@ impl Mount {
     /// with `fusermount3 -u -z` (then, with `auto_unmount`, the helper's socket is
     /// closed and the helper reaped). Lazy: the mount disappears from the namespace at
     /// once, and the superblock goes (aborting the connection) when its last user does.
-    /// If the connection is no longer mounted anywhere, this succeeds.
+    /// If the connection is no longer mounted anywhere, this succeeds and touches
+    /// nothing: the mount at the mountpoint is only detached if it is this one by
+    /// [`Mount::ownership`] — never a newer mount that was made at the same place after
+    /// this one was unmounted from outside (and reuses its device number). Where that
+    /// cannot be told (no unique mount ids before Linux 6.8, and the connection has
+    /// ended), nothing is unmounted.
     ///
     /// # Errors
     /// `Busy` if another filesystem was mounted on top of this one (it is not this
     /// library's to remove); `PermissionDenied`; `FusermountFailed`; `Io`.
     pub fn unmount(mut self) -> Result<(), MountError> {
-        if let Some(id) = self.connection_id {
-            let table = mountinfo::read().map_err(|e| MountError::Io {
-                what: "read /proc/self/mountinfo",
-                source: e,
-            })?;
-            let ours =
-                |e: &mountinfo::MountEntry| e.kernel_dev() == id && e.fstype.starts_with("fuse");
-            if !table.iter().any(ours) {
+        match self.ownership() {
+            Ownership::Top => {}
+            Ownership::Covered => return Err(MountError::Busy(self.mountpoint.clone())),
+            Ownership::Gone => return Ok(()),
+            Ownership::Unknown => {
+                log::info!(
+                    "not unmounting {}: the connection has ended and the mount there cannot \
+                     be told apart from a newer one",
+                    self.mountpoint.display()
+                );
                 return Ok(());
-            }
-            let top = table
-                .iter()
-                .rev()
-                .find(|e| e.mount_point == self.mountpoint);
-            if !top.is_some_and(ours) {
-                return Err(MountError::Busy(self.mountpoint.clone()));
             }
         }
         match self.method {
@@ -302,6 +364,7 @@ impl Mount {
             mountpoint,
             method,
             connection_id,
+            identity: _,
             mut keepalive,
             helper: _,
         } = self;
@@ -318,7 +381,9 @@ impl Mount {
     ///
     /// Checks that `device` is a `/dev/fuse` descriptor (character device 10:229). It
     /// cannot check that it belongs to the mount at `mountpoint`; a missing
-    /// `connection_id` is looked up in the mount table.
+    /// `connection_id` is looked up in the mount table. The mount's identity
+    /// ([`Mount::identity`]) is re-derived from the mountpoint while the connection is
+    /// alive, so it need not travel in the parts.
     ///
     /// # Errors
     /// [`MountError::NotFuseDevice`]; `Io` if `fstat(2)` fails.
@@ -336,11 +401,19 @@ impl Mount {
         let connection_id = parts
             .connection_id
             .or_else(|| lookup_connection(&parts.mountpoint));
+        // Re-derived here rather than carried over: the inherited connection is
+        // alive, so a mount at the mountpoint with its device number is its mount.
+        let identity = if mountid::connection_alive(parts.device.as_fd()) {
+            identify(&parts.mountpoint, connection_id)
+        } else {
+            None
+        };
         Ok(Mount {
             device: parts.device,
             mountpoint: parts.mountpoint,
             method: parts.method,
             connection_id,
+            identity,
             keepalive: Keepalive(parts.auto_unmount_socket),
             helper: None,
         })

@@ -17,7 +17,38 @@ const RESERVED: &[&str] = &[
     "max_read",
     "auto_unmount",
     "ro",
+    // Mount flags, not kernel options: set with `MountOptions::atime`.
+    "relatime",
+    "noatime",
+    "strictatime",
 ];
+
+/// How a mount updates access times: the per-mount flags `relatime` (the kernel's
+/// default), `noatime` and `strictatime`. FUSE leaves atime to the filesystem, so a
+/// daemon that keeps atime should follow its mount's mode (see
+/// [`MountIdentity::access_times`](super::MountIdentity::access_times)).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Atime {
+    /// Update on access when the atime is not after the mtime or ctime, or is a day
+    /// old (`relatime`, `MS_RELATIME`).
+    #[default]
+    Relatime,
+    /// Never update on access (`noatime`, `MS_NOATIME`).
+    NoAtime,
+    /// Update on every access (`strictatime`, `MS_STRICTATIME`).
+    StrictAtime,
+}
+
+impl Atime {
+    /// The option name (`relatime`, `noatime`, `strictatime`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Atime::Relatime => "relatime",
+            Atime::NoAtime => "noatime",
+            Atime::StrictAtime => "strictatime",
+        }
+    }
+}
 
 /// What to mount and how: a builder of FUSE mount options.
 ///
@@ -58,6 +89,7 @@ pub struct MountOptions {
     read_only: bool,
     max_read: Option<u32>,
     auto_unmount: bool,
+    atime: Option<Atime>,
     extra: Vec<String>,
 }
 
@@ -103,6 +135,18 @@ impl MountOptions {
     pub fn read_only(mut self, on: bool) -> Self {
         self.read_only = on;
         self
+    }
+
+    /// The access-time mode of the mount (a `mount(2)` flag; for `fusermount3`, the
+    /// option of that name). Unset: the kernel's default, `relatime`.
+    pub fn atime(mut self, mode: Atime) -> Self {
+        self.atime = Some(mode);
+        self
+    }
+
+    /// The access-time mode requested, if any.
+    pub fn get_atime(&self) -> Option<Atime> {
+        self.atime
     }
 
     /// Cap READ requests at `bytes` (`max_read=`).
@@ -172,11 +216,17 @@ impl MountOptions {
     }
 
     /// The `mount(2)` flags: always `MS_NOSUID | MS_NODEV` (as `fusermount3` does for
-    /// users), plus `MS_RDONLY` when read-only.
+    /// users), plus `MS_RDONLY` when read-only and the [`Atime`] flag if one was set.
     pub fn mount_flags(&self) -> MsFlags {
         let mut flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
         if self.read_only {
             flags |= MsFlags::MS_RDONLY;
+        }
+        match self.atime {
+            Some(Atime::Relatime) => flags |= MsFlags::MS_RELATIME,
+            Some(Atime::NoAtime) => flags |= MsFlags::MS_NOATIME,
+            Some(Atime::StrictAtime) => flags |= MsFlags::MS_STRICTATIME,
+            None => {}
         }
         flags
     }
@@ -226,6 +276,9 @@ impl MountOptions {
         }
         if self.auto_unmount {
             opts.push("auto_unmount".to_owned());
+        }
+        if let Some(a) = self.atime {
+            opts.push(a.name().to_owned());
         }
         opts.extend(self.common_options());
         Ok(opts.join(","))
@@ -319,6 +372,15 @@ mod tests {
             "fsname=src,ro,auto_unmount,allow_other"
         );
         assert!(o.mount_flags().contains(MsFlags::MS_RDONLY));
+        let n = MountOptions::new().atime(Atime::NoAtime);
+        assert_eq!(n.fusermount_options().unwrap(), "noatime");
+        assert!(n.mount_flags().contains(MsFlags::MS_NOATIME));
+        assert!(!n
+            .kernel_options(3, 0o40000, 0, 0)
+            .unwrap()
+            .contains("atime"));
+        let e = MountOptions::new().option("noatime").fusermount_options();
+        assert!(matches!(e, Err(OptionError::Reserved { .. })));
         assert_eq!(MountOptions::new().fusermount_options().unwrap(), "");
         assert_eq!(MountOptions::new().source().unwrap(), "fuse");
     }

@@ -315,13 +315,22 @@ impl<F: Filesystem> Session<F> {
 
     /// The filesystem's node of `nodeid`.
     fn node(&self, nodeid: u64) -> Result<F::Node> {
-        match lock(&self.nodes).get(nodeid) {
-            Some(e) => Ok(e.node.clone()),
-            None => {
-                log::warn!("request for unknown nodeid {nodeid}: answering ESTALE");
-                Err(Errno::ESTALE)
+        if let Some(e) = lock(&self.nodes).get(nodeid) {
+            return Ok(e.node.clone());
+        }
+        // A nodeid the kernel forgot, named again through a file handle
+        // (EXPORT_SUPPORT): a filesystem with stable ids can resolve it. The reply's
+        // entry then gets this nodeid again (NodeTable numbers it by stable_id).
+        if let Some(node) = self.fs.resolve_stable_id(nodeid) {
+            if F::stable_id(&node).is_some_and(|(id, _)| id == nodeid) {
+                log::debug!(
+                    "nodeid {nodeid} resolved by the filesystem after the kernel forgot it"
+                );
+                return Ok(node);
             }
         }
+        log::warn!("request for unknown nodeid {nodeid}: answering ESTALE");
+        Err(Errno::ESTALE)
     }
 
     /// The filesystem's handle of `fh`.

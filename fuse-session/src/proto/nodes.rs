@@ -77,7 +77,12 @@ pub struct NodeTable<N: Clone + Eq + Hash> {
     next_id: u64,
     next_generation: u64,
     changed: Option<HashSet<u64, BuildHasherDefault<IdHasher>>>,
+    /// The filesystem's stable ids (`Filesystem::stable_id`), if it has them.
+    stable: Option<StableIds<N>>,
 }
+
+/// A filesystem's stable nodeid and generation of a node.
+pub(crate) type StableIds<N> = fn(&N) -> Option<(u64, u64)>;
 
 /// `ids`, sorted.
 fn sorted_ids(ids: impl IntoIterator<Item = u64>) -> Vec<u64> {
@@ -106,6 +111,7 @@ impl<N: Clone + Eq + Hash> NodeTable<N> {
             next_id: ROOT_ID + 1,
             next_generation: 1,
             changed: None,
+            stable: None,
         };
         t.by_id.insert(
             ROOT_ID,
@@ -133,6 +139,7 @@ impl<N: Clone + Eq + Hash> NodeTable<N> {
             next_id,
             next_generation,
             changed: None,
+            stable: None,
         };
         for (id, e) in entries {
             if t.by_node.insert(e.node.clone(), id).is_some() {
@@ -141,6 +148,13 @@ impl<N: Clone + Eq + Hash> NodeTable<N> {
             t.by_id.insert(id, e);
         }
         Ok(t)
+    }
+
+    /// Numbers new nodes by `stable` where it gives an id that is free (see
+    /// `Filesystem::stable_id`); the counters stay above every id handed out.
+    pub(crate) fn with_stable_ids(mut self, stable: StableIds<N>) -> Self {
+        self.stable = Some(stable);
+        self
     }
 
     /// The node of `nodeid`.
@@ -219,10 +233,28 @@ impl<N: Clone + Eq + Hash> NodeTable<N> {
                 return (id, generation);
             }
         }
-        let id = self.next_id;
-        self.next_id = self.next_id.wrapping_add(1).max(ROOT_ID + 1);
-        let generation = self.next_generation;
-        self.next_generation = self.next_generation.wrapping_add(1);
+        let stable = self
+            .stable
+            .and_then(|f| f(node))
+            .filter(|(id, _)| *id > ROOT_ID && *id < u64::MAX && !self.by_id.contains_key(id));
+        let (id, generation) = match stable {
+            Some((id, generation)) => {
+                self.next_id = self.next_id.max(id + 1);
+                self.next_generation = self.next_generation.max(generation.saturating_add(1));
+                (id, generation)
+            }
+            None => {
+                // Stable ids above the counter may already be taken.
+                while self.by_id.contains_key(&self.next_id) {
+                    self.next_id = self.next_id.wrapping_add(1).max(ROOT_ID + 1);
+                }
+                let id = self.next_id;
+                self.next_id = self.next_id.wrapping_add(1).max(ROOT_ID + 1);
+                let generation = self.next_generation;
+                self.next_generation = self.next_generation.wrapping_add(1);
+                (id, generation)
+            }
+        };
         self.by_id.insert(
             id,
             NodeEntry {
@@ -306,6 +338,33 @@ impl<N: Clone + Eq + Hash> NodeTable<N> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn stable_ids_come_back_after_a_forget() {
+        // Nodes >= 100 have stable ids (node, 7); others are numbered by the table.
+        fn stable(n: &u64) -> Option<(u64, u64)> {
+            (*n >= 100).then_some((*n, 7))
+        }
+        let mut t = NodeTable::new(0u64).with_stable_ids(stable);
+        assert_eq!(t.lookup(&500), (500, 7));
+        assert_eq!(t.forget(500, 1), Forgotten::Gone(500));
+        assert_eq!(t.lookup(&500), (500, 7), "same nodeid and generation again");
+        // The counters stay above every id handed out (a snapshot's invariant).
+        let (next_id, next_gen) = t.counters();
+        assert!(next_id > 500 && next_gen > 7);
+        // A node without a stable id never takes a stable one's nodeid.
+        let (c, _) = t.lookup(&3);
+        assert!(c > 500);
+        // A stable id already taken: numbered by the table instead.
+        let mut t = NodeTable::new(0u64).with_stable_ids(|n| Some((*n % 10 + 2, 0)));
+        let (a, _) = t.lookup(&13);
+        let (b, _) = t.lookup(&23);
+        assert_eq!(a, 5);
+        assert_ne!(b, a);
+        // Nodeid 1 is the root's, whatever the filesystem says.
+        let mut t = NodeTable::new(0u64).with_stable_ids(|_| Some((ROOT_ID, 0)));
+        assert_ne!(t.lookup(&9).0, ROOT_ID);
+    }
 
     #[test]
     fn dedup_count_and_forget() {

@@ -104,7 +104,7 @@ impl<F: Filesystem> Session<F> {
         let root = fs.root();
         Session {
             fs,
-            nodes: Mutex::new(NodeTable::new(root)),
+            nodes: Mutex::new(NodeTable::new(root).with_stable_ids(F::stable_id)),
             handles: Mutex::new(HandleTable::default()),
             init: OnceLock::new(),
             wishes: Mutex::new(None),

@@ -411,7 +411,7 @@ impl<F: Filesystem> Session<F> {
         let once = OnceLock::new();
         let _ = once.set(init);
         let mut s = Session::new(fs);
-        s.nodes = Mutex::new(nodes);
+        s.nodes = Mutex::new(nodes.with_stable_ids(F::stable_id));
         s.handles = Mutex::new(handles);
         s.init = once;
         s.polls = Mutex::new(polls.into_iter().collect::<BTreeSet<u64>>());
