@@ -20,6 +20,8 @@
 //!   reads a [`Waker`] can interrupt at a request boundary, without signals.
 //! - [`RequestBuffer`]: page-aligned read buffers sized from the negotiated protocol.
 //! - [`uring`]: fuse-over-io_uring queues (one ring per CPU, registered entries).
+//! - [`fdstore`]: systemd's file descriptor store protocol (`NOTIFY_SOCKET`,
+//!   `FDSTORE=1`, `LISTEN_FDS`), to keep a connection open while no daemon runs.
 //! - [`fusectl`]: the fuse control filesystem (connection ids, abort, waiting
 //!   requests) and a [`fusectl::Watchdog`] that tears down a hung mount.
 //!
@@ -32,6 +34,8 @@ mod buffer;
 #[allow(unsafe_code)]
 mod channel;
 mod error;
+#[allow(unsafe_code)]
+pub mod fdstore;
 pub mod fusectl;
 mod fusermount;
 mod mount;
