@@ -1,6 +1,8 @@
 //! `fuse-live-keeper` end to end, with a protocol-only daemon
 //! (examples/fdstore_child.rs): descriptors survive SIGKILL, restarts, the restart
-//! limit, stop signals and exit statuses, refused and malformed messages.
+//! limit, stop signals and exit statuses, refused and malformed messages; and with
+//! a real FUSE mount (examples/keeper_hello.rs) that is recovered on the same
+//! connection after SIGKILL.
 mod common;
 
 use std::fs::File;
@@ -13,6 +15,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use fuse_live::session::dev::fdstore::NotifySocket;
+use fuse_live::session::dev::fusectl::{self, Watchdog};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
@@ -44,7 +47,17 @@ struct Kept {
 
 impl Kept {
     fn start(keeper_args: &[&str], program: &std::path::Path, args: &[&str]) -> Kept {
-        let dir = common::temp_dir("keeper");
+        Kept::start_in(common::temp_dir("keeper"), keeper_args, program, args)
+    }
+
+    /// As [`Kept::start`], in `dir` (removed on drop; a FUSE mount at `dir/mnt` is
+    /// torn down first).
+    fn start_in(
+        dir: PathBuf,
+        keeper_args: &[&str],
+        program: &std::path::Path,
+        args: &[&str],
+    ) -> Kept {
         let log = dir.join("keeper.log");
         let mut cmd = Command::new(KEEPER);
         cmd.args(keeper_args)
@@ -174,7 +187,13 @@ impl Drop for Kept {
                 let _ = kill(Pid::from_raw(p), Signal::SIGKILL);
             }
         }
-        let _ = std::fs::remove_dir_all(&self.dir);
+        let mnt = self.dir.join("mnt");
+        if common::is_fuse_mounted(&mnt) {
+            let _ = fusectl::tear_down(&mnt, None);
+        }
+        if !common::is_fuse_mounted(&mnt) {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
     }
 }
 
@@ -372,4 +391,123 @@ fn usage_errors_and_missing_programs() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// The mount id (first field of `/proc/self/mountinfo`) of the mount at `path`.
+fn mount_id(path: &std::path::Path) -> Option<u64> {
+    let table = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    let want = path.to_str()?;
+    table.lines().find_map(|l| {
+        let f: Vec<&str> = l.split(' ').collect();
+        (f.get(4) == Some(&want))
+            .then(|| f[0].parse().ok())
+            .flatten()
+    })
+}
+
+/// Waits until process `pid` has died (a zombie or reaped).
+fn wait_dead(pid: i32) {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+            Err(_) => return,
+            // The state follows the command name in parentheses.
+            Ok(s)
+                if s.rsplit_once(") ")
+                    .is_some_and(|(_, rest)| rest.starts_with('Z')) =>
+            {
+                return
+            }
+            Ok(_) => {}
+        }
+        assert!(Instant::now() < deadline, "pid {pid} does not die");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// The children of process `pid` (`/proc/PID/task/PID/children`).
+fn children(pid: u32) -> Vec<i32> {
+    std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+        .unwrap_or_default()
+        .split_whitespace()
+        .filter_map(|p| p.parse().ok())
+        .collect()
+}
+
+#[test]
+fn a_sigkilled_daemon_recovers_its_mount_on_the_same_connection() {
+    if !common::can_mount("a_sigkilled_daemon_recovers_its_mount_on_the_same_connection") {
+        return;
+    }
+    let dir = common::temp_dir("keeper-mount");
+    let mnt = dir.join("mnt");
+    std::fs::create_dir(&mnt).expect("mountpoint");
+    let ckpt = dir.join("checkpoint");
+    let watchdog = Watchdog::arm(&mnt, None, common::WATCHDOG).expect("watchdog");
+    let hello = common::example_binary("keeper_hello");
+    let mut k = Kept::start_in(
+        dir.clone(),
+        &[],
+        &hello,
+        &[mnt.to_str().expect("utf-8"), ckpt.to_str().expect("utf-8")],
+    );
+    let ready = format!("ready {}", mnt.display());
+    assert_eq!(k.line(), ready);
+    assert!(common::is_fuse_mounted(&mnt));
+    let conn = fusectl::connection_id(&mnt).expect("fusectl connection");
+    let id = mount_id(&mnt).expect("mount id");
+    assert!(std::fs::metadata(&mnt).expect("stat the root").is_dir());
+    let keeper_pid = k.keeper.as_ref().expect("keeper").id();
+    let first = children(keeper_pid);
+    assert_eq!(first.len(), 1, "one daemon: {first:?}");
+    k.pids.push(first[0]);
+
+    kill_pid(first[0], Signal::SIGKILL);
+    // Read once the old daemon is dead, so that it cannot have read (and died
+    // answering) a request of this read: with a checkpoint only, what the dead
+    // daemon did after the checkpoint is lost (the journal is for that). Whether the
+    // read reaches the kernel before or after the new daemon serves, it must
+    // succeed: the connection never ends, the kernel queues the requests.
+    wait_dead(first[0]);
+    let reader = {
+        let p = mnt.join("hello");
+        std::thread::spawn(move || std::fs::read(p))
+    };
+    assert_eq!(k.line(), ready, "the daemon announced its recovery");
+    let text = reader
+        .join()
+        .expect("reader")
+        .expect("read hello across the crash");
+    assert_eq!(text, b"Hello from a daemon that survives SIGKILL!\n");
+    let second = children(keeper_pid);
+    assert_eq!(second.len(), 1, "{second:?}");
+    assert_ne!(second[0], first[0], "a new daemon process");
+    k.pids.push(second[0]);
+    assert_eq!(
+        fusectl::connection_id(&mnt).expect("fusectl"),
+        conn,
+        "same connection"
+    );
+    assert_eq!(mount_id(&mnt), Some(id), "same mount");
+    let listing: Vec<String> = std::fs::read_dir(&mnt)
+        .expect("readdir")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(listing, ["hello"]);
+    let log = k.log_text();
+    assert!(
+        log.contains("with 1 stored descriptors (fuse-device)"),
+        "{log}"
+    );
+    assert!(
+        log.contains(&format!("recovered the mount on connection Some({conn})")),
+        "{log}"
+    );
+
+    k.signal_keeper(Signal::SIGTERM);
+    let st = k.wait();
+    assert_eq!(st.code(), Some(0), "log:\n{}", k.log_text());
+    assert!(!common::is_fuse_mounted(&mnt), "unmounted on SIGTERM");
+    assert!(!watchdog.disarm(), "the watchdog fired");
+    k.assert_no_leftovers();
 }
