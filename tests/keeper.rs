@@ -511,3 +511,35 @@ fn a_sigkilled_daemon_recovers_its_mount_on_the_same_connection() {
     assert!(!watchdog.disarm(), "the watchdog fired");
     k.assert_no_leftovers();
 }
+
+#[test]
+fn systemd_notify_talks_to_the_keeper() {
+    // systemd's own client, where installed: READY=1 from the direct child (the
+    // shell execs it, so it keeps the child's pid), then its BARRIER=1 descriptor,
+    // which the keeper answers by closing it (or systemd-notify would wait).
+    let found = std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
+        .any(|d| d.join("systemd-notify").is_file());
+    if !found {
+        eprintln!("skipping systemd_notify_talks_to_the_keeper: no systemd-notify in PATH");
+        return;
+    }
+    let out = Command::new(KEEPER)
+        .args([
+            "--",
+            "sh",
+            "-c",
+            "exec systemd-notify --pid=$$ --ready --status=hi",
+        ])
+        .output()
+        .expect("run");
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{log}");
+    assert!(
+        log.contains("is ready (0 stored descriptors: none)"),
+        "{log}"
+    );
+    assert!(
+        !log.contains("refused") && !log.contains("ignored"),
+        "{log}"
+    );
+}

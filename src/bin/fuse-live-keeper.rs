@@ -23,6 +23,7 @@
 //! - SIGTERM and SIGINT are forwarded to the child; the keeper then exits with the
 //!   child's status (0 after a clean unmount). A child that exits 0 on its own ends
 //!   the keeper with 0 too.
+//! - `BARRIER=1` (`sd_notify_barrier(3)`) is answered by closing its descriptor.
 //! - Standard input, output and error are the keeper's own, passed through.
 //!
 //! Exit status: the child's (0 on a clean stop), 128+N if it was killed by signal N
@@ -161,7 +162,11 @@ impl Store {
         before - self.entries.len()
     }
 
+    /// The names, `:`-separated as in `LISTEN_FDNAMES` (`none` for none).
     fn names(&self) -> String {
+        if self.entries.is_empty() {
+            return "none".to_owned();
+        }
         let names: Vec<&str> = self.entries.iter().map(|e| e.name.as_str()).collect();
         names.join(":")
     }
@@ -271,6 +276,9 @@ impl Keeper {
                     say!("{e}");
                 }
             }
+        } else if m.barrier {
+            // sd_notify_barrier: closing its descriptor (dropping it here) is the
+            // answer; every earlier message has been processed.
         } else if !r.fds.is_empty() {
             say!("closed {} descriptors sent without FDSTORE=1", r.fds.len());
         }

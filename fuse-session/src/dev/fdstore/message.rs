@@ -65,6 +65,10 @@ pub struct NotifyMessage {
     /// `FDPOLL=0` clears this: by default a stored descriptor on which `POLLHUP` or
     /// `POLLERR` is seen is closed and removed.
     pub fd_poll: bool,
+    /// `BARRIER=1` (`sd_notify_barrier(3)`): the sender waits until the receiver
+    /// closes the one descriptor that came with it, which says every earlier
+    /// message was processed.
+    pub barrier: bool,
     /// `MAINPID=`: the service says its main process is another one.
     pub main_pid: Option<u32>,
     /// `STATUS=`: free text for humans.
@@ -161,6 +165,7 @@ pub fn parse_message(bytes: &[u8]) -> Result<NotifyMessage, MessageError> {
             "FDSTORE" => m.fdstore = flag("FDSTORE")?,
             "FDSTOREREMOVE" => m.fdstore_remove = flag("FDSTOREREMOVE")?,
             "FDPOLL" => m.fd_poll = flag("FDPOLL")?,
+            "BARRIER" => m.barrier = flag("BARRIER")?,
             "FDNAME" => {
                 check_fd_name(value).map_err(|e| MessageError::BadName(e.to_string()))?;
                 m.fd_name = Some(value.to_owned());
@@ -231,6 +236,7 @@ mod tests {
         assert!(m.ready && m.fd_poll);
         assert_eq!(m.status.as_deref(), Some("serving /mnt"));
         assert_eq!(m.other, vec!["X_CUSTOM".to_owned()]);
+        assert!(parse_message(b"BARRIER=1").unwrap().barrier);
         let m = parse_message(b"FDSTOREREMOVE=1\nFDNAME=j\nMAINPID=42\nSTOPPING=1").unwrap();
         assert!(m.fdstore_remove && m.stopping);
         assert_eq!(m.main_pid, Some(42));
