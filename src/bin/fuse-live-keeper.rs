@@ -116,7 +116,8 @@ fn parse_args(args: Vec<OsString>) -> Result<Options, String> {
 struct Stored {
     name: String,
     fd: OwnedFd,
-    /// Drop it when `POLLHUP`/`POLLERR` is seen (unless the child said `FDPOLL=0`).
+    /// Drop it when it reports `POLLHUP`/`POLLERR` (unless the child said
+    /// `FDPOLL=0`).
     poll: bool,
 }
 
@@ -162,6 +163,41 @@ impl Store {
         before - self.entries.len()
     }
 
+    /// Closes and forgets the descriptors (stored without `FDPOLL=0`) that report
+    /// `POLLHUP` or `POLLERR` now, as systemd does; returns their names.
+    ///
+    /// Checked before each start rather than watched all the time: a `/dev/fuse`
+    /// descriptor in a poll set wakes its poller at every request the kernel
+    /// queues, which would cost the keeper a wake-up per FUSE request.
+    fn drop_hung(&mut self) -> Vec<String> {
+        let hung: Vec<bool> = {
+            let mut fds: Vec<PollFd<'_>> = self
+                .entries
+                .iter()
+                .map(|e| PollFd::new(e.fd.as_fd(), PollFlags::empty()))
+                .collect();
+            if poll(&mut fds, PollTimeout::ZERO).is_err() {
+                return Vec::new();
+            }
+            self.entries
+                .iter()
+                .zip(&fds)
+                .map(|(e, f)| e.poll && f.revents().is_some_and(|r| !r.is_empty()))
+                .collect()
+        };
+        let mut names = Vec::new();
+        let mut i = 0;
+        self.entries.retain(|e| {
+            let drop = hung[i];
+            i += 1;
+            if drop {
+                names.push(e.name.clone());
+            }
+            !drop
+        });
+        names
+    }
+
     /// The names, `:`-separated as in `LISTEN_FDNAMES` (`none` for none).
     fn names(&self) -> String {
         if self.entries.is_empty() {
@@ -193,6 +229,9 @@ struct Keeper {
 
 impl Keeper {
     fn spawn(&mut self) -> std::io::Result<Pid> {
+        for name in self.store.drop_hung() {
+            say!("stored descriptor {name:?} hung up (POLLHUP/POLLERR): closed, not passed on");
+        }
         let fds: Vec<(&str, BorrowedFd<'_>)> = self
             .store
             .entries
@@ -425,21 +464,11 @@ impl Keeper {
                     PollTimeout::from(ms)
                 }
             };
-            let (sig_ready, msg_ready, hung) = {
-                let mut fds = vec![
+            let (sig_ready, msg_ready) = {
+                let mut fds = [
                     PollFd::new(sfd.as_fd(), PollFlags::POLLIN),
                     PollFd::new(self.listener.as_fd(), PollFlags::POLLIN),
                 ];
-                // No events asked: only POLLHUP/POLLERR/POLLNVAL are reported.
-                let watched: Vec<usize> = (0..self.store.entries.len())
-                    .filter(|&i| self.store.entries[i].poll)
-                    .collect();
-                for &i in &watched {
-                    fds.push(PollFd::new(
-                        self.store.entries[i].fd.as_fd(),
-                        PollFlags::empty(),
-                    ));
-                }
                 match poll(&mut fds, timeout) {
                     Ok(_) | Err(nix::errno::Errno::EINTR) => {}
                     Err(e) => {
@@ -448,21 +477,8 @@ impl Keeper {
                     }
                 }
                 let ready = |f: &PollFd<'_>| f.revents().is_some_and(|r| !r.is_empty());
-                let hung: Vec<usize> = watched
-                    .iter()
-                    .zip(&fds[2..])
-                    .filter(|(_, f)| ready(f))
-                    .map(|(&i, _)| i)
-                    .collect();
-                (ready(&fds[0]), ready(&fds[1]), hung)
+                (ready(&fds[0]), ready(&fds[1]))
             };
-            for &i in hung.iter().rev() {
-                let e = self.store.entries.remove(i);
-                say!(
-                    "stored descriptor {:?} hung up (POLLHUP/POLLERR): closed and removed",
-                    e.name
-                );
-            }
             if msg_ready {
                 self.drain();
             }
@@ -616,5 +632,22 @@ mod tests {
         assert_eq!(s.remove("zz"), 0);
         s.add("c", vec![fd(), fd()], false).unwrap();
         assert_eq!(s.names(), "a:c:c");
+    }
+
+    #[test]
+    fn descriptors_that_hung_up_are_dropped_unless_fdpoll_0() {
+        let mut s = Store {
+            entries: Vec::new(),
+            max: 8,
+        };
+        let (r1, w1) = nix::unistd::pipe().unwrap();
+        let (r2, w2) = nix::unistd::pipe().unwrap();
+        let (r3, _w3) = nix::unistd::pipe().unwrap();
+        s.add("hup", vec![r1], true).unwrap();
+        s.add("hup-kept", vec![r2], false).unwrap();
+        s.add("open", vec![r3], true).unwrap();
+        drop((w1, w2));
+        assert_eq!(s.drop_hung(), ["hup"]);
+        assert_eq!(s.names(), "hup-kept:open");
     }
 }
