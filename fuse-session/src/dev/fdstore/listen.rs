@@ -4,7 +4,8 @@
 //!
 //! The environment is untrusted input: a bad number or a name list of the wrong
 //! length is a clear error, a descriptor that is not open is refused, and nothing
-//! panics. Variables meant for another process (`LISTEN_PID` not ours) are ignored.
+//! panics. Variables meant for another process (`LISTEN_PID` not ours, or, where
+//! systemd 256+ sets it, `LISTEN_PIDFDID` not the inode of our pidfd) are ignored.
 use std::ffi::{OsStr, OsString};
 use std::os::fd::{FromRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -104,6 +105,26 @@ pub fn parse_listen_env(
     Ok(Some(names))
 }
 
+/// The inode number of a pidfd of this process (unique per process on kernels with
+/// pidfs, 6.9 and later, which is where systemd sets `LISTEN_PIDFDID`), or `None`
+/// if `pidfd_open(2)` is not available.
+fn own_pidfd_id() -> Option<u64> {
+    // SAFETY: pidfd_open(2) with this process's pid and no flags; it returns a new
+    // descriptor or -1, and touches no memory of ours.
+    let fd = unsafe {
+        nix::libc::syscall(
+            nix::libc::SYS_pidfd_open,
+            nix::libc::getpid(),
+            0 as nix::libc::c_uint,
+        )
+    };
+    let fd = RawFd::try_from(fd).ok().filter(|&fd| fd >= 0)?;
+    // SAFETY: the kernel has just returned `fd`, a new descriptor nothing else
+    // in this process knows: this `OwnedFd` is its only owner.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    nix::sys::stat::fstat(&fd).ok().map(|st| st.st_ino)
+}
+
 /// The descriptors passed to this process at start, by name.
 ///
 /// Get them once with [`ListenFds::from_env`], early in `main` (it changes the
@@ -156,6 +177,19 @@ impl ListenFds {
         else {
             return Ok(ListenFds::empty());
         };
+        if let Some(id) = vals[3].as_deref() {
+            // systemd 256+: the inode number of the intended process's pidfd, which
+            // (unlike a pid) is never reused.
+            let text = id.to_string_lossy();
+            let want: u64 = text.parse().map_err(|_| FdStoreError::Env {
+                var: "LISTEN_PIDFDID",
+                value: text.chars().take(120).collect(),
+                reason: "not a pidfd inode number",
+            })?;
+            if own_pidfd_id().is_some_and(|mine| mine != want) {
+                return Ok(ListenFds::empty());
+            }
+        }
         if CLAIMED.swap(true, Ordering::AcqRel) {
             return Ok(ListenFds::empty());
         }
@@ -292,6 +326,12 @@ mod tests {
         }
         let e = p(Some("x"), Some("100"), None).unwrap_err().to_string();
         assert!(e.contains("LISTEN_FDS") && e.contains("\"x\""), "{e}");
+    }
+
+    #[test]
+    fn own_pidfd_id_is_stable() {
+        let a = own_pidfd_id();
+        assert_eq!(a, own_pidfd_id(), "the same process, the same id");
     }
 
     #[test]
