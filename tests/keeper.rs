@@ -543,3 +543,52 @@ fn systemd_notify_talks_to_the_keeper() {
         "{log}"
     );
 }
+
+#[test]
+fn bad_listen_variables_are_clear_errors() {
+    let child = child_bin();
+    let run = |vars: &str| {
+        // `exec` keeps the shell's pid, so LISTEN_PID=$$ names the daemon.
+        let script = format!("{vars} exec \"$0\" x");
+        let out = Command::new("sh")
+            .args(["-c", &script])
+            .arg(&child)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run");
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, err) = run("LISTEN_PID=$$ LISTEN_FDS=x");
+    assert_eq!(code, Some(10), "{err}");
+    assert!(
+        err.contains("LISTEN_FDS=\"x\": not a count of descriptors"),
+        "{err}"
+    );
+    let (code, err) = run("LISTEN_PID=$$ LISTEN_FDS=1 LISTEN_FDNAMES=a:b");
+    assert_eq!(code, Some(10), "{err}");
+    assert!(err.contains("LISTEN_FDNAMES"), "{err}");
+    // Descriptors 3 and 4 announced but not passed.
+    let (code, err) = run("LISTEN_PID=$$ LISTEN_FDS=2 LISTEN_FDNAMES=a:b");
+    assert_eq!(code, Some(10), "{err}");
+    assert!(err.contains("descriptor 3 is not open"), "{err}");
+    // Meant for another process: ignored, the daemon starts afresh (and, with
+    // --crash-on-start, ends at once).
+    let out = Command::new("sh")
+        .args([
+            "-c",
+            "LISTEN_PID=1 LISTEN_FDS=5 exec \"$0\" x --crash-on-start",
+        ])
+        .arg(&child)
+        .output()
+        .expect("run");
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("inherited \nstate 0\n"));
+}
