@@ -284,6 +284,28 @@ fn stop_signals_are_forwarded_and_the_exit_status_passes_through() {
 }
 
 #[test]
+fn a_stop_signal_during_a_crash_recovers_the_daemon_then_stops_it() {
+    // SIGKILL to the daemon and SIGTERM to the keeper at once: whichever the keeper
+    // sees first, the daemon is started again and stopped once ready, so that it
+    // can unmount cleanly.
+    let mut k = Kept::start(&[], &child_bin(), &["x"]);
+    let s0 = k.next_start(true);
+    kill_pid(s0.pid, Signal::SIGKILL);
+    k.signal_keeper(Signal::SIGTERM);
+    let s1 = k.next_start(true);
+    assert_eq!((s1.state, s1.inherited.as_str()), (1, "state"));
+    assert_eq!(k.wait().code(), Some(0), "log:\n{}", k.log_text());
+    let log = k.log_text();
+    assert!(
+        log.contains("restarting it now so that it can unmount")
+            || log.contains("while stopping: restarting it so that it can unmount"),
+        "{log}"
+    );
+    assert!(log.contains("forwarding the pending SIGTERM"), "{log}");
+    k.assert_no_leftovers();
+}
+
+#[test]
 fn the_restart_limit_ends_with_a_clear_message() {
     let mut k = Kept::start(
         &["--restart-limit", "2", "--restart-window", "3600"],
@@ -591,4 +613,42 @@ fn bad_listen_variables_are_clear_errors() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(String::from_utf8_lossy(&out.stdout).contains("inherited \nstate 0\n"));
+}
+
+#[test]
+fn a_stop_signal_during_a_crash_still_unmounts_cleanly() {
+    if !common::can_mount("a_stop_signal_during_a_crash_still_unmounts_cleanly") {
+        return;
+    }
+    let dir = common::temp_dir("keeper-mount-stop");
+    let mnt = dir.join("mnt");
+    std::fs::create_dir(&mnt).expect("mountpoint");
+    let ckpt = dir.join("checkpoint");
+    let watchdog = Watchdog::arm(&mnt, None, common::WATCHDOG).expect("watchdog");
+    let hello = common::example_binary("keeper_hello");
+    let mut k = Kept::start_in(
+        dir.clone(),
+        &[],
+        &hello,
+        &[mnt.to_str().expect("utf-8"), ckpt.to_str().expect("utf-8")],
+    );
+    let ready = format!("ready {}", mnt.display());
+    assert_eq!(k.line(), ready);
+    let keeper_pid = k.keeper.as_ref().expect("keeper").id();
+    let first = children(keeper_pid);
+    assert_eq!(first.len(), 1, "{first:?}");
+    k.pids.push(first[0]);
+    kill_pid(first[0], Signal::SIGKILL);
+    k.signal_keeper(Signal::SIGTERM);
+    assert_eq!(k.line(), ready, "recovered before stopping");
+    k.pids.extend(children(keeper_pid));
+    let st = k.wait();
+    assert_eq!(st.code(), Some(0), "log:\n{}", k.log_text());
+    assert!(
+        !common::is_fuse_mounted(&mnt),
+        "the recovered daemon unmounted; log:\n{}",
+        k.log_text()
+    );
+    assert!(!watchdog.disarm(), "the watchdog fired");
+    k.assert_no_leftovers();
 }

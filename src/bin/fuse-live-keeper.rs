@@ -22,12 +22,16 @@
 //!   kept, which ends the FUSE connection (docs/RECOVERY.md: end states).
 //! - SIGTERM and SIGINT are forwarded to the child; the keeper then exits with the
 //!   child's status (0 after a clean unmount). A child that exits 0 on its own ends
-//!   the keeper with 0 too.
+//!   the keeper with 0 too. A stop signal that finds the child down (between a crash
+//!   and its restart), or a crash while stopping, restarts it at once and forwards
+//!   the signal when it says `READY=1`, so that it unmounts cleanly; a second signal
+//!   while it is down ends the keeper.
 //! - `BARRIER=1` (`sd_notify_barrier(3)`) is answered by closing its descriptor.
 //! - Standard input, output and error are the keeper's own, passed through.
 //!
 //! Exit status: the child's (0 on a clean stop), 128+N if it was killed by signal N
-//! while stopping, 1 when giving up or stopped while no child ran, 2 for bad usage.
+//! while stopping, 1 when giving up or stopped twice while no child ran, 2 for bad
+//! usage.
 #![forbid(unsafe_code)]
 
 use std::collections::VecDeque;
@@ -221,8 +225,12 @@ struct Keeper {
     store: Store,
     env: Vec<(OsString, OsString)>,
     child: Child,
-    /// SIGTERM/SIGINT was forwarded: the next exit ends the keeper.
-    stopping: bool,
+    /// SIGTERM/SIGINT was forwarded (this one): the next exit ends the keeper,
+    /// unless the daemon crashed meanwhile (killed by another signal).
+    stopping: Option<Signal>,
+    /// A stop signal to forward once the daemon says `READY=1`: it came while the
+    /// daemon was down, which is restarted so that it can unmount cleanly.
+    pending_stop: Option<Signal>,
     /// When each restart within the window happened.
     restarts: VecDeque<Instant>,
 }
@@ -327,6 +335,11 @@ impl Keeper {
                 self.store.entries.len(),
                 self.store.names()
             );
+            if let Some(sig) = self.pending_stop.take() {
+                say!("forwarding the pending {sig} to the daemon, pid {child}");
+                self.stopping = Some(sig);
+                let _ = kill(child, sig);
+            }
         }
         if m.stopping {
             say!("daemon pid {child} is stopping");
@@ -353,12 +366,19 @@ impl Keeper {
             WaitStatus::Signaled(_, s, _) => (format!("was killed by {s}"), 128 + s as i32),
             _ => return None,
         };
-        if self.stopping {
+        // Killed by a signal other than the stop signal: a crash, even while
+        // stopping. Recover it, then stop it, so that it unmounts cleanly.
+        let crashed = matches!(status, WaitStatus::Signaled(_, s, _) if Some(s) != self.stopping);
+        if self.stopping.is_some() && !crashed {
             say!("daemon {how} after the stop signal; exiting");
             return Some(code.clamp(0, 255) as u8);
         }
         if code == 0 {
             return Some(0);
+        }
+        if let Some(sig) = self.stopping.take() {
+            self.pending_stop = Some(sig);
+            say!("daemon {how} while stopping: restarting it so that it can unmount");
         }
         self.failed(&format!("daemon {how}"))
     }
@@ -429,14 +449,26 @@ impl Keeper {
     fn signal(&mut self, sig: Signal) -> Option<u8> {
         match self.child {
             Child::Running(pid) => {
+                // Also a second signal while a pending one waits for READY=1: the
+                // daemon gets it at once.
                 say!("forwarding {sig} to the daemon, pid {pid}");
-                self.stopping = true;
+                self.pending_stop = None;
+                self.stopping = Some(sig);
                 let _ = kill(pid, sig);
+                None
+            }
+            Child::Waiting(_) if self.pending_stop.is_none() => {
+                say!(
+                    "{sig} while the daemon is down: restarting it now so that it can unmount; \
+                     it gets {sig} once it is ready (another signal ends the keeper at once)"
+                );
+                self.pending_stop = Some(sig);
+                self.child = Child::Waiting(Instant::now());
                 None
             }
             Child::Waiting(_) => {
                 say!(
-                    "{sig} while no daemon runs: exiting without restarting it. Closing the {} \
+                    "{sig} again while the daemon is down: exiting without it. Closing the {} \
                      stored descriptors: the FUSE connection ends and the mount stays until it \
                      is unmounted.",
                     self.store.entries.len()
@@ -572,7 +604,8 @@ fn main() -> ExitCode {
         listener,
         env,
         child: Child::Waiting(Instant::now()),
-        stopping: false,
+        stopping: None,
+        pending_stop: None,
         restarts: VecDeque::new(),
     };
     ExitCode::from(keeper.run(&sfd))
