@@ -652,3 +652,19 @@ fn a_stop_signal_during_a_crash_still_unmounts_cleanly() {
     assert!(!watchdog.disarm(), "the watchdog fired");
     k.assert_no_leftovers();
 }
+
+#[test]
+fn a_broken_stderr_does_not_bring_the_keeper_down() {
+    // stderr on /dev/full: every log line fails to write; the keeper must go on
+    // (its exit would end the connection), here through a restart and the limit.
+    let out = Command::new(KEEPER)
+        .args(["--restart-limit", "1", "--", "false"])
+        .stderr(File::create("/dev/full").expect("/dev/full"))
+        .output()
+        .expect("run");
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "gave up normally, no panic (101)"
+    );
+}

@@ -36,6 +36,7 @@
 
 use std::collections::VecDeque;
 use std::ffi::OsString;
+use std::io::Write;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -54,8 +55,14 @@ const USAGE: &str = "usage: fuse-live-keeper [--restart-limit N] [--restart-wind
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
+/// A line on stderr. Never `eprintln!`, which panics when stderr is gone (a log
+/// collector that died): the keeper must outlive that, since its exit would end the
+/// FUSE connection.
 macro_rules! say {
-    ($($t:tt)*) => { eprintln!("fuse-live-keeper: {}", format_args!($($t)*)) };
+    ($($t:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), "fuse-live-keeper: {}", format_args!($($t)*));
+    }};
 }
 
 #[derive(Debug, PartialEq)]
@@ -551,7 +558,7 @@ fn main() -> ExitCode {
             if !e.is_empty() {
                 say!("{e}");
             }
-            eprintln!("{USAGE}");
+            let _ = writeln!(std::io::stderr(), "{USAGE}");
             return ExitCode::from(2);
         }
     };
