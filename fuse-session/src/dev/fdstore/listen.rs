@@ -328,6 +328,26 @@ mod tests {
         assert!(e.contains("LISTEN_FDS") && e.contains("\"x\""), "{e}");
     }
 
+    proptest::proptest! {
+        #[test]
+        fn listen_env_never_panics(
+            fds in "[0-9a-z:-]{0,12}",
+            pid in "[0-9a-z-]{0,12}",
+            names in proptest::option::of("[ -~\n]{0,40}"),
+        ) {
+            let r = parse_listen_env(
+                Some(OsStr::new(&fds)),
+                Some(OsStr::new(&pid)),
+                names.as_deref().map(OsStr::new),
+                100,
+            );
+            if let Ok(Some(list)) = r {
+                proptest::prop_assert_eq!(Ok(list.len()), fds.parse::<usize>());
+                proptest::prop_assert!(list.iter().all(|n| check_fd_name(n).is_ok()));
+            }
+        }
+    }
+
     #[test]
     fn own_pidfd_id_is_stable() {
         let a = own_pidfd_id();
