@@ -31,6 +31,9 @@ use super::message::MAX_MESSAGE;
 use super::FdStoreError;
 use crate::dev::scm::{send_with_fds, MAX_FDS_PER_MESSAGE};
 
+/// How long a send may wait for room in the receiver's queue.
+const SEND_TIMEOUT_SECS: i64 = 10;
+
 /// Where to send notify messages: the socket `NOTIFY_SOCKET` names.
 #[derive(Clone, Debug)]
 pub struct NotifySocket {
@@ -89,7 +92,8 @@ impl NotifySocket {
     /// # Errors
     /// `InvalidInput` for an empty or over-long (more than [`MAX_MESSAGE`] bytes)
     /// message or too many descriptors; otherwise the error of `socket(2)`,
-    /// `connect(2)` or `sendmsg(2)` (`ECONNREFUSED` or `ENOENT` when nobody listens).
+    /// `connect(2)` or `sendmsg(2)` (`ECONNREFUSED` or `ENOENT` when nobody listens,
+    /// `EAGAIN` when the receiver's queue stayed full for 10 s).
     pub fn send(&self, state: &str, fds: &[BorrowedFd<'_>]) -> io::Result<()> {
         if state.is_empty() || state.len() > MAX_MESSAGE {
             return Err(io::Error::new(
@@ -105,6 +109,13 @@ impl NotifySocket {
             SockType::Datagram,
             SockFlag::SOCK_CLOEXEC,
             None,
+        )?;
+        // A datagram send blocks while the receiver's queue is full: a manager
+        // that stopped reading must not hang the daemon.
+        setsockopt(
+            &sock,
+            sockopt::SendTimeout,
+            &nix::sys::time::TimeVal::new(SEND_TIMEOUT_SECS, 0),
         )?;
         connect(sock.as_raw_fd(), &self.addr)?;
         send_with_fds(&sock, state.as_bytes(), fds)
