@@ -23,6 +23,8 @@
 //! - [`mountid`]: which mount is at a path, by the kernel's never-reused unique
 //!   mount id (`statx`/`statmount`, in `mountid.rs`, which holds their `unsafe`), so
 //!   that no code here mistakes a newer mount that reuses a device number for its own.
+//! - [`fdstore`]: systemd's file descriptor store protocol (`NOTIFY_SOCKET`,
+//!   `FDSTORE=1`, `LISTEN_FDS`), to keep a connection open while no daemon runs.
 //! - [`fusectl`]: the fuse control filesystem (connection ids, abort, waiting
 //!   requests) and a [`fusectl::Watchdog`] that tears down a hung mount.
 //!
@@ -35,6 +37,8 @@ mod buffer;
 #[allow(unsafe_code)]
 mod channel;
 mod error;
+#[allow(unsafe_code)]
+pub mod fdstore;
 pub mod fusectl;
 mod fusermount;
 mod mount;

@@ -1,0 +1,123 @@
+//! A tiny daemon for the fd store tests (tests/keeper.rs): no filesystem, just the
+//! protocol. Run it under `fuse-live-keeper`.
+//!
+//! ```text
+//! fdstore_child LABEL [--crash-on-start] [--exit-code N] [--garbage] [--intruder]
+//! ```
+//!
+//! At each start it prints `pid N`, `notify SOCKET`, `inherited NAMES` (the
+//! `LISTEN_FDNAMES` it got, `:`-separated) and `state N` on stdout: `N` is a counter
+//! kept in a memfd stored as `state`, so it counts the starts that found the
+//! descriptor. Then it stores the memfd again, sends `READY=1`, prints
+//! `ready LABEL` and waits for SIGTERM or SIGINT, on which it sends `STOPPING=1`
+//! and exits with `--exit-code` (default 0).
+//!
+//! - `--crash-on-start`: exits with status 3 right after storing, before `ready`.
+//! - `--garbage`: first sends malformed messages, which the keeper must ignore.
+//! - `--intruder`: first runs a grandchild that tries to store a descriptor named
+//!   `intruder` and to remove `state`, which the keeper must refuse.
+use std::io::Write;
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::fs::FileExt;
+use std::process::Command;
+
+use fuse_live::session::dev::fdstore::{FdStore, NotifySocket};
+use nix::sys::signal::{SigSet, Signal};
+
+fn fail(what: &str, e: impl std::fmt::Display) -> ! {
+    eprintln!("fdstore_child: {what}: {e}");
+    std::process::exit(10)
+}
+
+/// The grandchild of `--intruder`: talks to the keeper in its own name.
+fn intrude(socket: &str) {
+    let sock = NotifySocket::new(socket.as_ref()).unwrap_or_else(|e| fail("socket", e));
+    let (r, _w) = nix::unistd::pipe().unwrap_or_else(|e| fail("pipe", e));
+    sock.send("FDSTORE=1\nFDNAME=intruder", &[r.as_fd()])
+        .unwrap_or_else(|e| fail("send", e));
+    sock.send("FDSTOREREMOVE=1\nFDNAME=state", &[])
+        .unwrap_or_else(|e| fail("send", e));
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some("--intrude") {
+        intrude(args.get(1).map_or("", String::as_str));
+        return;
+    }
+    let mut mask = SigSet::empty();
+    mask.add(Signal::SIGTERM);
+    mask.add(Signal::SIGINT);
+    let _ = mask.thread_block();
+    let label = args.first().cloned().unwrap_or_default();
+    let flag = |f: &str| args.iter().any(|a| a == f);
+    let exit_code: i32 = args
+        .iter()
+        .position(|a| a == "--exit-code")
+        .and_then(|i| args.get(i + 1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+
+    let mut store = FdStore::from_env().unwrap_or_else(|e| fail("fd store", e));
+    let notify = store
+        .notify_socket()
+        .map(|s| s.name().to_owned())
+        .unwrap_or_default();
+    let inherited: Vec<String> = store.inherited().names().map(str::to_owned).collect();
+    let (state, n) = match store.take("state") {
+        Some(fd) => {
+            let f = std::fs::File::from(fd);
+            let mut b = [0u8; 8];
+            f.read_exact_at(&mut b, 0)
+                .unwrap_or_else(|e| fail("read the state", e));
+            (OwnedFd::from(f), u64::from_le_bytes(b) + 1)
+        }
+        None => (
+            rustix::fs::memfd_create("fdstore-child-state", rustix::fs::MemfdFlags::CLOEXEC)
+                .unwrap_or_else(|e| fail("memfd_create", e)),
+            0,
+        ),
+    };
+    std::fs::File::from(state.try_clone().unwrap_or_else(|e| fail("dup", e)))
+        .write_all_at(&n.to_le_bytes(), 0)
+        .unwrap_or_else(|e| fail("write the state", e));
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "pid {}", std::process::id());
+    let _ = writeln!(out, "notify {notify}");
+    let _ = writeln!(out, "inherited {}", inherited.join(":"));
+    let _ = writeln!(out, "state {n}");
+    let _ = out.flush();
+
+    if flag("--garbage") {
+        if let Some(s) = store.notify_socket() {
+            let (r, _w) = nix::unistd::pipe().unwrap_or_else(|e| fail("pipe", e));
+            for m in ["hello world", "READY=maybe", "=1", "FDSTORE=1\nFDNAME=a:b"] {
+                s.send(m, &[r.as_fd()]).unwrap_or_else(|e| fail("send", e));
+            }
+            s.send("FDSTORE=1\nFDNAME=nofds", &[])
+                .unwrap_or_else(|e| fail("send", e));
+        }
+    }
+    if flag("--intruder") {
+        let exe = std::env::current_exe().unwrap_or_else(|e| fail("current_exe", e));
+        let st = Command::new(exe)
+            .args(["--intrude", &notify])
+            .status()
+            .unwrap_or_else(|e| fail("run the intruder", e));
+        if !st.success() {
+            fail("intruder", st);
+        }
+    }
+    store
+        .store("state", state.as_fd())
+        .unwrap_or_else(|e| fail("store", e));
+    if flag("--crash-on-start") {
+        std::process::exit(3);
+    }
+    store.ready().unwrap_or_else(|e| fail("ready", e));
+    let _ = writeln!(out, "ready {label}");
+    let _ = out.flush();
+    let _ = mask.wait();
+    let _ = store.stopping();
+    std::process::exit(exit_code);
+}
