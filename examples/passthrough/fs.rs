@@ -377,6 +377,16 @@ impl PassFs {
         id
     }
 
+    /// How many backing ids this filesystem holds registered.
+    pub fn backing_count(&self) -> usize {
+        lock(&self.pt.backings).len()
+    }
+
+    /// How many files and directories are open.
+    pub fn open_count(&self) -> usize {
+        lock(&self.files).len()
+    }
+
     /// The open file of `fh`.
     pub fn file(&self, fh: &Handle) -> Result<Arc<OpenFile>> {
         lock(&self.files).get(&fh.id).cloned().ok_or(Errno::EBADF)

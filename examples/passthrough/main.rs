@@ -45,7 +45,6 @@
 //! Logging goes to stderr; `RUST_LOG=error|warn|info|debug|trace` sets the level
 //! (default `warn`).
 use std::io::Write;
-use std::os::fd::AsFd;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -293,8 +292,14 @@ fn serve_until_done(
             s.stall
         );
         drop(outcome.mount);
+    } else {
+        let fs = running.session().filesystem();
+        log::info!(
+            "unmounted: {} backing ids registered, {} files open",
+            fs.backing_count(),
+            fs.open_count()
+        );
     }
-    let _ = running.session().filesystem().root_fd.as_fd();
     Ok(())
 }
 
@@ -308,6 +313,11 @@ fn take_over(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
     let restored = Takeover::connect(path, &options)?.receive::<PassFs>()?;
     let (running, stats) = restored.commit()?;
     give_device(&running, true);
+    log::info!(
+        "restored {} open files and {} backing ids",
+        running.session().filesystem().open_count(),
+        running.session().filesystem().backing_count()
+    );
     let listen_on = args.upgrade_socket.as_ref().unwrap_or(path);
     let listener = UpgradeListener::bind_replacing(listen_on);
     let mountpoint = running
