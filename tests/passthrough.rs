@@ -44,6 +44,8 @@ const MODES: [Mode; 2] = [Mode::On, Mode::Off];
 
 /// A passthrough daemon (and its successors) on one mount over a fresh source.
 struct Pt {
+    /// A filesystem mounted on `src` by the test (unmounted on drop).
+    src_mount: bool,
     dir: PathBuf,
     src: PathBuf,
     mnt: PathBuf,
@@ -87,6 +89,11 @@ fn wait_exit(child: &mut Child, timeout: Duration) -> Option<std::process::ExitS
 
 impl Pt {
     fn start(test: &str, mode: Mode, extra: &[&str]) -> Option<Pt> {
+        Pt::start_on(test, mode, extra, None)
+    }
+
+    /// As [`Pt::start`], with the source on a new `fstype` filesystem.
+    fn start_on(test: &str, mode: Mode, extra: &[&str], fstype: Option<&str>) -> Option<Pt> {
         if !can_mount(test) {
             return None;
         }
@@ -94,10 +101,25 @@ impl Pt {
         let src = dir.join("src");
         let mnt = dir.join("mnt");
         fs::create_dir(&src).unwrap();
+        let src_mount = match fstype {
+            Some(t) => {
+                nix::mount::mount(
+                    Some("none"),
+                    &src,
+                    Some(t),
+                    nix::mount::MsFlags::empty(),
+                    None::<&str>,
+                )
+                .unwrap_or_else(|e| panic!("mount {t}: {e}"));
+                true
+            }
+            None => false,
+        };
         fs::set_permissions(&src, fs::Permissions::from_mode(0o777)).unwrap();
         fs::create_dir(&mnt).unwrap();
         let sock = dir.join("upgrade.sock");
         let mut pt = Pt {
+            src_mount,
             dir,
             src,
             mnt,
@@ -203,6 +225,9 @@ impl Drop for Pt {
             if w.disarm() {
                 eprintln!("watchdog fired on {}", self.mnt.display());
             }
+        }
+        if self.src_mount {
+            let _ = nix::mount::umount2(&self.src, nix::mount::MntFlags::MNT_DETACH);
         }
         if !is_fuse_mounted(&self.mnt) {
             let _ = fs::remove_dir_all(&self.dir);
@@ -407,7 +432,7 @@ fn namespace_operations() {
         // New inodes belong to their creator.
         let (uid, gid) = nobody();
         let made = as_user(uid, gid, || {
-            let p = PathBuf::from(pt.m("by-nobody"));
+            let p = pt.m("by-nobody");
             errno_of(fs::write(&p, b"n").and_then(|_| fs::create_dir(p.with_extension("d"))))
         });
         assert_eq!(made, 0);
@@ -853,5 +878,124 @@ mod core {
         }
         assert!(fs.getattr(&ctx, &n, None).is_err());
         let _ = fs::remove_dir_all(&dir);
+    }
+}
+
+/// Sources on tmpfs (which has file handles) and ramfs (which has none: every
+/// node's descriptor is kept and crosses a handoff), with passthrough on: data,
+/// a handoff with an open unlinked file, names still resolvable after it.
+#[test]
+fn tmpfs_and_ramfs_sources() {
+    for fstype in ["tmpfs", "ramfs"] {
+        let Some(mut pt) = Pt::start_on("pt_sources", Mode::On, &[], Some(fstype)) else {
+            return;
+        };
+        let handles = !pt.log_text().contains("no file handles");
+        assert_eq!(handles, fstype == "tmpfs", "{fstype}: {}", pt.log_text());
+        fs::create_dir_all(pt.m("a/b")).unwrap();
+        fs::write(pt.m("a/b/f"), b"deep").unwrap();
+        let held = rw(&pt.m("a/b/f"));
+        let gone = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(pt.m("a/gone"))
+            .unwrap();
+        gone.write_all_at(b"gone", 0).unwrap();
+        fs::remove_file(pt.m("a/gone")).unwrap();
+        pt.handoff();
+        assert!(
+            pt.log_text().contains("and 2 backing ids"),
+            "{fstype}: {}",
+            pt.log_text()
+        );
+        let mut b = [0u8; 4];
+        gone.read_exact_at(&mut b, 0).unwrap();
+        assert_eq!(&b, b"gone");
+        held.write_all_at(b"DEEP", 0).unwrap();
+        assert_eq!(fs::read(pt.s("a/b/f")).unwrap(), b"DEEP");
+        // Nodes the new process never saw before: resolved by handle or by the
+        // descriptors that crossed.
+        assert_eq!(fs::read(pt.m("a/b/f")).unwrap(), b"DEEP");
+        fs::write(pt.m("a/b/g"), b"new").unwrap();
+        assert_eq!(fs::read(pt.s("a/b/g")).unwrap(), b"new");
+        drop((held, gone));
+        pt.stop();
+    }
+}
+
+/// A handoff needing more descriptors than one message carries (253) is
+/// refused before anything is committed: the old daemon serves on, open files
+/// keep working.
+#[test]
+fn handoff_beyond_the_descriptor_limit_is_refused() {
+    let Some(mut pt) = Pt::start("pt_fd_limit", Mode::On, &[]) else {
+        return;
+    };
+    let files: Vec<File> = (0..260)
+        .map(|i| {
+            OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .open(pt.m(&format!("f{i}")))
+                .unwrap()
+        })
+        .collect();
+    let sock = pt.sock.to_string_lossy().into_owned();
+    let log = pt.dir.join("refused.log");
+    let (mut child, _rx) = spawn(&["--takeover", &sock], &log);
+    let st = wait_exit(&mut child, WAIT).expect("the takeover process exits");
+    assert_eq!(st.code(), Some(1));
+    let text = fs::read_to_string(&log).unwrap();
+    assert!(text.contains("at most 253"), "{text}");
+    for (i, f) in files.iter().enumerate() {
+        f.write_all_at(format!("{i}").as_bytes(), 0).unwrap();
+    }
+    assert_eq!(fs::read(pt.s("f259")).unwrap(), b"259");
+    drop(files);
+    let _ = &mut pt;
+    pt.stop();
+}
+
+/// Shared writable mappings through the mount reach the source file (with
+/// passthrough the kernel maps the backing file).
+#[test]
+fn shared_mappings() {
+    use nix::sys::mman::{mmap, msync, munmap, MapFlags, MsFlags, ProtFlags};
+    for mode in MODES {
+        let Some(pt) = Pt::start("pt_mmap", mode, &[]) else {
+            return;
+        };
+        fs::write(pt.m("m"), vec![b'.'; 8192]).unwrap();
+        let f = rw(&pt.m("m"));
+        let len = std::num::NonZeroUsize::new(8192).unwrap();
+        // SAFETY: a fresh shared mapping of an open file, used only through the
+        // returned pointer within its length, then unmapped.
+        unsafe {
+            let p = mmap(
+                None,
+                len,
+                ProtFlags::PROT_READ | ProtFlags::PROT_WRITE,
+                MapFlags::MAP_SHARED,
+                &f,
+                0,
+            )
+            .unwrap();
+            let bytes = std::slice::from_raw_parts_mut(p.as_ptr().cast::<u8>(), 8192);
+            assert_eq!(bytes[4096], b'.');
+            bytes[4096..4102].copy_from_slice(b"mapped");
+            msync(p, 8192, MsFlags::MS_SYNC).unwrap();
+            munmap(p, 8192).unwrap();
+        }
+        drop(f);
+        assert_eq!(
+            &fs::read(pt.s("m")).unwrap()[4096..4102],
+            b"mapped",
+            "{mode:?}"
+        );
+        pt.stop();
     }
 }

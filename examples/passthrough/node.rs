@@ -159,17 +159,21 @@ pub fn decode_rdev(dev: u32) -> u64 {
     nix::sys::stat::makedev(u64::from(major), u64::from(minor))
 }
 
+/// A time from `stat` seconds and nanoseconds (whose types vary by target).
+fn time(secs: i64, nsecs: impl TryInto<u32>) -> std::time::SystemTime {
+    join_time(secs, nsecs.try_into().unwrap_or(0).min(999_999_999))
+}
+
 /// Attributes of a backing inode as the mount shows them.
 pub fn attr_of(st: &rustix::fs::Stat) -> Result<FileAttr> {
     let kind = FileType::from_mode(st.st_mode).ok_or(Errno::EIO)?;
-    let t = |s: i64, ns: u64| join_time(s, ns.min(999_999_999) as u32);
     Ok(FileAttr {
         ino: st.st_ino,
         size: st.st_size as u64,
         blocks: st.st_blocks as u64,
-        atime: t(st.st_atime, st.st_atime_nsec as u64),
-        mtime: t(st.st_mtime, st.st_mtime_nsec as u64),
-        ctime: t(st.st_ctime, st.st_ctime_nsec as u64),
+        atime: time(st.st_atime, st.st_atime_nsec),
+        mtime: time(st.st_mtime, st.st_mtime_nsec),
+        ctime: time(st.st_ctime, st.st_ctime_nsec),
         kind,
         perm: (st.st_mode & 0o7777) as u16,
         nlink: st.st_nlink as u32,
