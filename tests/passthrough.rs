@@ -439,6 +439,28 @@ fn namespace_operations() {
         let st = fs::metadata(pt.s("by-nobody")).unwrap();
         assert_eq!((st.uid(), st.gid()), (uid, gid));
         assert_eq!(fs::metadata(pt.s("by-nobody.d")).unwrap().uid(), uid);
+        // open(O_TRUNC) by an unprivileged user clears set-user-ID (the daemon
+        // truncates as root, which would keep it); a write does too (the kernel's
+        // SETATTR, or the backing write with passthrough).
+        fs::write(pt.m("suid"), b"x").unwrap();
+        for how in ["trunc", "write"] {
+            fs::set_permissions(pt.m("suid"), fs::Permissions::from_mode(0o6777)).unwrap();
+            let r = as_user(uid, gid, || {
+                let mut o = OpenOptions::new();
+                match how {
+                    "trunc" => o.write(true).truncate(true),
+                    _ => o.append(true),
+                };
+                errno_of(o.open(pt.m("suid")).and_then(|mut f| match how {
+                    // Only the open: O_TRUNC alone must clear the bit.
+                    "trunc" => Ok(()),
+                    _ => f.write_all(b"y"),
+                }))
+            });
+            assert_eq!(r, 0);
+            let m = fs::metadata(pt.s("suid")).unwrap().mode() & 0o7777;
+            assert_eq!(m, 0o777, "{mode:?} {how}: mode {m:o}");
+        }
         // default_permissions: nobody cannot write root's 0600 file.
         fs::set_permissions(pt.m("t"), fs::Permissions::from_mode(0o600)).unwrap();
         std::os::unix::fs::chown(pt.m("t"), Some(0), Some(0)).unwrap();

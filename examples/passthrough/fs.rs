@@ -573,6 +573,25 @@ fn timestamp(t: Option<TimeOrNow>) -> rustix::fs::Timespec {
     }
 }
 
+/// `open(O_TRUNC)` by an unprivileged caller clears set-user-ID, and
+/// set-group-ID on a group-executable file, as a truncate does. With
+/// `ATOMIC_O_TRUNC` the kernel sends no SETATTR for it, and this process
+/// truncates as root (which keeps the bits), so it clears them here.
+fn kill_suid_on_trunc(ctx: &RequestContext<'_>, fd: BorrowedFd<'_>, flags: i32) -> Result<()> {
+    if flags & nix::libc::O_TRUNC == 0 || ctx.uid == 0 {
+        return Ok(());
+    }
+    let mode = stat_fd(fd)?.st_mode & 0o7777;
+    let mut kill = nix::libc::S_ISUID;
+    if mode & nix::libc::S_IXGRP != 0 {
+        kill |= nix::libc::S_ISGID;
+    }
+    if mode & kill != 0 {
+        rustix::fs::fchmod(fd, Mode::from_bits_truncate(mode & !kill)).map_err(rx)?;
+    }
+    Ok(())
+}
+
 fn xattr_reply(size: u32, data: Vec<u8>) -> Result<Xattr> {
     if size == 0 {
         return Ok(Xattr::Size(
@@ -819,7 +838,7 @@ impl Filesystem for PassFs {
         self.lookup_at(np.as_fd(), &newname)
     }
 
-    fn open(&self, _ctx: &RequestContext<'_>, node: &Node, flags: i32) -> Result<Opened<Handle>> {
+    fn open(&self, ctx: &RequestContext<'_>, node: &Node, flags: i32) -> Result<Opened<Handle>> {
         if node.kind != nix::libc::S_IFREG {
             return Err(if node.is_dir() {
                 Errno::EISDIR
@@ -828,6 +847,7 @@ impl Filesystem for PassFs {
             });
         }
         let fd = self.reopen(node, backing_flags(flags))?;
+        kill_suid_on_trunc(ctx, fd.as_fd(), flags)?;
         Ok(self.opened(node, fd, flags))
     }
 
@@ -1077,6 +1097,8 @@ impl Filesystem for PassFs {
             if let Err(e) = self.give(ctx, fd.as_fd(), pfd.as_fd()) {
                 log::warn!("chown of a new file failed: {e}");
             }
+        } else {
+            kill_suid_on_trunc(ctx, fd.as_fd(), flags)?;
         }
         let path_fd = fd.try_clone().map_err(io_errno)?;
         let entry = self.adopt(path_fd)?;
