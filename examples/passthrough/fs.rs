@@ -398,7 +398,11 @@ impl PassFs {
     fn opened(&self, node: &Node, fd: OwnedFd, flags: i32) -> Opened<Handle> {
         let id = self.insert_file(fd);
         let mut handle = Handle { id, backing: 0 };
-        if !self.pt.on.load(Ordering::Relaxed) {
+        // Before the device is known (the moment between the workers starting
+        // and `set_device`) passthrough may still come on: no cached open then,
+        // which would make a later passthrough open of the inode fail ETXTBSY.
+        let undecided = self.config.passthrough && self.pt.device.get().is_none();
+        if !self.pt.on.load(Ordering::Relaxed) && !undecided {
             return Opened::new(handle);
         }
         let writes = flags & nix::libc::O_ACCMODE != nix::libc::O_RDONLY;
