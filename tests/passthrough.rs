@@ -24,11 +24,14 @@ mod common;
 use common::{as_user, can_mount, errno_of, example_binary, is_fuse_mounted, nobody, temp_dir};
 
 #[allow(dead_code)]
-#[path = "../examples/passthrough/fs.rs"]
-mod fs_impl;
-#[allow(dead_code)]
 #[path = "../examples/passthrough/node.rs"]
 mod node;
+#[allow(dead_code)]
+#[path = "../examples/passthrough/passfs.rs"]
+mod passfs;
+#[allow(dead_code)]
+#[path = "../examples/passthrough/snapshot.rs"]
+mod snapshot;
 
 const WATCHDOG: Duration = Duration::from_secs(150);
 const WAIT: Duration = Duration::from_secs(30);
@@ -820,8 +823,8 @@ fn handoff_keeps_open_files() {
 /// The filesystem called directly, without a mount.
 mod core {
     use super::*;
-    use fs_impl::{Config, PassFs};
     use fuse_live::session::{Errno as FErrno, Filesystem, RequestContext};
+    use passfs::{Config, PassFs};
     use std::ffi::OsStr;
 
     fn fs_over(dir: &Path) -> PassFs {
@@ -1019,5 +1022,163 @@ fn shared_mappings() {
             "{mode:?}"
         );
         pt.stop();
+    }
+}
+
+/// The saved state is untrusted: restore and the cross-check with the session's
+/// tables refuse what does not add up (no mount needed).
+mod restore {
+    use super::{node, snapshot};
+    use crate::passfs::{Backing, Config, Handle, PassFs};
+    use fuse_live::session::{Filesystem, HandleKind, HandleState, NodeState, RequestContext};
+    use fuse_live::snapshot::{FdRestorer, FdSaver, FdSlot, SnapshotFs};
+    use std::ffi::OsStr;
+    use std::os::fd::OwnedFd;
+
+    fn saved(dir: &std::path::Path, config: Config) -> (snapshot::PassState, Vec<OwnedFd>, PassFs) {
+        let fd = rustix::fs::open(
+            dir,
+            rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::DIRECTORY,
+            rustix::fs::Mode::empty(),
+        )
+        .unwrap();
+        let fs = PassFs::new(fd, config).unwrap();
+        let mut saver = FdSaver::new();
+        let state = fs.save(&mut saver).unwrap();
+        (state, saver.into_fds(), fs)
+    }
+
+    fn dup(fds: &[OwnedFd]) -> FdRestorer {
+        FdRestorer::new(fds.iter().map(|f| f.try_clone().unwrap()).collect())
+    }
+
+    fn node_state(nodeid: u64, node: node::Node) -> NodeState<node::Node> {
+        NodeState {
+            nodeid,
+            generation: 0,
+            lookups: 1,
+            node,
+        }
+    }
+
+    fn handle_state(fh: u64, nodeid: u64, handle: Handle) -> HandleState<Handle> {
+        HandleState {
+            fh,
+            kind: HandleKind::File,
+            nodeid,
+            flags: 0,
+            handle,
+        }
+    }
+
+    #[test]
+    fn bad_states_are_refused() {
+        let dir = super::temp_dir("pt-restore");
+        std::fs::write(dir.join("f"), b"x").unwrap();
+        let ctx = RequestContext::new(1, 0, 0, 1);
+
+        // Descriptor mode: a node's descriptor crosses; without it, refused.
+        let no_handles = Config {
+            file_handles: false,
+            ..Config::default()
+        };
+        let (_, _, live) = saved(&dir, no_handles);
+        let f = live
+            .lookup(&ctx, &live.root(), OsStr::new("f"))
+            .unwrap()
+            .node;
+        assert!(f.fh.is_none());
+        let mut saver = FdSaver::new();
+        let state = live.save(&mut saver).unwrap();
+        let mut fds = saver.into_fds();
+        // One more descriptor: the source directory again (not the node's inode).
+        let other = FdSlot(fds.len() as u32);
+        fds.push(live.root_fd.try_clone().unwrap());
+        assert_eq!(state.nodes.len(), 1);
+        let ok = PassFs::restore(state.clone(), &mut dup(&fds)).unwrap();
+        ok.check_session(&[node_state(2, f.clone())], &[]).unwrap();
+        assert!(ok.getattr(&ctx, &f, None).is_ok());
+        let mut missing = state.clone();
+        missing.nodes.clear();
+        let fs = PassFs::restore(missing, &mut dup(&fds)).unwrap();
+        assert!(fs
+            .check_session(&[node_state(2, f.clone())], &[])
+            .unwrap_err()
+            .contains("did not cross"));
+        // A descriptor that is not the node's inode, or no descriptor at all.
+        let mut swapped = state.clone();
+        swapped.nodes[0].1 = other;
+        let e = PassFs::restore(swapped, &mut dup(&fds)).err().unwrap();
+        assert!(e.contains("is not inode"), "{e}");
+        let mut gone = state.clone();
+        gone.root.1 = FdSlot(99);
+        let e = PassFs::restore(gone, &mut dup(&fds)).err().unwrap();
+        assert!(e.contains("missing"), "{e}");
+
+        // Handles and backing ids must agree with the session's handles.
+        let (mut state, mut fds, live) = saved(&dir, Config::default());
+        let file = FdSlot(fds.len() as u32);
+        fds.push(live.root_fd.try_clone().unwrap());
+        state.passthrough = true;
+        state.next_id = 10;
+        state.files = vec![(3, file)];
+        let root = state.root.0.clone();
+        state.backings = vec![(
+            root.clone(),
+            Backing {
+                id: 7,
+                writable: true,
+                refs: 2,
+            },
+        )];
+        let fs = PassFs::restore(state.clone(), &mut dup(&fds)).unwrap();
+        let h = |id, backing| Handle { id, backing };
+        let nodes = [node_state(1, root.clone())];
+        assert!(fs
+            .check_session(
+                &nodes,
+                &[handle_state(1, 1, h(3, 7)), handle_state(2, 1, h(3, 7))]
+            )
+            .is_ok());
+        // One use too few, an unknown id, a missing open file.
+        assert!(fs
+            .check_session(&nodes, &[handle_state(1, 1, h(3, 7))])
+            .is_err());
+        assert!(fs
+            .check_session(
+                &nodes,
+                &[
+                    handle_state(1, 1, h(3, 7)),
+                    handle_state(2, 1, h(3, 7)),
+                    handle_state(3, 1, h(3, 8))
+                ]
+            )
+            .is_err());
+        assert!(fs
+            .check_session(
+                &nodes,
+                &[handle_state(1, 1, h(4, 7)), handle_state(2, 1, h(3, 7))]
+            )
+            .is_err());
+        // Ids out of range, zero counts, ids without passthrough.
+        let mut bad = state.clone();
+        bad.files = vec![(10, file)];
+        let e = PassFs::restore(bad, &mut dup(&fds)).err().unwrap();
+        assert!(e.contains("out of range"), "{e}");
+        let mut bad = state.clone();
+        bad.backings[0].1.refs = 0;
+        assert!(PassFs::restore(bad, &mut dup(&fds)).is_err());
+        let mut bad = state.clone();
+        bad.passthrough = false;
+        assert!(PassFs::restore(bad, &mut dup(&fds)).is_err());
+        // A forged, oversized file handle is a stale node, not a crash.
+        let mut forged = root.clone();
+        forged.ino += 1;
+        forged.fh = Some(node::SavedHandle {
+            handle_type: 1,
+            bytes: vec![0; 4096],
+        });
+        assert!(fs.getattr(&ctx, &forged, None).is_err());
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -55,12 +55,12 @@ use fuse_live::session::wire::InitFlags;
 use fuse_live::snapshot::handoff::{self, Ended, HandoffOptions, Takeover, UpgradeListener};
 
 #[allow(dead_code)]
-mod fs;
-#[allow(dead_code)]
 mod node;
+#[allow(dead_code)]
+mod passfs;
 mod snapshot;
 
-use fs::{Config, PassFs};
+use passfs::{Config, PassFs};
 
 const USAGE: &str = "usage: passthrough SOURCE MOUNTPOINT [--threads N] [--allow-other] \
      [--no-passthrough] [--no-file-handles] [--ttl SECS] [--upgrade-socket PATH]\n       \

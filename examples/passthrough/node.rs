@@ -3,7 +3,7 @@
 //!
 //! A [`Node`] is the backing inode's `(dev, ino)`, its type, and where the backing
 //! filesystem has them a file handle (`name_to_handle_at`). A process keeps an
-//! `O_PATH` descriptor per node the kernel knows ([`super::fs::PassFs`]'s cache);
+//! `O_PATH` descriptor per node the kernel knows ([`super::passfs::PassFs`]'s cache);
 //! a successor reopens a node from its file handle (`open_by_handle_at`, checked
 //! against `(dev, ino)`), or gets the descriptor itself beside the snapshot when
 //! there is no handle (or the inode is unlinked, which some filesystems refuse to

@@ -22,8 +22,8 @@ use fuse_live::session::{HandleState, NodeState};
 use fuse_live::snapshot::{FdRestorer, FdSaver, FdSlot, SnapshotFs};
 use serde::{Deserialize, Serialize};
 
-use super::fs::{lock, Backing, Config, Handle, OpenFile, PassFs};
 use super::node::{stat_fd, Node};
+use super::passfs::{lock, Backing, Config, Handle, OpenFile, PassFs};
 
 /// The saved state of a [`PassFs`]: plain data with [`FdSlot`]s.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -101,7 +101,8 @@ impl SnapshotFs for PassFs {
         if !root.is_dir() {
             return Err("the source is not a directory".into());
         }
-        let fs = PassFs::from_parts(root_fd, root, state.mount_id, state.config);
+        let fs = PassFs::from_parts(root_fd, root, state.mount_id, state.config)
+            .map_err(|e| format!("source descriptor: {e}"))?;
         {
             let mut nodes = lock(&fs.nodes);
             for (node, slot) in state.nodes {

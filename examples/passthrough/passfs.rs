@@ -150,7 +150,7 @@ impl PassFs {
             None
         };
         let root = node::node_of(root_fd.as_fd(), &st, mount_id);
-        Ok(Self::from_parts(root_fd, root, mount_id, config))
+        Self::from_parts(root_fd, root, mount_id, config)
     }
 
     /// Whether the source's filesystem gives file handles that this process may
@@ -176,19 +176,19 @@ impl PassFs {
     }
 
     /// Assembles a filesystem (new or restored).
+    ///
+    /// # Errors
+    /// The source's descriptor cannot be duplicated (EMFILE).
     pub fn from_parts(
         root_fd: OwnedFd,
         root: Node,
         mount_id: Option<i32>,
         config: Config,
-    ) -> PassFs {
-        let root_path = root_fd
-            .try_clone()
-            .map(Arc::new)
-            .expect("dup the source descriptor");
+    ) -> std::io::Result<PassFs> {
+        let root_path = Arc::new(root_fd.try_clone()?);
         let mut nodes = HashMap::new();
         nodes.insert(root.clone(), root_path);
-        PassFs {
+        Ok(PassFs {
             root_fd,
             root,
             mount_id,
@@ -203,7 +203,7 @@ impl PassFs {
                 pending_close: Mutex::new(Vec::new()),
             },
             chown: nix::unistd::geteuid().is_root(),
-        }
+        })
     }
 
     /// Gives the filesystem its mount's `/dev/fuse` descriptor once serving.
