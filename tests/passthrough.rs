@@ -471,7 +471,9 @@ fn namespace_operations() {
             errno_of(OpenOptions::new().write(true).open(pt.m("t")))
         });
         assert_eq!(denied, nix::libc::EACCES);
-        pt.stop();
+        let log = pt.stop();
+        // Listings came as READDIRPLUS (entries with attributes, counted lookups).
+        assert!(log.contains("<- READDIRPLUS "), "{mode:?}");
     }
 }
 
