@@ -493,9 +493,10 @@ impl PassFs {
         }
     }
 
+    /// Lists directory stream `fh` from `offset` (a `d_off` cookie of the backing
+    /// filesystem) into `add` until it returns false.
     fn readdir_any(
         &self,
-        node: &Node,
         fh: &Handle,
         offset: u64,
         mut add: impl FnMut(&CString, u64, u64, FileType) -> bool,
@@ -523,7 +524,6 @@ impl PassFs {
                 break;
             }
         }
-        let _ = node;
         Ok(())
     }
 }
@@ -945,12 +945,12 @@ impl Filesystem for PassFs {
     fn readdir(
         &self,
         _ctx: &RequestContext<'_>,
-        node: &Node,
+        _node: &Node,
         fh: &Handle,
         offset: u64,
         out: &mut DirEntries<'_>,
     ) -> Result<()> {
-        self.readdir_any(node, fh, offset, |name, ino, next, kind| {
+        self.readdir_any(fh, offset, |name, ino, next, kind| {
             out.add(ino, next, kind, OsStr::from_bytes(name.as_bytes()))
         })
     }
@@ -966,7 +966,7 @@ impl Filesystem for PassFs {
         let dir_fd = self.node_fd(node)?;
         let dir_st = stat_fd(dir_fd.as_fd())?;
         let dir_entry = self.entry(node.clone(), &dir_st)?;
-        self.readdir_any(node, fh, offset, |name, _ino, next, _kind| {
+        self.readdir_any(fh, offset, |name, _ino, next, _kind| {
             let b = name.as_bytes();
             if b == b"." || b == b".." {
                 // Not counted by the session; the kernel ignores their attributes.
@@ -993,12 +993,12 @@ impl Filesystem for PassFs {
 
     fn fsyncdir(
         &self,
-        _ctx: &RequestContext<'_>,
-        _node: &Node,
+        ctx: &RequestContext<'_>,
+        node: &Node,
         fh: &Handle,
         datasync: bool,
     ) -> Result<()> {
-        self.fsync(_ctx, _node, fh, datasync)
+        self.fsync(ctx, node, fh, datasync)
     }
 
     fn statfs(&self, _ctx: &RequestContext<'_>, node: &Node) -> Result<Statfs> {
