@@ -92,18 +92,26 @@ fn wait_exit(child: &mut Child, timeout: Duration) -> Option<std::process::ExitS
 
 impl Pt {
     fn start(test: &str, mode: Mode, extra: &[&str]) -> Option<Pt> {
-        Pt::start_on(test, mode, extra, None)
+        Pt::start_on(test, mode, extra, None, "src")
     }
 
     /// As [`Pt::start`], with the source on a new `fstype` filesystem.
-    fn start_on(test: &str, mode: Mode, extra: &[&str], fstype: Option<&str>) -> Option<Pt> {
+    ///
+    /// As [`Pt::start`], with the source at `src_rel` in the test's directory.
+    fn start_on(
+        test: &str,
+        mode: Mode,
+        extra: &[&str],
+        fstype: Option<&str>,
+        src_rel: &str,
+    ) -> Option<Pt> {
         if !can_mount(test) {
             return None;
         }
         let dir = temp_dir(test);
-        let src = dir.join("src");
+        let src = dir.join(src_rel);
         let mnt = dir.join("mnt");
-        fs::create_dir(&src).unwrap();
+        fs::create_dir_all(&src).unwrap();
         let src_mount = match fstype {
             Some(t) => {
                 nix::mount::mount(
@@ -914,7 +922,7 @@ mod core {
 #[test]
 fn tmpfs_and_ramfs_sources() {
     for fstype in ["tmpfs", "ramfs"] {
-        let Some(mut pt) = Pt::start_on("pt_sources", Mode::On, &[], Some(fstype)) else {
+        let Some(mut pt) = Pt::start_on("pt_sources", Mode::On, &[], Some(fstype), "src") else {
             return;
         };
         let handles = !pt.log_text().contains("no file handles");
@@ -1183,4 +1191,64 @@ mod restore {
         assert!(fs.getattr(&ctx, &forged, None).is_err());
         let _ = std::fs::remove_dir_all(&dir);
     }
+}
+
+/// A rename race: while clients create, list and rename through `mnt/d`, the
+/// source swaps `d` with a symlink to a directory outside it (`RENAME_EXCHANGE`,
+/// thousands of times). The symlink is relative, `../outside`: from the daemon's
+/// side it names an existing directory beside SOURCE, from the client's side
+/// (the mount) a path that does not exist; so anything that appears in that
+/// directory was made by the daemon following a symlink. Nothing may.
+#[test]
+fn rename_race_stays_inside() {
+    let Some(pt) = Pt::start_on("pt_race", Mode::On, &["--ttl", "0"], None, "a/src") else {
+        return;
+    };
+    let outside = pt.src.parent().unwrap().join("outside");
+    fs::create_dir(&outside).unwrap();
+    fs::set_permissions(&outside, fs::Permissions::from_mode(0o777)).unwrap();
+    assert!(
+        !pt.mnt.join("../outside").exists(),
+        "the client cannot see it"
+    );
+    fs::create_dir(pt.s("d")).unwrap();
+    std::os::unix::fs::symlink("../outside", pt.s("s")).unwrap();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let swapper = {
+        let (d, s, stop) = (pt.s("d"), pt.s("s"), stop.clone());
+        std::thread::spawn(move || {
+            let mut n = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                rustix::fs::renameat_with(
+                    rustix::fs::CWD,
+                    &d,
+                    rustix::fs::CWD,
+                    &s,
+                    rustix::fs::RenameFlags::EXCHANGE,
+                )
+                .unwrap();
+                n += 1;
+            }
+            n
+        })
+    };
+    let mut made = 0;
+    for i in 0..1500 {
+        let p = pt.m(&format!("d/f{i}"));
+        if fs::write(&p, b"x").is_ok() {
+            made += 1;
+        }
+        let _ = fs::create_dir(pt.m(&format!("d/sub{i}")));
+        let _ = fs::rename(pt.m(&format!("d/f{i}")), pt.m(&format!("d/g{i}")));
+        let _ = fs::read_dir(pt.m("d")).map(|r| r.count());
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let swaps = swapper.join().unwrap();
+    assert!(swaps > 0 && made > 0, "swaps {swaps}, files made {made}");
+    let escaped: Vec<_> = fs::read_dir(&outside)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert!(escaped.is_empty(), "made outside SOURCE: {escaped:?}");
+    pt.stop();
 }
