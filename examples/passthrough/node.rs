@@ -6,8 +6,9 @@
 //! `O_PATH` descriptor per node the kernel knows ([`super::passfs::PassFs`]'s cache);
 //! a successor reopens a node from its file handle (`open_by_handle_at`, checked
 //! against `(dev, ino)`), or gets the descriptor itself beside the snapshot when
-//! there is no handle (or the inode is unlinked, which some filesystems refuse to
-//! open by handle).
+//! there is no handle, or when the inode is unlinked (the old process's
+//! descriptor may be all that keeps it alive: a client's cwd in a removed
+//! directory still gets GETATTR).
 //!
 //! Names are single path components: empty names, `.`, `..`, and names with `/` or
 //! NUL are refused, and every open uses `openat2` with `RESOLVE_BENEATH |
