@@ -741,13 +741,17 @@ fn escapes_are_refused() {
 #[test]
 fn handoff_keeps_open_files() {
     for (mode, extra) in [
-        (Mode::On, &[][..]),
-        (Mode::Off, &[][..]),
-        (Mode::On, &["--no-file-handles"][..]),
+        (Mode::On, &["--ttl", "0"][..]),
+        (Mode::Off, &["--ttl", "0"][..]),
+        (Mode::On, &["--ttl", "0", "--no-file-handles"][..]),
     ] {
         let Some(mut pt) = Pt::start("pt_handoff", mode, extra) else {
             return;
         };
+        // A removed directory still held open: its node lives on in the kernel.
+        fs::create_dir(pt.m("removed")).unwrap();
+        let removed = File::open(pt.m("removed")).unwrap();
+        fs::remove_dir(pt.m("removed")).unwrap();
         fs::write(pt.m("kept"), b"0123456789").unwrap();
         let kept = rw(&pt.m("kept"));
         let reader = File::open(pt.m("kept")).unwrap();
@@ -791,6 +795,9 @@ fn handoff_keeps_open_files() {
             let mut g = [0u8; 13];
             gone.read_exact_at(&mut g, 0).unwrap();
             assert_eq!(&g, b"unlinked data");
+            // GETATTR on the removed directory (no attribute cache: --ttl 0).
+            let st = removed.metadata().unwrap();
+            assert!(st.is_dir() && st.nlink() <= 1, "{mode:?}: {st:?}");
             gone.write_all_at(b"U", 0).unwrap();
             gone.write_all_at(b"u", 0).unwrap();
             assert_eq!(
@@ -806,7 +813,7 @@ fn handoff_keeps_open_files() {
             50,
             "{mode:?}: the directory stream carried over"
         );
-        drop((kept, reader, gone));
+        drop((kept, reader, gone, removed));
         // Let the kernel's RELEASEs arrive (they are asynchronous).
         let deadline = Instant::now() + WAIT;
         let log = loop {
