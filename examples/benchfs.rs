@@ -237,6 +237,7 @@ impl Filesystem for BenchFs {
         Ok(Opened {
             handle: (),
             flags: self.open_flags,
+            backing_id: 0,
         })
     }
 

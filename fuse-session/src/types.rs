@@ -324,6 +324,13 @@ pub struct Opened<H> {
     pub handle: H,
     /// `FOPEN_*` flags (direct_io, keep_cache, ...).
     pub flags: fuse_wire::FopenFlags,
+    /// With [`FopenFlags::PASSTHROUGH`](fuse_wire::FopenFlags::PASSTHROUGH) in
+    /// `flags` (7.40): the backing id [`backing_open`](crate::dev::backing::backing_open)
+    /// returned, whose file the kernel then reads and writes itself; 0 otherwise.
+    /// The session only passes it on: the filesystem owns the id and releases it
+    /// (e.g. at release), so keep it in the handle value if it must outlive a
+    /// handoff.
+    pub backing_id: i32,
 }
 
 impl<H> Opened<H> {
@@ -332,6 +339,7 @@ impl<H> Opened<H> {
         Opened {
             handle,
             flags: fuse_wire::FopenFlags::EMPTY,
+            backing_id: 0,
         }
     }
 }

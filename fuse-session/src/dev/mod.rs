@@ -6,6 +6,8 @@
 //! ownership of a file descriptor received over `SCM_RIGHTS` (in `scm.rs`, which
 //! `fusermount.rs` also uses: nix hands received descriptors out as raw integers), the
 //! `FUSE_DEV_IOC_CLONE` ioctl (in `channel.rs`: nix's ioctl wrappers are `unsafe fn`),
+//! the passthrough ioctls `FUSE_DEV_IOC_BACKING_OPEN`/`CLOSE` (in `backing.rs`), the
+//! file handle calls `name_to_handle_at`/`open_by_handle_at` (in `fhandle.rs`),
 //! and in `uring.rs` the io_uring ones: pushing SQEs that point at buffers the kernel
 //! fills, and setting the SQE field the io-uring crate does not expose.
 //!
@@ -19,6 +21,8 @@
 //! - [`Channel`]: read requests and write replies on a `/dev/fuse` descriptor, with
 //!   reads a [`Waker`] can interrupt at a request boundary, without signals.
 //! - [`RequestBuffer`]: page-aligned read buffers sized from the negotiated protocol.
+//! - [`backing`]: kernel passthrough backing files (7.40).
+//! - [`fhandle`]: file handles that name an inode without holding it open.
 //! - [`uring`]: fuse-over-io_uring queues (one ring per CPU, registered entries).
 //! - [`mountid`]: which mount is at a path, by the kernel's never-reused unique
 //!   mount id (`statx`/`statmount`, in `mountid.rs`, which holds their `unsafe`), so
@@ -33,12 +37,16 @@
 //! - Linux `fs/fuse/dev.c` (the device), `fs/fuse/inode.c` (mount options),
 //!   `fs/fuse/control.c` (fusectl), Documentation/filesystems/fuse.rst
 
+#[allow(unsafe_code)]
+pub mod backing;
 mod buffer;
 #[allow(unsafe_code)]
 mod channel;
 mod error;
 #[allow(unsafe_code)]
 pub mod fdstore;
+#[allow(unsafe_code)]
+pub mod fhandle;
 pub mod fusectl;
 mod fusermount;
 mod mount;

@@ -377,7 +377,7 @@ impl<F: Filesystem> Session<F> {
         let open = reply::Open {
             fh,
             flags: opened.flags,
-            backing_id: 0,
+            backing_id: opened.backing_id,
         };
         match reply::create(
             out,
@@ -414,7 +414,7 @@ impl<F: Filesystem> Session<F> {
         let open = reply::Open {
             fh,
             flags: opened.flags,
-            backing_id: 0,
+            backing_id: opened.backing_id,
         };
         match reply::open(out, unique, &self.negotiated(), &open) {
             Ok(n) => Ok((n, None)),

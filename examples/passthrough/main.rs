@@ -1,0 +1,389 @@
+//! passthrough: a real filesystem over a source directory, served with fuse-live,
+//! with kernel passthrough for open files, that survives a live handoff.
+//!
+//! ```text
+//! cargo run --release --example passthrough -- SOURCE MOUNTPOINT [--threads N] [--allow-other]
+//!         [--no-passthrough] [--no-file-handles] [--ttl SECS] [--upgrade-socket PATH]
+//! cargo run --release --example passthrough -- --takeover PATH [--threads N] [--upgrade-socket PATH2]
+//! ```
+//!
+//! Mounts SOURCE's contents at MOUNTPOINT with `default_permissions` (the kernel
+//! checks permissions against the attributes), prints exactly one line
+//! `ready MOUNTPOINT` on stdout once the mount serves, and runs until the
+//! filesystem is unmounted or the process receives SIGINT or SIGTERM (then it
+//! unmounts), and exits 0. Bad arguments print a usage line on stderr and exit 2; a
+//! failure to mount or serve exits 1.
+//!
+//! - `--threads N`: worker threads (default 2).
+//! - `--allow-other`: let every user access the mount (the mount option).
+//! - `--no-passthrough`: never use kernel passthrough (FUSE 7.40, Linux 6.9+);
+//!   by default it is used when the kernel agrees and this process may register
+//!   backing files (`CAP_SYS_ADMIN`), and the mount falls back to serving READ and
+//!   WRITE itself otherwise.
+//! - `--no-file-handles`: keep a descriptor per node instead of file handles
+//!   (what happens anyway on filesystems without them, or without
+//!   `CAP_DAC_READ_SEARCH`); a live handoff then passes every node's descriptor.
+//! - `--ttl SECS`: how long the kernel caches names and attributes (default 1).
+//! - `--upgrade-socket PATH` / `--takeover PATH`: live handoff, as memfs: the new
+//!   process takes over the mount, open files (their descriptors cross with
+//!   `SCM_RIGHTS`, unlinked ones included), directory streams and passthrough
+//!   backing ids.
+//!
+//! **Run it as root, with `default_permissions` (always set here).** The daemon
+//! acts on SOURCE with its own credentials; the kernel's permission checks are what
+//! stop one user from reading another's files. A mount *without*
+//! `default_permissions` would let every user who can reach the mount read, write,
+//! chmod and delete anything in SOURCE that the daemon can (as root: everything),
+//! because this filesystem does no permission checks of its own. New inodes are
+//! given to the creating user (`fchownat`).
+//!
+//! Nothing resolves outside SOURCE: every name is one component (`.`, `..`, `/`,
+//! NUL refused), opened with `openat2(RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS)`
+//! relative to its parent's descriptor; symlinks are never followed by the daemon
+//! (the kernel follows them on the client's side, in the client's namespace).
+//!
+//! Logging goes to stderr; `RUST_LOG=error|warn|info|debug|trace` sets the level
+//! (default `warn`).
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use fuse_live::session::dev::MountOptions;
+use fuse_live::session::serve::{Running, Server};
+use fuse_live::session::wire::InitFlags;
+use fuse_live::snapshot::handoff::{self, Ended, HandoffOptions, Takeover, UpgradeListener};
+
+#[allow(dead_code)]
+mod node;
+#[allow(dead_code)]
+mod passfs;
+mod snapshot;
+
+use passfs::{Config, PassFs};
+
+const USAGE: &str = "usage: passthrough SOURCE MOUNTPOINT [--threads N] [--allow-other] \
+     [--no-passthrough] [--no-file-handles] [--ttl SECS] [--upgrade-socket PATH]\n       \
+     passthrough --takeover PATH [--threads N] [--upgrade-socket PATH]";
+
+/// The parsed command line.
+#[derive(Debug)]
+struct Args {
+    /// Empty with `--takeover`.
+    source: String,
+    /// Empty with `--takeover`.
+    mountpoint: String,
+    threads: usize,
+    allow_other: bool,
+    config: Config,
+    upgrade_socket: Option<PathBuf>,
+    takeover: Option<PathBuf>,
+}
+
+fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Args, String> {
+    let mut positional = Vec::new();
+    let mut threads = 2;
+    let mut allow_other = false;
+    let mut config = Config::default();
+    let mut upgrade_socket = None;
+    let mut takeover = None;
+    let mut it = args.into_iter();
+    while let Some(arg) = it.next() {
+        let (flag, inline) = match arg.split_once('=') {
+            Some((f, v)) if f.starts_with("--") => (f.to_owned(), Some(v.to_owned())),
+            _ => (arg.clone(), None),
+        };
+        let mut value = |name: &str| {
+            inline
+                .clone()
+                .or_else(|| it.next())
+                .ok_or(format!("{name} needs a value"))
+        };
+        match flag.as_str() {
+            "--threads" => {
+                let v = value("--threads")?;
+                threads = v
+                    .parse()
+                    .ok()
+                    .filter(|&n| (1..=256).contains(&n))
+                    .ok_or(format!("bad --threads {v:?}"))?;
+            }
+            "--allow-other" if inline.is_none() => allow_other = true,
+            "--no-passthrough" if inline.is_none() => config.passthrough = false,
+            "--no-file-handles" if inline.is_none() => config.file_handles = false,
+            "--ttl" => {
+                let v = value("--ttl")?;
+                let secs: f64 = v
+                    .parse()
+                    .ok()
+                    .filter(|s: &f64| s.is_finite() && *s >= 0.0 && *s < 1e9)
+                    .ok_or(format!("bad --ttl {v:?}"))?;
+                config.ttl = Duration::from_secs_f64(secs);
+            }
+            "--upgrade-socket" => upgrade_socket = Some(PathBuf::from(value("--upgrade-socket")?)),
+            "--takeover" => takeover = Some(PathBuf::from(value("--takeover")?)),
+            f if f.starts_with('-') && f.len() > 1 => return Err(format!("unknown option {f:?}")),
+            _ => positional.push(arg),
+        }
+    }
+    let (source, mountpoint) = match (positional.len(), &takeover) {
+        (0, Some(_)) => (String::new(), String::new()),
+        (_, Some(_)) => return Err("--takeover takes no SOURCE or MOUNTPOINT".into()),
+        (2, None) => (positional[0].clone(), positional[1].clone()),
+        (0 | 1, None) => return Err("SOURCE and MOUNTPOINT are needed".into()),
+        (_, None) => return Err(format!("unexpected argument {:?}", positional[2])),
+    };
+    Ok(Args {
+        source,
+        mountpoint,
+        threads,
+        allow_other,
+        config,
+        upgrade_socket,
+        takeover,
+    })
+}
+
+/// A minimal `log` backend: level from `RUST_LOG`, lines to stderr.
+struct StderrLogger;
+
+impl log::Log for StderrLogger {
+    fn enabled(&self, m: &log::Metadata<'_>) -> bool {
+        m.level() <= log::max_level()
+    }
+
+    fn log(&self, r: &log::Record<'_>) {
+        if self.enabled(r.metadata()) {
+            let _ = writeln!(
+                std::io::stderr(),
+                "passthrough {} {}: {}",
+                r.level(),
+                r.target(),
+                r.args()
+            );
+        }
+    }
+
+    fn flush(&self) {}
+}
+
+fn init_logging() {
+    let level = match std::env::var("RUST_LOG")
+        .unwrap_or_default()
+        .to_ascii_lowercase()
+        .as_str()
+    {
+        "off" => log::LevelFilter::Off,
+        "error" => log::LevelFilter::Error,
+        "info" => log::LevelFilter::Info,
+        "debug" => log::LevelFilter::Debug,
+        "trace" => log::LevelFilter::Trace,
+        _ => log::LevelFilter::Warn,
+    };
+    if log::set_logger(&StderrLogger).is_ok() {
+        log::set_max_level(level);
+    }
+}
+
+fn main() -> ExitCode {
+    init_logging();
+    let args = match parse_args(std::env::args().skip(1)) {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("passthrough: {e}\n{USAGE}");
+            return ExitCode::from(2);
+        }
+    };
+    handoff::block_upgrade_signals();
+    // Modes come from the kernel with the caller's umask applied; this process's
+    // own umask must not remove more.
+    nix::sys::stat::umask(nix::sys::stat::Mode::empty());
+    raise_fd_limit();
+    let served = if args.takeover.is_some() {
+        take_over(&args)
+    } else {
+        serve(&args)
+    };
+    match served {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("passthrough: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// One descriptor per node the kernel knows: raise the soft limit to the hard one.
+fn raise_fd_limit() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    if let Ok((_, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
+        let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
+    }
+}
+
+fn serve(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
+    let root = rustix::fs::open(
+        args.source.as_str(),
+        rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::DIRECTORY | rustix::fs::OFlags::CLOEXEC,
+        rustix::fs::Mode::empty(),
+    )
+    .map_err(|e| format!("cannot open SOURCE {:?}: {e}", args.source))?;
+    let fs = PassFs::new(root, args.config)?;
+    let opts = MountOptions::new()
+        .fsname(&args.source)
+        .subtype("passthrough")
+        .default_permissions(true)
+        .allow_other(args.allow_other);
+    let mountpoint = PathBuf::from(&args.mountpoint);
+    let listener = args
+        .upgrade_socket
+        .as_ref()
+        .map(UpgradeListener::bind)
+        .transpose()?;
+    let server = Server::mount(fs, &mountpoint, &opts)?;
+    let running = server.spawn(args.threads)?;
+    give_device(&running, false);
+    ready(&args.mountpoint)?;
+    serve_until_done(&running, listener.as_ref(), args)
+}
+
+/// Hands the filesystem a descriptor of its connection (for the backing ioctls).
+fn give_device(running: &Running<PassFs>, restored: bool) {
+    let agreed = running.session().init_state().is_some_and(|s| {
+        InitFlags(s.result.flags).contains(InitFlags::PASSTHROUGH) && s.result.max_stack_depth > 0
+    });
+    let device = running
+        .with_mount(|m| m.device().try_clone_to_owned())
+        .and_then(Result::ok);
+    let fs = running.session().filesystem();
+    match device {
+        Some(d) => {
+            let on = fs.set_device(d, agreed, restored);
+            log::info!("kernel passthrough {}", if on { "on" } else { "off" });
+        }
+        None => log::warn!("no device descriptor: serving without kernel passthrough"),
+    }
+}
+
+fn ready(mountpoint: &str) -> std::io::Result<()> {
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "ready {mountpoint}")?;
+    out.flush()
+}
+
+/// Serves until unmounted, a termination signal, or a handoff to a new process.
+fn serve_until_done(
+    running: &Running<PassFs>,
+    listener: Option<&UpgradeListener>,
+    args: &Args,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let options = HandoffOptions::new().threads(args.threads);
+    let ended = handoff::serve_with_upgrades(running, listener, &options, |_| {
+        log::warn!("SIGUSR1: passthrough writes no snapshot files (its state is descriptors)");
+    })?;
+    if let Ended::HandedOff(outcome) = ended {
+        let s = outcome.stats;
+        log::info!(
+            "handed over to pid {}: {} snapshot bytes, {} nodeids, {} handles, stall {:?}",
+            s.peer_pid,
+            s.snapshot_bytes,
+            s.nodes,
+            s.handles,
+            s.stall
+        );
+        drop(outcome.mount);
+    } else {
+        let fs = running.session().filesystem();
+        log::info!(
+            "unmounted: {} backing ids registered, {} files open",
+            fs.backing_count(),
+            fs.open_count()
+        );
+    }
+    Ok(())
+}
+
+/// `--takeover PATH`: take the mount over from the passthrough daemon listening on
+/// PATH, serve it, and listen for the next upgrade.
+fn take_over(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
+    let Some(path) = &args.takeover else {
+        return Err("no --takeover path".into());
+    };
+    let options = HandoffOptions::new().threads(args.threads);
+    let restored = Takeover::connect(path, &options)?.receive::<PassFs>()?;
+    let (running, stats) = restored.commit()?;
+    give_device(&running, true);
+    log::info!(
+        "restored {} open files and {} backing ids",
+        running.session().filesystem().open_count(),
+        running.session().filesystem().backing_count()
+    );
+    let listen_on = args.upgrade_socket.as_ref().unwrap_or(path);
+    let listener = UpgradeListener::bind_replacing(listen_on);
+    let mountpoint = running
+        .mountpoint()
+        .map(|m| m.display().to_string())
+        .unwrap_or_default();
+    ready(&mountpoint)?;
+    log::info!(
+        "took over {mountpoint} from pid {}: {} snapshot bytes, {} nodeids, {} handles, \
+         restore {:?}, stall {:?}",
+        stats.peer_pid,
+        stats.snapshot_bytes,
+        stats.nodes,
+        stats.handles,
+        stats.restore,
+        stats.stall
+    );
+    let listener = match listener {
+        Ok(l) => Some(l),
+        Err(e) => {
+            log::error!("serving without an upgrade socket: {e}");
+            None
+        }
+    };
+    serve_until_done(&running, listener.as_ref(), args)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(v: &[&str]) -> Result<Args, String> {
+        parse_args(v.iter().map(|s| s.to_string()))
+    }
+
+    #[test]
+    fn arguments() {
+        let a = parse(&[
+            "/src",
+            "/mnt",
+            "--threads",
+            "4",
+            "--allow-other",
+            "--no-passthrough",
+        ])
+        .unwrap();
+        assert_eq!(
+            (
+                a.source.as_str(),
+                a.mountpoint.as_str(),
+                a.threads,
+                a.allow_other
+            ),
+            ("/src", "/mnt", 4, true)
+        );
+        assert!(!a.config.passthrough);
+        assert!(a.config.file_handles);
+        assert!(parse(&[]).is_err());
+        assert!(parse(&["/a"]).is_err());
+        assert!(parse(&["/a", "/b", "/c"]).is_err());
+        assert!(parse(&["/a", "/b", "--threads"]).is_err());
+        assert!(parse(&["/a", "/b", "--threads", "0"]).is_err());
+        assert!(parse(&["/a", "/b", "--bogus"]).is_err());
+        assert!(parse(&["/a", "/b", "--no-passthrough=1"]).is_err());
+        let t = parse(&["--takeover", "/run/s"]).unwrap();
+        assert_eq!(t.takeover, Some(PathBuf::from("/run/s")));
+        assert!(parse(&["/a", "/b", "--takeover", "/run/s"]).is_err());
+    }
+}

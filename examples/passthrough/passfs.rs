@@ -1,0 +1,1249 @@
+//! [`PassFs`]: the filesystem of a source directory, reached only through node
+//! descriptors and `*at` calls, with kernel passthrough for open files.
+use std::collections::HashMap;
+use std::ffi::{CString, OsStr};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::time::Duration;
+
+use fuse_live::session::dev::{backing, fhandle};
+use fuse_live::session::wire::{FopenFlags, InitFlags};
+use fuse_live::session::{
+    AttrReply, DirEntries, DirEntriesPlus, Entry, Errno, FileType, Filesystem, InitWishes, Opened,
+    ReadBuf, RequestContext, Result, SetAttr, Statfs, StatxReply, TimeOrNow, Xattr,
+};
+use rustix::fs::{AtFlags, Mode, OFlags};
+use serde::{Deserialize, Serialize};
+
+use super::node::{self, component, open_beneath, stat_fd, Node};
+
+/// Settings.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Config {
+    /// How long the kernel caches names and attributes.
+    pub ttl: Duration,
+    /// Ask for kernel passthrough (`--no-passthrough` turns it off).
+    pub passthrough: bool,
+    /// Use file handles in node values (off: every node's descriptor is kept and
+    /// passed on in a live handoff; for filesystems without handles, and tests).
+    pub file_handles: bool,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            ttl: Duration::from_secs(1),
+            passthrough: true,
+            file_handles: true,
+        }
+    }
+}
+
+/// The filesystem's value for an open file or directory: an id into the open
+/// descriptors of the process ([`PassFs`]'s table, passed on in a handoff) and the
+/// kernel passthrough backing id it was opened with (0: none).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Handle {
+    /// Key of the open descriptor.
+    pub id: u64,
+    /// Backing id (`FUSE_DEV_IOC_BACKING_OPEN`) this open uses, 0 for none.
+    pub backing: i32,
+}
+
+/// An open backing file or directory.
+pub struct OpenFile {
+    /// The descriptor, opened with the caller's access mode.
+    pub fd: OwnedFd,
+    /// Serializes `lseek` + `getdents` on a directory stream.
+    pub dir: Mutex<()>,
+}
+
+/// A backing id registered for an inode, shared by every passthrough open of it
+/// (the kernel refuses two ids on one inode at a time).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Backing {
+    /// The id.
+    pub id: i32,
+    /// Whether the registered file was opened for writing too.
+    pub writable: bool,
+    /// Open handles using it.
+    pub refs: u64,
+}
+
+/// Kernel passthrough state.
+pub struct Passthrough {
+    /// A descriptor of this mount's `/dev/fuse` connection (set once serving).
+    pub device: OnceLock<OwnedFd>,
+    /// Passthrough is in use on this connection: every regular-file open is then
+    /// either passthrough or `FOPEN_DIRECT_IO`, never page-cached (the kernel
+    /// refuses cached and passthrough opens of one inode at once).
+    pub on: AtomicBool,
+    /// Backing ids per node.
+    pub backings: Mutex<HashMap<Node, Backing>>,
+    /// Ids released before the device was known (right after a takeover).
+    pub pending_close: Mutex<Vec<i32>>,
+}
+
+/// The passthrough filesystem.
+pub struct PassFs {
+    /// The source directory (`O_RDONLY | O_DIRECTORY`).
+    pub root_fd: OwnedFd,
+    /// The source directory's node.
+    pub root: Node,
+    /// The source's mount id, when file handles are used.
+    pub mount_id: Option<i32>,
+    /// Settings.
+    pub config: Config,
+    /// Descriptors of the nodes the kernel knows (`O_PATH`, or any descriptor of
+    /// the inode). Dropped at `forget`.
+    pub nodes: Mutex<HashMap<Node, Arc<OwnedFd>>>,
+    /// Open files and directories by [`Handle::id`].
+    pub files: Mutex<HashMap<u64, Arc<OpenFile>>>,
+    /// The next [`Handle::id`].
+    pub next_id: AtomicU64,
+    /// Kernel passthrough.
+    pub pt: Passthrough,
+    /// This process runs as root: created inodes are given to the caller.
+    pub chown: bool,
+}
+
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn io_errno(e: std::io::Error) -> Errno {
+    Errno::from_io(&e)
+}
+
+fn rx(e: rustix::io::Errno) -> Errno {
+    Errno(e.raw_os_error())
+}
+
+/// Open flags passed to the backing file: the access mode and the flags that
+/// change how it is written; never `O_CREAT`, `O_EXCL`, `O_NOCTTY`, `O_DIRECT`
+/// (this process reads with unaligned buffers; the kernel handles `O_DIRECT`).
+fn backing_flags(flags: i32) -> OFlags {
+    let keep = nix::libc::O_ACCMODE
+        | nix::libc::O_APPEND
+        | nix::libc::O_TRUNC
+        | nix::libc::O_SYNC
+        | nix::libc::O_DSYNC
+        | nix::libc::O_NOATIME;
+    OFlags::from_bits_retain((flags & keep) as u32)
+}
+
+impl PassFs {
+    /// A filesystem over the directory `root_fd` (opened `O_RDONLY | O_DIRECTORY`).
+    ///
+    /// # Errors
+    /// The source cannot be stat'ed.
+    pub fn new(root_fd: OwnedFd, config: Config) -> std::io::Result<PassFs> {
+        let st = stat_fd(root_fd.as_fd()).map_err(|e| std::io::Error::from_raw_os_error(e.0))?;
+        if st.st_mode & nix::libc::S_IFMT != nix::libc::S_IFDIR {
+            return Err(std::io::Error::from_raw_os_error(nix::libc::ENOTDIR));
+        }
+        let mount_id = if config.file_handles {
+            Self::probe_handles(root_fd.as_fd())
+        } else {
+            None
+        };
+        let root = node::node_of(root_fd.as_fd(), &st, mount_id);
+        Self::from_parts(root_fd, root, mount_id, config)
+    }
+
+    /// Whether the source's filesystem gives file handles that this process may
+    /// open again (`CAP_DAC_READ_SEARCH`); its mount id if so.
+    fn probe_handles(root: BorrowedFd<'_>) -> Option<i32> {
+        let (h, mount_id) = match fhandle::name_to_handle(root, c"", nix::libc::AT_EMPTY_PATH) {
+            Ok(x) => x,
+            Err(e) => {
+                log::warn!("the source has no file handles ({e}); keeping a descriptor per node");
+                return None;
+            }
+        };
+        match fhandle::open_by_handle(root, &h, nix::libc::O_PATH) {
+            Ok(_) => Some(mount_id),
+            Err(e) => {
+                log::warn!(
+                    "cannot open by file handle ({e}; needs CAP_DAC_READ_SEARCH); keeping a \
+                     descriptor per node"
+                );
+                None
+            }
+        }
+    }
+
+    /// Assembles a filesystem (new or restored).
+    ///
+    /// # Errors
+    /// The source's descriptor cannot be duplicated (EMFILE).
+    pub fn from_parts(
+        root_fd: OwnedFd,
+        root: Node,
+        mount_id: Option<i32>,
+        config: Config,
+    ) -> std::io::Result<PassFs> {
+        let root_path = Arc::new(root_fd.try_clone()?);
+        let mut nodes = HashMap::new();
+        nodes.insert(root.clone(), root_path);
+        Ok(PassFs {
+            root_fd,
+            root,
+            mount_id,
+            config,
+            nodes: Mutex::new(nodes),
+            files: Mutex::new(HashMap::new()),
+            next_id: AtomicU64::new(1),
+            pt: Passthrough {
+                device: OnceLock::new(),
+                on: AtomicBool::new(false),
+                backings: Mutex::new(HashMap::new()),
+                pending_close: Mutex::new(Vec::new()),
+            },
+            chown: nix::unistd::geteuid().is_root(),
+        })
+    }
+
+    /// Gives the filesystem its mount's `/dev/fuse` descriptor once serving.
+    /// `agreed`: INIT agreed passthrough. A new mount probes whether this process
+    /// may register backing files (registering a memfd and releasing it); a
+    /// restored one (`restored`) keeps the mode it was saved with. Returns whether
+    /// passthrough is on.
+    pub fn set_device(&self, device: OwnedFd, agreed: bool, restored: bool) -> bool {
+        let device = self.pt.device.get_or_init(|| device);
+        for id in std::mem::take(&mut *lock(&self.pt.pending_close)) {
+            if let Err(e) = backing::backing_close(device.as_fd(), id) {
+                log::warn!("releasing backing id {id}: {e}");
+            }
+        }
+        if restored {
+            return self.pt.on.load(Ordering::Relaxed);
+        }
+        if !self.config.passthrough {
+            return false;
+        }
+        if !agreed {
+            log::warn!(
+                "the kernel did not agree to FUSE_PASSTHROUGH (needs Linux 6.9+); serving without"
+            );
+            return false;
+        }
+        // A backing file must be a regular file: a memfd is one, on no stack.
+        let probe = rustix::fs::memfd_create(c"passthrough-probe", rustix::fs::MemfdFlags::CLOEXEC)
+            .map_err(std::io::Error::from)
+            .and_then(|f| backing::backing_open(device.as_fd(), f.as_fd()));
+        match probe {
+            Ok(id) => {
+                let _ = backing::backing_close(device.as_fd(), id);
+                self.pt.on.store(true, Ordering::Relaxed);
+                true
+            }
+            Err(e) => {
+                log::warn!(
+                    "cannot register passthrough backing files ({e}; needs CAP_SYS_ADMIN); \
+                     serving without"
+                );
+                false
+            }
+        }
+    }
+
+    fn entry(&self, node: Node, st: &rustix::fs::Stat) -> Result<Entry<Node>> {
+        Ok(Entry {
+            node,
+            attr: node::attr_of(st)?,
+            entry_ttl: self.config.ttl,
+            attr_ttl: self.config.ttl,
+        })
+    }
+
+    /// The descriptor of `node`: from the cache, or opened again by file handle
+    /// (checked to be the same `(dev, ino)`); `ESTALE` if neither works.
+    pub fn node_fd(&self, node: &Node) -> Result<Arc<OwnedFd>> {
+        if let Some(fd) = lock(&self.nodes).get(node) {
+            return Ok(fd.clone());
+        }
+        let h = node.file_handle().ok_or(Errno::ESTALE)?;
+        let fd = fhandle::open_by_handle(self.root_fd.as_fd(), &h, nix::libc::O_PATH)
+            .map_err(|_| Errno::ESTALE)?;
+        let st = stat_fd(fd.as_fd())?;
+        if (st.st_dev, st.st_ino, st.st_mode & nix::libc::S_IFMT) != (node.dev, node.ino, node.kind)
+        {
+            return Err(Errno::ESTALE);
+        }
+        let fd = Arc::new(fd);
+        Ok(lock(&self.nodes).entry(node.clone()).or_insert(fd).clone())
+    }
+
+    /// Looks `name` up in directory `parent_fd`: opens it `O_PATH` (never
+    /// following a symlink, never leaving the directory) and caches the node.
+    fn lookup_at(&self, parent_fd: BorrowedFd<'_>, name: &CString) -> Result<Entry<Node>> {
+        let fd = open_beneath(parent_fd, name, OFlags::PATH, 0).map_err(io_errno)?;
+        self.adopt(fd)
+    }
+
+    /// Makes the node of an open descriptor known (cached) and returns its entry.
+    fn adopt(&self, fd: OwnedFd) -> Result<Entry<Node>> {
+        let st = stat_fd(fd.as_fd())?;
+        let node = node::node_of(fd.as_fd(), &st, self.mount_id);
+        lock(&self.nodes)
+            .entry(node.clone())
+            .or_insert_with(|| Arc::new(fd));
+        self.entry(node, &st)
+    }
+
+    /// Gives a new inode to the caller (this process creates as root): the
+    /// caller's uid, and its gid unless the directory is set-group-ID (then the
+    /// backing filesystem already gave the directory's group).
+    fn give(
+        &self,
+        ctx: &RequestContext<'_>,
+        fd: BorrowedFd<'_>,
+        parent_fd: BorrowedFd<'_>,
+    ) -> Result<()> {
+        if !self.chown {
+            return Ok(());
+        }
+        let pst = stat_fd(parent_fd)?;
+        let gid =
+            (pst.st_mode & nix::libc::S_ISGID == 0).then(|| rustix::fs::Gid::from_raw(ctx.gid));
+        rustix::fs::chownat(
+            fd,
+            c"",
+            Some(rustix::fs::Uid::from_raw(ctx.uid)),
+            gid,
+            AtFlags::EMPTY_PATH | AtFlags::SYMLINK_NOFOLLOW,
+        )
+        .map_err(rx)
+    }
+
+    /// Creates `name` in `parent` with `make`, gives it to the caller, looks it up.
+    fn create_node(
+        &self,
+        ctx: &RequestContext<'_>,
+        parent: &Node,
+        name: &OsStr,
+        make: impl FnOnce(BorrowedFd<'_>, &CString) -> rustix::io::Result<()>,
+    ) -> Result<Entry<Node>> {
+        let name = component(name)?;
+        let pfd = self.node_fd(parent)?;
+        make(pfd.as_fd(), &name).map_err(rx)?;
+        let fd = open_beneath(pfd.as_fd(), &name, OFlags::PATH, 0).map_err(io_errno)?;
+        if let Err(e) = self.give(ctx, fd.as_fd(), pfd.as_fd()) {
+            log::warn!("chown of a new inode failed: {e}");
+        }
+        self.adopt(fd)
+    }
+
+    /// Opens `node` again with `flags` (a regular file or directory): by file
+    /// handle, else through its `/proc/self/fd` magic link.
+    fn reopen(&self, node: &Node, flags: OFlags) -> Result<OwnedFd> {
+        let flags = flags | OFlags::CLOEXEC | OFlags::NOCTTY;
+        let fd = if let Some(h) = node.file_handle() {
+            fhandle::open_by_handle(self.root_fd.as_fd(), &h, flags.bits() as i32).map_err(io_errno)
+        } else {
+            Err(Errno::ESTALE)
+        };
+        let fd = match fd {
+            Ok(fd) => fd,
+            Err(_) => {
+                let path_fd = self.node_fd(node)?;
+                rustix::fs::open(
+                    node::proc_path(path_fd.as_fd()).as_c_str(),
+                    flags,
+                    Mode::empty(),
+                )
+                .map_err(rx)?
+            }
+        };
+        let st = stat_fd(fd.as_fd())?;
+        if (st.st_dev, st.st_ino) != (node.dev, node.ino) {
+            return Err(Errno::ESTALE);
+        }
+        Ok(fd)
+    }
+
+    fn insert_file(&self, fd: OwnedFd) -> u64 {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        lock(&self.files).insert(
+            id,
+            Arc::new(OpenFile {
+                fd,
+                dir: Mutex::new(()),
+            }),
+        );
+        id
+    }
+
+    /// How many backing ids this filesystem holds registered.
+    pub fn backing_count(&self) -> usize {
+        lock(&self.pt.backings).len()
+    }
+
+    /// How many files and directories are open.
+    pub fn open_count(&self) -> usize {
+        lock(&self.files).len()
+    }
+
+    /// The open file of `fh`.
+    pub fn file(&self, fh: &Handle) -> Result<Arc<OpenFile>> {
+        lock(&self.files).get(&fh.id).cloned().ok_or(Errno::EBADF)
+    }
+
+    /// Turns an open regular file into the reply: with passthrough on, registers
+    /// (or shares) the inode's backing id; otherwise, or when the backing file
+    /// cannot serve this open, `FOPEN_DIRECT_IO` while passthrough is on.
+    fn opened(&self, node: &Node, fd: OwnedFd, flags: i32) -> Opened<Handle> {
+        let id = self.insert_file(fd);
+        let mut handle = Handle { id, backing: 0 };
+        // Before the device is known (the moment between the workers starting
+        // and `set_device`) passthrough may still come on: no cached open then,
+        // which would make a later passthrough open of the inode fail ETXTBSY.
+        let undecided = self.config.passthrough && self.pt.device.get().is_none();
+        if !self.pt.on.load(Ordering::Relaxed) && !undecided {
+            return Opened::new(handle);
+        }
+        let writes = flags & nix::libc::O_ACCMODE != nix::libc::O_RDONLY;
+        match self.backing_for(node, writes) {
+            Some(b) => {
+                handle.backing = b;
+                Opened {
+                    handle,
+                    flags: FopenFlags::PASSTHROUGH,
+                    backing_id: b,
+                }
+            }
+            None => Opened {
+                handle,
+                flags: FopenFlags::DIRECT_IO,
+                backing_id: 0,
+            },
+        }
+    }
+
+    /// The backing id for a passthrough open of `node`, counted; `None` when the
+    /// device is not known yet, the backing file cannot be opened or registered,
+    /// or it is read-only and this open writes.
+    fn backing_for(&self, node: &Node, writes: bool) -> Option<i32> {
+        let device = self.pt.device.get()?;
+        let mut backings = lock(&self.pt.backings);
+        if let Some(b) = backings.get_mut(node) {
+            if writes && !b.writable {
+                return None;
+            }
+            b.refs += 1;
+            return Some(b.id);
+        }
+        let (fd, writable) = match self.reopen(node, OFlags::RDWR) {
+            Ok(fd) => (fd, true),
+            Err(_) => (self.reopen(node, OFlags::RDONLY).ok()?, false),
+        };
+        if writes && !writable {
+            return None;
+        }
+        match backing::backing_open(device.as_fd(), fd.as_fd()) {
+            Ok(id) => {
+                backings.insert(
+                    node.clone(),
+                    Backing {
+                        id,
+                        writable,
+                        refs: 1,
+                    },
+                );
+                Some(id)
+            }
+            Err(e) => {
+                log::info!("no passthrough for inode {}: {e}", node.ino);
+                None
+            }
+        }
+    }
+
+    /// Drops one use of `node`'s backing id `id`; releases it with the last.
+    fn put_backing(&self, node: &Node, id: i32) {
+        let mut backings = lock(&self.pt.backings);
+        let Some(b) = backings.get_mut(node).filter(|b| b.id == id) else {
+            log::error!("release of unknown backing id {id}");
+            return;
+        };
+        b.refs = b.refs.saturating_sub(1);
+        if b.refs > 0 {
+            return;
+        }
+        backings.remove(node);
+        drop(backings);
+        match self.pt.device.get() {
+            Some(dev) => {
+                if let Err(e) = backing::backing_close(dev.as_fd(), id) {
+                    log::warn!("releasing backing id {id}: {e}");
+                }
+            }
+            None => lock(&self.pt.pending_close).push(id),
+        }
+    }
+
+    /// The descriptor to stat or change `node` through: the open file if given.
+    fn fd_for(&self, node: &Node, fh: Option<&Handle>) -> Result<FdRef> {
+        match fh {
+            Some(h) => Ok(FdRef::File(self.file(h)?)),
+            None => Ok(FdRef::Path(self.node_fd(node)?)),
+        }
+    }
+
+    /// Lists directory stream `fh` from `offset` (a `d_off` cookie of the backing
+    /// filesystem) into `add` until it returns false.
+    fn readdir_any(
+        &self,
+        fh: &Handle,
+        offset: u64,
+        mut add: impl FnMut(&CString, u64, u64, FileType) -> bool,
+    ) -> Result<()> {
+        let file = self.file(fh)?;
+        let _stream = lock(&file.dir);
+        rustix::fs::seek(&file.fd, rustix::fs::SeekFrom::Start(offset)).map_err(rx)?;
+        let mut buf = vec![std::mem::MaybeUninit::<u8>::uninit(); 16 * 1024];
+        let mut dir = rustix::fs::RawDir::new(&file.fd, &mut buf);
+        while let Some(e) = dir.next() {
+            let e = e.map_err(rx)?;
+            let name = CString::from(e.file_name());
+            let kind = match dirent_kind(e.file_type()) {
+                Some(k) => k,
+                None => {
+                    let st =
+                        rustix::fs::statat(&file.fd, name.as_c_str(), AtFlags::SYMLINK_NOFOLLOW);
+                    match st.ok().and_then(|st| FileType::from_mode(st.st_mode)) {
+                        Some(k) => k,
+                        None => continue,
+                    }
+                }
+            };
+            if !add(&name, e.ino(), e.next_entry_cookie(), kind) {
+                break;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A descriptor borrowed from the node cache or from an open file.
+enum FdRef {
+    Path(Arc<OwnedFd>),
+    File(Arc<OpenFile>),
+}
+
+impl FdRef {
+    fn fd(&self) -> BorrowedFd<'_> {
+        match self {
+            FdRef::Path(f) => f.as_fd(),
+            FdRef::File(f) => f.fd.as_fd(),
+        }
+    }
+}
+
+fn dirent_kind(t: rustix::fs::FileType) -> Option<FileType> {
+    use rustix::fs::FileType as T;
+    Some(match t {
+        T::RegularFile => FileType::RegularFile,
+        T::Directory => FileType::Directory,
+        T::Symlink => FileType::Symlink,
+        T::CharacterDevice => FileType::CharDevice,
+        T::BlockDevice => FileType::BlockDevice,
+        T::Fifo => FileType::NamedPipe,
+        T::Socket => FileType::Socket,
+        _ => return None,
+    })
+}
+
+fn timestamp(t: Option<TimeOrNow>) -> rustix::fs::Timespec {
+    match t {
+        None => rustix::fs::Timespec {
+            tv_sec: 0,
+            tv_nsec: rustix::fs::UTIME_OMIT,
+        },
+        Some(TimeOrNow::Now) => rustix::fs::Timespec {
+            tv_sec: 0,
+            tv_nsec: rustix::fs::UTIME_NOW,
+        },
+        Some(TimeOrNow::Time(t)) => {
+            let (s, ns) = fuse_live::session::split_time(t);
+            rustix::fs::Timespec {
+                tv_sec: s,
+                tv_nsec: ns.into(),
+            }
+        }
+    }
+}
+
+/// `open(O_TRUNC)` by an unprivileged caller clears set-user-ID, and
+/// set-group-ID on a group-executable file, as a truncate does. With
+/// `ATOMIC_O_TRUNC` the kernel sends no SETATTR for it, and this process
+/// truncates as root (which keeps the bits), so it clears them here.
+fn kill_suid_on_trunc(ctx: &RequestContext<'_>, fd: BorrowedFd<'_>, flags: i32) -> Result<()> {
+    if flags & nix::libc::O_TRUNC == 0 || ctx.uid == 0 {
+        return Ok(());
+    }
+    let mode = stat_fd(fd)?.st_mode & 0o7777;
+    let mut kill = nix::libc::S_ISUID;
+    if mode & nix::libc::S_IXGRP != 0 {
+        kill |= nix::libc::S_ISGID;
+    }
+    if mode & kill != 0 {
+        rustix::fs::fchmod(fd, Mode::from_bits_truncate(mode & !kill)).map_err(rx)?;
+    }
+    Ok(())
+}
+
+fn xattr_reply(size: u32, data: Vec<u8>) -> Result<Xattr> {
+    if size == 0 {
+        return Ok(Xattr::Size(
+            u32::try_from(data.len()).map_err(|_| Errno::E2BIG)?,
+        ));
+    }
+    if data.len() > size as usize {
+        return Err(Errno::ERANGE);
+    }
+    Ok(Xattr::Data(data))
+}
+
+impl Filesystem for PassFs {
+    type Node = Node;
+    type Handle = Handle;
+
+    fn root(&self) -> Node {
+        self.root.clone()
+    }
+
+    fn init(&self, wishes: &mut InitWishes) -> Result<()> {
+        // READDIRPLUS (adaptive); no writeback cache (passthrough requires that,
+        // and every write then reaches the backing file with the writer's ids
+        // checked by the kernel). Locks stay local to the kernel: they survive a
+        // handoff with no state here. Direct I/O opens (the fallback while
+        // passthrough is on) may still be mmapped.
+        wishes.flags |= InitFlags::DO_READDIRPLUS
+            | InitFlags::READDIRPLUS_AUTO
+            | InitFlags::DIRECT_IO_ALLOW_MMAP;
+        wishes.flags = wishes.flags.difference(InitFlags::WRITEBACK_CACHE);
+        if self.config.passthrough {
+            wishes.flags |= InitFlags::PASSTHROUGH;
+            // The backing files are on ordinary (unstacked) filesystems.
+            wishes.max_stack_depth = 1;
+        }
+        Ok(())
+    }
+
+    fn forget(&self, node: Node) {
+        if node != self.root {
+            lock(&self.nodes).remove(&node);
+        }
+    }
+
+    fn lookup(
+        &self,
+        _ctx: &RequestContext<'_>,
+        parent: &Node,
+        name: &OsStr,
+    ) -> Result<Entry<Node>> {
+        let name = component(name)?;
+        let pfd = self.node_fd(parent)?;
+        self.lookup_at(pfd.as_fd(), &name)
+    }
+
+    fn getattr(
+        &self,
+        _ctx: &RequestContext<'_>,
+        node: &Node,
+        fh: Option<&Handle>,
+    ) -> Result<AttrReply> {
+        let fd = self.fd_for(node, fh)?;
+        let st = stat_fd(fd.fd())?;
+        Ok(AttrReply {
+            attr: node::attr_of(&st)?,
+            ttl: self.config.ttl,
+        })
+    }
+
+    fn setattr(
+        &self,
+        _ctx: &RequestContext<'_>,
+        node: &Node,
+        fh: Option<&Handle>,
+        set: &SetAttr,
+    ) -> Result<AttrReply> {
+        let fd = self.fd_for(node, fh)?;
+        if let Some(mode) = set.mode {
+            if node.kind == nix::libc::S_IFLNK {
+                return Err(Errno::EOPNOTSUPP);
+            }
+            let mode = Mode::from_bits_truncate(mode & 0o7777);
+            match &fd {
+                FdRef::File(f) => rustix::fs::fchmod(&f.fd, mode).map_err(rx)?,
+                FdRef::Path(p) => rustix::fs::chmodat(
+                    rustix::fs::CWD,
+                    node::proc_path(p.as_fd()).as_c_str(),
+                    mode,
+                    AtFlags::empty(),
+                )
+                .map_err(rx)?,
+            }
+        }
+        if set.uid.is_some() || set.gid.is_some() {
+            rustix::fs::chownat(
+                fd.fd(),
+                c"",
+                set.uid.map(rustix::fs::Uid::from_raw),
+                set.gid.map(rustix::fs::Gid::from_raw),
+                AtFlags::EMPTY_PATH | AtFlags::SYMLINK_NOFOLLOW,
+            )
+            .map_err(rx)?;
+        }
+        if let Some(size) = set.size {
+            let writable = match &fd {
+                FdRef::File(f) => rustix::fs::fcntl_getfl(&f.fd)
+                    .map(|fl| fl.contains(OFlags::WRONLY) || fl.contains(OFlags::RDWR))
+                    .unwrap_or(false),
+                FdRef::Path(_) => false,
+            };
+            if writable {
+                rustix::fs::ftruncate(fd.fd(), size).map_err(rx)?;
+            } else {
+                if node.kind != nix::libc::S_IFREG {
+                    return Err(if node.is_dir() {
+                        Errno::EISDIR
+                    } else {
+                        Errno::EINVAL
+                    });
+                }
+                let w = self.reopen(node, OFlags::WRONLY)?;
+                rustix::fs::ftruncate(&w, size).map_err(rx)?;
+            }
+        }
+        if set.atime.is_some() || set.mtime.is_some() {
+            let ts = rustix::fs::Timestamps {
+                last_access: timestamp(set.atime),
+                last_modification: timestamp(set.mtime),
+            };
+            rustix::fs::utimensat(
+                fd.fd(),
+                c"",
+                &ts,
+                AtFlags::EMPTY_PATH | AtFlags::SYMLINK_NOFOLLOW,
+            )
+            .map_err(rx)?;
+        }
+        let st = stat_fd(fd.fd())?;
+        Ok(AttrReply {
+            attr: node::attr_of(&st)?,
+            ttl: self.config.ttl,
+        })
+    }
+
+    fn readlink(&self, _ctx: &RequestContext<'_>, node: &Node) -> Result<Vec<u8>> {
+        let fd = self.node_fd(node)?;
+        let target = rustix::fs::readlinkat(fd.as_fd(), c"", Vec::new()).map_err(rx)?;
+        Ok(target.into_bytes())
+    }
+
+    fn mknod(
+        &self,
+        ctx: &RequestContext<'_>,
+        parent: &Node,
+        name: &OsStr,
+        mode: u32,
+        rdev: u32,
+    ) -> Result<Entry<Node>> {
+        let kind = rustix::fs::FileType::from_raw_mode(mode);
+        let perm = Mode::from_bits_truncate(mode & 0o7777);
+        let dev = node::decode_rdev(rdev);
+        self.create_node(ctx, parent, name, |p, n| {
+            rustix::fs::mknodat(p, n.as_c_str(), kind, perm, dev)
+        })
+    }
+
+    fn mkdir(
+        &self,
+        ctx: &RequestContext<'_>,
+        parent: &Node,
+        name: &OsStr,
+        mode: u32,
+    ) -> Result<Entry<Node>> {
+        let perm = Mode::from_bits_truncate(mode & 0o7777);
+        self.create_node(ctx, parent, name, |p, n| {
+            rustix::fs::mkdirat(p, n.as_c_str(), perm)
+        })
+    }
+
+    fn unlink(&self, _ctx: &RequestContext<'_>, parent: &Node, name: &OsStr) -> Result<()> {
+        let name = component(name)?;
+        let pfd = self.node_fd(parent)?;
+        rustix::fs::unlinkat(pfd.as_fd(), name.as_c_str(), AtFlags::empty()).map_err(rx)
+    }
+
+    fn rmdir(&self, _ctx: &RequestContext<'_>, parent: &Node, name: &OsStr) -> Result<()> {
+        let name = component(name)?;
+        let pfd = self.node_fd(parent)?;
+        rustix::fs::unlinkat(pfd.as_fd(), name.as_c_str(), AtFlags::REMOVEDIR).map_err(rx)
+    }
+
+    fn symlink(
+        &self,
+        ctx: &RequestContext<'_>,
+        parent: &Node,
+        name: &OsStr,
+        target: &OsStr,
+    ) -> Result<Entry<Node>> {
+        let target = CString::new(target.as_bytes()).map_err(|_| Errno::EINVAL)?;
+        self.create_node(ctx, parent, name, |p, n| {
+            rustix::fs::symlinkat(target.as_c_str(), p, n.as_c_str())
+        })
+    }
+
+    fn rename(
+        &self,
+        _ctx: &RequestContext<'_>,
+        parent: &Node,
+        name: &OsStr,
+        newparent: &Node,
+        newname: &OsStr,
+        flags: u32,
+    ) -> Result<()> {
+        let (name, newname) = (component(name)?, component(newname)?);
+        let (p, np) = (self.node_fd(parent)?, self.node_fd(newparent)?);
+        rustix::fs::renameat_with(
+            p.as_fd(),
+            name.as_c_str(),
+            np.as_fd(),
+            newname.as_c_str(),
+            rustix::fs::RenameFlags::from_bits_retain(flags),
+        )
+        .map_err(rx)
+    }
+
+    fn link(
+        &self,
+        _ctx: &RequestContext<'_>,
+        node: &Node,
+        newparent: &Node,
+        newname: &OsStr,
+    ) -> Result<Entry<Node>> {
+        let newname = component(newname)?;
+        let fd = self.node_fd(node)?;
+        let np = self.node_fd(newparent)?;
+        rustix::fs::linkat(
+            fd.as_fd(),
+            c"",
+            np.as_fd(),
+            newname.as_c_str(),
+            AtFlags::EMPTY_PATH,
+        )
+        .map_err(rx)?;
+        self.lookup_at(np.as_fd(), &newname)
+    }
+
+    fn open(&self, ctx: &RequestContext<'_>, node: &Node, flags: i32) -> Result<Opened<Handle>> {
+        if node.kind != nix::libc::S_IFREG {
+            return Err(if node.is_dir() {
+                Errno::EISDIR
+            } else {
+                Errno::EINVAL
+            });
+        }
+        let fd = self.reopen(node, backing_flags(flags))?;
+        kill_suid_on_trunc(ctx, fd.as_fd(), flags)?;
+        Ok(self.opened(node, fd, flags))
+    }
+
+    fn read<'r>(
+        &'r self,
+        _ctx: &RequestContext<'_>,
+        _node: &Node,
+        fh: &Handle,
+        offset: u64,
+        size: u32,
+        out: &mut ReadBuf<'r, '_>,
+    ) -> Result<()> {
+        let file = self.file(fh)?;
+        let buf = out.buffer();
+        let len = buf.len().min(size as usize);
+        let mut done = 0;
+        while done < len {
+            let n = rustix::io::pread(&file.fd, &mut buf[done..len], offset + done as u64)
+                .map_err(rx)?;
+            if n == 0 {
+                break;
+            }
+            done += n;
+        }
+        out.filled(done);
+        Ok(())
+    }
+
+    fn write(
+        &self,
+        _ctx: &RequestContext<'_>,
+        _node: &Node,
+        fh: &Handle,
+        offset: u64,
+        data: &[u8],
+        _write_flags: u32,
+        _flags: i32,
+    ) -> Result<u32> {
+        let file = self.file(fh)?;
+        let n = rustix::io::pwrite(&file.fd, data, offset).map_err(rx)?;
+        u32::try_from(n).map_err(|_| Errno::EIO)
+    }
+
+    fn release(
+        &self,
+        _ctx: &RequestContext<'_>,
+        node: &Node,
+        fh: Handle,
+        _flags: i32,
+        _lock_owner: u64,
+        _flush: bool,
+    ) -> Result<()> {
+        lock(&self.files).remove(&fh.id);
+        if fh.backing != 0 {
+            self.put_backing(node, fh.backing);
+        }
+        Ok(())
+    }
+
+    fn fsync(
+        &self,
+        _ctx: &RequestContext<'_>,
+        _node: &Node,
+        fh: &Handle,
+        datasync: bool,
+    ) -> Result<()> {
+        let file = self.file(fh)?;
+        if datasync {
+            rustix::fs::fdatasync(&file.fd).map_err(rx)
+        } else {
+            rustix::fs::fsync(&file.fd).map_err(rx)
+        }
+    }
+
+    fn opendir(
+        &self,
+        _ctx: &RequestContext<'_>,
+        node: &Node,
+        _flags: i32,
+    ) -> Result<Opened<Handle>> {
+        if !node.is_dir() {
+            return Err(Errno::ENOTDIR);
+        }
+        let fd = self.reopen(node, OFlags::RDONLY | OFlags::DIRECTORY)?;
+        Ok(Opened::new(Handle {
+            id: self.insert_file(fd),
+            backing: 0,
+        }))
+    }
+
+    fn readdir(
+        &self,
+        _ctx: &RequestContext<'_>,
+        _node: &Node,
+        fh: &Handle,
+        offset: u64,
+        out: &mut DirEntries<'_>,
+    ) -> Result<()> {
+        self.readdir_any(fh, offset, |name, ino, next, kind| {
+            out.add(ino, next, kind, OsStr::from_bytes(name.as_bytes()))
+        })
+    }
+
+    fn readdirplus(
+        &self,
+        _ctx: &RequestContext<'_>,
+        node: &Node,
+        fh: &Handle,
+        offset: u64,
+        out: &mut DirEntriesPlus<'_, Node>,
+    ) -> Result<()> {
+        let dir_fd = self.node_fd(node)?;
+        let dir_st = stat_fd(dir_fd.as_fd())?;
+        let dir_entry = self.entry(node.clone(), &dir_st)?;
+        self.readdir_any(fh, offset, |name, _ino, next, _kind| {
+            let b = name.as_bytes();
+            if b == b"." || b == b".." {
+                // Not counted by the session; the kernel ignores their attributes.
+                return out.add(OsStr::from_bytes(b), next, &dir_entry);
+            }
+            match self.lookup_at(dir_fd.as_fd(), name) {
+                Ok(entry) => out.add(OsStr::from_bytes(b), next, &entry),
+                // Removed meanwhile: leave it out.
+                Err(_) => true,
+            }
+        })
+    }
+
+    fn releasedir(
+        &self,
+        _ctx: &RequestContext<'_>,
+        _node: &Node,
+        fh: Handle,
+        _flags: i32,
+    ) -> Result<()> {
+        lock(&self.files).remove(&fh.id);
+        Ok(())
+    }
+
+    fn fsyncdir(
+        &self,
+        ctx: &RequestContext<'_>,
+        node: &Node,
+        fh: &Handle,
+        datasync: bool,
+    ) -> Result<()> {
+        self.fsync(ctx, node, fh, datasync)
+    }
+
+    fn statfs(&self, _ctx: &RequestContext<'_>, node: &Node) -> Result<Statfs> {
+        let fd = self.node_fd(node)?;
+        let s = rustix::fs::fstatvfs(fd.as_fd()).map_err(rx)?;
+        Ok(Statfs {
+            blocks: s.f_blocks,
+            bfree: s.f_bfree,
+            bavail: s.f_bavail,
+            files: s.f_files,
+            ffree: s.f_ffree,
+            bsize: s.f_bsize as u32,
+            namelen: s.f_namemax as u32,
+            frsize: s.f_frsize as u32,
+        })
+    }
+
+    fn setxattr(
+        &self,
+        _ctx: &RequestContext<'_>,
+        node: &Node,
+        name: &OsStr,
+        value: &[u8],
+        flags: i32,
+        _setxattr_flags: u32,
+    ) -> Result<()> {
+        let path = self.xattr_path(node)?;
+        rustix::fs::setxattr(
+            path.1.as_c_str(),
+            name,
+            value,
+            rustix::fs::XattrFlags::from_bits_retain(flags as u32),
+        )
+        .map_err(rx)
+    }
+
+    fn getxattr(
+        &self,
+        _ctx: &RequestContext<'_>,
+        node: &Node,
+        name: &OsStr,
+        size: u32,
+    ) -> Result<Xattr> {
+        if node.kind == nix::libc::S_IFLNK {
+            return Err(Errno::ENODATA);
+        }
+        let path = self.xattr_path(node)?;
+        let mut buf = vec![0u8; if size == 0 { 64 * 1024 } else { size as usize }];
+        let n = rustix::fs::getxattr(path.1.as_c_str(), name, &mut buf[..]).map_err(rx)?;
+        buf.truncate(n);
+        xattr_reply(size, buf)
+    }
+
+    fn listxattr(&self, _ctx: &RequestContext<'_>, node: &Node, size: u32) -> Result<Xattr> {
+        if node.kind == nix::libc::S_IFLNK {
+            return xattr_reply(size, Vec::new());
+        }
+        let path = self.xattr_path(node)?;
+        let mut buf = vec![0u8; if size == 0 { 64 * 1024 } else { size as usize }];
+        let n = rustix::fs::listxattr(path.1.as_c_str(), &mut buf[..]).map_err(rx)?;
+        buf.truncate(n);
+        xattr_reply(size, buf)
+    }
+
+    fn removexattr(&self, _ctx: &RequestContext<'_>, node: &Node, name: &OsStr) -> Result<()> {
+        let path = self.xattr_path(node)?;
+        rustix::fs::removexattr(path.1.as_c_str(), name).map_err(rx)
+    }
+
+    fn create(
+        &self,
+        ctx: &RequestContext<'_>,
+        parent: &Node,
+        name: &OsStr,
+        mode: u32,
+        flags: i32,
+    ) -> Result<(Entry<Node>, Opened<Handle>)> {
+        let cname = component(name)?;
+        let pfd = self.node_fd(parent)?;
+        let oflags = backing_flags(flags);
+        let (fd, created) = match open_beneath(
+            pfd.as_fd(),
+            &cname,
+            oflags | OFlags::CREATE | OFlags::EXCL,
+            mode & 0o7777,
+        ) {
+            Ok(fd) => (fd, true),
+            Err(e)
+                if e.raw_os_error() == Some(nix::libc::EEXIST)
+                    && flags & nix::libc::O_EXCL == 0 =>
+            {
+                (
+                    open_beneath(pfd.as_fd(), &cname, oflags, 0).map_err(io_errno)?,
+                    false,
+                )
+            }
+            Err(e) => return Err(io_errno(e)),
+        };
+        if created {
+            if let Err(e) = self.give(ctx, fd.as_fd(), pfd.as_fd()) {
+                log::warn!("chown of a new file failed: {e}");
+            }
+        } else {
+            kill_suid_on_trunc(ctx, fd.as_fd(), flags)?;
+        }
+        let path_fd = fd.try_clone().map_err(io_errno)?;
+        let entry = self.adopt(path_fd)?;
+        if entry.node.kind != nix::libc::S_IFREG {
+            return Err(Errno::EINVAL);
+        }
+        let opened = self.opened(&entry.node, fd, flags);
+        Ok((entry, opened))
+    }
+
+    fn fallocate(
+        &self,
+        _ctx: &RequestContext<'_>,
+        _node: &Node,
+        fh: &Handle,
+        offset: u64,
+        length: u64,
+        mode: u32,
+    ) -> Result<()> {
+        let file = self.file(fh)?;
+        rustix::fs::fallocate(
+            &file.fd,
+            rustix::fs::FallocateFlags::from_bits_retain(mode),
+            offset,
+            length,
+        )
+        .map_err(rx)
+    }
+
+    fn lseek(
+        &self,
+        _ctx: &RequestContext<'_>,
+        _node: &Node,
+        fh: &Handle,
+        offset: u64,
+        whence: u32,
+    ) -> Result<u64> {
+        let file = self.file(fh)?;
+        let pos = match whence as i32 {
+            nix::libc::SEEK_DATA => rustix::fs::SeekFrom::Data(offset),
+            nix::libc::SEEK_HOLE => rustix::fs::SeekFrom::Hole(offset),
+            _ => return Err(Errno::EINVAL),
+        };
+        // The kernel keeps the file position; this descriptor's is not used.
+        rustix::fs::seek(&file.fd, pos).map_err(rx)
+    }
+
+    fn copy_file_range(
+        &self,
+        _ctx: &RequestContext<'_>,
+        _node_in: &Node,
+        fh_in: &Handle,
+        offset_in: u64,
+        _node_out: &Node,
+        fh_out: &Handle,
+        offset_out: u64,
+        len: u64,
+        flags: u64,
+    ) -> Result<u64> {
+        if flags != 0 {
+            return Err(Errno::EINVAL);
+        }
+        let (i, o) = (self.file(fh_in)?, self.file(fh_out)?);
+        let (mut oi, mut oo) = (offset_in, offset_out);
+        let len = usize::try_from(len).unwrap_or(usize::MAX).min(1 << 30);
+        let n = rustix::fs::copy_file_range(&i.fd, Some(&mut oi), &o.fd, Some(&mut oo), len)
+            .map_err(rx)?;
+        Ok(n as u64)
+    }
+
+    fn statx(
+        &self,
+        _ctx: &RequestContext<'_>,
+        node: &Node,
+        fh: Option<&Handle>,
+        _flags: u32,
+        mask: u32,
+    ) -> Result<StatxReply> {
+        let fd = self.fd_for(node, fh)?;
+        let sx = rustix::fs::statx(
+            fd.fd(),
+            c"",
+            AtFlags::EMPTY_PATH | AtFlags::SYMLINK_NOFOLLOW,
+            rustix::fs::StatxFlags::from_bits_retain(mask) | rustix::fs::StatxFlags::BASIC_STATS,
+        )
+        .map_err(rx)?;
+        let st = stat_fd(fd.fd())?;
+        let btime = (sx.stx_mask & rustix::fs::StatxFlags::BTIME.bits() != 0)
+            .then(|| fuse_live::session::join_time(sx.stx_btime.tv_sec, sx.stx_btime.tv_nsec));
+        Ok(StatxReply {
+            attr: node::attr_of(&st)?,
+            btime,
+            attributes: (sx.stx_attributes.bits(), sx.stx_attributes_mask.bits()),
+            ttl: self.config.ttl,
+        })
+    }
+
+    fn tmpfile(
+        &self,
+        ctx: &RequestContext<'_>,
+        parent: &Node,
+        mode: u32,
+        flags: i32,
+    ) -> Result<(Entry<Node>, Opened<Handle>)> {
+        let pfd = self.node_fd(parent)?;
+        let mut oflags = backing_flags(flags) | OFlags::TMPFILE | OFlags::CLOEXEC;
+        if flags & nix::libc::O_ACCMODE == nix::libc::O_RDONLY {
+            // O_TMPFILE needs write access.
+            oflags |= OFlags::RDWR;
+        }
+        let fd = rustix::fs::openat(
+            pfd.as_fd(),
+            c".",
+            oflags,
+            Mode::from_bits_truncate(mode & 0o7777),
+        )
+        .map_err(rx)?;
+        if let Err(e) = self.give(ctx, fd.as_fd(), pfd.as_fd()) {
+            log::warn!("chown of a new file failed: {e}");
+        }
+        let entry = self.adopt(fd.try_clone().map_err(io_errno)?)?;
+        let opened = self.opened(&entry.node, fd, flags);
+        Ok((entry, opened))
+    }
+
+    fn syncfs(&self, _ctx: &RequestContext<'_>, _node: &Node) -> Result<()> {
+        rustix::fs::syncfs(&self.root_fd).map_err(rx)
+    }
+}
+
+impl PassFs {
+    /// The path for xattr calls on `node` (its `/proc/self/fd` magic link) and the
+    /// descriptor it names, kept alive meanwhile. Symlinks: `EPERM` (there is no
+    /// race-free way to reach a symlink's own xattrs from its descriptor; Linux
+    /// refuses `user.` xattrs on them anyway); reading shows none.
+    fn xattr_path(&self, node: &Node) -> Result<(Arc<OwnedFd>, CString)> {
+        if node.kind == nix::libc::S_IFLNK {
+            return Err(Errno::EPERM);
+        }
+        let fd = self.node_fd(node)?;
+        let path = node::proc_path(fd.as_fd());
+        Ok((fd, path))
+    }
+}
