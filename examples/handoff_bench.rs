@@ -27,17 +27,8 @@ use fuse_live::session::dev::MountOptions;
 use fuse_live::session::serve::{Running, Server};
 use fuse_live::snapshot::handoff::{self, HandoffOptions, UpgradeListener};
 
-#[path = "memfs/data.rs"]
-#[allow(dead_code)]
-mod data;
-#[path = "memfs/fs.rs"]
-#[allow(dead_code)]
-mod fs;
-#[path = "memfs/snapshot.rs"]
-mod snapshot;
-#[path = "memfs/state.rs"]
-#[allow(dead_code)]
-mod state;
+// memfs's own modules (the memfs workspace crate).
+use memfs::fs;
 
 use fs::MemFs;
 

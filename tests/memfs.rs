@@ -20,16 +20,8 @@ use rustix::io::Errno;
 mod common;
 use common::{as_user, can_mount, errno_of, nobody, Mounted};
 
-// memfs's own modules, compiled into this test for the tests without a mount.
-#[allow(dead_code)]
-#[path = "../examples/memfs/data.rs"]
-mod data;
-#[allow(dead_code)]
-#[path = "../examples/memfs/fs.rs"]
-mod fs_impl;
-#[allow(dead_code)]
-#[path = "../examples/memfs/state.rs"]
-mod state;
+// memfs's own modules (the memfs workspace crate).
+use memfs::{data, fs as fs_impl, state};
 
 /// Mounts memfs (with `allow_other`, so that children running as `nobody` get in)
 /// unless this machine cannot mount, in which case the test is skipped.

@@ -52,6 +52,9 @@ pub fn can_mount(test: &str) -> bool {
 /// `cargo test` builds examples, but `cargo test --test NAME` does not, and a binary
 /// left from an earlier build may be stale: so the first call per example runs
 /// `cargo build --example NAME` (a no-op when it is fresh).
+///
+/// `memfs` is no example but the binary of the `memfs` workspace crate, in
+/// `<target>/<profile>/`: it is built with `cargo build -p memfs --bin memfs`.
 pub fn example_binary(name: &str) -> PathBuf {
     static BUILT: Mutex<BTreeSet<String>> = Mutex::new(BTreeSet::new());
     let exe = std::env::current_exe().expect("current_exe");
@@ -59,20 +62,29 @@ pub fn example_binary(name: &str) -> PathBuf {
         .parent()
         .and_then(Path::parent)
         .expect("the test binary is in <target>/<profile>/deps");
-    let bin = profile_dir.join("examples").join(name);
+    let (bin, build_args) = if name == "memfs" {
+        (profile_dir.join(name), ["-p", "memfs", "--bin", name])
+    } else {
+        (
+            profile_dir.join("examples").join(name),
+            ["-p", "fuse-live", "--example", name],
+        )
+    };
     let mut built = BUILT.lock().unwrap_or_else(|p| p.into_inner());
     if !built.contains(name) {
         let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
         let mut cmd = Command::new(cargo);
         cmd.current_dir(env!("CARGO_MANIFEST_DIR"))
-            .args(["build", "--quiet", "--example", name]);
+            .args(["build", "--quiet"])
+            .args(build_args);
         if profile_dir.file_name().is_some_and(|p| p == "release") {
             cmd.arg("--release");
         }
         let out = cmd.output().expect("run cargo build");
         assert!(
             out.status.success(),
-            "cargo build --example {name} failed:\n{}",
+            "cargo build {} failed:\n{}",
+            build_args.join(" "),
             String::from_utf8_lossy(&out.stderr)
         );
         built.insert(name.to_owned());
