@@ -13,7 +13,7 @@
 //! straight from the live state under its read lock: no copy of the filesystem is
 //! made while the mount is paused. (Cloning a 100k-inode state and then encoding
 //! and dropping the clone cost about three times as much as encoding it in place:
-//! docs/BENCHMARKS.md, "Live handoff".)
+//! docs/bench/2026-11-29-live-handoff.md.)
 use std::fmt;
 use std::io;
 
