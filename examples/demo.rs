@@ -14,29 +14,24 @@
 //!
 //! Exit status 0 if every operation succeeded.
 use std::fs::{File, OpenOptions};
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitCode, Stdio};
 use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use fuse_live::session::dev::fusectl::{self, Watchdog};
+use fuse_live::session::dev::fusectl::Watchdog;
 use fuse_live::session::dev::MountOptions;
 use fuse_live::session::serve::{Running, Server};
 use fuse_live::snapshot::handoff::{self, Ended, HandoffOptions, UpgradeListener};
+use fuse_live_testkit::{
+    field, is_fuse_mounted, pattern, spawn_with_lines, stop_process, tear_down_if_mounted,
+    wait_exit,
+};
 
-#[path = "memfs/data.rs"]
-#[allow(dead_code)]
-mod data;
-#[path = "memfs/fs.rs"]
-#[allow(dead_code)]
-mod fs;
-#[path = "memfs/snapshot.rs"]
-mod snapshot;
-#[path = "memfs/state.rs"]
-#[allow(dead_code)]
-mod state;
+// memfs's own modules (the memfs workspace crate).
+use memfs::fs;
 
 use fs::MemFs;
 
@@ -123,18 +118,6 @@ fn daemon(mnt: Option<&Path>, sock: &Path) -> Res<bool> {
 }
 
 // --- the workload ----------------------------------------------------------------
-
-fn pattern(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
 
 /// One workload process: rounds of create, write, read back and verify, rename,
 /// stat, readdir, unlink, plus a record written and read back through a file held
@@ -226,17 +209,9 @@ impl Drop for Cleanup {
             let _ = w.wait();
         }
         if let Some(mut d) = self.daemon.take() {
-            let pid = nix::unistd::Pid::from_raw(d.id() as i32);
-            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
-            if wait_exit(&mut d, Duration::from_secs(10)).is_none() {
-                let _ = fusectl::tear_down(&self.mnt, None);
-                let _ = d.kill();
-                let _ = d.wait();
-            }
+            stop_process(&mut d, &self.mnt, Duration::from_secs(10));
         }
-        if is_mounted(&self.mnt) {
-            let _ = fusectl::tear_down(&self.mnt, None);
-        }
+        tear_down_if_mounted(&self.mnt);
         if let Some(w) = self.watchdog.take() {
             if w.disarm() {
                 eprintln!("demo: the watchdog had to tear the mount down");
@@ -246,41 +221,12 @@ impl Drop for Cleanup {
     }
 }
 
-fn is_mounted(p: &Path) -> bool {
-    let want = p.to_string_lossy();
-    std::fs::read_to_string("/proc/self/mounts")
-        .unwrap_or_default()
-        .lines()
-        .any(|l| l.split(' ').nth(1) == Some(&*want))
-}
-
-fn wait_exit(c: &mut Child, timeout: Duration) -> Option<std::process::ExitStatus> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        match c.try_wait() {
-            Ok(Some(st)) => return Some(st),
-            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(5)),
-            _ => return None,
-        }
-    }
-}
-
 /// Starts this program with `args` as a daemon; returns it and its stdout lines.
 fn spawn_daemon(args: &[&Path], log: &Path) -> Res<(Child, mpsc::Receiver<String>)> {
-    let mut child = Command::new(std::env::current_exe()?)
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(File::create(log)?)
-        .spawn()?;
-    let stdout = child.stdout.take().ok_or("no stdout")?;
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    Ok((child, rx))
+    Ok(spawn_with_lines(
+        Command::new(std::env::current_exe()?).args(args),
+        log,
+    )?)
 }
 
 fn expect_ready(rx: &mpsc::Receiver<String>, log: &Path) -> Res<()> {
@@ -292,13 +238,6 @@ fn expect_ready(rx: &mpsc::Receiver<String>, log: &Path) -> Res<()> {
         )
         .into()),
     }
-}
-
-fn field(line: &str, name: &str) -> u64 {
-    line.split(' ')
-        .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('='))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
 }
 
 fn demo() -> Res<bool> {
@@ -417,7 +356,7 @@ fn demo() -> Res<bool> {
     }
     println!(
         "unmounted{}",
-        if is_mounted(&mnt) {
+        if is_fuse_mounted(&mnt) {
             " (NOT: still mounted)"
         } else {
             ""

@@ -14,10 +14,10 @@
 //! during the handoffs (the client-visible stall), the same outside them, the
 //! daemon-side stall and the snapshot size. Needs root and `/dev/fuse`.
 use std::fs::{File, OpenOptions};
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitCode, Stdio};
+use std::process::{Child, Command, ExitCode};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -26,18 +26,10 @@ use fuse_live::session::dev::fusectl::{self, Watchdog};
 use fuse_live::session::dev::MountOptions;
 use fuse_live::session::serve::{Running, Server};
 use fuse_live::snapshot::handoff::{self, HandoffOptions, UpgradeListener};
+use fuse_live_testkit::{field, spawn_with_lines, stop_process, wait_exit};
 
-#[path = "memfs/data.rs"]
-#[allow(dead_code)]
-mod data;
-#[path = "memfs/fs.rs"]
-#[allow(dead_code)]
-mod fs;
-#[path = "memfs/snapshot.rs"]
-mod snapshot;
-#[path = "memfs/state.rs"]
-#[allow(dead_code)]
-mod state;
+// memfs's own modules (the memfs workspace crate).
+use memfs::fs;
 
 use fs::MemFs;
 
@@ -120,31 +112,10 @@ fn daemon(mnt: Option<&Path>, sock: &Path) -> Res<()> {
 }
 
 fn spawn(args: &[&Path], log: &Path) -> Res<(Child, mpsc::Receiver<String>)> {
-    let mut child = Command::new(std::env::current_exe()?)
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(File::create(log)?)
-        .spawn()?;
-    let stdout = child.stdout.take().ok_or("no stdout")?;
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for l in BufReader::new(stdout).lines().map_while(Result::ok) {
-            let _ = tx.send(l);
-        }
-    });
-    Ok((child, rx))
-}
-
-fn wait_exit(c: &mut Child, t: Duration) -> Option<std::process::ExitStatus> {
-    let deadline = Instant::now() + t;
-    loop {
-        match c.try_wait() {
-            Ok(Some(s)) => return Some(s),
-            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(5)),
-            _ => return None,
-        }
-    }
+    Ok(spawn_with_lines(
+        Command::new(std::env::current_exe()?).args(args),
+        log,
+    )?)
 }
 
 struct Cleanup {
@@ -157,25 +128,12 @@ struct Cleanup {
 impl Drop for Cleanup {
     fn drop(&mut self) {
         if let Some(mut d) = self.daemon.take() {
-            let pid = nix::unistd::Pid::from_raw(d.id() as i32);
-            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
-            if wait_exit(&mut d, Duration::from_secs(20)).is_none() {
-                let _ = fusectl::tear_down(&self.mnt, None);
-                let _ = d.kill();
-                let _ = d.wait();
-            }
+            stop_process(&mut d, &self.mnt, Duration::from_secs(20));
         }
         let _ = fusectl::tear_down(&self.mnt, None);
         drop(self.watchdog.take());
         let _ = std::fs::remove_dir_all(&self.dir);
     }
-}
-
-fn field(line: &str, name: &str) -> u64 {
-    line.split(' ')
-        .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('='))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
 }
 
 /// Timed operations: (end time, duration) of each.

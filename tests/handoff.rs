@@ -6,7 +6,7 @@
 //! Every mount has a watchdog (abort through fusectl, lazy unmount), and every
 //! daemon is stopped when a test ends, even when it fails.
 use std::fs::{self as stdfs, File, OpenOptions};
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::{FileExt, MetadataExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
@@ -15,7 +15,7 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use fuse_live::session::dev::fusectl::{self, Watchdog};
+use fuse_live::session::dev::fusectl::Watchdog;
 use fuse_live::session::dev::{recv_exact_with_fds, send_with_fds};
 use fuse_live::session::{HandleKind, HandleState};
 use fuse_live::snapshot::handoff::message::{self, Hello, Kind, SnapshotMeta, WireMethod};
@@ -24,21 +24,13 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
 mod common;
-use common::{as_user, can_mount, example_binary, is_fuse_mounted, nobody, temp_dir};
+use common::{
+    as_user, can_mount, example_binary, is_fuse_mounted, nobody, pattern, spawn_with_lines,
+    stop_process, tear_down_if_mounted, temp_dir, wait_exit,
+};
 
-// memfs's own modules: its snapshot types, to build inconsistent snapshots.
-#[allow(dead_code)]
-#[path = "../examples/memfs/data.rs"]
-mod data;
-#[allow(dead_code)]
-#[path = "../examples/memfs/fs.rs"]
-mod fs;
-#[allow(dead_code)]
-#[path = "../examples/memfs/snapshot.rs"]
-mod snapshot;
-#[allow(dead_code)]
-#[path = "../examples/memfs/state.rs"]
-mod state;
+// memfs's own modules (the memfs workspace crate).
+use memfs::fs;
 
 /// Longest a test may hold its mount before the watchdog tears it down.
 const WATCHDOG: Duration = Duration::from_secs(150);
@@ -60,36 +52,11 @@ struct Chain {
 /// Starts memfs with `args`; stderr goes to `log`. Returns the child and a channel
 /// that yields its first stdout line.
 fn spawn_memfs(args: &[&str], log: &Path, env: &[(&str, &str)]) -> (Child, mpsc::Receiver<String>) {
-    let mut child = Command::new(example_binary("memfs"))
-        .args(args)
+    let mut cmd = Command::new(example_binary("memfs"));
+    cmd.args(args)
         .env("RUST_LOG", "info")
-        .envs(env.iter().copied())
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(File::create(log).expect("create log"))
-        .spawn()
-        .expect("spawn memfs");
-    let stdout = child.stdout.take().expect("stdout");
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        let mut lines = BufReader::new(stdout).lines();
-        if let Some(Ok(line)) = lines.next() {
-            let _ = tx.send(line);
-        }
-        for _ in lines {}
-    });
-    (child, rx)
-}
-
-fn wait_exit(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        match child.try_wait() {
-            Ok(Some(st)) => return Some(st),
-            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(5)),
-            _ => return None,
-        }
-    }
+        .envs(env.iter().copied());
+    spawn_with_lines(&mut cmd, log).expect("spawn memfs")
 }
 
 /// Parses the `stall 1.234ms` a daemon logs after taking over.
@@ -246,16 +213,9 @@ impl Chain {
 impl Drop for Chain {
     fn drop(&mut self) {
         if let Some(mut c) = self.current.take() {
-            let _ = kill(Pid::from_raw(c.id() as i32), Signal::SIGTERM);
-            if wait_exit(&mut c, Duration::from_secs(10)).is_none() {
-                let _ = fusectl::tear_down(&self.mnt, None);
-                let _ = c.kill();
-                let _ = c.wait();
-            }
+            stop_process(&mut c, &self.mnt, Duration::from_secs(10));
         }
-        if is_fuse_mounted(&self.mnt) {
-            let _ = fusectl::tear_down(&self.mnt, None);
-        }
+        tear_down_if_mounted(&self.mnt);
         if let Some(w) = self.watchdog.take() {
             if w.disarm() {
                 eprintln!("watchdog fired on {}", self.mnt.display());
@@ -265,19 +225,6 @@ impl Drop for Chain {
             let _ = stdfs::remove_dir_all(&self.dir);
         }
     }
-}
-
-/// Deterministic bytes for (seed, length).
-fn pattern(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
 }
 
 /// `ls -lR` as data: path, mode, size, links, owner, mtime, symlink target, content.

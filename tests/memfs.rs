@@ -18,18 +18,10 @@ use rustix::fs::{
 use rustix::io::Errno;
 
 mod common;
-use common::{as_user, can_mount, errno_of, nobody, Mounted};
+use common::{as_user, can_mount, errno_of, nobody, pattern, Mounted};
 
-// memfs's own modules, compiled into this test for the tests without a mount.
-#[allow(dead_code)]
-#[path = "../examples/memfs/data.rs"]
-mod data;
-#[allow(dead_code)]
-#[path = "../examples/memfs/fs.rs"]
-mod fs_impl;
-#[allow(dead_code)]
-#[path = "../examples/memfs/state.rs"]
-mod state;
+// memfs's own modules (the memfs workspace crate).
+use memfs::{data, fs as fs_impl, state};
 
 /// Mounts memfs (with `allow_other`, so that children running as `nobody` get in)
 /// unless this machine cannot mount, in which case the test is skipped.
@@ -59,18 +51,6 @@ fn rerrno<T: std::fmt::Debug>(r: rustix::io::Result<T>) -> Errno {
 
 fn chmod(p: &Path, mode: u32) {
     fs::set_permissions(p, fs::Permissions::from_mode(mode)).unwrap();
-}
-
-fn pattern(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
 }
 
 fn free_blocks(m: &Mounted) -> u64 {

@@ -7,18 +7,8 @@ use fuse_live::session::{
 };
 use fuse_live::snapshot::{encode, restore_cold, FdSaver, FormatError, SnapshotFs};
 
-#[allow(dead_code)]
-#[path = "../examples/memfs/data.rs"]
-mod data;
-#[allow(dead_code)]
-#[path = "../examples/memfs/fs.rs"]
-mod fs;
-#[allow(dead_code)]
-#[path = "../examples/memfs/snapshot.rs"]
-mod snapshot;
-#[allow(dead_code)]
-#[path = "../examples/memfs/state.rs"]
-mod state;
+// memfs's own modules (the memfs workspace crate).
+use memfs::{fs, state};
 
 use fs::{Config, Handle, MemFs};
 use state::{Caller, ROOT_INO};

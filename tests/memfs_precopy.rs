@@ -4,19 +4,8 @@
 use fuse_live::snapshot::{FdRestorer, FdSaver, Precopy, SnapshotFs};
 use proptest::prelude::*;
 
-// memfs's own modules.
-#[allow(dead_code)]
-#[path = "../examples/memfs/data.rs"]
-mod data;
-#[allow(dead_code)]
-#[path = "../examples/memfs/fs.rs"]
-mod fs;
-#[allow(dead_code)]
-#[path = "../examples/memfs/snapshot.rs"]
-mod snapshot;
-#[allow(dead_code)]
-#[path = "../examples/memfs/state.rs"]
-mod state;
+// memfs's own modules (the memfs workspace crate).
+use memfs::{fs, snapshot, state};
 
 use fs::{Config, MemFs};
 use state::{Caller, InodeChange, ROOT_INO};

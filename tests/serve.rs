@@ -3,7 +3,7 @@
 //! `hello` example's command-line contract.
 use std::ffi::OsStr;
 use std::io::{BufRead, BufReader, Read};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -14,24 +14,8 @@ use fuse_live::session::dev::MountOptions;
 use fuse_live::session::serve::Server;
 use fuse_live::session::*;
 
-/// Whether this test can mount; panics under CI when it cannot.
-fn can_mount(test: &str) -> bool {
-    let root = nix::unistd::geteuid().is_root();
-    let dev = Path::new("/dev/fuse").exists();
-    if root && dev {
-        return true;
-    }
-    let why = if !dev {
-        "/dev/fuse is missing"
-    } else {
-        "not running as root"
-    };
-    if std::env::var_os("CI").is_some() {
-        panic!("{test}: cannot mount under CI: {why}");
-    }
-    eprintln!("skipping {test}: {why}");
-    false
-}
+mod common;
+use common::{can_mount, example_binary};
 
 fn tempdir(tag: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("fuse-live-{tag}-{}", std::process::id()));
@@ -272,23 +256,13 @@ fn notifier_invalidates_and_refuses_unknown_nodes() {
     let _ = std::fs::remove_dir(&mnt);
 }
 
-fn example(name: &str) -> PathBuf {
-    // target/<profile>/deps/serve-xxxx -> target/<profile>/examples/NAME
-    let exe = std::env::current_exe().unwrap();
-    exe.parent()
-        .and_then(Path::parent)
-        .unwrap()
-        .join("examples")
-        .join(name)
-}
-
 #[test]
 fn hello_follows_the_command_line_contract() {
     if !can_mount("hello_follows_the_command_line_contract") {
         return;
     }
     let mnt = tempdir("hello");
-    let mut child = Command::new(example("hello"))
+    let mut child = Command::new(example_binary("hello"))
         .arg(&mnt)
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
@@ -333,7 +307,7 @@ fn hello_follows_the_command_line_contract() {
         "unmounted on SIGTERM"
     );
     // Bad arguments: usage and exit 2.
-    let out = Command::new(example("hello"))
+    let out = Command::new(example_binary("hello"))
         .arg("--bogus")
         .output()
         .unwrap();

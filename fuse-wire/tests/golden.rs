@@ -1,5 +1,5 @@
 //! Golden vectors: requests recorded from a real Linux 6.18 kernel (protocol 7.45)
-//! by `examples/record_golden.rs`, committed under `tests/golden/linux-6.18/`.
+//! by `tools/src/bin/record_golden.rs`, committed under `tests/golden/linux-6.18/`.
 //!
 //! Every vector must parse, with the negotiation recorded next to it, to the opcode
 //! its file name says, never to `Unknown`, and must re-encode to the same bytes

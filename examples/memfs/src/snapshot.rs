@@ -5,7 +5,7 @@
 //! while the mount serves, in chunks of about [`PRECOPY_CHUNK`] bytes under the
 //! read lock (writers wait for one chunk at most: a directory of many entries is
 //! a chunk of its own), with every inode changed from the
-//! start noted by the table itself ([`super::state::Inodes`]); rounds while
+//! start noted by the table itself ([`crate::state::Inodes`]); rounds while
 //! serving, and then the pause, carry only the inodes noted since (a file
 //! written in places: only those chunks) and the counters ([`MemFsChanges`]).
 //!
@@ -13,17 +13,17 @@
 //! straight from the live state under its read lock: no copy of the filesystem is
 //! made while the mount is paused. (Cloning a 100k-inode state and then encoding
 //! and dropping the clone cost about three times as much as encoding it in place:
-//! docs/BENCHMARKS.md, "Live handoff".)
+//! docs/bench/2026-11-29-live-handoff.md.)
 use std::fmt;
 use std::io;
 
-use fuse_live::session::{HandleState, NodeState};
-use fuse_live::snapshot::{FdRestorer, FdSaver, Precopy, PrecopyOps, SnapshotFs};
+use fuse_session::{HandleState, NodeState};
+use fuse_snapshot::{FdRestorer, FdSaver, Precopy, PrecopyOps, SnapshotFs};
 use serde::de::{self, Visitor};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use super::fs::{Config, Handle, MemFs, MemFsImage};
-use super::state::{Noted, State, StateChanges, StateIndex};
+use crate::fs::{Config, Handle, MemFs, MemFsImage};
+use crate::state::{Noted, State, StateChanges, StateIndex};
 
 /// Bytes encoded per hold of the read lock during a pre-copy (well under a
 /// millisecond of work): a writer waits for at most that much, or one inode.

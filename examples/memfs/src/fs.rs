@@ -12,16 +12,16 @@ use std::path::PathBuf;
 use std::sync::{Mutex, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, Instant, SystemTime};
 
-use fuse_live::session::dev::{AccessTimes, MountIdentity};
+use fuse_session::dev::{AccessTimes, MountIdentity};
 
-use fuse_live::session::wire::{InitFlags, RequestFlags};
-use fuse_live::session::{
+use fuse_session::wire::{InitFlags, RequestFlags};
+use fuse_session::{
     AttrReply, DirEntries, DirEntriesPlus, Entry, Errno, FileType, Filesystem, InitWishes, Opened,
     ReadBuf, RequestContext, Result, SetAttr, Statfs, StatxReply, Xattr,
 };
 use serde::{Deserialize, Serialize};
 
-use super::state::{Caller, State, ROOT_INO};
+use crate::state::{Caller, State, ROOT_INO};
 
 /// What an open file or directory carries: its inode and open flags.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -163,7 +163,7 @@ impl MemFs {
     }
 
     /// The write lock.
-    pub(super) fn lock_write(&self) -> RwLockWriteGuard<'_, State> {
+    pub fn lock_write(&self) -> RwLockWriteGuard<'_, State> {
         self.state.write().unwrap_or_else(PoisonError::into_inner)
     }
 

@@ -1,9 +1,9 @@
 //! memfs: a complete in-memory POSIX filesystem served with fuse-live.
 //!
 //! ```text
-//! cargo run --release --example memfs -- MOUNTPOINT [--threads N] [--allow-other] [--auto-unmount] [--ttl SECS] [--size BYTES]
+//! cargo run --release -p memfs -- MOUNTPOINT [--threads N] [--allow-other] [--auto-unmount] [--ttl SECS] [--size BYTES]
 //!         [--upgrade-socket PATH] [--snapshot-dir DIR]
-//! cargo run --release --example memfs -- --takeover PATH [--threads N] [--upgrade-socket PATH2] [--snapshot-dir DIR]
+//! cargo run --release -p memfs -- --takeover PATH [--threads N] [--upgrade-socket PATH2] [--snapshot-dir DIR]
 //! ```
 //!
 //! Mounts at MOUNTPOINT (with `default_permissions`: the kernel checks permissions),
@@ -61,21 +61,11 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use fuse_live::session::dev::{Atime, MountOptions};
-use fuse_live::session::serve::{Running, Server};
+use fuse_session::dev::{Atime, MountOptions};
+use fuse_session::serve::{Running, Server};
 
-mod data;
-// Part of their API serves tests/memfs.rs (which compiles these files too) and
-// snapshots, not this binary.
-#[allow(dead_code)]
-mod fs;
-#[allow(dead_code)]
-mod state;
-// memfs's part in snapshots and live handoff (`SnapshotFs`).
-mod snapshot;
-
-use fs::{Config, MemFs};
-use fuse_live::snapshot::handoff::{self, Ended, HandoffOptions, Takeover, UpgradeListener};
+use fuse_snapshot::handoff::{self, Ended, HandoffOptions, Takeover, UpgradeListener};
+use memfs::fs::{Config, MemFs};
 
 const USAGE: &str =
     "usage: memfs MOUNTPOINT [-o OPTIONS] [--threads N] [--allow-other] [--auto-unmount] \
@@ -393,9 +383,9 @@ fn serve_until_done(
 /// (fresh nodeids; INIT starts from the recorded settings). A file that cannot be
 /// used is an error, not an empty filesystem, which would overwrite it at the end.
 fn load_state(path: &std::path::Path, args: &Args) -> Result<MemFs, Box<dyn std::error::Error>> {
-    let bytes = fuse_live::snapshot::load_file(path)
-        .map_err(|e| format!("--state {}: {e}", path.display()))?;
-    let cold = fuse_live::snapshot::restore_cold::<MemFs>(&bytes)
+    let bytes =
+        fuse_snapshot::load_file(path).map_err(|e| format!("--state {}: {e}", path.display()))?;
+    let cold = fuse_snapshot::restore_cold::<MemFs>(&bytes)
         .map_err(|e| format!("--state {}: {e}", path.display()))?;
     let wishes = cold.wishes();
     let mut fs = cold.fs;
@@ -422,10 +412,10 @@ fn save_state(
     running: &Running<MemFs>,
     path: &std::path::Path,
 ) -> Result<(), Box<dyn std::error::Error>> {
-    let mut fds = fuse_live::snapshot::FdSaver::new();
-    let bytes = fuse_live::snapshot::snapshot(running.session(), &mut fds)
+    let mut fds = fuse_snapshot::FdSaver::new();
+    let bytes = fuse_snapshot::snapshot(running.session(), &mut fds)
         .map_err(|e| format!("--state {}: snapshot: {e}", path.display()))?;
-    fuse_live::snapshot::save_file(path, &bytes)
+    fuse_snapshot::save_file(path, &bytes)
         .map_err(|e| format!("--state {}: write: {e}", path.display()))?;
     log::info!("--state {}: saved ({} bytes)", path.display(), bytes.len());
     Ok(())

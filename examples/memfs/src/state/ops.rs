@@ -1,822 +1,19 @@
-//! The whole filesystem as one plain serde value: the inode table, with the POSIX
-//! rules of every operation.
-//!
-//! Nothing here knows about FUSE requests: operations take the caller's ids and
-//! plain arguments and return inode numbers, attributes or an [`Errno`]. The
-//! [`Filesystem`](fuse_live::session::Filesystem) adapter in `fs.rs` locks a `State`
-//! and calls these methods, so the rules can be tested without a mount.
-//!
-//! Permission checks are the kernel's (the mount uses `default_permissions`); the
-//! state still applies the rules the kernel leaves to the filesystem: set-group-ID
-//! directories, clearing set-user-ID and set-group-ID bits on write, truncate and
-//! chown, the rename rules, link counts and times.
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
-use std::time::SystemTime;
-
-use fuse_live::session::{Errno, FileAttr, FileType, SetAttr, Statfs, TimeOrNow};
-use serde::{Deserialize, Serialize};
-
-use super::data::{chunk_span, FileData, CHUNK, MAX_FILE_SIZE};
-
-/// Result of state operations.
-pub type Result<T> = std::result::Result<T, Errno>;
-
-/// The root directory's inode number (and FUSE nodeid).
-pub const ROOT_INO: u64 = 1;
-/// The longest name a directory entry may have.
-pub const NAME_MAX: usize = 255;
-/// The longest symlink target.
-pub const PATH_MAX: usize = 4096;
-
-const S_ISUID: u16 = 0o4000;
-const S_ISGID: u16 = 0o2000;
-const S_IXGRP: u16 = 0o0010;
-
-/// `renameat2(2)` flags.
-pub const RENAME_NOREPLACE: u32 = 1;
-/// Swap the two names.
-pub const RENAME_EXCHANGE: u32 = 2;
-/// Leave a whiteout (overlayfs); not supported.
-pub const RENAME_WHITEOUT: u32 = 4;
-
-/// `fallocate(2)` modes.
-pub const FALLOC_FL_KEEP_SIZE: u32 = 0x01;
-/// Deallocate the range (with `KEEP_SIZE`).
-pub const FALLOC_FL_PUNCH_HOLE: u32 = 0x02;
-/// Zero the range, allocating it.
-pub const FALLOC_FL_ZERO_RANGE: u32 = 0x10;
-
-/// `lseek(2)` whence values the kernel forwards.
-pub const SEEK_DATA: u32 = 3;
-/// Next hole.
-pub const SEEK_HOLE: u32 = 4;
-
-/// `setxattr(2)` flags.
-pub const XATTR_CREATE: i32 = 1;
-/// Replace only.
-pub const XATTR_REPLACE: i32 = 2;
-
-/// Who is asking: the ids the kernel sent with the request.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Caller {
-    /// Effective (fs) uid.
-    pub uid: u32,
-    /// Effective (fs) gid.
-    pub gid: u32,
-}
-
-impl Caller {
-    /// The superuser (treated as having `CAP_FSETID`).
-    pub const ROOT: Caller = Caller { uid: 0, gid: 0 };
-
-    fn privileged(&self) -> bool {
-        self.uid == 0
-    }
-}
-
-/// One directory entry.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct DirEntry {
-    /// The inode it names.
-    pub ino: u64,
-    /// Its position in the listing: stable while it exists, never reused, so a
-    /// READDIR continuing from an offset neither skips nor repeats entries when
-    /// others are added or removed meanwhile.
-    pub cookie: u64,
-}
-
-/// A directory's contents.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Dir {
-    /// The parent directory (the root is its own parent).
-    pub parent: u64,
-    /// Name -> entry.
-    entries: BTreeMap<Vec<u8>, DirEntry>,
-    /// Cookie -> name: the listing order.
-    order: BTreeMap<u64, Vec<u8>>,
-    /// The next cookie to hand out.
-    next_cookie: u64,
-}
-
-/// The first cookie of a directory's entries: READDIR offset 0 is `.`, 1 is `..`.
-pub const FIRST_COOKIE: u64 = 2;
-
-impl Dir {
-    fn new(parent: u64) -> Dir {
-        Dir {
-            parent,
-            entries: BTreeMap::new(),
-            order: BTreeMap::new(),
-            next_cookie: FIRST_COOKIE,
-        }
-    }
-
-    /// The inode `name` refers to.
-    pub fn get(&self, name: &[u8]) -> Option<u64> {
-        self.entries.get(name).map(|e| e.ino)
-    }
-
-    /// The number of entries (without `.` and `..`).
-    pub fn len(&self) -> usize {
-        self.entries.len()
-    }
-
-    /// True if the directory has no entries.
-    pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
-    }
-
-    fn insert(&mut self, name: &[u8], ino: u64) {
-        self.remove(name);
-        let cookie = self.next_cookie;
-        self.next_cookie += 1;
-        self.entries.insert(name.to_vec(), DirEntry { ino, cookie });
-        self.order.insert(cookie, name.to_vec());
-    }
-
-    fn remove(&mut self, name: &[u8]) -> Option<u64> {
-        let e = self.entries.remove(name)?;
-        self.order.remove(&e.cookie);
-        Some(e.ino)
-    }
-
-    /// Renames `name` to `newname` within this directory (replacing any entry
-    /// `newname`), keeping the entry's cookie: the entry keeps its place in the
-    /// listing, so a listing in progress shows it once, under one name or the other.
-    /// Moving it to a fresh cookie would show it again to a reader that had passed it.
-    fn rename_within(&mut self, name: &[u8], newname: &[u8]) {
-        let Some(e) = self.entries.get(name).copied() else {
-            return;
-        };
-        self.remove(newname);
-        self.entries.remove(name);
-        self.entries.insert(newname.to_vec(), e);
-        self.order.insert(e.cookie, newname.to_vec());
-    }
-
-    /// Points the existing entry `name` at `ino`, keeping its cookie (RENAME_EXCHANGE:
-    /// the names stay where they are, the inodes trade places).
-    fn repoint(&mut self, name: &[u8], ino: u64) {
-        if let Some(e) = self.entries.get_mut(name) {
-            e.ino = ino;
-        }
-    }
-
-    /// Entries from READDIR offset `offset` on: `(offset of the next entry, name, ino)`.
-    /// Offsets 0 and 1 (`.` and `..`) are the caller's.
-    pub fn listing_from(&self, offset: u64) -> impl Iterator<Item = (u64, &[u8], u64)> + '_ {
-        self.order
-            .range(offset.max(FIRST_COOKIE)..)
-            .filter_map(move |(&cookie, name)| {
-                let ino = self.entries.get(name)?.ino;
-                Some((cookie + 1, name.as_slice(), ino))
-            })
-    }
-}
-
-/// What an inode holds.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub enum Body {
-    /// A regular file's data.
-    File(FileData),
-    /// A directory's entries.
-    Dir(Dir),
-    /// A symlink's target.
-    Symlink(Vec<u8>),
-    /// A device node, fifo or socket: no contents.
-    Special,
-}
-
-/// One inode.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Inode {
-    /// The file type.
-    pub kind: FileType,
-    /// Permission bits (`0o7777`).
-    pub perm: u16,
-    /// Owner.
-    pub uid: u32,
-    /// Group.
-    pub gid: u32,
-    /// Hard links (directories: 2 + subdirectories; 0 once removed).
-    pub nlink: u32,
-    /// Device number of device nodes (the kernel's `new_encode_dev` form).
-    pub rdev: u32,
-    /// Last access.
-    pub atime: SystemTime,
-    /// Last data modification.
-    pub mtime: SystemTime,
-    /// Last status change.
-    pub ctime: SystemTime,
-    /// Creation.
-    pub btime: SystemTime,
-    /// Extended attributes, name -> value.
-    pub xattrs: BTreeMap<Vec<u8>, Vec<u8>>,
-    /// Contents.
-    pub body: Body,
-}
-
-impl Inode {
-    fn new(kind: FileType, perm: u16, uid: u32, gid: u32, body: Body, now: SystemTime) -> Inode {
-        Inode {
-            kind,
-            perm: perm & 0o7777,
-            uid,
-            gid,
-            nlink: 1,
-            rdev: 0,
-            atime: now,
-            mtime: now,
-            ctime: now,
-            btime: now,
-            xattrs: BTreeMap::new(),
-            body,
-        }
-    }
-
-    fn dir(&self) -> Result<&Dir> {
-        match &self.body {
-            Body::Dir(d) => Ok(d),
-            _ => Err(Errno::ENOTDIR),
-        }
-    }
-
-    fn dir_mut(&mut self) -> Result<&mut Dir> {
-        match &mut self.body {
-            Body::Dir(d) => Ok(d),
-            _ => Err(Errno::ENOTDIR),
-        }
-    }
-
-    fn file(&self) -> Result<&FileData> {
-        match &self.body {
-            Body::File(f) => Ok(f),
-            Body::Dir(_) => Err(Errno::EISDIR),
-            _ => Err(Errno::EINVAL),
-        }
-    }
-
-    fn chunks(&self) -> u64 {
-        match &self.body {
-            Body::File(f) => f.chunk_count(),
-            _ => 0,
-        }
-    }
-
-    /// Clears set-user-ID, and set-group-ID if group-executable (otherwise it marks
-    /// mandatory locking, which a write does not clear): what a write, truncate or
-    /// chown does.
-    fn kill_suid_sgid(&mut self) {
-        if self.kind == FileType::Directory {
-            return;
-        }
-        self.perm &= !S_ISUID;
-        if self.perm & S_IXGRP != 0 {
-            self.perm &= !S_ISGID;
-        }
-    }
-}
-
-/// The inode table: inode number -> inode, in order. It can record which inodes
-/// change (are created, changed or dropped) while it does, for a pre-copy handoff:
-/// every mutable access goes through one of its methods, which note the inode —
-/// wholly ([`Inodes::get_mut`], [`Inodes::insert`], [`Inodes::remove`]), or, for
-/// a regular file, only its attributes ([`Inodes::get_mut_meta`]) or attributes
-/// and some chunks ([`Inodes::get_mut_data`]), so that writing to a large file
-/// does not send all of it. Serialized as the map alone.
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
-#[serde(transparent)]
-pub struct Inodes {
-    map: BTreeMap<u64, Inode>,
-    #[serde(skip)]
-    changed: Option<HashMap<u64, Noted>>,
-}
-
-/// How much of an inode changed while recording.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Noted {
-    /// Anything: send it whole.
-    Whole,
-    /// A file's attributes, and the contents of these chunks and of every chunk
-    /// from `from` on (a shrinking truncate).
-    Meta {
-        /// Chunk indexes written, zeroed or freed.
-        chunks: BTreeSet<u64>,
-        /// Every chunk at or beyond this index may have changed.
-        from: Option<u64>,
-    },
-}
-
-impl PartialEq for Inodes {
-    fn eq(&self, other: &Self) -> bool {
-        self.map == other.map
-    }
-}
-
-impl Eq for Inodes {}
-
-impl Inodes {
-    fn note(&mut self, ino: u64) {
-        if let Some(c) = &mut self.changed {
-            c.insert(ino, Noted::Whole);
-        }
-    }
-
-    /// Notes `ino`'s attributes and the chunks `[first, last)` (`last` `u64::MAX`:
-    /// every chunk from `first` on).
-    fn note_data(&mut self, ino: u64, first: u64, last: u64) {
-        let Some(c) = &mut self.changed else {
-            return;
-        };
-        let entry = c.entry(ino).or_insert_with(|| Noted::Meta {
-            chunks: BTreeSet::new(),
-            from: None,
-        });
-        if let Noted::Meta { chunks, from } = entry {
-            if last == u64::MAX {
-                *from = Some(from.map_or(first, |f| f.min(first)));
-            } else {
-                chunks.extend(first..last);
-            }
-        }
-    }
-
-    fn get(&self, ino: &u64) -> Option<&Inode> {
-        self.map.get(ino)
-    }
-
-    fn get_mut(&mut self, ino: &u64) -> Option<&mut Inode> {
-        self.note(*ino);
-        self.map.get_mut(ino)
-    }
-
-    /// For a change that leaves a file's contents alone: attributes, times, links,
-    /// extended attributes.
-    fn get_mut_meta(&mut self, ino: &u64) -> Option<&mut Inode> {
-        self.note_data(*ino, 0, 0);
-        self.map.get_mut(ino)
-    }
-
-    /// For a change of a file's attributes and of its chunks `[first, last)` only.
-    fn get_mut_data(&mut self, ino: &u64, first: u64, last: u64) -> Option<&mut Inode> {
-        self.note_data(*ino, first, last);
-        self.map.get_mut(ino)
-    }
-
-    fn insert(&mut self, ino: u64, inode: Inode) {
-        self.note(ino);
-        self.map.insert(ino, inode);
-    }
-
-    fn remove(&mut self, ino: &u64) -> Option<Inode> {
-        self.note(*ino);
-        self.map.remove(ino)
-    }
-
-    fn contains_key(&self, ino: &u64) -> bool {
-        self.map.contains_key(ino)
-    }
-
-    fn len(&self) -> usize {
-        self.map.len()
-    }
-
-    fn iter(&self) -> std::collections::btree_map::Iter<'_, u64, Inode> {
-        self.map.iter()
-    }
-}
-
-impl<'a> IntoIterator for &'a Inodes {
-    type Item = (&'a u64, &'a Inode);
-    type IntoIter = std::collections::btree_map::Iter<'a, u64, Inode>;
-    fn into_iter(self) -> Self::IntoIter {
-        self.map.iter()
-    }
-}
-
-/// What was noted, sorted by inode.
-fn sorted_notes(notes: impl IntoIterator<Item = (u64, Noted)>) -> Vec<(u64, Noted)> {
-    let mut v: Vec<(u64, Noted)> = notes.into_iter().collect();
-    v.sort_unstable_by_key(|(ino, _)| *ino);
-    v
-}
-
-/// How one inode changed during a pre-copy.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub enum InodeChange {
-    /// It no longer exists.
-    Gone,
-    /// Its value now.
-    Whole(Inode),
-    /// A regular file whose contents changed only in places: its value now, but
-    /// its contents hold only the chunks listed (or from `from` on) that exist now;
-    /// the copied file's other chunks are unchanged.
-    Data {
-        /// The inode now, with only the changed chunks.
-        inode: Inode,
-        /// Chunk indexes that changed (present in `inode`: their contents now;
-        /// absent: a hole now), sorted.
-        chunks: Vec<u64>,
-        /// Every chunk at or beyond this index changed likewise.
-        from: Option<u64>,
-    },
-}
-
-/// What changed in a [`State`] while it recorded ([`State::start_recording`]):
-/// every inode noted and the counters.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct StateChanges {
-    /// Inode number -> how it changed; sorted.
-    pub inodes: Vec<(u64, InodeChange)>,
-    /// The counters: `next_ino`, `used_chunks`, `capacity_chunks`, `max_inodes`.
-    pub counters: [u64; 4],
-}
-
-/// What checking a [`State`] found, kept so that changes can be checked without
-/// going over the whole state again ([`State::apply_changes`]).
-///
-/// Each inode is checked on its own ([`check_inode`]); what crosses inodes is
-/// counted: how often each inode is referenced (directory entries, and a live
-/// directory's parent), which referenced inodes are missing, and the chunks in use.
-#[derive(Debug, Default)]
-pub struct StateIndex {
-    refs: std::collections::HashMap<u64, u32>,
-    missing: HashSet<u64>,
-    /// Inodes that fail their own checks, with the first reason.
-    bad: BTreeMap<u64, String>,
-    used: u64,
-}
-
-/// The inodes `inode` refers to: a directory's entries, and its parent unless it
-/// was removed.
-fn refs_of(inode: &Inode) -> impl Iterator<Item = u64> + '_ {
-    let (parent, entries) = match &inode.body {
-        Body::Dir(d) => (
-            (inode.nlink != 0).then_some(d.parent),
-            Some(d.entries.values().map(|e| e.ino)),
-        ),
-        _ => (None, None),
-    };
-    parent.into_iter().chain(entries.into_iter().flatten())
-}
-
-/// The checks of one inode that need no other inode.
-fn check_inode(ino: u64, inode: &Inode) -> std::result::Result<(), String> {
-    if ino == 0 {
-        return Err("inode 0 exists".into());
-    }
-    if inode.perm & !0o7777 != 0 {
-        return Err(format!("inode {ino} has type bits in its permissions"));
-    }
-    let kind_ok = match &inode.body {
-        Body::File(f) => {
-            f.validate().map_err(|e| format!("inode {ino}: {e}"))?;
-            inode.kind == FileType::RegularFile
-        }
-        Body::Dir(d) => {
-            if d.entries.len() != d.order.len() {
-                return Err(format!("directory {ino}: listing and names disagree"));
-            }
-            for (name, e) in &d.entries {
-                check_name(name).map_err(|_| format!("directory {ino} has a bad name"))?;
-                if d.order.get(&e.cookie) != Some(name)
-                    || e.cookie < FIRST_COOKIE
-                    || e.cookie >= d.next_cookie
-                {
-                    return Err(format!("directory {ino}: bad cookie"));
-                }
-            }
-            inode.kind == FileType::Directory
-        }
-        Body::Symlink(t) => inode.kind == FileType::Symlink && t.len() <= PATH_MAX,
-        Body::Special => !matches!(
-            inode.kind,
-            FileType::RegularFile | FileType::Directory | FileType::Symlink
-        ),
-    };
-    if !kind_ok {
-        return Err(format!("inode {ino}: type and contents disagree"));
-    }
-    Ok(())
-}
-
-impl StateIndex {
-    /// Checks every inode of `state` on its own and counts what crosses inodes.
-    /// Finding nothing wrong yet: [`StateIndex::finish`] says whether the whole is
-    /// consistent.
-    pub fn build(state: &State) -> StateIndex {
-        let mut index = StateIndex {
-            refs: std::collections::HashMap::with_capacity(state.inodes.len()),
-            ..StateIndex::default()
-        };
-        for (&ino, inode) in &state.inodes {
-            index.add(ino, inode, state);
-        }
-        index
-    }
-
-    /// Counts inode `ino` (about to be, or already, in `state`).
-    fn add(&mut self, ino: u64, inode: &Inode, state: &State) {
-        if let Err(e) = check_inode(ino, inode) {
-            self.bad.insert(ino, e);
-        }
-        self.used = self.used.saturating_add(inode.chunks());
-        for t in refs_of(inode) {
-            *self.refs.entry(t).or_insert(0) += 1;
-            if t != ino && !state.inodes.contains_key(&t) {
-                self.missing.insert(t);
-            }
-        }
-    }
-
-    /// Takes inode `ino` (about to leave `state`) out of the counts.
-    fn remove(&mut self, ino: u64, inode: &Inode) {
-        self.bad.remove(&ino);
-        self.used = self.used.saturating_sub(inode.chunks());
-        for t in refs_of(inode) {
-            if let Some(n) = self.refs.get_mut(&t) {
-                *n -= 1;
-                if *n == 0 {
-                    self.refs.remove(&t);
-                    self.missing.remove(&t);
-                }
-            }
-        }
-    }
-
-    /// Whether `state`, which this index counts, is consistent.
-    pub fn finish(&mut self, state: &State) -> std::result::Result<(), String> {
-        if let Some((_, e)) = self.bad.iter().next() {
-            return Err(e.clone());
-        }
-        self.missing.retain(|t| !state.inodes.contains_key(t));
-        if let Some(t) = self.missing.iter().min() {
-            return Err(format!("an inode names the missing inode {t}"));
-        }
-        let root = state.inodes.get(&ROOT_INO).ok_or("no root inode")?;
-        if !matches!(root.body, Body::Dir(_)) {
-            return Err("the root is not a directory".into());
-        }
-        if let Some((&last, _)) = state.inodes.map.last_key_value() {
-            if last >= state.next_ino {
-                return Err(format!(
-                    "inode {last} is out of range (next {})",
-                    state.next_ino
-                ));
-            }
-        }
-        if self.used != state.used_chunks {
-            return Err(format!(
-                "{} chunks counted, {} allocated",
-                state.used_chunks, self.used
-            ));
-        }
-        Ok(())
-    }
-}
-
-/// The whole filesystem: a plain value (serde), so it can be saved and restored.
-///
-/// Inode numbers are never reused (a 64-bit counter), so an inode number is also a
-/// stable FUSE node value. Inodes whose link count dropped to zero stay until the
-/// kernel forgets them ([`State::forget`]): an unlinked file that is still open or
-/// looked up keeps working.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct State {
-    inodes: Inodes,
-    next_ino: u64,
-    /// Allocated chunks over all files.
-    used_chunks: u64,
-    /// How many chunks may be allocated (`ENOSPC` beyond).
-    capacity_chunks: u64,
-    /// How many inodes may exist.
-    max_inodes: u64,
-}
-
-fn check_name(name: &[u8]) -> Result<()> {
-    if name.len() > NAME_MAX {
-        Err(Errno::ENAMETOOLONG)
-    } else if name.is_empty() || name.contains(&b'/') || name.contains(&0) {
-        Err(Errno::EINVAL)
-    } else {
-        Ok(())
-    }
-}
-
-fn is_dot(name: &[u8]) -> bool {
-    name == b"." || name == b".."
-}
-
-fn time_of(t: TimeOrNow, now: SystemTime) -> SystemTime {
-    match t {
-        TimeOrNow::Time(t) => t,
-        TimeOrNow::Now => now,
-    }
-}
-
-/// Bytes reported as a directory's size per entry, as tmpfs does.
-const DIRENT_SIZE: u64 = 20;
+//! The POSIX operations on a [`State`]: lookups, creation, links, rename,
+//! attributes, file data and extended attributes.
+use super::*;
 
 impl State {
-    /// An empty filesystem: a root directory `0755` owned by `uid:gid`, room for
-    /// `capacity` bytes of data and as many inodes as data pages.
-    pub fn new(uid: u32, gid: u32, capacity: u64) -> State {
-        let now = SystemTime::now();
-        let mut root = Inode::new(
-            FileType::Directory,
-            0o755,
-            uid,
-            gid,
-            Body::Dir(Dir::new(ROOT_INO)),
-            now,
-        );
-        root.nlink = 2;
-        let capacity_chunks = (capacity / CHUNK).max(1);
-        let mut inodes = Inodes::default();
-        inodes.insert(ROOT_INO, root);
-        State {
-            inodes,
-            next_ino: ROOT_INO + 1,
-            used_chunks: 0,
-            capacity_chunks,
-            max_inodes: capacity_chunks.max(1024),
-        }
-    }
-
-    /// Checks every invariant of a restored state: it is untrusted input.
-    pub fn validate(&self) -> std::result::Result<(), String> {
-        let mut index = StateIndex::build(self);
-        index.finish(self)
-    }
-
-    /// Starts noting every inode that changes (pre-copy); forgets earlier notes.
-    pub fn start_recording(&mut self) {
-        self.inodes.changed = Some(HashMap::new());
-    }
-
-    /// Stops noting changes; returns what was noted, sorted by inode (`None` if
-    /// not recording).
-    pub fn stop_recording(&mut self) -> Option<Vec<(u64, Noted)>> {
-        Some(sorted_notes(self.inodes.changed.take()?))
-    }
-
-    /// Appends the postcard encoding of `(ino, inode)` pairs from inode `from` on
-    /// to `out` (the entries of the inode map, as [`State`] encodes them), until
-    /// about `max_bytes` were added (at least one pair). Returns how many, and the
-    /// inode number to continue from (`None`: done).
-    pub fn encode_inodes(
-        &self,
-        from: u64,
-        max_bytes: usize,
-        out: &mut Vec<u8>,
-    ) -> std::result::Result<(u64, Option<u64>), postcard::Error> {
-        let start = out.len();
-        let mut n = 0u64;
-        let mut it = self.inodes.map.range(from..).peekable();
-        for (ino, inode) in it.by_ref() {
-            let buf = std::mem::take(out);
-            *out = postcard::to_extend(&(ino, inode), buf)?;
-            n += 1;
-            if out.len() - start >= max_bytes {
-                break;
-            }
-        }
-        Ok((n, it.peek().map(|(&ino, _)| ino)))
-    }
-
-    /// What was noted so far, sorted by inode, and noting goes on afresh (`None`
-    /// if not recording): a pre-copy round.
-    pub fn take_recorded(&mut self) -> Option<Vec<(u64, Noted)>> {
-        Some(sorted_notes(self.inodes.changed.as_mut()?.drain()))
-    }
-
-    /// The counters, in the order [`State`] encodes them after the inode map.
-    pub fn counters(&self) -> [u64; 4] {
-        [
-            self.next_ino,
-            self.used_chunks,
-            self.capacity_chunks,
-            self.max_inodes,
-        ]
-    }
-
-    /// The changes to send for the noted inodes `changed`: their values now, and
-    /// of a file whose contents changed in places, only those places.
-    pub fn changes(&self, changed: Vec<(u64, Noted)>) -> StateChanges {
-        let inodes = changed
-            .into_iter()
-            .map(|(ino, noted)| {
-                let change = match (self.inodes.get(&ino), noted) {
-                    (None, _) => InodeChange::Gone,
-                    (
-                        Some(
-                            i @ Inode {
-                                body: Body::File(f),
-                                ..
-                            },
-                        ),
-                        Noted::Meta { chunks, from },
-                    ) => InodeChange::Data {
-                        inode: Inode {
-                            xattrs: i.xattrs.clone(),
-                            body: Body::File(f.only(&chunks, from)),
-                            ..*i
-                        },
-                        chunks: chunks.into_iter().collect(),
-                        from,
-                    },
-                    (Some(i), _) => InodeChange::Whole(i.clone()),
-                };
-                (ino, change)
-            })
-            .collect();
-        StateChanges {
-            inodes,
-            counters: self.counters(),
-        }
-    }
-
-    /// Applies `changes` (to a state copied while they were made), keeping `index`
-    /// (built on this state) up to date, then checks the result: the same checks as
-    /// [`State::validate`], in time proportional to the changes.
-    pub fn apply_changes(
-        &mut self,
-        changes: StateChanges,
-        index: &mut StateIndex,
-    ) -> std::result::Result<(), String> {
-        self.apply_round(changes, index)?;
-        index.finish(self)
-    }
-
-    /// Applies one round of changes, keeping `index` up to date, without the
-    /// final check (the state is whole only after the last changes).
-    pub fn apply_round(
-        &mut self,
-        changes: StateChanges,
-        index: &mut StateIndex,
-    ) -> std::result::Result<(), String> {
-        for (ino, change) in changes.inodes {
-            if let Some(old) = self.inodes.get(&ino) {
-                index.remove(ino, old);
-            }
-            let inode = match change {
-                InodeChange::Gone => None,
-                InodeChange::Whole(i) => Some(i),
-                InodeChange::Data {
-                    inode,
-                    chunks,
-                    from,
-                } => {
-                    let mut old = self
-                        .inodes
-                        .remove(&ino)
-                        .ok_or_else(|| format!("inode {ino}: a data change of a missing inode"))?;
-                    let (Body::File(data), Body::File(patch)) = (&mut old.body, inode.body) else {
-                        return Err(format!("inode {ino}: a data change of a non-file"));
-                    };
-                    data.patch(patch, &chunks, from)
-                        .map_err(|e| format!("inode {ino}: {e}"))?;
-                    Some(Inode {
-                        xattrs: inode.xattrs,
-                        body: old.body,
-                        ..inode
-                    })
-                }
-            };
-            match inode {
-                Some(i) => {
-                    index.add(ino, &i, self);
-                    self.inodes.insert(ino, i);
-                    index.missing.remove(&ino);
-                }
-                None => {
-                    self.inodes.remove(&ino);
-                    if index.refs.get(&ino).is_some_and(|&n| n > 0) {
-                        index.missing.insert(ino);
-                    }
-                }
-            }
-        }
-        [
-            self.next_ino,
-            self.used_chunks,
-            self.capacity_chunks,
-            self.max_inodes,
-        ] = changes.counters;
-        Ok(())
-    }
-
-    fn get(&self, ino: u64) -> Result<&Inode> {
+    pub(super) fn get(&self, ino: u64) -> Result<&Inode> {
         self.inodes.get(&ino).ok_or(Errno::ENOENT)
     }
 
-    fn get_mut(&mut self, ino: u64) -> Result<&mut Inode> {
+    pub(super) fn get_mut(&mut self, ino: u64) -> Result<&mut Inode> {
         self.inodes.get_mut(&ino).ok_or(Errno::ENOENT)
     }
 
     /// For a change that leaves a file's contents alone (attributes, times, link
     /// count, extended attributes): a pre-copy then sends only those.
-    fn get_mut_meta(&mut self, ino: u64) -> Result<&mut Inode> {
+    pub(super) fn get_mut_meta(&mut self, ino: u64) -> Result<&mut Inode> {
         self.inodes.get_mut_meta(&ino).ok_or(Errno::ENOENT)
     }
 
@@ -894,7 +91,12 @@ impl State {
     /// Checks that `name` can be created in `parent` and returns the new inode's
     /// group and whether it inherits set-group-ID (directories in a set-group-ID
     /// directory).
-    fn prepare_create(&self, caller: Caller, parent: u64, name: &[u8]) -> Result<(u32, bool)> {
+    pub(super) fn prepare_create(
+        &self,
+        caller: Caller,
+        parent: u64,
+        name: &[u8],
+    ) -> Result<(u32, bool)> {
         check_name(name)?;
         if is_dot(name) {
             return Err(Errno::EEXIST);
@@ -917,14 +119,20 @@ impl State {
         }
     }
 
-    fn alloc_ino(&mut self) -> u64 {
+    pub(super) fn alloc_ino(&mut self) -> u64 {
         let ino = self.next_ino;
         self.next_ino += 1;
         ino
     }
 
     /// Links a new inode into `parent` under `name` and touches the parent.
-    fn attach(&mut self, parent: u64, name: &[u8], inode: Inode, now: SystemTime) -> Result<u64> {
+    pub(super) fn attach(
+        &mut self,
+        parent: u64,
+        name: &[u8],
+        inode: Inode,
+        now: SystemTime,
+    ) -> Result<u64> {
         let is_dir = inode.kind == FileType::Directory;
         let ino = self.alloc_ino();
         self.inodes.insert(ino, inode);
@@ -1095,7 +303,7 @@ impl State {
     }
 
     /// Drops one link of `ino` (all of a directory's).
-    fn unlinked(&mut self, ino: u64, now: SystemTime) {
+    pub(super) fn unlinked(&mut self, ino: u64, now: SystemTime) {
         if let Some(i) = self.inodes.get_mut_meta(&ino) {
             i.nlink = if i.kind == FileType::Directory {
                 0
@@ -1149,7 +357,7 @@ impl State {
     }
 
     /// True if directory `ancestor` is `ino` or one of its ancestors.
-    fn is_ancestor(&self, ancestor: u64, mut ino: u64) -> bool {
+    pub(super) fn is_ancestor(&self, ancestor: u64, mut ino: u64) -> bool {
         // Bounded walk: a corrupt parent chain cannot loop forever.
         for _ in 0..=self.inodes.len() {
             if ino == ancestor {
@@ -1274,7 +482,7 @@ impl State {
     }
 
     /// Directory `ino` moved from `from` to `to`: its `..` and the parents' links.
-    fn move_dir(&mut self, ino: u64, from: u64, to: u64) {
+    pub(super) fn move_dir(&mut self, ino: u64, from: u64, to: u64) {
         if let Some(Body::Dir(d)) = self.inodes.get_mut(&ino).map(|i| &mut i.body) {
             d.parent = to;
         }
@@ -1297,7 +505,7 @@ impl State {
     /// Runs `f` on the data of regular file `ino`, keeping the chunk count.
     /// Runs `f` on the contents of file `ino`, which changes only chunks
     /// `chunks` (`(first, last)`, `last` `u64::MAX` for every chunk from `first`).
-    fn with_file<T>(
+    pub(super) fn with_file<T>(
         &mut self,
         ino: u64,
         chunks: (u64, u64),
@@ -1320,7 +528,7 @@ impl State {
     }
 
     /// Fails with ENOSPC unless `n` more chunks fit.
-    fn reserve(&self, n: u64) -> Result<()> {
+    pub(super) fn reserve(&self, n: u64) -> Result<()> {
         if self.used_chunks.saturating_add(n) > self.capacity_chunks {
             Err(Errno::ENOSPC)
         } else {
@@ -1445,7 +653,7 @@ impl State {
         &self,
         ino: u64,
         now: SystemTime,
-        times: &fuse_live::session::dev::AccessTimes,
+        times: &fuse_session::dev::AccessTimes,
     ) -> bool {
         self.inodes.get(&ino).is_some_and(|i| {
             times.update_due(

@@ -1,10 +1,11 @@
 //! Records golden FUSE request vectors from the running kernel.
 //!
 //! ```text
-//! cargo run --example record_golden -- OUTDIR
+//! cargo run -p fuse-live-tools --bin record_golden -- OUTDIR
 //! ```
 //!
-//! A throwaway, self-contained FUSE daemon (it does not use `fuse-session`): it opens
+//! A throwaway, self-contained FUSE daemon (it serves without `fuse-session`, whose
+//! `dev::fusectl` it uses only for the watchdog): it opens
 //! `/dev/fuse`, mounts a fresh directory under the temp dir with `mount(2)`, serves a
 //! tiny in-memory filesystem with hand-built replies, and runs a workload through
 //! `std::fs`, `nix` and `rustix` calls that makes the kernel send as many different
@@ -46,6 +47,7 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
+use fuse_session::dev::fusectl;
 use fuse_wire::abi::{self, *};
 use fuse_wire::{InitFlags, Opcode};
 use nix::errno::Errno;
@@ -178,7 +180,7 @@ fn run(outdir: &Path) -> io::Result<()> {
             fs::remove_file(&p)?;
         }
     }
-    let fusectl = FusectlGuard::ensure()?;
+    fusectl::ensure_mounted()?;
     let recorder = Arc::new(Recorder {
         dir: outdir.to_path_buf(),
         next: AtomicUsize::new(0),
@@ -195,7 +197,6 @@ fn run(outdir: &Path) -> io::Result<()> {
             Ok(())
         }
     };
-    drop(fusectl);
     first?;
     second?;
     eprintln!(
@@ -225,62 +226,6 @@ impl Recorder {
             eprintln!("record_golden: writing {}: {e}", path.display());
         }
     }
-}
-
-/// Mounts `fusectl` on `/sys/fs/fuse/connections` if needed, unmounts it on drop.
-struct FusectlGuard {
-    mounted_by_us: bool,
-}
-
-const FUSECTL: &str = "/sys/fs/fuse/connections";
-
-impl FusectlGuard {
-    fn ensure() -> io::Result<FusectlGuard> {
-        if mountinfo_dev(Path::new(FUSECTL))?.is_some() {
-            return Ok(FusectlGuard {
-                mounted_by_us: false,
-            });
-        }
-        nix::mount::mount(
-            Some("fusectl"),
-            FUSECTL,
-            Some("fusectl"),
-            MsFlags::empty(),
-            None::<&str>,
-        )?;
-        Ok(FusectlGuard {
-            mounted_by_us: true,
-        })
-    }
-}
-
-impl Drop for FusectlGuard {
-    fn drop(&mut self) {
-        if self.mounted_by_us {
-            if let Err(e) = nix::mount::umount2(FUSECTL, MntFlags::MNT_DETACH) {
-                eprintln!("record_golden: unmounting fusectl: {e}");
-            }
-        }
-    }
-}
-
-/// The `major:minor` of the filesystem mounted at `mnt`, from `/proc/self/mountinfo`
-/// (no request reaches the FUSE daemon this way).
-fn mountinfo_dev(mnt: &Path) -> io::Result<Option<(u32, u32)>> {
-    let info = fs::read_to_string("/proc/self/mountinfo")?;
-    let want = mnt.to_string_lossy();
-    let mut found = None;
-    for line in info.lines() {
-        let fields: Vec<&str> = line.split(' ').collect();
-        if fields.len() > 4 && fields[4] == want {
-            if let Some((a, b)) = fields[2].split_once(':') {
-                if let (Ok(a), Ok(b)) = (a.parse(), b.parse()) {
-                    found = Some((a, b));
-                }
-            }
-        }
-    }
-    Ok(found)
 }
 
 /// A loop device over a small image file, for the `fuseblk` session.
@@ -367,8 +312,14 @@ fn session(recorder: &Arc<Recorder>, blockdev: Option<&str>) -> io::Result<()> {
     }
     // The fusectl directory is named after the connection's dev_t in the kernel's
     // internal encoding (MKDEV: major << 20 | minor): the anonymous device of a
-    // `fuse` mount, the block device of a `fuseblk` mount.
-    let conn = mountinfo_dev(&mnt)?.map(|(major, minor)| (major << 20) | minor);
+    // `fuse` mount (`fusectl::connection_id`), the block device of a `fuseblk` mount.
+    let conn = match blockdev {
+        None => fusectl::connection_id(&mnt).ok(),
+        Some(bdev) => {
+            let rdev = nix::sys::stat::stat(bdev)?.st_rdev;
+            Some((nix::sys::stat::major(rdev) << 20) | nix::sys::stat::minor(rdev))
+        }
+    };
     eprintln!(
         "record_golden: mounted {fstype} at {} (connection {conn:?})",
         mnt.display()
@@ -436,9 +387,8 @@ fn session(recorder: &Arc<Recorder>, blockdev: Option<&str>) -> io::Result<()> {
     let _ = watchdog.join();
     let _ = server.join();
     drop(dev);
-    if mountinfo_dev(&mnt)?.is_some() {
-        let _ = nix::mount::umount2(&mnt, MntFlags::MNT_DETACH);
-    }
+    // Still mounted only after a failure above; EINVAL (nothing mounted) is fine.
+    let _ = nix::mount::umount2(&mnt, MntFlags::MNT_DETACH);
     let _ = fs::remove_dir(&mnt);
     if aborted.load(Ordering::SeqCst) {
         return Err(io::Error::other(
@@ -450,7 +400,7 @@ fn session(recorder: &Arc<Recorder>, blockdev: Option<&str>) -> io::Result<()> {
 
 /// Aborts the connection if no progress is reported for [`STEP_TIMEOUT`] or the
 /// session exceeds [`SESSION_TIMEOUT`]; returns when the progress channel closes.
-fn watchdog(rx: mpsc::Receiver<String>, conn: Option<u32>, mnt: &Path, aborted: &AtomicBool) {
+fn watchdog(rx: mpsc::Receiver<String>, conn: Option<u64>, mnt: &Path, aborted: &AtomicBool) {
     let start = Instant::now();
     loop {
         match rx.recv_timeout(STEP_TIMEOUT) {
@@ -475,11 +425,10 @@ fn watchdog(rx: mpsc::Receiver<String>, conn: Option<u32>, mnt: &Path, aborted: 
 }
 
 /// Aborts the FUSE connection through fusectl and lazily unmounts.
-fn abort_connection(conn: Option<u32>, mnt: &Path) {
+fn abort_connection(conn: Option<u64>, mnt: &Path) {
     if let Some(n) = conn {
-        let p = format!("{FUSECTL}/{n}/abort");
-        if let Err(e) = fs::write(&p, "1") {
-            eprintln!("record_golden: writing {p}: {e}");
+        if let Err(e) = fusectl::abort(n) {
+            eprintln!("record_golden: aborting connection {n}: {e}");
         }
     }
     if let Err(e) = nix::mount::umount2(mnt, MntFlags::MNT_DETACH) {
@@ -1485,7 +1434,7 @@ impl Daemon {
         if self.first_session {
             let hex: String = raw.iter().map(|byte| format!("{byte:02x}")).collect();
             let text = format!(
-                "# INIT negotiation of the golden vectors (written by examples/record_golden.rs)\n\
+                "# INIT negotiation of the golden vectors (written by tools/src/bin/record_golden.rs)\n\
                  kernel_major={}\nkernel_minor={}\nkernel_max_readahead={}\n\
                  kernel_flags={:#018x}\n\
                  minor={}\nflags={:#018x}\nmax_write={}\nmax_pages={}\n\

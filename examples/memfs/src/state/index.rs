@@ -1,0 +1,154 @@
+//! The validation index: the checks of a restored [`State`], kept so that changes
+//! can be checked in time proportional to them.
+use super::*;
+
+/// What checking a [`State`] found, kept so that changes can be checked without
+/// going over the whole state again ([`State::apply_changes`]).
+///
+/// Each inode is checked on its own ([`check_inode`]); what crosses inodes is
+/// counted: how often each inode is referenced (directory entries, and a live
+/// directory's parent), which referenced inodes are missing, and the chunks in use.
+#[derive(Debug, Default)]
+pub struct StateIndex {
+    pub(super) refs: std::collections::HashMap<u64, u32>,
+    pub(super) missing: HashSet<u64>,
+    /// Inodes that fail their own checks, with the first reason.
+    pub(super) bad: BTreeMap<u64, String>,
+    pub(super) used: u64,
+}
+
+/// The inodes `inode` refers to: a directory's entries, and its parent unless it
+/// was removed.
+fn refs_of(inode: &Inode) -> impl Iterator<Item = u64> + '_ {
+    let (parent, entries) = match &inode.body {
+        Body::Dir(d) => (
+            (inode.nlink != 0).then_some(d.parent),
+            Some(d.entries.values().map(|e| e.ino)),
+        ),
+        _ => (None, None),
+    };
+    parent.into_iter().chain(entries.into_iter().flatten())
+}
+
+/// The checks of one inode that need no other inode.
+fn check_inode(ino: u64, inode: &Inode) -> std::result::Result<(), String> {
+    if ino == 0 {
+        return Err("inode 0 exists".into());
+    }
+    if inode.perm & !0o7777 != 0 {
+        return Err(format!("inode {ino} has type bits in its permissions"));
+    }
+    let kind_ok = match &inode.body {
+        Body::File(f) => {
+            f.validate().map_err(|e| format!("inode {ino}: {e}"))?;
+            inode.kind == FileType::RegularFile
+        }
+        Body::Dir(d) => {
+            if d.entries.len() != d.order.len() {
+                return Err(format!("directory {ino}: listing and names disagree"));
+            }
+            for (name, e) in &d.entries {
+                check_name(name).map_err(|_| format!("directory {ino} has a bad name"))?;
+                if d.order.get(&e.cookie) != Some(name)
+                    || e.cookie < FIRST_COOKIE
+                    || e.cookie >= d.next_cookie
+                {
+                    return Err(format!("directory {ino}: bad cookie"));
+                }
+            }
+            inode.kind == FileType::Directory
+        }
+        Body::Symlink(t) => inode.kind == FileType::Symlink && t.len() <= PATH_MAX,
+        Body::Special => !matches!(
+            inode.kind,
+            FileType::RegularFile | FileType::Directory | FileType::Symlink
+        ),
+    };
+    if !kind_ok {
+        return Err(format!("inode {ino}: type and contents disagree"));
+    }
+    Ok(())
+}
+
+impl StateIndex {
+    /// Checks every inode of `state` on its own and counts what crosses inodes.
+    /// Finding nothing wrong yet: [`StateIndex::finish`] says whether the whole is
+    /// consistent.
+    pub fn build(state: &State) -> StateIndex {
+        let mut index = StateIndex {
+            refs: std::collections::HashMap::with_capacity(state.inodes.len()),
+            ..StateIndex::default()
+        };
+        for (&ino, inode) in &state.inodes {
+            index.add(ino, inode, state);
+        }
+        index
+    }
+
+    /// Counts inode `ino` (about to be, or already, in `state`).
+    pub(super) fn add(&mut self, ino: u64, inode: &Inode, state: &State) {
+        if let Err(e) = check_inode(ino, inode) {
+            self.bad.insert(ino, e);
+        }
+        self.used = self.used.saturating_add(inode.chunks());
+        for t in refs_of(inode) {
+            *self.refs.entry(t).or_insert(0) += 1;
+            if t != ino && !state.inodes.contains_key(&t) {
+                self.missing.insert(t);
+            }
+        }
+    }
+
+    /// Takes inode `ino` (about to leave `state`) out of the counts.
+    pub(super) fn remove(&mut self, ino: u64, inode: &Inode) {
+        self.bad.remove(&ino);
+        self.used = self.used.saturating_sub(inode.chunks());
+        for t in refs_of(inode) {
+            if let Some(n) = self.refs.get_mut(&t) {
+                *n -= 1;
+                if *n == 0 {
+                    self.refs.remove(&t);
+                    self.missing.remove(&t);
+                }
+            }
+        }
+    }
+
+    /// Whether `state`, which this index counts, is consistent.
+    pub fn finish(&mut self, state: &State) -> std::result::Result<(), String> {
+        if let Some((_, e)) = self.bad.iter().next() {
+            return Err(e.clone());
+        }
+        self.missing.retain(|t| !state.inodes.contains_key(t));
+        if let Some(t) = self.missing.iter().min() {
+            return Err(format!("an inode names the missing inode {t}"));
+        }
+        let root = state.inodes.get(&ROOT_INO).ok_or("no root inode")?;
+        if !matches!(root.body, Body::Dir(_)) {
+            return Err("the root is not a directory".into());
+        }
+        if let Some((&last, _)) = state.inodes.map.last_key_value() {
+            if last >= state.next_ino {
+                return Err(format!(
+                    "inode {last} is out of range (next {})",
+                    state.next_ino
+                ));
+            }
+        }
+        if self.used != state.used_chunks {
+            return Err(format!(
+                "{} chunks counted, {} allocated",
+                state.used_chunks, self.used
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl State {
+    /// Checks every invariant of a restored state: it is untrusted input.
+    pub fn validate(&self) -> std::result::Result<(), String> {
+        let mut index = StateIndex::build(self);
+        index.finish(self)
+    }
+}
