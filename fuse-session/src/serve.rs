@@ -51,7 +51,7 @@ use crate::dev::{
 use crate::fs::Filesystem;
 use crate::notify::Notifier;
 use crate::proto::session::lock;
-use crate::proto::{Handled, Session, PAYLOAD_OFFSET, POKE_NAME};
+use crate::proto::{Outcome, ReplySpace, Session, POKE_NAME};
 
 /// Why serving failed.
 #[derive(Debug)]
@@ -69,6 +69,9 @@ pub enum ServeError {
     /// The operation is not possible with this mount's serving backend (e.g. a live
     /// handoff of a mount served through io_uring).
     Unsupported(&'static str),
+    /// The filesystem panicked in [`Filesystem::init`] (the message is the
+    /// panic's); INIT was answered `EIO`, so the kernel refused the mount.
+    InitPanicked(String),
 }
 
 impl std::fmt::Display for ServeError {
@@ -83,6 +86,10 @@ impl std::fmt::Display for ServeError {
             ),
             ServeError::Uring(why) => write!(f, "cannot serve through io_uring: {why}"),
             ServeError::Unsupported(why) => write!(f, "{why}"),
+            ServeError::InitPanicked(msg) => write!(
+                f,
+                "the filesystem panicked in init: {msg}; the mount was refused"
+            ),
         }
     }
 }
@@ -92,7 +99,10 @@ impl std::error::Error for ServeError {
         match self {
             ServeError::Mount(e) => Some(e),
             ServeError::Io(e) => Some(e),
-            ServeError::NoInit | ServeError::Uring(_) | ServeError::Unsupported(_) => None,
+            ServeError::NoInit
+            | ServeError::Uring(_)
+            | ServeError::Unsupported(_)
+            | ServeError::InitPanicked(_) => None,
         }
     }
 }
@@ -481,6 +491,10 @@ impl<F: Filesystem> Running<F> {
         while self.session.init_state().is_none()
             || !self.control.init_replied.load(Ordering::Acquire)
         {
+            if let Some(msg) = self.session.init_panic() {
+                let _ = self.unmount();
+                return Err(ServeError::InitPanicked(msg));
+            }
             if self.control.running.load(Ordering::Acquire) == 0 || Instant::now() > deadline {
                 if self.session.init_state().is_some() {
                     // Answered, but the reply was not delivered (the mount went away).
@@ -966,18 +980,16 @@ fn worker<F: Filesystem>(
             }
         };
         match session.handle(&req[..n], &mut out) {
-            Handled::Reply {
-                head,
-                payload,
-                counted,
-            } => {
-                let iov = [IoSlice::new(head), IoSlice::new(payload)];
-                let iov = if payload.is_empty() {
-                    &iov[..1]
-                } else {
-                    &iov[..]
-                };
-                match chan.write(iov) {
+            Outcome::Reply(parts) => {
+                let mut iov = [IoSlice::new(parts.header()); 3];
+                let mut n = 1;
+                for part in [parts.body(), parts.data()] {
+                    if !part.is_empty() {
+                        iov[n] = IoSlice::new(part);
+                        n += 1;
+                    }
+                }
+                match chan.write(&iov[..n]) {
                     Ok(WriteOutcome::Delivered) => {
                         if !init_replied && session.init_state().is_some() {
                             init_replied = true;
@@ -986,7 +998,7 @@ fn worker<F: Filesystem>(
                     }
                     Ok(WriteOutcome::Gone) => {
                         log::debug!("reply not delivered: the request was interrupted");
-                        if let Some(id) = counted {
+                        if let Some(id) = parts.counted() {
                             session.reply_lost(id);
                         }
                     }
@@ -998,14 +1010,14 @@ fn worker<F: Filesystem>(
                     }
                     Err(e) => {
                         log::error!("writing a reply failed: {e}");
-                        if let Some(id) = counted {
+                        if let Some(id) = parts.counted() {
                             session.reply_lost(id);
                         }
                     }
                 }
             }
-            Handled::NoReply => {}
-            Handled::Dropped(_) => {}
+            Outcome::NoReply => {}
+            Outcome::Dropped(_) => {}
         }
         if session.is_destroyed() {
             control.stop.store(true, Ordering::Release);
@@ -1111,30 +1123,30 @@ fn serve_ring_request<F: Filesystem>(
             return queue.commit(i, Commit::Error(nix::libc::EIO));
         }
     };
-    let out = queue.reply_buffer(i);
-    let data_at = out.as_ptr() as usize + PAYLOAD_OFFSET;
-    let commit = match session.handle_in_place(&req[..n], out) {
-        Handled::Reply {
-            head,
-            payload,
-            counted,
-        } => {
-            if payload.is_empty() || payload.as_ptr() as usize == data_at {
-                Commit::Reply {
-                    head_len: head.len(),
-                    payload_len: payload.len(),
-                    counted,
+    let space = queue.reply_space(i);
+    let base = space.as_ptr() as usize;
+    let len = space.len();
+    let accepted = session.accept(&req[..n]);
+    let outcome = session.call(
+        &accepted,
+        ReplySpace::with_data_at(space, uring::REPLY_DATA_AT).data_in_space(),
+    );
+    let commit = match session.respond(&accepted, outcome) {
+        Outcome::Reply(parts) => {
+            let placed = uring::Placed::of_range(&parts, base, len);
+            match placed {
+                Some(p) => Commit::Reply(p),
+                None => {
+                    log::error!("a reply is not in the ring entry's buffer: answering EIO");
+                    if let Some(id) = parts.counted() {
+                        session.reply_lost(id);
+                    }
+                    Commit::Error(nix::libc::EIO)
                 }
-            } else {
-                log::error!("a reply's data is not in the ring's payload buffer: answering EIO");
-                if let Some(id) = counted {
-                    session.reply_lost(id);
-                }
-                Commit::Error(nix::libc::EIO)
             }
         }
-        Handled::NoReply => Commit::Empty,
-        Handled::Dropped(e) => {
+        Outcome::NoReply => Commit::Empty,
+        Outcome::Dropped(e) => {
             log::warn!("a request from an io_uring entry does not parse ({e}): answering EIO");
             Commit::Error(nix::libc::EIO)
         }

@@ -127,23 +127,54 @@ pub enum RingEvent {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Commit {
-    /// The reply is in the entry's reply buffer as [`crate::Session::handle_in_place`]
-    /// left it: `head_len` bytes (out header and fixed body) at the start, then
-    /// `payload_len` bytes of data at [`PAYLOAD_OFFSET`].
-    Reply {
-        /// Bytes at the start of the reply buffer, out header included.
-        head_len: usize,
-        /// Bytes of data at [`PAYLOAD_OFFSET`].
-        payload_len: usize,
-        /// A nodeid whose lookup this reply counted.
-        counted: Option<u64>,
-    },
+    /// A reply the session encoded in the entry's reply space
+    /// ([`UringQueue::reply_space`]).
+    Reply(Placed),
     /// Answer with this errno (positive), no body.
     Error(i32),
     /// A request that takes no answer (NOTIFY_REPLY): end it with an empty success,
     /// which frees the entry for the next request.
     Empty,
 }
+
+/// Where the parts of a reply lie in an entry's reply space: the out header by
+/// value, the body and the data as offsets into the space (see [`Placed::of_range`]). The kernel wants the
+/// header in the entry's header area and body then data at the start of the payload
+/// buffer; the session already encodes them there (the space begins
+/// [`REPLY_DATA_AT`] bytes before the payload buffer), so committing copies only
+/// the 16 header bytes, and moves a part only if it is not in place.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Placed {
+    header: [u8; OUT_HEADER],
+    body: (usize, usize),
+    data: (usize, usize),
+    counted: Option<u64>,
+}
+
+impl Placed {
+    /// Locates `parts` in the reply space that starts at address `base` and has
+    /// `len` bytes (the slice [`UringQueue::reply_space`] gave): `None` if the body
+    /// or the data is not inside it (a reply built elsewhere).
+    pub fn of_range(parts: &crate::ReplyParts<'_>, base: usize, len: usize) -> Option<Placed> {
+        let at = |part: &[u8]| -> Option<(usize, usize)> {
+            if part.is_empty() {
+                return Some((REPLY_DATA_AT, 0));
+            }
+            let off = (part.as_ptr() as usize).checked_sub(base)?;
+            (off.checked_add(part.len())? <= len).then_some((off, part.len()))
+        };
+        Some(Placed {
+            header: *parts.header(),
+            body: at(parts.body())?,
+            data: at(parts.data())?,
+            counted: parts.counted(),
+        })
+    }
+}
+
+/// Where the session puts a READ's data in [`UringQueue::reply_space`]: right after
+/// the out header, at the start of the payload buffer.
+pub const REPLY_DATA_AT: usize = OUT_HEADER;
 
 /// A request in an entry that cannot be handed to the session.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -594,11 +625,12 @@ impl UringQueue {
         self.entries[i].commit_id
     }
 
-    /// Entry `i`'s reply buffer, for [`crate::Session::handle_in_place`]: at least
-    /// [`crate::Session::reply_buffer_size`] bytes when the payload length was sized
-    /// with [`UringQueue::payload_len_for`].
-    pub fn reply_buffer(&mut self, i: usize) -> &mut [u8] {
-        &mut self.entries[i].buf[..]
+    /// Entry `i`'s reply space, for [`crate::Session::call`] with
+    /// `ReplySpace::with_data_at(space, REPLY_DATA_AT).data_in_space()`: it begins
+    /// [`REPLY_DATA_AT`] bytes before the payload buffer, so that an encoded reply's
+    /// body, and a READ's data, start exactly where the kernel reads the payload.
+    pub fn reply_space(&mut self, i: usize) -> &mut [u8] {
+        &mut self.entries[i].buf[PAYLOAD_OFFSET - REPLY_DATA_AT..]
     }
 
     /// Answers the request in entry `i` and makes the entry fetch the next one
@@ -614,43 +646,33 @@ impl UringQueue {
         let payload_cap = self.payload_len;
         let e = &mut self.entries[i];
         let (error, body_len, counted) = match commit {
-            Commit::Reply {
-                head_len,
-                payload_len,
-                counted,
-            } => {
-                let body = head_len.checked_sub(OUT_HEADER);
-                match body {
-                    Some(body) if body + payload_len <= payload_cap && head_len <= e.buf.len() => {
-                        let oh = abi::fuse_out_header::read_from_prefix(&e.buf[..OUT_HEADER])
-                            .map(|(h, _)| h)
-                            .ok();
-                        match oh {
-                            Some(oh) => {
-                                // Data first (it may have to move up behind the fixed
-                                // body), then the fixed body to the payload's start.
-                                if payload_len > 0 && body > 0 {
-                                    e.buf.copy_within(
-                                        PAYLOAD_OFFSET..PAYLOAD_OFFSET + payload_len,
-                                        PAYLOAD_OFFSET + body,
-                                    );
-                                }
-                                if body > 0 {
-                                    e.buf.copy_within(OUT_HEADER..head_len, PAYLOAD_OFFSET);
-                                }
-                                e.header[..OUT_HEADER].copy_from_slice(oh.as_bytes());
-                                (None, body + payload_len, counted)
-                            }
-                            None => (Some(nix::libc::EIO), 0, None),
-                        }
+            Commit::Reply(p) => {
+                let (body_off, body_len) = p.body;
+                let (data_off, data_len) = p.data;
+                let space = PAYLOAD_OFFSET - REPLY_DATA_AT;
+                let total = body_len + data_len;
+                let fits = total <= payload_cap
+                    && space + body_off + body_len <= e.buf.len()
+                    && space + data_off + data_len <= e.buf.len();
+                if fits {
+                    // Body to the payload's start, then the data behind it; each
+                    // is normally in place already, and then not moved.
+                    let (src, dst) = (space + body_off, PAYLOAD_OFFSET);
+                    if body_len > 0 && src != dst {
+                        e.buf.copy_within(src..src + body_len, dst);
                     }
-                    _ => {
-                        log::error!(
-                            "io_uring queue {}: a reply of {head_len}+{payload_len} bytes does not fit; answering EIO",
-                            self.qid
-                        );
-                        (Some(nix::libc::EIO), 0, None)
+                    let (src, dst) = (space + data_off, PAYLOAD_OFFSET + body_len);
+                    if data_len > 0 && src != dst {
+                        e.buf.copy_within(src..src + data_len, dst);
                     }
+                    e.header[..OUT_HEADER].copy_from_slice(&p.header);
+                    (None, total, p.counted)
+                } else {
+                    log::error!(
+                        "io_uring queue {}: a reply of {body_len}+{data_len} bytes does not fit; answering EIO",
+                        self.qid
+                    );
+                    (Some(nix::libc::EIO), 0, None)
                 }
             }
             Commit::Error(errno) => (Some(errno), 0, None),

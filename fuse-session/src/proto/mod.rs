@@ -2,8 +2,10 @@
 //! threads, no unsafe. The IO layer ([`crate::dev`], [`crate::serve`]) feeds it.
 //!
 //! Methods by role, as in quinn-proto's `Connection`:
-//! - input: [`Session::handle`] (one request from the kernel);
-//! - output: the returned [`Handled`] (reply bytes to write, or none);
+//! - input: [`Session::accept`] (one request from the kernel), then
+//!   [`Session::call`] (run it);
+//! - output: [`Session::respond`] gives the [`Outcome`]: [`ReplyParts`] to send, or
+//!   none ([`step`] describes the three steps and the [`StepHook`] that watches them);
 //! - feedback: [`Session::reply_lost`] when a reply could not be delivered;
 //! - notifications: [`crate::Notifier`] encodes them against this session's protocol.
 pub mod bufs;
@@ -14,5 +16,7 @@ pub mod nodes;
 pub mod precopy;
 pub(crate) mod session;
 pub mod state;
+pub mod step;
 
-pub use session::{Handled, InitState, Session, SessionStats, PAYLOAD_OFFSET, POKE_NAME};
+pub use session::{InitState, Session, SessionStats, PAYLOAD_OFFSET, POKE_NAME};
+pub use step::{Accepted, Outcome, ReplyParts, ReplySpace, StepHook, OUT_HEADER_SIZE};

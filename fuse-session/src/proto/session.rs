@@ -3,12 +3,13 @@ use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
-use fuse_wire::{Negotiated, ParseError};
+use fuse_wire::Negotiated;
 
 use crate::fs::Filesystem;
 use crate::proto::handles::HandleTable;
 use crate::proto::init::{InitResult, InitWishes, KernelOffer};
 use crate::proto::nodes::{Forgotten, NodeTable};
+use crate::proto::step::StepHook;
 
 /// Offset of READ payloads in the reply buffer: one page, so that data copied into
 /// the buffer is page-aligned (an unaligned 1 MiB copy was measured 4-5x slower).
@@ -39,6 +40,9 @@ pub struct SessionStats {
     pub malformed: AtomicU64,
     /// Wake-up pokes answered (see [`POKE_NAME`]); not carried in snapshots.
     pub pokes: AtomicU64,
+    /// Panics caught in filesystem methods (each answered `EIO`); not carried in
+    /// snapshots.
+    pub panics: AtomicU64,
 }
 
 /// The name the serving layer looks up in the root to wake a worker blocked in
@@ -46,28 +50,11 @@ pub struct SessionStats {
 /// calling the filesystem, so the name is reserved in the root directory.
 pub const POKE_NAME: &str = ".fuse-live-wake.7f3c9a";
 
-/// What to do with one request's outcome.
-#[derive(Debug)]
-pub enum Handled<'a> {
-    /// Write `head` then `payload` (possibly empty) as one message (`writev`).
-    Reply {
-        /// Header and fixed body.
-        head: &'a [u8],
-        /// Bulk data (READ payloads), possibly lent by the filesystem.
-        payload: &'a [u8],
-        /// A nodeid whose lookup this reply counted: if the reply cannot be delivered,
-        /// call [`Session::reply_lost`] with it.
-        counted: Option<u64>,
-    },
-    /// Nothing to write (FORGET, BATCH_FORGET, NOTIFY_REPLY, INTERRUPT).
-    NoReply,
-    /// The header could not be parsed: nothing can be answered. Log and go on.
-    Dropped(ParseError),
-}
-
 /// A FUSE session: the filesystem plus everything the kernel and the daemon agreed.
 ///
-/// `Session` is `Sync`: several workers call [`Session::handle`] at once.
+/// `Session` is `Sync`: several workers run requests through it at once, each in
+/// three steps ([`Session::accept`], [`Session::call`], [`Session::respond`]; see
+/// [`crate::proto::step`]).
 pub struct Session<F: Filesystem> {
     pub(crate) fs: F,
     pub(crate) nodes: Mutex<NodeTable<F::Node>>,
@@ -88,6 +75,10 @@ pub struct Session<F: Filesystem> {
     pub(crate) only_uid: Option<u32>,
     /// Ask for `FUSE_OVER_IO_URING` in INIT (set by the io_uring serving backend).
     pub(crate) uring_wish: AtomicBool,
+    /// Watches accept and respond (a journal); none by default.
+    pub(crate) hook: Option<Arc<dyn StepHook>>,
+    /// The message of a panic in [`Filesystem::init`], for the serving layer.
+    pub(crate) init_panic: Mutex<Option<String>>,
 }
 
 /// How many INTERRUPTs for not-yet-seen requests are remembered.
@@ -119,6 +110,8 @@ impl<F: Filesystem> Session<F> {
             page_size: page_size(),
             only_uid: None,
             uring_wish: AtomicBool::new(false),
+            hook: None,
+            init_panic: Mutex::new(None),
         }
     }
 
@@ -127,6 +120,18 @@ impl<F: Filesystem> Session<F> {
     /// daemon enforces the rest.
     pub fn restrict_to_uid(&mut self, uid: Option<u32>) {
         self.only_uid = uid;
+    }
+
+    /// Installs the hook that sees every request's accept and respond steps (see
+    /// [`StepHook`]), replacing any earlier one. Install it before serving.
+    pub fn set_hook(&mut self, hook: Arc<dyn StepHook>) {
+        self.hook = Some(hook);
+    }
+
+    /// The message of a panic in [`Filesystem::init`], if INIT panicked (INIT was
+    /// answered `EIO`, so the kernel refuses the mount).
+    pub fn init_panic(&self) -> Option<String> {
+        lock(&self.init_panic).clone()
     }
 
     /// Adds `FUSE_OVER_IO_URING` to the flags the session asks for in INIT (after
@@ -162,7 +167,7 @@ impl<F: Filesystem> Session<F> {
         }
     }
 
-    /// The reply buffer size [`Session::handle`] needs: the payload offset plus the
+    /// The reply buffer size [`Session::call`] needs: the payload offset plus the
     /// largest READ the kernel may ask for.
     pub fn reply_buffer_size(&self) -> usize {
         PAYLOAD_OFFSET + self.read_buffer_size()
