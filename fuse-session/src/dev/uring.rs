@@ -94,8 +94,8 @@ enum State {
 struct Entry {
     /// The kernel's header buffer (`fuse_uring_req_header`), one page.
     header: MmapMut,
-    /// The reply buffer; from [`PAYLOAD_OFFSET`] on, the kernel's payload buffer.
-    buf: MmapMut,
+    /// Address and length of the entry's reply space (in the queue's buffers).
+    space: (usize, usize),
     /// The two iovecs REGISTER points the kernel at (read while it is issued).
     iov: Box<[nix::libc::iovec; 2]>,
     state: State,
@@ -138,11 +138,11 @@ pub enum Commit {
 }
 
 /// Where the parts of a reply lie in an entry's reply space: the out header by
-/// value, the body and the data as offsets into the space (see [`Placed::of_range`]). The kernel wants the
-/// header in the entry's header area and body then data at the start of the payload
-/// buffer; the session already encodes them there (the space begins
-/// [`REPLY_DATA_AT`] bytes before the payload buffer), so committing copies only
-/// the 16 header bytes, and moves a part only if it is not in place.
+/// value, the body and the data as offsets into the space (see
+/// [`Placed::of_range`]). The kernel wants the header in the entry's header area
+/// and body then data at the start of the payload buffer; the session encodes them
+/// there (the space begins [`REPLY_DATA_AT`] bytes before the payload buffer), so
+/// committing copies only the 16 header bytes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Placed {
     header: [u8; OUT_HEADER],
@@ -196,9 +196,21 @@ impl std::error::Error for BadRequest {}
 /// Made and used by one thread (the ring is set up `SINGLE_ISSUER` with
 /// `DEFER_TASKRUN` where the kernel has them: the kernel copies a request into an
 /// entry in this thread, when it waits, not in the caller's).
+///
+/// It is two parts that can be borrowed apart ([`UringQueue::split`]): the entries'
+/// reply buffers, which the session encodes replies into, and the [`RingCore`]
+/// (the ring and each entry's header area), which commits them.
 pub struct UringQueue {
-    // Field order matters: the ring is dropped (closed, which cancels every pending
-    // command) before the entries' buffers are unmapped.
+    // Field order matters: the ring (in `core`) is dropped (closed, which cancels
+    // every pending command) before the entries' buffers are unmapped.
+    core: RingCore,
+    /// Each entry's reply buffer; from [`PAYLOAD_OFFSET`] on, the kernel's payload
+    /// buffer.
+    bufs: Vec<MmapMut>,
+}
+
+/// The ring of a [`UringQueue`] and its entries' header areas: what commits a reply.
+pub struct RingCore {
     ring: IoUring<squeue::Entry128, cqueue::Entry>,
     entries: Vec<Entry>,
     /// A `dup` of the device, for as long as the ring refers to it.
@@ -213,6 +225,12 @@ pub struct UringQueue {
 }
 
 impl std::fmt::Debug for UringQueue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.core.fmt(f)
+    }
+}
+
+impl std::fmt::Debug for RingCore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("UringQueue")
             .field("qid", &self.qid)
@@ -280,6 +298,7 @@ impl UringQueue {
             }
         };
         let mut entries = Vec::with_capacity(depth);
+        let mut bufs = Vec::with_capacity(depth);
         for _ in 0..depth {
             let mut header = MmapMut::map_anon(crate::dev::page_size())?;
             let mut buf = MmapMut::map_anon(PAYLOAD_OFFSET + payload_len)?;
@@ -295,9 +314,12 @@ impl UringQueue {
                     iov_len: payload_len,
                 },
             ]);
+            let space = &buf[PAYLOAD_OFFSET - REPLY_DATA_AT..];
+            let space = (space.as_ptr() as usize, space.len());
+            bufs.push(buf);
             entries.push(Entry {
                 header,
-                buf,
+                space,
                 iov,
                 state: State::Idle,
                 commit_id: 0,
@@ -305,14 +327,17 @@ impl UringQueue {
             });
         }
         Ok(UringQueue {
-            ring,
-            entries,
-            device,
-            qid,
-            payload_len,
-            fixed,
-            waker_armed: false,
-            pending: std::collections::VecDeque::new(),
+            core: RingCore {
+                ring,
+                entries,
+                device,
+                qid,
+                payload_len,
+                fixed,
+                waker_armed: false,
+                pending: std::collections::VecDeque::new(),
+            },
+            bufs,
         })
     }
 
@@ -325,6 +350,134 @@ impl UringQueue {
             .max(pages)
             .max(abi::FUSE_MIN_READ_BUFFER)
             .saturating_add(page_size)
+    }
+
+    /// The ring part ([`RingCore`]): registering, waiting, committing.
+    pub fn core(&mut self) -> &mut RingCore {
+        &mut self.core
+    }
+
+    /// Entry `i`'s reply space (see [`UringQueue::reply_space`]) and the
+    /// [`RingCore`] that commits it, borrowed apart.
+    pub fn split(&mut self, i: usize) -> (&mut [u8], &mut RingCore) {
+        (
+            &mut self.bufs[i][PAYLOAD_OFFSET - REPLY_DATA_AT..],
+            &mut self.core,
+        )
+    }
+
+    /// The queue id.
+    pub fn qid(&self) -> u16 {
+        self.core.qid
+    }
+
+    /// See [`RingCore::register`].
+    ///
+    /// # Errors
+    /// As [`RingCore::register`].
+    pub fn register(&mut self) -> io::Result<()> {
+        self.core.register()
+    }
+
+    /// See [`RingCore::arm_waker`].
+    ///
+    /// # Errors
+    /// As [`RingCore::arm_waker`].
+    pub fn arm_waker(&mut self, waker: BorrowedFd<'_>) -> io::Result<()> {
+        self.core.arm_waker(waker)
+    }
+
+    /// See [`RingCore::next_event`].
+    ///
+    /// # Errors
+    /// As [`RingCore::next_event`].
+    pub fn next_event(&mut self) -> io::Result<RingEvent> {
+        self.core.next_event()
+    }
+
+    /// See [`RingCore::commit`].
+    ///
+    /// # Errors
+    /// As [`RingCore::commit`].
+    pub fn commit(&mut self, i: usize, commit: Commit) -> io::Result<()> {
+        self.core.commit(i, commit)
+    }
+
+    /// The `unique` of the request last taken from entry `i`.
+    pub fn commit_id(&self, i: usize) -> u64 {
+        self.core.entries[i].commit_id
+    }
+
+    /// Copies the request in entry `i` into `into` as one contiguous message, as a
+    /// `read(2)` of the device would have returned it, and returns its length.
+    ///
+    /// # Errors
+    /// The header's lengths do not add up (a malformed request from the kernel):
+    /// answer it with [`Commit::Error`] (its `unique` is known to the entry).
+    pub fn take_request(&mut self, i: usize, into: &mut [u8]) -> Result<usize, BadRequest> {
+        let payload_len = self.core.payload_len;
+        let e = &mut self.core.entries[i];
+        if e.state != State::Request {
+            return Err(BadRequest {
+                reason: "the entry holds no request",
+            });
+        }
+        let head = &e.header[..];
+        let trailer = abi::fuse_uring_ent_in_out::read_from_prefix(&head[ENT_IN_OUT_AT..])
+            .map(|(t, _)| t)
+            .map_err(|_| BadRequest {
+                reason: "short header buffer",
+            })?;
+        e.commit_id = trailer.commit_id.get();
+        let inh = abi::fuse_in_header::read_from_prefix(&head[..IN_HEADER])
+            .map(|(h, _)| h)
+            .map_err(|_| BadRequest {
+                reason: "short in header",
+            })?;
+        let total = inh.len.get() as usize;
+        let payload = trailer.payload_sz.get() as usize;
+        if payload > payload_len {
+            return Err(BadRequest {
+                reason: "payload_sz larger than the payload buffer",
+            });
+        }
+        let op_len = total
+            .checked_sub(IN_HEADER)
+            .and_then(|n| n.checked_sub(payload))
+            .ok_or(BadRequest {
+                reason: "header length shorter than header and payload",
+            })?;
+        if op_len > abi::FUSE_URING_OP_IN_OUT_SZ {
+            return Err(BadRequest {
+                reason: "op struct larger than the op_in area",
+            });
+        }
+        if total > into.len() {
+            return Err(BadRequest {
+                reason: "request larger than the request buffer",
+            });
+        }
+        into[..IN_HEADER].copy_from_slice(&head[..IN_HEADER]);
+        into[IN_HEADER..IN_HEADER + op_len].copy_from_slice(&head[OP_IN_AT..OP_IN_AT + op_len]);
+        into[IN_HEADER + op_len..total]
+            .copy_from_slice(&self.bufs[i][PAYLOAD_OFFSET..PAYLOAD_OFFSET + payload]);
+        Ok(total)
+    }
+
+    /// Entry `i`'s reply space, for [`crate::Session::call`] with
+    /// `ReplySpace::with_data_at(space, REPLY_DATA_AT).data_in_space()`: it begins
+    /// [`REPLY_DATA_AT`] bytes before the payload buffer, so that an encoded reply's
+    /// body, and a READ's data, start exactly where the kernel reads the payload.
+    pub fn reply_space(&mut self, i: usize) -> &mut [u8] {
+        &mut self.bufs[i][PAYLOAD_OFFSET - REPLY_DATA_AT..]
+    }
+}
+
+impl RingCore {
+    /// Address and length of entry `i`'s reply space ([`UringQueue::reply_space`]),
+    /// to locate a reply's parts in it ([`Placed::of_range`]).
+    pub fn space_of(&self, i: usize) -> (usize, usize) {
+        self.entries[i].space
     }
 
     /// The queue id.
@@ -411,8 +564,9 @@ impl UringQueue {
     fn push(&mut self, sqe: &squeue::Entry128) -> io::Result<()> {
         loop {
             // SAFETY: every buffer an SQE of this module refers to lives as long as
-            // the ring: REGISTER's iovec array and the buffers it describes are owned
-            // by `self.entries` (dropped after the ring), the poll's fd is the
+            // the ring: REGISTER's iovec array is owned by `self.entries` and the
+            // buffers it describes by the `UringQueue` that holds this core (both
+            // dropped after the ring: field order), the poll's fd is the
             // waker's, which the caller keeps alive while it uses this queue
             // ([`UringQueue::arm_waker`]), and COMMIT_AND_FETCH carries its data in
             // the SQE itself.
@@ -565,74 +719,6 @@ impl UringQueue {
         }
     }
 
-    /// Copies the request in entry `i` into `into` as one contiguous message, as a
-    /// `read(2)` of the device would have returned it, and returns its length.
-    ///
-    /// # Errors
-    /// The header's lengths do not add up (a malformed request from the kernel):
-    /// answer it with [`Commit::Error`] (its `unique` is known to the entry).
-    pub fn take_request(&mut self, i: usize, into: &mut [u8]) -> Result<usize, BadRequest> {
-        let e = &mut self.entries[i];
-        if e.state != State::Request {
-            return Err(BadRequest {
-                reason: "the entry holds no request",
-            });
-        }
-        let head = &e.header[..];
-        let trailer = abi::fuse_uring_ent_in_out::read_from_prefix(&head[ENT_IN_OUT_AT..])
-            .map(|(t, _)| t)
-            .map_err(|_| BadRequest {
-                reason: "short header buffer",
-            })?;
-        e.commit_id = trailer.commit_id.get();
-        let inh = abi::fuse_in_header::read_from_prefix(&head[..IN_HEADER])
-            .map(|(h, _)| h)
-            .map_err(|_| BadRequest {
-                reason: "short in header",
-            })?;
-        let total = inh.len.get() as usize;
-        let payload = trailer.payload_sz.get() as usize;
-        if payload > self.payload_len {
-            return Err(BadRequest {
-                reason: "payload_sz larger than the payload buffer",
-            });
-        }
-        let op_len = total
-            .checked_sub(IN_HEADER)
-            .and_then(|n| n.checked_sub(payload))
-            .ok_or(BadRequest {
-                reason: "header length shorter than header and payload",
-            })?;
-        if op_len > abi::FUSE_URING_OP_IN_OUT_SZ {
-            return Err(BadRequest {
-                reason: "op struct larger than the op_in area",
-            });
-        }
-        if total > into.len() {
-            return Err(BadRequest {
-                reason: "request larger than the request buffer",
-            });
-        }
-        into[..IN_HEADER].copy_from_slice(&head[..IN_HEADER]);
-        into[IN_HEADER..IN_HEADER + op_len].copy_from_slice(&head[OP_IN_AT..OP_IN_AT + op_len]);
-        into[IN_HEADER + op_len..total]
-            .copy_from_slice(&e.buf[PAYLOAD_OFFSET..PAYLOAD_OFFSET + payload]);
-        Ok(total)
-    }
-
-    /// The `unique` of the request last taken from entry `i`.
-    pub fn commit_id(&self, i: usize) -> u64 {
-        self.entries[i].commit_id
-    }
-
-    /// Entry `i`'s reply space, for [`crate::Session::call`] with
-    /// `ReplySpace::with_data_at(space, REPLY_DATA_AT).data_in_space()`: it begins
-    /// [`REPLY_DATA_AT`] bytes before the payload buffer, so that an encoded reply's
-    /// body, and a READ's data, start exactly where the kernel reads the payload.
-    pub fn reply_space(&mut self, i: usize) -> &mut [u8] {
-        &mut self.entries[i].buf[PAYLOAD_OFFSET - REPLY_DATA_AT..]
-    }
-
     /// Answers the request in entry `i` and makes the entry fetch the next one
     /// (FUSE_IO_URING_CMD_COMMIT_AND_FETCH). Queued; submitted by the next
     /// [`UringQueue::next_event`].
@@ -649,27 +735,18 @@ impl UringQueue {
             Commit::Reply(p) => {
                 let (body_off, body_len) = p.body;
                 let (data_off, data_len) = p.data;
-                let space = PAYLOAD_OFFSET - REPLY_DATA_AT;
+                // The session encoded body and data where the kernel reads them
+                // (see `UringQueue::reply_space`): body at the payload's start, data
+                // right behind it. Anything else is a bug, answered EIO.
+                let in_place = (body_len == 0 || body_off == REPLY_DATA_AT)
+                    && (data_len == 0 || data_off == REPLY_DATA_AT + body_len);
                 let total = body_len + data_len;
-                let fits = total <= payload_cap
-                    && space + body_off + body_len <= e.buf.len()
-                    && space + data_off + data_len <= e.buf.len();
-                if fits {
-                    // Body to the payload's start, then the data behind it; each
-                    // is normally in place already, and then not moved.
-                    let (src, dst) = (space + body_off, PAYLOAD_OFFSET);
-                    if body_len > 0 && src != dst {
-                        e.buf.copy_within(src..src + body_len, dst);
-                    }
-                    let (src, dst) = (space + data_off, PAYLOAD_OFFSET + body_len);
-                    if data_len > 0 && src != dst {
-                        e.buf.copy_within(src..src + data_len, dst);
-                    }
+                if in_place && total <= payload_cap {
                     e.header[..OUT_HEADER].copy_from_slice(&p.header);
                     (None, total, p.counted)
                 } else {
                     log::error!(
-                        "io_uring queue {}: a reply of {body_len}+{data_len} bytes does not fit; answering EIO",
+                        "io_uring queue {}: a reply of {body_len}+{data_len} bytes is not in place or does not fit; answering EIO",
                         self.qid
                     );
                     (Some(nix::libc::EIO), 0, None)
