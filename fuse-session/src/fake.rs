@@ -137,7 +137,7 @@ impl<F: Filesystem> FakeKernel<F> {
     pub fn raw(&mut self, request: &[u8]) -> Option<Vec<u8>> {
         match self.session.handle(request, &mut self.out) {
             Outcome::Reply(parts) => Some(parts.to_vec()),
-            Outcome::NoReply | Outcome::Dropped(_) => None,
+            _ => None,
         }
     }
 

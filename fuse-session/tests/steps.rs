@@ -349,3 +349,68 @@ fn a_panic_in_init_is_answered_eio_and_reported() {
     assert!(k.session().init_state().is_none());
     assert_eq!(k.session().init_panic().as_deref(), Some("boom in init"));
 }
+
+#[test]
+fn a_notify_reply_for_a_pending_retrieve_is_an_outcome_once() {
+    let k = kernel();
+    let session = k.session();
+    let unique = session.begin_retrieve();
+    let proto = k.proto();
+    let arg = abi::fuse_notify_retrieve_in {
+        offset: U64::new(4096),
+        size: U32::new(3),
+        ..Default::default()
+    };
+    let h = fuse_wire::request::encode::HeaderFields {
+        unique,
+        nodeid: 2,
+        uid: 0,
+        gid: 0,
+        pid: 0,
+    };
+    let mut req = vec![0u8; 4096];
+    let n = fuse_wire::request::encode::encode(
+        &mut req,
+        &proto,
+        &h,
+        &Operation::NotifyReply {
+            arg: &arg,
+            data: b"abc",
+        },
+        &Default::default(),
+    )
+    .unwrap();
+    let mut out = vec![0u8; session.reply_buffer_size()];
+    match session.handle(&req[..n], &mut out) {
+        Outcome::Retrieved {
+            notify_unique,
+            offset,
+            data,
+        } => assert_eq!((notify_unique, offset, data), (unique, 4096, &b"abc"[..])),
+        other => panic!("{other:?}"),
+    }
+    // Answered once: the same reply again is nobody's.
+    assert!(matches!(
+        session.handle(&req[..n], &mut out),
+        Outcome::NoReply
+    ));
+    // A cancelled retrieve's late reply is dropped too.
+    let late = session.begin_retrieve();
+    session.cancel_retrieve(late);
+    let h = fuse_wire::request::encode::HeaderFields { unique: late, ..h };
+    let n = fuse_wire::request::encode::encode(
+        &mut req,
+        &proto,
+        &h,
+        &Operation::NotifyReply {
+            arg: &arg,
+            data: b"abc",
+        },
+        &Default::default(),
+    )
+    .unwrap();
+    assert!(matches!(
+        session.handle(&req[..n], &mut out),
+        Outcome::NoReply
+    ));
+}

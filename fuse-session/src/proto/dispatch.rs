@@ -81,11 +81,14 @@ impl<F: Filesystem> Session<F> {
             }
             Operation::NotifyReply { arg, data } => {
                 // The answer to a NOTIFY_RETRIEVE: `unique` is the notify unique.
-                if let Some(tx) = lock(&self.retrieves).remove(&unique) {
-                    let _ = tx.send((arg.offset.get(), data.to_vec()));
-                } else {
-                    log::debug!("NOTIFY_REPLY for unknown retrieve {unique}: dropped");
+                if lock(&self.retrieves).remove(&unique) {
+                    return Outcome::Retrieved {
+                        notify_unique: unique,
+                        offset: arg.offset.get(),
+                        data,
+                    };
                 }
+                log::debug!("NOTIFY_REPLY for unknown retrieve {unique}: dropped");
                 return Outcome::NoReply;
             }
             Operation::Init { arg } => return self.do_init(out, unique, &arg),

@@ -67,7 +67,8 @@ pub struct Session<F: Filesystem> {
     pub(crate) early_count: std::sync::atomic::AtomicUsize,
     pub(crate) polls: Mutex<BTreeSet<u64>>,
     pub(crate) notify_unique: AtomicU64,
-    pub(crate) retrieves: crate::notify::Retrieves,
+    /// NOTIFY_RETRIEVEs sent and not yet answered, by notify unique.
+    pub(crate) retrieves: Mutex<BTreeSet<u64>>,
     pub(crate) destroyed: AtomicBool,
     pub(crate) stats: SessionStats,
     pub(crate) page_size: u32,
@@ -80,6 +81,9 @@ pub struct Session<F: Filesystem> {
     /// The message of a panic in [`Filesystem::init`], for the serving layer.
     pub(crate) init_panic: Mutex<Option<String>>,
 }
+
+/// The page size a new session assumes until [`Session::set_page_size`].
+pub const DEFAULT_PAGE_SIZE: u32 = 4096;
 
 /// How many INTERRUPTs for not-yet-seen requests are remembered.
 const EARLY_INTERRUPTS: usize = 64;
@@ -104,15 +108,23 @@ impl<F: Filesystem> Session<F> {
             early_count: std::sync::atomic::AtomicUsize::new(0),
             polls: Mutex::new(BTreeSet::new()),
             notify_unique: AtomicU64::new(1),
-            retrieves: Mutex::new(HashMap::new()),
+            retrieves: Mutex::new(BTreeSet::new()),
             destroyed: AtomicBool::new(false),
             stats: SessionStats::default(),
-            page_size: page_size(),
+            page_size: DEFAULT_PAGE_SIZE,
             only_uid: None,
             uring_wish: AtomicBool::new(false),
             hook: None,
             init_panic: Mutex::new(None),
         }
+    }
+
+    /// Sets the system's page size (the serving layer passes the real one; the
+    /// core does no IO, so a new session assumes [`DEFAULT_PAGE_SIZE`]). It bounds
+    /// `max_pages` in INIT and sizes the read buffer. Values below 4096 are taken
+    /// as 4096.
+    pub fn set_page_size(&mut self, page_size: u32) {
+        self.page_size = page_size.max(DEFAULT_PAGE_SIZE);
     }
 
     /// Refuses (EACCES) requests from callers other than `uid` and root: what the
@@ -275,17 +287,20 @@ impl<F: Filesystem> Session<F> {
         }
     }
 
-    /// The next `unique` for a NOTIFY_RETRIEVE.
-    pub(crate) fn next_notify_unique(&self) -> u64 {
-        self.notify_unique.fetch_add(1, Ordering::Relaxed)
+    /// A NOTIFY_RETRIEVE is about to be sent: its `notify_unique`, remembered
+    /// until the kernel's NOTIFY_REPLY comes back as [`Outcome::Retrieved`]
+    /// (or [`Session::cancel_retrieve`]).
+    ///
+    /// [`Outcome::Retrieved`]: crate::proto::Outcome::Retrieved
+    pub fn begin_retrieve(&self) -> u64 {
+        let unique = self.notify_unique.fetch_add(1, Ordering::Relaxed);
+        lock(&self.retrieves).insert(unique);
+        unique
     }
-}
 
-fn page_size() -> u32 {
-    nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE)
-        .ok()
-        .flatten()
-        .and_then(|v| u32::try_from(v).ok())
-        .filter(|&v| v >= 4096)
-        .unwrap_or(4096)
+    /// Stops waiting for the NOTIFY_REPLY of retrieve `unique` (it timed out, or
+    /// the notification was not delivered): a late reply is then dropped.
+    pub fn cancel_retrieve(&self, unique: u64) {
+        lock(&self.retrieves).remove(&unique);
+    }
 }

@@ -255,11 +255,24 @@ impl<'a> ReplyParts<'a> {
 
 /// The outcome of a request: what the transport does next.
 #[derive(Debug)]
+#[non_exhaustive]
 pub enum Outcome<'a> {
     /// Send this reply.
     Reply(ReplyParts<'a>),
-    /// Nothing to send (FORGET, BATCH_FORGET, INTERRUPT, NOTIFY_REPLY).
+    /// Nothing to send (FORGET, BATCH_FORGET, INTERRUPT, a NOTIFY_REPLY nobody
+    /// waits for).
     NoReply,
+    /// Nothing to send; the kernel answered the NOTIFY_RETRIEVE `notify_unique`
+    /// ([`Session::begin_retrieve`]) with `data`, cached at `offset`: hand it to
+    /// whoever waits for it.
+    Retrieved {
+        /// The retrieve's notify unique.
+        notify_unique: u64,
+        /// Where the data starts in the file.
+        offset: u64,
+        /// The cached data (empty if nothing was cached).
+        data: &'a [u8],
+    },
     /// The header could not be parsed: nothing can be answered. Log and go on.
     Dropped(ParseError),
 }

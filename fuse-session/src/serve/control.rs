@@ -6,6 +6,7 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::dev::Waker;
+use crate::notify::RetrieveWaiters;
 use crate::proto::session::lock;
 
 /// What the workers are asked to do.
@@ -134,6 +135,8 @@ pub(crate) struct Control {
     pub(crate) init_replied: AtomicBool,
     /// Requests served from io_uring entries.
     pub(crate) ring_requests: AtomicU64,
+    /// Callers of `Notifier::retrieve` waiting for the kernel's data.
+    pub(crate) retrieve_waiters: Arc<RetrieveWaiters>,
     workers: Mutex<Vec<Arc<WorkerSlot>>>,
     /// Parking and waiting for parked workers.
     park_lock: Mutex<()>,

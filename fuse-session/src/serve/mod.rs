@@ -178,6 +178,7 @@ impl<F: Filesystem> Server<F> {
     ) -> Result<Self, ServeError> {
         let mount = crate::dev::mount(mountpoint, options)?;
         let mut session = Session::new(fs);
+        session.set_page_size(system_page_size());
         if options.is_allow_root() {
             session.restrict_to_uid(Some(nix::unistd::geteuid().as_raw()));
         }
@@ -188,7 +189,8 @@ impl<F: Filesystem> Server<F> {
     }
 
     /// Serves an existing session on an existing mount (a restored process).
-    pub fn from_parts(session: Session<F>, mount: Mount) -> Self {
+    pub fn from_parts(mut session: Session<F>, mount: Mount) -> Self {
+        session.set_page_size(system_page_size());
         Server {
             session: Arc::new(session),
             mount,
@@ -293,16 +295,22 @@ impl<F: Filesystem> Server<F> {
         for i in 0..threads.max(1) {
             workers.push(spawn_worker(i, &session, &channel, &control)?);
         }
+        let waiters = Arc::clone(&control.retrieve_waiters);
         Ok(Running {
             session: Arc::clone(&session),
             control,
             workers: Mutex::new(workers),
             mount: Mutex::new(Some(mount)),
             device: channel.try_clone()?,
-            notifier: Notifier::new(Arc::clone(&session), channel),
+            notifier: Notifier::new(Arc::clone(&session), channel, waiters),
             backend: Backend::Device,
         })
     }
+}
+
+/// The system's page size, for the session (which does no IO itself).
+fn system_page_size() -> u32 {
+    u32::try_from(crate::dev::page_size()).unwrap_or(u32::MAX)
 }
 
 /// Options of [`Server::spawn_uring`].

@@ -175,6 +175,16 @@ pub(crate) fn run_worker<F: Filesystem, T: Transport>(
                             }
                         }
                     },
+                    Outcome::Retrieved {
+                        notify_unique,
+                        offset,
+                        data,
+                    } => {
+                        control
+                            .retrieve_waiters
+                            .deliver(notify_unique, offset, data);
+                        T::finish(sender, n, None)?;
+                    }
                     Outcome::NoReply => T::finish(sender, n, None)?,
                     Outcome::Dropped(e) => {
                         log::warn!("{}: dropped a request: {e}", slot.name);
