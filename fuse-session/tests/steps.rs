@@ -414,3 +414,45 @@ fn a_notify_reply_for_a_pending_retrieve_is_an_outcome_once() {
         Outcome::NoReply
     ));
 }
+
+#[test]
+fn a_panic_in_forget_or_destroy_is_contained() {
+    silence_panics();
+    struct BadEnd;
+    impl Filesystem for BadEnd {
+        type Node = u32;
+        type Handle = u32;
+        fn root(&self) -> u32 {
+            0
+        }
+        fn lookup(&self, _: &RequestContext<'_>, _: &u32, _: &OsStr) -> Result<Entry<u32>> {
+            Ok(entry(5))
+        }
+        fn forget(&self, _: u32) {
+            panic!("boom in forget");
+        }
+        fn destroy(&self) {
+            panic!("boom in destroy");
+        }
+    }
+    let mut k = FakeKernel::new(BadEnd);
+    k.init(45, InitFlags::INIT_EXT);
+    let id = k.lookup(1, b"x").unwrap().nodeid;
+    k.forget(id, 1);
+    assert_eq!(
+        k.session().node_count(),
+        1,
+        "forgotten although forget panicked"
+    );
+    // Still serving.
+    assert!(k.lookup(1, b"y").is_ok());
+    assert_eq!(k.status(1, &Operation::Destroy), 0, "DESTROY is answered");
+    assert!(k.session().is_destroyed());
+    assert_eq!(
+        k.session()
+            .stats()
+            .panics
+            .load(std::sync::atomic::Ordering::Relaxed),
+        2
+    );
+}

@@ -216,7 +216,7 @@ impl<F: Filesystem> Session<F> {
     pub fn reply_lost(&self, nodeid: u64) {
         let gone = lock(&self.nodes).unlookup(nodeid);
         if let Forgotten::Gone(node) = gone {
-            self.fs.forget(node);
+            self.guarded("forget", || self.fs.forget(node));
         }
     }
 
@@ -224,7 +224,19 @@ impl<F: Filesystem> Session<F> {
     /// filesystem, once.
     pub fn shutdown(&self) {
         if !self.destroyed.swap(true, Ordering::AcqRel) {
-            self.fs.destroy();
+            self.guarded("destroy", || self.fs.destroy());
+        }
+    }
+
+    /// Runs a filesystem callback outside a request (no one to answer): a panic
+    /// in it is logged and counted, not passed on to the serving thread.
+    fn guarded(&self, what: &str, f: impl FnOnce()) {
+        if let Err(payload) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
+            self.stats.panics.fetch_add(1, Ordering::Relaxed);
+            log::error!(
+                "the filesystem panicked in {what}: {}",
+                crate::proto::step::panic_message(&*payload)
+            );
         }
     }
 
