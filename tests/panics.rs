@@ -89,12 +89,14 @@ fn round(mnt: &Path, t: usize, i: usize, tally: &Tally) {
             .open(mnt.join("boomfile"))
             .and_then(|mut f| f.write_all(b"x")),
     );
+    // The same byte as the file's first (the kernel's page cache keeps what is
+    // written, and other threads read the file meanwhile).
     tally.expect_ok(
         "write file",
         std::fs::OpenOptions::new()
             .write(true)
             .open(mnt.join("file"))
-            .and_then(|mut f| f.write_all(b"x")),
+            .and_then(|mut f| f.write_all(b"a")),
     );
     tally.expect_eio(
         "list boomdir",

@@ -176,6 +176,20 @@ impl Placed {
 /// the out header, at the start of the payload buffer.
 pub const REPLY_DATA_AT: usize = OUT_HEADER;
 
+/// Where [`UringQueue::locate_request`] put a request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RequestAt {
+    /// In the caller's buffer, this many bytes.
+    Copied(usize),
+    /// In the entry's buffer: `len` bytes from `start`.
+    InEntry {
+        /// Offset in the entry's buffer.
+        start: usize,
+        /// Length of the request.
+        len: usize,
+    },
+}
+
 /// A request in an entry that cannot be handed to the session.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct BadRequest {
@@ -222,6 +236,12 @@ pub struct RingCore {
     waker_armed: bool,
     /// Completions reaped but not yet returned.
     pending: std::collections::VecDeque<(u64, i32)>,
+    /// Address and length of the caller's staging area (see
+    /// [`RingCore::set_staging_area`]).
+    staging: (usize, usize),
+    /// A reply encoded in the staging area, to commit by
+    /// [`UringQueue::commit_staged`].
+    staged: Option<(usize, Placed)>,
 }
 
 impl std::fmt::Debug for UringQueue {
@@ -336,6 +356,8 @@ impl UringQueue {
                 fixed,
                 waker_armed: false,
                 pending: std::collections::VecDeque::new(),
+                staging: (0, 0),
+                staged: None,
             },
             bufs,
         })
@@ -408,13 +430,8 @@ impl UringQueue {
         self.core.entries[i].commit_id
     }
 
-    /// Copies the request in entry `i` into `into` as one contiguous message, as a
-    /// `read(2)` of the device would have returned it, and returns its length.
-    ///
-    /// # Errors
-    /// The header's lengths do not add up (a malformed request from the kernel):
-    /// answer it with [`Commit::Error`] (its `unique` is known to the entry).
-    pub fn take_request(&mut self, i: usize, into: &mut [u8]) -> Result<usize, BadRequest> {
+    /// Checks the lengths of the request in entry `i`: `(total, op_len, payload)`.
+    fn request_lengths(&mut self, i: usize) -> Result<(usize, usize, usize), BadRequest> {
         let payload_len = self.core.payload_len;
         let e = &mut self.core.entries[i];
         if e.state != State::Request {
@@ -452,16 +469,99 @@ impl UringQueue {
                 reason: "op struct larger than the op_in area",
             });
         }
+        Ok((total, op_len, payload))
+    }
+
+    /// Copies the request in entry `i` into `into` as one contiguous message, as a
+    /// `read(2)` of the device would have returned it, and returns its length.
+    ///
+    /// # Errors
+    /// The header's lengths do not add up (a malformed request from the kernel):
+    /// answer it with [`Commit::Error`] (its `unique` is known to the entry).
+    pub fn take_request(&mut self, i: usize, into: &mut [u8]) -> Result<usize, BadRequest> {
+        let (total, op_len, payload) = self.request_lengths(i)?;
         if total > into.len() {
             return Err(BadRequest {
                 reason: "request larger than the request buffer",
             });
         }
+        let head = &self.core.entries[i].header[..];
         into[..IN_HEADER].copy_from_slice(&head[..IN_HEADER]);
         into[IN_HEADER..IN_HEADER + op_len].copy_from_slice(&head[OP_IN_AT..OP_IN_AT + op_len]);
         into[IN_HEADER + op_len..total]
             .copy_from_slice(&self.bufs[i][PAYLOAD_OFFSET..PAYLOAD_OFFSET + payload]);
         Ok(total)
+    }
+
+    /// Makes the request in entry `i` one contiguous message in device layout, as
+    /// cheaply as possible: without a payload it is copied into `into` (at most
+    /// 168 bytes); with one (names, WRITE data) the header and op struct are copied
+    /// in front of the payload the kernel wrote into the entry's buffer, so the
+    /// payload itself is not copied ([`RequestAt::InEntry`]; read it with
+    /// [`UringQueue::request_in_entry`]). Then the reply must not be encoded into
+    /// the entry's reply space, which the request occupies: use a staging area
+    /// ([`RingCore::set_staging_area`]).
+    ///
+    /// # Errors
+    /// As [`UringQueue::take_request`].
+    pub fn locate_request(&mut self, i: usize, into: &mut [u8]) -> Result<RequestAt, BadRequest> {
+        let (total, op_len, payload) = self.request_lengths(i)?;
+        if payload == 0 {
+            return self.take_request(i, into).map(RequestAt::Copied);
+        }
+        let start = PAYLOAD_OFFSET - IN_HEADER - op_len;
+        let head = &self.core.entries[i].header[..];
+        let buf = &mut self.bufs[i];
+        buf[start..start + IN_HEADER].copy_from_slice(&head[..IN_HEADER]);
+        buf[start + IN_HEADER..PAYLOAD_OFFSET].copy_from_slice(&head[OP_IN_AT..OP_IN_AT + op_len]);
+        Ok(RequestAt::InEntry { start, len: total })
+    }
+
+    /// The request [`UringQueue::locate_request`] left in entry `i`'s buffer, and
+    /// the core, borrowed apart.
+    pub fn request_in_entry(
+        &mut self,
+        i: usize,
+        start: usize,
+        len: usize,
+    ) -> (&[u8], &mut RingCore) {
+        let end = start.saturating_add(len).min(self.bufs[i].len());
+        (&self.bufs[i][start.min(end)..end], &mut self.core)
+    }
+
+    /// Commits the reply [`RingCore::stage`] left in the staging area `from` (the
+    /// area [`RingCore::set_staging_area`] named): copies body and data to the
+    /// entry's payload buffer, then commits. Nothing if none is staged.
+    ///
+    /// # Errors
+    /// As [`RingCore::commit`].
+    pub fn commit_staged(&mut self, from: &[u8]) -> io::Result<()> {
+        let Some((i, p)) = self.core.staged.take() else {
+            return Ok(());
+        };
+        let (bo, bl) = p.body;
+        let (dopos, dl) = p.data;
+        let fits = bl + dl <= self.core.payload_len
+            && bo.checked_add(bl).is_some_and(|e| e <= from.len())
+            && dopos.checked_add(dl).is_some_and(|e| e <= from.len());
+        if !fits {
+            log::error!(
+                "io_uring queue {}: a staged reply does not fit; answering EIO",
+                self.core.qid
+            );
+            return self.core.commit(i, Commit::Error(nix::libc::EIO));
+        }
+        let buf = &mut self.bufs[i];
+        buf[PAYLOAD_OFFSET..PAYLOAD_OFFSET + bl].copy_from_slice(&from[bo..bo + bl]);
+        buf[PAYLOAD_OFFSET + bl..PAYLOAD_OFFSET + bl + dl]
+            .copy_from_slice(&from[dopos..dopos + dl]);
+        let placed = Placed {
+            header: p.header,
+            body: (REPLY_DATA_AT, bl),
+            data: (REPLY_DATA_AT + bl, dl),
+            counted: p.counted,
+        };
+        self.core.commit(i, Commit::Reply(placed))
     }
 
     /// Entry `i`'s reply space, for [`crate::Session::call`] with
@@ -474,6 +574,23 @@ impl UringQueue {
 }
 
 impl RingCore {
+    /// Names the caller's staging area (its address and length): where replies to
+    /// requests left in their entry ([`RequestAt::InEntry`]) are encoded.
+    pub fn set_staging_area(&mut self, base: usize, len: usize) {
+        self.staging = (base, len);
+    }
+
+    /// Address and length of the staging area.
+    pub fn staging_area(&self) -> (usize, usize) {
+        self.staging
+    }
+
+    /// Keeps the reply to entry `i`, encoded in the staging area, for
+    /// [`UringQueue::commit_staged`].
+    pub fn stage(&mut self, i: usize, placed: Placed) {
+        self.staged = Some((i, placed));
+    }
+
     /// Address and length of entry `i`'s reply space ([`UringQueue::reply_space`]),
     /// to locate a reply's parts in it ([`Placed::of_range`]).
     pub fn space_of(&self, i: usize) -> (usize, usize) {

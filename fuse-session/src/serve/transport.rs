@@ -78,6 +78,12 @@ pub(crate) trait Transport {
     /// with `errno` when the request could not be read at all (`Some`).
     fn finish(sender: &mut Self::Sender, n: usize, errno: Option<i32>) -> io::Result<()>;
 
+    /// After each request, once the session no longer borrows the transport's
+    /// buffers: complete what `send` had to defer.
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+
     /// The worker parks or leaves: publish what is kept locally.
     fn idle(&mut self, control: &Control) {
         let _ = control;
@@ -191,6 +197,7 @@ pub(crate) fn run_worker<F: Filesystem, T: Transport>(
                         T::finish(sender, n, Some(nix::libc::EIO))?;
                     }
                 }
+                transport.flush()?;
             }
             Event::Woken => {}
             Event::ReplyLost(id) => session.reply_lost(id),
