@@ -257,6 +257,31 @@ fn notifier_invalidates_and_refuses_unknown_nodes() {
 }
 
 #[test]
+fn retrieve_returns_the_cached_data_through_a_worker() {
+    if !can_mount("retrieve_returns_the_cached_data_through_a_worker") {
+        return;
+    }
+    let mnt = tempdir("retrieve");
+    let opts = MountOptions::new().fsname("files").read_only(true);
+    let running = Server::mount(Files(5), &mnt, &opts)
+        .unwrap()
+        .spawn(2)
+        .unwrap();
+    let dog = Watchdog::arm(&mnt, None, Duration::from_secs(60)).unwrap();
+    // Reading f2 (node 4) leaves its page in the kernel's cache.
+    assert_eq!(std::fs::read(mnt.join("f2")).unwrap(), b"f0002".to_vec());
+    let (offset, data) = running
+        .notifier()
+        .retrieve(&4, 0, 4096, Duration::from_secs(20))
+        .unwrap();
+    assert_eq!((offset, data.as_slice()), (0, &b"f0002"[..]));
+    running.unmount().unwrap();
+    assert!(!dog.disarm(), "finished before the watchdog");
+    let _ = std::fs::remove_dir(&mnt);
+}
+
+
+#[test]
 fn hello_follows_the_command_line_contract() {
     if !can_mount("hello_follows_the_command_line_contract") {
         return;

@@ -14,7 +14,7 @@ use fuse_wire::{abi, reply, InitFlags, Negotiated, Opcode};
 use zerocopy::byteorder::native_endian::{U32, U64};
 
 use crate::fs::Filesystem;
-use crate::proto::{Handled, Session};
+use crate::proto::{Outcome, Session};
 
 /// A reply as the kernel received it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -136,12 +136,8 @@ impl<F: Filesystem> FakeKernel<F> {
     /// Hands raw request bytes to the session; returns the reply bytes, if any.
     pub fn raw(&mut self, request: &[u8]) -> Option<Vec<u8>> {
         match self.session.handle(request, &mut self.out) {
-            Handled::Reply { head, payload, .. } => {
-                let mut v = head.to_vec();
-                v.extend_from_slice(payload);
-                Some(v)
-            }
-            Handled::NoReply | Handled::Dropped(_) => None,
+            Outcome::Reply(parts) => Some(parts.to_vec()),
+            _ => None,
         }
     }
 

@@ -27,5 +27,5 @@ pub use proto::handles::HandleKind;
 pub use proto::init::{InitResult, InitWishes, KernelOffer};
 pub use proto::precopy::{NodeChanges, PrecopiedState, SessionChanges};
 pub use proto::state::{Counters, HandleState, NodeState, SessionState, StateError};
-pub use proto::{Handled, InitState, Session};
+pub use proto::{Accepted, InitState, Outcome, ReplyParts, ReplySpace, Session, StepHook};
 pub use types::*;

@@ -64,18 +64,43 @@ impl std::fmt::Display for NotifyError {
 
 impl std::error::Error for NotifyError {}
 
-/// Pending NOTIFY_RETRIEVE requests, by notify unique.
-pub(crate) type Retrieves = Mutex<HashMap<u64, mpsc::Sender<(u64, Vec<u8>)>>>;
+/// Callers of [`Notifier::retrieve`] waiting for their NOTIFY_REPLY, by notify
+/// unique. The session core remembers which retrieves are pending and hands a
+/// reply to the serving layer as [`Outcome::Retrieved`](crate::Outcome::Retrieved);
+/// the worker that received it delivers it here.
+#[derive(Debug, Default)]
+pub(crate) struct RetrieveWaiters(Mutex<HashMap<u64, RetrieveSender>>);
+
+/// Where a retrieve's offset and data go.
+type RetrieveSender = mpsc::Sender<(u64, Vec<u8>)>;
+
+impl RetrieveWaiters {
+    /// Wakes the caller waiting for retrieve `unique`, if any is still waiting.
+    pub(crate) fn deliver(&self, unique: u64, offset: u64, data: &[u8]) {
+        if let Some(tx) = lock(&self.0).remove(&unique) {
+            let _ = tx.send((offset, data.to_vec()));
+        }
+    }
+}
 
 /// Sends notifications for one session. Cheap to share (`&self` methods, `Sync`).
 pub struct Notifier<F: Filesystem> {
     session: Arc<Session<F>>,
     channel: Channel,
+    waiters: Arc<RetrieveWaiters>,
 }
 
 impl<F: Filesystem> Notifier<F> {
-    pub(crate) fn new(session: Arc<Session<F>>, channel: Channel) -> Self {
-        Notifier { session, channel }
+    pub(crate) fn new(
+        session: Arc<Session<F>>,
+        channel: Channel,
+        waiters: Arc<RetrieveWaiters>,
+    ) -> Self {
+        Notifier {
+            session,
+            channel,
+            waiters,
+        }
     }
 
     fn send(
@@ -192,9 +217,9 @@ impl<F: Filesystem> Notifier<F> {
             return Ok((offset, Vec::new()));
         };
         let proto = self.session.negotiated();
-        let unique = self.session.next_notify_unique();
+        let unique = self.session.begin_retrieve();
         let (tx, rx) = mpsc::channel();
-        lock(&self.session.retrieves).insert(unique, tx);
+        lock(&self.waiters.0).insert(unique, tx);
         let sent = self.send(
             |b| notify::retrieve(b, &proto, unique, id, offset, size),
             &[],
@@ -204,7 +229,8 @@ impl<F: Filesystem> Notifier<F> {
             Ok(Notified::NotCached) => Ok((offset, Vec::new())),
             Err(e) => Err(e),
         };
-        lock(&self.session.retrieves).remove(&unique);
+        self.session.cancel_retrieve(unique);
+        lock(&self.waiters.0).remove(&unique);
         result
     }
 

@@ -409,7 +409,7 @@ fn interrupt_reaches_a_running_request_and_one_that_has_not_arrived() {
     let t = std::thread::spawn(move || {
         let mut out = vec![0u8; session.reply_buffer_size()];
         match session.handle(&read, &mut out) {
-            Handled::Reply { head, .. } => i32::from_ne_bytes(head[4..8].try_into().unwrap()),
+            Outcome::Reply(parts) => parts.error_code(),
             other => panic!("{other:?}"),
         }
     });
@@ -424,7 +424,7 @@ fn interrupt_reaches_a_running_request_and_one_that_has_not_arrived() {
     );
     let mut out = vec![0u8; session.reply_buffer_size()];
     assert!(
-        matches!(session.handle(&intr, &mut out), Handled::NoReply),
+        matches!(session.handle(&intr, &mut out), Outcome::NoReply),
         "INTERRUPT is never answered (never ENOSYS)"
     );
     assert_eq!(t.join().unwrap(), -nix::libc::EINTR);
@@ -437,7 +437,7 @@ fn interrupt_reaches_a_running_request_and_one_that_has_not_arrived() {
             },
         },
     );
-    assert!(matches!(session.handle(&intr, &mut out), Handled::NoReply));
+    assert!(matches!(session.handle(&intr, &mut out), Outcome::NoReply));
     let read = enc(
         102,
         &Operation::Read {
@@ -450,10 +450,7 @@ fn interrupt_reaches_a_running_request_and_one_that_has_not_arrived() {
     );
     let start = Instant::now();
     match session.handle(&read, &mut out) {
-        Handled::Reply { head, .. } => assert_eq!(
-            i32::from_ne_bytes(head[4..8].try_into().unwrap()),
-            -nix::libc::EINTR
-        ),
+        Outcome::Reply(parts) => assert_eq!(parts.error_code(), -nix::libc::EINTR),
         other => panic!("{other:?}"),
     }
     assert!(start.elapsed() < Duration::from_secs(5));
@@ -501,10 +498,7 @@ fn a_reply_buffer_smaller_than_a_page_gets_eio_not_a_panic() {
     .unwrap();
     let mut small = vec![0u8; 100];
     match k.session().handle(&req[..n], &mut small) {
-        Handled::Reply { head, .. } => assert_eq!(
-            i32::from_ne_bytes(head[4..8].try_into().unwrap()),
-            -nix::libc::EIO
-        ),
+        Outcome::Reply(parts) => assert_eq!(parts.error_code(), -nix::libc::EIO),
         other => panic!("{other:?}"),
     }
 }

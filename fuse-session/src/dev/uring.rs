@@ -94,8 +94,8 @@ enum State {
 struct Entry {
     /// The kernel's header buffer (`fuse_uring_req_header`), one page.
     header: MmapMut,
-    /// The reply buffer; from [`PAYLOAD_OFFSET`] on, the kernel's payload buffer.
-    buf: MmapMut,
+    /// Address and length of the entry's reply space (in the queue's buffers).
+    space: (usize, usize),
     /// The two iovecs REGISTER points the kernel at (read while it is issued).
     iov: Box<[nix::libc::iovec; 2]>,
     state: State,
@@ -127,22 +127,67 @@ pub enum RingEvent {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Commit {
-    /// The reply is in the entry's reply buffer as [`crate::Session::handle_in_place`]
-    /// left it: `head_len` bytes (out header and fixed body) at the start, then
-    /// `payload_len` bytes of data at [`PAYLOAD_OFFSET`].
-    Reply {
-        /// Bytes at the start of the reply buffer, out header included.
-        head_len: usize,
-        /// Bytes of data at [`PAYLOAD_OFFSET`].
-        payload_len: usize,
-        /// A nodeid whose lookup this reply counted.
-        counted: Option<u64>,
-    },
+    /// A reply the session encoded in the entry's reply space
+    /// ([`UringQueue::reply_space`]).
+    Reply(Placed),
     /// Answer with this errno (positive), no body.
     Error(i32),
     /// A request that takes no answer (NOTIFY_REPLY): end it with an empty success,
     /// which frees the entry for the next request.
     Empty,
+}
+
+/// Where the parts of a reply lie in an entry's reply space: the out header by
+/// value, the body and the data as offsets into the space (see
+/// [`Placed::of_range`]). The kernel wants the header in the entry's header area
+/// and body then data at the start of the payload buffer; the session encodes them
+/// there (the space begins [`REPLY_DATA_AT`] bytes before the payload buffer), so
+/// committing copies only the 16 header bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Placed {
+    header: [u8; OUT_HEADER],
+    body: (usize, usize),
+    data: (usize, usize),
+    counted: Option<u64>,
+}
+
+impl Placed {
+    /// Locates `parts` in the reply space that starts at address `base` and has
+    /// `len` bytes (the slice [`UringQueue::reply_space`] gave): `None` if the body
+    /// or the data is not inside it (a reply built elsewhere).
+    pub fn of_range(parts: &crate::ReplyParts<'_>, base: usize, len: usize) -> Option<Placed> {
+        let at = |part: &[u8]| -> Option<(usize, usize)> {
+            if part.is_empty() {
+                return Some((REPLY_DATA_AT, 0));
+            }
+            let off = (part.as_ptr() as usize).checked_sub(base)?;
+            (off.checked_add(part.len())? <= len).then_some((off, part.len()))
+        };
+        Some(Placed {
+            header: *parts.header(),
+            body: at(parts.body())?,
+            data: at(parts.data())?,
+            counted: parts.counted(),
+        })
+    }
+}
+
+/// Where the session puts a READ's data in [`UringQueue::reply_space`]: right after
+/// the out header, at the start of the payload buffer.
+pub const REPLY_DATA_AT: usize = OUT_HEADER;
+
+/// Where [`UringQueue::locate_request`] put a request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RequestAt {
+    /// In the caller's buffer, this many bytes.
+    Copied(usize),
+    /// In the entry's buffer: `len` bytes from `start`.
+    InEntry {
+        /// Offset in the entry's buffer.
+        start: usize,
+        /// Length of the request.
+        len: usize,
+    },
 }
 
 /// A request in an entry that cannot be handed to the session.
@@ -165,9 +210,21 @@ impl std::error::Error for BadRequest {}
 /// Made and used by one thread (the ring is set up `SINGLE_ISSUER` with
 /// `DEFER_TASKRUN` where the kernel has them: the kernel copies a request into an
 /// entry in this thread, when it waits, not in the caller's).
+///
+/// It is two parts that can be borrowed apart ([`UringQueue::split`]): the entries'
+/// reply buffers, which the session encodes replies into, and the [`RingCore`]
+/// (the ring and each entry's header area), which commits them.
 pub struct UringQueue {
-    // Field order matters: the ring is dropped (closed, which cancels every pending
-    // command) before the entries' buffers are unmapped.
+    // Field order matters: the ring (in `core`) is dropped (closed, which cancels
+    // every pending command) before the entries' buffers are unmapped.
+    core: RingCore,
+    /// Each entry's reply buffer; from [`PAYLOAD_OFFSET`] on, the kernel's payload
+    /// buffer.
+    bufs: Vec<MmapMut>,
+}
+
+/// The ring of a [`UringQueue`] and its entries' header areas: what commits a reply.
+pub struct RingCore {
     ring: IoUring<squeue::Entry128, cqueue::Entry>,
     entries: Vec<Entry>,
     /// A `dup` of the device, for as long as the ring refers to it.
@@ -179,9 +236,21 @@ pub struct UringQueue {
     waker_armed: bool,
     /// Completions reaped but not yet returned.
     pending: std::collections::VecDeque<(u64, i32)>,
+    /// Address and length of the caller's staging area (see
+    /// [`RingCore::set_staging_area`]).
+    staging: (usize, usize),
+    /// A reply encoded in the staging area, to commit by
+    /// [`UringQueue::commit_staged`].
+    staged: Option<(usize, Placed)>,
 }
 
 impl std::fmt::Debug for UringQueue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.core.fmt(f)
+    }
+}
+
+impl std::fmt::Debug for RingCore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("UringQueue")
             .field("qid", &self.qid)
@@ -249,6 +318,7 @@ impl UringQueue {
             }
         };
         let mut entries = Vec::with_capacity(depth);
+        let mut bufs = Vec::with_capacity(depth);
         for _ in 0..depth {
             let mut header = MmapMut::map_anon(crate::dev::page_size())?;
             let mut buf = MmapMut::map_anon(PAYLOAD_OFFSET + payload_len)?;
@@ -264,9 +334,12 @@ impl UringQueue {
                     iov_len: payload_len,
                 },
             ]);
+            let space = &buf[PAYLOAD_OFFSET - REPLY_DATA_AT..];
+            let space = (space.as_ptr() as usize, space.len());
+            bufs.push(buf);
             entries.push(Entry {
                 header,
-                buf,
+                space,
                 iov,
                 state: State::Idle,
                 commit_id: 0,
@@ -274,14 +347,19 @@ impl UringQueue {
             });
         }
         Ok(UringQueue {
-            ring,
-            entries,
-            device,
-            qid,
-            payload_len,
-            fixed,
-            waker_armed: false,
-            pending: std::collections::VecDeque::new(),
+            core: RingCore {
+                ring,
+                entries,
+                device,
+                qid,
+                payload_len,
+                fixed,
+                waker_armed: false,
+                pending: std::collections::VecDeque::new(),
+                staging: (0, 0),
+                staged: None,
+            },
+            bufs,
         })
     }
 
@@ -294,6 +372,229 @@ impl UringQueue {
             .max(pages)
             .max(abi::FUSE_MIN_READ_BUFFER)
             .saturating_add(page_size)
+    }
+
+    /// The ring part ([`RingCore`]): registering, waiting, committing.
+    pub fn core(&mut self) -> &mut RingCore {
+        &mut self.core
+    }
+
+    /// Entry `i`'s reply space (see [`UringQueue::reply_space`]) and the
+    /// [`RingCore`] that commits it, borrowed apart.
+    pub fn split(&mut self, i: usize) -> (&mut [u8], &mut RingCore) {
+        (
+            &mut self.bufs[i][PAYLOAD_OFFSET - REPLY_DATA_AT..],
+            &mut self.core,
+        )
+    }
+
+    /// The queue id.
+    pub fn qid(&self) -> u16 {
+        self.core.qid
+    }
+
+    /// See [`RingCore::register`].
+    ///
+    /// # Errors
+    /// As [`RingCore::register`].
+    pub fn register(&mut self) -> io::Result<()> {
+        self.core.register()
+    }
+
+    /// See [`RingCore::arm_waker`].
+    ///
+    /// # Errors
+    /// As [`RingCore::arm_waker`].
+    pub fn arm_waker(&mut self, waker: BorrowedFd<'_>) -> io::Result<()> {
+        self.core.arm_waker(waker)
+    }
+
+    /// See [`RingCore::next_event`].
+    ///
+    /// # Errors
+    /// As [`RingCore::next_event`].
+    pub fn next_event(&mut self) -> io::Result<RingEvent> {
+        self.core.next_event()
+    }
+
+    /// See [`RingCore::commit`].
+    ///
+    /// # Errors
+    /// As [`RingCore::commit`].
+    pub fn commit(&mut self, i: usize, commit: Commit) -> io::Result<()> {
+        self.core.commit(i, commit)
+    }
+
+    /// The `unique` of the request last taken from entry `i`.
+    pub fn commit_id(&self, i: usize) -> u64 {
+        self.core.entries[i].commit_id
+    }
+
+    /// Checks the lengths of the request in entry `i`: `(total, op_len, payload)`.
+    fn request_lengths(&mut self, i: usize) -> Result<(usize, usize, usize), BadRequest> {
+        let payload_len = self.core.payload_len;
+        let e = &mut self.core.entries[i];
+        if e.state != State::Request {
+            return Err(BadRequest {
+                reason: "the entry holds no request",
+            });
+        }
+        let head = &e.header[..];
+        let trailer = abi::fuse_uring_ent_in_out::read_from_prefix(&head[ENT_IN_OUT_AT..])
+            .map(|(t, _)| t)
+            .map_err(|_| BadRequest {
+                reason: "short header buffer",
+            })?;
+        e.commit_id = trailer.commit_id.get();
+        let inh = abi::fuse_in_header::read_from_prefix(&head[..IN_HEADER])
+            .map(|(h, _)| h)
+            .map_err(|_| BadRequest {
+                reason: "short in header",
+            })?;
+        let total = inh.len.get() as usize;
+        let payload = trailer.payload_sz.get() as usize;
+        if payload > payload_len {
+            return Err(BadRequest {
+                reason: "payload_sz larger than the payload buffer",
+            });
+        }
+        let op_len = total
+            .checked_sub(IN_HEADER)
+            .and_then(|n| n.checked_sub(payload))
+            .ok_or(BadRequest {
+                reason: "header length shorter than header and payload",
+            })?;
+        if op_len > abi::FUSE_URING_OP_IN_OUT_SZ {
+            return Err(BadRequest {
+                reason: "op struct larger than the op_in area",
+            });
+        }
+        Ok((total, op_len, payload))
+    }
+
+    /// Copies the request in entry `i` into `into` as one contiguous message, as a
+    /// `read(2)` of the device would have returned it, and returns its length.
+    ///
+    /// # Errors
+    /// The header's lengths do not add up (a malformed request from the kernel):
+    /// answer it with [`Commit::Error`] (its `unique` is known to the entry).
+    pub fn take_request(&mut self, i: usize, into: &mut [u8]) -> Result<usize, BadRequest> {
+        let (total, op_len, payload) = self.request_lengths(i)?;
+        if total > into.len() {
+            return Err(BadRequest {
+                reason: "request larger than the request buffer",
+            });
+        }
+        let head = &self.core.entries[i].header[..];
+        into[..IN_HEADER].copy_from_slice(&head[..IN_HEADER]);
+        into[IN_HEADER..IN_HEADER + op_len].copy_from_slice(&head[OP_IN_AT..OP_IN_AT + op_len]);
+        into[IN_HEADER + op_len..total]
+            .copy_from_slice(&self.bufs[i][PAYLOAD_OFFSET..PAYLOAD_OFFSET + payload]);
+        Ok(total)
+    }
+
+    /// Makes the request in entry `i` one contiguous message in device layout, as
+    /// cheaply as possible: without a payload it is copied into `into` (at most
+    /// 168 bytes); with one (names, WRITE data) the header and op struct are copied
+    /// in front of the payload the kernel wrote into the entry's buffer, so the
+    /// payload itself is not copied ([`RequestAt::InEntry`]; read it with
+    /// [`UringQueue::request_in_entry`]). Then the reply must not be encoded into
+    /// the entry's reply space, which the request occupies: use a staging area
+    /// ([`RingCore::set_staging_area`]).
+    ///
+    /// # Errors
+    /// As [`UringQueue::take_request`].
+    pub fn locate_request(&mut self, i: usize, into: &mut [u8]) -> Result<RequestAt, BadRequest> {
+        let (total, op_len, payload) = self.request_lengths(i)?;
+        if payload == 0 {
+            return self.take_request(i, into).map(RequestAt::Copied);
+        }
+        let start = PAYLOAD_OFFSET - IN_HEADER - op_len;
+        let head = &self.core.entries[i].header[..];
+        let buf = &mut self.bufs[i];
+        buf[start..start + IN_HEADER].copy_from_slice(&head[..IN_HEADER]);
+        buf[start + IN_HEADER..PAYLOAD_OFFSET].copy_from_slice(&head[OP_IN_AT..OP_IN_AT + op_len]);
+        Ok(RequestAt::InEntry { start, len: total })
+    }
+
+    /// The request [`UringQueue::locate_request`] left in entry `i`'s buffer, and
+    /// the core, borrowed apart.
+    pub fn request_in_entry(
+        &mut self,
+        i: usize,
+        start: usize,
+        len: usize,
+    ) -> (&[u8], &mut RingCore) {
+        let end = start.saturating_add(len).min(self.bufs[i].len());
+        (&self.bufs[i][start.min(end)..end], &mut self.core)
+    }
+
+    /// Commits the reply [`RingCore::stage`] left in the staging area `from` (the
+    /// area [`RingCore::set_staging_area`] named): copies body and data to the
+    /// entry's payload buffer, then commits. Nothing if none is staged.
+    ///
+    /// # Errors
+    /// As [`RingCore::commit`].
+    pub fn commit_staged(&mut self, from: &[u8]) -> io::Result<()> {
+        let Some((i, p)) = self.core.staged.take() else {
+            return Ok(());
+        };
+        let (bo, bl) = p.body;
+        let (dopos, dl) = p.data;
+        let fits = bl + dl <= self.core.payload_len
+            && bo.checked_add(bl).is_some_and(|e| e <= from.len())
+            && dopos.checked_add(dl).is_some_and(|e| e <= from.len());
+        if !fits {
+            log::error!(
+                "io_uring queue {}: a staged reply does not fit; answering EIO",
+                self.core.qid
+            );
+            return self.core.commit(i, Commit::Error(nix::libc::EIO));
+        }
+        let buf = &mut self.bufs[i];
+        buf[PAYLOAD_OFFSET..PAYLOAD_OFFSET + bl].copy_from_slice(&from[bo..bo + bl]);
+        buf[PAYLOAD_OFFSET + bl..PAYLOAD_OFFSET + bl + dl]
+            .copy_from_slice(&from[dopos..dopos + dl]);
+        let placed = Placed {
+            header: p.header,
+            body: (REPLY_DATA_AT, bl),
+            data: (REPLY_DATA_AT + bl, dl),
+            counted: p.counted,
+        };
+        self.core.commit(i, Commit::Reply(placed))
+    }
+
+    /// Entry `i`'s reply space, for [`crate::Session::call`] with
+    /// `ReplySpace::with_data_at(space, REPLY_DATA_AT).data_in_space()`: it begins
+    /// [`REPLY_DATA_AT`] bytes before the payload buffer, so that an encoded reply's
+    /// body, and a READ's data, start exactly where the kernel reads the payload.
+    pub fn reply_space(&mut self, i: usize) -> &mut [u8] {
+        &mut self.bufs[i][PAYLOAD_OFFSET - REPLY_DATA_AT..]
+    }
+}
+
+impl RingCore {
+    /// Names the caller's staging area (its address and length): where replies to
+    /// requests left in their entry ([`RequestAt::InEntry`]) are encoded.
+    pub fn set_staging_area(&mut self, base: usize, len: usize) {
+        self.staging = (base, len);
+    }
+
+    /// Address and length of the staging area.
+    pub fn staging_area(&self) -> (usize, usize) {
+        self.staging
+    }
+
+    /// Keeps the reply to entry `i`, encoded in the staging area, for
+    /// [`UringQueue::commit_staged`].
+    pub fn stage(&mut self, i: usize, placed: Placed) {
+        self.staged = Some((i, placed));
+    }
+
+    /// Address and length of entry `i`'s reply space ([`UringQueue::reply_space`]),
+    /// to locate a reply's parts in it ([`Placed::of_range`]).
+    pub fn space_of(&self, i: usize) -> (usize, usize) {
+        self.entries[i].space
     }
 
     /// The queue id.
@@ -380,8 +681,9 @@ impl UringQueue {
     fn push(&mut self, sqe: &squeue::Entry128) -> io::Result<()> {
         loop {
             // SAFETY: every buffer an SQE of this module refers to lives as long as
-            // the ring: REGISTER's iovec array and the buffers it describes are owned
-            // by `self.entries` (dropped after the ring), the poll's fd is the
+            // the ring: REGISTER's iovec array is owned by `self.entries` and the
+            // buffers it describes by the `UringQueue` that holds this core (both
+            // dropped after the ring: field order), the poll's fd is the
             // waker's, which the caller keeps alive while it uses this queue
             // ([`UringQueue::arm_waker`]), and COMMIT_AND_FETCH carries its data in
             // the SQE itself.
@@ -534,73 +836,6 @@ impl UringQueue {
         }
     }
 
-    /// Copies the request in entry `i` into `into` as one contiguous message, as a
-    /// `read(2)` of the device would have returned it, and returns its length.
-    ///
-    /// # Errors
-    /// The header's lengths do not add up (a malformed request from the kernel):
-    /// answer it with [`Commit::Error`] (its `unique` is known to the entry).
-    pub fn take_request(&mut self, i: usize, into: &mut [u8]) -> Result<usize, BadRequest> {
-        let e = &mut self.entries[i];
-        if e.state != State::Request {
-            return Err(BadRequest {
-                reason: "the entry holds no request",
-            });
-        }
-        let head = &e.header[..];
-        let trailer = abi::fuse_uring_ent_in_out::read_from_prefix(&head[ENT_IN_OUT_AT..])
-            .map(|(t, _)| t)
-            .map_err(|_| BadRequest {
-                reason: "short header buffer",
-            })?;
-        e.commit_id = trailer.commit_id.get();
-        let inh = abi::fuse_in_header::read_from_prefix(&head[..IN_HEADER])
-            .map(|(h, _)| h)
-            .map_err(|_| BadRequest {
-                reason: "short in header",
-            })?;
-        let total = inh.len.get() as usize;
-        let payload = trailer.payload_sz.get() as usize;
-        if payload > self.payload_len {
-            return Err(BadRequest {
-                reason: "payload_sz larger than the payload buffer",
-            });
-        }
-        let op_len = total
-            .checked_sub(IN_HEADER)
-            .and_then(|n| n.checked_sub(payload))
-            .ok_or(BadRequest {
-                reason: "header length shorter than header and payload",
-            })?;
-        if op_len > abi::FUSE_URING_OP_IN_OUT_SZ {
-            return Err(BadRequest {
-                reason: "op struct larger than the op_in area",
-            });
-        }
-        if total > into.len() {
-            return Err(BadRequest {
-                reason: "request larger than the request buffer",
-            });
-        }
-        into[..IN_HEADER].copy_from_slice(&head[..IN_HEADER]);
-        into[IN_HEADER..IN_HEADER + op_len].copy_from_slice(&head[OP_IN_AT..OP_IN_AT + op_len]);
-        into[IN_HEADER + op_len..total]
-            .copy_from_slice(&e.buf[PAYLOAD_OFFSET..PAYLOAD_OFFSET + payload]);
-        Ok(total)
-    }
-
-    /// The `unique` of the request last taken from entry `i`.
-    pub fn commit_id(&self, i: usize) -> u64 {
-        self.entries[i].commit_id
-    }
-
-    /// Entry `i`'s reply buffer, for [`crate::Session::handle_in_place`]: at least
-    /// [`crate::Session::reply_buffer_size`] bytes when the payload length was sized
-    /// with [`UringQueue::payload_len_for`].
-    pub fn reply_buffer(&mut self, i: usize) -> &mut [u8] {
-        &mut self.entries[i].buf[..]
-    }
-
     /// Answers the request in entry `i` and makes the entry fetch the next one
     /// (FUSE_IO_URING_CMD_COMMIT_AND_FETCH). Queued; submitted by the next
     /// [`UringQueue::next_event`].
@@ -614,43 +849,24 @@ impl UringQueue {
         let payload_cap = self.payload_len;
         let e = &mut self.entries[i];
         let (error, body_len, counted) = match commit {
-            Commit::Reply {
-                head_len,
-                payload_len,
-                counted,
-            } => {
-                let body = head_len.checked_sub(OUT_HEADER);
-                match body {
-                    Some(body) if body + payload_len <= payload_cap && head_len <= e.buf.len() => {
-                        let oh = abi::fuse_out_header::read_from_prefix(&e.buf[..OUT_HEADER])
-                            .map(|(h, _)| h)
-                            .ok();
-                        match oh {
-                            Some(oh) => {
-                                // Data first (it may have to move up behind the fixed
-                                // body), then the fixed body to the payload's start.
-                                if payload_len > 0 && body > 0 {
-                                    e.buf.copy_within(
-                                        PAYLOAD_OFFSET..PAYLOAD_OFFSET + payload_len,
-                                        PAYLOAD_OFFSET + body,
-                                    );
-                                }
-                                if body > 0 {
-                                    e.buf.copy_within(OUT_HEADER..head_len, PAYLOAD_OFFSET);
-                                }
-                                e.header[..OUT_HEADER].copy_from_slice(oh.as_bytes());
-                                (None, body + payload_len, counted)
-                            }
-                            None => (Some(nix::libc::EIO), 0, None),
-                        }
-                    }
-                    _ => {
-                        log::error!(
-                            "io_uring queue {}: a reply of {head_len}+{payload_len} bytes does not fit; answering EIO",
-                            self.qid
-                        );
-                        (Some(nix::libc::EIO), 0, None)
-                    }
+            Commit::Reply(p) => {
+                let (body_off, body_len) = p.body;
+                let (data_off, data_len) = p.data;
+                // The session encoded body and data where the kernel reads them
+                // (see `UringQueue::reply_space`): body at the payload's start, data
+                // right behind it. Anything else is a bug, answered EIO.
+                let in_place = (body_len == 0 || body_off == REPLY_DATA_AT)
+                    && (data_len == 0 || data_off == REPLY_DATA_AT + body_len);
+                let total = body_len + data_len;
+                if in_place && total <= payload_cap {
+                    e.header[..OUT_HEADER].copy_from_slice(&p.header);
+                    (None, total, p.counted)
+                } else {
+                    log::error!(
+                        "io_uring queue {}: a reply of {body_len}+{data_len} bytes is not in place or does not fit; answering EIO",
+                        self.qid
+                    );
+                    (Some(nix::libc::EIO), 0, None)
                 }
             }
             Commit::Error(errno) => (Some(errno), 0, None),

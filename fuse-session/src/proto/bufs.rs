@@ -118,9 +118,23 @@ pub struct DirEntriesPlus<'a, N: Clone + Eq + Hash> {
     /// Nodes whose count went back to zero when their entry did not fit: the
     /// session calls `forget` for them after the listing.
     pub(crate) dropped: Vec<N>,
+    /// Nodeids counted for entries in the listing: taken back if the filesystem
+    /// panics before the listing is sent.
+    pub(crate) counted: Vec<u64>,
 }
 
 impl<N: Clone + Eq + Hash> DirEntriesPlus<'_, N> {
+    /// Takes back the lookups counted for the entries added so far (the listing
+    /// will not be sent); nodes whose count reaches zero go to `dropped`.
+    pub(crate) fn undo(&mut self) {
+        let mut nodes = self.nodes.lock().unwrap_or_else(|p| p.into_inner());
+        for id in self.counted.drain(..) {
+            if let Forgotten::Gone(node) = nodes.unlookup(id) {
+                self.dropped.push(node);
+            }
+        }
+    }
+
     /// Adds an entry with its attributes; `next_offset` as for
     /// [`DirEntries::add`]. Returns `false` when the listing is full.
     pub fn add(&mut self, name: &OsStr, next_offset: u64, entry: &Entry<N>) -> bool {
@@ -155,7 +169,12 @@ impl<N: Clone + Eq + Hash> DirEntriesPlus<'_, N> {
             },
         };
         match self.writer.push_plus(&d) {
-            Ok(Push::Added) => true,
+            Ok(Push::Added) => {
+                if let Some(id) = counted {
+                    self.counted.push(id);
+                }
+                true
+            }
             other => {
                 if let Some(id) = counted {
                     let mut nodes = self.nodes.lock().unwrap_or_else(|p| p.into_inner());

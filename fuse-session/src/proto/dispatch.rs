@@ -1,9 +1,10 @@
-//! One request in, one reply out: the per-opcode logic of [`Session::handle`].
+//! One request in, one reply out: the per-opcode logic of [`Session::call`].
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
+use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
 use std::sync::atomic::Ordering;
 
-use fuse_wire::request::{parse_header, Operation, RequestHeader};
+use fuse_wire::request::{Operation, Request, RequestHeader};
 use fuse_wire::{abi, reply, InitFlags, RequestFlags, SetattrValid};
 use zerocopy::byteorder::native_endian::{I64, U16, U32, U64};
 
@@ -12,7 +13,8 @@ use crate::proto::bufs::{DirEntries, DirEntriesPlus, ReadBuf, ReadData};
 use crate::proto::handles::{HandleEntry, HandleKind};
 use crate::proto::init::{negotiate, InitError, KernelOffer};
 use crate::proto::nodes::ROOT_ID;
-use crate::proto::session::{lock, Handled, InitState, Session, PAYLOAD_OFFSET, POKE_NAME};
+use crate::proto::session::{lock, InitState, Session, POKE_NAME};
+use crate::proto::step::{panic_message, Outcome, ReplyParts};
 use crate::types::*;
 
 /// The outcome of one operation before encoding errors are folded in.
@@ -46,105 +48,66 @@ fn time_of(secs: u64, nsecs: u32) -> std::time::SystemTime {
 }
 
 impl<F: Filesystem> Session<F> {
-    /// Handles one request: `request` is exactly the bytes of one read from
-    /// `/dev/fuse`; `out` is the worker's reply buffer, at least
-    /// [`Session::reply_buffer_size`] bytes (page-aligned for best speed).
-    ///
-    /// Every request whose header parses is answered exactly once (except those the
-    /// kernel never expects an answer to: FORGET, BATCH_FORGET, INTERRUPT,
-    /// NOTIFY_REPLY). A body that does not parse is answered EIO; an unknown opcode
-    /// ENOSYS; a request before INIT, EIO.
-    pub fn handle<'a>(&'a self, request: &[u8], out: &'a mut [u8]) -> Handled<'a> {
-        self.handle_impl(request, out, false)
-    }
-
-    /// As [`Session::handle`], but a READ's data is always in `out`, at
-    /// [`PAYLOAD_OFFSET`](crate::proto::PAYLOAD_OFFSET): data the filesystem lent
-    /// ([`ReadBuf::set`]) is copied there. For transports whose replies must be in
-    /// one fixed buffer (fuse-over-io_uring's payload buffer starts at that offset of
-    /// `out`): the returned `payload` is either empty or `out[PAYLOAD_OFFSET..]`.
-    pub fn handle_in_place<'a>(&'a self, request: &[u8], out: &'a mut [u8]) -> Handled<'a> {
-        self.handle_impl(request, out, true)
-    }
-
-    fn handle_impl<'a>(&'a self, request: &[u8], out: &'a mut [u8], in_place: bool) -> Handled<'a> {
-        self.stats.requests.fetch_add(1, Ordering::Relaxed);
-        let proto = self.negotiated();
-        let req = match fuse_wire::parse(request, &proto) {
-            Ok(r) => r,
-            Err(e) => {
-                self.stats.malformed.fetch_add(1, Ordering::Relaxed);
-                // Answer a bad body if the header says whom to answer.
-                let header = match parse_header(request) {
-                    Ok(h) => h,
-                    Err(_) => {
-                        log::warn!("dropping a request whose header does not parse: {e}");
-                        return Handled::Dropped(e);
-                    }
-                };
-                let unique = header.unique();
-                log::warn!("{} unique={unique}: malformed body: {e}", header.opcode());
-                if header.opcode().is_unanswered() {
-                    return Handled::NoReply;
-                }
-                return self.error_reply(out, unique, Errno::EIO);
-            }
-        };
+    /// Runs one parsed request (the body of [`Session::call`], inside its
+    /// `catch_unwind`): `out` is the reply space, READ data goes at `out[data_at..]`.
+    pub(crate) fn run<'a>(
+        &'a self,
+        req: &Request<'a>,
+        out: &'a mut [u8],
+        data_at: usize,
+        data_in_space: bool,
+    ) -> Outcome<'a> {
         let header = *req.header();
         let unique = header.unique();
         let op = *req.op();
         if log::log_enabled!(log::Level::Debug) {
             log::debug!("<- {req}");
         }
-        // Requests that are never answered.
+        // Requests that are never answered, and INIT.
         match op {
             Operation::Forget { arg } => {
                 self.forget_one(header.nodeid(), arg.nlookup.get());
-                return Handled::NoReply;
+                return Outcome::NoReply;
             }
             Operation::BatchForget { forgets } => {
                 for f in forgets {
                     self.forget_one(f.nodeid.get(), f.nlookup.get());
                 }
-                return Handled::NoReply;
+                return Outcome::NoReply;
             }
             Operation::Interrupt { arg } => {
                 self.interrupt(arg.unique.get());
-                return Handled::NoReply;
+                return Outcome::NoReply;
             }
             Operation::NotifyReply { arg, data } => {
                 // The answer to a NOTIFY_RETRIEVE: `unique` is the notify unique.
-                if let Some(tx) = lock(&self.retrieves).remove(&unique) {
-                    let _ = tx.send((arg.offset.get(), data.to_vec()));
-                } else {
-                    log::debug!("NOTIFY_REPLY for unknown retrieve {unique}: dropped");
+                if lock(&self.retrieves).remove(&unique) {
+                    return Outcome::Retrieved {
+                        notify_unique: unique,
+                        offset: arg.offset.get(),
+                        data,
+                    };
                 }
-                return Handled::NoReply;
+                log::debug!("NOTIFY_REPLY for unknown retrieve {unique}: dropped");
+                return Outcome::NoReply;
             }
             Operation::Init { arg } => return self.do_init(out, unique, &arg),
             _ => {}
         }
         if self.init.get().is_none() {
             log::warn!("{} before INIT: answering EIO", header.opcode());
-            return self.error_reply(out, unique, Errno::EIO);
+            return Outcome::Reply(self.error_parts(unique, Errno::EIO));
         }
         if let Operation::Lookup { name } = op {
             if header.nodeid() == ROOT_ID && name == POKE_NAME.as_bytes() {
                 // A wake-up poke from the serving layer: no filesystem call.
                 self.stats.pokes.fetch_add(1, Ordering::Relaxed);
-                return match reply::error(out, unique, Errno::ENOENT.0) {
-                    Ok(n) => Handled::Reply {
-                        head: &out[..n],
-                        payload: &[],
-                        counted: None,
-                    },
-                    Err(_) => Handled::NoReply,
-                };
+                return Outcome::Reply(ReplyParts::error(unique, Errno::ENOENT));
             }
         }
         if let Some(owner) = self.only_uid {
             if header.uid() != owner && header.uid() != 0 {
-                return self.error_reply(out, unique, Errno::EACCES);
+                return Outcome::Reply(self.error_parts(unique, Errno::EACCES));
             }
         }
         let flag = self.begin(unique);
@@ -157,91 +120,57 @@ impl<F: Filesystem> Session<F> {
             supp_groups: req.extensions().supp_groups().unwrap_or(&[]),
             interrupted: Some(&*flag),
         };
-        let result = self.dispatch(&header, op, ctx, out);
+        let result = self.dispatch(&header, op, ctx, out, data_at);
         self.end(unique);
         match result {
             Ok(Dispatched::Whole(n, counted)) => {
                 log::debug!("-> unique={unique} ok ({n} bytes)");
-                Handled::Reply {
-                    head: &out[..n],
-                    payload: &[],
-                    counted,
-                }
+                Outcome::Reply(ReplyParts::encoded(&out[..n], unique, counted))
             }
-            Ok(Dispatched::Read(data)) => self.finish_read(out, unique, data, in_place),
+            Ok(Dispatched::Read(data)) => self.finish_read(
+                out.get_mut(data_at..).unwrap_or_default(),
+                unique,
+                data,
+                data_in_space,
+            ),
             Ok(Dispatched::Destroy(n)) => {
                 self.shutdown();
-                Handled::Reply {
-                    head: &out[..n],
-                    payload: &[],
-                    counted: None,
-                }
+                Outcome::Reply(ReplyParts::encoded(&out[..n], unique, None))
             }
-            Err(errno) => self.error_reply(out, unique, errno),
-        }
-    }
-
-    fn error_reply<'a>(&self, out: &'a mut [u8], unique: u64, errno: Errno) -> Handled<'a> {
-        self.stats.errors.fetch_add(1, Ordering::Relaxed);
-        let errno = if (1..=511).contains(&errno.0) {
-            errno
-        } else {
-            Errno::EIO
-        };
-        log::debug!("-> unique={unique} error {errno}");
-        match reply::error(out, unique, errno.0) {
-            Ok(n) => Handled::Reply {
-                head: &out[..n],
-                payload: &[],
-                counted: None,
-            },
-            Err(e) => {
-                log::error!("cannot encode an error reply: {e}");
-                Handled::NoReply
-            }
+            Err(errno) => Outcome::Reply(self.error_parts(unique, errno)),
         }
     }
 
     fn finish_read<'a>(
         &'a self,
-        out: &'a mut [u8],
+        rest: &'a mut [u8],
         unique: u64,
         data: ReadData<'a>,
-        in_place: bool,
-    ) -> Handled<'a> {
-        let len = match &data {
-            ReadData::Lent(d) => d.len(),
-            ReadData::InPlace(n) => *n,
-        };
-        let head = match reply::data_header(unique, len) {
-            Ok(h) => h,
-            Err(_) => return self.error_reply(out, unique, Errno::EIO),
-        };
-        if out.len() < PAYLOAD_OFFSET {
-            return self.error_reply(out, unique, Errno::EIO);
-        }
-        let (h, rest) = out.split_at_mut(PAYLOAD_OFFSET);
-        h[..head.len()].copy_from_slice(&head);
+        data_in_space: bool,
+    ) -> Outcome<'a> {
         let payload: &'a [u8] = match data {
-            ReadData::Lent(d) if in_place => match rest.get_mut(..d.len()) {
+            ReadData::Lent(d) if data_in_space => match rest.get_mut(..d.len()) {
                 Some(space) => {
                     space.copy_from_slice(d);
                     space
                 }
-                None => return self.error_reply(h, unique, Errno::EIO),
+                None => return Outcome::Reply(self.error_parts(unique, Errno::EIO)),
             },
             ReadData::Lent(d) => d,
-            ReadData::InPlace(n) => &rest[..n],
+            ReadData::InPlace(n) => {
+                let n = n.min(rest.len());
+                &rest[..n]
+            }
         };
-        log::debug!("-> unique={unique} ok ({len} bytes of data)");
-        Handled::Reply {
-            head: &h[..head.len()],
-            payload,
-            counted: None,
-        }
+        let head = match reply::data_header(unique, payload.len()) {
+            Ok(h) => h,
+            Err(_) => return Outcome::Reply(self.error_parts(unique, Errno::EIO)),
+        };
+        log::debug!("-> unique={unique} ok ({} bytes of data)", payload.len());
+        Outcome::Reply(ReplyParts::with_data(head, payload))
     }
 
-    fn do_init<'a>(&self, out: &'a mut [u8], unique: u64, arg: &abi::fuse_init_in) -> Handled<'a> {
+    fn do_init<'a>(&self, out: &'a mut [u8], unique: u64, arg: &abi::fuse_init_in) -> Outcome<'a> {
         let low = arg.flags.get();
         let high = if low & InitFlags::INIT_EXT.low() != 0 {
             arg.flags2.get()
@@ -256,12 +185,22 @@ impl<F: Filesystem> Session<F> {
         };
         if self.init.get().is_some() {
             log::warn!("second INIT on an initialized session: answering EIO");
-            return self.error_reply(out, unique, Errno::EIO);
+            return Outcome::Reply(self.error_parts(unique, Errno::EIO));
         }
         let mut wishes = lock(&self.wishes).unwrap_or_default();
-        if let Err(e) = self.fs.init(&mut wishes) {
-            log::error!("filesystem init failed: {e}");
-            return self.error_reply(out, unique, e);
+        match catch_unwind(AssertUnwindSafe(|| self.fs.init(&mut wishes))) {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                log::error!("filesystem init failed: {e}");
+                return Outcome::Reply(self.error_parts(unique, e));
+            }
+            Err(payload) => {
+                let msg = panic_message(&*payload);
+                log::error!("the filesystem panicked in init: {msg}; answering INIT with EIO");
+                self.stats.panics.fetch_add(1, Ordering::Relaxed);
+                *lock(&self.init_panic) = Some(msg);
+                return Outcome::Reply(self.error_parts(unique, Errno::EIO));
+            }
         }
         if self.uring_wish.load(Ordering::Relaxed) {
             // The serving layer will register io_uring queues once INIT is done.
@@ -280,14 +219,9 @@ impl<F: Filesystem> Session<F> {
                     result.max_write,
                     result.max_pages
                 );
-                let n = enc(reply::init(out, unique, offer.minor, &result.to_init_out()));
-                match n {
-                    Ok(n) => Handled::Reply {
-                        head: &out[..n],
-                        payload: &[],
-                        counted: None,
-                    },
-                    Err(e) => self.error_reply(out, unique, e),
+                match enc(reply::init(out, unique, offer.minor, &result.to_init_out())) {
+                    Ok(n) => Outcome::Reply(ReplyParts::encoded(&out[..n], unique, None)),
+                    Err(e) => Outcome::Reply(self.error_parts(unique, e)),
                 }
             }
             Err(InitError::NewerMajor) => {
@@ -298,17 +232,13 @@ impl<F: Filesystem> Session<F> {
                     ..Default::default()
                 };
                 match enc(reply::init(out, unique, offer.minor, &o)) {
-                    Ok(n) => Handled::Reply {
-                        head: &out[..n],
-                        payload: &[],
-                        counted: None,
-                    },
-                    Err(e) => self.error_reply(out, unique, e),
+                    Ok(n) => Outcome::Reply(ReplyParts::encoded(&out[..n], unique, None)),
+                    Err(e) => Outcome::Reply(self.error_parts(unique, e)),
                 }
             }
             Err(e @ InitError::TooOld { .. }) => {
                 log::error!("{e}");
-                self.error_reply(out, unique, Errno(nix::libc::EPROTO))
+                Outcome::Reply(self.error_parts(unique, Errno(nix::libc::EPROTO)))
             }
         }
     }
@@ -432,6 +362,7 @@ impl<F: Filesystem> Session<F> {
         op: Operation<'_>,
         mut ctx: RequestContext<'_>,
         out: &mut [u8],
+        data_at: usize,
     ) -> std::result::Result<Dispatched<'a>, Errno> {
         let fs = &self.fs;
         let unique = header.unique();
@@ -554,8 +485,10 @@ impl<F: Filesystem> Session<F> {
             Operation::Read { arg } => {
                 let node = self.node(nodeid)?;
                 let fh = self.handle_of(arg.fh.get(), HandleKind::File)?;
-                let Some((_, rest)) = out.split_at_mut_checked(PAYLOAD_OFFSET) else {
-                    log::error!("reply buffer smaller than a page: see Session::reply_buffer_size");
+                let Some((_, rest)) = out.split_at_mut_checked(data_at) else {
+                    log::error!(
+                        "reply space shorter than its data offset: see Session::reply_buffer_size"
+                    );
                     return Err(Errno::EIO);
                 };
                 let size = (arg.size.get() as usize).min(rest.len());
@@ -673,8 +606,23 @@ impl<F: Filesystem> Session<F> {
                     nodes: &self.nodes,
                     error: None,
                     dropped: Vec::new(),
+                    counted: Vec::new(),
                 };
-                let r = fs.readdirplus(&ctx, &node, &fh, arg.offset.get(), &mut entries);
+                let r = catch_unwind(AssertUnwindSafe(|| {
+                    fs.readdirplus(&ctx, &node, &fh, arg.offset.get(), &mut entries)
+                }));
+                let r = match r {
+                    Ok(r) => r,
+                    Err(payload) => {
+                        // The entries added so far were counted and will never reach
+                        // the kernel: take the counts back before answering.
+                        entries.undo();
+                        for n in entries.dropped.drain(..) {
+                            fs.forget(n);
+                        }
+                        resume_unwind(payload)
+                    }
+                };
                 for n in entries.dropped.drain(..) {
                     fs.forget(n);
                 }
@@ -906,8 +854,6 @@ impl<F: Filesystem> Session<F> {
             | Operation::Interrupt { .. }
             | Operation::NotifyReply { .. }
             | Operation::Init { .. } => Err(Errno::EIO),
-            #[allow(unreachable_patterns)]
-            _ => Err(Errno::ENOSYS),
         }
     }
 

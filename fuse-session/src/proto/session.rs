@@ -3,12 +3,13 @@ use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
-use fuse_wire::{Negotiated, ParseError};
+use fuse_wire::Negotiated;
 
 use crate::fs::Filesystem;
 use crate::proto::handles::HandleTable;
 use crate::proto::init::{InitResult, InitWishes, KernelOffer};
 use crate::proto::nodes::{Forgotten, NodeTable};
+use crate::proto::step::StepHook;
 
 /// Offset of READ payloads in the reply buffer: one page, so that data copied into
 /// the buffer is page-aligned (an unaligned 1 MiB copy was measured 4-5x slower).
@@ -39,6 +40,9 @@ pub struct SessionStats {
     pub malformed: AtomicU64,
     /// Wake-up pokes answered (see [`POKE_NAME`]); not carried in snapshots.
     pub pokes: AtomicU64,
+    /// Panics caught in filesystem methods (each answered `EIO`); not carried in
+    /// snapshots.
+    pub panics: AtomicU64,
 }
 
 /// The name the serving layer looks up in the root to wake a worker blocked in
@@ -46,28 +50,11 @@ pub struct SessionStats {
 /// calling the filesystem, so the name is reserved in the root directory.
 pub const POKE_NAME: &str = ".fuse-live-wake.7f3c9a";
 
-/// What to do with one request's outcome.
-#[derive(Debug)]
-pub enum Handled<'a> {
-    /// Write `head` then `payload` (possibly empty) as one message (`writev`).
-    Reply {
-        /// Header and fixed body.
-        head: &'a [u8],
-        /// Bulk data (READ payloads), possibly lent by the filesystem.
-        payload: &'a [u8],
-        /// A nodeid whose lookup this reply counted: if the reply cannot be delivered,
-        /// call [`Session::reply_lost`] with it.
-        counted: Option<u64>,
-    },
-    /// Nothing to write (FORGET, BATCH_FORGET, NOTIFY_REPLY, INTERRUPT).
-    NoReply,
-    /// The header could not be parsed: nothing can be answered. Log and go on.
-    Dropped(ParseError),
-}
-
 /// A FUSE session: the filesystem plus everything the kernel and the daemon agreed.
 ///
-/// `Session` is `Sync`: several workers call [`Session::handle`] at once.
+/// `Session` is `Sync`: several workers run requests through it at once, each in
+/// three steps ([`Session::accept`], [`Session::call`], [`Session::respond`]; see
+/// [`crate::proto::step`]).
 pub struct Session<F: Filesystem> {
     pub(crate) fs: F,
     pub(crate) nodes: Mutex<NodeTable<F::Node>>,
@@ -80,7 +67,8 @@ pub struct Session<F: Filesystem> {
     pub(crate) early_count: std::sync::atomic::AtomicUsize,
     pub(crate) polls: Mutex<BTreeSet<u64>>,
     pub(crate) notify_unique: AtomicU64,
-    pub(crate) retrieves: crate::notify::Retrieves,
+    /// NOTIFY_RETRIEVEs sent and not yet answered, by notify unique.
+    pub(crate) retrieves: Mutex<BTreeSet<u64>>,
     pub(crate) destroyed: AtomicBool,
     pub(crate) stats: SessionStats,
     pub(crate) page_size: u32,
@@ -88,7 +76,14 @@ pub struct Session<F: Filesystem> {
     pub(crate) only_uid: Option<u32>,
     /// Ask for `FUSE_OVER_IO_URING` in INIT (set by the io_uring serving backend).
     pub(crate) uring_wish: AtomicBool,
+    /// Watches accept and respond (a journal); none by default.
+    pub(crate) hook: Option<Arc<dyn StepHook>>,
+    /// The message of a panic in [`Filesystem::init`], for the serving layer.
+    pub(crate) init_panic: Mutex<Option<String>>,
 }
+
+/// The page size a new session assumes until [`Session::set_page_size`].
+pub const DEFAULT_PAGE_SIZE: u32 = 4096;
 
 /// How many INTERRUPTs for not-yet-seen requests are remembered.
 const EARLY_INTERRUPTS: usize = 64;
@@ -113,13 +108,23 @@ impl<F: Filesystem> Session<F> {
             early_count: std::sync::atomic::AtomicUsize::new(0),
             polls: Mutex::new(BTreeSet::new()),
             notify_unique: AtomicU64::new(1),
-            retrieves: Mutex::new(HashMap::new()),
+            retrieves: Mutex::new(BTreeSet::new()),
             destroyed: AtomicBool::new(false),
             stats: SessionStats::default(),
-            page_size: page_size(),
+            page_size: DEFAULT_PAGE_SIZE,
             only_uid: None,
             uring_wish: AtomicBool::new(false),
+            hook: None,
+            init_panic: Mutex::new(None),
         }
+    }
+
+    /// Sets the system's page size (the serving layer passes the real one; the
+    /// core does no IO, so a new session assumes [`DEFAULT_PAGE_SIZE`]). It bounds
+    /// `max_pages` in INIT and sizes the read buffer. Values below 4096 are taken
+    /// as 4096.
+    pub fn set_page_size(&mut self, page_size: u32) {
+        self.page_size = page_size.max(DEFAULT_PAGE_SIZE);
     }
 
     /// Refuses (EACCES) requests from callers other than `uid` and root: what the
@@ -127,6 +132,18 @@ impl<F: Filesystem> Session<F> {
     /// daemon enforces the rest.
     pub fn restrict_to_uid(&mut self, uid: Option<u32>) {
         self.only_uid = uid;
+    }
+
+    /// Installs the hook that sees every request's accept and respond steps (see
+    /// [`StepHook`]), replacing any earlier one. Install it before serving.
+    pub fn set_hook(&mut self, hook: Arc<dyn StepHook>) {
+        self.hook = Some(hook);
+    }
+
+    /// The message of a panic in [`Filesystem::init`], if INIT panicked (INIT was
+    /// answered `EIO`, so the kernel refuses the mount).
+    pub fn init_panic(&self) -> Option<String> {
+        lock(&self.init_panic).clone()
     }
 
     /// Adds `FUSE_OVER_IO_URING` to the flags the session asks for in INIT (after
@@ -162,7 +179,7 @@ impl<F: Filesystem> Session<F> {
         }
     }
 
-    /// The reply buffer size [`Session::handle`] needs: the payload offset plus the
+    /// The reply buffer size [`Session::call`] needs: the payload offset plus the
     /// largest READ the kernel may ask for.
     pub fn reply_buffer_size(&self) -> usize {
         PAYLOAD_OFFSET + self.read_buffer_size()
@@ -199,7 +216,7 @@ impl<F: Filesystem> Session<F> {
     pub fn reply_lost(&self, nodeid: u64) {
         let gone = lock(&self.nodes).unlookup(nodeid);
         if let Forgotten::Gone(node) = gone {
-            self.fs.forget(node);
+            self.guarded("forget", || self.fs.forget(node));
         }
     }
 
@@ -207,7 +224,19 @@ impl<F: Filesystem> Session<F> {
     /// filesystem, once.
     pub fn shutdown(&self) {
         if !self.destroyed.swap(true, Ordering::AcqRel) {
-            self.fs.destroy();
+            self.guarded("destroy", || self.fs.destroy());
+        }
+    }
+
+    /// Runs a filesystem callback outside a request (no one to answer): a panic
+    /// in it is logged and counted, not passed on to the serving thread.
+    fn guarded(&self, what: &str, f: impl FnOnce()) {
+        if let Err(payload) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
+            self.stats.panics.fetch_add(1, Ordering::Relaxed);
+            log::error!(
+                "the filesystem panicked in {what}: {}",
+                crate::proto::step::panic_message(&*payload)
+            );
         }
     }
 
@@ -270,17 +299,20 @@ impl<F: Filesystem> Session<F> {
         }
     }
 
-    /// The next `unique` for a NOTIFY_RETRIEVE.
-    pub(crate) fn next_notify_unique(&self) -> u64 {
-        self.notify_unique.fetch_add(1, Ordering::Relaxed)
+    /// A NOTIFY_RETRIEVE is about to be sent: its `notify_unique`, remembered
+    /// until the kernel's NOTIFY_REPLY comes back as [`Outcome::Retrieved`]
+    /// (or [`Session::cancel_retrieve`]).
+    ///
+    /// [`Outcome::Retrieved`]: crate::proto::Outcome::Retrieved
+    pub fn begin_retrieve(&self) -> u64 {
+        let unique = self.notify_unique.fetch_add(1, Ordering::Relaxed);
+        lock(&self.retrieves).insert(unique);
+        unique
     }
-}
 
-fn page_size() -> u32 {
-    nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE)
-        .ok()
-        .flatten()
-        .and_then(|v| u32::try_from(v).ok())
-        .filter(|&v| v >= 4096)
-        .unwrap_or(4096)
+    /// Stops waiting for the NOTIFY_REPLY of retrieve `unique` (it timed out, or
+    /// the notification was not delivered): a late reply is then dropped.
+    pub fn cancel_retrieve(&self, unique: u64) {
+        lock(&self.retrieves).remove(&unique);
+    }
 }

@@ -424,6 +424,7 @@ impl<F: Filesystem> Session<F> {
             forgets: AtomicU64::new(c.forgets),
             malformed: AtomicU64::new(c.malformed),
             pokes: AtomicU64::new(0),
+            panics: AtomicU64::new(0),
         };
         s.destroyed = AtomicBool::new(false);
         s.early_interrupts = Mutex::new(VecDeque::new());

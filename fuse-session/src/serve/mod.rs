@@ -1,5 +1,19 @@
-//! Serving a mount: worker threads over `dup`s of the device fd, parking at request
+//! Serving a mount: worker threads over a transport, parking at request
 //! boundaries, and a clean end on unmount or signal.
+//!
+//! # The pieces
+//!
+//! - `transport.rs`: the seam. A `Transport` receives a request, lends the session
+//!   its bytes and a reply space, and sends the reply's parts; one worker loop
+//!   (`run_worker`) runs the session's three steps (accept, call, respond; see
+//!   [`crate::proto::step`]) for every transport.
+//! - `device.rs`: the `/dev/fuse` transport (`read(2)`, `writev(2)` of the parts).
+//! - `ring.rs`: the fuse-over-io_uring transport (one ring per CPU).
+//! - `control.rs`: what the workers are asked to do (an enum: serving, paused,
+//!   stopping, released) and where each one is (waiting, blocked in `read(2)`, in a
+//!   request, parked, exited).
+//! - `poke.rs`: waking workers blocked in `read(2)` by a lookup in the mount's root.
+//! - this file: [`Server`] and [`Running`], the public face.
 //!
 //! # Why `dup` and not `FUSE_DEV_IOC_CLONE`
 //!
@@ -13,20 +27,23 @@
 //!
 //! # Parking
 //!
-//! Workers read with `O_NONBLOCK` and, when the queue is empty, wait on the device and
-//! a [`Waker`]. [`Running::pause`] wakes every worker; each finishes the request it is
-//! serving, parks, and `pause` returns once all are parked: no request is in flight in
-//! this process, which is the state a snapshot needs.
+//! [`Running::pause`] sets the mode to paused and wakes every worker (its waker, or
+//! a poke for one blocked in `read(2)`); each finishes the request it is serving,
+//! parks, and `pause` returns once all are parked: no request is in flight in this
+//! process, which is the state a snapshot needs.
 //!
-//! # One wake-up per request
+//! # Panics and requests that cannot finish
 //!
-//! An idle worker waits in its own `epoll` instance holding the device with
-//! `EPOLLEXCLUSIVE` and its waker without. A request then wakes one idle worker, as
-//! the kernel does for blocking readers (`fuse_dev_do_read` sleeps exclusively), and
-//! not all of them: with `poll(2)`, every idle worker woke for every request, all but
-//! one found the queue empty (`EAGAIN`) and went back to sleep. With 4 workers that
-//! was 2.3 empty reads and polls per request and about half again the server CPU per
-//! request of libfuse's multi-threaded loop (docs/BENCHMARKS.md).
+//! A panic in a filesystem method is caught by the session's call step and answered
+//! `EIO`; the worker goes on. What is left is a method that never returns. Pokes are
+//! sent only from a detached thread (a poke can wait on the root directory's lock
+//! held by such a request), and nothing waits for a poke: [`Running::unmount`] (and
+//! so SIGTERM through [`Running::run_until_signal`]) waits for the workers a bounded
+//! time ([`UNMOUNT_GRACE`]) and then leaves a stuck worker behind, logged;
+//! [`Running::pause_within`] gives up after its bound and resumes.
+//! [`Running::pause`] and [`Running::stop`] do wait for the request to finish
+//! (a snapshot or a handoff needs every request answered), logging what they wait
+//! for.
 //!
 //! # fuse-over-io_uring
 //!
@@ -35,23 +52,31 @@
 //! is served on the CPU that issued it, with one `io_uring_enter` per request. INIT,
 //! FORGET and INTERRUPT still come through one `/dev/fuse` worker. Parking works;
 //! handing the mount to another process does not ([`Running::try_stop`]).
-use std::io::{self, IoSlice};
+use std::io;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
-
-use crate::dev::uring::{self, Commit, RingEvent, UringQueue};
-use crate::dev::{
-    Channel, Mount, MountError, MountOptions, Received, RequestBuffer, Waker, WriteOutcome,
-};
+use crate::dev::uring::{self, UringQueue};
+use crate::dev::{Channel, Mount, MountError, MountOptions};
 use crate::fs::Filesystem;
 use crate::notify::Notifier;
 use crate::proto::session::lock;
-use crate::proto::{Handled, Session, PAYLOAD_OFFSET, POKE_NAME};
+use crate::proto::Session;
+
+mod control;
+mod device;
+mod poke;
+mod ring;
+mod transport;
+
+use control::{Control, Mode, Phase, WorkerSlot};
+use device::DeviceTransport;
+use poke::{open_root, poke, poke_workers};
+use ring::RingTransport;
+use transport::{run_worker, Transport};
 
 /// Why serving failed.
 #[derive(Debug)]
@@ -69,6 +94,12 @@ pub enum ServeError {
     /// The operation is not possible with this mount's serving backend (e.g. a live
     /// handoff of a mount served through io_uring).
     Unsupported(&'static str),
+    /// The filesystem panicked in [`Filesystem::init`] (the message is the
+    /// panic's); INIT was answered `EIO`, so the kernel refused the mount.
+    InitPanicked(String),
+    /// [`Running::pause_within`] gave up: these requests (worker, opcode, unique)
+    /// were still in progress; the workers resumed.
+    Busy(Vec<String>),
 }
 
 impl std::fmt::Display for ServeError {
@@ -83,6 +114,15 @@ impl std::fmt::Display for ServeError {
             ),
             ServeError::Uring(why) => write!(f, "cannot serve through io_uring: {why}"),
             ServeError::Unsupported(why) => write!(f, "{why}"),
+            ServeError::InitPanicked(msg) => write!(
+                f,
+                "the filesystem panicked in init: {msg}; the mount was refused"
+            ),
+            ServeError::Busy(reqs) => write!(
+                f,
+                "could not pause: requests still in progress ({}); try again later",
+                reqs.join(", ")
+            ),
         }
     }
 }
@@ -92,7 +132,11 @@ impl std::error::Error for ServeError {
         match self {
             ServeError::Mount(e) => Some(e),
             ServeError::Io(e) => Some(e),
-            ServeError::NoInit | ServeError::Uring(_) | ServeError::Unsupported(_) => None,
+            ServeError::NoInit
+            | ServeError::Uring(_)
+            | ServeError::Unsupported(_)
+            | ServeError::InitPanicked(_)
+            | ServeError::Busy(_) => None,
         }
     }
 }
@@ -134,6 +178,7 @@ impl<F: Filesystem> Server<F> {
     ) -> Result<Self, ServeError> {
         let mount = crate::dev::mount(mountpoint, options)?;
         let mut session = Session::new(fs);
+        session.set_page_size(system_page_size());
         if options.is_allow_root() {
             session.restrict_to_uid(Some(nix::unistd::geteuid().as_raw()));
         }
@@ -144,7 +189,8 @@ impl<F: Filesystem> Server<F> {
     }
 
     /// Serves an existing session on an existing mount (a restored process).
-    pub fn from_parts(session: Session<F>, mount: Mount) -> Self {
+    pub fn from_parts(mut session: Session<F>, mount: Mount) -> Self {
+        session.set_page_size(system_page_size());
         Server {
             session: Arc::new(session),
             mount,
@@ -249,16 +295,22 @@ impl<F: Filesystem> Server<F> {
         for i in 0..threads.max(1) {
             workers.push(spawn_worker(i, &session, &channel, &control)?);
         }
+        let waiters = Arc::clone(&control.retrieve_waiters);
         Ok(Running {
             session: Arc::clone(&session),
             control,
             workers: Mutex::new(workers),
             mount: Mutex::new(Some(mount)),
             device: channel.try_clone()?,
-            notifier: Notifier::new(Arc::clone(&session), channel),
+            notifier: Notifier::new(Arc::clone(&session), channel, waiters),
             backend: Backend::Device,
         })
     }
+}
+
+/// The system's page size, for the session (which does no IO itself).
+fn system_page_size() -> u32 {
+    u32::try_from(crate::dev::page_size()).unwrap_or(u32::MAX)
 }
 
 /// Options of [`Server::spawn_uring`].
@@ -306,6 +358,46 @@ pub enum Backend {
     },
 }
 
+/// Spawns a worker thread named `name` that runs [`run_worker`] over the
+/// transport `make` builds on the thread (`Err` ends the thread before serving).
+/// The slot is published before the thread starts, and marked exited when it
+/// ends, however it ends (a panic in the library included).
+fn spawn_thread<F: Filesystem, T: Transport>(
+    name: String,
+    session: &Arc<Session<F>>,
+    control: &Arc<Control>,
+    make: impl FnOnce(&WorkerSlot) -> io::Result<T> + Send + 'static,
+) -> io::Result<JoinHandle<io::Result<()>>> {
+    let slot = Arc::new(WorkerSlot::new(name.clone())?);
+    control.add_worker(Arc::clone(&slot));
+    let session = Arc::clone(session);
+    let control = Arc::clone(control);
+    let spawned = std::thread::Builder::new().name(name.clone()).spawn({
+        let slot = Arc::clone(&slot);
+        let control = Arc::clone(&control);
+        move || {
+            /// Marks the slot exited when the thread ends, even by a panic.
+            struct Exit<'a>(&'a Control, &'a WorkerSlot);
+            impl Drop for Exit<'_> {
+                fn drop(&mut self) {
+                    self.0.exited(self.1);
+                }
+            }
+            let _exit = Exit(&control, &slot);
+            block_termination_signals();
+            let r = make(&slot).and_then(|mut t| run_worker(&session, &mut t, &slot, &control));
+            if let Err(e) = &r {
+                log::error!("{name} stopped: {e}");
+            }
+            r
+        }
+    });
+    if spawned.is_err() {
+        control.exited(&slot);
+    }
+    spawned
+}
+
 /// Spawns `/dev/fuse` worker `i`.
 fn spawn_worker<F: Filesystem>(
     i: usize,
@@ -314,137 +406,10 @@ fn spawn_worker<F: Filesystem>(
     control: &Arc<Control>,
 ) -> io::Result<JoinHandle<io::Result<()>>> {
     let chan = channel.try_clone()?;
-    let waker = Arc::new(Waker::new()?);
-    lock(&control.wakers).push(Arc::clone(&waker));
-    let session = Arc::clone(session);
-    let control = Arc::clone(control);
-    control.running.fetch_add(1, Ordering::AcqRel);
-    let spawned = std::thread::Builder::new()
-        .name(format!("fuse-worker-{i}"))
-        .spawn({
-            let control = Arc::clone(&control);
-            move || {
-                block_termination_signals();
-                let r = worker(&session, &chan, &waker, &control);
-                control.running.fetch_sub(1, Ordering::AcqRel);
-                let _g = lock(&control.parked);
-                control.cond.notify_all();
-                if let Err(e) = &r {
-                    log::error!("worker {i} stopped: {e}");
-                }
-                r
-            }
-        });
-    if spawned.is_err() {
-        control.running.fetch_sub(1, Ordering::AcqRel);
-    }
-    spawned
-}
-
-#[derive(Default)]
-struct Control {
-    /// Workers read with blocking `read(2)` and are woken by pokes.
-    blocking: AtomicBool,
-    /// The mountpoint and the device number of the mount's root, for pokes. No
-    /// descriptor is kept open on the mount: it would keep a lazily unmounted
-    /// connection alive and make a plain `umount` fail with EBUSY.
-    root: Mutex<Option<(std::path::PathBuf, u64)>>,
-    /// A poker thread is running.
-    poking: AtomicBool,
-    paused: AtomicBool,
-    stop: AtomicBool,
-    /// Set by [`Running::stop`]: the mount was released to another process.
-    released: AtomicBool,
-    /// A `/dev/fuse` worker delivered the INIT reply (the kernel has processed it).
-    init_replied: AtomicBool,
-    /// Requests served from io_uring entries.
-    ring_requests: std::sync::atomic::AtomicU64,
-    running: AtomicUsize,
-    parked: Mutex<usize>,
-    cond: Condvar,
-    wakers: Mutex<Vec<Arc<Waker>>>,
-}
-
-impl Control {
-    fn wake_all(&self) {
-        for w in lock(&self.wakers).iter() {
-            let _ = w.wake();
-        }
-    }
-
-    /// True while some worker still has to see `paused` or `stop`.
-    fn workers_to_reach(&self) -> bool {
-        let running = self.running.load(Ordering::Acquire);
-        if self.stop.load(Ordering::Acquire) {
-            return running > 0;
-        }
-        self.paused.load(Ordering::Acquire) && *lock(&self.parked) < running
-    }
-
-    /// Wakes workers blocked in `read(2)` by poking the mount (see [`POKE_NAME`])
-    /// from a helper thread, until every worker has parked or stopped. A poke sent
-    /// while the last worker parks stays queued until the workers resume (or the
-    /// process exits); it never blocks the caller.
-    fn poke_workers(self: &Arc<Self>) {
-        if !self.blocking.load(Ordering::Acquire) || self.poking.swap(true, Ordering::AcqRel) {
-            return;
-        }
-        let Some((path, dev)) = lock(&self.root).clone() else {
-            self.poking.store(false, Ordering::Release);
-            return;
-        };
-        let control = Arc::clone(self);
-        let spawned = std::thread::Builder::new()
-            .name("fuse-poker".into())
-            .spawn(move || {
-                block_termination_signals();
-                while control.workers_to_reach() {
-                    match open_root(&path, Some(dev)).and_then(|root| poke(&root)) {
-                        Ok(()) => {}
-                        Err(e) => {
-                            log::warn!(
-                                "waking a worker by a lookup in the mount's root failed: {e}"
-                            );
-                            std::thread::sleep(Duration::from_millis(10));
-                        }
-                    }
-                }
-                control.poking.store(false, Ordering::Release);
-            });
-        if spawned.is_err() {
-            self.poking.store(false, Ordering::Release);
-        }
-    }
-}
-
-/// An `O_PATH` descriptor of the root of the mount at `path`; with `dev`, only if
-/// it is still that mount (not another filesystem mounted over it).
-fn open_root(path: &Path, dev: Option<u64>) -> io::Result<std::os::fd::OwnedFd> {
-    use nix::fcntl::OFlag;
-    let fd = nix::fcntl::open(
-        path,
-        OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
-        nix::sys::stat::Mode::empty(),
-    )?;
-    if let Some(dev) = dev {
-        if nix::sys::stat::fstat(&fd)?.st_dev != dev {
-            return Err(io::Error::other(
-                "another filesystem is mounted over the mountpoint",
-            ));
-        }
-    }
-    Ok(fd)
-}
-
-/// One poke: a lookup of [`POKE_NAME`] in the root, which the session answers ENOENT
-/// (the kernel does not cache the negative entry, so every poke is a request).
-fn poke(root: &std::os::fd::OwnedFd) -> io::Result<()> {
-    use nix::fcntl::AtFlags;
-    match nix::sys::stat::fstatat(root, POKE_NAME, AtFlags::AT_SYMLINK_NOFOLLOW) {
-        Err(nix::errno::Errno::ENOENT) => Ok(()),
-        Ok(_) => Err(io::Error::other("the poke name exists in the root")),
-        Err(e) => Err(e.into()),
-    }
+    let size = session.read_buffer_size();
+    spawn_thread(format!("fuse-worker-{i}"), session, control, move |slot| {
+        DeviceTransport::new(chan, &slot.waker, size)
+    })
 }
 
 /// A mount being served by worker threads.
@@ -468,9 +433,7 @@ pub struct PauseGuard<'a> {
 
 impl Drop for PauseGuard<'_> {
     fn drop(&mut self) {
-        let _g = lock(&self.control.parked);
-        self.control.paused.store(false, Ordering::Release);
-        self.control.cond.notify_all();
+        self.control.change_mode(Mode::Paused, Mode::Serving);
     }
 }
 
@@ -481,7 +444,11 @@ impl<F: Filesystem> Running<F> {
         while self.session.init_state().is_none()
             || !self.control.init_replied.load(Ordering::Acquire)
         {
-            if self.control.running.load(Ordering::Acquire) == 0 || Instant::now() > deadline {
+            if let Some(msg) = self.session.init_panic() {
+                let _ = self.unmount();
+                return Err(ServeError::InitPanicked(msg));
+            }
+            if self.control.running() == 0 || Instant::now() > deadline {
                 if self.session.init_state().is_some() {
                     // Answered, but the reply was not delivered (the mount went away).
                     break;
@@ -517,57 +484,41 @@ impl<F: Filesystem> Running<F> {
             ))
         })?;
         let (tx, rx) = std::sync::mpsc::channel::<io::Result<()>>();
+        let read_size = self.session.read_buffer_size();
         for qid in 0..qid_max {
-            let session = Arc::clone(&self.session);
-            let control = Arc::clone(&self.control);
             let device = self.device.try_clone()?;
-            let waker = Arc::new(Waker::new()?);
-            lock(&control.wakers).push(Arc::clone(&waker));
             let tx = tx.clone();
             let depth = options.depth;
             let pin = options.pin;
-            control.running.fetch_add(1, Ordering::AcqRel);
-            let spawned = std::thread::Builder::new()
-                .name(format!("fuse-uring-{qid}"))
-                .spawn({
-                    let control = Arc::clone(&control);
-                    move || {
-                        block_termination_signals();
-                        if pin {
-                            if let Err(e) = uring::pin_to_cpu(usize::from(qid)) {
-                                log::debug!("cannot pin io_uring queue {qid} to its CPU: {e}");
-                            }
-                        }
-                        let setup = UringQueue::new(device.as_fd(), qid, depth, payload_len)
-                            .and_then(|mut q| q.register().map(|()| q));
-                        let r = match setup {
-                            Ok(mut queue) => {
-                                drop(device);
-                                let _ = tx.send(Ok(()));
-                                drop(tx);
-                                uring_worker(&session, &mut queue, &waker, &control)
-                            }
-                            Err(e) => {
-                                let _ = tx.send(Err(io::Error::new(e.kind(), e.to_string())));
-                                Err(e)
-                            }
-                        };
-                        control.running.fetch_sub(1, Ordering::AcqRel);
-                        let _g = lock(&control.parked);
-                        control.cond.notify_all();
-                        if let Err(e) = &r {
-                            log::error!("io_uring queue {qid} stopped: {e}");
-                        }
-                        r
+            let make = move |_: &WorkerSlot| {
+                if pin {
+                    if let Err(e) = uring::pin_to_cpu(usize::from(qid)) {
+                        log::debug!("cannot pin io_uring queue {qid} to its CPU: {e}");
                     }
-                });
-            match spawned {
-                Ok(h) => lock(&self.workers).push(h),
-                Err(e) => {
-                    control.running.fetch_sub(1, Ordering::AcqRel);
-                    return Err(e.into());
                 }
-            }
+                let setup = UringQueue::new(device.as_fd(), qid, depth, payload_len)
+                    .and_then(|mut q| q.register().map(|()| q))
+                    .and_then(|q| RingTransport::new(q, read_size));
+                drop(device);
+                match setup {
+                    Ok(t) => {
+                        log::debug!("io_uring queue {} registered", t.qid());
+                        let _ = tx.send(Ok(()));
+                        Ok(t)
+                    }
+                    Err(e) => {
+                        let _ = tx.send(Err(io::Error::new(e.kind(), e.to_string())));
+                        Err(e)
+                    }
+                }
+            };
+            let h = spawn_thread(
+                format!("fuse-uring-{qid}"),
+                &self.session,
+                &self.control,
+                make,
+            )?;
+            lock(&self.workers).push(h);
         }
         drop(tx);
         for _ in 0..queues {
@@ -663,72 +614,123 @@ impl<F: Filesystem> Running<F> {
 
     /// Parks every worker at a request boundary and returns once all are parked
     /// (or have exited). Nothing is in flight in this process while the guard lives.
+    ///
+    /// This waits for as long as a worker is in a request: a filesystem method that
+    /// never returns makes it wait forever (it logs what it waits for every 5 s).
+    /// [`Running::pause_within`] gives up after a bound instead.
     pub fn pause(&self) -> PauseGuard<'_> {
+        loop {
+            // Without a deadline the wait only ends when every worker has parked.
+            if let Ok(g) = self.pause_until(None) {
+                return g;
+            }
+        }
+    }
+
+    /// As [`Running::pause`], but gives up once `limit` has passed with a worker
+    /// still in a request (a filesystem method that does not return): the workers
+    /// resume and the error names the requests that were still running.
+    ///
+    /// # Errors
+    /// [`ServeError::Busy`] after `limit`.
+    pub fn pause_within(&self, limit: Duration) -> Result<PauseGuard<'_>, ServeError> {
+        self.pause_until(Some(Instant::now() + limit))
+    }
+
+    fn pause_until(&self, deadline: Option<Instant>) -> Result<PauseGuard<'_>, ServeError> {
         let start = Instant::now();
-        self.control.paused.store(true, Ordering::Release);
-        self.control.wake_all();
-        self.control.poke_workers();
-        let mut parked = lock(&self.control.parked);
-        while *parked < self.control.running.load(Ordering::Acquire) {
-            parked = self
-                .control
-                .cond
-                .wait_timeout(parked, Duration::from_millis(50))
-                .map(|(g, _)| g)
-                .unwrap_or_else(|p| p.into_inner().0);
-            self.control.wake_all();
-            drop(parked);
-            self.control.poke_workers();
-            parked = lock(&self.control.parked);
+        let c = &self.control;
+        // Pausing a mount whose workers are leaving only waits for them to leave.
+        c.change_mode(Mode::Serving, Mode::Paused);
+        c.wake_all();
+        poke_workers(c);
+        let mut next_note = start + Duration::from_secs(5);
+        let parked = c.wait_until(
+            |c| {
+                c.count(|p| !matches!(p, Phase::Parked | Phase::Exited)) == 0
+                    || (c.mode().is_leaving() && c.running() == 0)
+            },
+            deadline,
+            || {
+                c.wake_all();
+                poke_workers(c);
+                if Instant::now() >= next_note {
+                    next_note += Duration::from_secs(5);
+                    log::warn!(
+                        "pausing has waited {:?} for requests in progress: {:?}",
+                        start.elapsed(),
+                        c.in_requests()
+                    );
+                }
+            },
+        );
+        if !parked {
+            let waiting_on = c.in_requests();
+            c.change_mode(Mode::Paused, Mode::Serving);
+            return Err(ServeError::Busy(waiting_on));
         }
-        PauseGuard {
-            control: &self.control,
+        Ok(PauseGuard {
+            control: c,
             parked_in: start.elapsed(),
-        }
+        })
     }
 
     /// True while at least one worker serves.
     pub fn is_serving(&self) -> bool {
-        self.control.running.load(Ordering::Acquire) > 0
+        self.control.running() > 0
     }
 
     /// Unmounts (lazily) and waits for the workers to see the connection end.
     ///
     /// The unmount is lazy: the mount leaves the namespace at once, but the kernel
     /// keeps the connection while files on it are open, and the workers go on
-    /// serving them. If the connection has not ended after
-    /// [`UNMOUNT_GRACE`], the workers are stopped anyway; when this process exits
-    /// and its device fds close, the kernel ends the connection and such files fail
-    /// with ENOTCONN, as with any FUSE daemon that exits.
+    /// serving them. If the connection has not ended after [`UNMOUNT_GRACE`], the
+    /// workers are asked to stop, and those that have not within another
+    /// [`UNMOUNT_GRACE`] (stuck in a filesystem method that does not return, or in
+    /// a `read(2)` that nothing can wake any more) are left behind, logged: this
+    /// never waits on a request that cannot finish. When this process exits and
+    /// its device fds close, the kernel ends the connection and such files and
+    /// requests fail with ENOTCONN, as with any FUSE daemon that exits.
     pub fn unmount(&self) -> Result<(), ServeError> {
-        if self.control.blocking.load(Ordering::Acquire) && self.is_serving() {
+        let c = &self.control;
+        if c.blocking.swap(false, Ordering::AcqRel) {
             // Back to waker-driven waits while the mount can still be poked: after
             // the unmount, workers blocked in read(2) could only be woken by the end
-            // of the connection, which files left open would postpone.
-            let guard = self.pause();
-            self.control.blocking.store(false, Ordering::Release);
-            *lock(&self.control.root) = None;
+            // of the connection, which files left open would postpone. A poke may
+            // itself wait (on the root's lock held by a request that cannot
+            // finish), so the wait for the blocked readers is bounded.
             if let Err(e) = self.device.set_nonblocking(true) {
                 log::warn!("cannot set O_NONBLOCK back before unmounting: {e}");
             }
-            drop(guard);
+            poke_workers(c);
+            let deadline = Instant::now() + UNMOUNT_GRACE;
+            if !c.wait_until(
+                |c| c.count(|p| p == Phase::Blocked) == 0,
+                Some(deadline),
+                || poke_workers(c),
+            ) {
+                log::warn!("a worker blocked in read(2) could not be woken before unmounting");
+            }
+            *lock(&c.root) = None;
         }
         if let Some(m) = lock(&self.mount).take() {
             m.unmount()?;
         }
         let deadline = Instant::now() + UNMOUNT_GRACE;
-        while self.is_serving() && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        if self.is_serving() {
+        if !c.wait_until(|c| c.running() == 0, Some(deadline), || {}) {
             log::warn!("files are still open on the unmounted filesystem: stopping anyway");
-            self.control.stop.store(true, Ordering::Release);
-            self.control.wake_all();
-            self.control.poke_workers();
-            let _g = lock(&self.control.parked);
-            self.control.cond.notify_all();
+            c.set_mode(Mode::Stopping);
+            c.wake_all();
+            let deadline = Instant::now() + UNMOUNT_GRACE;
+            if !c.wait_until(|c| c.running() == 0, Some(deadline), || c.wake_all()) {
+                log::error!(
+                    "{} worker(s) did not stop and are left behind; requests in progress: {:?}",
+                    c.running(),
+                    c.in_requests()
+                );
+            }
         }
-        self.join_workers();
+        self.join_finished_workers();
         Ok(())
     }
 
@@ -776,14 +778,28 @@ impl<F: Filesystem> Running<F> {
         if matches!(self.backend, Backend::Uring { .. }) {
             return Err(ServeError::Unsupported(URING_NO_HANDOFF));
         }
-        self.control.released.store(true, Ordering::Release);
-        self.control.stop.store(true, Ordering::Release);
+        self.control.set_mode(Mode::Released);
         self.control.wake_all();
-        self.control.poke_workers();
-        {
-            let _g = lock(&self.control.parked);
-            self.control.cond.notify_all();
-        }
+        poke_workers(&self.control);
+        // Waits for the workers to finish the requests they serve: a worker left
+        // behind could serve one more request with this process's stale session
+        // after another process took over. A handoff pauses first
+        // (every worker parked), so this does not wait then.
+        let start = Instant::now();
+        self.control.wait_until(
+            |c| c.running() == 0,
+            None,
+            || {
+                self.control.wake_all();
+                poke_workers(&self.control);
+                if start.elapsed() > Duration::from_secs(5) {
+                    log::warn!(
+                        "stopping waits for requests in progress: {:?}",
+                        self.control.in_requests()
+                    );
+                }
+            },
+        );
         self.join_workers();
         Ok(lock(&self.mount).take())
     }
@@ -798,6 +814,17 @@ impl<F: Filesystem> Running<F> {
         let workers = std::mem::take(&mut *lock(&self.workers));
         for w in workers {
             let _ = w.join();
+        }
+    }
+
+    /// Joins the workers whose thread has ended; detaches the others (they end
+    /// with the process).
+    fn join_finished_workers(&self) {
+        let workers = std::mem::take(&mut *lock(&self.workers));
+        for w in workers {
+            if w.is_finished() {
+                let _ = w.join();
+            }
         }
     }
 
@@ -833,7 +860,7 @@ impl<F: Filesystem> Running<F> {
             let _ = nix::poll::poll(&mut fds, nix::poll::PollTimeout::from(100u16));
         }
         self.join_workers();
-        if self.control.released.load(Ordering::Acquire) {
+        if self.control.mode() == Mode::Released {
             // Stopped for a handoff: another process serves the session now.
             return Ok(());
         }
@@ -858,286 +885,4 @@ pub fn block_termination_signals() {
     set.add(Signal::SIGINT);
     set.add(Signal::SIGTERM);
     let _ = set.thread_block();
-}
-
-/// Where an idle worker sleeps: an `epoll` instance of its own with the device
-/// (`EPOLLEXCLUSIVE`: a request wakes one idle worker, not all) and its waker.
-///
-/// It also remembers whether the last read found the queue empty: a worker serving
-/// one synchronous caller then waits first and reads once (two syscalls per request)
-/// instead of read (EAGAIN), wait, read (three). A busy queue keeps reading first.
-struct IdleWait {
-    epoll: Epoll,
-    was_idle: std::cell::Cell<bool>,
-}
-
-impl IdleWait {
-    fn new(chan: &Channel, waker: &Waker) -> io::Result<IdleWait> {
-        let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)?;
-        epoll.add(
-            chan.as_fd(),
-            EpollEvent::new(EpollFlags::EPOLLIN | EpollFlags::EPOLLEXCLUSIVE, 0),
-        )?;
-        epoll.add(waker.as_pollable(), EpollEvent::new(EpollFlags::EPOLLIN, 1))?;
-        Ok(IdleWait {
-            epoll,
-            was_idle: std::cell::Cell::new(false),
-        })
-    }
-
-    /// Reads one request, or returns [`Received::Woken`] once `waker` fires: as
-    /// [`Channel::read_or_wake`], but sleeping in [`IdleWait`] when the queue is empty.
-    fn read(&self, chan: &Channel, buf: &mut [u8], waker: &Waker) -> io::Result<Received> {
-        let mut wait = self.was_idle.get();
-        loop {
-            if waker.is_woken() {
-                return Ok(Received::Woken);
-            }
-            if wait {
-                // Readable, in error (the connection ended: the next read says so), or
-                // woken: all end the wait. A spurious return only costs a loop.
-                let mut events = [EpollEvent::empty(); 2];
-                match self.epoll.wait(&mut events, EpollTimeout::NONE) {
-                    Ok(_) | Err(nix::errno::Errno::EINTR) => {}
-                    Err(e) => return Err(e.into()),
-                }
-                if waker.is_woken() {
-                    return Ok(Received::Woken);
-                }
-            }
-            match chan.try_read(buf)? {
-                Some(r) => {
-                    self.was_idle.set(wait);
-                    return Ok(r);
-                }
-                None => wait = true,
-            }
-        }
-    }
-}
-
-fn worker<F: Filesystem>(
-    session: &Session<F>,
-    chan: &Channel,
-    waker: &Waker,
-    control: &Control,
-) -> io::Result<()> {
-    let idle = IdleWait::new(chan, waker)?;
-    let mut size = session.read_buffer_size();
-    let mut req = RequestBuffer::with_len(size)?;
-    let mut out = RequestBuffer::with_len(session.reply_buffer_size())?;
-    // Until this worker has seen INIT answered: a local flag, so that the request
-    // path reads no shared state for it afterwards.
-    let mut init_replied = control.init_replied.load(Ordering::Acquire);
-    loop {
-        if control.stop.load(Ordering::Acquire) {
-            return Ok(());
-        }
-        if control.paused.load(Ordering::Acquire) {
-            park(control, waker)?;
-            continue;
-        }
-        let want = session.read_buffer_size();
-        if want != size {
-            size = want;
-            req = RequestBuffer::with_len(size)?;
-            out = RequestBuffer::with_len(session.reply_buffer_size())?;
-        }
-        let received = if control.blocking.load(Ordering::Acquire) {
-            chan.read(&mut req)?
-        } else {
-            idle.read(chan, &mut req, waker)?
-        };
-        let n = match received {
-            Received::Request(n) => n,
-            Received::Woken => {
-                if !control.paused.load(Ordering::Acquire) && !control.stop.load(Ordering::Acquire)
-                {
-                    waker.reset()?;
-                }
-                continue;
-            }
-            Received::Closed => {
-                log::info!("the mount went away: worker exits");
-                session.shutdown();
-                control.stop.store(true, Ordering::Release);
-                control.wake_all();
-                return Ok(());
-            }
-        };
-        match session.handle(&req[..n], &mut out) {
-            Handled::Reply {
-                head,
-                payload,
-                counted,
-            } => {
-                let iov = [IoSlice::new(head), IoSlice::new(payload)];
-                let iov = if payload.is_empty() {
-                    &iov[..1]
-                } else {
-                    &iov[..]
-                };
-                match chan.write(iov) {
-                    Ok(WriteOutcome::Delivered) => {
-                        if !init_replied && session.init_state().is_some() {
-                            init_replied = true;
-                            control.init_replied.store(true, Ordering::Release);
-                        }
-                    }
-                    Ok(WriteOutcome::Gone) => {
-                        log::debug!("reply not delivered: the request was interrupted");
-                        if let Some(id) = counted {
-                            session.reply_lost(id);
-                        }
-                    }
-                    Ok(WriteOutcome::Closed) => {
-                        session.shutdown();
-                        control.stop.store(true, Ordering::Release);
-                        control.wake_all();
-                        return Ok(());
-                    }
-                    Err(e) => {
-                        log::error!("writing a reply failed: {e}");
-                        if let Some(id) = counted {
-                            session.reply_lost(id);
-                        }
-                    }
-                }
-            }
-            Handled::NoReply => {}
-            Handled::Dropped(_) => {}
-        }
-        if session.is_destroyed() {
-            control.stop.store(true, Ordering::Release);
-            control.wake_all();
-            return Ok(());
-        }
-    }
-}
-
-/// Parks the calling worker while `control.paused` (and not stopped).
-fn park(control: &Control, waker: &Waker) -> io::Result<()> {
-    let mut parked = lock(&control.parked);
-    *parked += 1;
-    control.cond.notify_all();
-    while control.paused.load(Ordering::Acquire) && !control.stop.load(Ordering::Acquire) {
-        parked = control.cond.wait(parked).unwrap_or_else(|p| p.into_inner());
-    }
-    *parked -= 1;
-    drop(parked);
-    waker.reset()
-}
-
-/// One io_uring queue's thread: wait for a request in one of the queue's entries,
-/// hand it to the session, commit the reply (which fetches the next request: the
-/// commit is submitted by the same `io_uring_enter` that waits).
-fn uring_worker<F: Filesystem>(
-    session: &Session<F>,
-    queue: &mut UringQueue,
-    waker: &Waker,
-    control: &Control,
-) -> io::Result<()> {
-    // A request as the device would have delivered it: header, op struct, payload.
-    let mut req = RequestBuffer::with_len(session.read_buffer_size() + abi_room())?;
-    // Counted locally, published every 64 requests and when parking or leaving, so
-    // that the queues of different CPUs do not share a cache line per request.
-    let mut served = 0u64;
-    let publish = |served: &mut u64| {
-        control
-            .ring_requests
-            .fetch_add(std::mem::take(served), Ordering::Relaxed);
-    };
-    loop {
-        if control.stop.load(Ordering::Acquire) {
-            publish(&mut served);
-            return Ok(());
-        }
-        if control.paused.load(Ordering::Acquire) {
-            publish(&mut served);
-            park(control, waker)?;
-            continue;
-        }
-        if waker.is_woken() {
-            // Woken for a pause or stop that has since ended: clear it.
-            waker.reset()?;
-            continue;
-        }
-        queue.arm_waker(waker.as_pollable())?;
-        match queue.next_event()? {
-            RingEvent::Request(i) => {
-                served += 1;
-                if served == 64 {
-                    publish(&mut served);
-                }
-                serve_ring_request(session, queue, i, &mut req)?;
-            }
-            RingEvent::Woken => {}
-            RingEvent::ReplyLost(id) => session.reply_lost(id),
-            RingEvent::Closed => {
-                log::info!("io_uring queue {}: the connection ended", queue.qid());
-                publish(&mut served);
-                session.shutdown();
-                control.stop.store(true, Ordering::Release);
-                control.wake_all();
-                return Ok(());
-            }
-        }
-        if session.is_destroyed() {
-            control.stop.store(true, Ordering::Release);
-            control.wake_all();
-            return Ok(());
-        }
-    }
-}
-
-/// Room beyond the read buffer size for a request reassembled from a ring entry
-/// (the op struct area and a page of slack).
-fn abi_room() -> usize {
-    fuse_wire::abi::FUSE_URING_OP_IN_OUT_SZ + crate::dev::page_size()
-}
-
-/// Answers the request in entry `i` of `queue`: exactly one commit per request.
-fn serve_ring_request<F: Filesystem>(
-    session: &Session<F>,
-    queue: &mut UringQueue,
-    i: usize,
-    req: &mut [u8],
-) -> io::Result<()> {
-    let n = match queue.take_request(i, req) {
-        Ok(n) => n,
-        Err(e) => {
-            session.stats().malformed.fetch_add(1, Ordering::Relaxed);
-            log::warn!("unique={}: {e}: answering EIO", queue.commit_id(i));
-            return queue.commit(i, Commit::Error(nix::libc::EIO));
-        }
-    };
-    let out = queue.reply_buffer(i);
-    let data_at = out.as_ptr() as usize + PAYLOAD_OFFSET;
-    let commit = match session.handle_in_place(&req[..n], out) {
-        Handled::Reply {
-            head,
-            payload,
-            counted,
-        } => {
-            if payload.is_empty() || payload.as_ptr() as usize == data_at {
-                Commit::Reply {
-                    head_len: head.len(),
-                    payload_len: payload.len(),
-                    counted,
-                }
-            } else {
-                log::error!("a reply's data is not in the ring's payload buffer: answering EIO");
-                if let Some(id) = counted {
-                    session.reply_lost(id);
-                }
-                Commit::Error(nix::libc::EIO)
-            }
-        }
-        Handled::NoReply => Commit::Empty,
-        Handled::Dropped(e) => {
-            log::warn!("a request from an io_uring entry does not parse ({e}): answering EIO");
-            Commit::Error(nix::libc::EIO)
-        }
-    };
-    queue.commit(i, commit)
 }

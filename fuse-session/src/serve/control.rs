@@ -1,0 +1,281 @@
+//! What every worker of a mount shares: what they are asked to do ([`Mode`]), where
+//! each one is ([`Phase`], per worker), and how to wake them.
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::dev::Waker;
+use crate::notify::RetrieveWaiters;
+use crate::proto::session::lock;
+
+/// What the workers are asked to do.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub(crate) enum Mode {
+    /// Serve requests.
+    Serving = 0,
+    /// Park at the next request boundary and stay parked
+    /// ([`Running::pause`](super::Running::pause)).
+    Paused = 1,
+    /// Leave at the next request boundary: unmounting, or the connection ended.
+    Stopping = 2,
+    /// Leave at the next request boundary: the mount was released to another
+    /// process ([`Running::stop`](super::Running::stop)); nobody unmounts it.
+    Released = 3,
+}
+
+impl Mode {
+    fn from_u8(v: u8) -> Mode {
+        match v {
+            0 => Mode::Serving,
+            1 => Mode::Paused,
+            2 => Mode::Stopping,
+            _ => Mode::Released,
+        }
+    }
+
+    /// True for the modes in which workers leave.
+    pub(crate) fn is_leaving(self) -> bool {
+        matches!(self, Mode::Stopping | Mode::Released)
+    }
+}
+
+/// Where one worker is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub(crate) enum Phase {
+    /// Waiting for a request where its waker reaches it.
+    Waiting = 0,
+    /// In a blocking `read(2)` of the device: only a request (a poke) or the end of
+    /// the connection wakes it.
+    Blocked = 1,
+    /// Serving a request (its unique and opcode are in the slot).
+    InRequest = 2,
+    /// Parked at a request boundary.
+    Parked = 3,
+    /// The thread has ended (or is about to).
+    Exited = 4,
+}
+
+impl Phase {
+    fn from_u8(v: u8) -> Phase {
+        match v {
+            0 => Phase::Waiting,
+            1 => Phase::Blocked,
+            2 => Phase::InRequest,
+            3 => Phase::Parked,
+            _ => Phase::Exited,
+        }
+    }
+}
+
+/// One worker's published state. Written only by its worker (relaxed stores, two
+/// per request), read by whoever pauses or stops.
+#[derive(Debug)]
+pub(crate) struct WorkerSlot {
+    pub(crate) name: String,
+    pub(crate) waker: Arc<Waker>,
+    phase: AtomicU8,
+    unique: AtomicU64,
+    opcode: AtomicU32,
+}
+
+impl WorkerSlot {
+    pub(crate) fn new(name: String) -> std::io::Result<WorkerSlot> {
+        Ok(WorkerSlot {
+            name,
+            waker: Arc::new(Waker::new()?),
+            phase: AtomicU8::new(Phase::Waiting as u8),
+            unique: AtomicU64::new(0),
+            opcode: AtomicU32::new(0),
+        })
+    }
+
+    pub(crate) fn phase(&self) -> Phase {
+        Phase::from_u8(self.phase.load(Ordering::Acquire))
+    }
+
+    pub(crate) fn set_phase(&self, p: Phase) {
+        self.phase.store(p as u8, Ordering::Release);
+    }
+
+    /// The worker took request `unique` with `opcode`.
+    pub(crate) fn enter(&self, unique: u64, opcode: u32) {
+        self.unique.store(unique, Ordering::Relaxed);
+        self.opcode.store(opcode, Ordering::Relaxed);
+        self.set_phase(Phase::InRequest);
+    }
+
+    /// What the worker is serving, for logs: "NAME: OPCODE unique=U".
+    pub(crate) fn describe(&self) -> String {
+        format!(
+            "{}: {} unique={}",
+            self.name,
+            fuse_wire::Opcode(self.opcode.load(Ordering::Relaxed)),
+            self.unique.load(Ordering::Relaxed)
+        )
+    }
+}
+
+/// Shared by the workers of one mount and its [`Running`](super::Running).
+#[derive(Default)]
+pub(crate) struct Control {
+    /// A [`Mode`].
+    mode: AtomicU8,
+    /// `/dev/fuse` workers read with blocking `read(2)` (woken by pokes).
+    pub(crate) blocking: AtomicBool,
+    /// The mountpoint and the device number of the mount's root, for pokes. No
+    /// descriptor is kept open on the mount: it would keep a lazily unmounted
+    /// connection alive and make a plain `umount` fail with EBUSY.
+    pub(crate) root: Mutex<Option<(PathBuf, u64)>>,
+    /// A poker thread is running.
+    pub(crate) poking: AtomicBool,
+    /// A `/dev/fuse` worker delivered the INIT reply (the kernel has processed it).
+    pub(crate) init_replied: AtomicBool,
+    /// Requests served from io_uring entries.
+    pub(crate) ring_requests: AtomicU64,
+    /// Callers of `Notifier::retrieve` waiting for the kernel's data.
+    pub(crate) retrieve_waiters: Arc<RetrieveWaiters>,
+    workers: Mutex<Vec<Arc<WorkerSlot>>>,
+    /// Parking and waiting for parked workers.
+    park_lock: Mutex<()>,
+    cond: Condvar,
+}
+
+impl Control {
+    pub(crate) fn mode(&self) -> Mode {
+        Mode::from_u8(self.mode.load(Ordering::Acquire))
+    }
+
+    /// Sets the mode; returns the one before. Wakes parked workers and waiters.
+    pub(crate) fn set_mode(&self, m: Mode) -> Mode {
+        let _g = lock(&self.park_lock);
+        let before = Mode::from_u8(self.mode.swap(m as u8, Ordering::AcqRel));
+        self.cond.notify_all();
+        before
+    }
+
+    /// `from` becomes `to` only if the mode is `from`.
+    pub(crate) fn change_mode(&self, from: Mode, to: Mode) -> bool {
+        let _g = lock(&self.park_lock);
+        let ok = self
+            .mode
+            .compare_exchange(from as u8, to as u8, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok();
+        self.cond.notify_all();
+        ok
+    }
+
+    /// The connection ended or the session was destroyed: every worker leaves
+    /// (a mount released to another process stays released).
+    pub(crate) fn connection_ended(&self) {
+        {
+            let _g = lock(&self.park_lock);
+            let _ = self.mode.compare_exchange(
+                Mode::Serving as u8,
+                Mode::Stopping as u8,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            );
+            let _ = self.mode.compare_exchange(
+                Mode::Paused as u8,
+                Mode::Stopping as u8,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            );
+            self.cond.notify_all();
+        }
+        self.wake_all();
+    }
+
+    pub(crate) fn add_worker(&self, slot: Arc<WorkerSlot>) {
+        lock(&self.workers).push(slot);
+    }
+
+    pub(crate) fn wake_all(&self) {
+        for w in lock(&self.workers).iter() {
+            let _ = w.waker.wake();
+        }
+    }
+
+    /// Number of workers whose thread has not ended.
+    pub(crate) fn running(&self) -> usize {
+        lock(&self.workers)
+            .iter()
+            .filter(|w| w.phase() != Phase::Exited)
+            .count()
+    }
+
+    /// Workers in a phase that `pred` picks.
+    pub(crate) fn count(&self, pred: impl Fn(Phase) -> bool) -> usize {
+        lock(&self.workers)
+            .iter()
+            .filter(|w| pred(w.phase()))
+            .count()
+    }
+
+    /// What the workers still serving a request are serving, for logs.
+    pub(crate) fn in_requests(&self) -> Vec<String> {
+        lock(&self.workers)
+            .iter()
+            .filter(|w| w.phase() == Phase::InRequest)
+            .map(|w| w.describe())
+            .collect()
+    }
+
+    /// Parks the calling worker while the mode is [`Mode::Paused`].
+    pub(crate) fn park(&self, slot: &WorkerSlot) -> std::io::Result<()> {
+        let mut g = lock(&self.park_lock);
+        slot.set_phase(Phase::Parked);
+        self.cond.notify_all();
+        while self.mode() == Mode::Paused {
+            g = self.cond.wait(g).unwrap_or_else(|p| p.into_inner());
+        }
+        slot.set_phase(Phase::Waiting);
+        drop(g);
+        slot.waker.reset()
+    }
+
+    /// The calling worker's thread ends.
+    pub(crate) fn exited(&self, slot: &WorkerSlot) {
+        let _g = lock(&self.park_lock);
+        slot.set_phase(Phase::Exited);
+        self.cond.notify_all();
+    }
+
+    /// Waits until `done()` or `deadline` (None: no limit), re-running `nudge`
+    /// every 50 ms (wakers, pokes). True if done.
+    pub(crate) fn wait_until(
+        &self,
+        done: impl Fn(&Control) -> bool,
+        deadline: Option<Instant>,
+        mut nudge: impl FnMut(),
+    ) -> bool {
+        loop {
+            if done(self) {
+                return true;
+            }
+            let step = Duration::from_millis(50);
+            let step = match deadline {
+                Some(d) => {
+                    let now = Instant::now();
+                    if now >= d {
+                        return false;
+                    }
+                    step.min(d - now)
+                }
+                None => step,
+            };
+            let g = lock(&self.park_lock);
+            if done(self) {
+                return true;
+            }
+            let _ = self
+                .cond
+                .wait_timeout(g, step)
+                .unwrap_or_else(|p| p.into_inner());
+            nudge();
+        }
+    }
+}

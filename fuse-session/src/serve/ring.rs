@@ -1,0 +1,156 @@
+//! The fuse-over-io_uring transport: one queue's ring (see [`crate::dev::uring`]).
+//!
+//! A request arrives in one of the queue's registered entries in three places
+//! (header, op struct, payload); the session parses one contiguous message in
+//! device layout. Without a payload the request is copied (at most 168 bytes) and
+//! the session encodes the reply straight into the entry's payload buffer
+//! ([`UringQueue::reply_space`]), so committing writes only the 16-byte out header
+//! into the entry's header area. With a payload (names, WRITE data), the header and
+//! op struct are copied in front of the payload in the entry's buffer instead, so
+//! the payload is not copied; the reply (small: an entry, a write count, xattr
+//! bytes) is encoded into a staging area and copied into the entry after the
+//! request is done with (`flush`). The commit also fetches the entry's next
+//! request, in the same `io_uring_enter` that waits.
+use std::io;
+use std::sync::atomic::Ordering;
+
+use crate::dev::uring::{self, Commit, Placed, RequestAt, RingCore, RingEvent, UringQueue};
+use crate::dev::RequestBuffer;
+use crate::proto::{ReplyParts, ReplySpace};
+use crate::serve::control::{Control, WorkerSlot};
+use crate::serve::transport::{Event, Exchange, Sent, Transport};
+
+/// One io_uring queue's transport.
+pub(crate) struct RingTransport {
+    queue: UringQueue,
+    /// A request without a payload, copied into device layout.
+    req: RequestBuffer,
+    /// Where the current request is, or why it could not be read.
+    taken: Result<RequestAt, &'static str>,
+    /// Where replies to requests left in their entry are encoded (the entry's own
+    /// reply space holds the request then), then copied into the entry.
+    staging: RequestBuffer,
+    /// Requests served, published every 64 and when parking or leaving, so that
+    /// queues on different CPUs do not share a cache line per request.
+    served: u64,
+}
+
+impl RingTransport {
+    /// A transport on `queue` (registered), for requests of up to `read_size` bytes.
+    pub(crate) fn new(mut queue: UringQueue, read_size: usize) -> io::Result<Self> {
+        let staging = RequestBuffer::with_len(read_size + crate::dev::page_size())?;
+        queue
+            .core()
+            .set_staging_area(staging.as_ptr() as usize, staging.len());
+        Ok(RingTransport {
+            queue,
+            // A request without payload: header and op struct.
+            req: RequestBuffer::with_len(fuse_wire::abi::FUSE_MIN_READ_BUFFER)?,
+            taken: Err("no request"),
+            staging,
+            served: 0,
+        })
+    }
+
+    pub(crate) fn qid(&self) -> u16 {
+        self.queue.qid()
+    }
+}
+
+impl Transport for RingTransport {
+    type Sender = RingCore;
+
+    fn receive(&mut self, slot: &WorkerSlot, _blocking: bool) -> io::Result<Event> {
+        self.queue.arm_waker(slot.waker.as_pollable())?;
+        Ok(match self.queue.next_event()? {
+            RingEvent::Request(i) => {
+                self.taken = self
+                    .queue
+                    .locate_request(i, &mut self.req)
+                    .map_err(|e| e.reason);
+                Event::Request(i)
+            }
+            RingEvent::Woken => Event::Woken,
+            RingEvent::ReplyLost(id) => Event::ReplyLost(id),
+            RingEvent::Closed => Event::Closed,
+        })
+    }
+
+    fn exchange(&mut self, n: usize) -> Exchange<'_, RingCore> {
+        match self.taken {
+            Ok(RequestAt::InEntry { start, len }) => {
+                // The request occupies the entry's reply space: reply into the
+                // staging area; `flush` copies it into the entry.
+                let (request, core) = self.queue.request_in_entry(n, start, len);
+                Exchange {
+                    request: Ok(request),
+                    space: ReplySpace::with_data_at(&mut self.staging, uring::REPLY_DATA_AT)
+                        .data_in_space(),
+                    sender: core,
+                }
+            }
+            taken => {
+                let (space, core) = self.queue.split(n);
+                let request = match taken {
+                    Ok(RequestAt::Copied(len)) => Ok(&self.req[..len.min(self.req.len())]),
+                    Ok(RequestAt::InEntry { .. }) => Err("unreachable"),
+                    Err(why) => Err(why),
+                };
+                Exchange {
+                    request,
+                    space: ReplySpace::with_data_at(space, uring::REPLY_DATA_AT).data_in_space(),
+                    sender: core,
+                }
+            }
+        }
+    }
+
+    fn send(core: &mut RingCore, n: usize, reply: &ReplyParts<'_>) -> io::Result<Sent> {
+        let (base, len) = core.space_of(n);
+        let (sbase, slen) = core.staging_area();
+        let commit = match Placed::of_range(reply, base, len) {
+            Some(p) => Commit::Reply(p),
+            None if Placed::of_range(reply, sbase, slen).is_some() => {
+                if let Some(p) = Placed::of_range(reply, sbase, slen) {
+                    core.stage(n, p);
+                }
+                return Ok(Sent::Delivered);
+            }
+            None => {
+                log::error!("a reply is not in its ring entry's buffer: answering EIO");
+                core.commit(n, Commit::Error(nix::libc::EIO))?;
+                return Ok(Sent::Gone);
+            }
+        };
+        core.commit(n, commit)?;
+        // A commit the kernel refuses comes back as RingEvent::ReplyLost.
+        Ok(Sent::Delivered)
+    }
+
+    fn finish(core: &mut RingCore, n: usize, errno: Option<i32>) -> io::Result<()> {
+        core.commit(
+            n,
+            match errno {
+                Some(e) => Commit::Error(e),
+                None => Commit::Empty,
+            },
+        )
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.queue.commit_staged(&self.staging)
+    }
+
+    fn idle(&mut self, control: &Control) {
+        control
+            .ring_requests
+            .fetch_add(std::mem::take(&mut self.served), Ordering::Relaxed);
+    }
+
+    fn served(&mut self, control: &Control) {
+        self.served += 1;
+        if self.served == 64 {
+            self.idle(control);
+        }
+    }
+}
