@@ -125,10 +125,10 @@ pub(crate) struct Control {
     mode: AtomicU8,
     /// `/dev/fuse` workers read with blocking `read(2)` (woken by pokes).
     pub(crate) blocking: AtomicBool,
-    /// The mountpoint and the device number of the mount's root, for pokes. No
+    /// The mountpoint and the identity (unique mount id) of the mount, for pokes. No
     /// descriptor is kept open on the mount: it would keep a lazily unmounted
     /// connection alive and make a plain `umount` fail with EBUSY.
-    pub(crate) root: Mutex<Option<(PathBuf, u64)>>,
+    pub(crate) root: Mutex<Option<(PathBuf, crate::dev::MountIdentity)>>,
     /// A poker thread is running.
     pub(crate) poking: AtomicBool,
     /// A `/dev/fuse` worker delivered the INIT reply (the kernel has processed it).

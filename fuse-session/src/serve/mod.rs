@@ -589,8 +589,8 @@ impl<F: Filesystem> Running<F> {
                 return;
             }
         };
-        let dev = match nix::sys::stat::fstat(&root) {
-            Ok(st) => st.st_dev,
+        let dev = match crate::dev::MountIdentity::of_fd(std::os::fd::AsFd::as_fd(&root)) {
+            Ok(id) => id,
             Err(e) => {
                 log::debug!("cannot stat the mount's root ({e}): workers wait in epoll");
                 return;

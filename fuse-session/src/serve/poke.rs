@@ -66,17 +66,22 @@ pub(crate) fn poke_workers(control: &Arc<Control>) {
     }
 }
 
-/// An `O_PATH` descriptor of the root of the mount at `path`; with `dev`, only if
-/// it is still that mount (not another filesystem mounted over it).
-pub(crate) fn open_root(path: &Path, dev: Option<u64>) -> io::Result<std::os::fd::OwnedFd> {
+/// An `O_PATH` descriptor of the root of the mount at `path`; with `ours`, only if
+/// it is still that mount — by the never-reused unique mount id, not the device
+/// number, which the kernel hands to the next FUSE mount at once (not another
+/// filesystem mounted over it, nor a newer mount that reuses the number).
+pub(crate) fn open_root(
+    path: &Path,
+    ours: Option<crate::dev::MountIdentity>,
+) -> io::Result<std::os::fd::OwnedFd> {
     use nix::fcntl::OFlag;
     let fd = nix::fcntl::open(
         path,
         OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
         nix::sys::stat::Mode::empty(),
     )?;
-    if let Some(dev) = dev {
-        if nix::sys::stat::fstat(&fd)?.st_dev != dev {
+    if let Some(ours) = ours {
+        if crate::dev::MountIdentity::of_fd(std::os::fd::AsFd::as_fd(&fd))? != ours {
             return Err(io::Error::other(
                 "another filesystem is mounted over the mountpoint",
             ));
