@@ -7,7 +7,8 @@
 //! `fusermount.rs` also uses: nix hands received descriptors out as raw integers), the
 //! `FUSE_DEV_IOC_CLONE` ioctl (in `channel.rs`: nix's ioctl wrappers are `unsafe fn`),
 //! and in `uring.rs` the io_uring ones: pushing SQEs that point at buffers the kernel
-//! fills, and setting the SQE field the io-uring crate does not expose.
+//! fills, and setting the SQE field the io-uring crate does not expose; in
+//! `journal_map.rs`, addressing the crash-recovery journal's shared mapping.
 //!
 //! The pieces, a file per idea:
 //! - [`MountOptions`]: what to mount, rendered to the kernel's and `fusermount3`'s
@@ -20,6 +21,7 @@
 //!   reads a [`Waker`] can interrupt at a request boundary, without signals.
 //! - [`RequestBuffer`]: page-aligned read buffers sized from the negotiated protocol.
 //! - [`uring`]: fuse-over-io_uring queues (one ring per CPU, registered entries).
+//! - [`JournalMap`]: the crash-recovery journal's shared mapping (a memfd or a file).
 //! - [`fusectl`]: the fuse control filesystem (connection ids, abort, waiting
 //!   requests) and a [`fusectl::Watchdog`] that tears down a hung mount.
 //!
@@ -34,6 +36,8 @@ mod channel;
 mod error;
 pub mod fusectl;
 mod fusermount;
+#[allow(unsafe_code)]
+mod journal_map;
 mod mount;
 mod mountinfo;
 mod options;
@@ -47,6 +51,7 @@ pub use buffer::{page_size, RequestBuffer, REQUEST_HEADER_ROOM};
 pub use channel::{Channel, Received, WriteOutcome};
 pub use error::{MountError, OptionError};
 pub use fusermount::find_fusermount;
+pub use journal_map::JournalMap;
 pub use mount::{mount, Mount, MountMethod, MountParts};
 pub use options::MountOptions;
 pub use scm::{
