@@ -61,6 +61,7 @@ mod file;
 pub mod format;
 mod fs;
 pub mod handoff;
+pub mod journal;
 pub mod precopy;
 
 pub use fds::{FdRestorer, FdSaver, FdSlot};

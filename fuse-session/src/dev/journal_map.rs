@@ -213,8 +213,7 @@ impl JournalMap {
         let mut words = rest.chunks_exact(8);
         for w in &mut words {
             let v = u64::from_ne_bytes([w[0], w[1], w[2], w[3], w[4], w[5], w[6], w[7]]);
-            self.atomic_at::<AtomicU64>(pos)
-                .store(v, Ordering::Relaxed);
+            self.atomic_at::<AtomicU64>(pos).store(v, Ordering::Relaxed);
             pos += 8;
         }
         for &b in words.remainder() {
