@@ -620,3 +620,136 @@ fn compaction_under_concurrent_appends() {
     check_hammered(&r.records, 3, 4000, &from);
     assert_eq!(r.epoch, compactions as u64 + 1);
 }
+
+/// The child process of `kill_9_mid_append_recovers_a_consistent_prefix`: opens
+/// the memfd its parent passed (`JOURNAL_KILL_FD`), starts a journal in it, and
+/// appends from three threads and compacts from a fourth until it is killed.
+#[test]
+#[ignore = "the child of kill_9_mid_append_recovers_a_consistent_prefix"]
+fn kill_9_child_writer() {
+    let Ok(fd) = std::env::var("JOURNAL_KILL_FD") else {
+        return;
+    };
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(format!("/proc/self/fd/{fd}"))
+        .unwrap();
+    let map = JournalMap::from_fd(file.into(), 256 << 20).unwrap();
+    let opts = JournalOptions {
+        compact_headroom: 64 << 10,
+        ..JournalOptions::default()
+    };
+    let j = Journal::create(map, &0u64.to_le_bytes(), opts).unwrap();
+    thread::scope(|sc| {
+        sc.spawn(|| loop {
+            let m = j.mark();
+            let mut ck = (m.seq - 1).to_le_bytes().to_vec();
+            ck.resize(50_000, 0xcc);
+            // Full would only mean the log outgrew the file: not expected.
+            j.compact(m, &ck).unwrap();
+            thread::sleep(std::time::Duration::from_millis(1));
+        });
+        for t in 0..3u64 {
+            let j = &j;
+            sc.spawn(move || {
+                for i in 0.. {
+                    let node = vec![t as u8; (i % 64) as usize];
+                    j.append(&Record::Lookup {
+                        nodeid: t,
+                        generation: i,
+                        delta: 1,
+                        node: &node[..],
+                    })
+                    .unwrap();
+                }
+            });
+        }
+    });
+}
+
+#[test]
+fn kill_9_mid_append_recovers_a_consistent_prefix() {
+    use nix::sys::signal::{kill, Signal};
+    use nix::sys::wait::waitpid;
+    use nix::unistd::Pid;
+    use std::os::fd::AsRawFd;
+    use std::process::{Command, Stdio};
+    use std::time::{Duration, Instant};
+
+    for (round, target) in [3_000u64, 20_000, 60_000].into_iter().enumerate() {
+        let map = JournalMap::memfd("journal-kill-test", 256 << 20).unwrap();
+        // A descriptor without close-on-exec for the child (dup clears it); the
+        // parent keeps its own, as the fd store would.
+        let inherit = nix::unistd::dup(map.fd()).unwrap();
+        let mut child = Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "kill_9_child_writer",
+                "--ignored",
+                "--test-threads=1",
+            ])
+            .env("JOURNAL_KILL_FD", inherit.as_raw_fd().to_string())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        drop(inherit);
+        // Wait for progress (bounded, so a broken child cannot hang the test).
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            // A fresh mapping sees the length the child grew the file to.
+            let view = JournalMap::from_fd(map.fd().try_clone_to_owned().unwrap(), 256 << 20);
+            if let Ok(view) = view {
+                if let Ok(r) = recover(&view) {
+                    if r.next_seq > target {
+                        break;
+                    }
+                }
+            }
+            if child.try_wait().unwrap().is_some() {
+                let mut err = String::new();
+                use std::io::Read;
+                let _ = child.stdout.take().unwrap().read_to_string(&mut err);
+                panic!("the child writer exited early: {err}");
+            }
+            assert!(Instant::now() < deadline, "round {round}: no progress");
+            thread::sleep(Duration::from_millis(2));
+        }
+        kill(Pid::from_raw(child.id() as i32), Signal::SIGKILL).unwrap();
+        waitpid(Pid::from_raw(child.id() as i32), None).unwrap();
+
+        // The memfd outlived its writer: recover what it left.
+        let map = JournalMap::from_fd(map.fd().try_clone_to_owned().unwrap(), 256 << 20).unwrap();
+        let r = recover(&map).unwrap_or_else(|e| panic!("round {round}: {e}"));
+        assert!(r.next_seq > target, "round {round}: {}", r.next_seq);
+        let covered = u64::from_le_bytes(r.checkpoint[..8].try_into().unwrap());
+        assert_eq!(covered + 1, r.first_seq, "round {round}");
+        // Each thread's records are consecutive from wherever it was at the mark.
+        let mut next: [Option<u64>; 3] = [None; 3];
+        for rec in &r.records {
+            let Record::Lookup {
+                nodeid,
+                generation,
+                node,
+                ..
+            } = rec
+            else {
+                panic!("round {round}: {rec:?}")
+            };
+            let n = &mut next[*nodeid as usize];
+            if let Some(expected) = *n {
+                assert_eq!(*generation, expected, "round {round}, thread {nodeid}");
+            }
+            assert_eq!(node, &vec![*nodeid as u8; (*generation % 64) as usize]);
+            *n = Some(generation + 1);
+        }
+        eprintln!(
+            "round {round}: killed at record {}, epoch {}, {} records after the checkpoint, {}",
+            r.next_seq,
+            r.epoch,
+            r.records.len(),
+            r.end
+        );
+    }
+}

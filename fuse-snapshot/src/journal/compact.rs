@@ -10,6 +10,9 @@ use super::writer::{
 };
 use crate::format::crc::crc32;
 
+/// Why a compaction into the room before the live log gave up.
+const OUTRAN: &str = "the log grew past the room before it while the checkpoint was written";
+
 impl<S: Storage> Journal<S> {
     /// Replaces the checkpoint with `checkpoint`, which must hold exactly the
     /// records before `mark` (see [`Journal::mark`]), and starts a new log holding
@@ -30,6 +33,23 @@ impl<S: Storage> Journal<S> {
     /// the journal goes on unchanged. [`JournalError::Full`] when the storage
     /// cannot hold both areas. [`JournalError::Io`] when the storage fails.
     pub fn compact(&self, mark: Mark, checkpoint: &[u8]) -> Result<(), JournalError> {
+        match self.compact_once(mark, checkpoint, true) {
+            // Appends outran the room before the live log: put the new area after
+            // it instead, where the live log is bounded while the checkpoint is
+            // written, so the second attempt cannot fail that way.
+            Err(JournalError::Compaction(e)) if e == OUTRAN => {
+                self.compact_once(mark, checkpoint, false)
+            }
+            r => r,
+        }
+    }
+
+    fn compact_once(
+        &self,
+        mark: Mark,
+        checkpoint: &[u8],
+        may_go_before: bool,
+    ) -> Result<(), JournalError> {
         let ck_room = align8(checkpoint.len() as u64);
         let ck_crc = crc32(checkpoint);
         let max = self.storage.max_len();
@@ -60,7 +80,7 @@ impl<S: Storage> Journal<S> {
             // Room for what is appended while the checkpoint is written.
             let headroom = self.options.compact_headroom.max(ck_room / 2).max(tail);
             let room_before = t.meta.area - AREA_ALIGN;
-            let before = ck_room + tail + headroom + SEAL_ROOM <= room_before;
+            let before = may_go_before && ck_room + tail + headroom + SEAL_ROOM <= room_before;
             let area = if before {
                 AREA_ALIGN
             } else {
@@ -102,9 +122,7 @@ impl<S: Storage> Journal<S> {
         let room = if before { t.meta.area } else { max };
         if new_end + SEAL_ROOM > room {
             self.end_compaction(&mut t);
-            return Err(JournalError::Compaction(
-                "the log grew past the room before it while the checkpoint was written".into(),
-            ));
+            return Err(JournalError::Compaction(OUTRAN.into()));
         }
         if let Err(e) = self.switch(&mut t, &meta, mark.offset, new_end) {
             t.failed = Some(e.to_string());
