@@ -21,6 +21,9 @@
 //!   written.
 use super::{recover, Journal, JournalError, JournalOptions, MemStorage, Record, Recovered};
 
+/// Scripts longer than this are cut (each run stays fast enough to fuzz).
+pub const MAX_SCRIPT: usize = 1024;
+
 /// The storage size the scripts run in: small, so that growth, placement of new
 /// areas and the maximum are all exercised.
 pub const SCRIPT_MAX_LEN: u64 = 256 << 10;
@@ -166,6 +169,7 @@ impl Model {
 /// length `next byte * 5`. Stops at the first error the journal returns (after a
 /// simulated crash every store fails).
 pub fn run_script(storage: &MemStorage, script: &[u8]) -> Model {
+    let script = &script[..script.len().min(MAX_SCRIPT)];
     let mut model = Model::default();
     let ck = checkpoint_for(1, 40);
     let journal = match Journal::create(storage.clone(), &ck, SCRIPT_OPTIONS) {

@@ -21,7 +21,9 @@ pub struct JournalOptions {
     pub max_record: u64,
     /// When a compaction puts the new area after the live log, the live log may
     /// still grow by at least this much (or half the checkpoint, if more) while the
-    /// checkpoint is written, before appends wait for the compaction's end.
+    /// checkpoint is written, before appends wait for the compaction's end. It
+    /// costs only file length and address space: a memfd is sparse, and pages are
+    /// allocated when written.
     pub compact_headroom: u64,
 }
 
@@ -30,7 +32,7 @@ impl Default for JournalOptions {
         JournalOptions {
             compact_after: 16 << 20,
             max_record: MAX_PAYLOAD,
-            compact_headroom: 1 << 20,
+            compact_headroom: 32 << 20,
         }
     }
 }
