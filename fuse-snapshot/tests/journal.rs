@@ -630,6 +630,15 @@ fn kill_9_child_writer() {
     let Ok(fd) = std::env::var("JOURNAL_KILL_FD") else {
         return;
     };
+    // Never outlive the test that started this process (its thread, precisely).
+    nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL).unwrap();
+    let parent: i32 = std::env::var("JOURNAL_KILL_PARENT")
+        .unwrap()
+        .parse()
+        .unwrap();
+    if nix::unistd::getppid().as_raw() != parent {
+        return;
+    }
     let file = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
@@ -668,10 +677,19 @@ fn kill_9_child_writer() {
     });
 }
 
+/// A child process killed and reaped when dropped.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 #[test]
 fn kill_9_mid_append_recovers_a_consistent_prefix() {
     use nix::sys::signal::{kill, Signal};
-    use nix::sys::wait::waitpid;
     use nix::unistd::Pid;
     use std::os::fd::AsRawFd;
     use std::process::{Command, Stdio};
@@ -682,7 +700,7 @@ fn kill_9_mid_append_recovers_a_consistent_prefix() {
         // A descriptor without close-on-exec for the child (dup clears it); the
         // parent keeps its own, as the fd store would.
         let inherit = nix::unistd::dup(map.fd()).unwrap();
-        let mut child = Command::new(std::env::current_exe().unwrap())
+        let child = Command::new(std::env::current_exe().unwrap())
             .args([
                 "--exact",
                 "kill_9_child_writer",
@@ -690,10 +708,14 @@ fn kill_9_mid_append_recovers_a_consistent_prefix() {
                 "--test-threads=1",
             ])
             .env("JOURNAL_KILL_FD", inherit.as_raw_fd().to_string())
+            .env("JOURNAL_KILL_PARENT", std::process::id().to_string())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
+        // Killed and reaped however this test ends (a failed assertion included).
+        let mut child = KillOnDrop(child);
+        let child = &mut child.0;
         drop(inherit);
         // Wait for progress (bounded, so a broken child cannot hang the test).
         let deadline = Instant::now() + Duration::from_secs(120);
@@ -717,7 +739,7 @@ fn kill_9_mid_append_recovers_a_consistent_prefix() {
             thread::sleep(Duration::from_millis(2));
         }
         kill(Pid::from_raw(child.id() as i32), Signal::SIGKILL).unwrap();
-        waitpid(Pid::from_raw(child.id() as i32), None).unwrap();
+        child.wait().unwrap();
 
         // The memfd outlived its writer: recover what it left.
         let map = JournalMap::from_fd(map.fd().try_clone_to_owned().unwrap(), 256 << 20).unwrap();

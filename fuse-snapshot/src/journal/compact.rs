@@ -115,6 +115,11 @@ impl<S: Storage> Journal<S> {
             self.end_compaction(&mut t);
             return Err(e);
         }
+        if let Some(e) = &t.failed {
+            let e = JournalError::Io(format!("an append failed meanwhile: {e}"));
+            self.end_compaction(&mut t);
+            return Err(e);
+        }
 
         // 3. Under the lock: copy the records since the mark, write the header.
         let tail = t.end - mark.offset;

@@ -238,7 +238,13 @@ fn image(bytes: &[u8]) {
     };
     let rec = record_for(r.next_seq, 3, 5);
     let appended = j.append(&rec);
-    let again = recover(&storage).expect("a resumed journal recovers");
+    let again = match recover(&storage) {
+        Ok(r) => r,
+        // Only bytes forged for the new epoch, left in the image past the new
+        // log, can do that (a real journal's older areas hold older epochs).
+        Err(JournalError::CorruptRecord { .. }) => return,
+        Err(e) => panic!("a resumed journal does not recover: {e}"),
+    };
     assert_eq!(again.epoch, r.epoch + 1);
     assert_eq!(again.checkpoint, ck);
     assert_eq!(again.first_seq, r.next_seq);
