@@ -35,8 +35,19 @@ use memmap2::{MmapOptions, MmapRaw};
 use nix::fcntl::{fcntl, FcntlArg, SealFlag};
 use nix::sys::memfd::{memfd_create, MFdFlags};
 
-/// A journal file mapped shared, readable and writable, growable up to a fixed
-/// maximum: see the [module docs](self).
+/// A journal file (a memfd, or a path) mapped shared, readable and writable,
+/// growable up to a fixed maximum.
+///
+/// The mapping covers the whole maximum from the start, past the end of the file;
+/// growing is `ftruncate` alone, so the mapping never moves and writers on many
+/// threads store into disjoint ranges without a lock. Every access is an atomic
+/// load or store (so concurrent threads, and other processes mapping the file, are
+/// never a data race) and is checked against the file's length (so nothing touches
+/// the unbacked part of the mapping, which would raise `SIGBUS`).
+///
+/// Nothing is flushed: a memfd's pages, and a `MAP_SHARED` file's, belong to the
+/// page cache, so what was stored survives the process being killed (not the
+/// machine losing power).
 #[derive(Debug)]
 pub struct JournalMap {
     file: File,
