@@ -108,6 +108,14 @@ fn journal_v1_golden() {
     assert_eq!(r.next_seq, 14);
     assert_eq!(r.records, records()[10..]);
     assert!(matches!(r.end, LogEnd::Clean { .. }), "{}", r.end);
-    // Written the same way today, the bytes are the same.
-    assert!(write() == golden, "journal format version 1 changed");
+    // Written the same way today, the bytes are the same (up to trailing zeros:
+    // how far the file grows ahead of the log is policy, not format).
+    fn trim(b: &[u8]) -> &[u8] {
+        let n = b.iter().rposition(|&x| x != 0).map_or(0, |i| i + 1);
+        &b[..n]
+    }
+    assert!(
+        trim(&write()) == trim(&golden),
+        "journal format version 1 changed"
+    );
 }

@@ -1,14 +1,19 @@
 //! Compaction: a fresh checkpoint and a new log, while appends go on.
 use super::error::JournalError;
 use super::layout::{
-    align8, align_area, Meta, RecordHeader, AREA_ALIGN, RECORD_HEADER_LEN, SEAL_ROOM,
+    align8, align_area, record_len, Meta, RecordHeader, AREA_ALIGN, RECORD_HEADER_LEN, SEAL_ROOM,
 };
 use super::record::KIND_SEAL;
 use super::storage::Storage;
-use super::writer::{
-    write_chunked, write_meta, write_record, write_record_then_end, Journal, Mark, Tail,
-};
+use super::writer::{write_chunked, write_meta, write_record, Journal, Mark, Tail};
 use crate::format::crc::crc32;
+
+/// Rounds of copying records without the lock before the last, under it.
+const COPY_ROUNDS: u32 = 4;
+/// Stop the rounds once fewer bytes of records than this are left to copy.
+const COPY_UNDER_LOCK: u64 = 64 << 10;
+/// Records are copied in pieces of about this many bytes.
+const COPY_PIECE: u64 = 1 << 20;
 
 /// Why a compaction into the room before the live log gave up.
 const OUTRAN: &str = "the log grew past the room before it while the checkpoint was written";
@@ -104,12 +109,37 @@ impl<S: Storage> Journal<S> {
             (meta, before)
         };
 
-        // 2. Without the lock: the checkpoint, into space no live record uses.
-        let written = self
+        // 2. Without the lock: the checkpoint, into space no live record uses;
+        // then the records committed since the mark, in rounds while they are
+        // many (committed records never change, so they need no lock).
+        let room = |t: &Tail| if before { t.meta.area } else { max };
+        let mut copied = mark.offset;
+        let mut dst = meta.log_start();
+        let mut written = self
             .storage
-            .grow((meta.area + ck_room).max(self.storage.len()))
+            .grow((dst + SEAL_ROOM).max(self.storage.len()))
             .map_err(JournalError::from)
-            .and_then(|()| write_chunked(&self.storage, meta.area, checkpoint));
+            .and_then(|()| write_chunked(&self.storage, meta.area, checkpoint))
+            .and_then(|()| Ok(self.storage.write(dst, &[0u8; 24])?));
+        for _ in 0..COPY_ROUNDS {
+            if written.is_err() {
+                break;
+            }
+            let (end, room) = {
+                let t = self.lock();
+                (t.end, room(&t))
+            };
+            if end - copied <= COPY_UNDER_LOCK {
+                break;
+            }
+            if dst + (end - copied) + SEAL_ROOM > room {
+                written = Err(JournalError::Compaction(OUTRAN.into()));
+                break;
+            }
+            written = self.copy_records(copied, end, dst, mark.epoch, meta.epoch);
+            dst += end - copied;
+            copied = end;
+        }
         let mut t = self.lock();
         if let Err(e) = written {
             self.end_compaction(&mut t);
@@ -121,15 +151,13 @@ impl<S: Storage> Journal<S> {
             return Err(e);
         }
 
-        // 3. Under the lock: copy the records since the mark, write the header.
-        let tail = t.end - mark.offset;
-        let new_end = meta.log_start() + tail;
-        let room = if before { t.meta.area } else { max };
-        if new_end + SEAL_ROOM > room {
+        // 3. Under the lock: the last records, the new header, the seal.
+        let new_end = dst + (t.end - copied);
+        if new_end + SEAL_ROOM > room(&t) {
             self.end_compaction(&mut t);
             return Err(JournalError::Compaction(OUTRAN.into()));
         }
-        if let Err(e) = self.switch(&mut t, &meta, mark.offset, new_end) {
+        if let Err(e) = self.switch(&mut t, &meta, copied, dst) {
             t.failed = Some(e.to_string());
             self.end_compaction(&mut t);
             return Err(e);
@@ -140,38 +168,63 @@ impl<S: Storage> Journal<S> {
         Ok(())
     }
 
-    /// Copies the records in `[from, t.end)` to the new log, writes the new header,
-    /// then seals the old log.
-    fn switch(
+    /// Copies the committed records in `[from, to)` of the log of epoch
+    /// `old_epoch` to `dst`, re-checksummed for epoch `new_epoch`, in pieces of
+    /// about 1 MiB, and zeroes the header place after them. The new area is not
+    /// live until its header is committed, so no store order matters here.
+    fn copy_records(
         &self,
-        t: &mut Tail,
-        meta: &Meta,
         from: u64,
-        new_end: u64,
+        to: u64,
+        dst: u64,
+        old_epoch: u64,
+        new_epoch: u64,
     ) -> Result<(), JournalError> {
-        let need = new_end.max(t.end) + SEAL_ROOM;
+        let end = dst + (to - from) + RECORD_HEADER_LEN;
+        if end > self.storage.len() {
+            self.storage.grow(end)?;
+        }
+        let changed =
+            |at: u64| JournalError::Io(format!("the record at {at} changed under the journal"));
+        let mut buf = Vec::new();
+        let mut src = from;
+        while src < to {
+            // A piece of whole records: at least one, about 1 MiB.
+            let mut piece = 0u64;
+            while src + piece < to && piece < COPY_PIECE {
+                let mut hb = [0u8; 24];
+                self.storage.read(src + piece, &mut hb)?;
+                let h = RecordHeader::decode(&hb, old_epoch).ok_or_else(|| changed(src + piece))?;
+                piece += record_len(u64::from(h.len));
+            }
+            if src + piece > to {
+                return Err(changed(src));
+            }
+            buf.resize(piece as usize, 0);
+            self.storage.read(src, &mut buf)?;
+            let mut at = 0usize;
+            while at < buf.len() {
+                let hb: [u8; 24] = buf[at..at + 24].try_into().map_err(|_| changed(src))?;
+                let h = RecordHeader::decode(&hb, old_epoch).ok_or_else(|| changed(src))?;
+                buf[at..at + 24].copy_from_slice(&h.encode(new_epoch));
+                at += record_len(u64::from(h.len)) as usize;
+            }
+            self.storage.write(dst + (src - from), &buf)?;
+            src += piece;
+        }
+        self.storage
+            .write(dst + (to - from), &[0u8; RECORD_HEADER_LEN as usize])?;
+        Ok(())
+    }
+
+    /// Copies the records in `[from, t.end)` to the new log at `dst`, writes the
+    /// new header, then seals the old log.
+    fn switch(&self, t: &mut Tail, meta: &Meta, from: u64, dst: u64) -> Result<(), JournalError> {
+        let need = t.end + SEAL_ROOM;
         if need > self.storage.len() {
             self.storage.grow(need)?;
         }
-        let mut src = from;
-        let mut dst = meta.log_start();
-        self.storage
-            .write(dst, &[0u8; RECORD_HEADER_LEN as usize])?;
-        let mut buf = Vec::new();
-        while src < t.end {
-            let mut hb = [0u8; 24];
-            self.storage.read(src, &mut hb)?;
-            let h = RecordHeader::decode(&hb, t.meta.epoch).ok_or_else(|| {
-                JournalError::Io(format!("the record at {src} changed under the journal"))
-            })?;
-            let len = u64::from(h.len);
-            buf.resize(len as usize, 0);
-            self.storage.read(src + RECORD_HEADER_LEN, &mut buf)?;
-            write_record_then_end(&self.storage, dst, meta.epoch, &h, &[&buf])?;
-            let size = super::layout::record_len(len);
-            src += size;
-            dst += size;
-        }
+        self.copy_records(from, t.end, dst, t.meta.epoch, meta.epoch)?;
         // The switch: from here on, recovery reads the new epoch.
         write_meta(&self.storage, meta)?;
         let seal = RecordHeader {
