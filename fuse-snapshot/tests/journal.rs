@@ -775,3 +775,27 @@ fn kill_9_mid_append_recovers_a_consistent_prefix() {
         );
     }
 }
+
+#[test]
+fn a_journal_at_a_path_survives_its_writer() {
+    let dir = std::env::temp_dir().join(format!("fuse-live-journal-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("journal");
+    let _ = std::fs::remove_file(&path);
+    {
+        let map = JournalMap::open_path(&path, 1 << 20).unwrap();
+        let j = Journal::create(map, CK, SCRIPT_OPTIONS).unwrap();
+        for seq in 1..=10 {
+            j.append(&record_for(seq, seq as u8, 30)).unwrap();
+        }
+        // Too large a file for the maximum is refused with a clear error.
+        let e = JournalMap::open_path(&path, 100).unwrap_err();
+        assert!(e.to_string().contains("maximum"), "{e}");
+    }
+    let map = JournalMap::open_path(&path, 1 << 20).unwrap();
+    let r = recover(&map).unwrap();
+    let expected: Vec<Record> = (1..=10).map(|seq| record_for(seq, seq as u8, 30)).collect();
+    assert_eq!(r.records, expected);
+    assert_eq!(r.checkpoint, CK);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
