@@ -26,6 +26,11 @@
 //! while the old process still serves and only what changed meanwhile crosses
 //! under the pause, so the stall depends on the changes, not on the state's size.
 //!
+//! # Crash recovery
+//! [`journal`]: a checkpoint (a snapshot in this format) and a write-ahead log of
+//! checksummed records in a memory-mapped memfd or file that outlives the process;
+//! [`journal::recover`] reads it back after a crash, cutting a torn tail.
+//!
 //! ```
 //! use fuse_snapshot::{encode_state, decode_state, summarize};
 //! use fuse_snapshot::session::{Counters, InitResult, InitState, KernelOffer, NodeState, SessionState};
