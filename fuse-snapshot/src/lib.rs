@@ -26,11 +26,6 @@
 //! while the old process still serves and only what changed meanwhile crosses
 //! under the pause, so the stall depends on the changes, not on the state's size.
 //!
-//! # Crash recovery
-//! [`journal`]: a checkpoint (a snapshot in this format) and a write-ahead log of
-//! checksummed records in a memory-mapped memfd or file that outlives the process;
-//! [`journal::recover`] reads it back after a crash, cutting a torn tail.
-//!
 //! ```
 //! use fuse_snapshot::{encode_state, decode_state, summarize};
 //! use fuse_snapshot::session::{Counters, InitResult, InitState, KernelOffer, NodeState, SessionState};
@@ -56,6 +51,11 @@
 //! assert_eq!((back, fs.as_str()), (state, "my filesystem's state"));
 //! # Ok::<(), fuse_snapshot::FormatError>(())
 //! ```
+//!
+//! # Crash recovery
+//! [`journal`]: a checkpoint (a snapshot in this format) and a write-ahead log of
+//! checksummed records in a memory-mapped memfd or file that outlives the process;
+//! [`journal::recover`] reads it back after a crash, cutting a torn tail.
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
