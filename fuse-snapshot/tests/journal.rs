@@ -362,7 +362,7 @@ fn hostile_lengths_and_forged_fields() {
         assert!(matches!(e, JournalError::BadHeader(_)), "{len}: {e}");
     }
     // An area offset that is not an area; an epoch in the wrong slot.
-    for (field, value) in [(24, 5u64), (24, 0), (16, 2)] {
+    for (field, value) in [(24, 5u64), (24, 0), (16, 2), (16, u64::MAX), (40, 0)] {
         let mut b = image.clone();
         b[64 + field..64 + field + 8].copy_from_slice(&value.to_le_bytes());
         reseal_slot(&mut b, 1);

@@ -125,7 +125,7 @@ impl Meta {
         if u16::from_le_bytes([b[10], b[11]]) != 0 || b[12..16] != [0; 4] || b[52..60] != [0; 8] {
             return Err(format!("slot {slot} has non-zero reserved bytes"));
         }
-        if self.epoch == 0 || self.epoch % 2 != slot as u64 {
+        if self.epoch == 0 || self.epoch > u64::MAX / 2 || self.epoch % 2 != slot as u64 {
             return Err(format!("slot {slot} holds epoch {}", self.epoch));
         }
         if self.area < AREA_ALIGN || self.area % AREA_ALIGN != 0 {
