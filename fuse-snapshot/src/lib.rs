@@ -53,6 +53,11 @@
 //! assert_eq!((back, fs.as_str()), (state, "my filesystem's state"));
 //! # Ok::<(), fuse_snapshot::FormatError>(())
 //! ```
+//!
+//! # Crash recovery
+//! [`journal`]: a checkpoint (a snapshot in this format) and a write-ahead log of
+//! checksummed records in a memory-mapped memfd or file that outlives the process;
+//! [`journal::recover`] reads it back after a crash, cutting a torn tail.
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
@@ -64,6 +69,7 @@ mod file;
 pub mod format;
 mod fs;
 pub mod handoff;
+pub mod journal;
 pub mod precopy;
 
 pub use cold::{restore_cold, ColdRestore};

@@ -9,7 +9,8 @@
 //! the passthrough ioctls `FUSE_DEV_IOC_BACKING_OPEN`/`CLOSE` (in `backing.rs`), the
 //! file handle calls `name_to_handle_at`/`open_by_handle_at` (in `fhandle.rs`),
 //! and in `uring.rs` the io_uring ones: pushing SQEs that point at buffers the kernel
-//! fills, and setting the SQE field the io-uring crate does not expose.
+//! fills, and setting the SQE field the io-uring crate does not expose; in
+//! `journal_map.rs`, addressing the crash-recovery journal's shared mapping.
 //!
 //! The pieces, a file per idea:
 //! - [`MountOptions`]: what to mount, rendered to the kernel's and `fusermount3`'s
@@ -29,6 +30,7 @@
 //!   that no code here mistakes a newer mount that reuses a device number for its own.
 //! - [`fdstore`]: systemd's file descriptor store protocol (`NOTIFY_SOCKET`,
 //!   `FDSTORE=1`, `LISTEN_FDS`), to keep a connection open while no daemon runs.
+//! - [`JournalMap`]: the crash-recovery journal's shared mapping (a memfd or a file).
 //! - [`fusectl`]: the fuse control filesystem (connection ids, abort, waiting
 //!   requests) and a [`fusectl::Watchdog`] that tears down a hung mount.
 //!
@@ -49,6 +51,8 @@ pub mod fdstore;
 pub mod fhandle;
 pub mod fusectl;
 mod fusermount;
+#[allow(unsafe_code)]
+mod journal_map;
 mod mount;
 #[allow(unsafe_code)]
 pub mod mountid;
@@ -64,6 +68,7 @@ pub use buffer::{page_size, RequestBuffer, REQUEST_HEADER_ROOM};
 pub use channel::{Channel, Received, WriteOutcome};
 pub use error::{MountError, OptionError};
 pub use fusermount::find_fusermount;
+pub use journal_map::JournalMap;
 pub use mount::{mount, Mount, MountMethod, MountParts};
 pub use mountid::{AccessTimes, MountIdentity, Ownership};
 pub use options::{Atime, MountOptions};

@@ -41,8 +41,14 @@ const fn make_tables() -> [[u32; 256]; 8] {
 
 /// The CRC-32 of `data`.
 pub fn crc32(data: &[u8]) -> u32 {
+    crc32_update(0, data)
+}
+
+/// The CRC-32 of the bytes `crc` is the CRC-32 of, followed by `data`
+/// (`crc32_update(crc32(a), b) == crc32(a ++ b)`; start from 0).
+pub fn crc32_update(crc: u32, data: &[u8]) -> u32 {
     let t = &TABLES;
-    let mut crc = !0u32;
+    let mut crc = !crc;
     let mut chunks = data.chunks_exact(8);
     for c in &mut chunks {
         let lo = u32::from_le_bytes([c[0], c[1], c[2], c[3]]) ^ crc;
@@ -86,6 +92,19 @@ mod tests {
     fn check_value() {
         assert_eq!(crc32(b"123456789"), 0xCBF4_3926);
         assert_eq!(crc32(b""), 0);
+    }
+
+    #[test]
+    fn update_continues() {
+        let data = b"0123456789abcdefghijklmnopqrstuvwxyz";
+        for split in 0..data.len() {
+            let (a, b) = data.split_at(split);
+            assert_eq!(
+                super::crc32_update(crc32(a), b),
+                crc32(data),
+                "split {split}"
+            );
+        }
     }
 
     #[test]

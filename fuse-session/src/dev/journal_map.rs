@@ -1,0 +1,322 @@
+//! [`JournalMap`]: the shared memory mapping a crash-recovery journal lives in.
+//!
+//! A file (a memfd by default, or a path) mapped `MAP_SHARED` over a reserved range
+//! of address space as large as the journal may ever grow. Growing is `ftruncate`
+//! alone: the mapping already covers the range, so no remap ever moves it, and
+//! writers on many threads can store into disjoint ranges without a lock.
+//!
+//! Every access goes through atomic loads and stores (`AtomicU64` for aligned words,
+//! `AtomicU8` at the edges), so concurrent access from threads — and from whatever
+//! other process maps the same file — is never a data race in Rust's sense. Accesses
+//! are bounds-checked against the file's current length, so no access touches the
+//! part of the reservation past the end of the file (which would raise `SIGBUS`).
+//!
+//! # Durability
+//! A memfd's pages, and a `MAP_SHARED` file mapping's, belong to the page cache, not
+//! to the process: whatever was stored before the process died (even by `kill -9`)
+//! is in the file for the next process that opens it. Nothing here calls
+//! `msync`/`fsync`: the journal protects against the process dying, not the machine.
+//!
+//! # Unsafe
+//! The one `unsafe` operation is turning an address inside the mapping into a
+//! reference to an atomic (see the `SAFETY` comment in `atomic_at`).
+//!
+//! # References
+//! `memfd_create(2)`, `fcntl(2)` (file seals), `mmap(2)` (`MAP_SHARED`, `SIGBUS`
+//! past the end of the file), `ftruncate(2)`.
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::path::Path;
+use std::sync::atomic::{fence, AtomicU64, AtomicU8, Ordering};
+use std::sync::Mutex;
+
+use memmap2::{MmapOptions, MmapRaw};
+use nix::fcntl::{fcntl, FcntlArg, SealFlag};
+use nix::sys::memfd::{memfd_create, MFdFlags};
+
+/// A journal file (a memfd, or a path) mapped shared, readable and writable,
+/// growable up to a fixed maximum.
+///
+/// The mapping covers the whole maximum from the start, past the end of the file;
+/// growing is `ftruncate` alone, so the mapping never moves and writers on many
+/// threads store into disjoint ranges without a lock. Every access is an atomic
+/// load or store (so concurrent threads, and other processes mapping the file, are
+/// never a data race) and is checked against the file's length (so nothing touches
+/// the unbacked part of the mapping, which would raise `SIGBUS`).
+///
+/// Nothing is flushed: a memfd's pages, and a `MAP_SHARED` file's, belong to the
+/// page cache, so what was stored survives the process being killed (not the
+/// machine losing power).
+#[derive(Debug)]
+pub struct JournalMap {
+    file: File,
+    map: MmapRaw,
+    /// The file's length: every access is checked against it.
+    len: AtomicU64,
+    /// The reservation: the file never grows past it.
+    max_len: u64,
+    /// Serialises `grow` (so `len` never goes backwards).
+    grow_lock: Mutex<()>,
+}
+
+impl JournalMap {
+    /// A new, empty memfd named `name` (shown in `/proc/PID/fd`), `MFD_CLOEXEC`,
+    /// sealed against shrinking, with room to grow to `max_len` bytes. Its
+    /// descriptor ([`JournalMap::fd`]) is what goes to the fd store.
+    ///
+    /// # Errors
+    /// `memfd_create`, `fcntl` or `mmap` failing; `InvalidInput` for a zero
+    /// `max_len` or one the address space cannot hold.
+    pub fn memfd(name: &str, max_len: u64) -> io::Result<JournalMap> {
+        let fd = memfd_create(name, MFdFlags::MFD_CLOEXEC | MFdFlags::MFD_ALLOW_SEALING)?;
+        fcntl(&fd, FcntlArg::F_ADD_SEALS(SealFlag::F_SEAL_SHRINK))?;
+        Self::map(File::from(fd), max_len)
+    }
+
+    /// A journal at `path`, created empty if it does not exist, with room to grow to
+    /// `max_len` bytes (a file longer than that is refused). Another process that
+    /// truncates the file while it is mapped makes this one's accesses fault
+    /// (`SIGBUS`): keep the file private to the daemon.
+    ///
+    /// # Errors
+    /// Opening or mapping failing; `InvalidInput` as for [`JournalMap::memfd`].
+    pub fn open_path(path: &Path, max_len: u64) -> io::Result<JournalMap> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(path)?;
+        Self::map(file, max_len)
+    }
+
+    /// Maps a journal file inherited as a descriptor (from the fd store, after a
+    /// crash). A memfd that allows it is sealed against shrinking.
+    ///
+    /// # Errors
+    /// As [`JournalMap::open_path`].
+    pub fn from_fd(fd: OwnedFd, max_len: u64) -> io::Result<JournalMap> {
+        // Best effort: a memfd made by `memfd` has the seal already, a file cannot
+        // take seals (EINVAL) or forbids them (EPERM). Either is fine.
+        let _ = fcntl(&fd, FcntlArg::F_ADD_SEALS(SealFlag::F_SEAL_SHRINK));
+        Self::map(File::from(fd), max_len)
+    }
+
+    fn map(file: File, max_len: u64) -> io::Result<JournalMap> {
+        let len = file.metadata()?.len();
+        if max_len == 0 || len > max_len {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!(
+                    "journal file is {len} bytes, its maximum size is {max_len}: raise the maximum"
+                ),
+            ));
+        }
+        let reserve = usize::try_from(max_len).map_err(|_| {
+            io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "journal maximum size exceeds the address space",
+            )
+        })?;
+        // The mapping covers the whole reservation, past the end of the file: mmap(2)
+        // allows it, and only touching those pages faults, which the bounds checks
+        // against `len` prevent. memmap2 does not check an explicit length against
+        // the file's.
+        let map = MmapOptions::new().len(reserve).map_raw(&file)?;
+        Ok(JournalMap {
+            file,
+            map,
+            len: AtomicU64::new(len),
+            max_len,
+            grow_lock: Mutex::new(()),
+        })
+    }
+
+    /// The file descriptor (to hand to the fd store, or to `dup`).
+    pub fn fd(&self) -> BorrowedFd<'_> {
+        self.file.as_fd()
+    }
+
+    /// The file's current length in bytes.
+    pub fn len(&self) -> u64 {
+        self.len.load(Ordering::Acquire)
+    }
+
+    /// Whether the file is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The most the file may grow to.
+    pub fn max_len(&self) -> u64 {
+        self.max_len
+    }
+
+    /// Grows the file to at least `new_len` bytes (`ftruncate`; new bytes read as
+    /// zero). Never shrinks.
+    ///
+    /// # Errors
+    /// An error past [`JournalMap::max_len`]; `ftruncate` failing (e.g.
+    /// ENOSPC on tmpfs).
+    pub fn grow(&self, new_len: u64) -> io::Result<()> {
+        if new_len > self.max_len {
+            return Err(io::Error::other(format!(
+                "journal would grow to {new_len} bytes, past its maximum of {}",
+                self.max_len
+            )));
+        }
+        let _g = self.grow_lock.lock().unwrap_or_else(|e| e.into_inner());
+        if new_len <= self.len() {
+            return Ok(());
+        }
+        self.file.set_len(new_len)?;
+        self.len.store(new_len, Ordering::Release);
+        Ok(())
+    }
+
+    /// Checks that `[off, off + n)` lies inside the file.
+    fn check(&self, off: u64, n: usize) -> io::Result<usize> {
+        let end = off.checked_add(n as u64);
+        match end {
+            Some(end) if end <= self.len() => Ok(off as usize),
+            _ => Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!(
+                    "journal access at {off}+{n} is past the end of the file ({} bytes)",
+                    self.len()
+                ),
+            )),
+        }
+    }
+
+    /// The atomic of type `T` at byte `pos` of the mapping.
+    fn atomic_at<T>(&self, pos: usize) -> &T {
+        debug_assert!(pos + std::mem::size_of::<T>() <= self.len() as usize);
+        debug_assert_eq!(pos % std::mem::align_of::<T>(), 0);
+        // SAFETY: every caller checked (`check`) that `pos..pos + size_of::<T>()` lies
+        // inside the file, which lies inside the mapping (`len <= max_len`, the
+        // mapping's length), so the address is valid, readable and writable memory
+        // for as long as `self.map` lives, which outlives the returned reference
+        // (it borrows `self`); the file never shrinks while mapped by us (we never
+        // shrink it, and a memfd is sealed against it). The mapping is page
+        // aligned and callers pass `pos` aligned for `T` (words at multiples of 8),
+        // so the reference is aligned. `T` is `AtomicU8` or `AtomicU64`: every bit
+        // pattern is valid, and all access to the memory goes through atomics
+        // (shared references to atomics may alias freely), so other threads and
+        // processes touching it are not data races.
+        unsafe { &*(self.map.as_mut_ptr().add(pos) as *const T) }
+    }
+
+    /// Copies `data` into the file at `off`, with relaxed atomic stores.
+    ///
+    /// # Errors
+    /// `UnexpectedEof` if the range is not inside the file.
+    pub fn write(&self, off: u64, data: &[u8]) -> io::Result<()> {
+        let mut pos = self.check(off, data.len())?;
+        let mut rest = data;
+        while pos % 8 != 0 && !rest.is_empty() {
+            self.atomic_at::<AtomicU8>(pos)
+                .store(rest[0], Ordering::Relaxed);
+            pos += 1;
+            rest = &rest[1..];
+        }
+        let mut words = rest.chunks_exact(8);
+        for w in &mut words {
+            let v = u64::from_ne_bytes([w[0], w[1], w[2], w[3], w[4], w[5], w[6], w[7]]);
+            self.atomic_at::<AtomicU64>(pos).store(v, Ordering::Relaxed);
+            pos += 8;
+        }
+        for &b in words.remainder() {
+            self.atomic_at::<AtomicU8>(pos).store(b, Ordering::Relaxed);
+            pos += 1;
+        }
+        Ok(())
+    }
+
+    /// Stores the 8-byte word `word` (native byte order) at `off`, a multiple of 8,
+    /// after everything this thread stored before: the commit word of a record or
+    /// a header, written last so that a reader after a crash sees it only if what
+    /// it covers is complete.
+    ///
+    /// # Errors
+    /// `InvalidInput` for an unaligned `off`; `UnexpectedEof` outside the file.
+    pub fn commit(&self, off: u64, word: [u8; 8]) -> io::Result<()> {
+        if off % 8 != 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "journal commit word not at a multiple of 8",
+            ));
+        }
+        let pos = self.check(off, 8)?;
+        fence(Ordering::Release);
+        self.atomic_at::<AtomicU64>(pos)
+            .store(u64::from_ne_bytes(word), Ordering::Release);
+        Ok(())
+    }
+
+    /// Copies the file's bytes at `off` into `buf`.
+    ///
+    /// # Errors
+    /// `UnexpectedEof` if the range is not inside the file.
+    pub fn read(&self, off: u64, buf: &mut [u8]) -> io::Result<()> {
+        let mut pos = self.check(off, buf.len())?;
+        fence(Ordering::Acquire);
+        let mut rest: &mut [u8] = buf;
+        while pos % 8 != 0 && !rest.is_empty() {
+            rest[0] = self.atomic_at::<AtomicU8>(pos).load(Ordering::Relaxed);
+            pos += 1;
+            rest = &mut rest[1..];
+        }
+        let mut words = rest.chunks_exact_mut(8);
+        for w in &mut words {
+            let v = self.atomic_at::<AtomicU64>(pos).load(Ordering::Acquire);
+            w.copy_from_slice(&v.to_ne_bytes());
+            pos += 8;
+        }
+        for b in words.into_remainder() {
+            *b = self.atomic_at::<AtomicU8>(pos).load(Ordering::Relaxed);
+            pos += 1;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn memfd_grows_reads_back_and_refuses_out_of_bounds() {
+        let m = JournalMap::memfd("journal-test", 1 << 20).unwrap();
+        assert_eq!(m.len(), 0);
+        assert!(m.write(0, b"x").is_err());
+        m.grow(4096).unwrap();
+        m.write(3, b"hello, journal!").unwrap();
+        m.commit(24, *b"COMMITED").unwrap();
+        let mut buf = [0u8; 29];
+        m.read(3, &mut buf).unwrap();
+        assert_eq!(&buf[..15], b"hello, journal!");
+        assert_eq!(&buf[21..], b"COMMITED");
+        assert!(m.read(4090, &mut [0u8; 7]).is_err());
+        assert!(m.read(u64::MAX - 2, &mut [0u8; 7]).is_err());
+        assert!(m.commit(4, [0; 8]).is_err());
+        assert!(m.grow((1 << 20) + 1).is_err());
+        // Shrinking is sealed off.
+        assert!(nix::unistd::ftruncate(m.fd(), 0).is_err());
+    }
+
+    #[test]
+    fn another_mapping_of_the_same_fd_sees_the_bytes() {
+        let m = JournalMap::memfd("journal-test", 1 << 20).unwrap();
+        m.grow(8192).unwrap();
+        m.write(5000, b"survives").unwrap();
+        let fd = m.fd().try_clone_to_owned().unwrap();
+        drop(m);
+        let again = JournalMap::from_fd(fd, 1 << 20).unwrap();
+        assert_eq!(again.len(), 8192);
+        let mut buf = [0u8; 8];
+        again.read(5000, &mut buf).unwrap();
+        assert_eq!(&buf, b"survives");
+    }
+}

@@ -1,0 +1,299 @@
+//! [`recover`]: reading a journal back after a crash.
+use std::fmt;
+
+use super::error::JournalError;
+use super::layout::{
+    le32, le64, record_len, Meta, RecordHeader, Slot, MAX_PAYLOAD, RECORD_HEADER_LEN, SLOTS,
+    SLOT_LEN,
+};
+use super::record::{DecodeError, Record, KIND_SEAL};
+use super::storage::Storage;
+use crate::format::crc::crc32;
+
+/// How the log ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LogEnd {
+    /// At zero bytes or the end of the file: the last record was whole.
+    Clean {
+        /// Offset after the last record.
+        offset: u64,
+    },
+    /// At bytes that are not a whole record: cut there.
+    Cut {
+        /// Offset after the last whole record.
+        offset: u64,
+        /// What was found there.
+        reason: String,
+    },
+}
+
+impl fmt::Display for LogEnd {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            LogEnd::Clean { offset } => write!(f, "log ends cleanly at offset {offset}"),
+            LogEnd::Cut { offset, reason } => write!(
+                f,
+                "log cut at offset {offset}: {reason} (a record torn by the crash, or bytes \
+                 left from an older epoch)"
+            ),
+        }
+    }
+}
+
+/// A journal read back: the checkpoint, then the records after it, in order.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Recovered {
+    /// The epoch recovered.
+    pub epoch: u64,
+    /// The checkpoint's bytes (checksummed; decode them as the untrusted input
+    /// they are, e.g. with [`decode_state`](crate::decode_state)).
+    pub checkpoint: Vec<u8>,
+    /// The sequence number of the first record after the checkpoint.
+    pub first_seq: u64,
+    /// The records, numbered from `first_seq` on.
+    pub records: Vec<Record>,
+    /// The sequence number the next record gets.
+    pub next_seq: u64,
+    /// How the log ended.
+    pub end: LogEnd,
+    pub(crate) area: u64,
+    pub(crate) end_offset: u64,
+}
+
+/// Reads a journal: picks the newest intact header, checks the checkpoint, and
+/// reads the log up to its end, cutting a torn or damaged tail (reported in
+/// [`Recovered::end`]).
+///
+/// Journal bytes are untrusted: every length is checked against the file before
+/// anything is allocated, and each record is copied out before it is checked, so a
+/// concurrent writer cannot change it between check and use.
+///
+/// # Errors
+/// Everything else wrong, as a [`JournalError`]: not a journal, another version, no
+/// intact header, a damaged checkpoint, a damaged record followed by intact ones,
+/// a sequence gap, an unknown record kind, a malformed payload, a log superseded
+/// by a newer epoch whose header is damaged.
+pub fn recover<S: Storage + ?Sized>(storage: &S) -> Result<Recovered, JournalError> {
+    let file_len = storage.len();
+    if file_len < 2 * SLOT_LEN {
+        return Err(JournalError::TooShort { len: file_len });
+    }
+    let mut raw = [[0u8; 64]; 2];
+    let mut slots = Vec::with_capacity(2);
+    for (i, off) in SLOTS.iter().enumerate() {
+        storage.read(*off, &mut raw[i])?;
+        slots.push(Meta::decode(&raw[i]));
+    }
+    if let Some(v) = slots.iter().find_map(|s| match s {
+        Slot::Version(v) => Some(*v),
+        _ => None,
+    }) {
+        return Err(JournalError::UnsupportedVersion { found: v });
+    }
+    if slots.iter().all(|s| *s == Slot::Empty) {
+        return Err(JournalError::Empty);
+    }
+    if slots
+        .iter()
+        .all(|s| matches!(s, Slot::NoMagic | Slot::Empty))
+    {
+        return Err(JournalError::BadMagic);
+    }
+    let mut best: Option<Meta> = None;
+    for (i, s) in slots.iter().enumerate() {
+        if let Slot::Valid(m) = s {
+            m.check(&raw[i], i, file_len)
+                .map_err(JournalError::BadHeader)?;
+            if best.map_or(true, |b| m.epoch > b.epoch) {
+                best = Some(*m);
+            }
+        }
+    }
+    let Some(meta) = best else {
+        let describe = |s: &Slot| match s {
+            Slot::Empty => "empty",
+            Slot::NoMagic => "no magic",
+            _ => "checksum mismatch",
+        };
+        return Err(JournalError::NoValidHeader {
+            detail: format!(
+                "slot 0: {}, slot 1: {}",
+                describe(&slots[0]),
+                describe(&slots[1])
+            ),
+        });
+    };
+
+    // The checkpoint: its length was checked against the file by `Meta::check`.
+    let mut checkpoint = vec![0u8; meta.checkpoint_len as usize];
+    storage.read(meta.area, &mut checkpoint)?;
+    let computed = crc32(&checkpoint);
+    if computed != meta.checkpoint_crc {
+        return Err(JournalError::CheckpointDamaged {
+            stored: meta.checkpoint_crc,
+            computed,
+        });
+    }
+
+    let mut records = Vec::new();
+    let mut seq = meta.first_seq;
+    let mut off = meta.log_start();
+    let end = loop {
+        match read_record(storage, off, meta.epoch, file_len)? {
+            Step::End => {
+                // Zero bytes where a record would be: the end, unless intact
+                // records follow (a zeroed stretch in the middle).
+                if let Some(next) = find_later_record(storage, off, meta.epoch, seq, file_len)? {
+                    return Err(JournalError::CorruptRecord {
+                        offset: off,
+                        next_valid: next,
+                        detail: "zero bytes where a record should be".into(),
+                    });
+                }
+                break LogEnd::Clean { offset: off };
+            }
+            Step::Bad(reason) => {
+                if let Some(next) = find_later_record(storage, off, meta.epoch, seq, file_len)? {
+                    return Err(JournalError::CorruptRecord {
+                        offset: off,
+                        next_valid: next,
+                        detail: reason,
+                    });
+                }
+                break LogEnd::Cut {
+                    offset: off,
+                    reason,
+                };
+            }
+            Step::Record(h, payload) => {
+                if h.seq != seq {
+                    return Err(JournalError::SequenceGap {
+                        offset: off,
+                        expected: seq,
+                        found: h.seq,
+                    });
+                }
+                if h.kind == KIND_SEAL {
+                    let epoch = if payload.len() == 8 {
+                        le64(&payload)
+                    } else {
+                        0
+                    };
+                    return Err(JournalError::Superseded { epoch });
+                }
+                let rec = Record::decode(h.kind, &payload).map_err(|e| match e {
+                    DecodeError::UnknownKind(kind) => {
+                        JournalError::UnknownKind { offset: off, kind }
+                    }
+                    DecodeError::Malformed(detail) => JournalError::BadRecord {
+                        offset: off,
+                        detail,
+                    },
+                })?;
+                records.push(rec);
+                seq += 1;
+                off += record_len(u64::from(h.len));
+            }
+        }
+    };
+    let end_offset = match &end {
+        LogEnd::Clean { offset } | LogEnd::Cut { offset, .. } => *offset,
+    };
+    Ok(Recovered {
+        epoch: meta.epoch,
+        checkpoint,
+        first_seq: meta.first_seq,
+        records,
+        next_seq: seq,
+        end,
+        area: meta.area,
+        end_offset,
+    })
+}
+
+enum Step {
+    /// Zero bytes, or too few bytes left for a header.
+    End,
+    /// Not a whole record: why.
+    Bad(String),
+    /// An intact record (checksums right), payload copied out.
+    Record(RecordHeader, Vec<u8>),
+}
+
+fn read_record<S: Storage + ?Sized>(
+    storage: &S,
+    off: u64,
+    epoch: u64,
+    file_len: u64,
+) -> Result<Step, JournalError> {
+    if off.saturating_add(RECORD_HEADER_LEN) > file_len {
+        return Ok(Step::End);
+    }
+    let mut hb = [0u8; 24];
+    storage.read(off, &mut hb)?;
+    let Some(h) = RecordHeader::decode(&hb, epoch) else {
+        if hb.iter().all(|&b| b == 0) {
+            return Ok(Step::End);
+        }
+        return Ok(Step::Bad("record header checksum mismatch".into()));
+    };
+    let len = u64::from(h.len);
+    if len > MAX_PAYLOAD {
+        return Ok(Step::Bad(format!(
+            "record length {len} exceeds the maximum {MAX_PAYLOAD}"
+        )));
+    }
+    if off + RECORD_HEADER_LEN + len > file_len {
+        return Ok(Step::Bad(format!(
+            "record of {len} bytes runs past the end of the file"
+        )));
+    }
+    // Checked against the file and MAX_PAYLOAD: safe to allocate.
+    let mut payload = vec![0u8; len as usize];
+    storage.read(off + RECORD_HEADER_LEN, &mut payload)?;
+    let computed = crc32(&payload);
+    if computed != h.payload_crc {
+        return Ok(Step::Bad(format!(
+            "payload checksum {computed:#010x} differs from the stored {:#010x}",
+            h.payload_crc
+        )));
+    }
+    Ok(Step::Record(h, payload))
+}
+
+/// Looks for an intact record of this epoch numbered `seq` or later after a bad
+/// one at `off`, as far as a record could reach. Finding one means the damage is
+/// not a torn tail.
+fn find_later_record<S: Storage + ?Sized>(
+    storage: &S,
+    off: u64,
+    epoch: u64,
+    seq: u64,
+    file_len: u64,
+) -> Result<Option<u64>, JournalError> {
+    let start = off + 8;
+    let stop = off
+        .saturating_add(record_len(MAX_PAYLOAD) + RECORD_HEADER_LEN)
+        .min(file_len);
+    if start >= stop {
+        return Ok(None);
+    }
+    // Bounded by record_len(MAX_PAYLOAD) and by the file.
+    let mut window = vec![0u8; (stop - start) as usize];
+    storage.read(start, &mut window)?;
+    let mut i = 0usize;
+    while i + 24 <= window.len() {
+        let hb: &[u8; 24] = window[i..i + 24].try_into().unwrap_or(&[0; 24]);
+        // Cheap filters first: a header's checksum word is never zero in
+        // practice, and most of the window is zero.
+        if le32(&hb[20..24]) != 0 {
+            if let Some(h) = RecordHeader::decode(hb, epoch) {
+                if h.seq >= seq && u64::from(h.len) <= MAX_PAYLOAD {
+                    return Ok(Some(start + i as u64));
+                }
+            }
+        }
+        i += 8;
+    }
+    Ok(None)
+}

@@ -1,0 +1,403 @@
+//! [`Journal`]: creating a journal and appending records from many threads.
+use std::sync::{Condvar, Mutex, MutexGuard};
+
+use super::error::JournalError;
+use super::layout::{
+    align8, align_area, record_len, Meta, RecordHeader, AREA_ALIGN, MAX_PAYLOAD, RECORD_HEADER_LEN,
+    SEAL_ROOM, SLOTS,
+};
+use super::record::{Record, KIND_SEAL};
+use super::replay::Recovered;
+use super::storage::Storage;
+use crate::format::crc::{crc32, crc32_update};
+
+/// Tuning of a [`Journal`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct JournalOptions {
+    /// Once the log holds this many bytes, [`Appended::compact`] says it is time
+    /// for a fresh checkpoint.
+    pub compact_after: u64,
+    /// The largest record payload accepted (at most [`MAX_PAYLOAD`]).
+    pub max_record: u64,
+    /// When a compaction puts the new area after the live log, the live log may
+    /// still grow by at least this much (or half the checkpoint, if more) while the
+    /// checkpoint is written, before appends wait for the compaction's end. It
+    /// costs only file length and address space: a memfd is sparse, and pages are
+    /// allocated when written.
+    pub compact_headroom: u64,
+}
+
+impl Default for JournalOptions {
+    fn default() -> Self {
+        JournalOptions {
+            compact_after: 16 << 20,
+            max_record: MAX_PAYLOAD,
+            compact_headroom: 32 << 20,
+        }
+    }
+}
+
+/// What [`Journal::append`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Appended {
+    /// The record's sequence number.
+    pub seq: u64,
+    /// The log has passed [`JournalOptions::compact_after`] and no compaction is
+    /// running: take a checkpoint and call [`Journal::compact`] (from a thread of
+    /// your own, not the request's).
+    pub compact: bool,
+}
+
+/// A point in the log: everything before it is in a checkpoint taken now
+/// ([`Journal::mark`], [`Journal::compact`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Mark {
+    /// The first sequence number *not* covered.
+    pub seq: u64,
+    pub(crate) epoch: u64,
+    pub(crate) offset: u64,
+}
+
+/// The journal's in-memory state, under the mutex.
+#[derive(Debug)]
+pub(crate) struct Tail {
+    pub meta: Meta,
+    /// Offset of the next record.
+    pub end: u64,
+    pub next_seq: u64,
+    /// Records may not reach past this (less [`SEAL_ROOM`]).
+    pub limit: u64,
+    /// A compaction is running.
+    pub compacting: bool,
+    /// A store failed: the journal's bytes may be half-written; refuse everything.
+    pub failed: Option<String>,
+}
+
+/// A write-ahead journal: a checkpoint and a log of records, in a [`Storage`]. See
+/// the [module docs](super).
+///
+/// Many threads may [`append`](Journal::append) at once; each record is complete in
+/// the storage when `append` returns (so what depends on it — a reply — may
+/// happen), and records are in sequence order.
+#[derive(Debug)]
+pub struct Journal<S: Storage> {
+    pub(crate) storage: S,
+    pub(crate) tail: Mutex<Tail>,
+    /// Appenders waiting for a compaction to end.
+    pub(crate) room: Condvar,
+    pub(crate) options: JournalOptions,
+}
+
+impl<S: Storage> Journal<S> {
+    /// Starts a journal in empty storage with `checkpoint` (a snapshot in the
+    /// existing format, or any bytes the caller reads back) and an empty log whose
+    /// first record will be number 1.
+    ///
+    /// # Errors
+    /// [`JournalError::NotEmpty`] if the storage holds anything; storage errors.
+    pub fn create(
+        storage: S,
+        checkpoint: &[u8],
+        options: JournalOptions,
+    ) -> Result<Journal<S>, JournalError> {
+        if !storage.is_empty() {
+            return Err(JournalError::NotEmpty { len: storage.len() });
+        }
+        let meta = Meta {
+            epoch: 1,
+            area: AREA_ALIGN,
+            checkpoint_len: checkpoint.len() as u64,
+            first_seq: 1,
+            checkpoint_crc: crc32(checkpoint),
+        };
+        Self::start(storage, meta, checkpoint, options)
+    }
+
+    /// Continues a recovered journal in a new epoch: writes `checkpoint` (the state
+    /// recovered and rebuilt, as of every record replayed) and an empty log whose
+    /// first record will be `recovered.next_seq`, without touching what recovery
+    /// read until the new header is written, so a crash meanwhile recovers the same
+    /// state again. The old log is then sealed.
+    ///
+    /// # Errors
+    /// [`JournalError::Full`] if the storage cannot hold both; storage errors.
+    pub fn resume(
+        storage: S,
+        recovered: &Recovered,
+        checkpoint: &[u8],
+        options: JournalOptions,
+    ) -> Result<Journal<S>, JournalError> {
+        let need = align8(checkpoint.len() as u64) + SEAL_ROOM;
+        let before = recovered.area.saturating_sub(AREA_ALIGN);
+        let area = if need <= before {
+            AREA_ALIGN
+        } else {
+            align_area(recovered.end_offset.saturating_add(SEAL_ROOM))
+        };
+        let meta = Meta {
+            epoch: recovered.epoch + 1,
+            area,
+            checkpoint_len: checkpoint.len() as u64,
+            first_seq: recovered.next_seq,
+            checkpoint_crc: crc32(checkpoint),
+        };
+        let journal = Self::start(storage, meta, checkpoint, options)?;
+        // Seal the old log where recovery cut it, so that a damaged new header can
+        // never make a later recovery take the old epoch for the newest.
+        let seal = RecordHeader {
+            len: 8,
+            kind: KIND_SEAL,
+            seq: recovered.next_seq,
+            payload_crc: crc32(&meta.epoch.to_le_bytes()),
+        };
+        let mut t = journal.lock();
+        let seal_end = recovered.end_offset.saturating_add(SEAL_ROOM);
+        if seal_end > journal.storage.len() {
+            if let Err(e) = journal.storage.grow(seal_end) {
+                t.failed = Some(e.to_string());
+                return Err(e.into());
+            }
+        }
+        let r = write_record(
+            &journal.storage,
+            recovered.end_offset,
+            recovered.epoch,
+            &seal,
+            &[&meta.epoch.to_le_bytes()],
+        );
+        if let Err(e) = r {
+            t.failed = Some(e.to_string());
+            return Err(e);
+        }
+        drop(t);
+        Ok(journal)
+    }
+
+    /// Writes an area (checkpoint, no records) and then its header.
+    fn start(
+        storage: S,
+        meta: Meta,
+        checkpoint: &[u8],
+        options: JournalOptions,
+    ) -> Result<Journal<S>, JournalError> {
+        let log_start = meta.log_start();
+        let need = log_start
+            .checked_add(SEAL_ROOM)
+            .filter(|&n| n <= storage.max_len())
+            .ok_or(JournalError::Full {
+                needed: log_start.saturating_add(SEAL_ROOM),
+                max: storage.max_len(),
+            })?;
+        storage.grow(need.max(storage.len()))?;
+        write_chunked(&storage, meta.area, checkpoint)?;
+        storage.write(log_start, &[0u8; RECORD_HEADER_LEN as usize])?;
+        write_meta(&storage, &meta)?;
+        Ok(Journal {
+            tail: Mutex::new(Tail {
+                meta,
+                end: log_start,
+                next_seq: meta.first_seq,
+                limit: storage.max_len(),
+                compacting: false,
+                failed: None,
+            }),
+            storage,
+            room: Condvar::new(),
+            options: JournalOptions {
+                max_record: options.max_record.min(MAX_PAYLOAD),
+                ..options
+            },
+        })
+    }
+
+    pub(crate) fn lock(&self) -> MutexGuard<'_, Tail> {
+        self.tail.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The storage (e.g. the [`JournalMap`](fuse_session::dev::JournalMap) whose
+    /// descriptor goes to the fd store).
+    pub fn storage(&self) -> &S {
+        &self.storage
+    }
+
+    /// The sequence number the next record will get.
+    pub fn next_seq(&self) -> u64 {
+        self.lock().next_seq
+    }
+
+    /// The current epoch (1 at creation, one more per compaction or resume).
+    pub fn epoch(&self) -> u64 {
+        self.lock().meta.epoch
+    }
+
+    /// Bytes in the current log.
+    pub fn log_len(&self) -> u64 {
+        let t = self.lock();
+        t.end - t.meta.log_start()
+    }
+
+    /// The current point in the log, for [`Journal::compact`]: take it at the
+    /// instant the checkpoint's state is taken, so that the state holds exactly the
+    /// records before it (e.g. while holding the locks under which records and the
+    /// changes they describe are made).
+    pub fn mark(&self) -> Mark {
+        let t = self.lock();
+        Mark {
+            seq: t.next_seq,
+            epoch: t.meta.epoch,
+            offset: t.end,
+        }
+    }
+
+    /// Appends a record; when it returns `Ok`, the record is whole in the storage
+    /// and anything that depends on it may happen. Safe to call from many threads.
+    ///
+    /// The payload's checksum is computed before taking the journal's lock; the
+    /// copy is made under it. If a compaction has frozen the current log and it is
+    /// full, waits for the compaction to end.
+    ///
+    /// # Errors
+    /// [`JournalError::RecordTooLarge`]; [`JournalError::Full`] at the storage's
+    /// maximum; [`JournalError::Io`] if the storage fails (after which the journal
+    /// refuses every call: its tail may be half-written).
+    pub fn append<B: AsRef<[u8]>>(&self, record: &Record<B>) -> Result<Appended, JournalError> {
+        let (fixed, n, bytes) = record.parts();
+        let fixed = &fixed[..n];
+        let len = (fixed.len() + bytes.len()) as u64;
+        if len > self.options.max_record {
+            return Err(JournalError::RecordTooLarge {
+                len,
+                max: self.options.max_record,
+            });
+        }
+        let payload_crc = crc32_update(crc32(fixed), bytes);
+        let size = record_len(len);
+        let mut t = self.lock();
+        loop {
+            if let Some(e) = &t.failed {
+                return Err(JournalError::Io(format!("an earlier store failed: {e}")));
+            }
+            let need = t.end + size + SEAL_ROOM;
+            if need <= t.limit {
+                if need > self.storage.len() {
+                    self.grow_for(&mut t, need)?;
+                }
+                break;
+            }
+            if t.compacting && t.limit < self.storage.max_len() {
+                t = self.room.wait(t).unwrap_or_else(|e| e.into_inner());
+                continue;
+            }
+            return Err(JournalError::Full {
+                needed: need,
+                max: t.limit,
+            });
+        }
+        let header = RecordHeader {
+            len: len as u32,
+            kind: record.kind(),
+            seq: t.next_seq,
+            payload_crc,
+        };
+        if let Err(e) =
+            write_record_then_end(&self.storage, t.end, t.meta.epoch, &header, &[fixed, bytes])
+        {
+            t.failed = Some(e.to_string());
+            return Err(e);
+        }
+        t.end += size;
+        t.next_seq += 1;
+        Ok(Appended {
+            seq: header.seq,
+            compact: !t.compacting && t.end - t.meta.log_start() >= self.options.compact_after,
+        })
+    }
+
+    /// Grows the storage to hold `need` bytes, by at least half again (fewer
+    /// `ftruncate`s), never past the limit.
+    pub(crate) fn grow_for(&self, t: &mut Tail, need: u64) -> Result<(), JournalError> {
+        let cur = self.storage.len();
+        let target = need
+            .max(cur.saturating_add(cur / 2))
+            .max(need.saturating_add(4096))
+            .min(t.limit)
+            .min(self.storage.max_len());
+        match self.storage.grow(target.max(need)) {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                // Growth failing leaves the bytes as they were: not fatal.
+                if need > self.storage.max_len() {
+                    Err(JournalError::Full {
+                        needed: need,
+                        max: self.storage.max_len(),
+                    })
+                } else {
+                    Err(e.into())
+                }
+            }
+        }
+    }
+}
+
+/// Writes a record at `off`: header fields and payload, then the commit word.
+pub(crate) fn write_record<S: Storage + ?Sized>(
+    storage: &S,
+    off: u64,
+    epoch: u64,
+    header: &RecordHeader,
+    payload: &[&[u8]],
+) -> Result<(), JournalError> {
+    let h = header.encode(epoch);
+    storage.write(off, &h[..16])?;
+    let mut pos = off + 24;
+    for part in payload {
+        storage.write(pos, part)?;
+        pos += part.len() as u64;
+    }
+    let mut word = [0u8; 8];
+    word.copy_from_slice(&h[16..24]);
+    storage.commit(off + 16, word)?;
+    Ok(())
+}
+
+/// [`write_record`], zeroing where the next record's header goes first (before
+/// the commit word), so that the log ends at zero bytes rather than at whatever
+/// an older epoch left there. The storage must hold those 24 bytes.
+pub(crate) fn write_record_then_end<S: Storage + ?Sized>(
+    storage: &S,
+    off: u64,
+    epoch: u64,
+    header: &RecordHeader,
+    payload: &[&[u8]],
+) -> Result<(), JournalError> {
+    let next = off + record_len(u64::from(header.len));
+    storage.write(next, &[0u8; RECORD_HEADER_LEN as usize])?;
+    write_record(storage, off, epoch, header, payload)
+}
+
+/// Writes a header slot: fields, then the commit word.
+pub(crate) fn write_meta<S: Storage + ?Sized>(
+    storage: &S,
+    meta: &Meta,
+) -> Result<(), JournalError> {
+    let b = meta.encode();
+    let off = SLOTS[(meta.epoch % 2) as usize];
+    storage.write(off, &b[..56])?;
+    let mut word = [0u8; 8];
+    word.copy_from_slice(&b[56..64]);
+    storage.commit(off + 56, word)?;
+    Ok(())
+}
+
+/// Writes `data` at `off` in pieces of 1 MiB (no lock held: others append
+/// meanwhile).
+pub(crate) fn write_chunked<S: Storage + ?Sized>(
+    storage: &S,
+    off: u64,
+    data: &[u8],
+) -> Result<(), JournalError> {
+    for (i, c) in data.chunks(1 << 20).enumerate() {
+        storage.write(off + (i as u64) * (1 << 20), c)?;
+    }
+    Ok(())
+}
