@@ -65,6 +65,7 @@ use crate::format::FormatError;
 
 mod conn;
 mod listener;
+pub mod machine;
 pub mod message;
 mod run;
 mod takeover;
@@ -262,6 +263,14 @@ pub enum HandoffError {
     /// [`HandoffOptions::precopy`] false, or use [`take_over`], which offers it
     /// only when the type supports it).
     PrecopyUnsupported,
+    /// A handoff state machine ([`machine`]) was fed an event that does not fit
+    /// its state: a bug of the code driving it, not of the peer.
+    OutOfOrder {
+        /// The machine's state.
+        state: &'static str,
+        /// The event.
+        event: &'static str,
+    },
 }
 
 impl fmt::Display for HandoffError {
@@ -336,6 +345,11 @@ impl fmt::Display for HandoffError {
                 f,
                 "the running daemon sends a pre-copied state but this filesystem type \
                  cannot take one; connect without offering pre-copy"
+            ),
+            HandoffError::OutOfOrder { state, event } => write!(
+                f,
+                "handoff driver error: event {event} while {state} (a bug in the program \
+                 driving the handoff, not in the peer)"
             ),
         }
     }
