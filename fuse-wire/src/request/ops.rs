@@ -574,10 +574,21 @@ pub(crate) fn parse_operation<'a>(
         },
         Opcode::INIT => {
             // Whatever the negotiated protocol: the kernel's own minor decides the
-            // size. Major and minor (8 bytes) are needed to answer at all.
-            let rest = r.rest().len();
-            let size = core::cmp::min(rest, core::mem::size_of::<abi::fuse_init_in>());
-            let size = core::cmp::max(size, init_in_size(0));
+            // size, and every kernel sent one of three: 8 bytes (before 7.6), 16
+            // (before 7.36) or 64. Any other length is not a kernel's INIT (a
+            // longer one is read as 64, as every struct a kernel may grow).
+            let size = match r.rest().len() {
+                n @ (8 | 16) => n,
+                n if n >= core::mem::size_of::<abi::fuse_init_in>() => {
+                    core::mem::size_of::<abi::fuse_init_in>()
+                }
+                _ => {
+                    return Err(ParseError::Invalid {
+                        opcode,
+                        reason: "INIT body is not 8, 16 or 64 bytes long",
+                    })
+                }
+            };
             Operation::Init {
                 arg: r.compat(size, "fuse_init_in")?,
             }
