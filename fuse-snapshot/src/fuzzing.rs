@@ -221,8 +221,8 @@ pub fn snapshot(data: &[u8]) {
         // the shortest form. Equal values, never longer, and stable from there.
         let again = crate::encode_state(state, fs).expect("a decoded state encodes");
         assert!(again.len() <= bytes.len(), "re-encoding grew");
-        let back = crate::decode_state::<u64, u32, Vec<u64>>(&again)
-            .expect("a re-encoded state decodes");
+        let back =
+            crate::decode_state::<u64, u32, Vec<u64>>(&again).expect("a re-encoded state decodes");
         assert_eq!((&back.0, &back.1), (state, fs), "state round trip");
         let third = crate::encode_state(&back.0, &back.1).expect("encodes");
         assert_eq!(third, again, "encoding is stable");

@@ -9,7 +9,8 @@
 //!   fields the connection does not have are zero. These are GETATTR (empty body
 //!   before 7.9), READ/READDIR/READDIRPLUS and WRITE (24 bytes before 7.9), MKNOD
 //!   and CREATE (8 bytes before 7.12), SETXATTR (8 bytes unless
-//!   `FUSE_SETXATTR_EXT`, 7.33) and INIT (16 bytes before 7.36, 8 before 7.6). The
+//!   `FUSE_SETXATTR_EXT`, 7.33) and INIT (16 bytes before 7.36, 8 before 7.6; no
+//!   other length). The
 //!   structs are small and `Copy`; nothing is allocated. The layout is chosen by
 //!   the negotiated minor, as the kernel chooses it (`fuse_adjust_compat` in
 //!   `fs/fuse/dev.c`, `fuse_write_args_fill` in `fs/fuse/file.c`); where current
