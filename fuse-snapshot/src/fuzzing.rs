@@ -371,21 +371,25 @@ impl Local {
 /// Snapshot's offset is inside its body. Every body also goes through every
 /// message decoder, whose results must re-encode to themselves.
 pub fn handoff(data: &[u8]) {
-    let Some((cfg, rest)) = data.split_first_chunk::<4>() else {
-        return;
-    };
+    let _ = handoff_outcome(data);
+}
+
+/// How a [`handoff`] conversation ended: `Some(true)` committed (old side) or
+/// serving (new side), `Some(false)` aborted, `None` for an input too short.
+pub fn handoff_outcome(data: &[u8]) -> Option<bool> {
+    let (cfg, rest) = data.split_first_chunk::<4>()?;
     let local = Local { byte: *cfg };
     let mut stream = Stream { rest };
-    if cfg[0] & 1 == 0 {
-        handoff_old(&local, &mut stream);
+    Some(if cfg[0] & 1 == 0 {
+        handoff_old(&local, &mut stream)
     } else {
-        handoff_new(&local, &mut stream);
-    }
+        handoff_new(&local, &mut stream)
+    })
 }
 
 const MAX_STEPS: usize = 512;
 
-fn handoff_old(local: &Local, stream: &mut Stream<'_>) {
+fn handoff_old(local: &Local, stream: &mut Stream<'_>) -> bool {
     let config = OldConfig {
         version: 1 + u16::from(local.bit(1)),
         precopy: local.bit(2),
@@ -465,7 +469,8 @@ fn handoff_old(local: &Local, stream: &mut Stream<'_>) {
             }
             OldAction::Committed => {
                 assert!(m.is_finished() && snapshot_sent);
-                return finished_old(&mut m);
+                finished_old(&mut m);
+                return true;
             }
             OldAction::Abort { error, refuse } => {
                 assert!(m.is_finished());
@@ -478,7 +483,8 @@ fn handoff_old(local: &Local, stream: &mut Stream<'_>) {
                     check_sent(&r, &[Kind::Refuse]);
                 }
                 let _ = error.to_string();
-                return finished_old(&mut m);
+                finished_old(&mut m);
+                return false;
             }
         };
     }
@@ -496,7 +502,7 @@ fn finished_old(m: &mut OldSide) {
     ));
 }
 
-fn handoff_new(local: &Local, stream: &mut Stream<'_>) {
+fn handoff_new(local: &Local, stream: &mut Stream<'_>) -> bool {
     let config = NewConfig {
         versions: (1, 1 + u16::from(local.bit(1))),
         precopy: local.bit(2),
@@ -561,14 +567,16 @@ fn handoff_new(local: &Local, stream: &mut Stream<'_>) {
             }),
             NewAction::Serve { .. } => {
                 assert!(acked, "serving without an Ack");
-                return finished_new(&mut m);
+                finished_new(&mut m);
+                return true;
             }
             NewAction::Abort { error, nack } => {
                 if let Some(n) = nack {
                     check_sent(&n, &[Kind::Nack]);
                 }
                 let _ = error.to_string();
-                return finished_new(&mut m);
+                finished_new(&mut m);
+                return false;
             }
         };
     }

@@ -61,6 +61,24 @@ fn corpora_replay() {
     }
 }
 
+/// The hand-made conversations reach the end they were written for, so the
+/// fuzzer starts from whole handoffs.
+#[test]
+fn handoff_seeds_end_as_written() {
+    let dir = fuzz_dir().join("corpus/handoff");
+    for (name, committed) in [
+        ("old-plain", true),
+        ("old-precopy", true),
+        ("old-nack", false),
+        ("new-plain", true),
+        ("new-precopy", true),
+        ("new-refused", false),
+    ] {
+        let data = fs::read(dir.join(format!("seed-{name}"))).unwrap();
+        assert_eq!(fuzzing::handoff_outcome(&data), Some(committed), "{name}");
+    }
+}
+
 #[test]
 fn artifacts_replay() {
     for (name, f) in TARGETS {
