@@ -625,8 +625,13 @@ fn part(data: &[u8]) -> (&[u8], &[u8]) {
 /// Nothing may panic; a restored session must snapshot, and its tables must
 /// validate.
 pub fn precopy(data: &[u8]) {
+    let _ = precopy_outcome(data);
+}
+
+/// Whether a [`precopy`] input restored a session.
+pub fn precopy_outcome(data: &[u8]) -> bool {
     let Some((&mode, rest)) = data.split_first() else {
-        return;
+        return false;
     };
     let ops = PrecopyOps::<FuzzFs>::new();
     let (base, mut rest) = part(rest);
@@ -639,7 +644,7 @@ pub fn precopy(data: &[u8]) {
     }
     let decoded = (ops.decode_base)(&base);
     let Ok(mut prepared) = decoded else {
-        return;
+        return false;
     };
     for _ in 0..(mode >> 4) & 7 {
         let (round, tail) = part(rest);
@@ -650,7 +655,7 @@ pub fn precopy(data: &[u8]) {
         }
         if let Err(e) = (ops.apply_round)(&mut prepared, &round) {
             let _ = e.to_string();
-            return;
+            return false;
         }
     }
     let mut changes = rest.to_vec();
@@ -664,9 +669,11 @@ pub fn precopy(data: &[u8]) {
                 .validate()
                 .expect("a restored session's tables validate");
             assert!(check_known(&session.filesystem().known).is_ok());
+            true
         }
         Err(e) => {
             let _ = e.to_string();
+            false
         }
     }
 }

@@ -79,6 +79,16 @@ fn handoff_seeds_end_as_written() {
     }
 }
 
+/// The pre-copies of a live session restore, with and without a round.
+#[test]
+fn precopy_seeds_restore() {
+    let dir = fuzz_dir().join("corpus/precopy");
+    for name in ["live-0", "live-1"] {
+        let data = fs::read(dir.join(format!("seed-{name}"))).unwrap();
+        assert!(fuzzing::precopy_outcome(&data), "{name}");
+    }
+}
+
 #[test]
 fn artifacts_replay() {
     for (name, f) in TARGETS {
