@@ -39,7 +39,9 @@
 //! because nothing was served elsewhere. A new process that never receives `Commit`
 //! exits without serving.
 //!
-//! The bytes of each message are in [`message`]. Requests that arrive during the
+//! The bytes of each message are in [`message`]; every decision above (what to
+//! answer, when to pause, commit or roll back) is made by the pure state machines
+//! of [`machine`], which the socket drivers here feed. Requests that arrive during the
 //! handoff wait in the kernel's queue; the stall — from the pause to the new
 //! process serving — is measured on both sides ([`HandoffStats::stall`]).
 //!
