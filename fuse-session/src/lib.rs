@@ -10,6 +10,7 @@
 //! so that the whole session can be snapshotted and restored in a new process.
 #![deny(missing_docs)]
 #![deny(unsafe_code)]
+#![deny(clippy::undocumented_unsafe_blocks)]
 
 pub mod dev;
 pub mod fake;

@@ -68,6 +68,8 @@ pub mod fds;
 mod file;
 pub mod format;
 mod fs;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod handoff;
 pub mod journal;
 pub mod precopy;

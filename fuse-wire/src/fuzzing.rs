@@ -397,6 +397,9 @@ fn reply_round_trip(bytes: &[u8], opcode: Opcode, xattr_size: bool, proto: &Nego
             stat,
         } => reply::statx(&mut buf, u, attr_valid, flags, stat),
         ReplyBody::Open(o) => reply::open(&mut buf, u, proto, &o),
+        ReplyBody::Create { entry, open } if opcode == Opcode::TMPFILE => {
+            reply::tmpfile(&mut buf, u, proto, &entry, &open)
+        }
         ReplyBody::Create { entry, open } => reply::create(&mut buf, u, proto, &entry, &open),
         ReplyBody::Write(n) => reply::write(&mut buf, u, n),
         ReplyBody::Statfs(s) => reply::statfs(&mut buf, u, proto, &s),

@@ -1,6 +1,6 @@
 //! # fuse-wire
 //!
-//! The Linux FUSE kernel protocol, minors 7.9 to 7.45, as zero-copy typed messages.
+//! The Linux FUSE kernel protocol, minors 7.8 to 7.45, as zero-copy typed messages.
 //!
 //! - [`abi`]: every kernel struct, byte for byte, as alignment-1 zerocopy types.
 //! - [`parse`]: request bytes plus the [`Negotiated`] protocol to a borrowed, typed
@@ -15,6 +15,26 @@
 //!   tests, fake kernels and fuzzing.
 //!
 //! The crate is `no_std`, forbids `unsafe`, and allocates nothing.
+//!
+//! # Minors before 7.9
+//! A connection negotiated at 7.8 (or lower) uses the shorter layouts the kernel
+//! uses for it (`fuse_adjust_compat` in `fs/fuse/dev.c`, `fuse_write_args_fill` in
+//! `fs/fuse/file.c`): the parsers read them and the encoders write them, chosen
+//! by [`Negotiated`]. What those layouts drop:
+//! - Replies to LOOKUP, MKNOD, MKDIR, SYMLINK, LINK and CREATE: `fuse_entry_out`
+//!   in 120 bytes, and to GETATTR and SETATTR `fuse_attr_out` in 96: both end
+//!   before `attr.blksize` and `attr.flags`, which the encoders leave out and the
+//!   parser reads as 0. TMPFILE is not shortened: its reply is the whole 128-byte
+//!   entry and `fuse_open_out` at every minor ([`reply::tmpfile`]).
+//! - STATFS before 7.4: `fuse_kstatfs` in 48 bytes, without `frsize`.
+//! - Requests: GETATTR has no `fuse_getattr_in` (`getattr_flags` and `fh` read
+//!   as 0; current kernels send it anyway and it is ignored); READ, READDIR and
+//!   READDIRPLUS read 24 bytes of `fuse_read_in` and WRITE gets 24 bytes of
+//!   `fuse_write_in` (`lock_owner` and `flags` read as 0); before 7.12, MKNOD
+//!   has no `umask` and CREATE neither `umask` nor `open_flags`.
+//! - INIT: the kernel's own minor decides its size (8 bytes before 7.6: no
+//!   `max_readahead` nor `flags`; 16 before 7.36: no `flags2`), and the INIT
+//!   reply's ([`Negotiated::init_out_size`]). A body of another length is refused.
 //!
 //! # References
 //! - Linux `include/uapi/linux/fuse.h`, protocol 7.45 (Linux 6.18)

@@ -896,14 +896,24 @@ fn init_parses_old_and_new_kernels_under_any_proto() {
     let mut no_ext = new;
     no_ext.flags = U32::new(InitFlags::ASYNC_READ.low());
     assert_eq!(init_flags(&no_ext), InitFlags::ASYNC_READ);
-    // Fewer than 8 bytes cannot be answered.
-    let mut short = encode_vec(&P, &hdr(1), &op, &ExtensionArgs::NONE);
-    short.truncate(46);
-    fix_len(&mut short);
-    assert!(matches!(
-        parse(&short, &P).unwrap_err(),
-        ParseError::ShortBody { need: 8, .. }
-    ));
+    // A kernel sends 8, 16 or 64 bytes: every other length is refused, not
+    // zero-filled (a longer body is read as its first 64 bytes, as for every
+    // struct a kernel may grow).
+    let full = encode_vec(&P, &hdr(1), &op, &ExtensionArgs::NONE);
+    for body in 0..=80usize {
+        let mut b = full[..40].to_vec();
+        b.extend((0..body).map(|i| full.get(40 + i).copied().unwrap_or(0)));
+        fix_len(&mut b);
+        let r = parse(&b, &P);
+        if matches!(body, 8 | 16) || body >= 64 {
+            assert!(r.is_ok(), "INIT body of {body} bytes: {r:?}");
+        } else {
+            assert!(
+                matches!(r, Err(ParseError::Invalid { .. })),
+                "INIT body of {body} bytes: {r:?}"
+            );
+        }
+    }
 }
 
 #[test]

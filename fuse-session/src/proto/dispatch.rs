@@ -295,6 +295,7 @@ impl<F: Filesystem> Session<F> {
         unique: u64,
         flags: u32,
         (entry, opened): (Entry<F::Node>, Opened<F::Handle>),
+        tmpfile: bool,
     ) -> Out {
         let (id, generation) = lock(&self.nodes).lookup(&entry.node);
         let fh = lock(&self.handles).insert(HandleEntry {
@@ -309,7 +310,10 @@ impl<F: Filesystem> Session<F> {
             flags: opened.flags,
             backing_id: opened.backing_id,
         };
-        match reply::create(
+        // TMPFILE keeps the whole entry at every minor (the kernel's
+        // fuse_adjust_compat shortens it only for the six older operations).
+        let encode = if tmpfile { reply::tmpfile } else { reply::create };
+        match encode(
             out,
             unique,
             &proto,
@@ -686,14 +690,14 @@ impl<F: Filesystem> Session<F> {
                 ctx.umask = Some(arg.umask.get());
                 let flags = arg.flags.get();
                 let created = fs.create(&ctx, &parent, name(n), arg.mode.get(), flags as i32)?;
-                whole(self.create_reply(out, unique, flags, created))
+                whole(self.create_reply(out, unique, flags, created, false))
             }
             Operation::Tmpfile { arg, .. } => {
                 let parent = self.node(nodeid)?;
                 ctx.umask = Some(arg.umask.get());
                 let flags = arg.flags.get();
                 let created = fs.tmpfile(&ctx, &parent, arg.mode.get(), flags as i32)?;
-                whole(self.create_reply(out, unique, flags, created))
+                whole(self.create_reply(out, unique, flags, created, true))
             }
             Operation::Bmap { arg } => {
                 let node = self.node(nodeid)?;

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use fuse_session::dev::{peer_credentials, recv_exact_with_fds, send_with_fds, PeerCredentials};
 
-use super::message::{parse_header, Header, Kind, MessageError, HEADER_LEN};
+use super::message::{parse_header, Header, MessageError, HEADER_LEN};
 use super::HandoffError;
 
 /// A connected handoff socket with an overall deadline.
@@ -132,28 +132,5 @@ impl Conn {
             body,
             fds,
         })
-    }
-
-    /// Receives one message and checks its kind is one of `kinds`.
-    pub(crate) fn expect(
-        &self,
-        what: &'static str,
-        kinds: &[Kind],
-        expected: &'static str,
-    ) -> Result<Received, HandoffError> {
-        let r = self.recv(what)?;
-        if !kinds.contains(&r.header.kind) {
-            return Err(HandoffError::Message(MessageError::Unexpected {
-                got: r.header.kind,
-                expected,
-            }));
-        }
-        if r.header.kind != Kind::Snapshot && !r.fds.is_empty() {
-            return Err(HandoffError::Message(MessageError::BadBody {
-                kind: r.header.kind,
-                why: "descriptors on a message that carries none",
-            }));
-        }
-        Ok(r)
     }
 }

@@ -13,7 +13,8 @@ use fuse_session::dev::{Mount, MountMethod};
 use fuse_session::serve::{Backend, Running};
 
 use super::conn::Conn;
-use super::message::{self, Hello, Kind, SnapshotMeta, WireMethod};
+use super::machine::{Incoming, OldAction, OldConfig, OldEvent, OldSide};
+use super::message::{self, Kind, SnapshotMeta, WireMethod};
 use super::{HandoffError, HandoffOptions, HandoffStats};
 use crate::{FdSaver, PrecopyOps, SnapshotFs};
 
@@ -275,19 +276,6 @@ fn mount_out(m: &Mount) -> std::io::Result<MountOut> {
     })
 }
 
-/// Sends a pre-copy message (the base or a round) while serving and waits for the
-/// new process's Ready.
-fn send_awaiting_ready(conn: &Conn, kind: Kind, body: &[u8]) -> Result<(), HandoffError> {
-    conn.send("send the pre-copy", &message::header(kind, body.len()), &[])
-        .and_then(|()| conn.send("send the pre-copy", body, &[]))?;
-    let r = conn.expect("read Ready", &[Kind::Ready, Kind::Nack], "Ready or Nack")?;
-    if r.header.kind == Kind::Nack {
-        return Err(HandoffError::Refused(message::decode_reason(&r.body)));
-    }
-    message::decode_duration(Kind::Ready, &r.body)?;
-    Ok(())
-}
-
 /// A filesystem recording its changes for a pre-copy; stops it when dropped (the
 /// snapshot already did on success; stopping again is harmless).
 struct Recording<'a, F: SnapshotFs> {
@@ -301,8 +289,8 @@ impl<F: SnapshotFs> Drop for Recording<'_, F> {
     }
 }
 
-/// One upgrade connection, old side. Every error before `Commit` leaves this
-/// process serving.
+/// One upgrade connection, old side: the socket driver of [`OldSide`], which
+/// makes every decision. Every error before `Commit` leaves this process serving.
 fn serve_one<F: SnapshotFs>(
     running: &Running<F>,
     stream: UnixStream,
@@ -312,180 +300,159 @@ fn serve_one<F: SnapshotFs>(
         .set_nonblocking(false)
         .map_err(io("configure the upgrade connection"))?;
     let conn = Conn::new(stream, options.timeout, 0);
-    let refuse = |conn: &Conn, e: HandoffError| {
-        let _ = conn.send(
-            "refuse",
-            &message::encode_reason(Kind::Refuse, &e.to_string()),
-            &[],
-        );
-        e
-    };
-    let peer = match conn.check_peer() {
-        Ok(p) => p,
-        Err(e) => return Err(refuse(&conn, e)),
-    };
-    let hello = conn
-        .expect("read Hello", &[Kind::Hello], "Hello")
-        .and_then(|r| Ok(Hello::decode(&r.body)?));
-    let hello = match hello {
-        Ok(h) => h,
-        Err(e) => return Err(refuse(&conn, e)),
-    };
-    if matches!(running.backend(), Backend::Uring { .. }) {
-        return Err(refuse(&conn, HandoffError::BackendUnsupported));
-    }
+    let ops = F::precopy();
     let version = crate::FORMAT_VERSION;
-    if !(hello.min_version..=hello.max_version).contains(&version) {
-        let e = HandoffError::VersionMismatch {
-            wanted: (hello.min_version, hello.max_version),
-            offered: version,
-        };
-        return Err(refuse(&conn, e));
-    }
-    let precopy = F::precopy().filter(|_| hello.features & message::FEATURE_PRECOPY != 0);
-    let features = if precopy.is_some() {
-        message::FEATURE_PRECOPY
-    } else {
-        0
-    };
-    conn.send(
-        "send Accept",
-        &message::encode_accept(version, features),
-        &[],
-    )?;
+    let mut machine = OldSide::new(OldConfig {
+        version,
+        precopy: ops.is_some(),
+        uring: matches!(running.backend(), Backend::Uring { .. }),
+        max_snapshot: options.max_snapshot,
+    });
+    let mut peer_pid = 0;
+    let peer = conn.check_peer().map(|p| peer_pid = p.pid);
+    let mut action = machine.handle(OldEvent::PeerChecked(peer));
 
-    // Pre-copy, still serving: the filesystem records its changes from here until
-    // the snapshot (or until this attempt ends, when the guard stops it).
-    let mut recording = None;
-    let mut precopy_bytes = 0;
-    let mut precopy_rounds = 0;
+    // What the actions hold between steps.
+    let mut recording: Option<Recording<'_, F>> = None;
+    let mut precopy_body: Vec<u8> = Vec::new();
     let mut precopy_time = Duration::ZERO;
-    if let Some(ops) = precopy {
-        conn.rearm(options.precopy_timeout);
-        let t = Instant::now();
-        let session = running.session();
-        // Not at a lower priority: the copy takes the tables' locks, which
-        // requests wait for.
-        let base = (ops.begin)(session);
-        recording = Some(Recording { ops, session });
-        let base = match base {
-            Ok(b) => b,
-            Err(e) => return Err(refuse(&conn, HandoffError::Snapshot(e))),
-        };
-        // The base, then rounds of what changed meanwhile while they shrink: each
-        // crosses now rather than under the pause.
-        let mut next = Some((Kind::Precopy, base));
-        while let Some((kind, body)) = next.take() {
-            if body.len() > options.max_snapshot {
-                let e = HandoffError::Snapshot(crate::FormatError::FsSave(format!(
-                    "the pre-copy is {} bytes, over the limit of {}",
-                    body.len(),
-                    options.max_snapshot
-                )));
-                return Err(refuse(&conn, e));
+    let mut precopy_started = None;
+    let mut start = Instant::now();
+    let mut guard = None;
+    let mut parked_in = Duration::ZERO;
+    let mut encode = Duration::ZERO;
+    let mut snapshot: Option<(Vec<u8>, MountOut, Vec<OwnedFd>)> = None;
+    let mut snapshot_len = 0;
+    let mut snapshot_sent = Duration::ZERO;
+    let mut fd_count = 0;
+    let mut restore = Duration::ZERO;
+    let mut stall = Duration::ZERO;
+    loop {
+        action = match action {
+            OldAction::Recv => match conn.recv("read the peer's message") {
+                Ok(r) => machine.handle(OldEvent::Received(Incoming {
+                    kind: r.header.kind,
+                    body: &r.body,
+                    fds: r.fds.len(),
+                })),
+                Err(e) => machine.handle(OldEvent::Failed(e)),
+            },
+            OldAction::Send(bytes) => sent(&mut machine, conn.send("send a message", &bytes, &[])),
+            OldAction::TakeBase => {
+                // Pre-copy, still serving: the filesystem records its changes from
+                // here until the snapshot (or until this attempt ends, when the
+                // guard stops it). Not at a lower priority: the copy takes the
+                // tables' locks, which requests wait for.
+                conn.rearm(options.precopy_timeout);
+                precopy_started = Some(Instant::now());
+                let session = running.session();
+                let taken = match ops {
+                    Some(ops) => {
+                        let base = (ops.begin)(session);
+                        recording = Some(Recording { ops, session });
+                        base
+                    }
+                    None => Err(crate::FormatError::FsSave("no pre-copy".into())),
+                };
+                let taken = taken.map(|b| {
+                    precopy_body = b;
+                    precopy_body.len()
+                });
+                machine.handle(OldEvent::BaseTaken(taken))
             }
-            send_awaiting_ready(&conn, kind, &body)?;
-            precopy_bytes += body.len();
-            if kind == Kind::PrecopyRound {
-                precopy_rounds += 1;
-                if body.len() < crate::precopy::ROUND_ENOUGH {
-                    break;
+            OldAction::SendPrecopy(kind) => {
+                let body = std::mem::take(&mut precopy_body);
+                let r = conn
+                    .send("send the pre-copy", &message::header(kind, body.len()), &[])
+                    .and_then(|()| conn.send("send the pre-copy", &body, &[]));
+                sent(&mut machine, r)
+            }
+            OldAction::TakeRound => {
+                let taken = match &recording {
+                    Some(r) => (r.ops.round)(running.session()),
+                    None => Ok(None),
+                };
+                let taken = taken.map(|r| {
+                    r.map(|b| {
+                        precopy_body = b;
+                        precopy_body.len()
+                    })
+                });
+                machine.handle(OldEvent::RoundTaken(taken))
+            }
+            OldAction::PauseAndSnapshot => {
+                if let Some(t) = precopy_started {
+                    precopy_time = t.elapsed();
                 }
+                // The pause is bounded by the ordinary timeout. From here on every
+                // early return drops the guard, which resumes serving.
+                conn.rearm(options.timeout);
+                start = Instant::now();
+                let g = running.pause();
+                parked_in = g.parked_in;
+                guard = Some(g);
+                let encode_start = Instant::now();
+                let taken = take_snapshot(running, recording.as_ref().map(|r| r.ops));
+                encode = encode_start.elapsed();
+                let taken = taken.map(|(bytes, out, fs_fds)| {
+                    let len = bytes.len();
+                    snapshot = Some((bytes, out, fs_fds));
+                    len
+                });
+                machine.handle(OldEvent::SnapshotTaken(taken))
             }
-            if precopy_rounds == crate::precopy::MAX_ROUNDS {
-                break;
+            OldAction::SendSnapshot => {
+                let r = match snapshot.take() {
+                    Some((bytes, out, fs_fds)) => {
+                        let meta = SnapshotMeta {
+                            since_pause: start.elapsed(),
+                            has_unmount_socket: out.unmount_socket.is_some(),
+                            method: out.method,
+                            connection_id: out.connection_id,
+                            fs_fds: u32::try_from(fs_fds.len()).unwrap_or(u32::MAX),
+                            mountpoint: out.mountpoint,
+                        };
+                        let mut fds: Vec<BorrowedFd<'_>> = vec![out.device.as_fd()];
+                        fds.extend(out.unmount_socket.as_ref().map(|s| s.as_fd()));
+                        fds.extend(fs_fds.iter().map(|f| f.as_fd()));
+                        fd_count = fds.len();
+                        snapshot_len = bytes.len();
+                        let r = conn
+                            .send("send the snapshot", &meta.encode(bytes.len()), &fds)
+                            .and_then(|()| conn.send("send the snapshot", &bytes, &[]));
+                        snapshot_sent = start.elapsed();
+                        r
+                    }
+                    None => Err(HandoffError::OutOfOrder {
+                        state: "sending the snapshot",
+                        event: "no snapshot taken",
+                    }),
+                };
+                sent(&mut machine, r)
             }
-            next = match (ops.round)(session) {
-                Ok(round) => round.map(|r| (Kind::PrecopyRound, r)),
-                Err(e) => return Err(refuse(&conn, HandoffError::Snapshot(e))),
-            };
-        }
-        precopy_time = t.elapsed();
-        // The pause starts now: it is bounded by the ordinary timeout.
-        conn.rearm(options.timeout);
-    }
-
-    // From here on the mount is paused; every early return drops the guard, which
-    // resumes serving.
-    let start = Instant::now();
-    let guard = running.pause();
-    let parked_in = guard.parked_in;
-    let rolled_back = |e: HandoffError| HandoffError::RolledBack(Box::new(e));
-    let out = match running.with_mount(mount_out) {
-        Some(Ok(m)) => m,
-        Some(Err(e)) => {
-            return Err(rolled_back(refuse(
-                &conn,
-                io("duplicate the mount's descriptors")(e),
-            )))
-        }
-        None => return Err(refuse(&conn, HandoffError::NotServing)),
-    };
-    let mut saver = FdSaver::new();
-    let encode_start = Instant::now();
-    let taken = match precopy {
-        Some(ops) => (ops.changes)(running.session(), &mut saver),
-        None => crate::snapshot(running.session(), &mut saver),
-    };
-    let bytes = match taken {
-        Ok(b) => b,
-        Err(e) => return Err(rolled_back(refuse(&conn, HandoffError::Snapshot(e)))),
-    };
-    let encode = encode_start.elapsed();
-    let fs_fds = saver.into_fds();
-    let meta = SnapshotMeta {
-        since_pause: start.elapsed(),
-        has_unmount_socket: out.unmount_socket.is_some(),
-        method: out.method,
-        connection_id: out.connection_id,
-        fs_fds: u32::try_from(fs_fds.len()).unwrap_or(u32::MAX),
-        mountpoint: out.mountpoint,
-    };
-    let mut fds: Vec<BorrowedFd<'_>> = vec![out.device.as_fd()];
-    fds.extend(out.unmount_socket.as_ref().map(|s| s.as_fd()));
-    fds.extend(fs_fds.iter().map(|f| f.as_fd()));
-    if fds.len() > fuse_session::dev::MAX_FDS_PER_MESSAGE {
-        let e = HandoffError::Io {
-            what: "send the descriptors",
-            source: std::io::Error::new(
-                ErrorKind::InvalidInput,
-                format!(
-                    "{} descriptors; one message carries at most {}",
-                    fds.len(),
-                    fuse_session::dev::MAX_FDS_PER_MESSAGE
-                ),
-            ),
+            OldAction::Commit { restore: r } => {
+                restore = r;
+                stall = start.elapsed();
+                let r = conn.send(
+                    "send Commit",
+                    &message::encode_duration(Kind::Commit, stall),
+                    &[],
+                );
+                sent(&mut machine, r)
+            }
+            OldAction::Committed => break,
+            OldAction::Abort { error, refuse } => {
+                if let Some(bytes) = refuse {
+                    let _ = conn.send("refuse", &bytes, &[]);
+                }
+                // Dropping the guard (if paused) resumes serving; dropping the
+                // recording stops it.
+                drop(guard);
+                drop(recording);
+                return Err(error);
+            }
         };
-        return Err(rolled_back(refuse(&conn, e)));
     }
-    conn.send("send the snapshot", &meta.encode(bytes.len()), &fds)
-        .and_then(|()| conn.send("send the snapshot", &bytes, &[]))
-        .map_err(rolled_back)?;
-    let snapshot_sent = start.elapsed();
-    let fd_count = fds.len();
-    drop(fds);
-    drop(fs_fds);
-
-    let reply = conn
-        .expect("read Ack", &[Kind::Ack, Kind::Nack], "Ack or Nack")
-        .map_err(rolled_back)?;
-    let restore = match reply.header.kind {
-        Kind::Ack => {
-            message::decode_duration(Kind::Ack, &reply.body).map_err(|e| rolled_back(e.into()))?
-        }
-        _ => {
-            return Err(rolled_back(HandoffError::Refused(message::decode_reason(
-                &reply.body,
-            ))))
-        }
-    };
-    let stall = start.elapsed();
-    conn.send(
-        "send Commit",
-        &message::encode_duration(Kind::Commit, stall),
-        &[],
-    )
-    .map_err(rolled_back)?;
     // Committed: the new process serves as soon as it reads Commit. The workers are
     // parked; stop them for good without unmounting.
     let mount = running.stop();
@@ -495,12 +462,12 @@ fn serve_one<F: SnapshotFs>(
     Ok(HandoffOutcome {
         stats: HandoffStats {
             version,
-            snapshot_bytes: bytes.len(),
+            snapshot_bytes: snapshot_len,
             fds: fd_count,
             nodes: session.node_count(),
             handles: session.handle_count(),
-            precopy_bytes,
-            precopy_rounds,
+            precopy_bytes: machine.precopy_bytes(),
+            precopy_rounds: machine.precopy_rounds(),
             precopy: precopy_time,
             parked_in,
             encode,
@@ -508,8 +475,50 @@ fn serve_one<F: SnapshotFs>(
             snapshot_sent,
             restore,
             stall,
-            peer_pid: peer.pid,
+            peer_pid,
         },
         mount,
     })
+}
+
+/// Feeds the outcome of a send.
+fn sent(machine: &mut OldSide, r: Result<(), HandoffError>) -> OldAction {
+    match r {
+        Ok(()) => machine.handle(OldEvent::Sent),
+        Err(e) => machine.handle(OldEvent::Failed(e)),
+    }
+}
+
+/// Under the pause: the mount's descriptors, the snapshot (the changes since the
+/// pre-copy, with one) and the filesystem's descriptors.
+#[allow(clippy::type_complexity)]
+fn take_snapshot<F: SnapshotFs>(
+    running: &Running<F>,
+    precopy: Option<PrecopyOps<F>>,
+) -> Result<(Vec<u8>, MountOut, Vec<OwnedFd>), HandoffError> {
+    let out = match running.with_mount(mount_out) {
+        Some(Ok(m)) => m,
+        Some(Err(e)) => return Err(io("duplicate the mount's descriptors")(e)),
+        None => return Err(HandoffError::NotServing),
+    };
+    let mut saver = FdSaver::new();
+    let bytes = match precopy {
+        Some(ops) => (ops.changes)(running.session(), &mut saver),
+        None => crate::snapshot(running.session(), &mut saver),
+    }?;
+    let fs_fds = saver.into_fds();
+    let total = 1 + usize::from(out.unmount_socket.is_some()) + fs_fds.len();
+    if total > fuse_session::dev::MAX_FDS_PER_MESSAGE {
+        return Err(HandoffError::Io {
+            what: "send the descriptors",
+            source: std::io::Error::new(
+                ErrorKind::InvalidInput,
+                format!(
+                    "{total} descriptors; one message carries at most {}",
+                    fuse_session::dev::MAX_FDS_PER_MESSAGE
+                ),
+            ),
+        });
+    }
+    Ok((bytes, out, fs_fds))
 }

@@ -39,7 +39,9 @@
 //! because nothing was served elsewhere. A new process that never receives `Commit`
 //! exits without serving.
 //!
-//! The bytes of each message are in [`message`]. Requests that arrive during the
+//! The bytes of each message are in [`message`]; every decision above (what to
+//! answer, when to pause, commit or roll back) is made by the pure state machines
+//! of [`machine`], which the socket drivers here feed. Requests that arrive during the
 //! handoff wait in the kernel's queue; the stall — from the pause to the new
 //! process serving — is measured on both sides ([`HandoffStats::stall`]).
 //!
@@ -65,6 +67,7 @@ use crate::format::FormatError;
 
 mod conn;
 mod listener;
+pub mod machine;
 pub mod message;
 mod run;
 mod takeover;
@@ -262,6 +265,14 @@ pub enum HandoffError {
     /// [`HandoffOptions::precopy`] false, or use [`take_over`], which offers it
     /// only when the type supports it).
     PrecopyUnsupported,
+    /// A handoff state machine ([`machine`]) was fed an event that does not fit
+    /// its state: a bug of the code driving it, not of the peer.
+    OutOfOrder {
+        /// The machine's state.
+        state: &'static str,
+        /// The event.
+        event: &'static str,
+    },
 }
 
 impl fmt::Display for HandoffError {
@@ -336,6 +347,11 @@ impl fmt::Display for HandoffError {
                 f,
                 "the running daemon sends a pre-copied state but this filesystem type \
                  cannot take one; connect without offering pre-copy"
+            ),
+            HandoffError::OutOfOrder { state, event } => write!(
+                f,
+                "handoff driver error: event {event} while {state} (a bug in the program \
+                 driving the handoff, not in the peer)"
             ),
         }
     }

@@ -10,17 +10,17 @@ use fuse_session::dev::{Mount, MountMethod, MountParts};
 use fuse_session::serve::{Running, Server};
 use fuse_session::Session;
 
-use super::conn::Conn;
-use super::message::{self, Hello, Kind, SnapshotMeta, WireMethod};
+use super::conn::{Conn, Received};
+use super::machine::{Incoming, NewAction, NewConfig, NewEvent, NewSide};
+use super::message::{self, Kind, SnapshotMeta, WireMethod};
 use super::{HandoffError, HandoffOptions, HandoffStats};
-use crate::{FdRestorer, SnapshotFs};
+use crate::{FdRestorer, FormatError, SnapshotFs};
 
 /// A connection to a running daemon that has agreed to hand its mount over (Hello
 /// and Accept done, nothing paused yet). Next: [`Takeover::receive`].
 pub struct Takeover {
     conn: Conn,
-    version: u16,
-    features: u32,
+    machine: NewSide,
     peer_pid: i32,
     threads: usize,
     timeouts: (std::time::Duration, std::time::Duration),
@@ -29,10 +29,59 @@ pub struct Takeover {
 impl std::fmt::Debug for Takeover {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Takeover")
-            .field("version", &self.version)
-            .field("features", &self.features)
+            .field("version", &self.machine.version())
+            .field("features", &self.machine.features())
             .field("peer_pid", &self.peer_pid)
             .finish_non_exhaustive()
+    }
+}
+
+/// Performs the transport actions of `machine` (send, receive) until it asks for
+/// something else, which is returned with the last message received (its body
+/// and descriptors, for the action to use).
+fn pump(
+    conn: &Conn,
+    machine: &mut NewSide,
+    mut action: NewAction,
+) -> (NewAction, Option<Received>) {
+    let mut last = None;
+    loop {
+        action = match action {
+            NewAction::Send(bytes) => match conn.send("send a message", &bytes, &[]) {
+                Ok(()) => machine.handle(NewEvent::Sent),
+                Err(e) => machine.handle(NewEvent::Failed(e)),
+            },
+            NewAction::Recv => match conn.recv("read the peer's message") {
+                Ok(r) => {
+                    let a = machine.handle(NewEvent::Received(Incoming {
+                        kind: r.header.kind,
+                        body: &r.body,
+                        fds: r.fds.len(),
+                    }));
+                    last = Some(r);
+                    a
+                }
+                Err(e) => machine.handle(NewEvent::Failed(e)),
+            },
+            NewAction::Abort { error, nack } => {
+                if let Some(bytes) = &nack {
+                    let _ = conn.send("send Nack", bytes, &[]);
+                }
+                return (NewAction::Abort { error, nack: None }, last);
+            }
+            other => return (other, last),
+        };
+    }
+}
+
+/// The error of a final Abort, or an out-of-order error for any other action.
+fn abort_error(action: NewAction, state: &'static str) -> HandoffError {
+    match action {
+        NewAction::Abort { error, .. } => error,
+        _ => HandoffError::OutOfOrder {
+            state,
+            event: "an unexpected action",
+        },
     }
 }
 
@@ -62,76 +111,34 @@ impl Takeover {
             },
         })?;
         let conn = Conn::new(stream, options.timeout, options.max_snapshot);
-        let peer = conn.check_peer()?;
-        let (min_version, max_version) = options.versions;
-        let hello = Hello {
-            min_version,
-            max_version,
+        let mut machine = NewSide::new(NewConfig {
+            versions: options.versions,
+            precopy: options.precopy,
             pid: std::process::id(),
-            features: if options.precopy {
-                message::FEATURE_PRECOPY
-            } else {
-                0
-            },
-        };
-        let sent = conn.send("send Hello", &hello.encode(), &[]);
-        // A daemon that refuses at once (e.g. our uid) may close before reading
-        // Hello: its Refuse is still there to read, and says more than EPIPE.
-        let r = match conn.expect(
-            "read Accept",
-            &[Kind::Accept, Kind::Refuse],
-            "Accept or Refuse",
-        ) {
-            Ok(r) => r,
-            Err(e) => return Err(sent.err().unwrap_or(e)),
-        };
-        if r.header.kind == Kind::Refuse {
-            return Err(HandoffError::Refused(message::decode_reason(&r.body)));
+        });
+        let mut peer_pid = 0;
+        let peer = conn.check_peer().map(|p| peer_pid = p.pid);
+        let first = machine.handle(NewEvent::PeerChecked(peer));
+        match pump(&conn, &mut machine, first) {
+            (NewAction::Agreed { .. }, _) => Ok(Takeover {
+                conn,
+                machine,
+                peer_pid,
+                threads: options.threads,
+                timeouts: (options.timeout, options.precopy_timeout),
+            }),
+            (other, _) => Err(abort_error(other, "connecting")),
         }
-        let (version, features) = message::decode_accept(&r.body)?;
-        let unoffered = features & !hello.features;
-        if unoffered != 0 || !(min_version..=max_version).contains(&version) {
-            if unoffered != 0 {
-                let e = HandoffError::Message(message::MessageError::BadBody {
-                    kind: Kind::Accept,
-                    why: "accepts a feature that was not offered",
-                });
-                let _ = conn.send(
-                    "send Nack",
-                    &message::encode_reason(Kind::Nack, &e.to_string()),
-                    &[],
-                );
-                return Err(e);
-            }
-            let e = HandoffError::VersionMismatch {
-                wanted: (min_version, max_version),
-                offered: version,
-            };
-            let _ = conn.send(
-                "send Nack",
-                &message::encode_reason(Kind::Nack, &e.to_string()),
-                &[],
-            );
-            return Err(e);
-        }
-        Ok(Takeover {
-            conn,
-            version,
-            features,
-            peer_pid: peer.pid,
-            threads: options.threads,
-            timeouts: (options.timeout, options.precopy_timeout),
-        })
     }
 
     /// Whether the daemon will pre-copy its filesystem's state before pausing.
     pub fn precopy(&self) -> bool {
-        self.features & message::FEATURE_PRECOPY != 0
+        self.machine.features() & message::FEATURE_PRECOPY != 0
     }
 
     /// The snapshot format version agreed.
     pub fn version(&self) -> u16 {
-        self.version
+        self.machine.version()
     }
 
     /// The running daemon's pid (from `SO_PEERCRED`).
@@ -149,169 +156,78 @@ impl Takeover {
     /// filesystem refused its state), [`HandoffError::Mount`] (the first descriptor
     /// is not `/dev/fuse`), [`HandoffError::Message`], timeouts and IO errors.
     pub fn receive<F: SnapshotFs>(self) -> Result<Restored<F>, HandoffError> {
-        match self.receive_inner::<F>() {
-            Ok(r) => Ok(r),
-            Err((conn, e)) => {
-                if let Some(conn) = conn {
-                    let _ = conn.send(
-                        "send Nack",
-                        &message::encode_reason(Kind::Nack, &e.to_string()),
-                        &[],
-                    );
-                }
-                Err(e)
-            }
-        }
-    }
-
-    #[allow(clippy::type_complexity)]
-    fn receive_inner<F: SnapshotFs>(self) -> Result<Restored<F>, (Option<Conn>, HandoffError)> {
         let Takeover {
             conn,
-            version,
-            features,
+            mut machine,
             peer_pid,
             threads,
             timeouts,
         } = self;
-        // Pre-copy: the daemon still serves while the base crosses and decodes.
+        let ops = F::precopy();
+        let precopy = machine.features() & message::FEATURE_PRECOPY != 0;
+        if precopy {
+            conn.rearm(timeouts.1);
+        }
+        let mut action = machine.handle(NewEvent::Receive {
+            can_precopy: ops.is_some(),
+        });
+        // Pre-copy: the daemon still serves while the base crosses and decodes, and
+        // while rounds of changes cross, each answered Ready, until the Snapshot.
         let mut precopied = None;
         let mut precopy_bytes = 0;
         let mut precopy_time = std::time::Duration::ZERO;
-        if features & message::FEATURE_PRECOPY != 0 {
-            let Some(ops) = F::precopy() else {
-                return Err((Some(conn), HandoffError::PrecopyUnsupported));
+        let (meta, offset, r) = loop {
+            let (a, r) = pump(&conn, &mut machine, action);
+            action = match (a, r, ops) {
+                (NewAction::DecodeBase, Some(r), Some(ops)) => {
+                    let decoded = (ops.decode_base)(&r.body);
+                    precopy_bytes = r.body.len();
+                    drop(r.body);
+                    precopy_time = r.started.elapsed();
+                    let decoded = decoded.map(|b| {
+                        precopied = Some(b);
+                        precopy_time
+                    });
+                    machine.handle(NewEvent::Prepared(decoded))
+                }
+                (NewAction::ApplyRound, Some(r), Some(ops)) => {
+                    let applied = match precopied.as_mut() {
+                        Some(base) => (ops.apply_round)(base, &r.body),
+                        None => Err(FormatError::BadPrecopy("a round before the base".into())),
+                    };
+                    precopy_bytes += r.body.len();
+                    machine.handle(NewEvent::Prepared(applied.map(|()| r.started.elapsed())))
+                }
+                (NewAction::Restore { meta, offset }, Some(r), _) => break (meta, offset, r),
+                (other, _, _) => return Err(abort_error(other, "receiving")),
             };
-            conn.rearm(timeouts.1);
-            let r = match conn.expect(
-                "read the pre-copied state",
-                &[Kind::Precopy, Kind::Refuse],
-                "Precopy",
-            ) {
-                Ok(r) => r,
-                Err(e) => return Err((Some(conn), e)),
-            };
-            if r.header.kind == Kind::Refuse {
-                return Err((None, HandoffError::Refused(message::decode_reason(&r.body))));
-            }
-            let base = match (ops.decode_base)(&r.body) {
-                Ok(b) => b,
-                Err(e) => return Err((Some(conn), HandoffError::Snapshot(e))),
-            };
-            precopy_bytes = r.body.len();
-            drop(r.body);
-            precopy_time = r.started.elapsed();
-            if let Err(e) = conn.send(
-                "send Ready",
-                &message::encode_duration(Kind::Ready, precopy_time),
-                &[],
-            ) {
-                return Err((None, e));
-            }
-            precopied = Some((ops, base));
-        }
-        // Rounds of changes while the daemon still serves, each answered Ready,
-        // until the Snapshot (the daemon paused).
-        let mut rounds = 0;
-        let r = loop {
-            let r = match conn.expect(
-                "read the snapshot",
-                &[Kind::Snapshot, Kind::Refuse, Kind::PrecopyRound],
-                "Snapshot",
-            ) {
-                Ok(r) => r,
-                Err(e) => return Err((Some(conn), e)),
-            };
-            if r.header.kind != Kind::PrecopyRound {
-                break r;
-            }
-            let Some((ops, base)) = precopied.as_mut() else {
-                let e = HandoffError::Message(message::MessageError::Unexpected {
-                    got: Kind::PrecopyRound,
-                    expected: "Snapshot (no pre-copy was agreed)",
-                });
-                return Err((Some(conn), e));
-            };
-            if let Err(e) = (ops.apply_round)(base, &r.body) {
-                return Err((Some(conn), HandoffError::Snapshot(e)));
-            }
-            rounds += 1;
-            precopy_bytes += r.body.len();
-            if let Err(e) = conn.send(
-                "send Ready",
-                &message::encode_duration(Kind::Ready, r.started.elapsed()),
-                &[],
-            ) {
-                return Err((None, e));
-            }
         };
         conn.rearm(timeouts.0);
-        if r.header.kind == Kind::Refuse {
-            return Err((None, HandoffError::Refused(message::decode_reason(&r.body))));
-        }
         let received = Instant::now();
         let transfer = received - r.started;
-        let (meta, bytes) = match SnapshotMeta::decode(&r.body) {
-            Ok(x) => x,
-            Err(e) => return Err((Some(conn), e.into())),
-        };
-        if meta.fd_count() != r.fds.len() as u64 {
-            let e = HandoffError::Message(message::MessageError::BadBody {
-                kind: Kind::Snapshot,
-                why: "the number of descriptors differs from what the message announces",
-            });
-            return Err((Some(conn), e));
-        }
-        let mut fds = r.fds.into_iter();
-        let Some(device) = fds.next() else {
-            return Err((
-                Some(conn),
-                HandoffError::Message(message::MessageError::BadBody {
-                    kind: Kind::Snapshot,
-                    why: "no /dev/fuse descriptor",
-                }),
-            ));
-        };
-        let auto_unmount_socket = if meta.has_unmount_socket {
-            fds.next()
-        } else {
-            None
-        };
-        let mut restorer = FdRestorer::new(fds.collect());
-        let method = match meta.method {
-            WireMethod::Syscall => MountMethod::Syscall,
-            WireMethod::Fusermount => MountMethod::Fusermount {
-                auto_unmount: false,
-            },
-            WireMethod::FusermountAutoUnmount => MountMethod::Fusermount { auto_unmount: true },
-        };
-        let mountpoint = PathBuf::from(OsStr::from_bytes(&meta.mountpoint));
-        let mount = match Mount::from_parts(MountParts {
-            device,
-            mountpoint,
-            method,
-            connection_id: meta.connection_id,
-            auto_unmount_socket,
-        }) {
-            Ok(m) => m,
-            Err(e) => return Err((Some(conn), HandoffError::Mount(e))),
-        };
-        let restored = match precopied {
-            Some((ops, base)) => (ops.restore)(base, bytes, &mut restorer),
-            None => crate::restore::<F>(bytes, &mut restorer),
-        };
-        let session = match restored {
-            Ok(s) => s,
-            Err(e) => return Err((Some(conn), HandoffError::Snapshot(e))),
+        let bytes = r.body.get(offset..).unwrap_or_default();
+        let restored = restore_from::<F>(&meta, bytes, r.fds, precopied, ops);
+        let (session, mount) = match restored {
+            Ok(x) => {
+                let a = machine.handle(NewEvent::Restored(Ok(())));
+                match a {
+                    NewAction::Decide => x,
+                    other => return Err(abort_error(other, "restoring")),
+                }
+            }
+            Err(e) => {
+                let a = machine.handle(NewEvent::Restored(Err(e)));
+                return Err(abort_error(pump(&conn, &mut machine, a).0, "restoring"));
+            }
         };
         let stats = HandoffStats {
-            version,
+            version: machine.version(),
             snapshot_bytes: bytes.len(),
             fds: meta.fd_count() as usize,
             nodes: session.node_count(),
             handles: session.handle_count(),
             precopy_bytes,
-            precopy_rounds: rounds,
+            precopy_rounds: machine.precopy_rounds(),
             precopy: precopy_time,
             snapshot_sent: meta.since_pause,
             restore: received.elapsed(),
@@ -321,6 +237,7 @@ impl Takeover {
         };
         Ok(Restored {
             conn,
+            machine,
             session,
             mount,
             stats,
@@ -329,11 +246,57 @@ impl Takeover {
     }
 }
 
+/// The mount from the received descriptors, and the session from the snapshot
+/// bytes (and the pre-copied base, if any).
+fn restore_from<F: SnapshotFs>(
+    meta: &SnapshotMeta,
+    bytes: &[u8],
+    fds: Vec<std::os::fd::OwnedFd>,
+    precopied: Option<Box<dyn std::any::Any + Send>>,
+    ops: Option<crate::PrecopyOps<F>>,
+) -> Result<(Session<F>, Mount), HandoffError> {
+    let mut fds = fds.into_iter();
+    let device = fds
+        .next()
+        .ok_or(HandoffError::Message(message::MessageError::BadBody {
+            kind: Kind::Snapshot,
+            why: "no /dev/fuse descriptor",
+        }))?;
+    let auto_unmount_socket = if meta.has_unmount_socket {
+        fds.next()
+    } else {
+        None
+    };
+    let mut restorer = FdRestorer::new(fds.collect());
+    let method = match meta.method {
+        WireMethod::Syscall => MountMethod::Syscall,
+        WireMethod::Fusermount => MountMethod::Fusermount {
+            auto_unmount: false,
+        },
+        WireMethod::FusermountAutoUnmount => MountMethod::Fusermount { auto_unmount: true },
+    };
+    let mountpoint = PathBuf::from(OsStr::from_bytes(&meta.mountpoint));
+    let mount = Mount::from_parts(MountParts {
+        device,
+        mountpoint,
+        method,
+        connection_id: meta.connection_id,
+        auto_unmount_socket,
+    })
+    .map_err(HandoffError::Mount)?;
+    let session = match (precopied, ops) {
+        (Some(base), Some(ops)) => (ops.restore)(base, bytes, &mut restorer),
+        _ => crate::restore::<F>(bytes, &mut restorer),
+    }?;
+    Ok((session, mount))
+}
+
 /// A session restored from the running daemon's snapshot, not yet served: the
 /// daemon is paused and waits for [`Restored::commit`] (Ack) or
 /// [`Restored::refuse`] (Nack).
 pub struct Restored<F: SnapshotFs> {
     conn: Conn,
+    machine: NewSide,
     session: Session<F>,
     mount: Mount,
     stats: HandoffStats,
@@ -368,11 +331,11 @@ impl<F: SnapshotFs> Restored<F> {
     /// Declines (Nack with `reason`): the daemon resumes serving. The received
     /// descriptors are closed; nothing is unmounted.
     pub fn refuse(self, reason: &str) {
-        let _ = self.conn.send(
-            "send Nack",
-            &message::encode_reason(Kind::Nack, reason),
-            &[],
-        );
+        let Restored {
+            conn, mut machine, ..
+        } = self;
+        let a = machine.handle(NewEvent::Decline(reason.to_owned()));
+        let _ = pump(&conn, &mut machine, a);
     }
 
     /// Acks, waits for the daemon's Commit, and only then starts serving.
@@ -384,20 +347,19 @@ impl<F: SnapshotFs> Restored<F> {
     pub fn commit(self) -> Result<(Running<F>, HandoffStats), HandoffError> {
         let Restored {
             conn,
+            mut machine,
             session,
             mount,
             mut stats,
             threads,
         } = self;
         stats.restore = stats.restore.max(std::time::Duration::from_nanos(1));
-        conn.send(
-            "send Ack",
-            &message::encode_duration(Kind::Ack, stats.restore),
-            &[],
-        )?;
-        let r = conn.expect("read Commit", &[Kind::Commit], "Commit")?;
+        let a = machine.handle(NewEvent::Ack(stats.restore));
+        let since_pause = match pump(&conn, &mut machine, a) {
+            (NewAction::Serve { since_pause }, _) => since_pause,
+            (other, _) => return Err(abort_error(other, "committing")),
+        };
         let committed = Instant::now();
-        let since_pause = message::decode_duration(Kind::Commit, &r.body)?;
         let running = Server::from_parts(session, mount)
             .spawn(threads)
             .map_err(HandoffError::Serve)?;

@@ -249,8 +249,9 @@ pub fn open(
     )
 }
 
-/// The answer to CREATE (7.3) and TMPFILE (7.37): `fuse_entry_out` (compat size
-/// before 7.9) followed by `fuse_open_out`. Checks `open` as [`open()`] does.
+/// The answer to CREATE (7.3): `fuse_entry_out` (compat size before 7.9) followed
+/// by `fuse_open_out`. Checks `open` as [`open()`] does. Answer TMPFILE with
+/// [`tmpfile`]: its entry is never shortened.
 pub fn create(
     buf: &mut [u8],
     unique: u64,
@@ -265,6 +266,28 @@ pub fn create(
         unique,
         &entry.to_abi(),
         proto.entry_out_size(),
+        o.as_bytes(),
+    )
+}
+
+/// The answer to TMPFILE (7.37): the whole 128-byte `fuse_entry_out` followed by
+/// `fuse_open_out`, whatever the negotiated minor (the kernel shortens the entry
+/// before 7.9 for CREATE, not for TMPFILE: `fuse_adjust_compat` in
+/// `fs/fuse/dev.c`). Checks `open` as [`open()`] does.
+pub fn tmpfile(
+    buf: &mut [u8],
+    unique: u64,
+    proto: &Negotiated,
+    entry: &Entry,
+    open: &Open,
+) -> Result<usize, EncodeError> {
+    check_open(proto, open)?;
+    let o = open.to_abi();
+    write_reply(
+        buf,
+        unique,
+        &entry.to_abi(),
+        size_of::<abi::fuse_entry_out>(),
         o.as_bytes(),
     )
 }

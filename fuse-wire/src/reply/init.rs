@@ -19,7 +19,9 @@ pub struct InitOut {
     /// Maximum readahead in bytes (7.6).
     pub max_readahead: u32,
     /// Agreed flags, both halves: the high half travels in `flags2` (7.36), which the
-    /// kernel reads only when [`InitFlags::INIT_EXT`] is set in the low half.
+    /// kernel reads only when [`InitFlags::INIT_EXT`] is set in the low half; so
+    /// without it, [`InitOut::to_abi`] writes `flags2` as 0 and
+    /// [`InitOut::from_abi`] ignores it.
     pub flags: InitFlags,
     /// Maximum number of outstanding background requests (7.13).
     pub max_background: u16,
@@ -53,20 +55,32 @@ impl InitOut {
             time_gran: U32::new(self.time_gran),
             max_pages: U16::new(self.max_pages),
             map_alignment: U16::new(self.map_alignment),
-            flags2: U32::new(self.flags.high()),
+            flags2: U32::new(if self.flags.contains(InitFlags::INIT_EXT) {
+                self.flags.high()
+            } else {
+                0
+            }),
             max_stack_depth: U32::new(self.max_stack_depth),
             request_timeout: U16::new(self.request_timeout),
             unused: [U16::new(0); 11],
         }
     }
 
-    /// The value of an ABI struct (the `unused` field is ignored).
+    /// The value of an ABI struct, as the kernel reads it: `flags2` only if `flags`
+    /// has [`InitFlags::INIT_EXT`] (`process_init_reply` in `fs/fuse/inode.c`);
+    /// the `unused` field is ignored.
     pub const fn from_abi(o: &abi::fuse_init_out) -> InitOut {
+        let low = o.flags.get();
+        let high = if low & InitFlags::INIT_EXT.low() != 0 {
+            o.flags2.get()
+        } else {
+            0
+        };
         InitOut {
             major: o.major.get(),
             minor: o.minor.get(),
             max_readahead: o.max_readahead.get(),
-            flags: InitFlags::from_halves(o.flags.get(), o.flags2.get()),
+            flags: InitFlags::from_halves(low, high),
             max_background: o.max_background.get(),
             congestion_threshold: o.congestion_threshold.get(),
             max_write: o.max_write.get(),

@@ -15,7 +15,8 @@
 //! | GETATTR, SETATTR | [`attr()`] |
 //! | STATX (7.39) | [`statx`] |
 //! | OPEN, OPENDIR | [`open()`] |
-//! | CREATE, TMPFILE | [`create`] |
+//! | CREATE | [`create`] |
+//! | TMPFILE (7.37) | [`tmpfile`] |
 //! | WRITE | [`write()`] |
 //! | COPY_FILE_RANGE (7.28) / COPY_FILE_RANGE_64 (7.45) | [`copy_file_range`] / [`copy_file_range_64`] |
 //! | STATFS | [`statfs()`] |
@@ -58,7 +59,7 @@ pub use dirent::{
 pub use encode::{
     attr, bmap, copy_file_range, copy_file_range_64, create, cuse_init, data, data_header, empty,
     entry, error, error_header, init, ioctl, ioctl_retry, lk, lseek, open, poll, statfs, statx,
-    write, xattr_size, ERRNO_MAX, OUT_HEADER_SIZE,
+    tmpfile, write, xattr_size, ERRNO_MAX, OUT_HEADER_SIZE,
 };
 pub use init::{CuseInitOut, InitOut, CUSE_INIT_INFO_MAX};
 pub use name::{validate_name, KERNEL_NAME_MAX, NAME_MAX};

@@ -480,7 +480,14 @@ fn parse_body<'a>(
             ReplyBody::Open(Open::from_abi(&o))
         }
         S::Create => {
-            let esize = proto.entry_out_size();
+            // The kernel shortens the entry for CREATE before 7.9, not for TMPFILE
+            // (`fuse_adjust_compat` lists LOOKUP, CREATE, MKNOD, MKDIR, SYMLINK and
+            // LINK only).
+            let esize = if opcode == Opcode::TMPFILE {
+                size_of::<abi::fuse_entry_out>()
+            } else {
+                proto.entry_out_size()
+            };
             let osize = size_of::<abi::fuse_open_out>();
             let need = esize + osize;
             if body.len() < need {

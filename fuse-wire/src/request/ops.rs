@@ -9,7 +9,8 @@
 //!   fields the connection does not have are zero. These are GETATTR (empty body
 //!   before 7.9), READ/READDIR/READDIRPLUS and WRITE (24 bytes before 7.9), MKNOD
 //!   and CREATE (8 bytes before 7.12), SETXATTR (8 bytes unless
-//!   `FUSE_SETXATTR_EXT`, 7.33) and INIT (16 bytes before 7.36, 8 before 7.6). The
+//!   `FUSE_SETXATTR_EXT`, 7.33) and INIT (16 bytes before 7.36, 8 before 7.6; no
+//!   other length). The
 //!   structs are small and `Copy`; nothing is allocated. The layout is chosen by
 //!   the negotiated minor, as the kernel chooses it (`fuse_adjust_compat` in
 //!   `fs/fuse/dev.c`, `fuse_write_args_fill` in `fs/fuse/file.c`); where current
@@ -574,10 +575,21 @@ pub(crate) fn parse_operation<'a>(
         },
         Opcode::INIT => {
             // Whatever the negotiated protocol: the kernel's own minor decides the
-            // size. Major and minor (8 bytes) are needed to answer at all.
-            let rest = r.rest().len();
-            let size = core::cmp::min(rest, core::mem::size_of::<abi::fuse_init_in>());
-            let size = core::cmp::max(size, init_in_size(0));
+            // size, and every kernel sent one of three: 8 bytes (before 7.6), 16
+            // (before 7.36) or 64. Any other length is not a kernel's INIT (a
+            // longer one is read as 64, as every struct a kernel may grow).
+            let size = match r.rest().len() {
+                n @ (8 | 16) => n,
+                n if n >= core::mem::size_of::<abi::fuse_init_in>() => {
+                    core::mem::size_of::<abi::fuse_init_in>()
+                }
+                _ => {
+                    return Err(ParseError::Invalid {
+                        opcode,
+                        reason: "INIT body is not 8, 16 or 64 bytes long",
+                    })
+                }
+            };
             Operation::Init {
                 arg: r.compat(size, "fuse_init_in")?,
             }

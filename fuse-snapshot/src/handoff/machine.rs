@@ -1,0 +1,857 @@
+//! The handoff protocol's decisions as two pure state machines, one per side,
+//! apart from the socket driver that feeds them (`listener.rs` and
+//! `takeover.rs`). No sockets, no clock, no filesystem here: so a keeper, a test
+//! or a fuzzer can run a whole handoff, or an adversarial one, in memory.
+//!
+//! Each machine is driven one event at a time: [`OldSide::handle`] and
+//! [`NewSide::handle`] take what just happened (a message received, a send
+//! done, the transport failed, a local step's result) and answer with exactly
+//! one action (receive the next message, send these bytes, take the snapshot,
+//! commit, abort with this error ...). The driver performs the action and feeds
+//! its outcome back. Once a machine has answered a final action
+//! ([`OldAction::Committed`], [`OldAction::Abort`], [`NewAction::Serve`],
+//! [`NewAction::Abort`]) it is [finished](OldSide::is_finished) and answers every
+//! further event with [`HandoffError::OutOfOrder`]; so does an event that does
+//! not fit the state (a driver bug, never a peer's doing).
+//!
+//! The machines decode every small message themselves (Hello, Accept, Refuse,
+//! Ready, Ack, Nack, Commit, the fixed part of a Snapshot) and encode every small
+//! message they answer, so a peer's bytes are judged in one place. Bulk bodies
+//! (pre-copy, rounds, the snapshot bytes) stay with the driver, which the machine
+//! tells what to do with them.
+//!
+//! What the driver keeps to itself: the peer credential check (it feeds the
+//! result), the deadlines (the pre-copy deadline from [`OldAction::TakeBase`] and
+//! from [`NewEvent::Receive`] with pre-copy agreed; the ordinary one again from
+//! [`OldAction::PauseAndSnapshot`] and from the Snapshot's arrival), and the
+//! durations it measures (Ready, Ack and Commit carry them).
+use std::time::Duration;
+
+use super::message::{self, Hello, Kind, MessageError, SnapshotMeta, FEATURE_PRECOPY};
+use super::HandoffError;
+use crate::format::FormatError;
+
+/// A message the driver received: its kind, body and how many descriptors rode
+/// on it. The header was already checked ([`message::parse_header`]); a header
+/// that failed is fed as [`OldEvent::Failed`] / [`NewEvent::Failed`] with
+/// [`HandoffError::Message`].
+#[derive(Clone, Copy, Debug)]
+pub struct Incoming<'a> {
+    /// The kind.
+    pub kind: Kind,
+    /// The body.
+    pub body: &'a [u8],
+    /// How many descriptors arrived with it.
+    pub fds: usize,
+}
+
+fn refuse_bytes(e: &HandoffError) -> Vec<u8> {
+    message::encode_reason(Kind::Refuse, &e.to_string())
+}
+
+fn nack_bytes(e: &HandoffError) -> Vec<u8> {
+    message::encode_reason(Kind::Nack, &e.to_string())
+}
+
+fn unexpected(got: Kind, expected: &'static str) -> HandoffError {
+    HandoffError::Message(MessageError::Unexpected { got, expected })
+}
+
+/// Checks that `m` is one of `kinds` and carries descriptors only if a Snapshot.
+fn check_kind(
+    m: &Incoming<'_>,
+    kinds: &[Kind],
+    expected: &'static str,
+) -> Result<(), HandoffError> {
+    if !kinds.contains(&m.kind) {
+        return Err(unexpected(m.kind, expected));
+    }
+    if m.kind != Kind::Snapshot && m.fds != 0 {
+        return Err(HandoffError::Message(MessageError::BadBody {
+            kind: m.kind,
+            why: "descriptors on a message that carries none",
+        }));
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------
+// Old side
+// ---------------------------------------------------------------------------
+
+/// What the old (running) process brings to a handoff.
+#[derive(Clone, Copy, Debug)]
+pub struct OldConfig {
+    /// The snapshot format version it writes.
+    pub version: u16,
+    /// Whether its filesystem implements pre-copy.
+    pub precopy: bool,
+    /// Whether the mount is served over io_uring (not transferable: refused).
+    pub uring: bool,
+    /// The largest pre-copy base or round it sends.
+    pub max_snapshot: usize,
+}
+
+/// What happened, on the old side.
+#[derive(Debug)]
+pub enum OldEvent<'a> {
+    /// The peer's credentials were checked (first event).
+    PeerChecked(Result<(), HandoffError>),
+    /// A message arrived (after [`OldAction::Recv`]).
+    Received(Incoming<'a>),
+    /// The transport failed: end of stream, timeout, IO error, a malformed header.
+    Failed(HandoffError),
+    /// What the last action sent went out.
+    Sent,
+    /// [`OldAction::TakeBase`] done: the base's length, or why not.
+    BaseTaken(Result<usize, FormatError>),
+    /// [`OldAction::TakeRound`] done: a round's length, none (the filesystem has
+    /// no more rounds), or why not.
+    RoundTaken(Result<Option<usize>, FormatError>),
+    /// [`OldAction::PauseAndSnapshot`] done: the snapshot's length, or why not.
+    SnapshotTaken(Result<usize, HandoffError>),
+}
+
+/// What to do next, on the old side.
+#[derive(Debug)]
+pub enum OldAction {
+    /// Receive one message; feed [`OldEvent::Received`] or [`OldEvent::Failed`].
+    Recv,
+    /// Send these bytes; feed [`OldEvent::Sent`] or [`OldEvent::Failed`].
+    Send(Vec<u8>),
+    /// Start the pre-copy while serving (the pre-copy deadline starts): take the
+    /// base; feed [`OldEvent::BaseTaken`].
+    TakeBase,
+    /// Send the base (`Kind::Precopy`) or the round (`Kind::PrecopyRound`) just
+    /// taken, header and body; feed [`OldEvent::Sent`] or [`OldEvent::Failed`].
+    SendPrecopy(Kind),
+    /// Take a round of changes while serving; feed [`OldEvent::RoundTaken`].
+    TakeRound,
+    /// Pause the workers (the ordinary deadline starts again) and take the
+    /// snapshot (the changes since the pre-copy, with one); feed
+    /// [`OldEvent::SnapshotTaken`].
+    PauseAndSnapshot,
+    /// Send the Snapshot message with the descriptors; feed [`OldEvent::Sent`] or
+    /// [`OldEvent::Failed`].
+    SendSnapshot,
+    /// The new process restored (its restore time): send Commit with the stall;
+    /// feed [`OldEvent::Sent`] or [`OldEvent::Failed`].
+    Commit {
+        /// The restore time the new process reported in Ack.
+        restore: Duration,
+    },
+    /// Final: Commit went out. Stop the workers for good, without unmounting.
+    Committed,
+    /// Final: the handoff failed. Send `refuse` if any (best effort), drop the
+    /// pause if one is held (serving resumes) and report `error`.
+    Abort {
+        /// Why (wrapped in [`HandoffError::RolledBack`] once paused).
+        error: HandoffError,
+        /// A Refuse to send first, if the peer should be told.
+        refuse: Option<Vec<u8>>,
+    },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum OldState {
+    CheckingPeer,
+    AwaitHello,
+    SendingAccept,
+    TakingBase,
+    SendingPrecopy(Kind, usize),
+    AwaitReady(Kind, usize),
+    TakingRound,
+    Snapshotting,
+    SendingSnapshot,
+    AwaitAck,
+    SendingCommit,
+    Done,
+}
+
+impl OldState {
+    fn name(self) -> &'static str {
+        match self {
+            OldState::CheckingPeer => "checking the peer",
+            OldState::AwaitHello => "waiting for Hello",
+            OldState::SendingAccept => "sending Accept",
+            OldState::TakingBase => "taking the pre-copy",
+            OldState::SendingPrecopy(..) => "sending the pre-copy",
+            OldState::AwaitReady(..) => "waiting for Ready",
+            OldState::TakingRound => "taking a pre-copy round",
+            OldState::Snapshotting => "taking the snapshot",
+            OldState::SendingSnapshot => "sending the snapshot",
+            OldState::AwaitAck => "waiting for Ack",
+            OldState::SendingCommit => "sending Commit",
+            OldState::Done => "finished",
+        }
+    }
+
+    fn paused(self) -> bool {
+        matches!(
+            self,
+            OldState::Snapshotting
+                | OldState::SendingSnapshot
+                | OldState::AwaitAck
+                | OldState::SendingCommit
+        )
+    }
+}
+
+fn event_name(e: &OldEvent<'_>) -> &'static str {
+    match e {
+        OldEvent::PeerChecked(_) => "PeerChecked",
+        OldEvent::Received(_) => "Received",
+        OldEvent::Failed(_) => "Failed",
+        OldEvent::Sent => "Sent",
+        OldEvent::BaseTaken(_) => "BaseTaken",
+        OldEvent::RoundTaken(_) => "RoundTaken",
+        OldEvent::SnapshotTaken(_) => "SnapshotTaken",
+    }
+}
+
+/// The old (running) process's side of a handoff: see the [module docs](self).
+#[derive(Debug)]
+pub struct OldSide {
+    config: OldConfig,
+    state: OldState,
+    hello: Option<Hello>,
+    precopy: bool,
+    precopy_bytes: usize,
+    rounds: u32,
+}
+
+impl OldSide {
+    /// A handoff about to start; the first event is [`OldEvent::PeerChecked`].
+    pub fn new(config: OldConfig) -> OldSide {
+        OldSide {
+            config,
+            state: OldState::CheckingPeer,
+            hello: None,
+            precopy: false,
+            precopy_bytes: 0,
+            rounds: 0,
+        }
+    }
+
+    /// The Hello received, once it is.
+    pub fn hello(&self) -> Option<Hello> {
+        self.hello
+    }
+
+    /// Whether pre-copy was agreed.
+    pub fn precopy(&self) -> bool {
+        self.precopy
+    }
+
+    /// Bytes of pre-copy sent and answered Ready, rounds included.
+    pub fn precopy_bytes(&self) -> usize {
+        self.precopy_bytes
+    }
+
+    /// Pre-copy rounds sent and answered Ready.
+    pub fn precopy_rounds(&self) -> u32 {
+        self.rounds
+    }
+
+    /// Whether the workers are paused (from [`OldAction::PauseAndSnapshot`] until a
+    /// final action).
+    pub fn paused(&self) -> bool {
+        self.state.paused()
+    }
+
+    /// Whether a final action was given.
+    pub fn is_finished(&self) -> bool {
+        self.state == OldState::Done
+    }
+
+    /// Before Accept went out, the peer is told why (Refuse); after it, the peer
+    /// only learns from the connection closing, except for local failures.
+    fn fail(&mut self, error: HandoffError, tell: bool) -> OldAction {
+        let paused = self.state.paused();
+        self.state = OldState::Done;
+        let refuse = tell.then(|| refuse_bytes(&error));
+        let error = if paused {
+            HandoffError::RolledBack(Box::new(error))
+        } else {
+            error
+        };
+        OldAction::Abort { error, refuse }
+    }
+
+    /// A failure of the peer or the transport.
+    fn peer_failed(&mut self, error: HandoffError) -> OldAction {
+        let tell = matches!(self.state, OldState::CheckingPeer | OldState::AwaitHello);
+        self.fail(error, tell)
+    }
+
+    /// A failure here (the peer is told).
+    fn local_failed(&mut self, error: HandoffError) -> OldAction {
+        self.fail(error, true)
+    }
+
+    fn out_of_order(&mut self, event: &'static str) -> OldAction {
+        let state = self.state.name();
+        let e = HandoffError::OutOfOrder { state, event };
+        if self.state == OldState::Done {
+            return OldAction::Abort {
+                error: e,
+                refuse: None,
+            };
+        }
+        self.local_failed(e)
+    }
+
+    /// Takes one event, answers one action.
+    pub fn handle(&mut self, event: OldEvent<'_>) -> OldAction {
+        use OldState as S;
+        let name = event_name(&event);
+        match (self.state, event) {
+            (S::Done, _) => self.out_of_order(name),
+            (_, OldEvent::Failed(e)) => self.peer_failed(e),
+            (S::CheckingPeer, OldEvent::PeerChecked(r)) => match r {
+                Ok(()) => {
+                    self.state = S::AwaitHello;
+                    OldAction::Recv
+                }
+                Err(e) => self.peer_failed(e),
+            },
+            (S::AwaitHello, OldEvent::Received(m)) => self.on_hello(m),
+            (S::SendingAccept, OldEvent::Sent) => {
+                if self.precopy {
+                    self.state = S::TakingBase;
+                    OldAction::TakeBase
+                } else {
+                    self.state = S::Snapshotting;
+                    OldAction::PauseAndSnapshot
+                }
+            }
+            (S::TakingBase, OldEvent::BaseTaken(r)) => match r {
+                Ok(len) => self.send_precopy(Kind::Precopy, len),
+                Err(e) => self.local_failed(HandoffError::Snapshot(e)),
+            },
+            (S::SendingPrecopy(kind, len), OldEvent::Sent) => {
+                self.state = S::AwaitReady(kind, len);
+                OldAction::Recv
+            }
+            (S::AwaitReady(kind, len), OldEvent::Received(m)) => self.on_ready(m, kind, len),
+            (S::TakingRound, OldEvent::RoundTaken(r)) => match r {
+                Ok(Some(len)) => self.send_precopy(Kind::PrecopyRound, len),
+                Ok(None) => {
+                    self.state = S::Snapshotting;
+                    OldAction::PauseAndSnapshot
+                }
+                Err(e) => self.local_failed(HandoffError::Snapshot(e)),
+            },
+            (S::Snapshotting, OldEvent::SnapshotTaken(r)) => match r {
+                Ok(_) => {
+                    self.state = S::SendingSnapshot;
+                    OldAction::SendSnapshot
+                }
+                Err(e) => self.local_failed(e),
+            },
+            (S::SendingSnapshot, OldEvent::Sent) => {
+                self.state = S::AwaitAck;
+                OldAction::Recv
+            }
+            (S::AwaitAck, OldEvent::Received(m)) => self.on_ack(m),
+            (S::SendingCommit, OldEvent::Sent) => {
+                self.state = S::Done;
+                OldAction::Committed
+            }
+            _ => self.out_of_order(name),
+        }
+    }
+
+    fn on_hello(&mut self, m: Incoming<'_>) -> OldAction {
+        if let Err(e) = check_kind(&m, &[Kind::Hello], "Hello") {
+            return self.peer_failed(e);
+        }
+        let hello = match Hello::decode(m.body) {
+            Ok(h) => h,
+            Err(e) => return self.peer_failed(e.into()),
+        };
+        self.hello = Some(hello);
+        if self.config.uring {
+            return self.local_failed(HandoffError::BackendUnsupported);
+        }
+        let version = self.config.version;
+        if !(hello.min_version..=hello.max_version).contains(&version) {
+            return self.local_failed(HandoffError::VersionMismatch {
+                wanted: (hello.min_version, hello.max_version),
+                offered: version,
+            });
+        }
+        self.precopy = self.config.precopy && hello.features & FEATURE_PRECOPY != 0;
+        let features = if self.precopy { FEATURE_PRECOPY } else { 0 };
+        self.state = OldState::SendingAccept;
+        OldAction::Send(message::encode_accept(version, features))
+    }
+
+    fn send_precopy(&mut self, kind: Kind, len: usize) -> OldAction {
+        if len > self.config.max_snapshot {
+            return self.local_failed(HandoffError::Snapshot(FormatError::FsSave(format!(
+                "the pre-copy is {len} bytes, over the limit of {}",
+                self.config.max_snapshot
+            ))));
+        }
+        self.state = OldState::SendingPrecopy(kind, len);
+        OldAction::SendPrecopy(kind)
+    }
+
+    fn on_ready(&mut self, m: Incoming<'_>, kind: Kind, len: usize) -> OldAction {
+        if let Err(e) = check_kind(&m, &[Kind::Ready, Kind::Nack], "Ready or Nack") {
+            return self.peer_failed(e);
+        }
+        if m.kind == Kind::Nack {
+            return self.peer_failed(HandoffError::Refused(message::decode_reason(m.body)));
+        }
+        if let Err(e) = message::decode_duration(Kind::Ready, m.body) {
+            return self.peer_failed(e.into());
+        }
+        self.precopy_bytes = self.precopy_bytes.saturating_add(len);
+        if kind == Kind::PrecopyRound {
+            self.rounds += 1;
+            if len < crate::precopy::ROUND_ENOUGH {
+                self.state = OldState::Snapshotting;
+                return OldAction::PauseAndSnapshot;
+            }
+        }
+        if self.rounds >= crate::precopy::MAX_ROUNDS {
+            self.state = OldState::Snapshotting;
+            return OldAction::PauseAndSnapshot;
+        }
+        self.state = OldState::TakingRound;
+        OldAction::TakeRound
+    }
+
+    fn on_ack(&mut self, m: Incoming<'_>) -> OldAction {
+        if let Err(e) = check_kind(&m, &[Kind::Ack, Kind::Nack], "Ack or Nack") {
+            return self.peer_failed(e);
+        }
+        if m.kind == Kind::Nack {
+            return self.peer_failed(HandoffError::Refused(message::decode_reason(m.body)));
+        }
+        match message::decode_duration(Kind::Ack, m.body) {
+            Ok(restore) => {
+                self.state = OldState::SendingCommit;
+                OldAction::Commit { restore }
+            }
+            Err(e) => self.peer_failed(e.into()),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// New side
+// ---------------------------------------------------------------------------
+
+/// What the new process brings to a handoff.
+#[derive(Clone, Copy, Debug)]
+pub struct NewConfig {
+    /// The snapshot format versions it reads.
+    pub versions: (u16, u16),
+    /// Whether it offers pre-copy.
+    pub precopy: bool,
+    /// Its pid (sent in Hello).
+    pub pid: u32,
+}
+
+/// What happened, on the new side.
+#[derive(Debug)]
+pub enum NewEvent<'a> {
+    /// The peer's credentials were checked (first event).
+    PeerChecked(Result<(), HandoffError>),
+    /// A message arrived (after [`NewAction::Recv`]).
+    Received(Incoming<'a>),
+    /// The transport failed: end of stream, timeout, IO error, a malformed header.
+    Failed(HandoffError),
+    /// What the last action sent went out.
+    Sent,
+    /// After [`NewAction::Agreed`]: go on and receive the state; `can_precopy`
+    /// says whether the filesystem type takes a pre-copy.
+    Receive {
+        /// Whether the filesystem type implements pre-copy.
+        can_precopy: bool,
+    },
+    /// [`NewAction::DecodeBase`] or [`NewAction::ApplyRound`] done: the time it
+    /// took since the message's first byte (sent in Ready), or why not.
+    Prepared(Result<Duration, FormatError>),
+    /// [`NewAction::Restore`] done, or why not.
+    Restored(Result<(), HandoffError>),
+    /// After [`NewAction::Decide`]: accept (Ack with the restore time).
+    Ack(Duration),
+    /// After [`NewAction::Decide`]: decline (Nack with this reason).
+    Decline(String),
+}
+
+fn new_event_name(e: &NewEvent<'_>) -> &'static str {
+    match e {
+        NewEvent::PeerChecked(_) => "PeerChecked",
+        NewEvent::Received(_) => "Received",
+        NewEvent::Failed(_) => "Failed",
+        NewEvent::Sent => "Sent",
+        NewEvent::Receive { .. } => "Receive",
+        NewEvent::Prepared(_) => "Prepared",
+        NewEvent::Restored(_) => "Restored",
+        NewEvent::Ack(_) => "Ack",
+        NewEvent::Decline(_) => "Decline",
+    }
+}
+
+/// What to do next, on the new side.
+#[derive(Debug)]
+pub enum NewAction {
+    /// Send these bytes; feed [`NewEvent::Sent`] or [`NewEvent::Failed`].
+    Send(Vec<u8>),
+    /// Receive one message; feed [`NewEvent::Received`] or [`NewEvent::Failed`].
+    Recv,
+    /// Hello and Accept done, nothing paused: a version and features are agreed.
+    /// Feed [`NewEvent::Receive`] to go on.
+    Agreed {
+        /// The snapshot format version.
+        version: u16,
+        /// The features the old process will use.
+        features: u32,
+    },
+    /// Decode the pre-copied base just received; feed [`NewEvent::Prepared`].
+    DecodeBase,
+    /// Apply the round just received to the base; feed [`NewEvent::Prepared`].
+    ApplyRound,
+    /// The Snapshot arrived (the old process is paused; the ordinary deadline
+    /// starts again): restore from the bytes of its body from `offset` on, and
+    /// the descriptors; feed [`NewEvent::Restored`].
+    Restore {
+        /// The fixed part of the message.
+        meta: SnapshotMeta,
+        /// Where the snapshot bytes start in the body.
+        offset: usize,
+    },
+    /// Restored: the caller decides ([`NewEvent::Ack`] or [`NewEvent::Decline`]).
+    Decide,
+    /// Final: Commit arrived (with the old side's time since its pause). Serve.
+    Serve {
+        /// The old process's time from its pause to Commit.
+        since_pause: Duration,
+    },
+    /// Final: the handoff failed; send `nack` if any (best effort) and report
+    /// `error`. Nothing was served here.
+    Abort {
+        /// Why.
+        error: HandoffError,
+        /// A Nack to send first, if the peer should be told.
+        nack: Option<Vec<u8>>,
+    },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum NewState {
+    CheckingPeer,
+    SendingHello,
+    AwaitAccept,
+    Agreed,
+    AwaitPrecopy,
+    DecodingBase,
+    SendingReady,
+    AwaitSnapshot,
+    ApplyingRound,
+    Restoring,
+    Deciding,
+    SendingAck,
+    AwaitCommit,
+    Done,
+}
+
+impl NewState {
+    fn name(self) -> &'static str {
+        match self {
+            NewState::CheckingPeer => "checking the peer",
+            NewState::SendingHello => "sending Hello",
+            NewState::AwaitAccept => "waiting for Accept",
+            NewState::Agreed => "agreed",
+            NewState::AwaitPrecopy => "waiting for the pre-copy",
+            NewState::DecodingBase => "decoding the pre-copy",
+            NewState::SendingReady => "sending Ready",
+            NewState::AwaitSnapshot => "waiting for the snapshot",
+            NewState::ApplyingRound => "applying a pre-copy round",
+            NewState::Restoring => "restoring",
+            NewState::Deciding => "deciding",
+            NewState::SendingAck => "sending Ack",
+            NewState::AwaitCommit => "waiting for Commit",
+            NewState::Done => "finished",
+        }
+    }
+}
+
+/// The new process's side of a handoff: see the [module docs](self).
+#[derive(Debug)]
+pub struct NewSide {
+    config: NewConfig,
+    state: NewState,
+    hello: Hello,
+    /// A Hello that could not be sent: reported if no Refuse explains why.
+    hello_failed: Option<HandoffError>,
+    version: u16,
+    features: u32,
+    rounds: u32,
+}
+
+impl NewSide {
+    /// A handoff about to start; the first event is [`NewEvent::PeerChecked`].
+    pub fn new(config: NewConfig) -> NewSide {
+        let (min_version, max_version) = config.versions;
+        NewSide {
+            config,
+            state: NewState::CheckingPeer,
+            hello: Hello {
+                min_version,
+                max_version,
+                pid: config.pid,
+                features: if config.precopy { FEATURE_PRECOPY } else { 0 },
+            },
+            hello_failed: None,
+            version: 0,
+            features: 0,
+            rounds: 0,
+        }
+    }
+
+    /// The agreed snapshot format version (0 before Accept).
+    pub fn version(&self) -> u16 {
+        self.version
+    }
+
+    /// The agreed features (0 before Accept).
+    pub fn features(&self) -> u32 {
+        self.features
+    }
+
+    /// Pre-copy rounds applied.
+    pub fn precopy_rounds(&self) -> u32 {
+        self.rounds
+    }
+
+    /// Whether a final action was given.
+    pub fn is_finished(&self) -> bool {
+        self.state == NewState::Done
+    }
+
+    /// Whether a failure in the current state is told to the peer: from Accept
+    /// on, the old process waits for our word; before, it has nothing to roll back.
+    fn fail(&mut self, error: HandoffError, tell: bool) -> NewAction {
+        self.state = NewState::Done;
+        let nack = tell.then(|| nack_bytes(&error));
+        NewAction::Abort { error, nack }
+    }
+
+    fn out_of_order(&mut self, event: &'static str) -> NewAction {
+        let e = HandoffError::OutOfOrder {
+            state: self.state.name(),
+            event,
+        };
+        let tell = !matches!(
+            self.state,
+            NewState::Done
+                | NewState::CheckingPeer
+                | NewState::SendingHello
+                | NewState::AwaitAccept
+        );
+        if self.state == NewState::Done {
+            return NewAction::Abort {
+                error: e,
+                nack: None,
+            };
+        }
+        self.fail(e, tell)
+    }
+
+    /// Takes one event, answers one action.
+    pub fn handle(&mut self, event: NewEvent<'_>) -> NewAction {
+        use NewState as S;
+        let name = new_event_name(&event);
+        match (self.state, event) {
+            (S::Done, _) => self.out_of_order(name),
+            (S::CheckingPeer, NewEvent::PeerChecked(r)) => match r {
+                Ok(()) => {
+                    self.state = S::SendingHello;
+                    NewAction::Send(self.hello.encode())
+                }
+                Err(e) => self.fail(e, false),
+            },
+            // A daemon that refuses at once may close before reading Hello: its
+            // Refuse is still there to read, and says more than EPIPE.
+            (S::SendingHello, NewEvent::Sent) => {
+                self.state = S::AwaitAccept;
+                NewAction::Recv
+            }
+            (S::SendingHello, NewEvent::Failed(e)) => {
+                self.hello_failed = Some(e);
+                self.state = S::AwaitAccept;
+                NewAction::Recv
+            }
+            (S::AwaitAccept, NewEvent::Failed(e)) => {
+                let e = self.hello_failed.take().unwrap_or(e);
+                self.fail(e, false)
+            }
+            (S::AwaitAccept, NewEvent::Received(m)) => self.on_accept(m),
+            // Sending Ready or Ack failed (the peer is gone or stuck), or no Commit
+            // came after Ack (the old side decides alone from there).
+            (S::SendingReady | S::SendingAck | S::AwaitCommit, NewEvent::Failed(e)) => {
+                self.fail(e, false)
+            }
+            // Waiting for a message: the old side is told (if it still listens).
+            (_, NewEvent::Failed(e)) => self.fail(e, true),
+            (S::Agreed, NewEvent::Receive { can_precopy }) => {
+                if self.features & FEATURE_PRECOPY == 0 {
+                    self.state = S::AwaitSnapshot;
+                    NewAction::Recv
+                } else if can_precopy {
+                    self.state = S::AwaitPrecopy;
+                    NewAction::Recv
+                } else {
+                    self.fail(HandoffError::PrecopyUnsupported, true)
+                }
+            }
+            (S::AwaitPrecopy, NewEvent::Received(m)) => {
+                if let Err(e) = check_kind(&m, &[Kind::Precopy, Kind::Refuse], "Precopy") {
+                    return self.fail(e, true);
+                }
+                if m.kind == Kind::Refuse {
+                    return self.fail(HandoffError::Refused(message::decode_reason(m.body)), false);
+                }
+                self.state = S::DecodingBase;
+                NewAction::DecodeBase
+            }
+            (S::DecodingBase | S::ApplyingRound, NewEvent::Prepared(r)) => match r {
+                Ok(took) => {
+                    if self.state == S::ApplyingRound {
+                        self.rounds += 1;
+                    }
+                    self.state = S::SendingReady;
+                    NewAction::Send(message::encode_duration(Kind::Ready, took))
+                }
+                Err(e) => self.fail(HandoffError::Snapshot(e), true),
+            },
+            (S::SendingReady, NewEvent::Sent) => {
+                self.state = S::AwaitSnapshot;
+                NewAction::Recv
+            }
+            (S::AwaitSnapshot, NewEvent::Received(m)) => self.on_snapshot(m),
+            (S::Restoring, NewEvent::Restored(r)) => match r {
+                Ok(()) => {
+                    self.state = S::Deciding;
+                    NewAction::Decide
+                }
+                Err(e) => self.fail(e, true),
+            },
+            (S::Deciding, NewEvent::Ack(restore)) => {
+                self.state = S::SendingAck;
+                NewAction::Send(message::encode_duration(Kind::Ack, restore))
+            }
+            (S::Deciding, NewEvent::Decline(reason)) => {
+                self.state = S::Done;
+                let nack = message::encode_reason(Kind::Nack, &reason);
+                NewAction::Abort {
+                    error: HandoffError::Refused(reason),
+                    nack: Some(nack),
+                }
+            }
+            (S::SendingAck, NewEvent::Sent) => {
+                self.state = S::AwaitCommit;
+                NewAction::Recv
+            }
+            (S::AwaitCommit, NewEvent::Received(m)) => {
+                // Nothing is sent back after Ack: the old side decides alone.
+                if let Err(e) = check_kind(&m, &[Kind::Commit], "Commit") {
+                    return self.fail(e, false);
+                }
+                match message::decode_duration(Kind::Commit, m.body) {
+                    Ok(since_pause) => {
+                        self.state = S::Done;
+                        NewAction::Serve { since_pause }
+                    }
+                    Err(e) => self.fail(e.into(), false),
+                }
+            }
+            _ => self.out_of_order(name),
+        }
+    }
+
+    fn on_accept(&mut self, m: Incoming<'_>) -> NewAction {
+        if let Err(e) = check_kind(&m, &[Kind::Accept, Kind::Refuse], "Accept or Refuse") {
+            return self.fail(e, false);
+        }
+        if m.kind == Kind::Refuse {
+            return self.fail(HandoffError::Refused(message::decode_reason(m.body)), false);
+        }
+        let (version, features) = match message::decode_accept(m.body) {
+            Ok(x) => x,
+            Err(e) => return self.fail(e.into(), false),
+        };
+        if features & !self.hello.features != 0 {
+            return self.fail(
+                HandoffError::Message(MessageError::BadBody {
+                    kind: Kind::Accept,
+                    why: "accepts a feature that was not offered",
+                }),
+                true,
+            );
+        }
+        let (min, max) = self.config.versions;
+        if !(min..=max).contains(&version) {
+            return self.fail(
+                HandoffError::VersionMismatch {
+                    wanted: (min, max),
+                    offered: version,
+                },
+                true,
+            );
+        }
+        self.version = version;
+        self.features = features;
+        self.state = NewState::Agreed;
+        NewAction::Agreed { version, features }
+    }
+
+    fn on_snapshot(&mut self, m: Incoming<'_>) -> NewAction {
+        if let Err(e) = check_kind(
+            &m,
+            &[Kind::Snapshot, Kind::Refuse, Kind::PrecopyRound],
+            "Snapshot",
+        ) {
+            return self.fail(e, true);
+        }
+        match m.kind {
+            Kind::Refuse => self.fail(HandoffError::Refused(message::decode_reason(m.body)), false),
+            Kind::PrecopyRound if self.features & FEATURE_PRECOPY == 0 => self.fail(
+                unexpected(Kind::PrecopyRound, "Snapshot (no pre-copy was agreed)"),
+                true,
+            ),
+            Kind::PrecopyRound => {
+                self.state = NewState::ApplyingRound;
+                NewAction::ApplyRound
+            }
+            _ => {
+                let (meta, bytes) = match SnapshotMeta::decode(m.body) {
+                    Ok(x) => x,
+                    Err(e) => return self.fail(e.into(), true),
+                };
+                if meta.fd_count() != m.fds as u64 {
+                    return self.fail(
+                        HandoffError::Message(MessageError::BadBody {
+                            kind: Kind::Snapshot,
+                            why: "the number of descriptors differs from what the message \
+                                  announces",
+                        }),
+                        true,
+                    );
+                }
+                let offset = m.body.len() - bytes.len();
+                self.state = NewState::Restoring;
+                NewAction::Restore { meta, offset }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
