@@ -18,6 +18,7 @@ use std::hash::Hash;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+use crate::flags::{AccessMask, FuseOpenFlags, OpenFlags, RenameFlags, WriteFlags};
 use crate::proto::bufs::{DirEntries, DirEntriesPlus, ReadBuf};
 use crate::proto::init::InitWishes;
 use crate::types::*;
@@ -182,8 +183,8 @@ pub trait Filesystem: Send + Sync + 'static {
         Err(Errno::ENOSYS)
     }
 
-    /// Renames; `flags` are `RENAME_NOREPLACE`, `RENAME_EXCHANGE`, `RENAME_WHITEOUT`
-    /// (RENAME2, 7.23; 0 for plain RENAME).
+    /// Renames; `flags` are [`RenameFlags::NOREPLACE`], [`RenameFlags::EXCHANGE`],
+    /// [`RenameFlags::WHITEOUT`] (RENAME2, 7.23; empty for plain RENAME).
     fn rename(
         &self,
         ctx: &RequestContext<'_>,
@@ -191,7 +192,7 @@ pub trait Filesystem: Send + Sync + 'static {
         name: &OsStr,
         newparent: &Self::Node,
         newname: &OsStr,
-        flags: u32,
+        flags: RenameFlags,
     ) -> Result<()> {
         Err(Errno::ENOSYS)
     }
@@ -207,13 +208,21 @@ pub trait Filesystem: Send + Sync + 'static {
         Err(Errno::ENOSYS)
     }
 
-    /// Opens a file. `flags` are the `open(2)` flags (with ATOMIC_O_TRUNC agreed,
-    /// O_TRUNC is the filesystem's to apply).
+    /// Opens a file. `flags` are the `open(2)` flags; `open_flags` the FUSE ones
+    /// ([`FuseOpenFlags::KILL_SUIDGID`], 7.34).
+    ///
+    /// `O_TRUNC`: by default ([`InitWishes::default`] does not ask for
+    /// `ATOMIC_O_TRUNC`) the kernel truncates through [`Filesystem::setattr`] before
+    /// OPEN and removes [`OpenFlags::TRUNC`] from `flags`, so an `open` that ignores
+    /// it is correct. A filesystem that asks for `ATOMIC_O_TRUNC` in
+    /// [`Filesystem::init`] must truncate here when `flags` has
+    /// [`OpenFlags::TRUNC`], or old bytes stay behind.
     fn open(
         &self,
         ctx: &RequestContext<'_>,
         node: &Self::Node,
-        flags: i32,
+        flags: OpenFlags,
+        open_flags: FuseOpenFlags,
     ) -> Result<Opened<Self::Handle>> {
         Err(Errno::ENOSYS)
     }
@@ -233,8 +242,8 @@ pub trait Filesystem: Send + Sync + 'static {
     }
 
     /// Writes `data` at `offset`; returns the bytes written. `write_flags` are
-    /// `FUSE_WRITE_*`, `flags` the open flags (O_APPEND: the kernel gives the offset
-    /// of the end of file as it knows it).
+    /// `FUSE_WRITE_*` ([`WriteFlags`]), `flags` the open flags (O_APPEND: the kernel
+    /// gives the offset of the end of file as it knows it).
     fn write(
         &self,
         ctx: &RequestContext<'_>,
@@ -242,8 +251,8 @@ pub trait Filesystem: Send + Sync + 'static {
         fh: &Self::Handle,
         offset: u64,
         data: &[u8],
-        write_flags: u32,
-        flags: i32,
+        write_flags: WriteFlags,
+        flags: OpenFlags,
     ) -> Result<u32> {
         Err(Errno::ENOSYS)
     }
@@ -394,19 +403,20 @@ pub trait Filesystem: Send + Sync + 'static {
     }
 
     /// access(2) (not sent with `default_permissions`).
-    fn access(&self, ctx: &RequestContext<'_>, node: &Self::Node, mask: u32) -> Result<()> {
+    fn access(&self, ctx: &RequestContext<'_>, node: &Self::Node, mask: AccessMask) -> Result<()> {
         Err(Errno::ENOSYS)
     }
 
     /// Creates and opens a regular file (CREATE). On ENOSYS the kernel falls back to
-    /// MKNOD + OPEN.
+    /// MKNOD + OPEN. `flags` and `open_flags` as for [`Filesystem::open`].
     fn create(
         &self,
         ctx: &RequestContext<'_>,
         parent: &Self::Node,
         name: &OsStr,
         mode: u32,
-        flags: i32,
+        flags: OpenFlags,
+        open_flags: FuseOpenFlags,
     ) -> Result<(Entry<Self::Node>, Opened<Self::Handle>)> {
         Err(Errno::ENOSYS)
     }
@@ -539,7 +549,8 @@ pub trait Filesystem: Send + Sync + 'static {
         ctx: &RequestContext<'_>,
         parent: &Self::Node,
         mode: u32,
-        flags: i32,
+        flags: OpenFlags,
+        open_flags: FuseOpenFlags,
     ) -> Result<(Entry<Self::Node>, Opened<Self::Handle>)> {
         Err(Errno::ENOSYS)
     }
