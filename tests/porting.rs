@@ -30,11 +30,14 @@ struct Seen {
     offered: Option<InitFlags>,
 }
 
+/// A file: name, data, permissions.
+type File = (String, Vec<u8>, u16);
+
 /// A literal port: `open` ignores its flags, `setattr` applies a size, files live in a
 /// map. Entries `f0..f{n}` exist besides `existing` so a listing spans READDIRs.
 struct Ported {
     wishes: Option<InitWishes>,
-    files: Mutex<BTreeMap<u64, (String, Vec<u8>, u16)>>,
+    files: Mutex<BTreeMap<u64, File>>,
     seen: Mutex<Seen>,
 }
 
