@@ -359,3 +359,54 @@ fn a_required_flag_the_kernel_lacks_fails_spawn_naming_it() {
     assert!(!dog.disarm(), "finished before the watchdog");
     let _ = std::fs::remove_dir_all(&mnt);
 }
+
+#[test]
+fn a_rejected_option_is_named_and_mount_flags_apply() {
+    if !can_mount("a_rejected_option_is_named_and_mount_flags_apply") {
+        return;
+    }
+    let mnt = temp_dir("port-options");
+    let opts = MountOptions::new().option("no_such_option=1");
+    match Server::mount(Ported::new(0, None), &mnt, &opts) {
+        Err(ServeError::Mount(e @ dev::MountError::OptionsRejected { .. })) => {
+            let dev::MountError::OptionsRejected { ref suspects, .. } = e else {
+                unreachable!()
+            };
+            assert_eq!(suspects, &["no_such_option=1"]);
+            let text = e.to_string();
+            assert!(
+                text.contains("EINVAL") && text.contains("no_such_option=1"),
+                "{text}"
+            );
+        }
+        Err(e) => panic!("wrong error: {e}"),
+        Ok(_) => panic!("the kernel accepted an unknown option"),
+    }
+    assert!(!is_fuse_mounted(&mnt));
+
+    // suid and dev on, exec off: the mount table shows it.
+    let opts = MountOptions::new()
+        .fsname("ported")
+        .suid(true)
+        .dev(true)
+        .exec(false);
+    let server = Server::mount(Ported::new(0, None), &mnt, &opts).unwrap();
+    let dog = Watchdog::arm(&mnt, None, WATCHDOG).unwrap();
+    let running = server.spawn(1).unwrap();
+    let canonical = std::fs::canonicalize(&mnt).unwrap();
+    let table = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let line = table
+        .lines()
+        .rfind(|l| l.split(' ').nth(4) == canonical.to_str())
+        .expect("mounted");
+    // Field 6: the per-mount options (flags).
+    let flags: Vec<&str> = line.split(' ').nth(5).unwrap().split(',').collect();
+    assert!(flags.contains(&"noexec"), "{flags:?}");
+    assert!(
+        !flags.contains(&"nosuid") && !flags.contains(&"nodev"),
+        "{flags:?}"
+    );
+    running.unmount().unwrap();
+    assert!(!dog.disarm(), "finished before the watchdog");
+    let _ = std::fs::remove_dir_all(&mnt);
+}
