@@ -230,4 +230,15 @@ mod tests {
         assert!(r.contains(RenameFlags::NOREPLACE) && !r.contains(RenameFlags::EXCHANGE));
         assert_eq!(AccessMask(6), AccessMask::READ | AccessMask::WRITE);
     }
+
+    #[test]
+    fn the_invalid_id_is_no_caller() {
+        let ctx = crate::RequestContext::new(1, u32::MAX, u32::MAX, 7);
+        assert_eq!((ctx.caller_uid(), ctx.caller_gid()), (None, None));
+        let ctx = crate::RequestContext::new(1, 1000, 100, 7);
+        assert_eq!(
+            (ctx.caller_uid(), ctx.caller_gid()),
+            (Some(1000), Some(100))
+        );
+    }
 }

@@ -11,6 +11,35 @@
 //! Every method has a default: ENOSYS (or the conventional behaviour where the kernel
 //! expects one, e.g. `flush`, `release`, `forget`). Methods take `&self` and may be
 //! called from several worker threads at once.
+//!
+//! # What the library does for the filesystem
+//!
+//! - **Lookup counts and FORGET**: the session counts every reply that hands the
+//!   kernel a nodeid (LOOKUP, CREATE, MKNOD, MKDIR, SYMLINK, LINK, TMPFILE, each
+//!   READDIRPLUS entry but `.` and `..`) and calls [`Filesystem::forget`] only when
+//!   the kernel's count reaches zero. Nodeid 1 is [`Filesystem::root`].
+//! - **`O_TRUNC`**: [`InitWishes::default`] does not ask for `ATOMIC_O_TRUNC`, so the
+//!   kernel truncates through [`Filesystem::setattr`] and `open` never sees
+//!   `O_TRUNC`. Ask for `ATOMIC_O_TRUNC` only if `open` applies it.
+//! - **INIT**: [`Filesystem::init`] sees what the kernel offered
+//!   ([`InitWishes::offered`]); flags it wants but the kernel lacks are dropped,
+//!   unless listed in [`InitWishes::required`], which makes INIT fail naming them.
+//! - **Extended attribute sizes**: when `getxattr`/`listxattr` is called with
+//!   `size` 0 (the caller probes for the size), a returned [`Xattr::Data`] is
+//!   answered with its length; when it is larger than a non-zero `size`, the
+//!   session answers `ERANGE`. So a filesystem may always return the whole value.
+//! - **Directory listings**: [`DirEntries::push`] and [`DirEntriesPlus::push`] fail
+//!   with [`Full`](crate::Full) when the reply is full: stop there, the kernel asks
+//!   again from the last entry's offset.
+//! - **The reserved name**: a LOOKUP of [`POKE_NAME`](crate::proto::POKE_NAME) in the
+//!   root is the serving layer's wake-up poke; the session answers it `ENOENT`
+//!   itself and never calls [`Filesystem::lookup`] for it, so a file of that name
+//!   in the root cannot be looked up.
+//! - **Panics**: a panic in a method is caught and answered `EIO` (in `init`, the
+//!   mount is refused and [`Server::spawn`](crate::serve::Server::spawn) says so).
+//! - **Flag arguments** are typed ([`OpenFlags`], [`FuseOpenFlags`], [`WriteFlags`],
+//!   [`RenameFlags`], [`AccessMask`]): newtypes over the kernel's bits, with
+//!   constants, that keep unknown bits.
 use std::ffi::OsStr;
 use std::fmt::Debug;
 use std::hash::Hash;
@@ -101,7 +130,9 @@ pub trait Filesystem: Send + Sync + 'static {
         None
     }
 
-    /// Looks up `name` in directory `parent`.
+    /// Looks up `name` in directory `parent`. Never called for the reserved wake-up
+    /// name [`POKE_NAME`](crate::proto::POKE_NAME) in the root (the session answers
+    /// it `ENOENT`).
     fn lookup(
         &self,
         ctx: &RequestContext<'_>,
@@ -380,7 +411,9 @@ pub trait Filesystem: Send + Sync + 'static {
     }
 
     /// Gets an extended attribute: its size when `size` is 0, else the value
-    /// (ERANGE if larger than `size`).
+    /// (ERANGE if larger than `size`). Returning [`Xattr::Data`] is always right:
+    /// the session answers the size probe (`size` 0) with its length, and `ERANGE`
+    /// when it is larger than `size`.
     fn getxattr(
         &self,
         ctx: &RequestContext<'_>,
@@ -392,7 +425,8 @@ pub trait Filesystem: Send + Sync + 'static {
     }
 
     /// Lists extended attribute names (NUL-separated), or the list's size when
-    /// `size` is 0.
+    /// `size` is 0. As for [`Filesystem::getxattr`], the session answers the size
+    /// probe and `ERANGE` itself when given [`Xattr::Data`].
     fn listxattr(&self, ctx: &RequestContext<'_>, node: &Self::Node, size: u32) -> Result<Xattr> {
         Err(Errno::ENOSYS)
     }
