@@ -14,7 +14,7 @@ use fuse_live::session::{
     AttrReply, DirEntries, DirEntriesPlus, Entry, Errno, FileType, Filesystem, InitWishes, Opened,
     ReadBuf, RequestContext, Result, SetAttr, Statfs, StatxReply, TimeOrNow, Xattr,
 };
-use fuse_live::session::{FuseOpenFlags, OpenFlags, RenameFlags, WriteFlags};
+use fuse_live::session::{FuseOpenFlags, OpenFlags, RenameFlags, StatxAttributes, WriteFlags};
 use rustix::fs::{AtFlags, Mode, OFlags};
 use serde::{Deserialize, Serialize};
 
@@ -1206,7 +1206,8 @@ impl Filesystem for PassFs {
         Ok(StatxReply {
             attr: node::attr_of(&st)?,
             btime,
-            attributes: (sx.stx_attributes.bits(), sx.stx_attributes_mask.bits()),
+            attributes: StatxAttributes(sx.stx_attributes.bits()),
+            attributes_mask: StatxAttributes(sx.stx_attributes_mask.bits()),
             ttl: self.config.ttl,
         })
     }

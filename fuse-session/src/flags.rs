@@ -6,8 +6,8 @@
 //! kernel extends). The inner value is public for anything the constants miss.
 //!
 //! # References
-//! - Linux `include/uapi/linux/fuse.h` (`FUSE_OPEN_*`, `FUSE_WRITE_*`, `FUSE_READ_*`)
-//! - `open(2)`, `rename(2)`, `access(2)`
+//! - Linux `include/uapi/linux/fuse.h` (`FUSE_OPEN_*`, `FUSE_WRITE_*`), `include/uapi/linux/stat.h`
+//! - `open(2)`, `rename(2)`, `access(2)`, `statx(2)`
 use std::fmt;
 
 use nix::libc;
@@ -211,6 +211,39 @@ impl fmt::Debug for WriteFlags {
     }
 }
 
+/// `STATX_ATTR_*`: file attributes reported by `statx(2)` (STATX, 7.39).
+#[derive(Clone, Copy, Default, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+pub struct StatxAttributes(pub u64);
+
+flag_ops!(StatxAttributes, u64);
+
+impl StatxAttributes {
+    /// Compressed by the filesystem.
+    pub const COMPRESSED: StatxAttributes = StatxAttributes(0x4);
+    /// Immutable (`chattr +i`).
+    pub const IMMUTABLE: StatxAttributes = StatxAttributes(0x10);
+    /// Append only (`chattr +a`).
+    pub const APPEND: StatxAttributes = StatxAttributes(0x20);
+    /// Not to be dumped (`chattr +d`).
+    pub const NODUMP: StatxAttributes = StatxAttributes(0x40);
+    /// Encrypted.
+    pub const ENCRYPTED: StatxAttributes = StatxAttributes(0x800);
+    /// An automount trigger.
+    pub const AUTOMOUNT: StatxAttributes = StatxAttributes(0x1000);
+    /// The root of a mount.
+    pub const MOUNT_ROOT: StatxAttributes = StatxAttributes(0x2000);
+    /// fs-verity protected.
+    pub const VERITY: StatxAttributes = StatxAttributes(0x10_0000);
+    /// In the DAX state.
+    pub const DAX: StatxAttributes = StatxAttributes(0x20_0000);
+}
+
+impl fmt::Debug for StatxAttributes {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "StatxAttributes({:#x})", self.0)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -229,6 +262,12 @@ mod tests {
         let r = RenameFlags::NOREPLACE | RenameFlags::WHITEOUT;
         assert!(r.contains(RenameFlags::NOREPLACE) && !r.contains(RenameFlags::EXCHANGE));
         assert_eq!(AccessMask(6), AccessMask::READ | AccessMask::WRITE);
+        assert_eq!(
+            StatxAttributes::IMMUTABLE.0,
+            libc::STATX_ATTR_IMMUTABLE as u64
+        );
+        assert_eq!(StatxAttributes::VERITY.0, libc::STATX_ATTR_VERITY as u64);
+        assert_eq!(StatxAttributes::DAX.0, libc::STATX_ATTR_DAX as u64);
     }
 
     #[test]

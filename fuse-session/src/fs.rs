@@ -47,7 +47,9 @@ use std::hash::Hash;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use crate::flags::{AccessMask, FuseOpenFlags, OpenFlags, RenameFlags, WriteFlags};
+use crate::flags::{
+    AccessMask, FuseOpenFlags, OpenFlags, RenameFlags, StatxAttributes, WriteFlags,
+};
 use crate::proto::bufs::{DirEntries, DirEntriesPlus, ReadBuf};
 use crate::proto::init::InitWishes;
 use crate::types::*;
@@ -67,8 +69,10 @@ pub struct StatxReply {
     pub attr: FileAttr,
     /// Birth time, if known.
     pub btime: Option<std::time::SystemTime>,
-    /// `STATX_ATTR_*` attributes and their mask.
-    pub attributes: (u64, u64),
+    /// `STATX_ATTR_*` attributes set.
+    pub attributes: StatxAttributes,
+    /// The `STATX_ATTR_*` attributes this filesystem supports (set or not).
+    pub attributes_mask: StatxAttributes,
     /// How long the kernel may cache them.
     pub ttl: std::time::Duration,
 }

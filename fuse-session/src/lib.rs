@@ -21,7 +21,7 @@ pub mod proto;
 pub mod serve;
 pub mod types;
 
-pub use flags::{AccessMask, FuseOpenFlags, OpenFlags, RenameFlags, WriteFlags};
+pub use flags::{AccessMask, FuseOpenFlags, OpenFlags, RenameFlags, StatxAttributes, WriteFlags};
 pub use fs::{Filesystem, PollHandle, StateValue, StatxReply};
 pub use fuse_wire as wire;
 pub use notify::{Notified, Notifier, NotifyError};

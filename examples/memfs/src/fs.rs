@@ -18,7 +18,7 @@ use fuse_session::wire::InitFlags;
 use fuse_session::{
     AccessMask, AttrReply, DirEntries, DirEntriesPlus, Entry, Errno, FileType, Filesystem,
     FuseOpenFlags, InitWishes, OpenFlags, Opened, ReadBuf, RenameFlags, RequestContext, Result,
-    SetAttr, Statfs, StatxReply, WriteFlags, Xattr,
+    SetAttr, Statfs, StatxAttributes, StatxReply, WriteFlags, Xattr,
 };
 use serde::{Deserialize, Serialize};
 
@@ -666,7 +666,8 @@ impl Filesystem for MemFs {
         Ok(StatxReply {
             attr: state.attr(*node)?,
             btime: Some(state.btime(*node)?),
-            attributes: (0, 0),
+            attributes: StatxAttributes::EMPTY,
+            attributes_mask: StatxAttributes::EMPTY,
             ttl: self.config.ttl,
         })
     }

@@ -993,7 +993,7 @@ fn statx_of(sx: &StatxReply) -> abi::fuse_statx {
         ino: U64::new(a.ino),
         size: U64::new(a.size),
         blocks: U64::new(a.blocks),
-        attributes_mask: U64::new(sx.attributes.1),
+        attributes_mask: U64::new(sx.attributes_mask.0),
         atime: t(a.atime),
         btime,
         ctime: t(a.ctime),
