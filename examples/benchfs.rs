@@ -255,6 +255,8 @@ impl Filesystem for BenchFs {
         _: &(),
         offset: u64,
         size: u32,
+        _: OpenFlags,
+        _: Option<u64>,
         out: &mut ReadBuf<'r, '_>,
     ) -> Result<()> {
         let fsize = file_size(*node).ok_or(Errno::EIO)?;

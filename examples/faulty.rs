@@ -105,6 +105,8 @@ impl Filesystem for Faulty {
         _: &(),
         offset: u64,
         _: u32,
+        _: OpenFlags,
+        _: Option<u64>,
         out: &mut ReadBuf<'r, '_>,
     ) -> Result<()> {
         if *node == BOOMFILE {

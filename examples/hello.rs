@@ -87,6 +87,8 @@ impl Filesystem for Hello {
         _: &(),
         offset: u64,
         _size: u32,
+        _: OpenFlags,
+        _: Option<u64>,
         out: &mut ReadBuf<'r, '_>,
     ) -> Result<()> {
         let start = (offset as usize).min(TEXT.len());

@@ -100,6 +100,8 @@ impl Filesystem for Hello {
         _: &(),
         offset: u64,
         _size: u32,
+        _: OpenFlags,
+        _: Option<u64>,
         out: &mut ReadBuf<'r, '_>,
     ) -> Result<()> {
         let start = usize::try_from(offset)

@@ -27,6 +27,7 @@ const EXISTING: u64 = 2;
 struct Seen {
     opens: Vec<(OpenFlags, FuseOpenFlags)>,
     truncates: Vec<u64>,
+    reads: Vec<OpenFlags>,
     offered: Option<InitFlags>,
 }
 
@@ -155,8 +156,11 @@ impl Filesystem for Ported {
         _: &(),
         offset: u64,
         size: u32,
+        flags: OpenFlags,
+        _: Option<u64>,
         out: &mut ReadBuf<'r, '_>,
     ) -> Result<()> {
+        self.seen.lock().unwrap().reads.push(flags);
         let files = self.files.lock().unwrap();
         let (_, data, _) = files.get(node).ok_or(Errno::ENOENT)?;
         let start = (offset as usize).min(data.len());
@@ -409,4 +413,29 @@ fn a_rejected_option_is_named_and_mount_flags_apply() {
     running.unmount().unwrap();
     assert!(!dog.disarm(), "finished before the watchdog");
     let _ = std::fs::remove_dir_all(&mnt);
+}
+
+#[test]
+fn read_sees_the_open_flags() {
+    if !can_mount("read_sees_the_open_flags") {
+        return;
+    }
+    let m = mount("port-read", Ported::new(0, None));
+    let mut f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::libc::O_NONBLOCK)
+        .open(m.mnt.join("existing"))
+        .unwrap();
+    let mut text = String::new();
+    std::io::Read::read_to_string(&mut f, &mut text).unwrap();
+    assert_eq!(text, "hello world\n");
+    drop(f);
+    {
+        let fs = m.running.session().filesystem();
+        let seen = fs.seen.lock().unwrap();
+        let flags = *seen.reads.first().expect("a READ");
+        assert!(flags.contains(OpenFlags::NONBLOCK), "{flags:?}");
+        assert_eq!(flags.access_mode(), OpenFlags::RDONLY);
+    }
+    m.finish();
 }

@@ -83,6 +83,8 @@ impl Filesystem for Files {
         _: &u64,
         off: u64,
         _: u32,
+        _: OpenFlags,
+        _: Option<u64>,
         out: &mut ReadBuf<'r, '_>,
     ) -> Result<()> {
         let text = format!("f{:04}", n - 2);

@@ -202,6 +202,8 @@ impl Filesystem for Tree {
         _: &u64,
         off: u64,
         size: u32,
+        _: OpenFlags,
+        _: Option<u64>,
         out: &mut ReadBuf<'r, '_>,
     ) -> Result<()> {
         if *n == W_INO {

@@ -870,6 +870,8 @@ impl Filesystem for PassFs {
         fh: &Handle,
         offset: u64,
         size: u32,
+        _: OpenFlags,
+        _: Option<u64>,
         out: &mut ReadBuf<'r, '_>,
     ) -> Result<()> {
         let file = self.file(fh)?;

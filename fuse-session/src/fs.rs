@@ -263,7 +263,9 @@ pub trait Filesystem: Send + Sync + 'static {
     }
 
     /// Reads up to `size` bytes at `offset` into `out` (copy into `out.buffer()`, or
-    /// lend a slice of `self` with `out.set(..)` for a zero-copy reply).
+    /// lend a slice of `self` with `out.set(..)` for a zero-copy reply). `flags` are
+    /// the open flags; `lock_owner` is given when the kernel sent one
+    /// (`FUSE_READ_LOCKOWNER`, for mandatory locking).
     fn read<'r>(
         &'r self,
         ctx: &RequestContext<'_>,
@@ -271,6 +273,8 @@ pub trait Filesystem: Send + Sync + 'static {
         fh: &Self::Handle,
         offset: u64,
         size: u32,
+        flags: OpenFlags,
+        lock_owner: Option<u64>,
         out: &mut ReadBuf<'r, '_>,
     ) -> Result<()> {
         Err(Errno::ENOSYS)

@@ -106,6 +106,8 @@ impl Filesystem for TreeFs {
         _: &u32,
         _: u64,
         _: u32,
+        _: OpenFlags,
+        _: Option<u64>,
         out: &mut ReadBuf<'r, '_>,
     ) -> Result<()> {
         // Blocks until interrupted (at most 5 s): the interrupt test.

@@ -110,6 +110,8 @@ impl Filesystem for PanickyFs {
         _: &u32,
         _: u64,
         _: u32,
+        _: OpenFlags,
+        _: Option<u64>,
         out: &mut ReadBuf<'r, '_>,
     ) -> Result<()> {
         if *node == BOOM {

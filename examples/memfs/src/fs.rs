@@ -413,6 +413,8 @@ impl Filesystem for MemFs {
         _fh: &Handle,
         offset: u64,
         _size: u32,
+        _: OpenFlags,
+        _: Option<u64>,
         out: &mut ReadBuf<'r, '_>,
     ) -> Result<()> {
         let n = self.lock_read().read(*node, offset, out.buffer())?;

@@ -13,6 +13,9 @@ use crate::fs::{Filesystem, PollHandle, StatxReply};
 use crate::proto::bufs::{DirEntries, DirEntriesPlus, ReadBuf, ReadData};
 use crate::proto::handles::{HandleEntry, HandleKind};
 use crate::proto::init::{negotiate, InitError, KernelOffer};
+
+/// `FUSE_READ_LOCKOWNER`: READ's `lock_owner` is set.
+const READ_LOCKOWNER: u32 = 1 << 1;
 use crate::proto::nodes::ROOT_ID;
 use crate::proto::session::{lock, InitState, Session, POKE_NAME};
 use crate::proto::step::{panic_message, Outcome, ReplyParts};
@@ -523,7 +526,19 @@ impl<F: Filesystem> Session<F> {
                 };
                 let size = (arg.size.get() as usize).min(rest.len());
                 let mut buf = ReadBuf::new(&mut rest[..size]);
-                fs.read(&ctx, &node, &fh, arg.offset.get(), size as u32, &mut buf)?;
+                // FUSE_READ_LOCKOWNER: the lock owner field is meaningful.
+                let lock_owner =
+                    (arg.read_flags.get() & READ_LOCKOWNER != 0).then(|| arg.lock_owner.get());
+                fs.read(
+                    &ctx,
+                    &node,
+                    &fh,
+                    arg.offset.get(),
+                    size as u32,
+                    OpenFlags(arg.flags.get() as i32),
+                    lock_owner,
+                    &mut buf,
+                )?;
                 Ok(Dispatched::Read(buf.into_data()))
             }
             Operation::Write { arg, data } => {
