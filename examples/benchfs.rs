@@ -46,6 +46,7 @@ use fuse_live::session::{
     AttrReply, DirEntries, Entry, Errno, FileAttr, FileType, Filesystem, InitWishes, Opened,
     ReadBuf, RequestContext, Result, Statfs,
 };
+use fuse_live::session::{FuseOpenFlags, OpenFlags};
 
 const ROOT_INO: u64 = 1;
 const BIG_INO: u64 = 2;
@@ -223,7 +224,13 @@ impl Filesystem for BenchFs {
         })
     }
 
-    fn open(&self, _: &RequestContext<'_>, node: &u64, flags: i32) -> Result<Opened<()>> {
+    fn open(
+        &self,
+        _: &RequestContext<'_>,
+        node: &u64,
+        flags: OpenFlags,
+        _: FuseOpenFlags,
+    ) -> Result<Opened<()>> {
         self.count(&self.stats.open, 1);
         if *node == ROOT_INO {
             return Err(Errno::EISDIR);
@@ -231,7 +238,7 @@ impl Filesystem for BenchFs {
         if file_size(*node).is_none() {
             return Err(Errno::ENOENT);
         }
-        if flags & nix::libc::O_ACCMODE != nix::libc::O_RDONLY {
+        if flags.access_mode() != OpenFlags::RDONLY {
             return Err(Errno::EACCES);
         }
         Ok(Opened {
@@ -248,6 +255,8 @@ impl Filesystem for BenchFs {
         _: &(),
         offset: u64,
         size: u32,
+        _: OpenFlags,
+        _: Option<u64>,
         out: &mut ReadBuf<'r, '_>,
     ) -> Result<()> {
         let fsize = file_size(*node).ok_or(Errno::EIO)?;
@@ -322,7 +331,7 @@ impl Filesystem for BenchFs {
                     (SMALL_FIRST + k, FileType::RegularFile, &name)
                 }
             };
-            if !out.add(ino, i + 1, kind, OsStr::from_bytes(n)) {
+            if out.push(ino, i + 1, kind, OsStr::from_bytes(n)).is_err() {
                 break;
             }
         }

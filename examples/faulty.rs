@@ -20,6 +20,7 @@ use fuse_live::session::{
     AttrReply, DirEntries, Entry, Errno, FileAttr, FileType, Filesystem, Opened, ReadBuf,
     RequestContext, Result,
 };
+use fuse_live::session::{FuseOpenFlags, OpenFlags, WriteFlags};
 
 const TEXT: &[u8] = b"all is well\n";
 const TTL: Duration = Duration::ZERO;
@@ -87,7 +88,13 @@ impl Filesystem for Faulty {
         })
     }
 
-    fn open(&self, _: &RequestContext<'_>, _: &u64, _: i32) -> Result<Opened<()>> {
+    fn open(
+        &self,
+        _: &RequestContext<'_>,
+        _: &u64,
+        _: OpenFlags,
+        _: FuseOpenFlags,
+    ) -> Result<Opened<()>> {
         Ok(Opened::new(()))
     }
 
@@ -98,6 +105,8 @@ impl Filesystem for Faulty {
         _: &(),
         offset: u64,
         _: u32,
+        _: OpenFlags,
+        _: Option<u64>,
         out: &mut ReadBuf<'r, '_>,
     ) -> Result<()> {
         if *node == BOOMFILE {
@@ -115,8 +124,8 @@ impl Filesystem for Faulty {
         _: &(),
         _: u64,
         data: &[u8],
-        _: u32,
-        _: i32,
+        _: WriteFlags,
+        _: OpenFlags,
     ) -> Result<u32> {
         if *node == BOOMFILE {
             panic!("faulty: write to boomfile");
@@ -148,7 +157,10 @@ impl Filesystem for Faulty {
             list.extend(NAMES.iter().map(|&(n, i)| (i, attr(i).kind, n)));
         }
         for (i, (ino, kind, name)) in list.iter().enumerate().skip(offset as usize) {
-            if !out.add(*ino, i as u64 + 1, *kind, OsStr::new(name)) {
+            if out
+                .push(*ino, i as u64 + 1, *kind, OsStr::new(name))
+                .is_err()
+            {
                 break;
             }
         }

@@ -15,6 +15,7 @@ use fuse_live::session::{
     AttrReply, DirEntries, Entry, Errno, FileAttr, FileType, Filesystem, Opened, ReadBuf,
     RequestContext, Result,
 };
+use fuse_live::session::{FuseOpenFlags, OpenFlags};
 
 const TEXT: &[u8] = b"Hello, world!\n";
 const TTL: Duration = Duration::from_secs(1);
@@ -63,11 +64,17 @@ impl Filesystem for Hello {
         })
     }
 
-    fn open(&self, _: &RequestContext<'_>, node: &u64, flags: i32) -> Result<Opened<()>> {
+    fn open(
+        &self,
+        _: &RequestContext<'_>,
+        node: &u64,
+        flags: OpenFlags,
+        _: FuseOpenFlags,
+    ) -> Result<Opened<()>> {
         if *node != 2 {
             return Err(Errno::EISDIR);
         }
-        if flags & nix::libc::O_ACCMODE != nix::libc::O_RDONLY {
+        if flags.access_mode() != OpenFlags::RDONLY {
             return Err(Errno::EROFS);
         }
         Ok(Opened::new(()))
@@ -80,6 +87,8 @@ impl Filesystem for Hello {
         _: &(),
         offset: u64,
         _size: u32,
+        _: OpenFlags,
+        _: Option<u64>,
         out: &mut ReadBuf<'r, '_>,
     ) -> Result<()> {
         let start = (offset as usize).min(TEXT.len());
@@ -109,7 +118,10 @@ impl Filesystem for Hello {
             (2, FileType::RegularFile, "hello"),
         ];
         for (i, (ino, kind, name)) in entries.iter().enumerate().skip(offset as usize) {
-            if !out.add(*ino, i as u64 + 1, *kind, OsStr::new(name)) {
+            if out
+                .push(*ino, i as u64 + 1, *kind, OsStr::new(name))
+                .is_err()
+            {
                 break;
             }
         }

@@ -30,6 +30,7 @@ use fuse_live::session::{
     AttrReply, DirEntries, Entry, Errno, FileAttr, FileType, Filesystem, Opened, ReadBuf,
     RequestContext, Result,
 };
+use fuse_live::session::{FuseOpenFlags, OpenFlags};
 use fuse_live::snapshot::{FdRestorer, FdSaver, SnapshotFs};
 
 const TEXT: &[u8] = b"Hello from a daemon that survives SIGKILL!\n";
@@ -78,7 +79,13 @@ impl Filesystem for Hello {
         })
     }
 
-    fn open(&self, _: &RequestContext<'_>, node: &u64, _flags: i32) -> Result<Opened<()>> {
+    fn open(
+        &self,
+        _: &RequestContext<'_>,
+        node: &u64,
+        _flags: OpenFlags,
+        _: FuseOpenFlags,
+    ) -> Result<Opened<()>> {
         if *node == 2 {
             Ok(Opened::new(()))
         } else {
@@ -93,6 +100,8 @@ impl Filesystem for Hello {
         _: &(),
         offset: u64,
         _size: u32,
+        _: OpenFlags,
+        _: Option<u64>,
         out: &mut ReadBuf<'r, '_>,
     ) -> Result<()> {
         let start = usize::try_from(offset)
@@ -124,7 +133,10 @@ impl Filesystem for Hello {
             (2, FileType::RegularFile, "hello"),
         ];
         for (i, (ino, kind, name)) in entries.iter().enumerate().skip(offset as usize) {
-            if !out.add(*ino, i as u64 + 1, *kind, OsStr::new(name)) {
+            if out
+                .push(*ino, i as u64 + 1, *kind, OsStr::new(name))
+                .is_err()
+            {
                 break;
             }
         }

@@ -16,6 +16,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use fuse_live::session::dev::fusectl::{self, Watchdog};
+use fuse_live::session::{FuseOpenFlags, OpenFlags, RenameFlags};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use rustix::io::Errno;
@@ -891,7 +892,9 @@ mod core {
                 fs.lookup(&ctx, &e.node, OsStr::new("secret")).map(|_| ()),
                 Err(FErrno::ENOTDIR)
             );
-            assert!(fs.open(&ctx, &e.node, nix::libc::O_RDONLY).is_err());
+            assert!(fs
+                .open(&ctx, &e.node, OpenFlags::RDONLY, FuseOpenFlags::EMPTY)
+                .is_err());
             assert!(fs.opendir(&ctx, &e.node, 0).is_err());
         }
         // Creating through names with a separator is refused.
@@ -907,7 +910,7 @@ mod core {
                 OsStr::new("sub"),
                 &root,
                 OsStr::new("../moved"),
-                0
+                RenameFlags::EMPTY
             ),
             Err(FErrno::EINVAL)
         );

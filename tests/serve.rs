@@ -13,6 +13,7 @@ use fuse_live::session::dev::fusectl::Watchdog;
 use fuse_live::session::dev::MountOptions;
 use fuse_live::session::serve::Server;
 use fuse_live::session::*;
+use fuse_live::session::{FuseOpenFlags, OpenFlags};
 
 mod common;
 use common::{can_mount, example_binary};
@@ -66,7 +67,13 @@ impl Filesystem for Files {
             ttl: Duration::from_secs(60),
         })
     }
-    fn open(&self, _: &RequestContext<'_>, n: &u64, _: i32) -> Result<Opened<u64>> {
+    fn open(
+        &self,
+        _: &RequestContext<'_>,
+        n: &u64,
+        _: OpenFlags,
+        _: FuseOpenFlags,
+    ) -> Result<Opened<u64>> {
         Ok(Opened::new(*n))
     }
     fn read<'r>(
@@ -76,6 +83,8 @@ impl Filesystem for Files {
         _: &u64,
         off: u64,
         _: u32,
+        _: OpenFlags,
+        _: Option<u64>,
         out: &mut ReadBuf<'r, '_>,
     ) -> Result<()> {
         let text = format!("f{:04}", n - 2);
@@ -95,12 +104,15 @@ impl Filesystem for Files {
         out: &mut DirEntries<'_>,
     ) -> Result<()> {
         for i in off..self.0 {
-            if !out.add(
-                i + 2,
-                i + 1,
-                FileType::RegularFile,
-                OsStr::new(&format!("f{i}")),
-            ) {
+            if out
+                .push(
+                    i + 2,
+                    i + 1,
+                    FileType::RegularFile,
+                    OsStr::new(&format!("f{i}")),
+                )
+                .is_err()
+            {
                 break;
             }
         }
@@ -279,7 +291,6 @@ fn retrieve_returns_the_cached_data_through_a_worker() {
     assert!(!dog.disarm(), "finished before the watchdog");
     let _ = std::fs::remove_dir(&mnt);
 }
-
 
 #[test]
 fn hello_follows_the_command_line_contract() {

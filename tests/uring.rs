@@ -25,6 +25,7 @@ use fuse_live::session::dev::uring;
 use fuse_live::session::dev::MountOptions;
 use fuse_live::session::serve::{Backend, Running, ServeError, Server, UringOptions};
 use fuse_live::session::*;
+use fuse_live::session::{FuseOpenFlags, OpenFlags, WriteFlags};
 
 const PARAM: &str = "/sys/module/fuse/parameters/enable_uring";
 
@@ -171,8 +172,8 @@ impl Filesystem for Tree {
         _: &u64,
         offset: u64,
         data: &[u8],
-        _: u32,
-        _: i32,
+        _: WriteFlags,
+        _: OpenFlags,
     ) -> Result<u32> {
         if *n != W_INO {
             return Err(Errno::EBADF);
@@ -185,7 +186,13 @@ impl Filesystem for Tree {
         w[offset as usize..end].copy_from_slice(data);
         Ok(data.len() as u32)
     }
-    fn open(&self, _: &RequestContext<'_>, n: &u64, _: i32) -> Result<Opened<u64>> {
+    fn open(
+        &self,
+        _: &RequestContext<'_>,
+        n: &u64,
+        _: OpenFlags,
+        _: FuseOpenFlags,
+    ) -> Result<Opened<u64>> {
         Ok(Opened::new(*n))
     }
     fn read<'r>(
@@ -195,6 +202,8 @@ impl Filesystem for Tree {
         _: &u64,
         off: u64,
         size: u32,
+        _: OpenFlags,
+        _: Option<u64>,
         out: &mut ReadBuf<'r, '_>,
     ) -> Result<()> {
         if *n == W_INO {
@@ -239,7 +248,10 @@ impl Filesystem for Tree {
             } else {
                 (FIRST_SMALL + i - 1, format!("s{}", i - 1))
             };
-            if !out.add(ino, i + 1, FileType::RegularFile, OsStr::new(&name)) {
+            if out
+                .push(ino, i + 1, FileType::RegularFile, OsStr::new(&name))
+                .is_err()
+            {
                 break;
             }
         }

@@ -14,6 +14,7 @@ use fuse_live::session::{
     AttrReply, DirEntries, DirEntriesPlus, Entry, Errno, FileType, Filesystem, InitWishes, Opened,
     ReadBuf, RequestContext, Result, SetAttr, Statfs, StatxReply, TimeOrNow, Xattr,
 };
+use fuse_live::session::{FuseOpenFlags, OpenFlags, RenameFlags, StatxAttributes, WriteFlags};
 use rustix::fs::{AtFlags, Mode, OFlags};
 use serde::{Deserialize, Serialize};
 
@@ -807,7 +808,7 @@ impl Filesystem for PassFs {
         name: &OsStr,
         newparent: &Node,
         newname: &OsStr,
-        flags: u32,
+        flags: RenameFlags,
     ) -> Result<()> {
         let (name, newname) = (component(name)?, component(newname)?);
         let (p, np) = (self.node_fd(parent)?, self.node_fd(newparent)?);
@@ -816,7 +817,7 @@ impl Filesystem for PassFs {
             name.as_c_str(),
             np.as_fd(),
             newname.as_c_str(),
-            rustix::fs::RenameFlags::from_bits_retain(flags),
+            rustix::fs::RenameFlags::from_bits_retain(flags.0),
         )
         .map_err(rx)
     }
@@ -842,7 +843,14 @@ impl Filesystem for PassFs {
         self.lookup_at(np.as_fd(), &newname)
     }
 
-    fn open(&self, ctx: &RequestContext<'_>, node: &Node, flags: i32) -> Result<Opened<Handle>> {
+    fn open(
+        &self,
+        ctx: &RequestContext<'_>,
+        node: &Node,
+        flags: OpenFlags,
+        _open_flags: FuseOpenFlags,
+    ) -> Result<Opened<Handle>> {
+        let flags = flags.0;
         if node.kind != nix::libc::S_IFREG {
             return Err(if node.is_dir() {
                 Errno::EISDIR
@@ -862,6 +870,8 @@ impl Filesystem for PassFs {
         fh: &Handle,
         offset: u64,
         size: u32,
+        _: OpenFlags,
+        _: Option<u64>,
         out: &mut ReadBuf<'r, '_>,
     ) -> Result<()> {
         let file = self.file(fh)?;
@@ -887,8 +897,8 @@ impl Filesystem for PassFs {
         fh: &Handle,
         offset: u64,
         data: &[u8],
-        _write_flags: u32,
-        _flags: i32,
+        _write_flags: WriteFlags,
+        _flags: OpenFlags,
     ) -> Result<u32> {
         let file = self.file(fh)?;
         let n = rustix::io::pwrite(&file.fd, data, offset).map_err(rx)?;
@@ -951,7 +961,8 @@ impl Filesystem for PassFs {
         out: &mut DirEntries<'_>,
     ) -> Result<()> {
         self.readdir_any(fh, offset, |name, ino, next, kind| {
-            out.add(ino, next, kind, OsStr::from_bytes(name.as_bytes()))
+            out.push(ino, next, kind, OsStr::from_bytes(name.as_bytes()))
+                .is_ok()
         })
     }
 
@@ -970,10 +981,10 @@ impl Filesystem for PassFs {
             let b = name.as_bytes();
             if b == b"." || b == b".." {
                 // Not counted by the session; the kernel ignores their attributes.
-                return out.add(OsStr::from_bytes(b), next, &dir_entry);
+                return out.push(OsStr::from_bytes(b), next, &dir_entry).is_ok();
             }
             match self.lookup_at(dir_fd.as_fd(), name) {
-                Ok(entry) => out.add(OsStr::from_bytes(b), next, &entry),
+                Ok(entry) => out.push(OsStr::from_bytes(b), next, &entry).is_ok(),
                 // Removed meanwhile: leave it out.
                 Err(_) => true,
             }
@@ -1074,8 +1085,10 @@ impl Filesystem for PassFs {
         parent: &Node,
         name: &OsStr,
         mode: u32,
-        flags: i32,
+        flags: OpenFlags,
+        _open_flags: FuseOpenFlags,
     ) -> Result<(Entry<Node>, Opened<Handle>)> {
+        let flags = flags.0;
         let cname = component(name)?;
         let pfd = self.node_fd(parent)?;
         let oflags = backing_flags(flags);
@@ -1195,7 +1208,8 @@ impl Filesystem for PassFs {
         Ok(StatxReply {
             attr: node::attr_of(&st)?,
             btime,
-            attributes: (sx.stx_attributes.bits(), sx.stx_attributes_mask.bits()),
+            attributes: StatxAttributes(sx.stx_attributes.bits()),
+            attributes_mask: StatxAttributes(sx.stx_attributes_mask.bits()),
             ttl: self.config.ttl,
         })
     }
@@ -1205,8 +1219,10 @@ impl Filesystem for PassFs {
         ctx: &RequestContext<'_>,
         parent: &Node,
         mode: u32,
-        flags: i32,
+        flags: OpenFlags,
+        _open_flags: FuseOpenFlags,
     ) -> Result<(Entry<Node>, Opened<Handle>)> {
+        let flags = flags.0;
         let pfd = self.node_fd(parent)?;
         let mut oflags = backing_flags(flags) | OFlags::TMPFILE | OFlags::CLOEXEC;
         if flags & nix::libc::O_ACCMODE == nix::libc::O_RDONLY {

@@ -11,6 +11,35 @@
 //! Every method has a default: ENOSYS (or the conventional behaviour where the kernel
 //! expects one, e.g. `flush`, `release`, `forget`). Methods take `&self` and may be
 //! called from several worker threads at once.
+//!
+//! # What the library does for the filesystem
+//!
+//! - **Lookup counts and FORGET**: the session counts every reply that hands the
+//!   kernel a nodeid (LOOKUP, CREATE, MKNOD, MKDIR, SYMLINK, LINK, TMPFILE, each
+//!   READDIRPLUS entry but `.` and `..`) and calls [`Filesystem::forget`] only when
+//!   the kernel's count reaches zero. Nodeid 1 is [`Filesystem::root`].
+//! - **`O_TRUNC`**: [`InitWishes::default`] does not ask for `ATOMIC_O_TRUNC`, so the
+//!   kernel truncates through [`Filesystem::setattr`] and `open` never sees
+//!   `O_TRUNC`. Ask for `ATOMIC_O_TRUNC` only if `open` applies it.
+//! - **INIT**: [`Filesystem::init`] sees what the kernel offered
+//!   ([`InitWishes::offered`]); flags it wants but the kernel lacks are dropped,
+//!   unless listed in [`InitWishes::required`], which makes INIT fail naming them.
+//! - **Extended attribute sizes**: when `getxattr`/`listxattr` is called with
+//!   `size` 0 (the caller probes for the size), a returned [`Xattr::Data`] is
+//!   answered with its length; when it is larger than a non-zero `size`, the
+//!   session answers `ERANGE`. So a filesystem may always return the whole value.
+//! - **Directory listings**: [`DirEntries::push`] and [`DirEntriesPlus::push`] fail
+//!   with [`Full`](crate::Full) when the reply is full: stop there, the kernel asks
+//!   again from the last entry's offset.
+//! - **The reserved name**: a LOOKUP of [`POKE_NAME`](crate::proto::POKE_NAME) in the
+//!   root is the serving layer's wake-up poke; the session answers it `ENOENT`
+//!   itself and never calls [`Filesystem::lookup`] for it, so a file of that name
+//!   in the root cannot be looked up.
+//! - **Panics**: a panic in a method is caught and answered `EIO` (in `init`, the
+//!   mount is refused and [`Server::spawn`](crate::serve::Server::spawn) says so).
+//! - **Flag arguments** are typed ([`OpenFlags`], [`FuseOpenFlags`], [`WriteFlags`],
+//!   [`RenameFlags`], [`AccessMask`]): newtypes over the kernel's bits, with
+//!   constants, that keep unknown bits.
 use std::ffi::OsStr;
 use std::fmt::Debug;
 use std::hash::Hash;
@@ -18,6 +47,9 @@ use std::hash::Hash;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+use crate::flags::{
+    AccessMask, FuseOpenFlags, OpenFlags, RenameFlags, StatxAttributes, WriteFlags,
+};
 use crate::proto::bufs::{DirEntries, DirEntriesPlus, ReadBuf};
 use crate::proto::init::InitWishes;
 use crate::types::*;
@@ -37,8 +69,10 @@ pub struct StatxReply {
     pub attr: FileAttr,
     /// Birth time, if known.
     pub btime: Option<std::time::SystemTime>,
-    /// `STATX_ATTR_*` attributes and their mask.
-    pub attributes: (u64, u64),
+    /// `STATX_ATTR_*` attributes set.
+    pub attributes: StatxAttributes,
+    /// The `STATX_ATTR_*` attributes this filesystem supports (set or not).
+    pub attributes_mask: StatxAttributes,
     /// How long the kernel may cache them.
     pub ttl: std::time::Duration,
 }
@@ -100,7 +134,9 @@ pub trait Filesystem: Send + Sync + 'static {
         None
     }
 
-    /// Looks up `name` in directory `parent`.
+    /// Looks up `name` in directory `parent`. Never called for the reserved wake-up
+    /// name [`POKE_NAME`](crate::proto::POKE_NAME) in the root (the session answers
+    /// it `ENOENT`).
     fn lookup(
         &self,
         ctx: &RequestContext<'_>,
@@ -182,8 +218,8 @@ pub trait Filesystem: Send + Sync + 'static {
         Err(Errno::ENOSYS)
     }
 
-    /// Renames; `flags` are `RENAME_NOREPLACE`, `RENAME_EXCHANGE`, `RENAME_WHITEOUT`
-    /// (RENAME2, 7.23; 0 for plain RENAME).
+    /// Renames; `flags` are [`RenameFlags::NOREPLACE`], [`RenameFlags::EXCHANGE`],
+    /// [`RenameFlags::WHITEOUT`] (RENAME2, 7.23; empty for plain RENAME).
     fn rename(
         &self,
         ctx: &RequestContext<'_>,
@@ -191,7 +227,7 @@ pub trait Filesystem: Send + Sync + 'static {
         name: &OsStr,
         newparent: &Self::Node,
         newname: &OsStr,
-        flags: u32,
+        flags: RenameFlags,
     ) -> Result<()> {
         Err(Errno::ENOSYS)
     }
@@ -207,19 +243,29 @@ pub trait Filesystem: Send + Sync + 'static {
         Err(Errno::ENOSYS)
     }
 
-    /// Opens a file. `flags` are the `open(2)` flags (with ATOMIC_O_TRUNC agreed,
-    /// O_TRUNC is the filesystem's to apply).
+    /// Opens a file. `flags` are the `open(2)` flags; `open_flags` the FUSE ones
+    /// ([`FuseOpenFlags::KILL_SUIDGID`], 7.34).
+    ///
+    /// `O_TRUNC`: by default ([`InitWishes::default`] does not ask for
+    /// `ATOMIC_O_TRUNC`) the kernel truncates through [`Filesystem::setattr`] before
+    /// OPEN and removes [`OpenFlags::TRUNC`] from `flags`, so an `open` that ignores
+    /// it is correct. A filesystem that asks for `ATOMIC_O_TRUNC` in
+    /// [`Filesystem::init`] must truncate here when `flags` has
+    /// [`OpenFlags::TRUNC`], or old bytes stay behind.
     fn open(
         &self,
         ctx: &RequestContext<'_>,
         node: &Self::Node,
-        flags: i32,
+        flags: OpenFlags,
+        open_flags: FuseOpenFlags,
     ) -> Result<Opened<Self::Handle>> {
         Err(Errno::ENOSYS)
     }
 
     /// Reads up to `size` bytes at `offset` into `out` (copy into `out.buffer()`, or
-    /// lend a slice of `self` with `out.set(..)` for a zero-copy reply).
+    /// lend a slice of `self` with `out.set(..)` for a zero-copy reply). `flags` are
+    /// the open flags; `lock_owner` is given when the kernel sent one
+    /// (`FUSE_READ_LOCKOWNER`, for mandatory locking).
     fn read<'r>(
         &'r self,
         ctx: &RequestContext<'_>,
@@ -227,14 +273,16 @@ pub trait Filesystem: Send + Sync + 'static {
         fh: &Self::Handle,
         offset: u64,
         size: u32,
+        flags: OpenFlags,
+        lock_owner: Option<u64>,
         out: &mut ReadBuf<'r, '_>,
     ) -> Result<()> {
         Err(Errno::ENOSYS)
     }
 
     /// Writes `data` at `offset`; returns the bytes written. `write_flags` are
-    /// `FUSE_WRITE_*`, `flags` the open flags (O_APPEND: the kernel gives the offset
-    /// of the end of file as it knows it).
+    /// `FUSE_WRITE_*` ([`WriteFlags`]), `flags` the open flags (O_APPEND: the kernel
+    /// gives the offset of the end of file as it knows it).
     fn write(
         &self,
         ctx: &RequestContext<'_>,
@@ -242,8 +290,8 @@ pub trait Filesystem: Send + Sync + 'static {
         fh: &Self::Handle,
         offset: u64,
         data: &[u8],
-        write_flags: u32,
-        flags: i32,
+        write_flags: WriteFlags,
+        flags: OpenFlags,
     ) -> Result<u32> {
         Err(Errno::ENOSYS)
     }
@@ -371,7 +419,9 @@ pub trait Filesystem: Send + Sync + 'static {
     }
 
     /// Gets an extended attribute: its size when `size` is 0, else the value
-    /// (ERANGE if larger than `size`).
+    /// (ERANGE if larger than `size`). Returning [`Xattr::Data`] is always right:
+    /// the session answers the size probe (`size` 0) with its length, and `ERANGE`
+    /// when it is larger than `size`.
     fn getxattr(
         &self,
         ctx: &RequestContext<'_>,
@@ -383,7 +433,8 @@ pub trait Filesystem: Send + Sync + 'static {
     }
 
     /// Lists extended attribute names (NUL-separated), or the list's size when
-    /// `size` is 0.
+    /// `size` is 0. As for [`Filesystem::getxattr`], the session answers the size
+    /// probe and `ERANGE` itself when given [`Xattr::Data`].
     fn listxattr(&self, ctx: &RequestContext<'_>, node: &Self::Node, size: u32) -> Result<Xattr> {
         Err(Errno::ENOSYS)
     }
@@ -394,19 +445,20 @@ pub trait Filesystem: Send + Sync + 'static {
     }
 
     /// access(2) (not sent with `default_permissions`).
-    fn access(&self, ctx: &RequestContext<'_>, node: &Self::Node, mask: u32) -> Result<()> {
+    fn access(&self, ctx: &RequestContext<'_>, node: &Self::Node, mask: AccessMask) -> Result<()> {
         Err(Errno::ENOSYS)
     }
 
     /// Creates and opens a regular file (CREATE). On ENOSYS the kernel falls back to
-    /// MKNOD + OPEN.
+    /// MKNOD + OPEN. `flags` and `open_flags` as for [`Filesystem::open`].
     fn create(
         &self,
         ctx: &RequestContext<'_>,
         parent: &Self::Node,
         name: &OsStr,
         mode: u32,
-        flags: i32,
+        flags: OpenFlags,
+        open_flags: FuseOpenFlags,
     ) -> Result<(Entry<Self::Node>, Opened<Self::Handle>)> {
         Err(Errno::ENOSYS)
     }
@@ -539,7 +591,8 @@ pub trait Filesystem: Send + Sync + 'static {
         ctx: &RequestContext<'_>,
         parent: &Self::Node,
         mode: u32,
-        flags: i32,
+        flags: OpenFlags,
+        open_flags: FuseOpenFlags,
     ) -> Result<(Entry<Self::Node>, Opened<Self::Handle>)> {
         Err(Errno::ENOSYS)
     }

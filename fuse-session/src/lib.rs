@@ -14,16 +14,18 @@
 
 pub mod dev;
 pub mod fake;
+pub mod flags;
 pub mod fs;
 pub mod notify;
 pub mod proto;
 pub mod serve;
 pub mod types;
 
+pub use flags::{AccessMask, FuseOpenFlags, OpenFlags, RenameFlags, StatxAttributes, WriteFlags};
 pub use fs::{Filesystem, PollHandle, StateValue, StatxReply};
 pub use fuse_wire as wire;
 pub use notify::{Notified, Notifier, NotifyError};
-pub use proto::bufs::{DirEntries, DirEntriesPlus, ReadBuf};
+pub use proto::bufs::{DirEntries, DirEntriesPlus, Full, ReadBuf};
 pub use proto::handles::HandleKind;
 pub use proto::init::{InitResult, InitWishes, KernelOffer};
 pub use proto::precopy::{NodeChanges, PrecopiedState, SessionChanges};

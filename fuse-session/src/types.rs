@@ -410,9 +410,13 @@ pub enum IoctlReply {
 pub struct RequestContext<'a> {
     /// The request's `unique` (bit 63 set on resent requests).
     pub unique: u64,
-    /// Effective uid of the caller.
+    /// Effective uid of the caller, as the kernel sent it: `u32::MAX`
+    /// ([`RequestContext::INVALID_ID`]) when it has none to give (on an idmapped
+    /// mount, `ALLOW_IDMAP`, for requests that create nothing). Prefer
+    /// [`RequestContext::caller_uid`], which says so with `None`.
     pub uid: u32,
-    /// Effective gid of the caller.
+    /// Effective gid of the caller, as the kernel sent it (see
+    /// [`RequestContext::uid`]; prefer [`RequestContext::caller_gid`]).
     pub gid: u32,
     /// Thread group id of the caller.
     pub pid: u32,
@@ -439,6 +443,22 @@ impl RequestContext<'static> {
 }
 
 impl RequestContext<'_> {
+    /// The id the kernel sends when it has no uid or gid for the request
+    /// (`FUSE_INVALID_UIDGID`, `(uid_t)-1`).
+    pub const INVALID_ID: u32 = u32::MAX;
+
+    /// The caller's effective uid, `None` when the kernel sent the invalid id (an
+    /// idmapped mount does for requests that create nothing: never treat it as a
+    /// real user).
+    pub fn caller_uid(&self) -> Option<u32> {
+        (self.uid != Self::INVALID_ID).then_some(self.uid)
+    }
+
+    /// The caller's effective gid, `None` when the kernel sent the invalid id.
+    pub fn caller_gid(&self) -> Option<u32> {
+        (self.gid != Self::INVALID_ID).then_some(self.gid)
+    }
+
     /// Supplementary groups the kernel sent with a create operation
     /// (`FUSE_CREATE_SUPP_GROUP`, 7.37): the one matching the parent's group.
     pub fn supp_groups(&self) -> impl Iterator<Item = u32> + '_ {

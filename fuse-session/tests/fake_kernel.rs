@@ -89,7 +89,13 @@ impl Filesystem for TreeFs {
         Ok(Opened::new(*node))
     }
 
-    fn open(&self, _: &RequestContext<'_>, node: &u32, _: i32) -> Result<Opened<u32>> {
+    fn open(
+        &self,
+        _: &RequestContext<'_>,
+        node: &u32,
+        _: OpenFlags,
+        _: FuseOpenFlags,
+    ) -> Result<Opened<u32>> {
         Ok(Opened::new(*node))
     }
 
@@ -100,6 +106,8 @@ impl Filesystem for TreeFs {
         _: &u32,
         _: u64,
         _: u32,
+        _: OpenFlags,
+        _: Option<u64>,
         out: &mut ReadBuf<'r, '_>,
     ) -> Result<()> {
         // Blocks until interrupted (at most 5 s): the interrupt test.
@@ -125,7 +133,10 @@ impl Filesystem for TreeFs {
         let mut list = vec![(b".".to_vec(), 0u32), (b"..".to_vec(), 0u32)];
         list.extend((0..N).map(|i| (format!("n{i}").into_bytes(), i + 1)));
         for (i, (name, node)) in list.iter().enumerate().skip(offset as usize) {
-            if !out.add(OsStr::from_bytes(name), i as u64 + 1, &entry(*node)) {
+            if out
+                .push(OsStr::from_bytes(name), i as u64 + 1, &entry(*node))
+                .is_err()
+            {
                 break;
             }
         }

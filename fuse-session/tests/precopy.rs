@@ -56,7 +56,13 @@ impl Filesystem for Tree {
         })
     }
 
-    fn open(&self, _: &RequestContext<'_>, node: &u32, _: i32) -> Result<Opened<u32>> {
+    fn open(
+        &self,
+        _: &RequestContext<'_>,
+        node: &u32,
+        _: OpenFlags,
+        _: FuseOpenFlags,
+    ) -> Result<Opened<u32>> {
         Ok(Opened::new(*node))
     }
 }

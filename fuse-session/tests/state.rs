@@ -40,7 +40,13 @@ impl Filesystem for Flat {
             attr_ttl: Duration::ZERO,
         })
     }
-    fn open(&self, _: &RequestContext<'_>, node: &u64, _: i32) -> Result<Opened<String>> {
+    fn open(
+        &self,
+        _: &RequestContext<'_>,
+        node: &u64,
+        _: OpenFlags,
+        _: FuseOpenFlags,
+    ) -> Result<Opened<String>> {
         Ok(Opened::new(format!("open-{node}")))
     }
     fn opendir(&self, _: &RequestContext<'_>, node: &u64, _: i32) -> Result<Opened<String>> {

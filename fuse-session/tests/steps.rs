@@ -93,7 +93,13 @@ impl Filesystem for PanickyFs {
         Ok(Opened::new(*node))
     }
 
-    fn open(&self, _: &RequestContext<'_>, node: &u32, _: i32) -> Result<Opened<u32>> {
+    fn open(
+        &self,
+        _: &RequestContext<'_>,
+        node: &u32,
+        _: OpenFlags,
+        _: FuseOpenFlags,
+    ) -> Result<Opened<u32>> {
         Ok(Opened::new(*node))
     }
 
@@ -104,6 +110,8 @@ impl Filesystem for PanickyFs {
         _: &u32,
         _: u64,
         _: u32,
+        _: OpenFlags,
+        _: Option<u64>,
         out: &mut ReadBuf<'r, '_>,
     ) -> Result<()> {
         if *node == BOOM {
@@ -123,11 +131,14 @@ impl Filesystem for PanickyFs {
     ) -> Result<()> {
         for i in 0..10u32 {
             let name = format!("a{i}");
-            if !out.add(
-                OsStr::from_bytes(name.as_bytes()),
-                u64::from(i) + 1,
-                &entry(i + 1),
-            ) {
+            if out
+                .push(
+                    OsStr::from_bytes(name.as_bytes()),
+                    u64::from(i) + 1,
+                    &entry(i + 1),
+                )
+                .is_err()
+            {
                 break;
             }
             if *node == 0 && i == 4 {

@@ -50,6 +50,7 @@ impl<F> ColdRestore<F> {
             time_gran: r.time_gran,
             request_timeout: r.request_timeout,
             max_stack_depth: r.max_stack_depth,
+            ..InitWishes::default()
         }
     }
 }

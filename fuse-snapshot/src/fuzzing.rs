@@ -72,7 +72,8 @@ impl Filesystem for FuzzFs {
         &self,
         _: &RequestContext<'_>,
         node: &u64,
-        _: i32,
+        _: fuse_session::OpenFlags,
+        _: fuse_session::FuseOpenFlags,
     ) -> fuse_session::Result<fuse_session::Opened<u32>> {
         Ok(fuse_session::Opened::new(*node as u32))
     }

@@ -66,7 +66,13 @@ impl Filesystem for Numbers {
             attr_ttl: Duration::ZERO,
         })
     }
-    fn open(&self, _: &RequestContext<'_>, node: &u64, _: i32) -> Result<Opened<u64>> {
+    fn open(
+        &self,
+        _: &RequestContext<'_>,
+        node: &u64,
+        _: OpenFlags,
+        _: FuseOpenFlags,
+    ) -> Result<Opened<u64>> {
         Ok(Opened::new(node * 100))
     }
 }

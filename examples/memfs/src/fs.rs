@@ -14,10 +14,11 @@ use std::time::{Duration, Instant, SystemTime};
 
 use fuse_session::dev::{AccessTimes, MountIdentity};
 
-use fuse_session::wire::{InitFlags, RequestFlags};
+use fuse_session::wire::InitFlags;
 use fuse_session::{
-    AttrReply, DirEntries, DirEntriesPlus, Entry, Errno, FileType, Filesystem, InitWishes, Opened,
-    ReadBuf, RequestContext, Result, SetAttr, Statfs, StatxReply, Xattr,
+    AccessMask, AttrReply, DirEntries, DirEntriesPlus, Entry, Errno, FileType, Filesystem,
+    FuseOpenFlags, InitWishes, OpenFlags, Opened, ReadBuf, RenameFlags, RequestContext, Result,
+    SetAttr, Statfs, StatxAttributes, StatxReply, WriteFlags, Xattr,
 };
 use serde::{Deserialize, Serialize};
 
@@ -251,8 +252,12 @@ impl Filesystem for MemFs {
         // READDIRPLUS (adaptive), "." and ".." lookups; no writeback cache, so the
         // kernel gives O_APPEND writes the end-of-file offset and every write reaches
         // us with the writer's ids. Locks stay local to the kernel.
-        wishes.flags |=
-            InitFlags::DO_READDIRPLUS | InitFlags::READDIRPLUS_AUTO | InitFlags::EXPORT_SUPPORT;
+        // memfs applies O_TRUNC in `open` itself (State::open), so it may take
+        // ATOMIC_O_TRUNC: one SETATTR less per truncating open.
+        wishes.flags |= InitFlags::DO_READDIRPLUS
+            | InitFlags::READDIRPLUS_AUTO
+            | InitFlags::EXPORT_SUPPORT
+            | InitFlags::ATOMIC_O_TRUNC;
         wishes.flags = wishes.flags.difference(InitFlags::WRITEBACK_CACHE);
         Ok(())
     }
@@ -368,10 +373,10 @@ impl Filesystem for MemFs {
         name: &OsStr,
         newparent: &u64,
         newname: &OsStr,
-        flags: u32,
+        flags: RenameFlags,
     ) -> Result<()> {
         self.lock_write()
-            .rename(*parent, bytes(name), *newparent, bytes(newname), flags)
+            .rename(*parent, bytes(name), *newparent, bytes(newname), flags.0)
     }
 
     fn link(
@@ -386,13 +391,19 @@ impl Filesystem for MemFs {
         self.entry(&state, *node)
     }
 
-    fn open(&self, ctx: &RequestContext<'_>, node: &u64, flags: i32) -> Result<Opened<Handle>> {
+    fn open(
+        &self,
+        ctx: &RequestContext<'_>,
+        node: &u64,
+        flags: OpenFlags,
+        _open_flags: FuseOpenFlags,
+    ) -> Result<Opened<Handle>> {
         let mut state = self.lock_write();
-        state.open(caller(ctx), *node, flags)?;
-        if flags & nix::libc::O_TRUNC != 0 {
+        state.open(caller(ctx), *node, flags.0)?;
+        if flags.contains(OpenFlags::TRUNC) {
             state.drop_privs(caller(ctx), *node, |gid| in_group(ctx, gid))?;
         }
-        Ok(Self::opened(*node, flags))
+        Ok(Self::opened(*node, flags.0))
     }
 
     fn read<'r>(
@@ -402,6 +413,8 @@ impl Filesystem for MemFs {
         _fh: &Handle,
         offset: u64,
         _size: u32,
+        _: OpenFlags,
+        _: Option<u64>,
         out: &mut ReadBuf<'r, '_>,
     ) -> Result<()> {
         let n = self.lock_read().read(*node, offset, out.buffer())?;
@@ -417,12 +430,12 @@ impl Filesystem for MemFs {
         _fh: &Handle,
         offset: u64,
         data: &[u8],
-        write_flags: u32,
-        flags: i32,
+        write_flags: WriteFlags,
+        flags: OpenFlags,
     ) -> Result<u32> {
-        let kill = write_flags & RequestFlags::WRITE_KILL_SUIDGID.bits() != 0;
+        let kill = write_flags.contains(WriteFlags::KILL_SUIDGID);
         let mut state = self.lock_write();
-        if flags & nix::libc::O_APPEND != 0 && log::log_enabled!(log::Level::Debug) {
+        if flags.contains(OpenFlags::APPEND) && log::log_enabled!(log::Level::Debug) {
             let size = state.attr(*node).map(|a| a.size).unwrap_or(0);
             if size != offset {
                 log::debug!("O_APPEND write to inode {node} at {offset}, end of file is {size}");
@@ -430,7 +443,7 @@ impl Filesystem for MemFs {
         }
         // Page-cache writeback (mmap) carries no meaningful caller: only the kernel's
         // explicit request clears set-user-ID there.
-        let who = if write_flags & RequestFlags::WRITE_CACHE.bits() != 0 {
+        let who = if write_flags.contains(WriteFlags::CACHE) {
             Caller::ROOT
         } else {
             caller(ctx)
@@ -469,7 +482,10 @@ impl Filesystem for MemFs {
             let dots = [(".", *node, 1), ("..", state.parent_of(*node)?, 2)];
             let mut full = false;
             for (name, ino, next) in dots.into_iter().skip(offset.min(2) as usize) {
-                if !out.add(ino, next, FileType::Directory, OsStr::new(name)) {
+                if out
+                    .push(ino, next, FileType::Directory, OsStr::new(name))
+                    .is_err()
+                {
                     full = true;
                     break;
                 }
@@ -477,7 +493,7 @@ impl Filesystem for MemFs {
             if !full {
                 for (next, name, ino) in dir.listing_from(offset) {
                     let kind = state.attr(ino)?.kind;
-                    if !out.add(ino, next, kind, OsStr::from_bytes(name)) {
+                    if out.push(ino, next, kind, OsStr::from_bytes(name)).is_err() {
                         break;
                     }
                 }
@@ -501,14 +517,20 @@ impl Filesystem for MemFs {
             let dots = [(".", *node, 1), ("..", state.parent_of(*node)?, 2)];
             let mut full = false;
             for (name, ino, next) in dots.into_iter().skip(offset.min(2) as usize) {
-                if !out.add(OsStr::new(name), next, &self.entry(&state, ino)?) {
+                if out
+                    .push(OsStr::new(name), next, &self.entry(&state, ino)?)
+                    .is_err()
+                {
                     full = true;
                     break;
                 }
             }
             if !full {
                 for (next, name, ino) in dir.listing_from(offset) {
-                    if !out.add(OsStr::from_bytes(name), next, &self.entry(&state, ino)?) {
+                    if out
+                        .push(OsStr::from_bytes(name), next, &self.entry(&state, ino)?)
+                        .is_err()
+                    {
                         break;
                     }
                 }
@@ -565,7 +587,7 @@ impl Filesystem for MemFs {
         self.lock_write().removexattr(*node, bytes(name))
     }
 
-    fn access(&self, _ctx: &RequestContext<'_>, node: &u64, _mask: u32) -> Result<()> {
+    fn access(&self, _ctx: &RequestContext<'_>, node: &u64, _mask: AccessMask) -> Result<()> {
         // Only sent without `default_permissions`, which memfs always mounts with.
         self.lock_read().attr(*node).map(|_| ())
     }
@@ -576,11 +598,12 @@ impl Filesystem for MemFs {
         parent: &u64,
         name: &OsStr,
         mode: u32,
-        flags: i32,
+        flags: OpenFlags,
+        _open_flags: FuseOpenFlags,
     ) -> Result<(Entry<u64>, Opened<Handle>)> {
         let mut state = self.lock_write();
-        let (ino, _) = state.create(caller(ctx), *parent, bytes(name), mode, flags)?;
-        Ok((self.entry(&state, ino)?, Self::opened(ino, flags)))
+        let (ino, _) = state.create(caller(ctx), *parent, bytes(name), mode, flags.0)?;
+        Ok((self.entry(&state, ino)?, Self::opened(ino, flags.0)))
     }
 
     fn fallocate(
@@ -645,7 +668,8 @@ impl Filesystem for MemFs {
         Ok(StatxReply {
             attr: state.attr(*node)?,
             btime: Some(state.btime(*node)?),
-            attributes: (0, 0),
+            attributes: StatxAttributes::EMPTY,
+            attributes_mask: StatxAttributes::EMPTY,
             ttl: self.config.ttl,
         })
     }
@@ -655,11 +679,12 @@ impl Filesystem for MemFs {
         ctx: &RequestContext<'_>,
         parent: &u64,
         mode: u32,
-        flags: i32,
+        flags: OpenFlags,
+        _open_flags: FuseOpenFlags,
     ) -> Result<(Entry<u64>, Opened<Handle>)> {
         let mut state = self.lock_write();
         let ino = state.tmpfile(caller(ctx), *parent, mode)?;
-        Ok((self.entry(&state, ino)?, Self::opened(ino, flags)))
+        Ok((self.entry(&state, ino)?, Self::opened(ino, flags.0)))
     }
 
     fn syncfs(&self, _ctx: &RequestContext<'_>, _node: &u64) -> Result<()> {

@@ -108,6 +108,16 @@ pub enum MountError {
     },
     /// A mount option cannot be rendered.
     InvalidOption(OptionError),
+    /// `mount(2)` refused the options with `EINVAL`.
+    OptionsRejected {
+        /// The data string passed (kernel options).
+        options: String,
+        /// The `mount(2)` flags passed, by name.
+        flags: String,
+        /// Raw options the kernel's FUSE parser does not know (see
+        /// [`MountOptions::likely_rejected`](super::MountOptions::likely_rejected)).
+        suspects: Vec<String>,
+    },
     /// The descriptor given to [`Mount::from_parts`](crate::dev::Mount::from_parts) is not
     /// a `/dev/fuse` descriptor.
     NotFuseDevice,
@@ -228,6 +238,26 @@ impl fmt::Display for MountError {
                 Ok(())
             }
             MountError::InvalidOption(e) => write!(f, "invalid mount option: {e}"),
+            MountError::OptionsRejected {
+                options,
+                flags,
+                suspects,
+            } => {
+                write!(
+                    f,
+                    "mount(2) rejected the options (EINVAL): data \"{options}\", flags {flags}; "
+                )?;
+                if suspects.is_empty() {
+                    write!(f, "none is unknown to the FUSE option parser")?;
+                } else {
+                    write!(
+                        f,
+                        "likely rejected (unknown to the kernel's FUSE parser): {}",
+                        suspects.join(", ")
+                    )?;
+                }
+                write!(f, " (the kernel log names the option it refused: `dmesg`)")
+            }
             MountError::NotFuseDevice => write!(
                 f,
                 "the descriptor is not an open /dev/fuse: pass the descriptor the mount \

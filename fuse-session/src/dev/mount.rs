@@ -96,7 +96,7 @@ pub struct MountParts {
 ///
 /// If the effective uid is 0 and `auto_unmount` is not requested, opens `/dev/fuse` and
 /// calls `mount(2)` with source = fsname, type `fuse` or `fuse.SUBTYPE`, flags
-/// `MS_NOSUID|MS_NODEV` (plus `MS_RDONLY`), and data
+/// [`MountOptions::mount_flags`] (`MS_NOSUID|MS_NODEV` by default), and data
 /// `fd=N,rootmode=..,user_id=..,group_id=..` plus the options. If that is refused with
 /// `EPERM` (root without `CAP_SYS_ADMIN`, as in some containers) and `fusermount3` is
 /// available, falls back to it. Otherwise runs `fusermount3` (see
@@ -197,6 +197,11 @@ fn mount_syscall(canonical: &Path, mode: u32, options: &MountOptions) -> Result<
     )
     .map_err(|e| match e {
         Errno::ENODEV => MountError::DeviceMissing(e.into()),
+        Errno::EINVAL => MountError::OptionsRejected {
+            options: data.clone(),
+            flags: format!("{:?}", options.mount_flags()),
+            suspects: options.likely_rejected(),
+        },
         e => MountError::from_mount_errno("mount(2)", e.into(), canonical.to_owned()),
     })?;
     let connection_id = lookup_connection(canonical);

@@ -21,6 +21,28 @@ const RESERVED: &[&str] = &[
     "relatime",
     "noatime",
     "strictatime",
+    // Mount flags with setters `suid`, `dev`, `exec`.
+    "suid",
+    "nosuid",
+    "dev",
+    "nodev",
+    "exec",
+    "noexec",
+];
+
+/// The options the kernel's FUSE parser knows (Linux `fs/fuse/inode.c`,
+/// `fuse_fs_parameters`); `blksize` only for `fuseblk`, which this library does not
+/// mount. `mount(2)` refuses any other with `EINVAL`.
+const KERNEL_KNOWS: &[&str] = &[
+    "fd",
+    "rootmode",
+    "user_id",
+    "group_id",
+    "default_permissions",
+    "allow_other",
+    "max_read",
+    "source",
+    "subtype",
 ];
 
 /// How a mount updates access times: the per-mount flags `relatime` (the kernel's
@@ -75,6 +97,9 @@ impl Atime {
 /// - `max_read`: caps the size of READ requests.
 /// - `auto_unmount`: only through `fusermount3`, which stays running and unmounts when
 ///   the mounting process's socket closes (that is, when every copy of it is closed).
+/// - `suid`, `dev`, `exec`: mount flags. Unless enabled, the mount is `nosuid` and
+///   `nodev` (as `fusermount3` makes every user's mount); `exec` is on unless turned
+///   off. `fusermount3` honours `suid` and `dev` only for root.
 ///
 /// # References
 /// - Linux `fs/fuse/inode.c` (`fuse_fs_parameters`), `fuse(4)`, `fusermount3(1)`,
@@ -90,6 +115,9 @@ pub struct MountOptions {
     max_read: Option<u32>,
     auto_unmount: bool,
     atime: Option<Atime>,
+    suid: bool,
+    dev: bool,
+    noexec: bool,
     extra: Vec<String>,
 }
 
@@ -141,6 +169,24 @@ impl MountOptions {
     /// option of that name). Unset: the kernel's default, `relatime`.
     pub fn atime(mut self, mode: Atime) -> Self {
         self.atime = Some(mode);
+        self
+    }
+
+    /// Honour set-user-ID and set-group-ID bits (`suid`; default off: `MS_NOSUID`).
+    pub fn suid(mut self, on: bool) -> Self {
+        self.suid = on;
+        self
+    }
+
+    /// Allow device files (`dev`; default off: `MS_NODEV`).
+    pub fn dev(mut self, on: bool) -> Self {
+        self.dev = on;
+        self
+    }
+
+    /// Allow executing files (`exec`, the default; off: `noexec`, `MS_NOEXEC`).
+    pub fn exec(mut self, on: bool) -> Self {
+        self.noexec = !on;
         self
     }
 
@@ -215,10 +261,20 @@ impl MountOptions {
         })
     }
 
-    /// The `mount(2)` flags: always `MS_NOSUID | MS_NODEV` (as `fusermount3` does for
-    /// users), plus `MS_RDONLY` when read-only and the [`Atime`] flag if one was set.
+    /// The `mount(2)` flags: `MS_NOSUID` and `MS_NODEV` unless [`MountOptions::suid`]
+    /// and [`MountOptions::dev`] (as `fusermount3` does for users), `MS_NOEXEC` with
+    /// `exec(false)`, `MS_RDONLY` when read-only and the [`Atime`] flag if one was set.
     pub fn mount_flags(&self) -> MsFlags {
-        let mut flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
+        let mut flags = MsFlags::empty();
+        if !self.suid {
+            flags |= MsFlags::MS_NOSUID;
+        }
+        if !self.dev {
+            flags |= MsFlags::MS_NODEV;
+        }
+        if self.noexec {
+            flags |= MsFlags::MS_NOEXEC;
+        }
         if self.read_only {
             flags |= MsFlags::MS_RDONLY;
         }
@@ -280,6 +336,15 @@ impl MountOptions {
         if let Some(a) = self.atime {
             opts.push(a.name().to_owned());
         }
+        if self.suid {
+            opts.push("suid".to_owned());
+        }
+        if self.dev {
+            opts.push("dev".to_owned());
+        }
+        if self.noexec {
+            opts.push("noexec".to_owned());
+        }
         opts.extend(self.common_options());
         Ok(opts.join(","))
     }
@@ -301,6 +366,19 @@ impl MountOptions {
     }
 
     /// Check every value.
+    /// The raw options ([`MountOptions::option`]) the kernel's FUSE parser does not
+    /// know: the likely cause when `mount(2)` answers `EINVAL`.
+    pub fn likely_rejected(&self) -> Vec<String> {
+        self.extra
+            .iter()
+            .filter(|raw| {
+                let name = raw.split('=').next().unwrap_or(raw);
+                !KERNEL_KNOWS.contains(&name)
+            })
+            .cloned()
+            .collect()
+    }
+
     fn validate(&self) -> Result<(), OptionError> {
         if self.allow_other && self.allow_root {
             return Err(OptionError::AllowOtherAndAllowRoot);
@@ -341,6 +419,30 @@ fn check_value(option: &str, value: &str) -> Result<(), OptionError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn suid_dev_exec_are_mount_flags() {
+        let o = MountOptions::new();
+        assert_eq!(o.mount_flags(), MsFlags::MS_NOSUID | MsFlags::MS_NODEV);
+        let o = MountOptions::new().suid(true).dev(true).exec(false);
+        assert_eq!(o.mount_flags(), MsFlags::MS_NOEXEC);
+        assert_eq!(o.fusermount_options().unwrap(), "suid,dev,noexec");
+        for raw in ["suid", "nodev", "noexec", "exec"] {
+            assert!(matches!(
+                MountOptions::new().option(raw).fusermount_options(),
+                Err(OptionError::Reserved { .. })
+            ));
+        }
+    }
+
+    #[test]
+    fn unknown_raw_options_are_the_likely_rejected() {
+        let o = MountOptions::new()
+            .option("max_read=4096")
+            .option("bogus=1")
+            .option("blksize=512");
+        assert_eq!(o.likely_rejected(), vec!["bogus=1", "blksize=512"]);
+    }
 
     #[test]
     fn kernel_string_has_computed_options_first() {

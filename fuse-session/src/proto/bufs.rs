@@ -77,6 +77,19 @@ pub(crate) enum ReadData<'r> {
     InPlace(usize),
 }
 
+/// The listing is full: the entry was not added. Stop, and continue from that
+/// entry's offset in the next READDIR (the kernel sends one when it wants more).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Full;
+
+impl std::fmt::Display for Full {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the directory listing is full")
+    }
+}
+
+impl std::error::Error for Full {}
+
 /// A READDIR listing being filled.
 pub struct DirEntries<'a> {
     pub(crate) writer: DirentWriter<'a>,
@@ -86,11 +99,20 @@ pub struct DirEntries<'a> {
 impl DirEntries<'_> {
     /// Adds an entry: inode number shown to applications, the offset of the *next*
     /// entry (what a later READDIR will pass to continue after this one), type and
-    /// name. Returns `false` when the listing is full: stop, and continue from this
-    /// entry's offset next time.
-    pub fn add(&mut self, ino: u64, next_offset: u64, kind: FileType, name: &OsStr) -> bool {
+    /// name. `Err(Full)` when the listing is full (the entry was not added): stop,
+    /// and continue from this entry's offset next time.
+    ///
+    /// (fuser's `ReplyDirectory::add` returns `true` when *full*; this returns an
+    /// error then, so a port must say what it means.)
+    pub fn push(
+        &mut self,
+        ino: u64,
+        next_offset: u64,
+        kind: FileType,
+        name: &OsStr,
+    ) -> Result<(), Full> {
         if self.error.is_some() {
-            return false;
+            return Err(Full);
         }
         let d = Dirent {
             ino,
@@ -99,11 +121,11 @@ impl DirEntries<'_> {
             name: name.as_bytes(),
         };
         match self.writer.push(&d) {
-            Ok(Push::Added) => true,
-            Ok(Push::Full) => false,
+            Ok(Push::Added) => Ok(()),
+            Ok(Push::Full) => Err(Full),
             Err(e) => {
                 self.error = Some(e);
-                false
+                Err(Full)
             }
         }
     }
@@ -136,10 +158,11 @@ impl<N: Clone + Eq + Hash> DirEntriesPlus<'_, N> {
     }
 
     /// Adds an entry with its attributes; `next_offset` as for
-    /// [`DirEntries::add`]. Returns `false` when the listing is full.
-    pub fn add(&mut self, name: &OsStr, next_offset: u64, entry: &Entry<N>) -> bool {
+    /// [`DirEntries::push`]. `Err(Full)` when the listing is full (the entry was
+    /// not added, and no lookup counted).
+    pub fn push(&mut self, name: &OsStr, next_offset: u64, entry: &Entry<N>) -> Result<(), Full> {
         if self.error.is_some() {
-            return false;
+            return Err(Full);
         }
         let name = name.as_bytes();
         let typ = entry.attr.kind.dirent_type();
@@ -173,7 +196,7 @@ impl<N: Clone + Eq + Hash> DirEntriesPlus<'_, N> {
                 if let Some(id) = counted {
                     self.counted.push(id);
                 }
-                true
+                Ok(())
             }
             other => {
                 if let Some(id) = counted {
@@ -185,7 +208,7 @@ impl<N: Clone + Eq + Hash> DirEntriesPlus<'_, N> {
                 if let Err(e) = other {
                     self.error = Some(e);
                 }
-                false
+                Err(Full)
             }
         }
     }

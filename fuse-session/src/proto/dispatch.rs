@@ -8,10 +8,14 @@ use fuse_wire::request::{Operation, Request, RequestHeader};
 use fuse_wire::{abi, reply, InitFlags, RequestFlags, SetattrValid};
 use zerocopy::byteorder::native_endian::{I64, U16, U32, U64};
 
+use crate::flags::{AccessMask, FuseOpenFlags, OpenFlags, RenameFlags, WriteFlags};
 use crate::fs::{Filesystem, PollHandle, StatxReply};
 use crate::proto::bufs::{DirEntries, DirEntriesPlus, ReadBuf, ReadData};
 use crate::proto::handles::{HandleEntry, HandleKind};
 use crate::proto::init::{negotiate, InitError, KernelOffer};
+
+/// `FUSE_READ_LOCKOWNER`: READ's `lock_owner` is set.
+const READ_LOCKOWNER: u32 = 1 << 1;
 use crate::proto::nodes::ROOT_ID;
 use crate::proto::session::{lock, InitState, Session, POKE_NAME};
 use crate::proto::step::{panic_message, Outcome, ReplyParts};
@@ -188,6 +192,10 @@ impl<F: Filesystem> Session<F> {
             return Outcome::Reply(self.error_parts(unique, Errno::EIO));
         }
         let mut wishes = lock(&self.wishes).unwrap_or_default();
+        wishes.offered = offer.init_flags();
+        if !wishes.offered.contains(InitFlags::INIT_EXT) {
+            wishes.offered = InitFlags(wishes.offered.0 & 0xffff_ffff);
+        }
         match catch_unwind(AssertUnwindSafe(|| self.fs.init(&mut wishes))) {
             Ok(Ok(())) => {}
             Ok(Err(e)) => {
@@ -238,6 +246,11 @@ impl<F: Filesystem> Session<F> {
             }
             Err(e @ InitError::TooOld { .. }) => {
                 log::error!("{e}");
+                Outcome::Reply(self.error_parts(unique, Errno(nix::libc::EPROTO)))
+            }
+            Err(e @ InitError::Missing(missing)) => {
+                log::error!("{e}; answering INIT with EPROTO");
+                *lock(&self.init_missing) = Some(missing);
                 Outcome::Reply(self.error_parts(unique, Errno(nix::libc::EPROTO)))
             }
         }
@@ -312,7 +325,11 @@ impl<F: Filesystem> Session<F> {
         };
         // TMPFILE keeps the whole entry at every minor (the kernel's
         // fuse_adjust_compat shortens it only for the six older operations).
-        let encode = if tmpfile { reply::tmpfile } else { reply::create };
+        let encode = if tmpfile {
+            reply::tmpfile
+        } else {
+            reply::create
+        };
         match encode(
             out,
             unique,
@@ -454,7 +471,14 @@ impl<F: Filesystem> Session<F> {
                 let newparent = self.node(arg.newdir.get())?;
                 empty(
                     out,
-                    fs.rename(&ctx, &parent, name(n), &newparent, name(newname), 0),
+                    fs.rename(
+                        &ctx,
+                        &parent,
+                        name(n),
+                        &newparent,
+                        name(newname),
+                        RenameFlags::EMPTY,
+                    ),
                 )
             }
             Operation::Rename2 {
@@ -470,7 +494,7 @@ impl<F: Filesystem> Session<F> {
                     name(n),
                     &newparent,
                     name(newname),
-                    arg.flags.get(),
+                    RenameFlags(arg.flags.get()),
                 );
                 empty(out, r)
             }
@@ -483,7 +507,12 @@ impl<F: Filesystem> Session<F> {
             Operation::Open { arg } => {
                 let node = self.node(nodeid)?;
                 let flags = arg.flags.get();
-                let opened = fs.open(&ctx, &node, flags as i32)?;
+                let opened = fs.open(
+                    &ctx,
+                    &node,
+                    OpenFlags(flags as i32),
+                    FuseOpenFlags(arg.open_flags.get()),
+                )?;
                 whole(self.open_reply(out, unique, nodeid, HandleKind::File, flags, opened))
             }
             Operation::Read { arg } => {
@@ -497,7 +526,19 @@ impl<F: Filesystem> Session<F> {
                 };
                 let size = (arg.size.get() as usize).min(rest.len());
                 let mut buf = ReadBuf::new(&mut rest[..size]);
-                fs.read(&ctx, &node, &fh, arg.offset.get(), size as u32, &mut buf)?;
+                // FUSE_READ_LOCKOWNER: the lock owner field is meaningful.
+                let lock_owner =
+                    (arg.read_flags.get() & READ_LOCKOWNER != 0).then(|| arg.lock_owner.get());
+                fs.read(
+                    &ctx,
+                    &node,
+                    &fh,
+                    arg.offset.get(),
+                    size as u32,
+                    OpenFlags(arg.flags.get() as i32),
+                    lock_owner,
+                    &mut buf,
+                )?;
                 Ok(Dispatched::Read(buf.into_data()))
             }
             Operation::Write { arg, data } => {
@@ -509,8 +550,8 @@ impl<F: Filesystem> Session<F> {
                     &fh,
                     arg.offset.get(),
                     data,
-                    arg.write_flags.get(),
-                    arg.flags.get() as i32,
+                    WriteFlags(arg.write_flags.get()),
+                    OpenFlags(arg.flags.get() as i32),
                 )?;
                 whole(enc(reply::write(out, unique, n)).map(|n| (n, None)))
             }
@@ -683,20 +724,33 @@ impl<F: Filesystem> Session<F> {
             }
             Operation::Access { arg } => {
                 let node = self.node(nodeid)?;
-                empty(out, fs.access(&ctx, &node, arg.mask.get()))
+                empty(out, fs.access(&ctx, &node, AccessMask(arg.mask.get())))
             }
             Operation::Create { arg, name: n } => {
                 let parent = self.node(nodeid)?;
                 ctx.umask = Some(arg.umask.get());
                 let flags = arg.flags.get();
-                let created = fs.create(&ctx, &parent, name(n), arg.mode.get(), flags as i32)?;
+                let created = fs.create(
+                    &ctx,
+                    &parent,
+                    name(n),
+                    arg.mode.get(),
+                    OpenFlags(flags as i32),
+                    FuseOpenFlags(arg.open_flags.get()),
+                )?;
                 whole(self.create_reply(out, unique, flags, created, false))
             }
             Operation::Tmpfile { arg, .. } => {
                 let parent = self.node(nodeid)?;
                 ctx.umask = Some(arg.umask.get());
                 let flags = arg.flags.get();
-                let created = fs.tmpfile(&ctx, &parent, arg.mode.get(), flags as i32)?;
+                let created = fs.tmpfile(
+                    &ctx,
+                    &parent,
+                    arg.mode.get(),
+                    OpenFlags(flags as i32),
+                    FuseOpenFlags(arg.open_flags.get()),
+                )?;
                 whole(self.create_reply(out, unique, flags, created, true))
             }
             Operation::Bmap { arg } => {
@@ -954,7 +1008,7 @@ fn statx_of(sx: &StatxReply) -> abi::fuse_statx {
         ino: U64::new(a.ino),
         size: U64::new(a.size),
         blocks: U64::new(a.blocks),
-        attributes_mask: U64::new(sx.attributes.1),
+        attributes_mask: U64::new(sx.attributes_mask.0),
         atime: t(a.atime),
         btime,
         ctime: t(a.ctime),

@@ -30,12 +30,28 @@ impl KernelOffer {
     }
 }
 
-/// What the filesystem would like. Flags the kernel does not offer are dropped;
-/// sizes are clamped to what the kernel and the read buffers allow.
+/// What the filesystem would like. Flags the kernel does not offer are dropped,
+/// except those in [`InitWishes::required`]: without one of them INIT fails (and
+/// [`Server::spawn`](crate::serve::Server::spawn) reports
+/// [`ServeError::InitFlagsMissing`](crate::serve::ServeError::InitFlagsMissing)).
+/// Sizes are clamped to what the kernel and the read buffers allow.
+///
+/// The default does not ask for `ATOMIC_O_TRUNC`: the kernel then truncates through
+/// SETATTR, so a filesystem that ignores `O_TRUNC` in
+/// [`Filesystem::open`](crate::Filesystem::open) is still correct. A filesystem that
+/// applies `O_TRUNC` itself may add it (one request less per truncating open).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct InitWishes {
     /// Flags wanted.
     pub flags: InitFlags,
+    /// Flags the filesystem cannot work without: INIT fails, naming them, if the
+    /// kernel does not offer one. They are wanted as well (no need to repeat them in
+    /// [`InitWishes::flags`]).
+    pub required: InitFlags,
+    /// What the kernel offered in this INIT (set by the session before
+    /// [`Filesystem::init`](crate::Filesystem::init) is called; empty elsewhere).
+    /// Read it to decide what to ask for; changing it changes nothing.
+    pub offered: InitFlags,
     /// Largest WRITE to accept, in bytes (rounded to pages; max_pages is derived).
     pub max_write: u32,
     /// Largest readahead; `None` = the kernel's.
@@ -58,12 +74,13 @@ impl Default for InitWishes {
         InitWishes {
             flags: InitFlags::ASYNC_READ
                 | InitFlags::BIG_WRITES
-                | InitFlags::ATOMIC_O_TRUNC
                 | InitFlags::AUTO_INVAL_DATA
                 | InitFlags::ASYNC_DIO
                 | InitFlags::PARALLEL_DIROPS
                 | InitFlags::MAX_PAGES
                 | InitFlags::INIT_EXT,
+            required: InitFlags::EMPTY,
+            offered: InitFlags::EMPTY,
             max_write: 1 << 20,
             max_readahead: None,
             max_background: 16,
@@ -148,6 +165,8 @@ pub enum InitError {
         /// Kernel's minor.
         minor: u32,
     },
+    /// The kernel does not offer these flags of [`InitWishes::required`].
+    Missing(InitFlags),
 }
 
 impl std::fmt::Display for InitError {
@@ -163,6 +182,11 @@ impl std::fmt::Display for InitError {
                 f,
                 "kernel FUSE protocol {major}.{minor} is older than 7.{MIN_MINOR}, the oldest this \
                  library serves; upgrade the kernel"
+            ),
+            InitError::Missing(flags) => write!(
+                f,
+                "the filesystem requires INIT flags the kernel does not offer: {flags:?}; \
+                 use a kernel that has them, or make the filesystem work without them"
             ),
         }
     }
@@ -192,7 +216,11 @@ pub fn negotiate(
         // Without INIT_EXT the kernel did not send flags2: only the low half is real.
         offered = InitFlags(offered.0 & 0xffff_ffff);
     }
-    let mut flags = wishes.flags.intersection(offered);
+    let missing = wishes.required.difference(offered);
+    if missing != InitFlags::EMPTY {
+        return Err(InitError::Missing(missing));
+    }
+    let mut flags = (wishes.flags | wishes.required).intersection(offered);
     if wishes.request_timeout == 0 {
         flags = flags.difference(InitFlags::REQUEST_TIMEOUT);
     }
@@ -276,6 +304,49 @@ mod tests {
         assert_eq!(r.minor, 35);
         assert_eq!(r.max_pages, 0);
         assert_eq!(r.max_write, 32 * 4096);
+    }
+
+    #[test]
+    fn default_leaves_o_trunc_to_the_kernel() {
+        // Without ATOMIC_O_TRUNC the kernel truncates through SETATTR, so an `open`
+        // that ignores O_TRUNC cannot leave old bytes behind.
+        assert!(!InitWishes::default()
+            .flags
+            .contains(InitFlags::ATOMIC_O_TRUNC));
+        let o = offer(45, InitFlags::ATOMIC_O_TRUNC | InitFlags::ASYNC_READ);
+        let r = negotiate(&o, &InitWishes::default(), 4096).unwrap();
+        assert!(!InitFlags(r.flags).contains(InitFlags::ATOMIC_O_TRUNC));
+    }
+
+    #[test]
+    fn required_flags_missing_fail_naming_them() {
+        let o = offer(45, InitFlags::ASYNC_READ | InitFlags::INIT_EXT);
+        let mut w = InitWishes {
+            required: InitFlags::ASYNC_READ | InitFlags::PASSTHROUGH | InitFlags::POSIX_ACL,
+            ..InitWishes::default()
+        };
+        let err = negotiate(&o, &w, 4096).unwrap_err();
+        assert_eq!(
+            err,
+            InitError::Missing(InitFlags::PASSTHROUGH | InitFlags::POSIX_ACL)
+        );
+        let text = err.to_string();
+        assert!(
+            text.contains("PASSTHROUGH") && text.contains("POSIX_ACL"),
+            "{text}"
+        );
+        // Required flags that are offered are agreed even if not in `flags`.
+        w.required = InitFlags::ASYNC_READ;
+        w.flags = InitFlags::EMPTY;
+        let r = negotiate(&o, &w, 4096).unwrap();
+        assert_eq!(InitFlags(r.flags), InitFlags::ASYNC_READ);
+        // A flags2 bit without INIT_EXT is not offered.
+        let o = offer(45, InitFlags::ASYNC_READ | InitFlags::SECURITY_CTX);
+        w.required = InitFlags::SECURITY_CTX;
+        assert_eq!(
+            negotiate(&o, &w, 4096),
+            Err(InitError::Missing(InitFlags::SECURITY_CTX))
+        );
     }
 
     #[test]

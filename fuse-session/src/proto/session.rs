@@ -3,7 +3,7 @@ use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
-use fuse_wire::Negotiated;
+use fuse_wire::{InitFlags, Negotiated};
 
 use crate::fs::Filesystem;
 use crate::proto::handles::HandleTable;
@@ -80,6 +80,7 @@ pub struct Session<F: Filesystem> {
     pub(crate) hook: Option<Arc<dyn StepHook>>,
     /// The message of a panic in [`Filesystem::init`], for the serving layer.
     pub(crate) init_panic: Mutex<Option<String>>,
+    pub(crate) init_missing: Mutex<Option<InitFlags>>,
 }
 
 /// The page size a new session assumes until [`Session::set_page_size`].
@@ -116,6 +117,7 @@ impl<F: Filesystem> Session<F> {
             uring_wish: AtomicBool::new(false),
             hook: None,
             init_panic: Mutex::new(None),
+            init_missing: Mutex::new(None),
         }
     }
 
@@ -144,6 +146,13 @@ impl<F: Filesystem> Session<F> {
     /// answered `EIO`, so the kernel refuses the mount).
     pub fn init_panic(&self) -> Option<String> {
         lock(&self.init_panic).clone()
+    }
+
+    /// The flags of [`InitWishes::required`](crate::InitWishes::required) the kernel
+    /// did not offer, if INIT failed for that (INIT was answered `EPROTO`, so the
+    /// kernel refuses the mount).
+    pub fn init_missing(&self) -> Option<InitFlags> {
+        *lock(&self.init_missing)
     }
 
     /// Adds `FUSE_OVER_IO_URING` to the flags the session asks for in INIT (after

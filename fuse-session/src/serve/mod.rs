@@ -59,6 +59,8 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use fuse_wire::InitFlags;
+
 use crate::dev::uring::{self, UringQueue};
 use crate::dev::{Channel, Mount, MountError, MountOptions};
 use crate::fs::Filesystem;
@@ -97,6 +99,10 @@ pub enum ServeError {
     /// The filesystem panicked in [`Filesystem::init`] (the message is the
     /// panic's); INIT was answered `EIO`, so the kernel refused the mount.
     InitPanicked(String),
+    /// The kernel does not offer these flags, which the filesystem requires
+    /// ([`InitWishes::required`](crate::InitWishes::required)); INIT was answered
+    /// `EPROTO`, so the kernel refused the mount.
+    InitFlagsMissing(InitFlags),
     /// [`Running::pause_within`] gave up: these requests (worker, opcode, unique)
     /// were still in progress; the workers resumed.
     Busy(Vec<String>),
@@ -118,6 +124,11 @@ impl std::fmt::Display for ServeError {
                 f,
                 "the filesystem panicked in init: {msg}; the mount was refused"
             ),
+            ServeError::InitFlagsMissing(flags) => write!(
+                f,
+                "the kernel does not offer INIT flags the filesystem requires: {flags:?}; \
+                 the mount was refused (use a kernel that has them)"
+            ),
             ServeError::Busy(reqs) => write!(
                 f,
                 "could not pause: requests still in progress ({}); try again later",
@@ -136,6 +147,7 @@ impl std::error::Error for ServeError {
             | ServeError::Uring(_)
             | ServeError::Unsupported(_)
             | ServeError::InitPanicked(_)
+            | ServeError::InitFlagsMissing(_)
             | ServeError::Busy(_) => None,
         }
     }
@@ -447,6 +459,10 @@ impl<F: Filesystem> Running<F> {
             if let Some(msg) = self.session.init_panic() {
                 let _ = self.unmount();
                 return Err(ServeError::InitPanicked(msg));
+            }
+            if let Some(missing) = self.session.init_missing() {
+                let _ = self.unmount();
+                return Err(ServeError::InitFlagsMissing(missing));
             }
             if self.control.running() == 0 || Instant::now() > deadline {
                 if self.session.init_state().is_some() {
