@@ -266,9 +266,11 @@ impl<F: Filesystem> Server<F> {
             }
         };
         if uring {
-            let mut o = UringOptions::default();
-            o.required = kind == TransportKind::IoUring;
-            o.fallback_threads = threads.max(1);
+            let o = UringOptions {
+                required: kind == TransportKind::IoUring,
+                fallback_threads: threads.max(1),
+                ..UringOptions::default()
+            };
             self.spawn_uring(&o)
         } else {
             self.spawn(threads)
