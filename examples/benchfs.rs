@@ -3,7 +3,7 @@
 //! that the three libraries are measured on identical work.
 //!
 //! ```text
-//! benchfs MOUNTPOINT TIMEOUT [--mt[=N]] [--uring] [--direct-io] [--keep-cache] [--max-read=BYTES] [--stats]
+//! benchfs MOUNTPOINT TIMEOUT [--mt[=N]] [--transport=auto|dev-fuse|io-uring] [--uring] [--direct-io] [--keep-cache] [--max-read=BYTES] [--stats]
 //! ```
 //!
 //! The tree (content generated, never stored: the byte at offset `o` is `o % 251`):
@@ -22,6 +22,10 @@
 //! - READ: zero-copy, a slice of one page-aligned pattern buffer lent to the reply;
 //! - FORGET ignored (inodes are static), STATFS answered;
 //! - `--mt[=N]`: N worker threads (4 with plain `--mt`), else one;
+//! - `--transport=auto|dev-fuse|io-uring` (default `dev-fuse`, so that figures stay
+//!   comparable): `auto` is `Server::spawn_with(TransportKind::Auto)` — io_uring
+//!   where the kernel offers it and more than one CPU is usable, else `/dev/fuse`
+//!   (`RUST_LOG=debug` says which and why); `io-uring` is the same as `--uring`:
 //! - `--uring` (or the environment variable `BENCHFS_URING=1`, so that the peers'
 //!   `run_all.sh` can run it unchanged): serve through fuse-over-io_uring
 //!   (`Server::spawn_uring`): one thread and ring per CPU, each pinned to its CPU,
@@ -40,7 +44,7 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, UNIX_EPOCH};
 
 use fuse_live::session::dev::MountOptions;
-use fuse_live::session::serve::{Server, UringOptions};
+use fuse_live::session::serve::{Server, TransportKind, UringOptions};
 use fuse_live::session::wire::{FopenFlags, InitFlags};
 use fuse_live::session::{
     AttrReply, DirEntries, Entry, Errno, FileAttr, FileType, Filesystem, InitWishes, Opened,
@@ -352,8 +356,8 @@ impl Filesystem for BenchFs {
 
 fn usage() -> ! {
     eprintln!(
-        "usage: benchfs MOUNTPOINT TIMEOUT [--mt[=N]] [--uring] [--direct-io] [--keep-cache] \
-         [--max-read=BYTES] [--stats]"
+        "usage: benchfs MOUNTPOINT TIMEOUT [--mt[=N]] [--transport=auto|dev-fuse|io-uring] \
+         [--uring] [--direct-io] [--keep-cache] [--max-read=BYTES] [--stats]"
     );
     std::process::exit(2)
 }
@@ -374,6 +378,7 @@ fn main() {
         .unwrap_or_else(|| usage());
     let (mut threads, mut stats) = (1usize, false);
     let mut uring = std::env::var_os("BENCHFS_URING").is_some_and(|v| v == "1");
+    let mut transport = TransportKind::DevFuse;
     let mut open_flags = FopenFlags::EMPTY;
     let mut max_read: u32 = 1 << 20;
     for a in &args[2..] {
@@ -390,6 +395,17 @@ fn main() {
             "--keep-cache" => open_flags |= FopenFlags::KEEP_CACHE,
             "--stats" => stats = true,
             "--uring" => uring = true,
+            s if s.starts_with("--transport=") => match s[12..].parse::<TransportKind>() {
+                Ok(TransportKind::IoUring) => uring = true,
+                Ok(k) => {
+                    uring = false;
+                    transport = k;
+                }
+                Err(e) => {
+                    eprintln!("benchfs: {e}");
+                    usage()
+                }
+            },
             s if s.starts_with("--max-read=") => {
                 max_read = s[11..]
                     .parse()
@@ -424,7 +440,7 @@ fn main() {
                 }
                 server.spawn_uring(&o)
             } else {
-                server.spawn(threads)
+                server.spawn_with(transport, threads)
             }
         })
         .and_then(|running| {

@@ -765,3 +765,56 @@ fn uring_snapshot_works_and_a_live_handoff_is_refused_before_commit() {
     assert!(common::is_fuse_mounted(&m.mnt));
     m.finish();
 }
+
+/// `Server::spawn_with(TransportKind::Auto)` serves through io_uring where the kernel
+/// offers it and more than one CPU is usable, through `/dev/fuse` otherwise;
+/// `DevFuse` always through `/dev/fuse`; the names parse as the CLIs spell them.
+#[test]
+fn transport_auto_picks_io_uring_where_offered() {
+    use fuse_live::session::serve::TransportKind;
+    assert_eq!("auto".parse::<TransportKind>(), Ok(TransportKind::Auto));
+    assert_eq!(
+        "dev-fuse".parse::<TransportKind>(),
+        Ok(TransportKind::DevFuse)
+    );
+    assert_eq!(
+        "io-uring".parse::<TransportKind>(),
+        Ok(TransportKind::IoUring)
+    );
+    assert!("uring".parse::<TransportKind>().is_err());
+    let _s = serial();
+    if !uring_ready("transport_auto_picks_io_uring_where_offered") {
+        return;
+    }
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    for (kind, tag) in [
+        (TransportKind::Auto, "transport-auto"),
+        (TransportKind::DevFuse, "transport-dev"),
+    ] {
+        let dir = common::temp_dir(tag);
+        let mnt = dir.join("mnt");
+        std::fs::create_dir(&mnt).expect("create mountpoint");
+        let dog = Watchdog::arm(&mnt, None, WATCHDOG).expect("arm watchdog");
+        let opts = MountOptions::new()
+            .fsname("uringtree")
+            .subtype("uringtree")
+            .read_only(true);
+        let running = Server::mount(Tree::new(), &mnt, &opts)
+            .and_then(|s| s.spawn_with(kind, 2))
+            .expect("spawn_with");
+        let data = std::fs::read(mnt.join("s1")).expect("read");
+        check_content(FIRST_SMALL + 1, 0, &data);
+        let expect_uring = kind == TransportKind::Auto && cpus > 1;
+        assert_eq!(
+            matches!(running.backend(), Backend::Uring { .. }),
+            expect_uring,
+            "{kind:?} with {cpus} usable CPUs served through {:?}",
+            running.backend()
+        );
+        running.unmount().expect("unmount");
+        running.join();
+        assert!(!common::is_fuse_mounted(&mnt), "nothing left mounted");
+        assert!(!dog.disarm(), "finished before the watchdog");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

@@ -223,6 +223,72 @@ impl<F: Filesystem> Server<F> {
         Ok(running)
     }
 
+    /// Serves through the transport `kind` names: [`TransportKind::DevFuse`] as
+    /// [`Server::spawn`] with `threads` workers, [`TransportKind::IoUring`] as
+    /// [`Server::spawn_uring`] with io_uring required, and [`TransportKind::Auto`]
+    /// (the default) io_uring where the kernel offers it (the `fuse` module
+    /// parameter `enable_uring` is on) and this process may run on more than one
+    /// CPU, `/dev/fuse` otherwise (falling back to `threads` `/dev/fuse` workers if
+    /// INIT does not agree on io_uring). Logs at debug level what it chose and why.
+    ///
+    /// A mount served through io_uring cannot be handed to another process
+    /// ([`Running::try_stop`]): pick [`TransportKind::DevFuse`] for a daemon that
+    /// upgrades itself live.
+    ///
+    /// # Errors
+    /// As [`Server::spawn`] and [`Server::spawn_uring`].
+    pub fn spawn_with(self, kind: TransportKind, threads: usize) -> Result<Running<F>, ServeError> {
+        let uring = match kind {
+            TransportKind::DevFuse => {
+                log::debug!("transport: /dev/fuse (asked for)");
+                false
+            }
+            TransportKind::IoUring => {
+                log::debug!("transport: io_uring (asked for)");
+                true
+            }
+            TransportKind::Auto => {
+                let cpus = usable_cpus();
+                match uring::uring_enabled() {
+                    Some(true) if cpus > 1 => {
+                        log::debug!(
+                            "transport auto: io_uring (the kernel offers it, {cpus} CPUs usable)"
+                        );
+                        true
+                    }
+                    Some(true) => {
+                        log::debug!(
+                            "transport auto: /dev/fuse (one CPU usable: a ring per CPU gains nothing)"
+                        );
+                        false
+                    }
+                    Some(false) => {
+                        log::debug!(
+                            "transport auto: /dev/fuse (the fuse module parameter enable_uring is off)"
+                        );
+                        false
+                    }
+                    None => {
+                        log::debug!(
+                            "transport auto: /dev/fuse (no fuse-over-io_uring in this kernel)"
+                        );
+                        false
+                    }
+                }
+            }
+        };
+        if uring {
+            let o = UringOptions {
+                required: kind == TransportKind::IoUring,
+                fallback_threads: threads.max(1),
+                ..UringOptions::default()
+            };
+            self.spawn_uring(&o)
+        } else {
+            self.spawn(threads)
+        }
+    }
+
     /// Serves through fuse-over-io_uring (see [`crate::dev::uring`]): asks for
     /// `FUSE_OVER_IO_URING` in INIT, answers INIT through `/dev/fuse`, then starts
     /// one thread per possible CPU, each pinned to its CPU with a ring of its own
@@ -352,6 +418,41 @@ impl Default for UringOptions {
             fallback_threads: 1,
         }
     }
+}
+
+/// Which kernel transport [`Server::spawn_with`] serves through.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum TransportKind {
+    /// io_uring where the kernel offers it and more than one CPU is usable,
+    /// `/dev/fuse` otherwise.
+    #[default]
+    Auto,
+    /// `/dev/fuse` workers ([`Server::spawn`]); the one that live handoff needs.
+    DevFuse,
+    /// fuse-over-io_uring, required ([`Server::spawn_uring`]).
+    IoUring,
+}
+
+impl std::str::FromStr for TransportKind {
+    type Err = String;
+
+    /// `auto`, `dev-fuse` or `io-uring`.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "auto" => Ok(TransportKind::Auto),
+            "dev-fuse" => Ok(TransportKind::DevFuse),
+            "io-uring" => Ok(TransportKind::IoUring),
+            other => Err(format!(
+                "unknown transport {other:?}: expected auto, dev-fuse or io-uring"
+            )),
+        }
+    }
+}
+
+/// How many CPUs this process may run on (its affinity mask), at least 1.
+fn usable_cpus() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
 /// How a mount is being served.
