@@ -273,6 +273,13 @@ impl Filesystem for MemFs {
         // `.` of any inode is itself: the kernel asks so (EXPORT_SUPPORT) to turn a
         // file handle of a regular file back into an inode.
         let ino = if bytes(name) == b"." && state.contains(*parent) {
+            // An unlinked inode kept only for its open files or the kernel's lookup
+            // count is not reachable by handle any more: ESTALE, as ext4 answers
+            // (`EXT4_IGET_HANDLE` with no links). Without this a handle of a deleted
+            // file opened again whenever the kernel's FORGET had not yet arrived.
+            if state.attr(*parent)?.nlink == 0 {
+                return Err(Errno::ESTALE);
+            }
             *parent
         } else {
             state.lookup(*parent, bytes(name))?
