@@ -268,6 +268,7 @@ impl<F: Filesystem> Session<F> {
         flag
     }
 
+    #[inline]
     pub(crate) fn end(&self, unique: u64) {
         lock(&self.inflight).remove(&unique);
     }
