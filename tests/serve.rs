@@ -292,6 +292,83 @@ fn retrieve_returns_the_cached_data_through_a_worker() {
     let _ = std::fs::remove_dir(&mnt);
 }
 
+/// Counts what a step hook sees: accepted uniques (with opcodes) and replies.
+#[derive(Default)]
+struct Steps {
+    accepted: std::sync::Mutex<Vec<(u64, u32)>>,
+    replied: std::sync::Mutex<Vec<u64>>,
+}
+
+impl StepHook for Steps {
+    fn accepted(&self, r: &Accepted<'_>) {
+        self.accepted
+            .lock()
+            .unwrap()
+            .push((r.unique(), r.opcode().0));
+    }
+    fn responding(&self, r: &Accepted<'_>, reply: &ReplyParts<'_>) {
+        assert_eq!(reply.unique(), r.unique());
+        self.replied.lock().unwrap().push(r.unique());
+    }
+}
+
+fn hook_sees_every_step(uring: bool) {
+    let mnt = tempdir(if uring { "hook-uring" } else { "hook" });
+    let opts = MountOptions::new().fsname("files").read_only(true);
+    let mut server = Server::mount(Files(20), &mnt, &opts).unwrap();
+    let steps = Arc::new(Steps::default());
+    assert!(server.set_hook(steps.clone()));
+    let running = if uring {
+        server
+            .spawn_uring(&fuse_live::session::serve::UringOptions::default())
+            .unwrap()
+    } else {
+        server.spawn(2).unwrap()
+    };
+    let dog = Watchdog::arm(&mnt, None, Duration::from_secs(60)).unwrap();
+    for i in 0..20 {
+        assert_eq!(std::fs::read(mnt.join(format!("f{i}"))).unwrap().len(), 5);
+        assert!(std::fs::metadata(mnt.join(format!("missing{i}"))).is_err());
+    }
+    drop_caches();
+    running.unmount().unwrap();
+    assert!(!dog.disarm(), "finished before the watchdog");
+    let accepted = steps.accepted.lock().unwrap().clone();
+    let mut replied = steps.replied.lock().unwrap().clone();
+    let unanswered = [
+        fuse_wire::Opcode::FORGET.0,
+        fuse_wire::Opcode::BATCH_FORGET.0,
+        fuse_wire::Opcode::INTERRUPT.0,
+        fuse_wire::Opcode::DESTROY.0,
+    ];
+    let mut want: Vec<u64> = accepted
+        .iter()
+        .filter(|(_, op)| !unanswered.contains(op))
+        .map(|(u, _)| *u)
+        .collect();
+    want.sort_unstable();
+    replied.retain(|u| want.binary_search(u).is_ok());
+    replied.sort_unstable();
+    assert!(want.len() > 60, "{} requests seen", want.len());
+    assert_eq!(replied, want, "one reply seen per answered request");
+    let _ = std::fs::remove_dir(&mnt);
+}
+
+#[test]
+fn the_step_hook_sees_every_request_through_dev_fuse() {
+    if can_mount("the_step_hook_sees_every_request_through_dev_fuse") {
+        hook_sees_every_step(false);
+    }
+}
+
+#[test]
+fn the_step_hook_sees_every_request_through_io_uring() {
+    if can_mount("the_step_hook_sees_every_request_through_io_uring") {
+        hook_sees_every_step(true);
+    }
+}
+
+
 #[test]
 fn hello_follows_the_command_line_contract() {
     if !can_mount("hello_follows_the_command_line_contract") {

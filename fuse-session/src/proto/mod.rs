@@ -8,8 +8,8 @@
 //! Methods by role, as in quinn-proto's `Connection`:
 //! - input: [`Session::accept`] (one request from the kernel), then
 //!   [`Session::call`] (run it);
-//! - output: [`Session::respond`] gives the [`Outcome`]: [`ReplyParts`] to send, or
-//!   none ([`step`] describes the three steps and the [`StepHook`] that watches them);
+//! - output: the [`Outcome`] of `call`: [`ReplyParts`] to send, or none;
+//!   [`Session::respond`] marks it final (the hook sees it) before it is sent ([`step`] describes the three steps and the [`StepHook`] that watches them);
 //! - feedback: [`Session::reply_lost`] when a reply could not be delivered;
 //!   [`Session::begin_retrieve`] / [`Session::cancel_retrieve`] around a
 //!   NOTIFY_RETRIEVE;

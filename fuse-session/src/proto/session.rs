@@ -277,6 +277,7 @@ impl<F: Filesystem> Session<F> {
         flag
     }
 
+    #[inline]
     pub(crate) fn end(&self, unique: u64) {
         lock(&self.inflight).remove(&unique);
     }

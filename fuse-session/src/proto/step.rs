@@ -9,7 +9,7 @@
 //! 2. [`Session::call`] runs the request: the session's own bookkeeping and the
 //!    [`Filesystem`] method. A panic in the filesystem is caught here and answered
 //!    `EIO` (see the `# Panics` section of [`Session::call`]).
-//! 3. [`Session::respond`] hands the reply to the [`StepHook`]
+//! 3. [`Session::respond`] shows the reply to the [`StepHook`]
 //!    ([`StepHook::responding`]: "reply for U (parts)") before the transport sends it.
 //!
 //! A reply is [`ReplyParts`]: the out header (by value), the fixed body and the bulk
@@ -84,11 +84,13 @@ enum Parsed<'r> {
 
 impl<'r> Accepted<'r> {
     /// The request's bytes as the transport received them (device layout).
+    #[inline]
     pub fn bytes(&self) -> &'r [u8] {
         self.bytes
     }
 
     /// The request's `unique` (0 if its header does not parse).
+    #[inline]
     pub fn unique(&self) -> u64 {
         match &self.parsed {
             Parsed::Request(r) => r.unique(),
@@ -98,6 +100,7 @@ impl<'r> Accepted<'r> {
     }
 
     /// The request's opcode (`Opcode(0)` if its header does not parse).
+    #[inline]
     pub fn opcode(&self) -> Opcode {
         match &self.parsed {
             Parsed::Request(r) => r.opcode(),
@@ -154,6 +157,8 @@ pub struct ReplyParts<'a> {
     body: &'a [u8],
     data: &'a [u8],
     counted: Option<u64>,
+    /// Header and body as the encoder wrote them, one slice (when it did).
+    message: Option<&'a [u8]>,
 }
 
 impl<'a> ReplyParts<'a> {
@@ -162,6 +167,7 @@ impl<'a> ReplyParts<'a> {
     ///
     /// `message` must hold at least the out header; a shorter one gives an `EIO`
     /// reply for `unique`.
+    #[inline]
     pub(crate) fn encoded(message: &'a [u8], unique: u64, counted: Option<u64>) -> Self {
         match message.split_first_chunk::<OUT_HEADER_SIZE>() {
             Some((header, body)) => ReplyParts {
@@ -169,18 +175,21 @@ impl<'a> ReplyParts<'a> {
                 body,
                 data: &[],
                 counted,
+                message: Some(message),
             },
             None => ReplyParts::error(unique, Errno::EIO),
         }
     }
 
     /// A success header for `data` (READ): no fixed body.
+    #[inline]
     pub(crate) fn with_data(header: [u8; OUT_HEADER_SIZE], data: &'a [u8]) -> Self {
         ReplyParts {
             header,
             body: &[],
             data,
             counted: None,
+            message: None,
         }
     }
 
@@ -199,25 +208,39 @@ impl<'a> ReplyParts<'a> {
             body: &[],
             data: &[],
             counted: None,
+            message: None,
         }
     }
 
     /// The out header (`struct fuse_out_header`: length, error, unique).
+    #[inline]
     pub fn header(&self) -> &[u8; OUT_HEADER_SIZE] {
         &self.header
     }
 
     /// The fixed body (the op's reply struct, directory entries, xattr bytes ...).
+    #[inline]
     pub fn body(&self) -> &'a [u8] {
         self.body
     }
 
+    /// Header and body as one slice, when the encoder wrote them together (the
+    /// header there is the same as [`ReplyParts::header`]): a transport that
+    /// gathers the parts (`writev`) sends one segment less, and the kernel pins
+    /// one user page less per reply.
+    #[inline]
+    pub fn header_and_body(&self) -> Option<&'a [u8]> {
+        self.message
+    }
+
     /// The bulk data (READ), possibly lent by the filesystem.
+    #[inline]
     pub fn data(&self) -> &'a [u8] {
         self.data
     }
 
     /// The whole message's length: header, body and data.
+    #[inline]
     pub fn len(&self) -> usize {
         OUT_HEADER_SIZE + self.body.len() + self.data.len()
     }
@@ -228,17 +251,20 @@ impl<'a> ReplyParts<'a> {
     }
 
     /// The `unique` the reply answers.
+    #[inline]
     pub fn unique(&self) -> u64 {
         u64::from_ne_bytes(self.header[8..16].try_into().unwrap_or_default())
     }
 
     /// The error (0 or a negative errno) in the header.
+    #[inline]
     pub fn error_code(&self) -> i32 {
         i32::from_ne_bytes(self.header[4..8].try_into().unwrap_or_default())
     }
 
     /// A nodeid whose lookup this reply counted: if the reply cannot be delivered,
     /// call [`Session::reply_lost`] with it.
+    #[inline]
     pub fn counted(&self) -> Option<u64> {
         self.counted
     }
@@ -433,13 +459,13 @@ impl<F: Filesystem> Session<F> {
         }
     }
 
-    /// Step 3: the reply is final; [`StepHook::responding`] sees it before the
-    /// transport sends it. Returns `outcome` unchanged.
-    pub fn respond<'a>(&self, request: &Accepted<'_>, outcome: Outcome<'a>) -> Outcome<'a> {
-        if let (Some(hook), Outcome::Reply(parts)) = (&self.hook, &outcome) {
+    /// Step 3: the outcome is final; [`StepHook::responding`] sees its reply (if
+    /// it has one) before the transport sends it.
+    #[inline]
+    pub fn respond(&self, request: &Accepted<'_>, outcome: &Outcome<'_>) {
+        if let (Some(hook), Outcome::Reply(parts)) = (&self.hook, outcome) {
             hook.responding(request, parts);
         }
-        outcome
     }
 
     /// The three steps at once: [`Session::accept`], [`Session::call`] with
@@ -448,7 +474,8 @@ impl<F: Filesystem> Session<F> {
     pub fn handle<'a>(&'a self, request: &'a [u8], out: &'a mut [u8]) -> Outcome<'a> {
         let accepted = self.accept(request);
         let outcome = self.call(&accepted, ReplySpace::new(out));
-        self.respond(&accepted, outcome)
+        self.respond(&accepted, &outcome);
+        outcome
     }
 
     /// An error reply, counted.

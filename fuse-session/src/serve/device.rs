@@ -87,9 +87,15 @@ impl Transport for DeviceTransport {
     }
 
     fn send(chan: &mut Channel, _: usize, reply: &ReplyParts<'_>) -> io::Result<Sent> {
-        let mut iov = [IoSlice::new(reply.header()); 3];
+        // One segment for header and body where the encoder wrote them together
+        // (one user page to pin instead of two), else one per non-empty part.
+        let (first, body) = match reply.header_and_body() {
+            Some(whole) => (whole, &[][..]),
+            None => (&reply.header()[..], reply.body()),
+        };
+        let mut iov = [IoSlice::new(first); 3];
         let mut n = 1;
-        for part in [reply.body(), reply.data()] {
+        for part in [body, reply.data()] {
             if !part.is_empty() {
                 iov[n] = IoSlice::new(part);
                 n += 1;

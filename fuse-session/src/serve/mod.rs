@@ -214,6 +214,20 @@ impl<F: Filesystem> Server<F> {
         &self.session
     }
 
+    /// Installs the hook that sees every request's accept and respond steps (see
+    /// [`StepHook`](crate::StepHook)), before serving starts. Returns `false` (and
+    /// installs nothing) if the session is shared already (a clone of
+    /// [`Server::session`] is alive).
+    pub fn set_hook(&mut self, hook: Arc<dyn crate::StepHook>) -> bool {
+        match Arc::get_mut(&mut self.session) {
+            Some(s) => {
+                s.set_hook(hook);
+                true
+            }
+            None => false,
+        }
+    }
+
     /// Starts `threads` workers (at least one) and waits until INIT has been
     /// answered (at most 30 s), so that the mount serves when this returns.
     pub fn spawn(self, threads: usize) -> Result<Running<F>, ServeError> {

@@ -155,7 +155,8 @@ pub(crate) fn run_worker<F: Filesystem, T: Transport>(
                 let accepted = session.accept(bytes);
                 slot.enter(accepted.unique(), accepted.opcode().0);
                 let outcome = session.call(&accepted, space);
-                match session.respond(&accepted, outcome) {
+                session.respond(&accepted, &outcome);
+                match outcome {
                     Outcome::Reply(parts) => match T::send(sender, n, &parts) {
                         Ok(Sent::Delivered) => {
                             if !init_replied && session.init_state().is_some() {
