@@ -368,7 +368,6 @@ fn the_step_hook_sees_every_request_through_io_uring() {
     }
 }
 
-
 #[test]
 fn hello_follows_the_command_line_contract() {
     if !can_mount("hello_follows_the_command_line_contract") {
