@@ -450,7 +450,17 @@ impl Bars {
         let n = self.panels.len().max(1) as f64;
         let panel_w = 250.0;
         let (left, right, top, bottom) = (20.0, 20.0, 84.0, 360.0);
-        let w = (left + right + panel_w * n).max(760.0);
+        // Wide enough for the title and the longest caption line (about 0.55 em a
+        // character).
+        let text_w = self
+            .caption
+            .iter()
+            .map(|c| 6.6 * c.chars().count() as f64)
+            .chain([9.4 * self.title.chars().count() as f64])
+            .fold(0.0, f64::max);
+        let w = (left + right + panel_w * n)
+            .max(left + right + text_w)
+            .max(760.0);
         let h = 400.0 + 16.0 * self.caption.len() as f64;
         let mut svg = Svg::new(w, h);
         svg.text(left, 24.0, &self.title, 17.0, Anchor::Start, "#000");
@@ -496,10 +506,20 @@ impl Bars {
             let nb = panel.bars.len().max(1) as f64;
             let slot = pw / nb;
             for (i, bar) in panel.bars.iter().enumerate() {
-                let Some(b) = bar else { continue };
-                let c = SERIES_COLOURS[i % SERIES_COLOURS.len()];
                 let bx = x0 + slot * i as f64 + slot * 0.12;
                 let bw = slot * 0.76;
+                let Some(b) = bar else {
+                    svg.text(
+                        bx + bw / 2.0,
+                        bottom - 6.0,
+                        "no run",
+                        9.5,
+                        Anchor::Middle,
+                        GREY,
+                    );
+                    continue;
+                };
+                let c = SERIES_COLOURS[i % SERIES_COLOURS.len()];
                 svg.rect(bx, y(b.value), bw, bottom - y(b.value), c, 1.0);
                 let mut label_y = y(b.value) - 4.0;
                 if let Some((lo, hi)) = b.range {
@@ -601,7 +621,7 @@ mod tests {
             caption: vec![],
         };
         let s = b.render();
-        assert!(s.contains("65.9k") && s.contains("stat1 (ops/s)"));
+        assert!(s.contains("65.9k") && s.contains("stat1 (ops/s)") && s.contains("no run"));
         // The bar of series 0 is drawn, series 1 only in the legend.
         assert_eq!(s.matches(SERIES_COLOURS[1]).count(), 1);
     }
