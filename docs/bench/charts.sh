@@ -1,7 +1,8 @@
 #!/bin/sh
 # Redraws docs/bench/serving.svg and serving-dev-fuse.svg from the RESULT files beside
-# this script (run from the repository root). The handoff timeline comes from a run:
+# this script (run from the repository root). The timelines come from runs:
 # cargo run --release --example handoff_bench -- 10000 3 --svg docs/bench/handoff-timeline.svg
+# cargo run --release --example demo -- --svg docs/bench/demo-timeline.svg
 set -e
 B=docs/bench
 cargo run -q -p fuse-live-testkit --bin serving_chart -- --out $B/serving.svg \
