@@ -1,7 +1,7 @@
 //! The demo: a FUSE daemon replaced by new processes, live, under load.
 //!
 //! ```text
-//! cargo run --release --example demo
+//! cargo run --release --example demo [-- --svg PATH]
 //! ```
 //!
 //! Mounts memfs in a temporary directory (as a daemon process: this program run
@@ -12,21 +12,25 @@
 //! socket, with the kernel connection, every nodeid and every open file — then
 //! prints what happened and unmounts. Needs root (mount(2)) and `/dev/fuse`.
 //!
+//! With `--svg PATH`, also writes a timeline of every workload operation's latency
+//! with the handoffs marked (`testkit::chart`) to PATH.
+//!
 //! Exit status 0 if every operation succeeded.
+use std::cell::Cell;
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitCode, Stdio};
 use std::sync::mpsc;
-use std::time::Duration;
+use std::time::{Duration, Instant, SystemTime};
 
 use fuse_live::session::dev::fusectl::Watchdog;
 use fuse_live::session::dev::MountOptions;
 use fuse_live::session::serve::{Running, Server};
 use fuse_live::snapshot::handoff::{self, Ended, HandoffOptions, UpgradeListener};
 use fuse_live_testkit::{
-    field, is_fuse_mounted, pattern, spawn_with_lines, stop_process, tear_down_if_mounted,
+    chart, field, is_fuse_mounted, pattern, spawn_with_lines, stop_process, tear_down_if_mounted,
     wait_exit,
 };
 
@@ -46,14 +50,16 @@ fn main() -> ExitCode {
     let result = match args.as_slice() {
         ["--daemon", mnt, sock] => daemon(Some(Path::new(mnt)), Path::new(sock)),
         ["--takeover", sock] => daemon(None, Path::new(sock)),
-        ["--worker", dir, id, stop, out] => worker(
+        ["--worker", dir, id, stop, out, timings @ ..] => worker(
             Path::new(dir),
             id.parse().unwrap_or(0),
             Path::new(stop),
             Path::new(out),
+            timings.first().map(Path::new),
         ),
-        [] => demo(),
-        _ => Err("usage: demo (no arguments)".into()),
+        [] => demo(None),
+        ["--svg", path] => demo(Some(Path::new(path))),
+        _ => Err("usage: demo [--svg PATH]".into()),
     };
     match result {
         Ok(true) => ExitCode::SUCCESS,
@@ -121,8 +127,10 @@ fn daemon(mnt: Option<&Path>, sock: &Path) -> Res<bool> {
 
 /// One workload process: rounds of create, write, read back and verify, rename,
 /// stat, readdir, unlink, plus a record written and read back through a file held
-/// open for the whole run, until `stop` exists. Writes "ops failed bytes" to `out`.
-fn worker(dir: &Path, id: u64, stop: &Path, out: &Path) -> Res<bool> {
+/// open for the whole run, until `stop` exists. Writes "ops failed bytes" to `out`,
+/// and with `timings`, one line "END_NS LATENCY_NS OK" per operation there (the end
+/// on the wall clock, shared by the processes; the latency on the monotonic clock).
+fn worker(dir: &Path, id: u64, stop: &Path, out: &Path, timings: Option<&Path>) -> Res<bool> {
     let wdir = dir.join(format!("worker-{id}"));
     std::fs::create_dir(&wdir)?;
     let held = OpenOptions::new()
@@ -132,8 +140,19 @@ fn worker(dir: &Path, id: u64, stop: &Path, out: &Path) -> Res<bool> {
         .write(true)
         .open(wdir.join("held"))?;
     let (mut ops, mut failed, mut bytes) = (0u64, 0u64, 0u64);
+    // When the operation being checked started: after the previous check, or when
+    // reset just before an operation.
+    let started = Cell::new(Instant::now());
+    let mut times: Vec<(u128, u128, bool)> = Vec::new();
     let mut check = |what: &str, r: std::io::Result<bool>| {
         ops += 1;
+        if timings.is_some() {
+            let end = SystemTime::now()
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .unwrap_or_default();
+            let ok = matches!(r, Ok(true));
+            times.push((end.as_nanos(), started.get().elapsed().as_nanos(), ok));
+        }
         match r {
             Ok(true) => {}
             Ok(false) => {
@@ -145,6 +164,7 @@ fn worker(dir: &Path, id: u64, stop: &Path, out: &Path) -> Res<bool> {
                 eprintln!("worker {id}: {what}: {e}");
             }
         }
+        started.set(Instant::now());
     };
     let mut round = 0u64;
     while !stop.exists() {
@@ -153,6 +173,7 @@ fn worker(dir: &Path, id: u64, stop: &Path, out: &Path) -> Res<bool> {
             wdir.join(format!("new-{round}")),
             wdir.join(format!("done-{round}")),
         );
+        started.set(Instant::now());
         check("create+write", std::fs::write(&a, &data).map(|_| true));
         check("read back", std::fs::read(&a).map(|d| d == data));
         bytes += data.len() as u64;
@@ -187,6 +208,13 @@ fn worker(dir: &Path, id: u64, stop: &Path, out: &Path) -> Res<bool> {
             .all(|(i, c)| c == (i as u64).to_le_bytes())
     });
     check("held file, whole", whole);
+    if let Some(path) = timings {
+        let mut text = String::with_capacity(times.len() * 32);
+        for (end, d, ok) in &times {
+            text.push_str(&format!("{end} {d} {}\n", u8::from(*ok)));
+        }
+        std::fs::write(path, text)?;
+    }
     std::fs::write(out, format!("{ops} {failed} {bytes}"))?;
     Ok(failed == 0)
 }
@@ -240,7 +268,7 @@ fn expect_ready(rx: &mpsc::Receiver<String>, log: &Path) -> Res<()> {
     }
 }
 
-fn demo() -> Res<bool> {
+fn demo(svg: Option<&Path>) -> Res<bool> {
     if !nix::unistd::geteuid().is_root() || !Path::new("/dev/fuse").exists() {
         return Err("needs root and /dev/fuse (it mounts with mount(2))".into());
     }
@@ -269,26 +297,35 @@ fn demo() -> Res<bool> {
 
     let stop = dir.join("stop");
     let exe = std::env::current_exe()?;
+    let load_start = loadavg();
+    let t0 = SystemTime::now();
+    let timings = |id: usize| dir.join(format!("timings-{id}"));
     for id in 0..WORKERS {
-        let w = Command::new(&exe)
-            .arg("--worker")
+        let mut cmd = Command::new(&exe);
+        cmd.arg("--worker")
             .arg(&mnt)
             .arg(id.to_string())
             .arg(&stop)
-            .arg(dir.join(format!("result-{id}")))
-            .stdin(Stdio::null())
-            .spawn()?;
+            .arg(dir.join(format!("result-{id}")));
+        if svg.is_some() {
+            cmd.arg(timings(id));
+        }
+        let w = cmd.stdin(Stdio::null()).spawn()?;
         c.workers.push(w);
     }
     println!("workload: {WORKERS} processes creating, writing, verifying, renaming, listing");
 
     let (mut longest, mut snapshot_bytes, mut nodes, mut handles) = (0u64, 0u64, 0u64, 0u64);
     let mut precopy_bytes = 0u64;
+    // Per handoff: (window start, ready, window end, stall).
+    let mut events: Vec<(SystemTime, SystemTime, SystemTime, u64)> = Vec::new();
     for n in 1..=HANDOFFS {
         std::thread::sleep(Duration::from_millis(500));
+        let start = SystemTime::now();
         let (next, rx) = spawn_daemon(&[Path::new("--takeover"), &sock], &log(n))?;
         let mut old = c.daemon.replace(next).ok_or("no daemon")?;
         expect_ready(&rx, &log(n))?;
+        let ready = SystemTime::now();
         let stats = rx
             .recv_timeout(Duration::from_secs(5))
             .map_err(|_| "no handoff statistics")?;
@@ -297,6 +334,7 @@ fn demo() -> Res<bool> {
             return Err(format!("the old daemon exited with {st}").into());
         }
         let stall = field(&stats, "stall_us");
+        events.push((start, ready, SystemTime::now(), stall));
         longest = longest.max(stall);
         snapshot_bytes = field(&stats, "bytes");
         nodes = field(&stats, "nodes");
@@ -329,6 +367,44 @@ fn demo() -> Res<bool> {
             failed += 1;
             eprintln!("worker {id} reported nothing ({st:?})");
         }
+    }
+    if let Some(path) = svg {
+        let ops: Vec<chart::Op> = (0..WORKERS)
+            .flat_map(|id| read_timings(&timings(id), t0))
+            .collect();
+        let secs = |t: SystemTime| t.duration_since(t0).unwrap_or_default().as_secs_f64();
+        let events = events
+            .iter()
+            .enumerate()
+            .map(|(i, (a, r, b, stall))| {
+                let stall = *stall as f64 / 1e6;
+                chart::Event {
+                    window: (secs(*a), secs(*b)),
+                    pause: Some((secs(*r) - stall, secs(*r))),
+                    label: format!("handoff {}: pause {}", i + 1, chart::fmt_secs(stall)),
+                }
+            })
+            .collect();
+        let longest_op = ops.iter().map(|o| o.latency_s).fold(0.0, f64::max);
+        let chart = chart::Timeline {
+            title: "Workload operation latency across live handoffs (demo)".into(),
+            caption: vec![
+                format!(
+                    "{} operations of {WORKERS} worker processes (create + write, read back, rename, stat, readdir, held-file write + read, unlink), {} failed",
+                    chart::thousands(ops.len() as f64),
+                    ops.iter().filter(|o| !o.ok).count()
+                ),
+                format!(
+                    "longest {}; memfs, the daemon replaced {HANDOFFS} times; a shared machine, load average {load_start} at the start, {} at the end",
+                    chart::fmt_secs(longest_op),
+                    loadavg()
+                ),
+            ],
+            ops,
+            events,
+        };
+        std::fs::write(path, chart.render())?;
+        println!("timeline written to {}", path.display());
     }
     println!();
     println!("report:");
@@ -363,4 +439,33 @@ fn demo() -> Res<bool> {
         }
     );
     Ok(failed == 0)
+}
+
+/// The 1-minute load average ("?" if unknown).
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|s| s.split_whitespace().next().map(str::to_owned))
+        .unwrap_or_else(|| "?".into())
+}
+
+/// A worker's timings file as chart operations (seconds from `t0`); lines that do
+/// not parse are skipped (a worker killed mid-write leaves a partial last line).
+fn read_timings(path: &Path, t0: SystemTime) -> Vec<chart::Op> {
+    let t0 = t0
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_nanos();
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    text.lines()
+        .filter_map(|l| {
+            let mut p = l.split(' ').map(|v| v.parse::<u128>().ok());
+            let (end, d, ok) = (p.next()??, p.next()??, p.next()??);
+            Some(chart::Op {
+                end_s: end.saturating_sub(t0) as f64 / 1e9,
+                latency_s: d as f64 / 1e9,
+                ok: ok == 1,
+            })
+        })
+        .collect()
 }

@@ -2,7 +2,7 @@
 //! over to a new process under load.
 //!
 //! ```text
-//! cargo run --release --example handoff_bench -- [FILES] [HANDOFFS]
+//! cargo run --release --example handoff_bench -- [FILES] [HANDOFFS] [--svg PATH]
 //! ```
 //!
 //! Mounts memfs (a daemon process: this program run again with a hidden flag) with
@@ -13,6 +13,10 @@
 //! the daemon is replaced HANDOFFS times (default 5). Prints the longest operation
 //! during the handoffs (the client-visible stall), the same outside them, the
 //! daemon-side stall and the snapshot size. Needs root and `/dev/fuse`.
+//!
+//! With `--svg PATH`, also writes a timeline of every client operation's latency
+//! with the handoffs marked (each window, and its pause placed where the new
+//! process reported ready) to PATH (`docs/bench/handoff-timeline.svg`).
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::os::unix::fs::FileExt;
@@ -26,7 +30,7 @@ use fuse_live::session::dev::fusectl::{self, Watchdog};
 use fuse_live::session::dev::MountOptions;
 use fuse_live::session::serve::{Running, Server};
 use fuse_live::snapshot::handoff::{self, HandoffOptions, UpgradeListener};
-use fuse_live_testkit::{field, spawn_with_lines, stop_process, wait_exit};
+use fuse_live_testkit::{chart, field, spawn_with_lines, stop_process, wait_exit};
 
 // memfs's own modules (the memfs workspace crate).
 use memfs::fs;
@@ -42,9 +46,27 @@ fn main() -> ExitCode {
         ["--daemon", mnt, sock] => daemon(Some(Path::new(mnt)), Path::new(sock)),
         ["--takeover", sock] => daemon(None, Path::new(sock)),
         rest => {
-            let files = rest.first().and_then(|s| s.parse().ok()).unwrap_or(100_000);
-            let handoffs = rest.get(1).and_then(|s| s.parse().ok()).unwrap_or(5);
-            bench(files, handoffs)
+            let mut svg = None;
+            let mut plain = Vec::new();
+            let mut it = rest.iter();
+            while let Some(a) = it.next() {
+                if *a == "--svg" {
+                    svg = it.next().map(PathBuf::from);
+                } else {
+                    plain.push(*a);
+                }
+            }
+            match (rest.contains(&"--svg"), &svg) {
+                (true, None) => Err("--svg needs a path".into()),
+                _ => {
+                    let files = plain
+                        .first()
+                        .and_then(|s| s.parse().ok())
+                        .unwrap_or(100_000);
+                    let handoffs = plain.get(1).and_then(|s| s.parse().ok()).unwrap_or(5);
+                    bench(files, handoffs, svg.as_deref())
+                }
+            }
         }
     };
     match r {
@@ -136,8 +158,8 @@ impl Drop for Cleanup {
     }
 }
 
-/// Timed operations: (end time, duration) of each.
-type Samples = Arc<Mutex<Vec<(Instant, Duration)>>>;
+/// Timed operations: (end time, duration, succeeded) of each.
+type Samples = Arc<Mutex<Vec<(Instant, Duration, bool)>>>;
 
 fn client(mnt: PathBuf, id: usize, stop: Arc<AtomicBool>, samples: Samples) -> u64 {
     let held = OpenOptions::new()
@@ -164,7 +186,7 @@ fn client(mnt: PathBuf, id: usize, stop: Arc<AtomicBool>, samples: Samples) -> u
             _ => File::open(mnt.join("d0/f0")).is_ok(),
         };
         let end = Instant::now();
-        local.push((end, end - t));
+        local.push((end, end - t, ok));
         if !ok {
             failed += 1;
         }
@@ -176,7 +198,7 @@ fn client(mnt: PathBuf, id: usize, stop: Arc<AtomicBool>, samples: Samples) -> u
     failed
 }
 
-fn bench(files: usize, handoffs: usize) -> Res<()> {
+fn bench(files: usize, handoffs: usize, svg: Option<&Path>) -> Res<()> {
     if !nix::unistd::geteuid().is_root() {
         return Err("needs root and /dev/fuse".into());
     }
@@ -219,6 +241,8 @@ fn bench(files: usize, handoffs: usize) -> Res<()> {
         t.elapsed().as_secs_f64()
     );
 
+    let load_start = loadavg();
+    let t0 = Instant::now();
     let stop = Arc::new(AtomicBool::new(false));
     let samples: Samples = Arc::default();
     let clients: Vec<_> = (0..2)
@@ -229,6 +253,8 @@ fn bench(files: usize, handoffs: usize) -> Res<()> {
         .collect();
     std::thread::sleep(Duration::from_secs(1));
     let mut windows = Vec::new();
+    // When each new process reported ready (the end of its pause).
+    let mut readies = Vec::new();
     let mut stats = Vec::new();
     for n in 1..=handoffs {
         let start = Instant::now();
@@ -243,6 +269,7 @@ fn bench(files: usize, handoffs: usize) -> Res<()> {
                 std::fs::read_to_string(dir.join(format!("daemon-{n}.log"))).unwrap_or_default()
             )
         })?;
+        readies.push(Instant::now());
         let line = rx.recv_timeout(Duration::from_secs(5))?;
         wait_exit(&mut old, Duration::from_secs(60)).ok_or("the old daemon did not exit")?;
         windows.push((start, Instant::now()));
@@ -261,7 +288,7 @@ fn bench(files: usize, handoffs: usize) -> Res<()> {
     // Per window: the longest operation overlapping it, and when it started
     // (relative to the window's start, negative if before).
     let mut worst = vec![(Duration::ZERO, 0f64); windows.len()];
-    for (end, d) in &samples {
+    for (end, d, _) in &samples {
         let start = *end - *d;
         // An operation that overlaps a handoff window (from spawning the new process
         // until the old one exited).
@@ -322,8 +349,121 @@ fn bench(files: usize, handoffs: usize) -> Res<()> {
             worst[i].1
         );
     }
+    if let Some(path) = svg {
+        let chart = timeline(&samples, t0, &windows, &readies, &stats, failed, files);
+        let load = format!(
+            "load average {load_start} at the start, {} at the end",
+            loadavg()
+        );
+        write_timeline(path, chart, &load)?;
+        println!("timeline written to {}", path.display());
+    }
     if failed > 0 {
         return Err(format!("{failed} client operations failed").into());
     }
+    Ok(())
+}
+
+/// The 1-minute load average ("?" if unknown).
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|s| s.split_whitespace().next().map(str::to_owned))
+        .unwrap_or_else(|| "?".into())
+}
+
+/// The latency timeline of a run: every client operation from `t0` on, each
+/// handoff's window and its pause (the daemon-side stall, ending when the new
+/// process reported ready).
+fn timeline(
+    samples: &[(Instant, Duration, bool)],
+    t0: Instant,
+    windows: &[(Instant, Instant)],
+    readies: &[Instant],
+    stats: &[String],
+    failed: u64,
+    files: usize,
+) -> chart::Timeline {
+    let secs = |t: Instant| t.saturating_duration_since(t0).as_secs_f64();
+    let ops: Vec<chart::Op> = samples
+        .iter()
+        .filter(|(end, ..)| *end >= t0)
+        .map(|(end, d, ok)| chart::Op {
+            end_s: secs(*end),
+            latency_s: d.as_secs_f64(),
+            ok: *ok,
+        })
+        .collect();
+    let windows_s: Vec<(f64, f64)> = windows.iter().map(|(a, b)| (secs(*a), secs(*b))).collect();
+    // The longest operation overlapping each window, and the operations outside all.
+    let mut worst = vec![0f64; windows_s.len()];
+    let mut outside = Vec::new();
+    for o in &ops {
+        let start = o.end_s - o.latency_s;
+        match windows_s
+            .iter()
+            .position(|(a, b)| start < *b && o.end_s > *a)
+        {
+            Some(w) => worst[w] = worst[w].max(o.latency_s),
+            None => outside.push(o.latency_s),
+        }
+    }
+    outside.sort_by(f64::total_cmp);
+    let pct = |p: f64| {
+        outside
+            .get(((outside.len() as f64 * p) as usize).min(outside.len().saturating_sub(1)))
+            .copied()
+            .unwrap_or_default()
+    };
+    let events = windows_s
+        .iter()
+        .enumerate()
+        .map(|(i, w)| {
+            let stall = stats.get(i).map_or(0, |l| field(l, "stall_us")) as f64 / 1e6;
+            let ready = readies.get(i).map(|r| secs(*r));
+            chart::Event {
+                window: *w,
+                pause: ready.map(|r| (r - stall, r)),
+                label: format!(
+                    "handoff {}: pause {}, longest op {}",
+                    i + 1,
+                    chart::fmt_secs(stall),
+                    chart::fmt_secs(worst[i])
+                ),
+            }
+        })
+        .collect();
+    let caption = vec![
+        format!(
+            "{} client operations (2 threads: 4 KiB pwrite, create + unlink, open + close), {} failed",
+            chart::thousands(ops.len() as f64),
+            failed,
+        ),
+        format!(
+            "outside the handoffs: p50 {}, p99 {}, longest {}; longest overlapping a handoff {}",
+            chart::fmt_secs(pct(0.5)),
+            chart::fmt_secs(pct(0.99)),
+            chart::fmt_secs(outside.last().copied().unwrap_or_default()),
+            chart::fmt_secs(worst.iter().copied().fold(0.0, f64::max)),
+        ),
+        format!(
+            "memfs with {files} files stat'ed (a nodeid each), the daemon replaced {} times with pre-copy",
+            windows.len()
+        ),
+    ];
+    chart::Timeline {
+        title: "Client operation latency across live handoffs (handoff_bench)".into(),
+        ops,
+        events,
+        caption,
+    }
+}
+
+/// Writes the timeline with the machine's load in its caption.
+fn write_timeline(path: &Path, mut chart: chart::Timeline, load: &str) -> Res<()> {
+    chart.caption.push(format!(
+        "a shared 2-core KVM guest, {load}; band: handoff window (new process started until the old one exited)"
+    ));
+    std::fs::write(path, chart.render())?;
     Ok(())
 }

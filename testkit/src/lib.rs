@@ -4,6 +4,8 @@
 //! wait for its `ready` line, and always clean up (unmount, stop the process,
 //! remove the directory), with a watchdog so that a hung mount can never hang a
 //! test.
+pub mod chart;
+
 use std::collections::BTreeSet;
 use std::fs::File;
 use std::io::{BufRead, BufReader};
