@@ -50,10 +50,13 @@ pub use fuse_session::{
     PollHandle, ReadBuf, RenameFlags, RequestContext, Result, SetAttr, StateValue, Statfs,
     StatxAttributes, StatxReply, TimeOrNow, WriteFlags, Xattr,
 };
+// The kernel's flag sets an author sets: FOPEN_* in `Opened::flags`, INIT flags in
+// `InitWishes`.
+pub use fuse_wire::{FopenFlags, InitFlags};
 // Notifications to the kernel (invalidation, poll wakeups).
 pub use fuse_session::{Notified, Notifier, NotifyError};
 // Mounting and serving.
-pub use fuse_session::dev::{MountError, MountOptions, OptionError};
+pub use fuse_session::dev::{Atime, MountError, MountOptions, OptionError};
 pub use fuse_session::serve::{
     block_termination_signals, Running, ServeError, Server, TransportKind,
 };
@@ -62,4 +65,11 @@ pub use fuse_snapshot::handoff::{
     block_upgrade_signals, serve_with_upgrades, take_over, Ended, HandoffError, HandoffOptions,
     UpgradeListener,
 };
-pub use fuse_snapshot::{load_file, save_file, Precopy, PrecopyOps, SnapshotFs, StateOf};
+pub use fuse_snapshot::{
+    load_file, save_file, FdRestorer, FdSaver, FdSlot, Precopy, PrecopyOps, SnapshotFs, StateOf,
+};
+
+/// docs/PORTING.md: its Rust blocks (not marked `ignore`) compile as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../docs/PORTING.md")]
+struct PortingDoc;
