@@ -63,8 +63,10 @@ pub use fuse_session::serve::{
 // Restartable daemons: the state as a value, pre-copy, live handoff, snapshot files.
 pub use fuse_snapshot::handoff::{
     block_upgrade_signals, serve_with_upgrades, take_over, Ended, HandoffError, HandoffOptions,
-    UpgradeListener,
+    HandoffOutcome, HandoffStats, UpgradeListener,
 };
+// The session's node and handle records, as `SnapshotFs::check_session` sees them.
+pub use fuse_session::{HandleState, NodeState};
 pub use fuse_snapshot::{
     load_file, save_file, FdRestorer, FdSaver, FdSlot, Precopy, PrecopyOps, SnapshotFs, StateOf,
 };
