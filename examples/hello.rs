@@ -9,13 +9,10 @@
 use std::ffi::OsStr;
 use std::time::Duration;
 
-use fuse_live::session::dev::MountOptions;
-use fuse_live::session::serve::Server;
-use fuse_live::session::{
-    AttrReply, DirEntries, Entry, Errno, FileAttr, FileType, Filesystem, Opened, ReadBuf,
-    RequestContext, Result,
+use fuse_live::{
+    AttrReply, DirEntries, Entry, Errno, FileAttr, FileType, Filesystem, FuseOpenFlags,
+    MountOptions, OpenFlags, Opened, ReadBuf, RequestContext, Result, Server,
 };
-use fuse_live::session::{FuseOpenFlags, OpenFlags};
 
 const TEXT: &[u8] = b"Hello, world!\n";
 const TTL: Duration = Duration::from_secs(1);
@@ -137,7 +134,7 @@ fn usage() -> ! {
 fn main() {
     // Before any thread starts and before `ready` is printed: a SIGTERM sent right
     // after `ready` must reach run_until_signal, not the default action.
-    fuse_live::session::serve::block_termination_signals();
+    fuse_live::block_termination_signals();
     let mut args = std::env::args().skip(1);
     let mut mountpoint = None;
     let mut threads = 1;

@@ -2,7 +2,33 @@
 //!
 //! A pure-Rust, low-level FUSE library for Linux whose whole session is a value.
 //!
-//! This facade re-exports the three crates of the workspace:
+//! The flat names at the root are what a filesystem author uses: the
+//! [`Filesystem`] trait and the values its methods take and return, the
+//! [`Server`] that mounts and serves it with its [`MountOptions`], and, to make a
+//! daemon restartable, [`SnapshotFs`], [`Precopy`] and the handoff entry points
+//! ([`serve_with_upgrades`], [`take_over`]). `docs/PORTING.md` ports a fuser or
+//! libfuse filesystem to them.
+//!
+//! ```no_run
+//! use fuse_live::{block_termination_signals, MountOptions, Server};
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! # struct MyFs;
+//! # impl fuse_live::Filesystem for MyFs {
+//! #     type Node = u64;
+//! #     type Handle = ();
+//! #     fn root(&self) -> u64 { 1 }
+//! # }
+//! block_termination_signals(); // first: SIGINT/SIGTERM wait for run_until_signal
+//! let opts = MountOptions::new().fsname("myfs").default_permissions(true);
+//! let running = Server::mount(MyFs, "/mnt/myfs", &opts)?.spawn(4)?;
+//! running.run_until_signal()?; // until unmounted, or SIGINT/SIGTERM (then it unmounts)
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! The three crates of the workspace stay reachable for what goes beyond a
+//! filesystem author's needs (the sans-IO session, fake kernels, snapshot files,
+//! the wire protocol):
 //!
 //! - [`wire`]: the FUSE kernel protocol (7.9 to 7.45) as zero-copy typed messages;
 //! - [`session`]: the session that serves a mount;
@@ -16,3 +42,36 @@
 pub use fuse_session as session;
 pub use fuse_snapshot as snapshot;
 pub use fuse_wire as wire;
+
+// The Filesystem trait and what its methods take and return.
+pub use fuse_session::{
+    AccessMask, AttrReply, DirEntries, DirEntriesPlus, Entry, Errno, FileAttr, FileLock, FileType,
+    Filesystem, Full, FuseOpenFlags, InitWishes, IoctlReply, OpenFlags, Opened, PollHandle,
+    ReadBuf, RenameFlags, RequestContext, Result, SetAttr, StateValue, Statfs, StatxAttributes,
+    StatxReply, TimeOrNow, WriteFlags, Xattr,
+};
+// The kernel's flag sets an author sets: FOPEN_* in `Opened::flags`, INIT flags in
+// `InitWishes`.
+pub use fuse_wire::{FopenFlags, InitFlags};
+// Notifications to the kernel (invalidation, poll wakeups).
+pub use fuse_session::{Notified, Notifier, NotifyError};
+// Mounting and serving.
+pub use fuse_session::dev::{Atime, MountError, MountOptions, OptionError};
+pub use fuse_session::serve::{
+    block_termination_signals, Running, ServeError, Server, TransportKind,
+};
+// Restartable daemons: the state as a value, pre-copy, live handoff, snapshot files.
+pub use fuse_snapshot::handoff::{
+    block_upgrade_signals, serve_with_upgrades, take_over, Ended, HandoffError, HandoffOptions,
+    HandoffOutcome, HandoffStats, UpgradeListener,
+};
+// The session's node and handle records, as `SnapshotFs::check_session` sees them.
+pub use fuse_session::{HandleState, NodeState};
+pub use fuse_snapshot::{
+    load_file, save_file, FdRestorer, FdSaver, FdSlot, Precopy, PrecopyOps, SnapshotFs, StateOf,
+};
+
+/// docs/PORTING.md: its Rust blocks (not marked `ignore`) compile as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../docs/PORTING.md")]
+struct PortingDoc;

@@ -109,7 +109,7 @@ struct Entry {
 /// What [`UringQueue::next_event`] produced.
 #[derive(Debug)]
 #[non_exhaustive]
-pub enum RingEvent {
+pub(crate) enum RingEvent {
     /// Entry `n` holds a request: [`UringQueue::take_request`], then
     /// [`UringQueue::commit`].
     Request(usize),
@@ -126,7 +126,7 @@ pub enum RingEvent {
 /// How to answer the request in an entry.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
-pub enum Commit {
+pub(crate) enum Commit {
     /// A reply the session encoded in the entry's reply space
     /// ([`UringQueue::reply_space`]).
     Reply(Placed),
@@ -144,7 +144,7 @@ pub enum Commit {
 /// there (the space begins [`REPLY_DATA_AT`] bytes before the payload buffer), so
 /// committing copies only the 16 header bytes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Placed {
+pub(crate) struct Placed {
     header: [u8; OUT_HEADER],
     body: (usize, usize),
     data: (usize, usize),
@@ -174,11 +174,11 @@ impl Placed {
 
 /// Where the session puts a READ's data in [`UringQueue::reply_space`]: right after
 /// the out header, at the start of the payload buffer.
-pub const REPLY_DATA_AT: usize = OUT_HEADER;
+pub(crate) const REPLY_DATA_AT: usize = OUT_HEADER;
 
 /// Where [`UringQueue::locate_request`] put a request.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum RequestAt {
+pub(crate) enum RequestAt {
     /// In the caller's buffer, this many bytes.
     Copied(usize),
     /// In the entry's buffer: `len` bytes from `start`.
@@ -192,7 +192,7 @@ pub enum RequestAt {
 
 /// A request in an entry that cannot be handed to the session.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct BadRequest {
+pub(crate) struct BadRequest {
     /// What is wrong with it.
     pub reason: &'static str,
 }
@@ -214,7 +214,7 @@ impl std::error::Error for BadRequest {}
 /// It is two parts that can be borrowed apart ([`UringQueue::split`]): the entries'
 /// reply buffers, which the session encodes replies into, and the [`RingCore`]
 /// (the ring and each entry's header area), which commits them.
-pub struct UringQueue {
+pub(crate) struct UringQueue {
     // Field order matters: the ring (in `core`) is dropped (closed, which cancels
     // every pending command) before the entries' buffers are unmapped.
     core: RingCore,
@@ -224,7 +224,7 @@ pub struct UringQueue {
 }
 
 /// The ring of a [`UringQueue`] and its entries' header areas: what commits a reply.
-pub struct RingCore {
+pub(crate) struct RingCore {
     ring: IoUring<squeue::Entry128, cqueue::Entry>,
     entries: Vec<Entry>,
     /// A `dup` of the device, for as long as the ring refers to it.
@@ -417,19 +417,6 @@ impl UringQueue {
         self.core.next_event()
     }
 
-    /// See [`RingCore::commit`].
-    ///
-    /// # Errors
-    /// As [`RingCore::commit`].
-    pub fn commit(&mut self, i: usize, commit: Commit) -> io::Result<()> {
-        self.core.commit(i, commit)
-    }
-
-    /// The `unique` of the request last taken from entry `i`.
-    pub fn commit_id(&self, i: usize) -> u64 {
-        self.core.entries[i].commit_id
-    }
-
     /// Checks the lengths of the request in entry `i`: `(total, op_len, payload)`.
     fn request_lengths(&mut self, i: usize) -> Result<(usize, usize, usize), BadRequest> {
         let payload_len = self.core.payload_len;
@@ -563,14 +550,6 @@ impl UringQueue {
         };
         self.core.commit(i, Commit::Reply(placed))
     }
-
-    /// Entry `i`'s reply space, for [`crate::Session::call`] with
-    /// `ReplySpace::with_data_at(space, REPLY_DATA_AT).data_in_space()`: it begins
-    /// [`REPLY_DATA_AT`] bytes before the payload buffer, so that an encoded reply's
-    /// body, and a READ's data, start exactly where the kernel reads the payload.
-    pub fn reply_space(&mut self, i: usize) -> &mut [u8] {
-        &mut self.bufs[i][PAYLOAD_OFFSET - REPLY_DATA_AT..]
-    }
 }
 
 impl RingCore {
@@ -595,11 +574,6 @@ impl RingCore {
     /// to locate a reply's parts in it ([`Placed::of_range`]).
     pub fn space_of(&self, i: usize) -> (usize, usize) {
         self.entries[i].space
-    }
-
-    /// The queue id.
-    pub fn qid(&self) -> u16 {
-        self.qid
     }
 
     /// Registers every entry that is not with the kernel (FUSE_IO_URING_CMD_REGISTER)

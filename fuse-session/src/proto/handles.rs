@@ -91,11 +91,6 @@ impl<H> HandleTable<H> {
         self.by_fh.len()
     }
 
-    /// True if no handle is open.
-    pub fn is_empty(&self) -> bool {
-        self.by_fh.is_empty()
-    }
-
     /// Every handle, sorted by fh (deterministic, for snapshots).
     pub fn sorted(&self) -> Vec<(u64, &HandleEntry<H>)> {
         let mut v: Vec<_> = self.by_fh.iter().map(|(&fh, e)| (fh, e)).collect();

@@ -16,9 +16,9 @@
 //! - notifications: [`crate::Notifier`] encodes them against this session's protocol.
 pub mod bufs;
 mod dispatch;
-pub mod handles;
+pub(crate) mod handles;
 pub mod init;
-pub mod nodes;
+pub(crate) mod nodes;
 pub mod precopy;
 pub(crate) mod session;
 pub mod state;

@@ -297,31 +297,9 @@ impl<N: Clone + Eq + Hash> NodeTable<N> {
         }
     }
 
-    /// Replaces the node value of `nodeid` (a filesystem whose node identity changes,
-    /// e.g. after a rename in a path-based filesystem). Fails if `node` is already
-    /// another nodeid's value.
-    pub fn rebind(&mut self, nodeid: u64, node: N) -> bool {
-        if self.by_node.get(&node).is_some_and(|&id| id != nodeid) {
-            return false;
-        }
-        let Some(e) = self.by_id.get_mut(&nodeid) else {
-            return false;
-        };
-        let old = std::mem::replace(&mut e.node, node.clone());
-        self.by_node.remove(&old);
-        self.by_node.insert(node, nodeid);
-        self.note(nodeid);
-        true
-    }
-
     /// Number of nodeids, the root included.
     pub fn len(&self) -> usize {
         self.by_id.len()
-    }
-
-    /// True if only... never: the root is always present. Provided for clippy's sake.
-    pub fn is_empty(&self) -> bool {
-        self.by_id.is_empty()
     }
 
     /// Every entry, in no particular order.
