@@ -56,6 +56,7 @@ fn time_of(secs: u64, nsecs: u32) -> std::time::SystemTime {
 impl<F: Filesystem> Session<F> {
     /// Runs one parsed request (the body of [`Session::call`], inside its
     /// `catch_unwind`): `out` is the reply space, READ data goes at `out[data_at..]`.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn run<'a>(
         &'a self,
         req: &Request<'a>,
