@@ -37,7 +37,9 @@ pub const OUT_HEADER_SIZE: usize = fuse_wire::reply::OUT_HEADER_SIZE;
 ///
 /// Both methods run on the worker thread that serves the request, before the
 /// transport sends anything: a journal that must be durable before the reply leaves
-/// writes from [`StepHook::responding`]. Both default to doing nothing; the session
+/// writes from [`StepHook::responding`]. The one exception is a deferred request
+/// ([`RequestContext::defer`](crate::RequestContext::defer)): its `responding`
+/// runs on the thread that answers it, still before its reply is sent. Both default to doing nothing; the session
 /// without a hook (the default) skips them with one branch.
 ///
 /// Guarantees (tested in `tests/fake_kernel.rs`):
