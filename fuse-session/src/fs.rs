@@ -37,6 +37,15 @@
 //!   in the root cannot be looked up.
 //! - **Panics**: a panic in a method is caught and answered `EIO` (in `init`, the
 //!   mount is refused and [`Server::spawn`](crate::serve::Server::spawn) says so).
+//! - **Answering later** (a SETLKW that waits for a lock, a READ or WRITE from a slow
+//!   backend): take a token with [`RequestContext::defer`], return (the return
+//!   value is then ignored), and answer the token later from any thread
+//!   ([`DeferredReply`](crate::DeferredReply)). The worker serves other requests
+//!   meanwhile. The answer goes through the same hook as any reply; a dropped token
+//!   answers `EIO`; [`Running::pause`](crate::serve::Running::pause) (and so a
+//!   snapshot or handoff) waits until no deferred request is outstanding.
+//!   Deferrable: READ (`Vec<u8>`), WRITE (`u32`), SETLK, SETLKW, FSYNC, FSYNCDIR,
+//!   FLUSH, FALLOCATE, ACCESS, SETXATTR, REMOVEXATTR (`()`).
 //! - **Flag arguments** are typed ([`OpenFlags`], [`FuseOpenFlags`], [`WriteFlags`],
 //!   [`RenameFlags`], [`AccessMask`]): newtypes over the kernel's bits, with
 //!   constants, that keep unknown bits.
@@ -266,6 +275,9 @@ pub trait Filesystem: Send + Sync + 'static {
     /// lend a slice of `self` with `out.set(..)` for a zero-copy reply). `flags` are
     /// the open flags; `lock_owner` is given when the kernel sent one
     /// (`FUSE_READ_LOCKOWNER`, for mandatory locking).
+    ///
+    /// To answer later (a slow backend), take `ctx.defer::<Vec<u8>>()` and answer
+    /// the token with the data from any thread ([`RequestContext::defer`]).
     fn read<'r>(
         &'r self,
         ctx: &RequestContext<'_>,
@@ -283,6 +295,8 @@ pub trait Filesystem: Send + Sync + 'static {
     /// Writes `data` at `offset`; returns the bytes written. `write_flags` are
     /// `FUSE_WRITE_*` ([`WriteFlags`]), `flags` the open flags (O_APPEND: the kernel
     /// gives the offset of the end of file as it knows it).
+    ///
+    /// To answer later, take `ctx.defer::<u32>()` ([`RequestContext::defer`]).
     fn write(
         &self,
         ctx: &RequestContext<'_>,
@@ -476,6 +490,11 @@ pub trait Filesystem: Send + Sync + 'static {
     }
 
     /// Acquires or releases a lock (`sleep`: SETLKW; `flock`: a BSD lock).
+    ///
+    /// A SETLKW that must wait should not hold the worker: take
+    /// `ctx.defer::<()>()` ([`RequestContext::defer`]), return, and answer the
+    /// token once the lock is granted — or `EINTR` once
+    /// [`DeferredReply::is_interrupted`](crate::DeferredReply::is_interrupted).
     #[allow(clippy::too_many_arguments)]
     fn setlk(
         &self,

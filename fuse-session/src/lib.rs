@@ -26,6 +26,7 @@ pub use fs::{Filesystem, PollHandle, StateValue, StatxReply};
 pub use fuse_wire as wire;
 pub use notify::{Notified, Notifier, NotifyError};
 pub use proto::bufs::{DirEntries, DirEntriesPlus, Full, ReadBuf};
+pub use proto::defer::{DeferredReply, DeferredValue, ReplySender};
 pub use proto::handles::HandleKind;
 pub use proto::init::{InitResult, InitWishes, KernelOffer};
 pub use proto::precopy::{NodeChanges, PrecopiedState, SessionChanges};

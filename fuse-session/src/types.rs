@@ -424,6 +424,7 @@ pub struct RequestContext<'a> {
     pub umask: Option<u32>,
     pub(crate) supp_groups: &'a [zerocopy::byteorder::native_endian::U32],
     pub(crate) interrupted: Option<&'a std::sync::atomic::AtomicBool>,
+    pub(crate) defer: Option<&'a crate::proto::defer::DeferSeed<'a>>,
 }
 
 impl RequestContext<'static> {
@@ -438,6 +439,7 @@ impl RequestContext<'static> {
             umask: None,
             supp_groups: &[],
             interrupted: None,
+            defer: None,
         }
     }
 }
@@ -470,5 +472,29 @@ impl RequestContext<'_> {
     pub fn interrupted(&self) -> bool {
         self.interrupted
             .is_some_and(|f| f.load(std::sync::atomic::Ordering::Relaxed))
+    }
+
+    /// Defers this request's answer: returns the token to answer it with later, from
+    /// any thread ([`DeferredReply`](crate::DeferredReply)), so that the worker is
+    /// free to serve other requests meanwhile (a SETLKW that waits for a lock, a
+    /// READ from a slow backend).
+    ///
+    /// Once this returned `Some`, the method's own return value is ignored: return
+    /// anything (say `Err(Errno::EAGAIN)`) and answer through the token. The token
+    /// answers `EIO` if dropped unanswered.
+    ///
+    /// `None` — answer synchronously as usual — when:
+    /// - this request's operation is not answered with `T` (see
+    ///   [`DeferredValue`](crate::DeferredValue): `()` for SETLK, SETLKW, FSYNC,
+    ///   FSYNCDIR, FLUSH, FALLOCATE, ACCESS, SETXATTR, REMOVEXATTR; `u32` for
+    ///   WRITE; `Vec<u8>` for READ). Operations whose reply makes the session count
+    ///   a lookup or store a handle cannot be deferred yet;
+    /// - the transport cannot send replies later (a context made with
+    ///   [`RequestContext::new`], or [`Session::call`](crate::Session::call) with
+    ///   a [`ReplySpace`](crate::ReplySpace) without
+    ///   [`ReplySpace::deferring`](crate::ReplySpace::deferring));
+    /// - a token was already taken for this request.
+    pub fn defer<T: crate::DeferredValue>(&self) -> Option<crate::DeferredReply<T>> {
+        self.defer.and_then(|seed| seed.take::<T>())
     }
 }

@@ -2,7 +2,8 @@
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 use fuse_wire::request::{Operation, Request, RequestHeader};
 use fuse_wire::{abi, reply, InitFlags, RequestFlags, SetattrValid};
@@ -11,6 +12,7 @@ use zerocopy::byteorder::native_endian::{I64, U16, U32, U64};
 use crate::flags::{AccessMask, FuseOpenFlags, OpenFlags, RenameFlags, WriteFlags};
 use crate::fs::{Filesystem, PollHandle, StatxReply};
 use crate::proto::bufs::{DirEntries, DirEntriesPlus, ReadBuf, ReadData};
+use crate::proto::defer::{DeferSeed, ReplySender};
 use crate::proto::handles::{HandleEntry, HandleKind};
 use crate::proto::init::{negotiate, InitError, KernelOffer};
 
@@ -54,12 +56,16 @@ fn time_of(secs: u64, nsecs: u32) -> std::time::SystemTime {
 impl<F: Filesystem> Session<F> {
     /// Runs one parsed request (the body of [`Session::call`], inside its
     /// `catch_unwind`): `out` is the reply space, READ data goes at `out[data_at..]`.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn run<'a>(
         &'a self,
         req: &Request<'a>,
         out: &'a mut [u8],
         data_at: usize,
         data_in_space: bool,
+        defer: Option<(&'a Arc<dyn ReplySender>, usize)>,
+        bytes: &'a [u8],
+        taken: &AtomicBool,
     ) -> Outcome<'a> {
         let header = *req.header();
         let unique = header.unique();
@@ -115,6 +121,22 @@ impl<F: Filesystem> Session<F> {
             }
         }
         let flag = self.begin(unique);
+        let seed = defer.map(|(sink, tag)| DeferSeed {
+            sink,
+            tag,
+            shared: &self.deferred,
+            hook: self.hook.as_ref(),
+            bytes,
+            proto: self.negotiated(),
+            unique,
+            opcode: header.opcode(),
+            max_data: match op {
+                Operation::Read { arg } => arg.size.get() as usize,
+                _ => 0,
+            },
+            flag: &flag,
+            taken,
+        });
         let ctx = RequestContext {
             unique,
             uid: header.uid(),
@@ -123,8 +145,13 @@ impl<F: Filesystem> Session<F> {
             umask: None,
             supp_groups: req.extensions().supp_groups().unwrap_or(&[]),
             interrupted: Some(&*flag),
+            defer: seed.as_ref(),
         };
         let result = self.dispatch(&header, op, ctx, out, data_at);
+        if taken.load(Ordering::Acquire) {
+            // The token owns the request now (and ends it when answered).
+            return Outcome::Deferred;
+        }
         self.end(unique);
         match result {
             Ok(Dispatched::Whole(n, counted)) => {

@@ -15,6 +15,7 @@
 //!   NOTIFY_RETRIEVE;
 //! - notifications: [`crate::Notifier`] encodes them against this session's protocol.
 pub mod bufs;
+pub mod defer;
 mod dispatch;
 pub(crate) mod handles;
 pub mod init;
@@ -24,5 +25,6 @@ pub(crate) mod session;
 pub mod state;
 pub mod step;
 
+pub use defer::{DeferredReply, DeferredValue, ReplySender};
 pub use session::{InitState, Session, SessionStats, DEFAULT_PAGE_SIZE, PAYLOAD_OFFSET, POKE_NAME};
 pub use step::{Accepted, Outcome, ReplyParts, ReplySpace, StepHook, OUT_HEADER_SIZE};

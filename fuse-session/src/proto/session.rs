@@ -1,11 +1,12 @@
 //! The [`Session`] value and its bookkeeping.
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeSet, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use fuse_wire::{InitFlags, Negotiated};
 
 use crate::fs::Filesystem;
+use crate::proto::defer::DeferShared;
 use crate::proto::handles::HandleTable;
 use crate::proto::init::{InitResult, InitWishes, KernelOffer};
 use crate::proto::nodes::{Forgotten, NodeTable};
@@ -61,7 +62,9 @@ pub struct Session<F: Filesystem> {
     pub(crate) handles: Mutex<HandleTable<F::Handle>>,
     pub(crate) init: OnceLock<InitState>,
     pub(crate) wishes: Mutex<Option<InitWishes>>,
-    pub(crate) inflight: Mutex<HashMap<u64, Arc<AtomicBool>>>,
+    /// In-flight requests (interrupt flags) and deferred ones, shared with the
+    /// deferred tokens.
+    pub(crate) deferred: Arc<DeferShared>,
     pub(crate) early_interrupts: Mutex<VecDeque<u64>>,
     /// Length of `early_interrupts`, read without the lock on every request.
     pub(crate) early_count: std::sync::atomic::AtomicUsize,
@@ -104,7 +107,7 @@ impl<F: Filesystem> Session<F> {
             handles: Mutex::new(HandleTable::default()),
             init: OnceLock::new(),
             wishes: Mutex::new(None),
-            inflight: Mutex::new(HashMap::new()),
+            deferred: Arc::default(),
             early_interrupts: Mutex::new(VecDeque::new()),
             early_count: std::sync::atomic::AtomicUsize::new(0),
             polls: Mutex::new(BTreeSet::new()),
@@ -265,7 +268,7 @@ impl<F: Filesystem> Session<F> {
         // Register first, then look for an INTERRUPT that overtook the request: an
         // interrupt either finds the request registered, or was remembered before
         // the registration (it holds the in-flight lock while it does both).
-        lock(&self.inflight).insert(unique, Arc::clone(&flag));
+        lock(&self.deferred.inflight).insert(unique, Arc::clone(&flag));
         if self.early_count.load(Ordering::Acquire) > 0 {
             let mut early = lock(&self.early_interrupts);
             if let Some(pos) = early.iter().position(|&u| u == unique) {
@@ -279,14 +282,14 @@ impl<F: Filesystem> Session<F> {
 
     #[inline]
     pub(crate) fn end(&self, unique: u64) {
-        lock(&self.inflight).remove(&unique);
+        lock(&self.deferred.inflight).remove(&unique);
     }
 
     /// INTERRUPT: flag the request if it is running, or remember it if the
     /// interrupt overtook the request.
     pub(crate) fn interrupt(&self, target: u64) {
         self.stats.interrupts.fetch_add(1, Ordering::Relaxed);
-        let inflight = lock(&self.inflight);
+        let inflight = lock(&self.deferred.inflight);
         if let Some(flag) = inflight.get(&target) {
             flag.store(true, Ordering::Relaxed);
             return;

@@ -18,12 +18,14 @@
 //! in the payload buffer, each without copying what is already in place
 //! ([`ReplySpace::with_data_at`]).
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 use fuse_wire::request::{parse_header, Request};
 use fuse_wire::{Opcode, ParseError};
 
 use crate::fs::Filesystem;
+use crate::proto::defer::ReplySender;
 use crate::proto::session::{Session, PAYLOAD_OFFSET};
 use crate::types::Errno;
 
@@ -35,7 +37,9 @@ pub const OUT_HEADER_SIZE: usize = fuse_wire::reply::OUT_HEADER_SIZE;
 ///
 /// Both methods run on the worker thread that serves the request, before the
 /// transport sends anything: a journal that must be durable before the reply leaves
-/// writes from [`StepHook::responding`]. Both default to doing nothing; the session
+/// writes from [`StepHook::responding`]. The one exception is a deferred request
+/// ([`RequestContext::defer`](crate::RequestContext::defer)): its `responding`
+/// runs on the thread that answers it, still before its reply is sent. Both default to doing nothing; the session
 /// without a hook (the default) skips them with one branch.
 ///
 /// Guarantees (tested in `tests/fake_kernel.rs`):
@@ -83,6 +87,24 @@ enum Parsed<'r> {
 }
 
 impl<'r> Accepted<'r> {
+    /// Parses `bytes` as [`Session::accept`] does, without counting or logging
+    /// (a deferred reply shows the hook its request again).
+    pub(crate) fn reparse(bytes: &'r [u8], proto: &fuse_wire::Negotiated) -> Accepted<'r> {
+        let parsed = match fuse_wire::parse(bytes, proto) {
+            Ok(r) => Parsed::Request(r),
+            Err(error) => match parse_header(bytes) {
+                Ok(h) => Parsed::Malformed {
+                    unique: h.unique(),
+                    opcode: h.opcode(),
+                    nodeid: h.nodeid(),
+                    error,
+                },
+                Err(_) => Parsed::Unreadable(error),
+            },
+        };
+        Accepted { bytes, parsed }
+    }
+
     /// The request's bytes as the transport received them (device layout).
     #[inline]
     pub fn bytes(&self) -> &'r [u8] {
@@ -288,6 +310,11 @@ pub enum Outcome<'a> {
     /// Nothing to send (FORGET, BATCH_FORGET, INTERRUPT, a NOTIFY_REPLY nobody
     /// waits for).
     NoReply,
+    /// The filesystem deferred the answer ([`RequestContext::defer`](crate::RequestContext::defer)):
+    /// nothing to send now. The answer goes through the [`ReplySender`] the
+    /// reply space named ([`ReplySpace::deferring`]), with the tag given there;
+    /// the request (and, with fuse-over-io_uring, its entry) stays open until then.
+    Deferred,
     /// Nothing to send; the kernel answered the NOTIFY_RETRIEVE `notify_unique`
     /// ([`Session::begin_retrieve`]) with `data`, cached at `offset`: hand it to
     /// whoever waits for it.
@@ -305,11 +332,22 @@ pub enum Outcome<'a> {
 
 /// Where [`Session::call`] encodes a reply: the worker's reply buffer and the
 /// offset at which a READ's data goes.
-#[derive(Debug)]
 pub struct ReplySpace<'a> {
     pub(crate) buf: &'a mut [u8],
     pub(crate) data_at: usize,
     pub(crate) data_in_space: bool,
+    pub(crate) defer: Option<(&'a Arc<dyn ReplySender>, usize)>,
+}
+
+impl std::fmt::Debug for ReplySpace<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReplySpace")
+            .field("len", &self.buf.len())
+            .field("data_at", &self.data_at)
+            .field("data_in_space", &self.data_in_space)
+            .field("deferring", &self.defer.map(|(_, tag)| tag))
+            .finish()
+    }
 }
 
 impl<'a> ReplySpace<'a> {
@@ -321,6 +359,7 @@ impl<'a> ReplySpace<'a> {
             buf,
             data_at: PAYLOAD_OFFSET,
             data_in_space: false,
+            defer: None,
         }
     }
 
@@ -333,6 +372,7 @@ impl<'a> ReplySpace<'a> {
             buf,
             data_at,
             data_in_space: false,
+            defer: None,
         }
     }
 
@@ -342,6 +382,16 @@ impl<'a> ReplySpace<'a> {
     /// place the parts by their offsets.
     pub fn data_in_space(mut self) -> Self {
         self.data_in_space = true;
+        self
+    }
+
+    /// Lets the filesystem defer this request
+    /// ([`RequestContext::defer`](crate::RequestContext::defer)): its answer will
+    /// be sent later, from the thread that gives it, through `sender` with `tag`
+    /// (the transport's name for the request, e.g. its ring entry). Without this,
+    /// requests cannot be deferred.
+    pub fn deferring(mut self, sender: &'a Arc<dyn ReplySender>, tag: usize) -> Self {
+        self.defer = Some((sender, tag));
         self
     }
 }
@@ -423,7 +473,12 @@ impl<F: Filesystem> Session<F> {
             buf,
             data_at,
             data_in_space,
+            defer,
         } = space;
+        // Set once the filesystem took a deferred token.
+        let taken = AtomicBool::new(false);
+        let taken = &taken;
+        let bytes = request.bytes;
         let req = match &request.parsed {
             Parsed::Request(r) => r,
             Parsed::Malformed { opcode, .. } => {
@@ -438,9 +493,18 @@ impl<F: Filesystem> Session<F> {
             // Moves the `&mut` into the call (a plain argument would reborrow it and
             // make the closure FnMut, whose result could not borrow it).
             let buf = std::convert::identity(buf);
-            self.run(req, buf, data_at, data_in_space)
+            self.run(req, buf, data_at, data_in_space, defer, bytes, taken)
         })) {
             Ok(outcome) => outcome,
+            Err(_) if taken.load(Ordering::Acquire) => {
+                // The token answers (dropped in the unwinding: EIO).
+                self.stats.panics.fetch_add(1, Ordering::Relaxed);
+                log::error!(
+                    "the filesystem panicked in {} (unique={unique}) after deferring it",
+                    req.opcode()
+                );
+                Outcome::Deferred
+            }
             Err(payload) => {
                 self.stats.panics.fetch_add(1, Ordering::Relaxed);
                 self.end(unique);

@@ -18,7 +18,9 @@ use std::io::{self, IoSlice};
 use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
 
 use crate::dev::{Channel, Received, RequestBuffer, Waker, WriteOutcome};
-use crate::proto::{ReplyParts, ReplySpace};
+use std::sync::Arc;
+
+use crate::proto::{ReplyParts, ReplySender, ReplySpace};
 use crate::serve::control::WorkerSlot;
 use crate::serve::transport::{Event, Exchange, Sent, Transport};
 
@@ -28,6 +30,8 @@ pub(crate) struct DeviceTransport {
     idle: IdleWait,
     req: RequestBuffer,
     out: RequestBuffer,
+    /// Sends deferred replies (its own `dup` of the device).
+    deferred: Arc<dyn ReplySender>,
     /// Length of the request in `req`.
     len: usize,
     /// The session's read buffer size the buffers were made for.
@@ -39,7 +43,11 @@ impl DeviceTransport {
     /// (re-made when the session's size changes: [`Transport::fit`]).
     pub(crate) fn new(chan: Channel, waker: &Waker, read_size: usize) -> io::Result<Self> {
         let idle = IdleWait::new(&chan, waker)?;
+        let deferred: Arc<dyn ReplySender> = Arc::new(DeviceSender {
+            chan: chan.try_clone()?,
+        });
         Ok(DeviceTransport {
+            deferred,
             chan,
             idle,
             req: RequestBuffer::with_len(read_size)?,
@@ -81,12 +89,50 @@ impl Transport for DeviceTransport {
     fn exchange(&mut self, _: usize) -> Exchange<'_, Channel> {
         Exchange {
             request: Ok(&self.req[..self.len]),
-            space: ReplySpace::new(&mut self.out),
+            space: ReplySpace::new(&mut self.out).deferring(&self.deferred, 0),
             sender: &mut self.chan,
         }
     }
 
     fn send(chan: &mut Channel, _: usize, reply: &ReplyParts<'_>) -> io::Result<Sent> {
+        write_parts(chan, reply)
+    }
+
+    fn finish(_: &mut Channel, _: usize, _: Option<i32>) -> io::Result<()> {
+        // The device needs nothing for a request without a reply.
+        Ok(())
+    }
+}
+
+/// Sends deferred replies from any thread: its own `dup` of the device (replies
+/// to `/dev/fuse` can be written by any thread, in any order).
+struct DeviceSender {
+    chan: Channel,
+}
+
+impl ReplySender for DeviceSender {
+    fn send_deferred(&self, _: usize, reply: &ReplyParts<'_>) {
+        match write_parts(&self.chan, reply) {
+            Ok(Sent::Delivered) => {}
+            Ok(Sent::Gone) => log::debug!(
+                "deferred reply for unique {} not delivered: the request was interrupted",
+                reply.unique()
+            ),
+            Ok(Sent::Closed) => log::debug!(
+                "deferred reply for unique {} not delivered: the connection ended",
+                reply.unique()
+            ),
+            Err(e) => log::error!(
+                "sending the deferred reply for unique {} failed: {e}",
+                reply.unique()
+            ),
+        }
+    }
+}
+
+/// Writes the reply's parts with one `writev`.
+fn write_parts(chan: &Channel, reply: &ReplyParts<'_>) -> io::Result<Sent> {
+    {
         // One segment for header and body where the encoder wrote them together
         // (one user page to pin instead of two), else one per non-empty part.
         let (first, body) = match reply.header_and_body() {
@@ -106,11 +152,6 @@ impl Transport for DeviceTransport {
             WriteOutcome::Gone => Sent::Gone,
             WriteOutcome::Closed => Sent::Closed,
         })
-    }
-
-    fn finish(_: &mut Channel, _: usize, _: Option<i32>) -> io::Result<()> {
-        // The device needs nothing for a request without a reply.
-        Ok(())
     }
 }
 

@@ -621,7 +621,7 @@ impl<F: Filesystem> Running<F> {
             let tx = tx.clone();
             let depth = options.depth;
             let pin = options.pin;
-            let make = move |_: &WorkerSlot| {
+            let make = move |slot: &WorkerSlot| {
                 if pin {
                     if let Err(e) = uring::pin_to_cpu(usize::from(qid)) {
                         log::debug!("cannot pin io_uring queue {qid} to its CPU: {e}");
@@ -629,7 +629,7 @@ impl<F: Filesystem> Running<F> {
                 }
                 let setup = UringQueue::new(device.as_fd(), qid, depth, payload_len)
                     .and_then(|mut q| q.register().map(|()| q))
-                    .and_then(|q| RingTransport::new(q, read_size));
+                    .and_then(|q| RingTransport::new(q, read_size, Arc::clone(&slot.waker)));
                 drop(device);
                 match setup {
                     Ok(t) => {
@@ -749,6 +749,14 @@ impl<F: Filesystem> Running<F> {
     /// This waits for as long as a worker is in a request: a filesystem method that
     /// never returns makes it wait forever (it logs what it waits for every 5 s).
     /// [`Running::pause_within`] gives up after a bound instead.
+    ///
+    /// Deferred requests ([`RequestContext::defer`](crate::RequestContext::defer))
+    /// count as in progress: the pause first waits, still serving, until none is
+    /// outstanding, then parks the workers; if a request was deferred meanwhile,
+    /// the workers serve on until it is answered and the pause starts over. A
+    /// snapshot therefore never holds a request half-answered. A deferred request
+    /// that is never answered (a SETLKW whose lock is never released) keeps
+    /// `pause` waiting; `pause_within` gives up and names it.
     pub fn pause(&self) -> PauseGuard<'_> {
         loop {
             // Without a deadline the wait only ends when every worker has parked.
@@ -759,8 +767,9 @@ impl<F: Filesystem> Running<F> {
     }
 
     /// As [`Running::pause`], but gives up once `limit` has passed with a worker
-    /// still in a request (a filesystem method that does not return): the workers
-    /// resume and the error names the requests that were still running.
+    /// still in a request (a filesystem method that does not return) or a deferred
+    /// request still unanswered: the workers resume and the error names the
+    /// requests that were still running.
     ///
     /// # Errors
     /// [`ServeError::Busy`] after `limit`.
@@ -769,6 +778,30 @@ impl<F: Filesystem> Running<F> {
     }
 
     fn pause_until(&self, deadline: Option<Instant>) -> Result<PauseGuard<'_>, ServeError> {
+        let deferred = &self.session.deferred;
+        loop {
+            // Deferred requests are answered while the workers serve (a ring
+            // entry is committed by its queue's thread, which must not be parked).
+            if !deferred.wait_none(deadline) {
+                return Err(ServeError::Busy(
+                    deferred
+                        .outstanding()
+                        .into_iter()
+                        .map(|(unique, opcode)| format!("deferred {opcode} unique={unique}"))
+                        .collect(),
+                ));
+            }
+            let guard = self.park_until(deadline)?;
+            if deferred.outstanding().is_empty() {
+                return Ok(guard);
+            }
+            // A request was deferred while the workers were parking: serve on
+            // until it is answered, then park again.
+            drop(guard);
+        }
+    }
+
+    fn park_until(&self, deadline: Option<Instant>) -> Result<PauseGuard<'_>, ServeError> {
         let start = Instant::now();
         let c = &self.control;
         // Pausing a mount whose workers are leaving only waits for them to leave.

@@ -13,12 +13,38 @@
 //! request, in the same `io_uring_enter` that waits.
 use std::io;
 use std::sync::atomic::Ordering;
+use std::sync::{mpsc, Arc, Mutex};
 
 use crate::dev::uring::{self, Commit, Placed, RequestAt, RingCore, RingEvent, UringQueue};
-use crate::dev::RequestBuffer;
-use crate::proto::{ReplyParts, ReplySpace};
+use crate::dev::{RequestBuffer, Waker};
+use crate::proto::session::lock;
+use crate::proto::{ReplyParts, ReplySender, ReplySpace};
 use crate::serve::control::{Control, WorkerSlot};
 use crate::serve::transport::{Event, Exchange, Sent, Transport};
+
+/// Hands deferred replies to the queue's thread: a ring entry is committed by the
+/// thread that owns the ring. The reply is copied (header, body, data: one
+/// message) into the channel, and the queue's waker makes its thread look.
+struct RingSender {
+    tx: Mutex<mpsc::Sender<(usize, Vec<u8>)>>,
+    waker: Arc<Waker>,
+}
+
+impl ReplySender for RingSender {
+    fn send_deferred(&self, entry: usize, reply: &ReplyParts<'_>) {
+        let sent = lock(&self.tx).send((entry, reply.to_vec()));
+        if sent.is_err() {
+            log::debug!(
+                "deferred reply for unique {}: the io_uring queue has ended",
+                reply.unique()
+            );
+            return;
+        }
+        if let Err(e) = self.waker.wake() {
+            log::error!("waking an io_uring queue for a deferred reply: {e}");
+        }
+    }
+}
 
 /// One io_uring queue's transport.
 pub(crate) struct RingTransport {
@@ -30,6 +56,10 @@ pub(crate) struct RingTransport {
     /// Where replies to requests left in their entry are encoded (the entry's own
     /// reply space holds the request then), then copied into the entry.
     staging: RequestBuffer,
+    /// Sends deferred replies to this queue's thread (`deferred_rx`), which
+    /// commits them on their entries.
+    deferred: Arc<dyn ReplySender>,
+    deferred_rx: mpsc::Receiver<(usize, Vec<u8>)>,
     /// Requests served, published every 64 and when parking or leaving, so that
     /// queues on different CPUs do not share a cache line per request.
     served: u64,
@@ -37,12 +67,22 @@ pub(crate) struct RingTransport {
 
 impl RingTransport {
     /// A transport on `queue` (registered), for requests of up to `read_size` bytes.
-    pub(crate) fn new(mut queue: UringQueue, read_size: usize) -> io::Result<Self> {
+    pub(crate) fn new(
+        mut queue: UringQueue,
+        read_size: usize,
+        waker: Arc<Waker>,
+    ) -> io::Result<Self> {
         let staging = RequestBuffer::with_len(read_size + crate::dev::page_size())?;
         queue
             .core()
             .set_staging_area(staging.as_ptr() as usize, staging.len());
+        let (tx, deferred_rx) = mpsc::channel();
         Ok(RingTransport {
+            deferred: Arc::new(RingSender {
+                tx: Mutex::new(tx),
+                waker,
+            }),
+            deferred_rx,
             queue,
             // A request without payload: header and op struct.
             req: RequestBuffer::with_len(fuse_wire::abi::FUSE_MIN_READ_BUFFER)?,
@@ -85,7 +125,8 @@ impl Transport for RingTransport {
                 Exchange {
                     request: Ok(request),
                     space: ReplySpace::with_data_at(&mut self.staging, uring::REPLY_DATA_AT)
-                        .data_in_space(),
+                        .data_in_space()
+                        .deferring(&self.deferred, n),
                     sender: core,
                 }
             }
@@ -98,7 +139,9 @@ impl Transport for RingTransport {
                 };
                 Exchange {
                     request,
-                    space: ReplySpace::with_data_at(space, uring::REPLY_DATA_AT).data_in_space(),
+                    space: ReplySpace::with_data_at(space, uring::REPLY_DATA_AT)
+                        .data_in_space()
+                        .deferring(&self.deferred, n),
                     sender: core,
                 }
             }
@@ -135,6 +178,22 @@ impl Transport for RingTransport {
                 None => Commit::Empty,
             },
         )
+    }
+
+    fn deliver_deferred(&mut self) -> io::Result<()> {
+        while let Ok((n, message)) = self.deferred_rx.try_recv() {
+            let Some(space) = self.staging.get_mut(..message.len()) else {
+                log::error!("a deferred reply does not fit the staging area: answering EIO");
+                self.queue.core().commit(n, Commit::Error(nix::libc::EIO))?;
+                continue;
+            };
+            space.copy_from_slice(&message);
+            let unique = u64::from_ne_bytes(message[8..16].try_into().unwrap_or_default());
+            let parts = ReplyParts::encoded(&self.staging[..message.len()], unique, None);
+            Self::send(self.queue.core(), n, &parts)?;
+            self.queue.commit_staged(&self.staging)?;
+        }
+        Ok(())
     }
 
     fn flush(&mut self) -> io::Result<()> {

@@ -78,6 +78,13 @@ pub(crate) trait Transport {
     /// with `errno` when the request could not be read at all (`Some`).
     fn finish(sender: &mut Self::Sender, n: usize, errno: Option<i32>) -> io::Result<()>;
 
+    /// Sends the answers of deferred requests that must go out on this worker's
+    /// thread (a ring entry is committed by its queue's thread): called before
+    /// each wait, after the worker's waker was reset.
+    fn deliver_deferred(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+
     /// After each request, once the session no longer borrows the transport's
     /// buffers: complete what `send` had to defer.
     fn flush(&mut self) -> io::Result<()> {
@@ -116,6 +123,8 @@ pub(crate) fn run_worker<F: Filesystem, T: Transport>(
         match control.mode() {
             Mode::Serving => {}
             Mode::Paused => {
+                // Answers handed over before the pause go out before parking.
+                transport.deliver_deferred()?;
                 transport.idle(control);
                 control.park(slot)?;
                 continue;
@@ -125,6 +134,7 @@ pub(crate) fn run_worker<F: Filesystem, T: Transport>(
                 return Ok(());
             }
         }
+        transport.deliver_deferred()?;
         transport.fit(session.read_buffer_size())?;
         let blocking = control.blocking.load(Ordering::Acquire);
         slot.set_phase(if blocking {
@@ -193,6 +203,8 @@ pub(crate) fn run_worker<F: Filesystem, T: Transport>(
                         T::finish(sender, n, None)?;
                     }
                     Outcome::NoReply => T::finish(sender, n, None)?,
+                    // Sent later, by the thread that answers it.
+                    Outcome::Deferred => {}
                     Outcome::Dropped(e) => {
                         log::warn!("{}: dropped a request: {e}", slot.name);
                         T::finish(sender, n, Some(nix::libc::EIO))?;
