@@ -45,10 +45,10 @@ pub use fuse_wire as wire;
 
 // The Filesystem trait and what its methods take and return.
 pub use fuse_session::{
-    AccessMask, AttrReply, DirEntries, DirEntriesPlus, Entry, Errno, FileAttr, FileLock, FileType,
-    Filesystem, Full, FuseOpenFlags, InitWishes, IoctlReply, OpenFlags, Opened, PollHandle,
-    ReadBuf, RenameFlags, RequestContext, Result, SetAttr, StateValue, Statfs, StatxAttributes,
-    StatxReply, TimeOrNow, WriteFlags, Xattr,
+    AccessMask, AttrReply, DeferredReply, DirEntries, DirEntriesPlus, Entry, Errno, FileAttr,
+    FileLock, FileType, Filesystem, Full, FuseOpenFlags, InitWishes, IoctlReply, OpenFlags, Opened,
+    PollHandle, ReadBuf, RenameFlags, RequestContext, Result, SetAttr, StateValue, Statfs,
+    StatxAttributes, StatxReply, TimeOrNow, WriteFlags, Xattr,
 };
 // The kernel's flag sets an author sets: FOPEN_* in `Opened::flags`, INIT flags in
 // `InitWishes`.
