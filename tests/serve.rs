@@ -280,7 +280,6 @@ fn retrieve_returns_the_cached_data_through_a_worker() {
     let _ = std::fs::remove_dir(&mnt);
 }
 
-
 #[test]
 fn hello_follows_the_command_line_contract() {
     if !can_mount("hello_follows_the_command_line_contract") {

@@ -312,7 +312,11 @@ impl<F: Filesystem> Session<F> {
         };
         // TMPFILE keeps the whole entry at every minor (the kernel's
         // fuse_adjust_compat shortens it only for the six older operations).
-        let encode = if tmpfile { reply::tmpfile } else { reply::create };
+        let encode = if tmpfile {
+            reply::tmpfile
+        } else {
+            reply::create
+        };
         match encode(
             out,
             unique,

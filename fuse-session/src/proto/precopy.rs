@@ -253,6 +253,31 @@ impl<F: Filesystem> Session<F> {
         })
     }
 
+    /// What changed since [`Session::precopy_begin`] or the last call, with the
+    /// handles and counters now, recording on: one entry of a write-ahead journal
+    /// (`fuse_snapshot::journal`), which is a pre-copy whose rounds go to a file.
+    /// Unlike [`Session::precopy_changes`] it may be called while serving: a change
+    /// made meanwhile is in this call's result or the next one's. `None` before INIT
+    /// or when no recording is in progress.
+    pub fn journal_changes(&self) -> Option<SessionChanges<F::Node, F::Handle>> {
+        let init = *self.init.get()?;
+        let (changed, (next_nodeid, next_generation)) = {
+            let mut t = lock(&self.nodes);
+            let changed = t.take_recorded()?;
+            (node_changes(&t, changed), t.counters())
+        };
+        let (handles, polls, counters) = self.snapshot_rest(next_nodeid, next_generation);
+        Some(SessionChanges {
+            init,
+            nodes: changed.nodes,
+            forgotten: changed.forgotten,
+            handles,
+            polls,
+            only_uid: self.only_uid,
+            counters,
+        })
+    }
+
     /// One round of a pre-copy, while serving: the nodeids that changed since
     /// [`Session::precopy_begin`] or the last round, recording on. The new process
     /// applies it to its base ([`PrecopiedState::apply_round`]) while this one
