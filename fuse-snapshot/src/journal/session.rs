@@ -63,6 +63,9 @@ pub const UNIQUE_RESEND: u64 = 1 << 63;
 /// True for requests whose reply is journaled with their effects, so that a resent
 /// one is answered from the journal instead of running twice: those that change
 /// the filesystem or the session in a way a second run would answer differently.
+/// OPEN and OPENDIR are among them: run twice, the first run's handle would stay
+/// in the session for good (the kernel never heard of it), still naming its nodeid
+/// after the kernel forgot it, which the next recovery refuses as inconsistent.
 pub fn records_reply(opcode: Opcode) -> bool {
     matches!(
         opcode,
@@ -85,6 +88,8 @@ pub fn records_reply(opcode: Opcode) -> bool {
             | Opcode::TMPFILE
             | Opcode::SETLK
             | Opcode::SETLKW
+            | Opcode::OPEN
+            | Opcode::OPENDIR
             | Opcode::RELEASE
             | Opcode::RELEASEDIR
             | Opcode::IOCTL
