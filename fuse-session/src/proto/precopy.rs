@@ -71,6 +71,11 @@ impl<N: Clone + Eq + Hash> PrecopiedState<N> {
         self.nodes.len()
     }
 
+    /// True if `nodeid` is in the table.
+    pub fn contains(&self, nodeid: u64) -> bool {
+        self.nodes.get(nodeid).is_some()
+    }
+
     /// Applies one round of changes ([`Session::precopy_round`]) while the old
     /// process still serves; each change is checked as in
     /// [`Session::restore_precopied`], which applies the last ones.
