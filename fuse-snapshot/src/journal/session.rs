@@ -210,9 +210,9 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-impl<F: Precopy> JournalHook<F>
+impl<F> JournalHook<F>
 where
-    F: Send + Sync + 'static,
+    F: Precopy + Send + Sync + 'static,
 {
     /// A hook for a new session (set it with [`Session::set_hook`] before serving,
     /// then [`JournalHook::start`] once INIT is answered). Until then it records
@@ -356,9 +356,9 @@ fn append<F: Precopy>(
     Ok(())
 }
 
-impl<F: Precopy> StepHook for JournalHook<F>
+impl<F> StepHook for JournalHook<F>
 where
-    F: Send + Sync + 'static,
+    F: Precopy + Send + Sync + 'static,
 {
     fn accepted(&self, request: &Accepted<'_>) {
         let me = self.me();
@@ -426,9 +426,9 @@ impl<F: Precopy> std::fmt::Debug for RecoveredSession<F> {
     }
 }
 
-impl<F: Precopy> RecoveredSession<F>
+impl<F> RecoveredSession<F>
 where
-    F: Send + Sync + 'static,
+    F: Precopy + Send + Sync + 'static,
 {
     /// How the log ended (a torn tail cut, or clean).
     pub fn log_end(&self) -> &super::LogEnd {
@@ -469,13 +469,13 @@ where
 /// # Errors
 /// The journal is damaged (not just torn at its end), or its contents do not
 /// decode or validate: a [`RecoveryError`] saying which.
-pub fn recover_session<F: Precopy>(
+pub fn recover_session<F>(
     map: JournalMap,
     fds: &mut FdRestorer,
     options: JournalOptions,
 ) -> Result<RecoveredSession<F>, RecoveryError>
 where
-    F: Send + Sync + 'static,
+    F: Precopy + Send + Sync + 'static,
 {
     let recovered = recover(&map)?;
     let (base, first, replies): Checkpoint =
