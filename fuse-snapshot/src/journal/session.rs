@@ -378,7 +378,16 @@ where
         if unique & UNIQUE_RESEND == 0 {
             return None;
         }
-        let reply = self.recorded.get(&(unique & !UNIQUE_RESEND))?;
+        let Some(reply) = self.recorded.get(&(unique & !UNIQUE_RESEND)) else {
+            if records_reply(request.opcode()) {
+                log::warn!(
+                    "{:?} unique={:#x} resent without a recorded reply: running it again",
+                    request.opcode(),
+                    unique
+                );
+            }
+            return None;
+        };
         let dst = out.get_mut(..reply.len())?;
         dst.copy_from_slice(reply);
         log::info!(
