@@ -567,7 +567,10 @@ fn file_handles_work_after_eviction() {
             }
         }
     }
-    assert!(last.is_none(), "a deleted file's handle never went stale: {last:?}");
+    assert!(
+        last.is_none(),
+        "a deleted file's handle never went stale: {last:?}"
+    );
     drop(root);
     m.stop();
 }

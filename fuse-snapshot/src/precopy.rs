@@ -173,7 +173,7 @@ impl<F: Precopy> Default for PrecopyOps<F> {
 }
 
 /// The new process's base: the session's tables, built, and the filesystem's.
-type Base<F> = (
+pub(crate) type Base<F> = (
     PrecopiedState<<F as Filesystem>::Node>,
     <F as Precopy>::Base,
 );
@@ -187,7 +187,7 @@ type Changes<F> = (
 /// The pre-copy: the session's base as an ordinary snapshot (with an empty
 /// filesystem state), then the filesystem's base bytes:
 /// `session_len u32 LE, session snapshot, filesystem bytes`.
-fn begin<F: Precopy>(session: &Session<F>) -> Result<Vec<u8>, FormatError> {
+pub(crate) fn begin<F: Precopy>(session: &Session<F>) -> Result<Vec<u8>, FormatError> {
     let state = session.precopy_begin().ok_or(FormatError::NotInitialized)?;
     let tables = encode_state(&state, &());
     drop(state);
@@ -216,7 +216,7 @@ fn abort<F: Precopy>(session: &Session<F>) {
     session.filesystem().precopy_abort();
 }
 
-fn decode_base<F: Precopy>(bytes: &[u8]) -> Result<Base<F>, FormatError> {
+pub(crate) fn decode_base<F: Precopy>(bytes: &[u8]) -> Result<Base<F>, FormatError> {
     let (len, rest) = match bytes.split_first_chunk::<4>() {
         Some((len, rest)) => (u32::from_le_bytes(*len) as usize, rest),
         None => {
@@ -242,7 +242,7 @@ fn decode_base<F: Precopy>(bytes: &[u8]) -> Result<Base<F>, FormatError> {
 
 /// `crc32 u32 LE` of the rest, then the postcard encoding of `value`: how rounds
 /// and the changes under the pause travel.
-fn encode_checked<T: Serialize>(value: &T) -> Result<Vec<u8>, FormatError> {
+pub(crate) fn encode_checked<T: Serialize>(value: &T) -> Result<Vec<u8>, FormatError> {
     let mut out =
         postcard::to_extend(value, vec![0u8; 4]).map_err(|e| FormatError::Encode(e.to_string()))?;
     let crc = crc32(&out[4..]);
@@ -251,7 +251,10 @@ fn encode_checked<T: Serialize>(value: &T) -> Result<Vec<u8>, FormatError> {
 }
 
 /// Reads what [`encode_checked`] wrote (`what` names it in errors).
-fn decode_checked<T: DeserializeOwned>(bytes: &[u8], what: &str) -> Result<T, FormatError> {
+pub(crate) fn decode_checked<T: DeserializeOwned>(
+    bytes: &[u8],
+    what: &str,
+) -> Result<T, FormatError> {
     let Some((stored, body)) = bytes.split_first_chunk::<4>() else {
         return Err(FormatError::BadPrecopy(format!(
             "{what} are {} bytes, too short for their checksum",

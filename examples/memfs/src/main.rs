@@ -64,7 +64,15 @@ use std::time::Duration;
 use fuse_session::dev::{Atime, MountOptions};
 use fuse_session::serve::{Running, Server};
 
+use std::os::fd::AsFd;
+
+use fuse_session::dev::fdstore::{FdStore, JOURNAL_FD};
+use fuse_session::dev::JournalMap;
+use fuse_session::Session;
 use fuse_snapshot::handoff::{self, Ended, HandoffOptions, Takeover, UpgradeListener};
+use fuse_snapshot::journal::session::{recover_session, JournalHook, RecoveredSession};
+use fuse_snapshot::journal::JournalOptions;
+use fuse_snapshot::FdRestorer;
 use memfs::fs::{Config, MemFs};
 
 const USAGE: &str =
@@ -274,8 +282,19 @@ fn main() -> ExitCode {
     // Termination signals (and SIGUSR1) wait in a queue until the serving loop reads
     // them, so one that arrives while mounting still unmounts cleanly.
     handoff::block_upgrade_signals();
+    // Before any thread: claims LISTEN_FDS and NOTIFY_SOCKET (fuse-live-keeper or
+    // systemd), removing them from the environment.
+    let store = match FdStore::from_env() {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("memfs: the fd store: {e}");
+            return ExitCode::from(1);
+        }
+    };
     let served = if args.takeover.is_some() {
         take_over(&args)
+    } else if store.is_supervised() {
+        serve_journaled(&args, store)
     } else {
         serve(&args)
     };
@@ -318,6 +337,92 @@ fn serve(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
     follow_mount(&running);
     ready(&args.mountpoint)?;
     serve_until_done(&running, listener.as_ref(), args)
+}
+
+/// The largest journal (address space reserved once; a memfd is sparse and is
+/// compacted long before).
+const JOURNAL_MAX: u64 = 8 << 30;
+
+/// Under a fd store (`fuse-live-keeper -- memfs MOUNTPOINT`, or systemd): a journaled
+/// mount that survives the process. First start: mount, journal into a memfd, store
+/// the `/dev/fuse` descriptor and the journal. A start that finds them in
+/// `LISTEN_FDS` recovers instead: rebuilds session and contents from the journal,
+/// serves the same connection, asks the kernel to resend what the dead process had
+/// not answered.
+fn serve_journaled(args: &Args, mut store: FdStore) -> Result<(), Box<dyn std::error::Error>> {
+    if args.upgrade_socket.is_some() || args.state.is_some() || args.auto_unmount {
+        return Err(
+            "under a fd store (crash recovery), --upgrade-socket, --state and --auto-unmount \
+             are not supported"
+                .into(),
+        );
+    }
+    let mountpoint = PathBuf::from(&args.mountpoint);
+    let options = JournalOptions::default();
+    let running = match store.take_mount(&mountpoint)? {
+        Some(mount) => {
+            let fd = store
+                .take(JOURNAL_FD)
+                .ok_or("the fd store holds the mount but no journal")?;
+            let map = JournalMap::from_fd(fd, JOURNAL_MAX)?;
+            let recovered = recover_session::<MemFs>(map, &mut FdRestorer::empty(), options)
+                .map_err(|e| format!("recover from the journal: {e}"))?;
+            log::warn!(
+                "recovering: {} journal records replayed, {} recorded replies, log end {:?}",
+                recovered.records,
+                recovered.replies,
+                recovered.log_end()
+            );
+            let (session, hook, map, rec) = recovered.into_parts();
+            let resend = session.snapshot().is_some_and(|s| s.kernel_has_resend());
+            let server = Server::from_parts(session, mount);
+            RecoveredSession::resume(&hook, server.session(), map, &rec)
+                .map_err(|e| format!("resume the journal: {e}"))?;
+            let running = server.spawn(args.threads)?;
+            if resend {
+                running.notifier().resend()?;
+            } else {
+                log::warn!(
+                    "the kernel cannot resend requests (no FUSE_HAS_RESEND): those the \
+                     dead process had read stay unanswered"
+                );
+            }
+            running
+        }
+        None => {
+            let config = Config { ttl: args.ttl };
+            let capacity = args.size.unwrap_or_else(default_capacity);
+            let uid = nix::unistd::geteuid().as_raw();
+            let gid = nix::unistd::getegid().as_raw();
+            let fs = MemFs::new(uid, gid, capacity, config);
+            let mut opts = MountOptions::new()
+                .fsname("memfs")
+                .subtype("memfs")
+                .default_permissions(true)
+                .allow_other(args.allow_other);
+            if let Some(a) = args.atime {
+                opts = opts.atime(a);
+            }
+            let mount = fuse_session::dev::mount(&mountpoint, &opts)?;
+            let mut session = Session::new(fs);
+            let hook = JournalHook::<MemFs>::new(options);
+            session.set_hook(hook.clone());
+            let running = Server::from_parts(session, mount).spawn(args.threads)?;
+            let map = JournalMap::memfd("memfs-journal", JOURNAL_MAX)?;
+            let fd = map.fd().try_clone_to_owned()?;
+            hook.start(running.session(), map)
+                .map_err(|e| format!("start the journal: {e}"))?;
+            store.store(JOURNAL_FD, fd.as_fd())?;
+            running.with_mount(|m| store.store_mount(m)).transpose()?;
+            running
+        }
+    };
+    follow_mount(&running);
+    store.ready()?;
+    ready(&args.mountpoint)?;
+    let served = serve_until_done(&running, None, args);
+    let _ = store.stopping();
+    served
 }
 
 fn ready(mountpoint: &str) -> std::io::Result<()> {

@@ -71,6 +71,11 @@ impl<N: Clone + Eq + Hash> PrecopiedState<N> {
         self.nodes.len()
     }
 
+    /// True if `nodeid` is in the table.
+    pub fn contains(&self, nodeid: u64) -> bool {
+        self.nodes.get(nodeid).is_some()
+    }
+
     /// Applies one round of changes ([`Session::precopy_round`]) while the old
     /// process still serves; each change is checked as in
     /// [`Session::restore_precopied`], which applies the last ones.
@@ -239,6 +244,31 @@ impl<F: Filesystem> Session<F> {
         let (changed, (next_nodeid, next_generation)) = {
             let mut t = lock(&self.nodes);
             let changed = t.stop_recording()?;
+            (node_changes(&t, changed), t.counters())
+        };
+        let (handles, polls, counters) = self.snapshot_rest(next_nodeid, next_generation);
+        Some(SessionChanges {
+            init,
+            nodes: changed.nodes,
+            forgotten: changed.forgotten,
+            handles,
+            polls,
+            only_uid: self.only_uid,
+            counters,
+        })
+    }
+
+    /// What changed since [`Session::precopy_begin`] or the last call, with the
+    /// handles and counters now, recording on: one entry of a write-ahead journal
+    /// (`fuse_snapshot::journal`), which is a pre-copy whose rounds go to a file.
+    /// Unlike [`Session::precopy_changes`] it may be called while serving: a change
+    /// made meanwhile is in this call's result or the next one's. `None` before INIT
+    /// or when no recording is in progress.
+    pub fn journal_changes(&self) -> Option<SessionChanges<F::Node, F::Handle>> {
+        let init = *self.init.get()?;
+        let (changed, (next_nodeid, next_generation)) = {
+            let mut t = lock(&self.nodes);
+            let changed = t.take_recorded()?;
             (node_changes(&t, changed), t.counters())
         };
         let (handles, polls, counters) = self.snapshot_rest(next_nodeid, next_generation);

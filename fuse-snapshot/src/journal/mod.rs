@@ -81,6 +81,8 @@ mod storage;
 mod tests;
 mod writer;
 
+pub mod session;
+
 pub use error::JournalError;
 pub use layout::{JOURNAL_VERSION, MAGIC, MAX_PAYLOAD};
 pub use record::{Record, RecordRef};

@@ -1,0 +1,556 @@
+//! The journal wired to a serving session: a [`StepHook`] that records, before each
+//! reply is sent, what the request changed, and the recovery that rebuilds session
+//! and filesystem from the journal after a crash.
+//!
+//! **A log to a file is pre-copy rounds to a file.** At the checkpoint the session's
+//! tables and the filesystem ([`Precopy`]) start recording their changes, and the
+//! checkpoint is a pre-copy base. Then, for every request, in
+//! [`StepHook::responding`] (after the filesystem call, before the reply leaves), one
+//! record is appended: the session's changes since the last record (nodeids counted
+//! or forgotten, the handles, the counters: [`Session::journal_changes`]), the
+//! filesystem's ([`Precopy::precopy_round`]), and, for a non-idempotent request
+//! ([`records_reply`]), the reply itself. One record, so that a crash cannot keep a
+//! request's effects without its reply. Recovery decodes the base, applies every
+//! record as a pre-copy round and the last as the final changes
+//! ([`Precopy::restore_precopied`], [`Session::restore_precopied`]): the same
+//! validated code paths as a live handoff.
+//!
+//! **Why a request's effects never reach the journal without its reply.** Records
+//! are made under one gate. A non-idempotent request takes the gate in
+//! [`StepHook::accepted`] and keeps it until its record (with its reply) is appended
+//! in [`StepHook::responding`]; every other request takes it in `responding` only.
+//! So while a CREATE or WRITE runs, no other request's record can pick up its
+//! half-made changes; its changes and its reply go into the journal together or not
+//! at all. Mutations are serialized by this (fine for memfs; a filesystem that
+//! mutates in parallel would want per-request change sets instead).
+//!
+//! **Exactly once after a crash.** The kernel resends (`NOTIFY_RESEND`) what the dead
+//! process had read but not answered, with bit 63 of the unique set. A resent request
+//! whose reply is in the journal is answered from there without calling the
+//! filesystem ([`StepHook::recorded_reply`]); any other one had no effect that
+//! reached the journal, and runs again.
+//!
+//! **Compaction.** When the log passes [`JournalOptions::compact_after`], the
+//! request that noticed takes a new checkpoint under the gate (a fresh pre-copy
+//! base, the session's and filesystem's recording restarted) and compacts. The
+//! checkpoint carries the most recent recorded replies ([`KEEP_REPLIES`]): a reply
+//! recorded but not yet written when the process died is among them.
+//!
+//! The journal and a live handoff's pre-copy use the same change recording: a
+//! journaled session cannot also hand off with pre-copy.
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, Weak};
+
+use fuse_session::dev::JournalMap;
+use fuse_session::wire::Opcode;
+use fuse_session::{Accepted, NodeChanges, ReplyParts, Session, SessionChanges, StepHook};
+
+use super::{recover, Journal, JournalError, JournalOptions, Record, Recovered};
+use crate::format::FormatError;
+use crate::precopy::{begin, decode_base, decode_checked, encode_checked, Precopy};
+use crate::FdRestorer;
+use fuse_session::Filesystem;
+
+/// Replies kept in each checkpoint: the most recent ones recorded. A reply is
+/// recorded just before it is written, so at a crash at most one per worker thread
+/// is recorded and not yet written; this bounds the workers a journaled session may
+/// have.
+pub const KEEP_REPLIES: usize = 1024;
+
+/// Bit 63 of a unique: the kernel resent the request (`FUSE_UNIQUE_RESEND`).
+pub const UNIQUE_RESEND: u64 = 1 << 63;
+
+/// True for requests whose reply is journaled with their effects, so that a resent
+/// one is answered from the journal instead of running twice: those that change
+/// the filesystem or the session in a way a second run would answer differently.
+/// OPEN and OPENDIR are among them: run twice, the first run's handle would stay
+/// in the session for good (the kernel never heard of it), still naming its nodeid
+/// after the kernel forgot it, which the next recovery refuses as inconsistent.
+pub fn records_reply(opcode: Opcode) -> bool {
+    matches!(
+        opcode,
+        Opcode::CREATE
+            | Opcode::MKNOD
+            | Opcode::MKDIR
+            | Opcode::SYMLINK
+            | Opcode::LINK
+            | Opcode::UNLINK
+            | Opcode::RMDIR
+            | Opcode::RENAME
+            | Opcode::RENAME2
+            | Opcode::SETATTR
+            | Opcode::WRITE
+            | Opcode::FALLOCATE
+            | Opcode::COPY_FILE_RANGE
+            | Opcode::COPY_FILE_RANGE_64
+            | Opcode::SETXATTR
+            | Opcode::REMOVEXATTR
+            | Opcode::TMPFILE
+            | Opcode::SETLK
+            | Opcode::SETLKW
+            | Opcode::OPEN
+            | Opcode::OPENDIR
+            | Opcode::RELEASE
+            | Opcode::RELEASEDIR
+            | Opcode::IOCTL
+    )
+}
+
+/// One record's payload: the session's changes, the filesystem's (encoded), and a
+/// non-idempotent request's `(unique, reply)`.
+type Entry<F> = (
+    SessionChanges<<F as Filesystem>::Node, <F as Filesystem>::Handle>,
+    <F as Precopy>::Changes,
+    Option<(u64, Vec<u8>)>,
+);
+
+/// The checkpoint: the pre-copy base, the first round after it (encoded
+/// [`Entry`]), the recent replies.
+type Checkpoint = (Vec<u8>, Vec<u8>, Vec<(u64, Vec<u8>)>);
+
+/// Why a journaled session could not start or recover.
+#[derive(Debug)]
+pub enum RecoveryError {
+    /// The journal storage.
+    Journal(JournalError),
+    /// Encoding or decoding the checkpoint or a record.
+    Format(FormatError),
+    /// A record of a kind this layer does not write.
+    UnexpectedRecord(u64),
+    /// The session is not initialized or not recording.
+    NotReady(&'static str),
+}
+
+impl std::fmt::Display for RecoveryError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RecoveryError::Journal(e) => write!(f, "journal: {e}"),
+            RecoveryError::Format(e) => write!(f, "journal contents: {e}"),
+            RecoveryError::UnexpectedRecord(seq) => {
+                write!(
+                    f,
+                    "journal record {seq} is of a kind the session does not write"
+                )
+            }
+            RecoveryError::NotReady(why) => write!(f, "journal: {why}"),
+        }
+    }
+}
+
+impl std::error::Error for RecoveryError {}
+
+impl From<JournalError> for RecoveryError {
+    fn from(e: JournalError) -> Self {
+        RecoveryError::Journal(e)
+    }
+}
+
+impl From<FormatError> for RecoveryError {
+    fn from(e: FormatError) -> Self {
+        RecoveryError::Format(e)
+    }
+}
+
+/// A lock that one thread may take in one call and release in another
+/// ([`StepHook::accepted`] .. [`StepHook::responding`]).
+#[derive(Debug, Default)]
+struct Gate {
+    held: Mutex<bool>,
+    free: Condvar,
+}
+
+impl Gate {
+    fn take(&self) {
+        let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
+        while *held {
+            held = self.free.wait(held).unwrap_or_else(|e| e.into_inner());
+        }
+        *held = true;
+    }
+
+    fn give(&self) {
+        *self.held.lock().unwrap_or_else(|e| e.into_inner()) = false;
+        self.free.notify_one();
+    }
+}
+
+thread_local! {
+    /// This worker took the gate in `accepted` (address of the hook).
+    static HOLDS: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// What the hook keeps under the gate.
+struct Live<F: Precopy> {
+    session: Weak<Session<F>>,
+    journal: Journal<JournalMap>,
+    recent: VecDeque<(u64, Vec<u8>)>,
+    /// The journal failed: recording stopped (logged once).
+    failed: bool,
+}
+
+/// The [`StepHook`] of a journaled session: see the [module docs](self).
+pub struct JournalHook<F: Precopy> {
+    gate: Gate,
+    live: OnceLock<Mutex<Live<F>>>,
+    /// Replies recovered from the journal, by unique (without the resend bit).
+    recorded: HashMap<u64, Vec<u8>>,
+    options: JournalOptions,
+}
+
+impl<F: Precopy> std::fmt::Debug for JournalHook<F> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JournalHook")
+            .field("started", &self.live.get().is_some())
+            .field("recorded_replies", &self.recorded.len())
+            .finish()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl<F> JournalHook<F>
+where
+    F: Precopy + Send + Sync + 'static,
+{
+    /// A hook for a new session (set it with [`Session::set_hook`] before serving,
+    /// then [`JournalHook::start`] once INIT is answered). Until then it records
+    /// nothing.
+    pub fn new(options: JournalOptions) -> Arc<Self> {
+        Arc::new(JournalHook {
+            gate: Gate::default(),
+            live: OnceLock::new(),
+            recorded: HashMap::new(),
+            options,
+        })
+    }
+
+    /// Starts journaling `session` into `map` (empty): takes the checkpoint and
+    /// creates the journal. Call once, after INIT was answered. Requests running
+    /// meanwhile wait at their reply for the checkpoint's end.
+    ///
+    /// # Errors
+    /// The session is not initialized; the checkpoint cannot be encoded; the
+    /// journal cannot be created.
+    pub fn start(&self, session: &Arc<Session<F>>, map: JournalMap) -> Result<(), RecoveryError> {
+        self.begin_with(session, |checkpoint| {
+            Journal::create(map, checkpoint, self.options)
+        })
+    }
+
+    fn begin_with(
+        &self,
+        session: &Arc<Session<F>>,
+        open: impl FnOnce(&[u8]) -> Result<Journal<JournalMap>, JournalError>,
+    ) -> Result<(), RecoveryError> {
+        if self.live.get().is_some() {
+            return Err(RecoveryError::NotReady("the journal was already started"));
+        }
+        self.gate.take();
+        let made = (|| {
+            let recent: VecDeque<(u64, Vec<u8>)> =
+                self.recorded.iter().map(|(u, r)| (*u, r.clone())).collect();
+            let checkpoint = checkpoint(session, &recent)?;
+            let journal = open(&checkpoint)?;
+            Ok::<_, RecoveryError>(Live {
+                session: Arc::downgrade(session),
+                journal,
+                recent,
+                failed: false,
+            })
+        })();
+        let result = match made {
+            Ok(live) => {
+                let _ = self.live.set(Mutex::new(live));
+                Ok(())
+            }
+            Err(e) => Err(e),
+        };
+        self.gate.give();
+        result
+    }
+
+    fn me(&self) -> usize {
+        self as *const Self as usize
+    }
+
+    /// Appends the record of one reply (under the gate).
+    fn record(&self, reply: Option<(u64, Vec<u8>)>) {
+        let Some(live) = self.live.get() else {
+            return;
+        };
+        let mut live = lock(live);
+        if live.failed {
+            return;
+        }
+        if let Err(e) = append(&mut live, reply) {
+            live.failed = true;
+            log::error!(
+                "the journal failed, recording stopped (a crash from now on loses state): {e}"
+            );
+        }
+    }
+}
+
+/// The checkpoint: a pre-copy base (recording starts), the first round, `recent`.
+fn checkpoint<F: Precopy>(
+    session: &Session<F>,
+    recent: &VecDeque<(u64, Vec<u8>)>,
+) -> Result<Vec<u8>, RecoveryError> {
+    let base = begin::<F>(session)?;
+    let first = round::<F>(session, None)?;
+    let replies: Vec<(u64, Vec<u8>)> = recent.iter().cloned().collect();
+    let cp: Checkpoint = (base, first, replies);
+    Ok(encode_checked(&cp)?)
+}
+
+/// One [`Entry`], encoded: what changed since the last.
+fn round<F: Precopy>(
+    session: &Session<F>,
+    reply: Option<(u64, Vec<u8>)>,
+) -> Result<Vec<u8>, RecoveryError> {
+    let tables = session
+        .journal_changes()
+        .ok_or(RecoveryError::NotReady("the session is not recording"))?;
+    let fs = session
+        .filesystem()
+        .precopy_round()
+        .map_err(|e| FormatError::FsSave(e.to_string()))?
+        .ok_or(RecoveryError::NotReady(
+            "the filesystem takes no pre-copy rounds",
+        ))?;
+    let entry: Entry<F> = (tables, fs, reply);
+    Ok(encode_checked(&entry)?)
+}
+
+fn append<F: Precopy>(
+    live: &mut Live<F>,
+    reply: Option<(u64, Vec<u8>)>,
+) -> Result<(), RecoveryError> {
+    let session = live
+        .session
+        .upgrade()
+        .ok_or(RecoveryError::NotReady("the session is gone"))?;
+    let payload = round::<F>(&session, reply.clone())?;
+    let appended = live.journal.append(&Record::FsChange(&payload[..]))?;
+    if let Some(r) = reply {
+        live.recent.push_back(r);
+        while live.recent.len() > KEEP_REPLIES {
+            live.recent.pop_front();
+        }
+    }
+    if appended.compact {
+        let mark = live.journal.mark();
+        let bytes = checkpoint(&session, &live.recent)?;
+        match live.journal.compact(mark, &bytes) {
+            Ok(()) => {}
+            Err(JournalError::Compaction(e)) => {
+                // The journal is unchanged, but the recording restarted with the
+                // checkpoint: the changes since the last record are recorded next.
+                log::warn!("journal compaction put off: {e}");
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
+}
+
+impl<F> StepHook for JournalHook<F>
+where
+    F: Precopy + Send + Sync + 'static,
+{
+    fn accepted(&self, request: &Accepted<'_>) {
+        let me = self.me();
+        // A request that took the gate and got no reply (it cannot happen for the
+        // opcodes that take it; never leave the gate held for good).
+        if HOLDS.with(|h| h.replace(0)) == me {
+            self.gate.give();
+        }
+        if records_reply(request.opcode()) {
+            self.gate.take();
+            HOLDS.with(|h| h.set(me));
+        }
+    }
+
+    fn recorded_reply(&self, request: &Accepted<'_>, out: &mut [u8]) -> Option<usize> {
+        let unique = request.unique();
+        if unique & UNIQUE_RESEND == 0 {
+            return None;
+        }
+        let Some(reply) = self.recorded.get(&(unique & !UNIQUE_RESEND)) else {
+            if records_reply(request.opcode()) {
+                log::warn!(
+                    "{:?} unique={:#x} resent without a recorded reply: running it again",
+                    request.opcode(),
+                    unique
+                );
+            }
+            return None;
+        };
+        let dst = out.get_mut(..reply.len())?;
+        dst.copy_from_slice(reply);
+        log::info!(
+            "{:?} unique={:#x}: answered from the journal",
+            request.opcode(),
+            unique
+        );
+        Some(reply.len())
+    }
+
+    fn responding(&self, request: &Accepted<'_>, reply: &ReplyParts<'_>) {
+        let me = self.me();
+        let held = HOLDS.with(|h| h.replace(0)) == me;
+        if !held {
+            self.gate.take();
+        }
+        let keep = records_reply(request.opcode())
+            .then(|| (request.unique() & !UNIQUE_RESEND, reply.to_vec()));
+        self.record(keep);
+        self.gate.give();
+    }
+}
+
+/// A session rebuilt from a journal, not yet serving: see [`recover_session`].
+pub struct RecoveredSession<F: Precopy> {
+    /// The session (its hook is set), to serve with
+    /// `Server::from_parts(session, mount)`.
+    pub session: Session<F>,
+    hook: Arc<JournalHook<F>>,
+    recovered: Recovered,
+    map: JournalMap,
+    /// Records replayed.
+    pub records: usize,
+    /// Replies the journal holds, answered when the kernel resends their request.
+    pub replies: usize,
+}
+
+impl<F: Precopy> std::fmt::Debug for RecoveredSession<F> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RecoveredSession")
+            .field("records", &self.records)
+            .field("replies", &self.replies)
+            .field("end", &self.recovered.end)
+            .finish()
+    }
+}
+
+impl<F> RecoveredSession<F>
+where
+    F: Precopy + Send + Sync + 'static,
+{
+    /// How the log ended (a torn tail cut, or clean).
+    pub fn log_end(&self) -> &super::LogEnd {
+        &self.recovered.end
+    }
+
+    /// Continues the journal in a new epoch from the rebuilt session, before any
+    /// request is served: `session` is the one `Server::from_parts` made of
+    /// [`RecoveredSession::session`] (take it from `Server::session` before
+    /// spawning). The recovered replies stay answerable.
+    ///
+    /// # Errors
+    /// The checkpoint cannot be encoded or written.
+    pub fn resume(
+        hook: &Arc<JournalHook<F>>,
+        session: &Arc<Session<F>>,
+        map: JournalMap,
+        recovered: &Recovered,
+    ) -> Result<(), RecoveryError> {
+        hook.begin_with(session, |checkpoint| {
+            Journal::resume(map, recovered, checkpoint, hook.options)
+        })
+    }
+
+    /// The parts: the session, the hook, what [`RecoveredSession::resume`] needs.
+    pub fn into_parts(self) -> (Session<F>, Arc<JournalHook<F>>, JournalMap, Recovered) {
+        (self.session, self.hook, self.map, self.recovered)
+    }
+}
+
+/// Reads the journal in `map` (after a crash: the memfd from the fd store) and
+/// rebuilds the session and the filesystem: the checkpoint, then every record
+/// (a torn tail is cut), each validated as a pre-copy round. The session gets a
+/// [`JournalHook`] answering the recorded replies; serve it with
+/// `Server::from_parts`, call [`RecoveredSession::resume`] before spawning, then
+/// send `NOTIFY_RESEND`.
+///
+/// # Errors
+/// The journal is damaged (not just torn at its end), or its contents do not
+/// decode or validate: a [`RecoveryError`] saying which.
+pub fn recover_session<F>(
+    map: JournalMap,
+    fds: &mut FdRestorer,
+    options: JournalOptions,
+) -> Result<RecoveredSession<F>, RecoveryError>
+where
+    F: Precopy + Send + Sync + 'static,
+{
+    let recovered = recover(&map)?;
+    let (base, first, replies): Checkpoint =
+        decode_checked(&recovered.checkpoint, "the journal's checkpoint")?;
+    let (mut tables, mut fs_base) = decode_base::<F>(&base)?;
+    let mut recorded: HashMap<u64, Vec<u8>> = replies.into_iter().collect();
+    let mut pending: Entry<F> = decode_checked(&first, "the checkpoint's first round")?;
+    let mut count = 0;
+    for (i, record) in recovered.records.iter().enumerate() {
+        let seq = recovered.first_seq + i as u64;
+        let Record::FsChange(bytes) = record else {
+            return Err(RecoveryError::UnexpectedRecord(seq));
+        };
+        let next: Entry<F> = decode_checked(bytes, "a journal record")?;
+        let (t, f, _) = std::mem::replace(&mut pending, next);
+        tables
+            .apply_round(NodeChanges {
+                nodes: t.nodes,
+                forgotten: t.forgotten,
+            })
+            .map_err(FormatError::State)?;
+        F::apply_round(&mut fs_base, f).map_err(FormatError::FsRestore)?;
+        if let Some((unique, reply)) = &pending.2 {
+            recorded.insert(*unique, reply.clone());
+        }
+        count += 1;
+    }
+    let (mut t, f, _) = pending;
+    let fs = F::restore_precopied(fs_base, f, fds).map_err(FormatError::FsRestore)?;
+    // A handle on a nodeid the kernel has forgotten cannot be used by the kernel (it
+    // forgets a nodeid only once every file on it is released): an orphan, which a
+    // request run twice across a crash can leave behind. Dropped, with a warning.
+    // (The crash test found such orphans; which request leaves them is not yet
+    // pinned down.)
+    let before = t.handles.len();
+    t.handles.retain(|h| {
+        let present = if t.forgotten.binary_search(&h.nodeid).is_ok() {
+            false
+        } else {
+            t.nodes.iter().any(|n| n.nodeid == h.nodeid) || tables.contains(h.nodeid)
+        };
+        present && fs.check_session(&[], std::slice::from_ref(h)).is_ok()
+    });
+    if t.handles.len() != before {
+        log::warn!(
+            "recovery dropped {} handle(s) on nodeids the kernel no longer has",
+            before - t.handles.len()
+        );
+    }
+    fs.check_session(&t.nodes, &t.handles)
+        .map_err(FormatError::FsRestore)?;
+    let mut session = Session::restore_precopied(fs, tables, t).map_err(FormatError::State)?;
+    let replies = recorded.len();
+    let hook = Arc::new(JournalHook {
+        gate: Gate::default(),
+        live: OnceLock::new(),
+        recorded,
+        options,
+    });
+    session.set_hook(hook.clone());
+    Ok(RecoveredSession {
+        session,
+        hook,
+        recovered,
+        map,
+        records: count,
+        replies,
+    })
+}
