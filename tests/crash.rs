@@ -279,7 +279,10 @@ fn memfs_survives_repeated_sigkill_under_the_keeper() {
         .arg(&memfs)
         .arg(&mnt)
         .args(["--threads", "2"])
-        .env("RUST_LOG", "warn")
+        .env(
+            "RUST_LOG",
+            std::env::var("CRASH_RUST_LOG").unwrap_or_else(|_| "warn".into()),
+        )
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(File::create(&log).expect("log"));
