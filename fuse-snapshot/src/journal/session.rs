@@ -551,12 +551,19 @@ where
     // pinned down.)
     let before = t.handles.len();
     t.handles.retain(|h| {
-        let present = if t.forgotten.binary_search(&h.nodeid).is_ok() {
-            false
-        } else {
-            t.nodes.iter().any(|n| n.nodeid == h.nodeid) || tables.contains(h.nodeid)
-        };
-        present && fs.check_session(&[], std::slice::from_ref(h)).is_ok()
+        let forgotten = t.forgotten.binary_search(&h.nodeid).is_ok();
+        let present = !forgotten
+            && (t.nodes.iter().any(|n| n.nodeid == h.nodeid) || tables.contains(h.nodeid));
+        let fs_has = fs.check_session(&[], std::slice::from_ref(h)).is_ok();
+        if !(present && fs_has) {
+            log::warn!(
+                "recovery drops fh {} on nodeid {} (forgotten in the last record: \
+                 {forgotten}, in the tables: {present}, in the filesystem: {fs_has})",
+                h.fh,
+                h.nodeid
+            );
+        }
+        present && fs_has
     });
     if t.handles.len() != before {
         log::warn!(
