@@ -392,8 +392,7 @@ fn serve_journaled(args: &Args, mut store: FdStore) -> Result<(), Box<dyn std::e
             let server = Server::from_parts(session, mount);
             RecoveredSession::resume(&hook, server.session(), map, &rec)
                 .map_err(|e| format!("resume the journal: {e}"))?;
-            let running = server.spawn(args.threads)?;
-            running
+            server.spawn(args.threads)?
         }
         None => {
             let config = Config { ttl: args.ttl };
