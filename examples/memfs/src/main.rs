@@ -375,19 +375,24 @@ fn serve_journaled(args: &Args, mut store: FdStore) -> Result<(), Box<dyn std::e
             );
             let (session, hook, map, rec) = recovered.into_parts();
             let resend = session.snapshot().is_some_and(|s| s.kernel_has_resend());
-            let server = Server::from_parts(session, mount);
-            RecoveredSession::resume(&hook, server.session(), map, &rec)
-                .map_err(|e| format!("resume the journal: {e}"))?;
-            let running = server.spawn(args.threads)?;
+            // NOTIFY_RESEND before any worker reads: the kernel resends every
+            // request being processed, so sent later it would also resend requests
+            // this process had just read, and drop their first reply (its unique no
+            // longer matches), which the session takes as an interrupted reply and
+            // un-counts its lookup (the resent copy, answered from the journal,
+            // counts nothing): a nodeid the kernel still uses would lose its count.
             if resend {
-                running.notifier().resend()?;
+                resend_now(&session, &mount)?;
             } else {
                 log::warn!(
                     "the kernel cannot resend requests (no FUSE_HAS_RESEND): those the \
                      dead process had read stay unanswered"
                 );
             }
-            running
+            let server = Server::from_parts(session, mount);
+            RecoveredSession::resume(&hook, server.session(), map, &rec)
+                .map_err(|e| format!("resume the journal: {e}"))?;
+            server.spawn(args.threads)?
         }
         None => {
             let config = Config { ttl: args.ttl };
@@ -423,6 +428,23 @@ fn serve_journaled(args: &Args, mut store: FdStore) -> Result<(), Box<dyn std::e
     let served = serve_until_done(&running, None, args);
     let _ = store.stopping();
     served
+}
+
+/// Sends NOTIFY_RESEND on the mount's device: the requests the dead process read
+/// and did not answer go back to the head of the queue, with bit 63 of `unique` set.
+fn resend_now(
+    session: &Session<MemFs>,
+    mount: &fuse_session::dev::Mount,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let mut buf = [0u8; 64];
+    let n = fuse_session::wire::notify::resend(&mut buf, &session.negotiated())
+        .map_err(|e| format!("encode NOTIFY_RESEND: {e}"))?;
+    let sent = nix::unistd::write(mount.device(), &buf[..n])
+        .map_err(|e| format!("send NOTIFY_RESEND: {e}"))?;
+    if sent != n {
+        return Err(format!("NOTIFY_RESEND: {sent} of {n} bytes written").into());
+    }
+    Ok(())
 }
 
 fn ready(mountpoint: &str) -> std::io::Result<()> {

@@ -28,7 +28,10 @@
 //! process had read but not answered, with bit 63 of the unique set. A resent request
 //! whose reply is in the journal is answered from there without calling the
 //! filesystem ([`StepHook::recorded_reply`]); any other one had no effect that
-//! reached the journal, and runs again.
+//! reached the journal, and runs again. The kernel resends *every* request being
+//! processed, including those the new process read before its `NOTIFY_RESEND` and
+//! answers after it (that first reply is dropped: its unique lost the match); so a
+//! resent request is also looked up among the replies this process recorded.
 //!
 //! **Compaction.** When the log passes [`JournalOptions::compact_after`], the
 //! request that noticed takes a new checkpoint under the gate (a fresh pre-copy
@@ -334,6 +337,13 @@ fn append<F: Precopy>(
         .ok_or(RecoveryError::NotReady("the session is gone"))?;
     let payload = round::<F>(&session, reply.clone())?;
     let appended = live.journal.append(&Record::FsChange(&payload[..]))?;
+    if let Some((unique, _)) = &reply {
+        log::trace!(
+            "journal record seq={} epoch={} holds the reply of unique={unique:#x}",
+            appended.seq,
+            live.journal.epoch()
+        );
+    }
     if let Some(r) = reply {
         live.recent.push_back(r);
         while live.recent.len() > KEEP_REPLIES {
@@ -343,6 +353,7 @@ fn append<F: Precopy>(
     if appended.compact {
         let mark = live.journal.mark();
         let bytes = checkpoint(&session, &live.recent)?;
+        log::debug!("journal compaction at seq={}", mark.seq);
         match live.journal.compact(mark, &bytes) {
             Ok(()) => {}
             Err(JournalError::Compaction(e)) => {
@@ -378,24 +389,42 @@ where
         if unique & UNIQUE_RESEND == 0 {
             return None;
         }
-        let Some(reply) = self.recorded.get(&(unique & !UNIQUE_RESEND)) else {
-            if records_reply(request.opcode()) {
-                log::warn!(
-                    "{:?} unique={:#x} resent without a recorded reply: running it again",
-                    request.opcode(),
-                    unique
-                );
-            }
-            return None;
+        let key = unique & !UNIQUE_RESEND;
+        let copy = |reply: &[u8], out: &mut [u8]| {
+            let dst = out.get_mut(..reply.len())?;
+            dst.copy_from_slice(reply);
+            Some(reply.len())
         };
-        let dst = out.get_mut(..reply.len())?;
-        dst.copy_from_slice(reply);
-        log::info!(
-            "{:?} unique={:#x}: answered from the journal",
-            request.opcode(),
-            unique
-        );
-        Some(reply.len())
+        let n = match self.recorded.get(&key) {
+            Some(reply) => copy(reply, out),
+            // Not recovered, but maybe answered by this process: a request it read
+            // before its NOTIFY_RESEND and answered after. The kernel resends every
+            // request being processed (with bit 63 set) and drops the first reply
+            // (its unique no longer matches), so the resent one must get the same
+            // answer instead of running twice. The gate is held here (taken in
+            // `accepted` for every opcode that records its reply), so no record is
+            // being appended.
+            None if records_reply(request.opcode()) => self.live.get().and_then(|live| {
+                let live = lock(live);
+                let (_, reply) = live.recent.iter().rev().find(|(u, _)| *u == key)?;
+                copy(reply, out)
+            }),
+            None => None,
+        };
+        match n {
+            Some(_) => log::info!(
+                "{:?} unique={:#x}: answered from the journal",
+                request.opcode(),
+                unique
+            ),
+            None if records_reply(request.opcode()) => log::warn!(
+                "{:?} unique={:#x} resent without a recorded reply: running it again",
+                request.opcode(),
+                unique
+            ),
+            None => {}
+        }
+        n
     }
 
     fn responding(&self, request: &Accepted<'_>, reply: &ReplyParts<'_>) {
@@ -508,6 +537,7 @@ where
             .map_err(FormatError::State)?;
         F::apply_round(&mut fs_base, f).map_err(FormatError::FsRestore)?;
         if let Some((unique, reply)) = &pending.2 {
+            log::trace!("recovery: record seq={seq} holds the reply of unique={unique:#x}");
             recorded.insert(*unique, reply.clone());
         }
         count += 1;
@@ -521,12 +551,19 @@ where
     // pinned down.)
     let before = t.handles.len();
     t.handles.retain(|h| {
-        let present = if t.forgotten.binary_search(&h.nodeid).is_ok() {
-            false
-        } else {
-            t.nodes.iter().any(|n| n.nodeid == h.nodeid) || tables.contains(h.nodeid)
-        };
-        present && fs.check_session(&[], std::slice::from_ref(h)).is_ok()
+        let forgotten = t.forgotten.binary_search(&h.nodeid).is_ok();
+        let present = !forgotten
+            && (t.nodes.iter().any(|n| n.nodeid == h.nodeid) || tables.contains(h.nodeid));
+        let fs_has = fs.check_session(&[], std::slice::from_ref(h)).is_ok();
+        if !(present && fs_has) {
+            log::warn!(
+                "recovery drops fh {} on nodeid {} (forgotten in the last record: \
+                 {forgotten}, in the tables: {present}, in the filesystem: {fs_has})",
+                h.fh,
+                h.nodeid
+            );
+        }
+        present && fs_has
     });
     if t.handles.len() != before {
         log::warn!(
