@@ -35,7 +35,7 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use std::path::Path;
 
 /// `statmount(2)`'s system call number: the same on every architecture that uses the
-/// unified table (added in Linux 6.8).
+/// unified table (added in Linux 6.8); `None` where it is not known.
 #[cfg(any(
     target_arch = "x86_64",
     target_arch = "x86",
@@ -46,7 +46,19 @@ use std::path::Path;
     target_arch = "s390x",
     target_arch = "loongarch64"
 ))]
-const SYS_STATMOUNT: libc::c_long = 457;
+const SYS_STATMOUNT: Option<libc::c_long> = Some(457);
+/// `statmount(2)`'s system call number: not known for this architecture.
+#[cfg(not(any(
+    target_arch = "x86_64",
+    target_arch = "x86",
+    target_arch = "aarch64",
+    target_arch = "arm",
+    target_arch = "riscv64",
+    target_arch = "powerpc64",
+    target_arch = "s390x",
+    target_arch = "loongarch64"
+)))]
+const SYS_STATMOUNT: Option<libc::c_long> = None;
 
 /// `STATMOUNT_SB_BASIC`: ask for the superblock's device number and type.
 const STATMOUNT_SB_BASIC: u64 = 0x1;
@@ -190,66 +202,35 @@ const MOUNT_ATTR_NODIRATIME: u64 = 0x80;
 /// not known for this architecture; the system call's other errors (`ENOSYS` before
 /// Linux 6.8).
 fn statmount(id: u64, param: u64) -> io::Result<Vec<u8>> {
-    #[cfg(any(
-        target_arch = "x86_64",
-        target_arch = "x86",
-        target_arch = "aarch64",
-        target_arch = "arm",
-        target_arch = "riscv64",
-        target_arch = "powerpc64",
-        target_arch = "s390x",
-        target_arch = "loongarch64"
-    ))]
-    {
-        // struct mnt_id_req { u32 size; u32 spare; u64 mnt_id; u64 param; }
-        #[repr(C)]
-        struct MntIdReq {
-            size: u32,
-            spare: u32,
-            mnt_id: u64,
-            param: u64,
-        }
-        let req = MntIdReq {
-            size: MNT_ID_REQ_SIZE_VER0,
-            spare: 0,
-            mnt_id: id,
-            param,
-        };
-        // Room for `struct statmount` (its fixed part is 512 bytes in 6.18) and
-        // growth; the basic parameters asked for here carry no strings.
-        let mut buf = vec![0u8; 1024];
-        let len = buf.len();
-        // SAFETY: `req` is a valid `struct mnt_id_req` of the size it declares, `buf`
-        // is writable memory of `len` bytes that lives across the call, and flags 0 is
-        // the only defined value. The kernel copies at most `len` bytes out.
-        let rc = unsafe {
-            libc::syscall(
-                SYS_STATMOUNT,
-                &req as *const MntIdReq,
-                buf.as_mut_ptr(),
-                len,
-                0u32,
-            )
-        };
-        if rc != 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(buf)
+    let Some(nr) = SYS_STATMOUNT else {
+        return Err(io::Error::from(io::ErrorKind::Unsupported));
+    };
+    // struct mnt_id_req { u32 size; u32 spare; u64 mnt_id; u64 param; }
+    #[repr(C)]
+    struct MntIdReq {
+        size: u32,
+        spare: u32,
+        mnt_id: u64,
+        param: u64,
     }
-    #[cfg(not(any(
-        target_arch = "x86_64",
-        target_arch = "x86",
-        target_arch = "aarch64",
-        target_arch = "arm",
-        target_arch = "riscv64",
-        target_arch = "powerpc64",
-        target_arch = "s390x",
-        target_arch = "loongarch64"
-    )))]
-    {
-        let _ = (id, param);
-        Err(io::Error::from(io::ErrorKind::Unsupported))
+    let req = MntIdReq {
+        size: MNT_ID_REQ_SIZE_VER0,
+        spare: 0,
+        mnt_id: id,
+        param,
+    };
+    // Room for `struct statmount` (its fixed part is 512 bytes in 6.18) and
+    // growth; the basic parameters asked for here carry no strings.
+    let mut buf = vec![0u8; 1024];
+    let len = buf.len();
+    // SAFETY: `req` is a valid `struct mnt_id_req` of the size it declares, `buf`
+    // is writable memory of `len` bytes that lives across the call, and flags 0 is
+    // the only defined value. The kernel copies at most `len` bytes out.
+    let rc = unsafe { libc::syscall(nr, &req as *const MntIdReq, buf.as_mut_ptr(), len, 0u32) };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
     }
+    Ok(buf)
 }
 
 fn u64_at(buf: &[u8], at: usize) -> Option<u64> {

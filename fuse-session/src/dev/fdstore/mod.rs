@@ -150,7 +150,7 @@ impl From<FdStoreError> for io::Error {
 /// manager to send its descriptors to.
 ///
 /// ```no_run
-/// use fuse_session::dev::fdstore::FdStore;
+/// use fuse_session::dev::{fdstore::FdStore, mount, MountOptions};
 /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
 /// let mut store = FdStore::from_env()?; // first thing in main, before threads
 /// # let mountpoint = std::path::Path::new("/mnt");
@@ -158,7 +158,7 @@ impl From<FdStoreError> for io::Error {
 ///     // recover: restore the session, serve `mount` (no INIT comes again)
 /// } else {
 ///     // mount afresh; once serving:
-///     # let mount: fuse_session::dev::Mount = unimplemented!();
+///     let mount = mount(mountpoint, &MountOptions::new())?;
 ///     store.store_mount(&mount)?;
 /// }
 /// store.ready()?;
