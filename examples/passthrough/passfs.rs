@@ -308,12 +308,14 @@ impl PassFs {
             return Ok(());
         }
         let pst = stat_fd(parent_fd)?;
-        let gid =
-            (pst.st_mode & nix::libc::S_ISGID == 0).then(|| rustix::fs::Gid::from_raw(ctx.gid));
+        let gid = ctx
+            .gid
+            .filter(|_| pst.st_mode & nix::libc::S_ISGID == 0)
+            .map(rustix::fs::Gid::from_raw);
         rustix::fs::chownat(
             fd,
             c"",
-            Some(rustix::fs::Uid::from_raw(ctx.uid)),
+            ctx.uid.map(rustix::fs::Uid::from_raw),
             gid,
             AtFlags::EMPTY_PATH | AtFlags::SYMLINK_NOFOLLOW,
         )
@@ -583,7 +585,7 @@ fn timestamp(t: Option<TimeOrNow>) -> rustix::fs::Timespec {
 /// `ATOMIC_O_TRUNC` the kernel sends no SETATTR for it, and this process
 /// truncates as root (which keeps the bits), so it clears them here.
 fn kill_suid_on_trunc(ctx: &RequestContext<'_>, fd: BorrowedFd<'_>, flags: i32) -> Result<()> {
-    if flags & nix::libc::O_TRUNC == 0 || ctx.uid == 0 {
+    if flags & nix::libc::O_TRUNC == 0 || ctx.uid == Some(0) {
         return Ok(());
     }
     let mode = stat_fd(fd)?.st_mode & 0o7777;

@@ -273,11 +273,8 @@ mod tests {
     #[test]
     fn the_invalid_id_is_no_caller() {
         let ctx = crate::RequestContext::new(1, u32::MAX, u32::MAX, 7);
-        assert_eq!((ctx.caller_uid(), ctx.caller_gid()), (None, None));
+        assert_eq!((ctx.uid, ctx.gid), (None, None));
         let ctx = crate::RequestContext::new(1, 1000, 100, 7);
-        assert_eq!(
-            (ctx.caller_uid(), ctx.caller_gid()),
-            (Some(1000), Some(100))
-        );
+        assert_eq!((ctx.uid, ctx.gid), (Some(1000), Some(100)));
     }
 }

@@ -410,14 +410,14 @@ pub enum IoctlReply {
 pub struct RequestContext<'a> {
     /// The request's `unique` (bit 63 set on resent requests).
     pub unique: u64,
-    /// Effective uid of the caller, as the kernel sent it: `u32::MAX`
-    /// ([`RequestContext::INVALID_ID`]) when it has none to give (on an idmapped
-    /// mount, `ALLOW_IDMAP`, for requests that create nothing). Prefer
-    /// [`RequestContext::caller_uid`], which says so with `None`.
-    pub uid: u32,
-    /// Effective gid of the caller, as the kernel sent it (see
-    /// [`RequestContext::uid`]; prefer [`RequestContext::caller_gid`]).
-    pub gid: u32,
+    /// Effective uid of the caller; `None` when the kernel sent the invalid id
+    /// (`FUSE_INVALID_UIDGID`, `(uid_t)-1`): on an idmapped mount (`ALLOW_IDMAP`)
+    /// for requests that create nothing. Never treat `None` as a real user: it
+    /// owns nothing and is in no group.
+    pub uid: Option<u32>,
+    /// Effective gid of the caller; `None` when the kernel sent the invalid id
+    /// (see [`RequestContext::uid`]).
+    pub gid: Option<u32>,
     /// Thread group id of the caller.
     pub pid: u32,
     /// The caller's umask, for operations that create (7.12).
@@ -427,14 +427,21 @@ pub struct RequestContext<'a> {
     pub(crate) defer: Option<&'a crate::proto::defer::DeferSeed<'a>>,
 }
 
+/// A uid or gid as the kernel sent it: `None` for the invalid id.
+pub(crate) fn id_of(raw: u32) -> Option<u32> {
+    (raw != RequestContext::INVALID_ID).then_some(raw)
+}
+
 impl RequestContext<'static> {
     /// A context for calling a [`Filesystem`](crate::Filesystem) directly, e.g. in
-    /// its unit tests (the session builds the real ones from each request).
+    /// its unit tests (the session builds the real ones from each request). `uid`
+    /// and `gid` are as the kernel sends them:
+    /// [`INVALID_ID`](RequestContext::INVALID_ID) becomes `None`.
     pub fn new(unique: u64, uid: u32, gid: u32, pid: u32) -> Self {
         RequestContext {
             unique,
-            uid,
-            gid,
+            uid: id_of(uid),
+            gid: id_of(gid),
             pid,
             umask: None,
             supp_groups: &[],
@@ -446,20 +453,8 @@ impl RequestContext<'static> {
 
 impl RequestContext<'_> {
     /// The id the kernel sends when it has no uid or gid for the request
-    /// (`FUSE_INVALID_UIDGID`, `(uid_t)-1`).
+    /// (`FUSE_INVALID_UIDGID`, `(uid_t)-1`); the context holds `None` instead.
     pub const INVALID_ID: u32 = u32::MAX;
-
-    /// The caller's effective uid, `None` when the kernel sent the invalid id (an
-    /// idmapped mount does for requests that create nothing: never treat it as a
-    /// real user).
-    pub fn caller_uid(&self) -> Option<u32> {
-        (self.uid != Self::INVALID_ID).then_some(self.uid)
-    }
-
-    /// The caller's effective gid, `None` when the kernel sent the invalid id.
-    pub fn caller_gid(&self) -> Option<u32> {
-        (self.gid != Self::INVALID_ID).then_some(self.gid)
-    }
 
     /// Supplementary groups the kernel sent with a create operation
     /// (`FUSE_CREATE_SUPP_GROUP`, 7.37): the one matching the parent's group.

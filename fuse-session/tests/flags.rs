@@ -58,10 +58,7 @@ impl Filesystem for Recorder {
         lock_owner: Option<u64>,
         _: &mut ReadBuf<'r, '_>,
     ) -> Result<()> {
-        self.note(format!(
-            "read {flags:?} {lock_owner:?} {:?}",
-            ctx.caller_uid()
-        ));
+        self.note(format!("read {flags:?} {lock_owner:?} {:?}", ctx.uid));
         Ok(())
     }
     fn write(

@@ -83,10 +83,14 @@ pub struct MemFsImage {
     pub state: State,
 }
 
+/// The caller as memfs's rules see it. The invalid id (`None`: an idmapped mount,
+/// for requests that create nothing) becomes an id no file has and no group holds,
+/// so it owns nothing and is in no group; the kernel always sends real ids with the
+/// requests that create.
 fn caller(ctx: &RequestContext<'_>) -> Caller {
     Caller {
-        uid: ctx.uid,
-        gid: ctx.gid,
+        uid: ctx.uid.unwrap_or(RequestContext::INVALID_ID),
+        gid: ctx.gid.unwrap_or(RequestContext::INVALID_ID),
     }
 }
 
@@ -95,7 +99,7 @@ fn caller(ctx: &RequestContext<'_>) -> Caller {
 /// A caller whose groups cannot be read is taken as not in the group, which clears
 /// set-group-ID: the safe side.
 fn in_group(ctx: &RequestContext<'_>, gid: u32) -> bool {
-    if ctx.gid == gid {
+    if ctx.gid == Some(gid) {
         return true;
     }
     if ctx.pid == 0 {
@@ -318,7 +322,7 @@ impl Filesystem for MemFs {
         state.setattr(caller(ctx), *node, set)?;
         // A truncate, or a mode change by someone who may not chmod (so the kernel's
         // removal of privileges before a write or fallocate): apply the whole rule.
-        if set.size.is_some() || (set.mode.is_some() && ctx.uid != owner) {
+        if set.size.is_some() || (set.mode.is_some() && ctx.uid != Some(owner)) {
             state.drop_privs(caller(ctx), *node, |gid| in_group(ctx, gid))?;
         }
         self.attr_reply(&state, *node)

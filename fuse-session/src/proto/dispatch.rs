@@ -139,8 +139,8 @@ impl<F: Filesystem> Session<F> {
         });
         let ctx = RequestContext {
             unique,
-            uid: header.uid(),
-            gid: header.gid(),
+            uid: crate::types::id_of(header.uid()),
+            gid: crate::types::id_of(header.gid()),
             pid: header.pid(),
             umask: None,
             supp_groups: req.extensions().supp_groups().unwrap_or(&[]),
