@@ -251,8 +251,6 @@ impl Drop for Cleanup {
 }
 
 #[test]
-#[ignore = "rare remaining failure: a WRITE answered EIO after a recovery (1 run in \
-            11 after the fixes; docs/RECOVERY.md, open); run with --ignored"]
 fn memfs_survives_repeated_sigkill_under_the_keeper() {
     if std::env::var_os(WORKER_ENV).is_some()
         || !common::can_mount("memfs_survives_repeated_sigkill_under_the_keeper")

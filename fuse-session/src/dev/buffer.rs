@@ -1,6 +1,6 @@
 //! Page-aligned buffers for reading requests from `/dev/fuse`.
 use fuse_wire::abi;
-use memmap2::MmapMut;
+use memmap2::{Advice, MmapMut, MmapOptions};
 use std::io;
 use std::ops::{Deref, DerefMut};
 
@@ -18,6 +18,11 @@ const MAX_BUFFER: usize = 64 << 20;
 /// Page alignment lets WRITE payloads (which start at a fixed offset after the header)
 /// be handed on without copying to APIs that want aligned memory (`O_DIRECT`, splice).
 /// The memory is an anonymous private mapping, so it is page-aligned by construction.
+/// It is populated when made (every page resident) and not inherited by `fork`, so
+/// the kernel never has to fault a page in while copying a request into it: a daemon
+/// killed mid-copy would otherwise make the kernel fail that request with `EIO`
+/// (`fuse_dev_do_read`: a failed copy ends the request) instead of keeping it for a
+/// restarted daemon to get through `NOTIFY_RESEND`.
 ///
 /// # Kernel behaviour
 /// A read needs a buffer of at least header + `max(max_write, max_pages * page size)`
@@ -67,9 +72,15 @@ impl RequestBuffer {
                 ),
             ));
         }
-        Ok(RequestBuffer {
-            map: MmapMut::map_anon(len)?,
-        })
+        // Resident from the start (MAP_POPULATE), and not shared copy-on-write with a
+        // forked child (MADV_DONTFORK): the kernel copies a request into this memory
+        // while the daemon may be dying. A page fault then fails (a fatal signal is
+        // pending) and the kernel ends that request with EIO instead of leaving it
+        // for NOTIFY_RESEND — the one EIO the crash test saw after a recovery.
+        let map = MmapOptions::new().len(len).populate().map_anon()?;
+        // Advice only: a kernel that refuses it still gets a working buffer.
+        let _ = map.advise(Advice::DontFork);
+        Ok(RequestBuffer { map })
     }
 
     /// A buffer sized for the negotiated `max_write` and `max_pages`
