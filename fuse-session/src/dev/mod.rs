@@ -31,6 +31,9 @@
 //! - [`fdstore`]: systemd's file descriptor store protocol (`NOTIFY_SOCKET`,
 //!   `FDSTORE=1`, `LISTEN_FDS`), to keep a connection open while no daemon runs.
 //! - [`JournalMap`]: the crash-recovery journal's shared mapping (a memfd or a file).
+//! - [`slots`]: request buffers in a memfd ([`RequestSlots`]), so that requests a
+//!   crashed daemon had read but not answered can be answered by its successor on
+//!   kernels without `NOTIFY_RESEND`.
 //! - [`fusectl`]: the fuse control filesystem (connection ids, abort, waiting
 //!   requests) and a [`fusectl::Watchdog`] that tears down a hung mount.
 //!
@@ -61,6 +64,8 @@ mod options;
 #[allow(unsafe_code)]
 mod scm;
 #[allow(unsafe_code)]
+pub mod slots;
+#[allow(unsafe_code)]
 pub mod uring;
 mod waker;
 
@@ -76,6 +81,7 @@ pub use scm::{
     peer_credentials, recv_exact_with_fds, recv_with_fds, send_with_fds, PeerCredentials,
     MAX_FDS_PER_MESSAGE,
 };
+pub use slots::{RequestSlots, SlotBuffer};
 pub use waker::Waker;
 
 /// Path of the FUSE character device.

@@ -58,6 +58,9 @@ pub const FUSE_DEVICE_FD: &str = "fuse-device";
 pub const AUTO_UNMOUNT_FD: &str = "fuse-auto-unmount";
 /// The name of the stored journal.
 pub const JOURNAL_FD: &str = "fuse-journal";
+/// Name of the request slots ([`RequestSlots`](crate::dev::RequestSlots), a memfd):
+/// the requests read and not yet answered, for kernels without `NOTIFY_RESEND`.
+pub const REQUEST_SLOTS_FD: &str = "fuse-request-slots";
 /// The prefix of the names of the filesystem's own descriptors.
 pub const FS_FD_PREFIX: &str = "fs-fd-";
 
