@@ -41,6 +41,10 @@
 //!   unlinked-but-open files cannot (a new mount is a new connection:
 //!   `fuse_snapshot::cold`). The saved filesystem's `--ttl` and `--size` apply. A
 //!   process killed with SIGKILL saves nothing.
+//! - `--no-resend`: under a fd store (crash recovery), recover as if the kernel had
+//!   no `FUSE_HAS_RESEND`: the requests the dead process had read but not answered
+//!   are answered from the request slots (`fuse_session::dev::slots`) instead of
+//!   being resent by the kernel. Without a fd store it changes nothing.
 //! - `--snapshot-dir DIR`: on SIGUSR1, write a snapshot of the session and the
 //!   contents to `DIR/memfs.snapshot` (atomically, mode 0600); the mount pauses only
 //!   while the snapshot is taken (the stall is logged at level info).
@@ -66,19 +70,20 @@ use fuse_session::serve::{Running, Server};
 
 use std::os::fd::AsFd;
 
-use fuse_session::dev::fdstore::{FdStore, JOURNAL_FD};
-use fuse_session::dev::JournalMap;
+use fuse_session::dev::fdstore::{FdStore, JOURNAL_FD, REQUEST_SLOTS_FD};
+use fuse_session::dev::{JournalMap, RequestSlots};
 use fuse_session::Session;
 use fuse_snapshot::handoff::{self, Ended, HandoffOptions, Takeover, UpgradeListener};
 use fuse_snapshot::journal::session::{recover_session, JournalHook, RecoveredSession};
 use fuse_snapshot::journal::JournalOptions;
 use fuse_snapshot::FdRestorer;
 use memfs::fs::{Config, MemFs};
+use std::sync::Arc;
 
 const USAGE: &str =
     "usage: memfs MOUNTPOINT [-o OPTIONS] [--threads N] [--allow-other] [--auto-unmount] \
      [--ttl SECS] [--size BYTES[K|M|G|T]] [--state FILE] [--upgrade-socket PATH] \
-     [--snapshot-dir DIR]\n       \
+     [--snapshot-dir DIR] [--no-resend]\n       \
      memfs --takeover PATH [--threads N] [--state FILE] [--upgrade-socket PATH] \
      [--snapshot-dir DIR]";
 
@@ -110,6 +115,8 @@ struct Args {
     snapshot_dir: Option<PathBuf>,
     /// `--state FILE`: contents loaded at start, saved at a clean end.
     state: Option<PathBuf>,
+    /// `--no-resend`: recover from the request slots even if the kernel can resend.
+    no_resend: bool,
 }
 
 fn parse_size(s: &str) -> Option<u64> {
@@ -135,6 +142,7 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Args, String> {
     let mut takeover = None;
     let mut snapshot_dir = None;
     let mut state = None;
+    let mut no_resend = false;
     let mut it = args.into_iter();
     while let Some(arg) = it.next() {
         let (flag, inline) = match arg.split_once('=') {
@@ -173,6 +181,7 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Args, String> {
             }
             "--allow-other" if inline.is_none() => allow_other = true,
             "--auto-unmount" if inline.is_none() => auto_unmount = true,
+            "--no-resend" if inline.is_none() => no_resend = true,
             "--ttl" => {
                 let v = value("--ttl")?;
                 let secs: f64 = v
@@ -216,6 +225,7 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Args, String> {
         takeover,
         snapshot_dir,
         state,
+        no_resend,
     })
 }
 
@@ -344,11 +354,13 @@ fn serve(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
 const JOURNAL_MAX: u64 = 8 << 30;
 
 /// Under a fd store (`fuse-live-keeper -- memfs MOUNTPOINT`, or systemd): a journaled
-/// mount that survives the process. First start: mount, journal into a memfd, store
-/// the `/dev/fuse` descriptor and the journal. A start that finds them in
-/// `LISTEN_FDS` recovers instead: rebuilds session and contents from the journal,
-/// serves the same connection, asks the kernel to resend what the dead process had
-/// not answered.
+/// mount that survives the process. First start: mount, journal into a memfd, read
+/// requests into request slots (another memfd), store the `/dev/fuse` descriptor,
+/// the journal and the slots. A start that finds them in `LISTEN_FDS` recovers
+/// instead: rebuilds session and contents from the journal, gets what the dead
+/// process had read and not answered answered (the kernel resends it, or, without
+/// `FUSE_HAS_RESEND` or with `--no-resend`, it is answered from the slots), and
+/// serves the same connection.
 fn serve_journaled(args: &Args, mut store: FdStore) -> Result<(), Box<dyn std::error::Error>> {
     if args.upgrade_socket.is_some() || args.state.is_some() || args.auto_unmount {
         return Err(
@@ -374,24 +386,42 @@ fn serve_journaled(args: &Args, mut store: FdStore) -> Result<(), Box<dyn std::e
                 recovered.log_end()
             );
             let (session, hook, map, rec) = recovered.into_parts();
-            let resend = session.snapshot().is_some_and(|s| s.kernel_has_resend());
-            // NOTIFY_RESEND before any worker reads: the kernel resends every
-            // request being processed, so sent later it would also resend requests
-            // this process had just read, and drop their first reply (its unique no
-            // longer matches), which the session takes as an interrupted reply and
-            // un-counts its lookup (the resent copy, answered from the journal,
-            // counts nothing): a nodeid the kernel still uses would lose its count.
-            if resend {
-                resend_now(&session, &mount)?;
-            } else {
-                log::warn!(
-                    "the kernel cannot resend requests (no FUSE_HAS_RESEND): those the \
-                     dead process had read stay unanswered"
-                );
-            }
-            let server = Server::from_parts(session, mount);
+            // The dead process's request slots (absent if it predates them).
+            let old_slots = match store.take(REQUEST_SLOTS_FD).map(RequestSlots::from_fd) {
+                Some(Ok(s)) => Some(s),
+                Some(Err(e)) => {
+                    log::error!("the stored request slots cannot be used: {e}");
+                    None
+                }
+                None => None,
+            };
+            let mut server = Server::from_parts(session, mount);
             RecoveredSession::resume(&hook, server.session(), map, &rec)
                 .map_err(|e| format!("resume the journal: {e}"))?;
+            // Before any worker reads: NOTIFY_RESEND (the kernel resends every
+            // request being processed, so sent later it would also resend requests
+            // this process had just read and drop their first reply), or, without
+            // it (or with --no-resend), the requests the slots hold answered with
+            // their original uniques.
+            let done = server
+                .recover_requests(old_slots.as_ref(), !args.no_resend)
+                .map_err(|e| format!("recover the requests in flight: {e}"))?;
+            log::warn!("requests in flight at the crash: {done:?}");
+            // Slots for this process's workers: the same memfd when it fits.
+            let read_size = server.session().read_buffer_size();
+            let slots = match old_slots {
+                Some(s) if s.len() >= args.threads && s.fits(read_size) => Arc::new(s),
+                _ => {
+                    let s = Arc::new(RequestSlots::memfd(
+                        "memfs-request-slots",
+                        args.threads,
+                        read_size,
+                    )?);
+                    store.store(REQUEST_SLOTS_FD, s.fd())?;
+                    s
+                }
+            };
+            server.set_request_slots(slots);
             server.spawn(args.threads)?
         }
         None => {
@@ -412,12 +442,21 @@ fn serve_journaled(args: &Args, mut store: FdStore) -> Result<(), Box<dyn std::e
             let mut session = Session::new(fs);
             let hook = JournalHook::<MemFs>::new(options);
             session.set_hook(hook.clone());
-            let running = Server::from_parts(session, mount).spawn(args.threads)?;
+            let mut server = Server::from_parts(session, mount);
+            // Sized for requests before INIT (the largest the kernel may send).
+            let slots = Arc::new(RequestSlots::memfd(
+                "memfs-request-slots",
+                args.threads,
+                server.session().read_buffer_size(),
+            )?);
+            server.set_request_slots(Arc::clone(&slots));
+            let running = server.spawn(args.threads)?;
             let map = JournalMap::memfd("memfs-journal", JOURNAL_MAX)?;
             let fd = map.fd().try_clone_to_owned()?;
             hook.start(running.session(), map)
                 .map_err(|e| format!("start the journal: {e}"))?;
             store.store(JOURNAL_FD, fd.as_fd())?;
+            store.store(REQUEST_SLOTS_FD, slots.fd())?;
             running.with_mount(|m| store.store_mount(m)).transpose()?;
             running
         }
@@ -428,23 +467,6 @@ fn serve_journaled(args: &Args, mut store: FdStore) -> Result<(), Box<dyn std::e
     let served = serve_until_done(&running, None, args);
     let _ = store.stopping();
     served
-}
-
-/// Sends NOTIFY_RESEND on the mount's device: the requests the dead process read
-/// and did not answer go back to the head of the queue, with bit 63 of `unique` set.
-fn resend_now(
-    session: &Session<MemFs>,
-    mount: &fuse_session::dev::Mount,
-) -> Result<(), Box<dyn std::error::Error>> {
-    let mut buf = [0u8; 64];
-    let n = fuse_session::wire::notify::resend(&mut buf, &session.negotiated())
-        .map_err(|e| format!("encode NOTIFY_RESEND: {e}"))?;
-    let sent = nix::unistd::write(mount.device(), &buf[..n])
-        .map_err(|e| format!("send NOTIFY_RESEND: {e}"))?;
-    if sent != n {
-        return Err(format!("NOTIFY_RESEND: {sent} of {n} bytes written").into());
-    }
-    Ok(())
 }
 
 fn ready(mountpoint: &str) -> std::io::Result<()> {
@@ -656,5 +678,10 @@ mod tests {
         assert!(parse(&["/a", "--takeover", "/run/s"]).is_err());
         let u = parse(&["/a", "--upgrade-socket", "/run/s"]).unwrap();
         assert_eq!(u.upgrade_socket, Some(PathBuf::from("/run/s")));
+        assert!(!u.no_resend);
+        let r = parse(&["/a", "--no-resend", "--threads", "3"]).unwrap();
+        assert!(r.no_resend);
+        assert_eq!((r.mountpoint.as_str(), r.threads), ("/a", 3));
+        assert!(parse(&["/a", "--no-resend=1"]).is_err());
     }
 }

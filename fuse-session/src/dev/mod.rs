@@ -81,7 +81,7 @@ pub use scm::{
     peer_credentials, recv_exact_with_fds, recv_with_fds, send_with_fds, PeerCredentials,
     MAX_FDS_PER_MESSAGE,
 };
-pub use slots::{RequestSlots, SlotBuffer};
+pub use slots::{RequestSlots, SlotData, SlotMark};
 pub use waker::Waker;
 
 /// Path of the FUSE character device.

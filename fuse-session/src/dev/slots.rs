@@ -452,7 +452,7 @@ impl RequestSlots {
     ///
     /// # Errors
     /// `InvalidInput` for a slot out of range; `mmap` errors.
-    pub fn buffer(&self, i: u32) -> io::Result<SlotBuffer> {
+    pub fn buffer(&self, i: u32) -> io::Result<(SlotData, SlotMark)> {
         if i >= self.geo.slots {
             return Err(io::ErrorKind::InvalidInput.into());
         }
@@ -472,6 +472,7 @@ impl RequestSlots {
                 .populate()
                 .map_mut(&self.file)?
         };
+        // Advice only, as for `RequestBuffer`.
         let _ = data.advise(Advice::DontFork);
         // SAFETY: as above.
         let header = unsafe {
@@ -481,74 +482,60 @@ impl RequestSlots {
                 .populate()
                 .map_mut(&self.file)?
         };
-        Ok(SlotBuffer {
-            data,
-            header,
-            index: i,
-        })
+        Ok((SlotData { map: data }, SlotMark { header, index: i }))
     }
 }
 
-/// One worker's slot: the data area a request is read into, and its `answered` word.
+/// A slot's data area, mapped: a worker reads requests into it.
 #[derive(Debug)]
-pub struct SlotBuffer {
-    data: MmapMut,
+pub struct SlotData {
+    map: MmapMut,
+}
+
+impl SlotData {
+    /// The unique in the request header the data area holds (0 if none).
+    pub fn held_unique(&self) -> u64 {
+        ne_u64(&self.map, 8).unwrap_or(0)
+    }
+}
+
+impl std::ops::Deref for SlotData {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        &self.map
+    }
+}
+
+impl std::ops::DerefMut for SlotData {
+    fn deref_mut(&mut self) -> &mut [u8] {
+        &mut self.map
+    }
+}
+
+/// A slot's `answered` word, mapped: the worker marks each request answered.
+#[derive(Debug)]
+pub struct SlotMark {
     header: MmapMut,
     index: u32,
 }
 
-impl SlotBuffer {
+impl SlotMark {
     /// The slot's index.
     pub fn index(&self) -> u32 {
         self.index
     }
 
-    /// The data area, to read a request into.
-    pub fn data(&mut self) -> &mut [u8] {
-        &mut self.data
-    }
-
-    /// The data area, read-only.
-    pub fn data_ref(&self) -> &[u8] {
-        &self.data
-    }
-
-    /// The unique in the request header the data area holds (0 if none).
-    pub fn held_unique(&self) -> u64 {
-        ne_u64(&self.data, 8).unwrap_or(0)
-    }
-
-    /// Splits into the data area and the marker of its `answered` word, borrowed
-    /// apart (a worker lends the request out while its sender marks it answered).
-    pub fn split(&mut self) -> (&mut [u8], AnsweredMark<'_>) {
-        (
-            &mut self.data,
-            AnsweredMark(answered_word(&mut self.header)),
-        )
-    }
-}
-
-/// Views the `answered` word of a slot header mapping as an atomic.
-fn answered_word(header: &mut MmapMut) -> &AtomicU64 {
-    let word = &mut header[ANSWERED_AT..ANSWERED_AT + 8];
-    let ptr = word.as_mut_ptr().cast::<u64>();
-    debug_assert_eq!(ptr as usize % std::mem::align_of::<AtomicU64>(), 0);
-    // SAFETY: the pointer is 8-byte aligned (the mapping is page-aligned, the word is
-    // at offset 24), points to 8 bytes of the mapping borrowed mutably for the
-    // returned lifetime, and every access to it in this process goes through the
-    // returned atomic.
-    unsafe { AtomicU64::from_ptr(ptr) }
-}
-
-/// Marks a slot's request answered: stores its unique in the slot's `answered` word.
-#[derive(Debug, Clone, Copy)]
-pub struct AnsweredMark<'a>(&'a AtomicU64);
-
-impl AnsweredMark<'_> {
-    /// Records `unique` as answered (one aligned 8-byte store, little-endian in the
-    /// file).
-    pub fn mark(&self, unique: u64) {
-        self.0.store(unique.to_le(), Ordering::Release);
+    /// Records `unique` as answered: one aligned 8-byte store (little-endian in the
+    /// file), which a `kill -9` cannot tear.
+    pub fn mark(&mut self, unique: u64) {
+        let word = &mut self.header[ANSWERED_AT..ANSWERED_AT + 8];
+        let ptr = word.as_mut_ptr().cast::<u64>();
+        debug_assert_eq!(ptr as usize % std::mem::align_of::<AtomicU64>(), 0);
+        // SAFETY: the pointer is 8-byte aligned (the mapping is page-aligned, the
+        // word at offset 24), points to 8 bytes of the mapping borrowed mutably for
+        // this call, and this process accesses them only through this atomic.
+        let atomic = unsafe { AtomicU64::from_ptr(ptr) };
+        atomic.store(unique.to_le(), Ordering::Release);
     }
 }
 
@@ -647,35 +634,30 @@ mod tests {
         let slots = RequestSlots::memfd("slots-test", 2, 10000).unwrap();
         assert_eq!(slots.len(), 2);
         assert!(slots.fits(10000));
-        let mut b = slots.buffer(1).unwrap();
+        let (mut data, mut mark) = slots.buffer(1).unwrap();
+        assert_eq!(mark.index(), 1);
         {
-            let (data, mark) = b.split();
             data[..4].copy_from_slice(&64u32.to_ne_bytes());
             data[4..8].copy_from_slice(&1u32.to_ne_bytes());
             data[8..16].copy_from_slice(&0x22u64.to_ne_bytes());
-            let _ = mark;
         }
-        assert_eq!(b.held_unique(), 0x22);
+        assert_eq!(data.held_unique(), 0x22);
         let s = slots.scan().unwrap();
         assert_eq!(s.held.len(), 1);
         assert_eq!((s.held[0].slot, s.held[0].unique), (1, 0x22));
-        b.split().1.mark(0x22);
+        mark.mark(0x22);
         assert!(slots.scan().unwrap().held.is_empty());
         // A descriptor of it reads the same (what a recovering process gets).
         let dup = slots.fd().try_clone_to_owned().unwrap();
         let again = RequestSlots::from_fd(dup).unwrap();
         assert_eq!(again.geometry(), slots.geometry());
-        data_write(&mut b, 0x24);
+        data[8..16].copy_from_slice(&0x24u64.to_ne_bytes());
         let s = again.scan().unwrap();
         assert_eq!(s.held[0].unique, 0x24);
         again.mark_answered(1, 0x24).unwrap();
         assert!(slots.scan().unwrap().held.is_empty());
         assert!(again.mark_answered(2, 1).is_err());
         assert!(RequestSlots::memfd("x", 0, 10000).is_err());
-    }
-
-    fn data_write(b: &mut SlotBuffer, unique: u64) {
-        b.data()[8..16].copy_from_slice(&unique.to_ne_bytes());
     }
 
     proptest! {

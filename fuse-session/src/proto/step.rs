@@ -71,6 +71,25 @@ pub trait StepHook: Send + Sync {
     fn responding(&self, request: &Accepted<'_>, reply: &ReplyParts<'_>) {
         let _ = (request, reply);
     }
+
+    /// `request`, one the kernel expects no reply to (FORGET, BATCH_FORGET,
+    /// INTERRUPT), was handled: the counterpart of [`StepHook::responding`] for
+    /// those, called on the same thread after the session applied it. The default
+    /// does nothing.
+    fn finished(&self, request: &Accepted<'_>) {
+        let _ = request;
+    }
+
+    /// After a crash, for a request that gets no reply (FORGET, BATCH_FORGET) found
+    /// unanswered in a request slot ([`crate::dev::slots`]): whether the dead process
+    /// had applied it already (`Some(true)`: it is dropped), had not (`Some(false)`:
+    /// it is applied now), or unknown (`None`, the default: dropped, since a lookup
+    /// count left above the kernel's only keeps a node longer, while one below it
+    /// would lose a node the kernel still uses).
+    fn applied_before(&self, request: &Accepted<'_>) -> Option<bool> {
+        let _ = request;
+        None
+    }
 }
 
 /// A request after [`Session::accept`]: the bytes as received and what parsing made
@@ -546,11 +565,24 @@ impl<F: Filesystem> Session<F> {
 
     /// Step 3: the outcome is final; [`StepHook::responding`] sees its reply (if
     /// it has one) before the transport sends it.
+    /// A request without a reply ([`Outcome::NoReply`]) is shown to
+    /// [`StepHook::finished`] instead.
     #[inline]
     pub fn respond(&self, request: &Accepted<'_>, outcome: &Outcome<'_>) {
-        if let (Some(hook), Outcome::Reply(parts)) = (&self.hook, outcome) {
-            hook.responding(request, parts);
+        if let Some(hook) = &self.hook {
+            match outcome {
+                Outcome::Reply(parts) => hook.responding(request, parts),
+                Outcome::NoReply if request.has_header() => hook.finished(request),
+                _ => {}
+            }
         }
+    }
+
+    /// Asks the hook ([`StepHook::applied_before`]) whether a request found in a
+    /// request slot after a crash was applied by the dead process; `None` without a
+    /// hook.
+    pub fn applied_before(&self, request: &Accepted<'_>) -> Option<bool> {
+        self.hook.as_ref().and_then(|h| h.applied_before(request))
     }
 
     /// The three steps at once: [`Session::accept`], [`Session::call`] with

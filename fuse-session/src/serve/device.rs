@@ -17,7 +17,7 @@ use std::io::{self, IoSlice};
 
 use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
 
-use crate::dev::{Channel, Received, RequestBuffer, Waker, WriteOutcome};
+use crate::dev::{Channel, Received, RequestBuffer, SlotData, SlotMark, Waker, WriteOutcome};
 use std::sync::Arc;
 
 use crate::proto::{ReplyParts, ReplySender, ReplySpace};
@@ -26,9 +26,9 @@ use crate::serve::transport::{Event, Exchange, Sent, Transport};
 
 /// A `/dev/fuse` worker's transport: a `dup` of the device and its two buffers.
 pub(crate) struct DeviceTransport {
-    chan: Channel,
+    tx: DeviceTx,
     idle: IdleWait,
-    req: RequestBuffer,
+    req: RequestMem,
     out: RequestBuffer,
     /// Sends deferred replies (its own `dup` of the device).
     deferred: Arc<dyn ReplySender>,
@@ -38,19 +38,80 @@ pub(crate) struct DeviceTransport {
     size: usize,
 }
 
+/// Where a worker reads requests into: its own anonymous buffer, or a request slot
+/// (a memfd that outlives the process, [`crate::dev::slots`]).
+enum RequestMem {
+    Anon(RequestBuffer),
+    Slot(SlotData),
+}
+
+impl RequestMem {
+    fn bytes(&self) -> &[u8] {
+        match self {
+            RequestMem::Anon(b) => b,
+            RequestMem::Slot(s) => s,
+        }
+    }
+
+    fn bytes_mut(&mut self) -> &mut [u8] {
+        match self {
+            RequestMem::Anon(b) => b,
+            RequestMem::Slot(s) => s,
+        }
+    }
+}
+
+/// The sending side of a worker: the device and, when the worker reads into a
+/// request slot, that slot's `answered` word and the unique it holds.
+pub(crate) struct DeviceTx {
+    chan: Channel,
+    slot: Option<(SlotMark, u64)>,
+}
+
+impl DeviceTx {
+    /// The request in the slot is answered (or needs no answer): say so in the slot.
+    #[inline]
+    fn answered(&mut self) {
+        if let Some((mark, unique)) = &mut self.slot {
+            mark.mark(*unique);
+        }
+    }
+}
+
 impl DeviceTransport {
     /// A transport on `chan` with buffers for requests of `read_size` bytes
-    /// (re-made when the session's size changes: [`Transport::fit`]).
-    pub(crate) fn new(chan: Channel, waker: &Waker, read_size: usize) -> io::Result<Self> {
+    /// (re-made when the session's size changes: [`Transport::fit`]); requests are
+    /// read into `slot` instead when given.
+    pub(crate) fn new(
+        chan: Channel,
+        waker: &Waker,
+        read_size: usize,
+        slot: Option<(SlotData, SlotMark)>,
+    ) -> io::Result<Self> {
         let idle = IdleWait::new(&chan, waker)?;
         let deferred: Arc<dyn ReplySender> = Arc::new(DeviceSender {
             chan: chan.try_clone()?,
         });
+        let (req, slot) = match slot {
+            Some((data, mark)) if data.len() >= read_size => {
+                (RequestMem::Slot(data), Some((mark, 0)))
+            }
+            Some((data, mark)) => {
+                log::error!(
+                    "request slot {} holds {} bytes, requests need {read_size}: this worker's \
+                     requests are not kept for crash recovery",
+                    mark.index(),
+                    data.len()
+                );
+                (RequestMem::Anon(RequestBuffer::with_len(read_size)?), None)
+            }
+            None => (RequestMem::Anon(RequestBuffer::with_len(read_size)?), None),
+        };
         Ok(DeviceTransport {
             deferred,
-            chan,
+            tx: DeviceTx { chan, slot },
             idle,
-            req: RequestBuffer::with_len(read_size)?,
+            req,
             out: RequestBuffer::with_len(crate::proto::PAYLOAD_OFFSET + read_size)?,
             len: 0,
             size: read_size,
@@ -59,12 +120,26 @@ impl DeviceTransport {
 }
 
 impl Transport for DeviceTransport {
-    type Sender = Channel;
+    type Sender = DeviceTx;
 
     fn fit(&mut self, read_size: usize) -> io::Result<()> {
         if read_size != self.size {
             self.size = read_size;
-            self.req = RequestBuffer::with_len(read_size)?;
+            match &self.req {
+                // A slot keeps serving while requests fit it.
+                RequestMem::Slot(s) if s.len() >= read_size => {}
+                RequestMem::Slot(_) => {
+                    log::error!(
+                        "requests of {read_size} bytes do not fit the request slot: this \
+                         worker's requests are no longer kept for crash recovery"
+                    );
+                    self.tx.slot = None;
+                    self.req = RequestMem::Anon(RequestBuffer::with_len(read_size)?);
+                }
+                RequestMem::Anon(_) => {
+                    self.req = RequestMem::Anon(RequestBuffer::with_len(read_size)?);
+                }
+            }
             self.out = RequestBuffer::with_len(crate::proto::PAYLOAD_OFFSET + read_size)?;
         }
         Ok(())
@@ -72,13 +147,18 @@ impl Transport for DeviceTransport {
 
     fn receive(&mut self, slot: &WorkerSlot, blocking: bool) -> io::Result<Event> {
         let received = if blocking {
-            self.chan.read(&mut self.req)?
+            self.tx.chan.read(self.req.bytes_mut())?
         } else {
-            self.idle.read(&self.chan, &mut self.req, &slot.waker)?
+            self.idle
+                .read(&self.tx.chan, self.req.bytes_mut(), &slot.waker)?
         };
         Ok(match received {
             Received::Request(n) => {
                 self.len = n;
+                if let (Some((_, unique)), RequestMem::Slot(data)) = (&mut self.tx.slot, &self.req)
+                {
+                    *unique = data.held_unique();
+                }
                 Event::Request(0)
             }
             Received::Woken => Event::Woken,
@@ -86,20 +166,26 @@ impl Transport for DeviceTransport {
         })
     }
 
-    fn exchange(&mut self, _: usize) -> Exchange<'_, Channel> {
+    fn exchange(&mut self, _: usize) -> Exchange<'_, DeviceTx> {
         Exchange {
-            request: Ok(&self.req[..self.len]),
+            request: Ok(&self.req.bytes()[..self.len]),
             space: ReplySpace::new(&mut self.out).deferring(&self.deferred, 0),
-            sender: &mut self.chan,
+            sender: &mut self.tx,
         }
     }
 
-    fn send(chan: &mut Channel, _: usize, reply: &ReplyParts<'_>) -> io::Result<Sent> {
-        write_parts(chan, reply)
+    fn send(tx: &mut DeviceTx, _: usize, reply: &ReplyParts<'_>) -> io::Result<Sent> {
+        let sent = write_parts(&tx.chan, reply);
+        if matches!(sent, Ok(Sent::Delivered | Sent::Gone)) {
+            tx.answered();
+        }
+        sent
     }
 
-    fn finish(_: &mut Channel, _: usize, _: Option<i32>) -> io::Result<()> {
-        // The device needs nothing for a request without a reply.
+    fn finish(tx: &mut DeviceTx, _: usize, _: Option<i32>) -> io::Result<()> {
+        // The device needs nothing for a request without a reply; a slot records it
+        // as done.
+        tx.answered();
         Ok(())
     }
 }

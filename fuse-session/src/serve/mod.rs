@@ -62,7 +62,7 @@ use std::time::{Duration, Instant};
 use fuse_wire::InitFlags;
 
 use crate::dev::uring::{self, UringQueue};
-use crate::dev::{Channel, Mount, MountError, MountOptions};
+use crate::dev::{Channel, Mount, MountError, MountOptions, RequestSlots, SlotData, SlotMark};
 use crate::fs::Filesystem;
 use crate::notify::Notifier;
 use crate::proto::session::lock;
@@ -71,12 +71,14 @@ use crate::proto::Session;
 mod control;
 mod device;
 mod poke;
+mod recover;
 mod ring;
 mod transport;
 
 use control::{Control, Mode, Phase, WorkerSlot};
 use device::DeviceTransport;
 use poke::{open_root, poke, poke_workers};
+pub use recover::{RecoveredRequests, RequestRecovery};
 use ring::RingTransport;
 use transport::{run_worker, Transport};
 
@@ -178,6 +180,8 @@ const URING_NO_HANDOFF: &str = "a mount served through io_uring cannot be handed
 pub struct Server<F: Filesystem> {
     session: Arc<Session<F>>,
     mount: Mount,
+    /// Request slots the `/dev/fuse` workers read into (one each), if any.
+    slots: Option<Arc<RequestSlots>>,
 }
 
 impl<F: Filesystem> Server<F> {
@@ -197,6 +201,7 @@ impl<F: Filesystem> Server<F> {
         Ok(Server {
             session: Arc::new(session),
             mount,
+            slots: None,
         })
     }
 
@@ -206,7 +211,19 @@ impl<F: Filesystem> Server<F> {
         Server {
             session: Arc::new(session),
             mount,
+            slots: None,
         }
+    }
+
+    /// Makes the `/dev/fuse` workers read requests into `slots` (worker `i` into slot
+    /// `i`), a memfd the daemon stores in the fd store
+    /// ([`REQUEST_SLOTS_FD`](crate::dev::fdstore::REQUEST_SLOTS_FD)): the requests
+    /// a crashed process had read and not answered can then be answered by its
+    /// successor on kernels without `NOTIFY_RESEND` ([`Server::recover_requests`]).
+    /// Workers beyond the slots' number read into buffers of their own (logged).
+    /// Not used by io_uring queues.
+    pub fn set_request_slots(&mut self, slots: Arc<RequestSlots>) {
+        self.slots = Some(slots);
     }
 
     /// The session.
@@ -353,7 +370,7 @@ impl<F: Filesystem> Server<F> {
             }
             log::warn!("{why}: serving through /dev/fuse instead");
             for i in 1..options.fallback_threads.max(1) {
-                let w = spawn_worker(i, &running.session, &running.device, &running.control)?;
+                let w = spawn_worker(i, &running.session, &running.device, &running.control, None)?;
                 lock(&running.workers).push(w);
             }
             running.enable_blocking_reads();
@@ -376,7 +393,11 @@ impl<F: Filesystem> Server<F> {
 
     /// Starts `threads` `/dev/fuse` workers.
     fn start(self, threads: usize) -> Result<Running<F>, ServeError> {
-        let Server { session, mount } = self;
+        let Server {
+            session,
+            mount,
+            slots,
+        } = self;
         let channel = mount.channel()?;
         let control = Arc::new(Control::default());
         if session.init_state().is_some() {
@@ -385,7 +406,20 @@ impl<F: Filesystem> Server<F> {
         }
         let mut workers = Vec::new();
         for i in 0..threads.max(1) {
-            workers.push(spawn_worker(i, &session, &channel, &control)?);
+            let slot = match &slots {
+                Some(s) if i < s.len() => Some(s.buffer(i as u32)?),
+                Some(s) => {
+                    log::warn!(
+                        "{} request slots for {} workers: worker {i}'s requests are not kept \
+                         for crash recovery",
+                        s.len(),
+                        threads
+                    );
+                    None
+                }
+                None => None,
+            };
+            workers.push(spawn_worker(i, &session, &channel, &control, slot)?);
         }
         let waiters = Arc::clone(&control.retrieve_waiters);
         Ok(Running {
@@ -531,11 +565,12 @@ fn spawn_worker<F: Filesystem>(
     session: &Arc<Session<F>>,
     channel: &Channel,
     control: &Arc<Control>,
+    request_slot: Option<(SlotData, SlotMark)>,
 ) -> io::Result<JoinHandle<io::Result<()>>> {
     let chan = channel.try_clone()?;
     let size = session.read_buffer_size();
     spawn_thread(format!("fuse-worker-{i}"), session, control, move |slot| {
-        DeviceTransport::new(chan, &slot.waker, size)
+        DeviceTransport::new(chan, &slot.waker, size, request_slot)
     })
 }
 

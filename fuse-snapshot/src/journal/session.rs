@@ -99,6 +99,19 @@ pub fn records_reply(opcode: Opcode) -> bool {
     )
 }
 
+/// True for requests that take the record gate in [`StepHook::accepted`] and keep
+/// it until their record: those whose reply is recorded, and FORGET/BATCH_FORGET,
+/// whose record carries a marker (their unique, an empty reply) saying they were
+/// applied, so that one found unanswered in a request slot after a crash is applied
+/// at most once ([`StepHook::applied_before`]).
+fn takes_gate(opcode: Opcode) -> bool {
+    records_reply(opcode) || is_forget(opcode)
+}
+
+fn is_forget(opcode: Opcode) -> bool {
+    matches!(opcode, Opcode::FORGET | Opcode::BATCH_FORGET)
+}
+
 /// One record's payload: the session's changes, the filesystem's (encoded), and a
 /// non-idempotent request's `(unique, reply)`.
 type Entry<F> = (
@@ -378,7 +391,7 @@ where
         if HOLDS.with(|h| h.replace(0)) == me {
             self.gate.give();
         }
-        if records_reply(request.opcode()) {
+        if takes_gate(request.opcode()) {
             self.gate.take();
             HOLDS.with(|h| h.set(me));
         }
@@ -386,11 +399,15 @@ where
 
     fn recorded_reply(&self, request: &Accepted<'_>, out: &mut [u8]) -> Option<usize> {
         let unique = request.unique();
-        if unique & UNIQUE_RESEND == 0 {
+        if unique & UNIQUE_RESEND == 0 || is_forget(request.opcode()) {
             return None;
         }
         let key = unique & !UNIQUE_RESEND;
         let copy = |reply: &[u8], out: &mut [u8]| {
+            // An empty entry is a FORGET's marker, never a reply.
+            if reply.is_empty() {
+                return None;
+            }
             let dst = out.get_mut(..reply.len())?;
             dst.copy_from_slice(reply);
             Some(reply.len())
@@ -437,6 +454,32 @@ where
             .then(|| (request.unique() & !UNIQUE_RESEND, reply.to_vec()));
         self.record(keep);
         self.gate.give();
+    }
+
+    fn finished(&self, request: &Accepted<'_>) {
+        // Only a request that took the gate in `accepted` (FORGET, BATCH_FORGET)
+        // records here: its effects and its marker in one record.
+        if HOLDS.with(|h| h.replace(0)) != self.me() {
+            return;
+        }
+        let marker =
+            is_forget(request.opcode()).then(|| (request.unique() & !UNIQUE_RESEND, Vec::new()));
+        self.record(marker);
+        self.gate.give();
+    }
+
+    fn applied_before(&self, request: &Accepted<'_>) -> Option<bool> {
+        if !is_forget(request.opcode()) {
+            return None;
+        }
+        let key = request.unique() & !UNIQUE_RESEND;
+        let marked = |r: &Vec<u8>| r.is_empty();
+        if self.recorded.get(&key).is_some_and(marked) {
+            return Some(true);
+        }
+        let live = self.live.get()?;
+        let live = lock(live);
+        Some(live.recent.iter().any(|(u, r)| *u == key && marked(r)))
     }
 }
 

@@ -1,0 +1,273 @@
+//! After a crash: getting the requests the dead process had read but not answered
+//! answered, by `NOTIFY_RESEND` where the kernel has it, else from the request
+//! slots ([`crate::dev::slots`]). One step for every daemon:
+//! [`Server::recover_requests`], before the workers read.
+use std::io::IoSlice;
+
+use fuse_wire::{abi, InitFlags, Opcode};
+
+use crate::dev::{RequestSlots, WriteOutcome};
+use crate::fs::Filesystem;
+use crate::proto::{Outcome, ReplySpace, OUT_HEADER_SIZE};
+use crate::serve::{ServeError, Server};
+
+/// How [`Server::recover_requests`] recovered the requests in flight.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum RequestRecovery {
+    /// `NOTIFY_RESEND` was sent: the kernel queues them again (bit 63 set).
+    Resent,
+    /// They were answered from the request slots, with their original uniques.
+    Slots,
+    /// Neither was possible (no `FUSE_HAS_RESEND` and no slots): the requests the
+    /// dead process read stay unanswered.
+    Nothing,
+}
+
+/// What [`Server::recover_requests`] did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RecoveredRequests {
+    /// Which way.
+    pub how: RequestRecovery,
+    /// Requests found held in the slots, unanswered.
+    pub held: usize,
+    /// Replies the kernel took.
+    pub answered: usize,
+    /// Replies the kernel refused (`ENOENT`): the dead process had answered them
+    /// after all (and died before recording it in its slot), or they were
+    /// interrupted. A lookup such a reply counted is taken back.
+    pub refused: usize,
+    /// FORGET/BATCH_FORGET applied now (the dead process had not).
+    pub forgets_applied: usize,
+    /// FORGET/BATCH_FORGET dropped: applied before, or not known to be
+    /// ([`StepHook::applied_before`](crate::StepHook::applied_before)).
+    pub forgets_dropped: usize,
+    /// INTERRUPT and NOTIFY_REPLY messages dropped (nothing waits for them).
+    pub dropped: usize,
+    /// Slots whose contents were invalid, skipped (logged).
+    pub damaged: usize,
+}
+
+impl RecoveredRequests {
+    fn new(how: RequestRecovery) -> Self {
+        RecoveredRequests {
+            how,
+            held: 0,
+            answered: 0,
+            refused: 0,
+            forgets_applied: 0,
+            forgets_dropped: 0,
+            dropped: 0,
+            damaged: 0,
+        }
+    }
+}
+
+impl<F: Filesystem> Server<F> {
+    /// Whether the kernel offered `FUSE_HAS_RESEND` (false before INIT).
+    pub fn kernel_has_resend(&self) -> bool {
+        self.session
+            .init_state()
+            .is_some_and(|i| i.offer.init_flags().contains(InitFlags::HAS_RESEND))
+    }
+
+    /// A restored session's recovery of the requests the dead process had read but
+    /// not answered. Call it once, before [`Server::spawn`] (no worker may read
+    /// yet), after the session's journal, if any, was resumed (replies go through
+    /// the session's hook).
+    ///
+    /// - With `allow_resend` and a kernel that has `FUSE_HAS_RESEND`: sends
+    ///   `NOTIFY_RESEND`; the kernel queues those requests again (bit 63 set) for
+    ///   the workers. The slots, if given, are marked answered.
+    /// - Otherwise, with `slots` (the dead process's, from the fd store): every
+    ///   request a slot holds unanswered is run through the session as a resent
+    ///   request (bit 63 set, so a journal answers it from its recorded reply
+    ///   instead of running it twice) and answered with its original unique, which
+    ///   the kernel still has in its processing list. A reply the kernel refuses
+    ///   (`ENOENT`: the dead process had answered it) takes back the lookup it
+    ///   counted, as any lost reply does: the session's counts may stay above the
+    ///   kernel's after a crash, never below. FORGET/BATCH_FORGET are applied only if
+    ///   the hook says the dead process had not ([`crate::StepHook::applied_before`]);
+    ///   INTERRUPT and NOTIFY_REPLY are dropped. Each slot is marked answered after.
+    /// - Otherwise nothing can be done (logged).
+    ///
+    /// A request the filesystem defers ([`crate::RequestContext::defer`]) is not
+    /// answered here (its deferred reply would carry bit 63 and be refused): daemons
+    /// that defer should rely on `NOTIFY_RESEND`.
+    ///
+    /// # Errors
+    /// Writing to the device or reading the slot file failing.
+    pub fn recover_requests(
+        &self,
+        slots: Option<&RequestSlots>,
+        allow_resend: bool,
+    ) -> Result<RecoveredRequests, ServeError> {
+        let chan = self.mount.channel()?;
+        if allow_resend && self.kernel_has_resend() {
+            let mut buf = [0u8; 64];
+            let n = fuse_wire::notify::resend(&mut buf, &self.session.negotiated())
+                .map_err(|e| std::io::Error::other(format!("encode NOTIFY_RESEND: {e}")))?;
+            match chan.write(&[IoSlice::new(&buf[..n])])? {
+                WriteOutcome::Closed => {
+                    return Err(ServeError::Io(std::io::Error::other(
+                        "NOTIFY_RESEND: the connection has ended",
+                    )))
+                }
+                WriteOutcome::Delivered | WriteOutcome::Gone => {}
+            }
+            let mut report = RecoveredRequests::new(RequestRecovery::Resent);
+            if let Some(slots) = slots {
+                // The kernel resends what they hold: a later recovery must not answer
+                // those again from the slots.
+                let scan = slots.scan()?;
+                report.held = scan.held.len();
+                for h in &scan.held {
+                    slots.mark_answered(h.slot, h.unique)?;
+                }
+            }
+            return Ok(report);
+        }
+        let Some(slots) = slots else {
+            log::warn!(
+                "the kernel cannot resend requests (no FUSE_HAS_RESEND, or not asked to) and \
+                 there are no request slots: the requests the dead process had read stay \
+                 unanswered"
+            );
+            return Ok(RecoveredRequests::new(RequestRecovery::Nothing));
+        };
+        let scan = slots.scan()?;
+        let mut report = RecoveredRequests::new(RequestRecovery::Slots);
+        report.held = scan.held.len();
+        report.damaged = scan.damaged.len();
+        for (i, why) in &scan.damaged {
+            log::warn!("request slot {i} skipped: {why}");
+        }
+        let mut out = vec![0u8; self.session.reply_buffer_size()];
+        for held in &scan.held {
+            let opcode = Opcode(held.opcode);
+            if matches!(opcode, Opcode::INTERRUPT | Opcode::NOTIFY_REPLY) {
+                report.dropped += 1;
+                slots.mark_answered(held.slot, held.unique)?;
+                continue;
+            }
+            // Presented as the kernel would resend it (bit 63), so that a journal
+            // answers it from its recorded reply.
+            let mut bytes = held.bytes.clone();
+            let resent = held.unique | abi::FUSE_UNIQUE_RESEND;
+            if let Some(u) = bytes.get_mut(8..16) {
+                u.copy_from_slice(&resent.to_ne_bytes());
+            }
+            let accepted = self.session.accept(&bytes);
+            if !accepted.has_header() {
+                report.damaged += 1;
+                log::warn!(
+                    "request slot {}: unique {:#x} does not parse: skipped",
+                    held.slot,
+                    held.unique
+                );
+                slots.mark_answered(held.slot, held.unique)?;
+                continue;
+            }
+            if opcode.is_unanswered() {
+                // FORGET or BATCH_FORGET.
+                let apply = self.session.applied_before(&accepted) == Some(false);
+                if apply {
+                    let outcome = self.session.call(&accepted, ReplySpace::new(&mut out));
+                    self.session.respond(&accepted, &outcome);
+                    report.forgets_applied += 1;
+                } else {
+                    // Not run: the hook still sees it end (a journal releases what
+                    // it took for it in `accepted`).
+                    self.session.respond(&accepted, &Outcome::NoReply);
+                    report.forgets_dropped += 1;
+                }
+                log::info!(
+                    "request slot {}: {opcode:?} unique={:#x} {}",
+                    held.slot,
+                    held.unique,
+                    if apply {
+                        "applied"
+                    } else {
+                        "dropped (applied before, or not known)"
+                    }
+                );
+                slots.mark_answered(held.slot, held.unique)?;
+                continue;
+            }
+            let outcome = self.session.call(&accepted, ReplySpace::new(&mut out));
+            self.session.respond(&accepted, &outcome);
+            match &outcome {
+                Outcome::Reply(parts) => {
+                    // The original unique: the kernel knows the request by it.
+                    let mut header = *parts.header();
+                    header[8..16].copy_from_slice(&held.unique.to_ne_bytes());
+                    let body = match parts.header_and_body() {
+                        Some(whole) => whole.get(OUT_HEADER_SIZE..).unwrap_or(&[]),
+                        None => parts.body(),
+                    };
+                    let iov = [
+                        IoSlice::new(&header),
+                        IoSlice::new(body),
+                        IoSlice::new(parts.data()),
+                    ];
+                    let sent = chan.write(&iov);
+                    match sent {
+                        Ok(WriteOutcome::Delivered) => {
+                            report.answered += 1;
+                            log::info!(
+                                "request slot {}: {opcode:?} unique={:#x} answered",
+                                held.slot,
+                                held.unique
+                            );
+                        }
+                        Ok(WriteOutcome::Gone) => {
+                            report.refused += 1;
+                            log::info!(
+                                "request slot {}: {opcode:?} unique={:#x}: the kernel refused \
+                                 the reply (answered before the crash, or interrupted)",
+                                held.slot,
+                                held.unique
+                            );
+                            if let Some(id) = parts.counted() {
+                                self.session.reply_lost(id);
+                            }
+                        }
+                        Ok(WriteOutcome::Closed) => {
+                            return Err(ServeError::Io(std::io::Error::other(
+                                "the connection ended while answering held requests",
+                            )))
+                        }
+                        Err(e) => {
+                            log::error!(
+                                "request slot {}: {opcode:?} unique={:#x}: the reply failed: {e}",
+                                held.slot,
+                                held.unique
+                            );
+                            if let Some(id) = parts.counted() {
+                                self.session.reply_lost(id);
+                            }
+                        }
+                    }
+                }
+                Outcome::Deferred => log::warn!(
+                    "request slot {}: {opcode:?} unique={:#x} was deferred by the filesystem: \
+                     its reply cannot reach the kernel",
+                    held.slot,
+                    held.unique
+                ),
+                Outcome::NoReply | Outcome::Retrieved { .. } => {}
+                Outcome::Dropped(e) => log::warn!(
+                    "request slot {}: unique={:#x} dropped: {e}",
+                    held.slot,
+                    held.unique
+                ),
+            }
+            slots.mark_answered(held.slot, held.unique)?;
+        }
+        if report.held > 0 || report.damaged > 0 {
+            log::warn!("requests held in the slots at the crash: {report:?}");
+        }
+        Ok(report)
+    }
+}
