@@ -252,9 +252,22 @@ impl Drop for Cleanup {
 
 #[test]
 fn memfs_survives_repeated_sigkill_under_the_keeper() {
-    if std::env::var_os(WORKER_ENV).is_some()
-        || !common::can_mount("memfs_survives_repeated_sigkill_under_the_keeper")
-    {
+    survives_repeated_sigkill("memfs_survives_repeated_sigkill_under_the_keeper", &[]);
+}
+
+/// The same without `NOTIFY_RESEND`: the requests each dead daemon had read and not
+/// answered are answered from its request slots.
+#[test]
+fn memfs_survives_repeated_sigkill_without_resend() {
+    survives_repeated_sigkill(
+        "memfs_survives_repeated_sigkill_without_resend",
+        &["--no-resend"],
+    );
+}
+
+/// The kill -9 run, with `memfs_args` added to memfs's command line.
+fn survives_repeated_sigkill(test: &str, memfs_args: &[&str]) {
+    if std::env::var_os(WORKER_ENV).is_some() || !common::can_mount(test) {
         return;
     }
     let kills: u32 = std::env::var("FUSE_LIVE_CRASH_KILLS")
@@ -265,7 +278,7 @@ fn memfs_survives_repeated_sigkill_under_the_keeper() {
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(1, |d| d.as_nanos() as u64)
         | 1;
-    eprintln!("crash test: {kills} kills, seed {seed}");
+    eprintln!("crash test {memfs_args:?}: {kills} kills, seed {seed}");
     let mut rng = Rng(seed);
     let dir = common::temp_dir("crash");
     let mnt = dir.join("mnt");
@@ -277,6 +290,7 @@ fn memfs_survives_repeated_sigkill_under_the_keeper() {
         .arg(&memfs)
         .arg(&mnt)
         .args(["--threads", "2"])
+        .args(memfs_args)
         .env(
             "RUST_LOG",
             std::env::var("CRASH_RUST_LOG").unwrap_or_else(|_| "warn".into()),
