@@ -388,6 +388,22 @@ fn survives_repeated_sigkill(test: &str, memfs_args: &[&str]) {
         total += ops.unwrap_or(0);
     }
     guard.workers.clear();
+    // memfs logs how each recovery got the requests in flight answered.
+    let recoveries = log_text()
+        .lines()
+        .filter(|l| l.contains("requests in flight at the crash"))
+        .map(|l| (l.contains("how: Slots"), !l.contains("held: 0,")))
+        .fold((0, 0, 0), |(n, s, h), (slots, held)| {
+            (
+                n + 1,
+                s + usize::from(slots),
+                h + usize::from(slots && held),
+            )
+        });
+    eprintln!(
+        "crash test: {} recoveries, {} from request slots, {} of them with requests held",
+        recoveries.0, recoveries.1, recoveries.2
+    );
     eprintln!(
         "crash test: {kills} SIGKILLs survived, {total} operations by {WORKERS} workers, 0 failed"
     );

@@ -72,7 +72,8 @@ use std::os::fd::AsFd;
 
 use fuse_session::dev::fdstore::{FdStore, JOURNAL_FD, REQUEST_SLOTS_FD};
 use fuse_session::dev::{JournalMap, RequestSlots};
-use fuse_session::Session;
+use fuse_session::wire::Opcode;
+use fuse_session::{Accepted, ReplyParts, Session, StepHook};
 use fuse_snapshot::handoff::{self, Ended, HandoffOptions, Takeover, UpgradeListener};
 use fuse_snapshot::journal::session::{recover_session, JournalHook, RecoveredSession};
 use fuse_snapshot::journal::JournalOptions;
@@ -385,7 +386,8 @@ fn serve_journaled(args: &Args, mut store: FdStore) -> Result<(), Box<dyn std::e
                 recovered.replies,
                 recovered.log_end()
             );
-            let (session, hook, map, rec) = recovered.into_parts();
+            let (mut session, hook, map, rec) = recovered.into_parts();
+            session.set_hook(crash_test_hook(&hook));
             // The dead process's request slots (absent if it predates them).
             let old_slots = match store.take(REQUEST_SLOTS_FD).map(RequestSlots::from_fd) {
                 Some(Ok(s)) => Some(s),
@@ -441,7 +443,7 @@ fn serve_journaled(args: &Args, mut store: FdStore) -> Result<(), Box<dyn std::e
             let mount = fuse_session::dev::mount(&mountpoint, &opts)?;
             let mut session = Session::new(fs);
             let hook = JournalHook::<MemFs>::new(options);
-            session.set_hook(hook.clone());
+            session.set_hook(crash_test_hook(&hook));
             let mut server = Server::from_parts(session, mount);
             // Sized for requests before INIT (the largest the kernel may send).
             let slots = Arc::new(RequestSlots::memfd(
@@ -467,6 +469,104 @@ fn serve_journaled(args: &Args, mut store: FdStore) -> Result<(), Box<dyn std::e
     let served = serve_until_done(&running, None, args);
     let _ = store.stopping();
     served
+}
+
+/// Test hooks for the crash-recovery tests (environment variable `MEMFS_CRASH_TEST`,
+/// read under a fd store), each acting once: it first creates the file MARKER, and
+/// does nothing when MARKER exists already (the restarted process).
+/// - `hold-mkdir:NAME:MARKER`: a MKDIR of NAME never returns (a request held in the
+///   filesystem when the test kills the process);
+/// - `die-after-record:NAME:MARKER`: right after the journal recorded the reply of a
+///   CREATE of NAME, before it is sent, the process SIGKILLs itself.
+const CRASH_TEST_HOOK: &str = "MEMFS_CRASH_TEST";
+
+/// The session's hook: the journal's, wrapped by [`CrashTest`] when
+/// `MEMFS_CRASH_TEST` asks for it.
+fn crash_test_hook(journal: &Arc<JournalHook<MemFs>>) -> Arc<dyn StepHook> {
+    let spec = std::env::var(CRASH_TEST_HOOK).unwrap_or_default();
+    let mut parts = spec.splitn(3, ':');
+    let (mode, name, marker) = (parts.next(), parts.next(), parts.next());
+    let (Some(mode), Some(name), Some(marker)) = (mode, name, marker) else {
+        return journal.clone();
+    };
+    let hold = match mode {
+        "hold-mkdir" => true,
+        "die-after-record" => false,
+        _ => {
+            log::error!("{CRASH_TEST_HOOK}: unknown hook {mode:?}, ignored");
+            return journal.clone();
+        }
+    };
+    Arc::new(CrashTest {
+        inner: journal.clone(),
+        hold,
+        name: name.as_bytes().to_vec(),
+        marker: PathBuf::from(marker),
+    })
+}
+
+/// See [`CRASH_TEST_HOOK`].
+struct CrashTest {
+    inner: Arc<JournalHook<MemFs>>,
+    /// `hold-mkdir` (else `die-after-record`).
+    hold: bool,
+    name: Vec<u8>,
+    marker: PathBuf,
+}
+
+impl CrashTest {
+    /// The request names NAME (its bytes hold `NAME\0`) and this is the first time.
+    fn fires(&self, request: &Accepted<'_>, opcode: Opcode) -> bool {
+        let n = self.name.len();
+        request.opcode() == opcode
+            && request
+                .bytes()
+                .windows(n + 1)
+                .any(|w| w[..n] == self.name[..] && w[n] == 0)
+            && std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&self.marker)
+                .is_ok()
+    }
+}
+
+impl StepHook for CrashTest {
+    fn accepted(&self, request: &Accepted<'_>) {
+        if self.hold && self.fires(request, Opcode::MKDIR) {
+            log::warn!(
+                "{CRASH_TEST_HOOK}: holding MKDIR unique={:#x}",
+                request.unique()
+            );
+            loop {
+                std::thread::sleep(Duration::from_secs(3600));
+            }
+        }
+        self.inner.accepted(request);
+    }
+
+    fn recorded_reply(&self, request: &Accepted<'_>, out: &mut [u8]) -> Option<usize> {
+        self.inner.recorded_reply(request, out)
+    }
+
+    fn responding(&self, request: &Accepted<'_>, reply: &ReplyParts<'_>) {
+        self.inner.responding(request, reply);
+        if !self.hold && self.fires(request, Opcode::CREATE) {
+            log::warn!(
+                "{CRASH_TEST_HOOK}: dying after recording CREATE unique={:#x}",
+                request.unique()
+            );
+            let _ = nix::sys::signal::raise(nix::sys::signal::Signal::SIGKILL);
+        }
+    }
+
+    fn finished(&self, request: &Accepted<'_>) {
+        self.inner.finished(request);
+    }
+
+    fn applied_before(&self, request: &Accepted<'_>) -> Option<bool> {
+        self.inner.applied_before(request)
+    }
 }
 
 fn ready(mountpoint: &str) -> std::io::Result<()> {

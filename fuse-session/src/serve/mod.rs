@@ -78,7 +78,7 @@ mod transport;
 use control::{Control, Mode, Phase, WorkerSlot};
 use device::DeviceTransport;
 use poke::{open_root, poke, poke_workers};
-pub use recover::{RecoveredRequests, RequestRecovery};
+pub use recover::{kernel_has_resend, recover_requests, RecoveredRequests, RequestRecovery};
 use ring::RingTransport;
 use transport::{run_worker, Transport};
 

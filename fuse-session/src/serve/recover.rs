@@ -6,9 +6,9 @@ use std::io::IoSlice;
 
 use fuse_wire::{abi, InitFlags, Opcode};
 
-use crate::dev::{RequestSlots, WriteOutcome};
+use crate::dev::{Channel, RequestSlots, WriteOutcome};
 use crate::fs::Filesystem;
-use crate::proto::{Outcome, ReplySpace, OUT_HEADER_SIZE};
+use crate::proto::{Outcome, ReplySpace, Session, OUT_HEADER_SIZE};
 use crate::serve::{ServeError, Server};
 
 /// How [`Server::recover_requests`] recovered the requests in flight.
@@ -67,9 +67,7 @@ impl RecoveredRequests {
 impl<F: Filesystem> Server<F> {
     /// Whether the kernel offered `FUSE_HAS_RESEND` (false before INIT).
     pub fn kernel_has_resend(&self) -> bool {
-        self.session
-            .init_state()
-            .is_some_and(|i| i.offer.init_flags().contains(InitFlags::HAS_RESEND))
+        kernel_has_resend(&self.session)
     }
 
     /// A restored session's recovery of the requests the dead process had read but
@@ -103,10 +101,32 @@ impl<F: Filesystem> Server<F> {
         slots: Option<&RequestSlots>,
         allow_resend: bool,
     ) -> Result<RecoveredRequests, ServeError> {
-        let chan = self.mount.channel()?;
-        if allow_resend && self.kernel_has_resend() {
+        recover_requests(&self.session, &self.mount.channel()?, slots, allow_resend)
+    }
+}
+
+/// Whether the kernel offered `session` `FUSE_HAS_RESEND` (false before INIT).
+pub fn kernel_has_resend<F: Filesystem>(session: &Session<F>) -> bool {
+    session
+        .init_state()
+        .is_some_and(|i| i.offer.init_flags().contains(InitFlags::HAS_RESEND))
+}
+
+/// [`Server::recover_requests`] for a session and a device descriptor of its
+/// connection held apart (no worker may read the device meanwhile).
+///
+/// # Errors
+/// As [`Server::recover_requests`].
+pub fn recover_requests<F: Filesystem>(
+    session: &Session<F>,
+    chan: &Channel,
+    slots: Option<&RequestSlots>,
+    allow_resend: bool,
+) -> Result<RecoveredRequests, ServeError> {
+    {
+        if allow_resend && kernel_has_resend(session) {
             let mut buf = [0u8; 64];
-            let n = fuse_wire::notify::resend(&mut buf, &self.session.negotiated())
+            let n = fuse_wire::notify::resend(&mut buf, &session.negotiated())
                 .map_err(|e| std::io::Error::other(format!("encode NOTIFY_RESEND: {e}")))?;
             match chan.write(&[IoSlice::new(&buf[..n])])? {
                 WriteOutcome::Closed => {
@@ -143,7 +163,7 @@ impl<F: Filesystem> Server<F> {
         for (i, why) in &scan.damaged {
             log::warn!("request slot {i} skipped: {why}");
         }
-        let mut out = vec![0u8; self.session.reply_buffer_size()];
+        let mut out = vec![0u8; session.reply_buffer_size()];
         for held in &scan.held {
             let opcode = Opcode(held.opcode);
             if matches!(opcode, Opcode::INTERRUPT | Opcode::NOTIFY_REPLY) {
@@ -158,7 +178,7 @@ impl<F: Filesystem> Server<F> {
             if let Some(u) = bytes.get_mut(8..16) {
                 u.copy_from_slice(&resent.to_ne_bytes());
             }
-            let accepted = self.session.accept(&bytes);
+            let accepted = session.accept(&bytes);
             if !accepted.has_header() {
                 report.damaged += 1;
                 log::warn!(
@@ -171,15 +191,15 @@ impl<F: Filesystem> Server<F> {
             }
             if opcode.is_unanswered() {
                 // FORGET or BATCH_FORGET.
-                let apply = self.session.applied_before(&accepted) == Some(false);
+                let apply = session.applied_before(&accepted) == Some(false);
                 if apply {
-                    let outcome = self.session.call(&accepted, ReplySpace::new(&mut out));
-                    self.session.respond(&accepted, &outcome);
+                    let outcome = session.call(&accepted, ReplySpace::new(&mut out));
+                    session.respond(&accepted, &outcome);
                     report.forgets_applied += 1;
                 } else {
                     // Not run: the hook still sees it end (a journal releases what
                     // it took for it in `accepted`).
-                    self.session.respond(&accepted, &Outcome::NoReply);
+                    session.respond(&accepted, &Outcome::NoReply);
                     report.forgets_dropped += 1;
                 }
                 log::info!(
@@ -195,8 +215,8 @@ impl<F: Filesystem> Server<F> {
                 slots.mark_answered(held.slot, held.unique)?;
                 continue;
             }
-            let outcome = self.session.call(&accepted, ReplySpace::new(&mut out));
-            self.session.respond(&accepted, &outcome);
+            let outcome = session.call(&accepted, ReplySpace::new(&mut out));
+            session.respond(&accepted, &outcome);
             match &outcome {
                 Outcome::Reply(parts) => {
                     // The original unique: the kernel knows the request by it.
@@ -230,7 +250,7 @@ impl<F: Filesystem> Server<F> {
                                 held.unique
                             );
                             if let Some(id) = parts.counted() {
-                                self.session.reply_lost(id);
+                                session.reply_lost(id);
                             }
                         }
                         Ok(WriteOutcome::Closed) => {
@@ -245,7 +265,7 @@ impl<F: Filesystem> Server<F> {
                                 held.unique
                             );
                             if let Some(id) = parts.counted() {
-                                self.session.reply_lost(id);
+                                session.reply_lost(id);
                             }
                         }
                     }
