@@ -389,20 +389,29 @@ fn survives_repeated_sigkill(test: &str, memfs_args: &[&str]) {
     }
     guard.workers.clear();
     // memfs logs how each recovery got the requests in flight answered.
-    let recoveries = log_text()
+    let text = log_text();
+    let field = |l: &str, name: &str| -> u64 {
+        l.split(&format!("{name}: "))
+            .nth(1)
+            .and_then(|r| r.split([',', ' ']).next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0)
+    };
+    let (mut n, mut slots, mut answered, mut refused) = (0, 0, 0, 0);
+    for l in text
         .lines()
         .filter(|l| l.contains("requests in flight at the crash"))
-        .map(|l| (l.contains("how: Slots"), !l.contains("held: 0,")))
-        .fold((0, 0, 0), |(n, s, h), (slots, held)| {
-            (
-                n + 1,
-                s + usize::from(slots),
-                h + usize::from(slots && held),
-            )
-        });
+    {
+        n += 1;
+        if l.contains("how: Slots") {
+            slots += 1;
+            answered += field(l, "answered");
+            refused += field(l, "refused");
+        }
+    }
     eprintln!(
-        "crash test: {} recoveries, {} from request slots, {} of them with requests held",
-        recoveries.0, recoveries.1, recoveries.2
+        "crash test: {n} recoveries, {slots} from request slots: {answered} requests \
+         answered from them, {refused} refused by the kernel"
     );
     eprintln!(
         "crash test: {kills} SIGKILLs survived, {total} operations by {WORKERS} workers, 0 failed"

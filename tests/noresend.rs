@@ -104,7 +104,11 @@ fn a_refused_slot_reply_takes_its_lookup_back() {
     assert_eq!(report.how, RequestRecovery::Slots);
     assert_eq!((report.held, report.answered, report.refused), (1, 0, 1));
     // Run again it counted a lookup; refused, it took it back.
-    assert_eq!(session.lookup_count(id), before, "lookup count after a refusal");
+    assert_eq!(
+        session.lookup_count(id),
+        before,
+        "lookup count after a refusal"
+    );
     // Marked answered: a second recovery finds nothing.
     let again = recover_requests(&session, &chan, Some(&slots), false).expect("recover");
     assert_eq!(again.held, 0);
@@ -328,7 +332,8 @@ fn a_recorded_create_is_answered_from_the_journal_not_run_twice() {
     k.next_ready("after memfs killed itself");
     assert!(k.marker().exists(), "the hook fired");
     // The handle the recorded reply gave works.
-    f.write_all(b"once").expect("write through the recorded handle");
+    f.write_all(b"once")
+        .expect("write through the recorded handle");
     f.rewind().expect("seek");
     let mut back = String::new();
     f.read_to_string(&mut back).expect("read back");

@@ -539,6 +539,93 @@ impl SlotMark {
     }
 }
 
+/// Fuzz logic for the slot format, kept in the library so that the
+/// `request_slots` target in `fuzz/` is a one-line wrapper and its corpus replays
+/// under plain `cargo test` (`fuse-session/tests/slots_fuzz_corpus.rs`).
+#[doc(hidden)]
+pub mod fuzzing {
+    use super::*;
+
+    /// A valid image of `slots` slots of 8 KiB (page 4 KiB), nothing held.
+    pub fn image(slots: u32) -> Vec<u8> {
+        let geo = SlotGeometry::new(4096, slots.clamp(1, 8), 8192).unwrap_or(SlotGeometry {
+            page: 4096,
+            slots: 1,
+            data_len: 8192,
+        });
+        let mut v = vec![0u8; geo.file_len() as usize];
+        v[..FILE_HEADER].copy_from_slice(&geo.encode());
+        for i in 0..geo.slots {
+            let at = geo.slot_offset(i) as usize;
+            v[at..at + 8].copy_from_slice(SLOT_MAGIC);
+            v[at + 8..at + 12].copy_from_slice(&i.to_le_bytes());
+            let c = fnv64(&v[at..at + 16]);
+            v[at + 16..at + 24].copy_from_slice(&c.to_le_bytes());
+        }
+        v
+    }
+
+    /// The fuzz target. The first byte selects a mode:
+    ///
+    /// - `0`: the rest is a whole slot file;
+    /// - `1`: byte 1 gives the number of slots (1 to 8) of a valid image; the rest,
+    ///   in groups of 3 (`pos u16 LE` scaled to the image, `value`), are bytes
+    ///   stored into it (request headers, `answered` words, damage).
+    ///
+    /// [`scan_slots`] must not panic, and what it reports must hold: every held
+    /// request is as long as its header says, within a data area, with a unique
+    /// that has bit 63 clear and is held by no other slot, and held + idle +
+    /// damaged slots add up to the slots the header declares.
+    pub fn request_slots(data: &[u8]) {
+        let Some(image) = build(data) else {
+            return;
+        };
+        check(&image);
+    }
+
+    /// The slot file a fuzz input describes (see [`request_slots`]).
+    pub fn build(data: &[u8]) -> Option<Vec<u8>> {
+        let (&mode, rest) = data.split_first()?;
+        let image = match mode {
+            0 => rest.to_vec(),
+            1 => {
+                let (&n, writes) = rest.split_first()?;
+                let mut v = image(1 + u32::from(n % 8));
+                let len = v.len();
+                for w in writes.chunks_exact(3) {
+                    let pos = usize::from(u16::from_le_bytes([w[0], w[1]])) * len / 65536;
+                    v[pos] = w[2];
+                }
+                v
+            }
+            _ => return None,
+        };
+        Some(image)
+    }
+
+    /// Scans `image` and checks what [`request_slots`] promises.
+    fn check(image: &[u8]) {
+        let Ok(scan) = scan_slots(image) else {
+            return;
+        };
+        let geo = SlotGeometry::read(image).expect("scan accepted the header");
+        let mut seen = std::collections::BTreeSet::new();
+        for h in &scan.held {
+            assert!(h.slot < geo.slots);
+            assert!(h.bytes.len() >= IN_HEADER && h.bytes.len() as u64 <= geo.data_len);
+            assert_eq!(ne_u32(&h.bytes, 0), Some(h.bytes.len() as u32));
+            assert_eq!(ne_u64(&h.bytes, 8), Some(h.unique));
+            assert_eq!(h.unique & abi::FUSE_UNIQUE_RESEND, 0);
+            assert!(h.unique != 0);
+            assert!(seen.insert(h.unique), "a unique held twice");
+        }
+        assert_eq!(
+            scan.held.len() + scan.idle as usize + scan.damaged.len(),
+            geo.slots as usize
+        );
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
