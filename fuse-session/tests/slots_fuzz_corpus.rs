@@ -53,8 +53,8 @@ fn seeds_reach_their_cases() {
     assert_eq!((s.held.len(), s.idle, s.damaged.len()), (1, 1, 1), "{s:?}");
     assert_eq!((s.held[0].unique, s.held[0].bytes.len()), (10, 48));
     let s = scan("seed-duplicate-resend-bit").expect("valid header");
-    assert_eq!((s.held.len(), s.damaged.len()), (1, 2), "{s:?}");
-    assert_eq!(s.held[0].slot, 0);
+    assert_eq!((s.held.len(), s.damaged.len()), (2, 1), "{s:?}");
+    assert_eq!((s.held[0].slot, s.held[1].slot), (0, 2));
     let s = scan("seed-image-empty").expect("valid header");
     assert_eq!((s.held.len(), s.idle), (0, 2));
     assert!(scan("seed-image-cut").is_err());

@@ -240,7 +240,7 @@ impl SlotGeometry {
 pub struct HeldRequest {
     /// The slot's index.
     pub slot: u32,
-    /// The request's unique, as the kernel sent it (bit 63 clear).
+    /// The request's unique, as the kernel sent it (bit 63 set if it was resent).
     pub unique: u64,
     /// The request's opcode (from its header; not checked against known opcodes).
     pub opcode: u32,
@@ -317,8 +317,10 @@ fn read_slot(
     if unique == answered {
         return Ok(None);
     }
-    if unique == 0 || unique & abi::FUSE_UNIQUE_RESEND != 0 {
-        return Err(format!("impossible unique {unique:#x}"));
+    // Bit 63 may be set: a request the kernel resent (after NOTIFY_RESEND) is
+    // known to it by that unique.
+    if unique == 0 {
+        return Err("unique 0 (a notification's, never a request's)".into());
     }
     if (len as usize) < IN_HEADER || u64::from(len) > geo.data_len {
         return Err(format!(
@@ -574,7 +576,7 @@ pub mod fuzzing {
     ///
     /// [`scan_slots`] must not panic, and what it reports must hold: every held
     /// request is as long as its header says, within a data area, with a unique
-    /// that has bit 63 clear and is held by no other slot, and held + idle +
+    /// that is not zero and is held by no other slot, and held + idle +
     /// damaged slots add up to the slots the header declares.
     pub fn request_slots(data: &[u8]) {
         let Some(image) = build(data) else {
@@ -615,7 +617,6 @@ pub mod fuzzing {
             assert!(h.bytes.len() >= IN_HEADER && h.bytes.len() as u64 <= geo.data_len);
             assert_eq!(ne_u32(&h.bytes, 0), Some(h.bytes.len() as u32));
             assert_eq!(ne_u64(&h.bytes, 8), Some(h.unique));
-            assert_eq!(h.unique & abi::FUSE_UNIQUE_RESEND, 0);
             assert!(h.unique != 0);
             assert!(seen.insert(h.unique), "a unique held twice");
         }
@@ -676,14 +677,15 @@ mod tests {
     }
 
     #[test]
-    fn duplicate_and_resend_bit_are_damage() {
+    fn duplicates_are_damage_and_the_resend_bit_is_kept() {
         let (geo, mut v) = image(3);
         put_request(&mut v, &geo, 0, 10, 40);
         put_request(&mut v, &geo, 1, 10, 40);
         put_request(&mut v, &geo, 2, 10 | abi::FUSE_UNIQUE_RESEND, 40);
         let s = scan_slots(&v[..]).unwrap();
-        assert_eq!(s.held.len(), 1);
-        assert_eq!(s.damaged.len(), 2);
+        assert_eq!(s.held.len(), 2);
+        assert_eq!(s.held[1].unique, 10 | abi::FUSE_UNIQUE_RESEND);
+        assert_eq!(s.damaged.len(), 1);
     }
 
     #[test]
@@ -764,7 +766,7 @@ mod tests {
                 for h in &s.held {
                     prop_assert!(h.bytes.len() >= IN_HEADER);
                     prop_assert!(h.bytes.len() as u64 <= geo.data_len);
-                    prop_assert_eq!(h.unique & abi::FUSE_UNIQUE_RESEND, 0);
+                    prop_assert!(h.unique != 0);
                 }
             }
         }
