@@ -355,3 +355,64 @@ fn a_recorded_create_is_answered_from_the_journal_not_run_twice() {
     );
     k.stop();
 }
+
+/// A FORGET request as the kernel sends it: `fuse_in_header` and `fuse_forget_in`.
+fn forget_bytes(unique: u64, nodeid: u64, nlookup: u64) -> Vec<u8> {
+    let mut b = Vec::with_capacity(48);
+    b.extend_from_slice(&48u32.to_ne_bytes());
+    b.extend_from_slice(&2u32.to_ne_bytes()); // FUSE_FORGET
+    b.extend_from_slice(&unique.to_ne_bytes());
+    b.extend_from_slice(&nodeid.to_ne_bytes());
+    b.extend_from_slice(&[0u8; 16]); // uid, gid, pid, total_extlen, padding
+    b.extend_from_slice(&nlookup.to_ne_bytes());
+    b
+}
+
+#[test]
+fn a_journaled_forget_is_marked_so_a_slot_copy_is_not_applied_twice() {
+    use fuse_live::session::fake::FakeKernel;
+    use fuse_live::snapshot::journal::session::{recover_session, JournalHook};
+    use fuse_live::snapshot::journal::JournalOptions;
+    use fuse_live::snapshot::FdRestorer;
+    use fuse_live::InitFlags;
+
+    let fs = MemFs::new(
+        0,
+        0,
+        1 << 30,
+        Config {
+            ttl: Duration::ZERO,
+        },
+    );
+    let mut k = FakeKernel::new(fs);
+    k.init(45, InitFlags::INIT_EXT);
+    let mut session = k.into_session();
+    let hook = JournalHook::<MemFs>::new(JournalOptions::default());
+    session.set_hook(hook.clone());
+    let session = Arc::new(session);
+    let map = fuse_live::session::dev::JournalMap::memfd("forget-test", 1 << 26).expect("memfd");
+    let fd = map.fd().try_clone_to_owned().expect("dup");
+    hook.start(&session, map).expect("start the journal");
+    // A FORGET served: its record carries its marker.
+    let mut out = vec![0u8; session.reply_buffer_size()];
+    let f = forget_bytes(77, 1, 1);
+    let outcome = session.handle(&f, &mut out);
+    assert!(matches!(outcome, fuse_live::session::Outcome::NoReply));
+    // The crash: a new process recovers from the journal.
+    let map = fuse_live::session::dev::JournalMap::from_fd(fd, 1 << 26).expect("map");
+    let recovered =
+        recover_session::<MemFs>(map, &mut FdRestorer::empty(), JournalOptions::default())
+            .expect("recover");
+    let (session, _hook, _map, _rec) = recovered.into_parts();
+    let ask = |unique: u64| {
+        // As recover_requests presents a slot's request: resent.
+        let bytes = forget_bytes(unique | (1 << 63), 1, 1);
+        let accepted = session.accept(&bytes);
+        let applied = session.applied_before(&accepted);
+        // Not run: the hook releases what it took in `accepted`.
+        session.respond(&accepted, &fuse_live::session::Outcome::NoReply);
+        applied
+    };
+    assert_eq!(ask(77), Some(true), "the served FORGET is known applied");
+    assert_eq!(ask(79), Some(false), "another FORGET is known not applied");
+}

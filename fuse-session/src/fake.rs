@@ -66,6 +66,11 @@ impl<F: Filesystem> FakeKernel<F> {
         &self.session
     }
 
+    /// The session, taken out (e.g. to serve it elsewhere after INIT).
+    pub fn into_session(self) -> Session<F> {
+        self.session
+    }
+
     /// The kernel's lookup count per nodeid (nodeids with a zero count are absent).
     pub fn kernel_lookups(&self) -> &BTreeMap<u64, u64> {
         &self.lookups

@@ -210,6 +210,8 @@ pub struct JournalHook<F: Precopy> {
     live: OnceLock<Mutex<Live<F>>>,
     /// Replies recovered from the journal, by unique (without the resend bit).
     recorded: HashMap<u64, Vec<u8>>,
+    /// Made by [`recover_session`]: `recorded` holds every marker the journal had.
+    recovered: bool,
     options: JournalOptions,
 }
 
@@ -238,6 +240,7 @@ where
             gate: Gate::default(),
             live: OnceLock::new(),
             recorded: HashMap::new(),
+            recovered: false,
             options,
         })
     }
@@ -477,9 +480,18 @@ where
         if self.recorded.get(&key).is_some_and(marked) {
             return Some(true);
         }
-        let live = self.live.get()?;
-        let live = lock(live);
-        Some(live.recent.iter().any(|(u, r)| *u == key && marked(r)))
+        match self.live.get() {
+            // FORGETs this process served since the journal (re)started.
+            Some(live) => Some(
+                lock(live)
+                    .recent
+                    .iter()
+                    .any(|(u, r)| *u == key && marked(r)),
+            ),
+            // Not resumed yet: the recovered markers are all there is.
+            None if self.recovered => Some(false),
+            None => None,
+        }
     }
 }
 
@@ -622,6 +634,7 @@ where
         gate: Gate::default(),
         live: OnceLock::new(),
         recorded,
+        recovered: true,
         options,
     });
     session.set_hook(hook.clone());
