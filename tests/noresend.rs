@@ -166,6 +166,60 @@ fn a_request_left_in_a_slot_is_answered_with_its_unique() {
     assert!(!watchdog.disarm(), "the watchdog fired");
 }
 
+#[test]
+fn a_forget_in_a_slot_is_dropped_when_the_hook_cannot_tell() {
+    if !common::can_mount("a_forget_in_a_slot_is_dropped_when_the_hook_cannot_tell") {
+        return;
+    }
+    let (mnt, watchdog, running, slots) = serve_in_process("noresend-forget");
+    std::fs::write(mnt.join("f"), b"x").expect("create f");
+    let session = Arc::clone(running.session());
+    let id = (2..1000)
+        .find(|n| session.lookup_count(*n).is_some())
+        .expect("the file's nodeid");
+    let count = session.lookup_count(id);
+    let mount = running.stop().expect("stopped with the mount");
+    // Unlinking the closed file makes the kernel forget its inode: UNLINK, then a
+    // FORGET (or BATCH_FORGET), each read into the slot and left there.
+    let target = mnt.join("f");
+    let (tx, done) = mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(std::fs::remove_file(&target));
+    });
+    let chan = mount.channel().expect("device");
+    let start = Instant::now();
+    let (mut unlinked, mut dropped) = (None, 0);
+    while unlinked.is_none() || dropped == 0 {
+        assert!(
+            start.elapsed() < PATIENCE,
+            "no FORGET came (unlinked: {unlinked:?})"
+        );
+        if let Ok(r) = done.try_recv() {
+            unlinked = Some(r.is_ok());
+        }
+        let (mut data, _mark) = slots.buffer(0).expect("map the slot");
+        match chan.try_read(&mut data).expect("read the device") {
+            Some(Received::Request(_)) => {}
+            None => {
+                std::thread::sleep(Duration::from_millis(5));
+                continue;
+            }
+            Some(other) => panic!("unexpected {other:?}"),
+        }
+        drop(data);
+        let report = recover_requests(&session, &chan, Some(&slots), false).expect("recover");
+        assert_eq!(report.forgets_applied, 0, "{report:?}");
+        dropped += report.forgets_dropped;
+    }
+    assert_eq!(unlinked, Some(true), "unlink answered from the slot");
+    // No journal to ask: the FORGET was dropped, the count left as it was (above
+    // the kernel's, which is zero now: the node is kept, never lost).
+    assert_eq!(session.lookup_count(id), count);
+    drop(chan);
+    mount.unmount().expect("unmount");
+    assert!(!watchdog.disarm(), "the watchdog fired");
+}
+
 /// `fuse-live-keeper -- memfs MNT --no-resend --threads 2` with `MEMFS_CRASH_TEST`.
 struct Kept {
     keeper: Option<Child>,
