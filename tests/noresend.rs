@@ -5,7 +5,9 @@
 //! In-process (a memfs session served by the library): a request read into a slot
 //! and left unanswered (as a dead worker leaves it) is answered by
 //! `recover_requests` and its caller gets the answer; a slot reply the kernel
-//! refuses takes back the lookup it counted. End to end (`fuse-live-keeper -- memfs
+//! refuses takes back the lookup it counted; a FORGET left in a slot is dropped when
+//! no journal can say whether it was applied. Without a mount: a journaled FORGET's
+//! marker survives recovery, so its copy in a slot is not applied twice. End to end (`fuse-live-keeper -- memfs
 //! --no-resend`): a MKDIR held in the filesystem when memfs is SIGKILLed is
 //! answered by the restarted memfs; a CREATE whose reply was recorded in the journal
 //! before the crash is answered from the journal, not run twice.
