@@ -6,6 +6,7 @@ use std::io::IoSlice;
 
 use fuse_wire::{abi, InitFlags, Opcode};
 
+use crate::dev::slots::HeldRequest;
 use crate::dev::{Channel, RequestSlots, WriteOutcome};
 use crate::fs::Filesystem;
 use crate::proto::{Outcome, ReplySpace, Session, OUT_HEADER_SIZE};
@@ -123,171 +124,180 @@ pub fn recover_requests<F: Filesystem>(
     slots: Option<&RequestSlots>,
     allow_resend: bool,
 ) -> Result<RecoveredRequests, ServeError> {
-    {
-        if allow_resend && kernel_has_resend(session) {
-            let mut buf = [0u8; 64];
-            let n = fuse_wire::notify::resend(&mut buf, &session.negotiated())
-                .map_err(|e| std::io::Error::other(format!("encode NOTIFY_RESEND: {e}")))?;
-            match chan.write(&[IoSlice::new(&buf[..n])])? {
-                WriteOutcome::Closed => {
-                    return Err(ServeError::Io(std::io::Error::other(
-                        "NOTIFY_RESEND: the connection has ended",
-                    )))
-                }
-                WriteOutcome::Delivered | WriteOutcome::Gone => {}
+    if allow_resend && kernel_has_resend(session) {
+        send_resend(session, chan)?;
+        let mut report = RecoveredRequests::new(RequestRecovery::Resent);
+        if let Some(slots) = slots {
+            // The kernel resends what they hold: a later recovery must not answer
+            // those again from the slots.
+            let scan = slots.scan()?;
+            report.held = scan.held.len();
+            for h in &scan.held {
+                slots.mark_answered(h.slot, h.unique)?;
             }
-            let mut report = RecoveredRequests::new(RequestRecovery::Resent);
-            if let Some(slots) = slots {
-                // The kernel resends what they hold: a later recovery must not answer
-                // those again from the slots.
-                let scan = slots.scan()?;
-                report.held = scan.held.len();
-                for h in &scan.held {
-                    slots.mark_answered(h.slot, h.unique)?;
-                }
-            }
-            return Ok(report);
         }
-        let Some(slots) = slots else {
-            log::warn!(
-                "the kernel cannot resend requests (no FUSE_HAS_RESEND, or not asked to) and \
-                 there are no request slots: the requests the dead process had read stay \
-                 unanswered"
-            );
-            return Ok(RecoveredRequests::new(RequestRecovery::Nothing));
-        };
-        let scan = slots.scan()?;
-        let mut report = RecoveredRequests::new(RequestRecovery::Slots);
-        report.held = scan.held.len();
-        report.damaged = scan.damaged.len();
-        for (i, why) in &scan.damaged {
-            log::warn!("request slot {i} skipped: {why}");
+        return Ok(report);
+    }
+    let Some(slots) = slots else {
+        log::warn!(
+            "the kernel cannot resend requests (no FUSE_HAS_RESEND, or not asked to) and \
+             there are no request slots: the requests the dead process had read stay \
+             unanswered"
+        );
+        return Ok(RecoveredRequests::new(RequestRecovery::Nothing));
+    };
+    let scan = slots.scan()?;
+    let mut report = RecoveredRequests::new(RequestRecovery::Slots);
+    report.held = scan.held.len();
+    report.damaged = scan.damaged.len();
+    for (i, why) in &scan.damaged {
+        log::warn!("request slot {i} skipped: {why}");
+    }
+    let mut out = vec![0u8; session.reply_buffer_size()];
+    for held in &scan.held {
+        let done = answer_held(session, chan, held, &mut out)?;
+        log::info!(
+            "request slot {}: {:?} unique={:#x}: {done:?}",
+            held.slot,
+            Opcode(held.opcode),
+            held.unique
+        );
+        match done {
+            Done::Answered => report.answered += 1,
+            Done::Refused => report.refused += 1,
+            Done::ForgetApplied => report.forgets_applied += 1,
+            Done::ForgetDropped => report.forgets_dropped += 1,
+            Done::Dropped => report.dropped += 1,
+            Done::Unreadable => report.damaged += 1,
+            Done::Other => {}
         }
-        let mut out = vec![0u8; session.reply_buffer_size()];
-        for held in &scan.held {
-            let opcode = Opcode(held.opcode);
-            if matches!(opcode, Opcode::INTERRUPT | Opcode::NOTIFY_REPLY) {
-                report.dropped += 1;
-                slots.mark_answered(held.slot, held.unique)?;
-                continue;
-            }
-            // Presented as the kernel would resend it (bit 63), so that a journal
-            // answers it from its recorded reply.
-            let mut bytes = held.bytes.clone();
-            let resent = held.unique | abi::FUSE_UNIQUE_RESEND;
-            if let Some(u) = bytes.get_mut(8..16) {
-                u.copy_from_slice(&resent.to_ne_bytes());
-            }
-            let accepted = session.accept(&bytes);
-            if !accepted.has_header() {
-                report.damaged += 1;
-                log::warn!(
-                    "request slot {}: unique {:#x} does not parse: skipped",
-                    held.slot,
-                    held.unique
-                );
-                slots.mark_answered(held.slot, held.unique)?;
-                continue;
-            }
-            if opcode.is_unanswered() {
-                // FORGET or BATCH_FORGET.
-                let apply = session.applied_before(&accepted) == Some(false);
-                if apply {
-                    let outcome = session.call(&accepted, ReplySpace::new(&mut out));
-                    session.respond(&accepted, &outcome);
-                    report.forgets_applied += 1;
-                } else {
-                    // Not run: the hook still sees it end (a journal releases what
-                    // it took for it in `accepted`).
-                    session.respond(&accepted, &Outcome::NoReply);
-                    report.forgets_dropped += 1;
-                }
-                log::info!(
-                    "request slot {}: {opcode:?} unique={:#x} {}",
-                    held.slot,
-                    held.unique,
-                    if apply {
-                        "applied"
-                    } else {
-                        "dropped (applied before, or not known)"
-                    }
-                );
-                slots.mark_answered(held.slot, held.unique)?;
-                continue;
-            }
-            let outcome = session.call(&accepted, ReplySpace::new(&mut out));
+        slots.mark_answered(held.slot, held.unique)?;
+    }
+    if report.held > 0 || report.damaged > 0 {
+        log::warn!("requests held in the slots at the crash: {report:?}");
+    }
+    Ok(report)
+}
+
+/// Sends NOTIFY_RESEND on `chan`.
+fn send_resend<F: Filesystem>(session: &Session<F>, chan: &Channel) -> Result<(), ServeError> {
+    let mut buf = [0u8; 64];
+    let n = fuse_wire::notify::resend(&mut buf, &session.negotiated())
+        .map_err(|e| std::io::Error::other(format!("encode NOTIFY_RESEND: {e}")))?;
+    match chan.write(&[IoSlice::new(&buf[..n])])? {
+        WriteOutcome::Closed => Err(ServeError::Io(std::io::Error::other(
+            "NOTIFY_RESEND: the connection has ended",
+        ))),
+        WriteOutcome::Delivered | WriteOutcome::Gone => Ok(()),
+    }
+}
+
+/// What became of one held request.
+#[derive(Debug)]
+enum Done {
+    /// The kernel took the reply.
+    Answered,
+    /// The kernel refused it (answered before the crash, or interrupted).
+    Refused,
+    ForgetApplied,
+    /// Applied before, or not known to have not been.
+    ForgetDropped,
+    /// INTERRUPT or NOTIFY_REPLY.
+    Dropped,
+    /// Its header does not parse.
+    Unreadable,
+    /// No reply (deferred by the filesystem, or dropped by the session: logged).
+    Other,
+}
+
+/// Runs one held request through the session and answers it with its original
+/// unique (see [`Server::recover_requests`]).
+fn answer_held<F: Filesystem>(
+    session: &Session<F>,
+    chan: &Channel,
+    held: &HeldRequest,
+    out: &mut [u8],
+) -> Result<Done, ServeError> {
+    let opcode = Opcode(held.opcode);
+    if matches!(opcode, Opcode::INTERRUPT | Opcode::NOTIFY_REPLY) {
+        return Ok(Done::Dropped);
+    }
+    // Presented as the kernel would resend it (bit 63), so that a journal answers
+    // it from its recorded reply.
+    let mut bytes = held.bytes.clone();
+    let resent = held.unique | abi::FUSE_UNIQUE_RESEND;
+    if let Some(u) = bytes.get_mut(8..16) {
+        u.copy_from_slice(&resent.to_ne_bytes());
+    }
+    let accepted = session.accept(&bytes);
+    if !accepted.has_header() {
+        return Ok(Done::Unreadable);
+    }
+    if opcode.is_unanswered() {
+        // FORGET or BATCH_FORGET: applied only if known not to have been.
+        if session.applied_before(&accepted) == Some(false) {
+            let outcome = session.call(&accepted, ReplySpace::new(out));
             session.respond(&accepted, &outcome);
-            match &outcome {
-                Outcome::Reply(parts) => {
-                    // The original unique: the kernel knows the request by it.
-                    let mut header = *parts.header();
-                    header[8..16].copy_from_slice(&held.unique.to_ne_bytes());
-                    let body = match parts.header_and_body() {
-                        Some(whole) => whole.get(OUT_HEADER_SIZE..).unwrap_or(&[]),
-                        None => parts.body(),
-                    };
-                    let iov = [
-                        IoSlice::new(&header),
-                        IoSlice::new(body),
-                        IoSlice::new(parts.data()),
-                    ];
-                    let sent = chan.write(&iov);
-                    match sent {
-                        Ok(WriteOutcome::Delivered) => {
-                            report.answered += 1;
-                            log::info!(
-                                "request slot {}: {opcode:?} unique={:#x} answered",
-                                held.slot,
-                                held.unique
-                            );
-                        }
-                        Ok(WriteOutcome::Gone) => {
-                            report.refused += 1;
-                            log::info!(
-                                "request slot {}: {opcode:?} unique={:#x}: the kernel refused \
-                                 the reply (answered before the crash, or interrupted)",
-                                held.slot,
-                                held.unique
-                            );
-                            if let Some(id) = parts.counted() {
-                                session.reply_lost(id);
-                            }
-                        }
-                        Ok(WriteOutcome::Closed) => {
-                            return Err(ServeError::Io(std::io::Error::other(
-                                "the connection ended while answering held requests",
-                            )))
-                        }
-                        Err(e) => {
-                            log::error!(
-                                "request slot {}: {opcode:?} unique={:#x}: the reply failed: {e}",
-                                held.slot,
-                                held.unique
-                            );
-                            if let Some(id) = parts.counted() {
-                                session.reply_lost(id);
-                            }
-                        }
-                    }
-                }
-                Outcome::Deferred => log::warn!(
-                    "request slot {}: {opcode:?} unique={:#x} was deferred by the filesystem: \
-                     its reply cannot reach the kernel",
-                    held.slot,
-                    held.unique
-                ),
-                Outcome::NoReply | Outcome::Retrieved { .. } => {}
-                Outcome::Dropped(e) => log::warn!(
-                    "request slot {}: unique={:#x} dropped: {e}",
-                    held.slot,
-                    held.unique
-                ),
+            return Ok(Done::ForgetApplied);
+        }
+        // Not run: the hook still sees it end (a journal releases what it took
+        // for it in `accepted`).
+        session.respond(&accepted, &Outcome::NoReply);
+        return Ok(Done::ForgetDropped);
+    }
+    let outcome = session.call(&accepted, ReplySpace::new(out));
+    session.respond(&accepted, &outcome);
+    let parts = match &outcome {
+        Outcome::Reply(parts) => parts,
+        Outcome::Deferred => {
+            log::warn!(
+                "request slot {}: {opcode:?} unique={:#x} was deferred by the filesystem: \
+                 its reply cannot reach the kernel",
+                held.slot,
+                held.unique
+            );
+            return Ok(Done::Other);
+        }
+        Outcome::Dropped(e) => {
+            log::warn!("request slot {}: dropped: {e}", held.slot);
+            return Ok(Done::Other);
+        }
+        Outcome::NoReply | Outcome::Retrieved { .. } => return Ok(Done::Other),
+    };
+    // The original unique: the kernel knows the request by it.
+    let mut header = *parts.header();
+    header[8..16].copy_from_slice(&held.unique.to_ne_bytes());
+    let body = match parts.header_and_body() {
+        Some(whole) => whole.get(OUT_HEADER_SIZE..).unwrap_or(&[]),
+        None => parts.body(),
+    };
+    let iov = [
+        IoSlice::new(&header),
+        IoSlice::new(body),
+        IoSlice::new(parts.data()),
+    ];
+    match chan.write(&iov) {
+        Ok(WriteOutcome::Delivered) => Ok(Done::Answered),
+        Ok(WriteOutcome::Gone) => {
+            // Its re-run counted a lookup the kernel never will: take it back.
+            if let Some(id) = parts.counted() {
+                session.reply_lost(id);
             }
-            slots.mark_answered(held.slot, held.unique)?;
+            Ok(Done::Refused)
         }
-        if report.held > 0 || report.damaged > 0 {
-            log::warn!("requests held in the slots at the crash: {report:?}");
+        Ok(WriteOutcome::Closed) => Err(ServeError::Io(std::io::Error::other(
+            "the connection ended while answering held requests",
+        ))),
+        Err(e) => {
+            log::error!(
+                "request slot {}: {opcode:?} unique={:#x}: the reply failed: {e}",
+                held.slot,
+                held.unique
+            );
+            if let Some(id) = parts.counted() {
+                session.reply_lost(id);
+            }
+            Ok(Done::Other)
         }
-        Ok(report)
     }
 }
