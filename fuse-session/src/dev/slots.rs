@@ -42,7 +42,8 @@
 //! A slot file read at recovery was written by a process that died at any instruction,
 //! or by anyone holding the descriptor: [`RequestSlots::scan`] checks every length
 //! against the geometry and the file's size before reading, allocates only checked
-//! lengths, and reports a damaged slot instead of failing the others.
+//! lengths (at most [`MAX_HELD_BYTES`] per scan), and reports a damaged slot instead
+//! of failing the others.
 //!
 //! # Unsafe
 //! Mapping a slot (`memmap2`'s `map_mut`, `unsafe` because another process could
@@ -77,6 +78,9 @@ pub const MAX_SLOTS: u32 = 1024;
 const MAX_DATA: u64 = 64 << 20;
 /// Bytes of `fuse_in_header`.
 const IN_HEADER: usize = 40;
+/// Most request bytes one scan copies out (a hostile file could declare 1024 slots
+/// of 64 MiB, sparse): 256 full 1 MiB requests. Slots past it are reported damaged.
+pub const MAX_HELD_BYTES: usize = 256 << 20;
 
 /// FNV-1a, 64 bits: detects a header that is not one (stray bytes), not an attacker.
 fn fnv64(bytes: &[u8]) -> u64 {
@@ -268,8 +272,9 @@ pub struct SlotScan {
 pub fn scan_slots(src: &(impl SlotSource + ?Sized)) -> io::Result<SlotScan> {
     let geo = SlotGeometry::read(src)?;
     let mut scan = SlotScan::default();
+    let mut budget = MAX_HELD_BYTES;
     for i in 0..geo.slots {
-        match read_slot(src, &geo, i) {
+        match read_slot(src, &geo, i, &mut budget) {
             Ok(None) => scan.idle += 1,
             Ok(Some(held)) => {
                 if scan.held.iter().any(|h| h.unique == held.unique) {
@@ -290,6 +295,7 @@ fn read_slot(
     src: &(impl SlotSource + ?Sized),
     geo: &SlotGeometry,
     i: u32,
+    budget: &mut usize,
 ) -> Result<Option<HeldRequest>, String> {
     let at = geo.slot_offset(i);
     let mut h = [0u8; SLOT_HEADER];
@@ -328,7 +334,11 @@ fn read_slot(
             geo.data_len
         ));
     }
-    // `len` is checked against the data area, which the file was checked to hold.
+    // `len` is checked against the data area, which the file was checked to hold,
+    // and against what this scan may still copy.
+    *budget = budget.checked_sub(len as usize).ok_or_else(|| {
+        format!("request of {len} bytes past the scan's limit of {MAX_HELD_BYTES} bytes")
+    })?;
     let mut bytes = vec![0u8; len as usize];
     src.read_exact_at(&mut bytes, data_at)
         .map_err(|e| format!("request unreadable: {e}"))?;
@@ -704,6 +714,26 @@ mod tests {
         w[4096] ^= 1; // slot 0's magic
         let s = scan_slots(&w[..]).unwrap();
         assert_eq!(s.damaged.len(), 1);
+    }
+
+    #[test]
+    fn a_scan_copies_at_most_its_budget() {
+        // 260 slots of 1 MiB, each holding a full-length request: 256 fit.
+        let data = 1 << 20;
+        let geo = SlotGeometry::new(4096, 260, data).unwrap();
+        let mut v = vec![0u8; geo.file_len() as usize];
+        v[..FILE_HEADER].copy_from_slice(&geo.encode());
+        for i in 0..geo.slots {
+            let at = geo.slot_offset(i) as usize;
+            v[at..at + 8].copy_from_slice(SLOT_MAGIC);
+            v[at + 8..at + 12].copy_from_slice(&i.to_le_bytes());
+            let c = fnv64(&v[at..at + 16]);
+            v[at + 16..at + 24].copy_from_slice(&c.to_le_bytes());
+            put_request(&mut v, &geo, i, 2 + 2 * u64::from(i), data as u32);
+        }
+        let s = scan_slots(&v[..]).unwrap();
+        assert_eq!(s.held.len(), MAX_HELD_BYTES / data as usize);
+        assert_eq!(s.damaged.len(), 260 - s.held.len());
     }
 
     #[test]
