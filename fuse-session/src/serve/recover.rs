@@ -95,8 +95,12 @@ impl<F: Filesystem> Server<F> {
     /// answered here (its deferred reply would carry bit 63 and be refused): daemons
     /// that defer should rely on `NOTIFY_RESEND`.
     ///
+    /// A slot file that cannot be read is logged and leaves those requests
+    /// unanswered ([`RequestRecovery::Nothing`]): the mount is worth more.
+    ///
     /// # Errors
-    /// Writing to the device or reading the slot file failing.
+    /// Writing to the device failing (other than a refused reply), or the
+    /// connection having ended.
     pub fn recover_requests(
         &self,
         slots: Option<&RequestSlots>,
@@ -130,10 +134,14 @@ pub fn recover_requests<F: Filesystem>(
         if let Some(slots) = slots {
             // The kernel resends what they hold: a later recovery must not answer
             // those again from the slots.
-            let scan = slots.scan()?;
-            report.held = scan.held.len();
-            for h in &scan.held {
-                slots.mark_answered(h.slot, h.unique)?;
+            match slots.scan() {
+                Ok(scan) => {
+                    report.held = scan.held.len();
+                    for h in &scan.held {
+                        mark(slots, h);
+                    }
+                }
+                Err(e) => log::error!("the request slots cannot be read: {e}"),
             }
         }
         return Ok(report);
@@ -146,7 +154,18 @@ pub fn recover_requests<F: Filesystem>(
         );
         return Ok(RecoveredRequests::new(RequestRecovery::Nothing));
     };
-    let scan = slots.scan()?;
+    let scan = match slots.scan() {
+        Ok(scan) => scan,
+        Err(e) => {
+            // Serving on beats giving up the mount: only the requests in flight
+            // are lost (their callers wait).
+            log::error!(
+                "the request slots cannot be read ({e}): the requests the dead process had \
+                 read stay unanswered"
+            );
+            return Ok(RecoveredRequests::new(RequestRecovery::Nothing));
+        }
+    };
     let mut report = RecoveredRequests::new(RequestRecovery::Slots);
     report.held = scan.held.len();
     report.damaged = scan.damaged.len();
@@ -171,12 +190,21 @@ pub fn recover_requests<F: Filesystem>(
             Done::Unreadable => report.damaged += 1,
             Done::Other => {}
         }
-        slots.mark_answered(held.slot, held.unique)?;
+        mark(slots, held);
     }
     if report.held > 0 || report.damaged > 0 {
         log::warn!("requests held in the slots at the crash: {report:?}");
     }
     Ok(report)
+}
+
+/// Marks `held` answered in its slot. A failure is logged, not returned: the
+/// worst it allows is a later recovery answering the request again, which the
+/// kernel refuses.
+fn mark(slots: &RequestSlots, held: &HeldRequest) {
+    if let Err(e) = slots.mark_answered(held.slot, held.unique) {
+        log::error!("request slot {}: cannot mark it answered: {e}", held.slot);
+    }
 }
 
 /// Sends NOTIFY_RESEND on `chan`.
