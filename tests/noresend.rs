@@ -222,6 +222,115 @@ fn a_forget_in_a_slot_is_dropped_when_the_hook_cannot_tell() {
     assert!(!watchdog.disarm(), "the watchdog fired");
 }
 
+/// The journal's hook, keeping a copy of the bytes of the first CREATE it sees.
+struct Spy {
+    inner: Arc<fuse_live::snapshot::journal::session::JournalHook<MemFs>>,
+    create: std::sync::Mutex<Option<Vec<u8>>>,
+}
+
+impl fuse_live::session::StepHook for Spy {
+    fn accepted(&self, r: &fuse_live::session::Accepted<'_>) {
+        self.inner.accepted(r);
+    }
+    fn recorded_reply(
+        &self,
+        r: &fuse_live::session::Accepted<'_>,
+        out: &mut [u8],
+    ) -> Option<usize> {
+        self.inner.recorded_reply(r, out)
+    }
+    fn responding(
+        &self,
+        r: &fuse_live::session::Accepted<'_>,
+        reply: &fuse_live::session::ReplyParts<'_>,
+    ) {
+        self.inner.responding(r, reply);
+        if r.opcode() == fuse_live::session::wire::Opcode::CREATE {
+            let mut c = self.create.lock().unwrap_or_else(|e| e.into_inner());
+            c.get_or_insert_with(|| r.bytes().to_vec());
+        }
+    }
+    fn finished(&self, r: &fuse_live::session::Accepted<'_>) {
+        self.inner.finished(r);
+    }
+    fn applied_before(&self, r: &fuse_live::session::Accepted<'_>) -> Option<bool> {
+        self.inner.applied_before(r)
+    }
+}
+
+#[test]
+fn a_refused_create_answered_from_the_journal_counts_nothing() {
+    use fuse_live::snapshot::journal::session::JournalHook;
+    use fuse_live::snapshot::journal::JournalOptions;
+    if !common::can_mount("a_refused_create_answered_from_the_journal_counts_nothing") {
+        return;
+    }
+    let dir = common::temp_dir("noresend-create-refused");
+    let mnt = dir.join("mnt");
+    std::fs::create_dir(&mnt).expect("mountpoint");
+    let watchdog = Watchdog::arm(&mnt, None, Duration::from_secs(300)).expect("watchdog");
+    let fs = MemFs::new(
+        0,
+        0,
+        1 << 30,
+        Config {
+            ttl: Duration::from_secs(60),
+        },
+    );
+    let mut server =
+        Server::mount(fs, &mnt, &MountOptions::new().fsname("memfs")).expect("mount memfs");
+    let hook = JournalHook::<MemFs>::new(JournalOptions::default());
+    let spy = Arc::new(Spy {
+        inner: Arc::clone(&hook),
+        create: std::sync::Mutex::new(None),
+    });
+    assert!(server.set_hook(spy.clone()));
+    let slots = Arc::new(
+        RequestSlots::memfd("noresend-test", 1, server.session().read_buffer_size())
+            .expect("request slots"),
+    );
+    server.set_request_slots(Arc::clone(&slots));
+    let running = server.spawn(1).expect("serve");
+    let map =
+        fuse_live::session::dev::JournalMap::memfd("noresend-journal", 1 << 30).expect("memfd");
+    hook.start(running.session(), map)
+        .expect("start the journal");
+    // A CREATE, answered: its reply is in the journal.
+    drop(File::create(mnt.join("c")).expect("create c"));
+    let session = Arc::clone(running.session());
+    let id = (2..1000)
+        .find(|n| session.lookup_count(*n).is_some())
+        .expect("the file's nodeid");
+    let mount = running.stop().expect("stopped with the mount");
+    let (count, handles) = (session.lookup_count(id), session.handle_count());
+    // As if the worker had died between writing the reply and marking its slot.
+    let create = spy
+        .create
+        .lock()
+        .unwrap()
+        .clone()
+        .expect("the CREATE's bytes");
+    {
+        let (mut data, _mark) = slots.buffer(0).expect("map the slot");
+        data[..create.len()].copy_from_slice(&create);
+    }
+    slots.mark_answered(0, 0).expect("unmark");
+    let chan = mount.channel().expect("device");
+    let report = recover_requests(&session, &chan, Some(&slots), false).expect("recover");
+    assert_eq!(
+        (report.held, report.answered, report.refused),
+        (1, 0, 1),
+        "{report:?}"
+    );
+    // Answered from the journal (not run again: no second file, no second
+    // handle), refused, and nothing counted.
+    assert_eq!(session.lookup_count(id), count, "lookup count");
+    assert_eq!(session.handle_count(), handles, "handles");
+    drop(chan);
+    mount.unmount().expect("unmount");
+    assert!(!watchdog.disarm(), "the watchdog fired");
+}
+
 /// `fuse-live-keeper -- memfs MNT --no-resend --threads 2` with `MEMFS_CRASH_TEST`.
 struct Kept {
     keeper: Option<Child>,
