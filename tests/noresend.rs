@@ -5,7 +5,8 @@
 //! In-process (a memfs session served by the library): a request read into a slot
 //! and left unanswered (as a dead worker leaves it) is answered by
 //! `recover_requests` and its caller gets the answer; a slot reply the kernel
-//! refuses takes back the lookup it counted; a FORGET left in a slot is dropped when
+//! refuses takes back the lookup it counted, and a refused CREATE answered from the
+//! journal counts nothing; a FORGET left in a slot is dropped when
 //! no journal can say whether it was applied. Without a mount: a journaled FORGET's
 //! marker survives recovery, so its copy in a slot is not applied twice. End to end (`fuse-live-keeper -- memfs
 //! --no-resend`): a MKDIR held in the filesystem when memfs is SIGKILLed is
