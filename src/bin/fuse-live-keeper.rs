@@ -2,7 +2,7 @@
 //! systems without systemd (containers, CSI node plugins).
 //!
 //! ```text
-//! fuse-live-keeper [--restart-limit N] [--restart-window SECONDS] [--fd-store-max N] -- CMD ARGS...
+//! fuse-live-keeper [--restart-limit N] [--restart-window SECONDS] [--restart-delay MS] [--fd-store-max N] -- CMD ARGS...
 //! ```
 //!
 //! It runs `CMD ARGS...` as its direct child and implements systemd's file
@@ -16,7 +16,8 @@
 //! - Messages are accepted only from the direct child (the sender's pid, which the
 //!   kernel attaches to every datagram); others are refused with a log line, and
 //!   their descriptors closed. Malformed messages are ignored with a log line.
-//! - Restarts wait 100 ms, doubling per restart still within the window, up to 5 s.
+//! - Restarts wait 100 ms (`--restart-delay`; 0 restarts at once, every time),
+//!   doubling per restart still within the window, up to 5 s.
 //!   More than N restarts (default 5) within the window (default 60 s) and the
 //!   keeper gives up: it says so on stderr and exits 1, closing the descriptors it
 //!   kept, which ends the FUSE connection (docs/RECOVERY.md: end states).
@@ -51,7 +52,7 @@ use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 
 const USAGE: &str = "usage: fuse-live-keeper [--restart-limit N] [--restart-window SECONDS] \
-                     [--fd-store-max N] -- CMD ARGS...";
+                     [--restart-delay MS] [--fd-store-max N] -- CMD ARGS...";
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
@@ -69,6 +70,8 @@ macro_rules! say {
 struct Options {
     restart_limit: u32,
     restart_window: Duration,
+    /// The first restart's delay (`--restart-delay`), doubled per recent restart.
+    first_backoff: Duration,
     fd_store_max: usize,
     cmd: Vec<OsString>,
 }
@@ -77,6 +80,7 @@ fn parse_args(args: Vec<OsString>) -> Result<Options, String> {
     let mut o = Options {
         restart_limit: 5,
         restart_window: Duration::from_secs(60),
+        first_backoff: FIRST_BACKOFF,
         fd_store_max: 64,
         cmd: Vec::new(),
     };
@@ -100,6 +104,16 @@ fn parse_args(args: Vec<OsString>) -> Result<Options, String> {
                     return Err("--restart-window: 1 to 31536000 seconds".into());
                 }
                 o.restart_window = Duration::from_secs(s);
+            }
+            Some("--restart-delay") => {
+                let ms = number("--restart-delay", it.next())?;
+                if ms > MAX_BACKOFF.as_millis() as u64 {
+                    return Err(format!(
+                        "--restart-delay: 0 to {} milliseconds",
+                        MAX_BACKOFF.as_millis()
+                    ));
+                }
+                o.first_backoff = Duration::from_millis(ms);
             }
             Some("--fd-store-max") => {
                 let n = number("--fd-store-max", it.next())?;
@@ -414,7 +428,9 @@ impl Keeper {
             );
             return Some(1);
         }
-        let delay = FIRST_BACKOFF
+        let delay = self
+            .opts
+            .first_backoff
             .saturating_mul(1u32 << recent.min(16))
             .min(MAX_BACKOFF);
         say!(
@@ -640,6 +656,9 @@ mod tests {
         ]))
         .unwrap();
         assert_eq!((o.restart_limit, o.restart_window.as_secs()), (0, 9));
+        assert_eq!(o.first_backoff, FIRST_BACKOFF);
+        let o = parse_args(args(&["--restart-delay", "0", "--", "x"])).unwrap();
+        assert_eq!(o.first_backoff, Duration::ZERO);
         assert_eq!(o.cmd, args(&["x"]));
         for bad in [
             &[][..],
@@ -649,6 +668,7 @@ mod tests {
             &["--restart-limit", "-1", "--", "a"],
             &["--restart-window", "0", "--", "a"],
             &["--fd-store-max", "0", "--", "a"],
+            &["--restart-delay", "5001", "--", "a"],
             &["--bogus", "--", "a"],
         ] {
             assert!(parse_args(args(bad)).is_err(), "{bad:?}");

@@ -486,9 +486,15 @@ where
         map: JournalMap,
         recovered: &Recovered,
     ) -> Result<(), RecoveryError> {
-        hook.begin_with(session, |checkpoint| {
+        let t = std::time::Instant::now();
+        let r = hook.begin_with(session, |checkpoint| {
             Journal::resume(map, recovered, checkpoint, hook.options)
-        })
+        });
+        log::info!(
+            "journal resumed in a new epoch in {:.1} ms (a fresh checkpoint written)",
+            t.elapsed().as_secs_f64() * 1e3
+        );
+        r
     }
 
     /// The parts: the session, the hook, what [`RecoveredSession::resume`] needs.
@@ -515,7 +521,9 @@ pub fn recover_session<F>(
 where
     F: Precopy + Send + Sync + 'static,
 {
+    let started = std::time::Instant::now();
     let recovered = recover(&map)?;
+    let read = started.elapsed();
     let (base, first, replies): Checkpoint =
         decode_checked(&recovered.checkpoint, "the journal's checkpoint")?;
     let (mut tables, mut fs_base) = decode_base::<F>(&base)?;
@@ -542,6 +550,7 @@ where
         }
         count += 1;
     }
+    let replayed = started.elapsed();
     let (mut t, f, _) = pending;
     let fs = F::restore_precopied(fs_base, f, fds).map_err(FormatError::FsRestore)?;
     // A handle on a nodeid the kernel has forgotten cannot be used by the kernel (it
@@ -575,6 +584,17 @@ where
         .map_err(FormatError::FsRestore)?;
     let mut session = Session::restore_precopied(fs, tables, t).map_err(FormatError::State)?;
     let replies = recorded.len();
+    let ms = |d: std::time::Duration| d.as_secs_f64() * 1e3;
+    log::info!(
+        "journal recovered in {:.1} ms: read and checked {:.1} ms ({} bytes of checkpoint, \
+         {} records), decoded and replayed {:.1} ms, restored and validated {:.1} ms",
+        ms(started.elapsed()),
+        ms(read),
+        recovered.checkpoint.len(),
+        recovered.records.len(),
+        ms(replayed - read),
+        ms(started.elapsed() - replayed)
+    );
     let hook = Arc::new(JournalHook {
         gate: Gate::default(),
         live: OnceLock::new(),
