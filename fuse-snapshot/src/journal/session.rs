@@ -33,9 +33,11 @@
 //! answers after it (that first reply is dropped: its unique lost the match); so a
 //! resent request is also looked up among the replies this process recorded.
 //!
-//! **Compaction.** When the log passes [`JournalOptions::compact_after`], the
-//! request that noticed takes a new checkpoint under the gate (a fresh pre-copy
-//! base, the session's and filesystem's recording restarted) and compacts. The
+//! **Compaction.** When the log passes [`JournalOptions::compact_after`] (and the
+//! checkpoint's size), the request that noticed takes a new checkpoint under the
+//! gate (a fresh pre-copy base, the session's and filesystem's recording restarted)
+//! and writes it into a fresh area after giving the gate back, while other requests
+//! go on recording. The
 //! checkpoint carries the most recent recorded replies ([`KEEP_REPLIES`]): a reply
 //! recorded but not yet written when the process died is among them.
 //!
@@ -185,7 +187,7 @@ thread_local! {
 /// What the hook keeps under the gate.
 struct Live<F: Precopy> {
     session: Weak<Session<F>>,
-    journal: Journal<JournalMap>,
+    journal: Arc<Journal<JournalMap>>,
     recent: VecDeque<(u64, Vec<u8>)>,
     /// The journal failed: recording stopped (logged once).
     failed: bool,
@@ -258,7 +260,7 @@ where
             let journal = open(&checkpoint)?;
             Ok::<_, RecoveryError>(Live {
                 session: Arc::downgrade(session),
-                journal,
+                journal: Arc::new(journal),
                 recent,
                 failed: false,
             })
@@ -278,22 +280,55 @@ where
         self as *const Self as usize
     }
 
-    /// Appends the record of one reply (under the gate).
-    fn record(&self, reply: Option<(u64, Vec<u8>)>) {
-        let Some(live) = self.live.get() else {
-            return;
-        };
+    /// Appends the record of one reply (under the gate). Returns the compaction to
+    /// run once the gate is given back, if the log asks for one.
+    fn record(&self, reply: Option<(u64, Vec<u8>)>) -> Option<Compaction> {
+        let live = self.live.get()?;
         let mut live = lock(live);
         if live.failed {
-            return;
+            return None;
         }
-        if let Err(e) = append(&mut live, reply) {
-            live.failed = true;
-            log::error!(
-                "the journal failed, recording stopped (a crash from now on loses state): {e}"
-            );
+        match append(&mut live, reply) {
+            Ok(compaction) => compaction,
+            Err(e) => {
+                live.failed = true;
+                log::error!(
+                    "the journal failed, recording stopped (a crash from now on loses state): {e}"
+                );
+                None
+            }
         }
     }
+
+    /// Writes a checkpoint taken under the gate into a fresh area. Runs outside the
+    /// gate and the hook's lock: other requests go on recording meanwhile (the
+    /// journal copies what they append into the new area), so only the request that
+    /// noticed waits for the write.
+    fn compact(&self, c: Compaction) {
+        match c.journal.compact(c.mark, &c.checkpoint) {
+            Ok(()) => log::debug!("journal compacted at seq={}", c.mark.seq),
+            // The journal is unchanged, but the recording restarted with the
+            // checkpoint: the changes since the last record are recorded next.
+            Err(JournalError::Compaction(e)) => log::warn!("journal compaction put off: {e}"),
+            Err(e) => {
+                if let Some(live) = self.live.get() {
+                    lock(live).failed = true;
+                }
+                log::error!(
+                    "the journal failed while compacting, recording stopped (a crash from \
+                     now on loses state): {e}"
+                );
+            }
+        }
+    }
+}
+
+/// A compaction to run outside the gate: the checkpoint and the point in the log it
+/// covers, taken together under the gate.
+struct Compaction {
+    journal: Arc<Journal<JournalMap>>,
+    mark: super::Mark,
+    checkpoint: Vec<u8>,
 }
 
 /// The checkpoint: a pre-copy base (recording starts), the first round, `recent`.
@@ -330,7 +365,7 @@ fn round<F: Precopy>(
 fn append<F: Precopy>(
     live: &mut Live<F>,
     reply: Option<(u64, Vec<u8>)>,
-) -> Result<(), RecoveryError> {
+) -> Result<Option<Compaction>, RecoveryError> {
     let session = live
         .session
         .upgrade()
@@ -350,21 +385,19 @@ fn append<F: Precopy>(
             live.recent.pop_front();
         }
     }
-    if appended.compact {
-        let mark = live.journal.mark();
-        let bytes = checkpoint(&session, &live.recent)?;
-        log::debug!("journal compaction at seq={}", mark.seq);
-        match live.journal.compact(mark, &bytes) {
-            Ok(()) => {}
-            Err(JournalError::Compaction(e)) => {
-                // The journal is unchanged, but the recording restarted with the
-                // checkpoint: the changes since the last record are recorded next.
-                log::warn!("journal compaction put off: {e}");
-            }
-            Err(e) => return Err(e.into()),
-        }
+    if !appended.compact {
+        return Ok(None);
     }
-    Ok(())
+    // The mark and the checkpoint together, under the gate: the checkpoint holds
+    // exactly what the records before the mark hold.
+    let mark = live.journal.mark();
+    let checkpoint = checkpoint(&session, &live.recent)?;
+    log::debug!("journal compaction at seq={}", mark.seq);
+    Ok(Some(Compaction {
+        journal: live.journal.clone(),
+        mark,
+        checkpoint,
+    }))
 }
 
 impl<F> StepHook for JournalHook<F>
@@ -435,8 +468,11 @@ where
         }
         let keep = records_reply(request.opcode())
             .then(|| (request.unique() & !UNIQUE_RESEND, reply.to_vec()));
-        self.record(keep);
+        let compaction = self.record(keep);
         self.gate.give();
+        if let Some(c) = compaction {
+            self.compact(c);
+        }
     }
 }
 
