@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! cargo run --release -p memfs -- MOUNTPOINT [--threads N] [--allow-other] [--auto-unmount] [--ttl SECS] [--size BYTES]
-//!         [--upgrade-socket PATH] [--snapshot-dir DIR]
+//!         [--upgrade-socket PATH] [--snapshot-dir DIR] [--transport auto|dev-fuse|io-uring]
 //! cargo run --release -p memfs -- --takeover PATH [--threads N] [--upgrade-socket PATH2] [--snapshot-dir DIR]
 //! ```
 //!
@@ -33,6 +33,12 @@
 //!   Prints `ready MOUNTPOINT` once it serves, then listens on PATH itself (or on
 //!   `--upgrade-socket`) so it can be replaced in turn. Exits 1 if the takeover
 //!   fails (the old process then serves on).
+//! - `--transport auto|dev-fuse|io-uring`: the kernel transport (default
+//!   `dev-fuse`; `auto` is io_uring where the kernel offers it and more than one CPU
+//!   is usable). A mount served through io_uring can be neither handed off nor
+//!   recovered after a crash: with `--upgrade-socket` or under a fd store, `auto`
+//!   serves through `/dev/fuse` (said at log level info) and `io-uring` is refused
+//!   at startup with a message saying why, before anything is mounted.
 //! - `--state FILE`: keep the contents across mounts. At start, if FILE exists, the
 //!   filesystem is restored from it (a snapshot file, as `--snapshot-dir` writes;
 //!   a damaged or unreadable file is an error, exit 1); at a clean end (unmounted,
@@ -62,7 +68,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use fuse_session::dev::{Atime, MountOptions};
-use fuse_session::serve::{Running, Server};
+use fuse_session::serve::{Backend, Running, Server, TransportKind};
 
 use std::os::fd::AsFd;
 
@@ -78,7 +84,7 @@ use memfs::fs::{Config, MemFs};
 const USAGE: &str =
     "usage: memfs MOUNTPOINT [-o OPTIONS] [--threads N] [--allow-other] [--auto-unmount] \
      [--ttl SECS] [--size BYTES[K|M|G|T]] [--state FILE] [--upgrade-socket PATH] \
-     [--snapshot-dir DIR]\n       \
+     [--snapshot-dir DIR] [--transport auto|dev-fuse|io-uring]\n       \
      memfs --takeover PATH [--threads N] [--state FILE] [--upgrade-socket PATH] \
      [--snapshot-dir DIR]";
 
@@ -110,6 +116,8 @@ struct Args {
     snapshot_dir: Option<PathBuf>,
     /// `--state FILE`: contents loaded at start, saved at a clean end.
     state: Option<PathBuf>,
+    /// `--transport auto|dev-fuse|io-uring`.
+    transport: TransportKind,
 }
 
 fn parse_size(s: &str) -> Option<u64> {
@@ -135,6 +143,7 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Args, String> {
     let mut takeover = None;
     let mut snapshot_dir = None;
     let mut state = None;
+    let mut transport = TransportKind::DevFuse;
     let mut it = args.into_iter();
     while let Some(arg) = it.next() {
         let (flag, inline) = match arg.split_once('=') {
@@ -194,6 +203,7 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Args, String> {
             "--takeover" => takeover = Some(PathBuf::from(value("--takeover")?)),
             "--snapshot-dir" => snapshot_dir = Some(PathBuf::from(value("--snapshot-dir")?)),
             "--state" => state = Some(PathBuf::from(value("--state")?)),
+            "--transport" => transport = value("--transport")?.parse()?,
             f if f.starts_with('-') => return Err(format!("unknown option {f:?}")),
             _ if mountpoint.is_none() => mountpoint = Some(arg),
             _ => return Err(format!("unexpected argument {arg:?}")),
@@ -216,6 +226,7 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Args, String> {
         takeover,
         snapshot_dir,
         state,
+        transport,
     })
 }
 
@@ -332,8 +343,21 @@ fn serve(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
         .as_ref()
         .map(UpgradeListener::bind)
         .transpose()?;
+    // Checked before mounting: a transport that cannot keep the promise is refused.
+    let transport = match &listener {
+        Some(_) => args
+            .transport
+            .restartable("live upgrade (--upgrade-socket)")?,
+        None => args.transport,
+    };
     let server = Server::mount(fs, &mountpoint, &opts)?;
-    let running = server.spawn(args.threads)?;
+    let running = server.spawn_with(transport, args.threads)?;
+    if matches!(running.backend(), Backend::Uring { .. }) {
+        log::warn!(
+            "served through io_uring: this mount can be neither handed off nor recovered \
+             after a crash"
+        );
+    }
     follow_mount(&running);
     ready(&args.mountpoint)?;
     serve_until_done(&running, listener.as_ref(), args)
@@ -357,6 +381,10 @@ fn serve_journaled(args: &Args, mut store: FdStore) -> Result<(), Box<dyn std::e
                 .into(),
         );
     }
+    // Only /dev/fuse can be recovered: said (auto) or refused (io-uring) before
+    // anything is mounted or recovered.
+    args.transport
+        .restartable("crash recovery (a fd store: fuse-live-keeper or systemd)")?;
     let mountpoint = PathBuf::from(&args.mountpoint);
     let options = JournalOptions::default();
     let running = match store.take_mount(&mountpoint)? {
@@ -647,6 +675,14 @@ mod tests {
         assert_eq!((o.atime, o.allow_other), (Some(Atime::NoAtime), true));
         assert!(parse(&["/a", "-o", "exec,suid"]).is_err());
         assert!(parse(&["/a", "-o"]).is_err());
+        assert_eq!(parse(&["/a"]).unwrap().transport, TransportKind::DevFuse);
+        let u = parse(&["/a", "--transport", "io-uring"]).unwrap();
+        assert_eq!(u.transport, TransportKind::IoUring);
+        assert_eq!(
+            parse(&["/a", "--transport=auto"]).unwrap().transport,
+            TransportKind::Auto
+        );
+        assert!(parse(&["/a", "--transport", "uring"]).is_err());
         let s = parse(&["/a", "--state", "/var/lib/m.state"]).unwrap();
         assert_eq!(s.state, Some(PathBuf::from("/var/lib/m.state")));
         assert!(parse(&["/a", "--ttl", "-1"]).is_err());
