@@ -627,7 +627,9 @@ impl Daemons<'_> {
                     "no new daemon {what} (children of the keeper: {now:?})\n{}",
                     where_is(self.keeper as i32)
                 );
-                for p in now.iter().copied().chain(old) {
+                let mut pids: BTreeSet<i32> = now.iter().copied().collect();
+                pids.extend(old);
+                for p in pids {
                     msg.push_str(&where_is(p));
                 }
                 panic!("{msg}keeper log:\n{}", self.log.text());
