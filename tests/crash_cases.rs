@@ -42,6 +42,8 @@ const CALLER_ENV: &str = "FUSE_LIVE_CASES_CALLER";
 const FILES: usize = 200;
 /// Callers blocked while the daemon is stopped.
 const CALLERS: usize = 4;
+/// memfs's worker threads (`--threads`).
+const DAEMON_THREADS: usize = 2;
 
 fn contents(i: usize) -> Vec<u8> {
     common::pattern(i as u64 + 1, 100 + i * 37)
@@ -104,6 +106,70 @@ fn spawn_caller(path: &Path) -> Child {
         });
     }
     cmd.spawn().expect("spawn a caller")
+}
+
+/// The kernel stacks of every thread of `pid`.
+fn stacks(pid: i32) -> String {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return format!("pid {pid}: gone\n");
+    };
+    tasks
+        .filter_map(Result::ok)
+        .map(|t| {
+            let stack = std::fs::read_to_string(t.path().join("stack")).unwrap_or_default();
+            format!("task {}:\n{stack}", t.file_name().to_string_lossy())
+        })
+        .collect()
+}
+
+/// True if a thread of `pid` waits in a FUSE request.
+fn in_fuse_request(pid: i32) -> bool {
+    stacks(pid).contains("fuse_")
+}
+
+/// Makes the kernel drop unused dentries and inodes (twice: a recently used one
+/// gets a second chance), each FUSE inode dropped queueing a FORGET.
+fn drop_caches() {
+    for _ in 0..2 {
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(std::fs::write("/proc/sys/vm/drop_caches", "2"));
+        });
+        rx.recv_timeout(PATIENCE)
+            .expect("drop_caches returns")
+            .expect("drop_caches");
+    }
+}
+
+/// True if daemon `pid` has handled everything the kernel queued: both its
+/// workers sleep in `read(2)` on the device (a worker goes to sleep there only
+/// when nothing is queued, and is woken as soon as something is).
+fn idle(pid: i32) -> bool {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return false;
+    };
+    let asleep_reading = tasks
+        .filter_map(Result::ok)
+        .filter(|t| {
+            let state = std::fs::read_to_string(t.path().join("stat")).unwrap_or_default();
+            // The state follows the command name in parentheses.
+            let sleeping = state
+                .rsplit_once(") ")
+                .is_some_and(|(_, rest)| rest.starts_with('S'));
+            let stack = std::fs::read_to_string(t.path().join("stack")).unwrap_or_default();
+            sleeping && stack.contains("fuse_dev_do_read")
+        })
+        .count();
+    asleep_reading >= DAEMON_THREADS
+}
+
+/// Waits until `cond` holds (a guard against hangs, not a timing assertion).
+fn wait_for(mut cond: impl FnMut() -> bool, what: &str) {
+    let deadline = Instant::now() + PATIENCE;
+    while !cond() {
+        assert!(Instant::now() < deadline, "never: {what}");
+        std::thread::sleep(Duration::from_millis(2));
+    }
 }
 
 fn children(pid: u32) -> Vec<i32> {
@@ -238,7 +304,7 @@ fn interrupts_and_forgets_queued_while_no_daemon_runs() {
     cmd.args(["--restart-limit", "10", "--restart-window", "1", "--"])
         .arg(common::example_binary("memfs"))
         .arg(&mnt)
-        .args(["--threads", "2"])
+        .args(["--threads", &DAEMON_THREADS.to_string()])
         .env(
             "RUST_LOG",
             std::env::var("CRASH_RUST_LOG").unwrap_or_else(|_| "warn".into()),
@@ -289,7 +355,12 @@ fn interrupts_and_forgets_queued_while_no_daemon_runs() {
     for i in 0..FILES {
         std::fs::write(many.join(format!("m{i}")), contents(i)).expect("write");
     }
-    let targets: Vec<PathBuf> = (0..CALLERS).map(|i| many.join(format!("m{i}"))).collect();
+    // The callers' files, each alone under its own name in the root (callers
+    // looking up one name would wait for each other, not in a request).
+    let targets: Vec<PathBuf> = (0..CALLERS).map(|i| mnt.join(format!("c{i}"))).collect();
+    for (i, t) in targets.iter().enumerate() {
+        std::fs::write(t, contents(i)).expect("write a caller's file");
+    }
     let held = OpenOptions::new()
         .read(true)
         .write(true)
@@ -297,18 +368,17 @@ fn interrupts_and_forgets_queued_while_no_daemon_runs() {
         .open(mnt.join("held"))
         .expect("create held");
     held.write_all_at(b"before", 0).expect("pwrite held");
+    // Nothing in flight (a RELEASE still queued would pin its inode).
+    wait_for(
+        || fusectl::waiting(conn).ok() == Some(0),
+        "no request in flight",
+    );
 
     // No daemon reads from here on.
     kill(Pid::from_raw(d1), Signal::SIGSTOP).expect("SIGSTOP memfs");
     // The kernel forgets every unused inode: FORGETs queue for nobody.
-    let (dtx, drx) = mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = dtx.send(std::fs::write("/proc/sys/vm/drop_caches", "2"));
-    });
-    drx.recv_timeout(PATIENCE)
-        .expect("drop_caches returns")
-        .expect("drop_caches");
-    // Callers block in requests (their names are not cached any more).
+    drop_caches();
+    // Callers block in requests.
     let before = fusectl::waiting(conn).expect("waiting");
     for t in &targets {
         guard.callers.push(spawn_caller(t));
@@ -324,9 +394,22 @@ fn interrupts_and_forgets_queued_while_no_daemon_runs() {
             );
         }
     }
+    let pids: Vec<i32> = guard.callers.iter().map(|c| c.id() as i32).collect();
     let deadline = Instant::now() + PATIENCE;
-    while fusectl::waiting(conn).expect("waiting") < before + CALLERS as u64 {
-        assert!(Instant::now() < deadline, "the callers never blocked");
+    while !(fusectl::waiting(conn).unwrap_or(0) >= before + CALLERS as u64
+        && pids.iter().all(|&p| in_fuse_request(p)))
+    {
+        if Instant::now() > deadline {
+            let mut msg = format!(
+                "the callers never all blocked in a request (waiting {:?}, before {before})\n",
+                fusectl::waiting(conn)
+            );
+            for c in &mut guard.callers {
+                msg.push_str(&format!("caller {}: {:?}\n", c.id(), c.try_wait()));
+                msg.push_str(&stacks(c.id() as i32));
+            }
+            panic!("{msg}");
+        }
         std::thread::sleep(Duration::from_millis(2));
     }
     // Interrupted while nobody reads: the kernel flags their requests and sends
@@ -369,11 +452,13 @@ fn interrupts_and_forgets_queued_while_no_daemon_runs() {
         r1.nodes
     );
 
-    // The held file works; then the second recovery starts from what the first
-    // daemon did with the FORGETs.
+    // The held file works. Then, once the daemon has handled everything queued
+    // (both workers asleep reading the device) and with no request after, the
+    // second recovery starts from what it did with the FORGETs: they are in the
+    // journal by themselves.
     held.write_all_at(b"after1", 0)
         .expect("pwrite held after recovery");
-    std::fs::write(mnt.join("marker"), b"m").expect("write marker");
+    wait_for(|| idle(d2), "the first recovered daemon idle");
     kill(Pid::from_raw(d2), Signal::SIGKILL).expect("SIGKILL memfs");
     let d3 = keeper.ready_daemon(Some(d2), "after the second kill");
     let r2 = keeper.recovery(2);
@@ -386,14 +471,43 @@ fn interrupts_and_forgets_queued_while_no_daemon_runs() {
         r2.forgets - r1.forgets
     );
     assert!(
-        (r2.nodes as usize) + FILES / 2 <= r1.nodes as usize
-            && (r2.forgets - r1.forgets) as usize >= FILES / 2,
+        (r2.nodes as usize) + FILES <= r1.nodes as usize
+            && (r2.forgets - r1.forgets) as usize >= FILES,
         "the FORGETs queued while no daemon ran were applied and journaled"
     );
     assert!(r2.handles >= 1);
 
     // Lookups after the FORGETs are counted right: every file is found and reads
-    // back, one is unlinked, and a third recovery still has them all.
+    // back. Then FORGETs while the daemon runs and nothing follows them: the next
+    // recovery must not keep the lookups the kernel dropped.
+    for i in 0..FILES {
+        assert_eq!(
+            std::fs::read(many.join(format!("m{i}"))).expect("read after recovery"),
+            contents(i)
+        );
+    }
+    wait_for(
+        || fusectl::waiting(conn).ok() == Some(0),
+        "no request in flight",
+    );
+    drop_caches();
+    wait_for(|| idle(d3), "the second recovered daemon idle");
+    kill(Pid::from_raw(d3), Signal::SIGKILL).expect("SIGKILL memfs");
+    let d4 = keeper.ready_daemon(Some(d3), "after the third kill");
+    let r3 = keeper.recovery(3);
+    eprintln!(
+        "{name}: {} nodeids after {FILES} lookups and drop_caches with nothing after \
+         ({} FORGET entries)",
+        r3.nodes,
+        r3.forgets - r2.forgets
+    );
+    assert!(
+        (r3.nodes as usize) < FILES / 2,
+        "FORGETs with no request after them were journaled: {} nodeids",
+        r3.nodes
+    );
+
+    // Looked up again, one unlinked: a fourth recovery has them all.
     for i in 0..FILES {
         assert_eq!(
             std::fs::read(many.join(format!("m{i}"))).expect("read after recovery"),
@@ -404,11 +518,11 @@ fn interrupts_and_forgets_queued_while_no_daemon_runs() {
     let mut got = [0u8; 6];
     held.read_exact_at(&mut got, 0).expect("pread held");
     assert_eq!(&got, b"after1");
-    kill(Pid::from_raw(d3), Signal::SIGKILL).expect("SIGKILL memfs");
-    keeper.ready_daemon(Some(d3), "after the third kill");
-    let r3 = keeper.recovery(3);
-    assert!(r3.nodes as usize >= FILES - 1, "{} nodeids", r3.nodes);
-    assert!(r3.handles >= 1);
+    kill(Pid::from_raw(d4), Signal::SIGKILL).expect("SIGKILL memfs");
+    keeper.ready_daemon(Some(d4), "after the fourth kill");
+    let r4 = keeper.recovery(4);
+    assert!(r4.nodes as usize >= FILES - 1, "{} nodeids", r4.nodes);
+    assert!(r4.handles >= 1);
     for i in 1..FILES {
         assert_eq!(
             std::fs::read(many.join(format!("m{i}"))).expect("read after recovery"),
@@ -416,9 +530,9 @@ fn interrupts_and_forgets_queued_while_no_daemon_runs() {
         );
     }
     assert!(!many.join("m0").exists());
-    held.write_all_at(b"after3", 0).expect("pwrite held");
+    held.write_all_at(b"after4", 0).expect("pwrite held");
     held.read_exact_at(&mut got, 0).expect("pread held");
-    assert_eq!(&got, b"after3");
+    assert_eq!(&got, b"after4");
     let text = keeper.log();
     assert!(
         !text.contains("recovery dropped"),

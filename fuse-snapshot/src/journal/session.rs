@@ -438,6 +438,18 @@ where
         self.record(keep);
         self.gate.give();
     }
+
+    /// A FORGET or BATCH_FORGET is recorded as soon as it is handled: the kernel
+    /// has dropped those lookups for good, and a crash before the next answered
+    /// request would otherwise recover counts above the kernel's (nodeids, and an
+    /// unlinked file's data, never freed).
+    fn unanswered(&self, request: &Accepted<'_>) {
+        if matches!(request.opcode(), Opcode::FORGET | Opcode::BATCH_FORGET) {
+            self.gate.take();
+            self.record(None);
+            self.gate.give();
+        }
+    }
 }
 
 /// A session rebuilt from a journal, not yet serving: see [`recover_session`].
