@@ -10,7 +10,10 @@
 //! or forgotten, the handles, the counters: [`Session::journal_changes`]), the
 //! filesystem's ([`Precopy::precopy_round`]), and, for a non-idempotent request
 //! ([`records_reply`]), the reply itself. One record, so that a crash cannot keep a
-//! request's effects without its reply. Recovery decodes the base, applies every
+//! request's effects without its reply. A FORGET or BATCH_FORGET, which gets no
+//! reply, is recorded on its own once handled ([`StepHook::unanswered`]): left for
+//! the next answered request, a crash before that would recover lookup counts the
+//! kernel has already dropped. Recovery decodes the base, applies every
 //! record as a pre-copy round and the last as the final changes
 //! ([`Precopy::restore_precopied`], [`Session::restore_precopied`]): the same
 //! validated code paths as a live handoff.
