@@ -884,9 +884,10 @@ fn crash_run(name: &str, extra: &[&str]) {
     assert!(printed.iter().all(|l| *l == ready), "stdout: {printed:?}");
 
     // The binds hold the superblock: unmount them before the daemon unmounts.
-    for b in std::mem::take(&mut guard.binds) {
-        nix::mount::umount2(&b, MntFlags::empty())
+    while let Some(b) = guard.binds.last() {
+        nix::mount::umount2(b, MntFlags::empty())
             .unwrap_or_else(|e| panic!("unmount the bind {}: {e}", b.display()));
+        guard.binds.pop();
     }
     kill(Pid::from_raw(keeper_pid as i32), Signal::SIGTERM).expect("SIGTERM the keeper");
     let mut keeper = guard.keeper.take().expect("keeper");
