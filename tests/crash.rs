@@ -793,6 +793,8 @@ fn crash_run(name: &str, extra: &[&str]) {
     guard.workers.push(spawn_worker(spec));
 
     let mut placed: BTreeMap<KillAt, u32> = BTreeMap::new();
+    // Second kills of a pair that found the daemon not yet ready.
+    let mut unready = 0u32;
     let mut k = 0;
     let kill_one = |pid: i32, k: &mut u32| {
         kill(Pid::from_raw(pid), Signal::SIGKILL).expect("kill memfs");
@@ -815,8 +817,14 @@ fn crash_run(name: &str, extra: &[&str]) {
         kill_one(current, &mut k);
         if at == KillAt::Recovering {
             let next = daemons.next_after(Some(current), &format!("after kill {k}"));
-            if rng.next() % 2 == 0 {
-                std::thread::sleep(Duration::from_millis(rng.next() % 5));
+            let ms = match rng.next() % 3 {
+                0 => 0,
+                1 => rng.next() % 5,
+                _ => rng.next() % 40,
+            };
+            std::thread::sleep(Duration::from_millis(ms));
+            if !log.is_ready(next) {
+                unready += 1;
             }
             kill_one(next, &mut k);
             current = next;
@@ -860,8 +868,8 @@ fn crash_run(name: &str, extra: &[&str]) {
     }
     guard.workers.clear();
     eprintln!(
-        "{name}: {k} SIGKILLs survived ({placed:?}), {} daemons, {total} operations by {} \
-         workers, 0 failed",
+        "{name}: {k} SIGKILLs survived ({placed:?}; {unready} second kills before READY=1), \
+         {} daemons, {total} operations by {} workers, 0 failed",
         daemons.seen.len(),
         WORKERS + 1
     );
