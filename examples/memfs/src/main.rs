@@ -65,6 +65,7 @@
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use fuse_session::dev::{Atime, MountOptions};
@@ -395,13 +396,21 @@ fn serve_journaled(args: &Args, mut store: FdStore) -> Result<(), Box<dyn std::e
             let map = JournalMap::from_fd(fd, JOURNAL_MAX)?;
             let recovered = recover_session::<MemFs>(map, &mut FdRestorer::empty(), options)
                 .map_err(|e| format!("recover from the journal: {e}"))?;
-            log::warn!(
-                "recovering: {} journal records replayed, {} recorded replies, log end {:?}",
+            let (records, replies, log_end) = (
                 recovered.records,
                 recovered.replies,
-                recovered.log_end()
+                format!("{:?}", recovered.log_end()),
             );
             let (session, hook, map, rec) = recovered.into_parts();
+            log::warn!(
+                "recovering: {records} journal records replayed, {replies} recorded replies, \
+                 log end {log_end}, {} nodeids, {} open handles, {} INTERRUPTs and {} FORGET \
+                 entries so far",
+                session.node_count(),
+                session.handle_count(),
+                session.stats().interrupts.load(Ordering::Relaxed),
+                session.stats().forgets.load(Ordering::Relaxed)
+            );
             let resend = session.snapshot().is_some_and(|s| s.kernel_has_resend());
             // NOTIFY_RESEND before any worker reads: the kernel resends every
             // request being processed, so sent later it would also resend requests

@@ -49,7 +49,9 @@ pub const OUT_HEADER_SIZE: usize = fuse_wire::reply::OUT_HEADER_SIZE;
 /// - [`StepHook::responding`] is called exactly once for every request that gets a
 ///   reply — success, error, a body that does not parse, a panic in the
 ///   filesystem — after `accepted` for it, and never for requests the kernel expects
-///   no reply to (FORGET, BATCH_FORGET, INTERRUPT, NOTIFY_REPLY).
+///   no reply to (FORGET, BATCH_FORGET, INTERRUPT, NOTIFY_REPLY);
+/// - [`StepHook::unanswered`] is called once for each of those, after it was
+///   handled, when the transport finishes it ([`Session::respond`]).
 pub trait StepHook: Send + Sync {
     /// A request was accepted: `request.unique()`, `request.opcode()`,
     /// `request.bytes()` are what a journal records.
@@ -70,6 +72,16 @@ pub trait StepHook: Send + Sync {
     /// `reply` is about to be sent for `request`.
     fn responding(&self, request: &Accepted<'_>, reply: &ReplyParts<'_>) {
         let _ = (request, reply);
+    }
+
+    /// `request`, one the kernel expects no reply to (FORGET, BATCH_FORGET,
+    /// INTERRUPT, NOTIFY_REPLY), has been handled: what it changed (a FORGET's lookup
+    /// counts) is in the session now. No [`StepHook::responding`] follows, so a
+    /// journal records such changes here; otherwise they would wait for the next
+    /// answered request, and a crash before it would lose them. The default does
+    /// nothing.
+    fn unanswered(&self, request: &Accepted<'_>) {
+        let _ = request;
     }
 }
 
@@ -545,11 +557,14 @@ impl<F: Filesystem> Session<F> {
     }
 
     /// Step 3: the outcome is final; [`StepHook::responding`] sees its reply (if
-    /// it has one) before the transport sends it.
+    /// it has one) before the transport sends it, [`StepHook::unanswered`] a
+    /// request the kernel expects no reply to.
     #[inline]
     pub fn respond(&self, request: &Accepted<'_>, outcome: &Outcome<'_>) {
-        if let (Some(hook), Outcome::Reply(parts)) = (&self.hook, outcome) {
-            hook.responding(request, parts);
+        match (&self.hook, outcome) {
+            (Some(hook), Outcome::Reply(parts)) => hook.responding(request, parts),
+            (Some(hook), Outcome::NoReply) => hook.unanswered(request),
+            _ => {}
         }
     }
 

@@ -10,7 +10,10 @@
 //! or forgotten, the handles, the counters: [`Session::journal_changes`]), the
 //! filesystem's ([`Precopy::precopy_round`]), and, for a non-idempotent request
 //! ([`records_reply`]), the reply itself. One record, so that a crash cannot keep a
-//! request's effects without its reply. Recovery decodes the base, applies every
+//! request's effects without its reply. A FORGET or BATCH_FORGET, which gets no
+//! reply, is recorded on its own once handled ([`StepHook::unanswered`]): left for
+//! the next answered request, a crash before that would recover lookup counts the
+//! kernel has already dropped. Recovery decodes the base, applies every
 //! record as a pre-copy round and the last as the final changes
 //! ([`Precopy::restore_precopied`], [`Session::restore_precopied`]): the same
 //! validated code paths as a live handoff.
@@ -281,7 +284,9 @@ where
     }
 
     /// Appends the record of one reply (under the gate). Returns the compaction to
-    /// run once the gate is given back, if the log asks for one.
+    /// run once the gate is given back, if the log asks for one: it must be run
+    /// (the checkpoint it holds restarted the change recording).
+    #[must_use]
     fn record(&self, reply: Option<(u64, Vec<u8>)>) -> Option<Compaction> {
         let live = self.live.get()?;
         let mut live = lock(live);
@@ -472,6 +477,21 @@ where
         self.gate.give();
         if let Some(c) = compaction {
             self.compact(c);
+        }
+    }
+
+    /// A FORGET or BATCH_FORGET is recorded as soon as it is handled: the kernel
+    /// has dropped those lookups for good, and a crash before the next answered
+    /// request would otherwise recover counts above the kernel's (nodeids, and an
+    /// unlinked file's data, never freed).
+    fn unanswered(&self, request: &Accepted<'_>) {
+        if matches!(request.opcode(), Opcode::FORGET | Opcode::BATCH_FORGET) {
+            self.gate.take();
+            let compaction = self.record(None);
+            self.gate.give();
+            if let Some(c) = compaction {
+                self.compact(c);
+            }
         }
     }
 }
