@@ -454,6 +454,7 @@ impl<F: Filesystem> Session<F> {
                 hook.accepted(&accepted);
             }
         }
+        crate::fault::point("after-accept");
         accepted
     }
 
@@ -546,11 +547,16 @@ impl<F: Filesystem> Session<F> {
 
     /// Step 3: the outcome is final; [`StepHook::responding`] sees its reply (if
     /// it has one) before the transport sends it.
+    ///
+    /// Fault points (`crate::fault`): `after-call` before the hook sees the
+    /// reply, `after-record` after.
     #[inline]
     pub fn respond(&self, request: &Accepted<'_>, outcome: &Outcome<'_>) {
+        crate::fault::point("after-call");
         if let (Some(hook), Outcome::Reply(parts)) = (&self.hook, outcome) {
             hook.responding(request, parts);
         }
+        crate::fault::point("after-record");
     }
 
     /// The three steps at once: [`Session::accept`], [`Session::call`] with

@@ -486,9 +486,12 @@ where
         map: JournalMap,
         recovered: &Recovered,
     ) -> Result<(), RecoveryError> {
+        fuse_session::fault::point("recover-read");
         hook.begin_with(session, |checkpoint| {
             Journal::resume(map, recovered, checkpoint, hook.options)
-        })
+        })?;
+        fuse_session::fault::point("recover-resume");
+        Ok(())
     }
 
     /// The parts: the session, the hook, what [`RecoveredSession::resume`] needs.
