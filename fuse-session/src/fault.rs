@@ -58,7 +58,8 @@ pub const POINTS: &[(&str, &str)] = &[
     ),
     (
         "compact-copy",
-        "compaction: a piece of records is copied into the new log",
+        "compaction: the records since the mark (possibly none) are copied into the \
+         new log, its header not written",
     ),
     (
         "compact-header",

@@ -213,7 +213,6 @@ impl<S: Storage> Journal<S> {
                 at += record_len(u64::from(h.len)) as usize;
             }
             self.storage.write(dst + (src - from), &buf)?;
-            fuse_session::fault::point("compact-copy");
             src += piece;
         }
         self.storage
@@ -229,6 +228,7 @@ impl<S: Storage> Journal<S> {
             self.storage.grow(need)?;
         }
         self.copy_records(from, t.end, dst, t.meta.epoch, meta.epoch)?;
+        fuse_session::fault::point("compact-copy");
         // The switch: from here on, recovery reads the new epoch.
         write_meta(&self.storage, meta)?;
         fuse_session::fault::point("compact-header");
