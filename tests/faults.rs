@@ -50,13 +50,16 @@ const FAULT_LINE: &str = "fuse-live fault: aborting at ";
 ///
 /// The ranges keep the first process alive until it stored its descriptors: it
 /// serves INIT (a few request steps) and writes the journal's first header
-/// before that, and a crash there cannot be recovered (docs/RECOVERY.md).
+/// before that, and a crash there cannot be recovered (docs/RECOVERY.md). They
+/// also keep every process alive through its first few requests, among which is
+/// its own poke of the mount at start (a crash while that is in flight hangs the
+/// process: docs/RECOVERY.md, "Fault injection").
 const POINTS: &[(&str, &str, bool)] = &[
     ("after-accept", "20-1500", false),
     ("after-call", "20-1500", false),
     ("after-record", "20-1500", false),
     ("after-reply", "20-1500", false),
-    ("mid-record", "5-600", false),
+    ("mid-record", "30-600", false),
     // One header at creation or resume, one per compaction.
     ("mid-header", "2-4", false),
     ("compact-checkpoint", "1-3", false),
@@ -148,6 +151,33 @@ fn children(pid: u32) -> Vec<i32> {
         .collect()
 }
 
+/// The state, kernel wait channel and kernel stack of every thread of every
+/// child of `pid`: what a daemon that does not die waits for.
+fn stacks(pid: u32) -> String {
+    let mut out = String::new();
+    for d in children(pid) {
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{d}/task")) else {
+            continue;
+        };
+        for t in tasks.flatten() {
+            let p = t.path();
+            let read = |f: &str| std::fs::read_to_string(p.join(f)).unwrap_or_default();
+            let state = read("stat")
+                .rsplit_once(") ")
+                .map(|(_, r)| r.chars().next().unwrap_or('?'))
+                .unwrap_or('?');
+            out += &format!(
+                "{} {} {state} {}\n{}",
+                p.display(),
+                read("comm").trim(),
+                read("wchan"),
+                read("stack")
+            );
+        }
+    }
+    out
+}
+
 /// Stops the keeper (SIGTERM, then SIGKILL) and tears the mount down if left.
 struct Cleanup {
     keeper: Option<Child>,
@@ -220,6 +250,7 @@ fn run(point: &str, range: &str, kill_too: bool, crashes: usize) -> Outcome {
     let mnt = dir.join("mnt");
     std::fs::create_dir(&mnt).expect("mountpoint");
     let log = dir.join("keeper.log");
+    let disarm = dir.join("disarm");
     let memfs = common::example_binary("memfs");
     let mut cmd = Command::new(KEEPER);
     cmd.args(["--restart-limit", "100000", "--restart-window", "1", "--"])
@@ -227,6 +258,7 @@ fn run(point: &str, range: &str, kill_too: bool, crashes: usize) -> Outcome {
         .arg(&mnt)
         .args(["--threads", "2", "--journal-compact-after", COMPACT_AFTER])
         .env("FUSE_LIVE_FAULT", &fault)
+        .env("FUSE_LIVE_FAULT_DISARM", &disarm)
         .env(
             "RUST_LOG",
             std::env::var("FAULT_RUST_LOG").unwrap_or_else(|_| "warn".into()),
@@ -358,9 +390,19 @@ fn run(point: &str, range: &str, kill_too: bool, crashes: usize) -> Outcome {
     );
     assert_eq!(mount_id(&mnt), Some(id), "{fault}: same mount");
 
+    // No more faults from here on: a daemon that crashes while it unmounts can
+    // hang for good (docs/RECOVERY.md, "Fault injection": a poke in flight).
+    File::create(&disarm).expect("disarm file");
     kill(Pid::from_raw(keeper_pid as i32), Signal::SIGTERM).expect("SIGTERM the keeper");
-    let mut keeper = guard.keeper.take().expect("keeper");
-    let st = common::wait_exit(&mut keeper, PATIENCE).expect("the keeper exits");
+    let keeper = guard.keeper.as_mut().expect("keeper");
+    let Some(st) = common::wait_exit(keeper, PATIENCE) else {
+        panic!(
+            "{fault}: the keeper did not exit after SIGTERM; daemon threads:\n{}\nlog:\n{}",
+            stacks(keeper_pid),
+            log_text()
+        );
+    };
+    guard.keeper = None;
     let text = log_text();
     assert_eq!(st.code(), Some(0), "{fault}: keeper log:\n{text}");
     assert!(

@@ -18,6 +18,9 @@
 //! never panics. Just before aborting, one line goes to stderr:
 //! `fuse-live fault: aborting at POINT (hit N)`, which tests count.
 //!
+//! With [`DISARM_ENV`] (`FUSE_LIVE_FAULT_DISARM=PATH`) set too, the fault does
+//! not fire while the file PATH exists.
+//!
 //! Cost when the variable is unset: one initialized-`OnceLock` check per call.
 //!
 //! This is a testing aid, hidden from the API docs; it is not meant for production
@@ -27,6 +30,12 @@ use std::sync::OnceLock;
 
 /// The environment variable read by [`point`].
 pub const ENV: &str = "FUSE_LIVE_FAULT";
+
+/// An optional environment variable naming a file: while it exists, the fault
+/// does not fire (checked only when the hit number is reached, so it costs
+/// nothing before). A test creates it to stop a process that crashes again after
+/// every restart, e.g. before it unmounts.
+pub const DISARM_ENV: &str = "FUSE_LIVE_FAULT_DISARM";
 
 /// Every point the library calls [`point`] with, and where it is.
 pub const POINTS: &[(&str, &str)] = &[
@@ -178,6 +187,7 @@ struct Plan {
     point: &'static str,
     at: u64,
     hits: AtomicU64,
+    disarm: Option<std::path::PathBuf>,
 }
 
 static PLAN: OnceLock<Option<Plan>> = OnceLock::new();
@@ -198,6 +208,13 @@ fn hit(plan: &Plan, name: &'static str) {
     }
     let n = plan.hits.fetch_add(1, Ordering::Relaxed) + 1;
     if n == plan.at {
+        if let Some(path) = plan.disarm.as_deref().filter(|p| p.exists()) {
+            eprintln!(
+                "fuse-live fault: not aborting at {name} (hit {n}): {} exists",
+                path.display()
+            );
+            return;
+        }
         eprintln!("fuse-live fault: aborting at {name} (hit {n})");
         std::process::abort();
     }
@@ -210,7 +227,12 @@ fn from_env() -> Option<Plan> {
         .ok_or_else(|| "not UTF-8".to_owned())
         .and_then(|v| parse(v, std::process::id()));
     match parsed {
-        Ok(plan) => plan,
+        Ok(plan) => plan.map(|p| Plan {
+            disarm: std::env::var_os(DISARM_ENV)
+                .filter(|v| !v.is_empty())
+                .map(Into::into),
+            ..p
+        }),
         Err(why) => {
             eprintln!(
                 "fuse-live fault: ignoring {ENV}={value:?}: {why} (expected POINT:N or \
@@ -260,6 +282,7 @@ fn parse(value: &str, seed: u32) -> Result<Option<Plan>, String> {
         point,
         at,
         hits: AtomicU64::new(0),
+        disarm: None,
     }))
 }
 

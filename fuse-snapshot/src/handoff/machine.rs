@@ -915,3 +915,55 @@ impl NewSide {
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod fault_points {
+    use super::*;
+
+    /// Every state an event can leave a machine in names a documented fault
+    /// point (`fuse_session::fault::POINTS`).
+    #[test]
+    fn every_reachable_state_names_a_documented_point() {
+        let known = |p: &str| fuse_session::fault::POINTS.iter().any(|(n, _)| *n == p);
+        let old = [
+            OldState::AwaitHello,
+            OldState::SendingAccept,
+            OldState::TakingBase,
+            OldState::SendingPrecopy(Kind::Precopy, 0),
+            OldState::AwaitReady(Kind::Precopy, 0),
+            OldState::TakingRound,
+            OldState::Snapshotting,
+            OldState::SendingSnapshot,
+            OldState::AwaitAck,
+            OldState::SendingCommit,
+            OldState::Done,
+        ];
+        for s in old {
+            assert!(known(s.fault_point()), "{s:?}: {}", s.fault_point());
+        }
+        let new = [
+            NewState::SendingHello,
+            NewState::AwaitAccept,
+            NewState::Agreed,
+            NewState::AwaitPrecopy,
+            NewState::DecodingBase,
+            NewState::SendingReady,
+            NewState::AwaitSnapshot,
+            NewState::ApplyingRound,
+            NewState::Restoring,
+            NewState::Deciding,
+            NewState::SendingAck,
+            NewState::AwaitCommit,
+            NewState::Done,
+        ];
+        for s in new {
+            assert!(known(s.fault_point()), "{s:?}: {}", s.fault_point());
+        }
+        // 11 + 13 handoff points in the table, each used.
+        let handoff = fuse_session::fault::POINTS
+            .iter()
+            .filter(|(n, _)| n.starts_with("handoff-"))
+            .count();
+        assert_eq!(handoff, old.len() + new.len());
+    }
+}
