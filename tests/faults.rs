@@ -14,7 +14,7 @@
 //! then aborts at the point or not (`1-2`: the hit is 1 or 2, and there is one).
 //!
 //! Quick tests (always on): each point until it fired `FUSE_LIVE_FAULT_CRASHES`
-//! times (default 3). `every_point_many_times` (ignored: several minutes) runs
+//! times (default 5). `every_point_many_times` (ignored: several minutes) runs
 //! every point 20 times.
 //!
 //! The workers are this test binary run again (`fault_worker`, which does nothing
@@ -443,7 +443,7 @@ fn crashes() -> usize {
     std::env::var("FUSE_LIVE_FAULT_CRASHES")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or(3)
+        .unwrap_or(5)
 }
 
 fn quick(point: &str) {
