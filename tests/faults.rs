@@ -224,6 +224,12 @@ struct Outcome {
     kills: usize,
     /// Operations the workers made, all of them successful.
     ops: u64,
+    /// Recoveries (memfs's "recovering:" lines).
+    recoveries: usize,
+    /// Recoveries that cut a torn record at the end of the log.
+    cut: usize,
+    /// Resent requests that had no recorded reply and ran again.
+    rerun: usize,
 }
 
 /// Counts the lines of `log` that say memfs aborted at `point`.
@@ -432,11 +438,35 @@ fn run(point: &str, range: &str, kill_too: bool, crashes: usize) -> Outcome {
         "{fault}: other deaths; log:\n{text}"
     );
     assert!(faults >= crashes);
-    eprintln!(
-        "faults: {point}: {faults} aborts at the point, {kills} SIGKILLs, {ops} operations \
-         by {WORKERS} workers, 0 failed"
+    let recoveries = text.matches("memfs: recovering: ").count();
+    let cut = text.matches("log end Cut {").count();
+    let rerun = text.matches("resent without a recorded reply").count();
+    assert_eq!(
+        recoveries,
+        aborted + killed,
+        "{fault}: a recovery per death"
     );
-    Outcome { faults, kills, ops }
+    if point == "mid-record" {
+        // The point's claim: a torn record, which recovery cuts. (An abort in the
+        // seal record a resume writes leaves the new epoch's log clean.)
+        assert!(
+            cut > 0,
+            "{fault}: no recovery cut a torn record; log:\n{text}"
+        );
+    }
+    eprintln!(
+        "faults: {point}: {faults} aborts at the point, {kills} SIGKILLs, {recoveries} \
+         recoveries ({cut} cut a torn record, {rerun} resent requests ran again), {ops} \
+         operations by {WORKERS} workers, 0 failed"
+    );
+    Outcome {
+        faults,
+        kills,
+        ops,
+        recoveries,
+        cut,
+        rerun,
+    }
 }
 
 fn crashes() -> usize {
@@ -510,6 +540,9 @@ fn every_point_many_times() {
         table.push((point, o));
     }
     for (point, o) in &table {
-        eprintln!("| `{point}` | {} | {} | {} | 0 |", o.faults, o.kills, o.ops);
+        eprintln!(
+            "| `{point}` | {} | {} | {} | {} | {} | {} | 0 |",
+            o.faults, o.kills, o.recoveries, o.cut, o.rerun, o.ops
+        );
     }
 }
