@@ -47,6 +47,10 @@
 //!   unlinked-but-open files cannot (a new mount is a new connection:
 //!   `fuse_snapshot::cold`). The saved filesystem's `--ttl` and `--size` apply. A
 //!   process killed with SIGKILL saves nothing.
+//! - `--journal-compact-after BYTES`: under a fd store (crash recovery), compact
+//!   the journal (a fresh checkpoint, a new log) once its log holds BYTES (suffix
+//!   K, M, G or T; default 16M). Small values make compactions frequent (the
+//!   fault-injection tests use this).
 //! - `--snapshot-dir DIR`: on SIGUSR1, write a snapshot of the session and the
 //!   contents to `DIR/memfs.snapshot` (atomically, mode 0600); the mount pauses only
 //!   while the snapshot is taken (the stall is logged at level info).
@@ -85,7 +89,8 @@ use memfs::fs::{Config, MemFs};
 const USAGE: &str =
     "usage: memfs MOUNTPOINT [-o OPTIONS] [--threads N] [--allow-other] [--auto-unmount] \
      [--ttl SECS] [--size BYTES[K|M|G|T]] [--state FILE] [--upgrade-socket PATH] \
-     [--snapshot-dir DIR] [--transport auto|dev-fuse|io-uring]\n       \
+     [--snapshot-dir DIR] [--transport auto|dev-fuse|io-uring] \
+     [--journal-compact-after BYTES]\n       \
      memfs --takeover PATH [--threads N] [--state FILE] [--upgrade-socket PATH] \
      [--snapshot-dir DIR]";
 
@@ -119,6 +124,8 @@ struct Args {
     state: Option<PathBuf>,
     /// `--transport auto|dev-fuse|io-uring`.
     transport: TransportKind,
+    /// `--journal-compact-after BYTES` (under a fd store).
+    compact_after: Option<u64>,
 }
 
 fn parse_size(s: &str) -> Option<u64> {
@@ -145,6 +152,7 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Args, String> {
     let mut snapshot_dir = None;
     let mut state = None;
     let mut transport = TransportKind::DevFuse;
+    let mut compact_after = None;
     let mut it = args.into_iter();
     while let Some(arg) = it.next() {
         let (flag, inline) = match arg.split_once('=') {
@@ -205,6 +213,14 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Args, String> {
             "--snapshot-dir" => snapshot_dir = Some(PathBuf::from(value("--snapshot-dir")?)),
             "--state" => state = Some(PathBuf::from(value("--state")?)),
             "--transport" => transport = value("--transport")?.parse()?,
+            "--journal-compact-after" => {
+                let v = value("--journal-compact-after")?;
+                compact_after = Some(
+                    parse_size(&v)
+                        .filter(|&n| n > 0)
+                        .ok_or(format!("bad --journal-compact-after {v:?}"))?,
+                );
+            }
             f if f.starts_with('-') => return Err(format!("unknown option {f:?}")),
             _ if mountpoint.is_none() => mountpoint = Some(arg),
             _ => return Err(format!("unexpected argument {arg:?}")),
@@ -228,6 +244,7 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Args, String> {
         snapshot_dir,
         state,
         transport,
+        compact_after,
     })
 }
 
@@ -387,7 +404,10 @@ fn serve_journaled(args: &Args, mut store: FdStore) -> Result<(), Box<dyn std::e
     args.transport
         .restartable("crash recovery (a fd store: fuse-live-keeper or systemd)")?;
     let mountpoint = PathBuf::from(&args.mountpoint);
-    let options = JournalOptions::default();
+    let mut options = JournalOptions::default();
+    if let Some(n) = args.compact_after {
+        options.compact_after = n;
+    }
     let running = match store.take_mount(&mountpoint)? {
         Some(mount) => {
             let fd = store

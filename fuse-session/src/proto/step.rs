@@ -466,6 +466,7 @@ impl<F: Filesystem> Session<F> {
                 hook.accepted(&accepted);
             }
         }
+        crate::fault::point("after-accept");
         accepted
     }
 
@@ -559,13 +560,18 @@ impl<F: Filesystem> Session<F> {
     /// Step 3: the outcome is final; [`StepHook::responding`] sees its reply (if
     /// it has one) before the transport sends it, [`StepHook::unanswered`] a
     /// request the kernel expects no reply to.
+    ///
+    /// Fault points (`crate::fault`): `after-call` before the hook sees the
+    /// reply, `after-record` after.
     #[inline]
     pub fn respond(&self, request: &Accepted<'_>, outcome: &Outcome<'_>) {
+        crate::fault::point("after-call");
         match (&self.hook, outcome) {
             (Some(hook), Outcome::Reply(parts)) => hook.responding(request, parts),
             (Some(hook), Outcome::NoReply) => hook.unanswered(request),
             _ => {}
         }
+        crate::fault::point("after-record");
     }
 
     /// The three steps at once: [`Session::accept`], [`Session::call`] with

@@ -542,15 +542,17 @@ where
         map: JournalMap,
         recovered: &Recovered,
     ) -> Result<(), RecoveryError> {
+        fuse_session::fault::point("recover-read");
         let t = std::time::Instant::now();
-        let r = hook.begin_with(session, |checkpoint| {
+        hook.begin_with(session, |checkpoint| {
             Journal::resume(map, recovered, checkpoint, hook.options)
-        });
+        })?;
         log::info!(
             "journal resumed in a new epoch in {:.1} ms (a fresh checkpoint written)",
             t.elapsed().as_secs_f64() * 1e3
         );
-        r
+        fuse_session::fault::point("recover-resume");
+        Ok(())
     }
 
     /// The parts: the session, the hook, what [`RecoveredSession::resume`] needs.

@@ -364,6 +364,8 @@ pub(crate) fn write_record<S: Storage + ?Sized>(
         storage.write(pos, part)?;
         pos += part.len() as u64;
     }
+    // A crash here leaves a torn record: recovery must cut the log before it.
+    fuse_session::fault::point("mid-record");
     let mut word = [0u8; 8];
     word.copy_from_slice(&h[16..24]);
     storage.commit(off + 16, word)?;
@@ -393,6 +395,8 @@ pub(crate) fn write_meta<S: Storage + ?Sized>(
     let b = meta.encode();
     let off = SLOTS[(meta.epoch % 2) as usize];
     storage.write(off, &b[..56])?;
+    // A crash here leaves a torn header: recovery must take the other slot.
+    fuse_session::fault::point("mid-header");
     let mut word = [0u8; 8];
     word.copy_from_slice(&b[56..64]);
     storage.commit(off + 56, word)?;
