@@ -49,10 +49,8 @@ fn contents(i: usize) -> Vec<u8> {
     common::pattern(i as u64 + 1, 100 + i * 37)
 }
 
-extern "C" fn on_usr1(_: libc_int) {}
-
-#[allow(non_camel_case_types)]
-type libc_int = std::ffi::c_int;
+/// SIGUSR1 in a caller: nothing, so that the signal interrupts without killing.
+extern "C" fn on_usr1(_: std::ffi::c_int) {}
 
 /// A caller: SIGUSR1 handled (so it interrupts, not kills), says `go`, reads the
 /// file and prints `ok LEN` or `err ERRNO`.
