@@ -25,10 +25,10 @@ use std::process::{Child, Command, ExitCode, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant, SystemTime};
 
-use fuse_live::session::dev::fusectl::Watchdog;
-use fuse_live::session::dev::MountOptions;
-use fuse_live::session::serve::{Running, Server};
-use fuse_live::snapshot::handoff::{self, Ended, HandoffOptions, UpgradeListener};
+use fuse_session::dev::fusectl::Watchdog;
+use fuse_session::dev::MountOptions;
+use fuse_session::serve::{Running, Server};
+use fuse_snapshot::handoff::{self, Ended, HandoffOptions, UpgradeListener};
 use fuse_live_testkit::{
     chart, field, is_fuse_mounted, pattern, spawn_with_lines, stop_process, tear_down_if_mounted,
     wait_exit,

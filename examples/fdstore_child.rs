@@ -21,7 +21,7 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::FileExt;
 use std::process::Command;
 
-use fuse_live::session::dev::fdstore::{FdStore, NotifySocket};
+use fuse_session::dev::fdstore::{FdStore, NotifySocket};
 use nix::sys::signal::{SigSet, Signal};
 
 fn fail(what: &str, e: impl std::fmt::Display) -> ! {

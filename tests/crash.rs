@@ -31,7 +31,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use fuse_live::session::dev::fusectl::{self, Watchdog};
+use fuse_session::dev::fusectl::{self, Watchdog};
 use nix::mount::{MntFlags, MsFlags};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;

@@ -28,7 +28,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use fuse_live::session::dev::fusectl::{self, Watchdog};
+use fuse_session::dev::fusectl::{self, Watchdog};
 use nix::sys::signal::{
     kill, sigaction, sigprocmask, SaFlags, SigAction, SigHandler, SigSet, SigmaskHow, Signal,
 };

@@ -49,10 +49,10 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use fuse_live::session::dev::MountOptions;
-use fuse_live::session::serve::{Running, Server};
-use fuse_live::session::wire::InitFlags;
-use fuse_live::snapshot::handoff::{self, Ended, HandoffOptions, Takeover, UpgradeListener};
+use fuse_session::dev::MountOptions;
+use fuse_session::serve::{Running, Server};
+use fuse_session::wire::InitFlags;
+use fuse_snapshot::handoff::{self, Ended, HandoffOptions, Takeover, UpgradeListener};
 
 #[allow(dead_code)]
 mod node;

@@ -8,13 +8,13 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 
-use fuse_live::session::dev::{backing, fhandle};
-use fuse_live::session::wire::{FopenFlags, InitFlags};
-use fuse_live::session::{
+use fuse_session::dev::{backing, fhandle};
+use fuse_session::wire::{FopenFlags, InitFlags};
+use fuse_session::{
     AttrReply, DirEntries, DirEntriesPlus, Entry, Errno, FileType, Filesystem, InitWishes, Opened,
     ReadBuf, RequestContext, Result, SetAttr, Statfs, StatxReply, TimeOrNow, Xattr,
 };
-use fuse_live::session::{FuseOpenFlags, OpenFlags, RenameFlags, StatxAttributes, WriteFlags};
+use fuse_session::{FuseOpenFlags, OpenFlags, RenameFlags, StatxAttributes, WriteFlags};
 use rustix::fs::{AtFlags, Mode, OFlags};
 use serde::{Deserialize, Serialize};
 
@@ -571,7 +571,7 @@ fn timestamp(t: Option<TimeOrNow>) -> rustix::fs::Timespec {
             tv_nsec: rustix::fs::UTIME_NOW,
         },
         Some(TimeOrNow::Time(t)) => {
-            let (s, ns) = fuse_live::session::split_time(t);
+            let (s, ns) = fuse_session::split_time(t);
             rustix::fs::Timespec {
                 tv_sec: s,
                 tv_nsec: ns.into(),
@@ -1206,7 +1206,7 @@ impl Filesystem for PassFs {
         .map_err(rx)?;
         let st = stat_fd(fd.fd())?;
         let btime = (sx.stx_mask & rustix::fs::StatxFlags::BTIME.bits() != 0)
-            .then(|| fuse_live::session::join_time(sx.stx_btime.tv_sec, sx.stx_btime.tv_nsec));
+            .then(|| fuse_session::join_time(sx.stx_btime.tv_sec, sx.stx_btime.tv_nsec));
         Ok(StatxReply {
             attr: node::attr_of(&st)?,
             btime,

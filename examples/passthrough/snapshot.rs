@@ -18,8 +18,8 @@ use std::os::fd::AsFd;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use fuse_live::session::{HandleState, NodeState};
-use fuse_live::snapshot::{FdRestorer, FdSaver, FdSlot, SnapshotFs};
+use fuse_session::{HandleState, NodeState};
+use fuse_snapshot::{FdRestorer, FdSaver, FdSlot, SnapshotFs};
 use serde::{Deserialize, Serialize};
 
 use super::node::{stat_fd, Node};

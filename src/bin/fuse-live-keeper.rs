@@ -42,7 +42,7 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use fuse_live::session::dev::fdstore::{
+use fuse_session::dev::fdstore::{
     message::DEFAULT_FD_NAME, parse_message, spawn_with_fds, NotifyListener, Received,
 };
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
