@@ -242,6 +242,29 @@ where
         })
     }
 
+    /// Continues the journal in `map` that another process wrote, in a new epoch
+    /// whose checkpoint is `session`: for a process that took the mount over by a
+    /// live handoff from a journaled daemon, after `Commit` and before serving
+    /// ([`Restored::commit_then`](crate::handoff::Restored::commit_then)). That
+    /// daemon is paused for good, so the journal holds exactly the state the
+    /// handoff carried. Until the new epoch's header is written, a crash recovers
+    /// the old epoch (that same state); from then on the new one. Set the hook on
+    /// the session first.
+    ///
+    /// # Errors
+    /// The journal does not read back (damaged), or the checkpoint cannot be
+    /// encoded or written.
+    pub fn take_over(
+        &self,
+        session: &Arc<Session<F>>,
+        map: JournalMap,
+    ) -> Result<(), RecoveryError> {
+        let recovered = recover(&map)?;
+        self.begin_with(session, |checkpoint| {
+            Journal::resume(map, &recovered, checkpoint, self.options)
+        })
+    }
+
     fn begin_with(
         &self,
         session: &Arc<Session<F>>,
