@@ -557,11 +557,11 @@ fn take_over_journaled(
     store.ready()?;
     ready(&args.mountpoint)?;
     log::info!(
-        "took over from pid {from}: {} snapshot bytes, {} nodeids, {} handles, stall {:?}",
+        "took over from pid {from}: snapshot_bytes={} nodes={} handles={} stall_us={}",
         stats.snapshot_bytes,
         stats.nodes,
         stats.handles,
-        stats.stall
+        stats.stall.as_micros()
     );
     serve_journaled_until_done(&running, listener.as_ref(), args, Arc::new(store))
 }
