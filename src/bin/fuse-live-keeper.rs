@@ -26,6 +26,13 @@
 //!   and its restart), or a crash while stopping, restarts it at once and forwards
 //!   the signal when it says `READY=1`, so that it unmounts cleanly; a second signal
 //!   while it is down ends the keeper.
+//! - SIGHUP replaces the daemon by a live handoff: the keeper starts the same
+//!   command as a successor (its direct child, with the stored descriptors and
+//!   `FUSE_LIVE_UPGRADE_FROM=<daemon pid>`), which takes the mount over through the
+//!   daemon's upgrade socket; the daemon names it with `MAINPID=` before it
+//!   commits, and names itself again if it rolls back. The keeper restarts the
+//!   daemon only once neither process can be serving (docs/RECOVERY.md, "Live
+//!   upgrade under the keeper").
 //! - `BARRIER=1` (`sd_notify_barrier(3)`) is answered by closing its descriptor.
 //! - Standard input, output and error are the keeper's own, passed through.
 //!

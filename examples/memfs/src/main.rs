@@ -45,6 +45,13 @@
 //!   contents to `DIR/memfs.snapshot` (atomically, mode 0600); the mount pauses only
 //!   while the snapshot is taken (the stall is logged at level info).
 //!
+//! Under a fd store (`fuse-live-keeper -- memfs MOUNTPOINT`, or systemd: `NOTIFY_SOCKET`
+//! set) memfs journals every request and recovers the mount after a crash; with
+//! `--upgrade-socket PATH` it can also be replaced live: SIGHUP to the keeper starts
+//! a successor (`FUSE_LIVE_UPGRADE_FROM`) that takes the mount over through PATH
+//! and continues the journal (docs/RECOVERY.md). `--state` and `--auto-unmount` are
+//! refused there.
+//!
 //! Logging goes to stderr; `RUST_LOG=error|warn|info|debug|trace` sets the level
 //! (default `warn`).
 //!
