@@ -21,12 +21,7 @@ fn plan() -> Option<&'static Plan> {
     static PLAN: OnceLock<Option<Plan>> = OnceLock::new();
     PLAN.get_or_init(|| {
         let v = std::env::var_os(FAULT_ENV)?;
-        let parsed = v.to_str().and_then(|s| {
-            let (name, n) = s.rsplit_once(':')?;
-            let nth = n.parse::<u64>().ok().filter(|&n| n > 0)?;
-            (!name.is_empty()).then(|| (name.to_owned(), nth))
-        });
-        match parsed {
+        match parse(&v) {
             Some((name, nth)) => Some(Plan {
                 name,
                 nth,
@@ -46,6 +41,13 @@ fn plan() -> Option<&'static Plan> {
     .as_ref()
 }
 
+/// `POINT:N` with N at least 1 and a non-empty POINT.
+fn parse(v: &std::ffi::OsStr) -> Option<(String, u64)> {
+    let (name, n) = v.to_str()?.rsplit_once(':')?;
+    let nth = n.parse::<u64>().ok().filter(|&n| n > 0)?;
+    (!name.is_empty()).then(|| (name.to_owned(), nth))
+}
+
 /// A named fault point: aborts the process if `FUSE_LIVE_FAULT` names this point
 /// and this is its Nth hit.
 pub fn point(name: &'static str) {
@@ -61,5 +63,23 @@ pub fn point(name: &'static str) {
             std::process::id()
         );
         std::process::abort();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse;
+
+    #[test]
+    fn point_and_count() {
+        let p = |s: &str| parse(std::ffi::OsStr::new(s));
+        assert_eq!(
+            p("handoff-old-paused:2"),
+            Some(("handoff-old-paused".into(), 2))
+        );
+        assert_eq!(p("a:b:1"), Some(("a:b".into(), 1)));
+        for bad in ["", "x", "x:", ":1", "x:0", "x:-1", "x:1.5", "x: 1"] {
+            assert_eq!(p(bad), None, "{bad:?}");
+        }
     }
 }

@@ -440,6 +440,15 @@ mod tests {
     use super::*;
 
     #[test]
+    fn upgrade_from_takes_a_pid_only() {
+        let p = |s: &str| parse_pid(std::ffi::OsStr::new(s)).ok();
+        assert_eq!(p("1234"), Some(1234));
+        for bad in ["", "0", "-1", "x", "12 ", "4294967295"] {
+            assert_eq!(p(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
     fn without_a_manager_nothing_is_sent() {
         let mut s = FdStore::new(None, ListenFds::empty());
         assert!(!s.is_supervised() && !s.is_recovering());
