@@ -543,12 +543,15 @@ fn take_over_journaled(
     let restored = takeover.receive::<MemFs>()?;
     let map = JournalMap::from_fd(journal, JOURNAL_MAX)?;
     let hook = JournalHook::<MemFs>::new(JournalOptions::default());
+    let mut journal_time = Duration::ZERO;
     let (running, stats) = restored.commit_then(|server| {
         if !server.set_hook(hook.clone()) {
             return Err("the session is shared: cannot journal it".into());
         }
+        let t = std::time::Instant::now();
         hook.take_over(server.session(), map)
             .map_err(|e| format!("continue the journal: {e}"))?;
+        journal_time = t.elapsed();
         fuse_session::fault::point("handoff-new-journaled");
         Ok(())
     })?;
@@ -564,11 +567,14 @@ fn take_over_journaled(
     store.ready()?;
     ready(&args.mountpoint)?;
     log::info!(
-        "took over from pid {from}: snapshot_bytes={} nodes={} handles={} stall_us={}",
+        "took over from pid {from}: snapshot_bytes={} nodes={} handles={} stall_us={} \
+         restore_us={} journal_us={}",
         stats.snapshot_bytes,
         stats.nodes,
         stats.handles,
-        stats.stall.as_micros()
+        stats.stall.as_micros(),
+        stats.restore.as_micros(),
+        journal_time.as_micros()
     );
     serve_journaled_until_done(&running, listener.as_ref(), args, Arc::new(store))
 }

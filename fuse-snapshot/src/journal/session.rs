@@ -259,10 +259,22 @@ where
         session: &Arc<Session<F>>,
         map: JournalMap,
     ) -> Result<(), RecoveryError> {
+        let t = std::time::Instant::now();
         let recovered = recover(&map)?;
-        self.begin_with(session, |checkpoint| {
+        let read = t.elapsed();
+        let mut encoded = std::time::Duration::ZERO;
+        let r = self.begin_with(session, |checkpoint| {
+            encoded = t.elapsed() - read;
             Journal::resume(map, &recovered, checkpoint, self.options)
-        })
+        });
+        log::debug!(
+            "journal taken over: epoch {} read ({} records) in {read:?}, checkpoint encoded in \
+             {encoded:?}, written in {:?}",
+            recovered.epoch,
+            recovered.records.len(),
+            t.elapsed() - read - encoded
+        );
+        r
     }
 
     fn begin_with(
