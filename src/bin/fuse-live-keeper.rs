@@ -604,8 +604,7 @@ impl Keeper {
                     } else if pid.is_some() && pid == self.successor {
                         self.successor = None;
                         say!(
-                            "the successor, pid {}, ended ({st:?}): the live upgrade failed; \
-                             the daemon serves on",
+                            "the successor, pid {}, ended ({st:?}): the live upgrade failed",
                             pid.map_or(0, Pid::as_raw)
                         );
                     } else if pid.is_some() && pid == self.former {
