@@ -563,9 +563,7 @@ fn take_over_journaled(
             None
         }
     };
-    follow_mount(&running);
-    store.ready()?;
-    ready(&args.mountpoint)?;
+    // Logged before the ready line, which tools wait for.
     log::info!(
         "took over from pid {from}: snapshot_bytes={} nodes={} handles={} stall_us={} \
          restore_us={} journal_us={}",
@@ -576,6 +574,9 @@ fn take_over_journaled(
         stats.restore.as_micros(),
         journal_time.as_micros()
     );
+    follow_mount(&running);
+    store.ready()?;
+    ready(&args.mountpoint)?;
     serve_journaled_until_done(&running, listener.as_ref(), args, Arc::new(store))
 }
 

@@ -260,18 +260,19 @@ where
         map: JournalMap,
     ) -> Result<(), RecoveryError> {
         let t = std::time::Instant::now();
-        let recovered = recover(&map)?;
+        // Only where the log ends: the state is the session's, not the records'.
+        let recovered = super::replay::scan(&map)?;
         let read = t.elapsed();
         let mut encoded = std::time::Duration::ZERO;
         let r = self.begin_with(session, |checkpoint| {
             encoded = t.elapsed() - read;
             Journal::resume(map, &recovered, checkpoint, self.options)
         });
-        log::debug!(
-            "journal taken over: epoch {} read ({} records) in {read:?}, checkpoint encoded in \
-             {encoded:?}, written in {:?}",
+        log::info!(
+            "journal taken over: epoch {} (records up to {}) read in {read:?}, checkpoint \
+             encoded in {encoded:?}, written in {:?}",
             recovered.epoch,
-            recovered.records.len(),
+            recovered.next_seq,
             t.elapsed() - read - encoded
         );
         r
