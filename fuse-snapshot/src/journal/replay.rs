@@ -82,8 +82,10 @@ pub fn recover<S: Storage + ?Sized>(storage: &S) -> Result<Recovered, JournalErr
 /// checksums, sequence numbers and the checkpoint are checked): where the log
 /// ends, for continuing a journal whose state is known otherwise (a live handoff's
 /// successor, [`JournalHook::take_over`](super::session::JournalHook::take_over)).
-/// A damaged payload there does not matter: the old epoch is only read again if
-/// the new one's header never gets written, and then by [`recover`].
+/// Nor does it look past the end for intact records (damage in the middle), which
+/// costs a read of up to [`MAX_PAYLOAD`] bytes. Neither matters: the old epoch is
+/// only read again if the new one's header never gets written, and then by
+/// [`recover`], which checks all of it.
 pub(crate) fn scan<S: Storage + ?Sized>(storage: &S) -> Result<Recovered, JournalError> {
     read_journal(storage, false)
 }
@@ -155,6 +157,10 @@ fn read_journal<S: Storage + ?Sized>(storage: &S, keep: bool) -> Result<Recovere
     let mut off = meta.log_start();
     let end = loop {
         match read_record(storage, off, meta.epoch, file_len, keep)? {
+            // A scan does not look past the end for damage in the middle (a read of
+            // up to MAX_PAYLOAD bytes): its caller writes a new epoch, and `recover`
+            // still refuses such an old log if that never happens.
+            Step::End if !keep => break LogEnd::Clean { offset: off },
             Step::End => {
                 // Zero bytes where a record would be: the end, unless intact
                 // records follow (a zeroed stretch in the middle).
