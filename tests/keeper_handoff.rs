@@ -686,3 +686,204 @@ fn sigterm_during_a_live_upgrade_unmounts_cleanly() {
         );
     }
 }
+
+/// The keeper's rules for a live upgrade, played by `fdstore_child --handover`
+/// (no filesystem): who is the daemon after `MAINPID=`, a rollback, and when a
+/// crash of either process restarts it.
+struct Played {
+    keeper: Child,
+    lines: mpsc::Receiver<String>,
+    log: PathBuf,
+    file: PathBuf,
+    dir: PathBuf,
+}
+
+impl Played {
+    fn start(tag: &str) -> Played {
+        let dir = common::temp_dir(tag);
+        let log = dir.join("keeper.log");
+        let file = dir.join("successor");
+        let child = common::example_binary("fdstore_child");
+        let mut cmd = Command::new(KEEPER);
+        cmd.args(["--restart-limit", "100", "--"])
+            .arg(&child)
+            .args(["d", "--handover"])
+            .arg(&file)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(File::create(&log).expect("log"));
+        // SAFETY: only prctl(2) in the forked child, async-signal-safe.
+        unsafe {
+            cmd.pre_exec(|| {
+                nix::sys::prctl::set_pdeathsig(Signal::SIGTERM).map_err(std::io::Error::from)
+            });
+        }
+        let mut keeper = cmd.spawn().expect("spawn the keeper");
+        let lines = common::stdout_lines(&mut keeper).expect("stdout");
+        Played {
+            keeper,
+            lines,
+            log,
+            file,
+            dir,
+        }
+    }
+
+    fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// The next stdout line starting with `prefix` (others skipped), its rest.
+    fn line(&self, prefix: &str) -> String {
+        loop {
+            match self.lines.recv_timeout(PATIENCE) {
+                Ok(l) => {
+                    if let Some(rest) = l.strip_prefix(prefix) {
+                        return rest.to_owned();
+                    }
+                }
+                Err(e) => panic!("no line {prefix:?} ({e}); keeper log:\n{}", self.log_text()),
+            }
+        }
+    }
+
+    fn pid(&self, prefix: &str) -> Pid {
+        Pid::from_raw(self.line(prefix).trim().parse().expect("a pid"))
+    }
+
+    /// Waits until the keeper's log contains `what`.
+    fn logged(&self, what: &str) {
+        let deadline = Instant::now() + PATIENCE;
+        while !self.log_text().contains(what) {
+            assert!(
+                Instant::now() < deadline,
+                "the keeper never logged {what:?}:\n{}",
+                self.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// SIGHUP: the successor starts; the daemon names it (MAINPID=).
+    fn hand_over(&self, daemon: Pid) -> Pid {
+        kill(Pid::from_raw(self.keeper.id() as i32), Signal::SIGHUP).expect("SIGHUP");
+        let succ = self.pid("pid ");
+        assert_eq!(self.line("upgrade-from "), daemon.to_string());
+        std::fs::write(&self.file, succ.to_string()).expect("write the pid");
+        kill(daemon, Signal::SIGUSR1).expect("SIGUSR1");
+        assert_eq!(self.line("named "), succ.to_string());
+        self.logged(&format!(
+            "daemon pid {daemon} hands the mount over to pid {succ}, the daemon from now on"
+        ));
+        succ
+    }
+
+    fn stop(mut self) -> String {
+        kill(Pid::from_raw(self.keeper.id() as i32), Signal::SIGTERM).expect("SIGTERM");
+        let st = common::wait_exit(&mut self.keeper, PATIENCE).expect("the keeper exits");
+        let log = self.log_text();
+        assert_eq!(st.code(), Some(0), "keeper log:\n{log}");
+        assert_eq!(
+            processes_naming(&self.file),
+            Vec::<u32>::new(),
+            "nothing left"
+        );
+        let _ = std::fs::remove_dir_all(&self.dir);
+        log
+    }
+}
+
+impl Drop for Played {
+    fn drop(&mut self) {
+        if matches!(self.keeper.try_wait(), Ok(None)) {
+            for p in children(self.keeper.id()) {
+                let _ = kill(Pid::from_raw(p), Signal::SIGKILL);
+            }
+            let _ = self.keeper.kill();
+            let _ = self.keeper.wait();
+        }
+    }
+}
+
+#[test]
+fn keeper_rules_rollback_after_mainpid_keeps_the_old_daemon() {
+    if std::env::var_os(WORKER_ENV).is_some() {
+        return;
+    }
+    let p = Played::start("krules-a");
+    let d = p.pid("pid ");
+    p.line("ready d");
+    let s = p.hand_over(d);
+    // A second SIGHUP during the upgrade is ignored.
+    kill(Pid::from_raw(p.keeper.id() as i32), Signal::SIGHUP).expect("SIGHUP");
+    p.logged("SIGHUP during a live upgrade: ignored");
+    // The successor dies after it was named: the old daemon may serve (rollback).
+    kill(s, Signal::SIGKILL).expect("kill the successor");
+    p.logged("right after taking over; the previous daemon");
+    kill(d, Signal::SIGUSR2).expect("SIGUSR2");
+    assert_eq!(p.line("named "), d.to_string());
+    p.logged(&format!("pid {d} rolled the handoff back and serves on"));
+    // SIGTERM reaches the old daemon; no restart happened.
+    let log = p.stop();
+    assert!(!log.contains("restarting it"), "{log}");
+    assert!(
+        log.contains(&format!("forwarding SIGTERM to the daemon, pid {d}")),
+        "{log}"
+    );
+}
+
+#[test]
+fn keeper_rules_a_crash_on_either_side_restarts_once_neither_runs() {
+    if std::env::var_os(WORKER_ENV).is_some() {
+        return;
+    }
+    // Committed, then the successor died: the old daemon exits 0 (as after a
+    // commit), and only then is the daemon restarted, with the stored state.
+    let p = Played::start("krules-b");
+    let d = p.pid("pid ");
+    p.line("ready d");
+    let s = p.hand_over(d);
+    kill(s, Signal::SIGKILL).expect("kill the successor");
+    p.logged("right after taking over; the previous daemon");
+    assert!(!p.log_text().contains("restarting it"));
+    kill(d, Signal::SIGTERM).expect("the old daemon exits 0");
+    let again = p.pid("pid ");
+    assert_eq!(p.line("state "), "1", "restarted with the stored state");
+    p.line("ready d");
+    assert_ne!(again, d);
+    p.stop();
+
+    // The daemon dies before naming its successor: the successor gets no Commit;
+    // when it exits (status 0 too), the daemon is restarted.
+    let p = Played::start("krules-c");
+    let d = p.pid("pid ");
+    p.line("ready d");
+    kill(Pid::from_raw(p.keeper.id() as i32), Signal::SIGHUP).expect("SIGHUP");
+    let s = p.pid("pid ");
+    kill(d, Signal::SIGKILL).expect("kill the daemon");
+    p.logged("during a live upgrade, before handing over");
+    assert!(!p.log_text().contains("restarting it"));
+    kill(s, Signal::SIGTERM).expect("the successor exits 0");
+    let again = p.pid("pid ");
+    assert_eq!(p.line("state "), "1", "restarted with the stored state");
+    assert_ne!(again, s);
+    p.stop();
+
+    // Handed over, the successor serves (READY=1): SIGTERM goes to it.
+    let p = Played::start("krules-d");
+    let d = p.pid("pid ");
+    p.line("ready d");
+    let s = p.hand_over(d);
+    kill(d, Signal::SIGTERM).expect("the old daemon exits after its commit");
+    p.logged(&format!(
+        "the previous daemon, pid {d}, ended after handing over"
+    ));
+    kill(s, Signal::SIGUSR1).expect("the successor serves");
+    p.line("serving");
+    p.logged(&format!("daemon pid {s} is ready"));
+    let log = p.stop();
+    assert!(
+        log.contains(&format!("forwarding SIGTERM to the daemon, pid {s}")),
+        "{log}"
+    );
+}
