@@ -30,8 +30,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use fuse_session::dev::fusectl::{self, Watchdog};
 use fuse_live_testkit::workload;
+use fuse_session::dev::fusectl::{self, Watchdog};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 

@@ -713,9 +713,7 @@ impl fuse_snapshot::SnapshotFs for Tree {
 
 #[test]
 fn uring_snapshot_works_and_a_live_handoff_is_refused_before_commit() {
-    use fuse_snapshot::handoff::{
-        serve_upgrades, take_over, HandoffOptions, UpgradeListener,
-    };
+    use fuse_snapshot::handoff::{serve_upgrades, take_over, HandoffOptions, UpgradeListener};
     let _s = serial();
     if !uring_ready("uring_snapshot_works_and_a_live_handoff_is_refused_before_commit") {
         return;
@@ -726,11 +724,8 @@ fn uring_snapshot_works_and_a_live_handoff_is_refused_before_commit() {
     {
         // What SIGUSR1's snapshot file does: pause, snapshot, resume.
         let _paused = running.pause();
-        let bytes = fuse_snapshot::snapshot(
-            running.session(),
-            &mut fuse_snapshot::FdSaver::new(),
-        )
-        .expect("snapshot while the queues are parked");
+        let bytes = fuse_snapshot::snapshot(running.session(), &mut fuse_snapshot::FdSaver::new())
+            .expect("snapshot while the queues are parked");
         assert!(!bytes.is_empty());
     }
     let sock = m.mnt.parent().expect("temp dir").join("upgrade.sock");

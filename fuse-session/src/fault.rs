@@ -180,6 +180,53 @@ pub const POINTS: &[(&str, &str)] = &[
         "handoff-new-done",
         "handoff, new side: final (serving or aborted)",
     ),
+    // The handoff drivers (listener.rs, takeover.rs): the steps a crash under the
+    // keeper is tested at (tests/keeper_handoff.rs).
+    (
+        "handoff-old-accepted",
+        "handoff driver, old side: connection accepted",
+    ),
+    (
+        "handoff-old-paused",
+        "handoff driver, old side: workers parked",
+    ),
+    (
+        "handoff-old-sent",
+        "handoff driver, old side: snapshot sent",
+    ),
+    (
+        "handoff-old-acked",
+        "handoff driver, old side: Ack received",
+    ),
+    (
+        "handoff-old-observed",
+        "handoff driver, old side: the commit observer ran (MAINPID= sent), before Commit",
+    ),
+    (
+        "handoff-old-committed",
+        "handoff driver, old side: Commit sent",
+    ),
+    (
+        "handoff-new-connected",
+        "handoff driver, new side: connected, versions agreed",
+    ),
+    (
+        "handoff-new-received",
+        "handoff driver, new side: snapshot restored, before Ack",
+    ),
+    ("handoff-new-acked", "handoff driver, new side: Ack sent"),
+    (
+        "handoff-new-committed",
+        "handoff driver, new side: Commit received, before the commit hook",
+    ),
+    (
+        "handoff-new-journaled",
+        "handoff, new side (memfs): the journal continues in a new epoch, not serving",
+    ),
+    (
+        "handoff-new-serving",
+        "handoff driver, new side: workers started",
+    ),
 ];
 
 /// The armed fault: the point's name, the hit that aborts, the hits so far.

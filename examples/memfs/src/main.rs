@@ -55,6 +55,13 @@
 //!   contents to `DIR/memfs.snapshot` (atomically, mode 0600); the mount pauses only
 //!   while the snapshot is taken (the stall is logged at level info).
 //!
+//! Under a fd store (`fuse-live-keeper -- memfs MOUNTPOINT`, or systemd: `NOTIFY_SOCKET`
+//! set) memfs journals every request and recovers the mount after a crash; with
+//! `--upgrade-socket PATH` it can also be replaced live: SIGHUP to the keeper starts
+//! a successor (`FUSE_LIVE_UPGRADE_FROM`) that takes the mount over through PATH
+//! and continues the journal (docs/RECOVERY.md). `--state` and `--auto-unmount` are
+//! refused there.
+//!
 //! Logging goes to stderr; `RUST_LOG=error|warn|info|debug|trace` sets the level
 //! (default `warn`).
 //!
@@ -76,11 +83,14 @@ use fuse_session::dev::{Atime, MountOptions};
 use fuse_session::serve::{Backend, Running, Server, TransportKind};
 
 use std::os::fd::AsFd;
+use std::sync::Arc;
 
 use fuse_session::dev::fdstore::{FdStore, JOURNAL_FD};
 use fuse_session::dev::JournalMap;
 use fuse_session::Session;
-use fuse_snapshot::handoff::{self, Ended, HandoffOptions, Takeover, UpgradeListener};
+use fuse_snapshot::handoff::{
+    self, CommitObserver, Ended, HandoffOptions, Takeover, UpgradeListener,
+};
 use fuse_snapshot::journal::session::{recover_session, JournalHook, RecoveredSession};
 use fuse_snapshot::journal::JournalOptions;
 use fuse_snapshot::FdRestorer;
@@ -378,7 +388,8 @@ fn serve(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
     }
     follow_mount(&running);
     ready(&args.mountpoint)?;
-    serve_until_done(&running, listener.as_ref(), args)
+    let options = HandoffOptions::new().threads(args.threads);
+    serve_until_done(&running, listener.as_ref(), args, options).map(drop)
 }
 
 /// The largest journal (address space reserved once; a memfd is sparse and is
@@ -392,10 +403,9 @@ const JOURNAL_MAX: u64 = 8 << 30;
 /// serves the same connection, asks the kernel to resend what the dead process had
 /// not answered.
 fn serve_journaled(args: &Args, mut store: FdStore) -> Result<(), Box<dyn std::error::Error>> {
-    if args.upgrade_socket.is_some() || args.state.is_some() || args.auto_unmount {
+    if args.state.is_some() || args.auto_unmount {
         return Err(
-            "under a fd store (crash recovery), --upgrade-socket, --state and --auto-unmount \
-             are not supported"
+            "under a fd store (crash recovery), --state and --auto-unmount are not supported"
                 .into(),
         );
     }
@@ -403,6 +413,16 @@ fn serve_journaled(args: &Args, mut store: FdStore) -> Result<(), Box<dyn std::e
     // anything is mounted or recovered.
     args.transport
         .restartable("crash recovery (a fd store: fuse-live-keeper or systemd)")?;
+    if let Some(from) = store.upgrade_from() {
+        return take_over_journaled(args, store, from);
+    }
+    // Bound before mounting or recovering: a path in use fails first. A stale
+    // socket (a daemon that crashed) is replaced.
+    let listener = args
+        .upgrade_socket
+        .as_ref()
+        .map(UpgradeListener::bind)
+        .transpose()?;
     let mountpoint = PathBuf::from(&args.mountpoint);
     let mut options = JournalOptions::default();
     if let Some(n) = args.compact_after {
@@ -482,9 +502,143 @@ fn serve_journaled(args: &Args, mut store: FdStore) -> Result<(), Box<dyn std::e
     follow_mount(&running);
     store.ready()?;
     ready(&args.mountpoint)?;
-    let served = serve_until_done(&running, None, args);
-    let _ = store.stopping();
-    served
+    serve_journaled_until_done(&running, listener.as_ref(), args, Arc::new(store))
+}
+
+/// Serves a journaled mount until done; a live handoff's successor must be the fd
+/// store manager's (a sibling), and is named to it (`MAINPID=`) before Commit.
+fn serve_journaled_until_done(
+    running: &Running<MemFs>,
+    listener: Option<&UpgradeListener>,
+    args: &Args,
+    store: Arc<FdStore>,
+) -> Result<(), Box<dyn std::error::Error>> {
+    // No pre-copy: the journal uses the session's and memfs's change recording.
+    let options = HandoffOptions::new()
+        .threads(args.threads)
+        .precopy(false)
+        .commit_observer(Arc::new(Handover {
+            store: store.clone(),
+        }));
+    if !serve_until_done(running, listener, args, options)? {
+        let _ = store.stopping();
+    }
+    Ok(())
+}
+
+/// Tells the fd store's manager (`fuse-live-keeper`) which process is the daemon
+/// across a live handoff.
+#[derive(Debug)]
+struct Handover {
+    store: Arc<FdStore>,
+}
+
+impl CommitObserver for Handover {
+    fn before_commit(&self, new_pid: i32) -> Result<(), String> {
+        // Only a process the manager started (a sibling) may take over: the
+        // manager supervises its direct children only, and would otherwise take
+        // this process's exit for the daemon's end.
+        let ours = nix::unistd::getppid().as_raw();
+        match parent_of(new_pid) {
+            Some(p) if p == ours => {}
+            p => {
+                return Err(format!(
+                    "pid {new_pid} (parent {p:?}) was not started by the fd store's manager \
+                     (pid {ours}): under fuse-live-keeper, send it SIGHUP to replace the daemon"
+                ))
+            }
+        }
+        match self.store.main_pid(new_pid as u32) {
+            Ok(_) => Ok(()),
+            Err(e) => Err(format!("cannot name the successor to the manager: {e}")),
+        }
+    }
+
+    fn rolled_back(&self) {
+        if let Err(e) = self.store.main_pid(std::process::id()) {
+            log::error!("cannot tell the manager the handoff rolled back: {e}");
+        }
+    }
+}
+
+/// The parent pid of `pid` (`/proc/PID/stat`), if it can be read.
+fn parent_of(pid: i32) -> Option<i32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // "pid (comm) state ppid ...": comm may hold spaces and parentheses.
+    let (_, rest) = stat.rsplit_once(')')?;
+    rest.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// Under the keeper, started on SIGHUP as the successor of the daemon `from`:
+/// takes the mount over through `--upgrade-socket` (no pre-copy), continues the
+/// journal (from the fd store) in a new epoch before serving, then serves and
+/// listens for the next upgrade.
+fn take_over_journaled(
+    args: &Args,
+    mut store: FdStore,
+    from: u32,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let path = args.upgrade_socket.clone().ok_or(
+        "started to replace the daemon (FUSE_LIVE_UPGRADE_FROM) without --upgrade-socket: \
+         no way to reach it",
+    )?;
+    let journal = store
+        .take(JOURNAL_FD)
+        .ok_or("started to replace the daemon, but the fd store holds no journal")?;
+    // The mount's descriptor comes with the handoff (the same connection).
+    drop(store.take(fuse_session::dev::fdstore::FUSE_DEVICE_FD));
+    let options = HandoffOptions::new().threads(args.threads).precopy(false);
+    let takeover = Takeover::connect(&path, &options)?;
+    if takeover.peer_pid() != from as i32 {
+        return Err(format!(
+            "{} is served by pid {}, not by the daemon to replace (pid {from})",
+            path.display(),
+            takeover.peer_pid()
+        )
+        .into());
+    }
+    let restored = takeover.receive::<MemFs>()?;
+    let map = JournalMap::from_fd(journal, JOURNAL_MAX)?;
+    let mut journal_options = JournalOptions::default();
+    if let Some(n) = args.compact_after {
+        journal_options.compact_after = n;
+    }
+    let hook = JournalHook::<MemFs>::new(journal_options);
+    let mut journal_time = Duration::ZERO;
+    let (running, stats) = restored.commit_then(|server| {
+        if !server.set_hook(hook.clone()) {
+            return Err("the session is shared: cannot journal it".into());
+        }
+        let t = std::time::Instant::now();
+        hook.take_over(server.session(), map)
+            .map_err(|e| format!("continue the journal: {e}"))?;
+        journal_time = t.elapsed();
+        fuse_session::fault::point("handoff-new-journaled");
+        Ok(())
+    })?;
+    // The previous daemon has stopped serving and is exiting: replace its socket.
+    let listener = match UpgradeListener::bind_replacing(&path) {
+        Ok(l) => Some(l),
+        Err(e) => {
+            log::error!("serving without an upgrade socket: {e}");
+            None
+        }
+    };
+    // Logged before the ready line, which tools wait for.
+    log::info!(
+        "took over from pid {from}: snapshot_bytes={} nodes={} handles={} stall_us={} \
+         restore_us={} journal_us={}",
+        stats.snapshot_bytes,
+        stats.nodes,
+        stats.handles,
+        stats.stall.as_micros(),
+        stats.restore.as_micros(),
+        journal_time.as_micros()
+    );
+    follow_mount(&running);
+    store.ready()?;
+    ready(&args.mountpoint)?;
+    serve_journaled_until_done(&running, listener.as_ref(), args, Arc::new(store))
 }
 
 /// Sends NOTIFY_RESEND on the mount's device: the requests the dead process read
@@ -510,13 +664,14 @@ fn ready(mountpoint: &str) -> std::io::Result<()> {
     out.flush()
 }
 
-/// Serves until unmounted, a termination signal, or a handoff to a new process.
+/// Serves until unmounted, a termination signal, or a handoff to a new process
+/// (then returns true).
 fn serve_until_done(
     running: &Running<MemFs>,
     listener: Option<&UpgradeListener>,
     args: &Args,
-) -> Result<(), Box<dyn std::error::Error>> {
-    let options = HandoffOptions::new().threads(args.threads);
+    options: HandoffOptions,
+) -> Result<bool, Box<dyn std::error::Error>> {
     let ended = handoff::serve_with_upgrades(running, listener, &options, |running| {
         let Some(dir) = &args.snapshot_dir else {
             log::warn!("SIGUSR1 without --snapshot-dir: no snapshot written");
@@ -545,6 +700,7 @@ fn serve_until_done(
             );
             // Dropping the mount handle does not unmount: the new process serves it.
             drop(outcome.mount);
+            return Ok(true);
         }
         _ => {
             {
@@ -560,7 +716,7 @@ fn serve_until_done(
             }
         }
     }
-    Ok(())
+    Ok(false)
 }
 
 /// `--state FILE` at start: the contents of the snapshot in FILE, restored cold
@@ -666,7 +822,8 @@ fn take_over(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
             None
         }
     };
-    serve_until_done(&running, listener.as_ref(), args)
+    let options = HandoffOptions::new().threads(args.threads);
+    serve_until_done(&running, listener.as_ref(), args, options).map(drop)
 }
 
 #[cfg(test)]

@@ -74,6 +74,23 @@ pub struct Recovered {
 /// a sequence gap, an unknown record kind, a malformed payload, a log superseded
 /// by a newer epoch whose header is damaged.
 pub fn recover<S: Storage + ?Sized>(storage: &S) -> Result<Recovered, JournalError> {
+    read_journal(storage, true)
+}
+
+/// As [`recover`], but the records' payloads are neither read, checksummed,
+/// decoded nor kept ([`Recovered::records`] is empty; headers, their epoch-salted
+/// checksums, sequence numbers and the checkpoint are checked): where the log
+/// ends, for continuing a journal whose state is known otherwise (a live handoff's
+/// successor, [`JournalHook::take_over`](super::session::JournalHook::take_over)).
+/// Nor does it look past the end for intact records (damage in the middle), which
+/// costs a read of up to [`MAX_PAYLOAD`] bytes. Neither matters: the old epoch is
+/// only read again if the new one's header never gets written, and then by
+/// [`recover`], which checks all of it.
+pub(crate) fn scan<S: Storage + ?Sized>(storage: &S) -> Result<Recovered, JournalError> {
+    read_journal(storage, false)
+}
+
+fn read_journal<S: Storage + ?Sized>(storage: &S, keep: bool) -> Result<Recovered, JournalError> {
     let file_len = storage.len();
     if file_len < 2 * SLOT_LEN {
         return Err(JournalError::TooShort { len: file_len });
@@ -139,7 +156,11 @@ pub fn recover<S: Storage + ?Sized>(storage: &S) -> Result<Recovered, JournalErr
     let mut seq = meta.first_seq;
     let mut off = meta.log_start();
     let end = loop {
-        match read_record(storage, off, meta.epoch, file_len)? {
+        match read_record(storage, off, meta.epoch, file_len, keep)? {
+            // A scan does not look past the end for damage in the middle (a read of
+            // up to MAX_PAYLOAD bytes): its caller writes a new epoch, and `recover`
+            // still refuses such an old log if that never happens.
+            Step::End if !keep => break LogEnd::Clean { offset: off },
             Step::End => {
                 // Zero bytes where a record would be: the end, unless intact
                 // records follow (a zeroed stretch in the middle).
@@ -181,6 +202,11 @@ pub fn recover<S: Storage + ?Sized>(storage: &S) -> Result<Recovered, JournalErr
                     };
                     return Err(JournalError::Superseded { epoch });
                 }
+                if !keep {
+                    seq += 1;
+                    off += record_len(u64::from(h.len));
+                    continue;
+                }
                 let rec = Record::decode(h.kind, &payload).map_err(|e| match e {
                     DecodeError::UnknownKind(kind) => {
                         JournalError::UnknownKind { offset: off, kind }
@@ -220,11 +246,15 @@ enum Step {
     Record(RecordHeader, Vec<u8>),
 }
 
+/// One record at `off`. Without `payload`, only the header is read and checked
+/// (its checksum is salted with the epoch), the payload neither copied nor
+/// checksummed (a seal's is): for [`scan`], which uses no payload.
 fn read_record<S: Storage + ?Sized>(
     storage: &S,
     off: u64,
     epoch: u64,
     file_len: u64,
+    payload: bool,
 ) -> Result<Step, JournalError> {
     if off.saturating_add(RECORD_HEADER_LEN) > file_len {
         return Ok(Step::End);
@@ -247,6 +277,9 @@ fn read_record<S: Storage + ?Sized>(
         return Ok(Step::Bad(format!(
             "record of {len} bytes runs past the end of the file"
         )));
+    }
+    if !payload && h.kind != KIND_SEAL {
+        return Ok(Step::Record(h, Vec::new()));
     }
     // Checked against the file and MAX_PAYLOAD: safe to allocate.
     let mut payload = vec![0u8; len as usize];

@@ -247,6 +247,42 @@ where
         })
     }
 
+    /// Continues the journal in `map` that another process wrote, in a new epoch
+    /// whose checkpoint is `session`: for a process that took the mount over by a
+    /// live handoff from a journaled daemon, after `Commit` and before serving
+    /// ([`Restored::commit_then`](crate::handoff::Restored::commit_then)). That
+    /// daemon is paused for good, so the journal holds exactly the state the
+    /// handoff carried. Until the new epoch's header is written, a crash recovers
+    /// the old epoch (that same state); from then on the new one. Set the hook on
+    /// the session first.
+    ///
+    /// # Errors
+    /// The journal does not read back (damaged), or the checkpoint cannot be
+    /// encoded or written.
+    pub fn take_over(
+        &self,
+        session: &Arc<Session<F>>,
+        map: JournalMap,
+    ) -> Result<(), RecoveryError> {
+        let t = std::time::Instant::now();
+        // Only where the log ends: the state is the session's, not the records'.
+        let recovered = super::replay::scan(&map)?;
+        let read = t.elapsed();
+        let mut encoded = std::time::Duration::ZERO;
+        let r = self.begin_with(session, |checkpoint| {
+            encoded = t.elapsed() - read;
+            Journal::resume(map, &recovered, checkpoint, self.options)
+        });
+        log::info!(
+            "journal taken over: epoch {} (records up to {}) read in {read:?}, checkpoint \
+             encoded in {encoded:?}, written in {:?}",
+            recovered.epoch,
+            recovered.next_seq,
+            t.elapsed() - read - encoded
+        );
+        r
+    }
+
     fn begin_with(
         &self,
         session: &Arc<Session<F>>,
