@@ -371,7 +371,10 @@ fn bench(files: usize, kills: usize) -> Res<()> {
     let failed = failed.load(Ordering::Relaxed);
     // What each recovery replayed (memfs logs it at level warn).
     let log = std::fs::read_to_string(dir.join("keeper.log")).unwrap_or_default();
-    for l in log.lines().filter(|l| l.contains("recovering")) {
+    for l in log
+        .lines()
+        .filter(|l| l.contains("recovering") || l.contains("journal re"))
+    {
         println!("# {l}");
     }
     drop(rig);

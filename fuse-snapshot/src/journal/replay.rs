@@ -308,25 +308,44 @@ fn find_later_record<S: Storage + ?Sized>(
     let stop = off
         .saturating_add(record_len(MAX_PAYLOAD) + RECORD_HEADER_LEN)
         .min(file_len);
-    if start >= stop {
-        return Ok(None);
-    }
-    // Bounded by record_len(MAX_PAYLOAD) and by the file.
-    let mut window = vec![0u8; (stop - start) as usize];
-    storage.read(start, &mut window)?;
-    let mut i = 0usize;
-    while i + 24 <= window.len() {
-        let hb: &[u8; 24] = window[i..i + 24].try_into().unwrap_or(&[0; 24]);
-        // Cheap filters first: a header's checksum word is never zero in
-        // practice, and most of the window is zero.
-        if le32(&hb[20..24]) != 0 {
-            if let Some(h) = RecordHeader::decode(hb, epoch) {
-                if h.seq >= seq && u64::from(h.len) <= MAX_PAYLOAD {
-                    return Ok(Some(start + i as u64));
+    // Read in windows, skipping the holes of a sparse file (past the end of a log
+    // the file is mostly never written: a hole reads as zeros, and zeros hold no
+    // record), so a clean end costs an lseek, not a read of MAX_PAYLOAD bytes.
+    const WINDOW: u64 = 1 << 20;
+    let mut window = Vec::new();
+    let mut pos = start;
+    while pos + 24 <= stop {
+        let data = storage.next_data(pos)?;
+        if data >= stop {
+            break;
+        }
+        // Stay on the 8-byte grid of record positions.
+        if data > pos {
+            pos += (data - pos) & !7;
+        }
+        // A window, plus 16 bytes so that a header that starts in its last 8 is read.
+        let end = pos.saturating_add(WINDOW + 16).min(stop);
+        if end < pos + 24 {
+            break;
+        }
+        // Bounded by WINDOW and by the file.
+        window.resize((end - pos) as usize, 0);
+        storage.read(pos, &mut window)?;
+        let mut i = 0usize;
+        while i + 24 <= window.len() {
+            let hb: &[u8; 24] = window[i..i + 24].try_into().unwrap_or(&[0; 24]);
+            // Cheap filters first: a header's checksum word is never zero in
+            // practice, and most of the window is zero.
+            if le32(&hb[20..24]) != 0 {
+                if let Some(h) = RecordHeader::decode(hb, epoch) {
+                    if h.seq >= seq && u64::from(h.len) <= MAX_PAYLOAD {
+                        return Ok(Some(pos + i as u64));
+                    }
                 }
             }
+            i += 8;
         }
-        i += 8;
+        pos += i as u64;
     }
     Ok(None)
 }
