@@ -169,11 +169,17 @@ impl SnapshotFs for PassFs {
                 }
             }
         }
+        if self.jr.restored.load(Ordering::Relaxed) {
+            return self.check_recovered(handles);
+        }
         let by_id: HashMap<u64, &Node> = nodes.iter().map(|n| (n.nodeid, &n.node)).collect();
         let files = lock(&self.files);
         let mut uses: HashMap<i32, (u64, Option<&Node>)> = HashMap::new();
         for h in handles {
-            if !files.contains_key(&h.handle.id) {
+            // (After a crash recovery, files are reopened once the session is
+            // rebuilt: the journal's table of open files stands for them.)
+            if !files.contains_key(&h.handle.id) && !lock(&self.jr.opens).contains_key(&h.handle.id)
+            {
                 return Err(format!("fh {}: open file {} is missing", h.fh, h.handle.id));
             }
             if h.handle.backing != 0 {
@@ -203,5 +209,55 @@ impl SnapshotFs for PassFs {
             ));
         }
         Ok(())
+    }
+}
+
+impl PassFs {
+    /// [`SnapshotFs::check_session`] after a crash: every handle names an open file
+    /// of the journal and a registered backing id. The uses of the backing ids
+    /// are counted again from the handles afterwards
+    /// ([`PassFs::settle_backings`]): the recovery checks single handles first
+    /// (to drop orphans), then the whole table, which is kept here.
+    fn check_recovered(&self, handles: &[HandleState<Handle>]) -> Result<(), String> {
+        let opens = lock(&self.jr.opens);
+        let backings = lock(&self.pt.backings);
+        let mut uses = Vec::new();
+        for h in handles {
+            if !opens.contains_key(&h.handle.id) {
+                return Err(format!("fh {}: open file {} is missing", h.fh, h.handle.id));
+            }
+            if h.handle.backing != 0 {
+                if !backings.values().any(|b| b.id == h.handle.backing) {
+                    return Err(format!(
+                        "fh {} uses backing id {}, which is not registered",
+                        h.fh, h.handle.backing
+                    ));
+                }
+                uses.push(h.handle.backing);
+            }
+        }
+        *lock(&self.jr.checked) = Some(uses);
+        Ok(())
+    }
+
+    /// After a crash: each backing id's uses counted from the session's handles
+    /// (the last table [`SnapshotFs::check_session`] saw); ids no handle uses are
+    /// released once the device is known. Returns how many were unused.
+    pub fn settle_backings(&self) -> usize {
+        let Some(uses) = lock(&self.jr.checked).take() else {
+            return 0;
+        };
+        let mut backings = lock(&self.pt.backings);
+        let mut unused = Vec::new();
+        backings.retain(|_, b| {
+            b.refs = uses.iter().filter(|&&u| u == b.id).count() as u64;
+            if b.refs == 0 {
+                unused.push(b.id);
+            }
+            b.refs > 0
+        });
+        let n = unused.len();
+        lock(&self.pt.pending_close).extend(unused);
+        n
     }
 }
