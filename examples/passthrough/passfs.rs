@@ -189,6 +189,42 @@ pub struct PassFs {
     pub jr: Journaling,
 }
 
+/// Test hook (environment variable): `MARKER:OP:NAME` makes the process abort
+/// (SIGKILL) right after operation OP (`create`, `mkdir`, `unlink`, `rename`, `link`) on
+/// NAME ran on the source and before its reply is journaled — the window only the
+/// intents close — once: only if the file MARKER does not exist (it is created
+/// first, so the restarted process does not abort again).
+pub const CRASH_HOOK: &str = "PASSTHROUGH_CRASH_ONCE";
+
+/// Aborts here if [`CRASH_HOOK`] names this operation and name.
+fn crash_point(op: &str, name: &CString) {
+    static HOOK: OnceLock<Option<(String, String, Vec<u8>)>> = OnceLock::new();
+    let hook = HOOK.get_or_init(|| {
+        let v = std::env::var(CRASH_HOOK).ok()?;
+        let mut it = v.splitn(3, ':');
+        Some((
+            it.next()?.to_owned(),
+            it.next()?.to_owned(),
+            it.next()?.as_bytes().to_vec(),
+        ))
+    });
+    let Some((marker, hop, hname)) = hook else {
+        return;
+    };
+    if hop != op || hname.as_slice() != name.as_bytes() {
+        return;
+    }
+    if std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(marker)
+        .is_ok()
+    {
+        log::warn!("{CRASH_HOOK}: killing this process after {op} of {name:?}");
+        let _ = nix::sys::signal::kill(nix::unistd::getpid(), nix::sys::signal::Signal::SIGKILL);
+    }
+}
+
 /// Bit 63 of a unique: the kernel resent the request.
 pub const UNIQUE_RESEND: u64 = 1 << 63;
 
@@ -422,14 +458,18 @@ impl PassFs {
         let pfd = self.node_fd(parent)?;
         let prior = self.prior_intent(ctx);
         let key = self.intent(ctx, op, parent, &name, None, None);
-        let made = match make(pfd.as_fd(), &name) {
+        let made = make(pfd.as_fd(), &name);
+        if made.is_ok() {
+            crash_point(op, &name);
+        }
+        let made = match made {
             // Resent after a crash, and the dead process had made it.
             Err(rustix::io::Errno::EXIST)
                 if prior
                     .as_ref()
                     .is_some_and(|p| self.born_after(pfd.as_fd(), &name, p)) =>
             {
-                log::info!("{op} resent after a crash: the dead process had made it");
+                log::warn!("{op} resent after a crash: the dead process had made it");
                 Ok(())
             }
             r => r.map_err(rx),
@@ -1104,7 +1144,7 @@ impl Filesystem for PassFs {
                 moved && now_src != prior.before
             };
             if done {
-                log::info!("rename resent after a crash: the dead process had done it");
+                log::warn!("rename resent after a crash: the dead process had done it");
                 self.done(Some(ctx.unique & !UNIQUE_RESEND));
                 return Ok(());
             }
@@ -1125,6 +1165,9 @@ impl Filesystem for PassFs {
             rustix::fs::RenameFlags::from_bits_retain(flags.0),
         )
         .map_err(rx);
+        if r.is_ok() {
+            crash_point("rename", &name);
+        }
         self.done(key);
         r
     }
@@ -1141,18 +1184,22 @@ impl Filesystem for PassFs {
         let np = self.node_fd(newparent)?;
         let prior = self.prior_intent(ctx);
         let key = self.intent(ctx, "link", newparent, &newname, None, Some(node.clone()));
-        let r = match rustix::fs::linkat(
+        let r = rustix::fs::linkat(
             fd.as_fd(),
             c"",
             np.as_fd(),
             newname.as_c_str(),
             AtFlags::EMPTY_PATH,
-        ) {
+        );
+        if r.is_ok() {
+            crash_point("link", &newname);
+        }
+        let r = match r {
             // Resent after a crash: the dead process had made this very link.
             Err(rustix::io::Errno::EXIST)
                 if prior.is_some() && self.node_at(np.as_fd(), &newname).as_ref() == Some(node) =>
             {
-                log::info!("link resent after a crash: the dead process had made it");
+                log::warn!("link resent after a crash: the dead process had made it");
                 Ok(())
             }
             r => r.map_err(rx),
@@ -1424,7 +1471,10 @@ impl Filesystem for PassFs {
             oflags | OFlags::CREATE | OFlags::EXCL,
             mode & 0o7777,
         ) {
-            Ok(fd) => Ok((fd, true)),
+            Ok(fd) => {
+                crash_point("create", &cname);
+                Ok((fd, true))
+            }
             // Not O_EXCL, or resent after a crash and the dead process had
             // created it (O_EXCL): open what is there. (Its O_TRUNC was done.)
             Err(e)
@@ -1435,7 +1485,7 @@ impl Filesystem for PassFs {
                             .is_some_and(|p| self.born_after(pfd.as_fd(), &cname, p))) =>
             {
                 if excl {
-                    log::info!("create resent after a crash: the dead process had made it");
+                    log::warn!("create resent after a crash: the dead process had made it");
                 }
                 open_beneath(pfd.as_fd(), &cname, oflags - OFlags::TRUNC, 0)
                     .map(|fd| (fd, excl))
@@ -1602,13 +1652,16 @@ impl PassFs {
             // Resent after a crash: the dead process removed the name (and
             // someone may have made it anew since: that one stays).
             if p.before.is_some() && before != p.before {
-                log::info!("{op} resent after a crash: the dead process had done it");
+                log::warn!("{op} resent after a crash: the dead process had done it");
                 self.done(Some(ctx.unique & !UNIQUE_RESEND));
                 return Ok(());
             }
         }
         let key = self.intent(ctx, op, parent, &name, before, None);
         let r = rustix::fs::unlinkat(pfd.as_fd(), name.as_c_str(), flags).map_err(rx);
+        if r.is_ok() {
+            crash_point(op, &name);
+        }
         self.done(key);
         r
     }
