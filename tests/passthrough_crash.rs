@@ -239,10 +239,20 @@ fn open_files_in(pid: i32, src: &Path) -> usize {
 
 /// Waits until `pid` holds no open file of `src` (the kernel sends RELEASE in
 /// the background after the last close).
-fn wait_released(pid: i32, src: &Path) {
+fn wait_released(pid: i32, src: &Path, log: impl Fn() -> String) {
     let deadline = Instant::now() + PATIENCE;
     while open_files_in(pid, src) > 0 {
-        assert!(Instant::now() < deadline, "files stay open in pid {pid}");
+        if Instant::now() > deadline {
+            let fds: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+                .map(|d| {
+                    d.filter_map(Result::ok)
+                        .filter_map(|e| std::fs::read_link(e.path()).ok())
+                        .map(|t| t.display().to_string())
+                        .collect()
+                })
+                .unwrap_or_default();
+            panic!("files stay open in pid {pid}: {fds:?}\nlog:\n{}", log());
+        }
         std::thread::sleep(Duration::from_millis(20));
     }
 }
@@ -499,7 +509,7 @@ fn repeated_sigkill(test: &str, mode: Mode) {
     }
     // Every file closed (the workers' descriptors dropped): once released, no
     // backing id may be left registered.
-    wait_released(k.daemon(), &k.src());
+    wait_released(k.daemon(), &k.src(), || k.log_text());
     let leaked = leaked_backing_ids(k.pid as i32);
     let log = k.log_text();
     let recovered_leaks: usize = log

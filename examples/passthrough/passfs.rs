@@ -154,7 +154,7 @@ pub struct Journaling {
     /// Restored from a crash journal (its own session checks apply).
     pub restored: AtomicBool,
     /// The backing ids the handles of the last session check use.
-    pub checked: Mutex<Option<Vec<i32>>>,
+    pub checked: Mutex<Option<(Vec<i32>, HashSet<u64>)>>,
     /// Appends a journal record right now (set when journaling).
     pub flush: OnceLock<Box<dyn Fn() + Send + Sync>>,
 }

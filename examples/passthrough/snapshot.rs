@@ -222,7 +222,9 @@ impl PassFs {
         let opens = lock(&self.jr.opens);
         let backings = lock(&self.pt.backings);
         let mut uses = Vec::new();
+        let mut ids = HashSet::new();
         for h in handles {
+            ids.insert(h.handle.id);
             if !opens.contains_key(&h.handle.id) {
                 return Err(format!("fh {}: open file {} is missing", h.fh, h.handle.id));
             }
@@ -236,17 +238,26 @@ impl PassFs {
                 uses.push(h.handle.backing);
             }
         }
-        *lock(&self.jr.checked) = Some(uses);
+        *lock(&self.jr.checked) = Some((uses, ids));
         Ok(())
     }
 
     /// After a crash: each backing id's uses counted from the session's handles
     /// (the last table [`SnapshotFs::check_session`] saw); ids no handle uses are
-    /// released once the device is known. Returns how many were unused.
+    /// released once the device is known, and open files no handle names (the
+    /// recovery dropped their handle) are forgotten. Returns how many backing ids
+    /// were unused.
     pub fn settle_backings(&self) -> usize {
-        let Some(uses) = lock(&self.jr.checked).take() else {
+        let Some((uses, ids)) = lock(&self.jr.checked).take() else {
             return 0;
         };
+        lock(&self.jr.opens).retain(|id, _| {
+            let used = ids.contains(id);
+            if !used {
+                log::warn!("open file {id}: no handle of the session names it; forgotten");
+            }
+            used
+        });
         let mut backings = lock(&self.pt.backings);
         let mut unused = Vec::new();
         backings.retain(|_, b| {
