@@ -449,7 +449,7 @@ fn repeated_sigkill(test: &str, mode: Mode) {
     let conn = fusectl::connection_id(&k.mnt).expect("fusectl connection");
     let id = mount_id(&k.mnt).expect("mount id");
     assert_eq!(
-        leaked_backing_ids(k.pid as i32),
+        leaked_backing_ids(k.daemon()),
         0,
         "none registered at first"
     );
@@ -463,6 +463,10 @@ fn repeated_sigkill(test: &str, mode: Mode) {
         })
         .collect();
     let mut daemons = std::collections::BTreeSet::new();
+    let started = Instant::now();
+    if kills == 0 {
+        std::thread::sleep(Duration::from_secs(3));
+    }
     for n in 0..kills {
         let ms = match rng.next() % 4 {
             0 => 0,
@@ -483,6 +487,7 @@ fn repeated_sigkill(test: &str, mode: Mode) {
         }
     }
     stop.store(true, Ordering::Relaxed);
+    eprintln!("{test}: kills done after {:?}", started.elapsed());
     let mut total = 0;
     let mut left = Vec::new();
     for (w, h) in workers.into_iter().enumerate() {
@@ -509,8 +514,10 @@ fn repeated_sigkill(test: &str, mode: Mode) {
     }
     // Every file closed (the workers' descriptors dropped): once released, no
     // backing id may be left registered.
+    let t = Instant::now();
     wait_released(k.daemon(), &k.src(), || k.log_text());
-    let leaked = leaked_backing_ids(k.pid as i32);
+    eprintln!("{test}: files released after {:?}", t.elapsed());
+    let leaked = leaked_backing_ids(k.daemon());
     let log = k.log_text();
     let recovered_leaks: usize = log
         .lines()

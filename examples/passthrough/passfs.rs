@@ -917,6 +917,18 @@ fn kill_suid_on_trunc(ctx: &RequestContext<'_>, fd: BorrowedFd<'_>, flags: i32) 
     Ok(())
 }
 
+/// An `O_PATH` descriptor of the inode open file `fd` is on, for the node
+/// cache: a duplicate of the open file would keep it open (for writing, too)
+/// until the kernel forgets the node, long after its release.
+fn path_of(fd: BorrowedFd<'_>) -> Result<OwnedFd> {
+    rustix::fs::open(
+        node::proc_path(fd).as_c_str(),
+        OFlags::PATH | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(rx)
+}
+
 fn xattr_reply(size: u32, data: Vec<u8>) -> Result<Xattr> {
     if size == 0 {
         return Ok(Xattr::Size(
@@ -1502,7 +1514,7 @@ impl Filesystem for PassFs {
         } else {
             kill_suid_on_trunc(ctx, fd.as_fd(), flags)?;
         }
-        let path_fd = fd.try_clone().map_err(io_errno)?;
+        let path_fd = path_of(fd.as_fd())?;
         let entry = self.adopt(path_fd)?;
         if entry.node.kind != nix::libc::S_IFREG {
             return Err(Errno::EINVAL);
@@ -1624,7 +1636,7 @@ impl Filesystem for PassFs {
         if let Err(e) = self.give(ctx, fd.as_fd(), pfd.as_fd()) {
             log::warn!("chown of a new file failed: {e}");
         }
-        let entry = self.adopt(fd.try_clone().map_err(io_errno)?)?;
+        let entry = self.adopt(path_of(fd.as_fd())?)?;
         let opened = self.opened(&entry.node, fd, flags);
         Ok((entry, opened))
     }
