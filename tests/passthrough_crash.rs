@@ -628,3 +628,148 @@ fn crash_after_the_operation_with_kernel_passthrough() {
 fn crash_after_the_operation_without_kernel_passthrough() {
     crash_after("pt-intent-off", Mode::Off);
 }
+
+/// Live handoff (no keeper): a file unlinked while open and a file held open
+/// keep their bytes across two handoffs; once both are closed, the kernel holds
+/// no backing id of the connection (counted as the module docs say), before the
+/// first handoff and after the last.
+#[test]
+fn handoff_with_an_unlinked_open_file_leaks_no_backing_id() {
+    let test = "pt-handoff-backing";
+    if !common::can_mount(test) {
+        return;
+    }
+    for mode in [Mode::On, Mode::Off] {
+        let dir = common::temp_dir(test);
+        let (src, mnt, sock) = (dir.join("src"), dir.join("mnt"), dir.join("up.sock"));
+        std::fs::create_dir(&src).expect("source");
+        std::fs::create_dir(&mnt).expect("mountpoint");
+        let watchdog = Watchdog::arm(&mnt, None, Duration::from_secs(300)).expect("watchdog");
+        let bin = common::example_binary("passthrough");
+        let spawn = |args: &[&std::ffi::OsStr], log: &str| {
+            let mut cmd = Command::new(&bin);
+            cmd.args(args)
+                .stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .stderr(File::create(dir.join(log)).expect("log"));
+            let mut child = cmd.spawn().expect("spawn passthrough");
+            let out = child.stdout.take().expect("stdout");
+            let mut line = String::new();
+            BufReader::new(out)
+                .read_line(&mut line)
+                .expect("ready line");
+            assert_eq!(line.trim_end(), format!("ready {}", mnt.display()), "{log}");
+            child
+        };
+        let mut args: Vec<&std::ffi::OsStr> = vec![
+            src.as_os_str(),
+            mnt.as_os_str(),
+            "--allow-other".as_ref(),
+            "--upgrade-socket".as_ref(),
+            sock.as_os_str(),
+        ];
+        if mode == Mode::Off {
+            args.push("--no-passthrough".as_ref());
+        }
+        let mut guard = Guarded {
+            child: Some(spawn(&args, "d0.log")),
+            mnt: mnt.clone(),
+        };
+        let pid = |g: &Guarded| g.child.as_ref().expect("daemon").id() as i32;
+        assert_eq!(leaked_backing_ids(pid(&guard)), 0, "{mode:?}: at first");
+        let held = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(mnt.join("held"))
+            .expect("create held");
+        let gone = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(mnt.join("gone"))
+            .expect("create gone");
+        std::fs::remove_file(mnt.join("gone")).expect("unlink gone");
+        for round in 0..2u64 {
+            let data = block(round, 7);
+            held.write_all_at(&data, round * BLOCK as u64)
+                .expect("pwrite held");
+            gone.write_all_at(&data, round * BLOCK as u64)
+                .expect("pwrite gone");
+            let log = format!("d{}.log", round + 1);
+            let next = spawn(&["--takeover".as_ref(), sock.as_os_str()], &log);
+            let mut old = guard.child.replace(next).expect("daemon");
+            let st = common::wait_exit(&mut old, PATIENCE).expect("the old daemon exits");
+            assert!(st.success(), "{mode:?}: old daemon {st:?}");
+            for r in 0..=round {
+                let want = block(r, 7);
+                let mut got = vec![0u8; BLOCK];
+                gone.read_exact_at(&mut got, r * BLOCK as u64)
+                    .expect("pread gone");
+                assert!(got == want, "{mode:?}: unlinked file, block {r}");
+                held.read_exact_at(&mut got, r * BLOCK as u64)
+                    .expect("pread held");
+                assert!(got == want, "{mode:?}: held file, block {r}");
+            }
+        }
+        let mut want = block(0, 7);
+        want.extend(block(1, 7));
+        drop((held, gone));
+        assert_eq!(std::fs::read(src.join("held")).expect("source"), want);
+        wait_released(pid(&guard), &src, || {
+            std::fs::read_to_string(dir.join("d2.log")).unwrap_or_default()
+        });
+        assert_eq!(
+            leaked_backing_ids(pid(&guard)),
+            0,
+            "{mode:?}: backing ids left registered after two handoffs"
+        );
+        // The count sees registered ids: with passthrough, one for a file open
+        // (which the count releases; the open file keeps working on the kernel's
+        // own reference, and the daemon's release then finds the id gone).
+        let again = File::open(mnt.join("held")).expect("open held");
+        let open_ids = leaked_backing_ids(pid(&guard));
+        assert_eq!(
+            open_ids,
+            if mode == Mode::On { 1 } else { 0 },
+            "{mode:?}: backing ids while a file is open"
+        );
+        let mut got = vec![0u8; 2 * BLOCK];
+        again.read_exact_at(&mut got, 0).expect("read held");
+        assert!(got == want, "{mode:?}: held read again");
+        drop(again);
+        eprintln!(
+            "{test} {mode:?}: 2 handoffs, {open_ids} backing id registered while a file \
+             was open, 0 left registered after closing"
+        );
+        let mut daemon = guard.child.take().expect("daemon");
+        kill(Pid::from_raw(daemon.id() as i32), Signal::SIGTERM).expect("SIGTERM");
+        let st = common::wait_exit(&mut daemon, PATIENCE).expect("exit on SIGTERM");
+        assert!(st.success(), "{st:?}");
+        assert!(!common::is_fuse_mounted(&mnt));
+        assert!(!watchdog.disarm(), "the watchdog fired");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
+
+/// A daemon and its mount, torn down if a test fails midway.
+struct Guarded {
+    child: Option<Child>,
+    mnt: PathBuf,
+}
+
+impl Drop for Guarded {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = kill(Pid::from_raw(c.id() as i32), Signal::SIGTERM);
+            if common::wait_exit(&mut c, Duration::from_secs(15)).is_none() {
+                let _ = fusectl::tear_down(&self.mnt, None);
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+        }
+        if common::is_fuse_mounted(&self.mnt) {
+            let _ = fusectl::tear_down(&self.mnt, None);
+        }
+    }
+}
