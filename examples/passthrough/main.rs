@@ -29,6 +29,15 @@
 //!   `SCM_RIGHTS`, unlinked ones included), directory streams and passthrough
 //!   backing ids.
 //!
+//! - Under a fd store (`fuse-live-keeper -- passthrough SOURCE MOUNTPOINT ...`, or
+//!   systemd with `FileDescriptorStoreMax=`): crash recovery. The session is
+//!   journaled into a memfd kept in the store with the `/dev/fuse` descriptor; a
+//!   restarted process recovers the mount instead of mounting (open files reopened
+//!   by file handle, or taken from the store when they were unlinked while open;
+//!   leaked backing ids released; intents checked), and prints `ready MOUNTPOINT`
+//!   at each start. Not with `--upgrade-socket` or `--no-file-handles`. See
+//!   docs/RECOVERY.md, "passthrough: crash recovery".
+//!
 //! **Run it as root, with `default_permissions` (always set here).** The daemon
 //! acts on SOURCE with its own credentials; the kernel's permission checks are what
 //! stop one user from reading another's files. A mount *without*

@@ -511,6 +511,20 @@ impl PassFs {
         Ok(fd)
     }
 
+    /// The flags a backing file is opened with for an open with `flags`. Under
+    /// the crash journal without `O_APPEND`: the kernel sends every WRITE with
+    /// its offset (the end of the file for an append), and a WRITE run again after
+    /// a crash (resent, its reply not journaled) must write the same bytes at the
+    /// same place, not append them a second time.
+    fn open_flags(&self, flags: i32) -> OFlags {
+        let f = backing_flags(flags);
+        if self.jr.flush.get().is_some() {
+            f - OFlags::APPEND
+        } else {
+            f
+        }
+    }
+
     /// Records `c` for the crash journal (if recording).
     pub fn note(&self, c: Change) {
         if let Some(v) = lock(&self.jr.recorded).as_mut() {
@@ -1236,7 +1250,7 @@ impl Filesystem for PassFs {
                 Errno::EINVAL
             });
         }
-        let fd = self.reopen(node, backing_flags(flags))?;
+        let fd = self.reopen(node, self.open_flags(flags))?;
         kill_suid_on_trunc(ctx, fd.as_fd(), flags)?;
         Ok(self.opened(node, fd, flags))
     }
@@ -1469,7 +1483,7 @@ impl Filesystem for PassFs {
         let flags = flags.0;
         let cname = component(name)?;
         let pfd = self.node_fd(parent)?;
-        let oflags = backing_flags(flags);
+        let oflags = self.open_flags(flags);
         let excl = flags & nix::libc::O_EXCL != 0;
         let prior = if excl { self.prior_intent(ctx) } else { None };
         let key = if excl {
@@ -1621,7 +1635,7 @@ impl Filesystem for PassFs {
     ) -> Result<(Entry<Node>, Opened<Handle>)> {
         let flags = flags.0;
         let pfd = self.node_fd(parent)?;
-        let mut oflags = backing_flags(flags) | OFlags::TMPFILE | OFlags::CLOEXEC;
+        let mut oflags = self.open_flags(flags) | OFlags::TMPFILE | OFlags::CLOEXEC;
         if flags & nix::libc::O_ACCMODE == nix::libc::O_RDONLY {
             // O_TMPFILE needs write access.
             oflags |= OFlags::RDWR;

@@ -330,3 +330,128 @@ impl PassFs {
         closed
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node(ino: u64) -> Node {
+        Node {
+            dev: 1,
+            ino,
+            kind: nix::libc::S_IFREG,
+            fh: None,
+        }
+    }
+
+    fn base() -> JournalBase {
+        JournalBase {
+            config: Config::default(),
+            root: Node {
+                kind: nix::libc::S_IFDIR,
+                ..node(2)
+            },
+            mount_id: Some(1),
+            passthrough: true,
+            opens: BTreeMap::new(),
+            backings: Vec::new(),
+            last_backing: 0,
+            intents: BTreeMap::new(),
+            next_id: 1,
+        }
+    }
+
+    fn rec(ino: u64) -> OpenRec {
+        OpenRec {
+            node: node(ino),
+            flags: 2,
+        }
+    }
+
+    #[test]
+    fn changes_apply_in_order() {
+        let mut b = base();
+        let bk = Backing {
+            id: 7,
+            writable: true,
+            refs: 1,
+        };
+        PassFs::apply_round(
+            &mut b,
+            vec![
+                Change::Open(3, rec(10)),
+                Change::Backing(node(10), Some(bk)),
+                Change::Open(4, rec(11)),
+                Change::Close(3),
+            ],
+        )
+        .unwrap();
+        assert_eq!(b.opens.keys().copied().collect::<Vec<_>>(), vec![4]);
+        assert_eq!((b.next_id, b.last_backing), (5, 7));
+        PassFs::apply_round(&mut b, vec![Change::Backing(node(10), None)]).unwrap();
+        assert!(b.backings.is_empty());
+        assert_eq!(b.last_backing, 7, "the highest id handed out stays");
+        // Round trip of the encoded base.
+        let bytes = postcard::to_allocvec(&b).unwrap();
+        assert_eq!(PassFs::decode_base(&bytes).unwrap(), b);
+    }
+
+    #[test]
+    fn bad_changes_are_refused() {
+        let bad: Vec<Vec<Change>> = vec![
+            vec![Change::Close(9)],
+            vec![Change::Open(0, rec(1))],
+            vec![Change::Open(u64::MAX, rec(1))],
+            vec![Change::Open(3, rec(1)), Change::Open(3, rec(2))],
+            vec![Change::Backing(
+                node(1),
+                Some(Backing {
+                    id: 0,
+                    writable: false,
+                    refs: 1,
+                }),
+            )],
+            vec![Change::Backing(
+                node(1),
+                Some(Backing {
+                    id: 5,
+                    writable: false,
+                    refs: 0,
+                }),
+            )],
+            vec![
+                Change::Backing(
+                    node(1),
+                    Some(Backing {
+                        id: 5,
+                        writable: false,
+                        refs: 1,
+                    }),
+                ),
+                Change::Backing(
+                    node(2),
+                    Some(Backing {
+                        id: 5,
+                        writable: false,
+                        refs: 1,
+                    }),
+                ),
+            ],
+        ];
+        for changes in bad {
+            let mut b = base();
+            assert!(
+                PassFs::apply_round(&mut b, changes.clone()).is_err(),
+                "{changes:?}"
+            );
+        }
+        // Damaged bytes: an error, never a panic.
+        let bytes = postcard::to_allocvec(&base()).unwrap();
+        for cut in 0..bytes.len() {
+            assert!(PassFs::decode_base(&bytes[..cut]).is_err());
+        }
+        let mut long = bytes.clone();
+        long.push(0);
+        assert!(PassFs::decode_base(&long).is_err());
+    }
+}
