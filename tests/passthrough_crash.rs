@@ -773,3 +773,52 @@ impl Drop for Guarded {
         }
     }
 }
+
+/// An open file whose inode is gone when the daemon restarts (removed from SOURCE
+/// behind the mount, and freed when the killed daemon's descriptors closed) is
+/// dead: its writes and reads fail with EIO and never reach another file, though
+/// a new file may have taken its inode number. Without kernel passthrough only:
+/// with it, the kernel's backing file keeps the inode, and the file goes on
+/// working (the same file).
+#[test]
+fn an_open_file_gone_from_source_is_dead_after_a_crash() {
+    let test = "pt-crash-dead";
+    if !common::can_mount(test) {
+        return;
+    }
+    let k = Keeper::start(test, Mode::Off, &[]);
+    let src = k.src();
+    std::fs::write(k.mnt.join("victim"), b"victim data").expect("write victim");
+    let held = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(nix::libc::O_DIRECT)
+        .open(k.mnt.join("victim"))
+        .expect("open victim");
+    let mut buf = vec![0u8; 11];
+    held.read_exact_at(&mut buf, 0).expect("read victim");
+    assert_eq!(buf, b"victim data");
+    // Behind the mount: the name goes, and other files come (one may get the
+    // freed inode number).
+    std::fs::remove_file(src.join("victim")).expect("unlink in SOURCE");
+    kill(Pid::from_raw(k.daemon()), Signal::SIGKILL).expect("kill passthrough");
+    for i in 0..20 {
+        std::fs::write(src.join(format!("other{i}")), b"other data").expect("other");
+    }
+    k.next_ready("after the kill");
+    let w = held.write_at(b"X", 0);
+    assert_eq!(common::errno_of(w), nix::libc::EIO, "write to a dead file");
+    let r = held.read_at(&mut buf, 0);
+    assert_eq!(common::errno_of(r), nix::libc::EIO, "read of a dead file");
+    for i in 0..20 {
+        assert_eq!(
+            std::fs::read(src.join(format!("other{i}"))).expect("other"),
+            b"other data",
+            "another file was reached"
+        );
+    }
+    let log = k.log_text();
+    assert!(log.contains("cannot be found again"), "{log}");
+    drop(held);
+    k.stop();
+}
