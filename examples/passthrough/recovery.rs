@@ -306,8 +306,9 @@ impl PassFs {
 
     /// After a crash, once the device is known: releases the backing ids the dead
     /// process registered but did not journal (the kernel hands them out in
-    /// increasing order, so they lie just past the highest journaled one).
-    /// Returns how many were released.
+    /// increasing order, so they lie just past the highest journaled one; after
+    /// the id space wraps, at `i32::MAX`, they would not be found). Returns how
+    /// many were released.
     pub fn release_leaked_backings(&self) -> usize {
         let Some(dev) = self.pt.device.get() else {
             return 0;
@@ -316,9 +317,11 @@ impl PassFs {
             return 0;
         }
         let known: HashSet<i32> = lock(&self.pt.backings).values().map(|b| b.id).collect();
+        // Ids up to the highest journaled one are known: each is in the table, or
+        // was released before the record that dropped it.
         let last = self.jr.last_backing.load(Ordering::Relaxed).max(0);
         let mut closed = 0;
-        for id in 1..=last.saturating_add(BACKING_SCAN) {
+        for id in last.saturating_add(1)..=last.saturating_add(BACKING_SCAN) {
             if known.contains(&id) {
                 continue;
             }

@@ -10,8 +10,9 @@
 //! they stay registered across the handoff, the successor keeps counting their
 //! uses and releases each with the last release of a handle that names it (handle
 //! values carry their id). A process that dies leaves its ids registered until the
-//! connection ends (unmount), or until a successor restored from a snapshot
-//! releases them.
+//! connection ends (unmount), or until a successor releases them: one restored
+//! from a snapshot, or, under a fd store, the next process, which knows them from
+//! the crash journal (`recovery.rs`).
 use std::collections::{HashMap, HashSet};
 use std::io;
 use std::os::fd::AsFd;
