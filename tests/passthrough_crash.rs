@@ -14,8 +14,9 @@
 //! - a live handoff with a file unlinked while open, with the backing ids counted
 //!   at the end.
 //!
-//! Backing ids: the kernel shows none (no debugfs or fdinfo entry lists a
-//! connection's backing files), so the tests count them with the kernel's own
+//! Backing ids: the kernel lists them nowhere these tests can look (the fdinfo of
+//! `/dev/fuse` shows its connection only; fusectl has no entry), so they count them
+//! with the kernel's own
 //! answer: they take the connection's `/dev/fuse` descriptor from the process that
 //! holds it (`pidfd_getfd`) once every file is closed and released, and
 //! `FUSE_DEV_IOC_BACKING_CLOSE` every id up to [`SCAN`]: each success is an id
