@@ -518,11 +518,16 @@ impl PassFs {
     /// same place, not append them a second time.
     fn open_flags(&self, flags: i32) -> OFlags {
         let f = backing_flags(flags);
-        if self.jr.flush.get().is_some() {
+        if self.journaling() {
             f - OFlags::APPEND
         } else {
             f
         }
+    }
+
+    /// Whether this filesystem runs under the crash journal (a fd store).
+    fn journaling(&self) -> bool {
+        self.jr.flush.get().is_some()
     }
 
     /// Records `c` for the crash journal (if recording).
@@ -1175,12 +1180,14 @@ impl Filesystem for PassFs {
                 return Ok(());
             }
         }
-        let before = self.node_at(p.as_fd(), &name);
-        // The target may lose its last link; with EXCHANGE nothing does.
-        let other = if exchange {
-            self.node_at(np.as_fd(), &newname)
-        } else {
-            self.victim(np.as_fd(), &newname)
+        // (Only under the crash journal: the intent's inodes, and the open files
+        // of a target that may lose its last link; with EXCHANGE none does.)
+        let journaling = self.journaling();
+        let before = journaling.then(|| self.node_at(p.as_fd(), &name)).flatten();
+        let other = match (journaling, exchange) {
+            (false, _) => None,
+            (true, true) => self.node_at(np.as_fd(), &newname),
+            (true, false) => self.victim(np.as_fd(), &newname),
         };
         let key = self.intent(ctx, "rename", parent, &name, before, other);
         let r = rustix::fs::renameat_with(
@@ -1673,7 +1680,11 @@ impl PassFs {
         let name = component(name)?;
         let pfd = self.node_fd(parent)?;
         let prior = self.prior_intent(ctx);
-        let before = self.victim(pfd.as_fd(), &name);
+        let before = if self.journaling() {
+            self.victim(pfd.as_fd(), &name)
+        } else {
+            None
+        };
         if let Some(p) = &prior {
             // Resent after a crash: the dead process removed the name (and
             // someone may have made it anew since: that one stays).
