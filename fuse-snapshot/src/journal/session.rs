@@ -319,6 +319,53 @@ where
         self as *const Self as usize
     }
 
+    /// Appends a record of what changed so far — the session's tables and the
+    /// filesystem's recorded changes ([`Precopy::precopy_round`]), without a
+    /// reply — *now*, instead of with the request's reply. For a filesystem that
+    /// must have something in the journal before it acts on its backing store:
+    /// an *intent* noted in its change recording before a non-idempotent call
+    /// (create, unlink, rename...), which a successor finds if the process dies
+    /// after the call and before the reply's record.
+    ///
+    /// Call it from inside a request (a filesystem method). A request whose
+    /// opcode records its reply ([`records_reply`]) already holds the gate; any
+    /// other takes it here for the append. Returns false when nothing was
+    /// appended: the journal is not started, or failed earlier.
+    pub fn record_now(&self) -> bool {
+        let Some(live) = self.live.get() else {
+            return false;
+        };
+        let held = HOLDS.with(|h| h.get()) == self.me();
+        if !held {
+            self.gate.take();
+        }
+        let (appended, compaction) = {
+            let mut live = lock(live);
+            if live.failed {
+                (false, None)
+            } else {
+                match append(&mut live, None) {
+                    Ok(compaction) => (true, compaction),
+                    Err(e) => {
+                        live.failed = true;
+                        log::error!(
+                            "the journal failed, recording stopped (a crash from now on loses \
+                             state): {e}"
+                        );
+                        (false, None)
+                    }
+                }
+            }
+        };
+        if !held {
+            self.gate.give();
+        }
+        if let Some(c) = compaction {
+            self.compact(c);
+        }
+        appended
+    }
+
     /// Appends the record of one reply (under the gate). Returns the compaction to
     /// run once the gate is given back, if the log asks for one: it must be run
     /// (the checkpoint it holds restarted the change recording).
