@@ -545,7 +545,7 @@ fn a_crash_at_each_handoff_step_recovers() {
         run.check_workers();
         let first = run.daemon();
         kill(Pid::from_raw(run.keeper_pid as i32), Signal::SIGHUP).expect("SIGHUP");
-        let fired = format!("fault point {step} (hit 1)");
+        let fired = format!("fuse-live fault: aborting at {step} (hit 1)");
         // Settled: the fault fired, one daemon runs, and it serves (it said
         // READY=1, or it is the first one and the handoff rolled back).
         let deadline = Instant::now() + PATIENCE;
@@ -555,10 +555,7 @@ fn a_crash_at_each_handoff_step_recovers() {
             // The process the fault aborted (a zombie may still be listed).
             let aborted = log
                 .lines()
-                .find_map(|l| {
-                    l.strip_prefix(fired.as_str())?
-                        .strip_prefix(": aborting pid ")
-                })
+                .find_map(|l| l.strip_prefix(fired.as_str())?.strip_prefix(", pid "))
                 .and_then(|p| p.trim().parse::<i32>().ok());
             if let Some(aborted) = aborted {
                 if let [one] = now[..]

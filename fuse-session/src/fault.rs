@@ -17,7 +17,7 @@
 //! is reported once on stderr and injects nothing; it never panics. A name not in
 //! [`POINTS`] (a typo, or a point added elsewhere without its line there) is
 //! armed anyway, with a warning on stderr. Just before aborting, one line goes to stderr:
-//! `fuse-live fault: aborting at POINT (hit N)`, which tests count.
+//! `fuse-live fault: aborting at POINT (hit N), pid P`, which tests count.
 //!
 //! With [`DISARM_ENV`] (`FUSE_LIVE_FAULT_DISARM=PATH`) set too, the fault does
 //! not fire while the file PATH exists.
@@ -263,7 +263,10 @@ fn hit(plan: &Plan, name: &'static str) {
             );
             return;
         }
-        eprintln!("fuse-live fault: aborting at {name} (hit {n})");
+        eprintln!(
+            "fuse-live fault: aborting at {name} (hit {n}), pid {}",
+            std::process::id()
+        );
         std::process::abort();
     }
 }

@@ -194,6 +194,9 @@ struct Live<F: Precopy> {
     recent: VecDeque<(u64, Vec<u8>)>,
     /// The journal failed: recording stopped (logged once).
     failed: bool,
+    /// A compaction was handed out and has not finished: no second one is taken
+    /// meanwhile (its checkpoint would be encoded for nothing, and refused).
+    compacting: bool,
 }
 
 /// The [`StepHook`] of a journaled session: see the [module docs](self).
@@ -300,6 +303,7 @@ where
             Ok::<_, RecoveryError>(Live {
                 session: Arc::downgrade(session),
                 journal: Arc::new(journal),
+                compacting: false,
                 recent,
                 failed: false,
             })
@@ -393,7 +397,11 @@ where
     /// journal copies what they append into the new area), so only the request that
     /// noticed waits for the write.
     fn compact(&self, c: Compaction) {
-        match c.journal.compact(c.mark, &c.checkpoint) {
+        let result = c.journal.compact(c.mark, &c.checkpoint);
+        if let Some(live) = self.live.get() {
+            lock(live).compacting = false;
+        }
+        match result {
             Ok(()) => log::debug!("journal compacted at seq={}", c.mark.seq),
             // The journal is unchanged, but the recording restarted with the
             // checkpoint: the changes since the last record are recorded next.
@@ -473,7 +481,7 @@ fn append<F: Precopy>(
             live.recent.pop_front();
         }
     }
-    if !appended.compact {
+    if !appended.compact || live.compacting {
         return Ok(None);
     }
     // The mark and the checkpoint together, under the gate: the checkpoint holds
@@ -481,6 +489,7 @@ fn append<F: Precopy>(
     let mark = live.journal.mark();
     let checkpoint = checkpoint(&session, &live.recent)?;
     log::debug!("journal compaction at seq={}", mark.seq);
+    live.compacting = true;
     Ok(Some(Compaction {
         journal: live.journal.clone(),
         mark,
