@@ -43,14 +43,14 @@ use std::os::unix::ffi::OsStrExt;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, UNIX_EPOCH};
 
-use fuse_live::session::dev::MountOptions;
-use fuse_live::session::serve::{Server, TransportKind, UringOptions};
-use fuse_live::session::wire::{FopenFlags, InitFlags};
-use fuse_live::session::{
+use fuse_session::dev::MountOptions;
+use fuse_session::serve::{Server, TransportKind, UringOptions};
+use fuse_session::wire::{FopenFlags, InitFlags};
+use fuse_session::{
     AttrReply, DirEntries, Entry, Errno, FileAttr, FileType, Filesystem, InitWishes, Opened,
     ReadBuf, RequestContext, Result, Statfs,
 };
-use fuse_live::session::{FuseOpenFlags, OpenFlags};
+use fuse_session::{FuseOpenFlags, OpenFlags};
 
 const ROOT_INO: u64 = 1;
 const BIG_INO: u64 = 2;
@@ -365,7 +365,7 @@ fn usage() -> ! {
 fn main() {
     // Before any thread starts and before `ready` is printed: a SIGTERM sent right
     // after `ready` must reach run_until_signal, not the default action.
-    fuse_live::session::serve::block_termination_signals();
+    fuse_session::serve::block_termination_signals();
     let args: Vec<String> = std::env::args().skip(1).collect();
     if args.len() < 2 {
         usage();

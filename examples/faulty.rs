@@ -14,13 +14,13 @@
 use std::ffi::OsStr;
 use std::time::Duration;
 
-use fuse_live::session::dev::MountOptions;
-use fuse_live::session::serve::{Server, UringOptions};
-use fuse_live::session::{
+use fuse_session::dev::MountOptions;
+use fuse_session::serve::{Server, UringOptions};
+use fuse_session::{
     AttrReply, DirEntries, Entry, Errno, FileAttr, FileType, Filesystem, Opened, ReadBuf,
     RequestContext, Result,
 };
-use fuse_live::session::{FuseOpenFlags, OpenFlags, WriteFlags};
+use fuse_session::{FuseOpenFlags, OpenFlags, WriteFlags};
 
 const TEXT: &[u8] = b"all is well\n";
 const TTL: Duration = Duration::ZERO;
@@ -183,7 +183,7 @@ fn usage() -> ! {
 fn main() {
     // Before any thread starts and before `ready` is printed: a SIGTERM sent right
     // after `ready` must reach run_until_signal, not the default action.
-    fuse_live::session::serve::block_termination_signals();
+    fuse_session::serve::block_termination_signals();
     let mut args = std::env::args().skip(1);
     let mut mountpoint = None;
     let mut threads = 1;

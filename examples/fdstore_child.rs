@@ -3,6 +3,7 @@
 //!
 //! ```text
 //! fdstore_child LABEL [--crash-on-start] [--exit-code N] [--garbage] [--intruder]
+//!               [--handover FILE]
 //! ```
 //!
 //! At each start it prints `pid N`, `notify SOCKET`, `inherited NAMES` (the
@@ -16,12 +17,18 @@
 //! - `--garbage`: first sends malformed messages, which the keeper must ignore.
 //! - `--intruder`: first runs a grandchild that tries to store a descriptor named
 //!   `intruder` and to remove `state`, which the keeper must refuse.
+//! - `--handover FILE`: plays a live upgrade's messages for the keeper's SIGHUP
+//!   (tests/keeper_handoff.rs). Started as a successor (`FUSE_LIVE_UPGRADE_FROM`),
+//!   it prints `pid N` and `upgrade-from M`, stores nothing and waits; SIGUSR1 makes
+//!   it say `READY=1` (it "serves"). Otherwise, once ready, SIGUSR1 makes it send
+//!   `MAINPID=` the pid written in FILE (it "hands over") and SIGUSR2 `MAINPID=`
+//!   its own (it "rolls back"); each prints `named N`.
 use std::io::Write;
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::FileExt;
 use std::process::Command;
 
-use fuse_live::session::dev::fdstore::{FdStore, NotifySocket};
+use fuse_session::dev::fdstore::{FdStore, NotifySocket};
 use nix::sys::signal::{SigSet, Signal};
 
 fn fail(what: &str, e: impl std::fmt::Display) -> ! {
@@ -48,9 +55,18 @@ fn main() {
     let mut mask = SigSet::empty();
     mask.add(Signal::SIGTERM);
     mask.add(Signal::SIGINT);
-    let _ = mask.thread_block();
     let label = args.first().cloned().unwrap_or_default();
     let flag = |f: &str| args.iter().any(|a| a == f);
+    let handover = args
+        .iter()
+        .position(|a| a == "--handover")
+        .and_then(|i| args.get(i + 1))
+        .map(std::path::PathBuf::from);
+    if handover.is_some() {
+        mask.add(Signal::SIGUSR1);
+        mask.add(Signal::SIGUSR2);
+    }
+    let _ = mask.thread_block();
     let exit_code: i32 = args
         .iter()
         .position(|a| a == "--exit-code")
@@ -59,6 +75,9 @@ fn main() {
         .unwrap_or(0);
 
     let mut store = FdStore::from_env().unwrap_or_else(|e| fail("fd store", e));
+    if let (Some(_), Some(from)) = (&handover, store.upgrade_from()) {
+        successor(&store, from, &mask);
+    }
     let notify = store
         .notify_socket()
         .map(|s| s.name().to_owned())
@@ -117,7 +136,47 @@ fn main() {
     store.ready().unwrap_or_else(|e| fail("ready", e));
     let _ = writeln!(out, "ready {label}");
     let _ = out.flush();
-    let _ = mask.wait();
+    loop {
+        match mask.wait() {
+            Ok(Signal::SIGUSR1) => {
+                let file = handover.as_deref().unwrap_or(std::path::Path::new(""));
+                let pid: u32 = std::fs::read_to_string(file)
+                    .ok()
+                    .and_then(|t| t.trim().parse().ok())
+                    .unwrap_or_else(|| fail("read the successor's pid", file.display()));
+                store.main_pid(pid).unwrap_or_else(|e| fail("MAINPID", e));
+                let _ = writeln!(out, "named {pid}");
+                let _ = out.flush();
+            }
+            Ok(Signal::SIGUSR2) => {
+                store
+                    .main_pid(std::process::id())
+                    .unwrap_or_else(|e| fail("MAINPID", e));
+                let _ = writeln!(out, "named {}", std::process::id());
+                let _ = out.flush();
+            }
+            _ => break,
+        }
+    }
     let _ = store.stopping();
     std::process::exit(exit_code);
+}
+
+/// `--handover` started as a successor: waits; SIGUSR1 says READY=1.
+fn successor(store: &FdStore, from: u32, mask: &SigSet) -> ! {
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "pid {}", std::process::id());
+    let _ = writeln!(out, "upgrade-from {from}");
+    let _ = out.flush();
+    loop {
+        match mask.wait() {
+            Ok(Signal::SIGUSR1) => {
+                store.ready().unwrap_or_else(|e| fail("ready", e));
+                let _ = writeln!(out, "serving");
+                let _ = out.flush();
+            }
+            Ok(Signal::SIGUSR2) => {}
+            _ => std::process::exit(0),
+        }
+    }
 }

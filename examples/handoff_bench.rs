@@ -26,11 +26,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use fuse_live::session::dev::fusectl::{self, Watchdog};
-use fuse_live::session::dev::MountOptions;
-use fuse_live::session::serve::{Running, Server};
-use fuse_live::snapshot::handoff::{self, HandoffOptions, UpgradeListener};
 use fuse_live_testkit::{chart, field, spawn_with_lines, stop_process, wait_exit};
+use fuse_session::dev::fusectl::{self, Watchdog};
+use fuse_session::dev::MountOptions;
+use fuse_session::serve::{Running, Server};
+use fuse_snapshot::handoff::{self, HandoffOptions, UpgradeListener};
 
 // memfs's own modules (the memfs workspace crate).
 use memfs::fs;

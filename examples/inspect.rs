@@ -12,9 +12,9 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::ExitCode;
 
-use fuse_live::snapshot::session::HandleKind;
-use fuse_live::snapshot::{decode_raw, load_file, RawSnapshot};
-use fuse_live::wire::InitFlags;
+use fuse_snapshot::session::HandleKind;
+use fuse_snapshot::{decode_raw, load_file, RawSnapshot};
+use fuse_wire::InitFlags;
 
 /// How many entries of each "largest" table to show.
 const TOP: usize = 10;

@@ -23,15 +23,15 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use fuse_live::session::dev::fdstore::FdStore;
-use fuse_live::session::dev::MountOptions;
-use fuse_live::session::serve::{Running, Server};
-use fuse_live::session::{
+use fuse_session::dev::fdstore::FdStore;
+use fuse_session::dev::MountOptions;
+use fuse_session::serve::{Running, Server};
+use fuse_session::{
     AttrReply, DirEntries, Entry, Errno, FileAttr, FileType, Filesystem, Opened, ReadBuf,
     RequestContext, Result,
 };
-use fuse_live::session::{FuseOpenFlags, OpenFlags};
-use fuse_live::snapshot::{FdRestorer, FdSaver, SnapshotFs};
+use fuse_session::{FuseOpenFlags, OpenFlags};
+use fuse_snapshot::{FdRestorer, FdSaver, SnapshotFs};
 
 const TEXT: &[u8] = b"Hello from a daemon that survives SIGKILL!\n";
 const TTL: Duration = Duration::from_secs(1);
@@ -157,8 +157,8 @@ impl SnapshotFs for Hello {
 
     fn check_session(
         &self,
-        nodes: &[fuse_live::session::NodeState<u64>],
-        _: &[fuse_live::session::HandleState<()>],
+        nodes: &[fuse_session::NodeState<u64>],
+        _: &[fuse_session::HandleState<()>],
     ) -> std::result::Result<(), String> {
         match nodes.iter().find(|n| n.node != 1 && n.node != 2) {
             Some(n) => Err(format!("node {} is not a node of this filesystem", n.node)),
@@ -171,9 +171,9 @@ fn run(mountpoint: &Path, checkpoint: &Path) -> std::result::Result<(), String> 
     let mut store = FdStore::from_env().map_err(|e| e.to_string())?;
     let running: Running<Hello> = match store.take_mount(mountpoint).map_err(|e| e.to_string())? {
         Some(mount) => {
-            let bytes = fuse_live::snapshot::load_file(checkpoint)
+            let bytes = fuse_snapshot::load_file(checkpoint)
                 .map_err(|e| format!("read the checkpoint {}: {e}", checkpoint.display()))?;
-            let session = fuse_live::snapshot::restore::<Hello>(&bytes, &mut FdRestorer::empty())
+            let session = fuse_snapshot::restore::<Hello>(&bytes, &mut FdRestorer::empty())
                 .map_err(|e| format!("restore the checkpoint: {e}"))?;
             let resend = session.snapshot().is_some_and(|s| s.kernel_has_resend());
             let running = Server::from_parts(session, mount)
@@ -206,10 +206,10 @@ fn run(mountpoint: &Path, checkpoint: &Path) -> std::result::Result<(), String> 
             // Paused: no request in flight, the tables are one moment's.
             let bytes = {
                 let _paused = running.pause();
-                fuse_live::snapshot::snapshot(running.session(), &mut FdSaver::new())
+                fuse_snapshot::snapshot(running.session(), &mut FdSaver::new())
                     .map_err(|e| format!("checkpoint: {e}"))?
             };
-            fuse_live::snapshot::save_file(checkpoint, &bytes)
+            fuse_snapshot::save_file(checkpoint, &bytes)
                 .map_err(|e| format!("write the checkpoint {}: {e}", checkpoint.display()))?;
             running
                 .with_mount(|m| store.store_mount(m))
@@ -227,7 +227,7 @@ fn run(mountpoint: &Path, checkpoint: &Path) -> std::result::Result<(), String> 
 }
 
 fn main() {
-    fuse_live::session::serve::block_termination_signals();
+    fuse_session::serve::block_termination_signals();
     let args: Vec<PathBuf> = std::env::args_os().skip(1).map(PathBuf::from).collect();
     let [mountpoint, checkpoint] = args.as_slice() else {
         eprintln!("usage: keeper_hello MOUNTPOINT CHECKPOINT_FILE");

@@ -26,22 +26,24 @@
 //! # }
 //! ```
 //!
-//! The three crates of the workspace stay reachable for what goes beyond a
-//! filesystem author's needs (the sans-IO session, fake kernels, snapshot files,
-//! the wire protocol):
+//! A daemon that survives `kill -9` uses flat names too: the fd store
+//! ([`FdStore`]), the journal ([`JournalMap`], [`JournalHook`], [`recover_session`])
+//! and the parts a server is assembled from ([`Session`], [`mount`],
+//! [`Server::from_parts`]); docs/RECOVERY.md shows the whole flow.
 //!
-//! - [`wire`]: the FUSE kernel protocol (7.9 to 7.45) as zero-copy typed messages;
-//! - [`session`]: the session that serves a mount;
-//! - [`snapshot`]: the session as a value on disk or over a socket.
+//! Each item has one path. What goes beyond a filesystem author's needs lives in
+//! the workspace's crates, used directly as dependencies, each with its own docs:
+//!
+//! - `fuse-wire`: the FUSE kernel protocol (7.9 to 7.45) as zero-copy typed messages;
+//! - `fuse-session`: the session that serves a mount, the sans-IO core and fake
+//!   kernels for tests, devices, the fd store protocol;
+//! - `fuse-snapshot`: the session as a value on disk or over a socket, the handoff
+//!   protocol's state machine, the journal's format.
 //!
 //! The examples (`cargo run --example NAME`) and the end-to-end tests of the
 //! workspace belong to this package.
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
-
-pub use fuse_session as session;
-pub use fuse_snapshot as snapshot;
-pub use fuse_wire as wire;
 
 // The Filesystem trait and what its methods take and return.
 pub use fuse_session::{
@@ -58,8 +60,17 @@ pub use fuse_session::{Notified, Notifier, NotifyError};
 // Mounting and serving.
 pub use fuse_session::dev::{Atime, MountError, MountOptions, OptionError};
 pub use fuse_session::serve::{
-    block_termination_signals, Running, ServeError, Server, TransportKind,
+    block_termination_signals, Backend, Running, ServeError, Server, TransportKind,
 };
+// Crash recovery: the fd store that holds the connection while no daemon runs, the
+// journal, and the parts a recovering daemon assembles its server from.
+pub use fuse_session::dev::fdstore::{FdStore, JOURNAL_FD};
+pub use fuse_session::dev::{mount, JournalMap, Mount};
+pub use fuse_session::Session;
+pub use fuse_snapshot::journal::session::{
+    recover_session, JournalHook, RecoveredSession, RecoveryError,
+};
+pub use fuse_snapshot::journal::JournalOptions;
 // Restartable daemons: the state as a value, pre-copy, live handoff, snapshot files.
 pub use fuse_snapshot::handoff::{
     block_upgrade_signals, serve_with_upgrades, take_over, Ended, HandoffError, HandoffOptions,

@@ -19,11 +19,11 @@ use std::sync::mpsc;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use fuse_live::session::dev::fusectl::{self, Watchdog};
-use fuse_live::session::dev::{uring, MountOptions};
-use fuse_live::session::serve::{Running, ServeError, Server, UringOptions};
-use fuse_live::session::wire::FopenFlags;
-use fuse_live::session::*;
+use fuse_session::dev::fusectl::{self, Watchdog};
+use fuse_session::dev::{uring, MountOptions};
+use fuse_session::serve::{Running, ServeError, Server, UringOptions};
+use fuse_session::wire::FopenFlags;
+use fuse_session::*;
 
 const WATCHDOG: Duration = Duration::from_secs(120);
 const SLOW: u64 = 2;
@@ -319,7 +319,7 @@ fn a_deferred_read_through_io_uring_leaves_its_queue_serving() {
     let (m, tokens) = Mounted::start("deferred-uring", |s| s.spawn_uring(&options));
     assert!(matches!(
         m.running().backend(),
-        fuse_live::session::serve::Backend::Uring { .. }
+        fuse_session::serve::Backend::Uring { .. }
     ));
     deferred_read_does_not_hold_the_worker(m, tokens, true);
 }

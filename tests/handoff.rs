@@ -15,11 +15,11 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use fuse_live::session::dev::fusectl::Watchdog;
-use fuse_live::session::dev::{recv_exact_with_fds, send_with_fds};
-use fuse_live::session::{HandleKind, HandleState};
-use fuse_live::snapshot::handoff::message::{self, Hello, Kind, SnapshotMeta, WireMethod};
-use fuse_live::snapshot::handoff::{HandoffError, HandoffOptions, Takeover};
+use fuse_session::dev::fusectl::Watchdog;
+use fuse_session::dev::{recv_exact_with_fds, send_with_fds};
+use fuse_session::{HandleKind, HandleState};
+use fuse_snapshot::handoff::message::{self, Hello, Kind, SnapshotMeta, WireMethod};
+use fuse_snapshot::handoff::{HandoffError, HandoffOptions, Takeover};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
@@ -582,7 +582,7 @@ fn hello() -> Vec<u8> {
 fn hello_with(features: u32) -> Vec<u8> {
     Hello {
         min_version: 1,
-        max_version: fuse_live::snapshot::FORMAT_VERSION,
+        max_version: fuse_snapshot::FORMAT_VERSION,
         pid: std::process::id(),
         features,
     }
@@ -799,7 +799,7 @@ fn bad_snapshots_are_refused_by_the_new_process() {
     assert_eq!(mode, 0o600, "snapshot file mode");
 
     let (session, image) =
-        fuse_live::snapshot::decode::<fs::MemFs>(&good).expect("the daemon's snapshot decodes");
+        fuse_snapshot::decode::<fs::MemFs>(&good).expect("the daemon's snapshot decodes");
     let mut inconsistent = session.clone();
     inconsistent.handles.push(HandleState {
         fh: inconsistent.counters.next_fh,
@@ -809,7 +809,7 @@ fn bad_snapshots_are_refused_by_the_new_process() {
         handle: fs::Handle { ino: 1, flags: 0 },
     });
     inconsistent.counters.next_fh += 1;
-    let inconsistent = fuse_live::snapshot::encode::<fs::MemFs>(&inconsistent, &image).unwrap();
+    let inconsistent = fuse_snapshot::encode::<fs::MemFs>(&inconsistent, &image).unwrap();
 
     let flip = |at: usize| {
         let mut b = good.clone();
@@ -817,7 +817,7 @@ fn bad_snapshots_are_refused_by_the_new_process() {
         b
     };
     let mut future = good.clone();
-    future[8..10].copy_from_slice(&(fuse_live::snapshot::FORMAT_VERSION + 1).to_le_bytes());
+    future[8..10].copy_from_slice(&(fuse_snapshot::FORMAT_VERSION + 1).to_le_bytes());
     let meta = fake_meta(&chain);
     let (device, null) = fake_devices();
     let fuse_fd = [device.as_fd()];
@@ -1026,7 +1026,7 @@ fn fake_old_with(
     };
     send_with_fds(
         &s,
-        &message::encode_accept(fuse_live::snapshot::FORMAT_VERSION, features),
+        &message::encode_accept(fuse_snapshot::FORMAT_VERSION, features),
         &[],
     )
     .unwrap();
@@ -1259,7 +1259,7 @@ fn other_users_are_refused() {
 /// non-socket is left alone.
 #[test]
 fn upgrade_socket_path_rules() {
-    use fuse_live::snapshot::handoff::UpgradeListener;
+    use fuse_snapshot::handoff::UpgradeListener;
     let dir = temp_dir("handoff-sock");
     let p = dir.join("s");
     let live = UpgradeListener::bind(&p).unwrap();
@@ -1293,7 +1293,7 @@ fn upgrade_socket_path_rules() {
 /// old process exits, and still fires when the last daemon is killed.
 #[test]
 fn auto_unmount_survives_handoffs_and_fires_when_the_last_holder_dies() {
-    if fuse_live::session::dev::find_fusermount().is_none() {
+    if fuse_session::dev::find_fusermount().is_none() {
         if std::env::var_os("CI").is_some() {
             panic!("fusermount3 is missing (Debian's fuse3): .ci/run installs it");
         }

@@ -14,8 +14,8 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use fuse_live::session::dev::fdstore::NotifySocket;
-use fuse_live::session::dev::fusectl::{self, Watchdog};
+use fuse_session::dev::fdstore::NotifySocket;
+use fuse_session::dev::fusectl::{self, Watchdog};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 

@@ -1339,7 +1339,7 @@ fn locks_are_local_to_the_kernel() {
 
 /// Unmounts an in-process mount when dropped (even when the test fails).
 struct InProcess {
-    running: Option<fuse_live::session::serve::Running<fs_impl::MemFs>>,
+    running: Option<fuse_session::serve::Running<fs_impl::MemFs>>,
     mnt: std::path::PathBuf,
 }
 
@@ -1349,7 +1349,7 @@ impl Drop for InProcess {
             let _ = r.unmount();
         }
         if common::is_fuse_mounted(&self.mnt) {
-            let _ = fuse_live::session::dev::fusectl::tear_down(&self.mnt, None);
+            let _ = fuse_session::dev::fusectl::tear_down(&self.mnt, None);
         }
         if let Some(dir) = self.mnt.parent() {
             if !common::is_fuse_mounted(&self.mnt) {
@@ -1361,9 +1361,9 @@ impl Drop for InProcess {
 
 #[test]
 fn forgets_drop_unlinked_inodes_in_process() {
-    use fuse_live::session::dev::fusectl::Watchdog;
-    use fuse_live::session::dev::MountOptions;
-    use fuse_live::session::serve::Server;
+    use fuse_session::dev::fusectl::Watchdog;
+    use fuse_session::dev::MountOptions;
+    use fuse_session::serve::Server;
     if !can_mount("forgets_drop_unlinked_inodes_in_process") {
         return;
     }
@@ -1431,7 +1431,7 @@ mod core {
     use super::data::{FileData, CHUNK};
     use super::fs_impl::{Config, MemFs};
     use super::state::*;
-    use fuse_live::session::{Errno, FileType, SetAttr, TimeOrNow};
+    use fuse_session::{Errno, FileType, SetAttr, TimeOrNow};
 
     const ROOT: Caller = Caller { uid: 0, gid: 0 };
     const USER: Caller = Caller {

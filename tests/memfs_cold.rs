@@ -1,11 +1,11 @@
 //! Cold restore of memfs (no mount): a snapshot taken with open files and nodeids
 //! restored for a fresh connection keeps the contents, drops what only the old
 //! connection reached, and starts INIT from the recorded settings.
-use fuse_live::session::wire::InitFlags;
-use fuse_live::session::{
+use fuse_session::wire::InitFlags;
+use fuse_session::{
     Counters, HandleKind, HandleState, InitResult, InitState, KernelOffer, NodeState, SessionState,
 };
-use fuse_live::snapshot::{encode, restore_cold, FdSaver, FormatError, SnapshotFs};
+use fuse_snapshot::{encode, restore_cold, FdSaver, FormatError, SnapshotFs};
 
 // memfs's own modules (the memfs workspace crate).
 use memfs::{fs, state};
@@ -133,7 +133,7 @@ fn cold_restore_keeps_contents_and_drops_the_connection() {
 /// (what the kernel asks to turn a file handle back into an inode).
 #[test]
 fn stable_ids_resolve_while_the_inode_exists() {
-    use fuse_live::session::{Filesystem, RequestContext};
+    use fuse_session::{Filesystem, RequestContext};
     use std::ffi::OsStr;
     let fs = MemFs::new(0, 0, 1 << 26, Config::default());
     let f = fs

@@ -1,7 +1,7 @@
 //! memfs's pre-copy (no mount): the state copied while it changes, plus the
 //! changes noted meanwhile, is exactly the state at the pause; damaged changes are
 //! refused by the incremental check, which agrees with the whole-state check.
-use fuse_live::snapshot::{FdRestorer, FdSaver, Precopy, SnapshotFs};
+use fuse_snapshot::{FdRestorer, FdSaver, Precopy, SnapshotFs};
 use proptest::prelude::*;
 
 // memfs's own modules (the memfs workspace crate).
@@ -57,7 +57,7 @@ fn run(fs: &MemFs, op: &Op) {
             st.contains(i)
                 && st
                     .attr(i)
-                    .is_ok_and(|a| a.kind == fuse_live::session::FileType::Directory)
+                    .is_ok_and(|a| a.kind == fuse_session::FileType::Directory)
         })
         .collect();
     let inos: Vec<u64> = (1..200u64).filter(|&i| st.contains(i)).collect();
@@ -101,7 +101,7 @@ fn run(fs: &MemFs, op: &Op) {
             let _ = st.forget(ino(i));
         }
         Op::Truncate(i, n) => {
-            let set = fuse_live::session::SetAttr {
+            let set = fuse_session::SetAttr {
                 size: Some(u64::from(n)),
                 ..Default::default()
             };
@@ -235,7 +235,7 @@ fn a_write_to_a_big_file_sends_only_its_chunks() {
         .setattr(
             ROOT,
             t,
-            &fuse_live::session::SetAttr {
+            &fuse_session::SetAttr {
                 size: Some(3 << 20),
                 ..Default::default()
             },
@@ -330,7 +330,7 @@ fn damaged_changes_are_refused() {
 
 #[test]
 fn check_session_names_what_memfs_lacks() {
-    use fuse_live::session::{HandleKind, HandleState, NodeState};
+    use fuse_session::{HandleKind, HandleState, NodeState};
     let fs = memfs();
     let node = |n: u64| NodeState {
         nodeid: 7,

@@ -12,7 +12,7 @@ use common::{can_mount, is_fuse_mounted, temp_dir, Mounted};
 /// thread panics, as in a failed test), the mount it was armed on is gone.
 #[test]
 fn watchdog_leaves_a_newer_mount_alone() {
-    use fuse_live::session::dev::fusectl::{self, Watchdog};
+    use fuse_session::dev::fusectl::{self, Watchdog};
     if !can_mount("watchdog_leaves_a_newer_mount_alone") {
         return;
     }

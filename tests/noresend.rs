@@ -23,11 +23,11 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
-use fuse_live::session::dev::fusectl::{self, Watchdog};
-use fuse_live::session::dev::{MountOptions, Received, RequestSlots};
-use fuse_live::session::serve::{recover_requests, RequestRecovery, Server};
-use fuse_live::session::wire::request::encode::{encode, ExtensionArgs, HeaderFields};
-use fuse_live::session::wire::Operation;
+use fuse_session::dev::fusectl::{self, Watchdog};
+use fuse_session::dev::{MountOptions, Received, RequestSlots};
+use fuse_session::serve::{recover_requests, RequestRecovery, Server};
+use fuse_session::wire::request::encode::{encode, ExtensionArgs, HeaderFields};
+use fuse_session::wire::Operation;
 use memfs::fs::{Config, MemFs};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
@@ -42,7 +42,7 @@ fn serve_in_process(
 ) -> (
     PathBuf,
     Watchdog,
-    fuse_live::session::serve::Running<MemFs>,
+    fuse_session::serve::Running<MemFs>,
     Arc<RequestSlots>,
 ) {
     let dir = common::temp_dir(tag);
@@ -225,44 +225,36 @@ fn a_forget_in_a_slot_is_dropped_when_the_hook_cannot_tell() {
 
 /// The journal's hook, keeping a copy of the bytes of the first CREATE it sees.
 struct Spy {
-    inner: Arc<fuse_live::snapshot::journal::session::JournalHook<MemFs>>,
+    inner: Arc<fuse_snapshot::journal::session::JournalHook<MemFs>>,
     create: std::sync::Mutex<Option<Vec<u8>>>,
 }
 
-impl fuse_live::session::StepHook for Spy {
-    fn accepted(&self, r: &fuse_live::session::Accepted<'_>) {
+impl fuse_session::StepHook for Spy {
+    fn accepted(&self, r: &fuse_session::Accepted<'_>) {
         self.inner.accepted(r);
     }
-    fn recorded_reply(
-        &self,
-        r: &fuse_live::session::Accepted<'_>,
-        out: &mut [u8],
-    ) -> Option<usize> {
+    fn recorded_reply(&self, r: &fuse_session::Accepted<'_>, out: &mut [u8]) -> Option<usize> {
         self.inner.recorded_reply(r, out)
     }
-    fn responding(
-        &self,
-        r: &fuse_live::session::Accepted<'_>,
-        reply: &fuse_live::session::ReplyParts<'_>,
-    ) {
+    fn responding(&self, r: &fuse_session::Accepted<'_>, reply: &fuse_session::ReplyParts<'_>) {
         self.inner.responding(r, reply);
-        if r.opcode() == fuse_live::session::wire::Opcode::CREATE {
+        if r.opcode() == fuse_session::wire::Opcode::CREATE {
             let mut c = self.create.lock().unwrap_or_else(|e| e.into_inner());
             c.get_or_insert_with(|| r.bytes().to_vec());
         }
     }
-    fn finished(&self, r: &fuse_live::session::Accepted<'_>) {
-        self.inner.finished(r);
+    fn unanswered(&self, r: &fuse_session::Accepted<'_>) {
+        self.inner.unanswered(r);
     }
-    fn applied_before(&self, r: &fuse_live::session::Accepted<'_>) -> Option<bool> {
+    fn applied_before(&self, r: &fuse_session::Accepted<'_>) -> Option<bool> {
         self.inner.applied_before(r)
     }
 }
 
 #[test]
 fn a_refused_create_answered_from_the_journal_counts_nothing() {
-    use fuse_live::snapshot::journal::session::JournalHook;
-    use fuse_live::snapshot::journal::JournalOptions;
+    use fuse_snapshot::journal::session::JournalHook;
+    use fuse_snapshot::journal::JournalOptions;
     if !common::can_mount("a_refused_create_answered_from_the_journal_counts_nothing") {
         return;
     }
@@ -292,8 +284,7 @@ fn a_refused_create_answered_from_the_journal_counts_nothing() {
     );
     server.set_request_slots(Arc::clone(&slots));
     let running = server.spawn(1).expect("serve");
-    let map =
-        fuse_live::session::dev::JournalMap::memfd("noresend-journal", 1 << 30).expect("memfd");
+    let map = fuse_session::dev::JournalMap::memfd("noresend-journal", 1 << 30).expect("memfd");
     hook.start(running.session(), map)
         .expect("start the journal");
     // A CREATE, answered: its reply is in the journal.
@@ -538,11 +529,11 @@ fn forget_bytes(unique: u64, nodeid: u64, nlookup: u64) -> Vec<u8> {
 
 #[test]
 fn a_journaled_forget_is_marked_so_a_slot_copy_is_not_applied_twice() {
-    use fuse_live::session::fake::FakeKernel;
-    use fuse_live::snapshot::journal::session::{recover_session, JournalHook};
-    use fuse_live::snapshot::journal::JournalOptions;
-    use fuse_live::snapshot::FdRestorer;
     use fuse_live::InitFlags;
+    use fuse_session::fake::FakeKernel;
+    use fuse_snapshot::journal::session::{recover_session, JournalHook};
+    use fuse_snapshot::journal::JournalOptions;
+    use fuse_snapshot::FdRestorer;
 
     let fs = MemFs::new(
         0,
@@ -558,16 +549,16 @@ fn a_journaled_forget_is_marked_so_a_slot_copy_is_not_applied_twice() {
     let hook = JournalHook::<MemFs>::new(JournalOptions::default());
     session.set_hook(hook.clone());
     let session = Arc::new(session);
-    let map = fuse_live::session::dev::JournalMap::memfd("forget-test", 1 << 26).expect("memfd");
+    let map = fuse_session::dev::JournalMap::memfd("forget-test", 1 << 26).expect("memfd");
     let fd = map.fd().try_clone_to_owned().expect("dup");
     hook.start(&session, map).expect("start the journal");
     // A FORGET served: its record carries its marker.
     let mut out = vec![0u8; session.reply_buffer_size()];
     let f = forget_bytes(77, 1, 1);
     let outcome = session.handle(&f, &mut out);
-    assert!(matches!(outcome, fuse_live::session::Outcome::NoReply));
+    assert!(matches!(outcome, fuse_session::Outcome::NoReply));
     // The crash: a new process recovers from the journal.
-    let map = fuse_live::session::dev::JournalMap::from_fd(fd, 1 << 26).expect("map");
+    let map = fuse_session::dev::JournalMap::from_fd(fd, 1 << 26).expect("map");
     let recovered =
         recover_session::<MemFs>(map, &mut FdRestorer::empty(), JournalOptions::default())
             .expect("recover");
@@ -578,7 +569,7 @@ fn a_journaled_forget_is_marked_so_a_slot_copy_is_not_applied_twice() {
         let accepted = session.accept(&bytes);
         let applied = session.applied_before(&accepted);
         // Not run: the hook releases what it took in `accepted`.
-        session.respond(&accepted, &fuse_live::session::Outcome::NoReply);
+        session.respond(&accepted, &fuse_session::Outcome::NoReply);
         applied
     };
     assert_eq!(ask(77), Some(true), "the served FORGET is known applied");

@@ -17,10 +17,10 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
 use common::{can_mount, errno_of, is_fuse_mounted, temp_dir, Mounted};
-use fuse_live::session::dev::fusectl::Watchdog;
-use fuse_live::session::dev::MountOptions;
-use fuse_live::session::serve::{ServeError, Server};
-use fuse_live::session::*;
+use fuse_session::dev::fusectl::Watchdog;
+use fuse_session::dev::MountOptions;
+use fuse_session::serve::{ServeError, Server};
+use fuse_session::*;
 
 /// Iterations of the workload per thread.
 const ROUNDS: usize = 60;

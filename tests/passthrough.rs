@@ -15,8 +15,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use fuse_live::session::dev::fusectl::{self, Watchdog};
-use fuse_live::session::{FuseOpenFlags, OpenFlags, RenameFlags};
+use fuse_session::dev::fusectl::{self, Watchdog};
+use fuse_session::{FuseOpenFlags, OpenFlags, RenameFlags};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use rustix::io::Errno;
@@ -841,7 +841,7 @@ fn handoff_keeps_open_files() {
 /// The filesystem called directly, without a mount.
 mod core {
     use super::*;
-    use fuse_live::session::{Errno as FErrno, Filesystem, RequestContext};
+    use fuse_session::{Errno as FErrno, Filesystem, RequestContext};
     use passfs::{Config, PassFs};
     use std::ffi::OsStr;
 
@@ -1050,8 +1050,8 @@ fn shared_mappings() {
 mod restore {
     use super::{node, snapshot};
     use crate::passfs::{Backing, Config, Handle, PassFs};
-    use fuse_live::session::{Filesystem, HandleKind, HandleState, NodeState, RequestContext};
-    use fuse_live::snapshot::{FdRestorer, FdSaver, FdSlot, SnapshotFs};
+    use fuse_session::{Filesystem, HandleKind, HandleState, NodeState, RequestContext};
+    use fuse_snapshot::{FdRestorer, FdSaver, FdSlot, SnapshotFs};
     use std::ffi::OsStr;
     use std::os::fd::OwnedFd;
 

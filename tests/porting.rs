@@ -11,11 +11,11 @@ use std::path::PathBuf;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use fuse_live::session::dev::fusectl::Watchdog;
-use fuse_live::session::dev::MountOptions;
-use fuse_live::session::serve::{ServeError, Server};
-use fuse_live::session::wire::InitFlags;
-use fuse_live::session::*;
+use fuse_session::dev::fusectl::Watchdog;
+use fuse_session::dev::MountOptions;
+use fuse_session::serve::{ServeError, Server};
+use fuse_session::wire::InitFlags;
+use fuse_session::*;
 
 mod common;
 use common::{as_user, can_mount, errno_of, is_fuse_mounted, nobody, temp_dir, WATCHDOG};

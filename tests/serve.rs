@@ -9,11 +9,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use fuse_live::session::dev::fusectl::Watchdog;
-use fuse_live::session::dev::MountOptions;
-use fuse_live::session::serve::Server;
-use fuse_live::session::*;
-use fuse_live::session::{FuseOpenFlags, OpenFlags};
+use fuse_session::dev::fusectl::Watchdog;
+use fuse_session::dev::MountOptions;
+use fuse_session::serve::Server;
+use fuse_session::*;
+use fuse_session::{FuseOpenFlags, OpenFlags};
 
 mod common;
 use common::{can_mount, example_binary};
@@ -320,7 +320,7 @@ fn hook_sees_every_step(uring: bool) {
     assert!(server.set_hook(steps.clone()));
     let running = if uring {
         server
-            .spawn_uring(&fuse_live::session::serve::UringOptions::default())
+            .spawn_uring(&fuse_session::serve::UringOptions::default())
             .unwrap()
     } else {
         server.spawn(2).unwrap()
@@ -390,7 +390,7 @@ fn hello_follows_the_command_line_contract() {
     });
     let Ok(line) = rx.recv_timeout(Duration::from_secs(30)) else {
         let _ = child.kill();
-        let _ = fuse_live::session::dev::fusectl::tear_down(&mnt, None);
+        let _ = fuse_session::dev::fusectl::tear_down(&mnt, None);
         panic!("hello did not print its ready line in 30 s");
     };
     let dog = Watchdog::arm(&mnt, None, Duration::from_secs(60)).unwrap();

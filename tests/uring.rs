@@ -20,12 +20,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use fuse_live::session::dev::fusectl::{self, Watchdog};
-use fuse_live::session::dev::uring;
-use fuse_live::session::dev::MountOptions;
-use fuse_live::session::serve::{Backend, Running, ServeError, Server, UringOptions};
-use fuse_live::session::*;
-use fuse_live::session::{FuseOpenFlags, OpenFlags, WriteFlags};
+use fuse_session::dev::fusectl::{self, Watchdog};
+use fuse_session::dev::uring;
+use fuse_session::dev::MountOptions;
+use fuse_session::serve::{Backend, Running, ServeError, Server, UringOptions};
+use fuse_session::*;
+use fuse_session::{FuseOpenFlags, OpenFlags, WriteFlags};
 
 const PARAM: &str = "/sys/module/fuse/parameters/enable_uring";
 
@@ -696,14 +696,14 @@ fn uring_delivers_writes_whole_and_reads_them_back() {
     m.finish();
 }
 
-impl fuse_live::snapshot::SnapshotFs for Tree {
+impl fuse_snapshot::SnapshotFs for Tree {
     type State = Vec<u8>;
-    fn save(&self, _: &mut fuse_live::snapshot::FdSaver) -> std::io::Result<Vec<u8>> {
+    fn save(&self, _: &mut fuse_snapshot::FdSaver) -> std::io::Result<Vec<u8>> {
         Ok(self.w.lock().unwrap_or_else(|p| p.into_inner()).clone())
     }
     fn restore(
         state: Vec<u8>,
-        _: &mut fuse_live::snapshot::FdRestorer,
+        _: &mut fuse_snapshot::FdRestorer,
     ) -> std::result::Result<Self, String> {
         let t = Tree::new();
         *t.w.lock().unwrap_or_else(|p| p.into_inner()) = state;
@@ -713,9 +713,7 @@ impl fuse_live::snapshot::SnapshotFs for Tree {
 
 #[test]
 fn uring_snapshot_works_and_a_live_handoff_is_refused_before_commit() {
-    use fuse_live::snapshot::handoff::{
-        serve_upgrades, take_over, HandoffOptions, UpgradeListener,
-    };
+    use fuse_snapshot::handoff::{serve_upgrades, take_over, HandoffOptions, UpgradeListener};
     let _s = serial();
     if !uring_ready("uring_snapshot_works_and_a_live_handoff_is_refused_before_commit") {
         return;
@@ -726,11 +724,8 @@ fn uring_snapshot_works_and_a_live_handoff_is_refused_before_commit() {
     {
         // What SIGUSR1's snapshot file does: pause, snapshot, resume.
         let _paused = running.pause();
-        let bytes = fuse_live::snapshot::snapshot(
-            running.session(),
-            &mut fuse_live::snapshot::FdSaver::new(),
-        )
-        .expect("snapshot while the queues are parked");
+        let bytes = fuse_snapshot::snapshot(running.session(), &mut fuse_snapshot::FdSaver::new())
+            .expect("snapshot while the queues are parked");
         assert!(!bytes.is_empty());
     }
     let sock = m.mnt.parent().expect("temp dir").join("upgrade.sock");
@@ -740,7 +735,7 @@ fn uring_snapshot_works_and_a_live_handoff_is_refused_before_commit() {
         let old = s.spawn(|| serve_upgrades(running, &listener, &opts));
         let new = take_over::<Tree>(&sock, &opts);
         match new {
-            Err(fuse_live::snapshot::handoff::HandoffError::Refused(why)) => {
+            Err(fuse_snapshot::handoff::HandoffError::Refused(why)) => {
                 assert!(
                     why.contains("io_uring"),
                     "refused at once, saying why: {why}"
@@ -771,7 +766,7 @@ fn uring_snapshot_works_and_a_live_handoff_is_refused_before_commit() {
 /// `DevFuse` always through `/dev/fuse`; the names parse as the CLIs spell them.
 #[test]
 fn transport_auto_picks_io_uring_where_offered() {
-    use fuse_live::session::serve::TransportKind;
+    use fuse_session::serve::TransportKind;
     assert_eq!("auto".parse::<TransportKind>(), Ok(TransportKind::Auto));
     assert_eq!(
         "dev-fuse".parse::<TransportKind>(),

@@ -29,6 +29,15 @@
 //!   `SCM_RIGHTS`, unlinked ones included), directory streams and passthrough
 //!   backing ids.
 //!
+//! - Under a fd store (`fuse-live-keeper -- passthrough SOURCE MOUNTPOINT ...`, or
+//!   systemd with `FileDescriptorStoreMax=`): crash recovery. The session is
+//!   journaled into a memfd kept in the store with the `/dev/fuse` descriptor; a
+//!   restarted process recovers the mount instead of mounting (open files reopened
+//!   by file handle, or taken from the store when they were unlinked while open;
+//!   leaked backing ids released; intents checked), and prints `ready MOUNTPOINT`
+//!   at each start. Not with `--upgrade-socket` or `--no-file-handles`. See
+//!   docs/RECOVERY.md, "passthrough: crash recovery".
+//!
 //! **Run it as root, with `default_permissions` (always set here).** The daemon
 //! acts on SOURCE with its own credentials; the kernel's permission checks are what
 //! stop one user from reading another's files. A mount *without*
@@ -49,15 +58,24 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use fuse_live::session::dev::MountOptions;
-use fuse_live::session::serve::{Running, Server};
-use fuse_live::session::wire::InitFlags;
-use fuse_live::snapshot::handoff::{self, Ended, HandoffOptions, Takeover, UpgradeListener};
+use std::os::fd::AsFd;
+use std::sync::Arc;
+
+use fuse_session::dev::fdstore::{FdStore, JOURNAL_FD};
+use fuse_session::dev::{JournalMap, MountOptions};
+use fuse_session::serve::{Running, Server};
+use fuse_session::wire::InitFlags;
+use fuse_session::Session;
+use fuse_snapshot::handoff::{self, Ended, HandoffOptions, Takeover, UpgradeListener};
+use fuse_snapshot::journal::session::{recover_session, JournalHook, RecoveredSession};
+use fuse_snapshot::journal::JournalOptions;
+use fuse_snapshot::FdRestorer;
 
 #[allow(dead_code)]
 mod node;
 #[allow(dead_code)]
 mod passfs;
+mod recovery;
 mod snapshot;
 
 use passfs::{Config, PassFs};
@@ -195,12 +213,23 @@ fn main() -> ExitCode {
         }
     };
     handoff::block_upgrade_signals();
+    // Before any thread: claims LISTEN_FDS and NOTIFY_SOCKET (fuse-live-keeper or
+    // systemd), removing them from the environment.
+    let store = match FdStore::from_env() {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("passthrough: the fd store: {e}");
+            return ExitCode::from(1);
+        }
+    };
     // Modes come from the kernel with the caller's umask applied; this process's
     // own umask must not remove more.
     nix::sys::stat::umask(nix::sys::stat::Mode::empty());
     raise_fd_limit();
     let served = if args.takeover.is_some() {
         take_over(&args)
+    } else if store.is_supervised() {
+        serve_journaled(&args, store)
     } else {
         serve(&args)
     };
@@ -245,6 +274,181 @@ fn serve(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
     give_device(&running, false);
     ready(&args.mountpoint)?;
     serve_until_done(&running, listener.as_ref(), args)
+}
+
+/// The largest journal (address space reserved once; a memfd is sparse, and is
+/// compacted long before).
+const JOURNAL_MAX: u64 = 1 << 30;
+
+fn open_source(source: &str) -> Result<std::os::fd::OwnedFd, String> {
+    rustix::fs::open(
+        source,
+        rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::DIRECTORY | rustix::fs::OFlags::CLOEXEC,
+        rustix::fs::Mode::empty(),
+    )
+    .map_err(|e| format!("cannot open SOURCE {source:?}: {e}"))
+}
+
+/// Under a fd store (`fuse-live-keeper -- passthrough SOURCE MOUNTPOINT`, or
+/// systemd): a journaled mount that survives the process. First start: mount,
+/// journal into a memfd, store the `/dev/fuse` descriptor and the journal. A start
+/// that finds them in `LISTEN_FDS` recovers instead: the session and the
+/// journaled state from the journal, the open files reopened (by file handle, or
+/// from the fd store for files unlinked while open), leaked backing ids released,
+/// then `NOTIFY_RESEND` and serving the same connection.
+fn serve_journaled(args: &Args, mut store: FdStore) -> Result<(), Box<dyn std::error::Error>> {
+    if args.upgrade_socket.is_some() {
+        return Err("under a fd store (crash recovery), --upgrade-socket is not supported".into());
+    }
+    if !args.config.file_handles {
+        return Err(
+            "under a fd store (crash recovery), --no-file-handles is not supported: a \
+             successor finds the nodes again by file handle"
+                .into(),
+        );
+    }
+    let mountpoint = PathBuf::from(&args.mountpoint);
+    let options = JournalOptions::default();
+    let running = match store.take_mount(&mountpoint)? {
+        Some(mount) => {
+            let fd = store
+                .take(JOURNAL_FD)
+                .ok_or("the fd store holds the mount but no journal")?;
+            let map = JournalMap::from_fd(fd, JOURNAL_MAX)?;
+            let root = open_source(&args.source)?;
+            let recovered =
+                recover_session::<PassFs>(map, &mut FdRestorer::new(vec![root]), options)
+                    .map_err(|e| format!("recover from the journal: {e}"))?;
+            let (records, replies) = (recovered.records, recovered.replies);
+            let (session, hook, map, rec) = recovered.into_parts();
+            let fs = session.filesystem();
+            let unused = fs.settle_backings();
+            let reopened = fs.reopen_files(&mut store);
+            let device = mount.device().try_clone_to_owned()?;
+            let agreed = session.init_state().is_some_and(|s| {
+                InitFlags(s.result.flags).contains(InitFlags::PASSTHROUGH)
+                    && s.result.max_stack_depth > 0
+            });
+            fs.set_device(device, agreed, true);
+            let leaked = fs.release_leaked_backings();
+            log::warn!(
+                "recovering: {records} journal records replayed, {replies} recorded replies; \
+                 open files: {} reopened by file handle, {} from the fd store, {} dead; {} stale \
+                 stored descriptors removed; {} backing ids registered, {leaked} leaked ones \
+                 released ({unused} unused ones); {} intents pending",
+                reopened.by_handle,
+                reopened.from_store,
+                reopened.dead,
+                reopened.stale,
+                fs.backing_count(),
+                passfs::lock(&fs.jr.intents).len(),
+            );
+            let resend = session.snapshot().is_some_and(|s| s.kernel_has_resend());
+            // NOTIFY_RESEND before any worker reads (as memfs, see there).
+            if resend {
+                resend_now(&session, &mount)?;
+            } else {
+                log::warn!(
+                    "the kernel cannot resend requests (no FUSE_HAS_RESEND): those the dead \
+                     process had read stay unanswered"
+                );
+            }
+            let server = Server::from_parts(session, mount);
+            RecoveredSession::resume(&hook, server.session(), map, &rec)
+                .map_err(|e| format!("resume the journal: {e}"))?;
+            wire_journal(server.session(), &hook, store)?;
+            let store = server
+                .session()
+                .filesystem()
+                .jr
+                .store
+                .get()
+                .cloned()
+                .ok_or("no fd store")?;
+            (server.spawn(args.threads)?, store)
+        }
+        None => {
+            let root = open_source(&args.source)?;
+            let fs = PassFs::new(root, args.config)?;
+            if fs.mount_id.is_none() {
+                return Err(
+                    "crash recovery needs file handles on SOURCE (and CAP_DAC_READ_SEARCH)".into(),
+                );
+            }
+            let opts = MountOptions::new()
+                .fsname(&args.source)
+                .subtype("passthrough")
+                .default_permissions(true)
+                .allow_other(args.allow_other);
+            let mount = fuse_session::dev::mount(&mountpoint, &opts)?;
+            let mut session = Session::new(fs);
+            let hook = JournalHook::<PassFs>::new(options);
+            session.set_hook(hook.clone());
+            let server = Server::from_parts(session, mount);
+            wire_journal(server.session(), &hook, store)?;
+            let running = server.spawn(args.threads)?;
+            give_device(&running, false);
+            let map = JournalMap::memfd("passthrough-journal", JOURNAL_MAX)?;
+            let fd = map.fd().try_clone_to_owned()?;
+            hook.start(running.session(), map)
+                .map_err(|e| format!("start the journal: {e}"))?;
+            let store = running
+                .session()
+                .filesystem()
+                .jr
+                .store
+                .get()
+                .cloned()
+                .ok_or("no fd store")?;
+            store.store(JOURNAL_FD, fd.as_fd())?;
+            running.with_mount(|m| store.store_mount(m)).transpose()?;
+            (running, store)
+        }
+    };
+    let (running, store) = running;
+    store.ready()?;
+    ready(&args.mountpoint)?;
+    let served = serve_until_done(&running, None, args);
+    let _ = store.stopping();
+    served
+}
+
+/// Gives the filesystem the fd store and a way to append a journal record now
+/// (for its intents).
+fn wire_journal(
+    session: &Arc<Session<PassFs>>,
+    hook: &Arc<JournalHook<PassFs>>,
+    store: FdStore,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let fs = session.filesystem();
+    if fs.jr.store.set(Arc::new(store)).is_err() {
+        return Err("the fd store was already set".into());
+    }
+    let weak = Arc::downgrade(hook);
+    let flush: Box<dyn Fn() + Send + Sync> = Box::new(move || {
+        if let Some(h) = weak.upgrade() {
+            h.record_now();
+        }
+    });
+    let _ = fs.jr.flush.set(flush);
+    Ok(())
+}
+
+/// Sends NOTIFY_RESEND on the mount's device: the requests the dead process read
+/// and did not answer go back to the head of the queue, with bit 63 of `unique` set.
+fn resend_now(
+    session: &Session<PassFs>,
+    mount: &fuse_session::dev::Mount,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let mut buf = [0u8; 64];
+    let n = fuse_session::wire::notify::resend(&mut buf, &session.negotiated())
+        .map_err(|e| format!("encode NOTIFY_RESEND: {e}"))?;
+    let sent = nix::unistd::write(mount.device(), &buf[..n])
+        .map_err(|e| format!("send NOTIFY_RESEND: {e}"))?;
+    if sent != n {
+        return Err(format!("NOTIFY_RESEND: {sent} of {n} bytes written").into());
+    }
+    Ok(())
 }
 
 /// Hands the filesystem a descriptor of its connection (for the backing ioctls).

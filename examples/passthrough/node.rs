@@ -20,8 +20,8 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use fuse_live::session::dev::fhandle::{self, FileHandle};
-use fuse_live::session::{join_time, Errno, FileAttr, FileType, Result};
+use fuse_session::dev::fhandle::{self, FileHandle};
+use fuse_session::{join_time, Errno, FileAttr, FileType, Result};
 use rustix::fs::{AtFlags, Mode, OFlags, ResolveFlags};
 use serde::{Deserialize, Serialize};
 

@@ -1,20 +1,21 @@
 //! [`PassFs`]: the filesystem of a source directory, reached only through node
 //! descriptors and `*at` calls, with kernel passthrough for open files.
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::ffi::{CString, OsStr};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 
-use fuse_live::session::dev::{backing, fhandle};
-use fuse_live::session::wire::{FopenFlags, InitFlags};
-use fuse_live::session::{
+use fuse_session::dev::fdstore::FdStore;
+use fuse_session::dev::{backing, fhandle};
+use fuse_session::wire::{FopenFlags, InitFlags};
+use fuse_session::{
     AttrReply, DirEntries, DirEntriesPlus, Entry, Errno, FileType, Filesystem, InitWishes, Opened,
     ReadBuf, RequestContext, Result, SetAttr, Statfs, StatxReply, TimeOrNow, Xattr,
 };
-use fuse_live::session::{FuseOpenFlags, OpenFlags, RenameFlags, StatxAttributes, WriteFlags};
+use fuse_session::{FuseOpenFlags, OpenFlags, RenameFlags, StatxAttributes, WriteFlags};
 use rustix::fs::{AtFlags, Mode, OFlags};
 use serde::{Deserialize, Serialize};
 
@@ -87,6 +88,82 @@ pub struct Passthrough {
     pub pending_close: Mutex<Vec<i32>>,
 }
 
+/// What the crash journal knows of an open file or directory.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OpenRec {
+    /// The inode it is open on.
+    pub node: Node,
+    /// The open flags the descriptor was opened with (access mode, `O_APPEND`,
+    /// `O_DIRECTORY`...; never `O_TRUNC` or `O_CREAT`): a successor reopens with them.
+    pub flags: u32,
+}
+
+/// A non-idempotent namespace operation about to run on the source, written to
+/// the journal before it runs ([`PassFs::intent`]): a successor that gets the
+/// request again (resent after a crash, its reply not in the journal) compares it
+/// with the source to tell whether the dead process had already done it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Intent {
+    /// The opcode's name (`"create"`, `"mkdir"`, `"unlink"`, `"rename"`, ...).
+    pub op: String,
+    /// The parent directory.
+    pub parent: Node,
+    /// The name in it.
+    pub name: Vec<u8>,
+    /// The inode the name held before (unlink, rmdir, rename's source), if any.
+    pub before: Option<Node>,
+    /// The second name's inode before (rename's target, link's source node).
+    pub other: Option<Node>,
+    /// Wall-clock time (seconds, nanoseconds) just before the operation: a file the
+    /// operation created was born at or after it.
+    pub at: (i64, u32),
+}
+
+/// One change of the journaled part of the state, as the crash journal records it
+/// (in the order made; all are made under the journal's gate).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Change {
+    /// A file or directory opened under this id.
+    Open(u64, OpenRec),
+    /// Id released.
+    Close(u64),
+    /// The backing id of a node set (`Some`) or released (`None`).
+    Backing(Node, Option<Backing>),
+    /// An intent noted (`Some`) or done (`None`), by unique (without bit 63).
+    Intent(u64, Option<Intent>),
+}
+
+/// The crash-journal side of the filesystem (idle without a fd store).
+#[derive(Default)]
+pub struct Journaling {
+    /// Changes since the last round; `None` while not recording.
+    pub recorded: Mutex<Option<Vec<Change>>>,
+    /// Every open file and directory, by id.
+    pub opens: Mutex<BTreeMap<u64, OpenRec>>,
+    /// Ids whose descriptor is in the fd store (the file was, or may be about to
+    /// be, unlinked while open).
+    pub stored: Mutex<HashSet<u64>>,
+    /// Ids a recovery could not reopen as the same file: EIO.
+    pub dead: Mutex<HashSet<u64>>,
+    /// Intents of operations whose reply the journal may not hold.
+    pub intents: Mutex<HashMap<u64, Intent>>,
+    /// The highest backing id this connection has handed out to this filesystem.
+    pub last_backing: AtomicI32,
+    /// The fd store (set when running under one).
+    pub store: OnceLock<Arc<FdStore>>,
+    /// Restored from a crash journal (its own session checks apply).
+    pub restored: AtomicBool,
+    /// The backing ids the handles of the last session check use.
+    pub checked: Mutex<Option<(Vec<i32>, HashSet<u64>)>>,
+    /// Appends a journal record right now (set when journaling).
+    pub flush: OnceLock<Box<dyn Fn() + Send + Sync>>,
+}
+
+/// The fd-store name of open file `id`'s descriptor.
+pub fn stored_name(id: u64) -> String {
+    format!("pt-open-{id}")
+}
+
 /// The passthrough filesystem.
 pub struct PassFs {
     /// The source directory (`O_RDONLY | O_DIRECTORY`).
@@ -108,7 +185,52 @@ pub struct PassFs {
     pub pt: Passthrough,
     /// This process runs as root: created inodes are given to the caller.
     pub chown: bool,
+    /// Crash journal state.
+    pub jr: Journaling,
 }
+
+/// Test hook (environment variable): `MARKER:OP:NAME` makes the process abort
+/// (SIGKILL) right after operation OP (`create`, `mkdir`, `unlink`, `rename`, `link`) on
+/// NAME ran on the source and before its reply is journaled — the window only the
+/// intents close — once: only if the file MARKER does not exist (it is created
+/// first, so the restarted process does not abort again).
+pub const CRASH_HOOK: &str = "PASSTHROUGH_CRASH_ONCE";
+
+/// Aborts here if [`CRASH_HOOK`] names this operation and name.
+fn crash_point(op: &str, name: &CString) {
+    static HOOK: OnceLock<Option<(String, String, Vec<u8>)>> = OnceLock::new();
+    let hook = HOOK.get_or_init(|| {
+        let v = std::env::var(CRASH_HOOK).ok()?;
+        let mut it = v.splitn(3, ':');
+        Some((
+            it.next()?.to_owned(),
+            it.next()?.to_owned(),
+            it.next()?.as_bytes().to_vec(),
+        ))
+    });
+    let Some((marker, hop, hname)) = hook else {
+        return;
+    };
+    if hop != op || hname.as_slice() != name.as_bytes() {
+        return;
+    }
+    if std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(marker)
+        .is_ok()
+    {
+        log::warn!("{CRASH_HOOK}: killing this process after {op} of {name:?}");
+        let _ = nix::sys::signal::kill(nix::unistd::getpid(), nix::sys::signal::Signal::SIGKILL);
+    }
+}
+
+/// Bit 63 of a unique: the kernel resent the request.
+pub const UNIQUE_RESEND: u64 = 1 << 63;
+
+/// How far an intent's time is put back: file timestamps come from the kernel's
+/// coarse clock, which may lag the wall clock by a tick.
+const CLOCK_SLACK: Duration = Duration::from_millis(50);
 
 pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
@@ -204,6 +326,7 @@ impl PassFs {
                 pending_close: Mutex::new(Vec::new()),
             },
             chown: nix::unistd::geteuid().is_root(),
+            jr: Journaling::default(),
         })
     }
 
@@ -328,11 +451,31 @@ impl PassFs {
         ctx: &RequestContext<'_>,
         parent: &Node,
         name: &OsStr,
+        op: &str,
         make: impl FnOnce(BorrowedFd<'_>, &CString) -> rustix::io::Result<()>,
     ) -> Result<Entry<Node>> {
         let name = component(name)?;
         let pfd = self.node_fd(parent)?;
-        make(pfd.as_fd(), &name).map_err(rx)?;
+        let prior = self.prior_intent(ctx);
+        let key = self.intent(ctx, op, parent, &name, None, None);
+        let made = make(pfd.as_fd(), &name);
+        if made.is_ok() {
+            crash_point(op, &name);
+        }
+        let made = match made {
+            // Resent after a crash, and the dead process had made it.
+            Err(rustix::io::Errno::EXIST)
+                if prior
+                    .as_ref()
+                    .is_some_and(|p| self.born_after(pfd.as_fd(), &name, p)) =>
+            {
+                log::warn!("{op} resent after a crash: the dead process had made it");
+                Ok(())
+            }
+            r => r.map_err(rx),
+        };
+        self.done(key);
+        made?;
         let fd = open_beneath(pfd.as_fd(), &name, OFlags::PATH, 0).map_err(io_errno)?;
         if let Err(e) = self.give(ctx, fd.as_fd(), pfd.as_fd()) {
             log::warn!("chown of a new inode failed: {e}");
@@ -368,8 +511,45 @@ impl PassFs {
         Ok(fd)
     }
 
-    fn insert_file(&self, fd: OwnedFd) -> u64 {
+    /// The flags a backing file is opened with for an open with `flags`. Under
+    /// the crash journal without `O_APPEND`: the kernel sends every WRITE with
+    /// its offset (the end of the file for an append), and a WRITE run again after
+    /// a crash (resent, its reply not journaled) must write the same bytes at the
+    /// same place, not append them a second time.
+    fn open_flags(&self, flags: i32) -> OFlags {
+        let f = backing_flags(flags);
+        if self.journaling() {
+            f - OFlags::APPEND
+        } else {
+            f
+        }
+    }
+
+    /// Whether this filesystem runs under the crash journal (a fd store).
+    fn journaling(&self) -> bool {
+        self.jr.flush.get().is_some()
+    }
+
+    /// Records `c` for the crash journal (if recording).
+    pub fn note(&self, c: Change) {
+        if let Some(v) = lock(&self.jr.recorded).as_mut() {
+            v.push(c);
+        }
+    }
+
+    fn insert_file(&self, fd: OwnedFd, node: &Node, extra: OFlags) -> u64 {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let keep = OFlags::ACCMODE
+            | OFlags::APPEND
+            | OFlags::SYNC
+            | OFlags::DSYNC
+            | OFlags::NOATIME
+            | OFlags::DIRECTORY;
+        let flags = rustix::fs::fcntl_getfl(&fd).unwrap_or(OFlags::empty()) & keep | extra;
+        // Open while unlinked (O_TMPFILE, or reopened through /proc): only this
+        // descriptor keeps the inode; the fd store keeps it across a crash.
+        let unlinked =
+            node.kind == nix::libc::S_IFREG && stat_fd(fd.as_fd()).is_ok_and(|st| st.st_nlink == 0);
         lock(&self.files).insert(
             id,
             Arc::new(OpenFile {
@@ -377,7 +557,152 @@ impl PassFs {
                 dir: Mutex::new(()),
             }),
         );
+        let rec = OpenRec {
+            node: node.clone(),
+            flags: flags.bits(),
+        };
+        lock(&self.jr.opens).insert(id, rec.clone());
+        self.note(Change::Open(id, rec));
+        if unlinked {
+            self.store_file(id);
+        }
         id
+    }
+
+    /// Keeps open file `id`'s descriptor in the fd store (under a fd store only),
+    /// so that a successor gets the very file even once it is unlinked.
+    pub fn store_file(&self, id: u64) {
+        let Some(store) = self.jr.store.get() else {
+            return;
+        };
+        if lock(&self.jr.stored).contains(&id) {
+            return;
+        }
+        let Some(f) = lock(&self.files).get(&id).cloned() else {
+            return;
+        };
+        match store.store(&stored_name(id), f.fd.as_fd()) {
+            Ok(_) => {
+                lock(&self.jr.stored).insert(id);
+            }
+            Err(e) => log::warn!("keeping open file {id} in the fd store: {e}"),
+        }
+    }
+
+    /// Forgets open file `id` (released).
+    fn drop_file(&self, id: u64) {
+        lock(&self.files).remove(&id);
+        lock(&self.jr.opens).remove(&id);
+        lock(&self.jr.dead).remove(&id);
+        self.note(Change::Close(id));
+        if lock(&self.jr.stored).remove(&id) {
+            if let Some(store) = self.jr.store.get() {
+                if let Err(e) = store.remove(&stored_name(id)) {
+                    log::warn!("removing open file {id} from the fd store: {e}");
+                }
+            }
+        }
+    }
+
+    /// Before `name` in `dir` may lose its last link (unlink, rmdir, rename over
+    /// it): the node it names now, and under a fd store, the descriptors of its
+    /// open files go to the store first, so that a crash right after the unlink
+    /// cannot lose the only reference to a file an application still holds.
+    fn victim(&self, dir: BorrowedFd<'_>, name: &CString) -> Option<Node> {
+        let fd = open_beneath(dir, name, OFlags::PATH, 0).ok()?;
+        let st = stat_fd(fd.as_fd()).ok()?;
+        let node = node::node_of(fd.as_fd(), &st, self.mount_id);
+        if self.jr.store.get().is_some() {
+            let ids: Vec<u64> = lock(&self.jr.opens)
+                .iter()
+                .filter(|(_, r)| r.node == node)
+                .map(|(id, _)| *id)
+                .collect();
+            for id in ids {
+                self.store_file(id);
+            }
+        }
+        Some(node)
+    }
+
+    /// The intent of a request that the journal may hold from a dead process:
+    /// only for a resent request (bit 63 of its unique).
+    fn prior_intent(&self, ctx: &RequestContext<'_>) -> Option<Intent> {
+        if ctx.unique & UNIQUE_RESEND == 0 {
+            return None;
+        }
+        lock(&self.jr.intents)
+            .get(&(ctx.unique & !UNIQUE_RESEND))
+            .cloned()
+    }
+
+    /// Writes an intent to the journal before a non-idempotent operation runs
+    /// (when journaling); returns the key for [`PassFs::done`].
+    fn intent(
+        &self,
+        ctx: &RequestContext<'_>,
+        op: &str,
+        parent: &Node,
+        name: &CString,
+        before: Option<Node>,
+        other: Option<Node>,
+    ) -> Option<u64> {
+        let flush = self.jr.flush.get()?;
+        let key = ctx.unique & !UNIQUE_RESEND;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .saturating_sub(CLOCK_SLACK);
+        let intent = Intent {
+            op: op.to_owned(),
+            parent: parent.clone(),
+            name: name.as_bytes().to_vec(),
+            before,
+            other,
+            at: (now.as_secs() as i64, now.subsec_nanos()),
+        };
+        lock(&self.jr.intents).insert(key, intent.clone());
+        self.note(Change::Intent(key, Some(intent)));
+        flush();
+        Some(key)
+    }
+
+    /// The operation of intent `key` is done: its reply goes into the journal
+    /// with this change, in the same record.
+    fn done(&self, key: Option<u64>) {
+        if let Some(k) = key {
+            lock(&self.jr.intents).remove(&k);
+            self.note(Change::Intent(k, None));
+        }
+    }
+
+    /// The node `name` in `dir` names now, if any.
+    fn node_at(&self, dir: BorrowedFd<'_>, name: &CString) -> Option<Node> {
+        let fd = open_beneath(dir, name, OFlags::PATH, 0).ok()?;
+        let st = stat_fd(fd.as_fd()).ok()?;
+        Some(node::node_of(fd.as_fd(), &st, self.mount_id))
+    }
+
+    /// Whether `name` in `dir` was born (or, without a birth time, changed) at or
+    /// after the intent: taken as the file the dead process created.
+    fn born_after(&self, dir: BorrowedFd<'_>, name: &CString, intent: &Intent) -> bool {
+        let Ok(fd) = open_beneath(dir, name, OFlags::PATH, 0) else {
+            return false;
+        };
+        let Ok(sx) = rustix::fs::statx(
+            &fd,
+            c"",
+            AtFlags::EMPTY_PATH | AtFlags::SYMLINK_NOFOLLOW,
+            rustix::fs::StatxFlags::BTIME | rustix::fs::StatxFlags::CTIME,
+        ) else {
+            return false;
+        };
+        let t = if sx.stx_mask & rustix::fs::StatxFlags::BTIME.bits() != 0 {
+            sx.stx_btime
+        } else {
+            sx.stx_ctime
+        };
+        (t.tv_sec, t.tv_nsec) >= intent.at
     }
 
     /// How many backing ids this filesystem holds registered.
@@ -390,16 +715,23 @@ impl PassFs {
         lock(&self.files).len()
     }
 
-    /// The open file of `fh`.
+    /// The open file of `fh`; `EIO` for one a recovery could not reopen as the
+    /// same file.
     pub fn file(&self, fh: &Handle) -> Result<Arc<OpenFile>> {
-        lock(&self.files).get(&fh.id).cloned().ok_or(Errno::EBADF)
+        if let Some(f) = lock(&self.files).get(&fh.id) {
+            return Ok(f.clone());
+        }
+        if lock(&self.jr.dead).contains(&fh.id) {
+            return Err(Errno::EIO);
+        }
+        Err(Errno::EBADF)
     }
 
     /// Turns an open regular file into the reply: with passthrough on, registers
     /// (or shares) the inode's backing id; otherwise, or when the backing file
     /// cannot serve this open, `FOPEN_DIRECT_IO` while passthrough is on.
     fn opened(&self, node: &Node, fd: OwnedFd, flags: i32) -> Opened<Handle> {
-        let id = self.insert_file(fd);
+        let id = self.insert_file(fd, node, OFlags::empty());
         let mut handle = Handle { id, backing: 0 };
         // Before the device is known (the moment between the workers starting
         // and `set_device`) passthrough may still come on: no cached open then,
@@ -437,7 +769,9 @@ impl PassFs {
                 return None;
             }
             b.refs += 1;
-            return Some(b.id);
+            let (id, b) = (b.id, *b);
+            self.note(Change::Backing(node.clone(), Some(b)));
+            return Some(id);
         }
         let (fd, writable) = match self.reopen(node, OFlags::RDWR) {
             Ok(fd) => (fd, true),
@@ -448,14 +782,14 @@ impl PassFs {
         }
         match backing::backing_open(device.as_fd(), fd.as_fd()) {
             Ok(id) => {
-                backings.insert(
-                    node.clone(),
-                    Backing {
-                        id,
-                        writable,
-                        refs: 1,
-                    },
-                );
+                let b = Backing {
+                    id,
+                    writable,
+                    refs: 1,
+                };
+                backings.insert(node.clone(), b);
+                self.jr.last_backing.fetch_max(id, Ordering::Relaxed);
+                self.note(Change::Backing(node.clone(), Some(b)));
                 Some(id)
             }
             Err(e) => {
@@ -474,9 +808,12 @@ impl PassFs {
         };
         b.refs = b.refs.saturating_sub(1);
         if b.refs > 0 {
+            let b = *b;
+            self.note(Change::Backing(node.clone(), Some(b)));
             return;
         }
         backings.remove(node);
+        self.note(Change::Backing(node.clone(), None));
         drop(backings);
         match self.pt.device.get() {
             Some(dev) => {
@@ -571,7 +908,7 @@ fn timestamp(t: Option<TimeOrNow>) -> rustix::fs::Timespec {
             tv_nsec: rustix::fs::UTIME_NOW,
         },
         Some(TimeOrNow::Time(t)) => {
-            let (s, ns) = fuse_live::session::split_time(t);
+            let (s, ns) = fuse_session::split_time(t);
             rustix::fs::Timespec {
                 tv_sec: s,
                 tv_nsec: ns.into(),
@@ -597,6 +934,18 @@ fn kill_suid_on_trunc(ctx: &RequestContext<'_>, fd: BorrowedFd<'_>, flags: i32) 
         rustix::fs::fchmod(fd, Mode::from_bits_truncate(mode & !kill)).map_err(rx)?;
     }
     Ok(())
+}
+
+/// An `O_PATH` descriptor of the inode open file `fd` is on, for the node
+/// cache: a duplicate of the open file would keep it open (for writing, too)
+/// until the kernel forgets the node, long after its release.
+fn path_of(fd: BorrowedFd<'_>) -> Result<OwnedFd> {
+    rustix::fs::open(
+        node::proc_path(fd).as_c_str(),
+        OFlags::PATH | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(rx)
 }
 
 fn xattr_reply(size: u32, data: Vec<u8>) -> Result<Xattr> {
@@ -760,7 +1109,7 @@ impl Filesystem for PassFs {
         let kind = rustix::fs::FileType::from_raw_mode(mode);
         let perm = Mode::from_bits_truncate(mode & 0o7777);
         let dev = node::decode_rdev(rdev);
-        self.create_node(ctx, parent, name, |p, n| {
+        self.create_node(ctx, parent, name, "mknod", |p, n| {
             rustix::fs::mknodat(p, n.as_c_str(), kind, perm, dev)
         })
     }
@@ -773,21 +1122,17 @@ impl Filesystem for PassFs {
         mode: u32,
     ) -> Result<Entry<Node>> {
         let perm = Mode::from_bits_truncate(mode & 0o7777);
-        self.create_node(ctx, parent, name, |p, n| {
+        self.create_node(ctx, parent, name, "mkdir", |p, n| {
             rustix::fs::mkdirat(p, n.as_c_str(), perm)
         })
     }
 
-    fn unlink(&self, _ctx: &RequestContext<'_>, parent: &Node, name: &OsStr) -> Result<()> {
-        let name = component(name)?;
-        let pfd = self.node_fd(parent)?;
-        rustix::fs::unlinkat(pfd.as_fd(), name.as_c_str(), AtFlags::empty()).map_err(rx)
+    fn unlink(&self, ctx: &RequestContext<'_>, parent: &Node, name: &OsStr) -> Result<()> {
+        self.remove(ctx, parent, name, "unlink", AtFlags::empty())
     }
 
-    fn rmdir(&self, _ctx: &RequestContext<'_>, parent: &Node, name: &OsStr) -> Result<()> {
-        let name = component(name)?;
-        let pfd = self.node_fd(parent)?;
-        rustix::fs::unlinkat(pfd.as_fd(), name.as_c_str(), AtFlags::REMOVEDIR).map_err(rx)
+    fn rmdir(&self, ctx: &RequestContext<'_>, parent: &Node, name: &OsStr) -> Result<()> {
+        self.remove(ctx, parent, name, "rmdir", AtFlags::REMOVEDIR)
     }
 
     fn symlink(
@@ -798,14 +1143,14 @@ impl Filesystem for PassFs {
         target: &OsStr,
     ) -> Result<Entry<Node>> {
         let target = CString::new(target.as_bytes()).map_err(|_| Errno::EINVAL)?;
-        self.create_node(ctx, parent, name, |p, n| {
+        self.create_node(ctx, parent, name, "symlink", |p, n| {
             rustix::fs::symlinkat(target.as_c_str(), p, n.as_c_str())
         })
     }
 
     fn rename(
         &self,
-        _ctx: &RequestContext<'_>,
+        ctx: &RequestContext<'_>,
         parent: &Node,
         name: &OsStr,
         newparent: &Node,
@@ -814,19 +1159,55 @@ impl Filesystem for PassFs {
     ) -> Result<()> {
         let (name, newname) = (component(name)?, component(newname)?);
         let (p, np) = (self.node_fd(parent)?, self.node_fd(newparent)?);
-        rustix::fs::renameat_with(
+        let prior = self.prior_intent(ctx);
+        let exchange = flags.0 & nix::libc::RENAME_EXCHANGE != 0;
+        if let Some(prior) = &prior {
+            // Resent after a crash: done already if the names hold what the
+            // dead process's rename would have left.
+            let (now_src, now_dst) = (
+                self.node_at(p.as_fd(), &name),
+                self.node_at(np.as_fd(), &newname),
+            );
+            let moved = now_dst.is_some() && now_dst == prior.before;
+            let done = if exchange {
+                moved && now_src == prior.other
+            } else {
+                moved && now_src != prior.before
+            };
+            if done {
+                log::warn!("rename resent after a crash: the dead process had done it");
+                self.done(Some(ctx.unique & !UNIQUE_RESEND));
+                return Ok(());
+            }
+        }
+        // (Only under the crash journal: the intent's inodes, and the open files
+        // of a target that may lose its last link; with EXCHANGE none does.)
+        let journaling = self.journaling();
+        let before = journaling.then(|| self.node_at(p.as_fd(), &name)).flatten();
+        let other = match (journaling, exchange) {
+            (false, _) => None,
+            (true, true) => self.node_at(np.as_fd(), &newname),
+            (true, false) => self.victim(np.as_fd(), &newname),
+        };
+        let key = self.intent(ctx, "rename", parent, &name, before, other);
+        let r = rustix::fs::renameat_with(
             p.as_fd(),
             name.as_c_str(),
             np.as_fd(),
             newname.as_c_str(),
             rustix::fs::RenameFlags::from_bits_retain(flags.0),
         )
-        .map_err(rx)
+        .map_err(rx);
+        if r.is_ok() {
+            crash_point("rename", &name);
+        }
+        self.done(key);
+        r
     }
 
     fn link(
         &self,
-        _ctx: &RequestContext<'_>,
+        ctx: &RequestContext<'_>,
         node: &Node,
         newparent: &Node,
         newname: &OsStr,
@@ -834,14 +1215,30 @@ impl Filesystem for PassFs {
         let newname = component(newname)?;
         let fd = self.node_fd(node)?;
         let np = self.node_fd(newparent)?;
-        rustix::fs::linkat(
+        let prior = self.prior_intent(ctx);
+        let key = self.intent(ctx, "link", newparent, &newname, None, Some(node.clone()));
+        let r = rustix::fs::linkat(
             fd.as_fd(),
             c"",
             np.as_fd(),
             newname.as_c_str(),
             AtFlags::EMPTY_PATH,
-        )
-        .map_err(rx)?;
+        );
+        if r.is_ok() {
+            crash_point("link", &newname);
+        }
+        let r = match r {
+            // Resent after a crash: the dead process had made this very link.
+            Err(rustix::io::Errno::EXIST)
+                if prior.is_some() && self.node_at(np.as_fd(), &newname).as_ref() == Some(node) =>
+            {
+                log::warn!("link resent after a crash: the dead process had made it");
+                Ok(())
+            }
+            r => r.map_err(rx),
+        };
+        self.done(key);
+        r?;
         self.lookup_at(np.as_fd(), &newname)
     }
 
@@ -860,7 +1257,7 @@ impl Filesystem for PassFs {
                 Errno::EINVAL
             });
         }
-        let fd = self.reopen(node, backing_flags(flags))?;
+        let fd = self.reopen(node, self.open_flags(flags))?;
         kill_suid_on_trunc(ctx, fd.as_fd(), flags)?;
         Ok(self.opened(node, fd, flags))
     }
@@ -916,7 +1313,7 @@ impl Filesystem for PassFs {
         _lock_owner: u64,
         _flush: bool,
     ) -> Result<()> {
-        lock(&self.files).remove(&fh.id);
+        self.drop_file(fh.id);
         if fh.backing != 0 {
             self.put_backing(node, fh.backing);
         }
@@ -949,7 +1346,7 @@ impl Filesystem for PassFs {
         }
         let fd = self.reopen(node, OFlags::RDONLY | OFlags::DIRECTORY)?;
         Ok(Opened::new(Handle {
-            id: self.insert_file(fd),
+            id: self.insert_file(fd, node, OFlags::DIRECTORY),
             backing: 0,
         }))
     }
@@ -1000,7 +1397,7 @@ impl Filesystem for PassFs {
         fh: Handle,
         _flags: i32,
     ) -> Result<()> {
-        lock(&self.files).remove(&fh.id);
+        self.drop_file(fh.id);
         Ok(())
     }
 
@@ -1093,25 +1490,44 @@ impl Filesystem for PassFs {
         let flags = flags.0;
         let cname = component(name)?;
         let pfd = self.node_fd(parent)?;
-        let oflags = backing_flags(flags);
-        let (fd, created) = match open_beneath(
+        let oflags = self.open_flags(flags);
+        let excl = flags & nix::libc::O_EXCL != 0;
+        let prior = if excl { self.prior_intent(ctx) } else { None };
+        let key = if excl {
+            self.intent(ctx, "create", parent, &cname, None, None)
+        } else {
+            None
+        };
+        let made = match open_beneath(
             pfd.as_fd(),
             &cname,
             oflags | OFlags::CREATE | OFlags::EXCL,
             mode & 0o7777,
         ) {
-            Ok(fd) => (fd, true),
+            Ok(fd) => {
+                crash_point("create", &cname);
+                Ok((fd, true))
+            }
+            // Not O_EXCL, or resent after a crash and the dead process had
+            // created it (O_EXCL): open what is there. (Its O_TRUNC was done.)
             Err(e)
                 if e.raw_os_error() == Some(nix::libc::EEXIST)
-                    && flags & nix::libc::O_EXCL == 0 =>
+                    && (!excl
+                        || prior
+                            .as_ref()
+                            .is_some_and(|p| self.born_after(pfd.as_fd(), &cname, p))) =>
             {
-                (
-                    open_beneath(pfd.as_fd(), &cname, oflags, 0).map_err(io_errno)?,
-                    false,
-                )
+                if excl {
+                    log::warn!("create resent after a crash: the dead process had made it");
+                }
+                open_beneath(pfd.as_fd(), &cname, oflags - OFlags::TRUNC, 0)
+                    .map(|fd| (fd, excl))
+                    .map_err(io_errno)
             }
-            Err(e) => return Err(io_errno(e)),
+            Err(e) => Err(io_errno(e)),
         };
+        self.done(key);
+        let (fd, created) = made?;
         if created {
             if let Err(e) = self.give(ctx, fd.as_fd(), pfd.as_fd()) {
                 log::warn!("chown of a new file failed: {e}");
@@ -1119,7 +1535,7 @@ impl Filesystem for PassFs {
         } else {
             kill_suid_on_trunc(ctx, fd.as_fd(), flags)?;
         }
-        let path_fd = fd.try_clone().map_err(io_errno)?;
+        let path_fd = path_of(fd.as_fd())?;
         let entry = self.adopt(path_fd)?;
         if entry.node.kind != nix::libc::S_IFREG {
             return Err(Errno::EINVAL);
@@ -1206,7 +1622,7 @@ impl Filesystem for PassFs {
         .map_err(rx)?;
         let st = stat_fd(fd.fd())?;
         let btime = (sx.stx_mask & rustix::fs::StatxFlags::BTIME.bits() != 0)
-            .then(|| fuse_live::session::join_time(sx.stx_btime.tv_sec, sx.stx_btime.tv_nsec));
+            .then(|| fuse_session::join_time(sx.stx_btime.tv_sec, sx.stx_btime.tv_nsec));
         Ok(StatxReply {
             attr: node::attr_of(&st)?,
             btime,
@@ -1226,7 +1642,7 @@ impl Filesystem for PassFs {
     ) -> Result<(Entry<Node>, Opened<Handle>)> {
         let flags = flags.0;
         let pfd = self.node_fd(parent)?;
-        let mut oflags = backing_flags(flags) | OFlags::TMPFILE | OFlags::CLOEXEC;
+        let mut oflags = self.open_flags(flags) | OFlags::TMPFILE | OFlags::CLOEXEC;
         if flags & nix::libc::O_ACCMODE == nix::libc::O_RDONLY {
             // O_TMPFILE needs write access.
             oflags |= OFlags::RDWR;
@@ -1241,7 +1657,7 @@ impl Filesystem for PassFs {
         if let Err(e) = self.give(ctx, fd.as_fd(), pfd.as_fd()) {
             log::warn!("chown of a new file failed: {e}");
         }
-        let entry = self.adopt(fd.try_clone().map_err(io_errno)?)?;
+        let entry = self.adopt(path_of(fd.as_fd())?)?;
         let opened = self.opened(&entry.node, fd, flags);
         Ok((entry, opened))
     }
@@ -1252,6 +1668,41 @@ impl Filesystem for PassFs {
 }
 
 impl PassFs {
+    /// UNLINK and RMDIR, with their intent and the open files of the victim kept.
+    fn remove(
+        &self,
+        ctx: &RequestContext<'_>,
+        parent: &Node,
+        name: &OsStr,
+        op: &str,
+        flags: AtFlags,
+    ) -> Result<()> {
+        let name = component(name)?;
+        let pfd = self.node_fd(parent)?;
+        let prior = self.prior_intent(ctx);
+        let before = if self.journaling() {
+            self.victim(pfd.as_fd(), &name)
+        } else {
+            None
+        };
+        if let Some(p) = &prior {
+            // Resent after a crash: the dead process removed the name (and
+            // someone may have made it anew since: that one stays).
+            if p.before.is_some() && before != p.before {
+                log::warn!("{op} resent after a crash: the dead process had done it");
+                self.done(Some(ctx.unique & !UNIQUE_RESEND));
+                return Ok(());
+            }
+        }
+        let key = self.intent(ctx, op, parent, &name, before, None);
+        let r = rustix::fs::unlinkat(pfd.as_fd(), name.as_c_str(), flags).map_err(rx);
+        if r.is_ok() {
+            crash_point(op, &name);
+        }
+        self.done(key);
+        r
+    }
+
     /// The path for xattr calls on `node` (its `/proc/self/fd` magic link) and the
     /// descriptor it names, kept alive meanwhile. Symlinks: `EPERM` (there is no
     /// race-free way to reach a symlink's own xattrs from its descriptor; Linux

@@ -10,16 +10,17 @@
 //! they stay registered across the handoff, the successor keeps counting their
 //! uses and releases each with the last release of a handle that names it (handle
 //! values carry their id). A process that dies leaves its ids registered until the
-//! connection ends (unmount), or until a successor restored from a snapshot
-//! releases them.
+//! connection ends (unmount), or until a successor releases them: one restored
+//! from a snapshot, or, under a fd store, the next process, which knows them from
+//! the crash journal (`recovery.rs`).
 use std::collections::{HashMap, HashSet};
 use std::io;
 use std::os::fd::AsFd;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use fuse_live::session::{HandleState, NodeState};
-use fuse_live::snapshot::{FdRestorer, FdSaver, FdSlot, SnapshotFs};
+use fuse_session::{HandleState, NodeState};
+use fuse_snapshot::{FdRestorer, FdSaver, FdSlot, SnapshotFs};
 use serde::{Deserialize, Serialize};
 
 use super::node::{stat_fd, Node};
@@ -169,11 +170,17 @@ impl SnapshotFs for PassFs {
                 }
             }
         }
+        if self.jr.restored.load(Ordering::Relaxed) {
+            return self.check_recovered(handles);
+        }
         let by_id: HashMap<u64, &Node> = nodes.iter().map(|n| (n.nodeid, &n.node)).collect();
         let files = lock(&self.files);
         let mut uses: HashMap<i32, (u64, Option<&Node>)> = HashMap::new();
         for h in handles {
-            if !files.contains_key(&h.handle.id) {
+            // (After a crash recovery, files are reopened once the session is
+            // rebuilt: the journal's table of open files stands for them.)
+            if !files.contains_key(&h.handle.id) && !lock(&self.jr.opens).contains_key(&h.handle.id)
+            {
                 return Err(format!("fh {}: open file {} is missing", h.fh, h.handle.id));
             }
             if h.handle.backing != 0 {
@@ -203,5 +210,66 @@ impl SnapshotFs for PassFs {
             ));
         }
         Ok(())
+    }
+}
+
+impl PassFs {
+    /// [`SnapshotFs::check_session`] after a crash: every handle names an open file
+    /// of the journal and a registered backing id. The uses of the backing ids
+    /// are counted again from the handles afterwards
+    /// ([`PassFs::settle_backings`]): the recovery checks single handles first
+    /// (to drop orphans), then the whole table, which is kept here.
+    fn check_recovered(&self, handles: &[HandleState<Handle>]) -> Result<(), String> {
+        let opens = lock(&self.jr.opens);
+        let backings = lock(&self.pt.backings);
+        let mut uses = Vec::new();
+        let mut ids = HashSet::new();
+        for h in handles {
+            ids.insert(h.handle.id);
+            if !opens.contains_key(&h.handle.id) {
+                return Err(format!("fh {}: open file {} is missing", h.fh, h.handle.id));
+            }
+            if h.handle.backing != 0 {
+                if !backings.values().any(|b| b.id == h.handle.backing) {
+                    return Err(format!(
+                        "fh {} uses backing id {}, which is not registered",
+                        h.fh, h.handle.backing
+                    ));
+                }
+                uses.push(h.handle.backing);
+            }
+        }
+        *lock(&self.jr.checked) = Some((uses, ids));
+        Ok(())
+    }
+
+    /// After a crash: each backing id's uses counted from the session's handles
+    /// (the last table [`SnapshotFs::check_session`] saw); ids no handle uses are
+    /// released once the device is known, and open files no handle names (the
+    /// recovery dropped their handle) are forgotten. Returns how many backing ids
+    /// were unused.
+    pub fn settle_backings(&self) -> usize {
+        let Some((uses, ids)) = lock(&self.jr.checked).take() else {
+            return 0;
+        };
+        lock(&self.jr.opens).retain(|id, _| {
+            let used = ids.contains(id);
+            if !used {
+                log::warn!("open file {id}: no handle of the session names it; forgotten");
+            }
+            used
+        });
+        let mut backings = lock(&self.pt.backings);
+        let mut unused = Vec::new();
+        backings.retain(|_, b| {
+            b.refs = uses.iter().filter(|&&u| u == b.id).count() as u64;
+            if b.refs == 0 {
+                unused.push(b.id);
+            }
+            b.refs > 0
+        });
+        let n = unused.len();
+        lock(&self.pt.pending_close).extend(unused);
+        n
     }
 }

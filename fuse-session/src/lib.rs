@@ -14,6 +14,8 @@
 
 pub mod dev;
 pub mod fake;
+#[doc(hidden)]
+pub mod fault;
 pub mod flags;
 pub mod fs;
 pub mod notify;

@@ -241,6 +241,8 @@ fn a_panic_in_readdirplus_takes_back_the_entries_it_counted() {
 struct Recorder {
     accepted: Mutex<BTreeMap<u64, (u32, usize)>>,
     responded: Mutex<BTreeMap<u64, Vec<i32>>>,
+    /// `unanswered` calls by unique.
+    unanswered: Mutex<BTreeMap<u64, usize>>,
     out_of_order: Mutex<Vec<u64>>,
 }
 
@@ -270,10 +272,19 @@ impl StepHook for Recorder {
             .or_default()
             .push(reply.error_code());
     }
+
+    fn unanswered(&self, request: &Accepted<'_>) {
+        *self
+            .unanswered
+            .lock()
+            .unwrap()
+            .entry(request.unique())
+            .or_default() += 1;
+    }
 }
 
 #[test]
-fn the_hook_sees_every_accept_and_every_reply_exactly_once() {
+fn the_hook_sees_every_accept_and_every_reply_or_unanswered_exactly_once() {
     silence_panics();
     let hook = Arc::new(Recorder::default());
     let mut session = Session::new(PanickyFs);
@@ -328,6 +339,12 @@ fn the_hook_sees_every_accept_and_every_reply_exactly_once() {
             replies,
             usize::from(!unanswered),
             "unique {u} opcode {opcode}: {replies} replies seen"
+        );
+        let calls = hook.unanswered.lock().unwrap().get(u).copied().unwrap_or(0);
+        assert_eq!(
+            calls,
+            usize::from(unanswered),
+            "unique {u} opcode {opcode}: {calls} unanswered calls seen"
         );
     }
     let eio = responded

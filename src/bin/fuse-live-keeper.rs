@@ -2,7 +2,7 @@
 //! systems without systemd (containers, CSI node plugins).
 //!
 //! ```text
-//! fuse-live-keeper [--restart-limit N] [--restart-window SECONDS] [--fd-store-max N] -- CMD ARGS...
+//! fuse-live-keeper [--restart-limit N] [--restart-window SECONDS] [--restart-delay MS] [--fd-store-max N] -- CMD ARGS...
 //! ```
 //!
 //! It runs `CMD ARGS...` as its direct child and implements systemd's file
@@ -16,7 +16,8 @@
 //! - Messages are accepted only from the direct child (the sender's pid, which the
 //!   kernel attaches to every datagram); others are refused with a log line, and
 //!   their descriptors closed. Malformed messages are ignored with a log line.
-//! - Restarts wait 100 ms, doubling per restart still within the window, up to 5 s.
+//! - Restarts wait 100 ms (`--restart-delay`; 0 restarts at once, every time),
+//!   doubling per restart still within the window, up to 5 s.
 //!   More than N restarts (default 5) within the window (default 60 s) and the
 //!   keeper gives up: it says so on stderr and exits 1, closing the descriptors it
 //!   kept, which ends the FUSE connection (docs/RECOVERY.md: end states).
@@ -26,6 +27,13 @@
 //!   and its restart), or a crash while stopping, restarts it at once and forwards
 //!   the signal when it says `READY=1`, so that it unmounts cleanly; a second signal
 //!   while it is down ends the keeper.
+//! - SIGHUP replaces the daemon by a live handoff: the keeper starts the same
+//!   command as a successor (its direct child, with the stored descriptors and
+//!   `FUSE_LIVE_UPGRADE_FROM=<daemon pid>`), which takes the mount over through the
+//!   daemon's upgrade socket; the daemon names it with `MAINPID=` before it
+//!   commits, and names itself again if it rolls back. The keeper restarts the
+//!   daemon only once neither process can be serving (docs/RECOVERY.md, "Live
+//!   upgrade under the keeper").
 //! - `BARRIER=1` (`sd_notify_barrier(3)`) is answered by closing its descriptor.
 //! - Standard input, output and error are the keeper's own, passed through.
 //!
@@ -41,8 +49,9 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use fuse_live::session::dev::fdstore::{
+use fuse_session::dev::fdstore::{
     message::DEFAULT_FD_NAME, parse_message, spawn_with_fds, NotifyListener, Received,
+    UPGRADE_FROM_ENV,
 };
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::signal::{kill, SigSet, Signal};
@@ -51,7 +60,7 @@ use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 
 const USAGE: &str = "usage: fuse-live-keeper [--restart-limit N] [--restart-window SECONDS] \
-                     [--fd-store-max N] -- CMD ARGS...";
+                     [--restart-delay MS] [--fd-store-max N] -- CMD ARGS...";
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
@@ -69,6 +78,8 @@ macro_rules! say {
 struct Options {
     restart_limit: u32,
     restart_window: Duration,
+    /// The first restart's delay (`--restart-delay`), doubled per recent restart.
+    first_backoff: Duration,
     fd_store_max: usize,
     cmd: Vec<OsString>,
 }
@@ -77,6 +88,7 @@ fn parse_args(args: Vec<OsString>) -> Result<Options, String> {
     let mut o = Options {
         restart_limit: 5,
         restart_window: Duration::from_secs(60),
+        first_backoff: FIRST_BACKOFF,
         fd_store_max: 64,
         cmd: Vec::new(),
     };
@@ -100,6 +112,16 @@ fn parse_args(args: Vec<OsString>) -> Result<Options, String> {
                     return Err("--restart-window: 1 to 31536000 seconds".into());
                 }
                 o.restart_window = Duration::from_secs(s);
+            }
+            Some("--restart-delay") => {
+                let ms = number("--restart-delay", it.next())?;
+                if ms > MAX_BACKOFF.as_millis() as u64 {
+                    return Err(format!(
+                        "--restart-delay: 0 to {} milliseconds",
+                        MAX_BACKOFF.as_millis()
+                    ));
+                }
+                o.first_backoff = Duration::from_millis(ms);
             }
             Some("--fd-store-max") => {
                 let n = number("--fd-store-max", it.next())?;
@@ -240,10 +262,23 @@ struct Keeper {
     pending_stop: Option<Signal>,
     /// When each restart within the window happened.
     restarts: VecDeque<Instant>,
+    /// A live upgrade in progress (`SIGHUP`): the process started to take the
+    /// mount over from the daemon, not yet named by it (`MAINPID=`).
+    successor: Option<Pid>,
+    /// The daemon that named its successor (`MAINPID=`) and is committing the
+    /// handoff and exiting, or rolls it back (then it names itself again).
+    former: Option<Pid>,
+    /// The daemon may no longer serve: it is the previous daemon after its
+    /// successor died, or the successor after the daemon died before naming it.
+    /// Any exit of it (status 0 too) restarts the daemon from the store; a
+    /// `MAINPID=` naming itself (a rolled-back handoff) clears this.
+    tentative: bool,
 }
 
 impl Keeper {
-    fn spawn(&mut self) -> std::io::Result<Pid> {
+    /// Starts the command with the stored descriptors; with `upgrade_from`, as the
+    /// successor of that daemon (`FUSE_LIVE_UPGRADE_FROM`).
+    fn spawn(&mut self, upgrade_from: Option<Pid>) -> std::io::Result<Pid> {
         for name in self.store.drop_hung() {
             say!("stored descriptor {name:?} hung up (POLLHUP/POLLERR): closed, not passed on");
         }
@@ -253,8 +288,12 @@ impl Keeper {
             .iter()
             .map(|e| (e.name.as_str(), e.fd.as_fd()))
             .collect();
-        let pid = spawn_with_fds(&self.opts.cmd[0], &self.opts.cmd[1..], &self.env, &fds)?;
-        if !fds.is_empty() {
+        let mut env = self.env.clone();
+        if let Some(from) = upgrade_from {
+            env.push((UPGRADE_FROM_ENV.into(), from.to_string().into()));
+        }
+        let pid = spawn_with_fds(&self.opts.cmd[0], &self.opts.cmd[1..], &env, &fds)?;
+        if !fds.is_empty() && upgrade_from.is_none() {
             say!(
                 "started {} as pid {pid} with {} stored descriptors ({})",
                 self.opts.cmd[0].to_string_lossy(),
@@ -274,8 +313,16 @@ impl Keeper {
             );
             return;
         };
-        match r.sender {
-            Some(s) if s.pid == child.as_raw() => {}
+        // The daemon, and during a live upgrade the other process of the handoff:
+        // all direct children.
+        let sender = match r.sender {
+            Some(s)
+                if s.pid == child.as_raw()
+                    || Some(s.pid) == self.successor.map(Pid::as_raw)
+                    || Some(s.pid) == self.former.map(Pid::as_raw) =>
+            {
+                Pid::from_raw(s.pid)
+            }
             Some(s) => {
                 say!(
                     "refused a message from pid {} (uid {}): only the daemon, pid {child}, may \
@@ -290,7 +337,7 @@ impl Keeper {
                 say!("refused a message without sender credentials");
                 return;
             }
-        }
+        };
         if r.truncated {
             say!("ignored a truncated message from the daemon (over 4096 bytes or 253 fds)");
             return;
@@ -306,13 +353,12 @@ impl Keeper {
             }
         };
         if let Some(p) = m.main_pid {
-            if p != child.as_raw() as u32 {
-                say!(
-                    "ignored MAINPID={p}: the daemon must stay the keeper's direct child \
-                     (pid {child})"
-                );
-            }
+            self.main_pid(sender, p);
         }
+        // The daemon may have changed: the rest concerns the current one.
+        let Child::Running(child) = self.child else {
+            return;
+        };
         if m.fdstore_remove {
             match &m.fd_name {
                 Some(name) => {
@@ -336,7 +382,9 @@ impl Keeper {
         } else if !r.fds.is_empty() {
             say!("closed {} descriptors sent without FDSTORE=1", r.fds.len());
         }
-        if m.ready {
+        if m.ready && sender != child {
+            say!("ignored READY=1 from pid {sender}: the daemon is pid {child}");
+        } else if m.ready {
             say!(
                 "daemon pid {child} is ready ({} stored descriptors: {})",
                 self.store.entries.len(),
@@ -349,7 +397,104 @@ impl Keeper {
             }
         }
         if m.stopping {
-            say!("daemon pid {child} is stopping");
+            say!("pid {sender} is stopping");
+        }
+    }
+
+    /// `MAINPID=p` from `sender`: a live upgrade's handover, or its rollback.
+    fn main_pid(&mut self, sender: Pid, p: u32) {
+        let Child::Running(main) = self.child else {
+            return;
+        };
+        let named = i32::try_from(p).ok().map(Pid::from_raw);
+        if sender == main && named == self.successor {
+            // The daemon commits its handoff next: supervise the successor.
+            say!("daemon pid {main} hands the mount over to pid {p}, the daemon from now on");
+            self.former = Some(main);
+            self.successor = None;
+            self.child = Child::Running(Pid::from_raw(p as i32));
+            self.tentative = false;
+            // A stop signal the old daemon got goes to the new one once it serves.
+            if let Some(sig) = self.stopping.take() {
+                self.pending_stop = Some(sig);
+            }
+        } else if Some(sender) == self.former && named == Some(sender) {
+            // Commit could not be sent (the successor died): it serves on.
+            say!("pid {sender} rolled the handoff back and serves on");
+            self.successor = Some(main);
+            self.former = None;
+            self.take_back(sender);
+        } else if sender == main && named == Some(main) {
+            if self.tentative {
+                say!("pid {main} rolled the handoff back and serves on");
+                self.take_back(main);
+            }
+        } else {
+            say!(
+                "ignored MAINPID={p} from pid {sender}: the daemon must stay the keeper's direct \
+                 child (pid {main}; a successor only through SIGHUP)"
+            );
+        }
+    }
+
+    /// `pid`, which had handed over, serves again (a rolled-back handoff).
+    fn take_back(&mut self, pid: Pid) {
+        self.child = Child::Running(pid);
+        self.tentative = false;
+        if let Some(sig) = self.pending_stop.take() {
+            say!("forwarding the pending {sig} to the daemon, pid {pid}");
+            self.stopping = Some(sig);
+            let _ = kill(pid, sig);
+        }
+    }
+
+    /// SIGHUP: start a successor that takes the mount over from the daemon by a
+    /// live handoff (the daemon's own upgrade socket), with the stored descriptors.
+    fn upgrade(&mut self) {
+        let Child::Running(main) = self.child else {
+            say!("SIGHUP while the daemon is down: no live upgrade (it is being restarted)");
+            return;
+        };
+        if self.successor.is_some() || self.former.is_some() || self.tentative {
+            say!("SIGHUP during a live upgrade: ignored");
+            return;
+        }
+        if self.stopping.is_some() || self.pending_stop.is_some() {
+            say!("SIGHUP while stopping: ignored");
+            return;
+        }
+        match self.spawn(Some(main)) {
+            Ok(pid) => {
+                say!("SIGHUP: started pid {pid} to take the mount over from pid {main}");
+                self.successor = Some(pid);
+            }
+            Err(e) => say!("SIGHUP: cannot start the successor: {e}"),
+        }
+    }
+
+    /// Waits (at most 10 s, then kills) for the other processes of a live upgrade
+    /// before the keeper exits, so that none is left behind.
+    fn wait_others(&mut self) {
+        for pid in [self.successor.take(), self.former.take()]
+            .into_iter()
+            .flatten()
+        {
+            let until = Instant::now() + Duration::from_secs(10);
+            loop {
+                match waitpid(pid, Some(WaitPidFlag::WNOHANG)) {
+                    Ok(WaitStatus::StillAlive) if Instant::now() < until => {
+                        std::thread::sleep(Duration::from_millis(10))
+                    }
+                    Ok(WaitStatus::StillAlive) => {
+                        say!("pid {pid} did not exit: killing it");
+                        let _ = kill(pid, Signal::SIGKILL);
+                        let _ = waitpid(pid, None);
+                        break;
+                    }
+                    Err(nix::errno::Errno::EINTR) => {}
+                    _ => break,
+                }
+            }
         }
     }
 
@@ -380,8 +525,35 @@ impl Keeper {
             say!("daemon {how} after the stop signal; exiting");
             return Some(code.clamp(0, 255) as u8);
         }
-        if code == 0 {
+        let tentative = std::mem::take(&mut self.tentative);
+        if code == 0 && !tentative {
             return Some(0);
+        }
+        // Not a clean end. During a live upgrade the other process may serve, or
+        // be about to exit: it is the daemon until it exits.
+        if let Some(f) = self.former.take() {
+            say!(
+                "daemon {how} right after taking over; the previous daemon, pid {f}, serves on \
+                 if it rolled the handoff back, otherwise it is restarted when that one exits"
+            );
+            self.child = Child::Running(f);
+            self.tentative = true;
+            if let Some(sig) = self.stopping.take() {
+                self.pending_stop = Some(sig);
+            }
+            return None;
+        }
+        if let Some(s) = self.successor.take() {
+            say!(
+                "daemon {how} during a live upgrade, before handing over: its successor, pid \
+                 {s}, gets no Commit and exits; then the daemon is restarted"
+            );
+            self.child = Child::Running(s);
+            self.tentative = true;
+            if let Some(sig) = self.stopping.take() {
+                self.pending_stop = Some(sig);
+            }
+            return None;
         }
         if let Some(sig) = self.stopping.take() {
             self.pending_stop = Some(sig);
@@ -414,7 +586,9 @@ impl Keeper {
             );
             return Some(1);
         }
-        let delay = FIRST_BACKOFF
+        let delay = self
+            .opts
+            .first_backoff
             .saturating_mul(1u32 << recent.min(16))
             .min(MAX_BACKOFF);
         say!(
@@ -438,10 +612,23 @@ impl Keeper {
             match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
                 Ok(WaitStatus::StillAlive) | Err(nix::errno::Errno::ECHILD) => return None,
                 Ok(st) => {
-                    if matches!(self.child, Child::Running(p) if Some(p) == st.pid()) {
+                    let pid = st.pid();
+                    if matches!(self.child, Child::Running(p) if Some(p) == pid) {
                         if let Some(code) = self.child_died(st) {
                             return Some(code);
                         }
+                    } else if pid.is_some() && pid == self.successor {
+                        self.successor = None;
+                        say!(
+                            "the successor, pid {}, ended ({st:?}): the live upgrade failed",
+                            pid.map_or(0, Pid::as_raw)
+                        );
+                    } else if pid.is_some() && pid == self.former {
+                        self.former = None;
+                        say!(
+                            "the previous daemon, pid {}, ended after handing over ({st:?})",
+                            pid.map_or(0, Pid::as_raw)
+                        );
                     }
                 }
                 Err(nix::errno::Errno::EINTR) => {}
@@ -486,7 +673,13 @@ impl Keeper {
     }
 
     fn run(&mut self, sfd: &SignalFd) -> u8 {
-        match self.spawn() {
+        let code = self.supervise(sfd);
+        self.wait_others();
+        code
+    }
+
+    fn supervise(&mut self, sfd: &SignalFd) -> u8 {
+        match self.spawn(None) {
             Ok(pid) => self.child = Child::Running(pid),
             Err(e) => {
                 say!("cannot start {}: {e}", self.opts.cmd[0].to_string_lossy());
@@ -526,6 +719,10 @@ impl Keeper {
                     let code = match Signal::try_from(info.ssi_signo as i32) {
                         Ok(Signal::SIGCHLD) => self.reap(),
                         Ok(s @ (Signal::SIGTERM | Signal::SIGINT)) => self.signal(s),
+                        Ok(Signal::SIGHUP) => {
+                            self.upgrade();
+                            None
+                        }
                         _ => None,
                     };
                     if let Some(code) = code {
@@ -535,7 +732,7 @@ impl Keeper {
             }
             if let Child::Waiting(at) = self.child {
                 if Instant::now() >= at {
-                    match self.spawn() {
+                    match self.spawn(None) {
                         Ok(pid) => self.child = Child::Running(pid),
                         Err(e) => {
                             let what =
@@ -563,7 +760,12 @@ fn main() -> ExitCode {
         }
     };
     let mut set = SigSet::empty();
-    for s in [Signal::SIGCHLD, Signal::SIGTERM, Signal::SIGINT] {
+    for s in [
+        Signal::SIGCHLD,
+        Signal::SIGTERM,
+        Signal::SIGINT,
+        Signal::SIGHUP,
+    ] {
         set.add(s);
     }
     if let Err(e) = set.thread_block() {
@@ -597,6 +799,7 @@ fn main() -> ExitCode {
                         | "LISTEN_PID"
                         | "LISTEN_FDNAMES"
                         | "LISTEN_PIDFDID"
+                        | UPGRADE_FROM_ENV
                 )
             )
         })
@@ -614,6 +817,9 @@ fn main() -> ExitCode {
         stopping: None,
         pending_stop: None,
         restarts: VecDeque::new(),
+        successor: None,
+        former: None,
+        tentative: false,
     };
     ExitCode::from(keeper.run(&sfd))
 }
@@ -640,6 +846,9 @@ mod tests {
         ]))
         .unwrap();
         assert_eq!((o.restart_limit, o.restart_window.as_secs()), (0, 9));
+        assert_eq!(o.first_backoff, FIRST_BACKOFF);
+        let o = parse_args(args(&["--restart-delay", "0", "--", "x"])).unwrap();
+        assert_eq!(o.first_backoff, Duration::ZERO);
         assert_eq!(o.cmd, args(&["x"]));
         for bad in [
             &[][..],
@@ -649,6 +858,7 @@ mod tests {
             &["--restart-limit", "-1", "--", "a"],
             &["--restart-window", "0", "--", "a"],
             &["--fd-store-max", "0", "--", "a"],
+            &["--restart-delay", "5001", "--", "a"],
             &["--bogus", "--", "a"],
         ] {
             assert!(parse_args(args(bad)).is_err(), "{bad:?}");

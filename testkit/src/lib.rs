@@ -5,6 +5,7 @@
 //! remove the directory), with a watchdog so that a hung mount can never hang a
 //! test.
 pub mod chart;
+pub mod workload;
 
 use std::collections::BTreeSet;
 use std::fs::File;
@@ -56,7 +57,8 @@ pub fn can_mount(test: &str) -> bool {
 /// `cargo build --example NAME` (a no-op when it is fresh).
 ///
 /// `memfs` is no example but the binary of the `memfs` workspace crate, in
-/// `<target>/<profile>/`: it is built with `cargo build -p memfs --bin memfs`.
+/// `<target>/<profile>/`: it is built with `cargo build -p memfs --bin memfs`; so
+/// is `fuse-live-keeper`, the root package's binary (`--bin fuse-live-keeper`).
 pub fn example_binary(name: &str) -> PathBuf {
     static BUILT: Mutex<BTreeSet<String>> = Mutex::new(BTreeSet::new());
     let exe = std::env::current_exe().expect("current_exe");
@@ -66,6 +68,8 @@ pub fn example_binary(name: &str) -> PathBuf {
         .expect("the test binary is in <target>/<profile>/deps");
     let (bin, build_args) = if name == "memfs" {
         (profile_dir.join(name), ["-p", "memfs", "--bin", name])
+    } else if name == "fuse-live-keeper" {
+        (profile_dir.join(name), ["-p", "fuse-live", "--bin", name])
     } else {
         (
             profile_dir.join("examples").join(name),

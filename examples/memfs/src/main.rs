@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! cargo run --release -p memfs -- MOUNTPOINT [--threads N] [--allow-other] [--auto-unmount] [--ttl SECS] [--size BYTES]
-//!         [--upgrade-socket PATH] [--snapshot-dir DIR]
+//!         [--upgrade-socket PATH] [--snapshot-dir DIR] [--transport auto|dev-fuse|io-uring]
 //! cargo run --release -p memfs -- --takeover PATH [--threads N] [--upgrade-socket PATH2] [--snapshot-dir DIR]
 //! ```
 //!
@@ -33,6 +33,12 @@
 //!   Prints `ready MOUNTPOINT` once it serves, then listens on PATH itself (or on
 //!   `--upgrade-socket`) so it can be replaced in turn. Exits 1 if the takeover
 //!   fails (the old process then serves on).
+//! - `--transport auto|dev-fuse|io-uring`: the kernel transport (default
+//!   `dev-fuse`; `auto` is io_uring where the kernel offers it and more than one CPU
+//!   is usable). A mount served through io_uring can be neither handed off nor
+//!   recovered after a crash: with `--upgrade-socket` or under a fd store, `auto`
+//!   serves through `/dev/fuse` (said at log level info) and `io-uring` is refused
+//!   at startup with a message saying why, before anything is mounted.
 //! - `--state FILE`: keep the contents across mounts. At start, if FILE exists, the
 //!   filesystem is restored from it (a snapshot file, as `--snapshot-dir` writes;
 //!   a damaged or unreadable file is an error, exit 1); at a clean end (unmounted,
@@ -45,9 +51,20 @@
 //!   no `FUSE_HAS_RESEND`: the requests the dead process had read but not answered
 //!   are answered from the request slots (`fuse_session::dev::slots`) instead of
 //!   being resent by the kernel. Without a fd store it changes nothing.
+//! - `--journal-compact-after BYTES`: under a fd store (crash recovery), compact
+//!   the journal (a fresh checkpoint, a new log) once its log holds BYTES (suffix
+//!   K, M, G or T; default 16M). Small values make compactions frequent (the
+//!   fault-injection tests use this).
 //! - `--snapshot-dir DIR`: on SIGUSR1, write a snapshot of the session and the
 //!   contents to `DIR/memfs.snapshot` (atomically, mode 0600); the mount pauses only
 //!   while the snapshot is taken (the stall is logged at level info).
+//!
+//! Under a fd store (`fuse-live-keeper -- memfs MOUNTPOINT`, or systemd: `NOTIFY_SOCKET`
+//! set) memfs journals every request and recovers the mount after a crash; with
+//! `--upgrade-socket PATH` it can also be replaced live: SIGHUP to the keeper starts
+//! a successor (`FUSE_LIVE_UPGRADE_FROM`) that takes the mount over through PATH
+//! and continues the journal (docs/RECOVERY.md). `--state` and `--auto-unmount` are
+//! refused there.
 //!
 //! Logging goes to stderr; `RUST_LOG=error|warn|info|debug|trace` sets the level
 //! (default `warn`).
@@ -63,28 +80,32 @@
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use fuse_session::dev::{Atime, MountOptions};
-use fuse_session::serve::{Running, Server};
+use fuse_session::serve::{Backend, Running, Server, TransportKind};
 
 use std::os::fd::AsFd;
+use std::sync::Arc;
 
 use fuse_session::dev::fdstore::{FdStore, JOURNAL_FD, REQUEST_SLOTS_FD};
 use fuse_session::dev::{JournalMap, RequestSlots};
 use fuse_session::wire::Opcode;
 use fuse_session::{Accepted, ReplyParts, Session, StepHook};
-use fuse_snapshot::handoff::{self, Ended, HandoffOptions, Takeover, UpgradeListener};
+use fuse_snapshot::handoff::{
+    self, CommitObserver, Ended, HandoffOptions, Takeover, UpgradeListener,
+};
 use fuse_snapshot::journal::session::{recover_session, JournalHook, RecoveredSession};
 use fuse_snapshot::journal::JournalOptions;
 use fuse_snapshot::FdRestorer;
 use memfs::fs::{Config, MemFs};
-use std::sync::Arc;
 
 const USAGE: &str =
     "usage: memfs MOUNTPOINT [-o OPTIONS] [--threads N] [--allow-other] [--auto-unmount] \
      [--ttl SECS] [--size BYTES[K|M|G|T]] [--state FILE] [--upgrade-socket PATH] \
-     [--snapshot-dir DIR] [--no-resend]\n       \
+     [--snapshot-dir DIR] [--transport auto|dev-fuse|io-uring] \
+     [--journal-compact-after BYTES] [--no-resend]\n       \
      memfs --takeover PATH [--threads N] [--state FILE] [--upgrade-socket PATH] \
      [--snapshot-dir DIR]";
 
@@ -118,6 +139,10 @@ struct Args {
     state: Option<PathBuf>,
     /// `--no-resend`: recover from the request slots even if the kernel can resend.
     no_resend: bool,
+    /// `--transport auto|dev-fuse|io-uring`.
+    transport: TransportKind,
+    /// `--journal-compact-after BYTES` (under a fd store).
+    compact_after: Option<u64>,
 }
 
 fn parse_size(s: &str) -> Option<u64> {
@@ -144,6 +169,8 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Args, String> {
     let mut snapshot_dir = None;
     let mut state = None;
     let mut no_resend = false;
+    let mut transport = TransportKind::DevFuse;
+    let mut compact_after = None;
     let mut it = args.into_iter();
     while let Some(arg) = it.next() {
         let (flag, inline) = match arg.split_once('=') {
@@ -204,6 +231,15 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Args, String> {
             "--takeover" => takeover = Some(PathBuf::from(value("--takeover")?)),
             "--snapshot-dir" => snapshot_dir = Some(PathBuf::from(value("--snapshot-dir")?)),
             "--state" => state = Some(PathBuf::from(value("--state")?)),
+            "--transport" => transport = value("--transport")?.parse()?,
+            "--journal-compact-after" => {
+                let v = value("--journal-compact-after")?;
+                compact_after = Some(
+                    parse_size(&v)
+                        .filter(|&n| n > 0)
+                        .ok_or(format!("bad --journal-compact-after {v:?}"))?,
+                );
+            }
             f if f.starts_with('-') => return Err(format!("unknown option {f:?}")),
             _ if mountpoint.is_none() => mountpoint = Some(arg),
             _ => return Err(format!("unexpected argument {arg:?}")),
@@ -227,6 +263,8 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Args, String> {
         snapshot_dir,
         state,
         no_resend,
+        transport,
+        compact_after,
     })
 }
 
@@ -343,11 +381,25 @@ fn serve(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
         .as_ref()
         .map(UpgradeListener::bind)
         .transpose()?;
+    // Checked before mounting: a transport that cannot keep the promise is refused.
+    let transport = match &listener {
+        Some(_) => args
+            .transport
+            .restartable("live upgrade (--upgrade-socket)")?,
+        None => args.transport,
+    };
     let server = Server::mount(fs, &mountpoint, &opts)?;
-    let running = server.spawn(args.threads)?;
+    let running = server.spawn_with(transport, args.threads)?;
+    if matches!(running.backend(), Backend::Uring { .. }) {
+        log::warn!(
+            "served through io_uring: this mount can be neither handed off nor recovered \
+             after a crash"
+        );
+    }
     follow_mount(&running);
     ready(&args.mountpoint)?;
-    serve_until_done(&running, listener.as_ref(), args)
+    let options = HandoffOptions::new().threads(args.threads);
+    serve_until_done(&running, listener.as_ref(), args, options).map(drop)
 }
 
 /// The largest journal (address space reserved once; a memfd is sparse and is
@@ -363,15 +415,31 @@ const JOURNAL_MAX: u64 = 8 << 30;
 /// `FUSE_HAS_RESEND` or with `--no-resend`, it is answered from the slots), and
 /// serves the same connection.
 fn serve_journaled(args: &Args, mut store: FdStore) -> Result<(), Box<dyn std::error::Error>> {
-    if args.upgrade_socket.is_some() || args.state.is_some() || args.auto_unmount {
+    if args.state.is_some() || args.auto_unmount {
         return Err(
-            "under a fd store (crash recovery), --upgrade-socket, --state and --auto-unmount \
-             are not supported"
+            "under a fd store (crash recovery), --state and --auto-unmount are not supported"
                 .into(),
         );
     }
+    // Only /dev/fuse can be recovered: said (auto) or refused (io-uring) before
+    // anything is mounted or recovered.
+    args.transport
+        .restartable("crash recovery (a fd store: fuse-live-keeper or systemd)")?;
+    if let Some(from) = store.upgrade_from() {
+        return take_over_journaled(args, store, from);
+    }
+    // Bound before mounting or recovering: a path in use fails first. A stale
+    // socket (a daemon that crashed) is replaced.
+    let listener = args
+        .upgrade_socket
+        .as_ref()
+        .map(UpgradeListener::bind)
+        .transpose()?;
     let mountpoint = PathBuf::from(&args.mountpoint);
-    let options = JournalOptions::default();
+    let mut options = JournalOptions::default();
+    if let Some(n) = args.compact_after {
+        options.compact_after = n;
+    }
     let running = match store.take_mount(&mountpoint)? {
         Some(mount) => {
             let fd = store
@@ -380,13 +448,21 @@ fn serve_journaled(args: &Args, mut store: FdStore) -> Result<(), Box<dyn std::e
             let map = JournalMap::from_fd(fd, JOURNAL_MAX)?;
             let recovered = recover_session::<MemFs>(map, &mut FdRestorer::empty(), options)
                 .map_err(|e| format!("recover from the journal: {e}"))?;
-            log::warn!(
-                "recovering: {} journal records replayed, {} recorded replies, log end {:?}",
+            let (records, replies, log_end) = (
                 recovered.records,
                 recovered.replies,
-                recovered.log_end()
+                format!("{:?}", recovered.log_end()),
             );
             let (mut session, hook, map, rec) = recovered.into_parts();
+            log::warn!(
+                "recovering: {records} journal records replayed, {replies} recorded replies, \
+                 log end {log_end}, {} nodeids, {} open handles, {} INTERRUPTs and {} FORGET \
+                 entries so far",
+                session.node_count(),
+                session.handle_count(),
+                session.stats().interrupts.load(Ordering::Relaxed),
+                session.stats().forgets.load(Ordering::Relaxed)
+            );
             session.set_hook(crash_test_hook(&hook));
             // The dead process's request slots (absent if it predates them).
             let old_slots = match store.take(REQUEST_SLOTS_FD).map(RequestSlots::from_fd) {
@@ -466,9 +542,162 @@ fn serve_journaled(args: &Args, mut store: FdStore) -> Result<(), Box<dyn std::e
     follow_mount(&running);
     store.ready()?;
     ready(&args.mountpoint)?;
-    let served = serve_until_done(&running, None, args);
-    let _ = store.stopping();
-    served
+    serve_journaled_until_done(&running, listener.as_ref(), args, Arc::new(store))
+}
+
+/// Serves a journaled mount until done; a live handoff's successor must be the fd
+/// store manager's (a sibling), and is named to it (`MAINPID=`) before Commit.
+fn serve_journaled_until_done(
+    running: &Running<MemFs>,
+    listener: Option<&UpgradeListener>,
+    args: &Args,
+    store: Arc<FdStore>,
+) -> Result<(), Box<dyn std::error::Error>> {
+    // No pre-copy: the journal uses the session's and memfs's change recording.
+    let options = HandoffOptions::new()
+        .threads(args.threads)
+        .precopy(false)
+        .commit_observer(Arc::new(Handover {
+            store: store.clone(),
+        }));
+    if !serve_until_done(running, listener, args, options)? {
+        let _ = store.stopping();
+    }
+    Ok(())
+}
+
+/// Tells the fd store's manager (`fuse-live-keeper`) which process is the daemon
+/// across a live handoff.
+#[derive(Debug)]
+struct Handover {
+    store: Arc<FdStore>,
+}
+
+impl CommitObserver for Handover {
+    fn before_commit(&self, new_pid: i32) -> Result<(), String> {
+        // Only a process the manager started (a sibling) may take over: the
+        // manager supervises its direct children only, and would otherwise take
+        // this process's exit for the daemon's end.
+        let ours = nix::unistd::getppid().as_raw();
+        match parent_of(new_pid) {
+            Some(p) if p == ours => {}
+            p => {
+                return Err(format!(
+                    "pid {new_pid} (parent {p:?}) was not started by the fd store's manager \
+                     (pid {ours}): under fuse-live-keeper, send it SIGHUP to replace the daemon"
+                ))
+            }
+        }
+        match self.store.main_pid(new_pid as u32) {
+            Ok(_) => Ok(()),
+            Err(e) => Err(format!("cannot name the successor to the manager: {e}")),
+        }
+    }
+
+    fn rolled_back(&self) {
+        if let Err(e) = self.store.main_pid(std::process::id()) {
+            log::error!("cannot tell the manager the handoff rolled back: {e}");
+        }
+    }
+}
+
+/// The parent pid of `pid` (`/proc/PID/stat`), if it can be read.
+fn parent_of(pid: i32) -> Option<i32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // "pid (comm) state ppid ...": comm may hold spaces and parentheses.
+    let (_, rest) = stat.rsplit_once(')')?;
+    rest.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// Under the keeper, started on SIGHUP as the successor of the daemon `from`:
+/// takes the mount over through `--upgrade-socket` (no pre-copy), continues the
+/// journal (from the fd store) in a new epoch before serving, then serves and
+/// listens for the next upgrade.
+fn take_over_journaled(
+    args: &Args,
+    mut store: FdStore,
+    from: u32,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let path = args.upgrade_socket.clone().ok_or(
+        "started to replace the daemon (FUSE_LIVE_UPGRADE_FROM) without --upgrade-socket: \
+         no way to reach it",
+    )?;
+    let journal = store
+        .take(JOURNAL_FD)
+        .ok_or("started to replace the daemon, but the fd store holds no journal")?;
+    // The mount's descriptor comes with the handoff (the same connection).
+    drop(store.take(fuse_session::dev::fdstore::FUSE_DEVICE_FD));
+    let options = HandoffOptions::new().threads(args.threads).precopy(false);
+    let takeover = Takeover::connect(&path, &options)?;
+    if takeover.peer_pid() != from as i32 {
+        return Err(format!(
+            "{} is served by pid {}, not by the daemon to replace (pid {from})",
+            path.display(),
+            takeover.peer_pid()
+        )
+        .into());
+    }
+    let restored = takeover.receive::<MemFs>()?;
+    let map = JournalMap::from_fd(journal, JOURNAL_MAX)?;
+    let mut journal_options = JournalOptions::default();
+    if let Some(n) = args.compact_after {
+        journal_options.compact_after = n;
+    }
+    let hook = JournalHook::<MemFs>::new(journal_options);
+    let mut journal_time = Duration::ZERO;
+    // The predecessor's request slots: its workers were parked with nothing in
+    // flight, so every slot is answered and this process's workers read into them
+    // (a crash of this process is then recovered from them without RESEND).
+    let slots = match store.take(REQUEST_SLOTS_FD).map(RequestSlots::from_fd) {
+        Some(Ok(s)) if s.len() >= args.threads => Some(Arc::new(s)),
+        Some(Ok(_)) => None,
+        Some(Err(e)) => {
+            log::error!("the stored request slots cannot be used: {e}");
+            None
+        }
+        None => None,
+    };
+    let (running, stats) = restored.commit_then(|server| {
+        if !server.set_hook(hook.clone()) {
+            return Err("the session is shared: cannot journal it".into());
+        }
+        if let Some(s) = &slots {
+            if s.fits(server.session().read_buffer_size()) {
+                server.set_request_slots(Arc::clone(s));
+            } else {
+                log::warn!("the request slots are too small for this session: not used");
+            }
+        }
+        let t = std::time::Instant::now();
+        hook.take_over(server.session(), map)
+            .map_err(|e| format!("continue the journal: {e}"))?;
+        journal_time = t.elapsed();
+        fuse_session::fault::point("handoff-new-journaled");
+        Ok(())
+    })?;
+    // The previous daemon has stopped serving and is exiting: replace its socket.
+    let listener = match UpgradeListener::bind_replacing(&path) {
+        Ok(l) => Some(l),
+        Err(e) => {
+            log::error!("serving without an upgrade socket: {e}");
+            None
+        }
+    };
+    // Logged before the ready line, which tools wait for.
+    log::info!(
+        "took over from pid {from}: snapshot_bytes={} nodes={} handles={} stall_us={} \
+         restore_us={} journal_us={}",
+        stats.snapshot_bytes,
+        stats.nodes,
+        stats.handles,
+        stats.stall.as_micros(),
+        stats.restore.as_micros(),
+        journal_time.as_micros()
+    );
+    follow_mount(&running);
+    store.ready()?;
+    ready(&args.mountpoint)?;
+    serve_journaled_until_done(&running, listener.as_ref(), args, Arc::new(store))
 }
 
 /// Test hooks for the crash-recovery tests (environment variable `MEMFS_CRASH_TEST`,
@@ -560,8 +789,8 @@ impl StepHook for CrashTest {
         }
     }
 
-    fn finished(&self, request: &Accepted<'_>) {
-        self.inner.finished(request);
+    fn unanswered(&self, request: &Accepted<'_>) {
+        self.inner.unanswered(request);
     }
 
     fn applied_before(&self, request: &Accepted<'_>) -> Option<bool> {
@@ -575,13 +804,14 @@ fn ready(mountpoint: &str) -> std::io::Result<()> {
     out.flush()
 }
 
-/// Serves until unmounted, a termination signal, or a handoff to a new process.
+/// Serves until unmounted, a termination signal, or a handoff to a new process
+/// (then returns true).
 fn serve_until_done(
     running: &Running<MemFs>,
     listener: Option<&UpgradeListener>,
     args: &Args,
-) -> Result<(), Box<dyn std::error::Error>> {
-    let options = HandoffOptions::new().threads(args.threads);
+    options: HandoffOptions,
+) -> Result<bool, Box<dyn std::error::Error>> {
     let ended = handoff::serve_with_upgrades(running, listener, &options, |running| {
         let Some(dir) = &args.snapshot_dir else {
             log::warn!("SIGUSR1 without --snapshot-dir: no snapshot written");
@@ -610,6 +840,7 @@ fn serve_until_done(
             );
             // Dropping the mount handle does not unmount: the new process serves it.
             drop(outcome.mount);
+            return Ok(true);
         }
         _ => {
             {
@@ -625,7 +856,7 @@ fn serve_until_done(
             }
         }
     }
-    Ok(())
+    Ok(false)
 }
 
 /// `--state FILE` at start: the contents of the snapshot in FILE, restored cold
@@ -731,7 +962,8 @@ fn take_over(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
             None
         }
     };
-    serve_until_done(&running, listener.as_ref(), args)
+    let options = HandoffOptions::new().threads(args.threads);
+    serve_until_done(&running, listener.as_ref(), args, options).map(drop)
 }
 
 #[cfg(test)]
@@ -769,6 +1001,14 @@ mod tests {
         assert_eq!((o.atime, o.allow_other), (Some(Atime::NoAtime), true));
         assert!(parse(&["/a", "-o", "exec,suid"]).is_err());
         assert!(parse(&["/a", "-o"]).is_err());
+        assert_eq!(parse(&["/a"]).unwrap().transport, TransportKind::DevFuse);
+        let u = parse(&["/a", "--transport", "io-uring"]).unwrap();
+        assert_eq!(u.transport, TransportKind::IoUring);
+        assert_eq!(
+            parse(&["/a", "--transport=auto"]).unwrap().transport,
+            TransportKind::Auto
+        );
+        assert!(parse(&["/a", "--transport", "uring"]).is_err());
         let s = parse(&["/a", "--state", "/var/lib/m.state"]).unwrap();
         assert_eq!(s.state, Some(PathBuf::from("/var/lib/m.state")));
         assert!(parse(&["/a", "--ttl", "-1"]).is_err());

@@ -138,6 +138,24 @@ impl JournalMap {
         self.file.as_fd()
     }
 
+    /// The first offset at or after `off` that holds data (`u64::MAX` if none):
+    /// `lseek(SEEK_DATA)`. A memfd, and most file systems, keep never-touched
+    /// ranges as holes, which read as zeros. (A memfd allocates a page for a read
+    /// through the mapping too: a reader that skips holes keeps them holes.)
+    ///
+    /// # Errors
+    /// The error of `lseek(2)` other than `ENXIO` (no data after `off`).
+    pub fn next_data(&self, off: u64) -> io::Result<u64> {
+        let Ok(pos) = i64::try_from(off) else {
+            return Ok(u64::MAX);
+        };
+        match nix::unistd::lseek(self.file.as_fd(), pos, nix::unistd::Whence::SeekData) {
+            Ok(at) => Ok(u64::try_from(at).unwrap_or(off)),
+            Err(nix::errno::Errno::ENXIO) => Ok(u64::MAX),
+            Err(e) => Err(e.into()),
+        }
+    }
+
     /// The file's current length in bytes.
     pub fn len(&self) -> u64 {
         self.len.load(Ordering::Acquire)
@@ -304,6 +322,18 @@ mod tests {
         assert!(m.grow((1 << 20) + 1).is_err());
         // Shrinking is sealed off.
         assert!(nix::unistd::ftruncate(m.fd(), 0).is_err());
+    }
+
+    #[test]
+    fn next_data_skips_the_holes_of_a_memfd() {
+        let m = JournalMap::memfd("journal-test", 4 << 20).unwrap();
+        m.grow(4 << 20).unwrap();
+        assert_eq!(m.next_data(0).unwrap(), u64::MAX, "never written: a hole");
+        m.write((1 << 20) + 100, b"data").unwrap();
+        assert_eq!(m.next_data(0).unwrap(), 1 << 20, "the written page");
+        assert_eq!(m.next_data((1 << 20) + 200).unwrap(), (1 << 20) + 200);
+        assert_eq!(m.next_data(2 << 20).unwrap(), u64::MAX, "nothing after it");
+        assert_eq!(m.next_data(u64::MAX).unwrap(), u64::MAX);
     }
 
     #[test]

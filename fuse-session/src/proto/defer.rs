@@ -358,6 +358,7 @@ impl Pending {
             let accepted = Accepted::reparse(&self.bytes, &self.proto);
             hook.responding(&accepted, parts);
         }
+        crate::fault::point("after-record");
         log::debug!(
             "-> unique={} deferred answer ({} bytes, error {})",
             self.unique,
@@ -365,6 +366,7 @@ impl Pending {
             parts.error_code()
         );
         self.sink.send_deferred(self.tag, parts);
+        crate::fault::point("after-reply");
         self.shared.done(self.unique);
     }
 }

@@ -49,7 +49,9 @@ pub const OUT_HEADER_SIZE: usize = fuse_wire::reply::OUT_HEADER_SIZE;
 /// - [`StepHook::responding`] is called exactly once for every request that gets a
 ///   reply — success, error, a body that does not parse, a panic in the
 ///   filesystem — after `accepted` for it, and never for requests the kernel expects
-///   no reply to (FORGET, BATCH_FORGET, INTERRUPT, NOTIFY_REPLY).
+///   no reply to (FORGET, BATCH_FORGET, INTERRUPT, NOTIFY_REPLY);
+/// - [`StepHook::unanswered`] is called once for each of those, after it was
+///   handled, when the transport finishes it ([`Session::respond`]).
 pub trait StepHook: Send + Sync {
     /// A request was accepted: `request.unique()`, `request.opcode()`,
     /// `request.bytes()` are what a journal records.
@@ -73,10 +75,12 @@ pub trait StepHook: Send + Sync {
     }
 
     /// `request`, one the kernel expects no reply to (FORGET, BATCH_FORGET,
-    /// INTERRUPT), was handled: the counterpart of [`StepHook::responding`] for
-    /// those, called on the same thread after the session applied it. The default
-    /// does nothing.
-    fn finished(&self, request: &Accepted<'_>) {
+    /// INTERRUPT, NOTIFY_REPLY), has been handled: what it changed (a FORGET's lookup
+    /// counts) is in the session now. No [`StepHook::responding`] follows, so a
+    /// journal records such changes here; otherwise they would wait for the next
+    /// answered request, and a crash before it would lose them. The default does
+    /// nothing.
+    fn unanswered(&self, request: &Accepted<'_>) {
         let _ = request;
     }
 
@@ -473,6 +477,7 @@ impl<F: Filesystem> Session<F> {
                 hook.accepted(&accepted);
             }
         }
+        crate::fault::point("after-accept");
         accepted
     }
 
@@ -564,18 +569,20 @@ impl<F: Filesystem> Session<F> {
     }
 
     /// Step 3: the outcome is final; [`StepHook::responding`] sees its reply (if
-    /// it has one) before the transport sends it.
-    /// A request without a reply ([`Outcome::NoReply`]) is shown to
-    /// [`StepHook::finished`] instead.
+    /// it has one) before the transport sends it, [`StepHook::unanswered`] a
+    /// request the kernel expects no reply to.
+    ///
+    /// Fault points (`crate::fault`): `after-call` before the hook sees the
+    /// reply, `after-record` after.
     #[inline]
     pub fn respond(&self, request: &Accepted<'_>, outcome: &Outcome<'_>) {
-        if let Some(hook) = &self.hook {
-            match outcome {
-                Outcome::Reply(parts) => hook.responding(request, parts),
-                Outcome::NoReply if request.has_header() => hook.finished(request),
-                _ => {}
-            }
+        crate::fault::point("after-call");
+        match (&self.hook, outcome) {
+            (Some(hook), Outcome::Reply(parts)) => hook.responding(request, parts),
+            (Some(hook), Outcome::NoReply) if request.has_header() => hook.unanswered(request),
+            _ => {}
         }
+        crate::fault::point("after-record");
     }
 
     /// Asks the hook ([`StepHook::applied_before`]) whether a request found in a

@@ -498,6 +498,41 @@ impl std::str::FromStr for TransportKind {
     }
 }
 
+impl TransportKind {
+    /// The transport for a daemon that must survive its process: one that hands its
+    /// mount to a new process (live upgrade), or that runs under a fd store to be
+    /// recovered after a crash. `why` names that need, for the log and the error.
+    ///
+    /// [`TransportKind::Auto`] becomes [`TransportKind::DevFuse`], said at info
+    /// level; [`TransportKind::DevFuse`] stays. [`TransportKind::IoUring`] is an
+    /// error saying why: the kernel neither lets another process take over the
+    /// requests held in a ring's entries nor resends them (`NOTIFY_RESEND` walks the
+    /// `/dev/fuse` queues only), so after a crash their callers would wait forever.
+    /// A daemon checks this at startup, before it mounts, so that it never serves a
+    /// mount it promised to keep through a transport that cannot keep it.
+    ///
+    /// # Errors
+    /// A message for the user when `self` is [`TransportKind::IoUring`].
+    pub fn restartable(self, why: &str) -> Result<TransportKind, String> {
+        match self {
+            TransportKind::DevFuse => Ok(TransportKind::DevFuse),
+            TransportKind::Auto => {
+                log::info!(
+                    "transport auto: /dev/fuse, because {why} needs it (a mount served \
+                     through io_uring can be neither handed off nor recovered after a crash)"
+                );
+                Ok(TransportKind::DevFuse)
+            }
+            TransportKind::IoUring => Err(format!(
+                "io_uring was asked for, but {why} needs /dev/fuse: the kernel neither lets \
+                 another process take over the requests held in a ring's entries nor resends \
+                 them after a crash, so their callers would wait forever (use the transport \
+                 dev-fuse or auto)"
+            )),
+        }
+    }
+}
+
 /// How many CPUs this process may run on (its affinity mask), at least 1.
 fn usable_cpus() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())

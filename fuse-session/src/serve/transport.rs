@@ -167,7 +167,9 @@ pub(crate) fn run_worker<F: Filesystem, T: Transport>(
                 let outcome = session.call(&accepted, space);
                 session.respond(&accepted, &outcome);
                 match outcome {
-                    Outcome::Reply(parts) => match T::send(sender, n, &parts) {
+                    Outcome::Reply(parts) => match T::send(sender, n, &parts)
+                        .inspect(|_| crate::fault::point("after-reply"))
+                    {
                         Ok(Sent::Delivered) => {
                             if !init_replied && session.init_state().is_some() {
                                 init_replied = true;

@@ -304,13 +304,16 @@ fn serve_one<F: SnapshotFs>(
     let version = crate::FORMAT_VERSION;
     let mut machine = OldSide::new(OldConfig {
         version,
-        precopy: ops.is_some(),
+        precopy: ops.is_some() && options.precopy,
         uring: matches!(running.backend(), Backend::Uring { .. }),
         max_snapshot: options.max_snapshot,
     });
     let mut peer_pid = 0;
     let peer = conn.check_peer().map(|p| peer_pid = p.pid);
+    fuse_session::fault::point("handoff-old-accepted");
     let mut action = machine.handle(OldEvent::PeerChecked(peer));
+    // The observer was told the commit is coming: tell it of a rollback too.
+    let mut observed = false;
 
     // What the actions hold between steps.
     let mut recording: Option<Recording<'_, F>> = None;
@@ -392,6 +395,7 @@ fn serve_one<F: SnapshotFs>(
                 parked_in = g.parked_in;
                 guard = Some(g);
                 let encode_start = Instant::now();
+                fuse_session::fault::point("handoff-old-paused");
                 let taken = take_snapshot(running, recording.as_ref().map(|r| r.ops));
                 encode = encode_start.elapsed();
                 let taken = taken.map(|(bytes, out, fs_fds)| {
@@ -421,6 +425,9 @@ fn serve_one<F: SnapshotFs>(
                             .send("send the snapshot", &meta.encode(bytes.len()), &fds)
                             .and_then(|()| conn.send("send the snapshot", &bytes, &[]));
                         snapshot_sent = start.elapsed();
+                        if r.is_ok() {
+                            fuse_session::fault::point("handoff-old-sent");
+                        }
                         r
                     }
                     None => Err(HandoffError::OutOfOrder {
@@ -432,6 +439,15 @@ fn serve_one<F: SnapshotFs>(
             }
             OldAction::Commit { restore: r } => {
                 restore = r;
+                fuse_session::fault::point("handoff-old-acked");
+                if let Some(o) = &options.commit_observer {
+                    if let Err(why) = o.before_commit(peer_pid) {
+                        action = machine.handle(OldEvent::Failed(HandoffError::Refused(why)));
+                        continue;
+                    }
+                    observed = true;
+                    fuse_session::fault::point("handoff-old-observed");
+                }
                 stall = start.elapsed();
                 let r = conn.send(
                     "send Commit",
@@ -445,6 +461,11 @@ fn serve_one<F: SnapshotFs>(
                 if let Some(bytes) = refuse {
                     let _ = conn.send("refuse", &bytes, &[]);
                 }
+                if observed {
+                    if let Some(o) = &options.commit_observer {
+                        o.rolled_back();
+                    }
+                }
                 // Dropping the guard (if paused) resumes serving; dropping the
                 // recording stops it.
                 drop(guard);
@@ -455,6 +476,7 @@ fn serve_one<F: SnapshotFs>(
     }
     // Committed: the new process serves as soon as it reads Commit. The workers are
     // parked; stop them for good without unmounting.
+    fuse_session::fault::point("handoff-old-committed");
     let mount = running.stop();
     drop(guard);
     drop(recording);

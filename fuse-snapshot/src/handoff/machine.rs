@@ -186,6 +186,26 @@ impl OldState {
         }
     }
 
+    /// The fault point (`fuse_session::fault`) hit each time an event leaves
+    /// the machine in this state: the step the driver is about to perform.
+    fn fault_point(self) -> &'static str {
+        match self {
+            // The machine starts here and no event leaves it here: never hit.
+            OldState::CheckingPeer => "handoff-old-checking-peer",
+            OldState::AwaitHello => "handoff-old-await-hello",
+            OldState::SendingAccept => "handoff-old-sending-accept",
+            OldState::TakingBase => "handoff-old-taking-base",
+            OldState::SendingPrecopy(..) => "handoff-old-sending-precopy",
+            OldState::AwaitReady(..) => "handoff-old-await-ready",
+            OldState::TakingRound => "handoff-old-taking-round",
+            OldState::Snapshotting => "handoff-old-snapshotting",
+            OldState::SendingSnapshot => "handoff-old-sending-snapshot",
+            OldState::AwaitAck => "handoff-old-await-ack",
+            OldState::SendingCommit => "handoff-old-sending-commit",
+            OldState::Done => "handoff-old-done",
+        }
+    }
+
     fn paused(self) -> bool {
         matches!(
             self,
@@ -302,7 +322,16 @@ impl OldSide {
     }
 
     /// Takes one event, answers one action.
+    ///
+    /// Fault point (`fuse_session::fault`): `handoff-old-STATE` for the state
+    /// the event left the machine in, before the action is performed.
     pub fn handle(&mut self, event: OldEvent<'_>) -> OldAction {
+        let action = self.step(event);
+        fuse_session::fault::point(self.state.fault_point());
+        action
+    }
+
+    fn step(&mut self, event: OldEvent<'_>) -> OldAction {
         use OldState as S;
         let name = event_name(&event);
         match (self.state, event) {
@@ -580,6 +609,28 @@ impl NewState {
             NewState::Done => "finished",
         }
     }
+
+    /// The fault point (`fuse_session::fault`) hit each time an event leaves
+    /// the machine in this state: the step the driver is about to perform.
+    fn fault_point(self) -> &'static str {
+        match self {
+            // The machine starts here and no event leaves it here: never hit.
+            NewState::CheckingPeer => "handoff-new-checking-peer",
+            NewState::SendingHello => "handoff-new-sending-hello",
+            NewState::AwaitAccept => "handoff-new-await-accept",
+            NewState::Agreed => "handoff-new-agreed",
+            NewState::AwaitPrecopy => "handoff-new-await-precopy",
+            NewState::DecodingBase => "handoff-new-decoding-base",
+            NewState::SendingReady => "handoff-new-sending-ready",
+            NewState::AwaitSnapshot => "handoff-new-await-snapshot",
+            NewState::ApplyingRound => "handoff-new-applying-round",
+            NewState::Restoring => "handoff-new-restoring",
+            NewState::Deciding => "handoff-new-deciding",
+            NewState::SendingAck => "handoff-new-sending-ack",
+            NewState::AwaitCommit => "handoff-new-await-commit",
+            NewState::Done => "handoff-new-done",
+        }
+    }
 }
 
 /// The new process's side of a handoff: see the [module docs](self).
@@ -665,7 +716,16 @@ impl NewSide {
     }
 
     /// Takes one event, answers one action.
+    ///
+    /// Fault point (`fuse_session::fault`): `handoff-new-STATE` for the state
+    /// the event left the machine in, before the action is performed.
     pub fn handle(&mut self, event: NewEvent<'_>) -> NewAction {
+        let action = self.step(event);
+        fuse_session::fault::point(self.state.fault_point());
+        action
+    }
+
+    fn step(&mut self, event: NewEvent<'_>) -> NewAction {
         use NewState as S;
         let name = new_event_name(&event);
         match (self.state, event) {
@@ -855,3 +915,57 @@ impl NewSide {
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod fault_points {
+    use super::*;
+
+    /// Every state an event can leave a machine in names a documented fault
+    /// point (`fuse_session::fault::POINTS`).
+    #[test]
+    fn every_reachable_state_names_a_documented_point() {
+        let known = |p: &str| fuse_session::fault::POINTS.iter().any(|(n, _)| *n == p);
+        let old = [
+            OldState::AwaitHello,
+            OldState::SendingAccept,
+            OldState::TakingBase,
+            OldState::SendingPrecopy(Kind::Precopy, 0),
+            OldState::AwaitReady(Kind::Precopy, 0),
+            OldState::TakingRound,
+            OldState::Snapshotting,
+            OldState::SendingSnapshot,
+            OldState::AwaitAck,
+            OldState::SendingCommit,
+            OldState::Done,
+        ];
+        for s in old {
+            assert!(known(s.fault_point()), "{s:?}: {}", s.fault_point());
+        }
+        let new = [
+            NewState::SendingHello,
+            NewState::AwaitAccept,
+            NewState::Agreed,
+            NewState::AwaitPrecopy,
+            NewState::DecodingBase,
+            NewState::SendingReady,
+            NewState::AwaitSnapshot,
+            NewState::ApplyingRound,
+            NewState::Restoring,
+            NewState::Deciding,
+            NewState::SendingAck,
+            NewState::AwaitCommit,
+            NewState::Done,
+        ];
+        for s in new {
+            assert!(known(s.fault_point()), "{s:?}: {}", s.fault_point());
+        }
+        // 11 + 13 state points in the table, each used; the rest of the handoff
+        // points are the drivers' (listener.rs, takeover.rs, and memfs's
+        // `handoff-new-journaled`), 12 of them.
+        let handoff = fuse_session::fault::POINTS
+            .iter()
+            .filter(|(n, _)| n.starts_with("handoff-"))
+            .count();
+        assert_eq!(handoff, old.len() + new.len() + 12);
+    }
+}

@@ -58,6 +58,7 @@
 use std::fmt;
 use std::io;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use fuse_session::dev::MountError;
@@ -102,8 +103,27 @@ pub struct HandoffOptions {
     pub threads: usize,
     /// New side: offer to take a pre-copied filesystem state
     /// ([`crate::precopy`]), used when the running daemon's filesystem supports
-    /// it. [`take_over`] offers it only if the filesystem type does. Default true.
+    /// it. [`take_over`] offers it only if the filesystem type does. Old side:
+    /// pre-copy only if this is true too (false for a journaled session, whose
+    /// change recording the journal uses). Default true.
     pub precopy: bool,
+    /// Old side: told just before `Commit` is sent, and when a handoff rolls back
+    /// after that (see [`CommitObserver`]). Default none.
+    pub commit_observer: Option<Arc<dyn CommitObserver>>,
+}
+
+/// Old side: sees the commit point of a handoff, e.g. to tell a supervisor which
+/// process is the daemon from now on (`MAINPID=` to `fuse-live-keeper`) before the
+/// new process starts serving.
+pub trait CommitObserver: Send + Sync + fmt::Debug {
+    /// The new process (`new_pid`, from `SO_PEERCRED`) has restored the snapshot
+    /// and acked; `Commit` is sent next. An error aborts the handoff instead: no
+    /// `Commit` is sent, the new process exits without serving, this one serves on.
+    fn before_commit(&self, new_pid: i32) -> Result<(), String>;
+
+    /// [`CommitObserver::before_commit`] succeeded, but `Commit` could not be sent
+    /// (the new process died): this process serves on.
+    fn rolled_back(&self);
 }
 
 impl Default for HandoffOptions {
@@ -115,6 +135,7 @@ impl Default for HandoffOptions {
             versions: (1, crate::FORMAT_VERSION),
             threads: 2,
             precopy: true,
+            commit_observer: None,
         }
     }
 }
@@ -158,6 +179,12 @@ impl HandoffOptions {
     /// Sets [`HandoffOptions::precopy`].
     pub fn precopy(mut self, on: bool) -> Self {
         self.precopy = on;
+        self
+    }
+
+    /// Sets [`HandoffOptions::commit_observer`].
+    pub fn commit_observer(mut self, observer: Arc<dyn CommitObserver>) -> Self {
+        self.commit_observer = Some(observer);
         self
     }
 }
@@ -246,6 +273,9 @@ pub enum HandoffError {
     Mount(MountError),
     /// The new process could not start serving.
     Serve(ServeError),
+    /// New side: what [`Restored::commit_then`] was to do after Commit, before
+    /// serving, failed (the mount has no server).
+    Prepare(String),
     /// A step took longer than the handoff timeout.
     Timeout(&'static str),
     /// The peer closed the connection.
@@ -316,6 +346,10 @@ impl fmt::Display for HandoffError {
             HandoffError::Snapshot(e) => write!(f, "handoff snapshot: {e}"),
             HandoffError::Mount(e) => write!(f, "handoff: the received mount is unusable: {e}"),
             HandoffError::Serve(e) => write!(f, "handoff: cannot serve the mount: {e}"),
+            HandoffError::Prepare(e) => write!(
+                f,
+                "handoff: committed, but preparing to serve failed (the mount has no server): {e}"
+            ),
             HandoffError::Timeout(what) => write!(
                 f,
                 "handoff timed out while waiting to {what}; the running daemon keeps \

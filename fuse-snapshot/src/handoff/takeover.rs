@@ -120,13 +120,16 @@ impl Takeover {
         let peer = conn.check_peer().map(|p| peer_pid = p.pid);
         let first = machine.handle(NewEvent::PeerChecked(peer));
         match pump(&conn, &mut machine, first) {
-            (NewAction::Agreed { .. }, _) => Ok(Takeover {
-                conn,
-                machine,
-                peer_pid,
-                threads: options.threads,
-                timeouts: (options.timeout, options.precopy_timeout),
-            }),
+            (NewAction::Agreed { .. }, _) => {
+                fuse_session::fault::point("handoff-new-connected");
+                Ok(Takeover {
+                    conn,
+                    machine,
+                    peer_pid,
+                    threads: options.threads,
+                    timeouts: (options.timeout, options.precopy_timeout),
+                })
+            }
             (other, _) => Err(abort_error(other, "connecting")),
         }
     }
@@ -220,6 +223,7 @@ impl Takeover {
                 return Err(abort_error(pump(&conn, &mut machine, a).0, "restoring"));
             }
         };
+        fuse_session::fault::point("handoff-new-received");
         let stats = HandoffStats {
             version: machine.version(),
             snapshot_bytes: bytes.len(),
@@ -345,6 +349,22 @@ impl<F: SnapshotFs> Restored<F> {
     /// here and the descriptors are closed; [`HandoffError::Serve`] if the workers
     /// could not start after Commit (the mount then has no server).
     pub fn commit(self) -> Result<(Running<F>, HandoffStats), HandoffError> {
+        self.commit_then(|_| Ok(()))
+    }
+
+    /// As [`Restored::commit`], and after Commit, before any worker reads the
+    /// mount, runs `prepare` on the server: e.g. to install a
+    /// [`StepHook`](fuse_session::StepHook) ([`Server::set_hook`]) and start a
+    /// journal, so that nothing is served unrecorded.
+    ///
+    /// # Errors
+    /// As [`Restored::commit`]; [`HandoffError::Prepare`] if `prepare` failed (the
+    /// daemon has committed: the mount then has no server, as when the workers
+    /// cannot start).
+    pub fn commit_then(
+        self,
+        prepare: impl FnOnce(&mut Server<F>) -> Result<(), String>,
+    ) -> Result<(Running<F>, HandoffStats), HandoffError> {
         let Restored {
             conn,
             mut machine,
@@ -354,16 +374,30 @@ impl<F: SnapshotFs> Restored<F> {
             threads,
         } = self;
         stats.restore = stats.restore.max(std::time::Duration::from_nanos(1));
-        let a = machine.handle(NewEvent::Ack(stats.restore));
+        let a = match machine.handle(NewEvent::Ack(stats.restore)) {
+            NewAction::Send(bytes) => {
+                let sent = conn.send("send Ack", &bytes, &[]);
+                if sent.is_ok() {
+                    fuse_session::fault::point("handoff-new-acked");
+                }
+                match sent {
+                    Ok(()) => machine.handle(NewEvent::Sent),
+                    Err(e) => machine.handle(NewEvent::Failed(e)),
+                }
+            }
+            other => other,
+        };
         let since_pause = match pump(&conn, &mut machine, a) {
             (NewAction::Serve { since_pause }, _) => since_pause,
             (other, _) => return Err(abort_error(other, "committing")),
         };
         let committed = Instant::now();
-        let running = Server::from_parts(session, mount)
-            .spawn(threads)
-            .map_err(HandoffError::Serve)?;
+        fuse_session::fault::point("handoff-new-committed");
+        let mut server = Server::from_parts(session, mount);
+        prepare(&mut server).map_err(HandoffError::Prepare)?;
+        let running = server.spawn(threads).map_err(HandoffError::Serve)?;
         stats.stall = since_pause + committed.elapsed();
+        fuse_session::fault::point("handoff-new-serving");
         Ok((running, stats))
     }
 }

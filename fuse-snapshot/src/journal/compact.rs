@@ -121,6 +121,9 @@ impl<S: Storage> Journal<S> {
             .map_err(JournalError::from)
             .and_then(|()| write_chunked(&self.storage, meta.area, checkpoint))
             .and_then(|()| Ok(self.storage.write(dst, &[0u8; 24])?));
+        if written.is_ok() {
+            fuse_session::fault::point("compact-checkpoint");
+        }
         for _ in 0..COPY_ROUNDS {
             if written.is_err() {
                 break;
@@ -225,8 +228,10 @@ impl<S: Storage> Journal<S> {
             self.storage.grow(need)?;
         }
         self.copy_records(from, t.end, dst, t.meta.epoch, meta.epoch)?;
+        fuse_session::fault::point("compact-copy");
         // The switch: from here on, recovery reads the new epoch.
         write_meta(&self.storage, meta)?;
+        fuse_session::fault::point("compact-header");
         let seal = RecordHeader {
             len: 8,
             kind: KIND_SEAL,
@@ -239,7 +244,9 @@ impl<S: Storage> Journal<S> {
             t.meta.epoch,
             &seal,
             &[&meta.epoch.to_le_bytes()],
-        )
+        )?;
+        fuse_session::fault::point("compact-seal");
+        Ok(())
     }
 
     fn end_compaction(&self, t: &mut Tail) {

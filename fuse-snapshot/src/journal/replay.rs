@@ -74,6 +74,23 @@ pub struct Recovered {
 /// a sequence gap, an unknown record kind, a malformed payload, a log superseded
 /// by a newer epoch whose header is damaged.
 pub fn recover<S: Storage + ?Sized>(storage: &S) -> Result<Recovered, JournalError> {
+    read_journal(storage, true)
+}
+
+/// As [`recover`], but the records' payloads are neither read, checksummed,
+/// decoded nor kept ([`Recovered::records`] is empty; headers, their epoch-salted
+/// checksums, sequence numbers and the checkpoint are checked): where the log
+/// ends, for continuing a journal whose state is known otherwise (a live handoff's
+/// successor, [`JournalHook::take_over`](super::session::JournalHook::take_over)).
+/// Nor does it look past the end for intact records (damage in the middle), which
+/// costs a read of up to [`MAX_PAYLOAD`] bytes. Neither matters: the old epoch is
+/// only read again if the new one's header never gets written, and then by
+/// [`recover`], which checks all of it.
+pub(crate) fn scan<S: Storage + ?Sized>(storage: &S) -> Result<Recovered, JournalError> {
+    read_journal(storage, false)
+}
+
+fn read_journal<S: Storage + ?Sized>(storage: &S, keep: bool) -> Result<Recovered, JournalError> {
     let file_len = storage.len();
     if file_len < 2 * SLOT_LEN {
         return Err(JournalError::TooShort { len: file_len });
@@ -139,7 +156,11 @@ pub fn recover<S: Storage + ?Sized>(storage: &S) -> Result<Recovered, JournalErr
     let mut seq = meta.first_seq;
     let mut off = meta.log_start();
     let end = loop {
-        match read_record(storage, off, meta.epoch, file_len)? {
+        match read_record(storage, off, meta.epoch, file_len, keep)? {
+            // A scan does not look past the end for damage in the middle (a read of
+            // up to MAX_PAYLOAD bytes): its caller writes a new epoch, and `recover`
+            // still refuses such an old log if that never happens.
+            Step::End if !keep => break LogEnd::Clean { offset: off },
             Step::End => {
                 // Zero bytes where a record would be: the end, unless intact
                 // records follow (a zeroed stretch in the middle).
@@ -181,6 +202,11 @@ pub fn recover<S: Storage + ?Sized>(storage: &S) -> Result<Recovered, JournalErr
                     };
                     return Err(JournalError::Superseded { epoch });
                 }
+                if !keep {
+                    seq += 1;
+                    off += record_len(u64::from(h.len));
+                    continue;
+                }
                 let rec = Record::decode(h.kind, &payload).map_err(|e| match e {
                     DecodeError::UnknownKind(kind) => {
                         JournalError::UnknownKind { offset: off, kind }
@@ -220,11 +246,15 @@ enum Step {
     Record(RecordHeader, Vec<u8>),
 }
 
+/// One record at `off`. Without `payload`, only the header is read and checked
+/// (its checksum is salted with the epoch), the payload neither copied nor
+/// checksummed (a seal's is): for [`scan`], which uses no payload.
 fn read_record<S: Storage + ?Sized>(
     storage: &S,
     off: u64,
     epoch: u64,
     file_len: u64,
+    payload: bool,
 ) -> Result<Step, JournalError> {
     if off.saturating_add(RECORD_HEADER_LEN) > file_len {
         return Ok(Step::End);
@@ -247,6 +277,9 @@ fn read_record<S: Storage + ?Sized>(
         return Ok(Step::Bad(format!(
             "record of {len} bytes runs past the end of the file"
         )));
+    }
+    if !payload && h.kind != KIND_SEAL {
+        return Ok(Step::Record(h, Vec::new()));
     }
     // Checked against the file and MAX_PAYLOAD: safe to allocate.
     let mut payload = vec![0u8; len as usize];
@@ -275,25 +308,44 @@ fn find_later_record<S: Storage + ?Sized>(
     let stop = off
         .saturating_add(record_len(MAX_PAYLOAD) + RECORD_HEADER_LEN)
         .min(file_len);
-    if start >= stop {
-        return Ok(None);
-    }
-    // Bounded by record_len(MAX_PAYLOAD) and by the file.
-    let mut window = vec![0u8; (stop - start) as usize];
-    storage.read(start, &mut window)?;
-    let mut i = 0usize;
-    while i + 24 <= window.len() {
-        let hb: &[u8; 24] = window[i..i + 24].try_into().unwrap_or(&[0; 24]);
-        // Cheap filters first: a header's checksum word is never zero in
-        // practice, and most of the window is zero.
-        if le32(&hb[20..24]) != 0 {
-            if let Some(h) = RecordHeader::decode(hb, epoch) {
-                if h.seq >= seq && u64::from(h.len) <= MAX_PAYLOAD {
-                    return Ok(Some(start + i as u64));
+    // Read in windows, skipping the holes of a sparse file (past the end of a log
+    // the file is mostly never written: a hole reads as zeros, and zeros hold no
+    // record), so a clean end costs an lseek, not a read of MAX_PAYLOAD bytes.
+    const WINDOW: u64 = 1 << 20;
+    let mut window = Vec::new();
+    let mut pos = start;
+    while pos + 24 <= stop {
+        let data = storage.next_data(pos)?;
+        if data >= stop {
+            break;
+        }
+        // Stay on the 8-byte grid of record positions.
+        if data > pos {
+            pos += (data - pos) & !7;
+        }
+        // A window, plus 16 bytes so that a header that starts in its last 8 is read.
+        let end = pos.saturating_add(WINDOW + 16).min(stop);
+        if end < pos + 24 {
+            break;
+        }
+        // Bounded by WINDOW and by the file.
+        window.resize((end - pos) as usize, 0);
+        storage.read(pos, &mut window)?;
+        let mut i = 0usize;
+        while i + 24 <= window.len() {
+            let hb: &[u8; 24] = window[i..i + 24].try_into().unwrap_or(&[0; 24]);
+            // Cheap filters first: a header's checksum word is never zero in
+            // practice, and most of the window is zero.
+            if le32(&hb[20..24]) != 0 {
+                if let Some(h) = RecordHeader::decode(hb, epoch) {
+                    if h.seq >= seq && u64::from(h.len) <= MAX_PAYLOAD {
+                        return Ok(Some(pos + i as u64));
+                    }
                 }
             }
+            i += 8;
         }
-        i += 8;
+        pos += i as u64;
     }
     Ok(None)
 }

@@ -10,7 +10,10 @@
 //! or forgotten, the handles, the counters: [`Session::journal_changes`]), the
 //! filesystem's ([`Precopy::precopy_round`]), and, for a non-idempotent request
 //! ([`records_reply`]), the reply itself. One record, so that a crash cannot keep a
-//! request's effects without its reply. Recovery decodes the base, applies every
+//! request's effects without its reply. A FORGET or BATCH_FORGET, which gets no
+//! reply, is recorded on its own once handled ([`StepHook::unanswered`]): left for
+//! the next answered request, a crash before that would recover lookup counts the
+//! kernel has already dropped. Recovery decodes the base, applies every
 //! record as a pre-copy round and the last as the final changes
 //! ([`Precopy::restore_precopied`], [`Session::restore_precopied`]): the same
 //! validated code paths as a live handoff.
@@ -33,9 +36,11 @@
 //! answers after it (that first reply is dropped: its unique lost the match); so a
 //! resent request is also looked up among the replies this process recorded.
 //!
-//! **Compaction.** When the log passes [`JournalOptions::compact_after`], the
-//! request that noticed takes a new checkpoint under the gate (a fresh pre-copy
-//! base, the session's and filesystem's recording restarted) and compacts. The
+//! **Compaction.** When the log passes [`JournalOptions::compact_after`] (and the
+//! checkpoint's size), the request that noticed takes a new checkpoint under the
+//! gate (a fresh pre-copy base, the session's and filesystem's recording restarted)
+//! and writes it into a fresh area after giving the gate back, while other requests
+//! go on recording. The
 //! checkpoint carries the most recent recorded replies ([`KEEP_REPLIES`]): a reply
 //! recorded but not yet written when the process died is among them.
 //!
@@ -198,10 +203,13 @@ thread_local! {
 /// What the hook keeps under the gate.
 struct Live<F: Precopy> {
     session: Weak<Session<F>>,
-    journal: Journal<JournalMap>,
+    journal: Arc<Journal<JournalMap>>,
     recent: VecDeque<(u64, Vec<u8>)>,
     /// The journal failed: recording stopped (logged once).
     failed: bool,
+    /// A compaction was handed out and has not finished: no second one is taken
+    /// meanwhile (its checkpoint would be encoded for nothing, and refused).
+    compacting: bool,
 }
 
 /// The [`StepHook`] of a journaled session: see the [module docs](self).
@@ -258,6 +266,42 @@ where
         })
     }
 
+    /// Continues the journal in `map` that another process wrote, in a new epoch
+    /// whose checkpoint is `session`: for a process that took the mount over by a
+    /// live handoff from a journaled daemon, after `Commit` and before serving
+    /// ([`Restored::commit_then`](crate::handoff::Restored::commit_then)). That
+    /// daemon is paused for good, so the journal holds exactly the state the
+    /// handoff carried. Until the new epoch's header is written, a crash recovers
+    /// the old epoch (that same state); from then on the new one. Set the hook on
+    /// the session first.
+    ///
+    /// # Errors
+    /// The journal does not read back (damaged), or the checkpoint cannot be
+    /// encoded or written.
+    pub fn take_over(
+        &self,
+        session: &Arc<Session<F>>,
+        map: JournalMap,
+    ) -> Result<(), RecoveryError> {
+        let t = std::time::Instant::now();
+        // Only where the log ends: the state is the session's, not the records'.
+        let recovered = super::replay::scan(&map)?;
+        let read = t.elapsed();
+        let mut encoded = std::time::Duration::ZERO;
+        let r = self.begin_with(session, |checkpoint| {
+            encoded = t.elapsed() - read;
+            Journal::resume(map, &recovered, checkpoint, self.options)
+        });
+        log::info!(
+            "journal taken over: epoch {} (records up to {}) read in {read:?}, checkpoint \
+             encoded in {encoded:?}, written in {:?}",
+            recovered.epoch,
+            recovered.next_seq,
+            t.elapsed() - read - encoded
+        );
+        r
+    }
+
     fn begin_with(
         &self,
         session: &Arc<Session<F>>,
@@ -274,7 +318,8 @@ where
             let journal = open(&checkpoint)?;
             Ok::<_, RecoveryError>(Live {
                 session: Arc::downgrade(session),
-                journal,
+                journal: Arc::new(journal),
+                compacting: false,
                 recent,
                 failed: false,
             })
@@ -294,22 +339,108 @@ where
         self as *const Self as usize
     }
 
-    /// Appends the record of one reply (under the gate).
-    fn record(&self, reply: Option<(u64, Vec<u8>)>) {
+    /// Appends a record of what changed so far — the session's tables and the
+    /// filesystem's recorded changes ([`Precopy::precopy_round`]), without a
+    /// reply — *now*, instead of with the request's reply. For a filesystem that
+    /// must have something in the journal before it acts on its backing store:
+    /// an *intent* noted in its change recording before a non-idempotent call
+    /// (create, unlink, rename...), which a successor finds if the process dies
+    /// after the call and before the reply's record.
+    ///
+    /// Call it from inside a request (a filesystem method). A request whose
+    /// opcode records its reply ([`records_reply`]) already holds the gate; any
+    /// other takes it here for the append. Returns false when nothing was
+    /// appended: the journal is not started, or failed earlier.
+    pub fn record_now(&self) -> bool {
         let Some(live) = self.live.get() else {
-            return;
+            return false;
         };
+        let held = HOLDS.with(|h| h.get()) == self.me();
+        if !held {
+            self.gate.take();
+        }
+        let (appended, compaction) = {
+            let mut live = lock(live);
+            if live.failed {
+                (false, None)
+            } else {
+                match append(&mut live, None) {
+                    Ok(compaction) => (true, compaction),
+                    Err(e) => {
+                        live.failed = true;
+                        log::error!(
+                            "the journal failed, recording stopped (a crash from now on loses \
+                             state): {e}"
+                        );
+                        (false, None)
+                    }
+                }
+            }
+        };
+        if !held {
+            self.gate.give();
+        }
+        if let Some(c) = compaction {
+            self.compact(c);
+        }
+        appended
+    }
+
+    /// Appends the record of one reply (under the gate). Returns the compaction to
+    /// run once the gate is given back, if the log asks for one: it must be run
+    /// (the checkpoint it holds restarted the change recording).
+    #[must_use]
+    fn record(&self, reply: Option<(u64, Vec<u8>)>) -> Option<Compaction> {
+        let live = self.live.get()?;
         let mut live = lock(live);
         if live.failed {
-            return;
+            return None;
         }
-        if let Err(e) = append(&mut live, reply) {
-            live.failed = true;
-            log::error!(
-                "the journal failed, recording stopped (a crash from now on loses state): {e}"
-            );
+        match append(&mut live, reply) {
+            Ok(compaction) => compaction,
+            Err(e) => {
+                live.failed = true;
+                log::error!(
+                    "the journal failed, recording stopped (a crash from now on loses state): {e}"
+                );
+                None
+            }
         }
     }
+
+    /// Writes a checkpoint taken under the gate into a fresh area. Runs outside the
+    /// gate and the hook's lock: other requests go on recording meanwhile (the
+    /// journal copies what they append into the new area), so only the request that
+    /// noticed waits for the write.
+    fn compact(&self, c: Compaction) {
+        let result = c.journal.compact(c.mark, &c.checkpoint);
+        if let Some(live) = self.live.get() {
+            lock(live).compacting = false;
+        }
+        match result {
+            Ok(()) => log::debug!("journal compacted at seq={}", c.mark.seq),
+            // The journal is unchanged, but the recording restarted with the
+            // checkpoint: the changes since the last record are recorded next.
+            Err(JournalError::Compaction(e)) => log::warn!("journal compaction put off: {e}"),
+            Err(e) => {
+                if let Some(live) = self.live.get() {
+                    lock(live).failed = true;
+                }
+                log::error!(
+                    "the journal failed while compacting, recording stopped (a crash from \
+                     now on loses state): {e}"
+                );
+            }
+        }
+    }
+}
+
+/// A compaction to run outside the gate: the checkpoint and the point in the log it
+/// covers, taken together under the gate.
+struct Compaction {
+    journal: Arc<Journal<JournalMap>>,
+    mark: super::Mark,
+    checkpoint: Vec<u8>,
 }
 
 /// The checkpoint: a pre-copy base (recording starts), the first round, `recent`.
@@ -346,7 +477,7 @@ fn round<F: Precopy>(
 fn append<F: Precopy>(
     live: &mut Live<F>,
     reply: Option<(u64, Vec<u8>)>,
-) -> Result<(), RecoveryError> {
+) -> Result<Option<Compaction>, RecoveryError> {
     let session = live
         .session
         .upgrade()
@@ -366,21 +497,20 @@ fn append<F: Precopy>(
             live.recent.pop_front();
         }
     }
-    if appended.compact {
-        let mark = live.journal.mark();
-        let bytes = checkpoint(&session, &live.recent)?;
-        log::debug!("journal compaction at seq={}", mark.seq);
-        match live.journal.compact(mark, &bytes) {
-            Ok(()) => {}
-            Err(JournalError::Compaction(e)) => {
-                // The journal is unchanged, but the recording restarted with the
-                // checkpoint: the changes since the last record are recorded next.
-                log::warn!("journal compaction put off: {e}");
-            }
-            Err(e) => return Err(e.into()),
-        }
+    if !appended.compact || live.compacting {
+        return Ok(None);
     }
-    Ok(())
+    // The mark and the checkpoint together, under the gate: the checkpoint holds
+    // exactly what the records before the mark hold.
+    let mark = live.journal.mark();
+    let checkpoint = checkpoint(&session, &live.recent)?;
+    log::debug!("journal compaction at seq={}", mark.seq);
+    live.compacting = true;
+    Ok(Some(Compaction {
+        journal: live.journal.clone(),
+        mark,
+        checkpoint,
+    }))
 }
 
 impl<F> StepHook for JournalHook<F>
@@ -455,20 +585,30 @@ where
         }
         let keep = records_reply(request.opcode())
             .then(|| (request.unique() & !UNIQUE_RESEND, reply.to_vec()));
-        self.record(keep);
+        let compaction = self.record(keep);
         self.gate.give();
+        if let Some(c) = compaction {
+            self.compact(c);
+        }
     }
 
-    fn finished(&self, request: &Accepted<'_>) {
-        // Only a request that took the gate in `accepted` (FORGET, BATCH_FORGET)
-        // records here: its effects and its marker in one record.
+    /// A FORGET or BATCH_FORGET is recorded as soon as it is handled: the kernel
+    /// has dropped those lookups for good, and a crash before the next answered
+    /// request would otherwise recover counts above the kernel's (nodeids, and an
+    /// unlinked file's data, never freed). It took the gate in `accepted`, so its
+    /// effects and its marker (its unique with an empty reply, which
+    /// [`StepHook::applied_before`] looks for after a crash) go into one record.
+    fn unanswered(&self, request: &Accepted<'_>) {
         if HOLDS.with(|h| h.replace(0)) != self.me() {
             return;
         }
         let marker =
             is_forget(request.opcode()).then(|| (request.unique() & !UNIQUE_RESEND, Vec::new()));
-        self.record(marker);
+        let compaction = self.record(marker);
         self.gate.give();
+        if let Some(c) = compaction {
+            self.compact(c);
+        }
     }
 
     fn applied_before(&self, request: &Accepted<'_>) -> Option<bool> {
@@ -541,9 +681,17 @@ where
         map: JournalMap,
         recovered: &Recovered,
     ) -> Result<(), RecoveryError> {
+        fuse_session::fault::point("recover-read");
+        let t = std::time::Instant::now();
         hook.begin_with(session, |checkpoint| {
             Journal::resume(map, recovered, checkpoint, hook.options)
-        })
+        })?;
+        log::info!(
+            "journal resumed in a new epoch in {:.1} ms (a fresh checkpoint written)",
+            t.elapsed().as_secs_f64() * 1e3
+        );
+        fuse_session::fault::point("recover-resume");
+        Ok(())
     }
 
     /// The parts: the session, the hook, what [`RecoveredSession::resume`] needs.
@@ -570,7 +718,9 @@ pub fn recover_session<F>(
 where
     F: Precopy + Send + Sync + 'static,
 {
+    let started = std::time::Instant::now();
     let recovered = recover(&map)?;
+    let read = started.elapsed();
     let (base, first, replies): Checkpoint =
         decode_checked(&recovered.checkpoint, "the journal's checkpoint")?;
     let (mut tables, mut fs_base) = decode_base::<F>(&base)?;
@@ -597,6 +747,7 @@ where
         }
         count += 1;
     }
+    let replayed = started.elapsed();
     let (mut t, f, _) = pending;
     let fs = F::restore_precopied(fs_base, f, fds).map_err(FormatError::FsRestore)?;
     // A handle on a nodeid the kernel has forgotten cannot be used by the kernel (it
@@ -630,6 +781,17 @@ where
         .map_err(FormatError::FsRestore)?;
     let mut session = Session::restore_precopied(fs, tables, t).map_err(FormatError::State)?;
     let replies = recorded.len();
+    let ms = |d: std::time::Duration| d.as_secs_f64() * 1e3;
+    log::info!(
+        "journal recovered in {:.1} ms: read and checked {:.1} ms ({} bytes of checkpoint, \
+         {} records), decoded and replayed {:.1} ms, restored and validated {:.1} ms",
+        ms(started.elapsed()),
+        ms(read),
+        recovered.checkpoint.len(),
+        recovered.records.len(),
+        ms(replayed - read),
+        ms(started.elapsed() - replayed)
+    );
     let hook = Arc::new(JournalHook {
         gate: Gate::default(),
         live: OnceLock::new(),

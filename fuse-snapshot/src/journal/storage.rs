@@ -42,9 +42,22 @@ pub trait Storage: Send + Sync {
     /// # Errors
     /// Outside the current length.
     fn read(&self, off: u64, buf: &mut [u8]) -> io::Result<()>;
+    /// The first offset at or after `off` that may hold data (`u64::MAX` if none):
+    /// bytes before it are zero. The default says "here" (nothing is skipped);
+    /// a sparse file answers from its holes (`SEEK_DATA`), so that recovery does not
+    /// read megabytes of zeros past the end of a log.
+    ///
+    /// # Errors
+    /// The storage's error (a failed `lseek`).
+    fn next_data(&self, off: u64) -> io::Result<u64> {
+        Ok(off)
+    }
 }
 
 impl Storage for JournalMap {
+    fn next_data(&self, off: u64) -> io::Result<u64> {
+        JournalMap::next_data(self, off)
+    }
     fn len(&self) -> u64 {
         JournalMap::len(self)
     }
@@ -66,6 +79,9 @@ impl Storage for JournalMap {
 }
 
 impl<T: Storage + ?Sized> Storage for Arc<T> {
+    fn next_data(&self, off: u64) -> io::Result<u64> {
+        (**self).next_data(off)
+    }
     fn len(&self) -> u64 {
         (**self).len()
     }

@@ -32,3 +32,40 @@ fn record_header_is_salted_with_the_epoch() {
     assert_eq!(RecordHeader::decode(&b, 5), None);
     assert_eq!(RecordHeader::decode(&[0; 24], 4), None);
 }
+
+#[test]
+fn scan_finds_the_end_recover_finds() {
+    use super::{recover, replay::scan, Journal, JournalOptions, MemStorage, Record};
+    let s = MemStorage::new(1 << 20);
+    let j = Journal::create(s.clone(), b"checkpoint", JournalOptions::default()).unwrap();
+    for i in 0..20u64 {
+        j.append(&Record::Accepted {
+            unique: i,
+            nodeid: 1,
+            opcode: 16,
+            request: vec![i as u8; (i as usize * 7) % 50],
+        })
+        .unwrap();
+    }
+    let full = recover(&s).unwrap();
+    let quick = scan(&s).unwrap();
+    assert_eq!(full.records.len(), 20);
+    assert!(quick.records.is_empty());
+    assert_eq!(
+        (
+            quick.epoch,
+            quick.first_seq,
+            quick.next_seq,
+            quick.area,
+            quick.end_offset
+        ),
+        (
+            full.epoch,
+            full.first_seq,
+            full.next_seq,
+            full.area,
+            full.end_offset
+        )
+    );
+    assert_eq!(quick.end, full.end);
+}

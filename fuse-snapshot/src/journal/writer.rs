@@ -14,8 +14,14 @@ use crate::format::crc::{crc32, crc32_update};
 /// Tuning of a [`Journal`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct JournalOptions {
-    /// Once the log holds this many bytes, [`Appended::compact`] says it is time
-    /// for a fresh checkpoint.
+    /// Once the log holds this many bytes, and at least as many as the current
+    /// checkpoint, [`Appended::compact`] says it is time for a fresh checkpoint.
+    ///
+    /// The second condition keeps compaction's cost proportional to what is
+    /// appended: a checkpoint of C bytes is written at most once per C bytes of log,
+    /// so each appended byte costs at most one more byte of checkpoint. With a fixed
+    /// threshold alone, a large state (memfs holding 500 MB of file data) was
+    /// encoded and written again every 16 MiB of writes: 1 MiB writes ran at 7 MiB/s.
     pub compact_after: u64,
     /// The largest record payload accepted (at most [`MAX_PAYLOAD`]).
     pub max_record: u64,
@@ -42,7 +48,8 @@ impl Default for JournalOptions {
 pub struct Appended {
     /// The record's sequence number.
     pub seq: u64,
-    /// The log has passed [`JournalOptions::compact_after`] and no compaction is
+    /// The log has passed [`JournalOptions::compact_after`] and the checkpoint's
+    /// size, and no compaction is
     /// running: take a checkpoint and call [`Journal::compact`] (from a thread of
     /// your own, not the request's).
     pub compact: bool,
@@ -309,7 +316,10 @@ impl<S: Storage> Journal<S> {
         t.next_seq += 1;
         Ok(Appended {
             seq: header.seq,
-            compact: !t.compacting && t.end - t.meta.log_start() >= self.options.compact_after,
+            compact: !t.compacting && {
+                let log = t.end - t.meta.log_start();
+                log >= self.options.compact_after && log >= t.meta.checkpoint_len
+            },
         })
     }
 
@@ -354,6 +364,8 @@ pub(crate) fn write_record<S: Storage + ?Sized>(
         storage.write(pos, part)?;
         pos += part.len() as u64;
     }
+    // A crash here leaves a torn record: recovery must cut the log before it.
+    fuse_session::fault::point("mid-record");
     let mut word = [0u8; 8];
     word.copy_from_slice(&h[16..24]);
     storage.commit(off + 16, word)?;
@@ -383,6 +395,8 @@ pub(crate) fn write_meta<S: Storage + ?Sized>(
     let b = meta.encode();
     let off = SLOTS[(meta.epoch % 2) as usize];
     storage.write(off, &b[..56])?;
+    // A crash here leaves a torn header: recovery must take the other slot.
+    fuse_session::fault::point("mid-header");
     let mut word = [0u8; 8];
     word.copy_from_slice(&b[56..64]);
     storage.commit(off + 56, word)?;

@@ -63,6 +63,10 @@ pub const JOURNAL_FD: &str = "fuse-journal";
 pub const REQUEST_SLOTS_FD: &str = "fuse-request-slots";
 /// The prefix of the names of the filesystem's own descriptors.
 pub const FS_FD_PREFIX: &str = "fs-fd-";
+/// The variable `fuse-live-keeper` sets for a process it starts to replace the
+/// running daemon by a live handoff (on `SIGHUP`): that daemon's pid. See
+/// [`FdStore::upgrade_from`].
+pub const UPGRADE_FROM_ENV: &str = "FUSE_LIVE_UPGRADE_FROM";
 
 /// The name of the filesystem's descriptor in slot `slot` (`fs-fd-SLOT`).
 pub fn fs_fd_name(slot: u32) -> String {
@@ -174,6 +178,7 @@ impl From<FdStoreError> for io::Error {
 pub struct FdStore {
     notify: Option<NotifySocket>,
     inherited: ListenFds,
+    upgrade_from: Option<u32>,
 }
 
 impl FdStore {
@@ -189,16 +194,43 @@ impl FdStore {
     pub fn from_env() -> Result<FdStore, FdStoreError> {
         let notify = NotifySocket::from_env();
         std::env::remove_var("NOTIFY_SOCKET");
+        let upgrade = std::env::var_os(UPGRADE_FROM_ENV);
+        std::env::remove_var(UPGRADE_FROM_ENV);
         let inherited = ListenFds::from_env()?;
+        let upgrade_from = upgrade.map(|v| parse_pid(&v)).transpose()?;
         Ok(FdStore {
             notify: notify?,
             inherited,
+            upgrade_from,
         })
     }
 
     /// A store over given parts (for tests, or a program that found them itself).
     pub fn new(notify: Option<NotifySocket>, inherited: ListenFds) -> FdStore {
-        FdStore { notify, inherited }
+        FdStore {
+            notify,
+            inherited,
+            upgrade_from: None,
+        }
+    }
+
+    /// `Some(pid)` if this process was started to take the mount over from the
+    /// running daemon `pid` by a live handoff (`FUSE_LIVE_UPGRADE_FROM`, set by
+    /// `fuse-live-keeper` on `SIGHUP`), instead of recovering it: connect to that
+    /// daemon's upgrade socket. The passed descriptors are the same as for a
+    /// restart (the journal, the mount's device).
+    pub fn upgrade_from(&self) -> Option<u32> {
+        self.upgrade_from
+    }
+
+    /// Tells the manager that `pid` is the daemon from now on (`MAINPID=`): a
+    /// daemon handing its mount over to a successor says so before it commits, and
+    /// names itself again if the handoff rolls back after that.
+    ///
+    /// # Errors
+    /// As [`FdStore::notify`].
+    pub fn main_pid(&self, pid: u32) -> Result<bool, FdStoreError> {
+        self.notify(&format!("MAINPID={pid}\n"), &[])
     }
 
     /// Whether a manager listens (`NOTIFY_SOCKET` was set).
@@ -380,6 +412,18 @@ impl FdStore {
     }
 }
 
+/// A pid in an environment variable: a decimal number above 0.
+fn parse_pid(v: &std::ffi::OsStr) -> Result<u32, FdStoreError> {
+    v.to_str()
+        .and_then(|s| s.parse::<u32>().ok())
+        .filter(|&p| p > 0 && p <= i32::MAX as u32)
+        .ok_or_else(|| FdStoreError::Env {
+            var: UPGRADE_FROM_ENV,
+            value: v.to_string_lossy().chars().take(120).collect(),
+            reason: "not a pid",
+        })
+}
+
 /// `path` made absolute and free of symlinks without looking up its last
 /// component (which may be a FUSE mount nobody serves yet).
 fn resolve_without_entering(path: &Path) -> io::Result<std::path::PathBuf> {
@@ -397,6 +441,15 @@ fn resolve_without_entering(path: &Path) -> io::Result<std::path::PathBuf> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn upgrade_from_takes_a_pid_only() {
+        let p = |s: &str| parse_pid(std::ffi::OsStr::new(s)).ok();
+        assert_eq!(p("1234"), Some(1234));
+        for bad in ["", "0", "-1", "x", "12 ", "4294967295"] {
+            assert_eq!(p(bad), None, "{bad:?}");
+        }
+    }
 
     #[test]
     fn without_a_manager_nothing_is_sent() {

@@ -1,0 +1,385 @@
+//! Benchmark: how long a `kill -9` of a journaled daemon holding many nodeids stalls
+//! the applications on its mount.
+//!
+//! ```text
+//! cargo run --release --example recovery_bench -- [FILES] [KILLS]
+//! ```
+//!
+//! Runs memfs under `fuse-live-keeper` (both built by this program, in its own
+//! profile) with a one-hour entry and attribute TTL and no restart delay, creates
+//! FILES files (default 100000) in directories of 1000 and stats them all, so that
+//! the kernel holds a nodeid for each and the journal a lookup for each. Then two
+//! client threads run operations that always reach the daemon (`open` + `close` of
+//! a file, 4 KiB `pwrite` on a file held open), timing each, while the daemon is
+//! killed with SIGKILL KILLS times (default 5), a second apart. For each kill it
+//! prints:
+//!
+//! - `ready`: SIGKILL sent → the restarted daemon's `ready MOUNTPOINT` line (it has
+//!   recovered the journal and serves);
+//! - `first`: SIGKILL sent → the first client operation answered by the restarted
+//!   daemon (ended after the killed process was a zombie);
+//! - `slowest`: the longest client operation overlapping the crash (started before
+//!   the `ready` line, ended after the kill);
+//!
+//! and, to compare with, the time to start and reap a memfs process that only
+//! prints its usage (`start`): the part of `ready` that is process start, not
+//! recovery. Any failed client operation is counted and makes the run fail.
+//! Needs root and `/dev/fuse`.
+use std::fs::{File, OpenOptions};
+use std::io::{BufRead, BufReader};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitCode, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use fuse_session::dev::fusectl::{self, Watchdog};
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+
+type Res<T> = Result<T, Box<dyn std::error::Error>>;
+
+/// How long to wait for a `ready` line before giving up.
+const PATIENCE: Duration = Duration::from_secs(120);
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let parse = |i: usize, default: usize| -> Result<usize, String> {
+        args.get(i).map_or(Ok(default), |s| {
+            s.parse()
+                .map_err(|_| format!("not a number: {s:?}; usage: recovery_bench [FILES] [KILLS]"))
+        })
+    };
+    let r = match (parse(0, 100_000), parse(1, 5)) {
+        (Ok(files), Ok(kills)) if args.len() <= 2 => bench(files, kills),
+        (Err(e), _) | (_, Err(e)) => Err(e.into()),
+        _ => Err("usage: recovery_bench [FILES] [KILLS]".into()),
+    };
+    match r {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("recovery_bench: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Builds `what` (cargo arguments) in this program's profile and returns the path of
+/// `bin` in that profile's directory.
+fn built(what: &[&str], bin: &str) -> Res<PathBuf> {
+    let exe = std::env::current_exe()?;
+    let profile = exe
+        .parent()
+        .and_then(Path::parent)
+        .ok_or("this program is not in <target>/<profile>/examples")?;
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut cmd = Command::new(cargo);
+    cmd.args(["build", "--quiet"]).args(what);
+    if profile.file_name().is_some_and(|p| p == "release") {
+        cmd.arg("--release");
+    }
+    let st = cmd.status()?;
+    if !st.success() {
+        return Err(format!("cargo build {} failed", what.join(" ")).into());
+    }
+    Ok(profile.join(bin))
+}
+
+/// The direct children of `pid` (from `/proc/PID/task/*/children`).
+fn children(pid: u32) -> Vec<i32> {
+    let mut out = Vec::new();
+    if let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) {
+        for t in tasks.flatten() {
+            if let Ok(s) = std::fs::read_to_string(t.path().join("children")) {
+                out.extend(s.split_whitespace().filter_map(|p| p.parse::<i32>().ok()));
+            }
+        }
+    }
+    out
+}
+
+/// Spins until `pid` is a zombie or gone (at most a second): the instant the killed
+/// daemon can no longer answer anything.
+fn wait_dead(pid: i32) -> Instant {
+    let path = format!("/proc/{pid}/stat");
+    let deadline = Instant::now() + Duration::from_secs(1);
+    while Instant::now() < deadline {
+        match std::fs::read_to_string(&path) {
+            // The state follows the parenthesised command name.
+            Ok(s) if s.rsplit_once(") ").is_some_and(|(_, r)| r.starts_with('Z')) => break,
+            Ok(_) => std::thread::yield_now(),
+            Err(_) => break,
+        }
+    }
+    Instant::now()
+}
+
+/// The keeper, its mount, and everything to undo on the way out.
+struct Rig {
+    keeper: Child,
+    mnt: PathBuf,
+    dir: PathBuf,
+    lines: mpsc::Receiver<(Instant, String)>,
+}
+
+impl Rig {
+    fn next_ready(&self, what: &str) -> Res<Instant> {
+        let want = format!("ready {}", self.mnt.display());
+        loop {
+            match self.lines.recv_timeout(PATIENCE) {
+                Ok((t, l)) if l == want => return Ok(t),
+                Ok((_, l)) => eprintln!("recovery_bench: daemon says {l:?}"),
+                Err(e) => return Err(format!("no ready line {what}: {e}").into()),
+            }
+        }
+    }
+}
+
+impl Drop for Rig {
+    fn drop(&mut self) {
+        let _ = kill(Pid::from_raw(self.keeper.id() as i32), Signal::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.keeper.try_wait() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        if !matches!(self.keeper.try_wait(), Ok(Some(_))) {
+            if let Ok(c) = fusectl::connection_id(&self.mnt) {
+                let _ = fusectl::abort(c);
+            }
+            let _ = self.keeper.kill();
+            let _ = self.keeper.wait();
+        }
+        let _ = nix::mount::umount2(&self.mnt, nix::mount::MntFlags::MNT_DETACH);
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// One timed client operation: start and end in µs since the run's origin.
+#[derive(Clone, Copy)]
+struct Op {
+    start: u64,
+    end: u64,
+}
+
+fn client(
+    dir: PathBuf,
+    files: usize,
+    id: usize,
+    origin: Instant,
+    stop: Arc<AtomicBool>,
+    failed: Arc<AtomicU64>,
+    ops: Arc<Mutex<Vec<Op>>>,
+) {
+    let held = dir.join(format!("held{id}"));
+    let h = match OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .write(true)
+        .open(&held)
+    {
+        Ok(h) => h,
+        Err(e) => {
+            eprintln!(
+                "recovery_bench: client {id}: create {}: {e}",
+                held.display()
+            );
+            failed.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+    };
+    let block = [id as u8; 4096];
+    let mut mine = Vec::with_capacity(1 << 16);
+    let mut i = id * 7919;
+    while !stop.load(Ordering::Relaxed) {
+        i = i.wrapping_add(104_729);
+        let start = origin.elapsed().as_micros() as u64;
+        let r = if i % 2 == 0 {
+            let n = i % files;
+            File::open(dir.join(format!("d{:03}/f{n}", n / 1000))).map(drop)
+        } else {
+            h.write_all_at(&block, ((i / 2) % 256 * 4096) as u64)
+        };
+        let end = origin.elapsed().as_micros() as u64;
+        if let Err(e) = r {
+            eprintln!("recovery_bench: client {id}: {e}");
+            failed.fetch_add(1, Ordering::Relaxed);
+        }
+        mine.push(Op { start, end });
+    }
+    ops.lock().unwrap_or_else(|p| p.into_inner()).extend(mine);
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    if v.is_empty() {
+        f64::NAN
+    } else {
+        v[v.len() / 2]
+    }
+}
+
+fn bench(files: usize, kills: usize) -> Res<()> {
+    let keeper = built(
+        &["-p", "fuse-live", "--bin", "fuse-live-keeper"],
+        "fuse-live-keeper",
+    )?;
+    let memfs = built(&["-p", "memfs", "--bin", "memfs"], "memfs")?;
+
+    // Process start alone: memfs with no argument prints its usage and exits 2.
+    let mut starts = Vec::new();
+    for _ in 0..20 {
+        let t = Instant::now();
+        Command::new(&memfs)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()?;
+        starts.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    let start_ms = median(&mut starts);
+
+    let dir = std::env::temp_dir().join(format!("recovery-bench-{}", std::process::id()));
+    std::fs::create_dir_all(dir.join("mnt"))?;
+    let mnt = dir.join("mnt");
+    let mut child = Command::new(&keeper)
+        .args(["--restart-limit", "1000", "--restart-window", "1"])
+        .args(["--restart-delay", "0", "--"])
+        .arg(&memfs)
+        .arg(&mnt)
+        .args(["--threads", "2", "--ttl", "3600"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(File::create(dir.join("keeper.log"))?)
+        .spawn()?;
+    let out = child.stdout.take().ok_or("no stdout")?;
+    let (tx, lines) = mpsc::channel();
+    std::thread::spawn(move || {
+        for l in BufReader::new(out).lines() {
+            let Ok(l) = l else { break };
+            if tx.send((Instant::now(), l)).is_err() {
+                break;
+            }
+        }
+    });
+    let rig = Rig {
+        keeper: child,
+        mnt: mnt.clone(),
+        dir: dir.clone(),
+        lines,
+    };
+    rig.next_ready("at the first start")?;
+    let _watchdog = Watchdog::arm(&mnt, None, Duration::from_secs(1800))?;
+
+    let t = Instant::now();
+    for d in 0..files.div_ceil(1000) {
+        std::fs::create_dir(mnt.join(format!("d{d:03}")))?;
+    }
+    for n in 0..files {
+        File::create(mnt.join(format!("d{:03}/f{n}", n / 1000)))?;
+    }
+    for n in 0..files {
+        std::fs::metadata(mnt.join(format!("d{:03}/f{n}", n / 1000)))?;
+    }
+    println!(
+        "{files} files in {} directories created and looked up in {:.1} s",
+        files.div_ceil(1000),
+        t.elapsed().as_secs_f64()
+    );
+
+    let origin = Instant::now();
+    let stop = Arc::new(AtomicBool::new(false));
+    let failed = Arc::new(AtomicU64::new(0));
+    let ops = Arc::new(Mutex::new(Vec::new()));
+    let clients: Vec<_> = (0..2)
+        .map(|id| {
+            let (m, s, f, o) = (mnt.clone(), stop.clone(), failed.clone(), ops.clone());
+            std::thread::spawn(move || client(m, files, id, origin, s, f, o))
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(500));
+    let mut crashes = Vec::new();
+    for k in 0..kills {
+        let pids = children(rig.keeper.id());
+        let [pid] = pids[..] else {
+            return Err(format!("the keeper has {} children, not 1", pids.len()).into());
+        };
+        let killed = Instant::now();
+        kill(Pid::from_raw(pid), Signal::SIGKILL)?;
+        let dead = wait_dead(pid);
+        let ready = rig.next_ready(&format!("after kill {}", k + 1))?;
+        crashes.push((killed, dead, ready));
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    stop.store(true, Ordering::Relaxed);
+    for c in clients {
+        let _ = c.join();
+    }
+    let ops = std::mem::take(&mut *ops.lock().unwrap_or_else(|p| p.into_inner()));
+    let us = |t: Instant| t.duration_since(origin).as_micros() as u64;
+
+    println!("process start (memfs printing its usage, median of 20): {start_ms:.2} ms");
+    println!("kill  ready_ms  first_ms  slowest_ms  ops_overlapping");
+    let (mut readys, mut firsts, mut slowests) = (Vec::new(), Vec::new(), Vec::new());
+    for (k, (killed, dead, ready)) in crashes.iter().enumerate() {
+        let (kill_us, dead_us, ready_us) = (us(*killed), us(*dead), us(*ready));
+        // Answered by the restarted daemon: ended after the killed one was dead.
+        let first = ops
+            .iter()
+            .filter(|o| o.end > dead_us)
+            .map(|o| o.end)
+            .min()
+            .unwrap_or(u64::MAX);
+        let overlapping: Vec<&Op> = ops
+            .iter()
+            .filter(|o| o.start <= ready_us && o.end >= kill_us)
+            .collect();
+        let slowest = overlapping
+            .iter()
+            .map(|o| o.end - o.start)
+            .max()
+            .unwrap_or(0);
+        let (r, f, s) = (
+            (ready_us - kill_us) as f64 / 1e3,
+            first.saturating_sub(kill_us) as f64 / 1e3,
+            slowest as f64 / 1e3,
+        );
+        println!(
+            "{:>4}  {r:>8.1}  {f:>8.1}  {s:>10.1}  {:>15}",
+            k + 1,
+            overlapping.len()
+        );
+        readys.push(r);
+        firsts.push(f);
+        slowests.push(s);
+    }
+    let max = |v: &[f64]| v.iter().copied().fold(f64::NAN, f64::max);
+    println!(
+        "RESULT files={files} kills={kills} start_ms={start_ms:.2} ready_ms_median={:.1} \
+         ready_ms_max={:.1} first_ms_median={:.1} first_ms_max={:.1} slowest_ms_max={:.1} \
+         ops={} failed={}",
+        median(&mut readys.clone()),
+        max(&readys),
+        median(&mut firsts.clone()),
+        max(&firsts),
+        max(&slowests),
+        ops.len(),
+        failed.load(Ordering::Relaxed)
+    );
+    let failed = failed.load(Ordering::Relaxed);
+    // What each recovery replayed (memfs logs it at level warn).
+    let log = std::fs::read_to_string(dir.join("keeper.log")).unwrap_or_default();
+    for l in log
+        .lines()
+        .filter(|l| l.contains("recovering") || l.contains("journal re"))
+    {
+        println!("# {l}");
+    }
+    drop(rig);
+    if failed > 0 {
+        return Err(format!("{failed} client operations failed").into());
+    }
+    Ok(())
+}

@@ -1,0 +1,189 @@
+//! A daemon that must survive its process (live upgrade, crash recovery under a fd
+//! store) says at startup which transport it serves through, and refuses io_uring,
+//! which can be neither handed off nor recovered, before it mounts anything:
+//! memfs `--transport auto|dev-fuse|io-uring` under `fuse-live-keeper` and with
+//! `--upgrade-socket`.
+mod common;
+
+use std::fs::File;
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use fuse_session::dev::fusectl::{self, Watchdog};
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+
+const KEEPER: &str = env!("CARGO_BIN_EXE_fuse-live-keeper");
+
+/// A guard against hangs, not a timing assertion.
+const PATIENCE: Duration = Duration::from_secs(60);
+
+/// The direct children of `pid`.
+fn children(pid: u32) -> Vec<i32> {
+    let mut out = Vec::new();
+    if let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) {
+        for t in tasks.flatten() {
+            if let Ok(s) = std::fs::read_to_string(t.path().join("children")) {
+                out.extend(s.split_whitespace().filter_map(|p| p.parse::<i32>().ok()));
+            }
+        }
+    }
+    out
+}
+
+/// Waits for `child` to exit, killing it (and failing) after [`PATIENCE`].
+fn wait_exit(child: &mut std::process::Child, what: &str) -> std::process::ExitStatus {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        if let Some(st) = child.try_wait().expect("try_wait") {
+            return st;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{what} did not exit");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn io_uring_under_a_fd_store_is_refused_before_mounting() {
+    if !common::can_mount("io_uring_under_a_fd_store_is_refused_before_mounting") {
+        return;
+    }
+    let dir = common::temp_dir("transport-refused");
+    let mnt = dir.join("mnt");
+    std::fs::create_dir(&mnt).expect("mountpoint");
+    let watchdog = Watchdog::arm(&mnt, None, common::WATCHDOG).expect("watchdog");
+    let log = dir.join("keeper.log");
+    let memfs = common::example_binary("memfs");
+    let mut keeper = Command::new(KEEPER)
+        .args(["--restart-limit", "0", "--"])
+        .arg(&memfs)
+        .arg(&mnt)
+        .args(["--transport", "io-uring"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(File::create(&log).expect("log"))
+        .spawn()
+        .expect("spawn the keeper");
+    let st = wait_exit(&mut keeper, "the keeper");
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    assert_eq!(st.code(), Some(1), "the daemon could not start: {text}");
+    assert!(
+        text.contains("io_uring was asked for, but crash recovery"),
+        "the reason is given: {text}"
+    );
+    assert!(!common::is_fuse_mounted(&mnt), "nothing was mounted");
+    assert!(!watchdog.disarm(), "the watchdog fired");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn io_uring_with_an_upgrade_socket_is_refused_before_mounting() {
+    if !common::can_mount("io_uring_with_an_upgrade_socket_is_refused_before_mounting") {
+        return;
+    }
+    let dir = common::temp_dir("transport-upgrade");
+    let mnt = dir.join("mnt");
+    std::fs::create_dir(&mnt).expect("mountpoint");
+    let watchdog = Watchdog::arm(&mnt, None, common::WATCHDOG).expect("watchdog");
+    let out = Command::new(common::example_binary("memfs"))
+        .arg(&mnt)
+        .arg("--upgrade-socket")
+        .arg(dir.join("sock"))
+        .args(["--transport", "io-uring"])
+        .stdin(Stdio::null())
+        .output()
+        .expect("run memfs");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("io_uring was asked for, but live upgrade"),
+        "{err}"
+    );
+    assert!(!common::is_fuse_mounted(&mnt), "nothing was mounted");
+    assert!(!watchdog.disarm(), "the watchdog fired");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn auto_under_a_fd_store_serves_dev_fuse_and_recovers_after_sigkill() {
+    if !common::can_mount("auto_under_a_fd_store_serves_dev_fuse_and_recovers_after_sigkill") {
+        return;
+    }
+    let dir = common::temp_dir("transport-auto");
+    let mnt = dir.join("mnt");
+    std::fs::create_dir(&mnt).expect("mountpoint");
+    let watchdog = Watchdog::arm(&mnt, None, common::WATCHDOG).expect("watchdog");
+    let log = dir.join("keeper.log");
+    let memfs = common::example_binary("memfs");
+    let mut keeper = Command::new(KEEPER)
+        .args(["--restart-delay", "0", "--"])
+        .arg(&memfs)
+        .arg(&mnt)
+        .args(["--transport", "auto"])
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(File::create(&log).expect("log"))
+        .spawn()
+        .expect("spawn the keeper");
+    let out = keeper.stdout.take().expect("stdout");
+    let (tx, lines) = mpsc::channel();
+    std::thread::spawn(move || {
+        for l in BufReader::new(out).lines() {
+            let Ok(l) = l else { break };
+            if tx.send(l).is_err() {
+                break;
+            }
+        }
+    });
+    let log_text = || std::fs::read_to_string(&log).unwrap_or_default();
+    let ready = format!("ready {}", mnt.display());
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let next = |what: &str| match lines.recv_timeout(PATIENCE) {
+            Ok(l) => assert_eq!(l, ready, "{what}"),
+            Err(e) => panic!("no ready line {what} ({e}); log:\n{}", log_text()),
+        };
+        next("at the first start");
+        let conn = fusectl::connection_id(&mnt).expect("fusectl connection");
+        std::fs::write(mnt.join("kept"), b"across the crash").expect("write");
+        let first = children(keeper.id());
+        assert_eq!(first.len(), 1, "one daemon: {first:?}");
+        kill(Pid::from_raw(first[0]), Signal::SIGKILL).expect("SIGKILL the daemon");
+        next("after the SIGKILL");
+        assert_eq!(
+            std::fs::read(mnt.join("kept")).expect("read after recovery"),
+            b"across the crash"
+        );
+        assert_eq!(
+            fusectl::connection_id(&mnt).ok(),
+            Some(conn),
+            "same connection"
+        );
+        let text = log_text();
+        assert!(
+            text.contains("transport auto: /dev/fuse, because crash recovery"),
+            "the choice is said at startup: {text}"
+        );
+        assert_eq!(
+            text.matches("transport auto: /dev/fuse").count(),
+            2,
+            "at each start: {text}"
+        );
+    }));
+    let _ = kill(Pid::from_raw(keeper.id() as i32), Signal::SIGTERM);
+    let st = wait_exit(&mut keeper, "the keeper");
+    if let Err(p) = result {
+        let _ = fusectl::tear_down(&mnt, None);
+        std::panic::resume_unwind(p);
+    }
+    assert_eq!(st.code(), Some(0), "log:\n{}", log_text());
+    assert!(!common::is_fuse_mounted(&mnt), "unmounted on SIGTERM");
+    assert!(!watchdog.disarm(), "the watchdog fired");
+    let _ = std::fs::remove_dir_all(&dir);
+}
