@@ -346,7 +346,8 @@ fn run(point: &str, range: &str, kill_too: bool, crashes: usize) -> Outcome {
         assert!(
             progress.1.elapsed() < PATIENCE,
             "{fault}: no abort at the point for {PATIENCE:?} ({faults} so far, {kills} \
-             kills); log:\n{}",
+             kills); daemon threads:\n{}\nlog:\n{}",
+            stacks(keeper_pid),
             log_text()
         );
         check_workers(&mut guard.workers);
@@ -361,7 +362,11 @@ fn run(point: &str, range: &str, kill_too: bool, crashes: usize) -> Outcome {
             kills += 1;
             match lines.recv_timeout(PATIENCE) {
                 Ok(l) => assert_eq!(l, ready, "{fault}: a restart"),
-                Err(e) => panic!("{fault}: no ready line ({e}); log:\n{}", log_text()),
+                Err(e) => panic!(
+                    "{fault}: no ready line ({e}); daemon threads:\n{}\nlog:\n{}",
+                    stacks(keeper_pid),
+                    log_text()
+                ),
             }
         } else {
             std::thread::sleep(Duration::from_millis(20));
