@@ -60,7 +60,8 @@ const POINTS: &[(&str, &str, bool)] = &[
     ("after-record", "20-1500", false),
     ("after-reply", "20-1500", false),
     ("mid-record", "30-600", false),
-    // One header at creation or resume, one per compaction.
+    // One header at creation (the first process's hit 1, before it stored
+    // anything), one per compaction (a resume's header is `resume-mid-header`).
     ("mid-header", "2-4", false),
     ("compact-checkpoint", "1-3", false),
     ("compact-copy", "1-3", false),
@@ -68,6 +69,7 @@ const POINTS: &[(&str, &str, bool)] = &[
     ("compact-seal", "1-3", false),
     ("recover-read", "1-2", true),
     ("recover-resume", "1-2", true),
+    ("resume-mid-header", "1-2", true),
 ];
 
 /// A small deterministic generator (xorshift), seeded per run and printed.
@@ -526,6 +528,7 @@ quick_tests! {
     compact_seal => "compact-seal",
     recover_read => "recover-read",
     recover_resume => "recover-resume",
+    resume_mid_header => "resume-mid-header",
 }
 
 /// The heavy matrix: every point 20 times (`FUSE_LIVE_FAULT_CRASHES` overrides).
