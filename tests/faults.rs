@@ -60,7 +60,8 @@ const POINTS: &[(&str, &str, bool)] = &[
     ("after-record", "20-1500", false),
     ("after-reply", "20-1500", false),
     ("mid-record", "30-600", false),
-    // One header at creation or resume, one per compaction.
+    // One header at creation (the first process's hit 1, before it stored
+    // anything), one per compaction (a resume's header is `resume-mid-header`).
     ("mid-header", "2-4", false),
     ("compact-checkpoint", "1-3", false),
     ("compact-copy", "1-3", false),
@@ -68,6 +69,7 @@ const POINTS: &[(&str, &str, bool)] = &[
     ("compact-seal", "1-3", false),
     ("recover-read", "1-2", true),
     ("recover-resume", "1-2", true),
+    ("resume-mid-header", "1-2", true),
 ];
 
 /// A small deterministic generator (xorshift), seeded per run and printed.
@@ -346,7 +348,8 @@ fn run(point: &str, range: &str, kill_too: bool, crashes: usize) -> Outcome {
         assert!(
             progress.1.elapsed() < PATIENCE,
             "{fault}: no abort at the point for {PATIENCE:?} ({faults} so far, {kills} \
-             kills); log:\n{}",
+             kills); daemon threads:\n{}\nlog:\n{}",
+            stacks(keeper_pid),
             log_text()
         );
         check_workers(&mut guard.workers);
@@ -361,7 +364,11 @@ fn run(point: &str, range: &str, kill_too: bool, crashes: usize) -> Outcome {
             kills += 1;
             match lines.recv_timeout(PATIENCE) {
                 Ok(l) => assert_eq!(l, ready, "{fault}: a restart"),
-                Err(e) => panic!("{fault}: no ready line ({e}); log:\n{}", log_text()),
+                Err(e) => panic!(
+                    "{fault}: no ready line ({e}); daemon threads:\n{}\nlog:\n{}",
+                    stacks(keeper_pid),
+                    log_text()
+                ),
             }
         } else {
             std::thread::sleep(Duration::from_millis(20));
@@ -521,6 +528,7 @@ quick_tests! {
     compact_seal => "compact-seal",
     recover_read => "recover-read",
     recover_resume => "recover-resume",
+    resume_mid_header => "resume-mid-header",
 }
 
 /// The heavy matrix: every point 20 times (`FUSE_LIVE_FAULT_CRASHES` overrides).

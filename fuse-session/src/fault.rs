@@ -60,7 +60,11 @@ pub const POINTS: &[(&str, &str)] = &[
     (
         "mid-header",
         "a journal header slot's fields are written, its commit word not (creation, \
-         resume, compaction)",
+         compaction)",
+    ),
+    (
+        "resume-mid-header",
+        "the same for the first header of a journal resumed after a crash (recovery)",
     ),
     (
         "compact-checkpoint",

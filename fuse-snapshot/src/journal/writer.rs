@@ -117,7 +117,7 @@ impl<S: Storage> Journal<S> {
             first_seq: 1,
             checkpoint_crc: crc32(checkpoint),
         };
-        Self::start(storage, meta, checkpoint, options)
+        Self::start(storage, meta, checkpoint, options, "mid-header")
     }
 
     /// Continues a recovered journal in a new epoch: writes `checkpoint` (the state
@@ -148,7 +148,7 @@ impl<S: Storage> Journal<S> {
             first_seq: recovered.next_seq,
             checkpoint_crc: crc32(checkpoint),
         };
-        let journal = Self::start(storage, meta, checkpoint, options)?;
+        let journal = Self::start(storage, meta, checkpoint, options, "resume-mid-header")?;
         // Seal the old log where recovery cut it, so that a damaged new header can
         // never make a later recovery take the old epoch for the newest.
         let seal = RecordHeader {
@@ -180,12 +180,14 @@ impl<S: Storage> Journal<S> {
         Ok(journal)
     }
 
-    /// Writes an area (checkpoint, no records) and then its header.
+    /// Writes an area (checkpoint, no records) and then its header (with the
+    /// fault point `header_point` between its fields and its commit word).
     fn start(
         storage: S,
         meta: Meta,
         checkpoint: &[u8],
         options: JournalOptions,
+        header_point: &'static str,
     ) -> Result<Journal<S>, JournalError> {
         let log_start = meta.log_start();
         let need = log_start
@@ -198,7 +200,7 @@ impl<S: Storage> Journal<S> {
         storage.grow(need.max(storage.len()))?;
         write_chunked(&storage, meta.area, checkpoint)?;
         storage.write(log_start, &[0u8; RECORD_HEADER_LEN as usize])?;
-        write_meta(&storage, &meta)?;
+        write_meta_at(&storage, &meta, header_point)?;
         Ok(Journal {
             tail: Mutex::new(Tail {
                 meta,
@@ -392,11 +394,22 @@ pub(crate) fn write_meta<S: Storage + ?Sized>(
     storage: &S,
     meta: &Meta,
 ) -> Result<(), JournalError> {
+    write_meta_at(storage, meta, "mid-header")
+}
+
+/// [`write_meta`] with the fault point `point` (`fuse_session::fault`) between
+/// the fields and the commit word: `mid-header`, or `resume-mid-header` for the
+/// first header of a resumed journal.
+fn write_meta_at<S: Storage + ?Sized>(
+    storage: &S,
+    meta: &Meta,
+    point: &'static str,
+) -> Result<(), JournalError> {
     let b = meta.encode();
     let off = SLOTS[(meta.epoch % 2) as usize];
     storage.write(off, &b[..56])?;
     // A crash here leaves a torn header: recovery must take the other slot.
-    fuse_session::fault::point("mid-header");
+    fuse_session::fault::point(point);
     let mut word = [0u8; 8];
     word.copy_from_slice(&b[56..64]);
     storage.commit(off + 56, word)?;
