@@ -467,78 +467,7 @@ fn crash_worker() {
 }
 
 fn spawn_worker(spec: String) -> Child {
-    let exe = std::env::current_exe().expect("current_exe");
-    let mut cmd = Command::new(exe);
-    cmd.args([
-        "crash_worker",
-        "--exact",
-        "--nocapture",
-        "--test-threads",
-        "1",
-    ])
-    .env(WORKER_ENV, spec)
-    .stdin(Stdio::null())
-    .stdout(Stdio::piped())
-    .stderr(Stdio::inherit());
-    // SAFETY: only prctl(2) in the forked child, async-signal-safe: the worker dies
-    // with the test.
-    unsafe {
-        cmd.pre_exec(|| {
-            nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(std::io::Error::from)
-        });
-    }
-    cmd.spawn().expect("spawn a worker")
-}
-
-/// The mount id (first field of `/proc/self/mountinfo`) of the mount at `path`.
-fn mount_id(path: &Path) -> Option<u64> {
-    let table = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
-    let want = path.to_str()?;
-    table.lines().find_map(|l| {
-        let f: Vec<&str> = l.split(' ').collect();
-        (f.get(4) == Some(&want))
-            .then(|| f[0].parse().ok())
-            .flatten()
-    })
-}
-
-fn children(pid: u32) -> Vec<i32> {
-    std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
-        .unwrap_or_default()
-        .split_whitespace()
-        .filter_map(|p| p.parse().ok())
-        .collect()
-}
-
-/// Where process `pid` and each of its threads sleep: state, `wchan` and kernel
-/// stack, for a failure message (a daemon that did not die, a keeper stuck).
-fn where_is(pid: i32) -> String {
-    let read = |p: String| std::fs::read_to_string(p).unwrap_or_else(|e| format!("({e})\n"));
-    let mut out = format!("--- pid {pid}\n");
-    let tasks: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/task"))
-        .map(|d| {
-            d.filter_map(|e| e.ok())
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .collect()
-        })
-        .unwrap_or_default();
-    if tasks.is_empty() {
-        out.push_str("(no such process)\n");
-    }
-    for t in tasks {
-        let base = format!("/proc/{pid}/task/{t}");
-        let state = read(format!("{base}/status"))
-            .lines()
-            .filter(|l| l.starts_with("Name:") || l.starts_with("State:"))
-            .collect::<Vec<_>>()
-            .join(" ");
-        out.push_str(&format!(
-            "task {t}: {state} wchan {}\n{}",
-            read(format!("{base}/wchan")).trim(),
-            read(format!("{base}/stack"))
-        ));
-    }
-    out
+    common::spawn_test_worker("crash_worker", (WORKER_ENV, &spec))
 }
 
 /// What a failed run leaves: on drop, unless `finished`, aborts the FUSE
@@ -566,7 +495,7 @@ impl Drop for Cleanup {
                 let _ = w.wait();
             }
             if let Some(mut k) = self.keeper.take() {
-                let daemons = children(k.id());
+                let daemons = common::children(k.id());
                 // The keeper first, or it would restart the daemon.
                 let _ = k.kill();
                 for d in daemons {
@@ -581,7 +510,9 @@ impl Drop for Cleanup {
                 let _ = fusectl::tear_down(&self.mnt, self.conn);
             }
         }
-        if !common::is_fuse_mounted(&self.mnt) && self.binds.iter().all(|b| mount_id(b).is_none()) {
+        if !common::is_fuse_mounted(&self.mnt)
+            && self.binds.iter().all(|b| common::mount_id(b).is_none())
+        {
             let _ = std::fs::remove_dir_all(&self.dir);
         }
     }
@@ -613,7 +544,7 @@ impl Daemons<'_> {
     fn next_after(&mut self, old: Option<i32>, what: &str) -> i32 {
         let deadline = Instant::now() + PATIENCE;
         loop {
-            let now = children(self.keeper);
+            let now = common::children(self.keeper);
             if let [pid] = now[..] {
                 if Some(pid) != old {
                     if self.seen.last() != Some(&pid) {
@@ -625,12 +556,12 @@ impl Daemons<'_> {
             if Instant::now() > deadline {
                 let mut msg = format!(
                     "no new daemon {what} (children of the keeper: {now:?})\n{}",
-                    where_is(self.keeper as i32)
+                    common::thread_stacks(self.keeper as i32)
                 );
                 let mut pids: BTreeSet<i32> = now.iter().copied().collect();
                 pids.extend(old);
                 for p in pids {
-                    msg.push_str(&where_is(p));
+                    msg.push_str(&common::thread_stacks(p));
                 }
                 panic!("{msg}keeper log:\n{}", self.log.text());
             }
@@ -645,8 +576,8 @@ impl Daemons<'_> {
             if Instant::now() > deadline {
                 panic!(
                     "daemon {pid} not ready {what}\n{}{}keeper log:\n{}",
-                    where_is(pid),
-                    where_is(self.keeper as i32),
+                    common::thread_stacks(pid),
+                    common::thread_stacks(self.keeper as i32),
                     self.log.text()
                 );
             }
@@ -763,7 +694,7 @@ fn crash_run(name: &str, extra: &[&str]) {
     daemons.wait_ready(current, "at the first start");
     let conn = fusectl::connection_id(&mnt).expect("fusectl connection");
     guard.conn = Some(conn);
-    let id = mount_id(&mnt).expect("mount id");
+    let id = common::mount_id(&mnt).expect("mount id");
 
     // The LXCFS pattern: a directory and a file of the mount bound outside it.
     let shared = mnt.join("shared");
@@ -781,7 +712,7 @@ fn crash_run(name: &str, extra: &[&str]) {
             .unwrap_or_else(|e| panic!("bind {} on {}: {e}", src.display(), dst.display()));
         guard.binds.push(dst.clone());
     }
-    let bind_ids: Vec<Option<u64>> = guard.binds.iter().map(|b| mount_id(b)).collect();
+    let bind_ids: Vec<Option<u64>> = guard.binds.iter().map(|b| common::mount_id(b)).collect();
 
     let stop = dir.join("stop");
     for w in 0..WORKERS {
@@ -918,8 +849,8 @@ fn crash_run(name: &str, extra: &[&str]) {
         conn,
         "same connection"
     );
-    assert_eq!(mount_id(&mnt), Some(id), "same mount");
-    let now: Vec<Option<u64>> = guard.binds.iter().map(|b| mount_id(b)).collect();
+    assert_eq!(common::mount_id(&mnt), Some(id), "same mount");
+    let now: Vec<Option<u64>> = guard.binds.iter().map(|b| common::mount_id(b)).collect();
     assert_eq!(now, bind_ids, "the bind mounts stayed");
     // Every line the daemons printed is the ready line (one per start that got
     // that far).
@@ -938,6 +869,6 @@ fn crash_run(name: &str, extra: &[&str]) {
     assert_eq!(st.code(), Some(0), "keeper log:\n{}", log.text());
     assert!(!common::is_fuse_mounted(&mnt), "unmounted on SIGTERM");
     assert!(!watchdog.disarm(), "the watchdog fired");
-    assert!(children(keeper_pid).is_empty());
+    assert!(common::children(keeper_pid).is_empty());
     guard.finished = true;
 }

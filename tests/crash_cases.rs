@@ -170,14 +170,6 @@ fn wait_for(mut cond: impl FnMut() -> bool, what: &str) {
     }
 }
 
-fn children(pid: u32) -> Vec<i32> {
-    std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
-        .unwrap_or_default()
-        .split_whitespace()
-        .filter_map(|p| p.parse().ok())
-        .collect()
-}
-
 /// On drop unless finished: aborts the connection, kills callers, keeper and
 /// daemon (the daemon may be stopped), detaches the mount.
 struct Cleanup {
@@ -200,7 +192,7 @@ impl Drop for Cleanup {
                 let _ = c.wait();
             }
             if let Some(mut k) = self.keeper.take() {
-                let daemons = children(k.id());
+                let daemons = common::children(k.id());
                 let _ = k.kill();
                 for d in daemons {
                     let _ = kill(Pid::from_raw(d), Signal::SIGKILL);
@@ -232,7 +224,7 @@ impl Keeper {
     fn ready_daemon(&self, old: Option<i32>, what: &str) -> i32 {
         let deadline = Instant::now() + PATIENCE;
         loop {
-            if let [pid] = children(self.pid)[..] {
+            if let [pid] = common::children(self.pid)[..] {
                 if Some(pid) != old && self.log().contains(&format!("daemon pid {pid} is ready")) {
                     return pid;
                 }

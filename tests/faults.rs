@@ -107,57 +107,15 @@ fn fault_worker() {
 }
 
 fn spawn_worker(w: u32, dir: &Path, stop: &Path) -> Child {
-    let exe = std::env::current_exe().expect("current_exe");
-    let mut cmd = Command::new(exe);
-    cmd.args([
-        "fault_worker",
-        "--exact",
-        "--nocapture",
-        "--test-threads",
-        "1",
-    ])
-    .env(
-        WORKER_ENV,
-        format!("{w}:{}:{}", dir.display(), stop.display()),
-    )
-    .stdin(Stdio::null())
-    .stdout(Stdio::piped())
-    .stderr(Stdio::inherit());
-    // SAFETY: only prctl(2) in the forked child, async-signal-safe: the worker dies
-    // with the test.
-    unsafe {
-        cmd.pre_exec(|| {
-            nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(std::io::Error::from)
-        });
-    }
-    cmd.spawn().expect("spawn a worker")
-}
-
-/// The mount id (first field of `/proc/self/mountinfo`) of the mount at `path`.
-fn mount_id(path: &Path) -> Option<u64> {
-    let table = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
-    let want = path.to_str()?;
-    table.lines().find_map(|l| {
-        let f: Vec<&str> = l.split(' ').collect();
-        (f.get(4) == Some(&want))
-            .then(|| f[0].parse().ok())
-            .flatten()
-    })
-}
-
-fn children(pid: u32) -> Vec<i32> {
-    std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
-        .unwrap_or_default()
-        .split_whitespace()
-        .filter_map(|p| p.parse().ok())
-        .collect()
+    let spec = format!("{w}:{}:{}", dir.display(), stop.display());
+    common::spawn_test_worker("fault_worker", (WORKER_ENV, &spec))
 }
 
 /// The state, kernel wait channel and kernel stack of every thread of every
 /// child of `pid`: what a daemon that does not die waits for.
 fn stacks(pid: u32) -> String {
     let mut out = String::new();
-    for d in children(pid) {
+    for d in common::children(pid) {
         let Ok(tasks) = std::fs::read_dir(format!("/proc/{d}/task")) else {
             continue;
         };
@@ -202,7 +160,7 @@ impl Drop for Cleanup {
                 std::thread::sleep(Duration::from_millis(20));
             }
             // The keeper does not take its daemon down with it: do it here.
-            for d in children(pid) {
+            for d in common::children(pid) {
                 let _ = kill(Pid::from_raw(d), Signal::SIGKILL);
             }
             let _ = c.kill();
@@ -313,7 +271,7 @@ fn run(point: &str, range: &str, kill_too: bool, crashes: usize) -> Outcome {
         ),
     }
     let conn = fusectl::connection_id(&mnt).expect("fusectl connection");
-    let id = mount_id(&mnt).expect("mount id");
+    let id = common::mount_id(&mnt).expect("mount id");
 
     let stop = dir.join("stop");
     for w in 0..WORKERS {
@@ -358,7 +316,7 @@ fn run(point: &str, range: &str, kill_too: bool, crashes: usize) -> Outcome {
             // successor that serves: each recovering daemon aborts at the point
             // or not, and the keeper restarts it until one serves.
             std::thread::sleep(Duration::from_millis(rng.next() % 200));
-            let now = children(keeper_pid);
+            let now = common::children(keeper_pid);
             assert_eq!(now.len(), 1, "{fault}: one daemon before a kill: {now:?}");
             kill(Pid::from_raw(now[0]), Signal::SIGKILL).expect("kill memfs");
             kills += 1;
@@ -401,7 +359,7 @@ fn run(point: &str, range: &str, kill_too: bool, crashes: usize) -> Outcome {
         conn,
         "{fault}: same connection"
     );
-    assert_eq!(mount_id(&mnt), Some(id), "{fault}: same mount");
+    assert_eq!(common::mount_id(&mnt), Some(id), "{fault}: same mount");
 
     // No more faults from here on: a daemon that crashes while it unmounts can
     // hang for good (docs/RECOVERY.md, "Fault injection": a poke in flight).
@@ -423,7 +381,7 @@ fn run(point: &str, range: &str, kill_too: bool, crashes: usize) -> Outcome {
         "{fault}: unmounted on SIGTERM"
     );
     assert!(!watchdog.disarm(), "{fault}: the watchdog fired");
-    assert!(children(keeper_pid).is_empty());
+    assert!(common::children(keeper_pid).is_empty());
     // Every daemon that died was killed by the test or aborted at the point:
     // nothing else crashed, and none gave up with an error of its own.
     let faults = faults_in(&text, point);

@@ -415,18 +415,6 @@ fn usage_errors_and_missing_programs() {
     );
 }
 
-/// The mount id (first field of `/proc/self/mountinfo`) of the mount at `path`.
-fn mount_id(path: &std::path::Path) -> Option<u64> {
-    let table = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
-    let want = path.to_str()?;
-    table.lines().find_map(|l| {
-        let f: Vec<&str> = l.split(' ').collect();
-        (f.get(4) == Some(&want))
-            .then(|| f[0].parse().ok())
-            .flatten()
-    })
-}
-
 /// Waits until process `pid` has died (a zombie or reaped).
 fn wait_dead(pid: i32) {
     let deadline = Instant::now() + PATIENCE;
@@ -445,15 +433,6 @@ fn wait_dead(pid: i32) {
         assert!(Instant::now() < deadline, "pid {pid} does not die");
         std::thread::sleep(Duration::from_millis(5));
     }
-}
-
-/// The children of process `pid` (`/proc/PID/task/PID/children`).
-fn children(pid: u32) -> Vec<i32> {
-    std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
-        .unwrap_or_default()
-        .split_whitespace()
-        .filter_map(|p| p.parse().ok())
-        .collect()
 }
 
 #[test]
@@ -477,10 +456,10 @@ fn a_sigkilled_daemon_recovers_its_mount_on_the_same_connection() {
     assert_eq!(k.line(), ready);
     assert!(common::is_fuse_mounted(&mnt));
     let conn = fusectl::connection_id(&mnt).expect("fusectl connection");
-    let id = mount_id(&mnt).expect("mount id");
+    let id = common::mount_id(&mnt).expect("mount id");
     assert!(std::fs::metadata(&mnt).expect("stat the root").is_dir());
     let keeper_pid = k.keeper.as_ref().expect("keeper").id();
-    let first = children(keeper_pid);
+    let first = common::children(keeper_pid);
     assert_eq!(first.len(), 1, "one daemon: {first:?}");
     k.pids.push(first[0]);
 
@@ -501,7 +480,7 @@ fn a_sigkilled_daemon_recovers_its_mount_on_the_same_connection() {
         .expect("reader")
         .expect("read hello across the crash");
     assert_eq!(text, b"Hello from a daemon that survives SIGKILL!\n");
-    let second = children(keeper_pid);
+    let second = common::children(keeper_pid);
     assert_eq!(second.len(), 1, "{second:?}");
     assert_ne!(second[0], first[0], "a new daemon process");
     k.pids.push(second[0]);
@@ -510,7 +489,7 @@ fn a_sigkilled_daemon_recovers_its_mount_on_the_same_connection() {
         conn,
         "same connection"
     );
-    assert_eq!(mount_id(&mnt), Some(id), "same mount");
+    assert_eq!(common::mount_id(&mnt), Some(id), "same mount");
     let listing: Vec<String> = std::fs::read_dir(&mnt)
         .expect("readdir")
         .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
@@ -635,13 +614,13 @@ fn a_stop_signal_during_a_crash_still_unmounts_cleanly() {
     let ready = format!("ready {}", mnt.display());
     assert_eq!(k.line(), ready);
     let keeper_pid = k.keeper.as_ref().expect("keeper").id();
-    let first = children(keeper_pid);
+    let first = common::children(keeper_pid);
     assert_eq!(first.len(), 1, "{first:?}");
     k.pids.push(first[0]);
     kill_pid(first[0], Signal::SIGKILL);
     k.signal_keeper(Signal::SIGTERM);
     assert_eq!(k.line(), ready, "recovered before stopping");
-    k.pids.extend(children(keeper_pid));
+    k.pids.extend(common::children(keeper_pid));
     let st = k.wait();
     assert_eq!(st.code(), Some(0), "log:\n{}", k.log_text());
     assert!(

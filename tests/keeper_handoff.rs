@@ -13,9 +13,8 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::fs::{File, OpenOptions};
-use std::io::{BufRead, BufReader, Read, Write};
-use std::os::unix::fs::FileExt;
+use std::fs::File;
+use std::io::{BufRead, BufReader, Read};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -31,8 +30,6 @@ const PATIENCE: Duration = Duration::from_secs(120);
 const KEEPER: &str = env!("CARGO_BIN_EXE_fuse-live-keeper");
 const WORKER_ENV: &str = "FUSE_LIVE_HANDOFF_WORKER";
 const WORKERS: u32 = 3;
-const HELD_BLOCKS: u64 = 16;
-const BLOCK: usize = 4096;
 /// Live upgrades and SIGKILLs in the interleaved run (each).
 const UPGRADES: u32 = 8;
 const KILLS: u32 = 8;
@@ -67,109 +64,6 @@ impl Rng {
     }
 }
 
-/// The contents of file `n` of worker `w`: length and bytes derived from both.
-fn contents(w: u32, n: u64) -> Vec<u8> {
-    let seed = (u64::from(w) << 32) ^ n.wrapping_mul(0x9e37_79b9_7f4a_7c15);
-    let len = 1 + (seed % 20_000) as usize;
-    common::pattern(seed, len)
-}
-
-fn held_block(w: u32, i: u64) -> Vec<u8> {
-    common::pattern((u64::from(w) << 40) ^ (i + 1), BLOCK)
-}
-
-/// One worker: runs until `stop` exists in the mount, checking every result.
-/// Returns the number of operations, or what failed.
-fn work(dir: &Path, w: u32, stop: &Path) -> Result<u64, String> {
-    let e = |what: String| move |err: std::io::Error| format!("{what}: {err}");
-    std::fs::create_dir(dir).map_err(e(format!("mkdir {}", dir.display())))?;
-    let held_path = dir.join("held");
-    let held = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .open(&held_path)
-        .map_err(e("create held".into()))?;
-    let mut model = vec![0u8; HELD_BLOCKS as usize * BLOCK];
-    held.set_len(model.len() as u64)
-        .map_err(e("truncate held".into()))?;
-    let mut ops = 3u64;
-    let mut live: BTreeSet<String> = BTreeSet::new();
-    live.insert("held".into());
-    let mut n = 0u64;
-    while !stop.exists() {
-        n += 1;
-        // Create and write, then read back.
-        let data = contents(w, n);
-        let f = dir.join(format!("f{n}"));
-        {
-            let mut file = File::create(&f).map_err(e(format!("create f{n}")))?;
-            file.write_all(&data).map_err(e(format!("write f{n}")))?;
-        }
-        let back = std::fs::read(&f).map_err(e(format!("read f{n}")))?;
-        if back != data {
-            return Err(format!("f{n}: read back differs from what was written"));
-        }
-        // Rename, and the old name must be gone.
-        let g = dir.join(format!("g{n}"));
-        std::fs::rename(&f, &g).map_err(e(format!("rename f{n}")))?;
-        if f.exists() {
-            return Err(format!("f{n} still exists after its rename"));
-        }
-        live.insert(format!("g{n}"));
-        // Unlink the one before.
-        if n > 1 && n % 2 == 0 {
-            let old = format!("g{}", n - 1);
-            std::fs::remove_file(dir.join(&old)).map_err(e(format!("unlink {old}")))?;
-            live.remove(&old);
-            ops += 1;
-        }
-        // The file held open across every crash: pwrite a block, pread it.
-        let blk = n % HELD_BLOCKS;
-        let bytes = held_block(w, n);
-        held.write_all_at(&bytes, blk * BLOCK as u64)
-            .map_err(e(format!("pwrite held block {blk}")))?;
-        model[blk as usize * BLOCK..][..BLOCK].copy_from_slice(&bytes);
-        let mut got = vec![0u8; BLOCK];
-        held.read_exact_at(&mut got, blk * BLOCK as u64)
-            .map_err(e(format!("pread held block {blk}")))?;
-        if got != bytes {
-            return Err(format!("held block {blk}: read back differs"));
-        }
-        // The listing is exactly what this worker made.
-        let listed: BTreeSet<String> = std::fs::read_dir(dir)
-            .map_err(e("readdir".into()))?
-            .map(|d| d.map(|d| d.file_name().to_string_lossy().into_owned()))
-            .collect::<Result<_, _>>()
-            .map_err(e("readdir entry".into()))?;
-        if listed != live {
-            return Err(format!("listing {listed:?}, expected {live:?}"));
-        }
-        ops += 7;
-    }
-    // Everything this worker left must read back whole.
-    for name in &live {
-        let got = std::fs::read(dir.join(name)).map_err(e(format!("final read {name}")))?;
-        let want = match name.strip_prefix('g') {
-            Some(k) => contents(w, k.parse().map_err(|_| format!("bad name {name}"))?),
-            None => model.clone(),
-        };
-        if got != want {
-            return Err(format!("{name}: final contents differ"));
-        }
-        ops += 1;
-    }
-    let mut all = Vec::new();
-    (&held)
-        .read_to_end(&mut all)
-        .map_err(e("read held through its descriptor".into()))?;
-    if all != model {
-        return Err("held: contents through the held descriptor differ".into());
-    }
-    Ok(ops + 1)
-}
-
 /// The worker's entry point in the re-run test binary.
 #[test]
 fn handoff_worker() {
@@ -183,7 +77,7 @@ fn handoff_worker() {
         .expect("worker number");
     let dir = PathBuf::from(it.next().expect("dir"));
     let stop = PathBuf::from(it.next().expect("stop file"));
-    match work(&dir, w, &stop) {
+    match common::workload::work(&dir, w, &stop) {
         Ok(ops) => println!("\nops {ops}"),
         Err(e) => {
             println!("\nfailed {e}");
@@ -193,50 +87,8 @@ fn handoff_worker() {
 }
 
 fn spawn_worker(w: u32, dir: &Path, stop: &Path) -> Child {
-    let exe = std::env::current_exe().expect("current_exe");
-    let mut cmd = Command::new(exe);
-    cmd.args([
-        "handoff_worker",
-        "--exact",
-        "--nocapture",
-        "--test-threads",
-        "1",
-    ])
-    .env(
-        WORKER_ENV,
-        format!("{w}:{}:{}", dir.display(), stop.display()),
-    )
-    .stdin(Stdio::null())
-    .stdout(Stdio::piped())
-    .stderr(Stdio::inherit());
-    // SAFETY: only prctl(2) in the forked child, async-signal-safe: the worker dies
-    // with the test.
-    unsafe {
-        cmd.pre_exec(|| {
-            nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(std::io::Error::from)
-        });
-    }
-    cmd.spawn().expect("spawn a worker")
-}
-
-/// The mount id (first field of `/proc/self/mountinfo`) of the mount at `path`.
-fn mount_id(path: &Path) -> Option<u64> {
-    let table = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
-    let want = path.to_str()?;
-    table.lines().find_map(|l| {
-        let f: Vec<&str> = l.split(' ').collect();
-        (f.get(4) == Some(&want))
-            .then(|| f[0].parse().ok())
-            .flatten()
-    })
-}
-
-fn children(pid: u32) -> Vec<i32> {
-    std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
-        .unwrap_or_default()
-        .split_whitespace()
-        .filter_map(|p| p.parse().ok())
-        .collect()
+    let spec = format!("{w}:{}:{}", dir.display(), stop.display());
+    common::spawn_test_worker("handoff_worker", (WORKER_ENV, &spec))
 }
 
 /// The processes whose command line names `mnt` (the keeper and its daemons).
@@ -274,7 +126,7 @@ impl Drop for Cleanup {
             while Instant::now() < deadline && matches!(c.try_wait(), Ok(None)) {
                 std::thread::sleep(Duration::from_millis(20));
             }
-            for d in children(pid) {
+            for d in common::children(pid) {
                 let _ = kill(Pid::from_raw(d), Signal::SIGKILL);
             }
             let _ = c.kill();
@@ -372,7 +224,7 @@ impl Run {
         };
         run.next_ready("at the first start");
         run.conn = fusectl::connection_id(&mnt).expect("fusectl connection");
-        run.id = mount_id(&mnt).expect("mount id");
+        run.id = common::mount_id(&mnt).expect("mount id");
         for w in 0..WORKERS {
             let child = spawn_worker(w, &mnt.join(format!("w{w}")), &stop);
             run.guard.workers.push(child);
@@ -398,7 +250,7 @@ impl Run {
     fn daemon(&self) -> i32 {
         let deadline = Instant::now() + PATIENCE;
         loop {
-            let now = children(self.keeper_pid);
+            let now = common::children(self.keeper_pid);
             if let [one] = now[..] {
                 return one;
             }
@@ -461,7 +313,7 @@ impl Run {
             self.conn,
             "same connection"
         );
-        assert_eq!(mount_id(&mnt), Some(self.id), "same mount");
+        assert_eq!(common::mount_id(&mnt), Some(self.id), "same mount");
         kill(Pid::from_raw(self.keeper_pid as i32), Signal::SIGTERM).expect("SIGTERM the keeper");
         let mut keeper = self.guard.keeper.take().expect("keeper");
         let st = common::wait_exit(&mut keeper, PATIENCE).expect("the keeper exits");
@@ -551,7 +403,7 @@ fn a_crash_at_each_handoff_step_recovers() {
         let deadline = Instant::now() + PATIENCE;
         let serving = loop {
             let log = run.log_text();
-            let now = children(run.keeper_pid);
+            let now = common::children(run.keeper_pid);
             // The process the fault aborted (a zombie may still be listed).
             let aborted = log
                 .lines()
@@ -793,7 +645,7 @@ impl Played {
 impl Drop for Played {
     fn drop(&mut self) {
         if matches!(self.keeper.try_wait(), Ok(None)) {
-            for p in children(self.keeper.id()) {
+            for p in common::children(self.keeper.id()) {
                 let _ = kill(Pid::from_raw(p), Signal::SIGKILL);
             }
             let _ = self.keeper.kill();

@@ -191,25 +191,6 @@ fn work(dir: &Path, w: u32, stop: &AtomicBool) -> Result<Left, String> {
     })
 }
 
-fn mount_id(path: &Path) -> Option<u64> {
-    let table = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
-    let want = path.to_str()?;
-    table.lines().find_map(|l| {
-        let f: Vec<&str> = l.split(' ').collect();
-        (f.get(4) == Some(&want))
-            .then(|| f[0].parse().ok())
-            .flatten()
-    })
-}
-
-fn children(pid: u32) -> Vec<i32> {
-    std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
-        .unwrap_or_default()
-        .split_whitespace()
-        .filter_map(|p| p.parse().ok())
-        .collect()
-}
-
 /// The number of `pid`'s descriptors that are open files (not `O_PATH`) in `src`.
 fn open_files_in(pid: i32, src: &Path) -> usize {
     let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
@@ -386,7 +367,7 @@ impl Keeper {
     }
 
     fn daemon(&self) -> i32 {
-        let now = children(self.pid);
+        let now = common::children(self.pid);
         assert_eq!(now.len(), 1, "one daemon: {now:?}");
         now[0]
     }
@@ -398,7 +379,7 @@ impl Keeper {
         let st = common::wait_exit(&mut child, PATIENCE).expect("the keeper exits");
         assert_eq!(st.code(), Some(0), "keeper log:\n{}", self.log_text());
         assert!(!common::is_fuse_mounted(&self.mnt), "unmounted on SIGTERM");
-        assert!(children(self.pid).is_empty(), "no daemon left");
+        assert!(common::children(self.pid).is_empty(), "no daemon left");
         let log = self.log_text();
         assert!(
             log.contains("exited with status 0 after the stop signal"),
@@ -448,7 +429,7 @@ fn repeated_sigkill(test: &str, mode: Mode) {
     let mut rng = Rng(seed);
     let k = Keeper::start(test, mode, &[]);
     let conn = fusectl::connection_id(&k.mnt).expect("fusectl connection");
-    let id = mount_id(&k.mnt).expect("mount id");
+    let id = common::mount_id(&k.mnt).expect("mount id");
     assert_eq!(
         leaked_backing_ids(k.daemon()),
         0,
@@ -509,7 +490,7 @@ fn repeated_sigkill(test: &str, mode: Mode) {
         conn,
         "same connection"
     );
-    assert_eq!(mount_id(&k.mnt), Some(id), "same mount");
+    assert_eq!(common::mount_id(&k.mnt), Some(id), "same mount");
     for (w, files) in left.iter().enumerate() {
         check_source(&k.src(), w as u32, files);
     }

@@ -20,19 +20,6 @@ const KEEPER: &str = env!("CARGO_BIN_EXE_fuse-live-keeper");
 /// A guard against hangs, not a timing assertion.
 const PATIENCE: Duration = Duration::from_secs(60);
 
-/// The direct children of `pid`.
-fn children(pid: u32) -> Vec<i32> {
-    let mut out = Vec::new();
-    if let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) {
-        for t in tasks.flatten() {
-            if let Ok(s) = std::fs::read_to_string(t.path().join("children")) {
-                out.extend(s.split_whitespace().filter_map(|p| p.parse::<i32>().ok()));
-            }
-        }
-    }
-    out
-}
-
 /// Waits for `child` to exit, killing it (and failing) after [`PATIENCE`].
 fn wait_exit(child: &mut std::process::Child, what: &str) -> std::process::ExitStatus {
     let deadline = Instant::now() + PATIENCE;
@@ -152,7 +139,7 @@ fn auto_under_a_fd_store_serves_dev_fuse_and_recovers_after_sigkill() {
         next("at the first start");
         let conn = fusectl::connection_id(&mnt).expect("fusectl connection");
         std::fs::write(mnt.join("kept"), b"across the crash").expect("write");
-        let first = children(keeper.id());
+        let first = common::children(keeper.id());
         assert_eq!(first.len(), 1, "one daemon: {first:?}");
         kill(Pid::from_raw(first[0]), Signal::SIGKILL).expect("SIGKILL the daemon");
         next("after the SIGKILL");

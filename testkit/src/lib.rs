@@ -455,3 +455,78 @@ pub fn field(line: &str, name: &str) -> u64 {
         .and_then(|v| v.parse().ok())
         .unwrap_or(0)
 }
+
+/// The direct children of process `pid` (read from every thread's
+/// `/proc/PID/task/TID/children`: a child belongs to the thread that forked it).
+pub fn children(pid: u32) -> Vec<i32> {
+    let mut out = Vec::new();
+    if let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) {
+        for t in tasks.flatten() {
+            if let Ok(s) = std::fs::read_to_string(t.path().join("children")) {
+                out.extend(s.split_whitespace().filter_map(|p| p.parse::<i32>().ok()));
+            }
+        }
+    }
+    out
+}
+
+/// The mount id (first field of `/proc/self/mountinfo`) of the mount at `path`.
+pub fn mount_id(path: &Path) -> Option<u64> {
+    let table = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    let want = path.to_str()?;
+    table.lines().find_map(|l| {
+        let f: Vec<&str> = l.split(' ').collect();
+        (f.get(4) == Some(&want))
+            .then(|| f[0].parse().ok())
+            .flatten()
+    })
+}
+
+/// Where process `pid` and each of its threads sleep — name, state, `wchan` and
+/// kernel stack — for a failure message (a daemon that does not die, a keeper
+/// stuck).
+pub fn thread_stacks(pid: i32) -> String {
+    let read = |p: PathBuf| std::fs::read_to_string(p).unwrap_or_else(|e| format!("({e})\n"));
+    let mut out = format!("--- pid {pid}\n");
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        out.push_str("(no such process)\n");
+        return out;
+    };
+    for t in tasks.flatten() {
+        let base = t.path();
+        let state = read(base.join("status"))
+            .lines()
+            .filter(|l| l.starts_with("Name:") || l.starts_with("State:"))
+            .collect::<Vec<_>>()
+            .join(" ");
+        out.push_str(&format!(
+            "task {}: {state} wchan {}\n{}",
+            t.file_name().to_string_lossy(),
+            read(base.join("wchan")).trim(),
+            read(base.join("stack"))
+        ));
+    }
+    out
+}
+
+/// Starts this test binary again to run only the test `test` as a worker process,
+/// with the environment variable `env` (name, value) telling it what to do; its
+/// stdout is piped (the worker's report), stderr inherited. The worker gets
+/// SIGKILL when the test process dies (`PR_SET_PDEATHSIG`).
+pub fn spawn_test_worker(test: &str, env: (&str, &str)) -> Child {
+    let exe = std::env::current_exe().expect("current_exe");
+    let mut cmd = Command::new(exe);
+    cmd.args([test, "--exact", "--nocapture", "--test-threads", "1"])
+        .env(env.0, env.1)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit());
+    // SAFETY: only prctl(2) in the forked child, async-signal-safe: the worker dies
+    // with the test.
+    unsafe {
+        cmd.pre_exec(|| {
+            nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(std::io::Error::from)
+        });
+    }
+    cmd.spawn().expect("spawn a test worker")
+}
