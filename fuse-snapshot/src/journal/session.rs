@@ -4,7 +4,8 @@
 //!
 //! **A log to a file is pre-copy rounds to a file.** At the checkpoint the session's
 //! tables and the filesystem ([`Precopy`]) start recording their changes, and the
-//! checkpoint is a pre-copy base. Then, for every request, in
+//! checkpoint is a pre-copy base. Then, for every request that may change
+//! something (not those of [`records_nothing`]: GETATTR, READ, ...), in
 //! [`StepHook::responding`] (after the filesystem call, before the reply leaves), one
 //! record is appended: the session's changes since the last record (nodeids counted
 //! or forgotten, the handles, the counters: [`Session::journal_changes`]), the
@@ -21,7 +22,8 @@
 //! **Why a request's effects never reach the journal without its reply.** Records
 //! are made under one gate. A non-idempotent request takes the gate in
 //! [`StepHook::accepted`] and keeps it until its record (with its reply) is appended
-//! in [`StepHook::responding`]; every other request takes it in `responding` only.
+//! in [`StepHook::responding`]; every other request that records takes it in
+//! `responding` only.
 //! So while a CREATE or WRITE runs, no other request's record can pick up its
 //! half-made changes; its changes and its reply go into the journal together or not
 //! at all. Mutations are serialized by this (fine for memfs; a filesystem that
@@ -101,6 +103,30 @@ pub fn records_reply(opcode: Opcode) -> bool {
             | Opcode::RELEASE
             | Opcode::RELEASEDIR
             | Opcode::IOCTL
+    )
+}
+
+/// True for requests that get no record of their own: they change neither the
+/// session's tables (no lookup counted, no handle made or dropped) nor anything a
+/// client was promised by their reply. What they do change — the request counters,
+/// a file's access time — is picked up by the next record, since each record holds
+/// every change since the one before. Half of a `stat(2)` loop's records (its
+/// GETATTRs) and a read loop's READs are saved so, and these requests no longer
+/// wait for the record gate.
+pub fn records_nothing(opcode: Opcode) -> bool {
+    matches!(
+        opcode,
+        Opcode::GETATTR
+            | Opcode::STATX
+            | Opcode::READ
+            | Opcode::READLINK
+            | Opcode::GETXATTR
+            | Opcode::LISTXATTR
+            | Opcode::STATFS
+            | Opcode::ACCESS
+            | Opcode::LSEEK
+            | Opcode::BMAP
+            | Opcode::GETLK
     )
 }
 
@@ -580,6 +606,11 @@ where
     fn responding(&self, request: &Accepted<'_>, reply: &ReplyParts<'_>) {
         let me = self.me();
         let held = HOLDS.with(|h| h.replace(0)) == me;
+        if !held && records_nothing(request.opcode()) {
+            // What it changed (an access time, the request counters) goes into the
+            // next record; nothing of it must be durable before this reply.
+            return;
+        }
         if !held {
             self.gate.take();
         }
