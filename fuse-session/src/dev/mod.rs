@@ -47,6 +47,8 @@ pub mod backing;
 mod buffer;
 #[allow(unsafe_code)]
 mod channel;
+#[allow(unsafe_code)]
+mod child_lookup;
 mod error;
 #[allow(unsafe_code)]
 pub mod fdstore;
@@ -71,6 +73,7 @@ mod waker;
 
 pub use buffer::{page_size, RequestBuffer, REQUEST_HEADER_ROOM};
 pub use channel::{Channel, Received, WriteOutcome};
+pub use child_lookup::lookup_in_child;
 pub use error::{MountError, OptionError};
 pub use fusermount::find_fusermount;
 pub use journal_map::JournalMap;

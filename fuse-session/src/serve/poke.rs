@@ -92,11 +92,17 @@ pub(crate) fn open_root(
 
 /// One poke: a lookup of [`POKE_NAME`] in the root, which the session answers ENOENT
 /// (the kernel does not cache the negative entry, so every poke is a request).
+///
+/// Made by a child process ([`crate::dev::lookup_in_child`]), not by this thread: a
+/// poke read by a worker of a daemon being killed would leave the poking thread
+/// waiting for its answer uninterruptibly, and the process could never finish dying
+/// (its keeper would restart nothing).
 pub(crate) fn poke(root: &std::os::fd::OwnedFd) -> io::Result<()> {
-    use nix::fcntl::AtFlags;
-    match nix::sys::stat::fstatat(root, POKE_NAME, AtFlags::AT_SYMLINK_NOFOLLOW) {
-        Err(nix::errno::Errno::ENOENT) => Ok(()),
-        Ok(_) => Err(io::Error::other("the poke name exists in the root")),
-        Err(e) => Err(e.into()),
+    use std::os::fd::AsFd;
+    let name = std::ffi::CString::new(POKE_NAME).map_err(io::Error::other)?;
+    match crate::dev::lookup_in_child(root.as_fd(), &name) {
+        Err(e) if e.raw_os_error() == Some(nix::libc::ENOENT) => Ok(()),
+        Ok(()) => Err(io::Error::other("the poke name exists in the root")),
+        Err(e) => Err(e),
     }
 }
