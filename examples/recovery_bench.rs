@@ -34,6 +34,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use fuse_live_testkit::children;
 use fuse_session::dev::fusectl::{self, Watchdog};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
@@ -84,19 +85,6 @@ fn built(what: &[&str], bin: &str) -> Res<PathBuf> {
         return Err(format!("cargo build {} failed", what.join(" ")).into());
     }
     Ok(profile.join(bin))
-}
-
-/// The direct children of `pid` (from `/proc/PID/task/*/children`).
-fn children(pid: u32) -> Vec<i32> {
-    let mut out = Vec::new();
-    if let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) {
-        for t in tasks.flatten() {
-            if let Ok(s) = std::fs::read_to_string(t.path().join("children")) {
-                out.extend(s.split_whitespace().filter_map(|p| p.parse::<i32>().ok()));
-            }
-        }
-    }
-    out
 }
 
 /// Spins until `pid` is a zombie or gone (at most a second): the instant the killed

@@ -53,22 +53,6 @@ const MAX_DIRS: usize = 6;
 /// One record of the `O_APPEND` file: fixed length, numbered, checksummed.
 const RECORD: usize = 36;
 
-/// A small deterministic generator (xorshift), seeded per run and printed.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n.max(1) as u64) as usize
-    }
-}
-
 /// The contents of file `n` of worker `w`: length and bytes derived from both.
 fn contents(w: u32, n: u64) -> Vec<u8> {
     let seed = (u64::from(w) << 32) ^ n.wrapping_mul(0x9e37_79b9_7f4a_7c15);
@@ -138,12 +122,12 @@ impl Model {
         names
     }
 
-    fn pick_file(&self, rng: &mut Rng) -> Option<(String, String)> {
+    fn pick_file(&self, rng: &mut common::Rng) -> Option<(String, String)> {
         let k = self.files.len();
         (k > 0).then(|| self.files.keys().nth(rng.below(k)).cloned())?
     }
 
-    fn pick_dir(&self, rng: &mut Rng) -> String {
+    fn pick_dir(&self, rng: &mut common::Rng) -> String {
         let k = self.dirs.len();
         self.dirs
             .iter()
@@ -171,7 +155,7 @@ fn work_tree(root: &Path, w: u32, stop: &Path) -> Result<u64, String> {
         .create_new(true)
         .open(root.join("append"))
         .map_err(err("create append"))?;
-    let mut rng = Rng(0x5eed_0000 + u64::from(w) * 7919);
+    let mut rng = common::Rng(0x5eed_0000 + u64::from(w) * 7919);
     let mut m = Model::default();
     m.dirs.insert(String::new());
     let mut ops = 4u64;
@@ -622,12 +606,9 @@ fn crash_run(name: &str, extra: &[&str]) {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(KILLS);
-    let seed = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(1, |d| d.as_nanos() as u64)
-        | 1;
+    let seed = common::time_seed();
     eprintln!("{name}: {kills} kills, seed {seed}, memfs arguments {extra:?}");
-    let mut rng = Rng(seed);
+    let mut rng = common::Rng(seed);
     let dir = common::temp_dir("crash");
     let mnt = dir.join("mnt");
     std::fs::create_dir(&mnt).expect("mountpoint");
@@ -789,17 +770,7 @@ fn crash_run(name: &str, extra: &[&str]) {
     File::create(&stop).expect("stop file");
     let mut total = 0u64;
     for (w, c) in guard.workers.iter_mut().enumerate() {
-        let mut out = String::new();
-        c.stdout
-            .as_mut()
-            .expect("stdout")
-            .read_to_string(&mut out)
-            .expect("worker output");
-        let st = c.wait().expect("wait worker");
-        let ops = out
-            .lines()
-            .find_map(|l| l.strip_prefix("ops "))
-            .and_then(|n| n.parse::<u64>().ok());
+        let (st, out, ops) = common::worker_report(c);
         assert!(
             st.success() && ops.is_some(),
             "worker {w} failed ({st}): {out}\nkeeper log:\n{}",

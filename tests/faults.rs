@@ -25,12 +25,11 @@ use std::collections::BTreeSet;
 use std::fs::File;
 use std::io::{BufRead, BufReader, Read};
 use std::os::unix::process::CommandExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use fuse_live_testkit::workload;
 use fuse_session::dev::fusectl::{self, Watchdog};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
@@ -72,43 +71,14 @@ const POINTS: &[(&str, &str, bool)] = &[
     ("resume-mid-header", "1-2", true),
 ];
 
-/// A small deterministic generator (xorshift), seeded per run and printed.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-}
-
 /// The worker's entry point in the re-run test binary.
 #[test]
 fn fault_worker() {
-    let Ok(spec) = std::env::var(WORKER_ENV) else {
-        return;
-    };
-    let mut it = spec.splitn(3, ':');
-    let w: u32 = it
-        .next()
-        .and_then(|s| s.parse().ok())
-        .expect("worker number");
-    let dir = PathBuf::from(it.next().expect("dir"));
-    let stop = PathBuf::from(it.next().expect("stop file"));
-    match workload::work(&dir, w, &stop) {
-        Ok(ops) => println!("\nops {ops}"),
-        Err(e) => {
-            println!("\nfailed {e}");
-            std::process::exit(1);
-        }
-    }
+    common::workload::run_from_env(WORKER_ENV);
 }
 
 fn spawn_worker(w: u32, dir: &Path, stop: &Path) -> Child {
-    let spec = format!("{w}:{}:{}", dir.display(), stop.display());
-    common::spawn_test_worker("fault_worker", (WORKER_ENV, &spec))
+    common::workload::spawn("fault_worker", WORKER_ENV, w, dir, stop)
 }
 
 /// The state, kernel wait channel and kernel stack of every thread of every
@@ -136,43 +106,6 @@ fn stacks(pid: u32) -> String {
         }
     }
     out
-}
-
-/// Stops the keeper (SIGTERM, then SIGKILL) and tears the mount down if left.
-struct Cleanup {
-    keeper: Option<Child>,
-    workers: Vec<Child>,
-    mnt: PathBuf,
-    dir: PathBuf,
-}
-
-impl Drop for Cleanup {
-    fn drop(&mut self) {
-        for w in &mut self.workers {
-            let _ = w.kill();
-            let _ = w.wait();
-        }
-        if let Some(mut c) = self.keeper.take() {
-            let pid = c.id();
-            let _ = kill(Pid::from_raw(pid as i32), Signal::SIGTERM);
-            let deadline = Instant::now() + Duration::from_secs(15);
-            while Instant::now() < deadline && matches!(c.try_wait(), Ok(None)) {
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            // The keeper does not take its daemon down with it: do it here.
-            for d in common::children(pid) {
-                let _ = kill(Pid::from_raw(d), Signal::SIGKILL);
-            }
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-        if common::is_fuse_mounted(&self.mnt) {
-            let _ = fusectl::tear_down(&self.mnt, None);
-        }
-        if !common::is_fuse_mounted(&self.mnt) {
-            let _ = std::fs::remove_dir_all(&self.dir);
-        }
-    }
 }
 
 /// What one point's run saw.
@@ -205,13 +138,10 @@ fn faults_in(log: &str, point: &str) -> usize {
 /// Runs the workload on memfs under the keeper with `FUSE_LIVE_FAULT=point:range`
 /// until the point fired `crashes` times, then checks everything and stops.
 fn run(point: &str, range: &str, kill_too: bool, crashes: usize) -> Outcome {
-    let seed = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(1, |d| d.as_nanos() as u64)
-        | 1;
+    let seed = common::time_seed();
     let fault = format!("{point}:{range}");
     eprintln!("faults: FUSE_LIVE_FAULT={fault}, {crashes} crashes, seed {seed}");
-    let mut rng = Rng(seed);
+    let mut rng = common::Rng(seed);
     let dir = common::temp_dir(&format!("fault-{point}"));
     let mnt = dir.join("mnt");
     std::fs::create_dir(&mnt).expect("mountpoint");
@@ -246,7 +176,7 @@ fn run(point: &str, range: &str, kill_too: bool, crashes: usize) -> Outcome {
     let mut keeper = cmd.spawn().expect("spawn fuse-live-keeper");
     let out = keeper.stdout.take().expect("stdout");
     let keeper_pid = keeper.id();
-    let mut guard = Cleanup {
+    let mut guard = common::KeeperGuard {
         keeper: Some(keeper),
         workers: Vec::new(),
         mnt: mnt.clone(),
@@ -335,17 +265,7 @@ fn run(point: &str, range: &str, kill_too: bool, crashes: usize) -> Outcome {
     File::create(&stop).expect("stop file");
     let mut ops = 0u64;
     for (w, c) in guard.workers.iter_mut().enumerate() {
-        let mut out = String::new();
-        c.stdout
-            .as_mut()
-            .expect("stdout")
-            .read_to_string(&mut out)
-            .expect("worker output");
-        let st = c.wait().expect("wait worker");
-        let n = out
-            .lines()
-            .find_map(|l| l.strip_prefix("ops "))
-            .and_then(|n| n.parse::<u64>().ok());
+        let (st, out, n) = common::worker_report(c);
         assert!(
             st.success() && n.is_some(),
             "{fault}: worker {w} failed ({st}): {out}\nlog:\n{}",

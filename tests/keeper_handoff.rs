@@ -52,43 +52,14 @@ const NEW_STEPS: &[&str] = &[
     "handoff-new-serving",
 ];
 
-/// A small deterministic generator (xorshift), seeded per run and printed.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-}
-
 /// The worker's entry point in the re-run test binary.
 #[test]
 fn handoff_worker() {
-    let Ok(spec) = std::env::var(WORKER_ENV) else {
-        return;
-    };
-    let mut it = spec.splitn(3, ':');
-    let w: u32 = it
-        .next()
-        .and_then(|s| s.parse().ok())
-        .expect("worker number");
-    let dir = PathBuf::from(it.next().expect("dir"));
-    let stop = PathBuf::from(it.next().expect("stop file"));
-    match common::workload::work(&dir, w, &stop) {
-        Ok(ops) => println!("\nops {ops}"),
-        Err(e) => {
-            println!("\nfailed {e}");
-            std::process::exit(1);
-        }
-    }
+    common::workload::run_from_env(WORKER_ENV);
 }
 
 fn spawn_worker(w: u32, dir: &Path, stop: &Path) -> Child {
-    let spec = format!("{w}:{}:{}", dir.display(), stop.display());
-    common::spawn_test_worker("handoff_worker", (WORKER_ENV, &spec))
+    common::workload::spawn("handoff_worker", WORKER_ENV, w, dir, stop)
 }
 
 /// The processes whose command line names `mnt` (the keeper and its daemons).
@@ -105,46 +76,10 @@ fn processes_naming(mnt: &Path) -> Vec<u32> {
         .collect()
 }
 
-/// Stops the keeper (SIGTERM, then SIGKILL) and tears the mount down if left.
-struct Cleanup {
-    keeper: Option<Child>,
-    workers: Vec<Child>,
-    mnt: PathBuf,
-    dir: PathBuf,
-}
-
-impl Drop for Cleanup {
-    fn drop(&mut self) {
-        for w in &mut self.workers {
-            let _ = w.kill();
-            let _ = w.wait();
-        }
-        if let Some(mut c) = self.keeper.take() {
-            let pid = c.id();
-            let _ = kill(Pid::from_raw(pid as i32), Signal::SIGTERM);
-            let deadline = Instant::now() + Duration::from_secs(15);
-            while Instant::now() < deadline && matches!(c.try_wait(), Ok(None)) {
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            for d in common::children(pid) {
-                let _ = kill(Pid::from_raw(d), Signal::SIGKILL);
-            }
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-        if common::is_fuse_mounted(&self.mnt) {
-            let _ = fusectl::tear_down(&self.mnt, None);
-        }
-        if !common::is_fuse_mounted(&self.mnt) {
-            let _ = std::fs::remove_dir_all(&self.dir);
-        }
-    }
-}
-
 /// A keeper running memfs with an upgrade socket, its workers, and what the test
 /// checks at the end.
 struct Run {
-    guard: Cleanup,
+    guard: common::KeeperGuard,
     keeper_pid: u32,
     lines: mpsc::Receiver<String>,
     log: PathBuf,
@@ -207,7 +142,7 @@ impl Run {
         let ready = format!("ready {}", mnt.display());
         let stop = dir.join("stop");
         let mut run = Run {
-            guard: Cleanup {
+            guard: common::KeeperGuard {
                 keeper: Some(keeper),
                 workers: Vec::new(),
                 mnt: mnt.clone(),
@@ -283,17 +218,7 @@ impl Run {
         let log = self.log_text();
         let mut total = 0u64;
         for (w, c) in self.guard.workers.iter_mut().enumerate() {
-            let mut out = String::new();
-            c.stdout
-                .as_mut()
-                .expect("stdout")
-                .read_to_string(&mut out)
-                .expect("worker output");
-            let st = c.wait().expect("wait worker");
-            let ops = out
-                .lines()
-                .find_map(|l| l.strip_prefix("ops "))
-                .and_then(|n| n.parse::<u64>().ok());
+            let (st, out, ops) = common::worker_report(c);
             assert!(
                 st.success() && ops.is_some(),
                 "worker {w} failed ({st}): {out}\nkeeper log:\n{log}"
@@ -333,12 +258,9 @@ fn live_upgrades_and_sigkills_interleaved_under_the_keeper() {
     {
         return;
     }
-    let seed = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(1, |d| d.as_nanos() as u64)
-        | 1;
+    let seed = common::time_seed();
     eprintln!("keeper handoff test: {UPGRADES} upgrades, {KILLS} kills, seed {seed}");
-    let mut rng = Rng(seed);
+    let mut rng = common::Rng(seed);
     let mut run = Run::start("khandoff", None);
     let mut daemons = BTreeSet::new();
     let (mut upgrades, mut kills) = (0, 0);

@@ -56,17 +56,6 @@ enum Mode {
     Off,
 }
 
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-}
-
 fn contents(w: u32, n: u64) -> Vec<u8> {
     let seed = (u64::from(w) << 32) ^ n.wrapping_mul(0x9e37_79b9_7f4a_7c15);
     let len = 1 + (seed % 20_000) as usize;
@@ -421,12 +410,9 @@ fn repeated_sigkill(test: &str, mode: Mode) {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(KILLS);
-    let seed = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(1, |d| d.as_nanos() as u64)
-        | 1;
+    let seed = common::time_seed();
     eprintln!("{test}: {kills} kills, seed {seed}");
-    let mut rng = Rng(seed);
+    let mut rng = common::Rng(seed);
     let k = Keeper::start(test, mode, &[]);
     let conn = fusectl::connection_id(&k.mnt).expect("fusectl connection");
     let id = common::mount_id(&k.mnt).expect("mount id");

@@ -9,7 +9,7 @@ use std::fs::File;
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use fuse_session::dev::fusectl::{self, Watchdog};
 use nix::sys::signal::{kill, Signal};
@@ -22,18 +22,11 @@ const PATIENCE: Duration = Duration::from_secs(60);
 
 /// Waits for `child` to exit, killing it (and failing) after [`PATIENCE`].
 fn wait_exit(child: &mut std::process::Child, what: &str) -> std::process::ExitStatus {
-    let deadline = Instant::now() + PATIENCE;
-    loop {
-        if let Some(st) = child.try_wait().expect("try_wait") {
-            return st;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("{what} did not exit");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    common::wait_exit(child, PATIENCE).unwrap_or_else(|| {
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("{what} did not exit")
+    })
 }
 
 #[test]

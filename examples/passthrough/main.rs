@@ -357,14 +357,7 @@ fn serve_journaled(args: &Args, mut store: FdStore) -> Result<(), Box<dyn std::e
             RecoveredSession::resume(&hook, server.session(), map, &rec)
                 .map_err(|e| format!("resume the journal: {e}"))?;
             wire_journal(server.session(), &hook, store)?;
-            let store = server
-                .session()
-                .filesystem()
-                .jr
-                .store
-                .get()
-                .cloned()
-                .ok_or("no fd store")?;
+            let store = fd_store_of(server.session())?;
             (server.spawn(args.threads)?, store)
         }
         None => {
@@ -392,14 +385,7 @@ fn serve_journaled(args: &Args, mut store: FdStore) -> Result<(), Box<dyn std::e
             let fd = map.fd().try_clone_to_owned()?;
             hook.start(running.session(), map)
                 .map_err(|e| format!("start the journal: {e}"))?;
-            let store = running
-                .session()
-                .filesystem()
-                .jr
-                .store
-                .get()
-                .cloned()
-                .ok_or("no fd store")?;
+            let store = fd_store_of(running.session())?;
             store.store(JOURNAL_FD, fd.as_fd())?;
             running.with_mount(|m| store.store_mount(m)).transpose()?;
             (running, store)
@@ -411,6 +397,17 @@ fn serve_journaled(args: &Args, mut store: FdStore) -> Result<(), Box<dyn std::e
     let served = serve_until_done(&running, None, args);
     let _ = store.stopping();
     served
+}
+
+/// The fd store the filesystem was given by [`wire_journal`].
+fn fd_store_of(session: &Session<PassFs>) -> Result<Arc<FdStore>, Box<dyn std::error::Error>> {
+    Ok(session
+        .filesystem()
+        .jr
+        .store
+        .get()
+        .cloned()
+        .ok_or("no fd store")?)
 }
 
 /// Gives the filesystem the fd store and a way to append a journal record now

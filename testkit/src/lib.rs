@@ -530,3 +530,93 @@ pub fn spawn_test_worker(test: &str, env: (&str, &str)) -> Child {
     }
     cmd.spawn().expect("spawn a test worker")
 }
+
+/// A seed for a test's random choices from the clock (odd, never 0), printed by the
+/// test so that a failing run can be replayed.
+pub fn time_seed() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(1, |d| d.as_nanos() as u64)
+        | 1
+}
+
+/// Waits for a worker started with [`spawn_test_worker`] to exit and reads its
+/// report: its exit status, its whole stdout, and the operation count of its
+/// `ops N` line (`None` if it printed none: it failed).
+pub fn worker_report(worker: &mut Child) -> (ExitStatus, String, Option<u64>) {
+    use std::io::Read;
+    let mut out = String::new();
+    if let Some(o) = worker.stdout.as_mut() {
+        o.read_to_string(&mut out).expect("worker output");
+    }
+    let st = worker.wait().expect("wait worker");
+    let ops = out
+        .lines()
+        .find_map(|l| l.strip_prefix("ops "))
+        .and_then(|n| n.parse::<u64>().ok());
+    (st, out, ops)
+}
+
+/// What a test running a daemon under `fuse-live-keeper` with worker processes
+/// leaves to undo, undone on drop: the workers killed, the keeper stopped (SIGTERM,
+/// then SIGKILL after 15 s, and its daemons killed: the keeper does not take them
+/// down with it), the mount torn down if still there, the directory removed once
+/// nothing is mounted in it.
+pub struct KeeperGuard {
+    /// The keeper, until the test waits for it itself.
+    pub keeper: Option<Child>,
+    /// The worker processes.
+    pub workers: Vec<Child>,
+    /// The mountpoint.
+    pub mnt: PathBuf,
+    /// The test's directory (removed).
+    pub dir: PathBuf,
+}
+
+impl Drop for KeeperGuard {
+    fn drop(&mut self) {
+        for w in &mut self.workers {
+            let _ = w.kill();
+            let _ = w.wait();
+        }
+        if let Some(mut c) = self.keeper.take() {
+            let pid = c.id();
+            let _ = kill(Pid::from_raw(pid as i32), Signal::SIGTERM);
+            let deadline = Instant::now() + Duration::from_secs(15);
+            while Instant::now() < deadline && matches!(c.try_wait(), Ok(None)) {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            for d in children(pid) {
+                let _ = kill(Pid::from_raw(d), Signal::SIGKILL);
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        if is_fuse_mounted(&self.mnt) {
+            let _ = fusectl::tear_down(&self.mnt, None);
+        }
+        if !is_fuse_mounted(&self.mnt) {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+/// A small deterministic generator (xorshift64), seeded per run (see
+/// [`time_seed`]) and printed by the test, so that a failing run can be replayed.
+pub struct Rng(pub u64);
+
+impl Rng {
+    /// The next number.
+    #[allow(clippy::should_implement_trait)]
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    /// A number below `n` (0 for `n` 0).
+    pub fn below(&mut self, n: usize) -> usize {
+        (self.next() % n.max(1) as u64) as usize
+    }
+}

@@ -112,3 +112,34 @@ pub fn work(dir: &Path, w: u32, stop: &Path) -> Result<u64, String> {
     }
     Ok(ops + 1)
 }
+
+/// Starts worker `w` of the test `test` (a `#[test]` that calls [`run_from_env`]
+/// with `env`) as a re-run of this test binary, in `dir`, until `stop` exists.
+pub fn spawn(test: &str, env: &str, w: u32, dir: &Path, stop: &Path) -> std::process::Child {
+    let spec = format!("{w}:{}:{}", dir.display(), stop.display());
+    crate::spawn_test_worker(test, (env, &spec))
+}
+
+/// A worker's entry point: if the environment variable `env` is set (by
+/// [`spawn`]), runs [`work`] as it says, prints `ops N` and returns; exits 1 after
+/// printing `failed WHY` if the work failed. Does nothing when `env` is unset (the
+/// test run as a test).
+pub fn run_from_env(env: &str) {
+    let Ok(spec) = std::env::var(env) else {
+        return;
+    };
+    let mut it = spec.splitn(3, ':');
+    let w: u32 = it
+        .next()
+        .and_then(|s| s.parse().ok())
+        .expect("worker number");
+    let dir = std::path::PathBuf::from(it.next().expect("dir"));
+    let stop = std::path::PathBuf::from(it.next().expect("stop file"));
+    match work(&dir, w, &stop) {
+        Ok(ops) => println!("\nops {ops}"),
+        Err(e) => {
+            println!("\nfailed {e}");
+            std::process::exit(1);
+        }
+    }
+}

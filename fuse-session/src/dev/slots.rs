@@ -92,6 +92,17 @@ fn fnv64(bytes: &[u8]) -> u64 {
     h
 }
 
+/// The fixed part of slot `i`'s header: magic, index, and the check of both (the
+/// `answered` word after it starts at 0).
+fn slot_header(i: u32) -> [u8; 24] {
+    let mut h = [0u8; 24];
+    h[0..8].copy_from_slice(SLOT_MAGIC);
+    h[8..12].copy_from_slice(&i.to_le_bytes());
+    let check = fnv64(&h[0..16]);
+    h[16..24].copy_from_slice(&check.to_le_bytes());
+    h
+}
+
 fn le_u32(b: &[u8], at: usize) -> Option<u32> {
     Some(u32::from_le_bytes(b.get(at..at + 4)?.try_into().ok()?))
 }
@@ -391,12 +402,7 @@ impl RequestSlots {
         fcntl(&file, FcntlArg::F_ADD_SEALS(SealFlag::F_SEAL_SHRINK))?;
         file.write_all_at(&geo.encode(), 0)?;
         for i in 0..geo.slots {
-            let mut h = [0u8; SLOT_HEADER];
-            h[0..8].copy_from_slice(SLOT_MAGIC);
-            h[8..12].copy_from_slice(&i.to_le_bytes());
-            let check = fnv64(&h[0..16]);
-            h[16..24].copy_from_slice(&check.to_le_bytes());
-            file.write_all_at(&h, geo.slot_offset(i))?;
+            file.write_all_at(&slot_header(i), geo.slot_offset(i))?;
         }
         Ok(RequestSlots { file, geo })
     }
@@ -569,10 +575,7 @@ pub mod fuzzing {
         v[..FILE_HEADER].copy_from_slice(&geo.encode());
         for i in 0..geo.slots {
             let at = geo.slot_offset(i) as usize;
-            v[at..at + 8].copy_from_slice(SLOT_MAGIC);
-            v[at + 8..at + 12].copy_from_slice(&i.to_le_bytes());
-            let c = fnv64(&v[at..at + 16]);
-            v[at + 16..at + 24].copy_from_slice(&c.to_le_bytes());
+            v[at..at + 24].copy_from_slice(&slot_header(i));
         }
         v
     }
@@ -649,10 +652,7 @@ mod tests {
         v[..FILE_HEADER].copy_from_slice(&geo.encode());
         for i in 0..slots {
             let at = geo.slot_offset(i) as usize;
-            v[at..at + 8].copy_from_slice(SLOT_MAGIC);
-            v[at + 8..at + 12].copy_from_slice(&i.to_le_bytes());
-            let c = fnv64(&v[at..at + 16]);
-            v[at + 16..at + 24].copy_from_slice(&c.to_le_bytes());
+            v[at..at + 24].copy_from_slice(&slot_header(i));
         }
         (geo, v)
     }
@@ -725,10 +725,7 @@ mod tests {
         v[..FILE_HEADER].copy_from_slice(&geo.encode());
         for i in 0..geo.slots {
             let at = geo.slot_offset(i) as usize;
-            v[at..at + 8].copy_from_slice(SLOT_MAGIC);
-            v[at + 8..at + 12].copy_from_slice(&i.to_le_bytes());
-            let c = fnv64(&v[at..at + 16]);
-            v[at + 16..at + 24].copy_from_slice(&c.to_le_bytes());
+            v[at..at + 24].copy_from_slice(&slot_header(i));
             put_request(&mut v, &geo, i, 2 + 2 * u64::from(i), data as u32);
         }
         let s = scan_slots(&v[..]).unwrap();

@@ -481,10 +481,11 @@ fn checkpoint<F: Precopy>(
     Ok(encode_checked(&cp)?)
 }
 
-/// One [`Entry`], encoded: what changed since the last.
+/// One [`Entry`], encoded: what changed since the last. The reply is borrowed: a
+/// reference encodes as the value it points to, so the bytes are an `Entry`'s.
 fn round<F: Precopy>(
     session: &Session<F>,
-    reply: Option<(u64, Vec<u8>)>,
+    reply: Option<&(u64, Vec<u8>)>,
 ) -> Result<Vec<u8>, RecoveryError> {
     let tables = session
         .journal_changes()
@@ -496,8 +497,7 @@ fn round<F: Precopy>(
         .ok_or(RecoveryError::NotReady(
             "the filesystem takes no pre-copy rounds",
         ))?;
-    let entry: Entry<F> = (tables, fs, reply);
-    Ok(encode_checked(&entry)?)
+    Ok(encode_checked(&(tables, fs, reply))?)
 }
 
 fn append<F: Precopy>(
@@ -508,7 +508,7 @@ fn append<F: Precopy>(
         .session
         .upgrade()
         .ok_or(RecoveryError::NotReady("the session is gone"))?;
-    let payload = round::<F>(&session, reply.clone())?;
+    let payload = round::<F>(&session, reply.as_ref())?;
     let appended = live.journal.append(&Record::FsChange(&payload[..]))?;
     if let Some((unique, _)) = &reply {
         log::trace!(
