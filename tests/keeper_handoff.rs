@@ -92,8 +92,9 @@ struct Run {
 
 impl Run {
     /// Starts the keeper (with `fault` as `FUSE_LIVE_FAULT` for every daemon it
-    /// starts) and the workers, once the mount serves.
-    fn start(tag: &str, fault: Option<&str>) -> Run {
+    /// starts, and `extra` appended to memfs's arguments) and the workers, once
+    /// the mount serves.
+    fn start(tag: &str, fault: Option<&str>, extra: &[&str]) -> Run {
         let dir = common::temp_dir(tag);
         let mnt = dir.join("mnt");
         std::fs::create_dir(&mnt).expect("mountpoint");
@@ -105,6 +106,7 @@ impl Run {
             .arg(&mnt)
             .args(["--threads", "2", "--upgrade-socket"])
             .arg(dir.join("upgrade.sock"))
+            .args(extra)
             .env(
                 "RUST_LOG",
                 std::env::var("HANDOFF_RUST_LOG").unwrap_or_else(|_| "warn".into()),
@@ -258,10 +260,28 @@ fn live_upgrades_and_sigkills_interleaved_under_the_keeper() {
     {
         return;
     }
+    upgrades_and_sigkills("khandoff", &[]);
+}
+
+/// The same with memfs `--no-resend` (the path of kernels without
+/// `NOTIFY_RESEND`): the request slots are handed from each daemon to its
+/// successor in a live upgrade and answered from after each SIGKILL, so the
+/// upgrades and the recoveries share one memfd of slots.
+#[test]
+fn live_upgrades_and_sigkills_interleaved_without_resend() {
+    if std::env::var_os(WORKER_ENV).is_some()
+        || !common::can_mount("live_upgrades_and_sigkills_interleaved_without_resend")
+    {
+        return;
+    }
+    upgrades_and_sigkills("knoresend", &["--no-resend"]);
+}
+
+fn upgrades_and_sigkills(tag: &str, extra: &[&str]) {
     let seed = common::time_seed();
-    eprintln!("keeper handoff test: {UPGRADES} upgrades, {KILLS} kills, seed {seed}");
+    eprintln!("keeper handoff test {extra:?}: {UPGRADES} upgrades, {KILLS} kills, seed {seed}");
     let mut rng = common::Rng(seed);
-    let mut run = Run::start("khandoff", None);
+    let mut run = Run::start(tag, None, extra);
     let mut daemons = BTreeSet::new();
     let (mut upgrades, mut kills) = (0, 0);
     while upgrades < UPGRADES || kills < KILLS {
@@ -295,9 +315,23 @@ fn live_upgrades_and_sigkills_interleaved_under_the_keeper() {
         handed, UPGRADES as usize,
         "every upgrade was a handover:\n{log}"
     );
+    if extra.contains(&"--no-resend") {
+        // Each recovery answered from the slots, none through NOTIFY_RESEND.
+        let by_slots = log
+            .lines()
+            .filter(|l| {
+                l.contains("memfs: requests in flight at the crash") && l.contains("how: Slots")
+            })
+            .count();
+        assert_eq!(
+            by_slots, KILLS as usize,
+            "every recovery used the slots:\n{log}"
+        );
+        assert!(!log.contains("how: Resent"), "no resend asked for:\n{log}");
+    }
     eprintln!(
-        "keeper handoff test: {UPGRADES} live upgrades and {KILLS} SIGKILLs, {total} operations \
-         by {WORKERS} workers, 0 failed"
+        "keeper handoff test {extra:?}: {UPGRADES} live upgrades and {KILLS} SIGKILLs, {total} \
+         operations by {WORKERS} workers, 0 failed"
     );
     run.stop_keeper();
 }
@@ -313,7 +347,7 @@ fn a_crash_at_each_handoff_step_recovers() {
         return;
     }
     for step in OLD_STEPS.iter().chain(NEW_STEPS) {
-        let mut run = Run::start("kfault", Some(step));
+        let mut run = Run::start("kfault", Some(step), &[]);
         // Some work before the upgrade.
         std::thread::sleep(Duration::from_millis(200));
         run.check_workers();
@@ -421,7 +455,7 @@ fn sigterm_during_a_live_upgrade_unmounts_cleanly() {
         return;
     }
     for delay_ms in [0u64, 1, 3, 10, 30] {
-        let mut run = Run::start("kstop", None);
+        let mut run = Run::start("kstop", None, &[]);
         // No workload: an unmount under a running program would fail its calls.
         run.finish_workers();
         std::fs::write(run.guard.mnt.join("kept"), b"x").expect("write");
