@@ -33,7 +33,12 @@
 # format (RESULT lines from fsbench, `#` notes with the command, the load average
 # and, for ours, the transport that served: io_uring when fuse-uring-* threads
 # exist); $OUT/env.txt; $OUT/summary.md (the peers' summarize.py, one table per
-# set, a row per configuration and round). The summary is also printed.
+# set, a row per configuration and round). The summary is also printed on stdout;
+# progress goes to stderr. With the defaults a round takes about 15-20 minutes
+# (QUICK=1: about 2 minutes after the builds). In the pinned set ours_uring's queue
+# threads still pin themselves to their own CPUs; the driver's requests all go to
+# CPU 0's queue (docs/bench/2026-12-06-serving-io-uring.md), and ours_auto sees one
+# usable CPU and serves through /dev/fuse.
 set -u
 if [ "${QUICK:-0}" = 1 ]; then
   ROUNDS=1; REPS=1; SECS=1
@@ -106,7 +111,7 @@ uring=$(cat "$PARAM" 2>/dev/null || echo "absent")
   echo "# repository $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null)$(git -C "$ROOT" diff --quiet 2>/dev/null || echo ' (with local changes)'), benchfs sha256 $(sha256sum "$OURS" | cut -c1-16)"
   echo "# loadavg at start: $(cut -d' ' -f1-3 /proc/loadavg)"
   grep -m1 "model name" /proc/cpuinfo
-} | tee "$OUT/env.txt"
+} | tee "$OUT/env.txt" >&2
 
 # --- one configuration -----------------------------------------------------------
 # run LABEL PIN EXTRA ONLY -- COMMAND...: mounts, runs fsbench, unmounts; appends to
