@@ -27,7 +27,11 @@
 //!   offers it (module parameter `enable_uring`) and more than one CPU is usable,
 //!   else `/dev/fuse` (`RUST_LOG=debug` says which and why); `dev-fuse` is `--mt`
 //!   workers reading `/dev/fuse`; `io-uring` is the same as `--uring`. The last
-//!   of these flags wins; an unknown value exits 2.
+//!   of these flags wins; an unknown value exits 2. The environment variable
+//!   `BENCHFS_TRANSPORT=auto|dev-fuse|io-uring` sets the default instead, so that
+//!   the peers' `run_all.sh`, which passes every peer the same flags, can run each
+//!   transport (`BENCHFS_TRANSPORT=dev-fuse` for the `/dev/fuse` rows measured
+//!   before `auto` became the default);
 //! - `--uring` (or the environment variable `BENCHFS_URING=1`, so that the peers'
 //!   `run_all.sh` can run it unchanged; a `--transport` flag overrides it): serve
 //!   through fuse-over-io_uring
@@ -376,9 +380,22 @@ struct Args {
     max_read: u32,
 }
 
-/// Parses the arguments after the program name; `uring_env` is whether
-/// `BENCHFS_URING=1` is set (io_uring unless a `--transport` flag says otherwise).
-fn parse_args(args: &[String], uring_env: bool) -> std::result::Result<Args, String> {
+/// The transport when no flag names one: `BENCHFS_TRANSPORT` (`transport_env`), else
+/// io_uring if `BENCHFS_URING=1` (`uring_env`), else `auto`.
+fn default_transport(
+    uring_env: bool,
+    transport_env: Option<&str>,
+) -> std::result::Result<TransportKind, String> {
+    match transport_env {
+        Some(v) => v.parse().map_err(|e| format!("BENCHFS_TRANSPORT: {e}")),
+        None if uring_env => Ok(TransportKind::IoUring),
+        None => Ok(TransportKind::Auto),
+    }
+}
+
+/// Parses the arguments after the program name, with `transport` unless a flag
+/// names another.
+fn parse_args(args: &[String], transport: TransportKind) -> std::result::Result<Args, String> {
     if args.len() < 2 {
         return Err("MOUNTPOINT and TIMEOUT are needed".into());
     }
@@ -393,11 +410,7 @@ fn parse_args(args: &[String], uring_env: bool) -> std::result::Result<Args, Str
         timeout,
         threads: 1,
         stats: false,
-        transport: if uring_env {
-            TransportKind::IoUring
-        } else {
-            TransportKind::Auto
-        },
+        transport,
         open_flags: FopenFlags::EMPTY,
         max_read: 1 << 20,
     };
@@ -473,6 +486,7 @@ fn main() {
     init_logging();
     let args: Vec<String> = std::env::args().skip(1).collect();
     let uring_env = std::env::var_os("BENCHFS_URING").is_some_and(|v| v == "1");
+    let transport_env = std::env::var("BENCHFS_TRANSPORT").ok();
     let Args {
         mountpoint,
         timeout,
@@ -481,7 +495,9 @@ fn main() {
         transport,
         open_flags,
         max_read,
-    } = match parse_args(&args, uring_env) {
+    } = match default_transport(uring_env, transport_env.as_deref())
+        .and_then(|t| parse_args(&args, t))
+    {
         Ok(a) => a,
         Err(e) => {
             eprintln!("benchfs: {e}\n{USAGE}");
@@ -562,7 +578,30 @@ mod tests {
 
     fn parse(v: &[&str], uring_env: bool) -> std::result::Result<Args, String> {
         let v: Vec<String> = v.iter().map(|s| s.to_string()).collect();
-        parse_args(&v, uring_env)
+        parse_args(&v, default_transport(uring_env, None)?)
+    }
+
+    #[test]
+    fn transport_from_the_environment() {
+        assert_eq!(default_transport(false, None), Ok(TransportKind::Auto));
+        assert_eq!(default_transport(true, None), Ok(TransportKind::IoUring));
+        assert_eq!(
+            default_transport(true, Some("dev-fuse")),
+            Ok(TransportKind::DevFuse)
+        );
+        assert_eq!(
+            default_transport(false, Some("io-uring")),
+            Ok(TransportKind::IoUring)
+        );
+        let e = default_transport(false, Some("uring")).unwrap_err();
+        assert!(
+            e.contains("BENCHFS_TRANSPORT") && e.contains("unknown transport"),
+            "{e}"
+        );
+        // A flag still wins.
+        let v: Vec<String> = ["/m", "0", "--transport=auto"].map(String::from).to_vec();
+        let t = default_transport(false, Some("dev-fuse")).unwrap();
+        assert_eq!(parse_args(&v, t).unwrap().transport, TransportKind::Auto);
     }
 
     #[test]

@@ -193,4 +193,16 @@ fn an_unknown_transport_is_a_usage_error() {
             assert!(!common::is_fuse_mounted(&nowhere));
         }
     }
+    // benchfs's default from the environment (for the peers' run_all.sh).
+    let out = Command::new(common::example_binary("benchfs"))
+        .args(Daemon::Benchfs.args(&nowhere, &nowhere, &[]))
+        .env("BENCHFS_TRANSPORT", "uring")
+        .output()
+        .expect("run benchfs");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("BENCHFS_TRANSPORT") && err.contains("unknown transport"),
+        "{err}"
+    );
 }
