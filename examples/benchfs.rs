@@ -3,7 +3,7 @@
 //! that the three libraries are measured on identical work.
 //!
 //! ```text
-//! benchfs MOUNTPOINT TIMEOUT [--mt[=N]] [--transport=auto|dev-fuse|io-uring] [--uring] [--direct-io] [--keep-cache] [--max-read=BYTES] [--stats]
+//! benchfs MOUNTPOINT TIMEOUT [--mt[=N]] [--transport[=]auto|dev-fuse|io-uring] [--uring] [--direct-io] [--keep-cache] [--max-read=BYTES] [--stats]
 //! ```
 //!
 //! The tree (content generated, never stored: the byte at offset `o` is `o % 251`):
@@ -22,18 +22,28 @@
 //! - READ: zero-copy, a slice of one page-aligned pattern buffer lent to the reply;
 //! - FORGET ignored (inodes are static), STATFS answered;
 //! - `--mt[=N]`: N worker threads (4 with plain `--mt`), else one;
-//! - `--transport=auto|dev-fuse|io-uring` (default `dev-fuse`, so that figures stay
-//!   comparable): `auto` is `Server::spawn_with(TransportKind::Auto)` — io_uring
-//!   where the kernel offers it and more than one CPU is usable, else `/dev/fuse`
-//!   (`RUST_LOG=debug` says which and why); `io-uring` is the same as `--uring`:
+//! - `--transport auto|dev-fuse|io-uring` (or `--transport=...`; default `auto`):
+//!   `auto` is `Server::spawn_with(TransportKind::Auto)` — io_uring where the kernel
+//!   offers it (module parameter `enable_uring`) and more than one CPU is usable,
+//!   else `/dev/fuse` (`RUST_LOG=debug` says which and why); `dev-fuse` is `--mt`
+//!   workers reading `/dev/fuse`; `io-uring` is the same as `--uring`. The last
+//!   of these flags wins; an unknown value exits 2. The environment variable
+//!   `BENCHFS_TRANSPORT=auto|dev-fuse|io-uring` sets the default instead, so that
+//!   the peers' `run_all.sh`, which passes every peer the same flags, can run each
+//!   transport (`BENCHFS_TRANSPORT=dev-fuse` for the `/dev/fuse` rows measured
+//!   before `auto` became the default);
 //! - `--uring` (or the environment variable `BENCHFS_URING=1`, so that the peers'
-//!   `run_all.sh` can run it unchanged): serve through fuse-over-io_uring
+//!   `run_all.sh` can run it unchanged; a `--transport` flag overrides it): serve
+//!   through fuse-over-io_uring
 //!   (`Server::spawn_uring`): one thread and ring per CPU, each pinned to its CPU,
 //!   plus one `/dev/fuse` reader for FORGET and INTERRUPT. Fails with a clear error
 //!   if the kernel does not offer it (module parameter `enable_uring`). `--mt=N`
 //!   changes nothing then: there is one queue thread per CPU in either case;
 //!   `BENCHFS_URING_DEPTH=N` sets the entries per queue (default 2);
 //! - `--stats`: request counters on stderr at exit, in the peers' format.
+//!
+//! Logging goes to stderr; `RUST_LOG=error|warn|info|debug|trace` sets the level
+//! (default `warn`).
 //!
 //! Prints `ready MOUNTPOINT` on stdout once the mount serves; exits 0 when unmounted
 //! (`umount MOUNTPOINT`) or on SIGINT/SIGTERM (then it unmounts itself).
@@ -44,7 +54,7 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, UNIX_EPOCH};
 
 use fuse_session::dev::MountOptions;
-use fuse_session::serve::{Server, TransportKind, UringOptions};
+use fuse_session::serve::{Backend, Server, TransportKind, UringOptions};
 use fuse_session::wire::{FopenFlags, InitFlags};
 use fuse_session::{
     AttrReply, DirEntries, Entry, Errno, FileAttr, FileType, Filesystem, InitWishes, Opened,
@@ -354,68 +364,146 @@ impl Filesystem for BenchFs {
     }
 }
 
-fn usage() -> ! {
-    eprintln!(
-        "usage: benchfs MOUNTPOINT TIMEOUT [--mt[=N]] [--transport=auto|dev-fuse|io-uring] \
-         [--uring] [--direct-io] [--keep-cache] [--max-read=BYTES] [--stats]"
-    );
-    std::process::exit(2)
+const USAGE: &str = "usage: benchfs MOUNTPOINT TIMEOUT [--mt[=N]] \
+     [--transport[=]auto|dev-fuse|io-uring] [--uring] [--direct-io] [--keep-cache] \
+     [--max-read=BYTES] [--stats]";
+
+/// The parsed command line.
+#[derive(Debug, PartialEq)]
+struct Args {
+    mountpoint: std::path::PathBuf,
+    timeout: f64,
+    threads: usize,
+    stats: bool,
+    transport: TransportKind,
+    open_flags: FopenFlags,
+    max_read: u32,
 }
 
-fn main() {
-    // Before any thread starts and before `ready` is printed: a SIGTERM sent right
-    // after `ready` must reach run_until_signal, not the default action.
-    fuse_session::serve::block_termination_signals();
-    let args: Vec<String> = std::env::args().skip(1).collect();
+/// The transport when no flag names one: `BENCHFS_TRANSPORT` (`transport_env`), else
+/// io_uring if `BENCHFS_URING=1` (`uring_env`), else `auto`.
+fn default_transport(
+    uring_env: bool,
+    transport_env: Option<&str>,
+) -> std::result::Result<TransportKind, String> {
+    match transport_env {
+        Some(v) => v.parse().map_err(|e| format!("BENCHFS_TRANSPORT: {e}")),
+        None if uring_env => Ok(TransportKind::IoUring),
+        None => Ok(TransportKind::Auto),
+    }
+}
+
+/// Parses the arguments after the program name, with `transport` unless a flag
+/// names another.
+fn parse_args(args: &[String], transport: TransportKind) -> std::result::Result<Args, String> {
     if args.len() < 2 {
-        usage();
+        return Err("MOUNTPOINT and TIMEOUT are needed".into());
     }
     let mountpoint = std::path::PathBuf::from(&args[0]);
     let timeout: f64 = args[1]
         .parse()
         .ok()
         .filter(|t: &f64| t.is_finite() && *t >= 0.0)
-        .unwrap_or_else(|| usage());
-    let (mut threads, mut stats) = (1usize, false);
-    let mut uring = std::env::var_os("BENCHFS_URING").is_some_and(|v| v == "1");
-    let mut transport = TransportKind::DevFuse;
-    let mut open_flags = FopenFlags::EMPTY;
-    let mut max_read: u32 = 1 << 20;
-    for a in &args[2..] {
-        match a.as_str() {
-            "--mt" => threads = 4,
+        .ok_or(format!("bad TIMEOUT {:?}", args[1]))?;
+    let mut a = Args {
+        mountpoint,
+        timeout,
+        threads: 1,
+        stats: false,
+        transport,
+        open_flags: FopenFlags::EMPTY,
+        max_read: 1 << 20,
+    };
+    let mut it = args[2..].iter();
+    while let Some(arg) = it.next() {
+        match arg.as_str() {
+            "--mt" => a.threads = 4,
             s if s.starts_with("--mt=") => {
-                threads = s[5..]
+                a.threads = s[5..]
                     .parse()
                     .ok()
                     .filter(|&n| n > 0)
-                    .unwrap_or_else(|| usage())
+                    .ok_or(format!("bad {s:?}"))?
             }
-            "--direct-io" => open_flags |= FopenFlags::DIRECT_IO,
-            "--keep-cache" => open_flags |= FopenFlags::KEEP_CACHE,
-            "--stats" => stats = true,
-            "--uring" => uring = true,
-            s if s.starts_with("--transport=") => match s[12..].parse::<TransportKind>() {
-                Ok(TransportKind::IoUring) => uring = true,
-                Ok(k) => {
-                    uring = false;
-                    transport = k;
-                }
-                Err(e) => {
-                    eprintln!("benchfs: {e}");
-                    usage()
-                }
-            },
+            "--direct-io" => a.open_flags |= FopenFlags::DIRECT_IO,
+            "--keep-cache" => a.open_flags |= FopenFlags::KEEP_CACHE,
+            "--stats" => a.stats = true,
+            "--uring" => a.transport = TransportKind::IoUring,
+            "--transport" => a.transport = it.next().ok_or("--transport needs a value")?.parse()?,
+            s if s.starts_with("--transport=") => a.transport = s[12..].parse()?,
             s if s.starts_with("--max-read=") => {
-                max_read = s[11..]
+                a.max_read = s[11..]
                     .parse()
                     .ok()
                     .filter(|&n| n > 0)
-                    .unwrap_or_else(|| usage())
+                    .ok_or(format!("bad {s:?}"))?
             }
-            _ => usage(),
+            s => return Err(format!("unknown argument {s:?}")),
         }
     }
+    Ok(a)
+}
+
+/// A minimal `log` backend: level from `RUST_LOG`, lines to stderr.
+struct StderrLogger;
+
+impl log::Log for StderrLogger {
+    fn enabled(&self, m: &log::Metadata<'_>) -> bool {
+        m.level() <= log::max_level()
+    }
+
+    fn log(&self, r: &log::Record<'_>) {
+        if self.enabled(r.metadata()) {
+            eprintln!("benchfs {} {}: {}", r.level(), r.target(), r.args());
+        }
+    }
+
+    fn flush(&self) {}
+}
+
+fn init_logging() {
+    let level = match std::env::var("RUST_LOG")
+        .unwrap_or_default()
+        .to_ascii_lowercase()
+        .as_str()
+    {
+        "off" => log::LevelFilter::Off,
+        "error" => log::LevelFilter::Error,
+        "info" => log::LevelFilter::Info,
+        "debug" => log::LevelFilter::Debug,
+        "trace" => log::LevelFilter::Trace,
+        _ => log::LevelFilter::Warn,
+    };
+    if log::set_logger(&StderrLogger).is_ok() {
+        log::set_max_level(level);
+    }
+}
+
+fn main() {
+    // Before any thread starts and before `ready` is printed: a SIGTERM sent right
+    // after `ready` must reach run_until_signal, not the default action.
+    fuse_session::serve::block_termination_signals();
+    init_logging();
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let uring_env = std::env::var_os("BENCHFS_URING").is_some_and(|v| v == "1");
+    let transport_env = std::env::var("BENCHFS_TRANSPORT").ok();
+    let Args {
+        mountpoint,
+        timeout,
+        threads,
+        stats,
+        transport,
+        open_flags,
+        max_read,
+    } = match default_transport(uring_env, transport_env.as_deref())
+        .and_then(|t| parse_args(&args, t))
+    {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("benchfs: {e}\n{USAGE}");
+            std::process::exit(2)
+        }
+    };
     let fs = BenchFs::new(
         Duration::from_secs_f64(timeout),
         open_flags,
@@ -429,7 +517,8 @@ fn main() {
         .max_read(fs.max_read);
     let result = Server::mount(fs, &mountpoint, &opts)
         .and_then(|server| {
-            if uring {
+            if transport == TransportKind::IoUring {
+                log::debug!("transport: io_uring (asked for)");
                 let mut o = UringOptions::default();
                 o.required = true;
                 if let Some(d) = std::env::var("BENCHFS_URING_DEPTH")
@@ -463,7 +552,7 @@ fn main() {
             println!("ready {}", mountpoint.display());
             let _ = std::io::stdout().flush();
             let r = running.run_until_signal();
-            if stats && uring {
+            if stats && matches!(running.backend(), Backend::Uring { .. }) {
                 eprintln!(
                     "benchfs: {} requests served from io_uring entries",
                     running.ring_requests()
@@ -480,5 +569,106 @@ fn main() {
     if let Err(e) = result {
         eprintln!("benchfs: {e}");
         std::process::exit(1);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(v: &[&str], uring_env: bool) -> std::result::Result<Args, String> {
+        let v: Vec<String> = v.iter().map(|s| s.to_string()).collect();
+        parse_args(&v, default_transport(uring_env, None)?)
+    }
+
+    #[test]
+    fn transport_from_the_environment() {
+        assert_eq!(default_transport(false, None), Ok(TransportKind::Auto));
+        assert_eq!(default_transport(true, None), Ok(TransportKind::IoUring));
+        assert_eq!(
+            default_transport(true, Some("dev-fuse")),
+            Ok(TransportKind::DevFuse)
+        );
+        assert_eq!(
+            default_transport(false, Some("io-uring")),
+            Ok(TransportKind::IoUring)
+        );
+        let e = default_transport(false, Some("uring")).unwrap_err();
+        assert!(
+            e.contains("BENCHFS_TRANSPORT") && e.contains("unknown transport"),
+            "{e}"
+        );
+        // A flag still wins.
+        let v: Vec<String> = ["/m", "0", "--transport=auto"].map(String::from).to_vec();
+        let t = default_transport(false, Some("dev-fuse")).unwrap();
+        assert_eq!(parse_args(&v, t).unwrap().transport, TransportKind::Auto);
+    }
+
+    #[test]
+    fn transport_flag() {
+        assert_eq!(
+            parse(&["/m", "0"], false).unwrap().transport,
+            TransportKind::Auto
+        );
+        assert_eq!(
+            parse(&["/m", "0"], true).unwrap().transport,
+            TransportKind::IoUring
+        );
+        for (args, want) in [
+            (&["--transport", "auto"][..], TransportKind::Auto),
+            (&["--transport=dev-fuse"], TransportKind::DevFuse),
+            (&["--transport", "io-uring"], TransportKind::IoUring),
+            (&["--uring"], TransportKind::IoUring),
+            (&["--uring", "--transport=dev-fuse"], TransportKind::DevFuse),
+            (&["--transport=auto", "--uring"], TransportKind::IoUring),
+        ] {
+            let mut all = vec!["/m", "0"];
+            all.extend_from_slice(args);
+            assert_eq!(parse(&all, false).unwrap().transport, want, "{args:?}");
+        }
+        // A flag overrides BENCHFS_URING=1.
+        let a = parse(&["/m", "0", "--transport", "dev-fuse"], true).unwrap();
+        assert_eq!(a.transport, TransportKind::DevFuse);
+        for bad in ["uring", "", "AUTO", "dev_fuse"] {
+            let e = parse(&["/m", "0", "--transport", bad], false).unwrap_err();
+            assert!(e.contains("unknown transport"), "{bad:?}: {e}");
+            let inline = format!("--transport={bad}");
+            assert!(parse(&["/m", "0", &inline], false).is_err(), "{inline}");
+        }
+        assert!(parse(&["/m", "0", "--transport"], false)
+            .unwrap_err()
+            .contains("needs a value"));
+    }
+
+    #[test]
+    fn other_arguments() {
+        let a = parse(
+            &[
+                "/m",
+                "0.5",
+                "--mt=3",
+                "--direct-io",
+                "--max-read=4096",
+                "--stats",
+            ],
+            false,
+        )
+        .unwrap();
+        assert_eq!(
+            (a.timeout, a.threads, a.max_read, a.stats),
+            (0.5, 3, 4096, true)
+        );
+        assert_eq!(a.open_flags, FopenFlags::DIRECT_IO);
+        assert_eq!(parse(&["/m", "0", "--mt"], false).unwrap().threads, 4);
+        for bad in [
+            &["/m"][..],
+            &["/m", "-1"],
+            &["/m", "x"],
+            &["/m", "0", "--mt=0"],
+            &["/m", "0", "--max-read=0"],
+            &["/m", "0", "--bogus"],
+        ] {
+            assert!(parse(bad, false).is_err(), "{bad:?}");
+        }
     }
 }

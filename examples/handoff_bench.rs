@@ -3,6 +3,7 @@
 //!
 //! ```text
 //! cargo run --release --example handoff_bench -- [FILES] [HANDOFFS] [--svg PATH]
+//!         [--transport auto|dev-fuse|io-uring]
 //! ```
 //!
 //! Mounts memfs (a daemon process: this program run again with a hidden flag) with
@@ -17,6 +18,13 @@
 //! With `--svg PATH`, also writes a timeline of every client operation's latency
 //! with the handoffs marked (each window, and its pause placed where the new
 //! process reported ready) to PATH (`docs/bench/handoff-timeline.svg`).
+//!
+//! `--transport` picks how the first daemon serves (default `dev-fuse`, what the
+//! figures so far were measured with), through `TransportKind::restartable`, as a
+//! daemon that hands its mount off does: `auto` becomes the transport a live
+//! handoff can keep, and a transport that cannot be handed off (`io-uring`, until
+//! the library hands io_uring mounts over) stops the benchmark before anything is
+//! mounted, with the library's reason and exit code 1.
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::os::unix::fs::FileExt;
@@ -29,7 +37,7 @@ use std::time::{Duration, Instant};
 use fuse_live_testkit::{chart, field, spawn_with_lines, stop_process, wait_exit};
 use fuse_session::dev::fusectl::{self, Watchdog};
 use fuse_session::dev::MountOptions;
-use fuse_session::serve::{Running, Server};
+use fuse_session::serve::{Running, Server, TransportKind};
 use fuse_snapshot::handoff::{self, HandoffOptions, UpgradeListener};
 
 // memfs's own modules (the memfs workspace crate).
@@ -43,28 +51,42 @@ fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let r = match args.as_slice() {
-        ["--daemon", mnt, sock] => daemon(Some(Path::new(mnt)), Path::new(sock)),
+        ["--daemon", mnt, sock, kind] => match kind.parse() {
+            Ok(kind) => daemon(Some((Path::new(mnt), kind)), Path::new(sock)),
+            Err(e) => Err(e.into()),
+        },
         ["--takeover", sock] => daemon(None, Path::new(sock)),
         rest => {
             let mut svg = None;
+            let mut transport = Ok(TransportKind::DevFuse);
             let mut plain = Vec::new();
             let mut it = rest.iter();
             while let Some(a) = it.next() {
                 if *a == "--svg" {
                     svg = it.next().map(PathBuf::from);
+                } else if *a == "--transport" {
+                    transport = it
+                        .next()
+                        .ok_or_else(|| "--transport needs a value".to_owned())
+                        .and_then(|v| v.parse::<TransportKind>());
+                } else if let Some(v) = a.strip_prefix("--transport=") {
+                    transport = v.parse();
                 } else {
                     plain.push(*a);
                 }
             }
-            match (rest.contains(&"--svg"), &svg) {
-                (true, None) => Err("--svg needs a path".into()),
-                _ => {
+            // As a daemon that hands its mount off decides, before mounting.
+            let kind = transport.and_then(|t| t.restartable("live handoff (handoff_bench)"));
+            match (rest.contains(&"--svg"), &svg, kind) {
+                (true, None, _) => Err("--svg needs a path".into()),
+                (_, _, Err(e)) => Err(e.into()),
+                (_, _, Ok(kind)) => {
                     let files = plain
                         .first()
                         .and_then(|s| s.parse().ok())
                         .unwrap_or(100_000);
                     let handoffs = plain.get(1).and_then(|s| s.parse().ok()).unwrap_or(5);
-                    bench(files, handoffs, svg.as_deref())
+                    bench(files, handoffs, svg.as_deref(), kind)
                 }
             }
         }
@@ -78,13 +100,14 @@ fn main() -> ExitCode {
     }
 }
 
-/// The daemon: as the demo's, with a one-hour TTL.
-fn daemon(mnt: Option<&Path>, sock: &Path) -> Res<()> {
+/// The daemon: as the demo's, with a one-hour TTL; the first one (`mnt` given)
+/// serves through the transport given with it.
+fn daemon(mnt: Option<(&Path, TransportKind)>, sock: &Path) -> Res<()> {
     handoff::block_upgrade_signals();
     let options = HandoffOptions::new().threads(2);
     let mut out = std::io::stdout().lock();
     let (running, listener): (Running<MemFs>, _) = match mnt {
-        Some(mnt) => {
+        Some((mnt, kind)) => {
             let listener = UpgradeListener::bind(sock)?;
             let config = fs::Config {
                 ttl: Duration::from_secs(3600),
@@ -92,7 +115,7 @@ fn daemon(mnt: Option<&Path>, sock: &Path) -> Res<()> {
             // 8 GiB: room for 2M inodes (memfs allows one per 4 KiB of capacity).
             let fs = MemFs::new(0, 0, 1 << 33, config);
             let opts = MountOptions::new().fsname("memfs").subtype("memfs");
-            let running = Server::mount(fs, mnt, &opts)?.spawn(2)?;
+            let running = Server::mount(fs, mnt, &opts)?.spawn_with(kind, 2)?;
             writeln!(out, "ready")?;
             (running, listener)
         }
@@ -198,7 +221,7 @@ fn client(mnt: PathBuf, id: usize, stop: Arc<AtomicBool>, samples: Samples) -> u
     failed
 }
 
-fn bench(files: usize, handoffs: usize, svg: Option<&Path>) -> Res<()> {
+fn bench(files: usize, handoffs: usize, svg: Option<&Path>, kind: TransportKind) -> Res<()> {
     if !nix::unistd::geteuid().is_root() {
         return Err("needs root and /dev/fuse".into());
     }
@@ -213,8 +236,14 @@ fn bench(files: usize, handoffs: usize, svg: Option<&Path>) -> Res<()> {
         watchdog: Some(Watchdog::arm(&mnt, None, Duration::from_secs(900))?),
     };
     let sock = dir.join("upgrade.sock");
+    let kind = match kind {
+        TransportKind::Auto => "auto",
+        TransportKind::IoUring => "io-uring",
+        _ => "dev-fuse",
+    };
+    println!("transport: {kind}");
     let (d, rx) = spawn(
-        &[Path::new("--daemon"), &mnt, &sock],
+        &[Path::new("--daemon"), &mnt, &sock, Path::new(kind)],
         &dir.join("daemon-0.log"),
     )?;
     c.daemon = Some(d);

@@ -2,7 +2,7 @@
 //! the applications on its mount.
 //!
 //! ```text
-//! cargo run --release --example recovery_bench -- [FILES] [KILLS]
+//! cargo run --release --example recovery_bench -- [FILES] [KILLS] [--transport auto|dev-fuse|io-uring]
 //! ```
 //!
 //! Runs memfs under `fuse-live-keeper` (both built by this program, in its own
@@ -25,6 +25,11 @@
 //! prints its usage (`start`): the part of `ready` that is process start, not
 //! recovery. Any failed client operation is counted and makes the run fail.
 //! Needs root and `/dev/fuse`.
+//!
+//! `--transport` is passed to memfs (default `dev-fuse`, what the figures so far
+//! were measured with). A transport the library cannot recover after a crash
+//! (`io-uring`, until it can: `TransportKind::restartable` decides) stops the
+//! benchmark before anything starts, with the library's reason and exit code 1.
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader};
 use std::os::unix::fs::FileExt;
@@ -36,6 +41,7 @@ use std::time::{Duration, Instant};
 
 use fuse_live_testkit::children;
 use fuse_session::dev::fusectl::{self, Watchdog};
+use fuse_session::serve::TransportKind;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
@@ -45,7 +51,14 @@ type Res<T> = Result<T, Box<dyn std::error::Error>>;
 const PATIENCE: Duration = Duration::from_secs(120);
 
 fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
+    let mut args: Vec<String> = std::env::args().skip(1).collect();
+    let transport = match take_transport(&mut args) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("recovery_bench: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     let parse = |i: usize, default: usize| -> Result<usize, String> {
         args.get(i).map_or(Ok(default), |s| {
             s.parse()
@@ -53,7 +66,7 @@ fn main() -> ExitCode {
         })
     };
     let r = match (parse(0, 100_000), parse(1, 5)) {
-        (Ok(files), Ok(kills)) if args.len() <= 2 => bench(files, kills),
+        (Ok(files), Ok(kills)) if args.len() <= 2 => bench(files, kills, transport),
         (Err(e), _) | (_, Err(e)) => Err(e.into()),
         _ => Err("usage: recovery_bench [FILES] [KILLS]".into()),
     };
@@ -64,6 +77,32 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Removes `--transport VALUE` (or `--transport=VALUE`) from `args` and returns
+/// the transport for memfs, after asking `TransportKind::restartable` whether a
+/// crash of a daemon served so can be recovered (default `dev-fuse`).
+fn take_transport(args: &mut Vec<String>) -> Result<&'static str, String> {
+    let mut kind = TransportKind::DevFuse;
+    let mut i = 0;
+    while i < args.len() {
+        if args[i] == "--transport" {
+            let v = args.get(i + 1).ok_or("--transport needs a value")?;
+            kind = v.parse()?;
+            args.drain(i..i + 2);
+        } else if let Some(v) = args[i].strip_prefix("--transport=") {
+            kind = v.parse()?;
+            args.remove(i);
+        } else {
+            i += 1;
+        }
+    }
+    kind.restartable("crash recovery (recovery_bench)")?;
+    Ok(match kind {
+        TransportKind::Auto => "auto",
+        TransportKind::IoUring => "io-uring",
+        _ => "dev-fuse",
+    })
 }
 
 /// Builds `what` (cargo arguments) in this program's profile and returns the path of
@@ -210,7 +249,7 @@ fn median(v: &mut [f64]) -> f64 {
     }
 }
 
-fn bench(files: usize, kills: usize) -> Res<()> {
+fn bench(files: usize, kills: usize, transport: &str) -> Res<()> {
     let keeper = built(
         &["-p", "fuse-live", "--bin", "fuse-live-keeper"],
         "fuse-live-keeper",
@@ -237,7 +276,7 @@ fn bench(files: usize, kills: usize) -> Res<()> {
         .args(["--restart-delay", "0", "--"])
         .arg(&memfs)
         .arg(&mnt)
-        .args(["--threads", "2", "--ttl", "3600"])
+        .args(["--threads", "2", "--ttl", "3600", "--transport", transport])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(File::create(dir.join("keeper.log"))?)

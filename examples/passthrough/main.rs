@@ -4,6 +4,7 @@
 //! ```text
 //! cargo run --release --example passthrough -- SOURCE MOUNTPOINT [--threads N] [--allow-other]
 //!         [--no-passthrough] [--no-file-handles] [--ttl SECS] [--upgrade-socket PATH]
+//!         [--transport auto|dev-fuse|io-uring]
 //! cargo run --release --example passthrough -- --takeover PATH [--threads N] [--upgrade-socket PATH2]
 //! ```
 //!
@@ -28,6 +29,14 @@
 //!   process takes over the mount, open files (their descriptors cross with
 //!   `SCM_RIGHTS`, unlinked ones included), directory streams and passthrough
 //!   backing ids.
+//! - `--transport auto|dev-fuse|io-uring`: the kernel transport (default `auto`:
+//!   io_uring where the kernel offers it — the `fuse` module parameter
+//!   `enable_uring` is on — and this process may run on more than one CPU,
+//!   `/dev/fuse` otherwise; `RUST_LOG=debug` says which it chose and why). As with
+//!   memfs, a daemon that must survive its process (`--upgrade-socket`, or under a
+//!   fd store) serves through `/dev/fuse` with `auto` and refuses `io-uring` before
+//!   mounting, while io_uring mounts can be neither handed off nor recovered.
+//!   An unknown value exits 2.
 //!
 //! - Under a fd store (`fuse-live-keeper -- passthrough SOURCE MOUNTPOINT ...`, or
 //!   systemd with `FileDescriptorStoreMax=`): crash recovery. The session is
@@ -63,7 +72,7 @@ use std::sync::Arc;
 
 use fuse_session::dev::fdstore::{FdStore, JOURNAL_FD};
 use fuse_session::dev::{JournalMap, MountOptions};
-use fuse_session::serve::{Running, Server};
+use fuse_session::serve::{Backend, Running, Server, TransportKind};
 use fuse_session::wire::InitFlags;
 use fuse_session::Session;
 use fuse_snapshot::handoff::{self, Ended, HandoffOptions, Takeover, UpgradeListener};
@@ -81,7 +90,8 @@ mod snapshot;
 use passfs::{Config, PassFs};
 
 const USAGE: &str = "usage: passthrough SOURCE MOUNTPOINT [--threads N] [--allow-other] \
-     [--no-passthrough] [--no-file-handles] [--ttl SECS] [--upgrade-socket PATH]\n       \
+     [--no-passthrough] [--no-file-handles] [--ttl SECS] [--upgrade-socket PATH] \
+     [--transport auto|dev-fuse|io-uring]\n       \
      passthrough --takeover PATH [--threads N] [--upgrade-socket PATH]";
 
 /// The parsed command line.
@@ -96,6 +106,8 @@ struct Args {
     config: Config,
     upgrade_socket: Option<PathBuf>,
     takeover: Option<PathBuf>,
+    /// `--transport auto|dev-fuse|io-uring`.
+    transport: TransportKind,
 }
 
 fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Args, String> {
@@ -105,6 +117,7 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Args, String> {
     let mut config = Config::default();
     let mut upgrade_socket = None;
     let mut takeover = None;
+    let mut transport = TransportKind::Auto;
     let mut it = args.into_iter();
     while let Some(arg) = it.next() {
         let (flag, inline) = match arg.split_once('=') {
@@ -140,6 +153,7 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Args, String> {
             }
             "--upgrade-socket" => upgrade_socket = Some(PathBuf::from(value("--upgrade-socket")?)),
             "--takeover" => takeover = Some(PathBuf::from(value("--takeover")?)),
+            "--transport" => transport = value("--transport")?.parse()?,
             f if f.starts_with('-') && f.len() > 1 => return Err(format!("unknown option {f:?}")),
             _ => positional.push(arg),
         }
@@ -159,6 +173,7 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Args, String> {
         config,
         upgrade_socket,
         takeover,
+        transport,
     })
 }
 
@@ -269,9 +284,19 @@ fn serve(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
         .as_ref()
         .map(UpgradeListener::bind)
         .transpose()?;
-    let server = Server::mount(fs, &mountpoint, &opts)?;
-    let running = server.spawn(args.threads)?;
-    give_device(&running, false);
+    // Checked before mounting: a transport that cannot keep the promise is refused.
+    let transport = match &listener {
+        Some(_) => args
+            .transport
+            .restartable("live upgrade (--upgrade-socket)")?,
+        None => args.transport,
+    };
+    let mount = fuse_session::dev::mount(&mountpoint, &opts)?;
+    // Taken before serving: `Running::with_mount` refuses while io_uring serves.
+    let device = mount.device().try_clone_to_owned()?;
+    let running =
+        Server::from_parts(Session::new(fs), mount).spawn_with(transport, args.threads)?;
+    give_device_fd(&running, Some(device), false);
     ready(&args.mountpoint)?;
     serve_until_done(&running, listener.as_ref(), args)
 }
@@ -307,6 +332,10 @@ fn serve_journaled(args: &Args, mut store: FdStore) -> Result<(), Box<dyn std::e
                 .into(),
         );
     }
+    // Only /dev/fuse can be recovered: said (auto) or refused (io-uring) before
+    // anything is mounted or recovered.
+    args.transport
+        .restartable("crash recovery (a fd store: fuse-live-keeper or systemd)")?;
     let mountpoint = PathBuf::from(&args.mountpoint);
     let options = JournalOptions::default();
     let running = match store.take_mount(&mountpoint)? {
@@ -450,12 +479,20 @@ fn resend_now(
 
 /// Hands the filesystem a descriptor of its connection (for the backing ioctls).
 fn give_device(running: &Running<PassFs>, restored: bool) {
+    let device = match running.backend() {
+        Backend::Uring { .. } => None,
+        _ => running
+            .with_mount(|m| m.device().try_clone_to_owned())
+            .and_then(Result::ok),
+    };
+    give_device_fd(running, device, restored);
+}
+
+/// As [`give_device`], with the descriptor `device` of the connection.
+fn give_device_fd(running: &Running<PassFs>, device: Option<std::os::fd::OwnedFd>, restored: bool) {
     let agreed = running.session().init_state().is_some_and(|s| {
         InitFlags(s.result.flags).contains(InitFlags::PASSTHROUGH) && s.result.max_stack_depth > 0
     });
-    let device = running
-        .with_mount(|m| m.device().try_clone_to_owned())
-        .and_then(Result::ok);
     let fs = running.session().filesystem();
     match device {
         Some(d) => {
@@ -586,5 +623,31 @@ mod tests {
         let t = parse(&["--takeover", "/run/s"]).unwrap();
         assert_eq!(t.takeover, Some(PathBuf::from("/run/s")));
         assert!(parse(&["/a", "/b", "--takeover", "/run/s"]).is_err());
+    }
+
+    #[test]
+    fn transport_flag() {
+        assert_eq!(parse(&["/s", "/m"]).unwrap().transport, TransportKind::Auto);
+        for (v, want) in [
+            ("auto", TransportKind::Auto),
+            ("dev-fuse", TransportKind::DevFuse),
+            ("io-uring", TransportKind::IoUring),
+        ] {
+            assert_eq!(
+                parse(&["/s", "/m", "--transport", v]).unwrap().transport,
+                want
+            );
+            let inline = format!("--transport={v}");
+            assert_eq!(parse(&["/s", "/m", &inline]).unwrap().transport, want);
+        }
+        for bad in ["uring", "", "AUTO", "dev_fuse", "io-uring "] {
+            let e = parse(&["/s", "/m", "--transport", bad]).unwrap_err();
+            assert!(
+                e.contains("unknown transport") && e.contains("auto, dev-fuse or io-uring"),
+                "{bad:?}: {e}"
+            );
+        }
+        let e = parse(&["/s", "/m", "--transport"]).unwrap_err();
+        assert!(e.contains("--transport needs a value"), "{e}");
     }
 }

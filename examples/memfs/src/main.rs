@@ -33,12 +33,14 @@
 //!   Prints `ready MOUNTPOINT` once it serves, then listens on PATH itself (or on
 //!   `--upgrade-socket`) so it can be replaced in turn. Exits 1 if the takeover
 //!   fails (the old process then serves on).
-//! - `--transport auto|dev-fuse|io-uring`: the kernel transport (default
-//!   `dev-fuse`; `auto` is io_uring where the kernel offers it and more than one CPU
-//!   is usable). A mount served through io_uring can be neither handed off nor
-//!   recovered after a crash: with `--upgrade-socket` or under a fd store, `auto`
-//!   serves through `/dev/fuse` (said at log level info) and `io-uring` is refused
-//!   at startup with a message saying why, before anything is mounted.
+//! - `--transport auto|dev-fuse|io-uring`: the kernel transport (default `auto`:
+//!   io_uring where the kernel offers it — the `fuse` module parameter
+//!   `enable_uring` is on — and this process may run on more than one CPU,
+//!   `/dev/fuse` otherwise; `RUST_LOG=debug` says which it chose and why). A mount
+//!   served through io_uring can be neither handed off nor recovered after a crash
+//!   yet: with `--upgrade-socket` or under a fd store, `auto` serves through
+//!   `/dev/fuse` (said at log level info) and `io-uring` is refused at startup with
+//!   a message saying why, before anything is mounted. An unknown value exits 2.
 //! - `--state FILE`: keep the contents across mounts. At start, if FILE exists, the
 //!   filesystem is restored from it (a snapshot file, as `--snapshot-dir` writes;
 //!   a damaged or unreadable file is an error, exit 1); at a clean end (unmounted,
@@ -169,7 +171,7 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Args, String> {
     let mut snapshot_dir = None;
     let mut state = None;
     let mut no_resend = false;
-    let mut transport = TransportKind::DevFuse;
+    let mut transport = TransportKind::Auto;
     let mut compact_after = None;
     let mut it = args.into_iter();
     while let Some(arg) = it.next() {
@@ -390,12 +392,6 @@ fn serve(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
     };
     let server = Server::mount(fs, &mountpoint, &opts)?;
     let running = server.spawn_with(transport, args.threads)?;
-    if matches!(running.backend(), Backend::Uring { .. }) {
-        log::warn!(
-            "served through io_uring: this mount can be neither handed off nor recovered \
-             after a crash"
-        );
-    }
     follow_mount(&running);
     ready(&args.mountpoint)?;
     let options = HandoffOptions::new().threads(args.threads);
@@ -903,7 +899,19 @@ fn save_state(
 
 /// Makes memfs follow its mount's access-time mode (a taken-over mount too).
 fn follow_mount(running: &Running<MemFs>) {
-    let found = running.with_mount(|m| (m.identity(), m.mountpoint().to_path_buf()));
+    let found = match running.backend() {
+        // `with_mount` refuses while io_uring serves (it is the handoff's door): the
+        // identity is read at the mountpoint instead, without asking the filesystem.
+        Backend::Uring { .. } => running.mountpoint().map(|p| {
+            (
+                fuse_session::dev::MountIdentity::at(&p)
+                    .map_err(|e| log::debug!("the mount's identity: {e}"))
+                    .ok(),
+                p,
+            )
+        }),
+        _ => running.with_mount(|m| (m.identity(), m.mountpoint().to_path_buf())),
+    };
     match found {
         Some((Some(id), path)) => running.session().filesystem().follow_mount(id, path),
         _ => log::warn!("the mount's identity is unknown: atime follows relatime"),
@@ -1001,14 +1009,6 @@ mod tests {
         assert_eq!((o.atime, o.allow_other), (Some(Atime::NoAtime), true));
         assert!(parse(&["/a", "-o", "exec,suid"]).is_err());
         assert!(parse(&["/a", "-o"]).is_err());
-        assert_eq!(parse(&["/a"]).unwrap().transport, TransportKind::DevFuse);
-        let u = parse(&["/a", "--transport", "io-uring"]).unwrap();
-        assert_eq!(u.transport, TransportKind::IoUring);
-        assert_eq!(
-            parse(&["/a", "--transport=auto"]).unwrap().transport,
-            TransportKind::Auto
-        );
-        assert!(parse(&["/a", "--transport", "uring"]).is_err());
         let s = parse(&["/a", "--state", "/var/lib/m.state"]).unwrap();
         assert_eq!(s.state, Some(PathBuf::from("/var/lib/m.state")));
         assert!(parse(&["/a", "--ttl", "-1"]).is_err());
@@ -1023,5 +1023,28 @@ mod tests {
         assert!(r.no_resend);
         assert_eq!((r.mountpoint.as_str(), r.threads), ("/a", 3));
         assert!(parse(&["/a", "--no-resend=1"]).is_err());
+    }
+
+    #[test]
+    fn transport_flag() {
+        assert_eq!(parse(&["/a"]).unwrap().transport, TransportKind::Auto);
+        for (v, want) in [
+            ("auto", TransportKind::Auto),
+            ("dev-fuse", TransportKind::DevFuse),
+            ("io-uring", TransportKind::IoUring),
+        ] {
+            assert_eq!(parse(&["/a", "--transport", v]).unwrap().transport, want);
+            let inline = format!("--transport={v}");
+            assert_eq!(parse(&["/a", &inline]).unwrap().transport, want);
+        }
+        for bad in ["uring", "", "AUTO", "dev_fuse", "io-uring "] {
+            let e = parse(&["/a", "--transport", bad]).unwrap_err();
+            assert!(
+                e.contains("unknown transport") && e.contains("auto, dev-fuse or io-uring"),
+                "{bad:?}: {e}"
+            );
+        }
+        let e = parse(&["/a", "--transport"]).unwrap_err();
+        assert!(e.contains("--transport needs a value"), "{e}");
     }
 }
