@@ -872,7 +872,21 @@ impl PassFs {
             return Opened::new(handle);
         }
         let writes = flags & nix::libc::O_ACCMODE != nix::libc::O_RDONLY;
-        match self.backing_for(node, writes) {
+        // A kernel passthrough write runs with this process's credentials
+        // (CAP_FSETID), so the backing file system keeps set-user-ID; and under
+        // HANDLE_KILLPRIV_V2 the kernel asks nothing. Opens for writing of such
+        // files go through this process (direct I/O: WRITE with KILL_SUIDGID).
+        let killable = writes
+            && lock(&self.files)
+                .get(&id)
+                .and_then(|f| stat_fd(f.fd.as_fd()).ok())
+                .is_some_and(|st| has_killable_bits(st.st_mode));
+        let backing = if killable {
+            None
+        } else {
+            self.backing_for(node, writes)
+        };
+        match backing {
             Some(b) => {
                 handle.backing = b;
                 Opened {
@@ -1048,21 +1062,53 @@ fn timestamp(t: Option<TimeOrNow>) -> rustix::fs::Timespec {
     }
 }
 
-/// `open(O_TRUNC)` by an unprivileged caller clears set-user-ID, and
-/// set-group-ID on a group-executable file, as a truncate does. With
-/// `ATOMIC_O_TRUNC` the kernel sends no SETATTR for it, and this process
-/// truncates as root (which keeps the bits), so it clears them here.
-fn kill_suid_on_trunc(ctx: &RequestContext<'_>, fd: BorrowedFd<'_>, flags: i32) -> Result<()> {
-    if flags & nix::libc::O_TRUNC == 0 || ctx.uid == Some(0) {
-        return Ok(());
-    }
+/// The kernel's rule for a write or truncate by a caller without `CAP_FSETID`:
+/// clears set-user-ID, and set-group-ID on a group-executable file, of the inode
+/// `fd` is on (any descriptor, `O_PATH` too). This process writes and truncates
+/// as root, which keeps the bits, and under `HANDLE_KILLPRIV_V2` the kernel
+/// leaves the rule to it: the `KILL_SUIDGID` flags of WRITE, SETATTR, OPEN and
+/// CREATE say when; FALLOCATE and COPY_FILE_RANGE carry none, so for them it
+/// applies to every caller but root.
+fn kill_suidgid(fd: BorrowedFd<'_>) -> Result<()> {
     let mode = stat_fd(fd)?.st_mode & 0o7777;
     let mut kill = nix::libc::S_ISUID;
     if mode & nix::libc::S_IXGRP != 0 {
         kill |= nix::libc::S_ISGID;
     }
-    if mode & kill != 0 {
-        rustix::fs::fchmod(fd, Mode::from_bits_truncate(mode & !kill)).map_err(rx)?;
+    if mode & kill == 0 {
+        return Ok(());
+    }
+    rustix::fs::chmodat(
+        rustix::fs::CWD,
+        node::proc_path(fd).as_c_str(),
+        Mode::from_bits_truncate(mode & !kill),
+        AtFlags::empty(),
+    )
+    .map_err(rx)
+}
+
+/// Whether `mode` has bits a write by a caller without `CAP_FSETID` clears.
+fn has_killable_bits(mode: u32) -> bool {
+    mode & nix::libc::S_ISUID != 0
+        || mode & (nix::libc::S_ISGID | nix::libc::S_IXGRP)
+            == (nix::libc::S_ISGID | nix::libc::S_IXGRP)
+}
+
+/// `open(O_TRUNC)` (`ATOMIC_O_TRUNC`: this process truncates) by an
+/// unprivileged caller clears the bits as a truncate does: when the kernel
+/// says so (`FUSE_OPEN_KILL_SUIDGID`), or the caller is not root (kernels
+/// without `HANDLE_KILLPRIV_V2`).
+fn kill_suid_on_trunc(
+    ctx: &RequestContext<'_>,
+    fd: BorrowedFd<'_>,
+    flags: i32,
+    open_flags: FuseOpenFlags,
+) -> Result<()> {
+    if flags & nix::libc::O_TRUNC == 0 {
+        return Ok(());
+    }
+    if open_flags.contains(FuseOpenFlags::KILL_SUIDGID) || ctx.uid != Some(0) {
+        kill_suidgid(fd)?;
     }
     Ok(())
 }
@@ -1128,6 +1174,12 @@ impl Filesystem for PassFs {
             | InitFlags::DIRECT_IO_ALLOW_MMAP
             | InitFlags::ATOMIC_O_TRUNC;
         wishes.flags = wishes.flags.difference(InitFlags::WRITEBACK_CACHE);
+        // HANDLE_KILLPRIV_V2: this process clears set-user-ID and set-group-ID
+        // where the kernel's rule says so (the KILL_SUIDGID flags, and
+        // `kill_suidgid`), and the kernel sets SB_NOSEC on the mount. Without it
+        // every write(2) first asks for `security.capability` (a GETXATTR round
+        // trip per write, passthrough writes included: docs/BENCHMARKS.md).
+        wishes.flags |= InitFlags::HANDLE_KILLPRIV_V2;
         if self.config.passthrough {
             wishes.flags |= InitFlags::PASSTHROUGH;
             // The backing files are on ordinary (unstacked) filesystems.
@@ -1228,6 +1280,11 @@ impl Filesystem for PassFs {
         let sized = self.set_size(node, &fd, size);
         self.done(size_key);
         sized?;
+        // HANDLE_KILLPRIV_V2: a truncate by a caller without CAP_FSETID, or a
+        // chown (the backing chown clears them too).
+        if set.kill_suidgid && node.kind == nix::libc::S_IFREG {
+            kill_suidgid(fd.fd())?;
+        }
         if size.is_some() && size_key.is_some() {
             after_backing(ctx, "setattr");
         }
@@ -1422,7 +1479,7 @@ impl Filesystem for PassFs {
         ctx: &RequestContext<'_>,
         node: &Node,
         flags: OpenFlags,
-        _open_flags: FuseOpenFlags,
+        open_flags: FuseOpenFlags,
     ) -> Result<Opened<Handle>> {
         let flags = flags.0;
         if node.kind != nix::libc::S_IFREG {
@@ -1454,7 +1511,7 @@ impl Filesystem for PassFs {
         let fd = self.reopen(node, oflags);
         self.done(key);
         let fd = fd?;
-        kill_suid_on_trunc(ctx, fd.as_fd(), flags)?;
+        kill_suid_on_trunc(ctx, fd.as_fd(), flags, open_flags)?;
         let opened = self.opened(node, fd, flags);
         if key.is_some() {
             after_backing(ctx, "open");
@@ -1496,11 +1553,14 @@ impl Filesystem for PassFs {
         fh: &Handle,
         offset: u64,
         data: &[u8],
-        _write_flags: WriteFlags,
+        write_flags: WriteFlags,
         _flags: OpenFlags,
     ) -> Result<u32> {
         let file = self.file(fh)?;
         let n = rustix::io::pwrite(&file.fd, data, offset).map_err(rx)?;
+        if write_flags.contains(WriteFlags::KILL_SUIDGID) {
+            kill_suidgid(file.fd.as_fd())?;
+        }
         u32::try_from(n).map_err(|_| Errno::EIO)
     }
 
@@ -1753,7 +1813,7 @@ impl Filesystem for PassFs {
         name: &OsStr,
         mode: u32,
         flags: OpenFlags,
-        _open_flags: FuseOpenFlags,
+        open_flags: FuseOpenFlags,
     ) -> Result<(Entry<Node>, Opened<Handle>)> {
         let flags = flags.0;
         let cname = component(name)?;
@@ -1832,7 +1892,7 @@ impl Filesystem for PassFs {
                 log::warn!("chown of a new file failed: {e}");
             }
         } else {
-            kill_suid_on_trunc(ctx, fd.as_fd(), flags)?;
+            kill_suid_on_trunc(ctx, fd.as_fd(), flags, open_flags)?;
         }
         let path_fd = path_of(fd.as_fd())?;
         let entry = self.adopt(path_fd)?;
@@ -1846,7 +1906,7 @@ impl Filesystem for PassFs {
 
     fn fallocate(
         &self,
-        _ctx: &RequestContext<'_>,
+        ctx: &RequestContext<'_>,
         _node: &Node,
         fh: &Handle,
         offset: u64,
@@ -1860,7 +1920,11 @@ impl Filesystem for PassFs {
             offset,
             length,
         )
-        .map_err(rx)
+        .map_err(rx)?;
+        if ctx.uid != Some(0) {
+            kill_suidgid(file.fd.as_fd())?;
+        }
+        Ok(())
     }
 
     fn lseek(
@@ -1883,7 +1947,7 @@ impl Filesystem for PassFs {
 
     fn copy_file_range(
         &self,
-        _ctx: &RequestContext<'_>,
+        ctx: &RequestContext<'_>,
         _node_in: &Node,
         fh_in: &Handle,
         offset_in: u64,
@@ -1901,6 +1965,9 @@ impl Filesystem for PassFs {
         let len = usize::try_from(len).unwrap_or(usize::MAX).min(1 << 30);
         let n = rustix::fs::copy_file_range(&i.fd, Some(&mut oi), &o.fd, Some(&mut oo), len)
             .map_err(rx)?;
+        if ctx.uid != Some(0) {
+            kill_suidgid(o.fd.as_fd())?;
+        }
         Ok(n as u64)
     }
 
