@@ -925,7 +925,7 @@ impl PassFs {
         if writes && !writable {
             return None;
         }
-        match backing::backing_open(device.as_fd(), fd.as_fd()) {
+        match without_fsetid(|| backing::backing_open(device.as_fd(), fd.as_fd())) {
             Ok(id) => {
                 let b = Backing {
                     id,
@@ -1085,6 +1085,35 @@ fn kill_suidgid(fd: BorrowedFd<'_>) -> Result<()> {
         AtFlags::empty(),
     )
     .map_err(rx)
+}
+
+/// Runs `f` with `CAP_FSETID` out of this thread's effective capabilities. The
+/// kernel keeps the credentials of the thread that registers a backing file
+/// (`BACKING_OPEN`) and runs every kernel passthrough write with them; without
+/// `CAP_FSETID` the source filesystem clears set-user-ID and set-group-ID on
+/// those writes as it would for an unprivileged writer — also for a file that
+/// got the bits after it was opened (the opens of files that have them at open
+/// go through this process instead, see `PassFs::opened`). The price: a
+/// privileged writer's kernel passthrough write clears them as well.
+fn without_fsetid<T>(f: impl FnOnce() -> T) -> T {
+    use rustix::thread::{capabilities, set_capabilities, CapabilitySet, CapabilitySets};
+    let saved = capabilities(None)
+        .ok()
+        .filter(|c| c.effective.contains(CapabilitySet::FSETID));
+    let dropped = saved.filter(|c| {
+        let less = CapabilitySets {
+            effective: c.effective - CapabilitySet::FSETID,
+            ..*c
+        };
+        set_capabilities(None, less).is_ok()
+    });
+    let out = f();
+    if let Some(c) = dropped {
+        if let Err(e) = set_capabilities(None, c) {
+            log::error!("cannot take CAP_FSETID back after registering a backing file: {e}");
+        }
+    }
+    out
 }
 
 /// Whether `mode` has bits a write by a caller without `CAP_FSETID` clears.
