@@ -473,6 +473,25 @@ fn namespace_operations() {
             let m = fs::metadata(pt.s("suid")).unwrap().mode() & 0o7777;
             assert_eq!(m, 0o777, "{mode:?} {how}: mode {m:o}");
         }
+        // The bits set while an open for writing holds the file (with kernel
+        // passthrough: an open that went to the kernel, registered without
+        // CAP_FSETID), then a write through that open: cleared too.
+        fs::write(pt.m("later"), b"x").unwrap();
+        std::os::unix::fs::chown(pt.m("later"), Some(uid), Some(gid)).unwrap();
+        fs::set_permissions(pt.m("later"), fs::Permissions::from_mode(0o666)).unwrap();
+        let r = as_user(uid, gid, || {
+            let f = OpenOptions::new().append(true).open(pt.m("later"));
+            errno_of(f.and_then(|mut f| {
+                f.set_permissions(fs::Permissions::from_mode(0o6777))?;
+                f.write_all(b"y")
+            }))
+        });
+        assert_eq!(r, 0);
+        let m = fs::metadata(pt.s("later")).unwrap().mode() & 0o7777;
+        assert_eq!(
+            m, 0o777,
+            "{mode:?}: bits set while open, then a write: mode {m:o}"
+        );
         // default_permissions: nobody cannot write root's 0600 file.
         fs::set_permissions(pt.m("t"), fs::Permissions::from_mode(0o600)).unwrap();
         std::os::unix::fs::chown(pt.m("t"), Some(0), Some(0)).unwrap();

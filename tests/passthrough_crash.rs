@@ -9,8 +9,13 @@
 //!   end; the same mount and connection throughout; no backing id left
 //!   registered; SIGTERM to the keeper unmounts and both exit 0;
 //! - a crash in the window only the intents close (the operation ran on the
-//!   source, its reply is not journaled): the resent O_EXCL create, mkdir, unlink,
-//!   rename and link each succeed once, as if run once;
+//!   source, its reply is not journaled; fault points `passthrough-after-OP`,
+//!   `FUSE_LIVE_FAULT`): the resent O_EXCL create, mkdir, unlink, rename, link,
+//!   SETXATTR with XATTR_CREATE and REMOVEXATTR each succeed once, as if run once;
+//!   OPEN with O_TRUNC, SETATTR of the size and CREATE with O_TRUNC succeed once
+//!   and do not truncate again the bytes another writer wrote into SOURCE while no
+//!   daemon ran; a TMPFILE succeeds once and the dead process's unnamed file is
+//!   freed;
 //! - a live handoff with a file unlinked while open, with the backing ids counted
 //!   at the end.
 //!
@@ -280,6 +285,11 @@ struct Keeper {
 
 impl Keeper {
     fn start(test: &str, mode: Mode, env: &[(&str, String)]) -> Keeper {
+        Self::start_with(test, mode, env, &[])
+    }
+
+    /// The same, with more keeper options (before `--`).
+    fn start_with(test: &str, mode: Mode, env: &[(&str, String)], keeper_args: &[&str]) -> Keeper {
         let dir = common::temp_dir(test);
         let (src, mnt) = (dir.join("src"), dir.join("mnt"));
         std::fs::create_dir(&src).expect("source");
@@ -287,7 +297,9 @@ impl Keeper {
         let log = dir.join("keeper.log");
         let bin = common::example_binary("passthrough");
         let mut cmd = Command::new(KEEPER);
-        cmd.args(["--restart-limit", "100000", "--restart-window", "1", "--"])
+        cmd.args(["--restart-limit", "100000", "--restart-window", "1"])
+            .args(keeper_args)
+            .arg("--")
             .arg(&bin)
             .arg(&src)
             .arg(&mnt)
@@ -513,9 +525,42 @@ fn repeated_sigkill_without_kernel_passthrough() {
     repeated_sigkill("pt-crash-off", Mode::Off);
 }
 
+/// The keeper of a passthrough that aborts (`FUSE_LIVE_FAULT`) at the first hit of
+/// `passthrough-after-POINT` — the first time that operation ran on the source,
+/// before its reply is journaled — and restarts it after `delay_ms`; with the
+/// marker that disarms the fault (`FUSE_LIVE_FAULT_DISARM`) once created.
+fn faulted(test: &str, mode: Mode, point: &str, delay_ms: u32) -> (Keeper, PathBuf) {
+    let dir = common::temp_dir(&format!("{test}-marker"));
+    let disarm = dir.join("disarm");
+    let k = Keeper::start_with(
+        test,
+        mode,
+        &[
+            ("FUSE_LIVE_FAULT", format!("passthrough-after-{point}:1")),
+            ("FUSE_LIVE_FAULT_DISARM", disarm.display().to_string()),
+        ],
+        &["--restart-delay", &delay_ms.to_string()],
+    );
+    (k, disarm)
+}
+
+/// Waits until the daemon aborted at `passthrough-after-POINT`.
+fn wait_abort(k: &Keeper, point: &str) {
+    let line = format!("fuse-live fault: aborting at passthrough-after-{point} (hit 1)");
+    let deadline = Instant::now() + PATIENCE;
+    while !k.log_text().contains(&line) {
+        assert!(
+            Instant::now() < deadline,
+            "no abort at {point}; keeper log:\n{}",
+            k.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
 /// One crash in the window after `op` ran on the source and before its reply
-/// was journaled, for each non-idempotent operation: the application's call
-/// succeeds once, with the effect of one run.
+/// was journaled, for each non-idempotent namespace operation: the application's
+/// call succeeds once, with the effect of one run.
 fn crash_after(test: &str, mode: Mode) {
     if !common::can_mount(test) {
         return;
@@ -527,18 +572,9 @@ fn crash_after(test: &str, mode: Mode) {
         ("rename", "c"),
         ("unlink", "l"),
     ] {
-        let marker_dir = common::temp_dir(&format!("{test}-{op}-marker"));
-        let marker = marker_dir.join("crashed");
-        let k = Keeper::start(
-            &format!("{test}-{op}"),
-            mode,
-            &[(
-                "PASSTHROUGH_CRASH_ONCE",
-                format!("{}:{op}:{name}", marker.display()),
-            )],
-        );
+        let (k, disarm) = faulted(&format!("{test}-{op}"), mode, op, 0);
         let m = |n: &str| k.mnt.join(n);
-        // The setup each operation needs (the hook fires on the named op only).
+        // The setup each operation needs (the fault is armed on the named op only).
         if op != "create" {
             let mut f = OpenOptions::new()
                 .write(true)
@@ -555,17 +591,16 @@ fn crash_after(test: &str, mode: Mode) {
                 .write(true)
                 .create_new(true)
                 .mode(0o640)
-                .open(m("c"))
+                .open(m(name))
                 .and_then(|mut f| f.write_all(b"payload")),
-            "mkdir" => std::fs::create_dir(m("d")),
-            "link" => std::fs::hard_link(m("c"), m("l")),
-            "rename" => std::fs::rename(m("c"), m("r")),
-            _ => std::fs::remove_file(m("l")),
+            "mkdir" => std::fs::create_dir(m(name)),
+            "link" => std::fs::hard_link(m("c"), m(name)),
+            "rename" => std::fs::rename(m(name), m("r")),
+            _ => std::fs::remove_file(m(name)),
         };
-        let crashed = marker.exists();
         let log = k.log_text();
         assert!(r.is_ok(), "{op} across a crash: {r:?}\nkeeper log:\n{log}");
-        assert!(crashed, "{op}: the crash hook did not fire");
+        wait_abort(&k, op);
         k.next_ready(&format!("after the crash in {op}"));
         let src = k.src();
         let exists = |n: &str| src.join(n).symlink_metadata().is_ok();
@@ -583,7 +618,7 @@ fn crash_after(test: &str, mode: Mode) {
         );
         k.stop();
         eprintln!("{test}: {op} across a crash in its window: one success, one effect");
-        let _ = std::fs::remove_dir_all(&marker_dir);
+        let _ = std::fs::remove_dir_all(disarm.parent().expect("marker dir"));
     }
 }
 
@@ -595,6 +630,244 @@ fn crash_after_the_operation_with_kernel_passthrough() {
 #[test]
 fn crash_after_the_operation_without_kernel_passthrough() {
     crash_after("pt-intent-off", Mode::Off);
+}
+
+/// SETXATTR with `XATTR_CREATE` and REMOVEXATTR, each crashed after it ran on the
+/// source and before its reply was journaled: the application's call succeeds
+/// once (not `EEXIST`, not `ENODATA`), SOURCE shows one effect, and the same call
+/// made again fails as a second call must.
+fn crash_after_xattr(test: &str, mode: Mode) {
+    if !common::can_mount(test) {
+        return;
+    }
+    for op in ["setxattr", "removexattr"] {
+        let (k, disarm) = faulted(&format!("{test}-{op}"), mode, op, 0);
+        let (m, src) = (k.mnt.join("x"), k.src().join("x"));
+        std::fs::write(&m, b"data").expect("write x");
+        let create = rustix::fs::XattrFlags::CREATE;
+        if op == "removexattr" {
+            rustix::fs::setxattr(&m, "user.k", b"value", create).expect("setxattr");
+        }
+        let call = || match op {
+            "setxattr" => rustix::fs::setxattr(&m, "user.k", b"value", create),
+            _ => rustix::fs::removexattr(&m, "user.k"),
+        };
+        let r = call();
+        assert!(
+            r.is_ok(),
+            "{op} across a crash: {r:?}\nkeeper log:\n{}",
+            k.log_text()
+        );
+        wait_abort(&k, op);
+        k.next_ready(&format!("after the crash in {op}"));
+        std::fs::write(&disarm, b"").expect("disarm");
+        let mut buf = [0u8; 64];
+        let got = rustix::fs::getxattr(&src, "user.k", &mut buf[..]);
+        let again = call();
+        if op == "setxattr" {
+            assert_eq!(&buf[..got.expect("the attribute in SOURCE")], b"value");
+            assert_eq!(again, Err(rustix::io::Errno::EXIST), "a second create");
+        } else {
+            assert_eq!(got, Err(rustix::io::Errno::NODATA), "removed from SOURCE");
+            assert_eq!(again, Err(rustix::io::Errno::NODATA), "a second remove");
+        }
+        let log = k.log_text();
+        assert!(
+            log.contains(&format!("{op} resent after a crash")),
+            "{op}: the resent request was answered from its intent:\n{log}"
+        );
+        k.stop();
+        eprintln!("{test}: {op} across a crash in its window: one success, one effect");
+        let _ = std::fs::remove_dir_all(disarm.parent().expect("marker dir"));
+    }
+}
+
+#[test]
+fn crash_after_setxattr_create_or_removexattr_with_kernel_passthrough() {
+    crash_after_xattr("pt-xattr-on", Mode::On);
+}
+
+#[test]
+fn crash_after_setxattr_create_or_removexattr_without_kernel_passthrough() {
+    crash_after_xattr("pt-xattr-off", Mode::Off);
+}
+
+/// How long the keeper waits before restarting the daemon in the truncate tests:
+/// room for the other writer's write while no daemon runs (checked: the test
+/// fails, never passes by luck, if the new daemon started first).
+const RESTART_DELAY_MS: u32 = 3000;
+
+/// OPEN with `O_TRUNC`, SETATTR of the size (`ftruncate`) and CREATE with
+/// `O_TRUNC`, each crashed after it ran on the source and before its reply was
+/// journaled; while no daemon runs, another writer writes the file straight into
+/// SOURCE. The application's call succeeds once, and the resent request does not
+/// truncate again: the later bytes stay.
+fn crash_after_truncate(test: &str, mode: Mode) {
+    if !common::can_mount(test) {
+        return;
+    }
+    for op in ["open-trunc", "truncate", "create"] {
+        let (k, disarm) = faulted(&format!("{test}-{op}"), mode, op, RESTART_DELAY_MS);
+        let (m, src) = (k.mnt.join("t"), k.src().join("t"));
+        if op != "create" {
+            std::fs::write(&m, b"0123456789abcdef").expect("write t");
+        }
+        let held = (op == "truncate").then(|| {
+            OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(&m)
+                .expect("open t")
+        });
+        let d0 = k.daemon();
+        let app = {
+            let m = m.clone();
+            std::thread::spawn(move || match (op, held) {
+                ("truncate", Some(h)) => h.set_len(4).map(|()| Some(h)),
+                ("open-trunc", _) => OpenOptions::new()
+                    .write(true)
+                    .truncate(true)
+                    .open(&m)
+                    .map(drop)
+                    .map(|()| None),
+                _ => OpenOptions::new()
+                    .write(true)
+                    .create(true)
+                    .truncate(true)
+                    .open(&m)
+                    .map(drop)
+                    .map(|()| None),
+            })
+        };
+        wait_abort(&k, op);
+        // Another writer, straight into SOURCE, while no daemon runs.
+        let at = if op == "truncate" { 4 } else { 0 };
+        OpenOptions::new()
+            .write(true)
+            .open(&src)
+            .and_then(|f| f.write_all_at(b"LATER", at))
+            .expect("the other writer's write");
+        let restarted: Vec<i32> = common::children(k.pid)
+            .into_iter()
+            .filter(|&p| p != d0)
+            .collect();
+        assert!(
+            restarted.is_empty(),
+            "{op}: a daemon ({restarted:?}) started before the other writer's write (restart \
+             delay {RESTART_DELAY_MS} ms): the test cannot tell"
+        );
+        std::fs::write(&disarm, b"").expect("disarm");
+        let r = app.join().expect("the application thread");
+        assert!(
+            r.is_ok(),
+            "{op} across a crash: {r:?}\nkeeper log:\n{}",
+            k.log_text()
+        );
+        drop(r);
+        k.next_ready(&format!("after the crash in {op}"));
+        let want: &[u8] = if op == "truncate" {
+            b"0123LATER"
+        } else {
+            b"LATER"
+        };
+        let got = std::fs::read(&src).expect("read t in SOURCE");
+        assert_eq!(
+            String::from_utf8_lossy(&got),
+            String::from_utf8_lossy(want),
+            "{op}: the later write survives the resent request"
+        );
+        let said = match op {
+            "open-trunc" => "open resent after a crash: the dead process had truncated",
+            "truncate" => "setattr resent after a crash: the dead process had changed the size",
+            _ => "create resent after a crash: the dead process had made it",
+        };
+        let log = k.log_text();
+        assert!(
+            log.contains(said),
+            "{op}: not answered from its intent:\n{log}"
+        );
+        k.stop();
+        eprintln!("{test}: {op} across a crash, a later write meanwhile: kept, one truncate");
+        let _ = std::fs::remove_dir_all(disarm.parent().expect("marker dir"));
+    }
+}
+
+#[test]
+fn crash_after_a_truncate_keeps_later_writes_with_kernel_passthrough() {
+    crash_after_truncate("pt-trunc-on", Mode::On);
+}
+
+#[test]
+fn crash_after_a_truncate_keeps_later_writes_without_kernel_passthrough() {
+    crash_after_truncate("pt-trunc-off", Mode::Off);
+}
+
+/// TMPFILE crashed after the unnamed file was made and opened (its descriptor
+/// stored in the fd store), before its reply was journaled: the resent request
+/// makes the file the application gets and uses; the dead process's is freed
+/// (its stored descriptor removed at recovery, its backing id released), so once
+/// the application closes its file, nothing of SOURCE stays open anywhere.
+fn crash_after_tmpfile(test: &str, mode: Mode) {
+    if !common::can_mount(test) {
+        return;
+    }
+    let (k, disarm) = faulted(test, mode, "tmpfile", 0);
+    let src = k.src();
+    let fd = rustix::fs::open(
+        &k.mnt,
+        rustix::fs::OFlags::TMPFILE | rustix::fs::OFlags::RDWR | rustix::fs::OFlags::CLOEXEC,
+        rustix::fs::Mode::from_raw_mode(0o600),
+    );
+    let fd = match fd {
+        Ok(fd) => fd,
+        Err(e) => panic!(
+            "O_TMPFILE across a crash: {e}\nkeeper log:\n{}",
+            k.log_text()
+        ),
+    };
+    wait_abort(&k, "tmpfile");
+    k.next_ready("after the crash in tmpfile");
+    std::fs::write(&disarm, b"").expect("disarm");
+    let f = File::from(fd);
+    f.write_all_at(b"unnamed data", 0)
+        .expect("write the unnamed file");
+    let mut back = [0u8; 12];
+    f.read_exact_at(&mut back, 0).expect("read it back");
+    assert_eq!(&back, b"unnamed data");
+    let log = k.log_text();
+    assert!(
+        log.contains("1 stale stored descriptors removed"),
+        "the dead process's unnamed file left the fd store at recovery:\n{log}"
+    );
+    assert_eq!(
+        open_files_in(k.pid as i32, &src),
+        1,
+        "the keeper's fd store holds the application's unnamed file only"
+    );
+    drop(f);
+    wait_released(k.daemon(), &src, || k.log_text());
+    let deadline = Instant::now() + PATIENCE;
+    while open_files_in(k.pid as i32, &src) > 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the fd store keeps a file of SOURCE"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(leaked_backing_ids(k.daemon()), 0, "backing ids leaked");
+    k.stop();
+    eprintln!("{test}: TMPFILE across a crash in its window: one file, the other freed");
+    let _ = std::fs::remove_dir_all(disarm.parent().expect("marker dir"));
+}
+
+#[test]
+fn crash_after_tmpfile_frees_the_first_file_with_kernel_passthrough() {
+    crash_after_tmpfile("pt-tmpfile-on", Mode::On);
+}
+
+#[test]
+fn crash_after_tmpfile_frees_the_first_file_without_kernel_passthrough() {
+    crash_after_tmpfile("pt-tmpfile-off", Mode::Off);
 }
 
 /// Live handoff (no keeper): a file unlinked while open and a file held open

@@ -15,7 +15,11 @@
 # the small files, one thread, ops/s), seq1 (fsbench: buffered 1 MiB read()s of
 # `big`, MiB/s), and with dd, 1 MiB blocks: dread (O_DIRECT read of `big`),
 # wbuf (buffered write of 512 MiB, then fsync) and wdirect (O_DIRECT write of
-# 512 MiB). The configurations run in a rotated order each round.
+# 512 MiB). The configurations run in a rotated order each round. Then, untimed,
+# for each FUSE configuration: the requests its daemon got during a buffered
+# 64 MiB write with 1 MiB blocks (`REQ round cfg OPCODE count`, from the kernel's
+# fuse:fuse_request_send tracepoint with `perf record`; skipped without perf or
+# the tracepoint).
 set -u
 ROUNDS=${1:-3}; SECS=${2:-3}
 HERE=$(cd "$(dirname "$0")" && pwd)
@@ -27,6 +31,7 @@ SRC=$WORK/src; MNT=$WORK/mnt
 PT=$ROOT/target/release/examples/passthrough
 FSB=$WORK/fsbench/target/release/fsbench
 PIDS=()
+TRACEFS_MOUNTED=0
 
 die() { echo "bench.sh: $*" >&2; exit 1; }
 [ "$(id -u)" = 0 ] || die "needs root"
@@ -37,7 +42,8 @@ cleanup() {
   for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null; done
   mountpoint -q "$MNT" && umount -l "$MNT"
   mountpoint -q "$SRC" && umount -l "$SRC"
-  rm -rf "$WORK/fsbench"
+  rm -rf "$WORK/fsbench" "$WORK/req.data"
+  [ "$TRACEFS_MOUNTED" = 1 ] && umount /sys/kernel/tracing
 }
 trap cleanup EXIT
 
@@ -99,6 +105,26 @@ measure() {
   rm -f "$dir/w"
 }
 
+# The requests MNT's connection got during a 64 MiB buffered write (1 MiB blocks).
+count_requests() {
+  local round=$1 cfg=$2 conn
+  conn=$(( $(stat -c %d "$MNT") & 0xff ))
+  perf record -q -e fuse:fuse_request_send -a -o "$WORK/req.data" -- \
+    dd if=/dev/zero of="$MNT/w" bs=1M count=64 status=none 2>/dev/null
+  rm -f "$MNT/w"
+  perf script -i "$WORK/req.data" 2>/dev/null |
+    awk -v c="connection $conn " -v r="$round" -v f="$cfg" 'index($0, c) {
+      if (match($0, /\(FUSE_[A-Z_]+\)/)) n[substr($0, RSTART + 1, RLENGTH - 2)]++ }
+      END { for (k in n) print "REQ", r, f, k, n[k] }' | sort
+}
+can_count() {
+  command -v perf >/dev/null || return 1
+  if [ ! -d /sys/kernel/tracing/events ]; then
+    mount -t tracefs nodev /sys/kernel/tracing 2>/dev/null && TRACEFS_MOUNTED=1
+  fi
+  [ -d /sys/kernel/tracing/events/fuse/fuse_request_send ]
+}
+
 CONFIGS=(source pt_on pt_off bindfs)
 echo "# passthrough bench: $(date -u +%FT%TZ), $(nproc) CPUs, $(uname -r), TTL $TTL, $ROUNDS rounds of ${SECS}s"
 for r in $(seq 0 $((ROUNDS - 1))); do
@@ -109,3 +135,13 @@ for r in $(seq 0 $((ROUNDS - 1))); do
     stop "$cfg"
   done
 done
+if can_count; then
+  echo "# requests during a 64 MiB buffered write (1 MiB blocks), by opcode"
+  for cfg in pt_on pt_off bindfs; do
+    start "$cfg"
+    count_requests 0 "$cfg"
+    stop "$cfg"
+  done
+else
+  echo "# no request counts: perf or the fuse:fuse_request_send tracepoint is missing"
+fi

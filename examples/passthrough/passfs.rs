@@ -98,25 +98,107 @@ pub struct OpenRec {
     pub flags: u32,
 }
 
-/// A non-idempotent namespace operation about to run on the source, written to
-/// the journal before it runs ([`PassFs::intent`]): a successor that gets the
-/// request again (resent after a crash, its reply not in the journal) compares it
-/// with the source to tell whether the dead process had already done it.
+/// A non-idempotent operation about to run on the source, written to the
+/// journal before it runs ([`PassFs::intent`]): a successor that gets the request
+/// again (resent after a crash, its reply not in the journal) compares it with the
+/// source to tell whether the dead process had already done it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Intent {
-    /// The opcode's name (`"create"`, `"mkdir"`, `"unlink"`, `"rename"`, ...).
+    /// The opcode's name (`"create"`, `"mkdir"`, `"unlink"`, `"rename"`,
+    /// `"setxattr"`, `"open"`...).
     pub op: String,
-    /// The parent directory.
+    /// The parent directory; for SETXATTR, REMOVEXATTR and OPEN the node itself.
     pub parent: Node,
-    /// The name in it.
+    /// The name in it; for SETXATTR and REMOVEXATTR the attribute's name.
     pub name: Vec<u8>,
-    /// The inode the name held before (unlink, rmdir, rename's source), if any.
+    /// The inode the name held before (unlink, rmdir, rename's source, the file
+    /// an `O_TRUNC` create found), if any.
     pub before: Option<Node>,
     /// The second name's inode before (rename's target, link's source node).
     pub other: Option<Node>,
     /// Wall-clock time (seconds, nanoseconds) just before the operation: a file the
     /// operation created was born at or after it.
     pub at: (i64, u32),
+    /// What the operation's check needs beyond names and inodes.
+    pub detail: Detail,
+}
+
+/// The part of an [`Intent`] particular to one kind of operation.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Detail {
+    /// Names and inodes say it all.
+    None,
+    /// SETXATTR with `XATTR_CREATE`: the value to set, and the attribute's value
+    /// before (`None`: it did not exist).
+    XattrCreate {
+        /// The value being set.
+        value: ValueSum,
+        /// The attribute's value before, if it existed.
+        before: Option<ValueSum>,
+    },
+    /// REMOVEXATTR: whether the attribute existed before.
+    XattrRemove {
+        /// It existed.
+        existed: bool,
+    },
+    /// OPEN, or CREATE of a name that may exist, with `O_TRUNC`: the file's state
+    /// before (`None`: the name did not exist, a CREATE).
+    Trunc {
+        /// Size, blocks and times of the file before.
+        before: Option<FileState>,
+    },
+}
+
+/// An extended attribute's value as an intent keeps it: its length and a 64-bit
+/// FNV-1a hash (values are up to 64 KiB; the journal keeps 12 bytes).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ValueSum {
+    /// Length in bytes.
+    pub len: u32,
+    /// FNV-1a 64 of the bytes.
+    pub hash: u64,
+}
+
+impl ValueSum {
+    /// The sum of `v`.
+    pub fn of(v: &[u8]) -> ValueSum {
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for b in v {
+            h = (h ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3);
+        }
+        ValueSum {
+            len: u32::try_from(v.len()).unwrap_or(u32::MAX),
+            hash: h,
+        }
+    }
+}
+
+/// What a truncate changes in a file, as `fstat` shows it: size, blocks, and the
+/// modification and change times (seconds, nanoseconds). Any change of the file
+/// after the intent — the truncate, or a write — changes `ctime`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileState {
+    /// `st_size`.
+    pub size: i64,
+    /// `st_blocks`.
+    pub blocks: i64,
+    /// `st_mtime`, `st_mtime_nsec`.
+    pub mtime: (i64, i64),
+    /// `st_ctime`, `st_ctime_nsec`.
+    pub ctime: (i64, i64),
+}
+
+impl FileState {
+    /// The state of the inode `fd` is on.
+    pub fn of(fd: BorrowedFd<'_>) -> Result<FileState> {
+        let st = stat_fd(fd)?;
+        Ok(FileState {
+            size: st.st_size,
+            blocks: st.st_blocks as i64,
+            mtime: (st.st_mtime, st.st_mtime_nsec as i64),
+            ctime: (st.st_ctime, st.st_ctime_nsec as i64),
+        })
+    }
 }
 
 /// One change of the journaled part of the state, as the crash journal records it
@@ -130,7 +212,7 @@ pub enum Change {
     /// The backing id of a node set (`Some`) or released (`None`).
     Backing(Node, Option<Backing>),
     /// An intent noted (`Some`) or done (`None`), by unique (without bit 63).
-    Intent(u64, Option<Intent>),
+    Intent(u64, Option<Box<Intent>>),
 }
 
 /// The crash-journal side of the filesystem (idle without a fd store).
@@ -189,40 +271,32 @@ pub struct PassFs {
     pub jr: Journaling,
 }
 
-/// Test hook (environment variable): `MARKER:OP:NAME` makes the process abort
-/// (SIGKILL) right after operation OP (`create`, `mkdir`, `unlink`, `rename`, `link`) on
-/// NAME ran on the source and before its reply is journaled — the window only the
-/// intents close — once: only if the file MARKER does not exist (it is created
-/// first, so the restarted process does not abort again).
-pub const CRASH_HOOK: &str = "PASSTHROUGH_CRASH_ONCE";
-
-/// Aborts here if [`CRASH_HOOK`] names this operation and name.
-fn crash_point(op: &str, name: &CString) {
-    static HOOK: OnceLock<Option<(String, String, Vec<u8>)>> = OnceLock::new();
-    let hook = HOOK.get_or_init(|| {
-        let v = std::env::var(CRASH_HOOK).ok()?;
-        let mut it = v.splitn(3, ':');
-        Some((
-            it.next()?.to_owned(),
-            it.next()?.to_owned(),
-            it.next()?.as_bytes().to_vec(),
-        ))
-    });
-    let Some((marker, hop, hname)) = hook else {
+/// The fault point (`fuse_session::fault`, `FUSE_LIVE_FAULT=POINT:N`) right after
+/// non-idempotent operation `op` ran on the source and before its reply is
+/// journaled — the window only the intents close. Reached by requests sent for
+/// the first time only: a resent one (bit 63) passes, so the restarted process
+/// answers it instead of aborting again at hit 1.
+fn after_backing(ctx: &RequestContext<'_>, op: &str) {
+    if ctx.unique & UNIQUE_RESEND != 0 {
         return;
+    }
+    let point = match op {
+        "create" => "passthrough-after-create",
+        "mknod" => "passthrough-after-mknod",
+        "mkdir" => "passthrough-after-mkdir",
+        "symlink" => "passthrough-after-symlink",
+        "link" => "passthrough-after-link",
+        "rename" => "passthrough-after-rename",
+        "unlink" => "passthrough-after-unlink",
+        "rmdir" => "passthrough-after-rmdir",
+        "setxattr" => "passthrough-after-setxattr",
+        "removexattr" => "passthrough-after-removexattr",
+        "open" => "passthrough-after-open-trunc",
+        "setattr" => "passthrough-after-truncate",
+        "tmpfile" => "passthrough-after-tmpfile",
+        _ => return,
     };
-    if hop != op || hname.as_slice() != name.as_bytes() {
-        return;
-    }
-    if std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .open(marker)
-        .is_ok()
-    {
-        log::warn!("{CRASH_HOOK}: killing this process after {op} of {name:?}");
-        let _ = nix::sys::signal::kill(nix::unistd::getpid(), nix::sys::signal::Signal::SIGKILL);
-    }
+    fuse_session::fault::point(point);
 }
 
 /// Bit 63 of a unique: the kernel resent the request.
@@ -457,10 +531,10 @@ impl PassFs {
         let name = component(name)?;
         let pfd = self.node_fd(parent)?;
         let prior = self.prior_intent(ctx);
-        let key = self.intent(ctx, op, parent, &name, None, None);
+        let key = self.intent(ctx, op, parent, name.as_bytes(), None, None, Detail::None);
         let made = make(pfd.as_fd(), &name);
         if made.is_ok() {
-            crash_point(op, &name);
+            after_backing(ctx, op);
         }
         let made = match made {
             // Resent after a crash, and the dead process had made it.
@@ -637,18 +711,25 @@ impl PassFs {
     }
 
     /// Writes an intent to the journal before a non-idempotent operation runs
-    /// (when journaling); returns the key for [`PassFs::done`].
+    /// (when journaling); returns the key for [`PassFs::done`]. A resent request
+    /// whose intent the journal holds keeps that one: it describes the source
+    /// before the first run, which a second crash must still be checked against.
+    #[allow(clippy::too_many_arguments)]
     fn intent(
         &self,
         ctx: &RequestContext<'_>,
         op: &str,
         parent: &Node,
-        name: &CString,
+        name: &[u8],
         before: Option<Node>,
         other: Option<Node>,
+        detail: Detail,
     ) -> Option<u64> {
         let flush = self.jr.flush.get()?;
         let key = ctx.unique & !UNIQUE_RESEND;
+        if ctx.unique & UNIQUE_RESEND != 0 && lock(&self.jr.intents).contains_key(&key) {
+            return Some(key);
+        }
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap_or_default()
@@ -656,13 +737,14 @@ impl PassFs {
         let intent = Intent {
             op: op.to_owned(),
             parent: parent.clone(),
-            name: name.as_bytes().to_vec(),
+            name: name.to_vec(),
             before,
             other,
             at: (now.as_secs() as i64, now.subsec_nanos()),
+            detail,
         };
         lock(&self.jr.intents).insert(key, intent.clone());
-        self.note(Change::Intent(key, Some(intent)));
+        self.note(Change::Intent(key, Some(Box::new(intent))));
         flush();
         Some(key)
     }
@@ -705,6 +787,55 @@ impl PassFs {
         (t.tv_sec, t.tv_nsec) >= intent.at
     }
 
+    /// The regular file `name` in `dir` names now, and its state.
+    fn file_at(&self, dir: BorrowedFd<'_>, name: &CString) -> Option<(Node, FileState)> {
+        let fd = open_beneath(dir, name, OFlags::PATH, 0).ok()?;
+        let st = stat_fd(fd.as_fd()).ok()?;
+        if st.st_mode & nix::libc::S_IFMT != nix::libc::S_IFREG {
+            return None;
+        }
+        let node = node::node_of(fd.as_fd(), &st, self.mount_id);
+        Some((node, FileState::of(fd.as_fd()).ok()?))
+    }
+
+    /// Whether `name` in `dir` still names the file of `O_TRUNC` intent `intent`
+    /// and that file changed since the intent: taken as truncated by the dead
+    /// process (and maybe written since).
+    fn changed_since(&self, dir: BorrowedFd<'_>, name: &CString, intent: &Intent) -> bool {
+        let Detail::Trunc { before: Some(b) } = intent.detail else {
+            return false;
+        };
+        match self.file_at(dir, name) {
+            Some((n, now)) => intent.before.as_ref() == Some(&n) && now != b,
+            None => false,
+        }
+    }
+
+    /// Sets the size of `node` (SETATTR), through its open file if writable.
+    fn set_size(&self, node: &Node, fd: &FdRef, size: Option<u64>) -> Result<()> {
+        let Some(size) = size else {
+            return Ok(());
+        };
+        let writable = match fd {
+            FdRef::File(f) => rustix::fs::fcntl_getfl(&f.fd)
+                .map(|fl| fl.contains(OFlags::WRONLY) || fl.contains(OFlags::RDWR))
+                .unwrap_or(false),
+            FdRef::Path(_) => false,
+        };
+        if writable {
+            return rustix::fs::ftruncate(fd.fd(), size).map_err(rx);
+        }
+        if node.kind != nix::libc::S_IFREG {
+            return Err(if node.is_dir() {
+                Errno::EISDIR
+            } else {
+                Errno::EINVAL
+            });
+        }
+        let w = self.reopen(node, OFlags::WRONLY)?;
+        rustix::fs::ftruncate(&w, size).map_err(rx)
+    }
+
     /// How many backing ids this filesystem holds registered.
     pub fn backing_count(&self) -> usize {
         lock(&self.pt.backings).len()
@@ -741,7 +872,21 @@ impl PassFs {
             return Opened::new(handle);
         }
         let writes = flags & nix::libc::O_ACCMODE != nix::libc::O_RDONLY;
-        match self.backing_for(node, writes) {
+        // A kernel passthrough write runs with this process's credentials
+        // (CAP_FSETID), so the backing file system keeps set-user-ID; and under
+        // HANDLE_KILLPRIV_V2 the kernel asks nothing. Opens for writing of such
+        // files go through this process (direct I/O: WRITE with KILL_SUIDGID).
+        let killable = writes
+            && lock(&self.files)
+                .get(&id)
+                .and_then(|f| stat_fd(f.fd.as_fd()).ok())
+                .is_some_and(|st| has_killable_bits(st.st_mode));
+        let backing = if killable {
+            None
+        } else {
+            self.backing_for(node, writes)
+        };
+        match backing {
             Some(b) => {
                 handle.backing = b;
                 Opened {
@@ -780,7 +925,7 @@ impl PassFs {
         if writes && !writable {
             return None;
         }
-        match backing::backing_open(device.as_fd(), fd.as_fd()) {
+        match without_fsetid(|| backing::backing_open(device.as_fd(), fd.as_fd())) {
             Ok(id) => {
                 let b = Backing {
                     id,
@@ -917,21 +1062,82 @@ fn timestamp(t: Option<TimeOrNow>) -> rustix::fs::Timespec {
     }
 }
 
-/// `open(O_TRUNC)` by an unprivileged caller clears set-user-ID, and
-/// set-group-ID on a group-executable file, as a truncate does. With
-/// `ATOMIC_O_TRUNC` the kernel sends no SETATTR for it, and this process
-/// truncates as root (which keeps the bits), so it clears them here.
-fn kill_suid_on_trunc(ctx: &RequestContext<'_>, fd: BorrowedFd<'_>, flags: i32) -> Result<()> {
-    if flags & nix::libc::O_TRUNC == 0 || ctx.uid == Some(0) {
-        return Ok(());
-    }
+/// The kernel's rule for a write or truncate by a caller without `CAP_FSETID`:
+/// clears set-user-ID, and set-group-ID on a group-executable file, of the inode
+/// `fd` is on (any descriptor, `O_PATH` too). This process writes and truncates
+/// as root, which keeps the bits, and under `HANDLE_KILLPRIV_V2` the kernel
+/// leaves the rule to it: the `KILL_SUIDGID` flags of WRITE, SETATTR, OPEN and
+/// CREATE say when; FALLOCATE and COPY_FILE_RANGE carry none, so for them it
+/// applies to every caller but root.
+fn kill_suidgid(fd: BorrowedFd<'_>) -> Result<()> {
     let mode = stat_fd(fd)?.st_mode & 0o7777;
     let mut kill = nix::libc::S_ISUID;
     if mode & nix::libc::S_IXGRP != 0 {
         kill |= nix::libc::S_ISGID;
     }
-    if mode & kill != 0 {
-        rustix::fs::fchmod(fd, Mode::from_bits_truncate(mode & !kill)).map_err(rx)?;
+    if mode & kill == 0 {
+        return Ok(());
+    }
+    rustix::fs::chmodat(
+        rustix::fs::CWD,
+        node::proc_path(fd).as_c_str(),
+        Mode::from_bits_truncate(mode & !kill),
+        AtFlags::empty(),
+    )
+    .map_err(rx)
+}
+
+/// Runs `f` with `CAP_FSETID` out of this thread's effective capabilities. The
+/// kernel keeps the credentials of the thread that registers a backing file
+/// (`BACKING_OPEN`) and runs every kernel passthrough write with them; without
+/// `CAP_FSETID` the source filesystem clears set-user-ID and set-group-ID on
+/// those writes as it would for an unprivileged writer — also for a file that
+/// got the bits after it was opened (the opens of files that have them at open
+/// go through this process instead, see `PassFs::opened`). The price: a
+/// privileged writer's kernel passthrough write clears them as well.
+fn without_fsetid<T>(f: impl FnOnce() -> T) -> T {
+    use rustix::thread::{capabilities, set_capabilities, CapabilitySet, CapabilitySets};
+    let saved = capabilities(None)
+        .ok()
+        .filter(|c| c.effective.contains(CapabilitySet::FSETID));
+    let dropped = saved.filter(|c| {
+        let less = CapabilitySets {
+            effective: c.effective - CapabilitySet::FSETID,
+            ..*c
+        };
+        set_capabilities(None, less).is_ok()
+    });
+    let out = f();
+    if let Some(c) = dropped {
+        if let Err(e) = set_capabilities(None, c) {
+            log::error!("cannot take CAP_FSETID back after registering a backing file: {e}");
+        }
+    }
+    out
+}
+
+/// Whether `mode` has bits a write by a caller without `CAP_FSETID` clears.
+fn has_killable_bits(mode: u32) -> bool {
+    mode & nix::libc::S_ISUID != 0
+        || mode & (nix::libc::S_ISGID | nix::libc::S_IXGRP)
+            == (nix::libc::S_ISGID | nix::libc::S_IXGRP)
+}
+
+/// `open(O_TRUNC)` (`ATOMIC_O_TRUNC`: this process truncates) by an
+/// unprivileged caller clears the bits as a truncate does: when the kernel
+/// says so (`FUSE_OPEN_KILL_SUIDGID`), or the caller is not root (kernels
+/// without `HANDLE_KILLPRIV_V2`).
+fn kill_suid_on_trunc(
+    ctx: &RequestContext<'_>,
+    fd: BorrowedFd<'_>,
+    flags: i32,
+    open_flags: FuseOpenFlags,
+) -> Result<()> {
+    if flags & nix::libc::O_TRUNC == 0 {
+        return Ok(());
+    }
+    if open_flags.contains(FuseOpenFlags::KILL_SUIDGID) || ctx.uid != Some(0) {
+        kill_suidgid(fd)?;
     }
     Ok(())
 }
@@ -946,6 +1152,22 @@ fn path_of(fd: BorrowedFd<'_>) -> Result<OwnedFd> {
         Mode::empty(),
     )
     .map_err(rx)
+}
+
+/// The sum of extended attribute `name`'s value on the file at `path`; `None`
+/// when it does not exist. A value that cannot be read sums to one no value has
+/// (length `u32::MAX`): never taken for the absent attribute, never equal to a
+/// value being set.
+fn xattr_sum(path: &CString, name: &OsStr) -> Option<ValueSum> {
+    let mut buf = vec![0u8; 64 * 1024];
+    match rustix::fs::getxattr(path.as_c_str(), name, &mut buf[..]) {
+        Ok(n) => Some(ValueSum::of(&buf[..n])),
+        Err(rustix::io::Errno::NODATA) => None,
+        Err(_) => Some(ValueSum {
+            len: u32::MAX,
+            hash: 0,
+        }),
+    }
 }
 
 fn xattr_reply(size: u32, data: Vec<u8>) -> Result<Xattr> {
@@ -974,10 +1196,19 @@ impl Filesystem for PassFs {
         // checked by the kernel). Locks stay local to the kernel: they survive a
         // handoff with no state here. Direct I/O opens (the fallback while
         // passthrough is on) may still be mmapped.
+        // ATOMIC_O_TRUNC: OPEN carries O_TRUNC and the truncate is done here (one
+        // SETATTR less per truncating open, and its intent goes with the open's).
         wishes.flags |= InitFlags::DO_READDIRPLUS
             | InitFlags::READDIRPLUS_AUTO
-            | InitFlags::DIRECT_IO_ALLOW_MMAP;
+            | InitFlags::DIRECT_IO_ALLOW_MMAP
+            | InitFlags::ATOMIC_O_TRUNC;
         wishes.flags = wishes.flags.difference(InitFlags::WRITEBACK_CACHE);
+        // HANDLE_KILLPRIV_V2: this process clears set-user-ID and set-group-ID
+        // where the kernel's rule says so (the KILL_SUIDGID flags, and
+        // `kill_suidgid`), and the kernel sets SB_NOSEC on the mount. Without it
+        // every write(2) first asks for `security.capability` (a GETXATTR round
+        // trip per write, passthrough writes included: docs/BENCHMARKS.md).
+        wishes.flags |= InitFlags::HANDLE_KILLPRIV_V2;
         if self.config.passthrough {
             wishes.flags |= InitFlags::PASSTHROUGH;
             // The backing files are on ordinary (unstacked) filesystems.
@@ -1019,12 +1250,24 @@ impl Filesystem for PassFs {
 
     fn setattr(
         &self,
-        _ctx: &RequestContext<'_>,
+        ctx: &RequestContext<'_>,
         node: &Node,
         fh: Option<&Handle>,
         set: &SetAttr,
     ) -> Result<AttrReply> {
         let fd = self.fd_for(node, fh)?;
+        let mut size = set.size;
+        if size.is_some() && self.journaling() {
+            let now = FileState::of(fd.fd())?;
+            let done_before = self
+                .prior_intent(ctx)
+                .is_some_and(|p| matches!(p.detail, Detail::Trunc { before: Some(b) } if b != now));
+            if done_before {
+                log::warn!("setattr resent after a crash: the dead process had changed the size");
+                size = None;
+                self.done(Some(ctx.unique & !UNIQUE_RESEND));
+            }
+        }
         if let Some(mode) = set.mode {
             if node.kind == nix::libc::S_IFLNK {
                 return Err(Errno::EOPNOTSUPP);
@@ -1051,26 +1294,28 @@ impl Filesystem for PassFs {
             )
             .map_err(rx)?;
         }
-        if let Some(size) = set.size {
-            let writable = match &fd {
-                FdRef::File(f) => rustix::fs::fcntl_getfl(&f.fd)
-                    .map(|fl| fl.contains(OFlags::WRONLY) || fl.contains(OFlags::RDWR))
-                    .unwrap_or(false),
-                FdRef::Path(_) => false,
+        // A size change run again after later writes would undo them: under the
+        // journal, an intent with the file's state just before it; a resent
+        // SETATTR whose file changed since (looked at before this run changes
+        // anything) takes the size change as done.
+        let mut size_key = None;
+        if size.is_some() && self.journaling() {
+            let state = FileState::of(fd.fd())?;
+            let detail = Detail::Trunc {
+                before: Some(state),
             };
-            if writable {
-                rustix::fs::ftruncate(fd.fd(), size).map_err(rx)?;
-            } else {
-                if node.kind != nix::libc::S_IFREG {
-                    return Err(if node.is_dir() {
-                        Errno::EISDIR
-                    } else {
-                        Errno::EINVAL
-                    });
-                }
-                let w = self.reopen(node, OFlags::WRONLY)?;
-                rustix::fs::ftruncate(&w, size).map_err(rx)?;
-            }
+            size_key = self.intent(ctx, "setattr", node, b"", None, None, detail);
+        }
+        let sized = self.set_size(node, &fd, size);
+        self.done(size_key);
+        sized?;
+        // HANDLE_KILLPRIV_V2: a truncate by a caller without CAP_FSETID, or a
+        // chown (the backing chown clears them too).
+        if set.kill_suidgid && node.kind == nix::libc::S_IFREG {
+            kill_suidgid(fd.fd())?;
+        }
+        if size.is_some() && size_key.is_some() {
+            after_backing(ctx, "setattr");
         }
         if set.atime.is_some() || set.mtime.is_some() {
             let ts = rustix::fs::Timestamps {
@@ -1189,7 +1434,15 @@ impl Filesystem for PassFs {
             (true, true) => self.node_at(np.as_fd(), &newname),
             (true, false) => self.victim(np.as_fd(), &newname),
         };
-        let key = self.intent(ctx, "rename", parent, &name, before, other);
+        let key = self.intent(
+            ctx,
+            "rename",
+            parent,
+            name.as_bytes(),
+            before,
+            other,
+            Detail::None,
+        );
         let r = rustix::fs::renameat_with(
             p.as_fd(),
             name.as_c_str(),
@@ -1199,7 +1452,7 @@ impl Filesystem for PassFs {
         )
         .map_err(rx);
         if r.is_ok() {
-            crash_point("rename", &name);
+            after_backing(ctx, "rename");
         }
         self.done(key);
         r
@@ -1216,7 +1469,15 @@ impl Filesystem for PassFs {
         let fd = self.node_fd(node)?;
         let np = self.node_fd(newparent)?;
         let prior = self.prior_intent(ctx);
-        let key = self.intent(ctx, "link", newparent, &newname, None, Some(node.clone()));
+        let key = self.intent(
+            ctx,
+            "link",
+            newparent,
+            newname.as_bytes(),
+            None,
+            Some(node.clone()),
+            Detail::None,
+        );
         let r = rustix::fs::linkat(
             fd.as_fd(),
             c"",
@@ -1225,7 +1486,7 @@ impl Filesystem for PassFs {
             AtFlags::EMPTY_PATH,
         );
         if r.is_ok() {
-            crash_point("link", &newname);
+            after_backing(ctx, "link");
         }
         let r = match r {
             // Resent after a crash: the dead process had made this very link.
@@ -1247,7 +1508,7 @@ impl Filesystem for PassFs {
         ctx: &RequestContext<'_>,
         node: &Node,
         flags: OpenFlags,
-        _open_flags: FuseOpenFlags,
+        open_flags: FuseOpenFlags,
     ) -> Result<Opened<Handle>> {
         let flags = flags.0;
         if node.kind != nix::libc::S_IFREG {
@@ -1257,9 +1518,34 @@ impl Filesystem for PassFs {
                 Errno::EINVAL
             });
         }
-        let fd = self.reopen(node, self.open_flags(flags))?;
-        kill_suid_on_trunc(ctx, fd.as_fd(), flags)?;
-        Ok(self.opened(node, fd, flags))
+        let mut oflags = self.open_flags(flags);
+        let mut key = None;
+        if oflags.contains(OFlags::TRUNC) && self.journaling() {
+            // A truncate run again after later writes would destroy them: the
+            // intent holds the file's state before, and a resent OPEN whose
+            // file changed since takes the truncate as done.
+            let state = FileState::of(self.node_fd(node)?.as_fd())?;
+            let done_before = self.prior_intent(ctx).is_some_and(
+                |p| matches!(p.detail, Detail::Trunc { before: Some(b) } if b != state),
+            );
+            if done_before {
+                log::warn!("open resent after a crash: the dead process had truncated the file");
+                oflags -= OFlags::TRUNC;
+            }
+            let detail = Detail::Trunc {
+                before: Some(state),
+            };
+            key = self.intent(ctx, "open", node, b"", None, None, detail);
+        }
+        let fd = self.reopen(node, oflags);
+        self.done(key);
+        let fd = fd?;
+        kill_suid_on_trunc(ctx, fd.as_fd(), flags, open_flags)?;
+        let opened = self.opened(node, fd, flags);
+        if key.is_some() {
+            after_backing(ctx, "open");
+        }
+        Ok(opened)
     }
 
     fn read<'r>(
@@ -1296,11 +1582,14 @@ impl Filesystem for PassFs {
         fh: &Handle,
         offset: u64,
         data: &[u8],
-        _write_flags: WriteFlags,
+        write_flags: WriteFlags,
         _flags: OpenFlags,
     ) -> Result<u32> {
         let file = self.file(fh)?;
         let n = rustix::io::pwrite(&file.fd, data, offset).map_err(rx)?;
+        if write_flags.contains(WriteFlags::KILL_SUIDGID) {
+            kill_suidgid(file.fd.as_fd())?;
+        }
         u32::try_from(n).map_err(|_| Errno::EIO)
     }
 
@@ -1428,7 +1717,7 @@ impl Filesystem for PassFs {
 
     fn setxattr(
         &self,
-        _ctx: &RequestContext<'_>,
+        ctx: &RequestContext<'_>,
         node: &Node,
         name: &OsStr,
         value: &[u8],
@@ -1436,13 +1725,43 @@ impl Filesystem for PassFs {
         _setxattr_flags: u32,
     ) -> Result<()> {
         let path = self.xattr_path(node)?;
-        rustix::fs::setxattr(
+        // XATTR_CREATE is the one non-idempotent form (a second run: EEXIST).
+        let create = flags & nix::libc::XATTR_CREATE != 0 && self.journaling();
+        let prior = if create { self.prior_intent(ctx) } else { None };
+        let key = if create {
+            let detail = Detail::XattrCreate {
+                value: ValueSum::of(value),
+                before: xattr_sum(&path.1, name),
+            };
+            self.intent(ctx, "setxattr", node, name.as_bytes(), None, None, detail)
+        } else {
+            None
+        };
+        let r = rustix::fs::setxattr(
             path.1.as_c_str(),
             name,
             value,
             rustix::fs::XattrFlags::from_bits_retain(flags as u32),
-        )
-        .map_err(rx)
+        );
+        let r = match r {
+            // Resent after a crash: absent at the intent, it now holds the
+            // value this request sets.
+            Err(rustix::io::Errno::EXIST)
+                if prior.as_ref().is_some_and(|p| {
+                    matches!(p.detail, Detail::XattrCreate { value, before: None }
+                        if xattr_sum(&path.1, name) == Some(value))
+                }) =>
+            {
+                log::warn!("setxattr resent after a crash: the dead process had set it");
+                Ok(())
+            }
+            r => r.map_err(rx),
+        };
+        self.done(key);
+        if r.is_ok() && key.is_some() {
+            after_backing(ctx, "setxattr");
+        }
+        r
     }
 
     fn getxattr(
@@ -1473,9 +1792,47 @@ impl Filesystem for PassFs {
         xattr_reply(size, buf)
     }
 
-    fn removexattr(&self, _ctx: &RequestContext<'_>, node: &Node, name: &OsStr) -> Result<()> {
+    fn removexattr(&self, ctx: &RequestContext<'_>, node: &Node, name: &OsStr) -> Result<()> {
         let path = self.xattr_path(node)?;
-        rustix::fs::removexattr(path.1.as_c_str(), name).map_err(rx)
+        let journaling = self.journaling();
+        let prior = if journaling {
+            self.prior_intent(ctx)
+        } else {
+            None
+        };
+        let key = if journaling {
+            let detail = Detail::XattrRemove {
+                existed: xattr_sum(&path.1, name).is_some(),
+            };
+            self.intent(
+                ctx,
+                "removexattr",
+                node,
+                name.as_bytes(),
+                None,
+                None,
+                detail,
+            )
+        } else {
+            None
+        };
+        let r = match rustix::fs::removexattr(path.1.as_c_str(), name) {
+            // Resent after a crash: it existed at the intent and is gone.
+            Err(rustix::io::Errno::NODATA)
+                if prior
+                    .as_ref()
+                    .is_some_and(|p| p.detail == Detail::XattrRemove { existed: true }) =>
+            {
+                log::warn!("removexattr resent after a crash: the dead process had removed it");
+                Ok(())
+            }
+            r => r.map_err(rx),
+        };
+        self.done(key);
+        if r.is_ok() && key.is_some() {
+            after_backing(ctx, "removexattr");
+        }
+        r
     }
 
     fn create(
@@ -1485,16 +1842,34 @@ impl Filesystem for PassFs {
         name: &OsStr,
         mode: u32,
         flags: OpenFlags,
-        _open_flags: FuseOpenFlags,
+        open_flags: FuseOpenFlags,
     ) -> Result<(Entry<Node>, Opened<Handle>)> {
         let flags = flags.0;
         let cname = component(name)?;
         let pfd = self.node_fd(parent)?;
         let oflags = self.open_flags(flags);
         let excl = flags & nix::libc::O_EXCL != 0;
-        let prior = if excl { self.prior_intent(ctx) } else { None };
-        let key = if excl {
-            self.intent(ctx, "create", parent, &cname, None, None)
+        // O_TRUNC matters only for a file that exists already (never with O_EXCL).
+        let trunc = !excl && oflags.contains(OFlags::TRUNC);
+        let prior = self.prior_intent(ctx);
+        let key = if self.journaling() {
+            let (before, detail) = if trunc {
+                match self.file_at(pfd.as_fd(), &cname) {
+                    Some((n, st)) => (Some(n), Detail::Trunc { before: Some(st) }),
+                    None => (None, Detail::Trunc { before: None }),
+                }
+            } else {
+                (None, Detail::None)
+            };
+            self.intent(
+                ctx,
+                "create",
+                parent,
+                cname.as_bytes(),
+                before,
+                None,
+                detail,
+            )
         } else {
             None
         };
@@ -1504,25 +1879,38 @@ impl Filesystem for PassFs {
             oflags | OFlags::CREATE | OFlags::EXCL,
             mode & 0o7777,
         ) {
-            Ok(fd) => {
-                crash_point("create", &cname);
-                Ok((fd, true))
-            }
-            // Not O_EXCL, or resent after a crash and the dead process had
-            // created it (O_EXCL): open what is there. (Its O_TRUNC was done.)
-            Err(e)
-                if e.raw_os_error() == Some(nix::libc::EEXIST)
-                    && (!excl
-                        || prior
-                            .as_ref()
-                            .is_some_and(|p| self.born_after(pfd.as_fd(), &cname, p))) =>
-            {
-                if excl {
-                    log::warn!("create resent after a crash: the dead process had made it");
+            Ok(fd) => Ok((fd, true)),
+            Err(e) if e.raw_os_error() == Some(nix::libc::EEXIST) => {
+                // Resent after a crash: had the dead process made the file
+                // (the name was free at the intent, and its inode is younger),
+                // or truncated it (the same inode, changed since)?
+                let dead_made = prior
+                    .as_ref()
+                    .is_some_and(|p| p.before.is_none() && self.born_after(pfd.as_fd(), &cname, p));
+                let dead_truncated = !dead_made
+                    && prior
+                        .as_ref()
+                        .is_some_and(|p| self.changed_since(pfd.as_fd(), &cname, p));
+                if excl && !dead_made {
+                    Err(Errno::EEXIST)
+                } else {
+                    if dead_made {
+                        log::warn!("create resent after a crash: the dead process had made it");
+                    } else if dead_truncated {
+                        log::warn!(
+                            "create resent after a crash: the dead process had truncated it"
+                        );
+                    }
+                    // Open what is there: truncated unless the dead process did.
+                    let f = if dead_made || dead_truncated {
+                        oflags - OFlags::TRUNC
+                    } else {
+                        oflags
+                    };
+                    open_beneath(pfd.as_fd(), &cname, f, 0)
+                        .map(|fd| (fd, dead_made))
+                        .map_err(io_errno)
                 }
-                open_beneath(pfd.as_fd(), &cname, oflags - OFlags::TRUNC, 0)
-                    .map(|fd| (fd, excl))
-                    .map_err(io_errno)
             }
             Err(e) => Err(io_errno(e)),
         };
@@ -1533,7 +1921,7 @@ impl Filesystem for PassFs {
                 log::warn!("chown of a new file failed: {e}");
             }
         } else {
-            kill_suid_on_trunc(ctx, fd.as_fd(), flags)?;
+            kill_suid_on_trunc(ctx, fd.as_fd(), flags, open_flags)?;
         }
         let path_fd = path_of(fd.as_fd())?;
         let entry = self.adopt(path_fd)?;
@@ -1541,12 +1929,13 @@ impl Filesystem for PassFs {
             return Err(Errno::EINVAL);
         }
         let opened = self.opened(&entry.node, fd, flags);
+        after_backing(ctx, "create");
         Ok((entry, opened))
     }
 
     fn fallocate(
         &self,
-        _ctx: &RequestContext<'_>,
+        ctx: &RequestContext<'_>,
         _node: &Node,
         fh: &Handle,
         offset: u64,
@@ -1560,7 +1949,11 @@ impl Filesystem for PassFs {
             offset,
             length,
         )
-        .map_err(rx)
+        .map_err(rx)?;
+        if ctx.uid != Some(0) {
+            kill_suidgid(file.fd.as_fd())?;
+        }
+        Ok(())
     }
 
     fn lseek(
@@ -1583,7 +1976,7 @@ impl Filesystem for PassFs {
 
     fn copy_file_range(
         &self,
-        _ctx: &RequestContext<'_>,
+        ctx: &RequestContext<'_>,
         _node_in: &Node,
         fh_in: &Handle,
         offset_in: u64,
@@ -1601,6 +1994,9 @@ impl Filesystem for PassFs {
         let len = usize::try_from(len).unwrap_or(usize::MAX).min(1 << 30);
         let n = rustix::fs::copy_file_range(&i.fd, Some(&mut oi), &o.fd, Some(&mut oo), len)
             .map_err(rx)?;
+        if ctx.uid != Some(0) {
+            kill_suidgid(o.fd.as_fd())?;
+        }
         Ok(n as u64)
     }
 
@@ -1659,6 +2055,10 @@ impl Filesystem for PassFs {
         }
         let entry = self.adopt(path_of(fd.as_fd())?)?;
         let opened = self.opened(&entry.node, fd, flags);
+        // No intent: a TMPFILE run again makes another unnamed file, and the one
+        // the dead process made is freed (its descriptors died with it, or the
+        // recovery removes the fd store's copy, which the journal does not know).
+        after_backing(ctx, "tmpfile");
         Ok((entry, opened))
     }
 
@@ -1694,10 +2094,10 @@ impl PassFs {
                 return Ok(());
             }
         }
-        let key = self.intent(ctx, op, parent, &name, before, None);
+        let key = self.intent(ctx, op, parent, name.as_bytes(), before, None, Detail::None);
         let r = rustix::fs::unlinkat(pfd.as_fd(), name.as_c_str(), flags).map_err(rx);
         if r.is_ok() {
-            crash_point(op, &name);
+            after_backing(ctx, op);
         }
         self.done(key);
         r

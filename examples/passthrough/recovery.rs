@@ -94,7 +94,7 @@ impl JournalBase {
             }
             Change::Intent(key, i) => match i {
                 Some(i) => {
-                    self.intents.insert(key, i);
+                    self.intents.insert(key, *i);
                 }
                 None => {
                     self.intents.remove(&key);

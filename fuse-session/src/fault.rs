@@ -231,6 +231,62 @@ pub const POINTS: &[(&str, &str)] = &[
         "handoff-new-serving",
         "handoff driver, new side: workers started",
     ),
+    // examples/passthrough (`passfs.rs`): a non-idempotent operation ran on the
+    // source directory, its reply is not recorded (the window its intents close).
+    // Reached by requests the kernel sent for the first time only, not by resent
+    // ones, so that the restarted process answers the resent request.
+    (
+        "passthrough-after-create",
+        "passthrough: CREATE made or opened the file (O_EXCL or O_TRUNC), reply not recorded",
+    ),
+    (
+        "passthrough-after-mknod",
+        "passthrough: MKNOD ran on the source, reply not recorded",
+    ),
+    (
+        "passthrough-after-mkdir",
+        "passthrough: MKDIR ran on the source, reply not recorded",
+    ),
+    (
+        "passthrough-after-symlink",
+        "passthrough: SYMLINK ran on the source, reply not recorded",
+    ),
+    (
+        "passthrough-after-link",
+        "passthrough: LINK ran on the source, reply not recorded",
+    ),
+    (
+        "passthrough-after-rename",
+        "passthrough: RENAME ran on the source, reply not recorded",
+    ),
+    (
+        "passthrough-after-unlink",
+        "passthrough: UNLINK ran on the source, reply not recorded",
+    ),
+    (
+        "passthrough-after-rmdir",
+        "passthrough: RMDIR ran on the source, reply not recorded",
+    ),
+    (
+        "passthrough-after-setxattr",
+        "passthrough: SETXATTR with XATTR_CREATE ran on the source, reply not recorded",
+    ),
+    (
+        "passthrough-after-removexattr",
+        "passthrough: REMOVEXATTR ran on the source, reply not recorded",
+    ),
+    (
+        "passthrough-after-open-trunc",
+        "passthrough: OPEN with O_TRUNC truncated and opened the file, reply not recorded",
+    ),
+    (
+        "passthrough-after-truncate",
+        "passthrough: SETATTR changed the file's size, reply not recorded",
+    ),
+    (
+        "passthrough-after-tmpfile",
+        "passthrough: TMPFILE made and opened an unnamed file, reply not recorded",
+    ),
 ];
 
 /// The armed fault: the point's name, the hit that aborts, the hits so far.
