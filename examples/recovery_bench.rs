@@ -25,6 +25,23 @@
 //! prints its usage (`start`): the part of `ready` that is process start, not
 //! recovery. Any failed client operation is counted and makes the run fail.
 //! Needs root and `/dev/fuse`.
+//!
+//! With `RECOVERY_BENCH_SAVE=FILE` in the environment, a copy of the daemon's
+//! journal (as it is just before the first kill) is written to FILE. Then
+//!
+//! ```text
+//! cargo run --release --example recovery_bench -- --replay FILE [REPS]
+//! ```
+//!
+//! recovers that journal REPS times (default 10) in this process, without a mount
+//! (each time from a fresh memfd holding the saved bytes), and prints how long each
+//! phase took: read and check, decode and replay, restore, resume. Odd reps resume
+//! the journal in place (memfs's default), even ones in a new epoch (a fresh
+//! checkpoint: `--journal-resume new-epoch`), so both are measured interleaved;
+//! after each, the journal is recovered once more and must hold the same session. The same code
+//! paths as the daemon's recovery, without process start, the fd store or the
+//! kernel: a steady figure to compare two builds by, and a process to profile
+//! (`perf record -g -- target/release/examples/recovery_bench --replay FILE 20`).
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader};
 use std::os::unix::fs::FileExt;
@@ -46,6 +63,25 @@ const PATIENCE: Duration = Duration::from_secs(120);
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().is_some_and(|a| a == "--replay") {
+        let reps = match args.get(2).map(|s| s.parse::<usize>()) {
+            None => Ok(10),
+            Some(Ok(n)) if n > 0 => Ok(n),
+            Some(_) => Err("usage: recovery_bench --replay FILE [REPS]"),
+        };
+        let r = match (args.get(1), reps) {
+            (Some(file), Ok(reps)) if args.len() <= 3 => replay(Path::new(file), reps),
+            (_, Err(e)) => Err(e.into()),
+            _ => Err("usage: recovery_bench --replay FILE [REPS]".into()),
+        };
+        return match r {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("recovery_bench: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let parse = |i: usize, default: usize| -> Result<usize, String> {
         args.get(i).map_or(Ok(default), |s| {
             s.parse()
@@ -294,6 +330,11 @@ fn bench(files: usize, kills: usize) -> Res<()> {
         let [pid] = pids[..] else {
             return Err(format!("the keeper has {} children, not 1", pids.len()).into());
         };
+        if k == 0 {
+            if let Some(to) = std::env::var_os("RECOVERY_BENCH_SAVE") {
+                save_journal(pid, Path::new(&to))?;
+            }
+        }
         let killed = Instant::now();
         kill(Pid::from_raw(pid), Signal::SIGKILL)?;
         let dead = wait_dead(pid);
@@ -370,4 +411,121 @@ fn bench(files: usize, kills: usize) -> Res<()> {
         return Err(format!("{failed} client operations failed").into());
     }
     Ok(())
+}
+
+/// The largest journal `--replay` maps (as memfs's).
+const JOURNAL_MAX: u64 = 8 << 30;
+
+/// Copies the journal memfd of daemon `pid` (`/memfd:memfs-journal`) to `to`.
+fn save_journal(pid: i32, to: &Path) -> Res<()> {
+    for e in std::fs::read_dir(format!("/proc/{pid}/fd"))? {
+        let e = e?;
+        let target = std::fs::read_link(e.path()).unwrap_or_default();
+        if target.to_string_lossy().starts_with("/memfd:memfs-journal") {
+            let n = std::fs::copy(e.path(), to)?;
+            println!("journal of pid {pid} saved to {} ({n} bytes)", to.display());
+            return Ok(());
+        }
+    }
+    Err(format!("daemon {pid} holds no memfs-journal memfd").into())
+}
+
+/// `--replay FILE REPS`: recovers the saved journal REPS times in this process.
+fn replay(file: &Path, reps: usize) -> Res<()> {
+    use fuse_session::dev::JournalMap;
+    use fuse_snapshot::journal::session::{recover_session, RecoveredSession};
+    use fuse_snapshot::journal::JournalOptions;
+    use fuse_snapshot::FdRestorer;
+    use memfs::fs::MemFs;
+
+    if std::env::var_os("RUST_LOG").is_some() {
+        log::set_logger(&StderrLog).map_err(|e| e.to_string())?;
+        log::set_max_level(log::LevelFilter::Info);
+    }
+    let bytes = std::fs::read(file)?;
+    println!(
+        "replaying {} ({} bytes) {reps} times",
+        file.display(),
+        bytes.len()
+    );
+    println!("rep  mode       recover_ms  resume_ms  total_ms  records  nodeids");
+    let mut recovers = Vec::new();
+    let (mut resumes, mut totals) = ([Vec::new(), Vec::new()], [Vec::new(), Vec::new()]);
+    let modes = ["in-place", "new-epoch"];
+    for rep in 0..reps {
+        let mode = rep % 2;
+        let map = JournalMap::memfd("replay-journal", JOURNAL_MAX)?;
+        map.grow(bytes.len() as u64)?;
+        map.write(0, &bytes)?;
+        let again = map.fd().try_clone_to_owned()?;
+        // Recovered through a fresh mapping, as a new process maps it.
+        let map = JournalMap::from_fd(map.fd().try_clone_to_owned()?, JOURNAL_MAX)?;
+        let t = Instant::now();
+        let recovered =
+            recover_session::<MemFs>(map, &mut FdRestorer::empty(), JournalOptions::default())?;
+        let recover = t.elapsed();
+        let records = recovered.records;
+        let (session, hook, map, rec) = recovered.into_parts();
+        let nodeids = session.node_count();
+        let session = Arc::new(session);
+        let t2 = Instant::now();
+        if mode == 0 {
+            RecoveredSession::resume(&hook, &session, map, &rec)?;
+        } else {
+            RecoveredSession::resume_new_epoch(&hook, &session, map, &rec)?;
+        }
+        let resume = t2.elapsed();
+        let total = t.elapsed();
+        let ms = |d: Duration| d.as_secs_f64() * 1e3;
+        println!(
+            "{rep:>3}  {:<9}  {:>10.1}  {:>9.1}  {:>8.1}  {records:>7}  {nodeids:>7}",
+            modes[mode],
+            ms(recover),
+            ms(resume),
+            ms(total)
+        );
+        recovers.push(ms(recover));
+        resumes[mode].push(ms(resume));
+        totals[mode].push(ms(total));
+        // The resumed journal recovers the same session (a crash right now).
+        let map = JournalMap::from_fd(again, JOURNAL_MAX)?;
+        let re =
+            recover_session::<MemFs>(map, &mut FdRestorer::empty(), JournalOptions::default())?;
+        if re.session.node_count() != nodeids || re.session.handle_count() != session.handle_count()
+        {
+            return Err(format!(
+                "rep {rep} ({}): recovered again, {} nodeids and {} handles, not {nodeids} and {}",
+                modes[mode],
+                re.session.node_count(),
+                re.session.handle_count(),
+                session.handle_count()
+            )
+            .into());
+        }
+    }
+    println!(
+        "RESULT replay reps={reps} recover_ms_median={:.1} resume_ms_median in-place={:.1} \
+         new-epoch={:.1} total_ms_median in-place={:.1} new-epoch={:.1}",
+        median(&mut recovers),
+        median(&mut resumes[0]),
+        median(&mut resumes[1]),
+        median(&mut totals[0]),
+        median(&mut totals[1]),
+    );
+    Ok(())
+}
+
+/// With `RUST_LOG` set, `--replay` prints the library's phase timings (level info).
+struct StderrLog;
+
+impl log::Log for StderrLog {
+    fn enabled(&self, m: &log::Metadata<'_>) -> bool {
+        m.level() <= log::Level::Info
+    }
+    fn log(&self, r: &log::Record<'_>) {
+        if self.enabled(r.metadata()) {
+            eprintln!("{} {}: {}", r.level(), r.target(), r.args());
+        }
+    }
+    fn flush(&self) {}
 }
