@@ -2,7 +2,7 @@
 //! the applications on its mount.
 //!
 //! ```text
-//! cargo run --release --example recovery_bench -- [FILES] [KILLS]
+//! cargo run --release --example recovery_bench -- [FILES] [KILLS] [in-place|new-epoch]
 //! ```
 //!
 //! Runs memfs under `fuse-live-keeper` (both built by this program, in its own
@@ -11,8 +11,10 @@
 //! the kernel holds a nodeid for each and the journal a lookup for each. Then two
 //! client threads run operations that always reach the daemon (`open` + `close` of
 //! a file, 4 KiB `pwrite` on a file held open), timing each, while the daemon is
-//! killed with SIGKILL KILLS times (default 5), a second apart. For each kill it
-//! prints:
+//! killed with SIGKILL KILLS times (default 5), a second apart. The third argument
+//! is memfs's `--journal-resume` (default `in-place`: the recovered log goes on;
+//! `new-epoch`: a fresh checkpoint is written first, as before in-place resume
+//! existed). For each kill it prints:
 //!
 //! - `ready`: SIGKILL sent → the restarted daemon's `ready MOUNTPOINT` line (it has
 //!   recovered the journal and serves);
@@ -84,14 +86,19 @@ fn main() -> ExitCode {
     }
     let parse = |i: usize, default: usize| -> Result<usize, String> {
         args.get(i).map_or(Ok(default), |s| {
-            s.parse()
-                .map_err(|_| format!("not a number: {s:?}; usage: recovery_bench [FILES] [KILLS]"))
+            s.parse().map_err(|_| {
+                format!("not a number: {s:?}; usage: recovery_bench [FILES] [KILLS] [MODE]")
+            })
         })
     };
+    let mode = args.get(2).map_or("in-place", String::as_str);
     let r = match (parse(0, 100_000), parse(1, 5)) {
-        (Ok(files), Ok(kills)) if args.len() <= 2 => bench(files, kills),
+        _ if !matches!(mode, "in-place" | "new-epoch") => {
+            Err(format!("bad mode {mode:?}: in-place or new-epoch").into())
+        }
+        (Ok(files), Ok(kills)) if args.len() <= 3 => bench(files, kills, mode),
         (Err(e), _) | (_, Err(e)) => Err(e.into()),
-        _ => Err("usage: recovery_bench [FILES] [KILLS]".into()),
+        _ => Err("usage: recovery_bench [FILES] [KILLS] [in-place|new-epoch]".into()),
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,
@@ -246,7 +253,7 @@ fn median(v: &mut [f64]) -> f64 {
     }
 }
 
-fn bench(files: usize, kills: usize) -> Res<()> {
+fn bench(files: usize, kills: usize, mode: &str) -> Res<()> {
     let keeper = built(
         &["-p", "fuse-live", "--bin", "fuse-live-keeper"],
         "fuse-live-keeper",
@@ -273,7 +280,7 @@ fn bench(files: usize, kills: usize) -> Res<()> {
         .args(["--restart-delay", "0", "--"])
         .arg(&memfs)
         .arg(&mnt)
-        .args(["--threads", "2", "--ttl", "3600"])
+        .args(["--threads", "2", "--ttl", "3600", "--journal-resume", mode])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(File::create(dir.join("keeper.log"))?)
@@ -386,7 +393,7 @@ fn bench(files: usize, kills: usize) -> Res<()> {
     }
     let max = |v: &[f64]| v.iter().copied().fold(f64::NAN, f64::max);
     println!(
-        "RESULT files={files} kills={kills} start_ms={start_ms:.2} ready_ms_median={:.1} \
+        "RESULT files={files} kills={kills} mode={mode} start_ms={start_ms:.2} ready_ms_median={:.1} \
          ready_ms_max={:.1} first_ms_median={:.1} first_ms_max={:.1} slowest_ms_max={:.1} \
          ops={} failed={}",
         median(&mut readys.clone()),

@@ -263,6 +263,23 @@ pub(crate) fn encode_checked<T: Serialize>(value: &T) -> Result<Vec<u8>, FormatE
     Ok(out)
 }
 
+/// [`encode_checked`] into `out` (cleared first), reusing its capacity: the
+/// journal encodes every record so, into one buffer.
+pub(crate) fn encode_checked_into<T: Serialize>(
+    value: &T,
+    out: &mut Vec<u8>,
+) -> Result<(), FormatError> {
+    let mut buf = std::mem::take(out);
+    buf.clear();
+    buf.extend_from_slice(&[0u8; 4]);
+    let mut buf =
+        postcard::to_extend(value, buf).map_err(|e| FormatError::Encode(e.to_string()))?;
+    let crc = crc32(&buf[4..]);
+    buf[..4].copy_from_slice(&crc.to_le_bytes());
+    *out = buf;
+    Ok(())
+}
+
 /// Reads what [`encode_checked`] wrote (`what` names it in errors). `T` may
 /// borrow from `bytes` (a `Vec<u8>` encoded reads back as a `&[u8]`: postcard
 /// writes both as a length and the bytes).
