@@ -2,7 +2,7 @@
 //! the applications on its mount.
 //!
 //! ```text
-//! cargo run --release --example recovery_bench -- [FILES] [KILLS] [--transport auto|dev-fuse|io-uring]
+//! cargo run --release --example recovery_bench -- [FILES] [KILLS] [in-place|new-epoch] [--transport auto|dev-fuse|io-uring]
 //! ```
 //!
 //! Runs memfs under `fuse-live-keeper` (both built by this program, in its own
@@ -11,8 +11,10 @@
 //! the kernel holds a nodeid for each and the journal a lookup for each. Then two
 //! client threads run operations that always reach the daemon (`open` + `close` of
 //! a file, 4 KiB `pwrite` on a file held open), timing each, while the daemon is
-//! killed with SIGKILL KILLS times (default 5), a second apart. For each kill it
-//! prints:
+//! killed with SIGKILL KILLS times (default 5), a second apart. The third argument
+//! is memfs's `--journal-resume` (default `in-place`: the recovered log goes on;
+//! `new-epoch`: a fresh checkpoint is written first, as before in-place resume
+//! existed). For each kill it prints:
 //!
 //! - `ready`: SIGKILL sent → the restarted daemon's `ready MOUNTPOINT` line (it has
 //!   recovered the journal and serves);
@@ -30,6 +32,23 @@
 //! were measured with). A transport the library cannot recover after a crash
 //! (`io-uring`, until it can: `TransportKind::restartable` decides) stops the
 //! benchmark before anything starts, with the library's reason and exit code 1.
+//!
+//! With `RECOVERY_BENCH_SAVE=FILE` in the environment, a copy of the daemon's
+//! journal (as it is just before the first kill) is written to FILE. Then
+//!
+//! ```text
+//! cargo run --release --example recovery_bench -- --replay FILE [REPS]
+//! ```
+//!
+//! recovers that journal REPS times (default 10) in this process, without a mount
+//! (each time from a fresh memfd holding the saved bytes), and prints how long each
+//! phase took: read and check, decode and replay, restore, resume. Odd reps resume
+//! the journal in place (memfs's default), even ones in a new epoch (a fresh
+//! checkpoint: `--journal-resume new-epoch`), so both are measured interleaved;
+//! after each, the journal is recovered once more and must hold the same session. The same code
+//! paths as the daemon's recovery, without process start, the fd store or the
+//! kernel: a steady figure to compare two builds by, and a process to profile
+//! (`perf record -g -- target/release/examples/recovery_bench --replay FILE 20`).
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader};
 use std::os::unix::fs::FileExt;
@@ -59,16 +78,40 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    if args.first().is_some_and(|a| a == "--replay") {
+        let reps = match args.get(2).map(|s| s.parse::<usize>()) {
+            None => Ok(10),
+            Some(Ok(n)) if n > 0 => Ok(n),
+            Some(_) => Err("usage: recovery_bench --replay FILE [REPS]"),
+        };
+        let r = match (args.get(1), reps) {
+            (Some(file), Ok(reps)) if args.len() <= 3 => replay(Path::new(file), reps),
+            (_, Err(e)) => Err(e.into()),
+            _ => Err("usage: recovery_bench --replay FILE [REPS]".into()),
+        };
+        return match r {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("recovery_bench: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let parse = |i: usize, default: usize| -> Result<usize, String> {
         args.get(i).map_or(Ok(default), |s| {
-            s.parse()
-                .map_err(|_| format!("not a number: {s:?}; usage: recovery_bench [FILES] [KILLS]"))
+            s.parse().map_err(|_| {
+                format!("not a number: {s:?}; usage: recovery_bench [FILES] [KILLS] [MODE]")
+            })
         })
     };
+    let mode = args.get(2).map_or("in-place", String::as_str);
     let r = match (parse(0, 100_000), parse(1, 5)) {
-        (Ok(files), Ok(kills)) if args.len() <= 2 => bench(files, kills, transport),
+        _ if !matches!(mode, "in-place" | "new-epoch") => {
+            Err(format!("bad mode {mode:?}: in-place or new-epoch").into())
+        }
+        (Ok(files), Ok(kills)) if args.len() <= 3 => bench(files, kills, mode, transport),
         (Err(e), _) | (_, Err(e)) => Err(e.into()),
-        _ => Err("usage: recovery_bench [FILES] [KILLS]".into()),
+        _ => Err("usage: recovery_bench [FILES] [KILLS] [in-place|new-epoch]".into()),
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,
@@ -249,7 +292,7 @@ fn median(v: &mut [f64]) -> f64 {
     }
 }
 
-fn bench(files: usize, kills: usize, transport: &str) -> Res<()> {
+fn bench(files: usize, kills: usize, mode: &str, transport: &str) -> Res<()> {
     let keeper = built(
         &["-p", "fuse-live", "--bin", "fuse-live-keeper"],
         "fuse-live-keeper",
@@ -276,7 +319,8 @@ fn bench(files: usize, kills: usize, transport: &str) -> Res<()> {
         .args(["--restart-delay", "0", "--"])
         .arg(&memfs)
         .arg(&mnt)
-        .args(["--threads", "2", "--ttl", "3600", "--transport", transport])
+        .args(["--threads", "2", "--ttl", "3600", "--journal-resume", mode])
+        .args(["--transport", transport])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(File::create(dir.join("keeper.log"))?)
@@ -333,6 +377,11 @@ fn bench(files: usize, kills: usize, transport: &str) -> Res<()> {
         let [pid] = pids[..] else {
             return Err(format!("the keeper has {} children, not 1", pids.len()).into());
         };
+        if k == 0 {
+            if let Some(to) = std::env::var_os("RECOVERY_BENCH_SAVE") {
+                save_journal(pid, Path::new(&to))?;
+            }
+        }
         let killed = Instant::now();
         kill(Pid::from_raw(pid), Signal::SIGKILL)?;
         let dead = wait_dead(pid);
@@ -384,7 +433,7 @@ fn bench(files: usize, kills: usize, transport: &str) -> Res<()> {
     }
     let max = |v: &[f64]| v.iter().copied().fold(f64::NAN, f64::max);
     println!(
-        "RESULT files={files} kills={kills} start_ms={start_ms:.2} ready_ms_median={:.1} \
+        "RESULT files={files} kills={kills} mode={mode} start_ms={start_ms:.2} ready_ms_median={:.1} \
          ready_ms_max={:.1} first_ms_median={:.1} first_ms_max={:.1} slowest_ms_max={:.1} \
          ops={} failed={}",
         median(&mut readys.clone()),
@@ -409,4 +458,121 @@ fn bench(files: usize, kills: usize, transport: &str) -> Res<()> {
         return Err(format!("{failed} client operations failed").into());
     }
     Ok(())
+}
+
+/// The largest journal `--replay` maps (as memfs's).
+const JOURNAL_MAX: u64 = 8 << 30;
+
+/// Copies the journal memfd of daemon `pid` (`/memfd:memfs-journal`) to `to`.
+fn save_journal(pid: i32, to: &Path) -> Res<()> {
+    for e in std::fs::read_dir(format!("/proc/{pid}/fd"))? {
+        let e = e?;
+        let target = std::fs::read_link(e.path()).unwrap_or_default();
+        if target.to_string_lossy().starts_with("/memfd:memfs-journal") {
+            let n = std::fs::copy(e.path(), to)?;
+            println!("journal of pid {pid} saved to {} ({n} bytes)", to.display());
+            return Ok(());
+        }
+    }
+    Err(format!("daemon {pid} holds no memfs-journal memfd").into())
+}
+
+/// `--replay FILE REPS`: recovers the saved journal REPS times in this process.
+fn replay(file: &Path, reps: usize) -> Res<()> {
+    use fuse_session::dev::JournalMap;
+    use fuse_snapshot::journal::session::{recover_session, RecoveredSession};
+    use fuse_snapshot::journal::JournalOptions;
+    use fuse_snapshot::FdRestorer;
+    use memfs::fs::MemFs;
+
+    if std::env::var_os("RUST_LOG").is_some() {
+        log::set_logger(&StderrLog).map_err(|e| e.to_string())?;
+        log::set_max_level(log::LevelFilter::Info);
+    }
+    let bytes = std::fs::read(file)?;
+    println!(
+        "replaying {} ({} bytes) {reps} times",
+        file.display(),
+        bytes.len()
+    );
+    println!("rep  mode       recover_ms  resume_ms  total_ms  records  nodeids");
+    let mut recovers = Vec::new();
+    let (mut resumes, mut totals) = ([Vec::new(), Vec::new()], [Vec::new(), Vec::new()]);
+    let modes = ["in-place", "new-epoch"];
+    for rep in 0..reps {
+        let mode = rep % 2;
+        let map = JournalMap::memfd("replay-journal", JOURNAL_MAX)?;
+        map.grow(bytes.len() as u64)?;
+        map.write(0, &bytes)?;
+        let again = map.fd().try_clone_to_owned()?;
+        // Recovered through a fresh mapping, as a new process maps it.
+        let map = JournalMap::from_fd(map.fd().try_clone_to_owned()?, JOURNAL_MAX)?;
+        let t = Instant::now();
+        let recovered =
+            recover_session::<MemFs>(map, &mut FdRestorer::empty(), JournalOptions::default())?;
+        let recover = t.elapsed();
+        let records = recovered.records;
+        let (session, hook, map, rec) = recovered.into_parts();
+        let nodeids = session.node_count();
+        let session = Arc::new(session);
+        let t2 = Instant::now();
+        if mode == 0 {
+            RecoveredSession::resume(&hook, &session, map, &rec)?;
+        } else {
+            RecoveredSession::resume_new_epoch(&hook, &session, map, &rec)?;
+        }
+        let resume = t2.elapsed();
+        let total = t.elapsed();
+        let ms = |d: Duration| d.as_secs_f64() * 1e3;
+        println!(
+            "{rep:>3}  {:<9}  {:>10.1}  {:>9.1}  {:>8.1}  {records:>7}  {nodeids:>7}",
+            modes[mode],
+            ms(recover),
+            ms(resume),
+            ms(total)
+        );
+        recovers.push(ms(recover));
+        resumes[mode].push(ms(resume));
+        totals[mode].push(ms(total));
+        // The resumed journal recovers the same session (a crash right now).
+        let map = JournalMap::from_fd(again, JOURNAL_MAX)?;
+        let re =
+            recover_session::<MemFs>(map, &mut FdRestorer::empty(), JournalOptions::default())?;
+        if re.session.node_count() != nodeids || re.session.handle_count() != session.handle_count()
+        {
+            return Err(format!(
+                "rep {rep} ({}): recovered again, {} nodeids and {} handles, not {nodeids} and {}",
+                modes[mode],
+                re.session.node_count(),
+                re.session.handle_count(),
+                session.handle_count()
+            )
+            .into());
+        }
+    }
+    println!(
+        "RESULT replay reps={reps} recover_ms_median={:.1} resume_ms_median in-place={:.1} \
+         new-epoch={:.1} total_ms_median in-place={:.1} new-epoch={:.1}",
+        median(&mut recovers),
+        median(&mut resumes[0]),
+        median(&mut resumes[1]),
+        median(&mut totals[0]),
+        median(&mut totals[1]),
+    );
+    Ok(())
+}
+
+/// With `RUST_LOG` set, `--replay` prints the library's phase timings (level info).
+struct StderrLog;
+
+impl log::Log for StderrLog {
+    fn enabled(&self, m: &log::Metadata<'_>) -> bool {
+        m.level() <= log::Level::Info
+    }
+    fn log(&self, r: &log::Record<'_>) {
+        if self.enabled(r.metadata()) {
+            eprintln!("{} {}: {}", r.level(), r.target(), r.args());
+        }
+    }
+    fn flush(&self) {}
 }

@@ -68,8 +68,19 @@ const POINTS: &[(&str, &str, bool)] = &[
     ("compact-seal", "1-3", false),
     ("recover-read", "1-2", true),
     ("recover-resume", "1-2", true),
+    // memfs resumes in place (the cut); with `--journal-resume new-epoch` (given
+    // for this point only) it writes a new epoch's header instead.
+    ("resume-cut", "1-2", true),
     ("resume-mid-header", "1-2", true),
 ];
+
+/// memfs's arguments for `point` beyond the common ones.
+fn extra_args(point: &str) -> &'static [&'static str] {
+    match point {
+        "resume-mid-header" => &["--journal-resume", "new-epoch"],
+        _ => &[],
+    }
+}
 
 /// The worker's entry point in the re-run test binary.
 #[test]
@@ -153,6 +164,7 @@ fn run(point: &str, range: &str, kill_too: bool, crashes: usize) -> Outcome {
         .arg(&memfs)
         .arg(&mnt)
         .args(["--threads", "2", "--journal-compact-after", COMPACT_AFTER])
+        .args(extra_args(point))
         .env("FUSE_LIVE_FAULT", &fault)
         .env("FUSE_LIVE_FAULT_DISARM", &disarm)
         .env(
@@ -406,6 +418,7 @@ quick_tests! {
     compact_seal => "compact-seal",
     recover_read => "recover-read",
     recover_resume => "recover-resume",
+    resume_cut => "resume-cut",
     resume_mid_header => "resume-mid-header",
 }
 

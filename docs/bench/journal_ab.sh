@@ -7,7 +7,10 @@
 #   env: PEERS (the shared peers' folder, default ../shared/peers beside the
 #        repository), WORK (scratch, default /tmp/journal-ab), PIN (prefix for the
 #        daemon and the driver, default "taskset -c 0": one CPU, as the pinned
-#        serving rows), THREADS (memfs workers, default 1).
+#        serving rows), THREADS (memfs workers, default 1), BASE (another memfs
+#        binary, e.g. an older commit's release build: adds the config `base`, that
+#        memfs under the keeper, to compare two journals in the same run),
+#        SKIP_DD=1 (stat1 and orc1 only).
 # Needs root and /dev/fuse. Prints `ROW round config measure value unit` lines and
 # loadavg notes (`#`).
 #
@@ -51,6 +54,7 @@ start() {
   case $1 in
     off) $PIN "$MEMFS" "$MNT" --ttl 0 --threads "$THREADS" >"$WORK/out" 2>"$WORK/$1.err" & ;;
     on) $PIN "$KEEPER" -- "$MEMFS" "$MNT" --ttl 0 --threads "$THREADS" >"$WORK/out" 2>"$WORK/$1.err" & ;;
+    base) $PIN "$KEEPER" -- "$BASE" "$MNT" --ttl 0 --threads "$THREADS" >"$WORK/out" 2>"$WORK/$1.err" & ;;
   esac
   PID=$!
   for _ in $(seq 200); do
@@ -86,6 +90,7 @@ measure() {
   echo "# round $round $cfg | loadavg $(cut -d' ' -f1-3 /proc/loadavg)"
   $PIN "$FSB" "$MNT" --label "$cfg" --secs "$SECS" --reps 1 --only stat1,orc1 |
     awk -v r="$round" -v c="$cfg" '/^RESULT/ { print "ROW", r, c, $3, $4, $5 }'
+  [ "${SKIP_DD:-0}" = 1 ] && return
   echo "ROW $round $cfg wbuf $(dd_rate if=/dev/zero of="$MNT/w" bs=1M count=512 conv=fsync) MiB/s"
   rm -f "$MNT/w"
   echo "ROW $round $cfg wdirect $(dd_rate if=/dev/zero of="$MNT/w" bs=1M count=512 oflag=direct) MiB/s"
@@ -93,6 +98,10 @@ measure() {
 }
 
 CONFIGS=(off on)
+if [ -n "${BASE:-}" ]; then
+  [ -x "$BASE" ] || die "BASE $BASE is not an executable"
+  CONFIGS=(off on base)
+fi
 echo "# journal A/B: $(date -u +%FT%TZ), $(nproc) CPUs, $(uname -r), PIN '$PIN', $THREADS thread(s), $ROUNDS rounds of ${SECS}s"
 for r in $(seq 0 $((ROUNDS - 1))); do
   for i in "${!CONFIGS[@]}"; do

@@ -67,6 +67,10 @@ pub const POINTS: &[(&str, &str)] = &[
         "the same for the first header of a journal resumed after a crash (recovery)",
     ),
     (
+        "resume-cut",
+        "recovery, resuming in place: the log's torn tail is cut, nothing else written",
+    ),
+    (
         "compact-checkpoint",
         "compaction: the new checkpoint is written into the new area, no record copied",
     ),
@@ -89,7 +93,7 @@ pub const POINTS: &[(&str, &str)] = &[
     ),
     (
         "recover-resume",
-        "recovery: the journal continues in a new epoch, not serving yet",
+        "recovery: the journal continues (in place, or in a new epoch), not serving yet",
     ),
     (
         "handoff-old-await-hello",

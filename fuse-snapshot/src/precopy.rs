@@ -86,6 +86,19 @@ pub trait Precopy: SnapshotFs {
         Err("this filesystem takes no pre-copy rounds".into())
     }
 
+    /// Start recording every change, as [`Precopy::precopy_begin`] does, without
+    /// encoding the state: for a journal that goes on, after a crash, in the log
+    /// it was recovered from (whose checkpoint and records already hold the
+    /// state), so that [`Precopy::precopy_round`] then returns the changes since
+    /// this call. Forgets earlier notes. Returns false if the filesystem cannot
+    /// (the default): the journal then takes a fresh base instead.
+    ///
+    /// # Errors
+    /// Recording could not start; the journal is not resumed.
+    fn precopy_start(&self) -> io::Result<bool> {
+        Ok(false)
+    }
+
     /// Old process: stop recording without sending the changes (the handoff
     /// failed or was refused). Must be harmless when not recording.
     fn precopy_abort(&self);
@@ -250,9 +263,28 @@ pub(crate) fn encode_checked<T: Serialize>(value: &T) -> Result<Vec<u8>, FormatE
     Ok(out)
 }
 
-/// Reads what [`encode_checked`] wrote (`what` names it in errors).
-pub(crate) fn decode_checked<T: DeserializeOwned>(
-    bytes: &[u8],
+/// [`encode_checked`] into `out` (cleared first), reusing its capacity: the
+/// journal encodes every record so, into one buffer.
+pub(crate) fn encode_checked_into<T: Serialize>(
+    value: &T,
+    out: &mut Vec<u8>,
+) -> Result<(), FormatError> {
+    let mut buf = std::mem::take(out);
+    buf.clear();
+    buf.extend_from_slice(&[0u8; 4]);
+    let mut buf =
+        postcard::to_extend(value, buf).map_err(|e| FormatError::Encode(e.to_string()))?;
+    let crc = crc32(&buf[4..]);
+    buf[..4].copy_from_slice(&crc.to_le_bytes());
+    *out = buf;
+    Ok(())
+}
+
+/// Reads what [`encode_checked`] wrote (`what` names it in errors). `T` may
+/// borrow from `bytes` (a `Vec<u8>` encoded reads back as a `&[u8]`: postcard
+/// writes both as a length and the bytes).
+pub(crate) fn decode_checked<'a, T: serde::Deserialize<'a>>(
+    bytes: &'a [u8],
     what: &str,
 ) -> Result<T, FormatError> {
     let Some((stored, body)) = bytes.split_first_chunk::<4>() else {

@@ -506,6 +506,76 @@ fn resume_continues_after_a_cut_tail() {
 }
 
 #[test]
+fn continue_in_place_cuts_the_torn_tail_and_goes_on_in_the_same_epoch() {
+    let (s, recs) = journal_with(5);
+    let r = recover(&s).unwrap();
+    let LogEnd::Clean { offset } = r.end else {
+        panic!()
+    };
+    // Tear the last record: drop its commit word.
+    let mut b = s.bytes();
+    let last = offset as usize - (24 + 32);
+    b[last + 16..last + 24].fill(0);
+    let torn = MemStorage::from_bytes(b, SCRIPT_MAX_LEN);
+    let r = recover(&torn).unwrap();
+    assert_eq!(r.records, recs[..4]);
+    assert!(matches!(r.end, LogEnd::Cut { .. }));
+    let j = Journal::continue_in_place(torn.clone(), &r, SCRIPT_OPTIONS).unwrap();
+    assert_eq!((j.epoch(), j.next_seq()), (1, 5));
+    // Cut: the torn header is gone, so a crash now ends the log cleanly there.
+    let cut = recover(&torn).unwrap();
+    assert_eq!(cut.records, recs[..4]);
+    assert_eq!(
+        cut.end,
+        LogEnd::Clean {
+            offset: last as u64
+        }
+    );
+    // A shorter record where the torn one was, then more: the same epoch, the
+    // same checkpoint, every record in order, the torn bytes never read.
+    let more: Vec<Record> = (5..=8)
+        .map(|seq| record_for(seq, 40 + seq as u8, 3))
+        .collect();
+    for rec in &more {
+        j.append(rec).unwrap();
+    }
+    let again = recover(&torn).unwrap();
+    assert_eq!((again.epoch, again.checkpoint.as_slice()), (1, CK));
+    let mut want = recs[..4].to_vec();
+    want.extend(more.iter().cloned());
+    assert_eq!(again.records, want);
+    assert!(matches!(again.end, LogEnd::Clean { .. }));
+    // And again after a second crash: continued in place, compacted later.
+    let j = Journal::continue_in_place(torn.clone(), &again, SCRIPT_OPTIONS).unwrap();
+    j.append(&record_for(9, 1, 0)).unwrap();
+    let m = j.mark();
+    j.compact(m, b"compacted").unwrap();
+    j.append(&record_for(10, 2, 0)).unwrap();
+    let last = recover(&torn).unwrap();
+    assert_eq!(
+        (last.epoch, last.checkpoint.as_slice()),
+        (2, &b"compacted"[..])
+    );
+    assert_eq!(last.records, vec![record_for(10, 2, 0)]);
+}
+
+#[test]
+fn continue_in_place_of_a_clean_end_at_the_end_of_the_file_grows_it() {
+    let (s, recs) = journal_with(3);
+    let r = recover(&s).unwrap();
+    let LogEnd::Clean { offset } = r.end else {
+        panic!()
+    };
+    // The file ends right after the last record: no room for the cut's zeros.
+    let short = MemStorage::from_bytes(s.bytes()[..offset as usize].to_vec(), SCRIPT_MAX_LEN);
+    let r = recover(&short).unwrap();
+    assert_eq!(r.records, recs);
+    let j = Journal::continue_in_place(short.clone(), &r, SCRIPT_OPTIONS).unwrap();
+    j.append(&record_for(4, 4, 4)).unwrap();
+    assert_eq!(recover(&short).unwrap().records.len(), 4);
+}
+
+#[test]
 fn create_refuses_a_non_empty_storage() {
     let (s, _) = journal_with(1);
     assert!(matches!(

@@ -57,6 +57,11 @@
 //!   the journal (a fresh checkpoint, a new log) once its log holds BYTES (suffix
 //!   K, M, G or T; default 16M). Small values make compactions frequent (the
 //!   fault-injection tests use this).
+//! - `--journal-resume in-place|new-epoch`: under a fd store, how the journal goes
+//!   on after a crash: `in-place` (default) continues the recovered log where it
+//!   ended (its torn tail cut), `new-epoch` writes a fresh checkpoint of the whole
+//!   state into a new epoch first (slower with much state; the fault-injection
+//!   tests use it to reach the new epoch's header).
 //! - `--snapshot-dir DIR`: on SIGUSR1, write a snapshot of the session and the
 //!   contents to `DIR/memfs.snapshot` (atomically, mode 0600); the mount pauses only
 //!   while the snapshot is taken (the stall is logged at level info).
@@ -107,7 +112,8 @@ const USAGE: &str =
     "usage: memfs MOUNTPOINT [-o OPTIONS] [--threads N] [--allow-other] [--auto-unmount] \
      [--ttl SECS] [--size BYTES[K|M|G|T]] [--state FILE] [--upgrade-socket PATH] \
      [--snapshot-dir DIR] [--transport auto|dev-fuse|io-uring] \
-     [--journal-compact-after BYTES] [--no-resend]\n       \
+     [--journal-compact-after BYTES] [--journal-resume in-place|new-epoch] \
+     [--no-resend]\n       \
      memfs --takeover PATH [--threads N] [--state FILE] [--upgrade-socket PATH] \
      [--snapshot-dir DIR]";
 
@@ -145,6 +151,9 @@ struct Args {
     transport: TransportKind,
     /// `--journal-compact-after BYTES` (under a fd store).
     compact_after: Option<u64>,
+    /// `--journal-resume new-epoch` (under a fd store): recovery writes a fresh
+    /// checkpoint instead of continuing the log in place.
+    resume_new_epoch: bool,
 }
 
 fn parse_size(s: &str) -> Option<u64> {
@@ -173,6 +182,7 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Args, String> {
     let mut no_resend = false;
     let mut transport = TransportKind::Auto;
     let mut compact_after = None;
+    let mut resume_new_epoch = false;
     let mut it = args.into_iter();
     while let Some(arg) = it.next() {
         let (flag, inline) = match arg.split_once('=') {
@@ -242,6 +252,13 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Args, String> {
                         .ok_or(format!("bad --journal-compact-after {v:?}"))?,
                 );
             }
+            "--journal-resume" => {
+                resume_new_epoch = match value("--journal-resume")?.as_str() {
+                    "in-place" => false,
+                    "new-epoch" => true,
+                    v => return Err(format!("bad --journal-resume {v:?}")),
+                };
+            }
             f if f.starts_with('-') => return Err(format!("unknown option {f:?}")),
             _ if mountpoint.is_none() => mountpoint = Some(arg),
             _ => return Err(format!("unexpected argument {arg:?}")),
@@ -267,6 +284,7 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Args, String> {
         no_resend,
         transport,
         compact_after,
+        resume_new_epoch,
     })
 }
 
@@ -470,8 +488,12 @@ fn serve_journaled(args: &Args, mut store: FdStore) -> Result<(), Box<dyn std::e
                 None => None,
             };
             let mut server = Server::from_parts(session, mount);
-            RecoveredSession::resume(&hook, server.session(), map, &rec)
-                .map_err(|e| format!("resume the journal: {e}"))?;
+            if args.resume_new_epoch {
+                RecoveredSession::resume_new_epoch(&hook, server.session(), map, &rec)
+            } else {
+                RecoveredSession::resume(&hook, server.session(), map, &rec)
+            }
+            .map_err(|e| format!("resume the journal: {e}"))?;
             // Before any worker reads: NOTIFY_RESEND (the kernel resends every
             // request being processed, so sent later it would also resend requests
             // this process had just read and drop their first reply), or, without

@@ -203,6 +203,11 @@ impl Precopy for MemFs {
         image.state.apply_round(changes.state, index)
     }
 
+    fn precopy_start(&self) -> io::Result<bool> {
+        self.lock_write().start_recording();
+        Ok(true)
+    }
+
     fn precopy_abort(&self) {
         self.lock_write().stop_recording();
     }

@@ -294,6 +294,19 @@ impl<F: Filesystem> Session<F> {
         Some(node_changes(&t, changed))
     }
 
+    /// Starts recording which nodeids change, as [`Session::precopy_begin`] does,
+    /// without copying the table: for a journal that goes on after a crash in the
+    /// log it was recovered from ([`Session::journal_changes`] then returns the
+    /// changes since this call). False (nothing started) if the session is not
+    /// initialized.
+    pub fn start_change_recording(&self) -> bool {
+        if self.init.get().is_none() {
+            return false;
+        }
+        lock(&self.nodes).start_recording();
+        true
+    }
+
     /// Stops a pre-copy without taking the changes (the handoff failed). Harmless
     /// when none is in progress.
     pub fn precopy_abort(&self) {

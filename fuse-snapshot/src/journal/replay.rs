@@ -58,6 +58,12 @@ pub struct Recovered {
     pub end: LogEnd,
     pub(crate) area: u64,
     pub(crate) end_offset: u64,
+    /// The header read (for [`Journal::continue_in_place`](super::Journal)).
+    pub(crate) meta: Meta,
+    /// Read by [`recover`], every record checked and the bytes past the end
+    /// searched for intact records (not by [`scan`]): the log may be continued
+    /// in place.
+    pub(crate) checked: bool,
 }
 
 /// Reads a journal: picks the newest intact header, checks the checkpoint, and
@@ -155,8 +161,14 @@ fn read_journal<S: Storage + ?Sized>(storage: &S, keep: bool) -> Result<Recovere
     let mut records = Vec::new();
     let mut seq = meta.first_seq;
     let mut off = meta.log_start();
+    let mut log = LogReader {
+        storage,
+        file_len,
+        start: 0,
+        buf: Vec::new(),
+    };
     let end = loop {
-        match read_record(storage, off, meta.epoch, file_len, keep)? {
+        match read_record(&mut log, off, meta.epoch, keep)? {
             // A scan does not look past the end for damage in the middle (a read of
             // up to MAX_PAYLOAD bytes): its caller writes a new epoch, and `recover`
             // still refuses such an old log if that never happens.
@@ -187,6 +199,7 @@ fn read_journal<S: Storage + ?Sized>(storage: &S, keep: bool) -> Result<Recovere
                 };
             }
             Step::Record(h, payload) => {
+                let payload = log.slice(payload);
                 if h.seq != seq {
                     return Err(JournalError::SequenceGap {
                         offset: off,
@@ -195,11 +208,7 @@ fn read_journal<S: Storage + ?Sized>(storage: &S, keep: bool) -> Result<Recovere
                     });
                 }
                 if h.kind == KIND_SEAL {
-                    let epoch = if payload.len() == 8 {
-                        le64(&payload)
-                    } else {
-                        0
-                    };
+                    let epoch = if payload.len() == 8 { le64(payload) } else { 0 };
                     return Err(JournalError::Superseded { epoch });
                 }
                 if !keep {
@@ -207,7 +216,7 @@ fn read_journal<S: Storage + ?Sized>(storage: &S, keep: bool) -> Result<Recovere
                     off += record_len(u64::from(h.len));
                     continue;
                 }
-                let rec = Record::decode(h.kind, &payload).map_err(|e| match e {
+                let rec = Record::decode(h.kind, payload).map_err(|e| match e {
                     DecodeError::UnknownKind(kind) => {
                         JournalError::UnknownKind { offset: off, kind }
                     }
@@ -234,6 +243,8 @@ fn read_journal<S: Storage + ?Sized>(storage: &S, keep: bool) -> Result<Recovere
         end,
         area: meta.area,
         end_offset,
+        meta,
+        checked: keep,
     })
 }
 
@@ -242,25 +253,63 @@ enum Step {
     End,
     /// Not a whole record: why.
     Bad(String),
-    /// An intact record (checksums right), payload copied out.
-    Record(RecordHeader, Vec<u8>),
+    /// An intact record (checksums right), payload copied out: where it is in
+    /// the [`LogReader`]'s window ([`LogReader::slice`]).
+    Record(RecordHeader, std::ops::Range<usize>),
+}
+
+/// Bytes of the log read ahead at once.
+const LOG_WINDOW: u64 = 1 << 20;
+
+/// The log read in windows of [`LOG_WINDOW`] bytes (a `pread` each, for a
+/// [`JournalMap`](fuse_session::dev::JournalMap)) instead of two small reads per
+/// record through the mapping (a page fault per 4 KiB in a process that just
+/// mapped the journal). A window is a copy: what is checked is what is used.
+struct LogReader<'s, S: ?Sized> {
+    storage: &'s S,
+    file_len: u64,
+    /// File offset of `buf[0]`.
+    start: u64,
+    buf: Vec<u8>,
+}
+
+impl<S: Storage + ?Sized> LogReader<'_, S> {
+    /// Where the bytes `[off, off + len)` are in the window, read first if they
+    /// are not all in it. The caller checked that the file holds them.
+    fn window(&mut self, off: u64, len: u64) -> Result<std::ops::Range<usize>, JournalError> {
+        let have = self.start..self.start + self.buf.len() as u64;
+        if off < have.start || off + len > have.end {
+            // At least `len` (checked against the file and MAX_PAYLOAD by the
+            // caller), at most the rest of the file.
+            let want = len.max(LOG_WINDOW).min(self.file_len - off).max(len);
+            self.buf.resize(want as usize, 0);
+            self.storage.read(off, &mut self.buf)?;
+            self.start = off;
+        }
+        let i = (off - self.start) as usize;
+        Ok(i..i + len as usize)
+    }
+
+    fn slice(&self, r: std::ops::Range<usize>) -> &[u8] {
+        &self.buf[r]
+    }
 }
 
 /// One record at `off`. Without `payload`, only the header is read and checked
 /// (its checksum is salted with the epoch), the payload neither copied nor
 /// checksummed (a seal's is): for [`scan`], which uses no payload.
 fn read_record<S: Storage + ?Sized>(
-    storage: &S,
+    log: &mut LogReader<'_, S>,
     off: u64,
     epoch: u64,
-    file_len: u64,
     payload: bool,
 ) -> Result<Step, JournalError> {
+    let file_len = log.file_len;
     if off.saturating_add(RECORD_HEADER_LEN) > file_len {
         return Ok(Step::End);
     }
-    let mut hb = [0u8; 24];
-    storage.read(off, &mut hb)?;
+    let at = log.window(off, RECORD_HEADER_LEN)?;
+    let hb: [u8; 24] = log.slice(at).try_into().unwrap_or([0xff; 24]);
     let Some(h) = RecordHeader::decode(&hb, epoch) else {
         if hb.iter().all(|&b| b == 0) {
             return Ok(Step::End);
@@ -279,19 +328,19 @@ fn read_record<S: Storage + ?Sized>(
         )));
     }
     if !payload && h.kind != KIND_SEAL {
-        return Ok(Step::Record(h, Vec::new()));
+        return Ok(Step::Record(h, 0..0));
     }
-    // Checked against the file and MAX_PAYLOAD: safe to allocate.
-    let mut payload = vec![0u8; len as usize];
-    storage.read(off + RECORD_HEADER_LEN, &mut payload)?;
-    let computed = crc32(&payload);
+    // Checked against the file and MAX_PAYLOAD: safe to read (allocate).
+    let at = log.window(off + RECORD_HEADER_LEN, len)?;
+    let payload = log.slice(at.clone());
+    let computed = crc32(payload);
     if computed != h.payload_crc {
         return Ok(Step::Bad(format!(
             "payload checksum {computed:#010x} differs from the stored {:#010x}",
             h.payload_crc
         )));
     }
-    Ok(Step::Record(h, payload))
+    Ok(Step::Record(h, at))
 }
 
 /// Looks for an intact record of this epoch numbered `seq` or later after a bad

@@ -180,6 +180,67 @@ impl<S: Storage> Journal<S> {
         Ok(journal)
     }
 
+    /// Continues a recovered journal *in place*: the same epoch, checkpoint and
+    /// log, the next record written where recovery found the log's end. No
+    /// checkpoint is written, so resuming costs no more than the cut: for a caller
+    /// whose rebuilt state is exactly the checkpoint and the records recovered,
+    /// and which records its changes from that state on.
+    ///
+    /// The cut zeroes where the next record's header goes (a record torn by the
+    /// crash, or zeros already): from then on the log ends there cleanly. Safe
+    /// because [`recover`](super::recover) found no intact record of this epoch
+    /// numbered `next_seq` or later anywhere a record past the cut could reach
+    /// (else it refuses the journal), and every later record is appended at the
+    /// log's end with the place after it zeroed first; the torn record's other
+    /// bytes are never read as a record. A crash after the cut recovers the same
+    /// state again.
+    ///
+    /// # Errors
+    /// [`JournalError::Compaction`] if `recovered` was not read by
+    /// [`recover`](super::recover) (every record checked);
+    /// [`JournalError::Full`] at the storage's maximum; storage errors.
+    pub fn continue_in_place(
+        storage: S,
+        recovered: &Recovered,
+        options: JournalOptions,
+    ) -> Result<Journal<S>, JournalError> {
+        if !recovered.checked {
+            return Err(JournalError::Compaction(
+                "a journal read without checking its records cannot be continued in place".into(),
+            ));
+        }
+        let end = recovered.end_offset;
+        let need = end
+            .checked_add(SEAL_ROOM)
+            .filter(|&n| n <= storage.max_len())
+            .ok_or(JournalError::Full {
+                needed: end.saturating_add(SEAL_ROOM),
+                max: storage.max_len(),
+            })?;
+        if need > storage.len() {
+            storage.grow(need)?;
+        }
+        storage.write(end, &[0u8; RECORD_HEADER_LEN as usize])?;
+        // A crash here recovers the same records, the log ending at the cut.
+        fuse_session::fault::point("resume-cut");
+        Ok(Journal {
+            tail: Mutex::new(Tail {
+                meta: recovered.meta,
+                end,
+                next_seq: recovered.next_seq,
+                limit: storage.max_len(),
+                compacting: false,
+                failed: None,
+            }),
+            storage,
+            room: Condvar::new(),
+            options: JournalOptions {
+                max_record: options.max_record.min(MAX_PAYLOAD),
+                ..options
+            },
+        })
+    }
+
     /// Writes an area (checkpoint, no records) and then its header (with the
     /// fault point `header_point` between its fields and its commit word).
     fn start(
