@@ -61,8 +61,10 @@ use std::time::{Duration, Instant};
 
 use fuse_wire::InitFlags;
 
-use crate::dev::uring::{self, UringQueue};
-use crate::dev::{Channel, Mount, MountError, MountOptions, RequestSlots, SlotData, SlotMark};
+use crate::dev::uring::{self, EntryStart, UringQueue};
+use crate::dev::{
+    Channel, Mount, MountError, MountOptions, RequestSlots, RingArea, SlotData, SlotMark,
+};
 use crate::fs::Filesystem;
 use crate::notify::Notifier;
 use crate::proto::session::lock;
@@ -78,7 +80,10 @@ mod transport;
 use control::{Control, Mode, Phase, WorkerSlot};
 use device::DeviceTransport;
 use poke::{open_root, poke, poke_workers};
-pub use recover::{kernel_has_resend, recover_requests, RecoveredRequests, RequestRecovery};
+use recover::RingPlan;
+pub use recover::{
+    kernel_has_resend, recover_requests, RecoveredRequests, RecoveredRing, RequestRecovery,
+};
 use ring::RingTransport;
 use transport::{run_worker, Transport};
 
@@ -182,6 +187,9 @@ pub struct Server<F: Filesystem> {
     mount: Mount,
     /// Request slots the `/dev/fuse` workers read into (one each), if any.
     slots: Option<Arc<RequestSlots>>,
+    /// A predecessor's ring area and what each queue does with its entries
+    /// ([`Server::recover_ring`]).
+    ring: Option<(Arc<RingArea>, RingPlan)>,
 }
 
 impl<F: Filesystem> Server<F> {
@@ -202,6 +210,7 @@ impl<F: Filesystem> Server<F> {
             session: Arc::new(session),
             mount,
             slots: None,
+            ring: None,
         })
     }
 
@@ -212,7 +221,30 @@ impl<F: Filesystem> Server<F> {
             session: Arc::new(session),
             mount,
             slots: None,
+            ring: None,
         }
+    }
+
+    /// A restored session's recovery of the requests held in the io_uring entries
+    /// of the process that served it before (after `kill -9`): `area` is that
+    /// process's [`RingArea`] (from the fd store), already mapped back at its
+    /// address ([`RingArea::from_fd`]). Every request an entry holds unanswered is
+    /// run through the session as a resent request (bit 63 set, so a journal
+    /// answers it from its recorded reply instead of running it twice) and its
+    /// reply written into the entry; [`Server::spawn_uring`] then commits it with
+    /// its original unique, which adopts the kernel's entry, and commits again the
+    /// replies the dead process had completed but perhaps not submitted (the
+    /// kernel refuses those it had: exactly once). Other entries are registered
+    /// anew, and each CPU's queue is poked so that requests that waited while no
+    /// process served are fetched. Call it after the journal was resumed, before
+    /// `spawn_uring` (which then serves through this area).
+    ///
+    /// A reply the kernel refuses (the request was interrupted and is gone) takes
+    /// back the lookup it counted.
+    pub fn recover_ring(&mut self, area: RingArea) -> RecoveredRing {
+        let (report, plan) = recover::recover_ring(&self.session, &area);
+        self.ring = Some((Arc::new(area), plan));
+        report
     }
 
     /// Makes the `/dev/fuse` workers read requests into `slots` (worker `i` into slot
@@ -397,6 +429,7 @@ impl<F: Filesystem> Server<F> {
             session,
             mount,
             slots,
+            ring,
         } = self;
         let channel = mount.channel()?;
         let control = Arc::new(Control::default());
@@ -430,6 +463,7 @@ impl<F: Filesystem> Server<F> {
             device: channel.try_clone()?,
             notifier: Notifier::new(Arc::clone(&session), channel, waiters),
             backend: Backend::Device,
+            ring: Mutex::new(ring.map(|(a, p)| (a, Some(p)))),
         })
     }
 }
@@ -455,6 +489,10 @@ pub struct UringOptions {
     pub required: bool,
     /// `/dev/fuse` workers when falling back (default 1).
     pub fallback_threads: usize,
+    /// Keep the entries' memory in a memfd ([`Running::ring_area`]) that the
+    /// daemon stores (fd store, handoff), so that a successor can answer the
+    /// requests held in them (default false: anonymous shared memory).
+    pub restartable: bool,
 }
 
 impl Default for UringOptions {
@@ -464,6 +502,7 @@ impl Default for UringOptions {
             pin: true,
             required: false,
             fallback_threads: 1,
+            restartable: false,
         }
     }
 }
@@ -619,6 +658,9 @@ pub struct Running<F: Filesystem> {
     device: Channel,
     notifier: Notifier<F>,
     backend: Backend,
+    /// The io_uring entries' memory, and (once, at a recovery) what each queue
+    /// does with its entries when it starts.
+    ring: Mutex<Option<(Arc<RingArea>, Option<RingPlan>)>>,
 }
 
 /// Workers stay parked while this guard lives (see [`Running::pause`]).
@@ -684,21 +726,44 @@ impl<F: Filesystem> Running<F> {
                 "{queues} possible CPUs: more queues than supported"
             ))
         })?;
+        let (area, mut plan) = match lock(&self.ring).take() {
+            Some((area, plan)) => {
+                if !area.fits(queues, payload_len) {
+                    return Err(ServeError::Uring(format!(
+                        "the ring area ({:?}) does not fit this connection ({queues} queues,                          {payload_len}-byte payloads)",
+                        area.geometry()
+                    )));
+                }
+                (area, plan)
+            }
+            None => {
+                let name = options.restartable.then_some("fuse-ring-area");
+                let area = RingArea::new(name, queues, options.depth, payload_len)
+                    .map_err(|e| ServeError::Uring(format!("the entries' memory: {e}")))?;
+                (Arc::new(area), None)
+            }
+        };
+        let depth = area.geometry().depth as usize;
+        let recovering = plan.is_some();
         let (tx, rx) = std::sync::mpsc::channel::<io::Result<()>>();
         let read_size = self.session.read_buffer_size();
         for qid in 0..qid_max {
             let device = self.device.try_clone()?;
             let tx = tx.clone();
-            let depth = options.depth;
             let pin = options.pin;
+            let area = Arc::clone(&area);
+            let start: Vec<EntryStart> = plan
+                .as_mut()
+                .and_then(|p| p.get_mut(usize::from(qid)).map(std::mem::take))
+                .unwrap_or_default();
             let make = move |slot: &WorkerSlot| {
                 if pin {
                     if let Err(e) = uring::pin_to_cpu(usize::from(qid)) {
                         log::debug!("cannot pin io_uring queue {qid} to its CPU: {e}");
                     }
                 }
-                let setup = UringQueue::new(device.as_fd(), qid, depth, payload_len)
-                    .and_then(|mut q| q.register().map(|()| q))
+                let setup = UringQueue::new(device.as_fd(), area, qid, depth, payload_len)
+                    .and_then(|mut q| q.start(&start).map(|()| q))
                     .and_then(|q| RingTransport::new(q, read_size, Arc::clone(&slot.waker)));
                 drop(device);
                 match setup {
@@ -741,10 +806,53 @@ impl<F: Filesystem> Running<F> {
             }
         }
         log::info!(
-            "serving through io_uring: {queues} queues of {} entries, {payload_len}-byte payload buffers",
-            options.depth
+            "serving through io_uring: {queues} queues of {depth} entries, {payload_len}-byte \
+             payload buffers, entries at {:#x}{}",
+            area.base(),
+            if recovering { " (recovered)" } else { "" }
         );
+        *lock(&self.ring) = Some((area, None));
+        if recovering {
+            self.drain_queues(queues);
+        }
         Ok(queues)
+    }
+
+    /// After a recovery: a request from each CPU (a `statfs` of the root, from a
+    /// child process pinned to it), so that every queue fetches the requests that
+    /// waited in it while no process served (a REGISTER does not pull them; a
+    /// commit on that queue does, `fs/fuse/dev_uring.c`: `fuse_uring_do_register`
+    /// only makes the entry available, `fuse_uring_commit_fetch` calls
+    /// `fuse_uring_next_fuse_req`).
+    fn drain_queues(&self, queues: usize) {
+        let Some(mountpoint) = self.mountpoint() else {
+            return;
+        };
+        let root = match open_root(&mountpoint, None) {
+            Ok(fd) => fd,
+            Err(e) => {
+                log::warn!("cannot open the mount's root to drain the io_uring queues: {e}");
+                return;
+            }
+        };
+        for cpu in 0..queues {
+            match crate::dev::statfs_in_child_on(std::os::fd::AsFd::as_fd(&root), cpu) {
+                Ok(()) => {}
+                // An offline or forbidden CPU: no caller can be queued there now.
+                Err(e) if e.raw_os_error() == Some(nix::libc::EINVAL) => {
+                    log::debug!("io_uring queue {cpu}: not drained (CPU not usable)");
+                }
+                Err(e) => log::warn!("draining io_uring queue {cpu}: {e}"),
+            }
+        }
+    }
+
+    /// The io_uring entries' memory, while the mount is served through io_uring:
+    /// with [`UringOptions::restartable`] a memfd ([`RingArea::fd`]) for the fd
+    /// store, which a successor maps back ([`RingArea::from_fd`]) and recovers
+    /// from ([`Server::recover_ring`]).
+    pub fn ring_area(&self) -> Option<Arc<RingArea>> {
+        lock(&self.ring).as_ref().map(|(a, _)| Arc::clone(a))
     }
 
     /// Which transport serves the mount.
