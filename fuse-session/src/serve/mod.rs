@@ -310,35 +310,7 @@ impl<F: Filesystem> Server<F> {
                 log::debug!("transport: io_uring (asked for)");
                 true
             }
-            TransportKind::Auto => {
-                let cpus = usable_cpus();
-                match uring::uring_enabled() {
-                    Some(true) if cpus > 1 => {
-                        log::debug!(
-                            "transport auto: io_uring (the kernel offers it, {cpus} CPUs usable)"
-                        );
-                        true
-                    }
-                    Some(true) => {
-                        log::debug!(
-                            "transport auto: /dev/fuse (one CPU usable: a ring per CPU gains nothing)"
-                        );
-                        false
-                    }
-                    Some(false) => {
-                        log::debug!(
-                            "transport auto: /dev/fuse (the fuse module parameter enable_uring is off)"
-                        );
-                        false
-                    }
-                    None => {
-                        log::debug!(
-                            "transport auto: /dev/fuse (no fuse-over-io_uring in this kernel)"
-                        );
-                        false
-                    }
-                }
-            }
+            TransportKind::Auto => auto_picks_uring(),
         };
         if uring {
             let o = UringOptions {
@@ -553,6 +525,20 @@ impl TransportKind {
     /// # Errors
     /// A message for the user when `self` is [`TransportKind::IoUring`].
     pub fn restartable(self, why: &str) -> Result<TransportKind, String> {
+        self.handoff_capable(why)
+    }
+
+    /// The transport for a daemon recovered after a crash from a fd store (no live
+    /// handoff): every kind works. Over io_uring the daemon keeps its entries in a
+    /// memfd ([`UringOptions::restartable`], [`Running::ring_area`]) that it stores
+    /// beside `/dev/fuse`, and its successor answers the requests they hold
+    /// ([`Server::recover_ring`]). Says at info level what was asked for and `why`.
+    pub fn recoverable(self, why: &str) -> TransportKind {
+        log::info!("transport {self:?} for {why}");
+        self
+    }
+
+    fn handoff_capable(self, why: &str) -> Result<TransportKind, String> {
         match self {
             TransportKind::DevFuse => Ok(TransportKind::DevFuse),
             TransportKind::Auto => {
@@ -568,6 +554,34 @@ impl TransportKind {
                  them after a crash, so their callers would wait forever (use the transport \
                  dev-fuse or auto)"
             )),
+        }
+    }
+}
+
+/// What [`TransportKind::Auto`] picks: io_uring when the kernel offers it (the
+/// `fuse` module parameter `enable_uring` is on) and this process may run on more
+/// than one CPU (with one, a ring per CPU saves no wake-up). Logs the choice and
+/// its reason at debug level.
+pub fn auto_picks_uring() -> bool {
+    let cpus = usable_cpus();
+    match uring::uring_enabled() {
+        Some(true) if cpus > 1 => {
+            log::debug!("transport auto: io_uring (the kernel offers it, {cpus} CPUs usable)");
+            true
+        }
+        Some(true) => {
+            log::debug!("transport auto: /dev/fuse (one CPU usable: a ring per CPU gains nothing)");
+            false
+        }
+        Some(false) => {
+            log::debug!(
+                "transport auto: /dev/fuse (the fuse module parameter enable_uring is off)"
+            );
+            false
+        }
+        None => {
+            log::debug!("transport auto: /dev/fuse (no fuse-over-io_uring in this kernel)");
+            false
         }
     }
 }
@@ -855,6 +869,14 @@ impl<F: Filesystem> Running<F> {
         lock(&self.ring).as_ref().map(|(a, _)| Arc::clone(a))
     }
 
+    /// Whether the io_uring entries are in a memfd a successor can map
+    /// ([`UringOptions::restartable`]).
+    fn ring_is_restartable(&self) -> bool {
+        lock(&self.ring)
+            .as_ref()
+            .is_some_and(|(a, _)| a.fd().is_some())
+    }
+
     /// Which transport serves the mount.
     pub fn backend(&self) -> Backend {
         self.backend
@@ -1080,11 +1102,13 @@ impl<F: Filesystem> Running<F> {
     /// or [`Running::unmount`]): e.g. to `dup` its descriptors for a live handoff.
     ///
     /// `None` as well when the mount is served through io_uring
-    /// ([`Backend::Uring`]): its descriptors must not be handed to another process,
-    /// which could not take over the registered ring entries (docs/DESIGN.md), so a
-    /// handoff that asks for them is refused before anything is committed.
+    /// ([`Backend::Uring`]) with entries in anonymous memory: its descriptors must
+    /// not be handed to another process, which could not answer the requests held
+    /// in the entries (docs/DESIGN.md), so a handoff that asks for them is refused
+    /// before anything is committed. With [`UringOptions::restartable`] the
+    /// entries are in a memfd a successor maps back, and this works.
     pub fn with_mount<R>(&self, f: impl FnOnce(&Mount) -> R) -> Option<R> {
-        if matches!(self.backend, Backend::Uring { .. }) {
+        if matches!(self.backend, Backend::Uring { .. }) && !self.ring_is_restartable() {
             log::error!("{URING_NO_HANDOFF}");
             return None;
         }
