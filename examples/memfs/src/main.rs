@@ -35,10 +35,12 @@
 //!   fails (the old process then serves on).
 //! - `--transport auto|dev-fuse|io-uring`: the kernel transport (default
 //!   `dev-fuse`; `auto` is io_uring where the kernel offers it and more than one CPU
-//!   is usable). A mount served through io_uring can be neither handed off nor
-//!   recovered after a crash: with `--upgrade-socket` or under a fd store, `auto`
-//!   serves through `/dev/fuse` (said at log level info) and `io-uring` is refused
-//!   at startup with a message saying why, before anything is mounted.
+//!   is usable). Under a fd store a mount served through io_uring is recovered
+//!   after a crash (its ring entries are stored in a memfd, docs/RECOVERY.md "Crash
+//!   recovery over io_uring"); it cannot be handed off live yet: with
+//!   `--upgrade-socket`, `auto` serves through `/dev/fuse` (said at log level info)
+//!   and `io-uring` is refused at startup with a message saying why, before
+//!   anything is mounted.
 //! - `--state FILE`: keep the contents across mounts. At start, if FILE exists, the
 //!   filesystem is restored from it (a snapshot file, as `--snapshot-dir` writes;
 //!   a damaged or unreadable file is an error, exit 1); at a clean end (unmounted,
@@ -393,8 +395,8 @@ fn serve(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
     let running = server.spawn_with(transport, args.threads)?;
     if matches!(running.backend(), Backend::Uring { .. }) {
         log::warn!(
-            "served through io_uring: this mount can be neither handed off nor recovered \
-             after a crash"
+            "served through io_uring: this mount cannot be handed off (it is recovered \
+             after a crash only under a fd store)"
         );
     }
     follow_mount(&running);

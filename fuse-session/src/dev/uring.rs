@@ -292,6 +292,9 @@ pub(crate) struct RingCore {
     waker_armed: bool,
     /// Completions reaped but not yet returned.
     pending: std::collections::VecDeque<(u64, i32)>,
+    /// Lookups counted by replies refused at [`UringQueue::start`], to report as
+    /// [`RingEvent::ReplyLost`].
+    lost: Vec<u64>,
     /// Address and length of the caller's staging area (see
     /// [`RingCore::set_staging_area`]).
     staging: (usize, usize),
@@ -445,6 +448,7 @@ impl UringQueue {
                 fixed,
                 waker_armed: false,
                 pending: std::collections::VecDeque::new(),
+                lost: Vec::new(),
                 staging: (0, 0),
                 staged: None,
             },
@@ -493,9 +497,40 @@ impl UringQueue {
     /// # Errors
     /// As [`RingCore::register`].
     pub fn start(&mut self, plan: &[EntryStart]) -> io::Result<()> {
+        let mut committed = false;
         for (i, what) in plan.iter().enumerate().take(self.core.entries.len()) {
             if let EntryStart::Commit(unique, counted) = *what {
                 self.core.recommit(i, unique, counted)?;
+                committed = true;
+            }
+        }
+        if committed {
+            // A refused commit fails at issue: register its entry now, with the
+            // others, so that every entry is available when this returns (a
+            // request queued while none is would wait for the next commit).
+            self.core.submit()?;
+            self.core.reap();
+            let pending = std::mem::take(&mut self.core.pending);
+            for (token, res) in pending {
+                let committing = usize::try_from(token)
+                    .ok()
+                    .and_then(|i| self.core.entries.get(i))
+                    .is_some_and(|e| e.state == State::Committing);
+                if committing && res < 0 {
+                    let i = token as usize;
+                    let counted = self.core.entries[i].counted.take();
+                    log::debug!(
+                        "io_uring queue {}: entry {i}'s reply was refused at restart ({})",
+                        self.core.qid,
+                        Errno::from_raw(-res)
+                    );
+                    self.core.entries[i].state = State::Idle;
+                    if let Some(id) = counted.filter(|_| res == -nix::libc::ENOENT) {
+                        self.core.lost.push(id);
+                    }
+                } else {
+                    self.core.pending.push_back((token, res));
+                }
             }
         }
         self.core.register()
@@ -869,6 +904,9 @@ impl RingCore {
     /// `io_uring_enter(2)` errors; a registration or commit that failed for another
     /// reason than the end of the connection (the message names the errno).
     pub fn next_event(&mut self) -> io::Result<RingEvent> {
+        if let Some(id) = self.lost.pop() {
+            return Ok(RingEvent::ReplyLost(id));
+        }
         loop {
             if self.pending.is_empty() {
                 self.reap();

@@ -849,14 +849,44 @@ impl<F: Filesystem> Running<F> {
                 return;
             }
         };
+        // One thread per CPU, so that a poke that is not answered (it would be a
+        // bug) delays `ready` by a bounded time, not forever.
+        let (tx, rx) = std::sync::mpsc::channel();
         for cpu in 0..queues {
-            match crate::dev::statfs_in_child_on(std::os::fd::AsFd::as_fd(&root), cpu) {
-                Ok(()) => {}
+            let fd = match root.try_clone() {
+                Ok(f) => f,
+                Err(e) => {
+                    log::warn!("draining io_uring queue {cpu}: {e}");
+                    continue;
+                }
+            };
+            let tx = tx.clone();
+            let spawned = std::thread::Builder::new()
+                .name(format!("fuse-drain-{cpu}"))
+                .spawn(move || {
+                    let r = crate::dev::statfs_in_child_on(std::os::fd::AsFd::as_fd(&fd), cpu);
+                    let _ = tx.send((cpu, r));
+                });
+            if let Err(e) = spawned {
+                log::warn!("draining io_uring queue {cpu}: {e}");
+            }
+        }
+        drop(tx);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
+                Ok((_, Ok(()))) => {}
                 // An offline or forbidden CPU: no caller can be queued there now.
-                Err(e) if e.raw_os_error() == Some(nix::libc::EINVAL) => {
+                Ok((cpu, Err(e))) if e.raw_os_error() == Some(nix::libc::EINVAL) => {
                     log::debug!("io_uring queue {cpu}: not drained (CPU not usable)");
                 }
-                Err(e) => log::warn!("draining io_uring queue {cpu}: {e}"),
+                Ok((cpu, Err(e))) => log::warn!("draining io_uring queue {cpu}: {e}"),
+                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                    log::error!("draining the io_uring queues: a poke was not answered within 5 s");
+                    break;
+                }
             }
         }
     }
