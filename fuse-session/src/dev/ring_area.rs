@@ -267,8 +267,10 @@ pub enum EntryHolds {
         /// recorded reply can answer it.
         payload_lost: bool,
     },
-    /// The entry's bytes do not add up (logged by the caller).
-    Damaged(&'static str),
+    /// The entry's bytes do not add up (logged by the caller): what is wrong, and
+    /// the trailer's `commit_id` (the kernel may hold that request in the entry:
+    /// answer it with an error rather than leave its caller waiting).
+    Damaged(&'static str, u64),
 }
 
 /// The entries' memory of a mount served through io_uring: a memfd (or, for a
@@ -535,12 +537,12 @@ impl RingArea {
         let head = ne64(HEAD_AT);
         let payload_max = self.geo.payload_len as usize;
         if payload_sz > payload_max {
-            return EntryHolds::Damaged("payload_sz larger than the payload buffer");
+            return EntryHolds::Damaged("payload_sz larger than the payload buffer", commit_id);
         }
         let (mut bytes, total) = if head == commit_id {
             let hl = ne32(HEAD_LEN_AT) as usize;
             if !(40..=40 + abi::FUSE_URING_OP_IN_OUT_SZ).contains(&hl) {
-                return EntryHolds::Damaged("saved head length");
+                return EntryHolds::Damaged("saved head length", commit_id);
             }
             let saved = &header[SAVE_AT..SAVE_AT + hl];
             (saved.to_vec(), hl)
@@ -551,10 +553,13 @@ impl RingArea {
                 .checked_sub(40)
                 .and_then(|n| n.checked_sub(payload_sz))
             else {
-                return EntryHolds::Damaged("header length shorter than header and payload");
+                return EntryHolds::Damaged(
+                    "header length shorter than header and payload",
+                    commit_id,
+                );
             };
             if op_len > abi::FUSE_URING_OP_IN_OUT_SZ {
-                return EntryHolds::Damaged("op struct larger than the op_in area");
+                return EntryHolds::Damaged("op struct larger than the op_in area", commit_id);
             }
             let op_at = abi::FUSE_URING_IN_OUT_HEADER_SZ;
             let mut v = header[..40].to_vec();
@@ -562,14 +567,14 @@ impl RingArea {
             (v, 40 + op_len)
         };
         if u64::from_ne_bytes(bytes[8..16].try_into().unwrap_or_default()) != commit_id {
-            return EntryHolds::Damaged("the in header's unique is not the commit id");
+            return EntryHolds::Damaged("the in header's unique is not the commit id", commit_id);
         }
         let mut payload_lost = false;
         if payload_sz > 0 {
             if ne64(TAIL_AT) == commit_id {
                 let tl = ne32(TAIL_LEN_AT) as usize;
                 if tl != payload_sz || SAVE_AT + total + tl > e.page {
-                    return EntryHolds::Damaged("saved payload length");
+                    return EntryHolds::Damaged("saved payload length", commit_id);
                 }
                 bytes.extend_from_slice(&header[SAVE_AT + total..SAVE_AT + total + tl]);
             } else if ne64(CLOBBERED_AT) == commit_id {
@@ -581,7 +586,7 @@ impl RingArea {
         }
         let declared = u32::from_ne_bytes(bytes[0..4].try_into().unwrap_or_default()) as usize;
         if declared != bytes.len() {
-            return EntryHolds::Damaged("request length does not add up");
+            return EntryHolds::Damaged("request length does not add up", commit_id);
         }
         EntryHolds::Request {
             unique: commit_id,
@@ -676,6 +681,6 @@ mod tests {
         // A damaged length.
         // SAFETY: as above.
         unsafe { std::ptr::write_bytes(e.header.add(TRAILER_AT + 8), 0x7f, 8) };
-        assert!(matches!(area.inspect(0, 1), EntryHolds::Damaged(_)));
+        assert!(matches!(area.inspect(0, 1), EntryHolds::Damaged(..)));
     }
 }

@@ -345,7 +345,8 @@ pub struct RecoveredRing {
     pub replies: usize,
     /// Entries holding nothing, registered anew.
     pub empty: usize,
-    /// Entries whose bytes did not add up (logged), registered anew.
+    /// Entries whose bytes did not add up (logged): the request they name is
+    /// answered `EIO`.
     pub damaged: usize,
     /// Requests the filesystem deferred or dropped: their entries are registered
     /// anew and their callers get `ECONNABORTED` at unmount (logged).
@@ -384,10 +385,16 @@ pub(crate) fn recover_ring<F: Filesystem>(
                     report.replies += 1;
                     EntryStart::Commit(unique, None)
                 }
-                EntryHolds::Damaged(why) => {
-                    log::warn!("ring queue {qid} entry {j}: skipped: {why}");
+                EntryHolds::Damaged(why, unique) => {
+                    // The kernel may hold that request in the entry: an error
+                    // reply ends it (refused harmlessly if it does not).
+                    log::warn!(
+                        "ring queue {qid} entry {j}: damaged ({why}): unique={unique:#x} \
+                         answered EIO"
+                    );
                     report.damaged += 1;
-                    EntryStart::Register
+                    area.write_reply(qid, j, -nix::libc::EIO, unique, &[]);
+                    EntryStart::Commit(unique, None)
                 }
                 EntryHolds::Request {
                     unique,
@@ -430,10 +437,28 @@ pub(crate) fn recover_ring<F: Filesystem>(
                             report.requests += 1;
                             EntryStart::Commit(unique, parts.counted())
                         }
-                        other => {
+                        // A request that takes no answer (NOTIFY_REPLY) is ended with
+                        // an empty success, as in serving: the entry is adopted.
+                        Outcome::NoReply | Outcome::Retrieved { .. } => {
+                            area.write_reply(qid, j, 0, unique, &[]);
+                            report.requests += 1;
+                            EntryStart::Commit(unique, None)
+                        }
+                        Outcome::Dropped(e) => {
                             log::warn!(
-                                "ring queue {qid} entry {j}: {opcode:?} unique={unique:#x}: no \
-                                 reply ({other:?}); the entry is registered anew"
+                                "ring queue {qid} entry {j}: {opcode:?} unique={unique:#x}: \
+                                 dropped ({e}): answering EIO"
+                            );
+                            area.write_reply(qid, j, -nix::libc::EIO, unique, &[]);
+                            report.requests += 1;
+                            EntryStart::Commit(unique, None)
+                        }
+                        Outcome::Deferred => {
+                            log::warn!(
+                                "ring queue {qid} entry {j}: {opcode:?} unique={unique:#x} was \
+                                 deferred by the filesystem: its reply cannot reach the kernel \
+                                 (its caller gets ECONNABORTED at unmount); the entry is \
+                                 registered anew"
                             );
                             report.unanswered += 1;
                             EntryStart::Register
