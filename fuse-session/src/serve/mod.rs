@@ -178,8 +178,8 @@ pub const UNMOUNT_GRACE: Duration = Duration::from_secs(2);
 
 /// Why a mount served through io_uring cannot be handed over or stopped.
 const URING_NO_HANDOFF: &str = "a mount served through io_uring cannot be handed to another \
-     process or stopped without unmounting: the kernel keeps this process's ring entries \
-     and offers no way to take them over; serve with Server::spawn for live handoff";
+     process or stopped without unmounting: live handoff over io_uring is not built (crash \
+     recovery under a fd store is); serve with Server::spawn for live handoff";
 
 /// A mounted filesystem, not yet served.
 pub struct Server<F: Filesystem> {
@@ -462,8 +462,9 @@ pub struct UringOptions {
     /// `/dev/fuse` workers when falling back (default 1).
     pub fallback_threads: usize,
     /// Keep the entries' memory in a memfd ([`Running::ring_area`]) that the
-    /// daemon stores (fd store, handoff), so that a successor can answer the
-    /// requests held in them (default false: anonymous shared memory).
+    /// daemon stores in its fd store, so that a successor after a crash can answer
+    /// the requests held in them (default false: anonymous shared memory). Such
+    /// rings are set up without `DEFER_TASKRUN` (docs/RECOVERY.md says why).
     pub restartable: bool,
 }
 
@@ -510,17 +511,18 @@ impl std::str::FromStr for TransportKind {
 }
 
 impl TransportKind {
-    /// The transport for a daemon that must survive its process: one that hands its
-    /// mount to a new process (live upgrade), or that runs under a fd store to be
-    /// recovered after a crash. `why` names that need, for the log and the error.
+    /// The transport for a daemon that hands its mount to a new process (live
+    /// upgrade). `why` names that need, for the log and the error. (A daemon that
+    /// is only recovered after a crash uses [`TransportKind::recoverable`]: every
+    /// transport works there.)
     ///
     /// [`TransportKind::Auto`] becomes [`TransportKind::DevFuse`], said at info
     /// level; [`TransportKind::DevFuse`] stays. [`TransportKind::IoUring`] is an
-    /// error saying why: the kernel neither lets another process take over the
-    /// requests held in a ring's entries nor resends them (`NOTIFY_RESEND` walks the
-    /// `/dev/fuse` queues only), so after a crash their callers would wait forever.
-    /// A daemon checks this at startup, before it mounts, so that it never serves a
-    /// mount it promised to keep through a transport that cannot keep it.
+    /// error saying why: the live handoff of a ring-served mount is not built (the
+    /// new process would have to register entries of its own before the old one
+    /// releases its rings, docs/DESIGN.md). A daemon checks this at startup, before
+    /// it mounts, so that it never serves a mount it promised to hand over through
+    /// a transport that cannot be handed over.
     ///
     /// # Errors
     /// A message for the user when `self` is [`TransportKind::IoUring`].
@@ -544,15 +546,14 @@ impl TransportKind {
             TransportKind::Auto => {
                 log::info!(
                     "transport auto: /dev/fuse, because {why} needs it (a mount served \
-                     through io_uring can be neither handed off nor recovered after a crash)"
+                     through io_uring cannot be handed off live)"
                 );
                 Ok(TransportKind::DevFuse)
             }
             TransportKind::IoUring => Err(format!(
-                "io_uring was asked for, but {why} needs /dev/fuse: the kernel neither lets \
-                 another process take over the requests held in a ring's entries nor resends \
-                 them after a crash, so their callers would wait forever (use the transport \
-                 dev-fuse or auto)"
+                "io_uring was asked for, but {why} needs /dev/fuse: a mount served through \
+                 io_uring cannot be handed to another process live yet (crash recovery \
+                 under a fd store works; use the transport dev-fuse or auto here)"
             )),
         }
     }
