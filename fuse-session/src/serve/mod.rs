@@ -381,11 +381,8 @@ impl<F: Filesystem> Server<F> {
             return Ok(running);
         }
         match running.start_queues(options) {
-            Ok(queues) => {
-                running.backend = Backend::Uring {
-                    queues,
-                    depth: options.depth,
-                };
+            Ok((queues, depth)) => {
+                running.backend = Backend::Uring { queues, depth };
                 Ok(running)
             }
             Err(e) => {
@@ -720,8 +717,9 @@ impl<F: Filesystem> Running<F> {
     }
 
     /// Starts one io_uring queue thread per possible CPU and waits until each has
-    /// registered its entries. Returns the number of queues.
-    fn start_queues(&self, options: &UringOptions) -> Result<usize, ServeError> {
+    /// registered its entries. Returns the number of queues and their depth (a
+    /// recovered area's).
+    fn start_queues(&self, options: &UringOptions) -> Result<(usize, usize), ServeError> {
         let Some(init) = self.session.init_state() else {
             return Err(ServeError::NoInit);
         };
@@ -830,7 +828,7 @@ impl<F: Filesystem> Running<F> {
         if recovering {
             self.drain_queues(queues);
         }
-        Ok(queues)
+        Ok((queues, depth))
     }
 
     /// After a recovery: a request from each CPU (a `statfs` of the root, from a
