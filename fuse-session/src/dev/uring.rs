@@ -295,6 +295,10 @@ pub(crate) struct RingCore {
     /// Lookups counted by replies refused at [`UringQueue::start`], to report as
     /// [`RingEvent::ReplyLost`].
     lost: Vec<u64>,
+    /// The entries are in a memfd a successor maps: keep their state (the saved
+    /// request, `answered`) up to date. Otherwise only the copy the session parses
+    /// is made.
+    keep: bool,
     /// Address and length of the caller's staging area (see
     /// [`RingCore::set_staging_area`]).
     staging: (usize, usize),
@@ -449,6 +453,7 @@ impl UringQueue {
                 waker_armed: false,
                 pending: std::collections::VecDeque::new(),
                 lost: Vec::new(),
+                keep: plain,
                 staging: (0, 0),
                 staged: None,
             },
@@ -626,9 +631,12 @@ impl UringQueue {
         let (total, op_len, payload) = self.request_lengths(i)?;
         // The copy the session parses (without a payload) is the one kept for a
         // successor: no copy is added for it.
-        let saved = self.save_head(i, op_len);
         if payload == 0 {
+            let saved = self.save_head(i, op_len);
             return Ok(RequestAt::Copied(saved));
+        }
+        if self.core.keep {
+            self.save_head(i, op_len);
         }
         let start = PAYLOAD_OFFSET - IN_HEADER - op_len;
         let head = &self.core.entries[i].header[..];
@@ -687,7 +695,7 @@ impl UringQueue {
         // successor first where the save area has room, else say it is gone.
         let e = &self.core.entries[i];
         let (head, payload) = (e.head_len, e.payload);
-        if payload > 0 {
+        if payload > 0 && self.core.keep {
             if head + payload <= self.saves[i].len() && payload <= self.core.payload_len {
                 self.saves[i][head..head + payload]
                     .copy_from_slice(&self.bufs[i][PAYLOAD_OFFSET..PAYLOAD_OFFSET + payload]);
@@ -1050,7 +1058,9 @@ impl RingCore {
             .copy_from_slice(trailer.as_bytes());
         e.counted = counted;
         // The entry holds the complete reply: a successor commits it as it is.
-        e.mem.set_answered(unique);
+        if self.keep {
+            e.mem.set_answered(unique);
+        }
         let cmd = abi::fuse_uring_cmd_req {
             flags: 0.into(),
             commit_id: unique.into(),
