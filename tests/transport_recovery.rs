@@ -1,6 +1,7 @@
 //! A daemon that must survive its process says at startup which transport it
-//! serves through: under a fd store (crash recovery) any transport works (io_uring
-//! too: tests/uring_crash.rs), while a live upgrade (`--upgrade-socket`) refuses
+//! serves through: under a fd store (crash recovery) `auto` serves through
+//! `/dev/fuse`, which loses no call to a crash, and `io-uring` is accepted
+//! (tests/uring_crash.rs), while a live upgrade (`--upgrade-socket`) refuses
 //! io_uring before it mounts anything: memfs `--transport auto|dev-fuse|io-uring`
 //! under `fuse-live-keeper` and with `--upgrade-socket`.
 mod common;
@@ -58,8 +59,8 @@ fn io_uring_with_an_upgrade_socket_is_refused_before_mounting() {
 }
 
 #[test]
-fn auto_under_a_fd_store_recovers_after_sigkill() {
-    if !common::can_mount("auto_under_a_fd_store_recovers_after_sigkill") {
+fn auto_under_a_fd_store_serves_dev_fuse_and_recovers_after_sigkill() {
+    if !common::can_mount("auto_under_a_fd_store_serves_dev_fuse_and_recovers_after_sigkill") {
         return;
     }
     let dir = common::temp_dir("transport-auto");
@@ -114,7 +115,8 @@ fn auto_under_a_fd_store_recovers_after_sigkill() {
         );
         let text = log_text();
         assert_eq!(
-            text.matches("transport Auto for crash recovery").count(),
+            text.matches("transport auto: /dev/fuse, because crash recovery")
+                .count(),
             2,
             "the choice is said at each start: {text}"
         );

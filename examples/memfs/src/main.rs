@@ -35,9 +35,11 @@
 //!   fails (the old process then serves on).
 //! - `--transport auto|dev-fuse|io-uring`: the kernel transport (default
 //!   `dev-fuse`; `auto` is io_uring where the kernel offers it and more than one CPU
-//!   is usable). Under a fd store a mount served through io_uring is recovered
-//!   after a crash (its ring entries are stored in a memfd, docs/RECOVERY.md "Crash
-//!   recovery over io_uring"); it cannot be handed off live yet: with
+//!   is usable). Under a fd store `io-uring` is recovered after a crash (its ring
+//!   entries are stored in a memfd; a request that reaches the dying process's
+//!   ring can fail with ECANCELED: docs/RECOVERY.md "Crash recovery over
+//!   io_uring"), and `auto` serves through `/dev/fuse`, which loses no call. A
+//!   mount served through io_uring cannot be handed off live yet: with
 //!   `--upgrade-socket`, `auto` serves through `/dev/fuse` (said at log level info)
 //!   and `io-uring` is refused at startup with a message saying why, before
 //!   anything is mounted.

@@ -528,13 +528,37 @@ impl TransportKind {
     }
 
     /// The transport for a daemon recovered after a crash from a fd store (no live
-    /// handoff): every kind works. Over io_uring the daemon keeps its entries in a
-    /// memfd ([`UringOptions::restartable`], [`Running::ring_area`]) that it stores
-    /// beside `/dev/fuse`, and its successor answers the requests they hold
-    /// ([`Server::recover_ring`]). Says at info level what was asked for and `why`.
+    /// handoff). `why` names that need, for the log.
+    ///
+    /// [`TransportKind::IoUring`] stays: the daemon keeps its entries in a memfd
+    /// ([`UringOptions::restartable`], [`Running::ring_area`]) that it stores beside
+    /// `/dev/fuse`, and its successor answers the requests they hold
+    /// ([`Server::recover_ring`]); but a request that reaches a ring entry of the
+    /// dying process after it can no longer copy it in fails with `ECANCELED`
+    /// (a kernel window, docs/RECOVERY.md "Crash recovery over io_uring"), which
+    /// is logged at startup. [`TransportKind::Auto`] therefore becomes
+    /// [`TransportKind::DevFuse`], which loses no call to a crash, said at info
+    /// level; [`TransportKind::DevFuse`] stays.
     pub fn recoverable(self, why: &str) -> TransportKind {
-        log::info!("transport {self:?} for {why}");
-        self
+        match self {
+            TransportKind::DevFuse => TransportKind::DevFuse,
+            TransportKind::Auto => {
+                log::info!(
+                    "transport auto: /dev/fuse, because {why} loses no call to a crash there \
+                     (over io_uring a request that reaches the dying process's ring can fail \
+                     with ECANCELED; ask for io-uring to accept that)"
+                );
+                TransportKind::DevFuse
+            }
+            TransportKind::IoUring => {
+                log::info!(
+                    "transport io_uring for {why}: the requests held in the ring entries are \
+                     answered after a crash, but a request that reaches the dying process's \
+                     ring can fail with ECANCELED"
+                );
+                TransportKind::IoUring
+            }
+        }
     }
 
     fn handoff_capable(self, why: &str) -> Result<TransportKind, String> {
