@@ -36,9 +36,12 @@
 //! - `--transport auto|dev-fuse|io-uring`: the kernel transport (default `auto`:
 //!   io_uring where the kernel offers it — the `fuse` module parameter
 //!   `enable_uring` is on — and this process may run on more than one CPU,
-//!   `/dev/fuse` otherwise; `RUST_LOG=debug` says which it chose and why). A mount
-//!   served through io_uring can be neither handed off nor recovered after a crash
-//!   yet: with `--upgrade-socket` or under a fd store, `auto` serves through
+//!   `/dev/fuse` otherwise; `RUST_LOG=debug` says which it chose and why). Under a
+//!   fd store `io-uring` is recovered after a crash (its ring entries are stored in
+//!   a memfd; a request that reaches the dying process's ring can fail with
+//!   ECANCELED: docs/RECOVERY.md "Crash recovery over io_uring"), and `auto` serves
+//!   through `/dev/fuse`, which loses no call. A mount served through io_uring
+//!   cannot be handed off live yet: with `--upgrade-socket`, `auto` serves through
 //!   `/dev/fuse` (said at log level info) and `io-uring` is refused at startup with
 //!   a message saying why, before anything is mounted. An unknown value exits 2.
 //! - `--state FILE`: keep the contents across mounts. At start, if FILE exists, the
@@ -96,8 +99,9 @@ use fuse_session::serve::{Backend, Running, Server, TransportKind};
 use std::os::fd::AsFd;
 use std::sync::Arc;
 
-use fuse_session::dev::fdstore::{FdStore, JOURNAL_FD, REQUEST_SLOTS_FD};
-use fuse_session::dev::{JournalMap, RequestSlots};
+use fuse_session::dev::fdstore::{FdStore, JOURNAL_FD, REQUEST_SLOTS_FD, RING_AREA_FD};
+use fuse_session::dev::{JournalMap, RequestSlots, RingArea};
+use fuse_session::serve::UringOptions;
 use fuse_session::wire::Opcode;
 use fuse_session::{Accepted, ReplyParts, Session, StepHook};
 use fuse_snapshot::handoff::{
@@ -435,13 +439,33 @@ fn serve_journaled(args: &Args, mut store: FdStore) -> Result<(), Box<dyn std::e
                 .into(),
         );
     }
-    // Only /dev/fuse can be recovered: said (auto) or refused (io-uring) before
-    // anything is mounted or recovered.
-    args.transport
-        .restartable("crash recovery (a fd store: fuse-live-keeper or systemd)")?;
+    // A mount that is also handed off live (--upgrade-socket) needs /dev/fuse:
+    // said (auto) or refused (io-uring) before anything is mounted or recovered.
+    // Crash recovery alone works over either transport.
+    let transport = match &args.upgrade_socket {
+        Some(_) => args
+            .transport
+            .restartable("live upgrade (--upgrade-socket)")?,
+        None => args
+            .transport
+            .recoverable("crash recovery (a fd store: fuse-live-keeper or systemd)"),
+    };
     if let Some(from) = store.upgrade_from() {
         return take_over_journaled(args, store, from);
     }
+    // The dead process's io_uring entries, mapped back at their address first,
+    // before the journal's large mapping could take the range.
+    let old_ring = match store.take(RING_AREA_FD).map(RingArea::from_fd) {
+        Some(Ok(a)) => Some(a),
+        Some(Err(e)) => {
+            log::error!(
+                "the stored io_uring entries cannot be used ({e}): the requests they held \
+                 stay unanswered"
+            );
+            None
+        }
+        None => None,
+    };
     // Bound before mounting or recovering: a path in use fails first. A stale
     // socket (a daemon that crashed) is replaced.
     let listener = args
@@ -518,7 +542,29 @@ fn serve_journaled(args: &Args, mut store: FdStore) -> Result<(), Box<dyn std::e
                 }
             };
             server.set_request_slots(slots);
-            server.spawn(args.threads)?
+            let over_uring = server.session().init_state().is_some_and(|i| {
+                fuse_session::wire::InitFlags(i.result.flags)
+                    .contains(fuse_session::wire::InitFlags::OVER_IO_URING)
+            });
+            if over_uring {
+                // Once a connection has used io_uring, requests only come through
+                // rings: serve with rings, adopting the dead process's entries.
+                match old_ring {
+                    Some(area) => {
+                        let done = server.recover_ring(area);
+                        log::warn!("requests in the io_uring entries at the crash: {done:?}");
+                    }
+                    None => log::error!(
+                        "the mount is served through io_uring but the fd store holds no ring \
+                         entries: requests the dead process held stay unanswered"
+                    ),
+                }
+                let running = server.spawn_uring(&restartable_uring(args))?;
+                store_ring(&store, &running)?;
+                running
+            } else {
+                server.spawn(args.threads)?
+            }
         }
         None => {
             let config = Config { ttl: args.ttl };
@@ -546,7 +592,19 @@ fn serve_journaled(args: &Args, mut store: FdStore) -> Result<(), Box<dyn std::e
                 server.session().read_buffer_size(),
             )?);
             server.set_request_slots(Arc::clone(&slots));
-            let running = server.spawn(args.threads)?;
+            let running = match transport {
+                TransportKind::DevFuse => server.spawn(args.threads)?,
+                kind => {
+                    let mut o = restartable_uring(args);
+                    o.required = kind == TransportKind::IoUring;
+                    if kind == TransportKind::Auto && !fuse_session::serve::auto_picks_uring() {
+                        server.spawn(args.threads)?
+                    } else {
+                        server.spawn_uring(&o)?
+                    }
+                }
+            };
+            store_ring(&store, &running)?;
             let map = JournalMap::memfd("memfs-journal", JOURNAL_MAX)?;
             let fd = map.fd().try_clone_to_owned()?;
             hook.start(running.session(), map)
@@ -561,6 +619,32 @@ fn serve_journaled(args: &Args, mut store: FdStore) -> Result<(), Box<dyn std::e
     store.ready()?;
     ready(&args.mountpoint)?;
     serve_journaled_until_done(&running, listener.as_ref(), args, Arc::new(store))
+}
+
+/// io_uring options for a mount that must survive its process: the entries in a
+/// memfd (stored by [`store_ring`]).
+fn restartable_uring(args: &Args) -> UringOptions {
+    let mut o = UringOptions::default();
+    o.required = true;
+    o.restartable = true;
+    o.fallback_threads = args.threads;
+    o
+}
+
+/// Stores the io_uring entries' memory in the fd store, when the mount is served
+/// through io_uring (a successor answers the requests they hold).
+fn store_ring(store: &FdStore, running: &Running<MemFs>) -> Result<(), Box<dyn std::error::Error>> {
+    if !matches!(running.backend(), Backend::Uring { .. }) {
+        return Ok(());
+    }
+    let area = running
+        .ring_area()
+        .ok_or("served through io_uring without a ring area")?;
+    let fd = area
+        .fd()
+        .ok_or("the io_uring entries are not in a memfd: they cannot be stored")?;
+    store.store(RING_AREA_FD, fd)?;
+    Ok(())
 }
 
 /// Serves a journaled mount until done; a live handoff's successor must be the fd
@@ -723,6 +807,9 @@ fn take_over_journaled(
 /// does nothing when MARKER exists already (the restarted process).
 /// - `hold-mkdir:NAME:MARKER`: a MKDIR of NAME never returns (a request held in the
 ///   filesystem when the test kills the process);
+/// - `hold-mkdirs:PREFIX:MARKER`: every MKDIR of a name that starts with PREFIX
+///   never returns, once per name (marker `MARKER.NAME`): requests held on several
+///   io_uring queues at once;
 /// - `die-after-record:NAME:MARKER`: right after the journal recorded the reply of a
 ///   CREATE of NAME, before it is sent, the process SIGKILLs itself.
 const CRASH_TEST_HOOK: &str = "MEMFS_CRASH_TEST";
@@ -736,9 +823,10 @@ fn crash_test_hook(journal: &Arc<JournalHook<MemFs>>) -> Arc<dyn StepHook> {
     let (Some(mode), Some(name), Some(marker)) = (mode, name, marker) else {
         return journal.clone();
     };
-    let hold = match mode {
-        "hold-mkdir" => true,
-        "die-after-record" => false,
+    let (hold, prefix) = match mode {
+        "hold-mkdir" => (true, false),
+        "hold-mkdirs" => (true, true),
+        "die-after-record" => (false, false),
         _ => {
             log::error!("{CRASH_TEST_HOOK}: unknown hook {mode:?}, ignored");
             return journal.clone();
@@ -747,6 +835,7 @@ fn crash_test_hook(journal: &Arc<JournalHook<MemFs>>) -> Arc<dyn StepHook> {
     Arc::new(CrashTest {
         inner: journal.clone(),
         hold,
+        prefix,
         name: name.as_bytes().to_vec(),
         marker: PathBuf::from(marker),
     })
@@ -757,6 +846,8 @@ struct CrashTest {
     inner: Arc<JournalHook<MemFs>>,
     /// `hold-mkdir` (else `die-after-record`).
     hold: bool,
+    /// `hold-mkdirs`: NAME is a prefix, and the marker is per name.
+    prefix: bool,
     name: Vec<u8>,
     marker: PathBuf,
 }
@@ -764,6 +855,21 @@ struct CrashTest {
 impl CrashTest {
     /// The request names NAME (its bytes hold `NAME\0`) and this is the first time.
     fn fires(&self, request: &Accepted<'_>, opcode: Opcode) -> bool {
+        if self.prefix {
+            // MKDIR: in header (40), fuse_mkdir_in (8), then the name.
+            let name = request.bytes().get(48..).unwrap_or(&[]);
+            let name = name.split(|&b| b == 0).next().unwrap_or(&[]);
+            let mut marker = self.marker.clone().into_os_string();
+            marker.push(".");
+            marker.push(String::from_utf8_lossy(name).as_ref());
+            return request.opcode() == opcode
+                && name.starts_with(&self.name)
+                && std::fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .open(&marker)
+                    .is_ok();
+        }
         let n = self.name.len();
         request.opcode() == opcode
             && request

@@ -30,10 +30,38 @@ use nix::libc;
 /// # Errors
 /// The lookup's errno, or `clone(2)`'s.
 pub fn lookup_in_child(dir: BorrowedFd<'_>, name: &CStr) -> io::Result<()> {
+    in_child(dir, Some(name), None)
+}
+
+/// A `fstatfs` of `dir` from a child process (as [`lookup_in_child`]) that first
+/// pins itself to `cpu`: the request is queued on that CPU's fuse-over-io_uring
+/// queue (the kernel picks the queue by the caller's CPU), which pulls the
+/// requests waiting there. No directory lock is taken.
+///
+/// # Errors
+/// `EINVAL` if the CPU cannot be used; the `fstatfs` errno.
+pub fn statfs_in_child_on(dir: BorrowedFd<'_>, cpu: usize) -> io::Result<()> {
+    in_child(dir, None, Some(cpu))
+}
+
+fn in_child(dir: BorrowedFd<'_>, name: Option<&CStr>, cpu: Option<usize>) -> io::Result<()> {
+    let mut set: libc::cpu_set_t = unsafe_zeroed_cpu_set();
+    if let Some(c) = cpu {
+        if c >= 8 * std::mem::size_of::<libc::cpu_set_t>() {
+            return Err(io::Error::from_raw_os_error(libc::EINVAL));
+        }
+        // SAFETY: `c` is within the set's bits (checked above).
+        unsafe { libc::CPU_SET(c, &mut set) };
+    }
     let mut stack = vec![0u8; 64 << 10];
     let mut child = Child {
         dir: dir.as_raw_fd(),
-        name: name.as_ptr(),
+        name: name.map_or(std::ptr::null(), CStr::as_ptr),
+        cpus: if cpu.is_some() {
+            &set
+        } else {
+            std::ptr::null()
+        },
         errno: 0,
     };
     let arg: *mut Child = &mut child;
@@ -71,16 +99,26 @@ pub fn lookup_in_child(dir: BorrowedFd<'_>, name: &CStr) -> io::Result<()> {
 #[repr(C)]
 struct Child {
     dir: libc::c_int,
+    /// Null: `fstatfs` instead of a lookup.
     name: *const libc::c_char,
+    /// Not null: pin the child to these CPUs first.
+    cpus: *const libc::cpu_set_t,
     errno: libc::c_int,
 }
 
-/// The child's whole life: close every descriptor but the directory's, look the
-/// name up, leave the errno (0 if it exists), exit.
+fn unsafe_zeroed_cpu_set() -> libc::cpu_set_t {
+    // SAFETY: cpu_set_t is an array of integers: all zeroes is the empty set.
+    unsafe { std::mem::zeroed() }
+}
+
+/// The child's whole life: close every descriptor but the directory's, pin itself
+/// if asked, look the name up (or `fstatfs` the directory), leave the errno (0 if
+/// it worked), exit.
 extern "C" fn child_main(arg: *mut libc::c_void) -> libc::c_int {
     let child = arg.cast::<Child>();
     // SAFETY: `arg` is the `Child` the parent made and keeps alive until this child
-    // has exited; only async-signal-safe system calls follow (close_range, fstatat)
+    // has exited; only async-signal-safe system calls follow (close_range,
+    // sched_setaffinity, fstatat or fstatfs)
     // on a descriptor and a C string the parent prepared. `close_range` failing
     // (before Linux 5.9) only leaves the copies open.
     unsafe {
@@ -89,13 +127,25 @@ extern "C" fn child_main(arg: *mut libc::c_void) -> libc::c_int {
             libc::syscall(libc::SYS_close_range, 0u32, (fd - 1) as u32, 0u32);
         }
         libc::syscall(libc::SYS_close_range, (fd + 1) as u32, u32::MAX, 0u32);
-        let mut st = std::mem::MaybeUninit::<libc::stat>::uninit();
-        let r = libc::fstatat(
-            fd,
-            (*child).name,
-            st.as_mut_ptr(),
-            libc::AT_SYMLINK_NOFOLLOW,
-        );
+        if !(*child).cpus.is_null()
+            && libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), (*child).cpus)
+                != 0
+        {
+            (*child).errno = *libc::__errno_location();
+            return 0;
+        }
+        let r = if (*child).name.is_null() {
+            let mut sf = std::mem::MaybeUninit::<libc::statfs>::uninit();
+            libc::fstatfs(fd, sf.as_mut_ptr())
+        } else {
+            let mut st = std::mem::MaybeUninit::<libc::stat>::uninit();
+            libc::fstatat(
+                fd,
+                (*child).name,
+                st.as_mut_ptr(),
+                libc::AT_SYMLINK_NOFOLLOW,
+            )
+        };
         (*child).errno = if r == 0 { 0 } else { *libc::__errno_location() };
     }
     0

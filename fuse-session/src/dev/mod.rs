@@ -64,6 +64,8 @@ pub mod mountid;
 pub(crate) mod mountinfo;
 mod options;
 #[allow(unsafe_code)]
+pub mod ring_area;
+#[allow(unsafe_code)]
 mod scm;
 #[allow(unsafe_code)]
 pub mod slots;
@@ -73,13 +75,14 @@ mod waker;
 
 pub use buffer::{page_size, RequestBuffer, REQUEST_HEADER_ROOM};
 pub use channel::{Channel, Received, WriteOutcome};
-pub use child_lookup::lookup_in_child;
+pub use child_lookup::{lookup_in_child, statfs_in_child_on};
 pub use error::{MountError, OptionError};
 pub use fusermount::find_fusermount;
 pub use journal_map::JournalMap;
 pub use mount::{mount, Mount, MountMethod, MountParts};
 pub use mountid::{AccessTimes, MountIdentity, Ownership};
 pub use options::{Atime, MountOptions};
+pub use ring_area::RingArea;
 pub use scm::{
     peer_credentials, recv_exact_with_fds, recv_with_fds, send_with_fds, PeerCredentials,
     MAX_FDS_PER_MESSAGE,

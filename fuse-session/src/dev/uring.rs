@@ -57,10 +57,10 @@ use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
 
 use fuse_wire::abi;
 use io_uring::{cqueue, opcode, squeue, types, IoUring};
-use memmap2::MmapMut;
 use nix::errno::Errno;
 use zerocopy::{FromBytes, IntoBytes};
 
+use crate::dev::ring_area::{EntryMem, RingArea};
 use crate::proto::PAYLOAD_OFFSET;
 
 /// Registered entries per queue unless told otherwise: two, so that a queue can
@@ -91,9 +91,61 @@ enum State {
     Request,
 }
 
+/// A byte range of a [`RingArea`] mapping, used as a slice by one thread.
+pub(crate) struct Region {
+    ptr: *mut u8,
+    len: usize,
+}
+
+// SAFETY: a `Region` is an address range of a `RingArea` mapping that the queue
+// holding it keeps alive (`UringQueue::_area`); one thread uses it at a time.
+unsafe impl Send for Region {}
+
+impl Region {
+    fn new(ptr: *mut u8, len: usize) -> Region {
+        Region { ptr, len }
+    }
+}
+
+impl std::ops::Deref for Region {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        // SAFETY: the range is mapped (read-write, shared) for as long as the area
+        // lives, and the regions of one queue do not overlap each other.
+        unsafe { std::slice::from_raw_parts(self.ptr, self.len) }
+    }
+}
+
+impl std::ops::DerefMut for Region {
+    fn deref_mut(&mut self) -> &mut [u8] {
+        // SAFETY: as `deref`; `&mut self` makes the borrow exclusive.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr, self.len) }
+    }
+}
+
+/// Bytes of the header region the daemon reads and writes (the kernel's
+/// `fuse_uring_req_header` lies at its start; the entry state follows it).
+const HEADER_REGION: usize = 1024;
+
+/// What a queue does with one of its entries when it starts (see
+/// [`UringQueue::start`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum EntryStart {
+    /// Register it (a fresh entry).
+    Register,
+    /// Commit the reply it holds to this unique (written by a predecessor or by
+    /// recovery), adopting the kernel's entry; a lookup the reply counted.
+    Commit(u64, Option<u64>),
+}
+
 struct Entry {
-    /// The kernel's header buffer (`fuse_uring_req_header`), one page.
-    header: MmapMut,
+    /// The kernel's header buffer (`fuse_uring_req_header`), in the ring area.
+    header: Region,
+    /// The entry's memory (state words) in the ring area.
+    mem: EntryMem,
+    /// Bytes of the current request's payload and of its saved head.
+    payload: usize,
+    head_len: usize,
     /// Address and length of the entry's reply space (in the queue's buffers).
     space: (usize, usize),
     /// The two iovecs REGISTER points the kernel at (read while it is issued).
@@ -110,7 +162,7 @@ struct Entry {
 #[derive(Debug)]
 #[non_exhaustive]
 pub(crate) enum RingEvent {
-    /// Entry `n` holds a request: [`UringQueue::take_request`], then
+    /// Entry `n` holds a request: [`UringQueue::locate_request`], then
     /// [`UringQueue::commit`].
     Request(usize),
     /// The waker armed with [`UringQueue::arm_waker`] fired.
@@ -220,7 +272,11 @@ pub(crate) struct UringQueue {
     core: RingCore,
     /// Each entry's reply buffer; from [`PAYLOAD_OFFSET`] on, the kernel's payload
     /// buffer.
-    bufs: Vec<MmapMut>,
+    bufs: Vec<Region>,
+    /// Each entry's save area: the request in device layout, kept for a successor.
+    saves: Vec<Region>,
+    /// The memory all of it lies in.
+    _area: std::sync::Arc<RingArea>,
 }
 
 /// The ring of a [`UringQueue`] and its entries' header areas: what commits a reply.
@@ -236,6 +292,13 @@ pub(crate) struct RingCore {
     waker_armed: bool,
     /// Completions reaped but not yet returned.
     pending: std::collections::VecDeque<(u64, i32)>,
+    /// Lookups counted by replies refused at [`UringQueue::start`], to report as
+    /// [`RingEvent::ReplyLost`].
+    lost: Vec<u64>,
+    /// The entries are in a memfd a successor maps: keep their state (the saved
+    /// request, `answered`) up to date. Otherwise only the copy the session parses
+    /// is made.
+    keep: bool,
     /// Address and length of the caller's staging area (see
     /// [`RingCore::set_staging_area`]).
     staging: (usize, usize),
@@ -272,10 +335,21 @@ impl UringQueue {
     /// `InvalidInput` for a depth out of range.
     pub fn new(
         device: BorrowedFd<'_>,
+        area: std::sync::Arc<RingArea>,
         qid: u16,
         depth: usize,
         payload_len: usize,
     ) -> io::Result<UringQueue> {
+        let geo = area.geometry();
+        if geo.depth as usize != depth
+            || geo.payload_len as usize != payload_len
+            || usize::from(qid) >= geo.queues as usize
+        {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("the ring area ({geo:?}) does not fit queue {qid} of depth {depth} with {payload_len}-byte payloads"),
+            ));
+        }
         if !(1..=MAX_DEPTH).contains(&depth) {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
@@ -296,11 +370,27 @@ impl UringQueue {
         let size = u32::try_from(2 * (depth + 1))
             .unwrap_or(256)
             .next_power_of_two();
-        let ring = match IoUring::<squeue::Entry128, cqueue::Entry>::builder()
-            .setup_single_issuer()
-            .setup_defer_taskrun()
-            .build(size)
-        {
+        // Entries a successor takes over (a memfd area): no DEFER_TASKRUN. With it,
+        // a request the kernel gives an available entry while this thread is busy
+        // is copied in only when the thread next waits; if the process is killed
+        // first, the copy runs as cancelled (`fuse_uring_send_in_task` with
+        // IO_URING_F_TASK_DEAD) and the caller gets ECANCELED. Without it the copy
+        // runs at once (task work with TWA_SIGNAL), also on the way to dying
+        // (`get_signal` runs pending task work first), so the request lands in the
+        // entry, where the successor finds it. Measured: 6 ECANCELED in 15 kills
+        // under load with it, 1 in 30 without (docs/RECOVERY.md).
+        let plain = area.fd().is_some();
+        let built = if plain {
+            IoUring::<squeue::Entry128, cqueue::Entry>::builder()
+                .setup_single_issuer()
+                .build(size)
+        } else {
+            IoUring::<squeue::Entry128, cqueue::Entry>::builder()
+                .setup_single_issuer()
+                .setup_defer_taskrun()
+                .build(size)
+        };
+        let ring = match built {
             Ok(r) => r,
             // Kernels before 6.1 lack DEFER_TASKRUN: a plain ring works too.
             Err(e) if e.raw_os_error() == Some(nix::libc::EINVAL) => {
@@ -319,18 +409,21 @@ impl UringQueue {
         };
         let mut entries = Vec::with_capacity(depth);
         let mut bufs = Vec::with_capacity(depth);
-        for _ in 0..depth {
-            let mut header = MmapMut::map_anon(crate::dev::page_size())?;
-            let mut buf = MmapMut::map_anon(PAYLOAD_OFFSET + payload_len)?;
+        let mut saves = Vec::with_capacity(depth);
+        for j in 0..depth {
+            let mem = area.entry(usize::from(qid), j);
+            let header = Region::new(mem.header, HEADER_REGION);
+            let buf = Region::new(mem.buf, mem.buf_len);
+            saves.push(Region::new(mem.save(), mem.save_len()));
             let iov = Box::new([
                 nix::libc::iovec {
-                    iov_base: header.as_mut_ptr().cast(),
-                    iov_len: header.len(),
+                    iov_base: mem.header.cast(),
+                    iov_len: std::mem::size_of::<abi::fuse_uring_req_header>(),
                 },
                 nix::libc::iovec {
-                    // SAFETY: `buf` has PAYLOAD_OFFSET + payload_len bytes, so the
-                    // offset stays inside the mapping.
-                    iov_base: unsafe { buf.as_mut_ptr().add(PAYLOAD_OFFSET) }.cast(),
+                    // SAFETY: the buffer has PAYLOAD_OFFSET + payload_len bytes, so
+                    // the offset stays inside the mapping.
+                    iov_base: unsafe { mem.buf.add(PAYLOAD_OFFSET) }.cast(),
                     iov_len: payload_len,
                 },
             ]);
@@ -339,6 +432,9 @@ impl UringQueue {
             bufs.push(buf);
             entries.push(Entry {
                 header,
+                mem,
+                payload: 0,
+                head_len: 0,
                 space,
                 iov,
                 state: State::Idle,
@@ -356,10 +452,14 @@ impl UringQueue {
                 fixed,
                 waker_armed: false,
                 pending: std::collections::VecDeque::new(),
+                lost: Vec::new(),
+                keep: plain,
                 staging: (0, 0),
                 staged: None,
             },
             bufs,
+            saves,
+            _area: area,
         })
     }
 
@@ -393,11 +493,51 @@ impl UringQueue {
         self.core.qid
     }
 
-    /// See [`RingCore::register`].
+    /// Starts the queue over entries a predecessor used (`plan[j]` for entry `j`):
+    /// commits the replies the entries hold (adopting the kernel's entries, see
+    /// [`crate::dev::ring_area`]) and registers the others. A commit the kernel
+    /// refuses (`ENOENT`: the predecessor's commit went through, or the request was
+    /// interrupted) registers its entry anew, as in serving.
     ///
     /// # Errors
     /// As [`RingCore::register`].
-    pub fn register(&mut self) -> io::Result<()> {
+    pub fn start(&mut self, plan: &[EntryStart]) -> io::Result<()> {
+        let mut committed = false;
+        for (i, what) in plan.iter().enumerate().take(self.core.entries.len()) {
+            if let EntryStart::Commit(unique, counted) = *what {
+                self.core.recommit(i, unique, counted)?;
+                committed = true;
+            }
+        }
+        if committed {
+            // A refused commit fails at issue: register its entry now, with the
+            // others, so that every entry is available when this returns (a
+            // request queued while none is would wait for the next commit).
+            self.core.submit()?;
+            self.core.reap();
+            let pending = std::mem::take(&mut self.core.pending);
+            for (token, res) in pending {
+                let committing = usize::try_from(token)
+                    .ok()
+                    .and_then(|i| self.core.entries.get(i))
+                    .is_some_and(|e| e.state == State::Committing);
+                if committing && res < 0 {
+                    let i = token as usize;
+                    let counted = self.core.entries[i].counted.take();
+                    log::debug!(
+                        "io_uring queue {}: entry {i}'s reply was refused at restart ({})",
+                        self.core.qid,
+                        Errno::from_raw(-res)
+                    );
+                    self.core.entries[i].state = State::Idle;
+                    if let Some(id) = counted.filter(|_| res == -nix::libc::ENOENT) {
+                        self.core.lost.push(id);
+                    }
+                } else {
+                    self.core.pending.push_back((token, res));
+                }
+            }
+        }
         self.core.register()
     }
 
@@ -456,32 +596,27 @@ impl UringQueue {
                 reason: "op struct larger than the op_in area",
             });
         }
+        e.payload = payload;
         Ok((total, op_len, payload))
     }
 
-    /// Copies the request in entry `i` into `into` as one contiguous message, as a
-    /// `read(2)` of the device would have returned it, and returns its length.
-    ///
-    /// # Errors
-    /// The header's lengths do not add up (a malformed request from the kernel):
-    /// answer it with [`Commit::Error`] (its `unique` is known to the entry).
-    pub fn take_request(&mut self, i: usize, into: &mut [u8]) -> Result<usize, BadRequest> {
-        let (total, op_len, payload) = self.request_lengths(i)?;
-        if total > into.len() {
-            return Err(BadRequest {
-                reason: "request larger than the request buffer",
-            });
-        }
-        let head = &self.core.entries[i].header[..];
-        into[..IN_HEADER].copy_from_slice(&head[..IN_HEADER]);
-        into[IN_HEADER..IN_HEADER + op_len].copy_from_slice(&head[OP_IN_AT..OP_IN_AT + op_len]);
-        into[IN_HEADER + op_len..total]
-            .copy_from_slice(&self.bufs[i][PAYLOAD_OFFSET..PAYLOAD_OFFSET + payload]);
-        Ok(total)
+    /// Copies the in header and op struct of the request in entry `i` into its save
+    /// area and records it there (a successor reads it from there: a reply
+    /// overwrites the in header's first bytes). Returns the length copied.
+    fn save_head(&mut self, i: usize, op_len: usize) -> usize {
+        let e = &self.core.entries[i];
+        let save = &mut self.saves[i];
+        let n = IN_HEADER + op_len;
+        save[..IN_HEADER].copy_from_slice(&e.header[..IN_HEADER]);
+        save[IN_HEADER..n].copy_from_slice(&e.header[OP_IN_AT..OP_IN_AT + op_len]);
+        e.mem.set_head(e.commit_id, n);
+        self.core.entries[i].head_len = n;
+        n
     }
 
     /// Makes the request in entry `i` one contiguous message in device layout, as
-    /// cheaply as possible: without a payload it is copied into `into` (at most
+    /// cheaply as possible: without a payload it is copied into the entry's save
+    /// area (at most
     /// 168 bytes); with one (names, WRITE data) the header and op struct are copied
     /// in front of the payload the kernel wrote into the entry's buffer, so the
     /// payload itself is not copied ([`RequestAt::InEntry`]; read it with
@@ -490,11 +625,18 @@ impl UringQueue {
     /// ([`RingCore::set_staging_area`]).
     ///
     /// # Errors
-    /// As [`UringQueue::take_request`].
-    pub fn locate_request(&mut self, i: usize, into: &mut [u8]) -> Result<RequestAt, BadRequest> {
+    /// The header's lengths do not add up (a malformed request from the kernel):
+    /// answer it with [`Commit::Error`] (its `unique` is known to the entry).
+    pub fn locate_request(&mut self, i: usize) -> Result<RequestAt, BadRequest> {
         let (total, op_len, payload) = self.request_lengths(i)?;
+        // The copy the session parses (without a payload) is the one kept for a
+        // successor: no copy is added for it.
         if payload == 0 {
-            return self.take_request(i, into).map(RequestAt::Copied);
+            let saved = self.save_head(i, op_len);
+            return Ok(RequestAt::Copied(saved));
+        }
+        if self.core.keep {
+            self.save_head(i, op_len);
         }
         let start = PAYLOAD_OFFSET - IN_HEADER - op_len;
         let head = &self.core.entries[i].header[..];
@@ -502,6 +644,17 @@ impl UringQueue {
         buf[start..start + IN_HEADER].copy_from_slice(&head[..IN_HEADER]);
         buf[start + IN_HEADER..PAYLOAD_OFFSET].copy_from_slice(&head[OP_IN_AT..OP_IN_AT + op_len]);
         Ok(RequestAt::InEntry { start, len: total })
+    }
+
+    /// The request [`UringQueue::locate_request`] copied into entry `i`'s save
+    /// area (`len` bytes), the entry's reply space and the core, borrowed apart.
+    pub fn request_saved(&mut self, i: usize, len: usize) -> (&[u8], &mut [u8], &mut RingCore) {
+        let save = &self.saves[i];
+        (
+            &save[..len.min(save.len())],
+            &mut self.bufs[i][PAYLOAD_OFFSET - REPLY_DATA_AT..],
+            &mut self.core,
+        )
     }
 
     /// The request [`UringQueue::locate_request`] left in entry `i`'s buffer, and
@@ -537,6 +690,19 @@ impl UringQueue {
                 self.core.qid
             );
             return self.core.commit(i, Commit::Error(nix::libc::EIO));
+        }
+        // The reply overwrites the request's payload: keep the payload for a
+        // successor first where the save area has room, else say it is gone.
+        let e = &self.core.entries[i];
+        let (head, payload) = (e.head_len, e.payload);
+        if payload > 0 && self.core.keep {
+            if head + payload <= self.saves[i].len() && payload <= self.core.payload_len {
+                self.saves[i][head..head + payload]
+                    .copy_from_slice(&self.bufs[i][PAYLOAD_OFFSET..PAYLOAD_OFFSET + payload]);
+                e.mem.set_tail(e.commit_id, payload);
+            } else {
+                e.mem.set_clobbered(e.commit_id);
+            }
         }
         let buf = &mut self.bufs[i];
         buf[PAYLOAD_OFFSET..PAYLOAD_OFFSET + bl].copy_from_slice(&from[bo..bo + bl]);
@@ -595,8 +761,13 @@ impl RingCore {
         // Errors found at issue time are already in the completion queue.
         self.reap();
         let mut failed = None;
+        let entries = &self.entries;
         self.pending.retain(|&(token, res)| {
-            let is_register_error = token != WAKE_TOKEN && res < 0 && res != -nix::libc::EAGAIN;
+            let registering = usize::try_from(token)
+                .ok()
+                .and_then(|i| entries.get(i))
+                .is_some_and(|e| e.state == State::Registering);
+            let is_register_error = registering && res < 0 && res != -nix::libc::EAGAIN;
             if is_register_error && failed.is_none() {
                 failed = Some(res);
             }
@@ -612,6 +783,24 @@ impl RingCore {
             }
             None => Ok(()),
         }
+    }
+
+    /// Commits the reply entry `i` already holds (out header, trailer, payload) to
+    /// `unique`, as it is.
+    fn recommit(&mut self, i: usize, unique: u64, counted: Option<u64>) -> io::Result<()> {
+        let cmd = abi::fuse_uring_cmd_req {
+            flags: 0.into(),
+            commit_id: unique.into(),
+            qid: self.qid.into(),
+            padding: [0; 6],
+        };
+        let sqe = self.cmd_sqe(abi::FUSE_IO_URING_CMD_COMMIT_AND_FETCH, &cmd, None, i);
+        self.push(&sqe)?;
+        let e = &mut self.entries[i];
+        e.commit_id = unique;
+        e.counted = counted;
+        e.state = State::Committing;
+        Ok(())
     }
 
     fn push_register(&mut self, i: usize) -> io::Result<()> {
@@ -723,6 +912,9 @@ impl RingCore {
     /// `io_uring_enter(2)` errors; a registration or commit that failed for another
     /// reason than the end of the connection (the message names the errno).
     pub fn next_event(&mut self) -> io::Result<RingEvent> {
+        if let Some(id) = self.lost.pop() {
+            return Ok(RingEvent::ReplyLost(id));
+        }
         loop {
             if self.pending.is_empty() {
                 self.reap();
@@ -865,6 +1057,10 @@ impl RingCore {
         e.header[ENT_IN_OUT_AT..ENT_IN_OUT_AT + std::mem::size_of::<abi::fuse_uring_ent_in_out>()]
             .copy_from_slice(trailer.as_bytes());
         e.counted = counted;
+        // The entry holds the complete reply: a successor commits it as it is.
+        if self.keep {
+            e.mem.set_answered(unique);
+        }
         let cmd = abi::fuse_uring_cmd_req {
             flags: 0.into(),
             commit_id: unique.into(),

@@ -61,8 +61,10 @@ use std::time::{Duration, Instant};
 
 use fuse_wire::InitFlags;
 
-use crate::dev::uring::{self, UringQueue};
-use crate::dev::{Channel, Mount, MountError, MountOptions, RequestSlots, SlotData, SlotMark};
+use crate::dev::uring::{self, EntryStart, UringQueue};
+use crate::dev::{
+    Channel, Mount, MountError, MountOptions, RequestSlots, RingArea, SlotData, SlotMark,
+};
 use crate::fs::Filesystem;
 use crate::notify::Notifier;
 use crate::proto::session::lock;
@@ -78,7 +80,10 @@ mod transport;
 use control::{Control, Mode, Phase, WorkerSlot};
 use device::DeviceTransport;
 use poke::{open_root, poke, poke_workers};
-pub use recover::{kernel_has_resend, recover_requests, RecoveredRequests, RequestRecovery};
+use recover::RingPlan;
+pub use recover::{
+    kernel_has_resend, recover_requests, RecoveredRequests, RecoveredRing, RequestRecovery,
+};
 use ring::RingTransport;
 use transport::{run_worker, Transport};
 
@@ -173,8 +178,8 @@ pub const UNMOUNT_GRACE: Duration = Duration::from_secs(2);
 
 /// Why a mount served through io_uring cannot be handed over or stopped.
 const URING_NO_HANDOFF: &str = "a mount served through io_uring cannot be handed to another \
-     process or stopped without unmounting: the kernel keeps this process's ring entries \
-     and offers no way to take them over; serve with Server::spawn for live handoff";
+     process or stopped without unmounting: live handoff over io_uring is not built (crash \
+     recovery under a fd store is); serve with Server::spawn for live handoff";
 
 /// A mounted filesystem, not yet served.
 pub struct Server<F: Filesystem> {
@@ -182,6 +187,9 @@ pub struct Server<F: Filesystem> {
     mount: Mount,
     /// Request slots the `/dev/fuse` workers read into (one each), if any.
     slots: Option<Arc<RequestSlots>>,
+    /// A predecessor's ring area and what each queue does with its entries
+    /// ([`Server::recover_ring`]).
+    ring: Option<(Arc<RingArea>, RingPlan)>,
 }
 
 impl<F: Filesystem> Server<F> {
@@ -202,6 +210,7 @@ impl<F: Filesystem> Server<F> {
             session: Arc::new(session),
             mount,
             slots: None,
+            ring: None,
         })
     }
 
@@ -212,7 +221,30 @@ impl<F: Filesystem> Server<F> {
             session: Arc::new(session),
             mount,
             slots: None,
+            ring: None,
         }
+    }
+
+    /// A restored session's recovery of the requests held in the io_uring entries
+    /// of the process that served it before (after `kill -9`): `area` is that
+    /// process's [`RingArea`] (from the fd store), already mapped back at its
+    /// address ([`RingArea::from_fd`]). Every request an entry holds unanswered is
+    /// run through the session as a resent request (bit 63 set, so a journal
+    /// answers it from its recorded reply instead of running it twice) and its
+    /// reply written into the entry; [`Server::spawn_uring`] then commits it with
+    /// its original unique, which adopts the kernel's entry, and commits again the
+    /// replies the dead process had completed but perhaps not submitted (the
+    /// kernel refuses those it had: exactly once). Other entries are registered
+    /// anew, and each CPU's queue is poked so that requests that waited while no
+    /// process served are fetched. Call it after the journal was resumed, before
+    /// `spawn_uring` (which then serves through this area).
+    ///
+    /// A reply the kernel refuses (the request was interrupted and is gone) takes
+    /// back the lookup it counted.
+    pub fn recover_ring(&mut self, area: RingArea) -> RecoveredRing {
+        let (report, plan) = recover::recover_ring(&self.session, &area);
+        self.ring = Some((Arc::new(area), plan));
+        report
     }
 
     /// Makes the `/dev/fuse` workers read requests into `slots` (worker `i` into slot
@@ -278,35 +310,7 @@ impl<F: Filesystem> Server<F> {
                 log::debug!("transport: io_uring (asked for)");
                 true
             }
-            TransportKind::Auto => {
-                let cpus = usable_cpus();
-                match uring::uring_enabled() {
-                    Some(true) if cpus > 1 => {
-                        log::debug!(
-                            "transport auto: io_uring (the kernel offers it, {cpus} CPUs usable)"
-                        );
-                        true
-                    }
-                    Some(true) => {
-                        log::debug!(
-                            "transport auto: /dev/fuse (one CPU usable: a ring per CPU gains nothing)"
-                        );
-                        false
-                    }
-                    Some(false) => {
-                        log::debug!(
-                            "transport auto: /dev/fuse (the fuse module parameter enable_uring is off)"
-                        );
-                        false
-                    }
-                    None => {
-                        log::debug!(
-                            "transport auto: /dev/fuse (no fuse-over-io_uring in this kernel)"
-                        );
-                        false
-                    }
-                }
-            }
+            TransportKind::Auto => auto_picks_uring(),
         };
         if uring {
             let o = UringOptions {
@@ -377,11 +381,8 @@ impl<F: Filesystem> Server<F> {
             return Ok(running);
         }
         match running.start_queues(options) {
-            Ok(queues) => {
-                running.backend = Backend::Uring {
-                    queues,
-                    depth: options.depth,
-                };
+            Ok((queues, depth)) => {
+                running.backend = Backend::Uring { queues, depth };
                 Ok(running)
             }
             Err(e) => {
@@ -397,6 +398,7 @@ impl<F: Filesystem> Server<F> {
             session,
             mount,
             slots,
+            ring,
         } = self;
         let channel = mount.channel()?;
         let control = Arc::new(Control::default());
@@ -430,6 +432,7 @@ impl<F: Filesystem> Server<F> {
             device: channel.try_clone()?,
             notifier: Notifier::new(Arc::clone(&session), channel, waiters),
             backend: Backend::Device,
+            ring: Mutex::new(ring.map(|(a, p)| (a, Some(p)))),
         })
     }
 }
@@ -455,6 +458,11 @@ pub struct UringOptions {
     pub required: bool,
     /// `/dev/fuse` workers when falling back (default 1).
     pub fallback_threads: usize,
+    /// Keep the entries' memory in a memfd ([`Running::ring_area`]) that the
+    /// daemon stores in its fd store, so that a successor after a crash can answer
+    /// the requests held in them (default false: anonymous shared memory). Such
+    /// rings are set up without `DEFER_TASKRUN` (docs/RECOVERY.md says why).
+    pub restartable: bool,
 }
 
 impl Default for UringOptions {
@@ -464,6 +472,7 @@ impl Default for UringOptions {
             pin: true,
             required: false,
             fallback_threads: 1,
+            restartable: false,
         }
     }
 }
@@ -499,36 +508,102 @@ impl std::str::FromStr for TransportKind {
 }
 
 impl TransportKind {
-    /// The transport for a daemon that must survive its process: one that hands its
-    /// mount to a new process (live upgrade), or that runs under a fd store to be
-    /// recovered after a crash. `why` names that need, for the log and the error.
+    /// The transport for a daemon that hands its mount to a new process (live
+    /// upgrade). `why` names that need, for the log and the error. (A daemon that
+    /// is only recovered after a crash uses [`TransportKind::recoverable`]: every
+    /// transport works there.)
     ///
     /// [`TransportKind::Auto`] becomes [`TransportKind::DevFuse`], said at info
     /// level; [`TransportKind::DevFuse`] stays. [`TransportKind::IoUring`] is an
-    /// error saying why: the kernel neither lets another process take over the
-    /// requests held in a ring's entries nor resends them (`NOTIFY_RESEND` walks the
-    /// `/dev/fuse` queues only), so after a crash their callers would wait forever.
-    /// A daemon checks this at startup, before it mounts, so that it never serves a
-    /// mount it promised to keep through a transport that cannot keep it.
+    /// error saying why: the live handoff of a ring-served mount is not built (the
+    /// new process would have to register entries of its own before the old one
+    /// releases its rings, docs/DESIGN.md). A daemon checks this at startup, before
+    /// it mounts, so that it never serves a mount it promised to hand over through
+    /// a transport that cannot be handed over.
     ///
     /// # Errors
     /// A message for the user when `self` is [`TransportKind::IoUring`].
     pub fn restartable(self, why: &str) -> Result<TransportKind, String> {
+        self.handoff_capable(why)
+    }
+
+    /// The transport for a daemon recovered after a crash from a fd store (no live
+    /// handoff). `why` names that need, for the log.
+    ///
+    /// [`TransportKind::IoUring`] stays: the daemon keeps its entries in a memfd
+    /// ([`UringOptions::restartable`], [`Running::ring_area`]) that it stores beside
+    /// `/dev/fuse`, and its successor answers the requests they hold
+    /// ([`Server::recover_ring`]); but a request that reaches a ring entry of the
+    /// dying process after it can no longer copy it in fails with `ECANCELED`
+    /// (a kernel window, docs/RECOVERY.md "Crash recovery over io_uring"), which
+    /// is logged at startup. [`TransportKind::Auto`] therefore becomes
+    /// [`TransportKind::DevFuse`], which loses no call to a crash, said at info
+    /// level; [`TransportKind::DevFuse`] stays.
+    pub fn recoverable(self, why: &str) -> TransportKind {
+        match self {
+            TransportKind::DevFuse => TransportKind::DevFuse,
+            TransportKind::Auto => {
+                log::info!(
+                    "transport auto: /dev/fuse, because {why} loses no call to a crash there \
+                     (over io_uring a request that reaches the dying process's ring can fail \
+                     with ECANCELED; ask for io-uring to accept that)"
+                );
+                TransportKind::DevFuse
+            }
+            TransportKind::IoUring => {
+                log::info!(
+                    "transport io_uring for {why}: the requests held in the ring entries are \
+                     answered after a crash, but a request that reaches the dying process's \
+                     ring can fail with ECANCELED"
+                );
+                TransportKind::IoUring
+            }
+        }
+    }
+
+    fn handoff_capable(self, why: &str) -> Result<TransportKind, String> {
         match self {
             TransportKind::DevFuse => Ok(TransportKind::DevFuse),
             TransportKind::Auto => {
                 log::info!(
                     "transport auto: /dev/fuse, because {why} needs it (a mount served \
-                     through io_uring can be neither handed off nor recovered after a crash)"
+                     through io_uring cannot be handed off live)"
                 );
                 Ok(TransportKind::DevFuse)
             }
             TransportKind::IoUring => Err(format!(
-                "io_uring was asked for, but {why} needs /dev/fuse: the kernel neither lets \
-                 another process take over the requests held in a ring's entries nor resends \
-                 them after a crash, so their callers would wait forever (use the transport \
-                 dev-fuse or auto)"
+                "io_uring was asked for, but {why} needs /dev/fuse: a mount served through \
+                 io_uring cannot be handed to another process live yet (crash recovery \
+                 under a fd store works; use the transport dev-fuse or auto here)"
             )),
+        }
+    }
+}
+
+/// What [`TransportKind::Auto`] picks: io_uring when the kernel offers it (the
+/// `fuse` module parameter `enable_uring` is on) and this process may run on more
+/// than one CPU (with one, a ring per CPU saves no wake-up). Logs the choice and
+/// its reason at debug level.
+pub fn auto_picks_uring() -> bool {
+    let cpus = usable_cpus();
+    match uring::uring_enabled() {
+        Some(true) if cpus > 1 => {
+            log::debug!("transport auto: io_uring (the kernel offers it, {cpus} CPUs usable)");
+            true
+        }
+        Some(true) => {
+            log::debug!("transport auto: /dev/fuse (one CPU usable: a ring per CPU gains nothing)");
+            false
+        }
+        Some(false) => {
+            log::debug!(
+                "transport auto: /dev/fuse (the fuse module parameter enable_uring is off)"
+            );
+            false
+        }
+        None => {
+            log::debug!("transport auto: /dev/fuse (no fuse-over-io_uring in this kernel)");
+            false
         }
     }
 }
@@ -619,6 +694,9 @@ pub struct Running<F: Filesystem> {
     device: Channel,
     notifier: Notifier<F>,
     backend: Backend,
+    /// The io_uring entries' memory, and (once, at a recovery) what each queue
+    /// does with its entries when it starts.
+    ring: Mutex<Option<(Arc<RingArea>, Option<RingPlan>)>>,
 }
 
 /// Workers stay parked while this guard lives (see [`Running::pause`]).
@@ -663,8 +741,9 @@ impl<F: Filesystem> Running<F> {
     }
 
     /// Starts one io_uring queue thread per possible CPU and waits until each has
-    /// registered its entries. Returns the number of queues.
-    fn start_queues(&self, options: &UringOptions) -> Result<usize, ServeError> {
+    /// registered its entries. Returns the number of queues and their depth (a
+    /// recovered area's).
+    fn start_queues(&self, options: &UringOptions) -> Result<(usize, usize), ServeError> {
         let Some(init) = self.session.init_state() else {
             return Err(ServeError::NoInit);
         };
@@ -684,21 +763,44 @@ impl<F: Filesystem> Running<F> {
                 "{queues} possible CPUs: more queues than supported"
             ))
         })?;
+        let (area, mut plan) = match lock(&self.ring).take() {
+            Some((area, plan)) => {
+                if !area.fits(queues, payload_len) {
+                    return Err(ServeError::Uring(format!(
+                        "the ring area ({:?}) does not fit this connection ({queues} queues,                          {payload_len}-byte payloads)",
+                        area.geometry()
+                    )));
+                }
+                (area, plan)
+            }
+            None => {
+                let name = options.restartable.then_some("fuse-ring-area");
+                let area = RingArea::new(name, queues, options.depth, payload_len)
+                    .map_err(|e| ServeError::Uring(format!("the entries' memory: {e}")))?;
+                (Arc::new(area), None)
+            }
+        };
+        let depth = area.geometry().depth as usize;
+        let recovering = plan.is_some();
         let (tx, rx) = std::sync::mpsc::channel::<io::Result<()>>();
         let read_size = self.session.read_buffer_size();
         for qid in 0..qid_max {
             let device = self.device.try_clone()?;
             let tx = tx.clone();
-            let depth = options.depth;
             let pin = options.pin;
+            let area = Arc::clone(&area);
+            let start: Vec<EntryStart> = plan
+                .as_mut()
+                .and_then(|p| p.get_mut(usize::from(qid)).map(std::mem::take))
+                .unwrap_or_default();
             let make = move |slot: &WorkerSlot| {
                 if pin {
                     if let Err(e) = uring::pin_to_cpu(usize::from(qid)) {
                         log::debug!("cannot pin io_uring queue {qid} to its CPU: {e}");
                     }
                 }
-                let setup = UringQueue::new(device.as_fd(), qid, depth, payload_len)
-                    .and_then(|mut q| q.register().map(|()| q))
+                let setup = UringQueue::new(device.as_fd(), area, qid, depth, payload_len)
+                    .and_then(|mut q| q.start(&start).map(|()| q))
                     .and_then(|q| RingTransport::new(q, read_size, Arc::clone(&slot.waker)));
                 drop(device);
                 match setup {
@@ -741,10 +843,91 @@ impl<F: Filesystem> Running<F> {
             }
         }
         log::info!(
-            "serving through io_uring: {queues} queues of {} entries, {payload_len}-byte payload buffers",
-            options.depth
+            "serving through io_uring: {queues} queues of {depth} entries, {payload_len}-byte \
+             payload buffers, entries at {:#x}{}",
+            area.base(),
+            if recovering { " (recovered)" } else { "" }
         );
-        Ok(queues)
+        *lock(&self.ring) = Some((area, None));
+        if recovering {
+            self.drain_queues(queues);
+        }
+        Ok((queues, depth))
+    }
+
+    /// After a recovery: a request from each CPU (a `statfs` of the root, from a
+    /// child process pinned to it), so that every queue fetches the requests that
+    /// waited in it while no process served (a REGISTER does not pull them; a
+    /// commit on that queue does, `fs/fuse/dev_uring.c`: `fuse_uring_do_register`
+    /// only makes the entry available, `fuse_uring_commit_fetch` calls
+    /// `fuse_uring_next_fuse_req`).
+    fn drain_queues(&self, queues: usize) {
+        let Some(mountpoint) = self.mountpoint() else {
+            return;
+        };
+        let root = match open_root(&mountpoint, None) {
+            Ok(fd) => fd,
+            Err(e) => {
+                log::warn!("cannot open the mount's root to drain the io_uring queues: {e}");
+                return;
+            }
+        };
+        // One thread per CPU, so that a poke that is not answered (it would be a
+        // bug) delays `ready` by a bounded time, not forever.
+        let (tx, rx) = std::sync::mpsc::channel();
+        for cpu in 0..queues {
+            let fd = match root.try_clone() {
+                Ok(f) => f,
+                Err(e) => {
+                    log::warn!("draining io_uring queue {cpu}: {e}");
+                    continue;
+                }
+            };
+            let tx = tx.clone();
+            let spawned = std::thread::Builder::new()
+                .name(format!("fuse-drain-{cpu}"))
+                .spawn(move || {
+                    let r = crate::dev::statfs_in_child_on(std::os::fd::AsFd::as_fd(&fd), cpu);
+                    let _ = tx.send((cpu, r));
+                });
+            if let Err(e) = spawned {
+                log::warn!("draining io_uring queue {cpu}: {e}");
+            }
+        }
+        drop(tx);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
+                Ok((_, Ok(()))) => {}
+                // An offline or forbidden CPU: no caller can be queued there now.
+                Ok((cpu, Err(e))) if e.raw_os_error() == Some(nix::libc::EINVAL) => {
+                    log::debug!("io_uring queue {cpu}: not drained (CPU not usable)");
+                }
+                Ok((cpu, Err(e))) => log::warn!("draining io_uring queue {cpu}: {e}"),
+                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                    log::error!("draining the io_uring queues: a poke was not answered within 5 s");
+                    break;
+                }
+            }
+        }
+    }
+
+    /// The io_uring entries' memory, while the mount is served through io_uring:
+    /// with [`UringOptions::restartable`] a memfd ([`RingArea::fd`]) for the fd
+    /// store, which a successor maps back ([`RingArea::from_fd`]) and recovers
+    /// from ([`Server::recover_ring`]).
+    pub fn ring_area(&self) -> Option<Arc<RingArea>> {
+        lock(&self.ring).as_ref().map(|(a, _)| Arc::clone(a))
+    }
+
+    /// Whether the io_uring entries are in a memfd a successor can map
+    /// ([`UringOptions::restartable`]).
+    fn ring_is_restartable(&self) -> bool {
+        lock(&self.ring)
+            .as_ref()
+            .is_some_and(|(a, _)| a.fd().is_some())
     }
 
     /// Which transport serves the mount.
@@ -972,11 +1155,13 @@ impl<F: Filesystem> Running<F> {
     /// or [`Running::unmount`]): e.g. to `dup` its descriptors for a live handoff.
     ///
     /// `None` as well when the mount is served through io_uring
-    /// ([`Backend::Uring`]): its descriptors must not be handed to another process,
-    /// which could not take over the registered ring entries (docs/DESIGN.md), so a
-    /// handoff that asks for them is refused before anything is committed.
+    /// ([`Backend::Uring`]) with entries in anonymous memory: its descriptors must
+    /// not be handed to another process, which could not answer the requests held
+    /// in the entries (docs/DESIGN.md), so a handoff that asks for them is refused
+    /// before anything is committed. With [`UringOptions::restartable`] the
+    /// entries are in a memfd a successor maps back, and this works.
     pub fn with_mount<R>(&self, f: impl FnOnce(&Mount) -> R) -> Option<R> {
-        if matches!(self.backend, Backend::Uring { .. }) {
+        if matches!(self.backend, Backend::Uring { .. }) && !self.ring_is_restartable() {
             log::error!("{URING_NO_HANDOFF}");
             return None;
         }

@@ -329,3 +329,146 @@ fn answer_held<F: Filesystem>(
         }
     }
 }
+
+/// What [`Server::recover_ring`] found in the ring entries of the dead process.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RecoveredRing {
+    /// Entries that held an unanswered request, now answered in the entry (the
+    /// reply is committed when the queues start).
+    pub requests: usize,
+    /// Of those, answered from a recorded reply because the request's payload was
+    /// overwritten by its reply before it could be saved.
+    pub payload_lost: usize,
+    /// Entries that held a complete reply, committed again as they are (the
+    /// kernel refuses those it already had: exactly once).
+    pub replies: usize,
+    /// Entries holding nothing, registered anew.
+    pub empty: usize,
+    /// Entries whose bytes did not add up (logged): the request they name is
+    /// answered `EIO`.
+    pub damaged: usize,
+    /// Requests the filesystem deferred or dropped: their entries are registered
+    /// anew and their callers get `ECONNABORTED` at unmount (logged).
+    pub unanswered: usize,
+}
+
+/// The recovery plan of a ring area: what each queue does with each entry.
+pub(crate) type RingPlan = Vec<Vec<crate::dev::uring::EntryStart>>;
+
+/// Reads every entry of `area` (the dead process's, mapped back at its address)
+/// and answers the requests they hold through `session` (as resent requests, so
+/// that a journal answers those whose reply it recorded), writing each reply into
+/// its entry. Returns what each queue must do with each entry when it starts.
+pub(crate) fn recover_ring<F: Filesystem>(
+    session: &Session<F>,
+    area: &crate::dev::RingArea,
+) -> (RecoveredRing, RingPlan) {
+    use crate::dev::ring_area::EntryHolds;
+    use crate::dev::uring::EntryStart;
+    let geo = area.geometry();
+    let mut report = RecoveredRing::default();
+    let mut out = vec![0u8; session.reply_buffer_size()];
+    let mut plan = Vec::with_capacity(geo.queues as usize);
+    for qid in 0..geo.queues as usize {
+        let mut q = Vec::with_capacity(geo.depth as usize);
+        for j in 0..geo.depth as usize {
+            let start = match area.inspect(qid, j) {
+                EntryHolds::Nothing => {
+                    report.empty += 1;
+                    EntryStart::Register
+                }
+                EntryHolds::Reply(unique) => {
+                    log::info!(
+                        "ring queue {qid} entry {j}: reply to unique={unique:#x} committed again"
+                    );
+                    report.replies += 1;
+                    EntryStart::Commit(unique, None)
+                }
+                EntryHolds::Damaged(why, unique) => {
+                    // The kernel may hold that request in the entry: an error
+                    // reply ends it (refused harmlessly if it does not).
+                    log::warn!(
+                        "ring queue {qid} entry {j}: damaged ({why}): unique={unique:#x} \
+                         answered EIO"
+                    );
+                    report.damaged += 1;
+                    area.write_reply(qid, j, -nix::libc::EIO, unique, &[]);
+                    EntryStart::Commit(unique, None)
+                }
+                EntryHolds::Request {
+                    unique,
+                    mut bytes,
+                    payload_lost,
+                } => {
+                    let opcode = Opcode(u32::from_ne_bytes(
+                        bytes[4..8].try_into().unwrap_or_default(),
+                    ));
+                    if payload_lost {
+                        // Only requests with a payload too large for the save
+                        // area lose it (WRITE, SETXATTR, SYMLINK), after their
+                        // reply was recorded.
+                        report.payload_lost += 1;
+                        log::warn!(
+                            "ring queue {qid} entry {j}: {opcode:?} unique={unique:#x}: its \
+                             payload was overwritten; answered from its recorded reply"
+                        );
+                    }
+                    let resent = unique | abi::FUSE_UNIQUE_RESEND;
+                    bytes[8..16].copy_from_slice(&resent.to_ne_bytes());
+                    let accepted = session.accept(&bytes);
+                    let outcome = session.call(&accepted, ReplySpace::new(&mut out));
+                    session.respond(&accepted, &outcome);
+                    match &outcome {
+                        Outcome::Reply(parts) => {
+                            let whole = parts.to_vec();
+                            let error = whole.get(4..8).map_or(-nix::libc::EIO, |b| {
+                                i32::from_ne_bytes(b.try_into().unwrap_or_default())
+                            });
+                            let body = whole.get(OUT_HEADER_SIZE..).unwrap_or(&[]);
+                            if body.len() > geo.payload_len as usize {
+                                area.write_reply(qid, j, -nix::libc::EIO, unique, &[]);
+                            } else {
+                                area.write_reply(qid, j, error, unique, body);
+                            }
+                            log::info!(
+                                "ring queue {qid} entry {j}: {opcode:?} unique={unique:#x} answered"
+                            );
+                            report.requests += 1;
+                            EntryStart::Commit(unique, parts.counted())
+                        }
+                        // A request that takes no answer (NOTIFY_REPLY) is ended with
+                        // an empty success, as in serving: the entry is adopted.
+                        Outcome::NoReply | Outcome::Retrieved { .. } => {
+                            area.write_reply(qid, j, 0, unique, &[]);
+                            report.requests += 1;
+                            EntryStart::Commit(unique, None)
+                        }
+                        Outcome::Dropped(e) => {
+                            log::warn!(
+                                "ring queue {qid} entry {j}: {opcode:?} unique={unique:#x}: \
+                                 dropped ({e}): answering EIO"
+                            );
+                            area.write_reply(qid, j, -nix::libc::EIO, unique, &[]);
+                            report.requests += 1;
+                            EntryStart::Commit(unique, None)
+                        }
+                        Outcome::Deferred => {
+                            log::warn!(
+                                "ring queue {qid} entry {j}: {opcode:?} unique={unique:#x} was \
+                                 deferred by the filesystem: its reply cannot reach the kernel \
+                                 (its caller gets ECONNABORTED at unmount); the entry is \
+                                 registered anew"
+                            );
+                            report.unanswered += 1;
+                            EntryStart::Register
+                        }
+                    }
+                }
+            };
+            q.push(start);
+        }
+        plan.push(q);
+    }
+    (report, plan)
+}

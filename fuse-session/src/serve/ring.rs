@@ -49,8 +49,6 @@ impl ReplySender for RingSender {
 /// One io_uring queue's transport.
 pub(crate) struct RingTransport {
     queue: UringQueue,
-    /// A request without a payload, copied into device layout.
-    req: RequestBuffer,
     /// Where the current request is, or why it could not be read.
     taken: Result<RequestAt, &'static str>,
     /// Where replies to requests left in their entry are encoded (the entry's own
@@ -84,8 +82,6 @@ impl RingTransport {
             }),
             deferred_rx,
             queue,
-            // A request without payload: header and op struct.
-            req: RequestBuffer::with_len(fuse_wire::abi::FUSE_MIN_READ_BUFFER)?,
             taken: Err("no request"),
             staging,
             served: 0,
@@ -104,10 +100,7 @@ impl Transport for RingTransport {
         self.queue.arm_waker(slot.waker.as_pollable())?;
         Ok(match self.queue.next_event()? {
             RingEvent::Request(i) => {
-                self.taken = self
-                    .queue
-                    .locate_request(i, &mut self.req)
-                    .map_err(|e| e.reason);
+                self.taken = self.queue.locate_request(i).map_err(|e| e.reason);
                 Event::Request(i)
             }
             RingEvent::Woken => Event::Woken,
@@ -130,15 +123,22 @@ impl Transport for RingTransport {
                     sender: core,
                 }
             }
-            taken => {
-                let (space, core) = self.queue.split(n);
-                let request = match taken {
-                    Ok(RequestAt::Copied(len)) => Ok(&self.req[..len.min(self.req.len())]),
-                    Ok(RequestAt::InEntry { .. }) => Err("unreachable"),
-                    Err(why) => Err(why),
-                };
+            Ok(RequestAt::Copied(len)) => {
+                // The request was copied into the entry's save area (where a
+                // successor finds it after a crash).
+                let (request, space, core) = self.queue.request_saved(n, len);
                 Exchange {
-                    request,
+                    request: Ok(request),
+                    space: ReplySpace::with_data_at(space, uring::REPLY_DATA_AT)
+                        .data_in_space()
+                        .deferring(&self.deferred, n),
+                    sender: core,
+                }
+            }
+            Err(why) => {
+                let (space, core) = self.queue.split(n);
+                Exchange {
+                    request: Err(why),
                     space: ReplySpace::with_data_at(space, uring::REPLY_DATA_AT)
                         .data_in_space()
                         .deferring(&self.deferred, n),

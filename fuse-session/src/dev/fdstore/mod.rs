@@ -61,6 +61,9 @@ pub const JOURNAL_FD: &str = "fuse-journal";
 /// Name of the request slots ([`RequestSlots`](crate::dev::RequestSlots), a memfd):
 /// the requests read and not yet answered, for kernels without `NOTIFY_RESEND`.
 pub const REQUEST_SLOTS_FD: &str = "fuse-request-slots";
+/// Name of the fuse-over-io_uring entries' memory ([`RingArea`](crate::dev::RingArea),
+/// a memfd): the requests held in ring entries, answered by a successor.
+pub const RING_AREA_FD: &str = "fuse-ring-area";
 /// The prefix of the names of the filesystem's own descriptors.
 pub const FS_FD_PREFIX: &str = "fs-fd-";
 /// The variable `fuse-live-keeper` sets for a process it starts to replace the

@@ -1,0 +1,317 @@
+//! Crash recovery of a mount served through fuse-over-io_uring, under
+//! `fuse-live-keeper`: memfs `--transport io-uring` keeps its ring entries in a
+//! memfd in the fd store; after `kill -9` its successor maps them back at the same
+//! address, answers the requests they held with their original uniques (adopting
+//! the kernel's entries), registers fresh entries, drains the requests that waited
+//! on every CPU's queue while no daemon ran, then says `ready`.
+//!
+//! Here requests are certainly in flight at the kill: a MKDIR from a thread pinned
+//! to each CPU is held in the filesystem (memfs's `hold-mkdirs` test hook), so each
+//! queue's thread is inside a request when the daemon dies; and requests are issued
+//! from each CPU while no daemon runs. Every call must succeed, the mount and its
+//! connection stay the same, and the kernel logs no warning up to the unmount.
+//! (The kill -9 suite over io_uring is tests/crash.rs,
+//! `memfs_survives_repeated_sigkill_over_io_uring`.)
+mod common;
+
+use std::fs::File;
+use std::io::{BufRead, BufReader};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use fuse_session::dev::fusectl::{self, Watchdog};
+use fuse_session::dev::uring;
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+
+const KEEPER: &str = env!("CARGO_BIN_EXE_fuse-live-keeper");
+/// A guard against hangs, not a timing assertion.
+const PATIENCE: Duration = Duration::from_secs(60);
+
+/// Whether io_uring can be tested here: fails under CI when it cannot.
+fn uring_available(test: &str) -> bool {
+    if !common::can_mount(test) {
+        return false;
+    }
+    if uring::uring_enabled() != Some(true) {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "{test}: CI needs the fuse module parameter enable_uring on"
+        );
+        eprintln!("{test}: skipped: the fuse module parameter enable_uring is off");
+        return false;
+    }
+    true
+}
+
+/// Lines of the kernel log that report a warning or a bug.
+fn kernel_warnings() -> Vec<String> {
+    let out = Command::new("dmesg").output().expect("dmesg");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.contains("WARNING:") || l.contains("cut here") || l.contains("BUG:"))
+        .map(str::to_owned)
+        .collect()
+}
+
+/// CPUs this process may run on.
+fn cpus() -> Vec<usize> {
+    let n = std::thread::available_parallelism().map_or(1, |n| n.get());
+    (0..uring::queue_count())
+        .filter(|&c| uring::pin_to_cpu(c).is_ok())
+        .take(n)
+        .collect()
+}
+
+/// `f` on a thread pinned to `cpu`.
+fn pinned<T: Send + 'static>(
+    cpu: usize,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> std::thread::JoinHandle<T> {
+    std::thread::spawn(move || {
+        uring::pin_to_cpu(cpu).expect("pin to the CPU");
+        f()
+    })
+}
+
+struct Kept {
+    keeper: Option<Child>,
+    lines: mpsc::Receiver<String>,
+    mnt: PathBuf,
+    dir: PathBuf,
+    log: PathBuf,
+    watchdog: Option<Watchdog>,
+}
+
+impl Kept {
+    fn start(tag: &str, hook: &str, restart_delay_ms: u32) -> Kept {
+        let dir = common::temp_dir(tag);
+        let mnt = dir.join("mnt");
+        std::fs::create_dir(&mnt).expect("mountpoint");
+        let log = dir.join("keeper.log");
+        let marker = dir.join("marker");
+        let mut cmd = Command::new(KEEPER);
+        cmd.args(["--restart-delay", &restart_delay_ms.to_string(), "--"])
+            .arg(common::example_binary("memfs"))
+            .arg(&mnt)
+            .args(["--threads", "2", "--transport", "io-uring"])
+            .env("RUST_LOG", "info")
+            .env("MEMFS_CRASH_TEST", format!("{hook}:{}", marker.display()))
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(File::create(&log).expect("log"));
+        // SAFETY: only prctl(2) in the forked child, async-signal-safe.
+        unsafe {
+            cmd.pre_exec(|| {
+                nix::sys::prctl::set_pdeathsig(Signal::SIGTERM).map_err(std::io::Error::from)
+            });
+        }
+        let watchdog = Watchdog::arm(&mnt, None, Duration::from_secs(300)).expect("watchdog");
+        let mut keeper = cmd.spawn().expect("spawn fuse-live-keeper");
+        let out = keeper.stdout.take().expect("stdout");
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for l in BufReader::new(out).lines() {
+                let Ok(l) = l else { break };
+                if tx.send(l).is_err() {
+                    break;
+                }
+            }
+        });
+        let k = Kept {
+            keeper: Some(keeper),
+            lines,
+            mnt,
+            dir,
+            log,
+            watchdog: Some(watchdog),
+        };
+        k.next_ready("at the first start");
+        k
+    }
+
+    fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn next_ready(&self, what: &str) {
+        let ready = format!("ready {}", self.mnt.display());
+        match self.lines.recv_timeout(PATIENCE) {
+            Ok(l) => assert_eq!(l, ready, "{what}"),
+            Err(e) => panic!("no ready line {what} ({e}); log:\n{}", self.log_text()),
+        }
+    }
+
+    fn daemon(&self) -> i32 {
+        let kids = common::children(self.keeper.as_ref().expect("keeper").id());
+        assert_eq!(kids.len(), 1, "one daemon: {kids:?}");
+        kids[0]
+    }
+
+    /// SIGTERM: memfs unmounts, the keeper exits 0.
+    fn stop(mut self) {
+        let mut c = self.keeper.take().expect("keeper");
+        kill(Pid::from_raw(c.id() as i32), Signal::SIGTERM).expect("SIGTERM");
+        let st = common::wait_exit(&mut c, PATIENCE).expect("the keeper exits");
+        assert_eq!(st.code(), Some(0), "log:\n{}", self.log_text());
+        assert!(!common::is_fuse_mounted(&self.mnt), "unmounted");
+        let fired = self.watchdog.take().expect("watchdog").disarm();
+        assert!(!fired, "the watchdog fired");
+    }
+}
+
+impl Drop for Kept {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.keeper.take() {
+            let _ = kill(Pid::from_raw(c.id() as i32), Signal::SIGTERM);
+            if common::wait_exit(&mut c, Duration::from_secs(15)).is_none() {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+        }
+        if common::is_fuse_mounted(&self.mnt) {
+            let _ = fusectl::tear_down(&self.mnt, None);
+        }
+        if !common::is_fuse_mounted(&self.mnt) {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+fn wait_for(path: &Path, what: &str, log: &Path) {
+    let start = Instant::now();
+    while !path.exists() {
+        assert!(
+            start.elapsed() < PATIENCE,
+            "{what} never happened; log:\n{}",
+            std::fs::read_to_string(log).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+fn gone(pid: i32) -> bool {
+    !Path::new(&format!("/proc/{pid}")).exists()
+}
+
+#[test]
+fn requests_held_on_every_cpu_and_queued_ones_are_answered_after_sigkill() {
+    const TEST: &str = "requests_held_on_every_cpu_and_queued_ones_are_answered_after_sigkill";
+    if !uring_available(TEST) {
+        return;
+    }
+    let warnings_before = kernel_warnings();
+    let cpus = cpus();
+    // The keeper waits a second before restarting: the requests issued after the
+    // kill wait in the kernel's queues, with no daemon.
+    let k = Kept::start("uring-crash-held", "hold-mkdirs:held-", 1000);
+    let conn = fusectl::connection_id(&k.mnt).expect("fusectl connection");
+    std::fs::write(k.mnt.join("before"), b"written before the kill").expect("write");
+
+    // One MKDIR per CPU, held in the filesystem: each queue's thread is in it.
+    // Each in a directory of its own (a MKDIR holds its parent's lock).
+    for &c in &cpus {
+        std::fs::create_dir(k.mnt.join(format!("d{c}"))).expect("mkdir");
+    }
+    let held: Vec<_> = cpus
+        .iter()
+        .map(|&c| {
+            let p = k.mnt.join(format!("d{c}/held-{c}"));
+            pinned(c, move || std::fs::create_dir(&p))
+        })
+        .collect();
+    for &c in &cpus {
+        wait_for(
+            &k.dir.join(format!("marker.held-{c}")),
+            &format!("the MKDIR from CPU {c} reaching the filesystem"),
+            &k.log,
+        );
+    }
+    let daemon = k.daemon();
+    kill(Pid::from_raw(daemon), Signal::SIGKILL).expect("SIGKILL memfs");
+    let start = Instant::now();
+    while !gone(daemon) {
+        assert!(start.elapsed() < PATIENCE, "memfs did not die");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    // After its death (the kernel cancels the dead rings' available entries when
+    // their last reference goes), requests from each CPU wait in its queue.
+    std::thread::sleep(Duration::from_millis(200));
+    let queued: Vec<_> = cpus
+        .iter()
+        .map(|&c| {
+            let dir = k.mnt.clone();
+            pinned(c, move || {
+                let p = dir.join(format!("queued-{c}"));
+                std::fs::write(&p, format!("queued on CPU {c}"))?;
+                std::fs::read_to_string(&p)
+            })
+        })
+        .collect();
+    k.next_ready("after the kill");
+    for (c, h) in cpus.iter().zip(held) {
+        h.join()
+            .expect("held thread")
+            .unwrap_or_else(|e| panic!("the MKDIR held on CPU {c}: {e}; log:\n{}", k.log_text()));
+        assert!(
+            k.mnt.join(format!("d{c}/held-{c}")).is_dir(),
+            "held-{c} made"
+        );
+    }
+    for (c, h) in cpus.iter().zip(queued) {
+        let text = h.join().expect("queued thread").unwrap_or_else(|e| {
+            panic!(
+                "the requests queued on CPU {c}: {e}; log:\n{}",
+                k.log_text()
+            )
+        });
+        assert_eq!(text, format!("queued on CPU {c}"));
+    }
+    assert_eq!(
+        std::fs::read(k.mnt.join("before")).expect("read"),
+        b"written before the kill"
+    );
+    assert_eq!(
+        fusectl::connection_id(&k.mnt).ok(),
+        Some(conn),
+        "same connection"
+    );
+    let log = k.log_text();
+    let line = log
+        .lines()
+        .find(|l| l.contains("requests in the io_uring entries at the crash"))
+        .unwrap_or_else(|| panic!("no ring recovery line; log:\n{log}"));
+    let answered = line
+        .split("requests: ")
+        .nth(1)
+        .and_then(|r| r.split(',').next())
+        .and_then(|n| n.trim().parse::<usize>().ok())
+        .unwrap_or_else(|| panic!("cannot read {line}"));
+    assert!(
+        answered >= cpus.len(),
+        "every held MKDIR was answered from its entry: {line}"
+    );
+    // A third process serves the same entries after a second kill.
+    kill(Pid::from_raw(k.daemon()), Signal::SIGKILL).expect("SIGKILL memfs again");
+    k.next_ready("after the second kill");
+    for &c in &cpus {
+        let dir = k.mnt.clone();
+        let r = pinned(c, move || {
+            std::fs::read_to_string(dir.join(format!("queued-{c}")))
+        })
+        .join()
+        .expect("reader");
+        assert_eq!(r.expect("read"), format!("queued on CPU {c}"));
+    }
+    k.stop();
+    let warnings_after = kernel_warnings();
+    assert_eq!(
+        warnings_after.len(),
+        warnings_before.len(),
+        "no kernel warning: {:?}",
+        &warnings_after[warnings_before.len().min(warnings_after.len())..]
+    );
+}
