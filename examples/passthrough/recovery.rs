@@ -396,6 +396,58 @@ mod tests {
     }
 
     #[test]
+    fn intents_are_noted_and_done() {
+        use super::super::passfs::{Detail, FileState, Intent, ValueSum};
+        let intent = |op: &str, detail: Detail| Intent {
+            op: op.into(),
+            parent: node(5),
+            name: b"user.k".to_vec(),
+            before: None,
+            other: None,
+            at: (1, 2),
+            detail,
+        };
+        let state = FileState {
+            size: 10,
+            blocks: 8,
+            mtime: (3, 4),
+            ctime: (5, 6),
+        };
+        let noted = [
+            intent(
+                "setxattr",
+                Detail::XattrCreate {
+                    value: ValueSum::of(b"v"),
+                    before: None,
+                },
+            ),
+            intent("removexattr", Detail::XattrRemove { existed: true }),
+            intent(
+                "open",
+                Detail::Trunc {
+                    before: Some(state),
+                },
+            ),
+            intent("create", Detail::Trunc { before: None }),
+        ];
+        let mut b = base();
+        let changes: Vec<Change> = noted
+            .iter()
+            .enumerate()
+            .map(|(k, i)| Change::Intent(k as u64, Some(Box::new(i.clone()))))
+            .chain([Change::Intent(1, None)])
+            .collect();
+        PassFs::apply_round(&mut b, changes).unwrap();
+        assert_eq!(b.intents.keys().copied().collect::<Vec<_>>(), vec![0, 2, 3]);
+        assert_eq!(b.intents[&2], noted[2]);
+        let bytes = postcard::to_allocvec(&b).unwrap();
+        assert_eq!(PassFs::decode_base(&bytes).unwrap(), b);
+        // FNV-1a 64 of "a" (the published test vector), and lengths count.
+        assert_eq!(ValueSum::of(b"a").hash, 0xaf63_dc4c_8601_ec8c);
+        assert_ne!(ValueSum::of(b"ab"), ValueSum::of(b"ba"));
+    }
+
+    #[test]
     fn bad_changes_are_refused() {
         let bad: Vec<Vec<Change>> = vec![
             vec![Change::Close(9)],
