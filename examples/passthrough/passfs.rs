@@ -1602,10 +1602,12 @@ impl Filesystem for PassFs {
         _lock_owner: u64,
         _flush: bool,
     ) -> Result<()> {
-        self.drop_file(fh.id);
+        // The backing id first: once this process holds no descriptor of the
+        // file, the kernel holds none either (what the tests count).
         if fh.backing != 0 {
             self.put_backing(node, fh.backing);
         }
+        self.drop_file(fh.id);
         Ok(())
     }
 
