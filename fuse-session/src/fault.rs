@@ -237,7 +237,7 @@ pub const POINTS: &[(&str, &str)] = &[
     // ones, so that the restarted process answers the resent request.
     (
         "passthrough-after-create",
-        "passthrough: CREATE made or opened the file (O_EXCL or O_TRUNC), reply not recorded",
+        "passthrough: CREATE made (or opened) the file and its handle, reply not recorded",
     ),
     (
         "passthrough-after-mknod",
