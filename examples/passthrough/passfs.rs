@@ -276,7 +276,12 @@ pub struct PassFs {
 /// journaled — the window only the intents close. Reached by requests sent for
 /// the first time only: a resent one (bit 63) passes, so the restarted process
 /// answers it instead of aborting again at hit 1.
+///
+/// `passthrough-after-any` is the same instant for every such operation, resent
+/// ones included: a process restarted after a crash there crashes again at the
+/// resent request (the test of a second crash in the same request).
 fn after_backing(ctx: &RequestContext<'_>, op: &str) {
+    fuse_session::fault::point("passthrough-after-any");
     if ctx.unique & UNIQUE_RESEND != 0 {
         return;
     }

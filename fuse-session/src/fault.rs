@@ -284,6 +284,11 @@ pub const POINTS: &[(&str, &str)] = &[
         "passthrough: SETATTR changed the file's size, reply not recorded",
     ),
     (
+        "passthrough-after-any",
+        "passthrough: any of the operations above ran, reply not recorded; resent \
+         requests too (a second crash in the same request)",
+    ),
+    (
         "passthrough-after-tmpfile",
         "passthrough: TMPFILE made and opened an unnamed file, reply not recorded",
     ),
