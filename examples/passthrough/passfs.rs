@@ -123,6 +123,39 @@ pub struct Intent {
     pub detail: Detail,
 }
 
+/// An intent as builds before 2026-12-07 wrote it (no [`Detail`]): still read from
+/// a journal or a pre-copy round such a build left, as an [`Intent`] with
+/// [`Detail::None`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IntentV1 {
+    /// See [`Intent::op`].
+    pub op: String,
+    /// See [`Intent::parent`].
+    pub parent: Node,
+    /// See [`Intent::name`].
+    pub name: Vec<u8>,
+    /// See [`Intent::before`].
+    pub before: Option<Node>,
+    /// See [`Intent::other`].
+    pub other: Option<Node>,
+    /// See [`Intent::at`].
+    pub at: (i64, u32),
+}
+
+impl From<IntentV1> for Intent {
+    fn from(i: IntentV1) -> Intent {
+        Intent {
+            op: i.op,
+            parent: i.parent,
+            name: i.name,
+            before: i.before,
+            other: i.other,
+            at: i.at,
+            detail: Detail::None,
+        }
+    }
+}
+
 /// The part of an [`Intent`] particular to one kind of operation.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Detail {
@@ -211,6 +244,8 @@ pub enum Change {
     Close(u64),
     /// The backing id of a node set (`Some`) or released (`None`).
     Backing(Node, Option<Backing>),
+    /// An intent as builds before 2026-12-07 noted it (read, never written).
+    IntentV1(u64, Option<Box<IntentV1>>),
     /// An intent noted (`Some`) or done (`None`), by unique (without bit 63).
     Intent(u64, Option<Box<Intent>>),
 }
