@@ -14,8 +14,8 @@
 //!   SETXATTR with XATTR_CREATE and REMOVEXATTR each succeed once, as if run once;
 //!   OPEN with O_TRUNC, SETATTR of the size and CREATE with O_TRUNC succeed once
 //!   and do not truncate again the bytes another writer wrote into SOURCE while no
-//!   daemon ran; a TMPFILE succeeds once and the dead process's unnamed file is
-//!   freed;
+//!   daemon ran, also across a second crash in the same request; a TMPFILE
+//!   succeeds once and the dead process's unnamed file is freed;
 //! - a live handoff with a file unlinked while open, with the backing ids counted
 //!   at the end.
 //!
@@ -790,6 +790,109 @@ fn crash_after_truncate(test: &str, mode: Mode) {
         eprintln!("{test}: {op} across a crash, a later write meanwhile: kept, one truncate");
         let _ = std::fs::remove_dir_all(disarm.parent().expect("marker dir"));
     }
+}
+
+/// The pids of the daemons that aborted at `passthrough-after-POINT`, once there
+/// are `n` of them.
+fn wait_aborts(k: &Keeper, point: &str, n: usize) -> Vec<i32> {
+    let line = format!("fuse-live fault: aborting at passthrough-after-{point} (hit 1), pid ");
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let pids: Vec<i32> = k
+            .log_text()
+            .lines()
+            .filter_map(|l| l.strip_prefix(line.as_str())?.trim().parse().ok())
+            .collect();
+        if pids.len() >= n {
+            return pids;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} of {n} aborts at {point}; keeper log:\n{}",
+            pids.len(),
+            k.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// A second crash in the same request: an OPEN with `O_TRUNC` crashes after it
+/// truncated; another writer writes `LATER` into SOURCE; the restarted daemon
+/// crashes again right after it ran the resent OPEN (without truncating); the
+/// third answers it. The call succeeds once and `LATER` stays: the resent request
+/// keeps the intent of its first run (one written anew by the second daemon would
+/// hold the state with `LATER`, and the third would truncate it away).
+fn crash_twice_in_one_truncate(test: &str, mode: Mode) {
+    if !common::can_mount(test) {
+        return;
+    }
+    let (k, disarm) = faulted(test, mode, "any", RESTART_DELAY_MS);
+    let (m, src) = (k.mnt.join("t"), k.src().join("t"));
+    // Made in SOURCE: no request through the mount reaches the fault point first.
+    std::fs::write(&src, b"0123456789abcdef").expect("write t in SOURCE");
+    let d0 = k.daemon();
+    let app = {
+        let m = m.clone();
+        std::thread::spawn(move || OpenOptions::new().write(true).truncate(true).open(&m))
+    };
+    let aborted = wait_aborts(&k, "any", 1);
+    assert_eq!(aborted, vec![d0], "the first daemon aborted in the OPEN");
+    OpenOptions::new()
+        .write(true)
+        .open(&src)
+        .and_then(|f| f.write_all_at(b"LATER", 0))
+        .expect("the other writer's write");
+    let running: Vec<i32> = common::children(k.pid)
+        .into_iter()
+        .filter(|p| !aborted.contains(p))
+        .collect();
+    assert!(
+        running.is_empty(),
+        "a daemon ({running:?}) started before the other writer's write: the test cannot tell"
+    );
+    let aborted = wait_aborts(&k, "any", 2);
+    std::fs::write(&disarm, b"").expect("disarm");
+    let running: Vec<i32> = common::children(k.pid)
+        .into_iter()
+        .filter(|p| !aborted.contains(p))
+        .collect();
+    assert!(
+        running.is_empty(),
+        "a third daemon ({running:?}) started before the fault was disarmed"
+    );
+    let r = app.join().expect("the application thread");
+    assert!(
+        r.is_ok(),
+        "open(O_TRUNC) across two crashes: {r:?}\nkeeper log:\n{}",
+        k.log_text()
+    );
+    drop(r);
+    let got = std::fs::read(&src).expect("read t in SOURCE");
+    assert_eq!(
+        String::from_utf8_lossy(&got),
+        "LATER",
+        "the later write survives two resends"
+    );
+    let log = k.log_text();
+    let said = "open resent after a crash: the dead process had truncated";
+    assert_eq!(
+        log.matches(said).count(),
+        2,
+        "both resends took it as done:\n{log}"
+    );
+    k.stop();
+    eprintln!("{test}: open(O_TRUNC) across two crashes in one request: one truncate");
+    let _ = std::fs::remove_dir_all(disarm.parent().expect("marker dir"));
+}
+
+#[test]
+fn crash_twice_in_one_truncate_with_kernel_passthrough() {
+    crash_twice_in_one_truncate("pt-twice-on", Mode::On);
+}
+
+#[test]
+fn crash_twice_in_one_truncate_without_kernel_passthrough() {
+    crash_twice_in_one_truncate("pt-twice-off", Mode::Off);
 }
 
 #[test]

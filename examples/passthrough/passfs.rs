@@ -123,6 +123,39 @@ pub struct Intent {
     pub detail: Detail,
 }
 
+/// An intent as builds before 2026-12-07 wrote it (no [`Detail`]): still read from
+/// a journal or a pre-copy round such a build left, as an [`Intent`] with
+/// [`Detail::None`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IntentV1 {
+    /// See [`Intent::op`].
+    pub op: String,
+    /// See [`Intent::parent`].
+    pub parent: Node,
+    /// See [`Intent::name`].
+    pub name: Vec<u8>,
+    /// See [`Intent::before`].
+    pub before: Option<Node>,
+    /// See [`Intent::other`].
+    pub other: Option<Node>,
+    /// See [`Intent::at`].
+    pub at: (i64, u32),
+}
+
+impl From<IntentV1> for Intent {
+    fn from(i: IntentV1) -> Intent {
+        Intent {
+            op: i.op,
+            parent: i.parent,
+            name: i.name,
+            before: i.before,
+            other: i.other,
+            at: i.at,
+            detail: Detail::None,
+        }
+    }
+}
+
 /// The part of an [`Intent`] particular to one kind of operation.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Detail {
@@ -211,6 +244,8 @@ pub enum Change {
     Close(u64),
     /// The backing id of a node set (`Some`) or released (`None`).
     Backing(Node, Option<Backing>),
+    /// An intent as builds before 2026-12-07 noted it (read, never written).
+    IntentV1(u64, Option<Box<IntentV1>>),
     /// An intent noted (`Some`) or done (`None`), by unique (without bit 63).
     Intent(u64, Option<Box<Intent>>),
 }
@@ -276,7 +311,12 @@ pub struct PassFs {
 /// journaled — the window only the intents close. Reached by requests sent for
 /// the first time only: a resent one (bit 63) passes, so the restarted process
 /// answers it instead of aborting again at hit 1.
+///
+/// `passthrough-after-any` is the same instant for every such operation, resent
+/// ones included: a process restarted after a crash there crashes again at the
+/// resent request (the test of a second crash in the same request).
 fn after_backing(ctx: &RequestContext<'_>, op: &str) {
+    fuse_session::fault::point("passthrough-after-any");
     if ctx.unique & UNIQUE_RESEND != 0 {
         return;
     }
@@ -1602,10 +1642,12 @@ impl Filesystem for PassFs {
         _lock_owner: u64,
         _flush: bool,
     ) -> Result<()> {
-        self.drop_file(fh.id);
+        // The backing id first: once this process holds no descriptor of the
+        // file, the kernel holds none either (what the tests count).
         if fh.backing != 0 {
             self.put_backing(node, fh.backing);
         }
+        self.drop_file(fh.id);
         Ok(())
     }
 

@@ -26,7 +26,7 @@ use serde::{Deserialize, Serialize};
 
 use super::node::{stat_fd, Node};
 use super::passfs::{
-    lock, stored_name, Backing, Change, Config, Intent, OpenFile, OpenRec, PassFs,
+    lock, stored_name, Backing, Change, Config, Intent, IntentV1, OpenFile, OpenRec, PassFs,
 };
 
 /// How far past the highest journaled backing id a recovery looks for ids the
@@ -55,6 +55,38 @@ pub struct JournalBase {
     pub intents: BTreeMap<u64, Intent>,
     /// The next handle id.
     pub next_id: u64,
+}
+
+/// [`JournalBase`] as builds before 2026-12-07 wrote it (intents without
+/// [`super::passfs::Detail`]); read only.
+#[derive(Deserialize)]
+#[cfg_attr(test, derive(Serialize))]
+struct JournalBaseV1 {
+    config: Config,
+    root: Node,
+    mount_id: Option<i32>,
+    passthrough: bool,
+    opens: BTreeMap<u64, OpenRec>,
+    backings: Vec<(Node, Backing)>,
+    last_backing: i32,
+    intents: BTreeMap<u64, IntentV1>,
+    next_id: u64,
+}
+
+impl From<JournalBaseV1> for JournalBase {
+    fn from(b: JournalBaseV1) -> JournalBase {
+        JournalBase {
+            config: b.config,
+            root: b.root,
+            mount_id: b.mount_id,
+            passthrough: b.passthrough,
+            opens: b.opens,
+            backings: b.backings,
+            last_backing: b.last_backing,
+            intents: b.intents.into_iter().map(|(k, i)| (k, i.into())).collect(),
+            next_id: b.next_id,
+        }
+    }
 }
 
 fn encode_err(e: postcard::Error) -> io::Error {
@@ -95,6 +127,14 @@ impl JournalBase {
             Change::Intent(key, i) => match i {
                 Some(i) => {
                     self.intents.insert(key, *i);
+                }
+                None => {
+                    self.intents.remove(&key);
+                }
+            },
+            Change::IntentV1(key, i) => match i {
+                Some(i) => {
+                    self.intents.insert(key, Intent::from(*i));
                 }
                 None => {
                     self.intents.remove(&key);
@@ -156,10 +196,15 @@ impl Precopy for PassFs {
     }
 
     fn decode_base(bytes: &[u8]) -> Result<JournalBase, String> {
-        match postcard::take_from_bytes::<JournalBase>(bytes) {
-            Ok((b, [])) => Ok(b),
-            Ok((_, rest)) => Err(format!("passthrough state: {} trailing bytes", rest.len())),
-            Err(e) => Err(format!("passthrough state does not decode: {e}")),
+        let err = match postcard::take_from_bytes::<JournalBase>(bytes) {
+            Ok((b, [])) => return Ok(b),
+            Ok((_, rest)) => format!("passthrough state: {} trailing bytes", rest.len()),
+            Err(e) => format!("passthrough state does not decode: {e}"),
+        };
+        // A checkpoint a build before 2026-12-07 wrote, with intents pending.
+        match postcard::take_from_bytes::<JournalBaseV1>(bytes) {
+            Ok((b, [])) if !b.intents.is_empty() => Ok(b.into()),
+            _ => Err(err),
         }
     }
 
@@ -393,6 +438,103 @@ mod tests {
         // Round trip of the encoded base.
         let bytes = postcard::to_allocvec(&b).unwrap();
         assert_eq!(PassFs::decode_base(&bytes).unwrap(), b);
+    }
+
+    #[test]
+    fn intents_are_noted_and_done() {
+        use super::super::passfs::{Detail, FileState, Intent, ValueSum};
+        let intent = |op: &str, detail: Detail| Intent {
+            op: op.into(),
+            parent: node(5),
+            name: b"user.k".to_vec(),
+            before: None,
+            other: None,
+            at: (1, 2),
+            detail,
+        };
+        let state = FileState {
+            size: 10,
+            blocks: 8,
+            mtime: (3, 4),
+            ctime: (5, 6),
+        };
+        let noted = [
+            intent(
+                "setxattr",
+                Detail::XattrCreate {
+                    value: ValueSum::of(b"v"),
+                    before: None,
+                },
+            ),
+            intent("removexattr", Detail::XattrRemove { existed: true }),
+            intent(
+                "open",
+                Detail::Trunc {
+                    before: Some(state),
+                },
+            ),
+            intent("create", Detail::Trunc { before: None }),
+        ];
+        let mut b = base();
+        let changes: Vec<Change> = noted
+            .iter()
+            .enumerate()
+            .map(|(k, i)| Change::Intent(k as u64, Some(Box::new(i.clone()))))
+            .chain([Change::Intent(1, None)])
+            .collect();
+        PassFs::apply_round(&mut b, changes).unwrap();
+        assert_eq!(b.intents.keys().copied().collect::<Vec<_>>(), vec![0, 2, 3]);
+        assert_eq!(b.intents[&2], noted[2]);
+        let bytes = postcard::to_allocvec(&b).unwrap();
+        assert_eq!(PassFs::decode_base(&bytes).unwrap(), b);
+        // FNV-1a 64 of "a" (the published test vector), and lengths count.
+        assert_eq!(ValueSum::of(b"a").hash, 0xaf63_dc4c_8601_ec8c);
+        assert_ne!(ValueSum::of(b"ab"), ValueSum::of(b"ba"));
+    }
+
+    /// What a build before 2026-12-07 left (intents without their detail), read
+    /// as intents with `Detail::None`: its change records (variant 3) and a
+    /// checkpoint with an intent pending.
+    #[test]
+    fn intents_of_earlier_builds_are_read() {
+        use super::super::passfs::Detail;
+        let old = IntentV1 {
+            op: "unlink".into(),
+            parent: node(5),
+            name: b"f".to_vec(),
+            before: Some(node(6)),
+            other: None,
+            at: (7, 8),
+        };
+        let new = Intent::from(old.clone());
+        assert_eq!(new.detail, Detail::None);
+        // Variant 3 is the one those builds wrote for an intent.
+        let rec = postcard::to_allocvec(&Change::IntentV1(4, Some(Box::new(old.clone())))).unwrap();
+        assert_eq!(rec[0], 3);
+        let mut b = base();
+        let change: Change = postcard::from_bytes(&rec).unwrap();
+        PassFs::apply_round(&mut b, vec![change]).unwrap();
+        assert_eq!(b.intents[&4], new);
+        PassFs::apply_round(&mut b, vec![Change::IntentV1(4, None)]).unwrap();
+        assert!(b.intents.is_empty());
+        let b1 = base();
+        let v1 = JournalBaseV1 {
+            config: b1.config,
+            root: b1.root.clone(),
+            mount_id: b1.mount_id,
+            passthrough: b1.passthrough,
+            opens: BTreeMap::new(),
+            backings: Vec::new(),
+            last_backing: 3,
+            intents: [(9, old)].into_iter().collect(),
+            next_id: 2,
+        };
+        let bytes = postcard::to_allocvec(&v1).unwrap();
+        let got = PassFs::decode_base(&bytes).unwrap();
+        assert_eq!((got.last_backing, got.next_id), (3, 2));
+        assert_eq!(got.intents[&9], new);
+        // Cut short: an error in both layouts.
+        assert!(PassFs::decode_base(&bytes[..bytes.len() - 1]).is_err());
     }
 
     #[test]

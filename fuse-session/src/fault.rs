@@ -241,7 +241,7 @@ pub const POINTS: &[(&str, &str)] = &[
     // ones, so that the restarted process answers the resent request.
     (
         "passthrough-after-create",
-        "passthrough: CREATE made or opened the file (O_EXCL or O_TRUNC), reply not recorded",
+        "passthrough: CREATE made (or opened) the file and its handle, reply not recorded",
     ),
     (
         "passthrough-after-mknod",
@@ -286,6 +286,11 @@ pub const POINTS: &[(&str, &str)] = &[
     (
         "passthrough-after-truncate",
         "passthrough: SETATTR changed the file's size, reply not recorded",
+    ),
+    (
+        "passthrough-after-any",
+        "passthrough: any of the operations above ran, reply not recorded; resent \
+         requests too (a second crash in the same request)",
     ),
     (
         "passthrough-after-tmpfile",
