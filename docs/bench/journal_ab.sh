@@ -12,7 +12,9 @@
 #        memfs under the keeper, to compare two journals in the same run),
 #        SKIP_DD=1 (stat1 and orc1 only).
 # Needs root and /dev/fuse. Prints `ROW round config measure value unit` lines and
-# loadavg notes (`#`).
+# loadavg notes (`#`). stat1_srv and orc1_srv are the serving daemon's CPU time
+# (utime + stime, from fsbench --server-pid) per operation: steadier than ops/s
+# on a shared machine.
 #
 # Measures: stat1 and orc1 (the peers' fsbench: stat(), and open + read 4 KiB +
 # close, of 1,000 files of 4 KiB written into the mount first, one thread, ops/s;
@@ -57,12 +59,15 @@ start() {
     base) $PIN "$KEEPER" -- "$BASE" "$MNT" --ttl 0 --threads "$THREADS" >"$WORK/out" 2>"$WORK/$1.err" & ;;
   esac
   PID=$!
+  SRV=$PID
   for _ in $(seq 200); do
     grep -q "^ready" "$WORK/out" 2>/dev/null && break
     kill -0 "$PID" 2>/dev/null || die "$1 did not start: $(cat "$WORK/$1.err")"
     sleep 0.05
   done
   grep -q "^ready" "$WORK/out" || die "$1 did not get ready"
+  # The daemon that serves (and journals): the keeper's child under the keeper.
+  [ "$1" != off ] && SRV=$(pgrep -P "$PID" | head -1)
   python3 - "$MNT" <<'PY'
 import sys
 d = sys.argv[1]
@@ -88,8 +93,13 @@ dd_rate() {
 measure() {
   local round=$1 cfg=$2
   echo "# round $round $cfg | loadavg $(cut -d' ' -f1-3 /proc/loadavg)"
-  $PIN "$FSB" "$MNT" --label "$cfg" --secs "$SECS" --reps 1 --only stat1,orc1 |
-    awk -v r="$round" -v c="$cfg" '/^RESULT/ { print "ROW", r, c, $3, $4, $5 }'
+  $PIN "$FSB" "$MNT" --label "$cfg" --secs "$SECS" --reps 1 --only stat1,orc1 --server-pid "$SRV" |
+    awk -v r="$round" -v c="$cfg" '/^RESULT/ {
+      print "ROW", r, c, $3, $4, $5
+      for (i = 6; i <= NF; i++) if ($i ~ /^srv_cpu_us_per_op=/) {
+        split($i, kv, "="); print "ROW", r, c, $3 "_srv", kv[2], "us/op"
+      }
+    }'
   [ "${SKIP_DD:-0}" = 1 ] && return
   echo "ROW $round $cfg wbuf $(dd_rate if=/dev/zero of="$MNT/w" bs=1M count=512 conv=fsync) MiB/s"
   rm -f "$MNT/w"

@@ -6,7 +6,9 @@
 //! requests it accepted and the replies of non-idempotent ones before they are
 //! sent. When the process dies, the file — a memfd kept in the fd store, or a path —
 //! still holds every record that was complete; the next process [`recover`]s the
-//! checkpoint and the records, rebuilds the state, and [`Journal::resume`]s.
+//! checkpoint and the records, rebuilds the state, and goes on: in the same log
+//! ([`Journal::continue_in_place`], the torn tail cut) or in a new epoch whose
+//! checkpoint is the rebuilt state ([`Journal::resume`]).
 //!
 //! # Durability
 //! The journal protects against the *process* dying (`kill -9`, a panic, an abort),
@@ -67,8 +69,9 @@
 //!
 //! # Using it from a session
 //! See [`Journal`]: `append` the record before the step that depends on it,
-//! `compact` when [`Appended::compact`] says so, [`recover`] + [`Journal::resume`]
-//! at start-up with an inherited journal.
+//! `compact` when [`Appended::compact`] says so, [`recover`] +
+//! [`Journal::continue_in_place`] (or [`Journal::resume`]) at start-up with an
+//! inherited journal.
 mod compact;
 mod error;
 #[doc(hidden)]
