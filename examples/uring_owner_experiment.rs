@@ -21,7 +21,8 @@
 //! request.
 //!
 //! Usage (root, `/dev/fuse`, `enable_uring=Y`):
-//! `uring_owner_experiment [sqpoll|plain] [KILLS] [INTERVAL_MS] [SQ_IDLE_MS]`.
+//! `uring_owner_experiment [sqpoll|sqpoll1|plain] [KILLS] [INTERVAL_MS] [SQ_IDLE_MS]`
+//! (`sqpoll1`: one SQPOLL thread shared by every ring).
 //! Prints the callers' errors per errno. A watchdog process aborts the connection and
 //! detaches the mount if the run does not end in time.
 use std::io;
@@ -68,6 +69,13 @@ const LAST_ERRNO: usize = 61;
 enum Mode {
     Sqpoll,
     Plain,
+}
+
+/// Per-mode choices beside who owns the rings.
+#[derive(Clone, Copy)]
+struct Setup {
+    /// `sqpoll1`: one SQPOLL thread for every ring (`IORING_SETUP_ATTACH_WQ`).
+    shared_thread: bool,
 }
 
 /// Shared anonymous memory: inherited by every forked process at the same address.
@@ -144,13 +152,20 @@ fn main() {
 
 fn run() -> io::Result<bool> {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    let mut setup = Setup {
+        shared_thread: false,
+    };
     let mode = match args.first().map(String::as_str) {
         None | Some("sqpoll") => Mode::Sqpoll,
+        Some("sqpoll1") => {
+            setup.shared_thread = true;
+            Mode::Sqpoll
+        }
         Some("plain") => Mode::Plain,
         Some(other) => {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
-                format!("unknown mode {other:?} (sqpoll or plain)"),
+                format!("unknown mode {other:?} (sqpoll, sqpoll1 or plain)"),
             ))
         }
     };
@@ -219,7 +234,7 @@ fn run() -> io::Result<bool> {
         let _ = fusectl::tear_down(&mnt, conn);
     })?;
     let result = experiment(
-        mode, kills, interval, idle, queues, cpus, &stats, &area, &dev, &mnt,
+        mode, setup, kills, interval, idle, queues, cpus, &stats, &area, &dev, &mnt,
     );
     let _ = kill(watchdog, Signal::SIGKILL);
     let _ = waitpid(watchdog, None);
@@ -246,6 +261,7 @@ fn spawn(f: impl FnOnce()) -> io::Result<Pid> {
 #[allow(clippy::too_many_arguments)]
 fn experiment(
     mode: Mode,
+    setup: Setup,
     kills: u64,
     interval: u64,
     idle: u32,
@@ -261,7 +277,12 @@ fn experiment(
     let mut owned: Vec<Ring> = Vec::new();
     if mode == Mode::Sqpoll {
         for q in 0..queues {
-            let ring: Ring = IoUring::builder().setup_sqpoll(idle).build(8)?;
+            let mut builder = IoUring::builder();
+            builder.setup_sqpoll(idle);
+            if let (true, Some(first)) = (setup.shared_thread, owned.first()) {
+                builder.setup_attach_wq(first.as_raw_fd());
+            }
+            let ring: Ring = builder.build(8)?;
             ring.submitter().register_files(&[dev.as_raw_fd()])?;
             for k in 0..DEPTH {
                 push(&ring, register_sqe(area, q * DEPTH + k, q))?;
@@ -284,6 +305,7 @@ fn experiment(
     let mut daemon = spawn_daemon(mode, &owned, area, dev, queues, false)?;
     let mut stuck = false;
     let mut done_kills = 0;
+    let mut drains = Vec::new();
     for k in 0..kills {
         std::thread::sleep(Duration::from_millis(interval + (k * 37) % 100));
         kill(daemon, Signal::SIGKILL).map_err(io::Error::from)?;
@@ -291,6 +313,19 @@ fn experiment(
         done_kills += 1;
         let before = ok_sum(stats);
         daemon = spawn_daemon(mode, &owned, area, dev, queues, true)?;
+        if mode == Mode::Plain {
+            // As `Running::drain_queues`: a request queued while a queue had no
+            // entry is handed out only when an entry of that queue commits, and
+            // the caller that queued it is blocked; a fresh request from each CPU
+            // takes a fresh entry and drains the queue behind it.
+            for cpu in 0..cpus {
+                let mnt = mnt.to_owned();
+                drains.push(spawn(move || {
+                    pin(cpu);
+                    let _ = nix::sys::statfs::statfs(&mnt);
+                })?);
+            }
+        }
         let t = Instant::now();
         while ok_sum(stats) <= before + cpus as u64 {
             if t.elapsed() > Duration::from_secs(5) {
@@ -310,7 +345,8 @@ fn experiment(
     if stuck {
         let _ = fusectl::tear_down(mnt, fusectl::connection_id(mnt).ok());
     }
-    for l in loaders {
+    let sq_cpu = sqpoll_cpu_seconds();
+    for l in loaders.into_iter().chain(drains) {
         let _ = waitpid(l, None);
     }
     let _ = kill(daemon, Signal::SIGKILL);
@@ -328,19 +364,54 @@ fn experiment(
     };
     println!(
         "mode={mode_name} kills={done_kills} stat_ok={ok} ecanceled={canceled} other_errors={other} \
-         (last errno {}) stuck={stuck} elapsed={:.1}s",
+         (last errno {}) stuck={stuck} elapsed={:.1}s stat_per_s={:.0} sqpoll_cpu_s={sq_cpu:.1}",
         stats.word(LAST_ERRNO * 8).load(Ordering::Relaxed),
-        elapsed.as_secs_f64()
+        elapsed.as_secs_f64(),
+        ok as f64 / elapsed.as_secs_f64(),
     );
     drop(owned);
     Ok(!stuck && canceled == 0 && other == 0)
 }
 
-/// A caller pinned to `cpu`: `stat()` on the mount root until told to stop.
-fn load(cpu: usize, mnt: &Path, stats: &Shared) {
+/// CPU seconds (user + system) the SQPOLL threads of this process used: the
+/// threads named `iou-sqp-*` among its tasks.
+fn sqpoll_cpu_seconds() -> f64 {
+    let ticks = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+        .ok()
+        .flatten()
+        .unwrap_or(100) as f64;
+    let mut total = 0u64;
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return 0.0;
+    };
+    for t in tasks.flatten() {
+        let Ok(stat) = std::fs::read_to_string(t.path().join("stat")) else {
+            continue;
+        };
+        // "pid (comm) state ppid ... utime stime": fields 14 and 15; comm may hold
+        // spaces, so count from the closing parenthesis.
+        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
+            continue;
+        };
+        if !stat[open + 1..close].starts_with("iou-sqp") {
+            continue;
+        }
+        let rest: Vec<&str> = stat[close + 1..].split_whitespace().collect();
+        let field = |i: usize| rest.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+        total += field(11) + field(12);
+    }
+    total as f64 / ticks
+}
+
+fn pin(cpu: usize) {
     let mut set = rustix::thread::CpuSet::new();
     set.set(cpu);
     let _ = rustix::thread::sched_setaffinity(None, &set);
+}
+
+/// A caller pinned to `cpu`: `stat()` on the mount root until told to stop.
+fn load(cpu: usize, mnt: &Path, stats: &Shared) {
+    pin(cpu);
     let (ok, canceled, other) = (
         stats.word(cpu * 24),
         stats.word(cpu * 24 + 8),
