@@ -54,6 +54,11 @@ const TAKEN_AT: usize = 1024;
 const DONE_AT: usize = 1032;
 /// A copy of the request's `fuse_in_header`, taken before the reply overwrites it.
 const SAVE_AT: usize = 1040;
+/// Generation of the entry's command submitted last (in its CQE's `user_data`);
+/// bumped before the command is pushed.
+const GEN_AT: usize = 1088;
+/// Generation of the CQE the daemon took last.
+const TAKEN_GEN_AT: usize = 1096;
 const ENT_IN_OUT_AT: usize = 256;
 
 const CMD_REGISTER: u32 = 1;
@@ -285,7 +290,7 @@ fn experiment(
             let ring: Ring = builder.build(8)?;
             ring.submitter().register_files(&[dev.as_raw_fd()])?;
             for k in 0..DEPTH {
-                push(&ring, register_sqe(area, q * DEPTH + k, q))?;
+                push(&ring, register_sqe(area, q * DEPTH + k, q, 0))?;
             }
             ring.submit()?;
             owned.push(ring);
@@ -297,11 +302,6 @@ fn experiment(
         let mnt = mnt.to_owned();
         loaders.push(spawn(move || load(cpu, &mnt, stats))?);
     }
-    let ok_sum = |s: &Shared| {
-        (0..cpus)
-            .map(|c| s.word(c * 24).load(Ordering::Relaxed))
-            .sum::<u64>()
-    };
     let mut daemon = spawn_daemon(mode, &owned, area, dev, queues, false)?;
     let mut stuck = false;
     let mut done_kills = 0;
@@ -311,7 +311,9 @@ fn experiment(
         kill(daemon, Signal::SIGKILL).map_err(io::Error::from)?;
         waitpid(daemon, None).map_err(io::Error::from)?;
         done_kills += 1;
-        let before = ok_sum(stats);
+        let before: Vec<u64> = (0..cpus)
+            .map(|c| stats.word(c * 24).load(Ordering::Relaxed))
+            .collect();
         daemon = spawn_daemon(mode, &owned, area, dev, queues, true)?;
         if mode == Mode::Plain {
             // As `Running::drain_queues`: a request queued while a queue had no
@@ -326,8 +328,9 @@ fn experiment(
                 })?);
             }
         }
+        // Every CPU's caller must make progress again (a lost request blocks one).
         let t = Instant::now();
-        while ok_sum(stats) <= before + cpus as u64 {
+        while (0..cpus).any(|c| stats.word(c * 24).load(Ordering::Relaxed) <= before[c] + 1) {
             if t.elapsed() > Duration::from_secs(5) {
                 stuck = true;
                 break;
@@ -336,6 +339,20 @@ fn experiment(
         }
         if stuck {
             eprintln!("no progress 5 s after kill {}", k + 1);
+            for e in 0..queues * DEPTH {
+                eprintln!(
+                    "  entry {e}: header unique {} taken {} done {}",
+                    unique_of(area, e),
+                    area.word(e * ENT_SZ + TAKEN_AT).load(Ordering::Acquire),
+                    area.word(e * ENT_SZ + DONE_AT).load(Ordering::Acquire)
+                );
+            }
+            if let Some(waiting) = fusectl::connection_id(mnt)
+                .ok()
+                .and_then(|c| fusectl::waiting(c).ok())
+            {
+                eprintln!("  requests waiting on the connection: {waiting}");
+            }
             break;
         }
     }
@@ -470,13 +487,13 @@ fn cmd_area(commit_id: u64, qid: usize) -> [u8; 80] {
     a
 }
 
-fn register_sqe(area: &Shared, e: usize, qid: usize) -> squeue::Entry128 {
+fn register_sqe(area: &Shared, e: usize, qid: usize, generation: u64) -> squeue::Entry128 {
     let iov = area.addr(e * ENT_SZ + IOV_AT) as u64;
     let sqe = opcode::UringCmd80::new(types::Fixed(0), CMD_REGISTER)
         .cmd(cmd_area(0, qid))
         .addr(Some(iov))
         .build()
-        .user_data(e as u64);
+        .user_data(token(e, generation));
     // REGISTER wants the iovec count in the SQE's `len` (offset 24), which the
     // builder does not expose.
     // SAFETY: `Entry128` is 128 bytes of plain integers, `#[repr(C)]`.
@@ -486,11 +503,11 @@ fn register_sqe(area: &Shared, e: usize, qid: usize) -> squeue::Entry128 {
     unsafe { std::mem::transmute::<[u8; 128], squeue::Entry128>(bytes) }
 }
 
-fn commit_sqe(e: usize, qid: usize, unique: u64) -> squeue::Entry128 {
+fn commit_sqe(e: usize, qid: usize, unique: u64, generation: u64) -> squeue::Entry128 {
     opcode::UringCmd80::new(types::Fixed(0), CMD_COMMIT_AND_FETCH)
         .cmd(cmd_area(unique, qid))
         .build()
-        .user_data(e as u64)
+        .user_data(token(e, generation))
 }
 
 fn push(ring: &Ring, sqe: squeue::Entry128) -> io::Result<()> {
@@ -558,14 +575,24 @@ fn unique_of(area: &Shared, e: usize) -> u64 {
     u64::from_ne_bytes(b)
 }
 
+/// The `user_data` of entry `e`'s command of generation `generation`.
+fn token(e: usize, generation: u64) -> u64 {
+    e as u64 | generation << 16
+}
+
 fn serve(mode: Mode, ring: &Ring, area: &Shared, q: usize, successor: bool) -> io::Result<()> {
     let first = q * DEPTH;
-    // What a recovery committed per entry: a CQE of the predecessor's command for it
-    // may still come (SQPOLL), or the commit may be refused.
-    let mut recovered: [Option<u64>; DEPTH] = [None; DEPTH];
-    for (k, slot) in recovered.iter_mut().enumerate() {
+    // Generations of an entry's commands whose CQE is still expected: the command
+    // submitted last and, after a recovery commit over an owner's ring, the
+    // predecessor's commit that may have been submitted too (the kernel refuses
+    // one of the two with ENOENT). Any other CQE is stale.
+    let mut accept: [[Option<u64>; 2]; DEPTH] = [[None; 2]; DEPTH];
+    for (k, acc) in accept.iter_mut().enumerate() {
         let e = first + k;
+        let gen_word = area.word(e * ENT_SZ + GEN_AT);
+        let generation = gen_word.load(Ordering::Acquire);
         let taken = area.word(e * ENT_SZ + TAKEN_AT).load(Ordering::Acquire);
+        let taken_gen = area.word(e * ENT_SZ + TAKEN_GEN_AT).load(Ordering::Acquire);
         let done = area.word(e * ENT_SZ + DONE_AT).load(Ordering::Acquire);
         let header = unique_of(area, e);
         let pending = match mode {
@@ -576,18 +603,28 @@ fn serve(mode: Mode, ring: &Ring, area: &Shared, q: usize, successor: bool) -> i
             // committed is there for good.
             Mode::Plain => (successor && header != 0 && header != done).then_some(header),
         };
+        let next = generation + 1;
         match pending {
             Some(u) => {
                 if mode == Mode::Plain && taken != header {
                     save_request(area, e);
                 }
                 answer(area, e);
-                push(ring, commit_sqe(e, q, u))?;
+                gen_word.store(next, Ordering::Release);
+                push(ring, commit_sqe(e, q, u, next))?;
                 area.word(e * ENT_SZ + DONE_AT).store(u, Ordering::Release);
-                *slot = Some(u);
+                // The predecessor bumps the generation before it pushes its commit:
+                // a generation past the taken one may have been submitted.
+                let theirs =
+                    (mode == Mode::Sqpoll && generation != taken_gen).then_some(generation);
+                *acc = [Some(next), theirs];
             }
-            None if mode == Mode::Plain => push(ring, register_sqe(area, e, q))?,
-            None => {}
+            None if mode == Mode::Plain => {
+                gen_word.store(next, Ordering::Release);
+                push(ring, register_sqe(area, e, q, next))?;
+                *acc = [Some(next), None];
+            }
+            None => *acc = [Some(generation), None],
         }
     }
     ring.submit()?;
@@ -601,45 +638,61 @@ fn serve(mode: Mode, ring: &Ring, area: &Shared, q: usize, successor: bool) -> i
             // SAFETY: one thread uses this ring's completion queue.
             let mut cq = unsafe { ring.completion_shared() };
             let Some(cqe) = cq.next() else { break };
-            let e = usize::try_from(cqe.user_data()).unwrap_or(usize::MAX);
+            let e = (cqe.user_data() & 0xffff) as usize;
+            let generation = cqe.user_data() >> 16;
             let Some(k) = e.checked_sub(first).filter(|&k| k < DEPTH) else {
+                continue;
+            };
+            let Some(slot) = accept[k].iter().position(|g| *g == Some(generation)) else {
+                // Stale: the CQE of a command whose request a recovery answered.
                 continue;
             };
             let res = cqe.result();
             if res < 0 {
-                let was_recovered = recovered[k].take().is_some();
                 drop(cq);
-                if was_recovered {
-                    // Refused: the predecessor's commit went through already.
-                    if mode == Mode::Plain {
-                        push(ring, register_sqe(area, e, q))?;
-                        ring.submit()?;
-                    }
+                accept[k][slot] = None;
+                if accept[k].iter().any(Option::is_some) {
+                    // The other candidate commit is the one that went through.
                     continue;
                 }
                 if res == -nix::libc::ENOTCONN || res == -nix::libc::ECONNABORTED {
                     return Ok(());
                 }
+                if mode == Mode::Plain && successor {
+                    // A recovery commit refused: the predecessor's went through
+                    // before its ring died; register the entry again.
+                    let next = area
+                        .word(e * ENT_SZ + GEN_AT)
+                        .fetch_add(1, Ordering::AcqRel)
+                        + 1;
+                    push(ring, register_sqe(area, e, q, next))?;
+                    ring.submit()?;
+                    accept[k] = [Some(next), None];
+                    continue;
+                }
                 eprintln!(
-                    "queue {q} entry {e}: {}",
+                    "queue {q} entry {e} lost: {}",
                     io::Error::from_raw_os_error(-res)
                 );
                 continue;
             }
+            accept[k] = [None, None];
             let unique = unique_of(area, e);
-            if recovered[k].take() == Some(unique) {
-                // The CQE of the request recovery answered.
-                continue;
-            }
             save_request(area, e);
+            area.word(e * ENT_SZ + TAKEN_GEN_AT)
+                .store(generation, Ordering::Release);
             area.word(e * ENT_SZ + TAKEN_AT)
                 .store(unique, Ordering::Release);
             drop(cq);
             answer(area, e);
-            push(ring, commit_sqe(e, q, unique))?;
+            let gen_word = area.word(e * ENT_SZ + GEN_AT);
+            let next = gen_word.load(Ordering::Acquire).max(generation) + 1;
+            gen_word.store(next, Ordering::Release);
+            push(ring, commit_sqe(e, q, unique, next))?;
             ring.submit()?;
             area.word(e * ENT_SZ + DONE_AT)
                 .store(unique, Ordering::Release);
+            accept[k] = [Some(next), None];
         }
     }
 }
