@@ -59,6 +59,11 @@ const SAVE_AT: usize = 1040;
 const GEN_AT: usize = 1088;
 /// Generation of the CQE the daemon took last.
 const TAKEN_GEN_AT: usize = 1096;
+/// Plus one: a second generation whose CQE may still come (a predecessor's commit
+/// that may have been submitted before a recovery committed the same request
+/// again); 0: none. Kept in the area so that a successor killed before the
+/// question is settled hands it on.
+const ALT_GEN_AT: usize = 1104;
 const ENT_IN_OUT_AT: usize = 256;
 
 const CMD_REGISTER: u32 = 1;
@@ -69,6 +74,8 @@ const CMD_COMMIT_AND_FETCH: u32 = 2;
 const STATS_WORDS: usize = 64;
 const STOP: usize = 60;
 const LAST_ERRNO: usize = 61;
+/// Queues of the current daemon that have submitted their first commands.
+const READY: usize = 62;
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Mode {
@@ -302,7 +309,7 @@ fn experiment(
         let mnt = mnt.to_owned();
         loaders.push(spawn(move || load(cpu, &mnt, stats))?);
     }
-    let mut daemon = spawn_daemon(mode, &owned, area, dev, queues, false)?;
+    let mut daemon = spawn_daemon(mode, &owned, area, stats, dev, queues, false)?;
     let mut stuck = false;
     let mut done_kills = 0;
     let mut drains = Vec::new();
@@ -314,8 +321,15 @@ fn experiment(
         let before: Vec<u64> = (0..cpus)
             .map(|c| stats.word(c * 24).load(Ordering::Relaxed))
             .collect();
-        daemon = spawn_daemon(mode, &owned, area, dev, queues, true)?;
+        stats.word(READY * 8).store(0, Ordering::SeqCst);
+        daemon = spawn_daemon(mode, &owned, area, stats, dev, queues, true)?;
         if mode == Mode::Plain {
+            let t = Instant::now();
+            while stats.word(READY * 8).load(Ordering::SeqCst) < queues as u64
+                && t.elapsed() < Duration::from_secs(2)
+            {
+                std::thread::sleep(Duration::from_millis(1));
+            }
             // As `Running::drain_queues`: a request queued while a queue had no
             // entry is handed out only when an entry of that queue commits, and
             // the caller that queued it is blocked; a fresh request from each CPU
@@ -526,12 +540,13 @@ fn spawn_daemon(
     mode: Mode,
     owned: &[Ring],
     area: &Shared,
+    stats: &Shared,
     dev: &OwnedFd,
     queues: usize,
     successor: bool,
 ) -> io::Result<Pid> {
     spawn(move || {
-        if let Err(e) = daemon(mode, owned, area, dev, queues, successor) {
+        if let Err(e) = daemon(mode, owned, area, stats, dev, queues, successor) {
             eprintln!("daemon: {e}");
         }
     })
@@ -544,6 +559,7 @@ fn daemon(
     mode: Mode,
     owned: &[Ring],
     area: &Shared,
+    stats: &Shared,
     dev: &OwnedFd,
     queues: usize,
     successor: bool,
@@ -560,7 +576,7 @@ fn daemon(
     std::thread::scope(|s| {
         for (q, ring) in rings.iter().enumerate() {
             s.spawn(move || {
-                if let Err(e) = serve(mode, ring, area, q, successor) {
+                if let Err(e) = serve(mode, ring, area, stats, q, successor) {
                     eprintln!("queue {q}: {e}");
                 }
             });
@@ -580,7 +596,14 @@ fn token(e: usize, generation: u64) -> u64 {
     e as u64 | generation << 16
 }
 
-fn serve(mode: Mode, ring: &Ring, area: &Shared, q: usize, successor: bool) -> io::Result<()> {
+fn serve(
+    mode: Mode,
+    ring: &Ring,
+    area: &Shared,
+    stats: &Shared,
+    q: usize,
+    successor: bool,
+) -> io::Result<()> {
     let first = q * DEPTH;
     // Generations of an entry's commands whose CQE is still expected: the command
     // submitted last and, after a recovery commit over an owner's ring, the
@@ -603,6 +626,8 @@ fn serve(mode: Mode, ring: &Ring, area: &Shared, q: usize, successor: bool) -> i
             // committed is there for good.
             Mode::Plain => (successor && header != 0 && header != done).then_some(header),
         };
+        let alt_word = area.word(e * ENT_SZ + ALT_GEN_AT);
+        let alt = alt_word.load(Ordering::Acquire).checked_sub(1);
         let next = generation + 1;
         match pending {
             Some(u) => {
@@ -624,10 +649,11 @@ fn serve(mode: Mode, ring: &Ring, area: &Shared, q: usize, successor: bool) -> i
                 push(ring, register_sqe(area, e, q, next))?;
                 *acc = [Some(next), None];
             }
-            None => *acc = [Some(generation), None],
+            None => *acc = [Some(generation), alt],
         }
     }
     ring.submit()?;
+    stats.word(READY * 8).fetch_add(1, Ordering::SeqCst);
     loop {
         match ring.submit_and_wait(1) {
             Ok(_) => {}
@@ -651,8 +677,12 @@ fn serve(mode: Mode, ring: &Ring, area: &Shared, q: usize, successor: bool) -> i
             if res < 0 {
                 drop(cq);
                 accept[k][slot] = None;
-                if accept[k].iter().any(Option::is_some) {
+                if let Some(other) = accept[k].iter().flatten().next() {
                     // The other candidate commit is the one that went through.
+                    area.word(e * ENT_SZ + GEN_AT)
+                        .store(*other, Ordering::Release);
+                    area.word(e * ENT_SZ + ALT_GEN_AT)
+                        .store(0, Ordering::Release);
                     continue;
                 }
                 if res == -nix::libc::ENOTCONN || res == -nix::libc::ECONNABORTED {
@@ -677,6 +707,8 @@ fn serve(mode: Mode, ring: &Ring, area: &Shared, q: usize, successor: bool) -> i
                 continue;
             }
             accept[k] = [None, None];
+            area.word(e * ENT_SZ + ALT_GEN_AT)
+                .store(0, Ordering::Release);
             let unique = unique_of(area, e);
             save_request(area, e);
             area.word(e * ENT_SZ + TAKEN_GEN_AT)
