@@ -388,10 +388,10 @@ fn experiment(
         canceled += stats.word(c * 24 + 8).load(Ordering::Relaxed);
         other += stats.word(c * 24 + 16).load(Ordering::Relaxed);
     }
-    let mode_name = if mode == Mode::Sqpoll {
-        "sqpoll"
-    } else {
-        "plain"
+    let mode_name = match (mode, setup.shared_thread) {
+        (Mode::Plain, _) => "plain",
+        (Mode::Sqpoll, false) => "sqpoll",
+        (Mode::Sqpoll, true) => "sqpoll1",
     };
     println!(
         "mode={mode_name} kills={done_kills} stat_ok={ok} ecanceled={canceled} other_errors={other} \
