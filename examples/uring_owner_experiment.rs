@@ -59,11 +59,12 @@ const SAVE_AT: usize = 1040;
 const GEN_AT: usize = 1088;
 /// Generation of the CQE the daemon took last.
 const TAKEN_GEN_AT: usize = 1096;
-/// Plus one: a second generation whose CQE may still come (a predecessor's commit
-/// that may have been submitted before a recovery committed the same request
-/// again); 0: none. Kept in the area so that a successor killed before the
-/// question is settled hands it on.
-const ALT_GEN_AT: usize = 1104;
+/// Lowest generation whose CQE may still come: after a recovery committed a request
+/// again, every commit pushed since its CQE was taken may have reached the ring
+/// (the first one the kernel sees goes through, the others are refused with
+/// ENOENT). Kept in the area so that a successor killed before that is settled
+/// hands it on.
+const LO_GEN_AT: usize = 1104;
 const ENT_IN_OUT_AT: usize = 256;
 
 const CMD_REGISTER: u32 = 1;
@@ -74,6 +75,8 @@ const CMD_COMMIT_AND_FETCH: u32 = 2;
 const STATS_WORDS: usize = 64;
 const STOP: usize = 60;
 const LAST_ERRNO: usize = 61;
+/// Requests answered: LOOKUP, GETATTR, STATFS, others.
+const ANSWERED: usize = 48;
 /// Queues of the current daemon that have submitted their first commands.
 const READY: usize = 62;
 
@@ -400,6 +403,13 @@ fn experiment(
         elapsed.as_secs_f64(),
         ok as f64 / elapsed.as_secs_f64(),
     );
+    println!(
+        "answered: lookup={} getattr={} statfs={} other={}",
+        stats.word(ANSWERED * 8).load(Ordering::Relaxed),
+        stats.word((ANSWERED + 1) * 8).load(Ordering::Relaxed),
+        stats.word((ANSWERED + 2) * 8).load(Ordering::Relaxed),
+        stats.word((ANSWERED + 3) * 8).load(Ordering::Relaxed)
+    );
     drop(owned);
     Ok(!stuck && canceled == 0 && other == 0)
 }
@@ -605,15 +615,16 @@ fn serve(
     successor: bool,
 ) -> io::Result<()> {
     let first = q * DEPTH;
-    // Generations of an entry's commands whose CQE is still expected: the command
-    // submitted last and, after a recovery commit over an owner's ring, the
-    // predecessor's commit that may have been submitted too (the kernel refuses
-    // one of the two with ENOENT). Any other CQE is stale.
-    let mut accept: [[Option<u64>; 2]; DEPTH] = [[None; 2]; DEPTH];
+    // Generations of an entry's commands whose CQE is still expected, as a range:
+    // the command submitted last and, after recoveries over an owner's ring, the
+    // commits pushed for the same request before it. Any other CQE is stale.
+    let mut accept: [(u64, u64); DEPTH] = [(1, 0); DEPTH];
     for (k, acc) in accept.iter_mut().enumerate() {
         let e = first + k;
         let gen_word = area.word(e * ENT_SZ + GEN_AT);
+        let lo_word = area.word(e * ENT_SZ + LO_GEN_AT);
         let generation = gen_word.load(Ordering::Acquire);
+        let lo = lo_word.load(Ordering::Acquire).min(generation);
         let taken = area.word(e * ENT_SZ + TAKEN_AT).load(Ordering::Acquire);
         let taken_gen = area.word(e * ENT_SZ + TAKEN_GEN_AT).load(Ordering::Acquire);
         let done = area.word(e * ENT_SZ + DONE_AT).load(Ordering::Acquire);
@@ -626,30 +637,33 @@ fn serve(
             // committed is there for good.
             Mode::Plain => (successor && header != 0 && header != done).then_some(header),
         };
-        let alt_word = area.word(e * ENT_SZ + ALT_GEN_AT);
-        let alt = alt_word.load(Ordering::Acquire).checked_sub(1);
         let next = generation + 1;
         match pending {
             Some(u) => {
                 if mode == Mode::Plain && taken != header {
                     save_request(area, e);
                 }
-                answer(area, e);
+                answer(area, stats, e);
+                // Generations are bumped before a command is pushed: any one after
+                // the taken CQE's may have reached the ring.
+                let lo = if mode == Mode::Sqpoll {
+                    taken_gen + 1
+                } else {
+                    next
+                };
                 gen_word.store(next, Ordering::Release);
+                lo_word.store(lo, Ordering::Release);
                 push(ring, commit_sqe(e, q, u, next))?;
                 area.word(e * ENT_SZ + DONE_AT).store(u, Ordering::Release);
-                // The predecessor bumps the generation before it pushes its commit:
-                // a generation past the taken one may have been submitted.
-                let theirs =
-                    (mode == Mode::Sqpoll && generation != taken_gen).then_some(generation);
-                *acc = [Some(next), theirs];
+                *acc = (lo, next);
             }
             None if mode == Mode::Plain => {
                 gen_word.store(next, Ordering::Release);
+                lo_word.store(next, Ordering::Release);
                 push(ring, register_sqe(area, e, q, next))?;
-                *acc = [Some(next), None];
+                *acc = (next, next);
             }
-            None => *acc = [Some(generation), alt],
+            None => *acc = (lo, generation),
         }
     }
     ring.submit()?;
@@ -669,20 +683,17 @@ fn serve(
             let Some(k) = e.checked_sub(first).filter(|&k| k < DEPTH) else {
                 continue;
             };
-            let Some(slot) = accept[k].iter().position(|g| *g == Some(generation)) else {
-                // Stale: the CQE of a command whose request a recovery answered.
+            let (lo, hi) = accept[k];
+            if generation < lo || generation > hi {
+                // Stale: the CQE of a command whose request a recovery answered, or
+                // a refused duplicate commit.
                 continue;
-            };
+            }
             let res = cqe.result();
             if res < 0 {
                 drop(cq);
-                accept[k][slot] = None;
-                if let Some(other) = accept[k].iter().flatten().next() {
-                    // The other candidate commit is the one that went through.
-                    area.word(e * ENT_SZ + GEN_AT)
-                        .store(*other, Ordering::Release);
-                    area.word(e * ENT_SZ + ALT_GEN_AT)
-                        .store(0, Ordering::Release);
+                if lo < hi {
+                    // A refused duplicate: another candidate is the live command.
                     continue;
                 }
                 if res == -nix::libc::ENOTCONN || res == -nix::libc::ECONNABORTED {
@@ -695,9 +706,11 @@ fn serve(
                         .word(e * ENT_SZ + GEN_AT)
                         .fetch_add(1, Ordering::AcqRel)
                         + 1;
+                    area.word(e * ENT_SZ + LO_GEN_AT)
+                        .store(next, Ordering::Release);
                     push(ring, register_sqe(area, e, q, next))?;
                     ring.submit()?;
-                    accept[k] = [Some(next), None];
+                    accept[k] = (next, next);
                     continue;
                 }
                 eprintln!(
@@ -706,9 +719,7 @@ fn serve(
                 );
                 continue;
             }
-            accept[k] = [None, None];
-            area.word(e * ENT_SZ + ALT_GEN_AT)
-                .store(0, Ordering::Release);
+            accept[k] = (1, 0);
             let unique = unique_of(area, e);
             save_request(area, e);
             area.word(e * ENT_SZ + TAKEN_GEN_AT)
@@ -716,15 +727,17 @@ fn serve(
             area.word(e * ENT_SZ + TAKEN_AT)
                 .store(unique, Ordering::Release);
             drop(cq);
-            answer(area, e);
+            answer(area, stats, e);
             let gen_word = area.word(e * ENT_SZ + GEN_AT);
             let next = gen_word.load(Ordering::Acquire).max(generation) + 1;
             gen_word.store(next, Ordering::Release);
+            area.word(e * ENT_SZ + LO_GEN_AT)
+                .store(next, Ordering::Release);
             push(ring, commit_sqe(e, q, unique, next))?;
             ring.submit()?;
             area.word(e * ENT_SZ + DONE_AT)
                 .store(unique, Ordering::Release);
-            accept[k] = [Some(next), None];
+            accept[k] = (next, next);
         }
     }
 }
@@ -739,11 +752,18 @@ fn save_request(area: &Shared, e: usize) {
 
 /// Writes the reply to the request in entry `e` (its header saved by
 /// [`save_request`]).
-fn answer(area: &Shared, e: usize) {
+fn answer(area: &Shared, stats: &Shared, e: usize) {
     let base = e * ENT_SZ;
     let mut head = [0u8; 40];
     area.read(base + SAVE_AT, &mut head);
     let opcode = u32::from_ne_bytes(head[4..8].try_into().unwrap_or_default());
+    let counter = match opcode {
+        1 => ANSWERED,
+        3 => ANSWERED + 1,
+        17 => ANSWERED + 2,
+        _ => ANSWERED + 3,
+    };
+    stats.word(counter * 8).fetch_add(1, Ordering::Relaxed);
     let mut body = [0u8; 104];
     let (error, len): (i32, usize) = match opcode {
         // GETATTR: fuse_attr_out, never cached.
