@@ -16,6 +16,14 @@
 //!   `DEFER_TASKRUN`, like restartable rings); a successor registers fresh entries and
 //!   commits the requests left in the entries by its predecessor.
 //!
+//! A successor over the owner's rings continues from the shared completion queue. Each
+//! entry's state in the area says which request the dead daemon took from the queue
+//! and which one it committed; every SQE carries a generation in its `user_data`
+//! (bumped in the area before the push), so a CQE of a command whose request a
+//! recovery answered again is recognised as stale, and a recovery accepts every
+//! generation pushed since the taken CQE (the kernel refuses all but the first
+//! commit of one request with `ENOENT`).
+//!
 //! The filesystem is a bare root directory: GETATTR, STATFS, LOOKUP (`ENOENT`),
 //! everything else `ENOSYS`. Attributes are never cached, so every `stat()` is a
 //! request.
