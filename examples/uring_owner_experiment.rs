@@ -73,6 +73,75 @@ const TAKEN_GEN_AT: usize = 1096;
 /// ENOENT). Kept in the area so that a successor killed before that is settled
 /// hands it on.
 const LO_GEN_AT: usize = 1104;
+/// The SQ tail once the entry's last commit is published: a successor that reads
+/// a tail at least this far knows the commit reached the ring (and must not write
+/// into the entry, which the kernel may be filling again).
+const PUSH_TAIL_AT: usize = 1112;
+
+/// A read-only view of a ring's SQ tail, mapped from the ring fd (any holder of the
+/// fd may map it).
+struct SqTail {
+    ptr: *mut nix::libc::c_void,
+    len: usize,
+    tail_at: usize,
+}
+
+impl SqTail {
+    fn new(ring: &Ring) -> io::Result<SqTail> {
+        const PARAMS: usize = 120;
+        assert_eq!(std::mem::size_of::<io_uring::Parameters>(), PARAMS);
+        let mut params = [0u8; PARAMS];
+        // SAFETY: `Parameters` is `#[repr(transparent)]` over the kernel's
+        // `struct io_uring_params`, 120 bytes of integers (checked above).
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                (ring.params() as *const io_uring::Parameters).cast::<u8>(),
+                params.as_mut_ptr(),
+                PARAMS,
+            )
+        };
+        let word = |at: usize| {
+            u32::from_ne_bytes(params[at..at + 4].try_into().unwrap_or_default()) as usize
+        };
+        // io_uring_params: sq_entries at 0; sq_off (io_sqring_offsets) at 40:
+        // head, tail, ring_mask, ring_entries, flags, dropped, array.
+        let (sq_entries, tail_at, array_at) = (word(0), word(44), word(64));
+        let len = array_at + sq_entries * 4;
+        // SAFETY: maps the ring fd's SQ ring (offset IORING_OFF_SQ_RING = 0)
+        // read-only; the kernel checks the length.
+        let ptr = unsafe {
+            nix::libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                nix::libc::PROT_READ,
+                nix::libc::MAP_SHARED,
+                ring.as_raw_fd(),
+                0,
+            )
+        };
+        if ptr == nix::libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(SqTail { ptr, len, tail_at })
+    }
+
+    fn get(&self) -> u32 {
+        assert!(self.tail_at + 4 <= self.len);
+        // SAFETY: in bounds of the mapping, 4-aligned (the kernel's layout); the
+        // tail is an atomic the submitter stores with release.
+        unsafe {
+            (*(self.ptr.cast::<u8>().add(self.tail_at) as *const std::sync::atomic::AtomicU32))
+                .load(Ordering::Acquire)
+        }
+    }
+}
+
+impl Drop for SqTail {
+    fn drop(&mut self) {
+        // SAFETY: our own mapping, unmapped once.
+        unsafe { nix::libc::munmap(self.ptr, self.len) };
+    }
+}
 const ENT_IN_OUT_AT: usize = 256;
 
 const CMD_REGISTER: u32 = 1;
@@ -627,6 +696,13 @@ fn serve(
     // the command submitted last and, after recoveries over an owner's ring, the
     // commits pushed for the same request before it. Any other CQE is stale.
     let mut accept: [(u64, u64); DEPTH] = [(1, 0); DEPTH];
+    let sq_tail = if mode == Mode::Sqpoll {
+        Some(SqTail::new(ring)?)
+    } else {
+        None
+    };
+    // Read before this daemon pushes anything: what the predecessor published.
+    let tail_at_start = sq_tail.as_ref().map_or(0, SqTail::get);
     for (k, acc) in accept.iter_mut().enumerate() {
         let e = first + k;
         let gen_word = area.word(e * ENT_SZ + GEN_AT);
@@ -646,6 +722,23 @@ fn serve(
             Mode::Plain => (successor && header != 0 && header != done).then_some(header),
         };
         let next = generation + 1;
+        // Over an owner's ring, a commit the predecessor published goes through (or
+        // has): the entry may already hold the next request, so recovery must leave
+        // it alone and wait for that command's CQE.
+        let published = mode == Mode::Sqpoll
+            && pending.is_some()
+            && generation != taken_gen
+            && (tail_at_start
+                .wrapping_sub(area.word(e * ENT_SZ + PUSH_TAIL_AT).load(Ordering::Acquire) as u32)
+                as i32)
+                >= 0;
+        if published {
+            lo_word.store(generation, Ordering::Release);
+            area.word(e * ENT_SZ + DONE_AT)
+                .store(taken, Ordering::Release);
+            *acc = (generation, generation);
+            continue;
+        }
         match pending {
             Some(u) => {
                 if mode == Mode::Plain && taken != header {
@@ -659,6 +752,11 @@ fn serve(
                 } else {
                     next
                 };
+                // The tail first: a bumped generation then always has its tail.
+                if let Some(t) = &sq_tail {
+                    area.word(e * ENT_SZ + PUSH_TAIL_AT)
+                        .store(u64::from(t.get().wrapping_add(1)), Ordering::Release);
+                }
                 gen_word.store(next, Ordering::Release);
                 lo_word.store(lo, Ordering::Release);
                 push(ring, commit_sqe(e, q, u, next))?;
@@ -738,6 +836,11 @@ fn serve(
             answer(area, stats, e);
             let gen_word = area.word(e * ENT_SZ + GEN_AT);
             let next = gen_word.load(Ordering::Acquire).max(generation) + 1;
+            // The tail first: a bumped generation then always has its tail.
+            if let Some(t) = &sq_tail {
+                area.word(e * ENT_SZ + PUSH_TAIL_AT)
+                    .store(u64::from(t.get().wrapping_add(1)), Ordering::Release);
+            }
             gen_word.store(next, Ordering::Release);
             area.word(e * ENT_SZ + LO_GEN_AT)
                 .store(next, Ordering::Release);
