@@ -1,0 +1,909 @@
+//! Experiment (docs/DESIGN.md, "Experiment: rings owned by a process that outlives
+//! the daemon (SQPOLL)"): does creating the fuse-over-io_uring rings in a process that
+//! outlives the daemon, with `IORING_SETUP_SQPOLL`, close the `ECANCELED` window of a
+//! `kill -9` (docs/RECOVERY.md)?
+//!
+//! One binary, three roles, all forked from the first process (the *supervisor*):
+//! - the supervisor mounts, answers INIT on `/dev/fuse`, maps the entry area (shared
+//!   anonymous memory, so every forked process sees it at the same address), starts a
+//!   `stat()` loop pinned to each CPU, and kills the daemon with SIGKILL again and
+//!   again, forking a successor each time;
+//! - in `sqpoll` mode the supervisor also *owns the rings*: one SQPOLL ring per queue,
+//!   the `/dev/fuse` fd registered as fixed file 0, the entries registered by it. The
+//!   daemon and each successor map the same rings from the ring fd
+//!   (`IoUring::from_fd`) and serve their completion queues;
+//! - in `plain` mode (today's design) each daemon creates its own rings (no SQPOLL, no
+//!   `DEFER_TASKRUN`, like restartable rings); a successor registers fresh entries and
+//!   commits the requests left in the entries by its predecessor.
+//!
+//! A successor over the owner's rings continues from the shared completion queue. Each
+//! entry's state in the area says which request the dead daemon took from the queue
+//! and which one it committed; every SQE carries a generation in its `user_data`
+//! (bumped in the area before the push), so a CQE of a command whose request a
+//! recovery answered again is recognised as stale, and a recovery accepts every
+//! generation pushed since the taken CQE (the kernel refuses all but the first
+//! commit of one request with `ENOENT`).
+//!
+//! The filesystem is a bare root directory: GETATTR, STATFS, LOOKUP (`ENOENT`),
+//! everything else `ENOSYS`. Attributes are never cached, so every `stat()` is a
+//! request.
+//!
+//! Usage (root, `/dev/fuse`, `enable_uring=Y`):
+//! `uring_owner_experiment [sqpoll|sqpoll1|plain] [KILLS] [INTERVAL_MS] [SQ_IDLE_MS]`
+//! (`sqpoll1`: one SQPOLL thread shared by every ring).
+//! Prints the callers' errors per errno. A watchdog process aborts the connection and
+//! detaches the mount if the run does not end in time.
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use fuse_session::dev::{fusectl, uring::queue_count, MountOptions};
+use io_uring::{cqueue, opcode, squeue, types, IoUring};
+use nix::sys::signal::{kill, Signal};
+use nix::sys::wait::waitpid;
+use nix::unistd::{fork, ForkResult, Pid};
+
+type Ring = IoUring<squeue::Entry128, cqueue::Entry>;
+
+/// Entries per queue.
+const DEPTH: usize = 2;
+/// Per entry: a page holding the kernel's header buffer, the iovec array and the
+/// daemon's marks, then the payload buffer (the kernel's default 32 pages).
+const HEADER_SZ: usize = 4096;
+const PAYLOAD_SZ: usize = 128 * 1024;
+const ENT_SZ: usize = HEADER_SZ + PAYLOAD_SZ;
+const IOV_AT: usize = 512;
+/// Unique of the request the daemon took from the completion queue (stored before
+/// the completion queue head moves past its CQE).
+const TAKEN_AT: usize = 1024;
+/// Unique of the last request whose commit the daemon submitted.
+const DONE_AT: usize = 1032;
+/// A copy of the request's `fuse_in_header`, taken before the reply overwrites it.
+const SAVE_AT: usize = 1040;
+/// Generation of the entry's command submitted last (in its CQE's `user_data`);
+/// bumped before the command is pushed.
+const GEN_AT: usize = 1088;
+/// Generation of the CQE the daemon took last.
+const TAKEN_GEN_AT: usize = 1096;
+/// Lowest generation whose CQE may still come: after a recovery committed a request
+/// again, every commit pushed since its CQE was taken may have reached the ring
+/// (the first one the kernel sees goes through, the others are refused with
+/// ENOENT). Kept in the area so that a successor killed before that is settled
+/// hands it on.
+const LO_GEN_AT: usize = 1104;
+/// The SQ tail once the entry's last commit is published: a successor that reads
+/// a tail at least this far knows the commit reached the ring (and must not write
+/// into the entry, which the kernel may be filling again).
+const PUSH_TAIL_AT: usize = 1112;
+
+/// A read-only view of a ring's SQ tail, mapped from the ring fd (any holder of the
+/// fd may map it).
+struct SqTail {
+    ptr: *mut nix::libc::c_void,
+    len: usize,
+    tail_at: usize,
+}
+
+impl SqTail {
+    fn new(ring: &Ring) -> io::Result<SqTail> {
+        const PARAMS: usize = 120;
+        assert_eq!(std::mem::size_of::<io_uring::Parameters>(), PARAMS);
+        let mut params = [0u8; PARAMS];
+        // SAFETY: `Parameters` is `#[repr(transparent)]` over the kernel's
+        // `struct io_uring_params`, 120 bytes of integers (checked above).
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                (ring.params() as *const io_uring::Parameters).cast::<u8>(),
+                params.as_mut_ptr(),
+                PARAMS,
+            )
+        };
+        let word = |at: usize| {
+            u32::from_ne_bytes(params[at..at + 4].try_into().unwrap_or_default()) as usize
+        };
+        // io_uring_params: sq_entries at 0; sq_off (io_sqring_offsets) at 40:
+        // head, tail, ring_mask, ring_entries, flags, dropped, array.
+        let (sq_entries, tail_at, array_at) = (word(0), word(44), word(64));
+        let len = array_at + sq_entries * 4;
+        // SAFETY: maps the ring fd's SQ ring (offset IORING_OFF_SQ_RING = 0)
+        // read-only; the kernel checks the length.
+        let ptr = unsafe {
+            nix::libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                nix::libc::PROT_READ,
+                nix::libc::MAP_SHARED,
+                ring.as_raw_fd(),
+                0,
+            )
+        };
+        if ptr == nix::libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(SqTail { ptr, len, tail_at })
+    }
+
+    fn get(&self) -> u32 {
+        assert!(self.tail_at + 4 <= self.len);
+        // SAFETY: in bounds of the mapping, 4-aligned (the kernel's layout); the
+        // tail is an atomic the submitter stores with release.
+        unsafe {
+            (*(self.ptr.cast::<u8>().add(self.tail_at) as *const std::sync::atomic::AtomicU32))
+                .load(Ordering::Acquire)
+        }
+    }
+}
+
+impl Drop for SqTail {
+    fn drop(&mut self) {
+        // SAFETY: our own mapping, unmapped once.
+        unsafe { nix::libc::munmap(self.ptr, self.len) };
+    }
+}
+const ENT_IN_OUT_AT: usize = 256;
+
+const CMD_REGISTER: u32 = 1;
+const CMD_COMMIT_AND_FETCH: u32 = 2;
+
+/// Counters shared by every process: per CPU ok / ECANCELED / other errors, then a
+/// stop flag and the last other errno.
+const STATS_WORDS: usize = 64;
+const STOP: usize = 60;
+const LAST_ERRNO: usize = 61;
+/// Requests answered: LOOKUP, GETATTR, STATFS, others.
+const ANSWERED: usize = 48;
+/// Queues of the current daemon that have submitted their first commands.
+const READY: usize = 62;
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    Sqpoll,
+    Plain,
+}
+
+/// Per-mode choices beside who owns the rings.
+#[derive(Clone, Copy)]
+struct Setup {
+    /// `sqpoll1`: one SQPOLL thread for every ring (`IORING_SETUP_ATTACH_WQ`).
+    shared_thread: bool,
+}
+
+/// Shared anonymous memory: inherited by every forked process at the same address.
+struct Shared {
+    ptr: *mut u8,
+    len: usize,
+}
+
+// SAFETY: the mapping is shared memory the threads touch through atomics or, for an
+// entry's buffers, only from the one thread serving the entry's queue.
+unsafe impl Sync for Shared {}
+
+impl Shared {
+    fn new(len: usize) -> io::Result<Shared> {
+        // SAFETY: a fresh anonymous mapping at an address the kernel picks; nothing
+        // else refers to it.
+        let ptr = unsafe {
+            nix::libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                nix::libc::PROT_READ | nix::libc::PROT_WRITE,
+                nix::libc::MAP_SHARED | nix::libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        if ptr == nix::libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(Shared {
+            ptr: ptr.cast(),
+            len,
+        })
+    }
+
+    fn word(&self, at: usize) -> &AtomicU64 {
+        assert!(at % 8 == 0 && at + 8 <= self.len);
+        // SAFETY: in bounds and 8-aligned (the mapping is page-aligned); the memory
+        // lives as long as `self`; every access to these words is atomic.
+        unsafe { &*(self.ptr.add(at) as *const AtomicU64) }
+    }
+
+    fn addr(&self, at: usize) -> *mut u8 {
+        assert!(at <= self.len);
+        // SAFETY: in bounds of the mapping.
+        unsafe { self.ptr.add(at) }
+    }
+
+    fn read(&self, at: usize, out: &mut [u8]) {
+        assert!(at + out.len() <= self.len);
+        // SAFETY: in bounds; the kernel writes an entry only while its command is
+        // pending, and the daemon reads it after the CQE (a torn read is only
+        // possible in the recovery race the doc describes).
+        unsafe { std::ptr::copy_nonoverlapping(self.ptr.add(at), out.as_mut_ptr(), out.len()) }
+    }
+
+    fn write(&self, at: usize, data: &[u8]) {
+        assert!(at + data.len() <= self.len);
+        // SAFETY: in bounds; the entry is with the daemon (not pending).
+        unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), self.ptr.add(at), data.len()) }
+    }
+}
+
+fn main() {
+    match run() {
+        Ok(true) => {}
+        Ok(false) => std::process::exit(1),
+        Err(e) => {
+            eprintln!("uring_owner_experiment: {e}");
+            std::process::exit(2);
+        }
+    }
+}
+
+fn run() -> io::Result<bool> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let mut setup = Setup {
+        shared_thread: false,
+    };
+    let mode = match args.first().map(String::as_str) {
+        None | Some("sqpoll") => Mode::Sqpoll,
+        Some("sqpoll1") => {
+            setup.shared_thread = true;
+            Mode::Sqpoll
+        }
+        Some("plain") => Mode::Plain,
+        Some(other) => {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("unknown mode {other:?} (sqpoll, sqpoll1 or plain)"),
+            ))
+        }
+    };
+    let num = |i: usize, default: u64| -> io::Result<u64> {
+        args.get(i).map_or(Ok(default), |s| {
+            s.parse().map_err(|_| {
+                io::Error::new(io::ErrorKind::InvalidInput, format!("bad number {s:?}"))
+            })
+        })
+    };
+    let kills = num(1, 30)?;
+    let interval = num(2, 300)?;
+    let idle = u32::try_from(num(3, 50)?).unwrap_or(50);
+    if !nix::unistd::geteuid().is_root() {
+        return Err(io::Error::other(
+            "needs root (mount(2), io_uring on /dev/fuse)",
+        ));
+    }
+    if !Path::new("/dev/fuse").exists() {
+        return Err(io::Error::other("no /dev/fuse"));
+    }
+    let uring_on = std::fs::read_to_string("/sys/module/fuse/parameters/enable_uring")
+        .map(|s| s.trim() == "Y")
+        .unwrap_or(false);
+    if !uring_on {
+        return Err(io::Error::other(
+            "fuse module parameter enable_uring is not Y",
+        ));
+    }
+    let queues = queue_count();
+    let cpus = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(STOP);
+
+    let stats = Shared::new(STATS_WORDS * 8)?;
+    let area = Shared::new(queues * DEPTH * ENT_SZ)?;
+    for e in 0..queues * DEPTH {
+        let base = e * ENT_SZ;
+        let iov = [
+            nix::libc::iovec {
+                iov_base: area.addr(base).cast(),
+                iov_len: 288,
+            },
+            nix::libc::iovec {
+                iov_base: area.addr(base + HEADER_SZ).cast(),
+                iov_len: PAYLOAD_SZ,
+            },
+        ];
+        // SAFETY: two iovecs are plain integers and pointers; viewed as bytes.
+        let bytes: [u8; 32] = unsafe { std::mem::transmute(iov) };
+        area.write(base + IOV_AT, &bytes);
+    }
+
+    let mnt = std::env::temp_dir().join(format!("uring-owner-{}", std::process::id()));
+    std::fs::create_dir_all(&mnt)?;
+    let mount = fuse_session::dev::mount(&mnt, &MountOptions::new())
+        .map_err(|e| io::Error::other(format!("mount: {e}")))?;
+    let conn = mount.connection_id();
+    let dev = mount.device().try_clone_to_owned()?;
+
+    // The watchdog: a process, so that the supervisor stays single-threaded for fork.
+    let budget = 20 + kills * (interval + 2000) / 1000;
+    let watchdog = spawn(|| {
+        std::thread::sleep(Duration::from_secs(budget));
+        eprintln!("watchdog: tearing the mount down");
+        let _ = fusectl::tear_down(&mnt, conn);
+    })?;
+    let result = experiment(
+        mode, setup, kills, interval, idle, queues, cpus, &stats, &area, &dev, &mnt,
+    );
+    let _ = kill(watchdog, Signal::SIGKILL);
+    let _ = waitpid(watchdog, None);
+    let _ = fusectl::tear_down(&mnt, conn);
+    drop(mount);
+    let _ = std::fs::remove_dir(&mnt);
+    result
+}
+
+/// Forks a child running `f`, which then exits.
+fn spawn(f: impl FnOnce()) -> io::Result<Pid> {
+    // SAFETY: the supervisor is single-threaded when it forks; the child runs `f` and
+    // exits without returning into the parent's code.
+    match unsafe { fork() }.map_err(io::Error::from)? {
+        ForkResult::Parent { child } => Ok(child),
+        ForkResult::Child => {
+            f();
+            // SAFETY: `_exit` ends the child without running the parent's destructors.
+            unsafe { nix::libc::_exit(0) }
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn experiment(
+    mode: Mode,
+    setup: Setup,
+    kills: u64,
+    interval: u64,
+    idle: u32,
+    queues: usize,
+    cpus: usize,
+    stats: &Shared,
+    area: &Shared,
+    dev: &OwnedFd,
+    mnt: &Path,
+) -> io::Result<bool> {
+    answer_init(dev.as_fd())?;
+    // SQPOLL: the supervisor owns the rings and registers the entries.
+    let mut owned: Vec<Ring> = Vec::new();
+    if mode == Mode::Sqpoll {
+        for q in 0..queues {
+            let mut builder = IoUring::builder();
+            builder.setup_sqpoll(idle);
+            if let (true, Some(first)) = (setup.shared_thread, owned.first()) {
+                builder.setup_attach_wq(first.as_raw_fd());
+            }
+            let ring: Ring = builder.build(8)?;
+            ring.submitter().register_files(&[dev.as_raw_fd()])?;
+            for k in 0..DEPTH {
+                push(&ring, register_sqe(area, q * DEPTH + k, q, 0))?;
+            }
+            ring.submit()?;
+            owned.push(ring);
+        }
+    }
+    let load_start = Instant::now();
+    let mut loaders = Vec::new();
+    for cpu in 0..cpus {
+        let mnt = mnt.to_owned();
+        loaders.push(spawn(move || load(cpu, &mnt, stats))?);
+    }
+    let mut daemon = spawn_daemon(mode, &owned, area, stats, dev, queues, false)?;
+    let mut stuck = false;
+    let mut done_kills = 0;
+    let mut drains = Vec::new();
+    for k in 0..kills {
+        std::thread::sleep(Duration::from_millis(interval + (k * 37) % 100));
+        kill(daemon, Signal::SIGKILL).map_err(io::Error::from)?;
+        waitpid(daemon, None).map_err(io::Error::from)?;
+        done_kills += 1;
+        let before: Vec<u64> = (0..cpus)
+            .map(|c| stats.word(c * 24).load(Ordering::Relaxed))
+            .collect();
+        stats.word(READY * 8).store(0, Ordering::SeqCst);
+        daemon = spawn_daemon(mode, &owned, area, stats, dev, queues, true)?;
+        if mode == Mode::Plain {
+            let t = Instant::now();
+            while stats.word(READY * 8).load(Ordering::SeqCst) < queues as u64
+                && t.elapsed() < Duration::from_secs(2)
+            {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            // As `Running::drain_queues`: a request queued while a queue had no
+            // entry is handed out only when an entry of that queue commits, and
+            // the caller that queued it is blocked; a fresh request from each CPU
+            // takes a fresh entry and drains the queue behind it.
+            for cpu in 0..cpus {
+                let mnt = mnt.to_owned();
+                drains.push(spawn(move || {
+                    pin(cpu);
+                    let _ = nix::sys::statfs::statfs(&mnt);
+                })?);
+            }
+        }
+        // Every CPU's caller must make progress again (a lost request blocks one).
+        let t = Instant::now();
+        while (0..cpus).any(|c| stats.word(c * 24).load(Ordering::Relaxed) <= before[c] + 1) {
+            if t.elapsed() > Duration::from_secs(5) {
+                stuck = true;
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        if stuck {
+            eprintln!("no progress 5 s after kill {}", k + 1);
+            for e in 0..queues * DEPTH {
+                eprintln!(
+                    "  entry {e}: header unique {} taken {} done {}",
+                    unique_of(area, e),
+                    area.word(e * ENT_SZ + TAKEN_AT).load(Ordering::Acquire),
+                    area.word(e * ENT_SZ + DONE_AT).load(Ordering::Acquire)
+                );
+            }
+            if let Some(waiting) = fusectl::connection_id(mnt)
+                .ok()
+                .and_then(|c| fusectl::waiting(c).ok())
+            {
+                eprintln!("  requests waiting on the connection: {waiting}");
+            }
+            break;
+        }
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    stats.word(STOP * 8).store(1, Ordering::SeqCst);
+    let elapsed = load_start.elapsed();
+    if stuck {
+        let _ = fusectl::tear_down(mnt, fusectl::connection_id(mnt).ok());
+    }
+    let sq_cpu = sqpoll_cpu_seconds();
+    for l in loaders.into_iter().chain(drains) {
+        let _ = waitpid(l, None);
+    }
+    let _ = kill(daemon, Signal::SIGKILL);
+    let _ = waitpid(daemon, None);
+    let (mut ok, mut canceled, mut other) = (0, 0, 0);
+    for c in 0..cpus {
+        ok += stats.word(c * 24).load(Ordering::Relaxed);
+        canceled += stats.word(c * 24 + 8).load(Ordering::Relaxed);
+        other += stats.word(c * 24 + 16).load(Ordering::Relaxed);
+    }
+    let mode_name = match (mode, setup.shared_thread) {
+        (Mode::Plain, _) => "plain",
+        (Mode::Sqpoll, false) => "sqpoll",
+        (Mode::Sqpoll, true) => "sqpoll1",
+    };
+    println!(
+        "mode={mode_name} kills={done_kills} stat_ok={ok} ecanceled={canceled} other_errors={other} \
+         (last errno {}) stuck={stuck} elapsed={:.1}s stat_per_s={:.0} sqpoll_cpu_s={sq_cpu:.1}",
+        stats.word(LAST_ERRNO * 8).load(Ordering::Relaxed),
+        elapsed.as_secs_f64(),
+        ok as f64 / elapsed.as_secs_f64(),
+    );
+    println!(
+        "answered: lookup={} getattr={} statfs={} other={}",
+        stats.word(ANSWERED * 8).load(Ordering::Relaxed),
+        stats.word((ANSWERED + 1) * 8).load(Ordering::Relaxed),
+        stats.word((ANSWERED + 2) * 8).load(Ordering::Relaxed),
+        stats.word((ANSWERED + 3) * 8).load(Ordering::Relaxed)
+    );
+    drop(owned);
+    Ok(!stuck && canceled == 0 && other == 0)
+}
+
+/// CPU seconds (user + system) the SQPOLL threads of this process used: the
+/// threads named `iou-sqp-*` among its tasks.
+fn sqpoll_cpu_seconds() -> f64 {
+    let ticks = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+        .ok()
+        .flatten()
+        .unwrap_or(100) as f64;
+    let mut total = 0u64;
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return 0.0;
+    };
+    for t in tasks.flatten() {
+        let Ok(stat) = std::fs::read_to_string(t.path().join("stat")) else {
+            continue;
+        };
+        // "pid (comm) state ppid ... utime stime": fields 14 and 15; comm may hold
+        // spaces, so count from the closing parenthesis.
+        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
+            continue;
+        };
+        if !stat[open + 1..close].starts_with("iou-sqp") {
+            continue;
+        }
+        let rest: Vec<&str> = stat[close + 1..].split_whitespace().collect();
+        let field = |i: usize| rest.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+        total += field(11) + field(12);
+    }
+    total as f64 / ticks
+}
+
+fn pin(cpu: usize) {
+    let mut set = rustix::thread::CpuSet::new();
+    set.set(cpu);
+    let _ = rustix::thread::sched_setaffinity(None, &set);
+}
+
+/// A caller pinned to `cpu`: `stat()` on the mount root until told to stop.
+fn load(cpu: usize, mnt: &Path, stats: &Shared) {
+    pin(cpu);
+    let (ok, canceled, other) = (
+        stats.word(cpu * 24),
+        stats.word(cpu * 24 + 8),
+        stats.word(cpu * 24 + 16),
+    );
+    while stats.word(STOP * 8).load(Ordering::Relaxed) == 0 {
+        match std::fs::metadata(mnt) {
+            Ok(_) => {
+                ok.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(e) if e.raw_os_error() == Some(nix::libc::ECANCELED) => {
+                canceled.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(e) => {
+                other.fetch_add(1, Ordering::Relaxed);
+                let errno = u64::try_from(e.raw_os_error().unwrap_or(0)).unwrap_or(0);
+                stats.word(LAST_ERRNO * 8).store(errno, Ordering::Relaxed);
+                if e.raw_os_error() == Some(nix::libc::ENOTCONN) {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// Reads INIT from the device and agrees to fuse-over-io_uring.
+fn answer_init(dev: BorrowedFd<'_>) -> io::Result<()> {
+    let mut buf = vec![0u8; 256 * 1024];
+    let n = nix::unistd::read(dev, &mut buf).map_err(io::Error::from)?;
+    if n < 56 || u32::from_ne_bytes(buf[4..8].try_into().unwrap_or_default()) != 26 {
+        return Err(io::Error::other("the first request is not INIT"));
+    }
+    let unique = &buf[8..16];
+    let max_readahead = &buf[48..52];
+    let mut out = [0u8; 16 + 64];
+    out[0..4].copy_from_slice(&80u32.to_ne_bytes());
+    out[8..16].copy_from_slice(unique);
+    let init = &mut out[16..];
+    init[0..4].copy_from_slice(&7u32.to_ne_bytes());
+    init[4..8].copy_from_slice(&45u32.to_ne_bytes());
+    init[8..12].copy_from_slice(max_readahead);
+    init[12..16].copy_from_slice(&(1u32 << 30).to_ne_bytes()); // FUSE_INIT_EXT
+    init[16..18].copy_from_slice(&16u16.to_ne_bytes());
+    init[18..20].copy_from_slice(&12u16.to_ne_bytes());
+    init[20..24].copy_from_slice(&65536u32.to_ne_bytes());
+    init[24..28].copy_from_slice(&1u32.to_ne_bytes());
+    init[32..36].copy_from_slice(&(1u32 << 9).to_ne_bytes()); // FUSE_OVER_IO_URING (bit 41)
+    nix::unistd::write(dev, &out).map_err(io::Error::from)?;
+    Ok(())
+}
+
+fn cmd_area(commit_id: u64, qid: usize) -> [u8; 80] {
+    let mut a = [0u8; 80];
+    a[8..16].copy_from_slice(&commit_id.to_ne_bytes());
+    a[16..18].copy_from_slice(&u16::try_from(qid).unwrap_or(0).to_ne_bytes());
+    a
+}
+
+fn register_sqe(area: &Shared, e: usize, qid: usize, generation: u64) -> squeue::Entry128 {
+    let iov = area.addr(e * ENT_SZ + IOV_AT) as u64;
+    let sqe = opcode::UringCmd80::new(types::Fixed(0), CMD_REGISTER)
+        .cmd(cmd_area(0, qid))
+        .addr(Some(iov))
+        .build()
+        .user_data(token(e, generation));
+    // REGISTER wants the iovec count in the SQE's `len` (offset 24), which the
+    // builder does not expose.
+    // SAFETY: `Entry128` is 128 bytes of plain integers, `#[repr(C)]`.
+    let mut bytes: [u8; 128] = unsafe { std::mem::transmute(sqe) };
+    bytes[24..28].copy_from_slice(&2u32.to_ne_bytes());
+    // SAFETY: as above; any bytes are a valid SQE value.
+    unsafe { std::mem::transmute::<[u8; 128], squeue::Entry128>(bytes) }
+}
+
+fn commit_sqe(e: usize, qid: usize, unique: u64, generation: u64) -> squeue::Entry128 {
+    opcode::UringCmd80::new(types::Fixed(0), CMD_COMMIT_AND_FETCH)
+        .cmd(cmd_area(unique, qid))
+        .build()
+        .user_data(token(e, generation))
+}
+
+fn push(ring: &Ring, sqe: squeue::Entry128) -> io::Result<()> {
+    loop {
+        // SAFETY: one thread uses the ring's submission queue; REGISTER's iovec array
+        // and every buffer lie in the shared area, which outlives every ring.
+        let pushed = unsafe { ring.submission_shared().push(&sqe) };
+        if pushed.is_ok() {
+            return Ok(());
+        }
+        ring.submit()?;
+    }
+}
+
+fn spawn_daemon(
+    mode: Mode,
+    owned: &[Ring],
+    area: &Shared,
+    stats: &Shared,
+    dev: &OwnedFd,
+    queues: usize,
+    successor: bool,
+) -> io::Result<Pid> {
+    spawn(move || {
+        if let Err(e) = daemon(mode, owned, area, stats, dev, queues, successor) {
+            eprintln!("daemon: {e}");
+        }
+    })
+}
+
+/// A daemon: serves every queue, one thread each. In `sqpoll` mode it uses the
+/// supervisor's rings, inherited over fork (the ring fds and their SQ/CQ mappings;
+/// a process that is not a child would get the fds over SCM_RIGHTS and mmap them).
+fn daemon(
+    mode: Mode,
+    owned: &[Ring],
+    area: &Shared,
+    stats: &Shared,
+    dev: &OwnedFd,
+    queues: usize,
+    successor: bool,
+) -> io::Result<()> {
+    let mut mine: Vec<Ring> = Vec::new();
+    if mode == Mode::Plain {
+        for _ in 0..queues {
+            let ring: Ring = IoUring::builder().build(8)?;
+            ring.submitter().register_files(&[dev.as_raw_fd()])?;
+            mine.push(ring);
+        }
+    }
+    let rings: &[Ring] = if mode == Mode::Sqpoll { owned } else { &mine };
+    std::thread::scope(|s| {
+        for (q, ring) in rings.iter().enumerate() {
+            s.spawn(move || {
+                if let Err(e) = serve(mode, ring, area, stats, q, successor) {
+                    eprintln!("queue {q}: {e}");
+                }
+            });
+        }
+    });
+    Ok(())
+}
+
+fn unique_of(area: &Shared, e: usize) -> u64 {
+    let mut b = [0u8; 8];
+    area.read(e * ENT_SZ + 8, &mut b);
+    u64::from_ne_bytes(b)
+}
+
+/// The `user_data` of entry `e`'s command of generation `generation`.
+fn token(e: usize, generation: u64) -> u64 {
+    e as u64 | generation << 16
+}
+
+fn serve(
+    mode: Mode,
+    ring: &Ring,
+    area: &Shared,
+    stats: &Shared,
+    q: usize,
+    successor: bool,
+) -> io::Result<()> {
+    let first = q * DEPTH;
+    // Generations of an entry's commands whose CQE is still expected, as a range:
+    // the command submitted last and, after recoveries over an owner's ring, the
+    // commits pushed for the same request before it. Any other CQE is stale.
+    let mut accept: [(u64, u64); DEPTH] = [(1, 0); DEPTH];
+    let sq_tail = if mode == Mode::Sqpoll {
+        Some(SqTail::new(ring)?)
+    } else {
+        None
+    };
+    // Read before this daemon pushes anything: what the predecessor published.
+    let tail_at_start = sq_tail.as_ref().map_or(0, SqTail::get);
+    for (k, acc) in accept.iter_mut().enumerate() {
+        let e = first + k;
+        let gen_word = area.word(e * ENT_SZ + GEN_AT);
+        let lo_word = area.word(e * ENT_SZ + LO_GEN_AT);
+        let generation = gen_word.load(Ordering::Acquire);
+        let lo = lo_word.load(Ordering::Acquire).min(generation);
+        let taken = area.word(e * ENT_SZ + TAKEN_AT).load(Ordering::Acquire);
+        let taken_gen = area.word(e * ENT_SZ + TAKEN_GEN_AT).load(Ordering::Acquire);
+        let done = area.word(e * ENT_SZ + DONE_AT).load(Ordering::Acquire);
+        let header = unique_of(area, e);
+        let pending = match mode {
+            // The kernel may be copying a request into an available entry right now:
+            // trust only what the predecessor took from the completion queue.
+            Mode::Sqpoll => (taken != done).then_some(taken),
+            // The predecessor's rings are gone: a request in the header that was not
+            // committed is there for good.
+            Mode::Plain => (successor && header != 0 && header != done).then_some(header),
+        };
+        let next = generation + 1;
+        // Over an owner's ring, a commit the predecessor published goes through (or
+        // has): the entry may already hold the next request, so recovery must leave
+        // it alone and wait for that command's CQE.
+        let published = mode == Mode::Sqpoll
+            && pending.is_some()
+            && generation != taken_gen
+            && (tail_at_start
+                .wrapping_sub(area.word(e * ENT_SZ + PUSH_TAIL_AT).load(Ordering::Acquire) as u32)
+                as i32)
+                >= 0;
+        if published {
+            lo_word.store(generation, Ordering::Release);
+            area.word(e * ENT_SZ + DONE_AT)
+                .store(taken, Ordering::Release);
+            *acc = (generation, generation);
+            continue;
+        }
+        match pending {
+            Some(u) => {
+                if mode == Mode::Plain && taken != header {
+                    save_request(area, e);
+                }
+                answer(area, stats, e);
+                // Generations are bumped before a command is pushed: any one after
+                // the taken CQE's may have reached the ring.
+                let lo = if mode == Mode::Sqpoll {
+                    taken_gen + 1
+                } else {
+                    next
+                };
+                // The tail first: a bumped generation then always has its tail.
+                if let Some(t) = &sq_tail {
+                    area.word(e * ENT_SZ + PUSH_TAIL_AT)
+                        .store(u64::from(t.get().wrapping_add(1)), Ordering::Release);
+                }
+                gen_word.store(next, Ordering::Release);
+                lo_word.store(lo, Ordering::Release);
+                push(ring, commit_sqe(e, q, u, next))?;
+                area.word(e * ENT_SZ + DONE_AT).store(u, Ordering::Release);
+                *acc = (lo, next);
+            }
+            None if mode == Mode::Plain => {
+                gen_word.store(next, Ordering::Release);
+                lo_word.store(next, Ordering::Release);
+                push(ring, register_sqe(area, e, q, next))?;
+                *acc = (next, next);
+            }
+            None => *acc = (lo, generation),
+        }
+    }
+    ring.submit()?;
+    stats.word(READY * 8).fetch_add(1, Ordering::SeqCst);
+    loop {
+        match ring.submit_and_wait(1) {
+            Ok(_) => {}
+            Err(e) if e.raw_os_error() == Some(nix::libc::EINTR) => continue,
+            Err(e) => return Err(e),
+        }
+        loop {
+            // SAFETY: one thread uses this ring's completion queue.
+            let mut cq = unsafe { ring.completion_shared() };
+            let Some(cqe) = cq.next() else { break };
+            let e = (cqe.user_data() & 0xffff) as usize;
+            let generation = cqe.user_data() >> 16;
+            let Some(k) = e.checked_sub(first).filter(|&k| k < DEPTH) else {
+                continue;
+            };
+            let (lo, hi) = accept[k];
+            if generation < lo || generation > hi {
+                // Stale: the CQE of a command whose request a recovery answered, or
+                // a refused duplicate commit.
+                continue;
+            }
+            let res = cqe.result();
+            if res < 0 {
+                drop(cq);
+                if lo < hi {
+                    // A refused duplicate: another candidate is the live command.
+                    continue;
+                }
+                if res == -nix::libc::ENOTCONN || res == -nix::libc::ECONNABORTED {
+                    return Ok(());
+                }
+                if mode == Mode::Plain && successor {
+                    // A recovery commit refused: the predecessor's went through
+                    // before its ring died; register the entry again.
+                    let next = area
+                        .word(e * ENT_SZ + GEN_AT)
+                        .fetch_add(1, Ordering::AcqRel)
+                        + 1;
+                    area.word(e * ENT_SZ + LO_GEN_AT)
+                        .store(next, Ordering::Release);
+                    push(ring, register_sqe(area, e, q, next))?;
+                    ring.submit()?;
+                    accept[k] = (next, next);
+                    continue;
+                }
+                eprintln!(
+                    "queue {q} entry {e} lost: {}",
+                    io::Error::from_raw_os_error(-res)
+                );
+                continue;
+            }
+            accept[k] = (1, 0);
+            let unique = unique_of(area, e);
+            save_request(area, e);
+            area.word(e * ENT_SZ + TAKEN_GEN_AT)
+                .store(generation, Ordering::Release);
+            area.word(e * ENT_SZ + TAKEN_AT)
+                .store(unique, Ordering::Release);
+            drop(cq);
+            answer(area, stats, e);
+            let gen_word = area.word(e * ENT_SZ + GEN_AT);
+            let next = gen_word.load(Ordering::Acquire).max(generation) + 1;
+            // The tail first: a bumped generation then always has its tail.
+            if let Some(t) = &sq_tail {
+                area.word(e * ENT_SZ + PUSH_TAIL_AT)
+                    .store(u64::from(t.get().wrapping_add(1)), Ordering::Release);
+            }
+            gen_word.store(next, Ordering::Release);
+            area.word(e * ENT_SZ + LO_GEN_AT)
+                .store(next, Ordering::Release);
+            push(ring, commit_sqe(e, q, unique, next))?;
+            ring.submit()?;
+            area.word(e * ENT_SZ + DONE_AT)
+                .store(unique, Ordering::Release);
+            accept[k] = (next, next);
+        }
+    }
+}
+
+/// Copies the request's `fuse_in_header` where a successor finds it after the reply
+/// overwrote the header buffer.
+fn save_request(area: &Shared, e: usize) {
+    let mut head = [0u8; 40];
+    area.read(e * ENT_SZ, &mut head);
+    area.write(e * ENT_SZ + SAVE_AT, &head);
+}
+
+/// Writes the reply to the request in entry `e` (its header saved by
+/// [`save_request`]).
+fn answer(area: &Shared, stats: &Shared, e: usize) {
+    let base = e * ENT_SZ;
+    let mut head = [0u8; 40];
+    area.read(base + SAVE_AT, &mut head);
+    let opcode = u32::from_ne_bytes(head[4..8].try_into().unwrap_or_default());
+    let counter = match opcode {
+        1 => ANSWERED,
+        3 => ANSWERED + 1,
+        17 => ANSWERED + 2,
+        _ => ANSWERED + 3,
+    };
+    stats.word(counter * 8).fetch_add(1, Ordering::Relaxed);
+    let mut body = [0u8; 104];
+    let (error, len): (i32, usize) = match opcode {
+        // GETATTR: fuse_attr_out, never cached.
+        3 => {
+            let attr = &mut body[16..];
+            attr[0..8].copy_from_slice(&1u64.to_ne_bytes());
+            attr[60..64].copy_from_slice(&(0o040_755u32).to_ne_bytes());
+            attr[64..68].copy_from_slice(&2u32.to_ne_bytes());
+            attr[80..84].copy_from_slice(&4096u32.to_ne_bytes());
+            (0, 104)
+        }
+        // STATFS: fuse_kstatfs.
+        17 => {
+            body[40..44].copy_from_slice(&4096u32.to_ne_bytes());
+            body[44..48].copy_from_slice(&255u32.to_ne_bytes());
+            body[48..52].copy_from_slice(&4096u32.to_ne_bytes());
+            (0, 80)
+        }
+        1 => (-nix::libc::ENOENT, 0),
+        _ => (-nix::libc::ENOSYS, 0),
+    };
+    let mut out = [0u8; 16];
+    out[0..4].copy_from_slice(&u32::try_from(16 + len).unwrap_or(16).to_ne_bytes());
+    out[4..8].copy_from_slice(&error.to_ne_bytes());
+    out[8..16].copy_from_slice(&head[8..16]);
+    area.write(base, &out);
+    area.write(base + HEADER_SZ, &body[..len]);
+    area.write(
+        base + ENT_IN_OUT_AT + 16,
+        &u32::try_from(len).unwrap_or(0).to_ne_bytes(),
+    );
+}
