@@ -7,8 +7,10 @@
 //! checkpoint is a pre-copy base. Then, for every request that may change
 //! something (not those of [`records_nothing`]: GETATTR, READ, ...), in
 //! [`StepHook::responding`] (after the filesystem call, before the reply leaves), one
-//! record is appended: the session's changes since the last record (nodeids counted
-//! or forgotten, the handles, the counters: [`Session::journal_changes`]), the
+//! record is appended ([`Record::Delta`]): the session's changes since the last
+//! record (nodeids counted or forgotten, the handles only if they changed, the
+//! counters: [`Session::journal_delta`]; the INIT result, fixed, is in the
+//! checkpoint), the
 //! filesystem's ([`Precopy::precopy_round`]), and, for a non-idempotent request
 //! ([`records_reply`]), the reply itself. One record, so that a crash cannot keep a
 //! request's effects without its reply. A FORGET or BATCH_FORGET, which gets no
