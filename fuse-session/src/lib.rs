@@ -31,7 +31,7 @@ pub use proto::bufs::{DirEntries, DirEntriesPlus, Full, ReadBuf};
 pub use proto::defer::{DeferredReply, DeferredValue, ReplySender};
 pub use proto::handles::HandleKind;
 pub use proto::init::{InitResult, InitWishes, KernelOffer};
-pub use proto::precopy::{NodeChanges, PrecopiedState, SessionChanges};
+pub use proto::precopy::{JournalDelta, NodeChanges, PrecopiedState, SessionChanges};
 pub use proto::state::{Counters, HandleState, NodeState, SessionState, StateError};
 pub use proto::{Accepted, InitState, Outcome, ReplyParts, ReplySpace, Session, StepHook};
 pub use types::*;

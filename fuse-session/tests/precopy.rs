@@ -452,3 +452,57 @@ fn a_copy_in_ranges_with_requests_in_between() {
     let restored = Session::restore_precopied(Tree { files: BIG }, prepared, changes).unwrap();
     assert_eq!(restored.snapshot().unwrap(), want);
 }
+
+/// `journal_delta` carries the handle table only when its version moved since the
+/// one passed, and then the table `journal_changes` would carry.
+#[test]
+fn a_journal_delta_leaves_unchanged_handles_out() {
+    let mut k = kernel();
+    assert!(k.session().journal_delta(None).is_none(), "not recording");
+    assert!(k.session().start_change_recording());
+    let id = k.lookup(1, b"n3").unwrap().nodeid;
+    let first = k.session().journal_delta(None).unwrap();
+    assert_eq!(
+        first.handles,
+        Some(Vec::new()),
+        "None passed: carried whole"
+    );
+    assert_eq!(first.nodes.len(), 1, "the lookup");
+
+    // Another lookup, no handle opened or released: left out.
+    let _ = k.lookup(1, b"n3");
+    let d = k
+        .session()
+        .journal_delta(Some(first.handles_version))
+        .unwrap();
+    assert_eq!(d.handles, None);
+    assert_eq!(d.handles_version, first.handles_version);
+    assert_eq!(d.nodes.len(), 1, "the count change");
+
+    // An open: carried, the same as the whole changes say.
+    let fh = k.open(id, false, 0).unwrap();
+    let d = k
+        .session()
+        .journal_delta(Some(first.handles_version))
+        .unwrap();
+    let opened = d.handles.clone().expect("changed: carried");
+    assert_eq!(opened.len(), 1);
+    assert_eq!((opened[0].fh, opened[0].nodeid), (fh, id));
+    assert_eq!(
+        k.session().journal_changes().unwrap().handles,
+        opened,
+        "the table journal_changes carries"
+    );
+    let after_open = d.handles_version;
+    assert!(k
+        .session()
+        .journal_delta(Some(after_open))
+        .unwrap()
+        .handles
+        .is_none());
+
+    // A release: carried (now empty).
+    assert_eq!(k.release(id, false, fh), 0);
+    let d = k.session().journal_delta(Some(after_open)).unwrap();
+    assert_eq!(d.handles, Some(Vec::new()));
+}

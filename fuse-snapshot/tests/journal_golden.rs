@@ -119,3 +119,59 @@ fn journal_v1_golden() {
         "journal format version 1 changed"
     );
 }
+
+/// The records of `journal-v1-kind11.bin`: what a build that writes kind 11
+/// ([`Record::Delta`]) leaves after continuing an older build's log in place,
+/// kind 7 records (`FsChange`) followed by kind 11 ones.
+fn mixed_records() -> Vec<Record> {
+    vec![
+        Record::FsChange(b"an older build's whole round".to_vec()),
+        Record::FsChange(Vec::new()),
+        Record::Delta(b"a round, the unchanged parts left out".to_vec()),
+        Record::Delta(Vec::new()),
+        Record::Delta(vec![0x5a; 21]),
+    ]
+}
+
+fn write_mixed() -> Vec<u8> {
+    let s = MemStorage::new(1 << 20);
+    let j = Journal::create(s.clone(), FIRST_CHECKPOINT, OPTIONS).unwrap();
+    for r in &mixed_records() {
+        j.append(r).unwrap();
+    }
+    s.bytes()
+}
+
+/// Kind 11 within format version 1: read back record by record, and written
+/// again byte for byte.
+#[test]
+fn journal_v1_kind11_golden() {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/golden/journal-v1-kind11.bin");
+    if !path.exists() && std::env::var_os("FUSE_SNAPSHOT_BLESS").is_some() {
+        std::fs::write(&path, write_mixed()).unwrap();
+    }
+    let golden = std::fs::read(&path).unwrap_or_else(|e| {
+        panic!(
+            "{}: {e} (FUSE_SNAPSHOT_BLESS=1 writes a missing file)",
+            path.display()
+        )
+    });
+    let r = recover(&MemStorage::from_bytes(golden.clone(), 0)).unwrap();
+    assert_eq!(r.epoch, 1);
+    assert_eq!(r.checkpoint, FIRST_CHECKPOINT);
+    assert_eq!(r.first_seq, 1);
+    assert_eq!(r.records, mixed_records());
+    assert_eq!(
+        r.records.iter().map(|r| r.kind()).collect::<Vec<_>>(),
+        [7, 7, 11, 11, 11]
+    );
+    assert!(matches!(r.end, LogEnd::Clean { .. }), "{}", r.end);
+    fn trim(b: &[u8]) -> &[u8] {
+        let n = b.iter().rposition(|&x| x != 0).map_or(0, |i| i + 1);
+        &b[..n]
+    }
+    assert!(
+        trim(&write_mixed()) == trim(&golden),
+        "journal format version 1 (kind 11) changed"
+    );
+}

@@ -33,6 +33,9 @@ pub struct HandleEntry<H> {
 pub struct HandleTable<H> {
     by_fh: IdMap<HandleEntry<H>>,
     next_fh: u64,
+    /// Bumped by every insert and remove: equal versions, equal tables (the
+    /// journal writes the table only when it changed).
+    version: u64,
 }
 
 impl<H> Default for HandleTable<H> {
@@ -40,6 +43,7 @@ impl<H> Default for HandleTable<H> {
         HandleTable {
             by_fh: IdMap::default(),
             next_fh: 1,
+            version: 0,
         }
     }
 }
@@ -53,6 +57,7 @@ impl<H> HandleTable<H> {
         HandleTable {
             by_fh: entries.into_iter().collect(),
             next_fh,
+            version: 0,
         }
     }
 
@@ -63,6 +68,7 @@ impl<H> HandleTable<H> {
             fh = fh.wrapping_add(1);
         }
         self.next_fh = fh.wrapping_add(1);
+        self.version = self.version.wrapping_add(1);
         self.by_fh.insert(fh, entry);
         fh
     }
@@ -80,6 +86,7 @@ impl<H> HandleTable<H> {
     /// Removes `fh` if it is of `kind`.
     pub fn remove(&mut self, fh: u64, kind: HandleKind) -> Option<HandleEntry<H>> {
         if self.get(fh, kind).is_some() {
+            self.version = self.version.wrapping_add(1);
             self.by_fh.remove(&fh)
         } else {
             None
@@ -96,6 +103,12 @@ impl<H> HandleTable<H> {
         let mut v: Vec<_> = self.by_fh.iter().map(|(&fh, e)| (fh, e)).collect();
         v.sort_unstable_by_key(|(fh, _)| *fh);
         v
+    }
+
+    /// Changes with every insert and remove: a table whose version is the same
+    /// as before holds the same handles.
+    pub fn version(&self) -> u64 {
+        self.version
     }
 
     /// The next fh that will be tried.

@@ -13,6 +13,7 @@
 //! Handles are sent whole: a session has far fewer open handles than nodeids, and
 //! they change with every `open` and `close`.
 use std::hash::Hash;
+use std::sync::atomic::Ordering;
 
 use crate::fs::Filesystem;
 use crate::proto::nodes::{NodeEntry, NodeTable, ROOT_ID};
@@ -158,6 +159,27 @@ pub struct NodeChanges<N> {
     pub forgotten: Vec<u64>,
 }
 
+/// What a journal record needs of the session: [`SessionChanges`] without the
+/// parts that cannot change after INIT, and the handles only when they changed
+/// ([`Session::journal_delta`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct JournalDelta<N, H> {
+    /// Every nodeid added or changed since the last call, with its entry now.
+    pub nodes: Vec<NodeState<N>>,
+    /// Every nodeid forgotten since the last call.
+    pub forgotten: Vec<u64>,
+    /// Every open handle, sorted by fh, or `None` if the table is the one of
+    /// the version the caller passed.
+    pub handles: Option<Vec<HandleState<H>>>,
+    /// The handle table's version: equal versions, equal tables (within one
+    /// session's life).
+    pub handles_version: u64,
+    /// Poll handles the kernel waits on (sorted).
+    pub polls: Vec<u64>,
+    /// The counters.
+    pub counters: Counters,
+}
+
 /// Nodeids copied per hold of the table's lock by [`Session::precopy_begin`].
 pub const COPY_RANGE: u64 = 4096;
 
@@ -281,6 +303,65 @@ impl<F: Filesystem> Session<F> {
             only_uid: self.only_uid,
             counters,
         })
+    }
+
+    /// As [`Session::journal_changes`], but the handles only if they changed:
+    /// `handles_since` is the [`JournalDelta::handles_version`] of the handles
+    /// the caller last wrote (`None`: write them). The INIT result and `only_uid`,
+    /// which cannot change once INIT is answered, are left out. `None` before
+    /// INIT or when no recording is in progress.
+    pub fn journal_delta(
+        &self,
+        handles_since: Option<u64>,
+    ) -> Option<JournalDelta<F::Node, F::Handle>> {
+        self.init.get()?;
+        let (changed, (next_nodeid, next_generation)) = {
+            let mut t = lock(&self.nodes);
+            let changed = t.take_recorded()?;
+            (node_changes(&t, changed), t.counters())
+        };
+        let (handles, handles_version, next_fh) = {
+            let t = lock(&self.handles);
+            let version = t.version();
+            let handles = (handles_since != Some(version)).then(|| {
+                t.sorted()
+                    .into_iter()
+                    .map(|(fh, e)| HandleState {
+                        fh,
+                        kind: e.kind,
+                        nodeid: e.nodeid,
+                        flags: e.flags,
+                        handle: e.handle.clone(),
+                    })
+                    .collect()
+            });
+            (handles, version, t.next_fh())
+        };
+        let s = &self.stats;
+        let counters = Counters {
+            next_nodeid,
+            next_generation,
+            next_fh,
+            next_notify_unique: self.notify_unique.load(Ordering::Relaxed),
+            requests: s.requests.load(Ordering::Relaxed),
+            errors: s.errors.load(Ordering::Relaxed),
+            interrupts: s.interrupts.load(Ordering::Relaxed),
+            forgets: s.forgets.load(Ordering::Relaxed),
+            malformed: s.malformed.load(Ordering::Relaxed),
+        };
+        Some(JournalDelta {
+            nodes: changed.nodes,
+            forgotten: changed.forgotten,
+            handles,
+            handles_version,
+            polls: lock(&self.polls).iter().copied().collect(),
+            counters,
+        })
+    }
+
+    /// The version of the handle table now (see [`JournalDelta::handles_version`]).
+    pub fn handles_version(&self) -> u64 {
+        lock(&self.handles).version()
     }
 
     /// One round of a pre-copy, while serving: the nodeids that changed since

@@ -48,13 +48,18 @@ pub fn journal(data: &[u8]) {
     }
 }
 
-/// A deterministic record for sequence number `seq`: kind from `sel`, `len`
-/// bytes of content.
+/// A deterministic record for sequence number `seq`: kind from `sel` (`sel % 10`
+/// for the first ten kinds; 30 and above: [`Record::Delta`], added later, so
+/// that what a saved script writes changed only for those), `len` bytes of
+/// content.
 pub fn record_for(seq: u64, sel: u8, len: usize) -> Record {
     let bytes: Vec<u8> = (0..len)
         .map(|i| (seq as usize).wrapping_mul(31).wrapping_add(i * 7) as u8)
         .collect();
     let a = seq.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    if sel >= 30 {
+        return Record::Delta(bytes);
+    }
     match sel % 10 {
         0 => Record::Init(bytes),
         1 => Record::Lookup {

@@ -19,6 +19,7 @@
 /// | 8 | `Accepted` | unique, nodeid (u64), opcode (u32) | the request |
 /// | 9 | `Replied` | unique | the reply |
 /// | 10 | `Done` | unique | |
+/// | 11 | `Delta` | | changes since the previous record, unchanged parts left out |
 ///
 /// (Kind 0xffff seals a log that a newer epoch superseded; recovery does not
 /// return it.)
@@ -88,6 +89,12 @@ pub enum Record<B = Vec<u8>> {
         /// The request's unique.
         unique: u64,
     },
+    /// Like [`Record::FsChange`], the changes since the previous record, but
+    /// leaving out what did not change since then (the session's encoding,
+    /// [`session`](super::session)). Kind 11, added after the first journals
+    /// were written: a build that predates it refuses such a journal as of an
+    /// unknown kind.
+    Delta(B),
 }
 
 /// A record borrowing its bytes, for appending.
@@ -112,6 +119,7 @@ impl<B: AsRef<[u8]>> Record<B> {
             Record::Accepted { .. } => 8,
             Record::Replied { .. } => 9,
             Record::Done { .. } => 10,
+            Record::Delta(_) => 11,
         }
     }
 
@@ -157,6 +165,7 @@ impl<B: AsRef<[u8]>> Record<B> {
                 reply: reply.as_ref(),
             },
             Record::Done { unique } => Record::Done { unique: *unique },
+            Record::Delta(b) => Record::Delta(b.as_ref()),
         }
     }
 
@@ -199,6 +208,7 @@ impl<B: AsRef<[u8]>> Record<B> {
                 reply: reply.to_vec(),
             },
             Record::Done { unique } => Record::Done { unique },
+            Record::Delta(b) => Record::Delta(b.to_vec()),
         }
     }
 
@@ -211,7 +221,9 @@ impl<B: AsRef<[u8]>> Record<B> {
             n += v.len();
         };
         let bytes: &[u8] = match self {
-            Record::Init(b) | Record::Counters(b) | Record::FsChange(b) => b.as_ref(),
+            Record::Init(b) | Record::Counters(b) | Record::FsChange(b) | Record::Delta(b) => {
+                b.as_ref()
+            }
             Record::Lookup {
                 nodeid,
                 generation,
@@ -280,7 +292,7 @@ impl Record {
     /// Decodes a payload of kind `kind`. Untrusted input: never panics.
     pub(crate) fn decode(kind: u16, p: &[u8]) -> Result<Record, DecodeError> {
         let fixed = match kind {
-            1 | 6 | 7 => 0,
+            1 | 6 | 7 | 11 => 0,
             2 => 24,
             3 => 16,
             4 | 5 | 9 | 10 => 8,
@@ -327,7 +339,8 @@ impl Record {
                 unique: u(0),
                 reply: bytes,
             },
-            _ => Record::Done { unique: u(0) },
+            10 => Record::Done { unique: u(0) },
+            _ => Record::Delta(bytes),
         })
     }
 }

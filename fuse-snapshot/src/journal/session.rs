@@ -7,8 +7,10 @@
 //! checkpoint is a pre-copy base. Then, for every request that may change
 //! something (not those of [`records_nothing`]: GETATTR, READ, ...), in
 //! [`StepHook::responding`] (after the filesystem call, before the reply leaves), one
-//! record is appended: the session's changes since the last record (nodeids counted
-//! or forgotten, the handles, the counters: [`Session::journal_changes`]), the
+//! record is appended ([`Record::Delta`]): the session's changes since the last
+//! record (nodeids counted or forgotten, the handles only if they changed, the
+//! counters: [`Session::journal_delta`]; the INIT result, fixed, is in the
+//! checkpoint), the
 //! filesystem's ([`Precopy::precopy_round`]), and, for a non-idempotent request
 //! ([`records_reply`]), the reply itself. One record, so that a crash cannot keep a
 //! request's effects without its reply. A FORGET or BATCH_FORGET, which gets no
@@ -53,7 +55,10 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, Weak};
 
 use fuse_session::dev::JournalMap;
 use fuse_session::wire::Opcode;
-use fuse_session::{Accepted, NodeChanges, ReplyParts, Session, SessionChanges, StepHook};
+use fuse_session::{
+    Accepted, Counters, HandleState, NodeChanges, NodeState, ReplyParts, Session, SessionChanges,
+    StepHook,
+};
 
 use super::{recover, Journal, JournalError, JournalOptions, Record, Recovered};
 use crate::format::FormatError;
@@ -149,6 +154,28 @@ fn is_forget(opcode: Opcode) -> bool {
 /// non-idempotent request's `(unique, reply)`.
 type Entry<F> = (
     SessionChanges<<F as Filesystem>::Node, <F as Filesystem>::Handle>,
+    <F as Precopy>::Changes,
+    Option<(u64, Vec<u8>)>,
+);
+
+/// The session's part of a [`Record::Delta`]: what [`SessionChanges`] holds,
+/// without the INIT result and `only_uid` (they cannot change after INIT; the
+/// checkpoint's first round carries them), and with the handles only when they
+/// changed since the previous record (`None`: the previous record's, or the
+/// checkpoint's first round's, still hold).
+#[derive(serde::Serialize, serde::Deserialize)]
+struct TablesDelta<N, H> {
+    nodes: Vec<NodeState<N>>,
+    forgotten: Vec<u64>,
+    handles: Option<Vec<HandleState<H>>>,
+    polls: Vec<u64>,
+    counters: Counters,
+}
+
+/// A [`Record::Delta`]'s payload: as [`Entry`], the session's part a
+/// [`TablesDelta`].
+type DeltaEntry<F> = (
+    TablesDelta<<F as Filesystem>::Node, <F as Filesystem>::Handle>,
     <F as Precopy>::Changes,
     Option<(u64, Vec<u8>)>,
 );
@@ -266,6 +293,10 @@ struct Live<F: Precopy> {
     /// Where each record is encoded: one buffer, not an allocation (and its
     /// growth) per record.
     buf: Vec<u8>,
+    /// The version of the handle table the last appended record carried (whole
+    /// or as unchanged); `None`: the next record carries the table whole (after
+    /// a start, a resume or a checkpoint).
+    handles_version: Option<u64>,
 }
 
 /// A record buffer grown past this by a large record is given back afterwards.
@@ -403,6 +434,7 @@ where
                 recent,
                 failed: false,
                 buf: Vec::new(),
+                handles_version: None,
             })
         })();
         let result = match made {
@@ -576,6 +608,36 @@ fn round_into<F: Precopy>(
     Ok(encode_checked_into(&(tables, fs, reply), out)?)
 }
 
+/// One [`DeltaEntry`] into `out` (cleared first): what changed since the
+/// record that carried the handle table of version `handles_since` (whole or
+/// as unchanged). Returns the version of the table this one carries.
+fn delta_into<F: Precopy>(
+    session: &Session<F>,
+    handles_since: Option<u64>,
+    reply: Option<&(u64, Vec<u8>)>,
+    out: &mut Vec<u8>,
+) -> Result<u64, RecoveryError> {
+    let d = session
+        .journal_delta(handles_since)
+        .ok_or(RecoveryError::NotReady("the session is not recording"))?;
+    let fs = session
+        .filesystem()
+        .precopy_round()
+        .map_err(|e| FormatError::FsSave(e.to_string()))?
+        .ok_or(RecoveryError::NotReady(
+            "the filesystem takes no pre-copy rounds",
+        ))?;
+    let tables = TablesDelta {
+        nodes: d.nodes,
+        forgotten: d.forgotten,
+        handles: d.handles,
+        polls: d.polls,
+        counters: d.counters,
+    };
+    encode_checked_into(&(tables, fs, reply), out)?;
+    Ok(d.handles_version)
+}
+
 fn append<F: Precopy>(
     live: &mut Live<F>,
     reply: Option<(u64, Vec<u8>)>,
@@ -585,12 +647,13 @@ fn append<F: Precopy>(
         .upgrade()
         .ok_or(RecoveryError::NotReady("the session is gone"))?;
     let mut payload = std::mem::take(&mut live.buf);
-    let r = round_into::<F>(&session, reply.as_ref(), &mut payload)
-        .and_then(|()| Ok(live.journal.append(&Record::FsChange(&payload[..]))?));
+    let r = delta_into::<F>(&session, live.handles_version, reply.as_ref(), &mut payload)
+        .and_then(|version| Ok((version, live.journal.append(&Record::Delta(&payload[..]))?)));
     if payload.capacity() <= KEEP_BUF {
         live.buf = payload;
     }
-    let appended = r?;
+    let (version, appended) = r?;
+    live.handles_version = Some(version);
     if let Some((unique, _)) = &reply {
         log::trace!(
             "journal record seq={} epoch={} holds the reply of unique={unique:#x}",
@@ -611,6 +674,9 @@ fn append<F: Precopy>(
     // exactly what the records before the mark hold.
     let mark = live.journal.mark();
     let checkpoint = checkpoint(&session, &live.recent)?;
+    // The records after the mark follow the checkpoint's first round in the new
+    // epoch: the first of them carries the handles whole.
+    live.handles_version = None;
     log::debug!("journal compaction at seq={}", mark.seq);
     live.compacting = true;
     Ok(Some(Compaction {
@@ -898,10 +964,29 @@ where
     let mut count = 0;
     for (i, record) in recovered.records.iter().enumerate() {
         let seq = recovered.first_seq + i as u64;
-        let Record::FsChange(bytes) = record else {
-            return Err(RecoveryError::UnexpectedRecord(seq));
+        let next: Entry<F> = match record {
+            // Every session part whole: what builds before kind 11 wrote.
+            Record::FsChange(bytes) => decode_checked(bytes, "a journal record")?,
+            Record::Delta(bytes) => {
+                let (d, f, reply): DeltaEntry<F> = decode_checked(bytes, "a journal delta record")?;
+                let prev = &mut pending.0;
+                let tables = SessionChanges {
+                    init: prev.init,
+                    nodes: d.nodes,
+                    forgotten: d.forgotten,
+                    // Unchanged: the previous record's (taken: of the previous
+                    // record only the nodes are applied below).
+                    handles: d
+                        .handles
+                        .unwrap_or_else(|| std::mem::take(&mut prev.handles)),
+                    polls: d.polls,
+                    only_uid: prev.only_uid,
+                    counters: d.counters,
+                };
+                (tables, f, reply)
+            }
+            _ => return Err(RecoveryError::UnexpectedRecord(seq)),
         };
-        let next: Entry<F> = decode_checked(bytes, "a journal record")?;
         let (t, f, _) = std::mem::replace(&mut pending, next);
         tables
             .apply_round(NodeChanges {
