@@ -571,6 +571,50 @@ fn uring_pause_parks_the_queues_and_handoff_is_refused() {
     m.finish();
 }
 
+/// Every entry of a restartable area is tagged with the generation of the process
+/// that registered it (1 for a new area), in the shared file where a successor
+/// reads it: the first piece of a live handoff over io_uring (docs/DESIGN.md,
+/// "Live handoff over io_uring"). With as many slots as entries, no slot is free
+/// for a live successor, and the handoff is still refused.
+#[test]
+fn uring_entries_carry_the_generation_that_registered_them() {
+    let _s = serial();
+    if !uring_ready("uring_entries_carry_the_generation_that_registered_them") {
+        return;
+    }
+    let mut o = required();
+    o.restartable = true;
+    let m = UringMount::start("uring-owner", &o).expect("spawn_uring");
+    for k in 0..SMALL {
+        check_content(
+            FIRST_SMALL + k,
+            0,
+            &std::fs::read(m.path(&format!("s{k}"))).expect("read"),
+        );
+    }
+    let running = m.running();
+    assert!(ring_requests(running) > 0, "served through the rings");
+    let area = running.ring_area().expect("a ring area");
+    assert!(area.fd().is_some(), "a memfd");
+    assert_eq!(area.generation(), 1);
+    assert_eq!(area.highest_owner(), 1);
+    for q in 0..area.geometry().queues as usize {
+        assert_eq!(
+            area.owners(q),
+            vec![1; area.geometry().depth as usize],
+            "queue {q}: every entry registered by generation 1"
+        );
+        assert!(area.free_slots(q, 1).is_empty(), "queue {q}: no free slot");
+    }
+    assert!(matches!(
+        running.try_stop(),
+        Err(ServeError::Unsupported(_))
+    ));
+    assert!(running.is_serving());
+    drop(area);
+    m.finish();
+}
+
 #[test]
 fn uring_threads_end_when_the_connection_is_aborted() {
     let _s = serial();

@@ -32,6 +32,8 @@
 //!                       tail u64       the unique whose payload follows them there
 //!                       clobbered u64  the unique whose payload was overwritten by
 //!                                      its reply without being saved first
+//!                       owner u64      the generation of the process that last
+//!                                      registered or adopted the entry (0: none)
 //!                     [1536, P)  the save area: a copy of the request in device
 //!                                layout (in header, op struct, small payloads)
 //!   one page + R pages: the reply buffer; from PAYLOAD_OFFSET (one page) on, the
@@ -92,6 +94,7 @@ const HEAD_LEN_AT: usize = STATE_AT + 16;
 const TAIL_AT: usize = STATE_AT + 24;
 const TAIL_LEN_AT: usize = STATE_AT + 32;
 const CLOBBERED_AT: usize = STATE_AT + 40;
+const OWNER_AT: usize = STATE_AT + 48;
 /// Offset of the save area in the header page.
 pub(crate) const SAVE_AT: usize = 1536;
 /// Offset of the trailer (`ring_ent_in_out`) in the header.
@@ -237,6 +240,18 @@ impl EntryMem {
         self.word(CLOBBERED_AT).store(unique, Ordering::Release);
     }
 
+    /// The generation of the process that last registered or adopted the entry
+    /// (0: never registered).
+    pub fn owner(&self) -> u64 {
+        self.word(OWNER_AT).load(Ordering::Acquire)
+    }
+
+    /// Records that a process of `generation` registers or adopts the entry (before
+    /// the command is submitted).
+    pub fn set_owner(&self, generation: u64) {
+        self.word(OWNER_AT).store(generation, Ordering::Release);
+    }
+
     /// Bytes the save area holds.
     pub fn save_len(&self) -> usize {
         self.page - SAVE_AT
@@ -282,6 +297,9 @@ pub struct RingArea {
     geo: RingGeometry,
     base: usize,
     len: usize,
+    /// The generation of this process's entries: 1 for a new area, one more than
+    /// the highest owner found in an inherited one.
+    generation: u64,
 }
 
 // SAFETY: the mapping is shared memory owned by this value; the slices it hands
@@ -377,6 +395,7 @@ impl RingArea {
             geo,
             base,
             len,
+            generation: 1,
         };
         if let Some(f) = &area.file {
             f.write_all_at(&area.encode_header(), 0)?;
@@ -469,12 +488,52 @@ impl RingArea {
                 io::Error::new(e.kind(), format!("ring area: mapping it at {base:#x}: {e}"))
             }
         })?;
-        Ok(RingArea {
+        let mut area = RingArea {
             file: Some(file),
             geo,
             base: base_at,
             len,
-        })
+            generation: 0,
+        };
+        area.generation = area.highest_owner().saturating_add(1);
+        Ok(area)
+    }
+
+    /// The generation this process tags the entries it registers or adopts with
+    /// ([`EntryMem::set_owner`]).
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// The highest owner generation of any entry: the generation of the process
+    /// that serves (or last served) through the area.
+    pub fn highest_owner(&self) -> u64 {
+        (0..self.geo.queues as usize)
+            .flat_map(|q| (0..self.geo.depth as usize).map(move |j| (q, j)))
+            .map(|(q, j)| self.entry(q, j).owner())
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// The owner generation of each entry of queue `qid`.
+    pub fn owners(&self, qid: usize) -> Vec<u64> {
+        (0..self.geo.depth as usize)
+            .map(|j| self.entry(qid, j).owner())
+            .collect()
+    }
+
+    /// The entries of queue `qid` that a live successor may register while the
+    /// process of generation `serving` still serves through its own: those it
+    /// does not own (never registered, cancelled with an older process's ring, or
+    /// adopted and retagged since). A live handoff registers these before the old
+    /// process releases its rings (docs/DESIGN.md, "Live handoff over io_uring").
+    pub fn free_slots(&self, qid: usize, serving: u64) -> Vec<usize> {
+        self.owners(qid)
+            .into_iter()
+            .enumerate()
+            .filter(|&(_, o)| o != serving)
+            .map(|(j, _)| j)
+            .collect()
     }
 
     /// The memfd, for the fd store or a handoff (`None` for anonymous memory).
@@ -738,9 +797,54 @@ mod tests {
         }
         area.write_reply(0, 1, 0, 42, &[1, 2, 3]);
         assert_eq!(area.inspect(0, 1), EntryHolds::Reply(42));
+        // The owner word is not part of what inspect reads.
+        e.set_owner(7);
+        assert_eq!(area.inspect(0, 1), EntryHolds::Reply(42));
         // A damaged length.
         // SAFETY: as above.
         unsafe { std::ptr::write_bytes(e.header.add(TRAILER_AT + 8), 0x7f, 8) };
         assert!(matches!(area.inspect(0, 1), EntryHolds::Damaged(..)));
+    }
+
+    #[test]
+    fn owners_tell_free_slots_and_successor_generation() {
+        let area = RingArea::new(Some("ring-area-test"), 2, 4, 8192).unwrap();
+        assert_eq!(area.generation(), 1);
+        assert_eq!(area.highest_owner(), 0);
+        assert_eq!(area.free_slots(0, 1), vec![0, 1, 2, 3]);
+        // Generation 1 serves on entries 0 and 1 of queue 0, entry 3 of queue 1;
+        // entry 2 of queue 0 was an older process's (cancelled with its ring).
+        area.entry(0, 0).set_owner(1);
+        area.entry(0, 1).set_owner(1);
+        area.entry(1, 3).set_owner(1);
+        area.entry(0, 2).set_owner(0);
+        assert_eq!(area.owners(0), vec![1, 1, 0, 0]);
+        assert_eq!(area.free_slots(0, 1), vec![2, 3]);
+        assert_eq!(area.free_slots(1, 1), vec![0, 1, 2]);
+        assert_eq!(area.highest_owner(), 1);
+        // The owner word lives in the shared file, where a successor reads it.
+        let mut word = [0u8; 8];
+        let page = u64::from(area.geometry().page);
+        let entry0 = page; // entry 0 of queue 0 starts after the file header page
+        area.fd()
+            .map(|fd| {
+                let f = File::from(fd.try_clone_to_owned().unwrap());
+                f.read_exact_at(&mut word, entry0 + OWNER_AT as u64)
+                    .unwrap();
+            })
+            .unwrap();
+        assert_eq!(
+            u64::from_ne_bytes(word),
+            1,
+            "the owner word is in the shared file"
+        );
+        // Generation 2 registers on 2 and 3, then adopts entry 1 (it held a
+        // request when generation 1 released its rings): retagged. Entry 0
+        // (cancelled with generation 1's ring) is free for the next successor.
+        area.entry(0, 1).set_owner(2);
+        area.entry(0, 2).set_owner(2);
+        area.entry(0, 3).set_owner(2);
+        assert_eq!(area.highest_owner(), 2);
+        assert_eq!(area.free_slots(0, 2), vec![0]);
     }
 }

@@ -305,6 +305,9 @@ pub(crate) struct RingCore {
     /// A reply encoded in the staging area, to commit by
     /// [`UringQueue::commit_staged`].
     staged: Option<(usize, Placed)>,
+    /// The owner generation this process tags the entries it registers or adopts
+    /// with ([`RingArea::generation`]): a live successor registers on the others.
+    generation: u64,
 }
 
 impl std::fmt::Debug for UringQueue {
@@ -456,6 +459,7 @@ impl UringQueue {
                 keep: plain,
                 staging: (0, 0),
                 staged: None,
+                generation: area.generation(),
             },
             bufs,
             saves,
@@ -797,6 +801,8 @@ impl RingCore {
         let sqe = self.cmd_sqe(abi::FUSE_IO_URING_CMD_COMMIT_AND_FETCH, &cmd, None, i);
         self.push(&sqe)?;
         let e = &mut self.entries[i];
+        // The commit adopts the kernel's entry: it is this process's now.
+        e.mem.set_owner(self.generation);
         e.commit_id = unique;
         e.counted = counted;
         e.state = State::Committing;
@@ -816,6 +822,7 @@ impl RingCore {
             2,
         );
         self.push(&sqe)?;
+        self.entries[i].mem.set_owner(self.generation);
         self.entries[i].state = State::Registering;
         Ok(())
     }
