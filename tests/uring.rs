@@ -573,9 +573,8 @@ fn uring_pause_parks_the_queues_and_handoff_is_refused() {
 
 /// Every entry of a restartable area is tagged with the generation of the process
 /// that registered it (1 for a new area), in the shared file where a successor
-/// reads it: the first piece of a live handoff over io_uring (docs/DESIGN.md,
-/// "Live handoff over io_uring"). With as many slots as entries, no slot is free
-/// for a live successor, and the handoff is still refused.
+/// reads it, and the area has a second half of slots free for a live successor
+/// (docs/DESIGN.md, "Live handoff over io_uring").
 #[test]
 fn uring_entries_carry_the_generation_that_registered_them() {
     let _s = serial();
@@ -598,13 +597,21 @@ fn uring_entries_carry_the_generation_that_registered_them() {
     assert!(area.fd().is_some(), "a memfd");
     assert_eq!(area.generation(), 1);
     assert_eq!(area.highest_owner(), 1);
+    let depth = area.geometry().depth as usize;
+    assert_eq!(area.geometry().slots as usize, 2 * depth);
     for q in 0..area.geometry().queues as usize {
+        let mut want = vec![1; depth];
+        want.resize(2 * depth, 0);
         assert_eq!(
             area.owners(q),
-            vec![1; area.geometry().depth as usize],
-            "queue {q}: every entry registered by generation 1"
+            want,
+            "queue {q}: the first half registered by generation 1"
         );
-        assert!(area.free_slots(q, 1).is_empty(), "queue {q}: no free slot");
+        assert_eq!(
+            area.free_slots(q, 1),
+            (depth..2 * depth).collect::<Vec<_>>(),
+            "queue {q}: the second half is free for a live successor"
+        );
     }
     assert!(matches!(
         running.try_stop(),

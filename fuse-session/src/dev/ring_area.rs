@@ -21,9 +21,15 @@
 //! `P` is the page size)
 //!
 //! ```text
-//! page 0: magic "FLRING01", version u32 = 1, page size u32, queues u32, depth u32,
-//!         payload length u64, base address u64, check u64 (FNV-1a of bytes 0..40)
-//! entry k = queue * depth + j, at P * (1 + k * (2 + R)), R = pages of the payload
+//! page 0: magic "FLRING01", version u32 = 2, page size u32, queues u32, depth u32,
+//!         payload length u64, base address u64, slots u32, zero u32,
+//!         check u64 (FNV-1a of bytes 0..48)
+//!         (version 1: no slots field, the check over bytes 0..40 at 40; slots =
+//!         depth)
+//! entry k = queue * slots + j, at P * (1 + k * (2 + R)), R = pages of the payload
+//!   (`depth` is how many entries one process registers per queue; `slots` ≥ depth
+//!   how many the file holds, so that a live successor registers its own entries
+//!   while the old process's are still registered)
 //!   one page: header  [0, 288)   struct fuse_uring_req_header (the kernel's)
 //!                     [1024, ..) the entry's state, written by the daemon:
 //!                       answered u64   the unique whose complete reply the entry holds
@@ -77,8 +83,10 @@ use nix::sys::memfd::{memfd_create, MFdFlags};
 use crate::proto::PAYLOAD_OFFSET;
 
 const MAGIC: &[u8; 8] = b"FLRING01";
-const VERSION: u32 = 1;
-const FILE_HEADER: usize = 48;
+const VERSION: u32 = 2;
+const FILE_HEADER: usize = 56;
+/// The header of a version 1 area (no slots field).
+const FILE_HEADER_V1: usize = 48;
 /// Most queues (possible CPUs) an area may describe.
 pub const MAX_QUEUES: u32 = 4096;
 /// Largest payload buffer an area may describe.
@@ -134,8 +142,11 @@ pub struct RingGeometry {
     pub page: u32,
     /// Queues (one per possible CPU).
     pub queues: u32,
-    /// Entries per queue.
+    /// Entries per queue one process registers.
     pub depth: u32,
+    /// Entries per queue the file holds (at least `depth`): a live successor
+    /// registers on those the serving process does not own.
+    pub slots: u32,
     /// Bytes of each payload buffer.
     pub payload_len: u64,
 }
@@ -151,7 +162,7 @@ impl RingGeometry {
     }
 
     fn entries(&self) -> u64 {
-        u64::from(self.queues) * u64::from(self.depth)
+        u64::from(self.queues) * u64::from(self.slots)
     }
 
     /// Bytes of the whole file.
@@ -172,6 +183,9 @@ impl RingGeometry {
         }
         if self.depth == 0 || self.depth as usize > crate::dev::uring::MAX_DEPTH {
             return Err(format!("depth {}", self.depth));
+        }
+        if self.slots < self.depth || self.slots as usize > 2 * crate::dev::uring::MAX_DEPTH {
+            return Err(format!("{} slots for depth {}", self.slots, self.depth));
         }
         if (self.payload_len as usize) < abi::FUSE_MIN_READ_BUFFER || self.payload_len > MAX_PAYLOAD
         {
@@ -354,8 +368,10 @@ fn map_at(fd: Option<BorrowedFd<'_>>, len: usize, want: Option<u64>) -> io::Resu
 impl RingArea {
     /// A new area for `queues` queues of `depth` entries with payload buffers of
     /// `payload_len` bytes: a memfd named `name` (for the fd store) when `name` is
-    /// given, else anonymous shared memory. Mapped at an address chosen to be free
-    /// in a successor too.
+    /// given, with `2 × depth` slots per queue (room for a live successor's
+    /// entries; unused slots cost address space, not memory), else anonymous
+    /// shared memory with `depth` slots. Mapped at an address chosen to be free in
+    /// a successor too.
     ///
     /// # Errors
     /// A geometry out of range (`InvalidInput`), `memfd_create`, `ftruncate`,
@@ -370,6 +386,8 @@ impl RingArea {
             page: u32::try_from(crate::dev::page_size()).unwrap_or(4096),
             queues: u32::try_from(queues).unwrap_or(u32::MAX),
             depth: u32::try_from(depth).unwrap_or(u32::MAX),
+            slots: u32::try_from(if name.is_some() { 2 * depth } else { depth })
+                .unwrap_or(u32::MAX),
             payload_len: payload_len as u64,
         };
         geo.check()
@@ -412,8 +430,9 @@ impl RingArea {
         h[20..24].copy_from_slice(&self.geo.depth.to_le_bytes());
         h[24..32].copy_from_slice(&self.geo.payload_len.to_le_bytes());
         h[32..40].copy_from_slice(&(self.base as u64).to_le_bytes());
-        let check = fnv64(&h[0..40]);
-        h[40..48].copy_from_slice(&check.to_le_bytes());
+        h[40..44].copy_from_slice(&self.geo.slots.to_le_bytes());
+        let check = fnv64(&h[0..48]);
+        h[48..56].copy_from_slice(&check.to_le_bytes());
         h
     }
 
@@ -424,25 +443,43 @@ impl RingArea {
     pub fn read_header(bytes: &[u8]) -> io::Result<(RingGeometry, u64)> {
         let bad =
             |why: String| io::Error::new(io::ErrorKind::InvalidData, format!("ring area: {why}"));
-        if bytes.len() < FILE_HEADER {
+        if bytes.len() < FILE_HEADER_V1 {
             return Err(bad("short header".into()));
         }
         if &bytes[0..8] != MAGIC {
             return Err(bad("not a ring area (magic)".into()));
         }
-        if le_u64(bytes, 40) != fnv64(&bytes[0..40]) {
-            return Err(bad("header check failed".into()));
-        }
         let version = le_u32(bytes, 8);
-        if version != VERSION {
-            return Err(bad(format!(
-                "version {version}, this build reads {VERSION}"
-            )));
-        }
+        let slots = match version {
+            1 => {
+                if le_u64(bytes, 40) != fnv64(&bytes[0..40]) {
+                    return Err(bad("header check failed".into()));
+                }
+                le_u32(bytes, 20)
+            }
+            VERSION => {
+                if bytes.len() < FILE_HEADER {
+                    return Err(bad("short header".into()));
+                }
+                if le_u64(bytes, 48) != fnv64(&bytes[0..48]) {
+                    return Err(bad("header check failed".into()));
+                }
+                if le_u32(bytes, 44) != 0 {
+                    return Err(bad("reserved header bytes are not zero".into()));
+                }
+                le_u32(bytes, 40)
+            }
+            _ => {
+                return Err(bad(format!(
+                    "version {version}, this build reads 1 and {VERSION}"
+                )))
+            }
+        };
         let geo = RingGeometry {
             page: le_u32(bytes, 12),
             queues: le_u32(bytes, 16),
             depth: le_u32(bytes, 20),
+            slots,
             payload_len: le_u64(bytes, 24),
         };
         geo.check().map_err(bad)?;
@@ -509,7 +546,7 @@ impl RingArea {
     /// that serves (or last served) through the area.
     pub fn highest_owner(&self) -> u64 {
         (0..self.geo.queues as usize)
-            .flat_map(|q| (0..self.geo.depth as usize).map(move |j| (q, j)))
+            .flat_map(|q| (0..self.geo.slots as usize).map(move |j| (q, j)))
             .map(|(q, j)| self.entry(q, j).owner())
             .max()
             .unwrap_or(0)
@@ -517,8 +554,23 @@ impl RingArea {
 
     /// The owner generation of each entry of queue `qid`.
     pub fn owners(&self, qid: usize) -> Vec<u64> {
-        (0..self.geo.depth as usize)
+        (0..self.geo.slots as usize)
             .map(|j| self.entry(qid, j).owner())
+            .collect()
+    }
+
+    /// The slots of queue `qid` owned by generation `owner` (for an area no
+    /// process tagged, `owner` 0: the first `depth`, where an older build
+    /// registered).
+    pub fn slots_of(&self, qid: usize, owner: u64) -> Vec<usize> {
+        if owner == 0 {
+            return (0..self.geo.depth as usize).collect();
+        }
+        self.owners(qid)
+            .into_iter()
+            .enumerate()
+            .filter(|&(_, o)| o == owner)
+            .map(|(j, _)| j)
             .collect()
     }
 
@@ -558,7 +610,7 @@ impl RingArea {
 
     /// Entry `j` of queue `qid`.
     pub(crate) fn entry(&self, qid: usize, j: usize) -> EntryMem {
-        let k = (qid * self.geo.depth as usize + j) as u64;
+        let k = (qid * self.geo.slots as usize + j) as u64;
         let at = u64::from(self.geo.page) + k * self.geo.stride();
         let header = (self.base as u64 + at) as usize as *mut u8;
         EntryMem {
@@ -697,6 +749,21 @@ mod tests {
             assert!(RingArea::read_header(&bad).is_err(), "byte {i}");
         }
         assert!(RingArea::read_header(&h[..10]).is_err());
+        // A version 1 header (an area stored by an older build): slots = depth.
+        let mut v1 = [0u8; FILE_HEADER_V1];
+        v1[..40].copy_from_slice(&h[..40]);
+        v1[8..12].copy_from_slice(&1u32.to_le_bytes());
+        let check = fnv64(&v1[0..40]);
+        v1[40..48].copy_from_slice(&check.to_le_bytes());
+        let (g1, b1) = RingArea::read_header(&v1).unwrap();
+        assert_eq!((g1.slots, g1.depth, b1), (geo.depth, geo.depth, base));
+        // An unknown version is refused by name.
+        let mut v9 = h;
+        v9[8..12].copy_from_slice(&9u32.to_le_bytes());
+        let check = fnv64(&v9[0..48]);
+        v9[48..56].copy_from_slice(&check.to_le_bytes());
+        let e = RingArea::read_header(&v9).unwrap_err();
+        assert!(e.to_string().contains("version 9"), "{e}");
     }
 
     #[test]
@@ -759,8 +826,11 @@ mod tests {
                 *b = x as u8;
             }
             h[0..8].copy_from_slice(MAGIC);
+            h[8..12].copy_from_slice(&(1 + (x as u32 & 1)).to_le_bytes());
             let check = fnv64(&h[0..40]);
             h[40..48].copy_from_slice(&check.to_le_bytes());
+            let check = fnv64(&h[0..48]);
+            h[48..56].copy_from_slice(&check.to_le_bytes());
             // Valid magic and check, random geometry: refused or in range.
             if let Ok((geo, _)) = RingArea::read_header(&h) {
                 assert!(geo.file_len() <= MAX_AREA);
@@ -811,16 +881,21 @@ mod tests {
         let area = RingArea::new(Some("ring-area-test"), 2, 4, 8192).unwrap();
         assert_eq!(area.generation(), 1);
         assert_eq!(area.highest_owner(), 0);
-        assert_eq!(area.free_slots(0, 1), vec![0, 1, 2, 3]);
+        assert_eq!(
+            area.geometry().slots,
+            8,
+            "a memfd area has two slots per entry"
+        );
+        assert_eq!(area.free_slots(0, 1), (0..8).collect::<Vec<_>>());
         // Generation 1 serves on entries 0 and 1 of queue 0, entry 3 of queue 1;
         // entry 2 of queue 0 was an older process's (cancelled with its ring).
         area.entry(0, 0).set_owner(1);
         area.entry(0, 1).set_owner(1);
         area.entry(1, 3).set_owner(1);
         area.entry(0, 2).set_owner(0);
-        assert_eq!(area.owners(0), vec![1, 1, 0, 0]);
-        assert_eq!(area.free_slots(0, 1), vec![2, 3]);
-        assert_eq!(area.free_slots(1, 1), vec![0, 1, 2]);
+        assert_eq!(area.owners(0), vec![1, 1, 0, 0, 0, 0, 0, 0]);
+        assert_eq!(area.free_slots(0, 1), vec![2, 3, 4, 5, 6, 7]);
+        assert_eq!(area.free_slots(1, 1), vec![0, 1, 2, 4, 5, 6, 7]);
         assert_eq!(area.highest_owner(), 1);
         // The owner word lives in the shared file, where a successor reads it.
         let mut word = [0u8; 8];
@@ -841,10 +916,13 @@ mod tests {
         // Generation 2 registers on 2 and 3, then adopts entry 1 (it held a
         // request when generation 1 released its rings): retagged. Entry 0
         // (cancelled with generation 1's ring) is free for the next successor.
-        area.entry(0, 1).set_owner(2);
-        area.entry(0, 2).set_owner(2);
-        area.entry(0, 3).set_owner(2);
+        for j in [1, 2, 3] {
+            area.entry(0, j).set_owner(2);
+        }
         assert_eq!(area.highest_owner(), 2);
-        assert_eq!(area.free_slots(0, 2), vec![0]);
+        assert_eq!(area.free_slots(0, 2), vec![0, 4, 5, 6, 7]);
+        // Anonymous areas (never handed over) have one slot per entry.
+        let plain = RingArea::new(None, 1, 4, 8192).unwrap();
+        assert_eq!(plain.geometry().slots, 4);
     }
 }

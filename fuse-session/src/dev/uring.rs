@@ -340,23 +340,27 @@ impl UringQueue {
         device: BorrowedFd<'_>,
         area: std::sync::Arc<RingArea>,
         qid: u16,
-        depth: usize,
+        slots: &[usize],
         payload_len: usize,
     ) -> io::Result<UringQueue> {
         let geo = area.geometry();
-        if geo.depth as usize != depth
-            || geo.payload_len as usize != payload_len
+        let depth = slots.len();
+        if geo.payload_len as usize != payload_len
             || usize::from(qid) >= geo.queues as usize
+            || slots.iter().any(|&j| j >= geo.slots as usize)
         {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
-                format!("the ring area ({geo:?}) does not fit queue {qid} of depth {depth} with {payload_len}-byte payloads"),
+                format!("the ring area ({geo:?}) does not fit queue {qid} on slots {slots:?} with {payload_len}-byte payloads"),
             ));
         }
-        if !(1..=MAX_DEPTH).contains(&depth) {
+        if !(1..=2 * MAX_DEPTH).contains(&depth) {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
-                format!("an io_uring queue needs 1 to {MAX_DEPTH} entries, not {depth}"),
+                format!(
+                    "an io_uring queue needs 1 to {} entries, not {depth}",
+                    2 * MAX_DEPTH
+                ),
             ));
         }
         if payload_len < abi::FUSE_MIN_READ_BUFFER {
@@ -413,7 +417,7 @@ impl UringQueue {
         let mut entries = Vec::with_capacity(depth);
         let mut bufs = Vec::with_capacity(depth);
         let mut saves = Vec::with_capacity(depth);
-        for j in 0..depth {
+        for &j in slots {
             let mem = area.entry(usize::from(qid), j);
             let header = Region::new(mem.header, HEADER_REGION);
             let buf = Region::new(mem.buf, mem.buf_len);
