@@ -573,7 +573,7 @@ fn uring_pause_parks_the_queues_and_handoff_is_refused() {
 
 /// Every entry of a restartable area is tagged with the generation of the process
 /// that registered it (1 for a new area), in the shared file where a successor
-/// reads it, and the area has a second half of slots free for a live successor
+/// reads it, and the area has twice as many slots again free for a live successor
 /// (docs/DESIGN.md, "Live handoff over io_uring").
 #[test]
 fn uring_entries_carry_the_generation_that_registered_them() {
@@ -598,10 +598,10 @@ fn uring_entries_carry_the_generation_that_registered_them() {
     assert_eq!(area.generation(), 1);
     assert_eq!(area.highest_owner(), 1);
     let depth = area.geometry().depth as usize;
-    assert_eq!(area.geometry().slots as usize, 2 * depth);
+    assert_eq!(area.geometry().slots as usize, 3 * depth);
     for q in 0..area.geometry().queues as usize {
         let mut want = vec![1; depth];
-        want.resize(2 * depth, 0);
+        want.resize(3 * depth, 0);
         assert_eq!(
             area.owners(q),
             want,
@@ -609,15 +609,10 @@ fn uring_entries_carry_the_generation_that_registered_them() {
         );
         assert_eq!(
             area.free_slots(q, 1),
-            (depth..2 * depth).collect::<Vec<_>>(),
-            "queue {q}: the second half is free for a live successor"
+            (depth..3 * depth).collect::<Vec<_>>(),
+            "queue {q}: the other slots are free for a live successor"
         );
     }
-    assert!(matches!(
-        running.try_stop(),
-        Err(ServeError::Unsupported(_))
-    ));
-    assert!(running.is_serving());
     drop(area);
     m.finish();
 }

@@ -413,7 +413,12 @@ fn serve(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
         None => args.transport,
     };
     let server = Server::mount(fs, &mountpoint, &opts)?;
-    let running = server.spawn_with(transport, args.threads)?;
+    let running = if listener.is_some() && transport == TransportKind::IoUring {
+        // Entries in a memfd, which the handoff passes on.
+        server.spawn_uring(&restartable_uring(args))?
+    } else {
+        server.spawn_with(transport, args.threads)?
+    };
     follow_mount(&running);
     ready(&args.mountpoint)?;
     let options = HandoffOptions::new().threads(args.threads);

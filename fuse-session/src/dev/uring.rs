@@ -89,6 +89,8 @@ enum State {
     Committing,
     /// Holds a request for the daemon to answer.
     Request,
+    /// Not this queue's: a slot whose adoption the kernel refused (left free).
+    Unused,
 }
 
 /// A byte range of a [`RingArea`] mapping, used as a slice by one thread.
@@ -354,12 +356,12 @@ impl UringQueue {
                 format!("the ring area ({geo:?}) does not fit queue {qid} on slots {slots:?} with {payload_len}-byte payloads"),
             ));
         }
-        if !(1..=2 * MAX_DEPTH).contains(&depth) {
+        if !(1..=3 * MAX_DEPTH).contains(&depth) {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
                 format!(
                     "an io_uring queue needs 1 to {} entries, not {depth}",
-                    2 * MAX_DEPTH
+                    3 * MAX_DEPTH
                 ),
             ));
         }
@@ -509,7 +511,12 @@ impl UringQueue {
     ///
     /// # Errors
     /// As [`RingCore::register`].
-    pub fn start(&mut self, plan: &[EntryStart]) -> io::Result<()> {
+    ///
+    /// With `register_refused` false an entry whose commit the kernel refuses is
+    /// left unregistered and its slot free (a live successor adopting its
+    /// predecessor's entries keeps only those that held a request, so that slots
+    /// stay free for the next successor).
+    pub fn start(&mut self, plan: &[EntryStart], register_refused: bool) -> io::Result<()> {
         let mut committed = false;
         for (i, what) in plan.iter().enumerate().take(self.core.entries.len()) {
             if let EntryStart::Commit(unique, counted) = *what {
@@ -537,7 +544,12 @@ impl UringQueue {
                         self.core.qid,
                         Errno::from_raw(-res)
                     );
-                    self.core.entries[i].state = State::Idle;
+                    self.core.entries[i].state = if register_refused {
+                        State::Idle
+                    } else {
+                        self.core.entries[i].mem.set_owner(0);
+                        State::Unused
+                    };
                     if let Some(id) = counted.filter(|_| res == -nix::libc::ENOENT) {
                         self.core.lost.push(id);
                     }

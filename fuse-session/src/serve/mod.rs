@@ -535,16 +535,27 @@ impl TransportKind {
     /// transport works there.)
     ///
     /// [`TransportKind::Auto`] becomes [`TransportKind::DevFuse`], said at info
-    /// level; [`TransportKind::DevFuse`] stays. [`TransportKind::IoUring`] is an
-    /// error saying why: the live handoff of a ring-served mount is not built (the
-    /// new process would have to register entries of its own before the old one
-    /// releases its rings, docs/DESIGN.md). A daemon checks this at startup, before
-    /// it mounts, so that it never serves a mount it promised to hand over through
-    /// a transport that cannot be handed over.
+    /// level; [`TransportKind::DevFuse`] stays. [`TransportKind::IoUring`] stays,
+    /// logged with its cost: the daemon must serve with its entries in a memfd
+    /// ([`UringOptions::restartable`]), which the handoff passes on; the new
+    /// process registers its own entries before the old one closes its rings, and
+    /// adopts the requests they held ([`Server::take_ring_live`],
+    /// [`Running::adopt_ring`]); but a request the kernel hands to an entry of the
+    /// old process while all of the new one's entries of that queue are busy,
+    /// just as its rings close, fails with `ECANCELED` (docs/DESIGN.md, "Live
+    /// handoff over io_uring"). A daemon checks this at startup, before it mounts.
     ///
     /// # Errors
-    /// A message for the user when `self` is [`TransportKind::IoUring`].
+    /// None today (kept for a transport that cannot be handed over).
     pub fn restartable(self, why: &str) -> Result<TransportKind, String> {
+        if self == TransportKind::IoUring {
+            log::info!(
+                "transport io_uring for {why}: the entries are kept in a memfd the handoff \
+                 passes on; a request that reaches the old process's ring as it closes, \
+                 while the new one's entries are all busy, can fail with ECANCELED"
+            );
+            return Ok(TransportKind::IoUring);
+        }
         self.handoff_capable(why)
     }
 
@@ -836,7 +847,7 @@ impl<F: Filesystem> Running<F> {
         }
         let (tx, rx) = std::sync::mpsc::channel::<io::Result<()>>();
         for (qid, (slots, start)) in (0..qid_max).zip(plans) {
-            self.spawn_queue(qid, &area, slots, start, options.pin, &tx)?;
+            self.spawn_queue(qid, &area, slots, start, &tx, (options.pin, false))?;
         }
         drop(tx);
         for _ in 0..queues {
@@ -872,14 +883,16 @@ impl<F: Filesystem> Running<F> {
 
     /// Starts a thread serving queue `qid` on `slots` of `area` (`start[i]` for
     /// `slots[i]`); it reports on `tx` once its entries are registered (or failed).
+    /// `pin`: to the queue's CPU; `adopting`: a live successor's adoption (a
+    /// refused commit leaves its slot free).
     fn spawn_queue(
         &self,
         qid: u16,
         area: &Arc<RingArea>,
         slots: Vec<usize>,
         start: Vec<EntryStart>,
-        pin: bool,
         tx: &std::sync::mpsc::Sender<io::Result<()>>,
+        (pin, adopting): (bool, bool),
     ) -> Result<(), ServeError> {
         let Some(init) = self.session.init_state() else {
             return Err(ServeError::NoInit);
@@ -898,7 +911,7 @@ impl<F: Filesystem> Running<F> {
                 }
             }
             let setup = UringQueue::new(device.as_fd(), area, qid, &slots, payload_len)
-                .and_then(|mut q| q.start(&start).map(|()| q))
+                .and_then(|mut q| q.start(&start, !adopting).map(|()| q))
                 .and_then(|q| RingTransport::new(q, read_size, Arc::clone(&slot.waker)));
             drop(device);
             match setup {
@@ -947,7 +960,7 @@ impl<F: Filesystem> Running<F> {
                 .map_err(|_| ServeError::Uring(format!("queue {qid} out of range")))?;
             let (slots, start): (Vec<usize>, Vec<EntryStart>) = q.into_iter().unzip();
             log::info!("io_uring queue {qid}: adopting the predecessor's slots {slots:?}");
-            self.spawn_queue(qid, &area, slots, start, true, &tx)?;
+            self.spawn_queue(qid, &area, slots, start, &tx, (true, true))?;
             started += 1;
         }
         drop(tx);
@@ -1300,12 +1313,18 @@ impl<F: Filesystem> Running<F> {
     /// refused.
     ///
     /// # Errors
-    /// [`ServeError::Unsupported`] with the io_uring backend: closing the rings
+    /// [`ServeError::Unsupported`] with the io_uring backend over anonymous memory
+    /// (with [`UringOptions::restartable`] this stops; a live successor registers
+    /// first, see [`Server::take_ring_live`]): closing the rings
     /// leaves the kernel's ring entries of this connection in the "in userspace"
     /// state, with no way for another process to register in their place, so the
     /// mount could not be served by anyone; it keeps being served by this process.
     pub fn try_stop(&self) -> Result<Option<Mount>, ServeError> {
-        if matches!(self.backend, Backend::Uring { .. }) {
+        // A ring-served mount with its entries in a memfd stops for a live
+        // handoff: the queue threads leave, closing their rings (the kernel
+        // cancels their available entries; those holding a request keep it for
+        // the successor's `adopt_ring`). Over anonymous memory no one could.
+        if matches!(self.backend, Backend::Uring { .. }) && !self.ring_is_restartable() {
             return Err(ServeError::Unsupported(URING_NO_HANDOFF));
         }
         self.control.set_mode(Mode::Released);

@@ -379,10 +379,11 @@ pub(crate) fn recover_ring<F: Filesystem>(
         let mut q = Vec::with_capacity(slots.len());
         for j in slots {
             let start = match area.inspect(qid, j) {
-                // A live predecessor committed its replies itself (it parks at a
-                // request boundary); its empty entries were cancelled with its
-                // rings: only the requests it held are adopted.
-                EntryHolds::Nothing | EntryHolds::Reply(_) if live => continue,
+                // A live predecessor's empty entries were cancelled with its
+                // rings. A reply it wrote may still sit unsubmitted in its
+                // submission queue when it closed the ring: committed again below
+                // (the kernel refuses it if it had it: exactly once).
+                EntryHolds::Nothing if live => continue,
                 EntryHolds::Nothing => {
                     report.empty += 1;
                     EntryStart::Register

@@ -16,6 +16,7 @@ fn old_config(precopy: bool) -> OldConfig {
         version: 1,
         precopy,
         uring: false,
+        uring_area: false,
         max_snapshot: 1 << 20,
     }
 }
