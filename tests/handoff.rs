@@ -83,6 +83,11 @@ impl Chain {
 
     /// As [`Chain::start`], with more memfs arguments.
     fn start_with(test: &str, extra: &[&str]) -> Option<Chain> {
+        Chain::start_env(test, extra, &[])
+    }
+
+    /// As [`Chain::start_with`], with environment variables for the first daemon.
+    fn start_env(test: &str, extra: &[&str], env: &[(&str, &str)]) -> Option<Chain> {
         if !can_mount(test) {
             return None;
         }
@@ -115,7 +120,7 @@ impl Chain {
             "5",
         ];
         args.extend_from_slice(extra);
-        let (child, ready) = spawn_memfs(&args, &chain.log_path(0), &[]);
+        let (child, ready) = spawn_memfs(&args, &chain.log_path(0), env);
         chain.current = Some(child);
         let line = ready.recv_timeout(WAIT);
         assert_eq!(
@@ -494,6 +499,79 @@ fn uring_ready(test: &str) -> bool {
 /// (docs/DESIGN.md, "Live handoff over io_uring").
 #[test]
 fn twenty_handoffs_under_load_over_io_uring() {
+    twenty_handoffs_over_io_uring();
+}
+
+/// Over io_uring, a MKDIR sent while the old daemon is paused (before Commit, so
+/// before the new process has entries) lands in an entry of the old process,
+/// which holds it unanswered; the new process adopts that entry after the old
+/// one closed its rings, runs the MKDIR and commits its reply: the call succeeds.
+#[test]
+fn a_request_held_by_the_paused_rings_is_answered_by_the_new_process() {
+    let test = "a_request_held_by_the_paused_rings_is_answered_by_the_new_process";
+    if !uring_ready(test) {
+        return;
+    }
+    let hook = temp_dir("handoff-uring-hook");
+    stdfs::create_dir_all(&hook).unwrap();
+    let env = format!("hold-before-commit={}", hook.display());
+    let Some(mut chain) = Chain::start_env(
+        "handoff-uring-held",
+        &["--transport", "io-uring"],
+        &[("MEMFS_HANDOFF_TEST", env.as_str())],
+    ) else {
+        return;
+    };
+    stdfs::create_dir(chain.path("before")).unwrap();
+    let dev = stdfs::metadata(&chain.mnt).unwrap().dev();
+    let conn = (dev & 0xff) | ((dev >> 12) & 0xfff00);
+    let waiting = PathBuf::from(format!("/sys/fs/fuse/connections/{conn}/waiting"));
+    let (mnt, hook2) = (chain.mnt.clone(), hook.clone());
+    let side = std::thread::spawn(move || {
+        for _ in 0..2000 {
+            if hook2.join("paused").exists() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert!(hook2.join("paused").exists(), "the old daemon never paused");
+        let mk = std::thread::spawn(move || stdfs::create_dir(mnt.join("held")));
+        // Until the kernel has the MKDIR in flight (in an entry of the paused
+        // process, which has every available entry of the connection).
+        for _ in 0..400 {
+            let n: u64 = stdfs::read_to_string(&waiting)
+                .ok()
+                .and_then(|t| t.trim().parse().ok())
+                .unwrap_or(0);
+            if n > 0 {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        stdfs::write(hook2.join("go"), b"").unwrap();
+        mk.join().unwrap()
+    });
+    chain.hand_over();
+    let made = side.join().unwrap();
+    assert!(made.is_ok(), "the MKDIR held during the pause: {made:?}");
+    assert!(chain.path("held").is_dir(), "the directory exists");
+    assert!(chain.path("before").is_dir());
+    let log = chain.log(1);
+    let adopted: u64 = log
+        .split("RecoveredRing { requests: ")
+        .nth(1)
+        .and_then(|r| r.split(',').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    assert!(
+        adopted >= 1,
+        "the new process answered the held request from the old entry; its log:\n{log}"
+    );
+    chain.stop();
+    let _ = stdfs::remove_dir_all(&hook);
+}
+
+fn twenty_handoffs_over_io_uring() {
     if !uring_ready("twenty_handoffs_under_load_over_io_uring") {
         return;
     }

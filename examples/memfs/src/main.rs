@@ -124,8 +124,31 @@ const USAGE: &str =
 /// Test hooks for the handoff tests (environment variable `MEMFS_HANDOFF_TEST`, read
 /// by a `--takeover` process): `exit-after-receive` exits right after receiving the
 /// snapshot (a process dying mid-restore), `nack-after-receive` refuses it,
-/// `versions=MIN:MAX` announces those snapshot format versions.
+/// `versions=MIN:MAX` announces those snapshot format versions; read by the first
+/// daemon, `hold-before-commit=DIR` holds each handoff paused before Commit: it
+/// creates `DIR/paused` and waits (at most 4 s) for `DIR/go`, so that a test can
+/// send requests that the paused process's ring entries hold.
 const TEST_HOOK: &str = "MEMFS_HANDOFF_TEST";
+
+/// The `hold-before-commit=DIR` test hook (see [`TEST_HOOK`]).
+#[derive(Debug)]
+struct HoldBeforeCommit(PathBuf);
+
+impl fuse_snapshot::handoff::CommitObserver for HoldBeforeCommit {
+    fn before_commit(&self, _new_pid: i32) -> Result<(), String> {
+        std::fs::write(self.0.join("paused"), b"").map_err(|e| e.to_string())?;
+        let go = self.0.join("go");
+        for _ in 0..400 {
+            if go.exists() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        Ok(())
+    }
+
+    fn rolled_back(&self) {}
+}
 
 /// The snapshot file `--snapshot-dir` writes.
 const SNAPSHOT_FILE: &str = "memfs.snapshot";
@@ -421,7 +444,13 @@ fn serve(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
     };
     follow_mount(&running);
     ready(&args.mountpoint)?;
-    let options = HandoffOptions::new().threads(args.threads);
+    let mut options = HandoffOptions::new().threads(args.threads);
+    if let Some(dir) = std::env::var(TEST_HOOK)
+        .ok()
+        .and_then(|v| v.strip_prefix("hold-before-commit=").map(PathBuf::from))
+    {
+        options = options.commit_observer(Arc::new(HoldBeforeCommit(dir)));
+    }
     serve_until_done(&running, listener.as_ref(), args, options).map(drop)
 }
 
