@@ -573,7 +573,7 @@ fn uring_pause_parks_the_queues_and_handoff_is_refused() {
 
 /// Every entry of a restartable area is tagged with the generation of the process
 /// that registered it (1 for a new area), in the shared file where a successor
-/// reads it, and the area has twice as many slots again free for a live successor
+/// reads it, and the area has more slots, free for a live successor
 /// (docs/DESIGN.md, "Live handoff over io_uring").
 #[test]
 fn uring_entries_carry_the_generation_that_registered_them() {
@@ -598,10 +598,11 @@ fn uring_entries_carry_the_generation_that_registered_them() {
     assert_eq!(area.generation(), 1);
     assert_eq!(area.highest_owner(), 1);
     let depth = area.geometry().depth as usize;
-    assert_eq!(area.geometry().slots as usize, 3 * depth);
+    const SLOTS: usize = fuse_session::dev::ring_area::SLOTS_PER_ENTRY;
+    assert_eq!(area.geometry().slots as usize, SLOTS * depth);
     for q in 0..area.geometry().queues as usize {
         let mut want = vec![1; depth];
-        want.resize(3 * depth, 0);
+        want.resize(SLOTS * depth, 0);
         assert_eq!(
             area.owners(q),
             want,
@@ -609,7 +610,7 @@ fn uring_entries_carry_the_generation_that_registered_them() {
         );
         assert_eq!(
             area.free_slots(q, 1),
-            (depth..3 * depth).collect::<Vec<_>>(),
+            (depth..SLOTS * depth).collect::<Vec<_>>(),
             "queue {q}: the other slots are free for a live successor"
         );
     }

@@ -87,6 +87,11 @@ const VERSION: u32 = 2;
 const FILE_HEADER: usize = 56;
 /// The header of a version 1 area (no slots field).
 const FILE_HEADER_V1: usize = 48;
+/// Slots per entry of a memfd area: room for a live successor's entries while
+/// the serving process owns its own and the ones it adopted (those that held a
+/// request at its own handoff: the requests its predecessor's callers, and the
+/// kernel's RELEASEs, sent during the pause).
+pub const SLOTS_PER_ENTRY: usize = 4;
 /// Most queues (possible CPUs) an area may describe.
 pub const MAX_QUEUES: u32 = 4096;
 /// Largest payload buffer an area may describe.
@@ -184,7 +189,9 @@ impl RingGeometry {
         if self.depth == 0 || self.depth as usize > crate::dev::uring::MAX_DEPTH {
             return Err(format!("depth {}", self.depth));
         }
-        if self.slots < self.depth || self.slots as usize > 3 * crate::dev::uring::MAX_DEPTH {
+        if self.slots < self.depth
+            || self.slots as usize > SLOTS_PER_ENTRY * crate::dev::uring::MAX_DEPTH
+        {
             return Err(format!("{} slots for depth {}", self.slots, self.depth));
         }
         if (self.payload_len as usize) < abi::FUSE_MIN_READ_BUFFER || self.payload_len > MAX_PAYLOAD
@@ -368,7 +375,7 @@ fn map_at(fd: Option<BorrowedFd<'_>>, len: usize, want: Option<u64>) -> io::Resu
 impl RingArea {
     /// A new area for `queues` queues of `depth` entries with payload buffers of
     /// `payload_len` bytes: a memfd named `name` (for the fd store) when `name` is
-    /// given, with `3 × depth` slots per queue (room for a live successor's
+    /// given, with [`SLOTS_PER_ENTRY`] `× depth` slots per queue (room for a live successor's
     /// entries while the serving process owns its own and those it adopted;
     /// unused slots cost address space, not memory), else anonymous
     /// shared memory with `depth` slots. Mapped at an address chosen to be free in
@@ -387,8 +394,12 @@ impl RingArea {
             page: u32::try_from(crate::dev::page_size()).unwrap_or(4096),
             queues: u32::try_from(queues).unwrap_or(u32::MAX),
             depth: u32::try_from(depth).unwrap_or(u32::MAX),
-            slots: u32::try_from(if name.is_some() { 3 * depth } else { depth })
-                .unwrap_or(u32::MAX),
+            slots: u32::try_from(if name.is_some() {
+                SLOTS_PER_ENTRY * depth
+            } else {
+                depth
+            })
+            .unwrap_or(u32::MAX),
             payload_len: payload_len as u64,
         };
         geo.check()
@@ -884,21 +895,23 @@ mod tests {
         assert_eq!(area.highest_owner(), 0);
         assert_eq!(
             area.geometry().slots,
-            12,
-            "a memfd area has three slots per entry"
+            16,
+            "a memfd area has four slots per entry"
         );
-        assert_eq!(area.free_slots(0, 1), (0..12).collect::<Vec<_>>());
+        assert_eq!(area.free_slots(0, 1), (0..16).collect::<Vec<_>>());
         // Generation 1 serves on entries 0 and 1 of queue 0, entry 3 of queue 1;
         // entry 2 of queue 0 was an older process's (cancelled with its ring).
         area.entry(0, 0).set_owner(1);
         area.entry(0, 1).set_owner(1);
         area.entry(1, 3).set_owner(1);
         area.entry(0, 2).set_owner(0);
-        assert_eq!(area.owners(0), vec![1, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
-        assert_eq!(area.free_slots(0, 1), (2..12).collect::<Vec<_>>());
+        let mut want = vec![1, 1];
+        want.resize(16, 0);
+        assert_eq!(area.owners(0), want);
+        assert_eq!(area.free_slots(0, 1), (2..16).collect::<Vec<_>>());
         assert_eq!(
             area.free_slots(1, 1),
-            vec![0, 1, 2, 4, 5, 6, 7, 8, 9, 10, 11]
+            (0..16).filter(|&j| j != 3).collect::<Vec<_>>()
         );
         assert_eq!(area.highest_owner(), 1);
         // The owner word lives in the shared file, where a successor reads it.
@@ -924,7 +937,12 @@ mod tests {
             area.entry(0, j).set_owner(2);
         }
         assert_eq!(area.highest_owner(), 2);
-        assert_eq!(area.free_slots(0, 2), vec![0, 4, 5, 6, 7, 8, 9, 10, 11]);
+        assert_eq!(
+            area.free_slots(0, 2),
+            (0..16)
+                .filter(|j| ![1, 2, 3].contains(j))
+                .collect::<Vec<_>>()
+        );
         // Anonymous areas (never handed over) have one slot per entry.
         let plain = RingArea::new(None, 1, 4, 8192).unwrap();
         assert_eq!(plain.geometry().slots, 4);

@@ -356,12 +356,12 @@ impl UringQueue {
                 format!("the ring area ({geo:?}) does not fit queue {qid} on slots {slots:?} with {payload_len}-byte payloads"),
             ));
         }
-        if !(1..=3 * MAX_DEPTH).contains(&depth) {
+        if !(1..=crate::dev::ring_area::SLOTS_PER_ENTRY * MAX_DEPTH).contains(&depth) {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
                 format!(
                     "an io_uring queue needs 1 to {} entries, not {depth}",
-                    3 * MAX_DEPTH
+                    crate::dev::ring_area::SLOTS_PER_ENTRY * MAX_DEPTH
                 ),
             ));
         }
@@ -882,6 +882,13 @@ impl RingCore {
                 }
             }
         }
+    }
+
+    /// Submits the commands queued so far (the commits of replies), without
+    /// waiting: before the queue's thread parks or leaves, so that no reply waits
+    /// in the submission queue through a pause, or is lost with the ring.
+    pub fn submit_pending(&mut self) -> io::Result<()> {
+        self.submit()
     }
 
     fn submit(&mut self) -> io::Result<()> {
