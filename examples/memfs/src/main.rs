@@ -40,10 +40,11 @@
 //!   fd store `io-uring` is recovered after a crash (its ring entries are stored in
 //!   a memfd; a request that reaches the dying process's ring can fail with
 //!   ECANCELED: docs/RECOVERY.md "Crash recovery over io_uring"), and `auto` serves
-//!   through `/dev/fuse`, which loses no call. A mount served through io_uring
-//!   cannot be handed off live yet: with `--upgrade-socket`, `auto` serves through
-//!   `/dev/fuse` (said at log level info) and `io-uring` is refused at startup with
-//!   a message saying why, before anything is mounted. An unknown value exits 2.
+//!   through `/dev/fuse`, which loses no call. With `--upgrade-socket`, `auto`
+//!   serves through `/dev/fuse` (said at log level info) and `io-uring` serves
+//!   through rings whose entries are in a memfd that the handoff passes on
+//!   (docs/DESIGN.md, "Live handoff over io_uring"; not yet under a fd store).
+//!   An unknown value exits 2.
 //! - `--state FILE`: keep the contents across mounts. At start, if FILE exists, the
 //!   filesystem is restored from it (a snapshot file, as `--snapshot-dir` writes;
 //!   a damaged or unreadable file is an error, exit 1); at a clean end (unmounted,
