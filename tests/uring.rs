@@ -571,6 +571,53 @@ fn uring_pause_parks_the_queues_and_handoff_is_refused() {
     m.finish();
 }
 
+/// Every entry of a restartable area is tagged with the generation of the process
+/// that registered it (1 for a new area), in the shared file where a successor
+/// reads it, and the area has more slots, free for a live successor
+/// (docs/DESIGN.md, "Live handoff over io_uring").
+#[test]
+fn uring_entries_carry_the_generation_that_registered_them() {
+    let _s = serial();
+    if !uring_ready("uring_entries_carry_the_generation_that_registered_them") {
+        return;
+    }
+    let mut o = required();
+    o.restartable = true;
+    let m = UringMount::start("uring-owner", &o).expect("spawn_uring");
+    for k in 0..SMALL {
+        check_content(
+            FIRST_SMALL + k,
+            0,
+            &std::fs::read(m.path(&format!("s{k}"))).expect("read"),
+        );
+    }
+    let running = m.running();
+    assert!(ring_requests(running) > 0, "served through the rings");
+    let area = running.ring_area().expect("a ring area");
+    assert!(area.fd().is_some(), "a memfd");
+    assert_eq!(area.generation(), 1);
+    assert_eq!(area.highest_owner(), 1);
+    let depth = area.geometry().depth as usize;
+    const SLOTS: usize = fuse_session::dev::ring_area::SLOTS_PER_ENTRY;
+    assert_eq!(area.geometry().slots as usize, SLOTS * depth);
+    for q in 0..area.geometry().queues as usize {
+        let mut want = vec![1; depth];
+        want.resize(SLOTS * depth, 0);
+        assert_eq!(
+            area.owners(q),
+            want,
+            "queue {q}: the first half registered by generation 1"
+        );
+        assert_eq!(
+            area.free_slots(q, 1),
+            (depth..SLOTS * depth).collect::<Vec<_>>(),
+            "queue {q}: the other slots are free for a live successor"
+        );
+    }
+    drop(area);
+    m.finish();
+}
+
 #[test]
 fn uring_threads_end_when_the_connection_is_aborted() {
     let _s = serial();

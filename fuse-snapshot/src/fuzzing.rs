@@ -395,6 +395,7 @@ fn handoff_old(local: &Local, stream: &mut Stream<'_>) -> bool {
         version: 1 + u16::from(local.bit(1)),
         precopy: local.bit(2),
         uring: local.bit(3) && local.bit(4),
+        uring_area: local.bit(3) && !local.bit(4),
         max_snapshot: if local.bit(5) { 100 } else { MAX_SNAPSHOT },
     };
     let mut m = OldSide::new(config);

@@ -40,10 +40,11 @@
 //!   fd store `io-uring` is recovered after a crash (its ring entries are stored in
 //!   a memfd; a request that reaches the dying process's ring can fail with
 //!   ECANCELED: docs/RECOVERY.md "Crash recovery over io_uring"), and `auto` serves
-//!   through `/dev/fuse`, which loses no call. A mount served through io_uring
-//!   cannot be handed off live yet: with `--upgrade-socket`, `auto` serves through
-//!   `/dev/fuse` (said at log level info) and `io-uring` is refused at startup with
-//!   a message saying why, before anything is mounted. An unknown value exits 2.
+//!   through `/dev/fuse`, which loses no call. With `--upgrade-socket`, `auto`
+//!   serves through `/dev/fuse` (said at log level info) and `io-uring` serves
+//!   through rings whose entries are in a memfd that the handoff passes on
+//!   (docs/DESIGN.md, "Live handoff over io_uring"; not yet under a fd store).
+//!   An unknown value exits 2.
 //! - `--state FILE`: keep the contents across mounts. At start, if FILE exists, the
 //!   filesystem is restored from it (a snapshot file, as `--snapshot-dir` writes;
 //!   a damaged or unreadable file is an error, exit 1); at a clean end (unmounted,
@@ -124,8 +125,31 @@ const USAGE: &str =
 /// Test hooks for the handoff tests (environment variable `MEMFS_HANDOFF_TEST`, read
 /// by a `--takeover` process): `exit-after-receive` exits right after receiving the
 /// snapshot (a process dying mid-restore), `nack-after-receive` refuses it,
-/// `versions=MIN:MAX` announces those snapshot format versions.
+/// `versions=MIN:MAX` announces those snapshot format versions; read by the first
+/// daemon, `hold-before-commit=DIR` holds each handoff paused before Commit: it
+/// creates `DIR/paused` and waits (at most 4 s) for `DIR/go`, so that a test can
+/// send requests that the paused process's ring entries hold.
 const TEST_HOOK: &str = "MEMFS_HANDOFF_TEST";
+
+/// The `hold-before-commit=DIR` test hook (see [`TEST_HOOK`]).
+#[derive(Debug)]
+struct HoldBeforeCommit(PathBuf);
+
+impl fuse_snapshot::handoff::CommitObserver for HoldBeforeCommit {
+    fn before_commit(&self, _new_pid: i32) -> Result<(), String> {
+        std::fs::write(self.0.join("paused"), b"").map_err(|e| e.to_string())?;
+        let go = self.0.join("go");
+        for _ in 0..400 {
+            if go.exists() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        Ok(())
+    }
+
+    fn rolled_back(&self) {}
+}
 
 /// The snapshot file `--snapshot-dir` writes.
 const SNAPSHOT_FILE: &str = "memfs.snapshot";
@@ -413,10 +437,21 @@ fn serve(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
         None => args.transport,
     };
     let server = Server::mount(fs, &mountpoint, &opts)?;
-    let running = server.spawn_with(transport, args.threads)?;
+    let running = if listener.is_some() && transport == TransportKind::IoUring {
+        // Entries in a memfd, which the handoff passes on.
+        server.spawn_uring(&restartable_uring(args))?
+    } else {
+        server.spawn_with(transport, args.threads)?
+    };
     follow_mount(&running);
     ready(&args.mountpoint)?;
-    let options = HandoffOptions::new().threads(args.threads);
+    let mut options = HandoffOptions::new().threads(args.threads);
+    if let Some(dir) = std::env::var(TEST_HOOK)
+        .ok()
+        .and_then(|v| v.strip_prefix("hold-before-commit=").map(PathBuf::from))
+    {
+        options = options.commit_observer(Arc::new(HoldBeforeCommit(dir)));
+    }
     serve_until_done(&running, listener.as_ref(), args, options).map(drop)
 }
 

@@ -21,9 +21,15 @@
 //! `P` is the page size)
 //!
 //! ```text
-//! page 0: magic "FLRING01", version u32 = 1, page size u32, queues u32, depth u32,
-//!         payload length u64, base address u64, check u64 (FNV-1a of bytes 0..40)
-//! entry k = queue * depth + j, at P * (1 + k * (2 + R)), R = pages of the payload
+//! page 0: magic "FLRING01", version u32 = 2, page size u32, queues u32, depth u32,
+//!         payload length u64, base address u64, slots u32, zero u32,
+//!         check u64 (FNV-1a of bytes 0..48)
+//!         (version 1: no slots field, the check over bytes 0..40 at 40; slots =
+//!         depth)
+//! entry k = queue * slots + j, at P * (1 + k * (2 + R)), R = pages of the payload
+//!   (`depth` is how many entries one process registers per queue; `slots` ≥ depth
+//!   how many the file holds, so that a live successor registers its own entries
+//!   while the old process's are still registered)
 //!   one page: header  [0, 288)   struct fuse_uring_req_header (the kernel's)
 //!                     [1024, ..) the entry's state, written by the daemon:
 //!                       answered u64   the unique whose complete reply the entry holds
@@ -32,6 +38,8 @@
 //!                       tail u64       the unique whose payload follows them there
 //!                       clobbered u64  the unique whose payload was overwritten by
 //!                                      its reply without being saved first
+//!                       owner u64      the generation of the process that last
+//!                                      registered or adopted the entry (0: none)
 //!                     [1536, P)  the save area: a copy of the request in device
 //!                                layout (in header, op struct, small payloads)
 //!   one page + R pages: the reply buffer; from PAYLOAD_OFFSET (one page) on, the
@@ -75,8 +83,15 @@ use nix::sys::memfd::{memfd_create, MFdFlags};
 use crate::proto::PAYLOAD_OFFSET;
 
 const MAGIC: &[u8; 8] = b"FLRING01";
-const VERSION: u32 = 1;
-const FILE_HEADER: usize = 48;
+const VERSION: u32 = 2;
+const FILE_HEADER: usize = 56;
+/// The header of a version 1 area (no slots field).
+const FILE_HEADER_V1: usize = 48;
+/// Slots per entry of a memfd area: room for a live successor's entries while
+/// the serving process owns its own and the ones it adopted (those that held a
+/// request at its own handoff: the requests its predecessor's callers, and the
+/// kernel's RELEASEs, sent during the pause).
+pub const SLOTS_PER_ENTRY: usize = 4;
 /// Most queues (possible CPUs) an area may describe.
 pub const MAX_QUEUES: u32 = 4096;
 /// Largest payload buffer an area may describe.
@@ -92,6 +107,7 @@ const HEAD_LEN_AT: usize = STATE_AT + 16;
 const TAIL_AT: usize = STATE_AT + 24;
 const TAIL_LEN_AT: usize = STATE_AT + 32;
 const CLOBBERED_AT: usize = STATE_AT + 40;
+const OWNER_AT: usize = STATE_AT + 48;
 /// Offset of the save area in the header page.
 pub(crate) const SAVE_AT: usize = 1536;
 /// Offset of the trailer (`ring_ent_in_out`) in the header.
@@ -131,8 +147,11 @@ pub struct RingGeometry {
     pub page: u32,
     /// Queues (one per possible CPU).
     pub queues: u32,
-    /// Entries per queue.
+    /// Entries per queue one process registers.
     pub depth: u32,
+    /// Entries per queue the file holds (at least `depth`): a live successor
+    /// registers on those the serving process does not own.
+    pub slots: u32,
     /// Bytes of each payload buffer.
     pub payload_len: u64,
 }
@@ -148,7 +167,7 @@ impl RingGeometry {
     }
 
     fn entries(&self) -> u64 {
-        u64::from(self.queues) * u64::from(self.depth)
+        u64::from(self.queues) * u64::from(self.slots)
     }
 
     /// Bytes of the whole file.
@@ -169,6 +188,11 @@ impl RingGeometry {
         }
         if self.depth == 0 || self.depth as usize > crate::dev::uring::MAX_DEPTH {
             return Err(format!("depth {}", self.depth));
+        }
+        if self.slots < self.depth
+            || self.slots as usize > SLOTS_PER_ENTRY * crate::dev::uring::MAX_DEPTH
+        {
+            return Err(format!("{} slots for depth {}", self.slots, self.depth));
         }
         if (self.payload_len as usize) < abi::FUSE_MIN_READ_BUFFER || self.payload_len > MAX_PAYLOAD
         {
@@ -237,6 +261,18 @@ impl EntryMem {
         self.word(CLOBBERED_AT).store(unique, Ordering::Release);
     }
 
+    /// The generation of the process that last registered or adopted the entry
+    /// (0: never registered).
+    pub fn owner(&self) -> u64 {
+        self.word(OWNER_AT).load(Ordering::Acquire)
+    }
+
+    /// Records that a process of `generation` registers or adopts the entry (before
+    /// the command is submitted).
+    pub fn set_owner(&self, generation: u64) {
+        self.word(OWNER_AT).store(generation, Ordering::Release);
+    }
+
     /// Bytes the save area holds.
     pub fn save_len(&self) -> usize {
         self.page - SAVE_AT
@@ -282,6 +318,9 @@ pub struct RingArea {
     geo: RingGeometry,
     base: usize,
     len: usize,
+    /// The generation of this process's entries: 1 for a new area, one more than
+    /// the highest owner found in an inherited one.
+    generation: u64,
 }
 
 // SAFETY: the mapping is shared memory owned by this value; the slices it hands
@@ -336,8 +375,11 @@ fn map_at(fd: Option<BorrowedFd<'_>>, len: usize, want: Option<u64>) -> io::Resu
 impl RingArea {
     /// A new area for `queues` queues of `depth` entries with payload buffers of
     /// `payload_len` bytes: a memfd named `name` (for the fd store) when `name` is
-    /// given, else anonymous shared memory. Mapped at an address chosen to be free
-    /// in a successor too.
+    /// given, with [`SLOTS_PER_ENTRY`] `× depth` slots per queue (room for a live successor's
+    /// entries while the serving process owns its own and those it adopted;
+    /// unused slots cost address space, not memory), else anonymous
+    /// shared memory with `depth` slots. Mapped at an address chosen to be free in
+    /// a successor too.
     ///
     /// # Errors
     /// A geometry out of range (`InvalidInput`), `memfd_create`, `ftruncate`,
@@ -352,6 +394,12 @@ impl RingArea {
             page: u32::try_from(crate::dev::page_size()).unwrap_or(4096),
             queues: u32::try_from(queues).unwrap_or(u32::MAX),
             depth: u32::try_from(depth).unwrap_or(u32::MAX),
+            slots: u32::try_from(if name.is_some() {
+                SLOTS_PER_ENTRY * depth
+            } else {
+                depth
+            })
+            .unwrap_or(u32::MAX),
             payload_len: payload_len as u64,
         };
         geo.check()
@@ -377,6 +425,7 @@ impl RingArea {
             geo,
             base,
             len,
+            generation: 1,
         };
         if let Some(f) = &area.file {
             f.write_all_at(&area.encode_header(), 0)?;
@@ -393,8 +442,9 @@ impl RingArea {
         h[20..24].copy_from_slice(&self.geo.depth.to_le_bytes());
         h[24..32].copy_from_slice(&self.geo.payload_len.to_le_bytes());
         h[32..40].copy_from_slice(&(self.base as u64).to_le_bytes());
-        let check = fnv64(&h[0..40]);
-        h[40..48].copy_from_slice(&check.to_le_bytes());
+        h[40..44].copy_from_slice(&self.geo.slots.to_le_bytes());
+        let check = fnv64(&h[0..48]);
+        h[48..56].copy_from_slice(&check.to_le_bytes());
         h
     }
 
@@ -405,25 +455,43 @@ impl RingArea {
     pub fn read_header(bytes: &[u8]) -> io::Result<(RingGeometry, u64)> {
         let bad =
             |why: String| io::Error::new(io::ErrorKind::InvalidData, format!("ring area: {why}"));
-        if bytes.len() < FILE_HEADER {
+        if bytes.len() < FILE_HEADER_V1 {
             return Err(bad("short header".into()));
         }
         if &bytes[0..8] != MAGIC {
             return Err(bad("not a ring area (magic)".into()));
         }
-        if le_u64(bytes, 40) != fnv64(&bytes[0..40]) {
-            return Err(bad("header check failed".into()));
-        }
         let version = le_u32(bytes, 8);
-        if version != VERSION {
-            return Err(bad(format!(
-                "version {version}, this build reads {VERSION}"
-            )));
-        }
+        let slots = match version {
+            1 => {
+                if le_u64(bytes, 40) != fnv64(&bytes[0..40]) {
+                    return Err(bad("header check failed".into()));
+                }
+                le_u32(bytes, 20)
+            }
+            VERSION => {
+                if bytes.len() < FILE_HEADER {
+                    return Err(bad("short header".into()));
+                }
+                if le_u64(bytes, 48) != fnv64(&bytes[0..48]) {
+                    return Err(bad("header check failed".into()));
+                }
+                if le_u32(bytes, 44) != 0 {
+                    return Err(bad("reserved header bytes are not zero".into()));
+                }
+                le_u32(bytes, 40)
+            }
+            _ => {
+                return Err(bad(format!(
+                    "version {version}, this build reads 1 and {VERSION}"
+                )))
+            }
+        };
         let geo = RingGeometry {
             page: le_u32(bytes, 12),
             queues: le_u32(bytes, 16),
             depth: le_u32(bytes, 20),
+            slots,
             payload_len: le_u64(bytes, 24),
         };
         geo.check().map_err(bad)?;
@@ -469,12 +537,67 @@ impl RingArea {
                 io::Error::new(e.kind(), format!("ring area: mapping it at {base:#x}: {e}"))
             }
         })?;
-        Ok(RingArea {
+        let mut area = RingArea {
             file: Some(file),
             geo,
             base: base_at,
             len,
-        })
+            generation: 0,
+        };
+        area.generation = area.highest_owner().saturating_add(1);
+        Ok(area)
+    }
+
+    /// The generation this process tags the entries it registers or adopts with
+    /// ([`EntryMem::set_owner`]).
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// The highest owner generation of any entry: the generation of the process
+    /// that serves (or last served) through the area.
+    pub fn highest_owner(&self) -> u64 {
+        (0..self.geo.queues as usize)
+            .flat_map(|q| (0..self.geo.slots as usize).map(move |j| (q, j)))
+            .map(|(q, j)| self.entry(q, j).owner())
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// The owner generation of each entry of queue `qid`.
+    pub fn owners(&self, qid: usize) -> Vec<u64> {
+        (0..self.geo.slots as usize)
+            .map(|j| self.entry(qid, j).owner())
+            .collect()
+    }
+
+    /// The slots of queue `qid` owned by generation `owner` (for an area no
+    /// process tagged, `owner` 0: the first `depth`, where an older build
+    /// registered).
+    pub fn slots_of(&self, qid: usize, owner: u64) -> Vec<usize> {
+        if owner == 0 {
+            return (0..self.geo.depth as usize).collect();
+        }
+        self.owners(qid)
+            .into_iter()
+            .enumerate()
+            .filter(|&(_, o)| o == owner)
+            .map(|(j, _)| j)
+            .collect()
+    }
+
+    /// The entries of queue `qid` that a live successor may register while the
+    /// process of generation `serving` still serves through its own: those it
+    /// does not own (never registered, cancelled with an older process's ring, or
+    /// adopted and retagged since). A live handoff registers these before the old
+    /// process releases its rings (docs/DESIGN.md, "Live handoff over io_uring").
+    pub fn free_slots(&self, qid: usize, serving: u64) -> Vec<usize> {
+        self.owners(qid)
+            .into_iter()
+            .enumerate()
+            .filter(|&(_, o)| o != serving)
+            .map(|(j, _)| j)
+            .collect()
     }
 
     /// The memfd, for the fd store or a handoff (`None` for anonymous memory).
@@ -499,7 +622,7 @@ impl RingArea {
 
     /// Entry `j` of queue `qid`.
     pub(crate) fn entry(&self, qid: usize, j: usize) -> EntryMem {
-        let k = (qid * self.geo.depth as usize + j) as u64;
+        let k = (qid * self.geo.slots as usize + j) as u64;
         let at = u64::from(self.geo.page) + k * self.geo.stride();
         let header = (self.base as u64 + at) as usize as *mut u8;
         EntryMem {
@@ -638,6 +761,21 @@ mod tests {
             assert!(RingArea::read_header(&bad).is_err(), "byte {i}");
         }
         assert!(RingArea::read_header(&h[..10]).is_err());
+        // A version 1 header (an area stored by an older build): slots = depth.
+        let mut v1 = [0u8; FILE_HEADER_V1];
+        v1[..40].copy_from_slice(&h[..40]);
+        v1[8..12].copy_from_slice(&1u32.to_le_bytes());
+        let check = fnv64(&v1[0..40]);
+        v1[40..48].copy_from_slice(&check.to_le_bytes());
+        let (g1, b1) = RingArea::read_header(&v1).unwrap();
+        assert_eq!((g1.slots, g1.depth, b1), (geo.depth, geo.depth, base));
+        // An unknown version is refused by name.
+        let mut v9 = h;
+        v9[8..12].copy_from_slice(&9u32.to_le_bytes());
+        let check = fnv64(&v9[0..48]);
+        v9[48..56].copy_from_slice(&check.to_le_bytes());
+        let e = RingArea::read_header(&v9).unwrap_err();
+        assert!(e.to_string().contains("version 9"), "{e}");
     }
 
     #[test]
@@ -700,8 +838,11 @@ mod tests {
                 *b = x as u8;
             }
             h[0..8].copy_from_slice(MAGIC);
+            h[8..12].copy_from_slice(&(1 + (x as u32 & 1)).to_le_bytes());
             let check = fnv64(&h[0..40]);
             h[40..48].copy_from_slice(&check.to_le_bytes());
+            let check = fnv64(&h[0..48]);
+            h[48..56].copy_from_slice(&check.to_le_bytes());
             // Valid magic and check, random geometry: refused or in range.
             if let Ok((geo, _)) = RingArea::read_header(&h) {
                 assert!(geo.file_len() <= MAX_AREA);
@@ -738,9 +879,72 @@ mod tests {
         }
         area.write_reply(0, 1, 0, 42, &[1, 2, 3]);
         assert_eq!(area.inspect(0, 1), EntryHolds::Reply(42));
+        // The owner word is not part of what inspect reads.
+        e.set_owner(7);
+        assert_eq!(area.inspect(0, 1), EntryHolds::Reply(42));
         // A damaged length.
         // SAFETY: as above.
         unsafe { std::ptr::write_bytes(e.header.add(TRAILER_AT + 8), 0x7f, 8) };
         assert!(matches!(area.inspect(0, 1), EntryHolds::Damaged(..)));
+    }
+
+    #[test]
+    fn owners_tell_free_slots_and_successor_generation() {
+        let area = RingArea::new(Some("ring-area-test"), 2, 4, 8192).unwrap();
+        assert_eq!(area.generation(), 1);
+        assert_eq!(area.highest_owner(), 0);
+        assert_eq!(
+            area.geometry().slots,
+            16,
+            "a memfd area has four slots per entry"
+        );
+        assert_eq!(area.free_slots(0, 1), (0..16).collect::<Vec<_>>());
+        // Generation 1 serves on entries 0 and 1 of queue 0, entry 3 of queue 1;
+        // entry 2 of queue 0 was an older process's (cancelled with its ring).
+        area.entry(0, 0).set_owner(1);
+        area.entry(0, 1).set_owner(1);
+        area.entry(1, 3).set_owner(1);
+        area.entry(0, 2).set_owner(0);
+        let mut want = vec![1, 1];
+        want.resize(16, 0);
+        assert_eq!(area.owners(0), want);
+        assert_eq!(area.free_slots(0, 1), (2..16).collect::<Vec<_>>());
+        assert_eq!(
+            area.free_slots(1, 1),
+            (0..16).filter(|&j| j != 3).collect::<Vec<_>>()
+        );
+        assert_eq!(area.highest_owner(), 1);
+        // The owner word lives in the shared file, where a successor reads it.
+        let mut word = [0u8; 8];
+        let page = u64::from(area.geometry().page);
+        let entry0 = page; // entry 0 of queue 0 starts after the file header page
+        area.fd()
+            .map(|fd| {
+                let f = File::from(fd.try_clone_to_owned().unwrap());
+                f.read_exact_at(&mut word, entry0 + OWNER_AT as u64)
+                    .unwrap();
+            })
+            .unwrap();
+        assert_eq!(
+            u64::from_ne_bytes(word),
+            1,
+            "the owner word is in the shared file"
+        );
+        // Generation 2 registers on 2 and 3, then adopts entry 1 (it held a
+        // request when generation 1 released its rings): retagged. Entry 0
+        // (cancelled with generation 1's ring) is free for the next successor.
+        for j in [1, 2, 3] {
+            area.entry(0, j).set_owner(2);
+        }
+        assert_eq!(area.highest_owner(), 2);
+        assert_eq!(
+            area.free_slots(0, 2),
+            (0..16)
+                .filter(|j| ![1, 2, 3].contains(j))
+                .collect::<Vec<_>>()
+        );
+        // Anonymous areas (never handed over) have one slot per entry.
+        let plain = RingArea::new(None, 1, 4, 8192).unwrap();
+        assert_eq!(plain.geometry().slots, 4);
     }
 }

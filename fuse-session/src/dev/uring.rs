@@ -89,6 +89,8 @@ enum State {
     Committing,
     /// Holds a request for the daemon to answer.
     Request,
+    /// Not this queue's: a slot whose adoption the kernel refused (left free).
+    Unused,
 }
 
 /// A byte range of a [`RingArea`] mapping, used as a slice by one thread.
@@ -305,6 +307,9 @@ pub(crate) struct RingCore {
     /// A reply encoded in the staging area, to commit by
     /// [`UringQueue::commit_staged`].
     staged: Option<(usize, Placed)>,
+    /// The owner generation this process tags the entries it registers or adopts
+    /// with ([`RingArea::generation`]): a live successor registers on the others.
+    generation: u64,
 }
 
 impl std::fmt::Debug for UringQueue {
@@ -337,23 +342,27 @@ impl UringQueue {
         device: BorrowedFd<'_>,
         area: std::sync::Arc<RingArea>,
         qid: u16,
-        depth: usize,
+        slots: &[usize],
         payload_len: usize,
     ) -> io::Result<UringQueue> {
         let geo = area.geometry();
-        if geo.depth as usize != depth
-            || geo.payload_len as usize != payload_len
+        let depth = slots.len();
+        if geo.payload_len as usize != payload_len
             || usize::from(qid) >= geo.queues as usize
+            || slots.iter().any(|&j| j >= geo.slots as usize)
         {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
-                format!("the ring area ({geo:?}) does not fit queue {qid} of depth {depth} with {payload_len}-byte payloads"),
+                format!("the ring area ({geo:?}) does not fit queue {qid} on slots {slots:?} with {payload_len}-byte payloads"),
             ));
         }
-        if !(1..=MAX_DEPTH).contains(&depth) {
+        if !(1..=crate::dev::ring_area::SLOTS_PER_ENTRY * MAX_DEPTH).contains(&depth) {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
-                format!("an io_uring queue needs 1 to {MAX_DEPTH} entries, not {depth}"),
+                format!(
+                    "an io_uring queue needs 1 to {} entries, not {depth}",
+                    crate::dev::ring_area::SLOTS_PER_ENTRY * MAX_DEPTH
+                ),
             ));
         }
         if payload_len < abi::FUSE_MIN_READ_BUFFER {
@@ -410,7 +419,7 @@ impl UringQueue {
         let mut entries = Vec::with_capacity(depth);
         let mut bufs = Vec::with_capacity(depth);
         let mut saves = Vec::with_capacity(depth);
-        for j in 0..depth {
+        for &j in slots {
             let mem = area.entry(usize::from(qid), j);
             let header = Region::new(mem.header, HEADER_REGION);
             let buf = Region::new(mem.buf, mem.buf_len);
@@ -456,6 +465,7 @@ impl UringQueue {
                 keep: plain,
                 staging: (0, 0),
                 staged: None,
+                generation: area.generation(),
             },
             bufs,
             saves,
@@ -501,7 +511,12 @@ impl UringQueue {
     ///
     /// # Errors
     /// As [`RingCore::register`].
-    pub fn start(&mut self, plan: &[EntryStart]) -> io::Result<()> {
+    ///
+    /// With `register_refused` false an entry whose commit the kernel refuses is
+    /// left unregistered and its slot free (a live successor adopting its
+    /// predecessor's entries keeps only those that held a request, so that slots
+    /// stay free for the next successor).
+    pub fn start(&mut self, plan: &[EntryStart], register_refused: bool) -> io::Result<()> {
         let mut committed = false;
         for (i, what) in plan.iter().enumerate().take(self.core.entries.len()) {
             if let EntryStart::Commit(unique, counted) = *what {
@@ -529,7 +544,12 @@ impl UringQueue {
                         self.core.qid,
                         Errno::from_raw(-res)
                     );
-                    self.core.entries[i].state = State::Idle;
+                    self.core.entries[i].state = if register_refused {
+                        State::Idle
+                    } else {
+                        self.core.entries[i].mem.set_owner(0);
+                        State::Unused
+                    };
                     if let Some(id) = counted.filter(|_| res == -nix::libc::ENOENT) {
                         self.core.lost.push(id);
                     }
@@ -797,6 +817,8 @@ impl RingCore {
         let sqe = self.cmd_sqe(abi::FUSE_IO_URING_CMD_COMMIT_AND_FETCH, &cmd, None, i);
         self.push(&sqe)?;
         let e = &mut self.entries[i];
+        // The commit adopts the kernel's entry: it is this process's now.
+        e.mem.set_owner(self.generation);
         e.commit_id = unique;
         e.counted = counted;
         e.state = State::Committing;
@@ -816,6 +838,7 @@ impl RingCore {
             2,
         );
         self.push(&sqe)?;
+        self.entries[i].mem.set_owner(self.generation);
         self.entries[i].state = State::Registering;
         Ok(())
     }
@@ -859,6 +882,13 @@ impl RingCore {
                 }
             }
         }
+    }
+
+    /// Submits the commands queued so far (the commits of replies), without
+    /// waiting: before the queue's thread parks or leaves, so that no reply waits
+    /// in the submission queue through a pause, or is lost with the ring.
+    pub fn submit_pending(&mut self) -> io::Result<()> {
+        self.submit()
     }
 
     fn submit(&mut self) -> io::Result<()> {

@@ -188,8 +188,19 @@ pub struct Server<F: Filesystem> {
     /// Request slots the `/dev/fuse` workers read into (one each), if any.
     slots: Option<Arc<RequestSlots>>,
     /// A predecessor's ring area and what each queue does with its entries
-    /// ([`Server::recover_ring`]).
-    ring: Option<(Arc<RingArea>, RingPlan)>,
+    /// ([`Server::recover_ring`], [`Server::take_ring_live`]).
+    ring: Option<(Arc<RingArea>, RingStart)>,
+}
+
+/// How the queues start on a predecessor's ring area.
+#[derive(Debug)]
+enum RingStart {
+    /// After a crash: on the dead process's slots, as planned.
+    Recover(RingPlan),
+    /// A live handoff: fresh entries on the slots the predecessor (still serving
+    /// until it releases its rings) does not own; its held requests are adopted
+    /// later ([`Running::adopt_ring`]).
+    Live,
 }
 
 impl<F: Filesystem> Server<F> {
@@ -242,9 +253,19 @@ impl<F: Filesystem> Server<F> {
     /// A reply the kernel refuses (the request was interrupted and is gone) takes
     /// back the lookup it counted.
     pub fn recover_ring(&mut self, area: RingArea) -> RecoveredRing {
-        let (report, plan) = recover::recover_ring(&self.session, &area);
-        self.ring = Some((Arc::new(area), plan));
+        let (report, plan) = recover::recover_ring(&self.session, &area, false);
+        self.ring = Some((Arc::new(area), RingStart::Recover(plan)));
         report
+    }
+
+    /// A live handoff's successor serves through its predecessor's [`RingArea`]
+    /// (received with the device fd, mapped back at its address with
+    /// [`RingArea::from_fd`]): [`Server::spawn_uring`] then registers fresh
+    /// entries on the slots the predecessor does not own, while it still holds
+    /// its own. Once the predecessor has released its rings, call
+    /// [`Running::adopt_ring`] to answer and adopt the requests its entries held.
+    pub fn take_ring_live(&mut self, area: RingArea) {
+        self.ring = Some((Arc::new(area), RingStart::Live));
     }
 
     /// Makes the `/dev/fuse` workers read requests into `slots` (worker `i` into slot
@@ -514,16 +535,27 @@ impl TransportKind {
     /// transport works there.)
     ///
     /// [`TransportKind::Auto`] becomes [`TransportKind::DevFuse`], said at info
-    /// level; [`TransportKind::DevFuse`] stays. [`TransportKind::IoUring`] is an
-    /// error saying why: the live handoff of a ring-served mount is not built (the
-    /// new process would have to register entries of its own before the old one
-    /// releases its rings, docs/DESIGN.md). A daemon checks this at startup, before
-    /// it mounts, so that it never serves a mount it promised to hand over through
-    /// a transport that cannot be handed over.
+    /// level; [`TransportKind::DevFuse`] stays. [`TransportKind::IoUring`] stays,
+    /// logged with its cost: the daemon must serve with its entries in a memfd
+    /// ([`UringOptions::restartable`]), which the handoff passes on; the new
+    /// process registers its own entries before the old one closes its rings, and
+    /// adopts the requests they held ([`Server::take_ring_live`],
+    /// [`Running::adopt_ring`]); but a request the kernel hands to an entry of the
+    /// old process while all of the new one's entries of that queue are busy,
+    /// just as its rings close, fails with `ECANCELED` (docs/DESIGN.md, "Live
+    /// handoff over io_uring"). A daemon checks this at startup, before it mounts.
     ///
     /// # Errors
-    /// A message for the user when `self` is [`TransportKind::IoUring`].
+    /// None today (kept for a transport that cannot be handed over).
     pub fn restartable(self, why: &str) -> Result<TransportKind, String> {
+        if self == TransportKind::IoUring {
+            log::info!(
+                "transport io_uring for {why}: the entries are kept in a memfd the handoff \
+                 passes on; a request that reaches the old process's ring as it closes, \
+                 while the new one's entries are all busy, can fail with ECANCELED"
+            );
+            return Ok(TransportKind::IoUring);
+        }
         self.handoff_capable(why)
     }
 
@@ -696,7 +728,7 @@ pub struct Running<F: Filesystem> {
     backend: Backend,
     /// The io_uring entries' memory, and (once, at a recovery) what each queue
     /// does with its entries when it starts.
-    ring: Mutex<Option<(Arc<RingArea>, Option<RingPlan>)>>,
+    ring: Mutex<Option<(Arc<RingArea>, Option<RingStart>)>>,
 }
 
 /// Workers stay parked while this guard lives (see [`Running::pause`]).
@@ -763,15 +795,16 @@ impl<F: Filesystem> Running<F> {
                 "{queues} possible CPUs: more queues than supported"
             ))
         })?;
-        let (area, mut plan) = match lock(&self.ring).take() {
-            Some((area, plan)) => {
+        let (area, how) = match lock(&self.ring).take() {
+            Some((area, how)) => {
                 if !area.fits(queues, payload_len) {
                     return Err(ServeError::Uring(format!(
-                        "the ring area ({:?}) does not fit this connection ({queues} queues,                          {payload_len}-byte payloads)",
+                        "the ring area ({:?}) does not fit this connection ({queues} queues, \
+                         {payload_len}-byte payloads)",
                         area.geometry()
                     )));
                 }
-                (area, plan)
+                (area, how)
             }
             None => {
                 let name = options.restartable.then_some("fuse-ring-area");
@@ -781,47 +814,40 @@ impl<F: Filesystem> Running<F> {
             }
         };
         let depth = area.geometry().depth as usize;
-        let recovering = plan.is_some();
+        let recovering = matches!(how, Some(RingStart::Recover(_)));
+        // Per queue: the slots it serves and what it does with each at start.
+        let mut plans: Vec<(Vec<usize>, Vec<EntryStart>)> = match how {
+            Some(RingStart::Recover(plan)) => {
+                plan.into_iter().map(|q| q.into_iter().unzip()).collect()
+            }
+            Some(RingStart::Live) => {
+                let serving = area.generation().saturating_sub(1);
+                (0..queues)
+                    .map(|q| {
+                        let free: Vec<usize> = area
+                            .free_slots(q, serving)
+                            .into_iter()
+                            .take(depth)
+                            .collect();
+                        let n = free.len();
+                        (free, vec![EntryStart::Register; n])
+                    })
+                    .collect()
+            }
+            None => (0..queues)
+                .map(|_| ((0..depth).collect(), vec![EntryStart::Register; depth]))
+                .collect(),
+        };
+        plans.resize_with(queues, || ((0..0).collect(), Vec::new()));
+        if let Some(q) = plans.iter().position(|(slots, _)| slots.is_empty()) {
+            return Err(ServeError::Uring(format!(
+                "io_uring queue {q} has no free slot in the ring area (the predecessor owns \
+                 every one of them)"
+            )));
+        }
         let (tx, rx) = std::sync::mpsc::channel::<io::Result<()>>();
-        let read_size = self.session.read_buffer_size();
-        for qid in 0..qid_max {
-            let device = self.device.try_clone()?;
-            let tx = tx.clone();
-            let pin = options.pin;
-            let area = Arc::clone(&area);
-            let start: Vec<EntryStart> = plan
-                .as_mut()
-                .and_then(|p| p.get_mut(usize::from(qid)).map(std::mem::take))
-                .unwrap_or_default();
-            let make = move |slot: &WorkerSlot| {
-                if pin {
-                    if let Err(e) = uring::pin_to_cpu(usize::from(qid)) {
-                        log::debug!("cannot pin io_uring queue {qid} to its CPU: {e}");
-                    }
-                }
-                let setup = UringQueue::new(device.as_fd(), area, qid, depth, payload_len)
-                    .and_then(|mut q| q.start(&start).map(|()| q))
-                    .and_then(|q| RingTransport::new(q, read_size, Arc::clone(&slot.waker)));
-                drop(device);
-                match setup {
-                    Ok(t) => {
-                        log::debug!("io_uring queue {} registered", t.qid());
-                        let _ = tx.send(Ok(()));
-                        Ok(t)
-                    }
-                    Err(e) => {
-                        let _ = tx.send(Err(io::Error::new(e.kind(), e.to_string())));
-                        Err(e)
-                    }
-                }
-            };
-            let h = spawn_thread(
-                format!("fuse-uring-{qid}"),
-                &self.session,
-                &self.control,
-                make,
-            )?;
-            lock(&self.workers).push(h);
+        for (qid, (slots, start)) in (0..qid_max).zip(plans) {
+            self.spawn_queue(qid, &area, slots, start, &tx, (options.pin, false))?;
         }
         drop(tx);
         for _ in 0..queues {
@@ -853,6 +879,104 @@ impl<F: Filesystem> Running<F> {
             self.drain_queues(queues);
         }
         Ok((queues, depth))
+    }
+
+    /// Starts a thread serving queue `qid` on `slots` of `area` (`start[i]` for
+    /// `slots[i]`); it reports on `tx` once its entries are registered (or failed).
+    /// `pin`: to the queue's CPU; `adopting`: a live successor's adoption (a
+    /// refused commit leaves its slot free).
+    fn spawn_queue(
+        &self,
+        qid: u16,
+        area: &Arc<RingArea>,
+        slots: Vec<usize>,
+        start: Vec<EntryStart>,
+        tx: &std::sync::mpsc::Sender<io::Result<()>>,
+        (pin, adopting): (bool, bool),
+    ) -> Result<(), ServeError> {
+        let Some(init) = self.session.init_state() else {
+            return Err(ServeError::NoInit);
+        };
+        let page = crate::dev::page_size();
+        let payload_len =
+            UringQueue::payload_len_for(init.result.max_write, init.result.max_pages, page);
+        let read_size = self.session.read_buffer_size();
+        let device = self.device.try_clone()?;
+        let tx = tx.clone();
+        let area = Arc::clone(area);
+        let make = move |slot: &WorkerSlot| {
+            if pin {
+                if let Err(e) = uring::pin_to_cpu(usize::from(qid)) {
+                    log::debug!("cannot pin io_uring queue {qid} to its CPU: {e}");
+                }
+            }
+            let setup = UringQueue::new(device.as_fd(), area, qid, &slots, payload_len)
+                .and_then(|mut q| q.start(&start, !adopting).map(|()| q))
+                .and_then(|q| RingTransport::new(q, read_size, Arc::clone(&slot.waker)));
+            drop(device);
+            match setup {
+                Ok(t) => {
+                    log::debug!("io_uring queue {} registered on slots {slots:?}", t.qid());
+                    let _ = tx.send(Ok(()));
+                    Ok(t)
+                }
+                Err(e) => {
+                    let _ = tx.send(Err(io::Error::new(e.kind(), e.to_string())));
+                    Err(e)
+                }
+            }
+        };
+        let h = spawn_thread(
+            format!("fuse-uring-{qid}"),
+            &self.session,
+            &self.control,
+            make,
+        )?;
+        lock(&self.workers).push(h);
+        Ok(())
+    }
+
+    /// A live handoff's successor, once its predecessor has released its rings:
+    /// answers the requests the predecessor's entries held (received while it was
+    /// paused) through the session, as [`Server::recover_ring`] does, and adopts
+    /// those entries (a queue thread per queue that had any commits the replies;
+    /// the entries then serve on in this process). Then pokes every CPU's queue.
+    ///
+    /// # Errors
+    /// [`ServeError::Uring`] when the mount is not served through a ring area, or
+    /// a queue cannot start.
+    pub fn adopt_ring(&self) -> Result<RecoveredRing, ServeError> {
+        let Some(area) = self.ring_area() else {
+            return Err(ServeError::Uring("no ring area to adopt from".to_owned()));
+        };
+        let (report, plan) = recover::recover_ring(&self.session, &area, true);
+        let (tx, rx) = std::sync::mpsc::channel::<io::Result<()>>();
+        let mut started = 0;
+        for (qid, q) in plan.into_iter().enumerate() {
+            if q.is_empty() {
+                continue;
+            }
+            let qid = u16::try_from(qid)
+                .map_err(|_| ServeError::Uring(format!("queue {qid} out of range")))?;
+            let (slots, start): (Vec<usize>, Vec<EntryStart>) = q.into_iter().unzip();
+            log::info!("io_uring queue {qid}: adopting the predecessor's slots {slots:?}");
+            self.spawn_queue(qid, &area, slots, start, &tx, (true, true))?;
+            started += 1;
+        }
+        drop(tx);
+        for _ in 0..started {
+            match rx.recv_timeout(Duration::from_secs(10)) {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => return Err(ServeError::Uring(e.to_string())),
+                Err(_) => {
+                    return Err(ServeError::Uring(
+                        "an adopting io_uring queue did not start within 10 s".to_owned(),
+                    ))
+                }
+            }
+        }
+        self.drain_queues(area.geometry().queues as usize);
+        Ok(report)
     }
 
     /// After a recovery: a request from each CPU (a `statfs` of the root, from a
@@ -1189,12 +1313,18 @@ impl<F: Filesystem> Running<F> {
     /// refused.
     ///
     /// # Errors
-    /// [`ServeError::Unsupported`] with the io_uring backend: closing the rings
+    /// [`ServeError::Unsupported`] with the io_uring backend over anonymous memory
+    /// (with [`UringOptions::restartable`] this stops; a live successor registers
+    /// first, see [`Server::take_ring_live`]): closing the rings
     /// leaves the kernel's ring entries of this connection in the "in userspace"
     /// state, with no way for another process to register in their place, so the
     /// mount could not be served by anyone; it keeps being served by this process.
     pub fn try_stop(&self) -> Result<Option<Mount>, ServeError> {
-        if matches!(self.backend, Backend::Uring { .. }) {
+        // A ring-served mount with its entries in a memfd stops for a live
+        // handoff: the queue threads leave, closing their rings (the kernel
+        // cancels their available entries; those holding a request keep it for
+        // the successor's `adopt_ring`). Over anonymous memory no one could.
+        if matches!(self.backend, Backend::Uring { .. }) && !self.ring_is_restartable() {
             return Err(ServeError::Unsupported(URING_NO_HANDOFF));
         }
         self.control.set_mode(Mode::Released);

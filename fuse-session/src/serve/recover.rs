@@ -353,8 +353,9 @@ pub struct RecoveredRing {
     pub unanswered: usize,
 }
 
-/// The recovery plan of a ring area: what each queue does with each entry.
-pub(crate) type RingPlan = Vec<Vec<crate::dev::uring::EntryStart>>;
+/// The recovery plan of a ring area: per queue, the slots it serves and what it
+/// does with each when it starts.
+pub(crate) type RingPlan = Vec<Vec<(usize, crate::dev::uring::EntryStart)>>;
 
 /// Reads every entry of `area` (the dead process's, mapped back at its address)
 /// and answers the requests they hold through `session` (as resent requests, so
@@ -363,6 +364,7 @@ pub(crate) type RingPlan = Vec<Vec<crate::dev::uring::EntryStart>>;
 pub(crate) fn recover_ring<F: Filesystem>(
     session: &Session<F>,
     area: &crate::dev::RingArea,
+    live: bool,
 ) -> (RecoveredRing, RingPlan) {
     use crate::dev::ring_area::EntryHolds;
     use crate::dev::uring::EntryStart;
@@ -370,10 +372,18 @@ pub(crate) fn recover_ring<F: Filesystem>(
     let mut report = RecoveredRing::default();
     let mut out = vec![0u8; session.reply_buffer_size()];
     let mut plan = Vec::with_capacity(geo.queues as usize);
+    // The entries of the process before this one (generation - 1).
+    let previous = area.generation().saturating_sub(1);
     for qid in 0..geo.queues as usize {
-        let mut q = Vec::with_capacity(geo.depth as usize);
-        for j in 0..geo.depth as usize {
+        let slots = area.slots_of(qid, previous);
+        let mut q = Vec::with_capacity(slots.len());
+        for j in slots {
             let start = match area.inspect(qid, j) {
+                // A live predecessor's empty entries were cancelled with its
+                // rings. A reply it wrote may still sit unsubmitted in its
+                // submission queue when it closed the ring: committed again below
+                // (the kernel refuses it if it had it: exactly once).
+                EntryHolds::Nothing if live => continue,
                 EntryHolds::Nothing => {
                     report.empty += 1;
                     EntryStart::Register
@@ -461,12 +471,15 @@ pub(crate) fn recover_ring<F: Filesystem>(
                                  registered anew"
                             );
                             report.unanswered += 1;
+                            if live {
+                                continue;
+                            }
                             EntryStart::Register
                         }
                     }
                 }
             };
-            q.push(start);
+            q.push((j, start));
         }
         plan.push(q);
     }

@@ -201,6 +201,13 @@ impl Transport for RingTransport {
     }
 
     fn idle(&mut self, control: &Control) {
+        // Parking or leaving: replies committed since the last wait go out now.
+        if let Err(e) = self.queue.core().submit_pending() {
+            log::warn!(
+                "io_uring queue {}: submitting before parking: {e}",
+                self.queue.qid()
+            );
+        }
         control
             .ring_requests
             .fetch_add(std::mem::take(&mut self.served), Ordering::Relaxed);
@@ -209,7 +216,9 @@ impl Transport for RingTransport {
     fn served(&mut self, control: &Control) {
         self.served += 1;
         if self.served == 64 {
-            self.idle(control);
+            control
+                .ring_requests
+                .fetch_add(std::mem::take(&mut self.served), Ordering::Relaxed);
         }
     }
 }

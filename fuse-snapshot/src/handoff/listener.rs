@@ -302,10 +302,13 @@ fn serve_one<F: SnapshotFs>(
     let conn = Conn::new(stream, options.timeout, 0);
     let ops = F::precopy();
     let version = crate::FORMAT_VERSION;
+    let ring_area = matches!(running.backend(), Backend::Uring { .. })
+        && running.ring_area().is_some_and(|a| a.fd().is_some());
     let mut machine = OldSide::new(OldConfig {
         version,
         precopy: ops.is_some() && options.precopy,
-        uring: matches!(running.backend(), Backend::Uring { .. }),
+        uring: matches!(running.backend(), Backend::Uring { .. }) && !ring_area,
+        uring_area: ring_area,
         max_snapshot: options.max_snapshot,
     });
     let mut peer_pid = 0;
@@ -396,7 +399,7 @@ fn serve_one<F: SnapshotFs>(
                 guard = Some(g);
                 let encode_start = Instant::now();
                 fuse_session::fault::point("handoff-old-paused");
-                let taken = take_snapshot(running, recording.as_ref().map(|r| r.ops));
+                let taken = take_snapshot(running, recording.as_ref().map(|r| r.ops), ring_area);
                 encode = encode_start.elapsed();
                 let taken = taken.map(|(bytes, out, fs_fds)| {
                     let len = bytes.len();
@@ -477,7 +480,33 @@ fn serve_one<F: SnapshotFs>(
     // Committed: the new process serves as soon as it reads Commit. The workers are
     // parked; stop them for good without unmounting.
     fuse_session::fault::point("handoff-old-committed");
-    let mount = running.stop();
+    let mount = if ring_area {
+        // The new process registers its own entries first (at the head of every
+        // queue), then says so; only then are this process's rings closed.
+        let ready = conn.recv("wait for RingsReady").and_then(|r| {
+            if r.header.kind == Kind::RingsReady {
+                Ok(())
+            } else {
+                Err(HandoffError::Message(message::MessageError::Unexpected {
+                    got: r.header.kind,
+                    expected: "RingsReady",
+                }))
+            }
+        });
+        if let Err(e) = &ready {
+            // Committed: the session is the new process's either way.
+            log::error!("after Commit: {e}; closing the rings anyway");
+        }
+        let m = running.stop();
+        let _ = conn.send(
+            "send RingsReleased",
+            &message::encode_duration(Kind::RingsReleased, start.elapsed()),
+            &[],
+        );
+        m
+    } else {
+        running.stop()
+    };
     drop(guard);
     drop(recording);
     let session = running.session();
@@ -517,6 +546,7 @@ fn sent(machine: &mut OldSide, r: Result<(), HandoffError>) -> OldAction {
 fn take_snapshot<F: SnapshotFs>(
     running: &Running<F>,
     precopy: Option<PrecopyOps<F>>,
+    ring_area: bool,
 ) -> Result<(Vec<u8>, MountOut, Vec<OwnedFd>), HandoffError> {
     let out = match running.with_mount(mount_out) {
         Some(Ok(m)) => m,
@@ -528,7 +558,16 @@ fn take_snapshot<F: SnapshotFs>(
         Some(ops) => (ops.changes)(running.session(), &mut saver),
         None => crate::snapshot(running.session(), &mut saver),
     }?;
-    let fs_fds = saver.into_fds();
+    let mut fs_fds = saver.into_fds();
+    if ring_area {
+        // FEATURE_URING: the ring area goes last.
+        let fd = running
+            .ring_area()
+            .and_then(|a| a.fd().map(|fd| fd.try_clone_to_owned()))
+            .ok_or(HandoffError::NotServing)?
+            .map_err(io("duplicate the ring area's descriptor"))?;
+        fs_fds.push(fd);
+    }
     let total = 1 + usize::from(out.unmount_socket.is_some()) + fs_fds.len();
     if total > fuse_session::dev::MAX_FDS_PER_MESSAGE {
         return Err(HandoffError::Io {

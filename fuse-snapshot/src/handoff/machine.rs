@@ -27,7 +27,9 @@
 //! durations it measures (Ready, Ack and Commit carry them).
 use std::time::Duration;
 
-use super::message::{self, Hello, Kind, MessageError, SnapshotMeta, FEATURE_PRECOPY};
+use super::message::{
+    self, Hello, Kind, MessageError, SnapshotMeta, FEATURE_PRECOPY, FEATURE_URING,
+};
 use super::HandoffError;
 use crate::format::FormatError;
 
@@ -86,8 +88,12 @@ pub struct OldConfig {
     pub version: u16,
     /// Whether its filesystem implements pre-copy.
     pub precopy: bool,
-    /// Whether the mount is served over io_uring (not transferable: refused).
+    /// Whether the mount is served over io_uring with its entries in anonymous
+    /// memory (not transferable: refused).
     pub uring: bool,
+    /// Whether the mount is served over io_uring with its entries in a memfd: handed
+    /// over to a new process that offers [`FEATURE_URING`], refused to others.
+    pub uring_area: bool,
     /// The largest pre-copy base or round it sends.
     pub max_snapshot: usize,
 }
@@ -400,7 +406,9 @@ impl OldSide {
             Err(e) => return self.peer_failed(e.into()),
         };
         self.hello = Some(hello);
-        if self.config.uring {
+        // A ring-served mount (entries in a memfd) goes to a new process that
+        // takes over rings; an older one is refused before anything is paused.
+        if self.config.uring || (self.config.uring_area && hello.features & FEATURE_URING == 0) {
             return self.local_failed(HandoffError::BackendUnsupported);
         }
         let version = self.config.version;
@@ -411,7 +419,10 @@ impl OldSide {
             });
         }
         self.precopy = self.config.precopy && hello.features & FEATURE_PRECOPY != 0;
-        let features = if self.precopy { FEATURE_PRECOPY } else { 0 };
+        let mut features = if self.precopy { FEATURE_PRECOPY } else { 0 };
+        if self.config.uring_area {
+            features |= FEATURE_URING;
+        }
         self.state = OldState::SendingAccept;
         OldAction::Send(message::encode_accept(version, features))
     }
@@ -657,7 +668,7 @@ impl NewSide {
                 min_version,
                 max_version,
                 pid: config.pid,
-                features: if config.precopy { FEATURE_PRECOPY } else { 0 },
+                features: FEATURE_URING | if config.precopy { FEATURE_PRECOPY } else { 0 },
             },
             hello_failed: None,
             version: 0,

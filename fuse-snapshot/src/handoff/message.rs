@@ -9,7 +9,8 @@
 //!      0    4  magic  "FLHO"
 //!      4    1  protocol version (1)
 //!      5    1  kind   (1 Hello, 2 Accept, 3 Refuse, 4 Snapshot, 5 Ack, 6 Nack, 7 Commit,
-//!                      8 Precopy, 9 Ready, 10 PrecopyRound)
+//!                      8 Precopy, 9 Ready, 10 PrecopyRound, 11 RingsReady,
+//!                      12 RingsReleased)
 //!      6    2  reserved, zero
 //!      8    4  body length, little-endian (bounded per kind, see `Kind::max_body`)
 //! ```
@@ -30,6 +31,8 @@
 //! Precopy  the filesystem's pre-copied state                     (old -> new)
 //! Ready    decode_ns u64                                         (new -> old)
 //! PrecopyRound  changes since the pre-copy or the last round     (old -> new)
+//! RingsReady    elapsed_ns u64 (after Commit, FEATURE_URING)     (new -> old)
+//! RingsReleased elapsed_ns u64 (FEATURE_URING)                   (old -> new)
 //! ```
 //!
 //! `features` is a bit set ([`FEATURE_PRECOPY`]); a Hello or Accept without it
@@ -62,8 +65,16 @@ pub const MAX_MOUNTPOINT: usize = 4096;
 /// Feature bit: the new process takes a pre-copied filesystem state
 /// ([`crate::precopy`]) before the pause.
 pub const FEATURE_PRECOPY: u32 = 1;
+/// Feature bit: the new process takes over a mount served through io_uring
+/// (docs/DESIGN.md, "Live handoff over io_uring"). Agreed only when the old
+/// process serves through io_uring with its entries in a memfd: the Snapshot's
+/// last filesystem descriptor is then that ring area, and after Commit the new
+/// process sends RingsReady once its own entries are registered, the old one
+/// answers RingsReleased once its rings are closed. An old process serving
+/// through io_uring refuses a Hello without it (`BackendUnsupported`).
+pub const FEATURE_URING: u32 = 2;
 /// Every feature bit this release knows.
-pub const FEATURES: u32 = FEATURE_PRECOPY;
+pub const FEATURES: u32 = FEATURE_PRECOPY | FEATURE_URING;
 /// Fixed part of a Snapshot body before the mountpoint.
 const SNAPSHOT_FIXED: usize = 8 + 1 + 1 + 1 + 8 + 4 + 4;
 
@@ -91,6 +102,12 @@ pub enum Kind {
     Ready = 9,
     /// Old process, still serving: changes since the pre-copy or the last round.
     PrecopyRound = 10,
+    /// New process, after Commit ([`FEATURE_URING`]): its ring entries are
+    /// registered; the old process may release its rings.
+    RingsReady = 11,
+    /// Old process ([`FEATURE_URING`]): its rings are closed; adopt what its
+    /// entries held.
+    RingsReleased = 12,
 }
 
 impl Kind {
@@ -106,6 +123,8 @@ impl Kind {
             8 => Kind::Precopy,
             9 => Kind::Ready,
             10 => Kind::PrecopyRound,
+            11 => Kind::RingsReady,
+            12 => Kind::RingsReleased,
             _ => return None,
         })
     }
@@ -122,7 +141,7 @@ impl Kind {
             Kind::Snapshot => SNAPSHOT_FIXED
                 .saturating_add(MAX_MOUNTPOINT)
                 .saturating_add(max_snapshot),
-            Kind::Ack | Kind::Commit => 8,
+            Kind::Ack | Kind::Commit | Kind::RingsReady | Kind::RingsReleased => 8,
         }
     }
 }

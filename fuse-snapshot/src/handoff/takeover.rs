@@ -6,8 +6,8 @@ use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use fuse_session::dev::{Mount, MountMethod, MountParts};
-use fuse_session::serve::{Running, Server};
+use fuse_session::dev::{Mount, MountMethod, MountParts, RingArea};
+use fuse_session::serve::{Running, Server, UringOptions};
 use fuse_session::Session;
 
 use super::conn::{Conn, Received};
@@ -209,8 +209,9 @@ impl Takeover {
         let received = Instant::now();
         let transfer = received - r.started;
         let bytes = r.body.get(offset..).unwrap_or_default();
-        let restored = restore_from::<F>(&meta, bytes, r.fds, precopied, ops);
-        let (session, mount) = match restored {
+        let ring = machine.features() & message::FEATURE_URING != 0;
+        let restored = restore_from::<F>(&meta, bytes, r.fds, precopied, ops, ring);
+        let (session, mount, ring) = match restored {
             Ok(x) => {
                 let a = machine.handle(NewEvent::Restored(Ok(())));
                 match a {
@@ -244,6 +245,7 @@ impl Takeover {
             machine,
             session,
             mount,
+            ring,
             stats,
             threads,
         })
@@ -258,7 +260,41 @@ fn restore_from<F: SnapshotFs>(
     fds: Vec<std::os::fd::OwnedFd>,
     precopied: Option<Box<dyn std::any::Any + Send>>,
     ops: Option<crate::PrecopyOps<F>>,
-) -> Result<(Session<F>, Mount), HandoffError> {
+    ring: bool,
+) -> Result<(Session<F>, Mount, Option<RingArea>), HandoffError> {
+    let mut fds = fds;
+    // With FEATURE_URING the last descriptor is the ring area: map it first, at
+    // its recorded address, before restoring maps anything large.
+    let ring = if ring {
+        let fd = fds
+            .pop()
+            .ok_or(HandoffError::Message(message::MessageError::BadBody {
+                kind: Kind::Snapshot,
+                why: "no ring area descriptor",
+            }))?;
+        let area = RingArea::from_fd(fd).map_err(|e| HandoffError::Io {
+            what: "map the io_uring ring area",
+            source: e,
+        })?;
+        // Refused before Ack (the old process serves on) when a queue has no slot
+        // for this process's own entries.
+        let serving = area.generation().saturating_sub(1);
+        if let Some(q) =
+            (0..area.geometry().queues as usize).find(|&q| area.free_slots(q, serving).is_empty())
+        {
+            return Err(HandoffError::Io {
+                what: "take over the io_uring queues",
+                source: std::io::Error::other(format!(
+                    "queue {q} of the ring area has no free slot (the old process owns all \
+                     {} of them)",
+                    area.geometry().slots
+                )),
+            });
+        }
+        Some(area)
+    } else {
+        None
+    };
     let mut fds = fds.into_iter();
     let device = fds
         .next()
@@ -292,7 +328,7 @@ fn restore_from<F: SnapshotFs>(
         (Some(base), Some(ops)) => (ops.restore)(base, bytes, &mut restorer),
         _ => crate::restore::<F>(bytes, &mut restorer),
     }?;
-    Ok((session, mount))
+    Ok((session, mount, ring))
 }
 
 /// A session restored from the running daemon's snapshot, not yet served: the
@@ -303,6 +339,8 @@ pub struct Restored<F: SnapshotFs> {
     machine: NewSide,
     session: Session<F>,
     mount: Mount,
+    /// The old process's io_uring entries ([`message::FEATURE_URING`]).
+    ring: Option<RingArea>,
     stats: HandoffStats,
     threads: usize,
 }
@@ -370,6 +408,7 @@ impl<F: SnapshotFs> Restored<F> {
             mut machine,
             session,
             mount,
+            ring,
             mut stats,
             threads,
         } = self;
@@ -395,11 +434,57 @@ impl<F: SnapshotFs> Restored<F> {
         fuse_session::fault::point("handoff-new-committed");
         let mut server = Server::from_parts(session, mount);
         prepare(&mut server).map_err(HandoffError::Prepare)?;
-        let running = server.spawn(threads).map_err(HandoffError::Serve)?;
+        let running = match ring {
+            None => server.spawn(threads).map_err(HandoffError::Serve)?,
+            Some(area) => serve_rings(server, area, &conn, committed)?,
+        };
         stats.stall = since_pause + committed.elapsed();
         fuse_session::fault::point("handoff-new-serving");
         Ok((running, stats))
     }
+}
+
+/// After Commit, over io_uring: registers this process's entries on the slots of
+/// `area` the old process does not own, tells it (RingsReady), waits until it has
+/// closed its rings (RingsReleased), then answers and adopts the requests its
+/// entries held (docs/DESIGN.md, "Live handoff over io_uring").
+fn serve_rings<F: SnapshotFs>(
+    mut server: Server<F>,
+    area: RingArea,
+    conn: &Conn,
+    committed: Instant,
+) -> Result<Running<F>, HandoffError> {
+    server.take_ring_live(area);
+    let mut o = UringOptions::default();
+    o.required = true;
+    o.restartable = true;
+    let running = server.spawn_uring(&o).map_err(HandoffError::Serve)?;
+    let registered = committed.elapsed();
+    fuse_session::fault::point("handoff-new-rings-registered");
+    let ready = message::encode_duration(Kind::RingsReady, committed.elapsed());
+    let released = conn.send("send RingsReady", &ready, &[]).and_then(|()| {
+        let r = conn.recv("wait for RingsReleased")?;
+        if r.header.kind != Kind::RingsReleased {
+            return Err(HandoffError::Message(message::MessageError::Unexpected {
+                got: r.header.kind,
+                expected: "RingsReleased",
+            }));
+        }
+        Ok(())
+    });
+    if let Err(e) = released {
+        // The old process may still hold requests in its entries: adopt what
+        // they hold anyway (its rings go when it exits), and say so.
+        log::error!("after Commit: {e}; adopting the old process's entries as they are");
+    }
+    let released = committed.elapsed();
+    let report = running.adopt_ring().map_err(HandoffError::Serve)?;
+    log::info!(
+        "io_uring handoff: adopted the old process's entries: {report:?}; after Commit: \
+         registered in {registered:?}, the old rings released at {released:?}, adopted at {:?}",
+        committed.elapsed()
+    );
+    Ok(running)
 }
 
 /// Takes the mount over from the daemon listening on `path`: connect, take the

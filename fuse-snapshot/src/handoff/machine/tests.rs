@@ -16,6 +16,7 @@ fn old_config(precopy: bool) -> OldConfig {
         version: 1,
         precopy,
         uring: false,
+        uring_area: false,
         max_snapshot: 1 << 20,
     }
 }
@@ -432,6 +433,51 @@ fn no_common_version_is_refused_before_anything_is_touched() {
     ));
     assert!(matches!(r.new, NewEnd::Aborted(HandoffError::Refused(_))));
     assert_eq!(kinds(&r), [Kind::Hello, Kind::Refuse]);
+}
+
+#[test]
+fn a_ring_mount_with_a_memfd_area_is_handed_to_a_new_process_offering_rings() {
+    let mut s = Script::new(false);
+    s.old.uring_area = true;
+    let r = run(s);
+    assert!(matches!(r.old, OldEnd::Committed), "{:?}", r.old);
+    assert!(matches!(r.new, NewEnd::Served), "{:?}", r.new);
+}
+
+#[test]
+fn a_ring_mount_is_refused_to_a_new_process_that_does_not_offer_rings() {
+    for features in [0, FEATURE_PRECOPY] {
+        let mut m = OldSide::new(OldConfig {
+            uring_area: true,
+            ..old_config(true)
+        });
+        m.handle(OldEvent::PeerChecked(Ok(())));
+        let h = Msg::parse(&hello(features), 0);
+        match m.handle(OldEvent::Received(h.incoming())) {
+            OldAction::Abort {
+                error: HandoffError::BackendUnsupported,
+                refuse: Some(_),
+            } => {}
+            other => panic!("features {features}: {other:?}"),
+        }
+    }
+    // Offered: accepted with the bit.
+    let mut m = OldSide::new(OldConfig {
+        uring_area: true,
+        ..old_config(false)
+    });
+    m.handle(OldEvent::PeerChecked(Ok(())));
+    let h = Msg::parse(&hello(FEATURE_URING), 0);
+    match m.handle(OldEvent::Received(h.incoming())) {
+        OldAction::Send(bytes) => {
+            let accept = Msg::parse(&bytes, 0);
+            assert_eq!(
+                message::decode_accept(&accept.body).unwrap(),
+                (1, FEATURE_URING)
+            );
+        }
+        other => panic!("{other:?}"),
+    }
 }
 
 #[test]
