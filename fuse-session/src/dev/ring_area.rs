@@ -549,7 +549,7 @@ impl RingArea {
     }
 
     /// The generation this process tags the entries it registers or adopts with
-    /// ([`EntryMem::set_owner`]).
+    /// (written into each such entry's owner word).
     pub fn generation(&self) -> u64 {
         self.generation
     }
