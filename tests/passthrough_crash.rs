@@ -435,7 +435,7 @@ fn repeated_sigkill(test: &str, mode: Mode) {
     );
 
     let stop = Arc::new(AtomicBool::new(false));
-    let workers: Vec<_> = (0..WORKERS)
+    let mut workers: Vec<_> = (0..WORKERS)
         .map(|w| {
             let dir = k.mnt.join(format!("w{w}"));
             let stop = stop.clone();
@@ -460,8 +460,13 @@ fn repeated_sigkill(test: &str, mode: Mode) {
         k.next_ready(&format!("after kill {}", n + 1));
         if let Some(w) = workers.iter().position(|w| w.is_finished()) {
             stop.store(true, Ordering::Relaxed);
+            let why = match workers.swap_remove(w).join() {
+                Ok(Ok(_)) => "it stopped".to_owned(),
+                Ok(Err(e)) => e,
+                Err(_) => "it panicked".to_owned(),
+            };
             panic!(
-                "worker {w} ended during the kills; keeper log:\n{}",
+                "worker {w} ended during the kills ({why}); keeper log:\n{}",
                 k.log_text()
             );
         }
