@@ -30,30 +30,62 @@ fn wait_exit(child: &mut std::process::Child, what: &str) -> std::process::ExitS
     })
 }
 
+/// io_uring with an upgrade socket is served (live handoff over io_uring passes the
+/// ring area on, docs/DESIGN.md), and says so at startup; SIGTERM unmounts.
 #[test]
-fn io_uring_with_an_upgrade_socket_is_refused_before_mounting() {
-    if !common::can_mount("io_uring_with_an_upgrade_socket_is_refused_before_mounting") {
+fn io_uring_with_an_upgrade_socket_serves_and_says_so() {
+    if !common::can_mount("io_uring_with_an_upgrade_socket_serves_and_says_so") {
         return;
     }
     let dir = common::temp_dir("transport-upgrade");
     let mnt = dir.join("mnt");
     std::fs::create_dir(&mnt).expect("mountpoint");
+    let log = dir.join("memfs.log");
     let watchdog = Watchdog::arm(&mnt, None, common::WATCHDOG).expect("watchdog");
-    let out = Command::new(common::example_binary("memfs"))
+    let mut child = Command::new(common::example_binary("memfs"))
         .arg(&mnt)
         .arg("--upgrade-socket")
         .arg(dir.join("sock"))
         .args(["--transport", "io-uring"])
+        .env("RUST_LOG", "info")
         .stdin(Stdio::null())
-        .output()
+        .stdout(Stdio::piped())
+        .stderr(File::create(&log).expect("log"))
+        .spawn()
         .expect("run memfs");
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{err}");
+    let out = child.stdout.take().expect("stdout");
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for l in BufReader::new(out).lines() {
+            let Ok(l) = l else { break };
+            if tx.send(l).is_err() {
+                break;
+            }
+        }
+    });
+    let ready = rx.recv_timeout(PATIENCE);
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    if ready.is_err() {
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("memfs never said ready:\n{text}");
+    }
+    assert_eq!(ready.ok(), Some(format!("ready {}", mnt.display())));
+    assert!(common::is_fuse_mounted(&mnt), "mounted");
+    std::fs::write(mnt.join("f"), b"x").expect("write through the mount");
     assert!(
-        err.contains("io_uring was asked for, but live upgrade"),
-        "{err}"
+        text.contains("transport io_uring for live upgrade"),
+        "the startup says what io_uring costs a live upgrade:\n{text}"
     );
-    assert!(!common::is_fuse_mounted(&mnt), "nothing was mounted");
+    kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM).expect("SIGTERM");
+    let st = wait_exit(&mut child, "memfs after SIGTERM");
+    assert_eq!(
+        st.code(),
+        Some(0),
+        "{}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+    assert!(!common::is_fuse_mounted(&mnt), "unmounted on SIGTERM");
     assert!(!watchdog.disarm(), "the watchdog fired");
     let _ = std::fs::remove_dir_all(&dir);
 }
