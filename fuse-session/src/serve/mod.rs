@@ -598,16 +598,14 @@ impl TransportKind {
             TransportKind::DevFuse => Ok(TransportKind::DevFuse),
             TransportKind::Auto => {
                 log::info!(
-                    "transport auto: /dev/fuse, because {why} needs it (a mount served \
-                     through io_uring cannot be handed off live)"
+                    "transport auto: /dev/fuse, because {why} loses no call there (over \
+                     io_uring a request that reaches the old process's ring as it closes can \
+                     fail with ECANCELED; ask for io-uring to take that risk)"
                 );
                 Ok(TransportKind::DevFuse)
             }
-            TransportKind::IoUring => Err(format!(
-                "io_uring was asked for, but {why} needs /dev/fuse: a mount served through \
-                 io_uring cannot be handed to another process live yet (crash recovery \
-                 under a fd store works; use the transport dev-fuse or auto here)"
-            )),
+            // `restartable` answers for io_uring itself (it can be handed off).
+            TransportKind::IoUring => Ok(TransportKind::IoUring),
         }
     }
 }
