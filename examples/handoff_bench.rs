@@ -21,10 +21,11 @@
 //!
 //! `--transport` picks how the first daemon serves (default `dev-fuse`, what the
 //! figures so far were measured with), through `TransportKind::restartable`, as a
-//! daemon that hands its mount off does: `auto` becomes the transport a live
-//! handoff can keep, and a transport that cannot be handed off (`io-uring`, until
-//! the library hands io_uring mounts over) stops the benchmark before anything is
-//! mounted, with the library's reason and exit code 1.
+//! daemon that hands its mount off does: `auto` becomes `/dev/fuse` (which loses
+//! no call in a handoff), and `io-uring` is handed off over io_uring (the ring
+//! entries in a memfd passed on; docs/DESIGN.md). A transport the library could
+//! not hand off would stop the benchmark before anything is mounted, with the
+//! library's reason and exit code 1.
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::os::unix::fs::FileExt;
