@@ -38,7 +38,7 @@ use std::time::{Duration, Instant};
 use fuse_live_testkit::{chart, field, spawn_with_lines, stop_process, wait_exit};
 use fuse_session::dev::fusectl::{self, Watchdog};
 use fuse_session::dev::MountOptions;
-use fuse_session::serve::{Running, Server, TransportKind};
+use fuse_session::serve::{Running, Server, TransportKind, UringOptions};
 use fuse_snapshot::handoff::{self, HandoffOptions, UpgradeListener};
 
 // memfs's own modules (the memfs workspace crate).
@@ -116,7 +116,16 @@ fn daemon(mnt: Option<(&Path, TransportKind)>, sock: &Path) -> Res<()> {
             // 8 GiB: room for 2M inodes (memfs allows one per 4 KiB of capacity).
             let fs = MemFs::new(0, 0, 1 << 33, config);
             let opts = MountOptions::new().fsname("memfs").subtype("memfs");
-            let running = Server::mount(fs, mnt, &opts)?.spawn_with(kind, 2)?;
+            let server = Server::mount(fs, mnt, &opts)?;
+            let running = if kind == TransportKind::IoUring {
+                // The entries in a memfd the handoff passes on (as memfs does).
+                let mut o = UringOptions::default();
+                o.required = true;
+                o.restartable = true;
+                server.spawn_uring(&o)?
+            } else {
+                server.spawn_with(kind, 2)?
+            };
             writeln!(out, "ready")?;
             (running, listener)
         }
