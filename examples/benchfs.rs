@@ -444,46 +444,11 @@ fn parse_args(args: &[String], transport: TransportKind) -> std::result::Result<
     Ok(a)
 }
 
-/// A minimal `log` backend: level from `RUST_LOG`, lines to stderr.
-struct StderrLogger;
-
-impl log::Log for StderrLogger {
-    fn enabled(&self, m: &log::Metadata<'_>) -> bool {
-        m.level() <= log::max_level()
-    }
-
-    fn log(&self, r: &log::Record<'_>) {
-        if self.enabled(r.metadata()) {
-            eprintln!("benchfs {} {}: {}", r.level(), r.target(), r.args());
-        }
-    }
-
-    fn flush(&self) {}
-}
-
-fn init_logging() {
-    let level = match std::env::var("RUST_LOG")
-        .unwrap_or_default()
-        .to_ascii_lowercase()
-        .as_str()
-    {
-        "off" => log::LevelFilter::Off,
-        "error" => log::LevelFilter::Error,
-        "info" => log::LevelFilter::Info,
-        "debug" => log::LevelFilter::Debug,
-        "trace" => log::LevelFilter::Trace,
-        _ => log::LevelFilter::Warn,
-    };
-    if log::set_logger(&StderrLogger).is_ok() {
-        log::set_max_level(level);
-    }
-}
-
 fn main() {
     // Before any thread starts and before `ready` is printed: a SIGTERM sent right
     // after `ready` must reach run_until_signal, not the default action.
     fuse_session::serve::block_termination_signals();
-    init_logging();
+    fuse_live_testkit::stderr_log::init("benchfs");
     let args: Vec<String> = std::env::args().skip(1).collect();
     let uring_env = std::env::var_os("BENCHFS_URING").is_some_and(|v| v == "1");
     let transport_env = std::env::var("BENCHFS_TRANSPORT").ok();
