@@ -7,9 +7,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use fuse_live::InitFlags;
+use fuse_live_testkit::requests::{call, name, request};
 use fuse_session::dev::JournalMap;
 use fuse_session::fake::FakeKernel;
-use fuse_session::{Outcome, Session};
+use fuse_session::Session;
 use fuse_snapshot::journal::session::{recover_session, JournalHook, RecoveredSession};
 use fuse_snapshot::journal::JournalOptions;
 use fuse_snapshot::FdRestorer;
@@ -18,41 +19,6 @@ use memfs::fs::{Config, MemFs};
 const MAX: u64 = 1 << 26;
 const FUSE_LOOKUP: u32 = 1;
 const FUSE_MKDIR: u32 = 9;
-
-/// A request: the 40-byte header, then `body`.
-fn request(opcode: u32, unique: u64, nodeid: u64, body: &[u8]) -> Vec<u8> {
-    let len = 40 + body.len() as u32;
-    let mut b = Vec::with_capacity(len as usize);
-    b.extend_from_slice(&len.to_ne_bytes());
-    b.extend_from_slice(&opcode.to_ne_bytes());
-    b.extend_from_slice(&unique.to_ne_bytes());
-    b.extend_from_slice(&nodeid.to_ne_bytes());
-    b.extend_from_slice(&[0u8; 16]); // uid, gid, pid, total_extlen, padding
-    b.extend_from_slice(body);
-    b
-}
-
-fn name(n: &str) -> Vec<u8> {
-    let mut v = n.as_bytes().to_vec();
-    v.push(0);
-    v
-}
-
-/// Sends one request; returns the reply's error and, for an entry, its nodeid.
-fn call(session: &Session<MemFs>, bytes: &[u8]) -> (i32, u64) {
-    let mut out = vec![0u8; session.reply_buffer_size()];
-    let Outcome::Reply(parts) = session.handle(bytes, &mut out) else {
-        panic!("no reply");
-    };
-    let r = parts.to_vec();
-    let error = i32::from_ne_bytes(r[4..8].try_into().unwrap());
-    let nodeid = if error == 0 && r.len() >= 24 {
-        u64::from_ne_bytes(r[16..24].try_into().unwrap())
-    } else {
-        0
-    };
-    (error, nodeid)
-}
 
 fn mkdir(session: &Session<MemFs>, unique: u64, parent: u64, n: &str) -> u64 {
     let mut body = Vec::new();

@@ -12,8 +12,9 @@ use std::os::fd::OwnedFd;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use fuse_live_testkit::requests::{call, name, request};
 use fuse_session::dev::JournalMap;
-use fuse_session::{Outcome, Session};
+use fuse_session::Session;
 use fuse_snapshot::journal::session::{recover_session, JournalHook, RecoveredSession};
 use fuse_snapshot::journal::{recover, JournalOptions, LogEnd};
 use fuse_snapshot::FdRestorer;
@@ -23,41 +24,6 @@ const MAX: u64 = 1 << 26;
 const FUSE_LOOKUP: u32 = 1;
 const FUSE_MKDIR: u32 = 9;
 const FUSE_RELEASEDIR: u32 = 29;
-
-fn request(opcode: u32, unique: u64, nodeid: u64, body: &[u8]) -> Vec<u8> {
-    let len = 40 + body.len() as u32;
-    let mut b = Vec::with_capacity(len as usize);
-    b.extend_from_slice(&len.to_ne_bytes());
-    b.extend_from_slice(&opcode.to_ne_bytes());
-    b.extend_from_slice(&unique.to_ne_bytes());
-    b.extend_from_slice(&nodeid.to_ne_bytes());
-    b.extend_from_slice(&[0u8; 16]);
-    b.extend_from_slice(body);
-    b
-}
-
-fn name(n: &str) -> Vec<u8> {
-    let mut v = n.as_bytes().to_vec();
-    v.push(0);
-    v
-}
-
-/// Sends one request; returns the reply's error and its first 8 bytes after the
-/// header (an entry's nodeid).
-fn call(session: &Session<MemFs>, bytes: &[u8]) -> (i32, u64) {
-    let mut out = vec![0u8; session.reply_buffer_size()];
-    let Outcome::Reply(parts) = session.handle(bytes, &mut out) else {
-        panic!("no reply");
-    };
-    let r = parts.to_vec();
-    let error = i32::from_ne_bytes(r[4..8].try_into().unwrap());
-    let first = if error == 0 && r.len() >= 24 {
-        u64::from_ne_bytes(r[16..24].try_into().unwrap())
-    } else {
-        0
-    };
-    (error, first)
-}
 
 fn lookup(session: &Session<MemFs>, unique: u64, parent: u64, n: &str) -> (i32, u64) {
     call(session, &request(FUSE_LOOKUP, unique, parent, &name(n)))
