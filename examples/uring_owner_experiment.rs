@@ -83,6 +83,7 @@ const PUSH_TAIL_AT: usize = 1112;
 struct SqTail {
     ptr: *mut nix::libc::c_void,
     len: usize,
+    head_at: usize,
     tail_at: usize,
 }
 
@@ -105,7 +106,7 @@ impl SqTail {
         };
         // io_uring_params: sq_entries at 0; sq_off (io_sqring_offsets) at 40:
         // head, tail, ring_mask, ring_entries, flags, dropped, array.
-        let (sq_entries, tail_at, array_at) = (word(0), word(44), word(64));
+        let (sq_entries, head_at, tail_at, array_at) = (word(0), word(40), word(44), word(64));
         let len = array_at + sq_entries * 4;
         // SAFETY: maps the ring fd's SQ ring (offset IORING_OFF_SQ_RING = 0)
         // read-only; the kernel checks the length.
@@ -122,17 +123,34 @@ impl SqTail {
         if ptr == nix::libc::MAP_FAILED {
             return Err(io::Error::last_os_error());
         }
-        Ok(SqTail { ptr, len, tail_at })
+        if head_at + 4 > len || tail_at + 4 > len {
+            return Err(io::Error::other("SQ ring offsets out of the mapping"));
+        }
+        Ok(SqTail {
+            ptr,
+            len,
+            head_at,
+            tail_at,
+        })
+    }
+
+    fn load(&self, at: usize) -> u32 {
+        assert!(at + 4 <= self.len);
+        // SAFETY: in bounds of the mapping, 4-aligned (the kernel's layout); head
+        // and tail are atomics their writers store with release.
+        unsafe {
+            (*(self.ptr.cast::<u8>().add(at) as *const std::sync::atomic::AtomicU32))
+                .load(Ordering::Acquire)
+        }
     }
 
     fn get(&self) -> u32 {
-        assert!(self.tail_at + 4 <= self.len);
-        // SAFETY: in bounds of the mapping, 4-aligned (the kernel's layout); the
-        // tail is an atomic the submitter stores with release.
-        unsafe {
-            (*(self.ptr.cast::<u8>().add(self.tail_at) as *const std::sync::atomic::AtomicU32))
-                .load(Ordering::Acquire)
-        }
+        self.load(self.tail_at)
+    }
+
+    /// SQEs pushed and not yet consumed by the kernel.
+    fn pending(&self) -> u32 {
+        self.get().wrapping_sub(self.load(self.head_at))
     }
 }
 
@@ -156,10 +174,21 @@ const LAST_ERRNO: usize = 61;
 const ANSWERED: usize = 48;
 /// Queues of the current daemon that have submitted their first commands.
 const READY: usize = 62;
+/// `keeper` mode: the doorbell (a futex word, low half of the u64 word) the daemon
+/// bumps after pushing SQEs, and whether the keeper sleeps on it.
+const DOORBELL: usize = 52;
+const KEEPER_SLEEPING: usize = 53;
+/// CPU time (user + system, µs) of the `stat()` loops, summed as each one ends.
+const LOADER_CPU_US: usize = 54;
+/// Times the keeper went to sleep on the doorbell, and SQEs it submitted.
+const KEEPER_SLEEPS: usize = 55;
+const KEEPER_SUBMITS: usize = 56;
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Mode {
-    Sqpoll,
+    /// The supervisor owns the rings (`sqpoll`, `sqpoll1`, `keeper`).
+    Owner,
+    /// Each daemon creates its own rings (today's design).
     Plain,
 }
 
@@ -168,6 +197,26 @@ enum Mode {
 struct Setup {
     /// `sqpoll1`: one SQPOLL thread for every ring (`IORING_SETUP_ATTACH_WQ`).
     shared_thread: bool,
+    /// `+affN`: the SQPOLL thread pinned to CPU N (`IORING_SETUP_SQ_AFF`).
+    sq_cpu: Option<u32>,
+    /// `+onering`: one ring for every queue, served by one daemon thread.
+    one_ring: bool,
+    /// `keeper`: the owner's rings without SQPOLL; a keeper process (forked by the
+    /// supervisor, outliving every daemon) submits every SQE the daemon pushes when
+    /// the daemon rings a doorbell (a futex word in shared memory), so the commands'
+    /// task is the keeper's thread and their task work runs there.
+    keeper: bool,
+}
+
+impl Setup {
+    /// The queues each ring serves.
+    fn rings(&self, queues: usize) -> Vec<std::ops::Range<usize>> {
+        if self.one_ring {
+            std::iter::once(0..queues).collect()
+        } else {
+            (0..queues).map(|q| q..q + 1).collect()
+        }
+    }
 }
 
 /// Shared anonymous memory: inherited by every forked process at the same address.
@@ -210,6 +259,12 @@ impl Shared {
         unsafe { &*(self.ptr.add(at) as *const AtomicU64) }
     }
 
+    fn word32(&self, at: usize) -> &std::sync::atomic::AtomicU32 {
+        assert!(at % 4 == 0 && at + 4 <= self.len);
+        // SAFETY: as `word`: in bounds, aligned, only accessed atomically.
+        unsafe { &*(self.ptr.add(at) as *const std::sync::atomic::AtomicU32) }
+    }
+
     fn addr(&self, at: usize) -> *mut u8 {
         assert!(at <= self.len);
         // SAFETY: in bounds of the mapping.
@@ -246,21 +301,47 @@ fn run() -> io::Result<bool> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mut setup = Setup {
         shared_thread: false,
+        sq_cpu: None,
+        one_ring: false,
+        keeper: false,
     };
-    let mode = match args.first().map(String::as_str) {
-        None | Some("sqpoll") => Mode::Sqpoll,
+    let spec = args.first().map_or("sqpoll", String::as_str);
+    let mut parts = spec.split('+');
+    let mode = match parts.next() {
+        Some("sqpoll") => Mode::Owner,
         Some("sqpoll1") => {
             setup.shared_thread = true;
-            Mode::Sqpoll
+            Mode::Owner
+        }
+        Some("keeper") => {
+            setup.keeper = true;
+            Mode::Owner
         }
         Some("plain") => Mode::Plain,
-        Some(other) => {
+        other => {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
-                format!("unknown mode {other:?} (sqpoll, sqpoll1 or plain)"),
+                format!("unknown mode {other:?} (sqpoll, sqpoll1, keeper or plain)"),
             ))
         }
     };
+    for flag in parts {
+        match flag {
+            "onering" => setup.one_ring = true,
+            aff if aff.starts_with("aff") => {
+                let cpu = aff[3..].parse().map_err(|_| {
+                    io::Error::new(io::ErrorKind::InvalidInput, format!("bad flag {aff:?}"))
+                })?;
+                setup.sq_cpu = Some(cpu);
+            }
+            other => {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!("unknown flag {other:?} (onering, affN)"),
+                ))
+            }
+        }
+    }
     let num = |i: usize, default: u64| -> io::Result<u64> {
         args.get(i).map_or(Ok(default), |s| {
             s.parse().map_err(|_| {
@@ -326,7 +407,7 @@ fn run() -> io::Result<bool> {
         let _ = fusectl::tear_down(&mnt, conn);
     })?;
     let result = experiment(
-        mode, setup, kills, interval, idle, queues, cpus, &stats, &area, &dev, &mnt,
+        mode, setup, spec, kills, interval, idle, queues, cpus, &stats, &area, &dev, &mnt,
     );
     let _ = kill(watchdog, Signal::SIGKILL);
     let _ = waitpid(watchdog, None);
@@ -354,6 +435,7 @@ fn spawn(f: impl FnOnce()) -> io::Result<Pid> {
 fn experiment(
     mode: Mode,
     setup: Setup,
+    spec: &str,
     kills: u64,
     interval: u64,
     idle: u32,
@@ -365,31 +447,56 @@ fn experiment(
     mnt: &Path,
 ) -> io::Result<bool> {
     answer_init(dev.as_fd())?;
-    // SQPOLL: the supervisor owns the rings and registers the entries.
+    // Owner modes: the supervisor owns the rings and pushes the entries' REGISTERs
+    // (issued by its SQPOLL thread, or by the keeper it forks below).
     let mut owned: Vec<Ring> = Vec::new();
-    if mode == Mode::Sqpoll {
-        for q in 0..queues {
+    let layout = setup.rings(queues);
+    let sub = Submit {
+        keeper: setup.keeper,
+        stats,
+    };
+    if mode == Mode::Owner {
+        for qs in &layout {
             let mut builder = IoUring::builder();
-            builder.setup_sqpoll(idle);
-            if let (true, Some(first)) = (setup.shared_thread, owned.first()) {
-                builder.setup_attach_wq(first.as_raw_fd());
+            if !setup.keeper {
+                builder.setup_sqpoll(idle);
+                if let Some(cpu) = setup.sq_cpu {
+                    builder.setup_sqpoll_cpu(cpu);
+                }
+                if let (true, Some(first)) = (setup.shared_thread, owned.first()) {
+                    builder.setup_attach_wq(first.as_raw_fd());
+                }
             }
             let ring: Ring = builder.build(8)?;
             ring.submitter().register_files(&[dev.as_raw_fd()])?;
-            for k in 0..DEPTH {
-                push(&ring, register_sqe(area, q * DEPTH + k, q, 0))?;
+            for e in qs.start * DEPTH..qs.end * DEPTH {
+                push(&sub, &ring, register_sqe(area, e, e / DEPTH, 0))?;
             }
-            ring.submit()?;
+            if !setup.keeper {
+                ring.submit()?;
+            }
             owned.push(ring);
         }
     }
+    let keeper_pid = if setup.keeper {
+        let rings = &owned;
+        Some(spawn(move || {
+            if let Err(e) = keeper(rings, stats) {
+                eprintln!("keeper: {e}");
+            }
+        })?)
+    } else {
+        None
+    };
+    let machine_start = machine_cpu();
+    let load_start_avg = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     let load_start = Instant::now();
     let mut loaders = Vec::new();
     for cpu in 0..cpus {
         let mnt = mnt.to_owned();
         loaders.push(spawn(move || load(cpu, &mnt, stats))?);
     }
-    let mut daemon = spawn_daemon(mode, &owned, area, stats, dev, queues, false)?;
+    let mut daemon = spawn_daemon(mode, setup, &owned, area, stats, dev, queues, false)?;
     let mut stuck = false;
     let mut done_kills = 0;
     let mut drains = Vec::new();
@@ -402,7 +509,7 @@ fn experiment(
             .map(|c| stats.word(c * 24).load(Ordering::Relaxed))
             .collect();
         stats.word(READY * 8).store(0, Ordering::SeqCst);
-        daemon = spawn_daemon(mode, &owned, area, stats, dev, queues, true)?;
+        daemon = spawn_daemon(mode, setup, &owned, area, stats, dev, queues, true)?;
         if mode == Mode::Plain {
             let t = Instant::now();
             while stats.word(READY * 8).load(Ordering::SeqCst) < queues as u64
@@ -457,38 +564,101 @@ fn experiment(
         let _ = fusectl::tear_down(mnt, fusectl::connection_id(mnt).ok());
     }
     let sq_cpu = sqpoll_cpu_seconds();
+    let machine = machine_cpu().since(&machine_start);
+    let load_end_avg = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    let keeper_cpu = keeper_pid.map_or(0.0, process_cpu_seconds);
     for l in loaders.into_iter().chain(drains) {
         let _ = waitpid(l, None);
     }
     let _ = kill(daemon, Signal::SIGKILL);
     let _ = waitpid(daemon, None);
+    if let Some(k) = keeper_pid {
+        let _ = kill(k, Signal::SIGKILL);
+        let _ = waitpid(k, None);
+    }
     let (mut ok, mut canceled, mut other) = (0, 0, 0);
     for c in 0..cpus {
         ok += stats.word(c * 24).load(Ordering::Relaxed);
         canceled += stats.word(c * 24 + 8).load(Ordering::Relaxed);
         other += stats.word(c * 24 + 16).load(Ordering::Relaxed);
     }
-    let mode_name = match (mode, setup.shared_thread) {
-        (Mode::Plain, _) => "plain",
-        (Mode::Sqpoll, false) => "sqpoll",
-        (Mode::Sqpoll, true) => "sqpoll1",
-    };
+    // Every child is reaped but the watchdog: loaders, daemons, drains, keeper.
+    let children = nix::sys::resource::getrusage(nix::sys::resource::UsageWho::RUSAGE_CHILDREN)
+        .map_or(0.0, |u| {
+            let t = |v: nix::sys::time::TimeVal| v.tv_sec() as f64 + v.tv_usec() as f64 / 1e6;
+            t(u.user_time()) + t(u.system_time())
+        });
+    let loaders_cpu = stats.word(LOADER_CPU_US * 8).load(Ordering::Relaxed) as f64 / 1e6;
     println!(
-        "mode={mode_name} kills={done_kills} stat_ok={ok} ecanceled={canceled} other_errors={other} \
-         (last errno {}) stuck={stuck} elapsed={:.1}s stat_per_s={:.0} sqpoll_cpu_s={sq_cpu:.1}",
+        "mode={spec} idle_ms={idle} kills={done_kills} stat_ok={ok} ecanceled={canceled} other_errors={other} \
+         (last errno {}) stuck={stuck} elapsed={:.1}s stat_per_s={:.0}",
         stats.word(LAST_ERRNO * 8).load(Ordering::Relaxed),
         elapsed.as_secs_f64(),
         ok as f64 / elapsed.as_secs_f64(),
     );
     println!(
-        "answered: lookup={} getattr={} statfs={} other={}",
-        stats.word(ANSWERED * 8).load(Ordering::Relaxed),
-        stats.word((ANSWERED + 1) * 8).load(Ordering::Relaxed),
-        stats.word((ANSWERED + 2) * 8).load(Ordering::Relaxed),
-        stats.word((ANSWERED + 3) * 8).load(Ordering::Relaxed)
+        "cpu_s: sqpoll={sq_cpu:.1} keeper={keeper_cpu:.1} loaders={loaders_cpu:.1} \
+         daemons+keeper+drains={:.1} machine_busy={:.1} of {:.1} (other sessions included) \
+         keeper_sleeps={} keeper_submits={} loadavg_start={} loadavg_end={}",
+        (children - loaders_cpu).max(0.0),
+        machine.0,
+        machine.1,
+        stats.word(KEEPER_SLEEPS * 8).load(Ordering::Relaxed),
+        stats.word(KEEPER_SUBMITS * 8).load(Ordering::Relaxed),
+        load_start_avg.split_whitespace().next().unwrap_or("?"),
+        load_end_avg.split_whitespace().next().unwrap_or("?"),
     );
     drop(owned);
     Ok(!stuck && canceled == 0 && other == 0)
+}
+
+/// The machine's CPU time from `/proc/stat`: (busy, total) in seconds.
+struct MachineCpu(f64, f64);
+
+impl MachineCpu {
+    fn since(&self, start: &MachineCpu) -> (f64, f64) {
+        (self.0 - start.0, self.1 - start.1)
+    }
+}
+
+fn machine_cpu() -> MachineCpu {
+    let ticks = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+        .ok()
+        .flatten()
+        .unwrap_or(100) as f64;
+    let text = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    // "cpu  user nice system idle iowait irq softirq steal ..."
+    let fields: Vec<u64> = text
+        .lines()
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    let total: u64 = fields.iter().take(8).sum();
+    let idle = fields.get(3).copied().unwrap_or(0) + fields.get(4).copied().unwrap_or(0);
+    MachineCpu(
+        total.saturating_sub(idle) as f64 / ticks,
+        total as f64 / ticks,
+    )
+}
+
+/// CPU seconds (user + system) of a live process, all its threads.
+fn process_cpu_seconds(pid: Pid) -> f64 {
+    let ticks = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+        .ok()
+        .flatten()
+        .unwrap_or(100) as f64;
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return 0.0;
+    };
+    let Some(close) = stat.rfind(')') else {
+        return 0.0;
+    };
+    let rest: Vec<&str> = stat[close + 1..].split_whitespace().collect();
+    let field = |i: usize| rest.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    (field(11) + field(12)) as f64 / ticks
 }
 
 /// CPU seconds (user + system) the SQPOLL threads of this process used: the
@@ -548,10 +718,19 @@ fn load(cpu: usize, mnt: &Path, stats: &Shared) {
                 let errno = u64::try_from(e.raw_os_error().unwrap_or(0)).unwrap_or(0);
                 stats.word(LAST_ERRNO * 8).store(errno, Ordering::Relaxed);
                 if e.raw_os_error() == Some(nix::libc::ENOTCONN) {
-                    return;
+                    break;
                 }
             }
         }
+    }
+    if let Ok(u) = nix::sys::resource::getrusage(nix::sys::resource::UsageWho::RUSAGE_SELF) {
+        let us = |v: nix::sys::time::TimeVal| {
+            u64::try_from(v.tv_sec()).unwrap_or(0) * 1_000_000
+                + u64::try_from(v.tv_usec()).unwrap_or(0)
+        };
+        stats
+            .word(LOADER_CPU_US * 8)
+            .fetch_add(us(u.user_time()) + us(u.system_time()), Ordering::Relaxed);
     }
 }
 
@@ -611,7 +790,114 @@ fn commit_sqe(e: usize, qid: usize, unique: u64, generation: u64) -> squeue::Ent
         .user_data(token(e, generation))
 }
 
-fn push(ring: &Ring, sqe: squeue::Entry128) -> io::Result<()> {
+/// How SQEs reach the kernel: `io_uring_enter` by the pusher (plain rings, or the
+/// SQPOLL thread woken by it), or the keeper's doorbell.
+#[derive(Clone, Copy)]
+struct Submit<'a> {
+    keeper: bool,
+    stats: &'a Shared,
+}
+
+impl Submit<'_> {
+    /// Gets the pushed SQEs submitted: by this task (or the SQPOLL thread), or by
+    /// the keeper.
+    fn kick(&self, ring: &Ring) -> io::Result<()> {
+        if !self.keeper {
+            ring.submit()?;
+            return Ok(());
+        }
+        let bell = self.stats.word32(DOORBELL * 8);
+        bell.fetch_add(1, Ordering::SeqCst);
+        if self.stats.word(KEEPER_SLEEPING * 8).load(Ordering::SeqCst) != 0 {
+            futex_wake(bell);
+        }
+        Ok(())
+    }
+
+    /// Waits for a completion (and, outside keeper mode, submits what was pushed).
+    fn wait(&self, ring: &Ring) -> io::Result<()> {
+        if !self.keeper {
+            ring.submit_and_wait(1)?;
+            return Ok(());
+        }
+        // SAFETY: no argument; to_submit 0: this task never issues a command on an
+        // owner's ring in keeper mode (its task would then be the command's task).
+        unsafe {
+            ring.submitter().enter::<nix::libc::sigset_t>(
+                0, 1, 1, // IORING_ENTER_GETEVENTS
+                None,
+            )?
+        };
+        Ok(())
+    }
+}
+
+/// `FUTEX_WAIT` on a word of shared memory (not private: several processes).
+fn futex_wait(word: &std::sync::atomic::AtomicU32, seen: u32) {
+    // SAFETY: the word lives in a shared mapping that outlives the call; no timeout.
+    unsafe {
+        nix::libc::syscall(
+            nix::libc::SYS_futex,
+            word.as_ptr(),
+            nix::libc::FUTEX_WAIT,
+            seen,
+            std::ptr::null::<nix::libc::timespec>(),
+        )
+    };
+}
+
+fn futex_wake(word: &std::sync::atomic::AtomicU32) {
+    // SAFETY: as `futex_wait`; wakes one waiter.
+    unsafe {
+        nix::libc::syscall(
+            nix::libc::SYS_futex,
+            word.as_ptr(),
+            nix::libc::FUTEX_WAKE,
+            1,
+        )
+    };
+}
+
+/// The keeper (`keeper` mode): a process forked by the supervisor that outlives
+/// every daemon. One thread submits every SQE pushed on the owner's rings, then
+/// sleeps on the doorbell. The commands' task is this thread: the kernel's task
+/// work for them (the copy of a request into an available entry) interrupts its
+/// futex wait and runs here, in a task that is not exiting when a daemon dies.
+fn keeper(rings: &[Ring], stats: &Shared) -> io::Result<()> {
+    let views: Vec<SqTail> = rings.iter().map(SqTail::new).collect::<io::Result<_>>()?;
+    let bell = stats.word32(DOORBELL * 8);
+    let sleeping = stats.word(KEEPER_SLEEPING * 8);
+    loop {
+        let seen = bell.load(Ordering::SeqCst);
+        for (ring, view) in rings.iter().zip(&views) {
+            let n = view.pending();
+            if n > 0 {
+                // SAFETY: no argument; submits what the daemon pushed (the kernel
+                // reads at most `n` SQEs between its head and the published tail).
+                let done = unsafe { ring.submitter().enter::<nix::libc::sigset_t>(n, 0, 0, None) };
+                match done {
+                    Ok(k) => {
+                        stats
+                            .word(KEEPER_SUBMITS * 8)
+                            .fetch_add(k as u64, Ordering::Relaxed);
+                    }
+                    Err(e) if e.raw_os_error() == Some(nix::libc::EINTR) => {}
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        sleeping.store(1, Ordering::SeqCst);
+        if bell.load(Ordering::SeqCst) == seen && views.iter().all(|v| v.pending() == 0) {
+            stats
+                .word(KEEPER_SLEEPS * 8)
+                .fetch_add(1, Ordering::Relaxed);
+            futex_wait(bell, seen);
+        }
+        sleeping.store(0, Ordering::SeqCst);
+    }
+}
+
+fn push(sub: &Submit<'_>, ring: &Ring, sqe: squeue::Entry128) -> io::Result<()> {
     loop {
         // SAFETY: one thread uses the ring's submission queue; REGISTER's iovec array
         // and every buffer lie in the shared area, which outlives every ring.
@@ -619,12 +905,15 @@ fn push(ring: &Ring, sqe: squeue::Entry128) -> io::Result<()> {
         if pushed.is_ok() {
             return Ok(());
         }
-        ring.submit()?;
+        sub.kick(ring)?;
+        std::thread::yield_now();
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 fn spawn_daemon(
     mode: Mode,
+    setup: Setup,
     owned: &[Ring],
     area: &Shared,
     stats: &Shared,
@@ -633,17 +922,19 @@ fn spawn_daemon(
     successor: bool,
 ) -> io::Result<Pid> {
     spawn(move || {
-        if let Err(e) = daemon(mode, owned, area, stats, dev, queues, successor) {
+        if let Err(e) = daemon(mode, setup, owned, area, stats, dev, queues, successor) {
             eprintln!("daemon: {e}");
         }
     })
 }
 
-/// A daemon: serves every queue, one thread each. In `sqpoll` mode it uses the
+/// A daemon: serves every ring, one thread each. In owner modes it uses the
 /// supervisor's rings, inherited over fork (the ring fds and their SQ/CQ mappings;
 /// a process that is not a child would get the fds over SCM_RIGHTS and mmap them).
+#[allow(clippy::too_many_arguments)]
 fn daemon(
     mode: Mode,
+    setup: Setup,
     owned: &[Ring],
     area: &Shared,
     stats: &Shared,
@@ -651,20 +942,25 @@ fn daemon(
     queues: usize,
     successor: bool,
 ) -> io::Result<()> {
+    let layout = setup.rings(queues);
     let mut mine: Vec<Ring> = Vec::new();
     if mode == Mode::Plain {
-        for _ in 0..queues {
+        for _ in &layout {
             let ring: Ring = IoUring::builder().build(8)?;
             ring.submitter().register_files(&[dev.as_raw_fd()])?;
             mine.push(ring);
         }
     }
-    let rings: &[Ring] = if mode == Mode::Sqpoll { owned } else { &mine };
+    let rings: &[Ring] = if mode == Mode::Owner { owned } else { &mine };
+    let sub = Submit {
+        keeper: setup.keeper && mode == Mode::Owner,
+        stats,
+    };
     std::thread::scope(|s| {
-        for (q, ring) in rings.iter().enumerate() {
+        for (ring, qs) in rings.iter().zip(layout) {
             s.spawn(move || {
-                if let Err(e) = serve(mode, ring, area, stats, q, successor) {
-                    eprintln!("queue {q}: {e}");
+                if let Err(e) = serve(mode, &sub, ring, area, stats, qs.clone(), successor) {
+                    eprintln!("queues {qs:?}: {e}");
                 }
             });
         }
@@ -685,18 +981,20 @@ fn token(e: usize, generation: u64) -> u64 {
 
 fn serve(
     mode: Mode,
+    sub: &Submit<'_>,
     ring: &Ring,
     area: &Shared,
     stats: &Shared,
-    q: usize,
+    qs: std::ops::Range<usize>,
     successor: bool,
 ) -> io::Result<()> {
-    let first = q * DEPTH;
+    let first = qs.start * DEPTH;
+    let count = qs.len() * DEPTH;
     // Generations of an entry's commands whose CQE is still expected, as a range:
     // the command submitted last and, after recoveries over an owner's ring, the
     // commits pushed for the same request before it. Any other CQE is stale.
-    let mut accept: [(u64, u64); DEPTH] = [(1, 0); DEPTH];
-    let sq_tail = if mode == Mode::Sqpoll {
+    let mut accept: Vec<(u64, u64)> = vec![(1, 0); count];
+    let sq_tail = if mode == Mode::Owner {
         Some(SqTail::new(ring)?)
     } else {
         None
@@ -705,6 +1003,7 @@ fn serve(
     let tail_at_start = sq_tail.as_ref().map_or(0, SqTail::get);
     for (k, acc) in accept.iter_mut().enumerate() {
         let e = first + k;
+        let q = e / DEPTH;
         let gen_word = area.word(e * ENT_SZ + GEN_AT);
         let lo_word = area.word(e * ENT_SZ + LO_GEN_AT);
         let generation = gen_word.load(Ordering::Acquire);
@@ -716,7 +1015,7 @@ fn serve(
         let pending = match mode {
             // The kernel may be copying a request into an available entry right now:
             // trust only what the predecessor took from the completion queue.
-            Mode::Sqpoll => (taken != done).then_some(taken),
+            Mode::Owner => (taken != done).then_some(taken),
             // The predecessor's rings are gone: a request in the header that was not
             // committed is there for good.
             Mode::Plain => (successor && header != 0 && header != done).then_some(header),
@@ -725,7 +1024,7 @@ fn serve(
         // Over an owner's ring, a commit the predecessor published goes through (or
         // has): the entry may already hold the next request, so recovery must leave
         // it alone and wait for that command's CQE.
-        let published = mode == Mode::Sqpoll
+        let published = mode == Mode::Owner
             && pending.is_some()
             && generation != taken_gen
             && (tail_at_start
@@ -747,7 +1046,7 @@ fn serve(
                 answer(area, stats, e);
                 // Generations are bumped before a command is pushed: any one after
                 // the taken CQE's may have reached the ring.
-                let lo = if mode == Mode::Sqpoll {
+                let lo = if mode == Mode::Owner {
                     taken_gen + 1
                 } else {
                     next
@@ -759,23 +1058,23 @@ fn serve(
                 }
                 gen_word.store(next, Ordering::Release);
                 lo_word.store(lo, Ordering::Release);
-                push(ring, commit_sqe(e, q, u, next))?;
+                push(sub, ring, commit_sqe(e, q, u, next))?;
                 area.word(e * ENT_SZ + DONE_AT).store(u, Ordering::Release);
                 *acc = (lo, next);
             }
             None if mode == Mode::Plain => {
                 gen_word.store(next, Ordering::Release);
                 lo_word.store(next, Ordering::Release);
-                push(ring, register_sqe(area, e, q, next))?;
+                push(sub, ring, register_sqe(area, e, q, next))?;
                 *acc = (next, next);
             }
             None => *acc = (lo, generation),
         }
     }
-    ring.submit()?;
+    sub.kick(ring)?;
     stats.word(READY * 8).fetch_add(1, Ordering::SeqCst);
     loop {
-        match ring.submit_and_wait(1) {
+        match sub.wait(ring) {
             Ok(_) => {}
             Err(e) if e.raw_os_error() == Some(nix::libc::EINTR) => continue,
             Err(e) => return Err(e),
@@ -786,9 +1085,10 @@ fn serve(
             let Some(cqe) = cq.next() else { break };
             let e = (cqe.user_data() & 0xffff) as usize;
             let generation = cqe.user_data() >> 16;
-            let Some(k) = e.checked_sub(first).filter(|&k| k < DEPTH) else {
+            let Some(k) = e.checked_sub(first).filter(|&k| k < count) else {
                 continue;
             };
+            let q = e / DEPTH;
             let (lo, hi) = accept[k];
             if generation < lo || generation > hi {
                 // Stale: the CQE of a command whose request a recovery answered, or
@@ -814,8 +1114,8 @@ fn serve(
                         + 1;
                     area.word(e * ENT_SZ + LO_GEN_AT)
                         .store(next, Ordering::Release);
-                    push(ring, register_sqe(area, e, q, next))?;
-                    ring.submit()?;
+                    push(sub, ring, register_sqe(area, e, q, next))?;
+                    sub.kick(ring)?;
                     accept[k] = (next, next);
                     continue;
                 }
@@ -844,8 +1144,8 @@ fn serve(
             gen_word.store(next, Ordering::Release);
             area.word(e * ENT_SZ + LO_GEN_AT)
                 .store(next, Ordering::Release);
-            push(ring, commit_sqe(e, q, unique, next))?;
-            ring.submit()?;
+            push(sub, ring, commit_sqe(e, q, unique, next))?;
+            sub.kick(ring)?;
             area.word(e * ENT_SZ + DONE_AT)
                 .store(unique, Ordering::Release);
             accept[k] = (next, next);
