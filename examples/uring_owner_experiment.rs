@@ -77,6 +77,11 @@ const LO_GEN_AT: usize = 1104;
 /// a tail at least this far knows the commit reached the ring (and must not write
 /// into the entry, which the kernel may be filling again).
 const PUSH_TAIL_AT: usize = 1112;
+/// `keeper` mode, in the page of a ring's first entry: the ring's doorbell (a futex
+/// word) the daemon bumps after pushing SQEs, and whether the keeper's thread for
+/// the ring sleeps on it.
+const BELL_AT: usize = 2048;
+const SLEEPING_AT: usize = 2056;
 
 /// A read-only view of a ring's SQ tail, mapped from the ring fd (any holder of the
 /// fd may map it).
@@ -174,10 +179,6 @@ const LAST_ERRNO: usize = 61;
 const ANSWERED: usize = 48;
 /// Queues of the current daemon that have submitted their first commands.
 const READY: usize = 62;
-/// `keeper` mode: the doorbell (a futex word, low half of the u64 word) the daemon
-/// bumps after pushing SQEs, and whether the keeper sleeps on it.
-const DOORBELL: usize = 52;
-const KEEPER_SLEEPING: usize = 53;
 /// CPU time (user + system, µs) of the `stat()` loops, summed as each one ends.
 const LOADER_CPU_US: usize = 54;
 /// Times the keeper went to sleep on the doorbell, and SQEs it submitted.
@@ -206,6 +207,13 @@ struct Setup {
     /// the daemon rings a doorbell (a futex word in shared memory), so the commands'
     /// task is the keeper's thread and their task work runs there.
     keeper: bool,
+    /// `+pin`: each ring's daemon thread (and keeper thread) pinned to the CPU of
+    /// the ring's first queue.
+    pin: bool,
+    /// `+affq`: each ring's SQPOLL thread pinned to the CPU of its first queue.
+    aff_per_queue: bool,
+    /// `+free`: the `stat()` loops are not pinned (one per CPU still).
+    free_loaders: bool,
 }
 
 impl Setup {
@@ -304,6 +312,9 @@ fn run() -> io::Result<bool> {
         sq_cpu: None,
         one_ring: false,
         keeper: false,
+        pin: false,
+        aff_per_queue: false,
+        free_loaders: false,
     };
     let spec = args.first().map_or("sqpoll", String::as_str);
     let mut parts = spec.split('+');
@@ -328,6 +339,9 @@ fn run() -> io::Result<bool> {
     for flag in parts {
         match flag {
             "onering" => setup.one_ring = true,
+            "pin" => setup.pin = true,
+            "affq" => setup.aff_per_queue = true,
+            "free" => setup.free_loaders = true,
             aff if aff.starts_with("aff") => {
                 let cpu = aff[3..].parse().map_err(|_| {
                     io::Error::new(io::ErrorKind::InvalidInput, format!("bad flag {aff:?}"))
@@ -337,7 +351,7 @@ fn run() -> io::Result<bool> {
             other => {
                 return Err(io::Error::new(
                     io::ErrorKind::InvalidInput,
-                    format!("unknown flag {other:?} (onering, affN)"),
+                    format!("unknown flag {other:?} (onering, pin, affq, affN, free)"),
                 ))
             }
         }
@@ -451,17 +465,20 @@ fn experiment(
     // (issued by its SQPOLL thread, or by the keeper it forks below).
     let mut owned: Vec<Ring> = Vec::new();
     let layout = setup.rings(queues);
-    let sub = Submit {
-        keeper: setup.keeper,
-        stats,
-    };
     if mode == Mode::Owner {
         for qs in &layout {
+            let sub = Submit {
+                keeper: setup.keeper,
+                area,
+                bell_at: qs.start * DEPTH * ENT_SZ,
+            };
             let mut builder = IoUring::builder();
             if !setup.keeper {
                 builder.setup_sqpoll(idle);
                 if let Some(cpu) = setup.sq_cpu {
                     builder.setup_sqpoll_cpu(cpu);
+                } else if setup.aff_per_queue {
+                    builder.setup_sqpoll_cpu(u32::try_from(qs.start).unwrap_or(0));
                 }
                 if let (true, Some(first)) = (setup.shared_thread, owned.first()) {
                     builder.setup_attach_wq(first.as_raw_fd());
@@ -481,7 +498,7 @@ fn experiment(
     let keeper_pid = if setup.keeper {
         let rings = &owned;
         Some(spawn(move || {
-            if let Err(e) = keeper(rings, stats) {
+            if let Err(e) = keeper(rings, setup, queues, area, stats) {
                 eprintln!("keeper: {e}");
             }
         })?)
@@ -494,7 +511,8 @@ fn experiment(
     let mut loaders = Vec::new();
     for cpu in 0..cpus {
         let mnt = mnt.to_owned();
-        loaders.push(spawn(move || load(cpu, &mnt, stats))?);
+        let free = setup.free_loaders;
+        loaders.push(spawn(move || load(cpu, free, &mnt, stats))?);
     }
     let mut daemon = spawn_daemon(mode, setup, &owned, area, stats, dev, queues, false)?;
     let mut stuck = false;
@@ -697,9 +715,12 @@ fn pin(cpu: usize) {
     let _ = rustix::thread::sched_setaffinity(None, &set);
 }
 
-/// A caller pinned to `cpu`: `stat()` on the mount root until told to stop.
-fn load(cpu: usize, mnt: &Path, stats: &Shared) {
-    pin(cpu);
+/// A caller pinned to `cpu` (unless `free`): `stat()` on the mount root until told
+/// to stop; its counters are those of `cpu`.
+fn load(cpu: usize, free: bool, mnt: &Path, stats: &Shared) {
+    if !free {
+        pin(cpu);
+    }
     let (ok, canceled, other) = (
         stats.word(cpu * 24),
         stats.word(cpu * 24 + 8),
@@ -791,11 +812,13 @@ fn commit_sqe(e: usize, qid: usize, unique: u64, generation: u64) -> squeue::Ent
 }
 
 /// How SQEs reach the kernel: `io_uring_enter` by the pusher (plain rings, or the
-/// SQPOLL thread woken by it), or the keeper's doorbell.
+/// SQPOLL thread woken by it), or the keeper's doorbell for the ring.
 #[derive(Clone, Copy)]
 struct Submit<'a> {
     keeper: bool,
-    stats: &'a Shared,
+    area: &'a Shared,
+    /// Where the ring's doorbell lies in the area (`BELL_AT` of its first entry).
+    bell_at: usize,
 }
 
 impl Submit<'_> {
@@ -806,9 +829,14 @@ impl Submit<'_> {
             ring.submit()?;
             return Ok(());
         }
-        let bell = self.stats.word32(DOORBELL * 8);
+        let bell = self.area.word32(self.bell_at + BELL_AT);
         bell.fetch_add(1, Ordering::SeqCst);
-        if self.stats.word(KEEPER_SLEEPING * 8).load(Ordering::SeqCst) != 0 {
+        if self
+            .area
+            .word(self.bell_at + SLEEPING_AT)
+            .load(Ordering::SeqCst)
+            != 0
+        {
             futex_wake(bell);
         }
         Ok(())
@@ -859,35 +887,55 @@ fn futex_wake(word: &std::sync::atomic::AtomicU32) {
 }
 
 /// The keeper (`keeper` mode): a process forked by the supervisor that outlives
-/// every daemon. One thread submits every SQE pushed on the owner's rings, then
-/// sleeps on the doorbell. The commands' task is this thread: the kernel's task
-/// work for them (the copy of a request into an available entry) interrupts its
-/// futex wait and runs here, in a task that is not exiting when a daemon dies.
-fn keeper(rings: &[Ring], stats: &Shared) -> io::Result<()> {
-    let views: Vec<SqTail> = rings.iter().map(SqTail::new).collect::<io::Result<_>>()?;
-    let bell = stats.word32(DOORBELL * 8);
-    let sleeping = stats.word(KEEPER_SLEEPING * 8);
+/// every daemon. One thread per ring submits every SQE pushed on it, then sleeps on
+/// the ring's doorbell. The commands' task is that thread: the kernel's task work
+/// for them (the copy of a request into an available entry) interrupts its futex
+/// wait and runs there, in a task that is not exiting when a daemon dies.
+fn keeper(
+    rings: &[Ring],
+    setup: Setup,
+    queues: usize,
+    area: &Shared,
+    stats: &Shared,
+) -> io::Result<()> {
+    std::thread::scope(|s| {
+        for (ring, qs) in rings.iter().zip(setup.rings(queues)) {
+            s.spawn(move || {
+                if setup.pin && qs.len() == 1 {
+                    pin(qs.start);
+                }
+                if let Err(e) = keep(ring, area, stats, qs.start * DEPTH * ENT_SZ) {
+                    eprintln!("keeper {qs:?}: {e}");
+                }
+            });
+        }
+    });
+    Ok(())
+}
+
+fn keep(ring: &Ring, area: &Shared, stats: &Shared, bell_at: usize) -> io::Result<()> {
+    let view = SqTail::new(ring)?;
+    let bell = area.word32(bell_at + BELL_AT);
+    let sleeping = area.word(bell_at + SLEEPING_AT);
     loop {
         let seen = bell.load(Ordering::SeqCst);
-        for (ring, view) in rings.iter().zip(&views) {
-            let n = view.pending();
-            if n > 0 {
-                // SAFETY: no argument; submits what the daemon pushed (the kernel
-                // reads at most `n` SQEs between its head and the published tail).
-                let done = unsafe { ring.submitter().enter::<nix::libc::sigset_t>(n, 0, 0, None) };
-                match done {
-                    Ok(k) => {
-                        stats
-                            .word(KEEPER_SUBMITS * 8)
-                            .fetch_add(k as u64, Ordering::Relaxed);
-                    }
-                    Err(e) if e.raw_os_error() == Some(nix::libc::EINTR) => {}
-                    Err(e) => return Err(e),
+        let n = view.pending();
+        if n > 0 {
+            // SAFETY: no argument; submits what the daemon pushed (the kernel reads
+            // at most `n` SQEs between its head and the published tail).
+            let done = unsafe { ring.submitter().enter::<nix::libc::sigset_t>(n, 0, 0, None) };
+            match done {
+                Ok(k) => {
+                    stats
+                        .word(KEEPER_SUBMITS * 8)
+                        .fetch_add(k as u64, Ordering::Relaxed);
                 }
+                Err(e) if e.raw_os_error() == Some(nix::libc::EINTR) => {}
+                Err(e) => return Err(e),
             }
         }
         sleeping.store(1, Ordering::SeqCst);
-        if bell.load(Ordering::SeqCst) == seen && views.iter().all(|v| v.pending() == 0) {
+        if bell.load(Ordering::SeqCst) == seen && view.pending() == 0 {
             stats
                 .word(KEEPER_SLEEPS * 8)
                 .fetch_add(1, Ordering::Relaxed);
@@ -952,13 +1000,17 @@ fn daemon(
         }
     }
     let rings: &[Ring] = if mode == Mode::Owner { owned } else { &mine };
-    let sub = Submit {
-        keeper: setup.keeper && mode == Mode::Owner,
-        stats,
-    };
     std::thread::scope(|s| {
         for (ring, qs) in rings.iter().zip(layout) {
+            let sub = Submit {
+                keeper: setup.keeper && mode == Mode::Owner,
+                area,
+                bell_at: qs.start * DEPTH * ENT_SZ,
+            };
             s.spawn(move || {
+                if setup.pin && qs.len() == 1 {
+                    pin(qs.start);
+                }
                 if let Err(e) = serve(mode, &sub, ring, area, stats, qs.clone(), successor) {
                     eprintln!("queues {qs:?}: {e}");
                 }
