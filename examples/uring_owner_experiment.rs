@@ -1,9 +1,11 @@
 //! Experiment (docs/DESIGN.md, "Experiment: rings owned by a process that outlives
-//! the daemon (SQPOLL)"): does creating the fuse-over-io_uring rings in a process that
-//! outlives the daemon, with `IORING_SETUP_SQPOLL`, close the `ECANCELED` window of a
-//! `kill -9` (docs/RECOVERY.md)?
+//! the daemon (SQPOLL)" and "Experiment: a keeper that submits for the daemon"): does
+//! creating the fuse-over-io_uring rings in a process that outlives the daemon, with
+//! `IORING_SETUP_SQPOLL` or with a keeper process submitting every command, close the
+//! `ECANCELED` window of a `kill -9` (docs/RECOVERY.md), and at what cost?
 //!
-//! One binary, three roles, all forked from the first process (the *supervisor*):
+//! One binary, three or four roles, all forked from the first process (the
+//! *supervisor*):
 //! - the supervisor mounts, answers INIT on `/dev/fuse`, maps the entry area (shared
 //!   anonymous memory, so every forked process sees it at the same address), starts a
 //!   `stat()` loop pinned to each CPU, and kills the daemon with SIGKILL again and
@@ -12,6 +14,11 @@
 //!   the `/dev/fuse` fd registered as fixed file 0, the entries registered by it. The
 //!   daemon and each successor map the same rings from the ring fd
 //!   (`IoUring::from_fd`) and serve their completion queues;
+//! - in `keeper` mode the supervisor owns rings without SQPOLL and forks a *keeper*
+//!   that outlives every daemon: one thread per ring submits (`io_uring_enter`) what
+//!   the daemon pushed on the ring's SQ when the daemon rings a doorbell (a futex word
+//!   in the area), so every command's task is a keeper thread; the daemon never
+//!   submits, it only waits for completions (`io_uring_enter(0, 1, GETEVENTS)`);
 //! - in `plain` mode (today's design) each daemon creates its own rings (no SQPOLL, no
 //!   `DEFER_TASKRUN`, like restartable rings); a successor registers fresh entries and
 //!   commits the requests left in the entries by its predecessor.
@@ -29,9 +36,12 @@
 //! request.
 //!
 //! Usage (root, `/dev/fuse`, `enable_uring=Y`):
-//! `uring_owner_experiment [sqpoll|sqpoll1|plain] [KILLS] [INTERVAL_MS] [SQ_IDLE_MS]`
-//! (`sqpoll1`: one SQPOLL thread shared by every ring).
-//! Prints the callers' errors per errno. A watchdog process aborts the connection and
+//! `uring_owner_experiment MODE[+FLAG...] [KILLS] [INTERVAL_MS] [SQ_IDLE_MS]`
+//! with MODE `sqpoll`, `sqpoll1` (one SQPOLL thread shared by every ring), `keeper` or
+//! `plain`, and flags `onering` (one ring for every queue, one daemon thread), `pin`
+//! (daemon and keeper threads on their queue's CPU), `affN` (the SQPOLL thread on CPU
+//! N), `affq` (each ring's SQPOLL thread on its queue's CPU), `free` (unpinned `stat()`
+//! loops). Prints the callers' errors, the `stat()` rate and CPU use. A watchdog process aborts the connection and
 //! detaches the mount if the run does not end in time.
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
