@@ -41,7 +41,8 @@
 //! `plain`, and flags `onering` (one ring for every queue, one daemon thread), `pin`
 //! (daemon and keeper threads on their queue's CPU), `affN` (the SQPOLL thread on CPU
 //! N), `affq` (each ring's SQPOLL thread on its queue's CPU), `free` (unpinned `stat()`
-//! loops). Prints the callers' errors, the `stat()` rate and CPU use. A watchdog process aborts the connection and
+//! loops), `workN` (the daemon spins N µs per request). Prints the callers' errors,
+//! the `stat()` rate and CPU use. A watchdog process aborts the connection and
 //! detaches the mount if the run does not end in time.
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
@@ -224,6 +225,9 @@ struct Setup {
     aff_per_queue: bool,
     /// `+free`: the `stat()` loops are not pinned (one per CPU still).
     free_loaders: bool,
+    /// `+workN`: the daemon spins N µs on every request before answering (a
+    /// stand-in for a filesystem that does something).
+    work_us: u64,
 }
 
 impl Setup {
@@ -325,6 +329,7 @@ fn run() -> io::Result<bool> {
         pin: false,
         aff_per_queue: false,
         free_loaders: false,
+        work_us: 0,
     };
     let spec = args.first().map_or("sqpoll", String::as_str);
     let mut parts = spec.split('+');
@@ -352,6 +357,11 @@ fn run() -> io::Result<bool> {
             "pin" => setup.pin = true,
             "affq" => setup.aff_per_queue = true,
             "free" => setup.free_loaders = true,
+            work if work.starts_with("work") => {
+                setup.work_us = work[4..].parse().map_err(|_| {
+                    io::Error::new(io::ErrorKind::InvalidInput, format!("bad flag {work:?}"))
+                })?;
+            }
             aff if aff.starts_with("aff") => {
                 let cpu = aff[3..].parse().map_err(|_| {
                     io::Error::new(io::ErrorKind::InvalidInput, format!("bad flag {aff:?}"))
@@ -361,7 +371,7 @@ fn run() -> io::Result<bool> {
             other => {
                 return Err(io::Error::new(
                     io::ErrorKind::InvalidInput,
-                    format!("unknown flag {other:?} (onering, pin, affq, affN, free)"),
+                    format!("unknown flag {other:?} (onering, pin, affq, affN, free, workN)"),
                 ))
             }
         }
@@ -1021,7 +1031,16 @@ fn daemon(
                 if setup.pin && qs.len() == 1 {
                     pin(qs.start);
                 }
-                if let Err(e) = serve(mode, &sub, ring, area, stats, qs.clone(), successor) {
+                if let Err(e) = serve(
+                    mode,
+                    &sub,
+                    ring,
+                    area,
+                    stats,
+                    qs.clone(),
+                    successor,
+                    setup.work_us,
+                ) {
                     eprintln!("queues {qs:?}: {e}");
                 }
             });
@@ -1041,6 +1060,7 @@ fn token(e: usize, generation: u64) -> u64 {
     e as u64 | generation << 16
 }
 
+#[allow(clippy::too_many_arguments)]
 fn serve(
     mode: Mode,
     sub: &Submit<'_>,
@@ -1049,6 +1069,7 @@ fn serve(
     stats: &Shared,
     qs: std::ops::Range<usize>,
     successor: bool,
+    work_us: u64,
 ) -> io::Result<()> {
     let first = qs.start * DEPTH;
     let count = qs.len() * DEPTH;
@@ -1105,7 +1126,7 @@ fn serve(
                 if mode == Mode::Plain && taken != header {
                     save_request(area, e);
                 }
-                answer(area, stats, e);
+                answer(area, stats, e, work_us);
                 // Generations are bumped before a command is pushed: any one after
                 // the taken CQE's may have reached the ring.
                 let lo = if mode == Mode::Owner {
@@ -1195,7 +1216,7 @@ fn serve(
             area.word(e * ENT_SZ + TAKEN_AT)
                 .store(unique, Ordering::Release);
             drop(cq);
-            answer(area, stats, e);
+            answer(area, stats, e, work_us);
             let gen_word = area.word(e * ENT_SZ + GEN_AT);
             let next = gen_word.load(Ordering::Acquire).max(generation) + 1;
             // The tail first: a bumped generation then always has its tail.
@@ -1225,7 +1246,13 @@ fn save_request(area: &Shared, e: usize) {
 
 /// Writes the reply to the request in entry `e` (its header saved by
 /// [`save_request`]).
-fn answer(area: &Shared, stats: &Shared, e: usize) {
+fn answer(area: &Shared, stats: &Shared, e: usize, work_us: u64) {
+    if work_us > 0 {
+        let t = Instant::now();
+        while t.elapsed() < Duration::from_micros(work_us) {
+            std::hint::spin_loop();
+        }
+    }
     let base = e * ENT_SZ;
     let mut head = [0u8; 40];
     area.read(base + SAVE_AT, &mut head);
