@@ -65,6 +65,30 @@ pub struct Mark {
     pub(crate) offset: u64,
 }
 
+/// A checkpoint given in pieces (written one after the other, read back as one
+/// byte string) with its CRC-32 and length: what the session writes, so that the
+/// state it encoded is not copied into one buffer first (a memfs holding 512 MiB
+/// of file data copied all of it once more, each compaction, into fresh pages).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Pieces<'a> {
+    pub parts: &'a [&'a [u8]],
+    /// The CRC-32 of the parts one after the other.
+    pub crc: u32,
+    /// Their length.
+    pub len: u64,
+}
+
+impl<'a> Pieces<'a> {
+    /// One byte string, checksummed here.
+    pub fn whole(parts: &'a [&'a [u8]; 1]) -> Pieces<'a> {
+        Pieces {
+            parts,
+            crc: crc32(parts[0]),
+            len: parts[0].len() as u64,
+        }
+    }
+}
+
 /// The journal's in-memory state, under the mutex.
 #[derive(Debug)]
 pub(crate) struct Tail {
@@ -118,15 +142,24 @@ impl<S: Storage> Journal<S> {
         checkpoint: &[u8],
         options: JournalOptions,
     ) -> Result<Journal<S>, JournalError> {
+        Self::create_pieces(storage, Pieces::whole(&[checkpoint]), options)
+    }
+
+    /// [`Journal::create`] with the checkpoint in pieces.
+    pub(crate) fn create_pieces(
+        storage: S,
+        checkpoint: Pieces<'_>,
+        options: JournalOptions,
+    ) -> Result<Journal<S>, JournalError> {
         if !storage.is_empty() {
             return Err(JournalError::NotEmpty { len: storage.len() });
         }
         let meta = Meta {
             epoch: 1,
             area: AREA_ALIGN,
-            checkpoint_len: checkpoint.len() as u64,
+            checkpoint_len: checkpoint.len,
             first_seq: 1,
-            checkpoint_crc: crc32(checkpoint),
+            checkpoint_crc: checkpoint.crc,
         };
         Self::start(storage, meta, checkpoint, options, "mid-header")
     }
@@ -145,7 +178,17 @@ impl<S: Storage> Journal<S> {
         checkpoint: &[u8],
         options: JournalOptions,
     ) -> Result<Journal<S>, JournalError> {
-        let need = align8(checkpoint.len() as u64) + SEAL_ROOM;
+        Self::resume_pieces(storage, recovered, Pieces::whole(&[checkpoint]), options)
+    }
+
+    /// [`Journal::resume`] with the checkpoint in pieces.
+    pub(crate) fn resume_pieces(
+        storage: S,
+        recovered: &Recovered,
+        checkpoint: Pieces<'_>,
+        options: JournalOptions,
+    ) -> Result<Journal<S>, JournalError> {
+        let need = align8(checkpoint.len) + SEAL_ROOM;
         let before = recovered.area.saturating_sub(AREA_ALIGN);
         let area = if need <= before {
             AREA_ALIGN
@@ -155,9 +198,9 @@ impl<S: Storage> Journal<S> {
         let meta = Meta {
             epoch: recovered.epoch + 1,
             area,
-            checkpoint_len: checkpoint.len() as u64,
+            checkpoint_len: checkpoint.len,
             first_seq: recovered.next_seq,
-            checkpoint_crc: crc32(checkpoint),
+            checkpoint_crc: checkpoint.crc,
         };
         let journal = Self::start(storage, meta, checkpoint, options, "resume-mid-header")?;
         // Seal the old log where recovery cut it, so that a damaged new header can
@@ -258,7 +301,7 @@ impl<S: Storage> Journal<S> {
     fn start(
         storage: S,
         meta: Meta,
-        checkpoint: &[u8],
+        checkpoint: Pieces<'_>,
         options: JournalOptions,
         header_point: &'static str,
     ) -> Result<Journal<S>, JournalError> {
@@ -271,7 +314,7 @@ impl<S: Storage> Journal<S> {
                 max: storage.max_len(),
             })?;
         storage.grow(need.max(storage.len()))?;
-        write_chunked(&storage, meta.area, checkpoint)?;
+        write_pieces(&storage, meta.area, checkpoint.parts)?;
         storage.write(log_start, &[0u8; RECORD_HEADER_LEN as usize])?;
         write_meta_at(&storage, &meta, header_point)?;
         Ok(Journal {
@@ -541,6 +584,19 @@ fn write_meta_at<S: Storage + ?Sized>(
     let mut word = [0u8; 8];
     word.copy_from_slice(&b[56..64]);
     storage.commit(off + 56, word)?;
+    Ok(())
+}
+
+/// Writes `parts` one after the other from `off`, each as [`write_chunked`].
+pub(crate) fn write_pieces<S: Storage + ?Sized>(
+    storage: &S,
+    mut off: u64,
+    parts: &[&[u8]],
+) -> Result<(), JournalError> {
+    for part in parts {
+        write_chunked(storage, off, part)?;
+        off += part.len() as u64;
+    }
     Ok(())
 }
 
