@@ -10,7 +10,10 @@
 #        serving rows), THREADS (memfs workers, default 1), BASE (another memfs
 #        binary, e.g. an older commit's release build: adds the config `base`, that
 #        memfs under the keeper, to compare two journals in the same run),
-#        SKIP_DD=1 (stat1 and orc1 only).
+#        SKIP_DD=1 (stat1 and orc1 only), FS (memfs, the default, or passthrough:
+#        the passthrough example over a fresh tmpfs source under WORK; it journals
+#        its session and intents, never file data), FS_ARGS (more daemon arguments,
+#        e.g. --no-passthrough: passthrough's writes then reach the daemon).
 # Needs root and /dev/fuse. Prints `ROW round config measure value unit` lines and
 # loadavg notes (`#`). stat1_srv and orc1_srv are the serving daemon's CPU time
 # (utime + stime, from fsbench --server-pid) per operation: steadier than ops/s
@@ -30,7 +33,14 @@ WORK=${WORK:-/tmp/journal-ab}
 PIN=${PIN:-taskset -c 0}
 THREADS=${THREADS:-1}
 MNT=$WORK/mnt
-MEMFS=$ROOT/target/release/memfs
+FS=${FS:-memfs}
+FS_ARGS=${FS_ARGS:-}
+SRC=$WORK/src
+case $FS in
+  memfs) MEMFS=$ROOT/target/release/memfs; SRCARG=() ;;
+  passthrough) MEMFS=$ROOT/target/release/examples/passthrough; SRCARG=("$SRC") ;;
+  *) echo "journal_ab.sh: FS is memfs or passthrough" >&2; exit 1 ;;
+esac
 KEEPER=$ROOT/target/release/fuse-live-keeper
 FSB=$WORK/fsbench/target/release/fsbench
 PID=
@@ -42,21 +52,29 @@ die() { echo "journal_ab.sh: $*" >&2; exit 1; }
 cleanup() {
   [ -n "$PID" ] && kill "$PID" 2>/dev/null
   mountpoint -q "$MNT" && umount -l "$MNT"
+  mountpoint -q "$SRC" && umount -l "$SRC"
   rm -rf "$WORK/fsbench"
 }
 trap cleanup EXIT
 
 mkdir -p "$MNT"
+if [ "$FS" = passthrough ]; then
+  mkdir -p "$SRC"
+  mountpoint -q "$SRC" || mount -t tmpfs -o size=1g tmpfs "$SRC" || die "mount the tmpfs source"
+  (cd "$ROOT" && cargo build --release -q --example passthrough) || die "build passthrough"
+fi
 (cd "$ROOT" && cargo build --release -q -p memfs --bin memfs && cargo build --release -q --bin fuse-live-keeper) ||
   die "build memfs and the keeper"
 rm -rf "$WORK/fsbench"; cp -r "$PEERS/fsbench" "$WORK/fsbench"
 (cd "$WORK/fsbench" && cargo build --release -q) || die "build fsbench"
 
 start() {
+  [ "$FS" = passthrough ] && find "$SRC" -mindepth 1 -delete
+  # shellcheck disable=SC2086 # FS_ARGS: words
   case $1 in
-    off) $PIN "$MEMFS" "$MNT" --ttl 0 --threads "$THREADS" >"$WORK/out" 2>"$WORK/$1.err" & ;;
-    on) $PIN "$KEEPER" -- "$MEMFS" "$MNT" --ttl 0 --threads "$THREADS" >"$WORK/out" 2>"$WORK/$1.err" & ;;
-    base) $PIN "$KEEPER" -- "$BASE" "$MNT" --ttl 0 --threads "$THREADS" >"$WORK/out" 2>"$WORK/$1.err" & ;;
+    off) $PIN "$MEMFS" "${SRCARG[@]}" "$MNT" --ttl 0 --threads "$THREADS" $FS_ARGS >"$WORK/out" 2>"$WORK/$1.err" & ;;
+    on) $PIN "$KEEPER" -- "$MEMFS" "${SRCARG[@]}" "$MNT" --ttl 0 --threads "$THREADS" $FS_ARGS >"$WORK/out" 2>"$WORK/$1.err" & ;;
+    base) $PIN "$KEEPER" -- "$BASE" "${SRCARG[@]}" "$MNT" --ttl 0 --threads "$THREADS" $FS_ARGS >"$WORK/out" 2>"$WORK/$1.err" & ;;
   esac
   PID=$!
   SRV=$PID
@@ -112,7 +130,7 @@ if [ -n "${BASE:-}" ]; then
   [ -x "$BASE" ] || die "BASE $BASE is not an executable"
   CONFIGS=(off on base)
 fi
-echo "# journal A/B: $(date -u +%FT%TZ), $(nproc) CPUs, $(uname -r), PIN '$PIN', $THREADS thread(s), $ROUNDS rounds of ${SECS}s"
+echo "# journal A/B ($FS $FS_ARGS): $(date -u +%FT%TZ), $(nproc) CPUs, $(uname -r), PIN '$PIN', $THREADS thread(s), $ROUNDS rounds of ${SECS}s"
 for r in $(seq 0 $((ROUNDS - 1))); do
   for i in "${!CONFIGS[@]}"; do
     cfg=${CONFIGS[$(((i + r) % ${#CONFIGS[@]}))]}

@@ -201,6 +201,18 @@ type Changes<F> = (
 /// filesystem state), then the filesystem's base bytes:
 /// `session_len u32 LE, session snapshot, filesystem bytes`.
 pub(crate) fn begin<F: Precopy>(session: &Session<F>) -> Result<Vec<u8>, FormatError> {
+    let (head, fs) = begin_parts(session)?;
+    let mut out = Vec::with_capacity(head.len() + fs.len());
+    out.extend_from_slice(&head);
+    out.extend_from_slice(&fs);
+    Ok(out)
+}
+
+/// [`begin`]'s bytes in two parts, not copied into one buffer: the session's
+/// (`session_len u32 LE, session snapshot`) and the filesystem's.
+pub(crate) fn begin_parts<F: Precopy>(
+    session: &Session<F>,
+) -> Result<(Vec<u8>, Vec<u8>), FormatError> {
     let state = session.precopy_begin().ok_or(FormatError::NotInitialized)?;
     let tables = encode_state(&state, &());
     drop(state);
@@ -217,11 +229,10 @@ pub(crate) fn begin<F: Precopy>(session: &Session<F>) -> Result<Vec<u8>, FormatE
     };
     let len = u32::try_from(tables.len())
         .map_err(|_| FormatError::Encode("the session's pre-copy exceeds 4 GiB".into()))?;
-    let mut out = Vec::with_capacity(4 + tables.len() + fs.len());
-    out.extend_from_slice(&len.to_le_bytes());
-    out.extend_from_slice(&tables);
-    out.extend_from_slice(&fs);
-    Ok(out)
+    let mut head = Vec::with_capacity(4 + tables.len());
+    head.extend_from_slice(&len.to_le_bytes());
+    head.extend_from_slice(&tables);
+    Ok((head, fs))
 }
 
 fn abort<F: Precopy>(session: &Session<F>) {

@@ -179,12 +179,16 @@ impl Precopy for MemFs {
             std::thread::sleep(PRECOPY_GAP);
         }
         let counters = self.lock_read().counters();
-        let mut out = Vec::with_capacity(entries.len() + 64);
-        out = postcard::to_extend(&self.config(), out).map_err(encode_error)?;
-        out = postcard::to_extend(&count, out).map_err(encode_error)?;
-        out.extend_from_slice(&entries);
-        drop(entries);
-        postcard::to_extend(&counters, out).map_err(encode_error)
+        let head = postcard::to_allocvec(&self.config()).map_err(encode_error)?;
+        let head = postcard::to_extend(&count, head).map_err(encode_error)?;
+        // The head goes before the entries in their own buffer, moved up in
+        // place: a second buffer as large as the state (all of its file data)
+        // was a copy into fresh pages, a page fault per 4 KiB, each checkpoint.
+        let len = entries.len();
+        entries.resize(len + head.len(), 0);
+        entries.copy_within(..len, head.len());
+        entries[..head.len()].copy_from_slice(&head);
+        postcard::to_extend(&counters, entries).map_err(encode_error)
     }
 
     fn precopy_changes(&self, _fds: &mut FdSaver) -> io::Result<MemFsChanges> {

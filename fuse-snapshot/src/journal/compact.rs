@@ -5,7 +5,7 @@ use super::layout::{
 };
 use super::record::KIND_SEAL;
 use super::storage::Storage;
-use super::writer::{write_chunked, write_meta, write_record, Journal, Mark, Tail};
+use super::writer::{write_meta, write_pieces, write_record, Journal, Mark, Pieces, Tail};
 use crate::format::crc::crc32;
 
 /// Rounds of copying records without the lock before the last, under it.
@@ -38,6 +38,15 @@ impl<S: Storage> Journal<S> {
     /// the journal goes on unchanged. [`JournalError::Full`] when the storage
     /// cannot hold both areas. [`JournalError::Io`] when the storage fails.
     pub fn compact(&self, mark: Mark, checkpoint: &[u8]) -> Result<(), JournalError> {
+        self.compact_pieces(mark, Pieces::whole(&[checkpoint]))
+    }
+
+    /// [`Journal::compact`] with the checkpoint in pieces.
+    pub(crate) fn compact_pieces(
+        &self,
+        mark: Mark,
+        checkpoint: Pieces<'_>,
+    ) -> Result<(), JournalError> {
         match self.compact_once(mark, checkpoint, true) {
             // Appends outran the room before the live log: put the new area after
             // it instead, where the live log is bounded while the checkpoint is
@@ -52,11 +61,11 @@ impl<S: Storage> Journal<S> {
     fn compact_once(
         &self,
         mark: Mark,
-        checkpoint: &[u8],
+        checkpoint: Pieces<'_>,
         may_go_before: bool,
     ) -> Result<(), JournalError> {
-        let ck_room = align8(checkpoint.len() as u64);
-        let ck_crc = crc32(checkpoint);
+        let ck_room = align8(checkpoint.len);
+        let ck_crc = checkpoint.crc;
         let max = self.storage.max_len();
 
         // 1. Under the lock: where the new area goes.
@@ -102,7 +111,7 @@ impl<S: Storage> Journal<S> {
             let meta = Meta {
                 epoch: t.meta.epoch + 1,
                 area,
-                checkpoint_len: checkpoint.len() as u64,
+                checkpoint_len: checkpoint.len,
                 first_seq: mark.seq,
                 checkpoint_crc: ck_crc,
             };
@@ -119,7 +128,7 @@ impl<S: Storage> Journal<S> {
             .storage
             .grow((dst + SEAL_ROOM).max(self.storage.len()))
             .map_err(JournalError::from)
-            .and_then(|()| write_chunked(&self.storage, meta.area, checkpoint))
+            .and_then(|()| write_pieces(&self.storage, meta.area, checkpoint.parts))
             .and_then(|()| Ok(self.storage.write(dst, &[0u8; 24])?));
         if written.is_ok() {
             fuse_session::fault::point("compact-checkpoint");

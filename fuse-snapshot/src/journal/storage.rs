@@ -52,11 +52,20 @@ pub trait Storage: Send + Sync {
     fn next_data(&self, off: u64) -> io::Result<u64> {
         Ok(off)
     }
+    /// Makes the bytes `[off, off + len)` (clipped to the length) cheap to store
+    /// to soon: a mapping allocates their pages now instead of at a page fault per
+    /// page on the appender's path. Best effort; the default does nothing.
+    fn prefault(&self, off: u64, len: u64) {
+        let _ = (off, len);
+    }
 }
 
 impl Storage for JournalMap {
     fn next_data(&self, off: u64) -> io::Result<u64> {
         JournalMap::next_data(self, off)
+    }
+    fn prefault(&self, off: u64, len: u64) {
+        JournalMap::prefault(self, off, len)
     }
     fn len(&self) -> u64 {
         JournalMap::len(self)
@@ -81,6 +90,9 @@ impl Storage for JournalMap {
 impl<T: Storage + ?Sized> Storage for Arc<T> {
     fn next_data(&self, off: u64) -> io::Result<u64> {
         (**self).next_data(off)
+    }
+    fn prefault(&self, off: u64, len: u64) {
+        (**self).prefault(off, len)
     }
     fn len(&self) -> u64 {
         (**self).len()

@@ -9,7 +9,7 @@ use super::layout::{
 use super::record::{Record, KIND_SEAL};
 use super::replay::Recovered;
 use super::storage::Storage;
-use crate::format::crc::{crc32, crc32_update};
+use crate::format::crc::{crc32, crc32_combine, crc32_update};
 
 /// Tuning of a [`Journal`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -65,6 +65,30 @@ pub struct Mark {
     pub(crate) offset: u64,
 }
 
+/// A checkpoint given in pieces (written one after the other, read back as one
+/// byte string) with its CRC-32 and length: what the session writes, so that the
+/// state it encoded is not copied into one buffer first (a memfs holding 512 MiB
+/// of file data copied all of it once more, each compaction, into fresh pages).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Pieces<'a> {
+    pub parts: &'a [&'a [u8]],
+    /// The CRC-32 of the parts one after the other.
+    pub crc: u32,
+    /// Their length.
+    pub len: u64,
+}
+
+impl<'a> Pieces<'a> {
+    /// One byte string, checksummed here.
+    pub fn whole(parts: &'a [&'a [u8]; 1]) -> Pieces<'a> {
+        Pieces {
+            parts,
+            crc: crc32(parts[0]),
+            len: parts[0].len() as u64,
+        }
+    }
+}
+
 /// The journal's in-memory state, under the mutex.
 #[derive(Debug)]
 pub(crate) struct Tail {
@@ -78,7 +102,18 @@ pub(crate) struct Tail {
     pub compacting: bool,
     /// A store failed: the journal's bytes may be half-written; refuse everything.
     pub failed: Option<String>,
+    /// The storage's pages up to here were prefaulted ([`Storage::prefault`]).
+    pub prefaulted: u64,
 }
+
+/// Small records' pages are prefaulted this far ahead of the log's end.
+const PREFAULT_AHEAD: u64 = 256 << 10;
+/// ... once fewer bytes than this are left prefaulted ahead of the end.
+const PREFAULT_LOW: u64 = 64 << 10;
+/// Records at least this large are not followed by a prefault: the storage
+/// writes them without faulting (`pwrite`), and prefaulting pages a large record
+/// then overwrites whole would clear them for nothing.
+const PREFAULT_UNDER: u64 = 16 << 10;
 
 /// A write-ahead journal: a checkpoint and a log of records, in a [`Storage`]. See
 /// the [module docs](super).
@@ -107,15 +142,24 @@ impl<S: Storage> Journal<S> {
         checkpoint: &[u8],
         options: JournalOptions,
     ) -> Result<Journal<S>, JournalError> {
+        Self::create_pieces(storage, Pieces::whole(&[checkpoint]), options)
+    }
+
+    /// [`Journal::create`] with the checkpoint in pieces.
+    pub(crate) fn create_pieces(
+        storage: S,
+        checkpoint: Pieces<'_>,
+        options: JournalOptions,
+    ) -> Result<Journal<S>, JournalError> {
         if !storage.is_empty() {
             return Err(JournalError::NotEmpty { len: storage.len() });
         }
         let meta = Meta {
             epoch: 1,
             area: AREA_ALIGN,
-            checkpoint_len: checkpoint.len() as u64,
+            checkpoint_len: checkpoint.len,
             first_seq: 1,
-            checkpoint_crc: crc32(checkpoint),
+            checkpoint_crc: checkpoint.crc,
         };
         Self::start(storage, meta, checkpoint, options, "mid-header")
     }
@@ -134,7 +178,17 @@ impl<S: Storage> Journal<S> {
         checkpoint: &[u8],
         options: JournalOptions,
     ) -> Result<Journal<S>, JournalError> {
-        let need = align8(checkpoint.len() as u64) + SEAL_ROOM;
+        Self::resume_pieces(storage, recovered, Pieces::whole(&[checkpoint]), options)
+    }
+
+    /// [`Journal::resume`] with the checkpoint in pieces.
+    pub(crate) fn resume_pieces(
+        storage: S,
+        recovered: &Recovered,
+        checkpoint: Pieces<'_>,
+        options: JournalOptions,
+    ) -> Result<Journal<S>, JournalError> {
+        let need = align8(checkpoint.len) + SEAL_ROOM;
         let before = recovered.area.saturating_sub(AREA_ALIGN);
         let area = if need <= before {
             AREA_ALIGN
@@ -144,9 +198,9 @@ impl<S: Storage> Journal<S> {
         let meta = Meta {
             epoch: recovered.epoch + 1,
             area,
-            checkpoint_len: checkpoint.len() as u64,
+            checkpoint_len: checkpoint.len,
             first_seq: recovered.next_seq,
-            checkpoint_crc: crc32(checkpoint),
+            checkpoint_crc: checkpoint.crc,
         };
         let journal = Self::start(storage, meta, checkpoint, options, "resume-mid-header")?;
         // Seal the old log where recovery cut it, so that a damaged new header can
@@ -231,6 +285,7 @@ impl<S: Storage> Journal<S> {
                 limit: storage.max_len(),
                 compacting: false,
                 failed: None,
+                prefaulted: 0,
             }),
             storage,
             room: Condvar::new(),
@@ -246,7 +301,7 @@ impl<S: Storage> Journal<S> {
     fn start(
         storage: S,
         meta: Meta,
-        checkpoint: &[u8],
+        checkpoint: Pieces<'_>,
         options: JournalOptions,
         header_point: &'static str,
     ) -> Result<Journal<S>, JournalError> {
@@ -259,7 +314,7 @@ impl<S: Storage> Journal<S> {
                 max: storage.max_len(),
             })?;
         storage.grow(need.max(storage.len()))?;
-        write_chunked(&storage, meta.area, checkpoint)?;
+        write_pieces(&storage, meta.area, checkpoint.parts)?;
         storage.write(log_start, &[0u8; RECORD_HEADER_LEN as usize])?;
         write_meta_at(&storage, &meta, header_point)?;
         Ok(Journal {
@@ -270,6 +325,7 @@ impl<S: Storage> Journal<S> {
                 limit: storage.max_len(),
                 compacting: false,
                 failed: None,
+                prefaulted: 0,
             }),
             storage,
             room: Condvar::new(),
@@ -331,6 +387,27 @@ impl<S: Storage> Journal<S> {
     /// maximum; [`JournalError::Io`] if the storage fails (after which the journal
     /// refuses every call: its tail may be half-written).
     pub fn append<B: AsRef<[u8]>>(&self, record: &Record<B>) -> Result<Appended, JournalError> {
+        self.append_inner(record, None)
+    }
+
+    /// [`Journal::append`], the CRC-32 of the record's bytes (its payload after
+    /// the kind's fixed part) given: `bytes_crc` from [`crc32_combine`] of a body
+    /// the caller checksummed already, so that a large record is read once for
+    /// its checksums, not twice. A wrong `bytes_crc` makes a record recovery cuts
+    /// the log at: the session's callers compute it, tests hold it to `append`.
+    pub(crate) fn append_with_crc<B: AsRef<[u8]>>(
+        &self,
+        record: &Record<B>,
+        bytes_crc: u32,
+    ) -> Result<Appended, JournalError> {
+        self.append_inner(record, Some(bytes_crc))
+    }
+
+    fn append_inner<B: AsRef<[u8]>>(
+        &self,
+        record: &Record<B>,
+        bytes_crc: Option<u32>,
+    ) -> Result<Appended, JournalError> {
         let (fixed, n, bytes) = record.parts();
         let fixed = &fixed[..n];
         let len = (fixed.len() + bytes.len()) as u64;
@@ -340,7 +417,11 @@ impl<S: Storage> Journal<S> {
                 max: self.options.max_record,
             });
         }
-        let payload_crc = crc32_update(crc32(fixed), bytes);
+        let payload_crc = match bytes_crc {
+            None => crc32_update(crc32(fixed), bytes),
+            Some(c) if fixed.is_empty() => c,
+            Some(c) => crc32_combine(crc32(fixed), c, bytes.len() as u64),
+        };
         let size = record_len(len);
         let mut t = self.lock();
         loop {
@@ -377,13 +458,42 @@ impl<S: Storage> Journal<S> {
         }
         t.end += size;
         t.next_seq += 1;
-        Ok(Appended {
+        let appended = Appended {
             seq: header.seq,
             compact: !t.compacting && {
                 let log = t.end - t.meta.log_start();
                 log >= self.options.compact_after && log >= t.meta.checkpoint_len
             },
-        })
+        };
+        let prefault = (size < PREFAULT_UNDER)
+            .then(|| self.prefault_window(&mut t))
+            .flatten();
+        drop(t);
+        if let Some((from, len)) = prefault {
+            self.storage.prefault(from, len);
+        }
+        Ok(appended)
+    }
+
+    /// The range to prefault ahead of the log's end, if the prefaulted part ahead
+    /// of it runs low (noted as prefaulted; the caller prefaults it without the
+    /// lock). Small records then never take a page fault: a fault per 4 KiB of
+    /// records (~60 records of a `stat` loop) cost more than the prefault of a
+    /// window at once.
+    fn prefault_window(&self, t: &mut Tail) -> Option<(u64, u64)> {
+        let ahead = t.prefaulted.saturating_sub(t.end);
+        // Behind the end (a large record jumped past), or far ahead of it (the
+        // log restarted in an area before, after a compaction): from the end.
+        let from = if t.prefaulted < t.end || ahead > 2 * PREFAULT_AHEAD {
+            t.end
+        } else if ahead < PREFAULT_LOW {
+            t.prefaulted
+        } else {
+            return None;
+        };
+        let to = (t.end + PREFAULT_AHEAD).min(self.storage.len());
+        t.prefaulted = to;
+        (to > from).then(|| (from, to - from))
     }
 
     /// Grows the storage to hold `need` bytes, by at least half again (fewer
@@ -474,6 +584,19 @@ fn write_meta_at<S: Storage + ?Sized>(
     let mut word = [0u8; 8];
     word.copy_from_slice(&b[56..64]);
     storage.commit(off + 56, word)?;
+    Ok(())
+}
+
+/// Writes `parts` one after the other from `off`, each as [`write_chunked`].
+pub(crate) fn write_pieces<S: Storage + ?Sized>(
+    storage: &S,
+    mut off: u64,
+    parts: &[&[u8]],
+) -> Result<(), JournalError> {
+    for part in parts {
+        write_chunked(storage, off, part)?;
+        off += part.len() as u64;
+    }
     Ok(())
 }
 
