@@ -28,6 +28,8 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
 const KEEPER: &str = env!("CARGO_BIN_EXE_fuse-live-keeper");
+/// memfs's io_uring queue depth (`UringOptions::default`).
+const DEPTH: usize = uring::DEFAULT_DEPTH;
 /// A guard against hangs, not a timing assertion.
 const PATIENCE: Duration = Duration::from_secs(60);
 
@@ -458,6 +460,22 @@ fn handoffs_with_requests_held_in_the_pause_then_sigkills_under_the_keeper() {
         recovered.iter().all(|&n| n >= cpus.len()),
         "requests answered from the entries per kill: {recovered:?}"
     );
+    // The slots each process served on, per queue (at its start, and after
+    // adopting): its depth plus what it adopted, never growing from one process
+    // to the next (a crash gives the extra ones back).
+    let owned: Vec<Vec<usize>> = log
+        .lines()
+        .filter_map(|l| l.split("this process's").nth(1))
+        .filter_map(|r| {
+            let list = r.split('[').nth(1)?.split(']').next()?;
+            list.split(',').map(|n| n.trim().parse().ok()).collect()
+        })
+        .collect();
+    let most = owned.iter().flatten().copied().max().unwrap_or(0);
+    assert!(
+        owned.len() > 3 * ROUNDS && most <= 2 * DEPTH,
+        "slots per queue served on: {owned:?}; log:\n{log}"
+    );
     // Everything written is still there, on the same connection.
     for r in 0..3 * ROUNDS {
         for &c in &cpus {
@@ -475,7 +493,8 @@ fn handoffs_with_requests_held_in_the_pause_then_sigkills_under_the_keeper() {
     );
     eprintln!(
         "{} handoffs (requests adopted: {adoptions:?}), {ROUNDS} SIGKILLs (requests answered \
-         from the entries: {recovered:?}), {} CPUs, 0 failed",
+         from the entries: {recovered:?}), {} CPUs, 0 failed; slots per queue served on, \
+         process after process: {owned:?}",
         3 * ROUNDS,
         cpus.len()
     );

@@ -564,6 +564,14 @@ impl RingArea {
             .unwrap_or(0)
     }
 
+    /// How many slots of each queue this process's generation owns (registered or
+    /// adopted): at most its depth plus the entries it adopted.
+    pub fn owned_per_queue(&self) -> Vec<usize> {
+        (0..self.geo.queues as usize)
+            .map(|q| self.slots_of(q, self.generation).len())
+            .collect()
+    }
+
     /// The owner generation of each entry of queue `qid`.
     pub fn owners(&self, qid: usize) -> Vec<u64> {
         (0..self.geo.slots as usize)

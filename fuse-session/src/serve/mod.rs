@@ -868,9 +868,11 @@ impl<F: Filesystem> Running<F> {
         }
         log::info!(
             "serving through io_uring: {queues} queues of {depth} entries, {payload_len}-byte \
-             payload buffers, entries at {:#x}{}",
+             payload buffers, entries at {:#x}{}; slots per queue {}, this process's {:?}",
             area.base(),
-            if recovering { " (recovered)" } else { "" }
+            if recovering { " (recovered)" } else { "" },
+            area.geometry().slots,
+            area.owned_per_queue()
         );
         *lock(&self.ring) = Some((area, None));
         if recovering {
@@ -973,6 +975,11 @@ impl<F: Filesystem> Running<F> {
                 }
             }
         }
+        log::info!(
+            "io_uring: after adopting, this process's slots per queue {:?} (of {})",
+            area.owned_per_queue(),
+            area.geometry().slots
+        );
         self.drain_queues(area.geometry().queues as usize);
         Ok(report)
     }

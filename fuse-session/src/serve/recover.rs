@@ -345,6 +345,12 @@ pub struct RecoveredRing {
     pub replies: usize,
     /// Entries holding nothing, registered anew.
     pub empty: usize,
+    /// Slots of the dead process left free: it held nothing there, and the queue
+    /// has its depth of entries without them (a process that adopted entries in
+    /// a live handoff served on more slots than its depth; a successor after a
+    /// crash gives the extra ones back, so that handoffs and crashes never run a
+    /// queue out of free slots).
+    pub reclaimed: usize,
     /// Entries whose bytes did not add up (logged): the request they name is
     /// answered `EIO`.
     pub damaged: usize,
@@ -377,6 +383,9 @@ pub(crate) fn recover_ring<F: Filesystem>(
     for qid in 0..geo.queues as usize {
         let slots = area.slots_of(qid, previous);
         let mut q = Vec::with_capacity(slots.len());
+        // After a crash: the slots that held nothing, registered below only as
+        // far as the queue needs them to have `depth` entries.
+        let mut empty = Vec::new();
         for j in slots {
             let start = match area.inspect(qid, j) {
                 // A live predecessor's empty entries were cancelled with its
@@ -385,8 +394,8 @@ pub(crate) fn recover_ring<F: Filesystem>(
                 // (the kernel refuses it if it had it: exactly once).
                 EntryHolds::Nothing if live => continue,
                 EntryHolds::Nothing => {
-                    report.empty += 1;
-                    EntryStart::Register
+                    empty.push(j);
+                    continue;
                 }
                 EntryHolds::Reply(unique) => {
                     log::info!(
@@ -481,6 +490,15 @@ pub(crate) fn recover_ring<F: Filesystem>(
             };
             q.push((j, start));
         }
+        let need = (geo.depth as usize).saturating_sub(q.len());
+        report.empty += need.min(empty.len());
+        report.reclaimed += empty.len().saturating_sub(need);
+        q.extend(
+            empty
+                .into_iter()
+                .take(need)
+                .map(|j| (j, EntryStart::Register)),
+        );
         plan.push(q);
     }
     (report, plan)
