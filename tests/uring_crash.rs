@@ -476,6 +476,9 @@ fn handoffs_with_requests_held_in_the_pause_then_sigkills_under_the_keeper() {
         owned.len() > 3 * ROUNDS && most <= 2 * DEPTH,
         "slots per queue served on: {owned:?}; log:\n{log}"
     );
+    if std::env::var_os("URING_TEST_LOG").is_some() {
+        eprintln!("{log}");
+    }
     // Everything written is still there, on the same connection.
     for r in 0..3 * ROUNDS {
         for &c in &cpus {

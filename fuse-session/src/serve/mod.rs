@@ -197,10 +197,12 @@ pub struct Server<F: Filesystem> {
 enum RingStart {
     /// After a crash: on the dead process's slots, as planned.
     Recover(RingPlan),
-    /// A live handoff: fresh entries on the slots the predecessor (still serving
-    /// until it releases its rings) does not own; its held requests are adopted
-    /// later ([`Running::adopt_ring`]).
-    Live,
+    /// A live handoff: on the queues marked `true` the predecessor's entries all
+    /// hold a request (`recover::fill_entries`): no fresh entry, they are all
+    /// adopted ([`Running::adopt_ring`]); on the others, fresh entries on the
+    /// slots the predecessor (still serving until it releases its rings) does not
+    /// own, and its held requests adopted later.
+    Live(Vec<bool>),
 }
 
 impl<F: Filesystem> Server<F> {
@@ -260,12 +262,30 @@ impl<F: Filesystem> Server<F> {
 
     /// A live handoff's successor serves through its predecessor's [`RingArea`]
     /// (received with the device fd, mapped back at its address with
-    /// [`RingArea::from_fd`]): [`Server::spawn_uring`] then registers fresh
-    /// entries on the slots the predecessor does not own, while it still holds
-    /// its own. Once the predecessor has released its rings, call
+    /// [`RingArea::from_fd`]). Call it after Commit, with the predecessor paused:
+    /// every entry the predecessor has available is first given a request (a
+    /// `statfs` from a child process pinned to the queue's CPU, which the paused
+    /// predecessor does not answer), so that its rings close with no entry the
+    /// kernel could cancel or hand a request to as they go. On such a queue
+    /// [`Server::spawn_uring`] registers nothing: the successor serves on the
+    /// predecessor's entries once it has adopted them, so the slots in use do not
+    /// grow from one handoff to the next. On a queue that could not be filled (its
+    /// CPU cannot be used, or not within 2 s, logged) it registers fresh entries
+    /// on the slots the predecessor does not own, as they go to the head of the
+    /// queue's available list. Once the predecessor has released its rings, call
     /// [`Running::adopt_ring`] to answer and adopt the requests its entries held.
     pub fn take_ring_live(&mut self, area: RingArea) {
-        self.ring = Some((Arc::new(area), RingStart::Live));
+        // First every entry the paused predecessor has available is given a
+        // request (recover::fill_entries): its rings then close with none
+        // available, and this process adopts them instead of registering more.
+        let filled = match poke::open_root(self.mount.mountpoint(), None) {
+            Ok(root) => recover::fill_entries(&root, &area),
+            Err(e) => {
+                log::warn!("cannot open the mount's root to fill the predecessor's entries: {e}");
+                Vec::new()
+            }
+        };
+        self.ring = Some((Arc::new(area), RingStart::Live(filled)));
     }
 
     /// Makes the `/dev/fuse` workers read requests into `slots` (worker `i` into slot
@@ -813,15 +833,23 @@ impl<F: Filesystem> Running<F> {
         };
         let depth = area.geometry().depth as usize;
         let recovering = matches!(how, Some(RingStart::Recover(_)));
+        let how_filled = match &how {
+            Some(RingStart::Live(f)) => Some(f.clone()),
+            _ => None,
+        };
         // Per queue: the slots it serves and what it does with each at start.
         let mut plans: Vec<(Vec<usize>, Vec<EntryStart>)> = match how {
             Some(RingStart::Recover(plan)) => {
                 plan.into_iter().map(|q| q.into_iter().unzip()).collect()
             }
-            Some(RingStart::Live) => {
+            Some(RingStart::Live(filled)) => {
                 let serving = area.generation().saturating_sub(1);
                 (0..queues)
                     .map(|q| {
+                        if filled.get(q).copied().unwrap_or(false) {
+                            // Adopted whole later: no fresh entry.
+                            return (Vec::new(), Vec::new());
+                        }
                         let free: Vec<usize> = area
                             .free_slots(q, serving)
                             .into_iter()
@@ -837,18 +865,24 @@ impl<F: Filesystem> Running<F> {
                 .collect(),
         };
         plans.resize_with(queues, || ((0..0).collect(), Vec::new()));
-        if let Some(q) = plans.iter().position(|(slots, _)| slots.is_empty()) {
+        let adopted_whole = |q: usize| matches!(&how_filled, Some(f) if f.get(q) == Some(&true));
+        if let Some(q) = (0..queues).find(|&q| plans[q].0.is_empty() && !adopted_whole(q)) {
             return Err(ServeError::Uring(format!(
                 "io_uring queue {q} has no free slot in the ring area (the predecessor owns \
                  every one of them)"
             )));
         }
         let (tx, rx) = std::sync::mpsc::channel::<io::Result<()>>();
+        let mut started = 0;
         for (qid, (slots, start)) in (0..qid_max).zip(plans) {
+            if slots.is_empty() {
+                continue;
+            }
             self.spawn_queue(qid, &area, slots, start, &tx, (options.pin, false))?;
+            started += 1;
         }
         drop(tx);
-        for _ in 0..queues {
+        for _ in 0..started {
             match rx.recv_timeout(Duration::from_secs(10)) {
                 Ok(Ok(())) => {}
                 Ok(Err(e)) => {
