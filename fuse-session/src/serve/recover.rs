@@ -381,7 +381,22 @@ pub(crate) fn recover_ring<F: Filesystem>(
     // The entries of the process before this one (generation - 1).
     let previous = area.generation().saturating_sub(1);
     for qid in 0..geo.queues as usize {
-        let slots = area.slots_of(qid, previous);
+        let mut slots = area.slots_of(qid, previous);
+        if !live && previous > 1 {
+            // After a crash: the entries of the process before the dead one that
+            // still hold a request or a reply. A live successor that died while
+            // adopting them (after its predecessor released its rings, before
+            // each was retagged) left them so; any other entry of that process
+            // was retagged when adopted, or cancelled with its ring holding
+            // nothing new. Committing a reply again that the kernel had is
+            // refused harmlessly.
+            slots.extend(area.slots_of(qid, previous - 1).into_iter().filter(|&j| {
+                matches!(
+                    area.inspect(qid, j),
+                    EntryHolds::Request { .. } | EntryHolds::Reply(_)
+                )
+            }));
+        }
         let mut q = Vec::with_capacity(slots.len());
         // After a crash: the slots that held nothing, registered below only as
         // far as the queue needs them to have `depth` entries.
