@@ -479,9 +479,9 @@ fn serve_journaled(args: &Args, mut store: FdStore) -> Result<(), Box<dyn std::e
                 .into(),
         );
     }
-    // A mount that is also handed off live (--upgrade-socket) needs /dev/fuse:
-    // said (auto) or refused (io-uring) before anything is mounted or recovered.
-    // Crash recovery alone works over either transport.
+    // Checked before anything is mounted or recovered: a live upgrade
+    // (--upgrade-socket) and crash recovery both work over either transport;
+    // auto picks /dev/fuse, which loses no call to a crash.
     let transport = match &args.upgrade_socket {
         Some(_) => args
             .transport

@@ -558,12 +558,14 @@ impl TransportKind {
     /// level; [`TransportKind::DevFuse`] stays. [`TransportKind::IoUring`] stays,
     /// logged with its cost: the daemon must serve with its entries in a memfd
     /// ([`UringOptions::restartable`]), which the handoff passes on; the new
-    /// process registers its own entries before the old one closes its rings, and
-    /// adopts the requests they held ([`Server::take_ring_live`],
-    /// [`Running::adopt_ring`]); but a request the kernel hands to an entry of the
-    /// old process while all of the new one's entries of that queue are busy,
-    /// just as its rings close, fails with `ECANCELED` (docs/DESIGN.md, "Live
-    /// handoff over io_uring"). A daemon checks this at startup, before it mounts.
+    /// process fills every entry the old one has available before the old one
+    /// closes its rings, and adopts them all ([`Server::take_ring_live`],
+    /// [`Running::adopt_ring`]), so no request fails as they close; only on a
+    /// queue whose CPU cannot be used (or whose entries were not filled within
+    /// 2 s, logged) it registers fresh entries instead, and a request the kernel
+    /// hands to an old entry there as the rings close fails with `ECANCELED`
+    /// (docs/DESIGN.md, "io_uring handoffs that leave nothing available"). A
+    /// daemon checks this at startup, before it mounts.
     ///
     /// # Errors
     /// None today (kept for a transport that cannot be handed over).
@@ -571,8 +573,8 @@ impl TransportKind {
         if self == TransportKind::IoUring {
             log::info!(
                 "transport io_uring for {why}: the entries are kept in a memfd the handoff \
-                 passes on; a request that reaches the old process's ring as it closes, \
-                 while the new one's entries are all busy, can fail with ECANCELED"
+                 passes on and the new process adopts them all (a crash of a serving \
+                 process can still fail a request with ECANCELED)"
             );
             return Ok(TransportKind::IoUring);
         }
@@ -619,8 +621,8 @@ impl TransportKind {
             TransportKind::Auto => {
                 log::info!(
                     "transport auto: /dev/fuse, because {why} loses no call there (over \
-                     io_uring a request that reaches the old process's ring as it closes can \
-                     fail with ECANCELED; ask for io-uring to take that risk)"
+                     io_uring a request that reaches a crashing process's ring can fail with \
+                     ECANCELED; ask for io-uring to take that risk)"
                 );
                 Ok(TransportKind::DevFuse)
             }
