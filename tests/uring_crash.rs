@@ -107,7 +107,8 @@ impl Kept {
         let log = dir.join("keeper.log");
         let marker = dir.join("marker");
         let mut cmd = Command::new(KEEPER);
-        cmd.args(["--restart-delay", &restart_delay_ms.to_string(), "--"])
+        cmd.args(["--restart-delay", &restart_delay_ms.to_string()])
+            .args(["--restart-limit", "1000", "--"])
             .arg(common::example_binary("memfs"))
             .arg(&mnt)
             .args(["--threads", "2", "--transport", "io-uring"])
@@ -334,13 +335,15 @@ fn requests_held_on_every_cpu_and_queued_ones_are_answered_after_sigkill() {
 /// handoff's pause (held in the old process's ring entries, adopted and answered
 /// by the new process), each followed by a SIGKILL while every queue's thread is
 /// inside a held MKDIR (answered by the next process from the same ring area),
-/// then more upgrades: more handoffs and recoveries than a queue has slots, every
+/// then three such SIGKILLs in a row, then more upgrades: more handoffs and recoveries than a queue has slots, every
 /// call answered, the same connection, no kernel warning.
 #[test]
 fn handoffs_with_requests_held_in_the_pause_then_sigkills_under_the_keeper() {
     const TEST: &str = "handoffs_with_requests_held_in_the_pause_then_sigkills_under_the_keeper";
-    /// Handoff, then SIGKILL, this many times; then as many handoffs again.
+    /// Handoff, then SIGKILL, this many times; then SIGKILLs in a row; then
+    /// twice as many handoffs again.
     const ROUNDS: usize = 5;
+    const KILLS_IN_A_ROW: usize = 3;
     if !uring_available(TEST) {
         return;
     }
@@ -439,6 +442,11 @@ fn handoffs_with_requests_held_in_the_pause_then_sigkills_under_the_keeper() {
         adoptions.push(upgrade(format!("u{r}")));
         sigkill(format!("k{r}"));
     }
+    // SIGKILLs in a row, each recovered from the entries the previous recovery
+    // registered.
+    for r in 0..KILLS_IN_A_ROW {
+        sigkill(format!("kk{r}"));
+    }
     for r in ROUNDS..3 * ROUNDS {
         adoptions.push(upgrade(format!("u{r}")));
     }
@@ -455,7 +463,11 @@ fn handoffs_with_requests_held_in_the_pause_then_sigkills_under_the_keeper() {
         .filter(|l| l.contains("requests in the io_uring entries at the crash"))
         .map(|l| requests_field(l).unwrap_or_else(|| panic!("cannot read {l}")))
         .collect();
-    assert_eq!(recovered.len(), ROUNDS, "one ring recovery per kill: {log}");
+    assert_eq!(
+        recovered.len(),
+        ROUNDS + KILLS_IN_A_ROW,
+        "one ring recovery per kill: {log}"
+    );
     assert!(
         recovered.iter().all(|&n| n >= cpus.len()),
         "requests answered from the entries per kill: {recovered:?}"
@@ -495,10 +507,11 @@ fn handoffs_with_requests_held_in_the_pause_then_sigkills_under_the_keeper() {
         "same connection"
     );
     eprintln!(
-        "{} handoffs (requests adopted: {adoptions:?}), {ROUNDS} SIGKILLs (requests answered \
+        "{} handoffs (requests adopted: {adoptions:?}), {} SIGKILLs (requests answered \
          from the entries: {recovered:?}), {} CPUs, 0 failed; slots per queue served on, \
          process after process: {owned:?}",
         3 * ROUNDS,
+        ROUNDS + KILLS_IN_A_ROW,
         cpus.len()
     );
     k.stop();

@@ -922,6 +922,7 @@ mod tests {
             (0..16).filter(|&j| j != 3).collect::<Vec<_>>()
         );
         assert_eq!(area.highest_owner(), 1);
+        assert_eq!(area.owned_per_queue(), vec![2, 1], "this process's slots");
         // The owner word lives in the shared file, where a successor reads it.
         let mut word = [0u8; 8];
         let page = u64::from(area.geometry().page);
