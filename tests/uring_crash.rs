@@ -387,9 +387,22 @@ fn handoffs_with_requests_held_in_the_pause_then_sigkills_under_the_keeper() {
                 })
             })
             .collect();
-        // Not a timing assertion: time for the requests to reach the paused
-        // process's entries (the test checks below that they did).
-        std::thread::sleep(Duration::from_millis(300));
+        // Until the kernel has a request of each CPU in flight (in an entry of
+        // the paused process: the test checks below that they were adopted).
+        let waiting = format!("/sys/fs/fuse/connections/{conn}/waiting");
+        let start = Instant::now();
+        while std::fs::read_to_string(&waiting)
+            .ok()
+            .and_then(|t| t.trim().parse::<usize>().ok())
+            .unwrap_or(0)
+            < cpus.len()
+        {
+            assert!(
+                start.elapsed() < PATIENCE,
+                "{round}: the requests never went out"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
         File::create(&go).expect("go");
         k.next_ready(&format!("{round}: after the upgrade"));
         for (&c, h) in cpus.iter().zip(sent) {
