@@ -332,8 +332,9 @@ fn requests_held_on_every_cpu_and_queued_ones_are_answered_after_sigkill() {
 }
 
 /// Live upgrades under the keeper over io_uring with requests sent during each
-/// handoff's pause (held in the old process's ring entries, adopted and answered
-/// by the new process), each followed by a SIGKILL while every queue's thread is
+/// handoff's pause, 1 to 3 per CPU (held in the old process's ring entries,
+/// adopted and answered by the new process, or queued in the kernel beyond
+/// them), each followed by a SIGKILL while every queue's thread is
 /// inside a held MKDIR (answered by the next process from the same ring area),
 /// then three such SIGKILLs in a row, then more upgrades: more handoffs and recoveries than a queue has slots, every
 /// call answered, the same connection, no kernel warning.
@@ -344,6 +345,10 @@ fn handoffs_with_requests_held_in_the_pause_then_sigkills_under_the_keeper() {
     /// twice as many handoffs again.
     const ROUNDS: usize = 5;
     const KILLS_IN_A_ROW: usize = 3;
+    /// Most writes sent from one CPU during a pause: more than a queue's depth
+    /// (those beyond the paused process's entries wait in the kernel's queue).
+    const WRITERS: usize = 3;
+    let writers = |r: usize| 1 + r % WRITERS;
     if !uring_available(TEST) {
         return;
     }
@@ -366,12 +371,17 @@ fn handoffs_with_requests_held_in_the_pause_then_sigkills_under_the_keeper() {
     let conn = fusectl::connection_id(&k.mnt).expect("fusectl connection");
     for &c in &cpus {
         std::fs::create_dir(k.mnt.join(format!("d{c}"))).expect("mkdir");
+        for w in 0..WRITERS {
+            std::fs::create_dir(k.mnt.join(format!("d{c}w{w}"))).expect("mkdir");
+        }
     }
+    // Where writer `w` of CPU `c` writes in round `r`.
+    let file = |c: usize, w: usize, r: &str| k.mnt.join(format!("d{c}w{w}/{r}"));
     let (paused, go) = (k.dir.join("paused"), k.dir.join("go"));
     // One live upgrade with a write from each CPU sent while the old process is
     // paused (each CPU's in a directory of its own: a CREATE holds its parent's
     // lock). Returns the requests the new process adopted.
-    let upgrade = |round: String| -> usize {
+    let upgrade = |round: String, writers: usize| -> usize {
         let _ = std::fs::remove_file(&paused);
         let _ = std::fs::remove_file(&go);
         let before = one_daemon(&k);
@@ -379,12 +389,16 @@ fn handoffs_with_requests_held_in_the_pause_then_sigkills_under_the_keeper() {
         wait_for(&paused, &format!("{round}: the pause"), &k.log);
         let sent: Vec<_> = cpus
             .iter()
-            .map(|&c| {
-                let p = k.mnt.join(format!("d{c}/{round}"));
-                pinned(c, move || {
-                    std::fs::write(&p, p.as_os_str().as_encoded_bytes())?;
-                    std::fs::read(&p)
-                })
+            .flat_map(|&c| (0..writers).map(move |w| (c, w)))
+            .map(|(c, w)| {
+                let p = file(c, w, &round);
+                (
+                    (c, w),
+                    pinned(c, move || {
+                        std::fs::write(&p, p.as_os_str().as_encoded_bytes())?;
+                        std::fs::read(&p)
+                    }),
+                )
             })
             .collect();
         // Until the kernel has a request of each CPU in flight (in an entry of
@@ -395,7 +409,7 @@ fn handoffs_with_requests_held_in_the_pause_then_sigkills_under_the_keeper() {
             .ok()
             .and_then(|t| t.trim().parse::<usize>().ok())
             .unwrap_or(0)
-            < cpus.len()
+            < cpus.len() * writers
         {
             assert!(
                 start.elapsed() < PATIENCE,
@@ -405,11 +419,11 @@ fn handoffs_with_requests_held_in_the_pause_then_sigkills_under_the_keeper() {
         }
         File::create(&go).expect("go");
         k.next_ready(&format!("{round}: after the upgrade"));
-        for (&c, h) in cpus.iter().zip(sent) {
-            let p = k.mnt.join(format!("d{c}/{round}"));
+        for ((c, w), h) in sent {
+            let p = file(c, w, &round);
             let got = h.join().expect("writer").unwrap_or_else(|e| {
                 panic!(
-                    "{round}: the write from CPU {c}: {e}; log:\n{}",
+                    "{round}: write {w} from CPU {c}: {e}; log:\n{}",
                     k.log_text()
                 )
             });
@@ -452,7 +466,7 @@ fn handoffs_with_requests_held_in_the_pause_then_sigkills_under_the_keeper() {
     };
     let mut adoptions = Vec::new();
     for r in 0..ROUNDS {
-        adoptions.push(upgrade(format!("u{r}")));
+        adoptions.push(upgrade(format!("u{r}"), writers(r)));
         sigkill(format!("k{r}"));
     }
     // SIGKILLs in a row, each recovered from the entries the previous recovery
@@ -461,7 +475,7 @@ fn handoffs_with_requests_held_in_the_pause_then_sigkills_under_the_keeper() {
         sigkill(format!("kk{r}"));
     }
     for r in ROUNDS..3 * ROUNDS {
-        adoptions.push(upgrade(format!("u{r}")));
+        adoptions.push(upgrade(format!("u{r}"), writers(r)));
     }
     let log = k.log_text();
     // Every write sent during a pause was held by the old process's entries
@@ -506,8 +520,11 @@ fn handoffs_with_requests_held_in_the_pause_then_sigkills_under_the_keeper() {
     }
     // Everything written is still there, on the same connection.
     for r in 0..3 * ROUNDS {
-        for &c in &cpus {
-            let p = k.mnt.join(format!("d{c}/u{r}"));
+        for (c, w) in cpus
+            .iter()
+            .flat_map(|&c| (0..writers(r)).map(move |w| (c, w)))
+        {
+            let p = file(c, w, &format!("u{r}"));
             assert_eq!(
                 std::fs::read(&p).expect("read"),
                 p.as_os_str().as_encoded_bytes()
