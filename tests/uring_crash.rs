@@ -28,6 +28,8 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
 const KEEPER: &str = env!("CARGO_BIN_EXE_fuse-live-keeper");
+/// memfs's io_uring queue depth (`UringOptions::default`).
+const DEPTH: usize = uring::DEFAULT_DEPTH;
 /// A guard against hangs, not a timing assertion.
 const PATIENCE: Duration = Duration::from_secs(60);
 
@@ -88,13 +90,25 @@ struct Kept {
 
 impl Kept {
     fn start(tag: &str, hook: &str, restart_delay_ms: u32) -> Kept {
+        Kept::start_with(tag, hook, restart_delay_ms, |_, _| {})
+    }
+
+    /// As `start`, `more` adding to memfs's command (its arguments are in place,
+    /// the keeper's too) given the test's directory.
+    fn start_with(
+        tag: &str,
+        hook: &str,
+        restart_delay_ms: u32,
+        more: impl FnOnce(&mut Command, &Path),
+    ) -> Kept {
         let dir = common::temp_dir(tag);
         let mnt = dir.join("mnt");
         std::fs::create_dir(&mnt).expect("mountpoint");
         let log = dir.join("keeper.log");
         let marker = dir.join("marker");
         let mut cmd = Command::new(KEEPER);
-        cmd.args(["--restart-delay", &restart_delay_ms.to_string(), "--"])
+        cmd.args(["--restart-delay", &restart_delay_ms.to_string()])
+            .args(["--restart-limit", "1000", "--"])
             .arg(common::example_binary("memfs"))
             .arg(&mnt)
             .args(["--threads", "2", "--transport", "io-uring"])
@@ -103,6 +117,7 @@ impl Kept {
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(File::create(&log).expect("log"));
+        more(&mut cmd, &dir);
         // SAFETY: only prctl(2) in the forked child, async-signal-safe.
         unsafe {
             cmd.pre_exec(|| {
@@ -314,4 +329,259 @@ fn requests_held_on_every_cpu_and_queued_ones_are_answered_after_sigkill() {
         "no kernel warning: {:?}",
         &warnings_after[warnings_before.len().min(warnings_after.len())..]
     );
+}
+
+/// Live upgrades under the keeper over io_uring with requests sent during each
+/// handoff's pause, 1 to 3 per CPU (held in the old process's ring entries,
+/// adopted and answered by the new process, or queued in the kernel beyond
+/// them), each followed by a SIGKILL while every queue's thread is
+/// inside a held MKDIR (answered by the next process from the same ring area),
+/// then three such SIGKILLs in a row, then more upgrades: more handoffs and recoveries than a queue has slots, every
+/// call answered, the same connection, no kernel warning.
+#[test]
+fn handoffs_with_requests_held_in_the_pause_then_sigkills_under_the_keeper() {
+    const TEST: &str = "handoffs_with_requests_held_in_the_pause_then_sigkills_under_the_keeper";
+    /// Handoff, then SIGKILL, this many times; then SIGKILLs in a row; then
+    /// twice as many handoffs again.
+    const ROUNDS: usize = 5;
+    const KILLS_IN_A_ROW: usize = 3;
+    /// Most writes sent from one CPU during a pause: more than a queue's depth
+    /// (those beyond the paused process's entries wait in the kernel's queue).
+    const WRITERS: usize = 3;
+    let writers = |r: usize| 1 + r % WRITERS;
+    if !uring_available(TEST) {
+        return;
+    }
+    let warnings_before = kernel_warnings();
+    let cpus = cpus();
+    let k = Kept::start_with(
+        "uring-keeper-handoff",
+        "hold-mkdirs:held-",
+        100,
+        |cmd, dir| {
+            cmd.arg("--upgrade-socket")
+                .arg(dir.join("upgrade.sock"))
+                .env(
+                    "MEMFS_HANDOFF_TEST",
+                    format!("hold-before-commit={}", dir.display()),
+                );
+        },
+    );
+    let keeper = Pid::from_raw(k.keeper.as_ref().expect("keeper").id() as i32);
+    let conn = fusectl::connection_id(&k.mnt).expect("fusectl connection");
+    for &c in &cpus {
+        std::fs::create_dir(k.mnt.join(format!("d{c}"))).expect("mkdir");
+        for w in 0..WRITERS {
+            std::fs::create_dir(k.mnt.join(format!("d{c}w{w}"))).expect("mkdir");
+        }
+    }
+    // Where writer `w` of CPU `c` writes in round `r`.
+    let file = |c: usize, w: usize, r: &str| k.mnt.join(format!("d{c}w{w}/{r}"));
+    let (paused, go) = (k.dir.join("paused"), k.dir.join("go"));
+    // One live upgrade with a write from each CPU sent while the old process is
+    // paused (each CPU's in a directory of its own: a CREATE holds its parent's
+    // lock). Returns the requests the new process adopted.
+    let upgrade = |round: String, writers: usize| -> usize {
+        let _ = std::fs::remove_file(&paused);
+        let _ = std::fs::remove_file(&go);
+        let before = one_daemon(&k);
+        kill(keeper, Signal::SIGHUP).expect("SIGHUP");
+        wait_for(&paused, &format!("{round}: the pause"), &k.log);
+        let sent: Vec<_> = cpus
+            .iter()
+            .flat_map(|&c| (0..writers).map(move |w| (c, w)))
+            .map(|(c, w)| {
+                let p = file(c, w, &round);
+                (
+                    (c, w),
+                    pinned(c, move || {
+                        std::fs::write(&p, p.as_os_str().as_encoded_bytes())?;
+                        std::fs::read(&p)
+                    }),
+                )
+            })
+            .collect();
+        // Until the kernel has a request of each CPU in flight (in an entry of
+        // the paused process: the test checks below that they were adopted).
+        let waiting = format!("/sys/fs/fuse/connections/{conn}/waiting");
+        let start = Instant::now();
+        while std::fs::read_to_string(&waiting)
+            .ok()
+            .and_then(|t| t.trim().parse::<usize>().ok())
+            .unwrap_or(0)
+            < cpus.len() * writers
+        {
+            assert!(
+                start.elapsed() < PATIENCE,
+                "{round}: the requests never went out"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        File::create(&go).expect("go");
+        k.next_ready(&format!("{round}: after the upgrade"));
+        for ((c, w), h) in sent {
+            let p = file(c, w, &round);
+            let got = h.join().expect("writer").unwrap_or_else(|e| {
+                panic!(
+                    "{round}: write {w} from CPU {c}: {e}; log:\n{}",
+                    k.log_text()
+                )
+            });
+            assert_eq!(got, p.as_os_str().as_encoded_bytes(), "{round}");
+        }
+        let start = Instant::now();
+        while !gone(before) {
+            assert!(start.elapsed() < PATIENCE, "{round}: the old daemon exits");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        adopted(&k.log_text()).last().copied().unwrap_or(0)
+    };
+    // A SIGKILL while each CPU's queue thread is inside a held MKDIR.
+    let sigkill = |round: String| {
+        let held: Vec<_> = cpus
+            .iter()
+            .map(|&c| {
+                let p = k.mnt.join(format!("d{c}/held-{round}-{c}"));
+                pinned(c, move || std::fs::create_dir(&p))
+            })
+            .collect();
+        for &c in &cpus {
+            wait_for(
+                &k.dir.join(format!("marker.held-{round}-{c}")),
+                &format!("{round}: the MKDIR from CPU {c} reaching the filesystem"),
+                &k.log,
+            );
+        }
+        kill(Pid::from_raw(one_daemon(&k)), Signal::SIGKILL).expect("SIGKILL memfs");
+        k.next_ready(&format!("{round}: after the kill"));
+        for (&c, h) in cpus.iter().zip(held) {
+            h.join().expect("held thread").unwrap_or_else(|e| {
+                panic!(
+                    "{round}: the MKDIR held on CPU {c}: {e}; log:\n{}",
+                    k.log_text()
+                )
+            });
+            assert!(k.mnt.join(format!("d{c}/held-{round}-{c}")).is_dir());
+        }
+    };
+    let mut adoptions = Vec::new();
+    for r in 0..ROUNDS {
+        adoptions.push(upgrade(format!("u{r}"), writers(r)));
+        sigkill(format!("k{r}"));
+    }
+    // SIGKILLs in a row, each recovered from the entries the previous recovery
+    // registered.
+    for r in 0..KILLS_IN_A_ROW {
+        sigkill(format!("kk{r}"));
+    }
+    for r in ROUNDS..3 * ROUNDS {
+        adoptions.push(upgrade(format!("u{r}"), writers(r)));
+    }
+    let log = k.log_text();
+    // Every write sent during a pause was held by the old process's entries
+    // (one per CPU at least: RELEASEs may come too) and adopted.
+    assert!(
+        adoptions.iter().all(|&n| n >= cpus.len()),
+        "requests adopted per handoff: {adoptions:?}; log:\n{log}"
+    );
+    // Every held MKDIR was answered from its entry by the next process.
+    let recovered: Vec<usize> = log
+        .lines()
+        .filter(|l| l.contains("requests in the io_uring entries at the crash"))
+        .map(|l| requests_field(l).unwrap_or_else(|| panic!("cannot read {l}")))
+        .collect();
+    assert_eq!(
+        recovered.len(),
+        ROUNDS + KILLS_IN_A_ROW,
+        "one ring recovery per kill: {log}"
+    );
+    assert!(
+        recovered.iter().all(|&n| n >= cpus.len()),
+        "requests answered from the entries per kill: {recovered:?}"
+    );
+    // The slots each process served on, per queue (at its start, and after
+    // adopting): its depth plus what it adopted, never growing from one process
+    // to the next (a crash gives the extra ones back).
+    let owned: Vec<Vec<usize>> = log
+        .lines()
+        .filter_map(|l| l.split("this process's").nth(1))
+        .filter_map(|r| {
+            let list = r.split('[').nth(1)?.split(']').next()?;
+            list.split(',').map(|n| n.trim().parse().ok()).collect()
+        })
+        .collect();
+    let most = owned.iter().flatten().copied().max().unwrap_or(0);
+    assert!(
+        owned.len() > 3 * ROUNDS && most <= 2 * DEPTH,
+        "slots per queue served on: {owned:?}; log:\n{log}"
+    );
+    if std::env::var_os("URING_TEST_LOG").is_some() {
+        eprintln!("{log}");
+    }
+    // Everything written is still there, on the same connection.
+    for r in 0..3 * ROUNDS {
+        for (c, w) in cpus
+            .iter()
+            .flat_map(|&c| (0..writers(r)).map(move |w| (c, w)))
+        {
+            let p = file(c, w, &format!("u{r}"));
+            assert_eq!(
+                std::fs::read(&p).expect("read"),
+                p.as_os_str().as_encoded_bytes()
+            );
+        }
+    }
+    assert_eq!(
+        fusectl::connection_id(&k.mnt).ok(),
+        Some(conn),
+        "same connection"
+    );
+    eprintln!(
+        "{} handoffs (requests adopted: {adoptions:?}), {} SIGKILLs (requests answered \
+         from the entries: {recovered:?}), {} CPUs, 0 failed; slots per queue served on, \
+         process after process: {owned:?}",
+        3 * ROUNDS,
+        ROUNDS + KILLS_IN_A_ROW,
+        cpus.len()
+    );
+    k.stop();
+    let warnings_after = kernel_warnings();
+    assert_eq!(
+        warnings_after.len(),
+        warnings_before.len(),
+        "no kernel warning: {:?}",
+        &warnings_after[warnings_before.len().min(warnings_after.len())..]
+    );
+}
+
+/// The one daemon, once the keeper has exactly one child.
+fn one_daemon(k: &Kept) -> i32 {
+    let start = Instant::now();
+    loop {
+        let kids = common::children(k.keeper.as_ref().expect("keeper").id());
+        if let [one] = kids[..] {
+            return one;
+        }
+        assert!(start.elapsed() < PATIENCE, "children {kids:?}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// The `requests: N` of a `RecoveredRing` log line.
+fn requests_field(line: &str) -> Option<usize> {
+    line.split("requests: ")
+        .nth(1)?
+        .split(',')
+        .next()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// The requests each io_uring handoff adopted, in order (the new side's log).
+fn adopted(log: &str) -> Vec<usize> {
+    log.lines()
+        .filter(|l| l.contains("adopted the old process's entries"))
+        .filter_map(requests_field)
+        .collect()
 }

@@ -126,7 +126,7 @@ const USAGE: &str =
 /// by a `--takeover` process): `exit-after-receive` exits right after receiving the
 /// snapshot (a process dying mid-restore), `nack-after-receive` refuses it,
 /// `versions=MIN:MAX` announces those snapshot format versions; read by the first
-/// daemon, `hold-before-commit=DIR` holds each handoff paused before Commit: it
+/// daemon (under a fd store too), `hold-before-commit=DIR` holds each handoff paused before Commit: it
 /// creates `DIR/paused` and waits (at most 4 s) for `DIR/go`, so that a test can
 /// send requests that the paused process's ring entries hold.
 const TEST_HOOK: &str = "MEMFS_HANDOFF_TEST";
@@ -134,6 +134,14 @@ const TEST_HOOK: &str = "MEMFS_HANDOFF_TEST";
 /// The `hold-before-commit=DIR` test hook (see [`TEST_HOOK`]).
 #[derive(Debug)]
 struct HoldBeforeCommit(PathBuf);
+
+/// The `hold-before-commit=DIR` hook, if [`TEST_HOOK`] asks for it.
+fn hold_before_commit() -> Option<HoldBeforeCommit> {
+    std::env::var(TEST_HOOK)
+        .ok()
+        .and_then(|v| v.strip_prefix("hold-before-commit=").map(PathBuf::from))
+        .map(HoldBeforeCommit)
+}
 
 impl fuse_snapshot::handoff::CommitObserver for HoldBeforeCommit {
     fn before_commit(&self, _new_pid: i32) -> Result<(), String> {
@@ -446,11 +454,8 @@ fn serve(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
     follow_mount(&running);
     ready(&args.mountpoint)?;
     let mut options = HandoffOptions::new().threads(args.threads);
-    if let Some(dir) = std::env::var(TEST_HOOK)
-        .ok()
-        .and_then(|v| v.strip_prefix("hold-before-commit=").map(PathBuf::from))
-    {
-        options = options.commit_observer(Arc::new(HoldBeforeCommit(dir)));
+    if let Some(hold) = hold_before_commit() {
+        options = options.commit_observer(Arc::new(hold));
     }
     serve_until_done(&running, listener.as_ref(), args, options).map(drop)
 }
@@ -474,9 +479,9 @@ fn serve_journaled(args: &Args, mut store: FdStore) -> Result<(), Box<dyn std::e
                 .into(),
         );
     }
-    // A mount that is also handed off live (--upgrade-socket) needs /dev/fuse:
-    // said (auto) or refused (io-uring) before anything is mounted or recovered.
-    // Crash recovery alone works over either transport.
+    // Checked before anything is mounted or recovered: a live upgrade
+    // (--upgrade-socket) and crash recovery both work over either transport;
+    // auto picks /dev/fuse, which loses no call to a crash.
     let transport = match &args.upgrade_socket {
         Some(_) => args
             .transport
@@ -696,6 +701,7 @@ fn serve_journaled_until_done(
         .precopy(false)
         .commit_observer(Arc::new(Handover {
             store: store.clone(),
+            hold: hold_before_commit(),
         }));
     if !serve_until_done(running, listener, args, options)? {
         let _ = store.stopping();
@@ -708,10 +714,15 @@ fn serve_journaled_until_done(
 #[derive(Debug)]
 struct Handover {
     store: Arc<FdStore>,
+    /// The `hold-before-commit` test hook ([`TEST_HOOK`]), under the keeper too.
+    hold: Option<HoldBeforeCommit>,
 }
 
 impl CommitObserver for Handover {
     fn before_commit(&self, new_pid: i32) -> Result<(), String> {
+        if let Some(h) = &self.hold {
+            h.before_commit(new_pid)?;
+        }
         // Only a process the manager started (a sibling) may take over: the
         // manager supervises its direct children only, and would otherwise take
         // this process's exit for the daemon's end.
@@ -795,7 +806,7 @@ fn take_over_journaled(
         None => None,
     };
     let (running, stats) = restored.commit_then(|server| {
-        if !server.set_hook(hook.clone()) {
+        if !server.set_hook(crash_test_hook(&hook)) {
             return Err("the session is shared: cannot journal it".into());
         }
         if let Some(s) = &slots {

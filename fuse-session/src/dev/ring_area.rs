@@ -564,6 +564,14 @@ impl RingArea {
             .unwrap_or(0)
     }
 
+    /// How many slots of each queue this process's generation owns (registered or
+    /// adopted): at most its depth plus the entries it adopted.
+    pub fn owned_per_queue(&self) -> Vec<usize> {
+        (0..self.geo.queues as usize)
+            .map(|q| self.slots_of(q, self.generation).len())
+            .collect()
+    }
+
     /// The owner generation of each entry of queue `qid`.
     pub fn owners(&self, qid: usize) -> Vec<u64> {
         (0..self.geo.slots as usize)
@@ -914,6 +922,7 @@ mod tests {
             (0..16).filter(|&j| j != 3).collect::<Vec<_>>()
         );
         assert_eq!(area.highest_owner(), 1);
+        assert_eq!(area.owned_per_queue(), vec![2, 1], "this process's slots");
         // The owner word lives in the shared file, where a successor reads it.
         let mut word = [0u8; 8];
         let page = u64::from(area.geometry().page);

@@ -507,7 +507,9 @@ impl UringQueue {
     /// commits the replies the entries hold (adopting the kernel's entries, see
     /// [`crate::dev::ring_area`]) and registers the others. A commit the kernel
     /// refuses (`ENOENT`: the predecessor's commit went through, or the request was
-    /// interrupted) registers its entry anew, as in serving.
+    /// interrupted) registers its entry anew, as in serving, while the queue has
+    /// fewer than the area's depth of entries; beyond that its slot is left free
+    /// (reclaimed: a handoff's adopted entries do not stay this process's).
     ///
     /// # Errors
     /// As [`RingCore::register`].
@@ -531,6 +533,7 @@ impl UringQueue {
             self.core.submit()?;
             self.core.reap();
             let pending = std::mem::take(&mut self.core.pending);
+            let mut refused = Vec::new();
             for (token, res) in pending {
                 let committing = usize::try_from(token)
                     .ok()
@@ -544,18 +547,34 @@ impl UringQueue {
                         self.core.qid,
                         Errno::from_raw(-res)
                     );
-                    self.core.entries[i].state = if register_refused {
-                        State::Idle
-                    } else {
-                        self.core.entries[i].mem.set_owner(0);
-                        State::Unused
-                    };
+                    refused.push(i);
                     if let Some(id) = counted.filter(|_| res == -nix::libc::ENOENT) {
                         self.core.lost.push(id);
                     }
                 } else {
                     self.core.pending.push_back((token, res));
                 }
+            }
+            // A refused entry is registered again only while the queue has fewer
+            // than `depth` entries (the others: the commits the kernel took, and
+            // the entries planned for a REGISTER); the rest are left free, their
+            // slots reclaimed for a later successor (owner 0).
+            let depth = self._area.geometry().depth as usize;
+            let mut live = self
+                .core
+                .entries
+                .iter()
+                .filter(|e| e.state != State::Unused)
+                .count()
+                - refused.len();
+            for i in refused {
+                self.core.entries[i].state = if register_refused && live < depth {
+                    live += 1;
+                    State::Idle
+                } else {
+                    self.core.entries[i].mem.set_owner(0);
+                    State::Unused
+                };
             }
         }
         self.core.register()

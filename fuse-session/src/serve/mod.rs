@@ -197,10 +197,12 @@ pub struct Server<F: Filesystem> {
 enum RingStart {
     /// After a crash: on the dead process's slots, as planned.
     Recover(RingPlan),
-    /// A live handoff: fresh entries on the slots the predecessor (still serving
-    /// until it releases its rings) does not own; its held requests are adopted
-    /// later ([`Running::adopt_ring`]).
-    Live,
+    /// A live handoff: on the queues marked `true` the predecessor's entries all
+    /// hold a request (`recover::fill_entries`): no fresh entry, they are all
+    /// adopted ([`Running::adopt_ring`]); on the others, fresh entries on the
+    /// slots the predecessor (still serving until it releases its rings) does not
+    /// own, and its held requests adopted later.
+    Live(Vec<bool>),
 }
 
 impl<F: Filesystem> Server<F> {
@@ -260,12 +262,30 @@ impl<F: Filesystem> Server<F> {
 
     /// A live handoff's successor serves through its predecessor's [`RingArea`]
     /// (received with the device fd, mapped back at its address with
-    /// [`RingArea::from_fd`]): [`Server::spawn_uring`] then registers fresh
-    /// entries on the slots the predecessor does not own, while it still holds
-    /// its own. Once the predecessor has released its rings, call
+    /// [`RingArea::from_fd`]). Call it after Commit, with the predecessor paused:
+    /// every entry the predecessor has available is first given a request (a
+    /// `statfs` from a child process pinned to the queue's CPU, which the paused
+    /// predecessor does not answer), so that its rings close with no entry the
+    /// kernel could cancel or hand a request to as they go. On such a queue
+    /// [`Server::spawn_uring`] registers nothing: the successor serves on the
+    /// predecessor's entries once it has adopted them, so the slots in use do not
+    /// grow from one handoff to the next. On a queue that could not be filled (its
+    /// CPU cannot be used, or not within 2 s, logged) it registers fresh entries
+    /// on the slots the predecessor does not own, as they go to the head of the
+    /// queue's available list. Once the predecessor has released its rings, call
     /// [`Running::adopt_ring`] to answer and adopt the requests its entries held.
     pub fn take_ring_live(&mut self, area: RingArea) {
-        self.ring = Some((Arc::new(area), RingStart::Live));
+        // First every entry the paused predecessor has available is given a
+        // request (recover::fill_entries): its rings then close with none
+        // available, and this process adopts them instead of registering more.
+        let filled = match poke::open_root(self.mount.mountpoint(), None) {
+            Ok(root) => recover::fill_entries(&root, &area),
+            Err(e) => {
+                log::warn!("cannot open the mount's root to fill the predecessor's entries: {e}");
+                Vec::new()
+            }
+        };
+        self.ring = Some((Arc::new(area), RingStart::Live(filled)));
     }
 
     /// Makes the `/dev/fuse` workers read requests into `slots` (worker `i` into slot
@@ -538,12 +558,14 @@ impl TransportKind {
     /// level; [`TransportKind::DevFuse`] stays. [`TransportKind::IoUring`] stays,
     /// logged with its cost: the daemon must serve with its entries in a memfd
     /// ([`UringOptions::restartable`]), which the handoff passes on; the new
-    /// process registers its own entries before the old one closes its rings, and
-    /// adopts the requests they held ([`Server::take_ring_live`],
-    /// [`Running::adopt_ring`]); but a request the kernel hands to an entry of the
-    /// old process while all of the new one's entries of that queue are busy,
-    /// just as its rings close, fails with `ECANCELED` (docs/DESIGN.md, "Live
-    /// handoff over io_uring"). A daemon checks this at startup, before it mounts.
+    /// process fills every entry the old one has available before the old one
+    /// closes its rings, and adopts them all ([`Server::take_ring_live`],
+    /// [`Running::adopt_ring`]), so no request fails as they close; only on a
+    /// queue whose CPU cannot be used (or whose entries were not filled within
+    /// 2 s, logged) it registers fresh entries instead, and a request the kernel
+    /// hands to an old entry there as the rings close fails with `ECANCELED`
+    /// (docs/DESIGN.md, "io_uring handoffs that leave nothing available"). A
+    /// daemon checks this at startup, before it mounts.
     ///
     /// # Errors
     /// None today (kept for a transport that cannot be handed over).
@@ -551,8 +573,8 @@ impl TransportKind {
         if self == TransportKind::IoUring {
             log::info!(
                 "transport io_uring for {why}: the entries are kept in a memfd the handoff \
-                 passes on; a request that reaches the old process's ring as it closes, \
-                 while the new one's entries are all busy, can fail with ECANCELED"
+                 passes on and the new process adopts them all (a crash of a serving \
+                 process can still fail a request with ECANCELED)"
             );
             return Ok(TransportKind::IoUring);
         }
@@ -599,8 +621,8 @@ impl TransportKind {
             TransportKind::Auto => {
                 log::info!(
                     "transport auto: /dev/fuse, because {why} loses no call there (over \
-                     io_uring a request that reaches the old process's ring as it closes can \
-                     fail with ECANCELED; ask for io-uring to take that risk)"
+                     io_uring a request that reaches a crashing process's ring can fail with \
+                     ECANCELED; ask for io-uring to take that risk)"
                 );
                 Ok(TransportKind::DevFuse)
             }
@@ -813,15 +835,23 @@ impl<F: Filesystem> Running<F> {
         };
         let depth = area.geometry().depth as usize;
         let recovering = matches!(how, Some(RingStart::Recover(_)));
+        let how_filled = match &how {
+            Some(RingStart::Live(f)) => Some(f.clone()),
+            _ => None,
+        };
         // Per queue: the slots it serves and what it does with each at start.
         let mut plans: Vec<(Vec<usize>, Vec<EntryStart>)> = match how {
             Some(RingStart::Recover(plan)) => {
                 plan.into_iter().map(|q| q.into_iter().unzip()).collect()
             }
-            Some(RingStart::Live) => {
+            Some(RingStart::Live(filled)) => {
                 let serving = area.generation().saturating_sub(1);
                 (0..queues)
                     .map(|q| {
+                        if filled.get(q).copied().unwrap_or(false) {
+                            // Adopted whole later: no fresh entry.
+                            return (Vec::new(), Vec::new());
+                        }
                         let free: Vec<usize> = area
                             .free_slots(q, serving)
                             .into_iter()
@@ -837,18 +867,24 @@ impl<F: Filesystem> Running<F> {
                 .collect(),
         };
         plans.resize_with(queues, || ((0..0).collect(), Vec::new()));
-        if let Some(q) = plans.iter().position(|(slots, _)| slots.is_empty()) {
+        let adopted_whole = |q: usize| matches!(&how_filled, Some(f) if f.get(q) == Some(&true));
+        if let Some(q) = (0..queues).find(|&q| plans[q].0.is_empty() && !adopted_whole(q)) {
             return Err(ServeError::Uring(format!(
                 "io_uring queue {q} has no free slot in the ring area (the predecessor owns \
                  every one of them)"
             )));
         }
         let (tx, rx) = std::sync::mpsc::channel::<io::Result<()>>();
+        let mut started = 0;
         for (qid, (slots, start)) in (0..qid_max).zip(plans) {
+            if slots.is_empty() {
+                continue;
+            }
             self.spawn_queue(qid, &area, slots, start, &tx, (options.pin, false))?;
+            started += 1;
         }
         drop(tx);
-        for _ in 0..queues {
+        for _ in 0..started {
             match rx.recv_timeout(Duration::from_secs(10)) {
                 Ok(Ok(())) => {}
                 Ok(Err(e)) => {
@@ -868,9 +904,11 @@ impl<F: Filesystem> Running<F> {
         }
         log::info!(
             "serving through io_uring: {queues} queues of {depth} entries, {payload_len}-byte \
-             payload buffers, entries at {:#x}{}",
+             payload buffers, entries at {:#x}{}; slots per queue {}, this process's {:?}",
             area.base(),
-            if recovering { " (recovered)" } else { "" }
+            if recovering { " (recovered)" } else { "" },
+            area.geometry().slots,
+            area.owned_per_queue()
         );
         *lock(&self.ring) = Some((area, None));
         if recovering {
@@ -973,6 +1011,11 @@ impl<F: Filesystem> Running<F> {
                 }
             }
         }
+        log::info!(
+            "io_uring: after adopting, this process's slots per queue {:?} (of {})",
+            area.owned_per_queue(),
+            area.geometry().slots
+        );
         self.drain_queues(area.geometry().queues as usize);
         Ok(report)
     }

@@ -345,6 +345,12 @@ pub struct RecoveredRing {
     pub replies: usize,
     /// Entries holding nothing, registered anew.
     pub empty: usize,
+    /// Slots of the dead process left free: it held nothing there, and the queue
+    /// has its depth of entries without them (a process that adopted entries in
+    /// a live handoff served on more slots than its depth; a successor after a
+    /// crash gives the extra ones back, so that handoffs and crashes never run a
+    /// queue out of free slots).
+    pub reclaimed: usize,
     /// Entries whose bytes did not add up (logged): the request they name is
     /// answered `EIO`.
     pub damaged: usize,
@@ -375,8 +381,26 @@ pub(crate) fn recover_ring<F: Filesystem>(
     // The entries of the process before this one (generation - 1).
     let previous = area.generation().saturating_sub(1);
     for qid in 0..geo.queues as usize {
-        let slots = area.slots_of(qid, previous);
+        let mut slots = area.slots_of(qid, previous);
+        if !live && previous > 1 {
+            // After a crash: the entries of the process before the dead one that
+            // still hold a request or a reply. A live successor that died while
+            // adopting them (after its predecessor released its rings, before
+            // each was retagged) left them so; any other entry of that process
+            // was retagged when adopted, or cancelled with its ring holding
+            // nothing new. Committing a reply again that the kernel had is
+            // refused harmlessly.
+            slots.extend(area.slots_of(qid, previous - 1).into_iter().filter(|&j| {
+                matches!(
+                    area.inspect(qid, j),
+                    EntryHolds::Request { .. } | EntryHolds::Reply(_)
+                )
+            }));
+        }
         let mut q = Vec::with_capacity(slots.len());
+        // After a crash: the slots that held nothing, registered below only as
+        // far as the queue needs them to have `depth` entries.
+        let mut empty = Vec::new();
         for j in slots {
             let start = match area.inspect(qid, j) {
                 // A live predecessor's empty entries were cancelled with its
@@ -385,8 +409,8 @@ pub(crate) fn recover_ring<F: Filesystem>(
                 // (the kernel refuses it if it had it: exactly once).
                 EntryHolds::Nothing if live => continue,
                 EntryHolds::Nothing => {
-                    report.empty += 1;
-                    EntryStart::Register
+                    empty.push(j);
+                    continue;
                 }
                 EntryHolds::Reply(unique) => {
                     log::info!(
@@ -481,7 +505,111 @@ pub(crate) fn recover_ring<F: Filesystem>(
             };
             q.push((j, start));
         }
+        let need = (geo.depth as usize).saturating_sub(q.len());
+        report.empty += need.min(empty.len());
+        report.reclaimed += empty.len().saturating_sub(need);
+        q.extend(
+            empty
+                .into_iter()
+                .take(need)
+                .map(|j| (j, EntryStart::Register)),
+        );
         plan.push(q);
     }
     (report, plan)
+}
+
+/// How long a live successor waits for the predecessor's available entries to be
+/// filled (see [`fill_entries`]) before it falls back to fresh entries on a queue.
+const FILL_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// A live successor, after Commit, before it registers anything: gives every
+/// entry the paused predecessor has available a request of its own (a `statfs`
+/// of the root from a child process pinned to the queue's CPU, which the
+/// predecessor, paused, does not answer), and waits until each of its slots
+/// holds a request. Returns, per queue, whether that happened.
+///
+/// Why: the predecessor's rings are then closed with no entry available, so the
+/// kernel cancels none and hands none a request as they close (the `ECANCELED`
+/// window of docs/DESIGN.md, "Live handoff over io_uring"); and the successor
+/// needs no fresh slots on that queue: it adopts the predecessor's entries, all
+/// of which hold a request, and serves on exactly them, so the slots in use do
+/// not grow from one handoff to the next. Requests that come meanwhile wait in
+/// the kernel's queue and are fetched by the adopting commits. A queue whose CPU
+/// cannot be used (no caller can be on it either), or whose entries were not all
+/// filled within [`FILL_WAIT`], is served as before: fresh entries first.
+///
+/// The `statfs` callers are threads of this process waiting on child processes;
+/// they end when the adopted entries answer them.
+pub(crate) fn fill_entries(root: &std::os::fd::OwnedFd, area: &crate::dev::RingArea) -> Vec<bool> {
+    use crate::dev::ring_area::EntryHolds;
+    let queues = area.geometry().queues as usize;
+    let serving = area.generation().saturating_sub(1);
+    let holding = |q: usize, j: usize| matches!(area.inspect(q, j), EntryHolds::Request { .. });
+    let mut settled = vec![false; queues];
+    let mut filled = vec![false; queues];
+    let (tx, rx) = std::sync::mpsc::channel::<usize>();
+    for (q, done) in settled.iter_mut().enumerate() {
+        let slots = area.slots_of(q, serving);
+        let pokes = slots.iter().filter(|&&j| !holding(q, j)).count();
+        if slots.is_empty() {
+            *done = true;
+            continue;
+        }
+        for _ in 0..pokes {
+            let fd = match root.try_clone() {
+                Ok(f) => f,
+                Err(e) => {
+                    log::warn!("io_uring queue {q}: cannot fill the predecessor's entries: {e}");
+                    *done = true;
+                    break;
+                }
+            };
+            let tx = tx.clone();
+            let spawned = std::thread::Builder::new()
+                .name(format!("fuse-fill-{q}"))
+                .spawn(move || {
+                    match crate::dev::statfs_in_child_on(std::os::fd::AsFd::as_fd(&fd), q) {
+                        Ok(()) => {}
+                        Err(e) if e.raw_os_error() == Some(nix::libc::EINVAL) => {
+                            let _ = tx.send(q);
+                        }
+                        Err(e) => log::debug!("io_uring queue {q}: a filling statfs: {e}"),
+                    }
+                });
+            if let Err(e) = spawned {
+                log::warn!("io_uring queue {q}: cannot fill the predecessor's entries: {e}");
+                *done = true;
+                break;
+            }
+        }
+    }
+    drop(tx);
+    let deadline = std::time::Instant::now() + FILL_WAIT;
+    loop {
+        // A CPU that cannot be used: that queue is served with fresh entries.
+        while let Ok(q) = rx.try_recv() {
+            settled[q] = true;
+        }
+        for q in 0..queues {
+            if !settled[q] && area.slots_of(q, serving).iter().all(|&j| holding(q, j)) {
+                settled[q] = true;
+                filled[q] = true;
+            }
+        }
+        if settled.iter().all(|&s| s) {
+            break;
+        }
+        if std::time::Instant::now() > deadline {
+            log::warn!(
+                "io_uring: the predecessor's entries of queues {:?} were not all filled within \
+                 {FILL_WAIT:?}: fresh entries there (a request can fail with ECANCELED as its \
+                 rings close)",
+                (0..queues).filter(|&q| !settled[q]).collect::<Vec<_>>()
+            );
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_micros(200));
+    }
+    filled
 }
