@@ -19,8 +19,10 @@ pub struct Dir {
     /// The parent directory (the root is its own parent).
     pub parent: u64,
     /// Name -> entry.
+    #[serde(with = "crate::wire::bytes_key")]
     pub(super) entries: BTreeMap<Vec<u8>, DirEntry>,
     /// Cookie -> name: the listing order.
+    #[serde(with = "crate::wire::bytes_value")]
     pub(super) order: BTreeMap<u64, Vec<u8>>,
     /// The next cookie to hand out.
     pub(super) next_cookie: u64,
@@ -110,7 +112,7 @@ pub enum Body {
     /// A directory's entries.
     Dir(Dir),
     /// A symlink's target.
-    Symlink(Vec<u8>),
+    Symlink(#[serde(with = "crate::wire::bytes")] Vec<u8>),
     /// A device node, fifo or socket: no contents.
     Special,
 }
@@ -139,6 +141,7 @@ pub struct Inode {
     /// Creation.
     pub btime: SystemTime,
     /// Extended attributes, name -> value.
+    #[serde(with = "crate::wire::bytes_both")]
     pub xattrs: BTreeMap<Vec<u8>, Vec<u8>>,
     /// Contents.
     pub body: Body,
@@ -222,6 +225,7 @@ impl Inode {
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 #[serde(transparent)]
 pub struct Inodes {
+    #[serde(deserialize_with = "crate::wire::map")]
     pub(super) map: BTreeMap<u64, Inode>,
     #[serde(skip)]
     pub(super) changed: Option<HashMap<u64, Noted>>,
