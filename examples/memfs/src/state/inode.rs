@@ -225,8 +225,12 @@ impl Inode {
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 #[serde(transparent)]
 pub struct Inodes {
+    /// Boxed: restoring moves 16 bytes per inode into the tree (through a `Vec`,
+    /// [`crate::wire`]) instead of a whole inode twice, and the tree's nodes are
+    /// small (for 100 000 inodes, about 40 MB less memory touched, each page a
+    /// fault in a fresh process).
     #[serde(deserialize_with = "crate::wire::map")]
-    pub(super) map: BTreeMap<u64, Inode>,
+    pub(super) map: BTreeMap<u64, Box<Inode>>,
     #[serde(skip)]
     pub(super) changed: Option<HashMap<u64, Noted>>,
 }
@@ -281,35 +285,35 @@ impl Inodes {
     }
 
     pub(super) fn get(&self, ino: &u64) -> Option<&Inode> {
-        self.map.get(ino)
+        self.map.get(ino).map(|b| &**b)
     }
 
     pub(super) fn get_mut(&mut self, ino: &u64) -> Option<&mut Inode> {
         self.note(*ino);
-        self.map.get_mut(ino)
+        self.map.get_mut(ino).map(|b| &mut **b)
     }
 
     /// For a change that leaves a file's contents alone: attributes, times, links,
     /// extended attributes.
     pub(super) fn get_mut_meta(&mut self, ino: &u64) -> Option<&mut Inode> {
         self.note_data(*ino, 0, 0);
-        self.map.get_mut(ino)
+        self.map.get_mut(ino).map(|b| &mut **b)
     }
 
     /// For a change of a file's attributes and of its chunks `[first, last)` only.
     pub(super) fn get_mut_data(&mut self, ino: &u64, first: u64, last: u64) -> Option<&mut Inode> {
         self.note_data(*ino, first, last);
-        self.map.get_mut(ino)
+        self.map.get_mut(ino).map(|b| &mut **b)
     }
 
     pub(super) fn insert(&mut self, ino: u64, inode: Inode) {
         self.note(ino);
-        self.map.insert(ino, inode);
+        self.map.insert(ino, Box::new(inode));
     }
 
     pub(super) fn remove(&mut self, ino: &u64) -> Option<Inode> {
         self.note(*ino);
-        self.map.remove(ino)
+        self.map.remove(ino).map(|b| *b)
     }
 
     pub(super) fn contains_key(&self, ino: &u64) -> bool {
@@ -320,15 +324,26 @@ impl Inodes {
         self.map.len()
     }
 
-    pub(super) fn iter(&self) -> std::collections::btree_map::Iter<'_, u64, Inode> {
-        self.map.iter()
+    pub(super) fn iter(&self) -> InodesIter<'_> {
+        self.map.iter().map(unbox)
     }
 }
 
+/// An entry of the table, its inode unboxed.
+fn unbox<'a>((ino, inode): (&'a u64, &'a Box<Inode>)) -> (&'a u64, &'a Inode) {
+    (ino, inode)
+}
+
+/// The iterator over [`Inodes`], in inode order.
+pub(super) type InodesIter<'a> = std::iter::Map<
+    std::collections::btree_map::Iter<'a, u64, Box<Inode>>,
+    fn((&'a u64, &'a Box<Inode>)) -> (&'a u64, &'a Inode),
+>;
+
 impl<'a> IntoIterator for &'a Inodes {
     type Item = (&'a u64, &'a Inode);
-    type IntoIter = std::collections::btree_map::Iter<'a, u64, Inode>;
+    type IntoIter = InodesIter<'a>;
     fn into_iter(self) -> Self::IntoIter {
-        self.map.iter()
+        self.iter()
     }
 }
