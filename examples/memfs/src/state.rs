@@ -139,7 +139,7 @@ impl State {
             0o755,
             uid,
             gid,
-            Body::Dir(Dir::new(ROOT_INO)),
+            Body::Dir(Box::new(Dir::new(ROOT_INO))),
             now,
         );
         root.nlink = 2;

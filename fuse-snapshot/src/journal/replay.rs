@@ -384,8 +384,15 @@ fn find_later_record<S: Storage + ?Sized>(
         while i + 24 <= window.len() {
             let hb: &[u8; 24] = window[i..i + 24].try_into().unwrap_or(&[0; 24]);
             // Cheap filters first: a header's checksum word is never zero in
-            // practice, and most of the window is zero.
-            if le32(&hb[20..24]) != 0 {
+            // practice, and most of the window is zero; then what the header
+            // must say to count (zero flags, a number at least `seq`, a length
+            // within bounds), before its checksum: past a log's end the file
+            // often holds an older log's bytes, nonzero everywhere.
+            if le32(&hb[20..24]) != 0
+                && hb[6..8] == [0, 0]
+                && le64(&hb[8..16]) >= seq
+                && u64::from(le32(&hb[0..4])) <= MAX_PAYLOAD
+            {
                 if let Some(h) = RecordHeader::decode(hb, epoch) {
                     if h.seq >= seq && u64::from(h.len) <= MAX_PAYLOAD {
                         return Ok(Some(pos + i as u64));

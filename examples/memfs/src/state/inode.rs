@@ -109,8 +109,9 @@ impl Dir {
 pub enum Body {
     /// A regular file's data.
     File(FileData),
-    /// A directory's entries.
-    Dir(Dir),
+    /// A directory's entries (boxed: an inode is 32 bytes smaller, and most
+    /// inodes are not directories).
+    Dir(Box<Dir>),
     /// A symlink's target.
     Symlink(#[serde(with = "crate::wire::bytes")] Vec<u8>),
     /// A device node, fifo or socket: no contents.
