@@ -510,11 +510,11 @@ fn replay(file: &Path, reps: usize) -> Res<()> {
         // Recovered through a fresh mapping, as a new process maps it.
         let map = JournalMap::from_fd(map.fd().try_clone_to_owned()?, JOURNAL_MAX)?;
         let t = Instant::now();
-        let cpu0 = thread_cpu()?;
+        let cpu0 = process_cpu()?;
         let recovered =
             recover_session::<MemFs>(map, &mut FdRestorer::empty(), JournalOptions::default())?;
         let recover = t.elapsed();
-        let cpu = thread_cpu()? - cpu0;
+        let cpu = process_cpu()? - cpu0;
         let records = recovered.records;
         let (session, hook, map, rec) = recovered.into_parts();
         let nodeids = session.node_count();
@@ -570,11 +570,12 @@ fn replay(file: &Path, reps: usize) -> Res<()> {
     Ok(())
 }
 
-/// The CPU time (user and system) this thread has used: a recovery's own cost,
-/// steadier than its wall-clock time on a machine other work shares.
-fn thread_cpu() -> Res<Duration> {
+/// The CPU time (user and system) this process has used, over all its threads
+/// (recovery decodes on two): a recovery's own cost, steadier than its
+/// wall-clock time on a machine other work shares.
+fn process_cpu() -> Res<Duration> {
     use nix::sys::resource::{getrusage, UsageWho};
-    let u = getrusage(UsageWho::RUSAGE_THREAD)?;
+    let u = getrusage(UsageWho::RUSAGE_SELF)?;
     let us = |t: nix::sys::time::TimeVal| {
         Duration::from_secs(t.tv_sec() as u64) + Duration::from_micros(t.tv_usec() as u64)
     };

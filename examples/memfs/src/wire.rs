@@ -79,7 +79,9 @@ where
     VW: Deserialize<'de> + Into<V>,
     K: Ord,
 {
-    struct M<KW, VW, K, V>(PhantomData<fn() -> (KW, VW, K, V)>);
+    /// The four types, owned by no value.
+    type Types<KW, VW, K, V> = PhantomData<fn() -> (KW, VW, K, V)>;
+    struct M<KW, VW, K, V>(Types<KW, VW, K, V>);
     impl<'de, KW, VW, K, V> Visitor<'de> for M<KW, VW, K, V>
     where
         KW: Deserialize<'de> + Into<K>,
@@ -187,5 +189,86 @@ pub mod bytes {
     /// Decodes it as a byte string.
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
         ByteBuf::deserialize(d).map(|b| b.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The derived encoding: plain maps of `Vec<u8>`.
+    #[derive(Serialize, Deserialize, Debug, PartialEq)]
+    struct Plain {
+        names: BTreeMap<Vec<u8>, u64>,
+        listing: BTreeMap<u64, Vec<u8>>,
+        xattrs: BTreeMap<Vec<u8>, Vec<u8>>,
+        target: Vec<u8>,
+        ids: BTreeMap<u64, u64>,
+    }
+
+    /// The same through this module.
+    #[derive(Serialize, Deserialize, Debug, PartialEq)]
+    struct Fast {
+        #[serde(with = "bytes_key")]
+        names: BTreeMap<Vec<u8>, u64>,
+        #[serde(with = "bytes_value")]
+        listing: BTreeMap<u64, Vec<u8>>,
+        #[serde(with = "bytes_both")]
+        xattrs: BTreeMap<Vec<u8>, Vec<u8>>,
+        #[serde(with = "bytes")]
+        target: Vec<u8>,
+        #[serde(deserialize_with = "map")]
+        ids: BTreeMap<u64, u64>,
+    }
+
+    #[test]
+    fn the_bytes_are_the_derived_ones() {
+        let names: BTreeMap<Vec<u8>, u64> = (0..300u64)
+            .map(|i| (format!("name{i}").into_bytes(), i))
+            .collect();
+        let listing = names.iter().map(|(n, &i)| (i, n.clone())).collect();
+        let xattrs = [
+            (b"user.a".to_vec(), vec![0u8; 200]),
+            (b"b".to_vec(), vec![]),
+        ]
+        .into();
+        let ids = (0..5000u64).map(|i| (i * 3, i)).collect();
+        let plain = Plain {
+            names,
+            listing,
+            xattrs,
+            target: b"../x".to_vec(),
+            ids,
+        };
+        let fast = Fast {
+            names: plain.names.clone(),
+            listing: plain.listing.clone(),
+            xattrs: plain.xattrs.clone(),
+            target: plain.target.clone(),
+            ids: plain.ids.clone(),
+        };
+        let bytes = postcard::to_allocvec(&plain).unwrap();
+        assert_eq!(postcard::to_allocvec(&fast).unwrap(), bytes);
+        assert_eq!(postcard::from_bytes::<Fast>(&bytes).unwrap(), fast);
+    }
+
+    #[derive(Deserialize, Debug)]
+    struct Ids(#[serde(deserialize_with = "map")] BTreeMap<u64, u64>);
+
+    #[test]
+    fn unsorted_and_repeated_keys_decode_as_inserted_one_by_one() {
+        // Three entries: 3 -> 1, 1 -> 2, 3 -> 4 (postcard: a length, then pairs).
+        let m: Ids = postcard::from_bytes(&[3, 3, 1, 1, 2, 3, 4]).unwrap();
+        assert_eq!(m.0, BTreeMap::from([(1, 2), (3, 4)]));
+    }
+
+    #[test]
+    fn a_hostile_length_is_an_error_not_an_allocation() {
+        // A map of 2^63 entries, and a byte string as long, then nothing.
+        let huge = [0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x7f];
+        assert!(postcard::from_bytes::<Ids>(&huge).is_err());
+        assert!(postcard::from_bytes::<ByteBuf>(&huge).is_err());
+        // A map that claims more entries than it holds.
+        assert!(postcard::from_bytes::<Ids>(&[200, 1, 1]).is_err());
     }
 }

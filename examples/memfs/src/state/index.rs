@@ -182,3 +182,128 @@ impl State {
         index.finish(self)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A state with directories, files, a hard link, a symlink, an xattr and
+    /// data.
+    fn sample() -> State {
+        let mut s = State::new(0, 0, 1 << 30);
+        let root = Caller::ROOT;
+        for d in 0..5u8 {
+            let dir = s.mkdir(root, ROOT_INO, &[b'd', b'0' + d], 0o755).unwrap();
+            for f in 0..40u8 {
+                let name = [b'f', b'0' + f / 10, b'0' + f % 10];
+                let ino = s.mknod(root, dir, &name, 0o100644, 0).unwrap();
+                if f % 7 == 0 {
+                    s.write(root, ino, 4096 * u64::from(f), b"x", false)
+                        .unwrap();
+                }
+                if f % 11 == 0 {
+                    s.link(ino, ROOT_INO, &[b'l', b'0' + d, name[1], name[2]])
+                        .unwrap();
+                }
+            }
+            s.unlink(dir, b"f03").unwrap();
+        }
+        s.symlink(root, ROOT_INO, b"s", b"d0/f01").unwrap();
+        s.setxattr(ROOT_INO, b"user.k", b"v", 0).unwrap();
+        s
+    }
+
+    /// The index as counting one inode at a time builds it (the way changes
+    /// keep it up to date).
+    fn one_by_one(state: &State) -> StateIndex {
+        let mut index = StateIndex::default();
+        for (&ino, inode) in &state.inodes {
+            index.add(ino, inode, state);
+        }
+        index
+    }
+
+    fn same(a: &StateIndex, b: &StateIndex) {
+        assert_eq!(a.refs, b.refs);
+        assert_eq!(a.missing, b.missing);
+        assert_eq!(
+            a.bad.keys().collect::<Vec<_>>(),
+            b.bad.keys().collect::<Vec<_>>()
+        );
+        assert_eq!(a.used, b.used);
+    }
+
+    #[test]
+    fn the_bulk_build_counts_as_adding_one_by_one() {
+        let mut s = sample();
+        same(&StateIndex::build(&s), &one_by_one(&s));
+        s.validate().unwrap();
+        // Inodes gone that entries still name: both report them missing.
+        let gone: Vec<u64> = s
+            .inodes
+            .iter()
+            .map(|(&i, _)| i)
+            .step_by(9)
+            .skip(1)
+            .collect();
+        for ino in &gone {
+            s.inodes.map.remove(ino);
+        }
+        let built = StateIndex::build(&s);
+        same(&built, &one_by_one(&s));
+        assert!(!built.missing.is_empty());
+        let err = s.validate().unwrap_err();
+        assert!(err.contains("names the missing inode"), "{err}");
+    }
+
+    fn dir_of(s: &mut State, ino: u64) -> &mut Dir {
+        match &mut s.inodes.map.get_mut(&ino).unwrap().body {
+            Body::Dir(d) => d,
+            _ => panic!("inode {ino} is not a directory"),
+        }
+    }
+
+    #[test]
+    fn a_listing_that_disagrees_with_the_names_is_refused() {
+        let s = sample();
+        let d = s.lookup(ROOT_INO, b"d1").unwrap();
+        // Two names swapped in the listing.
+        let mut bad = s.clone();
+        let dir = dir_of(&mut bad, d);
+        let (&c1, _) = dir.order.iter().next().unwrap();
+        let (&c2, _) = dir.order.iter().nth(1).unwrap();
+        let n1 = dir.order[&c1].clone();
+        let n2 = std::mem::replace(dir.order.get_mut(&c2).unwrap(), n1);
+        dir.order.insert(c1, n2);
+        assert_eq!(
+            bad.validate().unwrap_err(),
+            format!("directory {d}: bad cookie")
+        );
+        // An entry's cookie moved to one the listing does not have.
+        let mut bad = s.clone();
+        let dir = dir_of(&mut bad, d);
+        let next = dir.next_cookie;
+        dir.next_cookie += 1;
+        dir.entries.values_mut().next().unwrap().cookie = next;
+        assert_eq!(
+            bad.validate().unwrap_err(),
+            format!("directory {d}: bad cookie")
+        );
+        // Beyond the next cookie.
+        let mut bad = s.clone();
+        let dir = dir_of(&mut bad, d);
+        dir.next_cookie -= 1;
+        assert_eq!(
+            bad.validate().unwrap_err(),
+            format!("directory {d}: bad cookie")
+        );
+        // Two entries sharing a cookie (and the listing one short).
+        let mut bad = s.clone();
+        let dir = dir_of(&mut bad, d);
+        let cookies: Vec<u64> = dir.entries.values().map(|e| e.cookie).take(2).collect();
+        dir.entries.values_mut().nth(1).unwrap().cookie = cookies[0];
+        dir.order.remove(&cookies[1]);
+        assert!(bad.validate().is_err());
+        s.validate().unwrap();
+    }
+}

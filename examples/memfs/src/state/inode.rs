@@ -330,7 +330,8 @@ impl Inodes {
     }
 }
 
-/// An entry of the table, its inode unboxed.
+/// An entry of the table, its inode unboxed (the signature is the map's item).
+#[allow(clippy::borrowed_box)]
 fn unbox<'a>((ino, inode): (&'a u64, &'a Box<Inode>)) -> (&'a u64, &'a Inode) {
     (ino, inode)
 }
