@@ -81,11 +81,13 @@ impl Caller {
 mod changes;
 mod index;
 mod inode;
+mod name;
 mod ops;
 
 pub use changes::{InodeChange, StateChanges};
 pub use index::StateIndex;
 pub use inode::{Body, Dir, DirEntry, Inode, Inodes, Noted, FIRST_COOKIE};
+pub use name::Name;
 
 /// The whole filesystem: a plain value (serde), so it can be saved and restored.
 ///

@@ -7,7 +7,7 @@
 //!   and then builds the tree in bulk, instead of an insert (a descent, a node
 //!   split now and then, every value moved several times) per entry. A key that
 //!   comes twice keeps its last value, as inserting one by one did.
-//! - Byte strings (names, xattr values, symlink targets, chunks) are read as serde
+//! - Byte strings (xattrs, symlink targets, chunks; names are [`crate::state::Name`]) are read as serde
 //!   byte strings: postcard encodes a `Vec<u8>` and a byte string alike (a varint
 //!   length, then the bytes), and a byte string is one copy instead of a call per
 //!   byte.
@@ -44,6 +44,18 @@ impl From<ByteBuf> for Vec<u8> {
     }
 }
 
+impl ByteBuf {
+    /// The bytes of a sequence of `u8` (a format without byte strings), reserving
+    /// at most [`CAUTIOUS`] up front.
+    pub fn visit_seq_of_u8<'de, A: SeqAccess<'de>>(mut seq: A) -> Result<Vec<u8>, A::Error> {
+        let mut v = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(CAUTIOUS));
+        while let Some(b) = seq.next_element::<u8>()? {
+            v.push(b);
+        }
+        Ok(v)
+    }
+}
+
 impl<'de> Deserialize<'de> for ByteBuf {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         struct V;
@@ -58,12 +70,8 @@ impl<'de> Deserialize<'de> for ByteBuf {
             fn visit_byte_buf<E: de::Error>(self, v: Vec<u8>) -> Result<ByteBuf, E> {
                 Ok(ByteBuf(v))
             }
-            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<ByteBuf, A::Error> {
-                let mut v = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(CAUTIOUS));
-                while let Some(b) = seq.next_element::<u8>()? {
-                    v.push(b);
-                }
-                Ok(ByteBuf(v))
+            fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<ByteBuf, A::Error> {
+                ByteBuf::visit_seq_of_u8(seq).map(ByteBuf)
             }
         }
         d.deserialize_byte_buf(V)
@@ -115,28 +123,7 @@ where
     bulk::<D, K, V, K, V>(d)
 }
 
-/// `#[serde(with)]` for a map keyed by byte strings (directory entries).
-pub mod bytes_key {
-    use super::*;
-
-    /// Encodes the keys as byte strings.
-    pub fn serialize<S: Serializer, V: Serialize>(
-        m: &BTreeMap<Vec<u8>, V>,
-        s: S,
-    ) -> Result<S::Ok, S::Error> {
-        s.collect_map(m.iter().map(|(k, v)| (Bytes(k), v)))
-    }
-
-    /// Decodes the keys as byte strings, built in bulk.
-    pub fn deserialize<'de, D: Deserializer<'de>, V: Deserialize<'de>>(
-        d: D,
-    ) -> Result<BTreeMap<Vec<u8>, V>, D::Error> {
-        bulk::<D, ByteBuf, V, Vec<u8>, V>(d)
-    }
-}
-
-/// `#[serde(with)]` for a map whose values are byte strings (a directory's
-/// listing, a file's chunks).
+/// `#[serde(with)]` for a map whose values are byte strings (a file's chunks).
 pub mod bytes_value {
     use super::*;
 
@@ -209,8 +196,8 @@ mod tests {
     /// The same through this module.
     #[derive(Serialize, Deserialize, Debug, PartialEq)]
     struct Fast {
-        #[serde(with = "bytes_key")]
-        names: BTreeMap<Vec<u8>, u64>,
+        #[serde(deserialize_with = "map")]
+        names: BTreeMap<crate::state::Name, u64>,
         #[serde(with = "bytes_value")]
         listing: BTreeMap<u64, Vec<u8>>,
         #[serde(with = "bytes_both")]
@@ -241,7 +228,11 @@ mod tests {
             ids,
         };
         let fast = Fast {
-            names: plain.names.clone(),
+            names: plain
+                .names
+                .iter()
+                .map(|(n, &i)| (crate::state::Name::new(n), i))
+                .collect(),
             listing: plain.listing.clone(),
             xattrs: plain.xattrs.clone(),
             target: plain.target.clone(),

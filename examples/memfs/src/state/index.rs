@@ -58,10 +58,10 @@ fn check_inode(ino: u64, inode: &Inode) -> std::result::Result<(), String> {
                 if e.cookie < FIRST_COOKIE || e.cookie >= d.next_cookie {
                     return Err(format!("directory {ino}: bad cookie"));
                 }
-                by_cookie.push((e.cookie, name.as_slice()));
+                by_cookie.push((e.cookie, name.as_bytes()));
             }
             by_cookie.sort_unstable_by_key(|&(cookie, _)| cookie);
-            let listed = d.order.iter().map(|(&c, n)| (c, n.as_slice()));
+            let listed = d.order.iter().map(|(&c, n)| (c, n.as_bytes()));
             if !by_cookie.into_iter().eq(listed) {
                 return Err(format!("directory {ino}: bad cookie"));
             }

@@ -19,11 +19,11 @@ pub struct Dir {
     /// The parent directory (the root is its own parent).
     pub parent: u64,
     /// Name -> entry.
-    #[serde(with = "crate::wire::bytes_key")]
-    pub(super) entries: BTreeMap<Vec<u8>, DirEntry>,
+    #[serde(deserialize_with = "crate::wire::map")]
+    pub(super) entries: BTreeMap<Name, DirEntry>,
     /// Cookie -> name: the listing order.
-    #[serde(with = "crate::wire::bytes_value")]
-    pub(super) order: BTreeMap<u64, Vec<u8>>,
+    #[serde(deserialize_with = "crate::wire::map")]
+    pub(super) order: BTreeMap<u64, Name>,
     /// The next cookie to hand out.
     pub(super) next_cookie: u64,
 }
@@ -60,8 +60,9 @@ impl Dir {
         self.remove(name);
         let cookie = self.next_cookie;
         self.next_cookie += 1;
-        self.entries.insert(name.to_vec(), DirEntry { ino, cookie });
-        self.order.insert(cookie, name.to_vec());
+        let name = Name::new(name);
+        self.entries.insert(name.clone(), DirEntry { ino, cookie });
+        self.order.insert(cookie, name);
     }
 
     pub(super) fn remove(&mut self, name: &[u8]) -> Option<u64> {
@@ -80,8 +81,9 @@ impl Dir {
         };
         self.remove(newname);
         self.entries.remove(name);
-        self.entries.insert(newname.to_vec(), e);
-        self.order.insert(e.cookie, newname.to_vec());
+        let newname = Name::new(newname);
+        self.entries.insert(newname.clone(), e);
+        self.order.insert(e.cookie, newname);
     }
 
     /// Points the existing entry `name` at `ino`, keeping its cookie (RENAME_EXCHANGE:
@@ -99,7 +101,7 @@ impl Dir {
             .range(offset.max(FIRST_COOKIE)..)
             .filter_map(move |(&cookie, name)| {
                 let ino = self.entries.get(name)?.ino;
-                Some((cookie + 1, name.as_slice(), ino))
+                Some((cookie + 1, name.as_bytes(), ino))
             })
     }
 }
