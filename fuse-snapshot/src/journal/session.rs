@@ -1001,9 +1001,11 @@ where
             })
             .map_err(FormatError::State)?;
         F::apply_round(&mut fs_base, f).map_err(FormatError::FsRestore)?;
-        if let Some((unique, reply)) = &pending.2 {
+        // Taken, not copied: of the pending entry only the session and filesystem
+        // parts are used later.
+        if let Some((unique, reply)) = pending.2.take() {
             log::trace!("recovery: record seq={seq} holds the reply of unique={unique:#x}");
-            recorded.insert(*unique, reply.clone());
+            recorded.insert(unique, reply);
         }
         count += 1;
     }
