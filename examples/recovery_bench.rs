@@ -497,8 +497,8 @@ fn replay(file: &Path, reps: usize) -> Res<()> {
         file.display(),
         bytes.len()
     );
-    println!("rep  mode       recover_ms  resume_ms  total_ms  records  nodeids");
-    let mut recovers = Vec::new();
+    println!("rep  mode       recover_ms  recover_cpu_ms  resume_ms  total_ms  records  nodeids");
+    let (mut recovers, mut cpus) = (Vec::new(), Vec::new());
     let (mut resumes, mut totals) = ([Vec::new(), Vec::new()], [Vec::new(), Vec::new()]);
     let modes = ["in-place", "new-epoch"];
     for rep in 0..reps {
@@ -510,9 +510,11 @@ fn replay(file: &Path, reps: usize) -> Res<()> {
         // Recovered through a fresh mapping, as a new process maps it.
         let map = JournalMap::from_fd(map.fd().try_clone_to_owned()?, JOURNAL_MAX)?;
         let t = Instant::now();
+        let cpu0 = process_cpu()?;
         let recovered =
             recover_session::<MemFs>(map, &mut FdRestorer::empty(), JournalOptions::default())?;
         let recover = t.elapsed();
+        let cpu = process_cpu()? - cpu0;
         let records = recovered.records;
         let (session, hook, map, rec) = recovered.into_parts();
         let nodeids = session.node_count();
@@ -527,13 +529,15 @@ fn replay(file: &Path, reps: usize) -> Res<()> {
         let total = t.elapsed();
         let ms = |d: Duration| d.as_secs_f64() * 1e3;
         println!(
-            "{rep:>3}  {:<9}  {:>10.1}  {:>9.1}  {:>8.1}  {records:>7}  {nodeids:>7}",
+            "{rep:>3}  {:<9}  {:>10.1}  {:>14.1}  {:>9.1}  {:>8.1}  {records:>7}  {nodeids:>7}",
             modes[mode],
             ms(recover),
+            ms(cpu),
             ms(resume),
             ms(total)
         );
         recovers.push(ms(recover));
+        cpus.push(ms(cpu));
         resumes[mode].push(ms(resume));
         totals[mode].push(ms(total));
         // The resumed journal recovers the same session (a crash right now).
@@ -553,15 +557,29 @@ fn replay(file: &Path, reps: usize) -> Res<()> {
         }
     }
     println!(
-        "RESULT replay reps={reps} recover_ms_median={:.1} resume_ms_median in-place={:.1} \
-         new-epoch={:.1} total_ms_median in-place={:.1} new-epoch={:.1}",
+        "RESULT replay reps={reps} recover_ms_median={:.1} recover_cpu_ms_median={:.1} \
+         resume_ms_median in-place={:.1} new-epoch={:.1} total_ms_median in-place={:.1} \
+         new-epoch={:.1}",
         median(&mut recovers),
+        median(&mut cpus),
         median(&mut resumes[0]),
         median(&mut resumes[1]),
         median(&mut totals[0]),
         median(&mut totals[1]),
     );
     Ok(())
+}
+
+/// The CPU time (user and system) this process has used, over all its threads
+/// (recovery decodes on two): a recovery's own cost, steadier than its
+/// wall-clock time on a machine other work shares.
+fn process_cpu() -> Res<Duration> {
+    use nix::sys::resource::{getrusage, UsageWho};
+    let u = getrusage(UsageWho::RUSAGE_SELF)?;
+    let us = |t: nix::sys::time::TimeVal| {
+        Duration::from_secs(t.tv_sec() as u64) + Duration::from_micros(t.tv_usec() as u64)
+    };
+    Ok(us(u.user_time()) + us(u.system_time()))
 }
 
 /// With `RUST_LOG` set, `--replay` prints the library's phase timings (level info).

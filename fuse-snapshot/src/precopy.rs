@@ -257,11 +257,27 @@ pub(crate) fn decode_base<F: Precopy>(bytes: &[u8]) -> Result<Base<F>, FormatErr
         )));
     }
     let (tables, fs) = rest.split_at(len);
-    let (state, ()) = decode_unvalidated::<F::Node, F::Handle, ()>(tables)?;
-    let tables = PrecopiedState::new(state).map_err(FormatError::State)?;
-    let fs = F::decode_base(fs)
-        .map_err(|e| FormatError::FsRestore(format!("the pre-copied state: {e}")))?;
-    Ok((tables, fs))
+    // The filesystem's part (most of a large state) decodes on a second thread
+    // while this one decodes the session's tables; errors in the same order as
+    // one after the other (the tables' first). Without a thread, one after the
+    // other.
+    let fs_part = || F::decode_base(fs);
+    let (tables, fs) = std::thread::scope(|s| {
+        let spawned = std::thread::Builder::new()
+            .name("precopy-decode".into())
+            .spawn_scoped(s, fs_part);
+        let tables = decode_unvalidated::<F::Node, F::Handle, ()>(tables)
+            .and_then(|(state, ())| PrecopiedState::new(state).map_err(FormatError::State));
+        let fs = match spawned {
+            Ok(h) => h
+                .join()
+                .unwrap_or_else(|panic| std::panic::resume_unwind(panic)),
+            Err(_) => fs_part(),
+        };
+        (tables, fs)
+    });
+    let fs = fs.map_err(|e| FormatError::FsRestore(format!("the pre-copied state: {e}")));
+    Ok((tables?, fs?))
 }
 
 /// `crc32 u32 LE` of the rest, then the postcard encoding of `value`: how rounds

@@ -23,83 +23,10 @@ pub const MAX_FILE_SIZE: u64 = i64::MAX as u64;
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FileData {
     size: u64,
-    /// Chunk index (offset / CHUNK) -> CHUNK bytes.
-    #[serde(with = "chunk_bytes")]
+    /// Chunk index (offset / CHUNK) -> CHUNK bytes (as byte strings: the same
+    /// postcard bytes as a sequence of `u8`, a copy instead of a call per byte).
+    #[serde(with = "crate::wire::bytes_value")]
     chunks: BTreeMap<u64, Vec<u8>>,
-}
-
-/// Chunks as serde byte strings rather than sequences of `u8`: the same postcard
-/// bytes (a length, then the bytes), written and read with one copy instead of one
-/// call per byte.
-mod chunk_bytes {
-    use std::collections::BTreeMap;
-    use std::fmt;
-
-    use serde::de::{MapAccess, Visitor};
-    use serde::{Deserialize, Deserializer, Serialize, Serializer};
-
-    struct Bytes<'a>(&'a [u8]);
-
-    impl Serialize for Bytes<'_> {
-        fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-            s.serialize_bytes(self.0)
-        }
-    }
-
-    struct ByteBuf(Vec<u8>);
-
-    impl<'de> Deserialize<'de> for ByteBuf {
-        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-            struct V;
-            impl<'de> Visitor<'de> for V {
-                type Value = ByteBuf;
-                fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                    f.write_str("a chunk's bytes")
-                }
-                fn visit_bytes<E: serde::de::Error>(self, v: &[u8]) -> Result<ByteBuf, E> {
-                    Ok(ByteBuf(v.to_vec()))
-                }
-                fn visit_byte_buf<E: serde::de::Error>(self, v: Vec<u8>) -> Result<ByteBuf, E> {
-                    Ok(ByteBuf(v))
-                }
-                fn visit_seq<A: serde::de::SeqAccess<'de>>(
-                    self,
-                    mut seq: A,
-                ) -> Result<ByteBuf, A::Error> {
-                    let mut v = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(4096));
-                    while let Some(b) = seq.next_element::<u8>()? {
-                        v.push(b);
-                    }
-                    Ok(ByteBuf(v))
-                }
-            }
-            d.deserialize_byte_buf(V)
-        }
-    }
-
-    pub fn serialize<S: Serializer>(m: &BTreeMap<u64, Vec<u8>>, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_map(m.iter().map(|(k, v)| (k, Bytes(v))))
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(
-        d: D,
-    ) -> Result<BTreeMap<u64, Vec<u8>>, D::Error> {
-        struct M;
-        impl<'de> Visitor<'de> for M {
-            type Value = BTreeMap<u64, Vec<u8>>;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a map of chunks")
-            }
-            fn visit_map<A: MapAccess<'de>>(self, mut a: A) -> Result<Self::Value, A::Error> {
-                let mut m = BTreeMap::new();
-                while let Some((k, ByteBuf(v))) = a.next_entry::<u64, ByteBuf>()? {
-                    m.insert(k, v);
-                }
-                Ok(m)
-            }
-        }
-        d.deserialize_map(M)
-    }
 }
 
 /// The chunk indexes `[first, last)` that the byte range `[off, off + len)` touches.

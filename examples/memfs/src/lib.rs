@@ -11,3 +11,4 @@ pub mod data;
 pub mod fs;
 pub mod snapshot;
 pub mod state;
+mod wire;

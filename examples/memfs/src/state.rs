@@ -81,11 +81,13 @@ impl Caller {
 mod changes;
 mod index;
 mod inode;
+mod name;
 mod ops;
 
 pub use changes::{InodeChange, StateChanges};
 pub use index::StateIndex;
 pub use inode::{Body, Dir, DirEntry, Inode, Inodes, Noted, FIRST_COOKIE};
+pub use name::Name;
 
 /// The whole filesystem: a plain value (serde), so it can be saved and restored.
 ///
@@ -139,7 +141,7 @@ impl State {
             0o755,
             uid,
             gid,
-            Body::Dir(Dir::new(ROOT_INO)),
+            Body::Dir(Box::new(Dir::new(ROOT_INO))),
             now,
         );
         root.nlink = 2;

@@ -97,6 +97,62 @@ pub(crate) fn scan<S: Storage + ?Sized>(storage: &S) -> Result<Recovered, Journa
 }
 
 fn read_journal<S: Storage + ?Sized>(storage: &S, keep: bool) -> Result<Recovered, JournalError> {
+    let (meta, checkpoint) = read_head(storage)?;
+    let log = read_log(storage, &meta, keep)?;
+    Ok(assemble(meta, checkpoint, log, keep))
+}
+
+/// As [`recover`], with `decode` run on the checkpoint's bytes (checked) on a
+/// second thread while this one reads and checks the log: after a crash the two
+/// are independent, and a large checkpoint takes longer to decode than the log
+/// to read. `decode` runs only if the checkpoint is intact; its result is
+/// returned only if the log is too (an error reading the log comes first, as
+/// with [`recover`] and then a decode). If no thread can be started, `decode`
+/// runs here after the log.
+///
+/// # Errors
+/// Those of [`recover`].
+pub(crate) fn recover_decoding<S, T, D>(
+    storage: &S,
+    decode: D,
+) -> Result<(Recovered, T), JournalError>
+where
+    S: Storage + ?Sized,
+    D: FnOnce(&[u8]) -> T + Send,
+    T: Send,
+{
+    let (meta, checkpoint) = read_head(storage)?;
+    // Taken by the thread, or (if none could be started) here after the log.
+    let decode = std::sync::Mutex::new(Some(decode));
+    let run = |checkpoint: &[u8]| {
+        let d = decode.lock().unwrap_or_else(|e| e.into_inner()).take();
+        d.map(|d| d(checkpoint))
+    };
+    let (log, decoded) = std::thread::scope(|s| {
+        let spawned = std::thread::Builder::new()
+            .name("journal-decode".into())
+            .spawn_scoped(s, || run(&checkpoint));
+        let log = read_log(storage, &meta, true);
+        let decoded = match spawned {
+            Ok(h) => h
+                .join()
+                .unwrap_or_else(|panic| std::panic::resume_unwind(panic)),
+            Err(_) => None,
+        };
+        (log, decoded)
+    });
+    let log = log?;
+    // `decode` is taken once: by the thread, or here if there was none.
+    match decoded.or_else(|| run(&checkpoint)) {
+        Some(t) => Ok((assemble(meta, checkpoint, log, true), t)),
+        None => Err(JournalError::Io(
+            "the checkpoint's decode did not run".into(),
+        )),
+    }
+}
+
+/// The newest intact header and its checkpoint, checked.
+fn read_head<S: Storage + ?Sized>(storage: &S) -> Result<(Meta, Vec<u8>), JournalError> {
     let file_len = storage.len();
     if file_len < 2 * SLOT_LEN {
         return Err(JournalError::TooShort { len: file_len });
@@ -146,7 +202,6 @@ fn read_journal<S: Storage + ?Sized>(storage: &S, keep: bool) -> Result<Recovere
             ),
         });
     };
-
     // The checkpoint: its length was checked against the file by `Meta::check`.
     let mut checkpoint = vec![0u8; meta.checkpoint_len as usize];
     storage.read(meta.area, &mut checkpoint)?;
@@ -157,7 +212,19 @@ fn read_journal<S: Storage + ?Sized>(storage: &S, keep: bool) -> Result<Recovere
             computed,
         });
     }
+    Ok((meta, checkpoint))
+}
 
+/// The log after checkpoint `meta`: its records (their payloads only if `keep`),
+/// the next sequence number and how it ended.
+type Log = (Vec<Record>, u64, LogEnd);
+
+fn read_log<S: Storage + ?Sized>(
+    storage: &S,
+    meta: &Meta,
+    keep: bool,
+) -> Result<Log, JournalError> {
+    let file_len = storage.len();
     let mut records = Vec::new();
     let mut seq = meta.first_seq;
     let mut off = meta.log_start();
@@ -231,10 +298,14 @@ fn read_journal<S: Storage + ?Sized>(storage: &S, keep: bool) -> Result<Recovere
             }
         }
     };
+    Ok((records, seq, end))
+}
+
+fn assemble(meta: Meta, checkpoint: Vec<u8>, (records, seq, end): Log, keep: bool) -> Recovered {
     let end_offset = match &end {
         LogEnd::Clean { offset } | LogEnd::Cut { offset, .. } => *offset,
     };
-    Ok(Recovered {
+    Recovered {
         epoch: meta.epoch,
         checkpoint,
         first_seq: meta.first_seq,
@@ -245,7 +316,7 @@ fn read_journal<S: Storage + ?Sized>(storage: &S, keep: bool) -> Result<Recovere
         end_offset,
         meta,
         checked: keep,
-    })
+    }
 }
 
 enum Step {
@@ -384,8 +455,15 @@ fn find_later_record<S: Storage + ?Sized>(
         while i + 24 <= window.len() {
             let hb: &[u8; 24] = window[i..i + 24].try_into().unwrap_or(&[0; 24]);
             // Cheap filters first: a header's checksum word is never zero in
-            // practice, and most of the window is zero.
-            if le32(&hb[20..24]) != 0 {
+            // practice, and most of the window is zero; then what the header
+            // must say to count (zero flags, a number at least `seq`, a length
+            // within bounds), before its checksum: past a log's end the file
+            // often holds an older log's bytes, nonzero everywhere.
+            if le32(&hb[20..24]) != 0
+                && hb[6..8] == [0, 0]
+                && le64(&hb[8..16]) >= seq
+                && u64::from(le32(&hb[0..4])) <= MAX_PAYLOAD
+            {
                 if let Some(h) = RecordHeader::decode(hb, epoch) {
                     if h.seq >= seq && u64::from(h.len) <= MAX_PAYLOAD {
                         return Ok(Some(pos + i as u64));

@@ -19,9 +19,11 @@ pub struct Dir {
     /// The parent directory (the root is its own parent).
     pub parent: u64,
     /// Name -> entry.
-    pub(super) entries: BTreeMap<Vec<u8>, DirEntry>,
+    #[serde(deserialize_with = "crate::wire::map")]
+    pub(super) entries: BTreeMap<Name, DirEntry>,
     /// Cookie -> name: the listing order.
-    pub(super) order: BTreeMap<u64, Vec<u8>>,
+    #[serde(deserialize_with = "crate::wire::map")]
+    pub(super) order: BTreeMap<u64, Name>,
     /// The next cookie to hand out.
     pub(super) next_cookie: u64,
 }
@@ -58,8 +60,9 @@ impl Dir {
         self.remove(name);
         let cookie = self.next_cookie;
         self.next_cookie += 1;
-        self.entries.insert(name.to_vec(), DirEntry { ino, cookie });
-        self.order.insert(cookie, name.to_vec());
+        let name = Name::new(name);
+        self.entries.insert(name.clone(), DirEntry { ino, cookie });
+        self.order.insert(cookie, name);
     }
 
     pub(super) fn remove(&mut self, name: &[u8]) -> Option<u64> {
@@ -78,8 +81,9 @@ impl Dir {
         };
         self.remove(newname);
         self.entries.remove(name);
-        self.entries.insert(newname.to_vec(), e);
-        self.order.insert(e.cookie, newname.to_vec());
+        let newname = Name::new(newname);
+        self.entries.insert(newname.clone(), e);
+        self.order.insert(e.cookie, newname);
     }
 
     /// Points the existing entry `name` at `ino`, keeping its cookie (RENAME_EXCHANGE:
@@ -97,7 +101,7 @@ impl Dir {
             .range(offset.max(FIRST_COOKIE)..)
             .filter_map(move |(&cookie, name)| {
                 let ino = self.entries.get(name)?.ino;
-                Some((cookie + 1, name.as_slice(), ino))
+                Some((cookie + 1, name.as_bytes(), ino))
             })
     }
 }
@@ -107,10 +111,11 @@ impl Dir {
 pub enum Body {
     /// A regular file's data.
     File(FileData),
-    /// A directory's entries.
-    Dir(Dir),
+    /// A directory's entries (boxed: an inode is 32 bytes smaller, and most
+    /// inodes are not directories).
+    Dir(Box<Dir>),
     /// A symlink's target.
-    Symlink(Vec<u8>),
+    Symlink(#[serde(with = "crate::wire::bytes")] Vec<u8>),
     /// A device node, fifo or socket: no contents.
     Special,
 }
@@ -139,6 +144,7 @@ pub struct Inode {
     /// Creation.
     pub btime: SystemTime,
     /// Extended attributes, name -> value.
+    #[serde(with = "crate::wire::bytes_both")]
     pub xattrs: BTreeMap<Vec<u8>, Vec<u8>>,
     /// Contents.
     pub body: Body,
@@ -222,7 +228,12 @@ impl Inode {
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 #[serde(transparent)]
 pub struct Inodes {
-    pub(super) map: BTreeMap<u64, Inode>,
+    /// Boxed: restoring moves 16 bytes per inode into the tree (through a `Vec`,
+    /// [`crate::wire`]) instead of a whole inode twice, and the tree's nodes are
+    /// small (for 100 000 inodes, about 40 MB less memory touched, each page a
+    /// fault in a fresh process).
+    #[serde(deserialize_with = "crate::wire::map")]
+    pub(super) map: BTreeMap<u64, Box<Inode>>,
     #[serde(skip)]
     pub(super) changed: Option<HashMap<u64, Noted>>,
 }
@@ -277,35 +288,35 @@ impl Inodes {
     }
 
     pub(super) fn get(&self, ino: &u64) -> Option<&Inode> {
-        self.map.get(ino)
+        self.map.get(ino).map(|b| &**b)
     }
 
     pub(super) fn get_mut(&mut self, ino: &u64) -> Option<&mut Inode> {
         self.note(*ino);
-        self.map.get_mut(ino)
+        self.map.get_mut(ino).map(|b| &mut **b)
     }
 
     /// For a change that leaves a file's contents alone: attributes, times, links,
     /// extended attributes.
     pub(super) fn get_mut_meta(&mut self, ino: &u64) -> Option<&mut Inode> {
         self.note_data(*ino, 0, 0);
-        self.map.get_mut(ino)
+        self.map.get_mut(ino).map(|b| &mut **b)
     }
 
     /// For a change of a file's attributes and of its chunks `[first, last)` only.
     pub(super) fn get_mut_data(&mut self, ino: &u64, first: u64, last: u64) -> Option<&mut Inode> {
         self.note_data(*ino, first, last);
-        self.map.get_mut(ino)
+        self.map.get_mut(ino).map(|b| &mut **b)
     }
 
     pub(super) fn insert(&mut self, ino: u64, inode: Inode) {
         self.note(ino);
-        self.map.insert(ino, inode);
+        self.map.insert(ino, Box::new(inode));
     }
 
     pub(super) fn remove(&mut self, ino: &u64) -> Option<Inode> {
         self.note(*ino);
-        self.map.remove(ino)
+        self.map.remove(ino).map(|b| *b)
     }
 
     pub(super) fn contains_key(&self, ino: &u64) -> bool {
@@ -316,15 +327,27 @@ impl Inodes {
         self.map.len()
     }
 
-    pub(super) fn iter(&self) -> std::collections::btree_map::Iter<'_, u64, Inode> {
-        self.map.iter()
+    pub(super) fn iter(&self) -> InodesIter<'_> {
+        self.map.iter().map(unbox)
     }
 }
 
+/// An entry of the table, its inode unboxed (the signature is the map's item).
+#[allow(clippy::borrowed_box)]
+fn unbox<'a>((ino, inode): (&'a u64, &'a Box<Inode>)) -> (&'a u64, &'a Inode) {
+    (ino, inode)
+}
+
+/// The iterator over [`Inodes`], in inode order.
+pub(super) type InodesIter<'a> = std::iter::Map<
+    std::collections::btree_map::Iter<'a, u64, Box<Inode>>,
+    fn((&'a u64, &'a Box<Inode>)) -> (&'a u64, &'a Inode),
+>;
+
 impl<'a> IntoIterator for &'a Inodes {
     type Item = (&'a u64, &'a Inode);
-    type IntoIter = std::collections::btree_map::Iter<'a, u64, Inode>;
+    type IntoIter = InodesIter<'a>;
     fn into_iter(self) -> Self::IntoIter {
-        self.map.iter()
+        self.iter()
     }
 }

@@ -183,7 +183,7 @@ impl State {
             perm,
             caller.uid,
             gid,
-            Body::Dir(Dir::new(parent)),
+            Body::Dir(Box::new(Dir::new(parent))),
             now,
         );
         inode.nlink = 2;
