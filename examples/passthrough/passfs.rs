@@ -320,6 +320,7 @@ fn after_backing(ctx: &RequestContext<'_>, op: &str) {
     if ctx.unique & UNIQUE_RESEND != 0 {
         return;
     }
+    hold(op);
     let point = match op {
         "create" => "passthrough-after-create",
         "mknod" => "passthrough-after-mknod",
@@ -337,6 +338,45 @@ fn after_backing(ctx: &RequestContext<'_>, op: &str) {
         _ => return,
     };
     fuse_session::fault::point(point);
+}
+
+/// The environment variable of [`hold`]: `OP[,OP...]:DIR`.
+pub const HOLD_ENV: &str = "FUSE_LIVE_PT_HOLD";
+
+/// A testing aid: with [`HOLD_ENV`] set to `OP[,OP...]:DIR`, the first request
+/// of each operation `OP` (as named in [`after_backing`]) in this process, once it
+/// ran on the source and before its reply is written, creates `DIR/held-OP` and
+/// waits until `DIR/go-OP` exists: a request in flight, for the handoff tests.
+/// Unset: one initialized-`OnceLock` check.
+fn hold(op: &str) {
+    type Plan = (Vec<String>, std::path::PathBuf, Mutex<HashSet<String>>);
+    static PLAN: std::sync::OnceLock<Option<Plan>> = std::sync::OnceLock::new();
+    let plan = PLAN.get_or_init(|| {
+        let v = std::env::var(HOLD_ENV).ok()?;
+        let (ops, dir) = v.split_once(':')?;
+        let ops = ops.split(',').map(str::to_owned).collect();
+        Some((
+            ops,
+            std::path::PathBuf::from(dir),
+            Mutex::new(HashSet::new()),
+        ))
+    });
+    let Some((ops, dir, done)) = plan else {
+        return;
+    };
+    if !ops.iter().any(|o| o == op) || !lock(done).insert(op.to_owned()) {
+        return;
+    }
+    let go = dir.join(format!("go-{op}"));
+    if let Err(e) = std::fs::write(dir.join(format!("held-{op}")), b"") {
+        log::error!("{HOLD_ENV}: cannot create the held marker: {e}");
+        return;
+    }
+    log::warn!("{HOLD_ENV}: {op} held until {} exists", go.display());
+    while !go.exists() {
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+    log::warn!("{HOLD_ENV}: {op} goes on");
 }
 
 /// Bit 63 of a unique: the kernel resent the request.
