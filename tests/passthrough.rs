@@ -1341,13 +1341,14 @@ fn sockets_of(pid: u32) -> usize {
     })
 }
 
-/// Requests in flight across a live handoff: an O_EXCL CREATE and a MKDIR that
-/// ran on the source in the old daemon, their replies not yet written
+/// Requests in flight across a live handoff: an O_EXCL CREATE, a RENAME and a
+/// MKDIR that ran on the source in the old daemon, their replies not yet written
 /// (`FUSE_LIVE_PT_HOLD` holds each there). Outside a fd store passthrough writes
 /// no intent: the old daemon's pause (`Running::pause`) waits for every request
-/// in flight and answers it itself, so none is run twice. First a handoff whose
-/// new process dies once it has the Snapshot (the connection ends: the old daemon
-/// rolls back and serves on), then one that commits: each call succeeds once,
+/// in flight and answers it itself, so none is run twice. A handoff whose new
+/// process goes away once it has the Snapshot (the test closes the connection),
+/// one whose real successor crashes there (fault point), both rolled back with
+/// the old daemon serving on, then one that commits: each call succeeds once,
 /// with one effect, and the files stay readable through the successor.
 #[test]
 fn handoff_with_a_request_in_flight() {
@@ -1355,7 +1356,7 @@ fn handoff_with_a_request_in_flight() {
         let marks = temp_dir("pt_inflight_marks");
         let env = [(
             passfs::HOLD_ENV,
-            format!("create,mkdir:{}", marks.display()),
+            format!("create,rename,mkdir:{}", marks.display()),
         )];
         let Some(mut pt) = Pt::start_env("pt_inflight", mode, &[], None, "src", &env) else {
             return;
@@ -1414,6 +1415,54 @@ fn handoff_with_a_request_in_flight() {
         );
         fs::write(pt.m("after-rollback"), b"x").expect("the old daemon serves on");
 
+        // 1b. A RENAME held in the old daemon; a real successor crashes once it
+        //     has the Snapshot (fault point `handoff-new-received`: it aborts, as
+        //     a SIGKILL would end it, before Ack). The old daemon serves on.
+        let (from, to) = (pt.m("c"), pt.m("r"));
+        let rename = std::thread::spawn(move || fs::rename(&from, &to));
+        wait_for(&marks.join("held-rename"), || pt.log_text());
+        assert!(pt.s("r").exists(), "the held RENAME ran on the source");
+        let before = sockets_of(old);
+        let go = marks.join("go-rename");
+        let release = std::thread::spawn(move || {
+            let deadline = Instant::now() + WAIT;
+            while sockets_of(old) <= before && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            fs::write(go, b"").unwrap();
+        });
+        let sock = pt.sock.to_string_lossy().into_owned();
+        let crash_log = pt.dir.join("crashed-successor.log");
+        let (mut successor, _rx) = spawn_env(
+            &["--takeover", &sock],
+            &crash_log,
+            &[("FUSE_LIVE_FAULT", "handoff-new-received:1".to_owned())],
+        );
+        let st = wait_exit(&mut successor, WAIT).expect("the crashing successor ends");
+        release.join().expect("the release thread");
+        {
+            use std::os::unix::process::ExitStatusExt;
+            assert_eq!(
+                st.signal(),
+                Some(nix::libc::SIGABRT),
+                "the successor crashed at handoff-new-received: {st:?}\n{}",
+                fs::read_to_string(&crash_log).unwrap_or_default()
+            );
+        }
+        let r = rename.join().expect("the rename thread");
+        assert!(
+            r.is_ok(),
+            "{mode:?}: the RENAME in flight: {r:?}\nlog:\n{}",
+            pt.log_text()
+        );
+        assert!(!pt.s("c").exists() && pt.s("r").exists(), "renamed once");
+        assert_eq!(
+            pt.child.as_ref().expect("a daemon").id(),
+            old,
+            "the old daemon serves on"
+        );
+        assert_eq!(fs::read(pt.m("r")).unwrap(), b"payload");
+
         // 2. A MKDIR held in the old daemon; a real successor takes over and
         //    commits. The hold ends once the old daemon accepted its connection.
         let d = pt.m("d");
@@ -1443,15 +1492,18 @@ fn handoff_with_a_request_in_flight() {
             Err(std::io::ErrorKind::AlreadyExists),
             "one directory"
         );
-        assert_eq!(fs::read(pt.m("c")).unwrap(), b"payload");
+        assert_eq!(fs::read(pt.m("r")).unwrap(), b"payload");
         let mut names: Vec<String> = fs::read_dir(pt.m(""))
             .unwrap()
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
             .collect();
         names.sort();
-        assert_eq!(names, ["after-rollback", "c", "d"]);
+        assert_eq!(names, ["after-rollback", "d", "r"]);
         pt.stop();
         let _ = fs::remove_dir_all(&marks);
-        eprintln!("{mode:?}: CREATE and MKDIR in flight across a failed and a committed handoff");
+        eprintln!(
+            "{mode:?}: CREATE, RENAME and MKDIR in flight across two failed handoffs and a \
+             committed one"
+        );
     }
 }
