@@ -8,15 +8,18 @@
 //! the filesystem directly (no mount) for the name and symlink rules.
 use std::fs::{self, File, OpenOptions};
 use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use fuse_session::dev::fusectl::{self, Watchdog};
+use fuse_session::dev::{recv_exact_with_fds, send_with_fds};
 use fuse_session::{FuseOpenFlags, OpenFlags, RenameFlags};
+use fuse_snapshot::handoff::message::{self, Hello, Kind};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use rustix::io::Errno;
@@ -60,8 +63,14 @@ struct Pt {
 }
 
 fn spawn(args: &[&str], log: &Path) -> (Child, mpsc::Receiver<String>) {
+    spawn_env(args, log, &[])
+}
+
+/// As [`spawn`], with more environment variables.
+fn spawn_env(args: &[&str], log: &Path, env: &[(&str, String)]) -> (Child, mpsc::Receiver<String>) {
     let mut child = Command::new(example_binary("passthrough"))
         .args(args)
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
         .env("RUST_LOG", "debug")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -105,6 +114,18 @@ impl Pt {
         extra: &[&str],
         fstype: Option<&str>,
         src_rel: &str,
+    ) -> Option<Pt> {
+        Pt::start_env(test, mode, extra, fstype, src_rel, &[])
+    }
+
+    /// As [`Pt::start_on`], with more environment variables for the first daemon.
+    fn start_env(
+        test: &str,
+        mode: Mode,
+        extra: &[&str],
+        fstype: Option<&str>,
+        src_rel: &str,
+        env: &[(&str, String)],
     ) -> Option<Pt> {
         if !can_mount(test) {
             return None;
@@ -157,7 +178,7 @@ impl Pt {
             args.push("--no-passthrough");
         }
         args.extend_from_slice(extra);
-        let (child, rx) = spawn(&args, &pt.log(0));
+        let (child, rx) = spawn_env(&args, &pt.log(0), env);
         pt.child = Some(child);
         let line = rx.recv_timeout(WAIT);
         assert_eq!(
@@ -1280,4 +1301,209 @@ fn rename_race_stays_inside() {
         .collect();
     assert!(escaped.is_empty(), "made outside SOURCE: {escaped:?}");
     pt.stop();
+}
+
+/// Reads one handoff message: (kind, body, descriptors).
+fn read_message(s: &UnixStream) -> Option<(Kind, Vec<u8>, Vec<OwnedFd>)> {
+    let mut h = [0u8; message::HEADER_LEN];
+    let mut fds = Vec::new();
+    if !recv_exact_with_fds(s, &mut h, &mut fds).ok()? {
+        return None;
+    }
+    let header = message::parse_header(&h, 1 << 30).ok()?;
+    let mut body = vec![0u8; header.len];
+    recv_exact_with_fds(s, &mut body, &mut fds).ok()?;
+    Some((header.kind, body, fds))
+}
+
+/// Waits until `path` exists (made by the daemon), or panics with `log`.
+fn wait_for(path: &Path, log: impl Fn() -> String) {
+    let deadline = Instant::now() + WAIT;
+    while !path.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "{} never appeared; log:\n{}",
+            path.display(),
+            log()
+        );
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+/// The sockets process `pid` holds.
+fn sockets_of(pid: u32) -> usize {
+    fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| {
+        d.filter_map(Result::ok)
+            .filter(|e| {
+                fs::read_link(e.path()).is_ok_and(|t| t.to_string_lossy().starts_with("socket:"))
+            })
+            .count()
+    })
+}
+
+/// Requests in flight across a live handoff: an O_EXCL CREATE, a RENAME and a
+/// MKDIR that ran on the source in the old daemon, their replies not yet written
+/// (`FUSE_LIVE_PT_HOLD` holds each there). Outside a fd store passthrough writes
+/// no intent: the old daemon's pause (`Running::pause`) waits for every request
+/// in flight and answers it itself, so none is run twice. A handoff whose new
+/// process goes away once it has the Snapshot (the test closes the connection),
+/// one whose real successor crashes there (fault point), both rolled back with
+/// the old daemon serving on, then one that commits: each call succeeds once,
+/// with one effect, and the files stay readable through the successor.
+#[test]
+fn handoff_with_a_request_in_flight() {
+    for mode in MODES {
+        let marks = temp_dir("pt_inflight_marks");
+        let env = [(
+            passfs::HOLD_ENV,
+            format!("create,rename,mkdir:{}", marks.display()),
+        )];
+        let Some(mut pt) = Pt::start_env("pt_inflight", mode, &[], None, "src", &env) else {
+            return;
+        };
+        let old = pt.child.as_ref().expect("a daemon").id();
+
+        // 1. A CREATE held in the old daemon; the new process dies after the
+        //    Snapshot (here the test plays it: Hello, then the connection closes).
+        let c = pt.m("c");
+        let create = std::thread::spawn(move || {
+            OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&c)
+                .and_then(|mut f| f.write_all(b"payload"))
+        });
+        wait_for(&marks.join("held-create"), || pt.log_text());
+        assert!(pt.s("c").exists(), "the held CREATE ran on the source");
+        let s = UnixStream::connect(&pt.sock).expect("connect to the upgrade socket");
+        s.set_read_timeout(Some(WAIT)).unwrap();
+        let hello = Hello {
+            min_version: 1,
+            max_version: fuse_snapshot::FORMAT_VERSION,
+            pid: std::process::id(),
+            features: 0,
+        };
+        send_with_fds(&s, &hello.encode(), &[]).expect("send Hello");
+        let (k, _, _) = read_message(&s).expect("Accept");
+        assert_eq!(k, Kind::Accept, "log:\n{}", pt.log_text());
+        // The old daemon pauses now; its pause waits for the held CREATE.
+        fs::write(marks.join("go-create"), b"").unwrap();
+        let (k, _, fds) = read_message(&s).expect("Snapshot");
+        assert_eq!(k, Kind::Snapshot, "log:\n{}", pt.log_text());
+        drop(fds);
+        drop(s);
+        let r = create.join().expect("the create thread");
+        assert!(
+            r.is_ok(),
+            "{mode:?}: the CREATE in flight: {r:?}\nlog:\n{}",
+            pt.log_text()
+        );
+        assert_eq!(fs::read(pt.s("c")).unwrap(), b"payload");
+        let again = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(pt.m("c"));
+        assert_eq!(
+            again.map(|_| ()).map_err(|e| e.kind()),
+            Err(std::io::ErrorKind::AlreadyExists),
+            "one file"
+        );
+        assert_eq!(
+            pt.child.as_ref().expect("a daemon").id(),
+            old,
+            "the old daemon serves on"
+        );
+        fs::write(pt.m("after-rollback"), b"x").expect("the old daemon serves on");
+
+        // 1b. A RENAME held in the old daemon; a real successor crashes once it
+        //     has the Snapshot (fault point `handoff-new-received`: it aborts, as
+        //     a SIGKILL would end it, before Ack). The old daemon serves on.
+        let (from, to) = (pt.m("c"), pt.m("r"));
+        let rename = std::thread::spawn(move || fs::rename(&from, &to));
+        wait_for(&marks.join("held-rename"), || pt.log_text());
+        assert!(pt.s("r").exists(), "the held RENAME ran on the source");
+        let before = sockets_of(old);
+        let go = marks.join("go-rename");
+        let release = std::thread::spawn(move || {
+            let deadline = Instant::now() + WAIT;
+            while sockets_of(old) <= before && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            fs::write(go, b"").unwrap();
+        });
+        let sock = pt.sock.to_string_lossy().into_owned();
+        let crash_log = pt.dir.join("crashed-successor.log");
+        let (mut successor, _rx) = spawn_env(
+            &["--takeover", &sock],
+            &crash_log,
+            &[("FUSE_LIVE_FAULT", "handoff-new-received:1".to_owned())],
+        );
+        let st = wait_exit(&mut successor, WAIT).expect("the crashing successor ends");
+        release.join().expect("the release thread");
+        {
+            use std::os::unix::process::ExitStatusExt;
+            assert_eq!(
+                st.signal(),
+                Some(nix::libc::SIGABRT),
+                "the successor crashed at handoff-new-received: {st:?}\n{}",
+                fs::read_to_string(&crash_log).unwrap_or_default()
+            );
+        }
+        let r = rename.join().expect("the rename thread");
+        assert!(
+            r.is_ok(),
+            "{mode:?}: the RENAME in flight: {r:?}\nlog:\n{}",
+            pt.log_text()
+        );
+        assert!(!pt.s("c").exists() && pt.s("r").exists(), "renamed once");
+        assert_eq!(
+            pt.child.as_ref().expect("a daemon").id(),
+            old,
+            "the old daemon serves on"
+        );
+        assert_eq!(fs::read(pt.m("r")).unwrap(), b"payload");
+
+        // 2. A MKDIR held in the old daemon; a real successor takes over and
+        //    commits. The hold ends once the old daemon accepted its connection.
+        let d = pt.m("d");
+        let mkdir = std::thread::spawn(move || fs::create_dir(&d));
+        wait_for(&marks.join("held-mkdir"), || pt.log_text());
+        assert!(pt.s("d").is_dir(), "the held MKDIR ran on the source");
+        let before = sockets_of(old);
+        let go = marks.join("go-mkdir");
+        let release = std::thread::spawn(move || {
+            let deadline = Instant::now() + WAIT;
+            while sockets_of(old) <= before && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            fs::write(go, b"").unwrap();
+        });
+        pt.handoff();
+        release.join().expect("the release thread");
+        let r = mkdir.join().expect("the mkdir thread");
+        assert!(
+            r.is_ok(),
+            "{mode:?}: the MKDIR in flight: {r:?}\nlog:\n{}",
+            pt.log_text()
+        );
+        assert!(pt.s("d").is_dir());
+        assert_eq!(
+            fs::create_dir(pt.m("d")).map_err(|e| e.kind()),
+            Err(std::io::ErrorKind::AlreadyExists),
+            "one directory"
+        );
+        assert_eq!(fs::read(pt.m("r")).unwrap(), b"payload");
+        let mut names: Vec<String> = fs::read_dir(pt.m(""))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        assert_eq!(names, ["after-rollback", "d", "r"]);
+        pt.stop();
+        let _ = fs::remove_dir_all(&marks);
+        eprintln!(
+            "{mode:?}: CREATE, RENAME and MKDIR in flight across two failed handoffs and a \
+             committed one"
+        );
+    }
 }

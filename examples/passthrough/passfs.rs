@@ -320,6 +320,7 @@ fn after_backing(ctx: &RequestContext<'_>, op: &str) {
     if ctx.unique & UNIQUE_RESEND != 0 {
         return;
     }
+    hold(op);
     let point = match op {
         "create" => "passthrough-after-create",
         "mknod" => "passthrough-after-mknod",
@@ -337,6 +338,45 @@ fn after_backing(ctx: &RequestContext<'_>, op: &str) {
         _ => return,
     };
     fuse_session::fault::point(point);
+}
+
+/// The environment variable of [`hold`]: `OP[,OP...]:DIR`.
+pub const HOLD_ENV: &str = "FUSE_LIVE_PT_HOLD";
+
+/// A testing aid: with [`HOLD_ENV`] set to `OP[,OP...]:DIR`, the first request
+/// of each operation `OP` (as named in [`after_backing`]) in this process, once it
+/// ran on the source and before its reply is written, creates `DIR/held-OP` and
+/// waits until `DIR/go-OP` exists: a request in flight, for the handoff tests.
+/// Unset: one initialized-`OnceLock` check.
+fn hold(op: &str) {
+    type Plan = (Vec<String>, std::path::PathBuf, Mutex<HashSet<String>>);
+    static PLAN: std::sync::OnceLock<Option<Plan>> = std::sync::OnceLock::new();
+    let plan = PLAN.get_or_init(|| {
+        let v = std::env::var(HOLD_ENV).ok()?;
+        let (ops, dir) = v.split_once(':')?;
+        let ops = ops.split(',').map(str::to_owned).collect();
+        Some((
+            ops,
+            std::path::PathBuf::from(dir),
+            Mutex::new(HashSet::new()),
+        ))
+    });
+    let Some((ops, dir, done)) = plan else {
+        return;
+    };
+    if !ops.iter().any(|o| o == op) || !lock(done).insert(op.to_owned()) {
+        return;
+    }
+    let go = dir.join(format!("go-{op}"));
+    if let Err(e) = std::fs::write(dir.join(format!("held-{op}")), b"") {
+        log::error!("{HOLD_ENV}: cannot create the held marker: {e}");
+        return;
+    }
+    log::warn!("{HOLD_ENV}: {op} held until {} exists", go.display());
+    while !go.exists() {
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+    log::warn!("{HOLD_ENV}: {op} goes on");
 }
 
 /// Bit 63 of a unique: the kernel resent the request.
@@ -949,7 +989,8 @@ impl PassFs {
     fn backing_for(&self, node: &Node, writes: bool) -> Option<i32> {
         let device = self.pt.device.get()?;
         let mut backings = lock(&self.pt.backings);
-        if let Some(b) = backings.get_mut(node) {
+        // (One with no use is being released: never shared.)
+        if let Some(b) = backings.get_mut(node).filter(|b| b.refs > 0) {
             if writes && !b.writable {
                 return None;
             }
@@ -995,6 +1036,31 @@ impl PassFs {
         if b.refs > 0 {
             let b = *b;
             self.note(Change::Backing(node.clone(), Some(b)));
+            return;
+        }
+        if let (Some(dev), Some(flush)) = (self.pt.device.get(), self.jr.flush.get()) {
+            // Journaling: the id stays in the table with no use (closing) in a
+            // record appended before the kernel releases it. Released first, a
+            // crash before the record left a journal naming an id the kernel no
+            // longer had, which a recovery then gave to an OPEN of the inode run
+            // before the resent RELEASE: that open failed ENOENT. Recorded as
+            // closing, a recovery releases it again (`settle_backings`: no handle
+            // uses it), whether or not the kernel still had it. The gate of this
+            // RELEASE keeps every other OPEN out meanwhile.
+            let closing = *b;
+            self.note(Change::Backing(node.clone(), Some(closing)));
+            drop(backings);
+            flush();
+            fuse_session::fault::point("passthrough-before-backing-close");
+            if let Err(e) = backing::backing_close(dev.as_fd(), id) {
+                log::warn!("releasing backing id {id}: {e}");
+            }
+            fuse_session::fault::point("passthrough-after-backing-close");
+            let mut backings = lock(&self.pt.backings);
+            if backings.get(node).is_some_and(|b| b.id == id) {
+                backings.remove(node);
+                self.note(Change::Backing(node.clone(), None));
+            }
             return;
         }
         backings.remove(node);
@@ -1642,12 +1708,17 @@ impl Filesystem for PassFs {
         _lock_owner: u64,
         _flush: bool,
     ) -> Result<()> {
-        // The backing id first: once this process holds no descriptor of the
-        // file, the kernel holds none either (what the tests count).
+        // The open file is noted closed first, so that the record appended
+        // before a backing id is released (`put_backing`) holds the whole release;
+        // its descriptor is dropped after the backing id: once this process holds
+        // no descriptor of the file, the kernel holds none either (what the tests
+        // count).
+        let file = lock(&self.files).get(&fh.id).cloned();
+        self.drop_file(fh.id);
         if fh.backing != 0 {
             self.put_backing(node, fh.backing);
         }
-        self.drop_file(fh.id);
+        drop(file);
         Ok(())
     }
 

@@ -114,7 +114,9 @@ impl JournalBase {
             Change::Backing(node, b) => {
                 self.backings.retain(|(n, _)| *n != node);
                 if let Some(b) = b {
-                    if b.id <= 0 || b.refs == 0 {
+                    // (No use: being released when the record was appended; a
+                    // recovery releases it again, `PassFs::settle_backings`.)
+                    if b.id <= 0 {
                         return Err(format!("bad backing id entry {b:?}"));
                     }
                     if self.backings.iter().any(|(_, o)| o.id == b.id) {
@@ -432,6 +434,11 @@ mod tests {
         .unwrap();
         assert_eq!(b.opens.keys().copied().collect::<Vec<_>>(), vec![4]);
         assert_eq!((b.next_id, b.last_backing), (5, 7));
+        // A backing id with no use is one being released: kept (a recovery
+        // releases it again).
+        let closing = Backing { refs: 0, ..bk };
+        PassFs::apply_round(&mut b, vec![Change::Backing(node(10), Some(closing))]).unwrap();
+        assert_eq!(b.backings, vec![(node(10), closing)]);
         PassFs::apply_round(&mut b, vec![Change::Backing(node(10), None)]).unwrap();
         assert!(b.backings.is_empty());
         assert_eq!(b.last_backing, 7, "the highest id handed out stays");
@@ -550,14 +557,6 @@ mod tests {
                     id: 0,
                     writable: false,
                     refs: 1,
-                }),
-            )],
-            vec![Change::Backing(
-                node(1),
-                Some(Backing {
-                    id: 5,
-                    writable: false,
-                    refs: 0,
                 }),
             )],
             vec![

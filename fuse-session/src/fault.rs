@@ -296,6 +296,16 @@ pub const POINTS: &[(&str, &str)] = &[
         "passthrough-after-tmpfile",
         "passthrough: TMPFILE made and opened an unnamed file, reply not recorded",
     ),
+    (
+        "passthrough-before-backing-close",
+        "passthrough: a RELEASE recorded its last use of a backing id as closing, the \
+         id is not released on the connection yet",
+    ),
+    (
+        "passthrough-after-backing-close",
+        "passthrough: a RELEASE released its backing id on the connection, reply not \
+         recorded",
+    ),
 ];
 
 /// The armed fault: the point's name, the hit that aborts, the hits so far.
