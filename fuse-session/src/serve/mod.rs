@@ -73,6 +73,7 @@ use crate::proto::Session;
 mod control;
 mod device;
 mod poke;
+mod pool;
 mod recover;
 mod ring;
 mod transport;
@@ -394,10 +395,20 @@ impl<F: Filesystem> Server<F> {
                 return Err(ServeError::Uring(why.to_owned()));
             }
             log::warn!("{why}: serving through /dev/fuse instead");
-            for i in 1..options.fallback_threads.max(1) {
-                let w = spawn_worker(i, &running.session, &running.device, &running.control, None)?;
-                lock(&running.workers).push(w);
+            let max = options.fallback_threads.max(1);
+            let mut pool = pool::Pool {
+                session: Arc::clone(&running.session),
+                control: Arc::clone(&running.control),
+                channel: running.device.try_clone()?,
+                slots: None,
+                handles: Arc::clone(&running.workers),
+                started: 1,
+                max,
+            };
+            while pool.started < pool::initial_workers(max) {
+                pool.start_one()?;
             }
+            pool.watch()?;
             running.enable_blocking_reads();
             return Ok(running);
         }
@@ -427,28 +438,28 @@ impl<F: Filesystem> Server<F> {
             // A restored session: INIT was answered by an earlier process.
             control.init_replied.store(true, Ordering::Release);
         }
-        let mut workers = Vec::new();
-        for i in 0..threads.max(1) {
-            let slot = match &slots {
-                Some(s) if i < s.len() => Some(s.buffer(i as u32)?),
-                Some(s) => {
-                    log::warn!(
-                        "{} request slots for {} workers: worker {i}'s requests are not kept \
-                         for crash recovery",
-                        s.len(),
-                        threads
-                    );
-                    None
-                }
-                None => None,
-            };
-            workers.push(spawn_worker(i, &session, &channel, &control, slot)?);
+        // One worker per usable CPU now, more (up to `threads`) when a request is
+        // held while none waits on the device (`pool.rs`).
+        let max = threads.max(1);
+        let mut pool = pool::Pool {
+            session: Arc::clone(&session),
+            control: Arc::clone(&control),
+            channel: channel.try_clone()?,
+            slots,
+            handles: Arc::default(),
+            started: 0,
+            max,
+        };
+        while pool.started < pool::initial_workers(max) {
+            pool.start_one()?;
         }
+        let workers = Arc::clone(&pool.handles);
+        pool.watch()?;
         let waiters = Arc::clone(&control.retrieve_waiters);
         Ok(Running {
             session: Arc::clone(&session),
             control,
-            workers: Mutex::new(workers),
+            workers,
             mount: Mutex::new(Some(mount)),
             device: channel.try_clone()?,
             notifier: Notifier::new(Arc::clone(&session), channel, waiters),
@@ -685,6 +696,7 @@ fn spawn_thread<F: Filesystem, T: Transport>(
                 }
             }
             let _exit = Exit(&control, &slot);
+            slot.set_current_thread();
             block_termination_signals();
             let r = make(&slot).and_then(|mut t| run_worker(&session, &mut t, &slot, &control));
             if let Err(e) = &r {
@@ -718,7 +730,8 @@ fn spawn_worker<F: Filesystem>(
 pub struct Running<F: Filesystem> {
     session: Arc<Session<F>>,
     control: Arc<Control>,
-    workers: Mutex<Vec<JoinHandle<io::Result<()>>>>,
+    /// Workers, queue threads and the pool's watcher (which adds workers).
+    workers: pool::Handles,
     mount: Mutex<Option<Mount>>,
     /// A descriptor of the connection, to switch it to blocking reads.
     device: Channel,
@@ -1214,6 +1227,14 @@ impl<F: Filesystem> Running<F> {
         })
     }
 
+    /// How many serving threads have started and not ended: `/dev/fuse` workers
+    /// (one per usable CPU at first, more up to the number asked while requests
+    /// are held in the filesystem: docs/DESIGN.md, "The `/dev/fuse` worker pool")
+    /// and, with io_uring, the queue threads.
+    pub fn workers(&self) -> usize {
+        self.control.running()
+    }
+
     /// True while at least one worker serves.
     pub fn is_serving(&self) -> bool {
         self.control.running() > 0
@@ -1358,9 +1379,16 @@ impl<F: Filesystem> Running<F> {
     }
 
     fn join_workers(&self) {
-        let workers = std::mem::take(&mut *lock(&self.workers));
-        for w in workers {
-            let _ = w.join();
+        // Until none is left: the pool's watcher may have added workers while
+        // the first ones were joined (it leaves with them).
+        loop {
+            let workers = std::mem::take(&mut *lock(&self.workers));
+            if workers.is_empty() {
+                return;
+            }
+            for w in workers {
+                let _ = w.join();
+            }
         }
     }
 

@@ -164,6 +164,7 @@ pub(crate) fn run_worker<F: Filesystem, T: Transport>(
                 };
                 let accepted = session.accept(bytes);
                 slot.enter(accepted.unique(), accepted.opcode().0);
+                control.request_entered();
                 let outcome = session.call(&accepted, space);
                 session.respond(&accepted, &outcome);
                 match outcome {

@@ -1,0 +1,216 @@
+//! The `/dev/fuse` worker pool: as many workers as the process has usable CPUs
+//! (at most the number asked), and more, up to that number, only when a worker is
+//! stuck in a request (blocked in the filesystem, or busy with one request for
+//! long) while no other worker waits on the device.
+//!
+//! # Why not libfuse's rule
+//!
+//! libfuse starts another worker whenever one takes a request and none is left
+//! waiting on the device. For a single synchronous caller that is two workers at
+//! once, and on one CPU two workers waiting on the device cost as much as four:
+//! the kernel wakes the worker that has waited longest (`fuse_dev_do_read` sleeps
+//! exclusively, first in first out), not the one that just wrote the reply and
+//! would have found the next request without sleeping, so every request pays a
+//! wake-up and a switch to another thread (docs/DESIGN.md, "The `/dev/fuse`
+//! worker pool", has the figures). Idle workers are the cost, so this pool keeps
+//! none beyond one per CPU, and a *watcher* thread adds one when a request would
+//! otherwise wait behind a worker that cannot serve it.
+//!
+//! # The watcher
+//!
+//! Every [`TICK`] while a worker is in a request (and dozing otherwise, woken by
+//! the next request: [`Control::request_entered`]), the watcher looks at the
+//! workers' published phases. It starts a worker when no worker waits on the
+//! device and one has been in the same request since the last tick and is either
+//! asleep in the kernel (its thread's state in `/proc` is `S` or `D`: blocked in
+//! the filesystem) or has been in it for [`LONG`]. A worker preempted in the middle
+//! of a fast request (state `R`, a busy machine) is not a reason. Workers are only
+//! started while the mode is [`Mode::Serving`], under the lock that changes the
+//! mode: a pause never sees one appear, and a stop never leaves one behind.
+use std::io;
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use crate::dev::{Channel, RequestSlots};
+use crate::fs::Filesystem;
+use crate::proto::session::lock;
+use crate::proto::Session;
+use crate::serve::control::{Control, Mode, Phase, WorkerSlot};
+
+/// How often the watcher looks while a request is in progress.
+pub(crate) const TICK: Duration = Duration::from_millis(1);
+
+/// How long one request may keep a running (not sleeping) worker before the
+/// watcher starts another.
+pub(crate) const LONG: Duration = Duration::from_millis(50);
+
+/// How long the watcher dozes when no request was in progress over a tick (a
+/// request that enters wakes it sooner).
+const DOZE: Duration = Duration::from_millis(200);
+
+/// The join handles of a mount's threads (workers, queue threads, the watcher).
+pub(crate) type Handles = Arc<Mutex<Vec<JoinHandle<io::Result<()>>>>>;
+
+/// What the watcher needs to start `/dev/fuse` worker `i`.
+pub(crate) struct Pool<F: Filesystem> {
+    pub(crate) session: Arc<Session<F>>,
+    pub(crate) control: Arc<Control>,
+    pub(crate) channel: Channel,
+    pub(crate) slots: Option<Arc<RequestSlots>>,
+    pub(crate) handles: Handles,
+    /// Workers started so far (indices `0..started`).
+    pub(crate) started: usize,
+    /// The most workers to start.
+    pub(crate) max: usize,
+}
+
+/// How many workers to start at once for `max` asked: one per usable CPU.
+pub(crate) fn initial_workers(max: usize) -> usize {
+    max.max(1).min(super::usable_cpus())
+}
+
+impl<F: Filesystem> Pool<F> {
+    /// Starts worker `self.started` (with its request slot, if any).
+    pub(crate) fn start_one(&mut self) -> io::Result<()> {
+        let i = self.started;
+        let slot = match &self.slots {
+            Some(s) if i < s.len() => Some(s.buffer(i as u32)?),
+            Some(s) => {
+                log::warn!(
+                    "{} request slots for up to {} workers: worker {i}'s requests are not \
+                     kept for crash recovery",
+                    s.len(),
+                    self.max
+                );
+                None
+            }
+            None => None,
+        };
+        let h = super::spawn_worker(i, &self.session, &self.channel, &self.control, slot)?;
+        lock(&self.handles).push(h);
+        self.started += 1;
+        Ok(())
+    }
+
+    /// Starts the watcher thread if more workers may be started later.
+    pub(crate) fn watch(self) -> io::Result<()> {
+        if self.started >= self.max {
+            return Ok(());
+        }
+        let handles = Arc::clone(&self.handles);
+        let h = std::thread::Builder::new()
+            .name("fuse-pool".into())
+            .spawn(move || {
+                super::block_termination_signals();
+                self.run();
+                Ok(())
+            })?;
+        lock(&handles).push(h);
+        Ok(())
+    }
+
+    /// The watcher's loop; returns when the workers leave or the pool is full.
+    fn run(mut self) {
+        let control = Arc::clone(&self.control);
+        // Per worker, the unique it served at the last look (0: not in a request)
+        // and for how many looks in a row.
+        let mut seen: Vec<(u64, u32)> = Vec::new();
+        let long_ticks = (LONG.as_micros() / TICK.as_micros()).max(1) as u32;
+        let mut quiet = false;
+        while self.started < self.max {
+            if !control.pool_wait(if quiet { DOZE } else { TICK }, quiet) {
+                return;
+            }
+            let workers = control.worker_slots();
+            seen.resize(workers.len(), (0, 0));
+            let mut idle = 0;
+            let mut busy = 0;
+            let mut stuck = false;
+            for (w, s) in workers.iter().zip(seen.iter_mut()) {
+                match w.phase() {
+                    Phase::Waiting | Phase::Blocked => idle += 1,
+                    Phase::InRequest => {
+                        busy += 1;
+                        let u = w.unique();
+                        if s.0 == u {
+                            s.1 = s.1.saturating_add(1);
+                            stuck |= s.1 >= long_ticks || w.sleeps();
+                        } else {
+                            *s = (u, 0);
+                        }
+                        continue;
+                    }
+                    Phase::Parked | Phase::Exited => {}
+                }
+                *s = (0, 0);
+            }
+            quiet = busy == 0;
+            if idle == 0 && stuck {
+                match control.if_serving(|| self.start_one()) {
+                    Some(Ok(())) => log::debug!(
+                        "worker pool: a request is held and no worker waits on the device: \
+                         started worker {} of at most {}",
+                        self.started,
+                        self.max
+                    ),
+                    Some(Err(e)) => {
+                        log::error!("worker pool: cannot start another worker: {e}");
+                        return;
+                    }
+                    None => {}
+                }
+            }
+        }
+    }
+}
+
+impl Control {
+    /// The watcher waits `step` (or, `dozing`, until a request enters); false when
+    /// the workers are leaving.
+    fn pool_wait(&self, step: Duration, dozing: bool) -> bool {
+        use std::sync::atomic::Ordering;
+        let g = lock(&self.park_lock);
+        if self.mode().is_leaving() {
+            return false;
+        }
+        if dozing {
+            self.pool_dozing.store(true, Ordering::Relaxed);
+        }
+        let _g = self
+            .cond
+            .wait_timeout(g, step)
+            .unwrap_or_else(|p| p.into_inner());
+        self.pool_dozing.store(false, Ordering::Relaxed);
+        !self.mode().is_leaving()
+    }
+
+    /// Runs `f` while holding the lock that changes the mode, if the workers serve.
+    fn if_serving<R>(&self, f: impl FnOnce() -> R) -> Option<R> {
+        let _g = lock(&self.park_lock);
+        (self.mode() == Mode::Serving).then(f)
+    }
+}
+
+impl WorkerSlot {
+    /// True if the worker's thread sleeps in the kernel (state `S` or `D` in
+    /// `/proc`); false when it runs, or when its state cannot be read.
+    fn sleeps(&self) -> bool {
+        let Some(tid) = self.tid() else {
+            return false;
+        };
+        let Ok(stat) = std::fs::read(format!("/proc/self/task/{tid}/stat")) else {
+            return false;
+        };
+        // "TID (COMM) STATE ...": the name can hold anything, so the state is the
+        // first field after the last ')'.
+        let Some(close) = stat.iter().rposition(|&b| b == b')') else {
+            return false;
+        };
+        matches!(
+            stat.get(close + 1..)
+                .and_then(|r| r.iter().find(|b| **b != b' ')),
+            Some(b'S' | b'D')
+        )
+    }
+}
