@@ -1,7 +1,9 @@
 //! What every worker of a mount shares: what they are asked to do ([`Mode`]), where
 //! each one is ([`Phase`], per worker), and how to wake them.
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU32, AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{
+    AtomicBool, AtomicI32, AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering,
+};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
@@ -81,6 +83,9 @@ pub(crate) struct WorkerSlot {
     opcode: AtomicU32,
     /// The worker thread's id (0 until it runs), for the pool's look at its state.
     tid: AtomicI32,
+    /// A pool worker, which leaves when the pool asks one to
+    /// ([`Control::take_retirement`]).
+    pub(crate) retirable: bool,
 }
 
 impl WorkerSlot {
@@ -92,7 +97,16 @@ impl WorkerSlot {
             unique: AtomicU64::new(0),
             opcode: AtomicU32::new(0),
             tid: AtomicI32::new(0),
+            retirable: false,
         })
+    }
+
+    /// The same slot, for a pool worker (see [`WorkerSlot::retirable`]).
+    pub(crate) fn retirable(self) -> WorkerSlot {
+        WorkerSlot {
+            retirable: true,
+            ..self
+        }
     }
 
     pub(crate) fn phase(&self) -> Phase {
@@ -160,6 +174,8 @@ pub(crate) struct Control {
     /// The worker pool's watcher dozes until a request enters
     /// ([`Control::request_entered`]).
     pub(crate) pool_dozing: AtomicBool,
+    /// Pool workers the watcher asks to leave (extra workers no longer needed).
+    pub(crate) retire: AtomicUsize,
     /// Parking, waiting for parked workers, changing the mode, starting a worker.
     pub(crate) park_lock: Mutex<()>,
     pub(crate) cond: Condvar,
@@ -229,6 +245,23 @@ impl Control {
             let _g = lock(&self.park_lock);
             self.cond.notify_all();
         }
+    }
+
+    /// True if the calling pool worker is to leave (the pool asked one to, and
+    /// this one takes it): one relaxed load while nothing is asked.
+    #[inline]
+    pub(crate) fn take_retirement(&self, slot: &WorkerSlot) -> bool {
+        slot.retirable
+            && self.retire.load(Ordering::Relaxed) > 0
+            && self
+                .retire
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1))
+                .is_ok()
+    }
+
+    /// Forgets the slots of workers whose thread has ended.
+    pub(crate) fn prune_exited(&self) {
+        lock(&self.workers).retain(|w| w.phase() != Phase::Exited);
     }
 
     pub(crate) fn wake_all(&self) {

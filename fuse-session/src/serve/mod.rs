@@ -395,19 +395,18 @@ impl<F: Filesystem> Server<F> {
                 return Err(ServeError::Uring(why.to_owned()));
             }
             log::warn!("{why}: serving through /dev/fuse instead");
-            let max = options.fallback_threads.max(1);
-            let mut pool = pool::Pool {
-                session: Arc::clone(&running.session),
-                control: Arc::clone(&running.control),
-                channel: running.device.try_clone()?,
-                slots: None,
-                handles: Arc::clone(&running.workers),
-                started: 1,
-                max,
-            };
-            while pool.started < pool::initial_workers(max) {
-                pool.start_one()?;
+            let mut pool = pool::Pool::new(
+                &running.session,
+                &running.control,
+                &running.device,
+                None,
+                Arc::clone(&running.workers),
+                options.fallback_threads,
+            )?;
+            if let Some(first) = running.control.worker_slots().into_iter().next() {
+                pool.adopt(0, first);
             }
+            pool.fill(pool.base)?;
             pool.watch()?;
             running.enable_blocking_reads();
             return Ok(running);
@@ -440,19 +439,15 @@ impl<F: Filesystem> Server<F> {
         }
         // One worker per usable CPU now, more (up to `threads`) when a request is
         // held while none waits on the device (`pool.rs`).
-        let max = threads.max(1);
-        let mut pool = pool::Pool {
-            session: Arc::clone(&session),
-            control: Arc::clone(&control),
-            channel: channel.try_clone()?,
+        let mut pool = pool::Pool::new(
+            &session,
+            &control,
+            &channel,
             slots,
-            handles: Arc::default(),
-            started: 0,
-            max,
-        };
-        while pool.started < pool::initial_workers(max) {
-            pool.start_one()?;
-        }
+            pool::Handles::default(),
+            threads,
+        )?;
+        pool.fill(pool.base)?;
         let workers = Arc::clone(&pool.handles);
         pool.watch()?;
         let waiters = Arc::clone(&control.retrieve_waiters);
@@ -675,12 +670,12 @@ pub enum Backend {
 /// The slot is published before the thread starts, and marked exited when it
 /// ends, however it ends (a panic in the library included).
 fn spawn_thread<F: Filesystem, T: Transport>(
-    name: String,
+    slot: Arc<WorkerSlot>,
     session: &Arc<Session<F>>,
     control: &Arc<Control>,
     make: impl FnOnce(&WorkerSlot) -> io::Result<T> + Send + 'static,
 ) -> io::Result<JoinHandle<io::Result<()>>> {
-    let slot = Arc::new(WorkerSlot::new(name.clone())?);
+    let name = slot.name.clone();
     control.add_worker(Arc::clone(&slot));
     let session = Arc::clone(session);
     let control = Arc::clone(control);
@@ -711,19 +706,22 @@ fn spawn_thread<F: Filesystem, T: Transport>(
     spawned
 }
 
-/// Spawns `/dev/fuse` worker `i`.
+/// Spawns `/dev/fuse` worker `i` (a pool worker: it may be asked to retire);
+/// returns its thread and its published slot.
 fn spawn_worker<F: Filesystem>(
     i: usize,
     session: &Arc<Session<F>>,
     channel: &Channel,
     control: &Arc<Control>,
     request_slot: Option<(SlotData, SlotMark)>,
-) -> io::Result<JoinHandle<io::Result<()>>> {
+) -> io::Result<(JoinHandle<io::Result<()>>, Arc<WorkerSlot>)> {
     let chan = channel.try_clone()?;
     let size = session.read_buffer_size();
-    spawn_thread(format!("fuse-worker-{i}"), session, control, move |slot| {
+    let slot = Arc::new(WorkerSlot::new(format!("fuse-worker-{i}"))?.retirable());
+    let h = spawn_thread(Arc::clone(&slot), session, control, move |slot| {
         DeviceTransport::new(chan, &slot.waker, size, request_slot)
-    })
+    })?;
+    Ok((h, slot))
 }
 
 /// A mount being served by worker threads.
@@ -938,7 +936,7 @@ impl<F: Filesystem> Running<F> {
             }
         };
         let h = spawn_thread(
-            format!("fuse-uring-{qid}"),
+            Arc::new(WorkerSlot::new(format!("fuse-uring-{qid}"))?),
             &self.session,
             &self.control,
             make,

@@ -28,9 +28,10 @@
 //! started while the mode is [`Mode::Serving`], under the lock that changes the
 //! mode: a pause never sees one appear, and a stop never leaves one behind.
 use std::io;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::dev::{Channel, RequestSlots};
 use crate::fs::Filesystem;
@@ -49,20 +50,25 @@ pub(crate) const LONG: Duration = Duration::from_millis(50);
 /// request that enters wakes it sooner).
 const DOZE: Duration = Duration::from_millis(200);
 
+/// How long no request may have needed an extra worker before the extra
+/// workers retire.
+const RETIRE_AFTER: Duration = Duration::from_secs(2);
+
 /// The join handles of a mount's threads (workers, queue threads, the watcher).
 pub(crate) type Handles = Arc<Mutex<Vec<JoinHandle<io::Result<()>>>>>;
 
-/// What the watcher needs to start `/dev/fuse` worker `i`.
+/// What the watcher needs to start `/dev/fuse` workers, and the ones it started.
 pub(crate) struct Pool<F: Filesystem> {
     pub(crate) session: Arc<Session<F>>,
     pub(crate) control: Arc<Control>,
     pub(crate) channel: Channel,
     pub(crate) slots: Option<Arc<RequestSlots>>,
     pub(crate) handles: Handles,
-    /// Workers started so far (indices `0..started`).
-    pub(crate) started: usize,
-    /// The most workers to start.
-    pub(crate) max: usize,
+    /// Worker `i`'s published slot (None: never started); a worker whose thread
+    /// ended leaves its index (and request slot) to the next one.
+    pub(crate) workers: Vec<Option<Arc<WorkerSlot>>>,
+    /// How many workers to keep (one per usable CPU, at most `max`).
+    pub(crate) base: usize,
 }
 
 /// How many workers to start at once for `max` asked: one per usable CPU.
@@ -71,31 +77,87 @@ pub(crate) fn initial_workers(max: usize) -> usize {
 }
 
 impl<F: Filesystem> Pool<F> {
-    /// Starts worker `self.started` (with its request slot, if any).
-    pub(crate) fn start_one(&mut self) -> io::Result<()> {
-        let i = self.started;
-        let slot = match &self.slots {
+    /// A pool of at most `max` workers (none started yet).
+    pub(crate) fn new(
+        session: &Arc<Session<F>>,
+        control: &Arc<Control>,
+        channel: &Channel,
+        slots: Option<Arc<RequestSlots>>,
+        handles: Handles,
+        max: usize,
+    ) -> io::Result<Pool<F>> {
+        let max = max.max(1);
+        Ok(Pool {
+            session: Arc::clone(session),
+            control: Arc::clone(control),
+            channel: channel.try_clone()?,
+            slots,
+            handles,
+            workers: vec![None; max],
+            base: initial_workers(max),
+        })
+    }
+
+    /// Workers whose thread has not ended.
+    fn live(&self) -> usize {
+        self.workers
+            .iter()
+            .flatten()
+            .filter(|w| w.phase() != Phase::Exited)
+            .count()
+    }
+
+    /// Starts workers until `n` live (the first ones: at once, before INIT).
+    pub(crate) fn fill(&mut self, n: usize) -> io::Result<()> {
+        while self.live() < n.min(self.workers.len()) {
+            self.start_one()?;
+        }
+        Ok(())
+    }
+
+    /// Counts worker `i` as started by someone else (the worker that answers
+    /// INIT before io_uring falls back to `/dev/fuse`).
+    pub(crate) fn adopt(&mut self, i: usize, slot: Arc<WorkerSlot>) {
+        if let Some(w) = self.workers.get_mut(i) {
+            *w = Some(slot);
+        }
+    }
+
+    /// Starts a worker at the first free index (with its request slot, if any).
+    fn start_one(&mut self) -> io::Result<()> {
+        let Some(i) = self
+            .workers
+            .iter()
+            .position(|w| !w.as_ref().is_some_and(|w| w.phase() != Phase::Exited))
+        else {
+            return Ok(());
+        };
+        let request_slot = match &self.slots {
             Some(s) if i < s.len() => Some(s.buffer(i as u32)?),
             Some(s) => {
                 log::warn!(
                     "{} request slots for up to {} workers: worker {i}'s requests are not \
                      kept for crash recovery",
                     s.len(),
-                    self.max
+                    self.workers.len()
                 );
                 None
             }
             None => None,
         };
-        let h = super::spawn_worker(i, &self.session, &self.channel, &self.control, slot)?;
+        // Threads that ended (retired workers) are done with.
+        lock(&self.handles).retain(|h| !h.is_finished());
+        self.control.prune_exited();
+        let (h, slot) =
+            super::spawn_worker(i, &self.session, &self.channel, &self.control, request_slot)?;
         lock(&self.handles).push(h);
-        self.started += 1;
+        self.workers[i] = Some(slot);
         Ok(())
     }
 
-    /// Starts the watcher thread if more workers may be started later.
+    /// Starts the watcher thread if more workers than the first may be needed.
     pub(crate) fn watch(self) -> io::Result<()> {
-        if self.started >= self.max {
+        if self.base >= self.workers.len() {
             return Ok(());
         }
         let handles = Arc::clone(&self.handles);
@@ -110,24 +172,24 @@ impl<F: Filesystem> Pool<F> {
         Ok(())
     }
 
-    /// The watcher's loop; returns when the workers leave or the pool is full.
+    /// The watcher's loop; returns when the workers leave.
     fn run(mut self) {
         let control = Arc::clone(&self.control);
-        // Per worker, the unique it served at the last look (0: not in a request)
-        // and for how many looks in a row.
-        let mut seen: Vec<(u64, u32)> = Vec::new();
+        // Per worker index, the unique it served at the last look and for how
+        // many looks in a row.
+        let mut seen: Vec<(u64, u32)> = vec![(0, 0); self.workers.len()];
         let long_ticks = (LONG.as_micros() / TICK.as_micros()).max(1) as u32;
         let mut quiet = false;
-        while self.started < self.max {
+        let mut last_need = Instant::now();
+        loop {
             if !control.pool_wait(if quiet { DOZE } else { TICK }, quiet) {
                 return;
             }
-            let workers = control.worker_slots();
-            seen.resize(workers.len(), (0, 0));
             let mut idle = 0;
             let mut busy = 0;
             let mut stuck = false;
-            for (w, s) in workers.iter().zip(seen.iter_mut()) {
+            for (w, s) in self.workers.iter().zip(seen.iter_mut()) {
+                let Some(w) = w else { continue };
                 match w.phase() {
                     Phase::Waiting | Phase::Blocked => idle += 1,
                     Phase::InRequest => {
@@ -146,20 +208,35 @@ impl<F: Filesystem> Pool<F> {
                 *s = (0, 0);
             }
             quiet = busy == 0;
+            let live = self.live();
             if idle == 0 && stuck {
-                match control.if_serving(|| self.start_one()) {
-                    Some(Ok(())) => log::debug!(
-                        "worker pool: a request is held and no worker waits on the device: \
-                         started worker {} of at most {}",
-                        self.started,
-                        self.max
-                    ),
-                    Some(Err(e)) => {
-                        log::error!("worker pool: cannot start another worker: {e}");
-                        return;
+                last_need = Instant::now();
+                // Whatever was asked to retire is needed after all.
+                control.retire.store(0, Ordering::Relaxed);
+                if live < self.workers.len() {
+                    match control.if_serving(|| self.start_one()) {
+                        Some(Ok(())) => log::debug!(
+                            "worker pool: a request is held and no worker waits on the \
+                             device: {} workers of at most {}",
+                            live + 1,
+                            self.workers.len()
+                        ),
+                        Some(Err(e)) => log::error!("worker pool: cannot start a worker: {e}"),
+                        None => {}
                     }
-                    None => {}
                 }
+            } else if live > self.base
+                && last_need.elapsed() >= RETIRE_AFTER
+                && control.retire.load(Ordering::Relaxed) == 0
+            {
+                // The extra workers were not needed for a while: each leaves
+                // after its next request (an idle one costs nothing until then).
+                last_need = Instant::now();
+                control.retire.store(live - self.base, Ordering::Relaxed);
+                log::debug!(
+                    "worker pool: no request held for {RETIRE_AFTER:?}: {} extra workers retire",
+                    live - self.base
+                );
             }
         }
     }
@@ -169,7 +246,6 @@ impl Control {
     /// The watcher waits `step` (or, `dozing`, until a request enters); false when
     /// the workers are leaving.
     fn pool_wait(&self, step: Duration, dozing: bool) -> bool {
-        use std::sync::atomic::Ordering;
         let g = lock(&self.park_lock);
         if self.mode().is_leaving() {
             return false;
