@@ -13,6 +13,8 @@
 //!   stopping, released) and where each one is (waiting, blocked in `read(2)`, in a
 //!   request, parked, exited).
 //! - `poke.rs`: waking workers blocked in `read(2)` by a lookup in the mount's root.
+//! - `pool.rs`: how many `/dev/fuse` workers serve: one per usable CPU, more (up to
+//!   the number asked) while requests are held in the filesystem.
 //! - this file: [`Server`] and [`Running`], the public face.
 //!
 //! # Why `dup` and not `FUSE_DEV_IOC_CLONE`
@@ -299,8 +301,16 @@ impl<F: Filesystem> Server<F> {
         }
     }
 
-    /// Starts `threads` workers (at least one) and waits until INIT has been
-    /// answered (at most 30 s), so that the mount serves when this returns.
+    /// Serves with up to `threads` `/dev/fuse` workers (at least one) and waits
+    /// until INIT has been answered (at most 30 s), so that the mount serves when
+    /// this returns.
+    ///
+    /// One worker per usable CPU starts at once (at most `threads`); more, up to
+    /// `threads`, start only while a request is held in the filesystem (blocked,
+    /// or running for long) and no worker waits on the device, and retire once
+    /// not needed: on few CPUs, idle workers waiting on the device cost a wake-up
+    /// and a thread switch per request (docs/DESIGN.md, "The `/dev/fuse` worker
+    /// pool"). [`Running::workers`] tells how many serve.
     pub fn spawn(self, threads: usize) -> Result<Running<F>, ServeError> {
         let running = self.start(threads)?;
         running.wait_init()?;
@@ -483,7 +493,8 @@ pub struct UringOptions {
     /// Fail with [`ServeError::Uring`] instead of falling back to `/dev/fuse`
     /// workers when the kernel does not offer io_uring (default false).
     pub required: bool,
-    /// `/dev/fuse` workers when falling back (default 1).
+    /// The most `/dev/fuse` workers when falling back, as [`Server::spawn`]
+    /// (default 1).
     pub fallback_threads: usize,
     /// Keep the entries' memory in a memfd ([`Running::ring_area`]) that the
     /// daemon stores in its fd store, so that a successor after a crash can answer

@@ -275,18 +275,36 @@ impl WorkerSlot {
         let Some(tid) = self.tid() else {
             return false;
         };
-        let Ok(stat) = std::fs::read(format!("/proc/self/task/{tid}/stat")) else {
-            return false;
-        };
-        // "TID (COMM) STATE ...": the name can hold anything, so the state is the
-        // first field after the last ')'.
-        let Some(close) = stat.iter().rposition(|&b| b == b')') else {
-            return false;
-        };
-        matches!(
-            stat.get(close + 1..)
-                .and_then(|r| r.iter().find(|b| **b != b' ')),
-            Some(b'S' | b'D')
-        )
+        std::fs::read(format!("/proc/self/task/{tid}/stat")).is_ok_and(|s| stat_sleeps(&s))
+    }
+}
+
+/// True if a `/proc/.../stat` line says the task sleeps (state `S` or `D`). The
+/// name can hold anything (spaces, parentheses), so the state is the first field
+/// after the last `)`.
+fn stat_sleeps(stat: &[u8]) -> bool {
+    let Some(close) = stat.iter().rposition(|&b| b == b')') else {
+        return false;
+    };
+    matches!(
+        stat.get(close + 1..)
+            .and_then(|r| r.iter().find(|b| **b != b' ')),
+        Some(b'S' | b'D')
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::stat_sleeps;
+
+    #[test]
+    fn the_state_is_read_after_the_last_parenthesis() {
+        assert!(stat_sleeps(b"12 (fuse-worker-0) S 1 2 3"));
+        assert!(stat_sleeps(b"12 (a) R (b) D 1"));
+        assert!(!stat_sleeps(b"12 (x) S) R 1 2"));
+        assert!(!stat_sleeps(b"12 (fuse-worker-0) R 1"));
+        assert!(!stat_sleeps(b"12 (no end"));
+        assert!(!stat_sleeps(b"12 (x)"));
+        assert!(!stat_sleeps(b""));
     }
 }
