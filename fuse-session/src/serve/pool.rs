@@ -39,8 +39,10 @@ use crate::proto::session::lock;
 use crate::proto::Session;
 use crate::serve::control::{Control, Mode, Phase, WorkerSlot};
 
-/// How often the watcher looks while a request is in progress.
-pub(crate) const TICK: Duration = Duration::from_millis(1);
+/// How often the watcher looks while requests are served. Each look is a timed
+/// wake-up of the watcher (about 20 µs of CPU in a KVM guest): at 1 ms that was
+/// 3.6 % of a busy worker's CPU, at 5 ms it is under 1 %.
+pub(crate) const TICK: Duration = Duration::from_millis(5);
 
 /// How long one request may keep a running (not sleeping) worker before the
 /// watcher starts another.
@@ -187,27 +189,35 @@ impl<F: Filesystem> Pool<F> {
             }
             let mut idle = 0;
             let mut busy = 0;
+            let mut moved = false;
             let mut stuck = false;
             for (w, s) in self.workers.iter().zip(seen.iter_mut()) {
                 let Some(w) = w else { continue };
-                match w.phase() {
+                // The phase first: `enter` publishes the unique before the phase.
+                let phase = w.phase();
+                let u = w.unique();
+                let changed = s.0 != u;
+                if changed {
+                    moved = true;
+                    *s = (u, 0);
+                }
+                match phase {
                     Phase::Waiting | Phase::Blocked => idle += 1,
                     Phase::InRequest => {
                         busy += 1;
-                        let u = w.unique();
-                        if s.0 == u {
+                        if !changed {
                             s.1 = s.1.saturating_add(1);
-                            stuck |= s.1 >= long_ticks || w.sleeps();
-                        } else {
-                            *s = (u, 0);
                         }
-                        continue;
+                        // In the same request since the last look.
+                        if s.1 > 0 {
+                            stuck |= s.1 >= long_ticks || w.sleeps();
+                        }
                     }
                     Phase::Parked | Phase::Exited => {}
                 }
-                *s = (0, 0);
             }
-            quiet = busy == 0;
+            // Doze only when no request was served since the last look either.
+            quiet = busy == 0 && !moved;
             let live = self.live();
             if idle == 0 && stuck {
                 last_need = Instant::now();
