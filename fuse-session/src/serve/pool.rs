@@ -18,7 +18,7 @@
 //!
 //! # The watcher
 //!
-//! Every [`TICK`] while a worker is in a request (and dozing otherwise, woken by
+//! Every [`TICK`] while requests are served (and dozing otherwise, woken by
 //! the next request: [`Control::request_entered`]), the watcher looks at the
 //! workers' published phases. It starts a worker when no worker waits on the
 //! device and one has been in the same request since the last tick and is either
@@ -27,6 +27,13 @@
 //! of a fast request (state `R`, a busy machine) is not a reason. Workers are only
 //! started while the mode is [`Mode::Serving`], under the lock that changes the
 //! mode: a pause never sees one appear, and a stop never leaves one behind.
+//!
+//! # Retiring
+//!
+//! When no look has seen that need for [`RETIRE_AFTER`], the watcher asks the
+//! workers beyond the first ones to leave ([`Control::take_retirement`]): each
+//! leaves at its next request boundary while serving. A retired worker's index,
+//! and with it its request slot, goes to the next worker started.
 use std::io;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
