@@ -18,12 +18,15 @@
 #                ours_auto"): lf_st lf_mt (libfuse single / MT_THREADS threads),
 #                fu_st fu_mt (fuser), ours_dev (benchfs --transport dev-fuse
 #                --mt=MT_THREADS), ours_uring (--transport io-uring), ours_auto
-#                (--transport auto --mt=MT_THREADS);
+#                (--transport auto --mt=MT_THREADS); ours_dev_before and
+#                ours_auto_before: the same two served by the benchfs binary
+#                BEFORE names (an older build, for a before/after in one run);
 #        SETS    which sets (default "unpinned pinned direct"): unpinned = stat1
 #                stat2 orc1 orc2 seq1 seq2; pinned = the same under PIN_CMD (peer
 #                and driver on one CPU); direct = seq1 seq2 with --direct-io;
 #        PIN_CMD the pinned set's prefix (default "taskset -c 0");
-#        MT_THREADS (4), TIMEOUT (entry/attr timeout given to every peer, 0).
+#        MT_THREADS (4), TIMEOUT (entry/attr timeout given to every peer, 0);
+#        BEFORE  a benchfs binary for the *_before configurations (copied).
 # Needs root, /dev/fuse and, for ours_uring, the fuse module parameter
 # enable_uring on (`echo Y > /sys/module/fuse/parameters/enable_uring` before
 # mounting); without it ours_uring is skipped with a note and ours_auto serves
@@ -67,6 +70,7 @@ FSB=$P/fsbench/target/release/fsbench
 LF=$P/libfuse_peer/libfuse_peer
 FU=$P/fuser_peer/target/release/fuser_peer
 OURS=$WORK/benchfs
+OURS_BEFORE=$WORK/benchfs-before
 PARAM=/sys/module/fuse/parameters/enable_uring
 SRV=
 
@@ -101,6 +105,9 @@ echo "# building benchfs (release) and the peers in $P" >&2
 (cd "$ROOT" && cargo build --release -q --example benchfs) || die "build benchfs"
 # A copy: a build during the runs cannot change what is measured.
 cp "$ROOT/target/release/examples/benchfs" "$OURS" || die "copy benchfs"
+if [ -n "${BEFORE:-}" ]; then
+  cp "$BEFORE" "$OURS_BEFORE" || die "copy $BEFORE"
+fi
 if ! dpkg -s libfuse3-dev >/dev/null 2>&1 || ! command -v pkg-config >/dev/null; then
   (apt-get update -q && apt-get install -y -q libfuse3-dev pkg-config) >&2 ||
     die "install libfuse3-dev and pkg-config"
@@ -115,6 +122,7 @@ uring=$(cat "$PARAM" 2>/dev/null || echo "absent")
   echo "# uring_table.sh: $(date -u +%FT%TZ), $(nproc) CPUs, $(uname -r), enable_uring=$uring"
   echo "# rounds $ROUNDS, reps $REPS of ${SECS}s, timeout $TO, configs: $CONFIGS; sets: $SETS; pinned with '$PIN_CMD'"
   echo "# repository $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null)$(git -C "$ROOT" diff --quiet 2>/dev/null || echo ' (with local changes)'), benchfs sha256 $(sha256sum "$OURS" | cut -c1-16)"
+  [ -n "${BEFORE:-}" ] && echo "# before: benchfs sha256 $(sha256sum "$OURS_BEFORE" | cut -c1-16)"
   echo "# loadavg at start: $(cut -d' ' -f1-3 /proc/loadavg)"
   grep -m1 "model name" /proc/cpuinfo
 } | tee "$OUT/env.txt" >&2
@@ -140,13 +148,16 @@ run() {
   fi
   local served=""
   case $label in
-    ours*)
+    ours*|before*)
       sleep 0.2 # the queue threads start once INIT is answered
       if grep -qs '^fuse-uring' /proc/"$SRV"/task/*/comm; then served=" | served by io_uring"; else served=" | served by /dev/fuse"; fi ;;
   esac
   echo "# $label: $pin $* $extra | loadavg $(cut -d' ' -f1-3 /proc/loadavg)$served" >>"$FILE"
   # shellcheck disable=SC2086
   $pin "$FSB" "$MNT" --label "$label" --server-pid "$SRV" --secs "$SECS" --reps "$REPS" --only "$only" >>"$FILE"
+  # /dev/fuse workers at the end (the pool starts one per usable CPU and adds
+  # more only while requests are held in the filesystem).
+  echo "# $label: fuse-worker threads after the run: $(grep -s '^fuse-worker' /proc/"$SRV"/task/*/comm | wc -l)" >>"$FILE"
   umount "$MNT" || { cleanup; return 1; }
   wait "$SRV"
   SRV=
@@ -168,6 +179,11 @@ config() {
       fi
       run "ours_uring_to$TO" "$pin" "$extra" "$only" -- "$OURS" "$MNT" "$TO" --transport=io-uring ;;
     ours_auto) run "ours_auto_mt${MT_THREADS}_to$TO" "$pin" "$extra" "$only" -- "$OURS" "$MNT" "$TO" --transport=auto --mt="$MT_THREADS" ;;
+    ours_dev_before | ours_auto_before)
+      [ -x "$OURS_BEFORE" ] || die "$c needs BEFORE (a benchfs binary)"
+      local t=dev-fuse l=devfuse
+      [ "$c" = ours_auto_before ] && t=auto l=auto
+      run "before_${l}_mt${MT_THREADS}_to$TO" "$pin" "$extra" "$only" -- "$OURS_BEFORE" "$MNT" "$TO" --transport=$t --mt="$MT_THREADS" ;;
     *) die "unknown configuration $c" ;;
   esac
 }

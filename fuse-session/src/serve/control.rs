@@ -1,7 +1,9 @@
 //! What every worker of a mount shares: what they are asked to do ([`Mode`]), where
 //! each one is ([`Phase`], per worker), and how to wake them.
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{
+    AtomicBool, AtomicI32, AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering,
+};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
@@ -79,6 +81,11 @@ pub(crate) struct WorkerSlot {
     phase: AtomicU8,
     unique: AtomicU64,
     opcode: AtomicU32,
+    /// The worker thread's id (0 until it runs), for the pool's look at its state.
+    tid: AtomicI32,
+    /// A pool worker, which leaves when the pool asks one to
+    /// ([`Control::take_retirement`]).
+    pub(crate) retirable: bool,
 }
 
 impl WorkerSlot {
@@ -89,7 +96,17 @@ impl WorkerSlot {
             phase: AtomicU8::new(Phase::Waiting as u8),
             unique: AtomicU64::new(0),
             opcode: AtomicU32::new(0),
+            tid: AtomicI32::new(0),
+            retirable: false,
         })
+    }
+
+    /// The same slot, for a pool worker (see [`WorkerSlot::retirable`]).
+    pub(crate) fn retirable(self) -> WorkerSlot {
+        WorkerSlot {
+            retirable: true,
+            ..self
+        }
     }
 
     pub(crate) fn phase(&self) -> Phase {
@@ -98,6 +115,22 @@ impl WorkerSlot {
 
     pub(crate) fn set_phase(&self, p: Phase) {
         self.phase.store(p as u8, Ordering::Release);
+    }
+
+    /// Records the calling thread as this worker's.
+    pub(crate) fn set_current_thread(&self) {
+        self.tid
+            .store(nix::unistd::gettid().as_raw(), Ordering::Relaxed);
+    }
+
+    /// The worker thread's id, once it runs.
+    pub(crate) fn tid(&self) -> Option<i32> {
+        Some(self.tid.load(Ordering::Relaxed)).filter(|t| *t > 0)
+    }
+
+    /// The unique of the request the worker serves or served last.
+    pub(crate) fn unique(&self) -> u64 {
+        self.unique.load(Ordering::Relaxed)
     }
 
     /// The worker took request `unique` with `opcode`.
@@ -138,9 +171,14 @@ pub(crate) struct Control {
     /// Callers of `Notifier::retrieve` waiting for the kernel's data.
     pub(crate) retrieve_waiters: Arc<RetrieveWaiters>,
     workers: Mutex<Vec<Arc<WorkerSlot>>>,
-    /// Parking and waiting for parked workers.
-    park_lock: Mutex<()>,
-    cond: Condvar,
+    /// The worker pool's watcher dozes until a request enters
+    /// ([`Control::request_entered`]).
+    pub(crate) pool_dozing: AtomicBool,
+    /// Pool workers the watcher asks to leave (extra workers no longer needed).
+    pub(crate) retire: AtomicUsize,
+    /// Parking, waiting for parked workers, changing the mode, starting a worker.
+    pub(crate) park_lock: Mutex<()>,
+    pub(crate) cond: Condvar,
 }
 
 impl Control {
@@ -191,6 +229,39 @@ impl Control {
 
     pub(crate) fn add_worker(&self, slot: Arc<WorkerSlot>) {
         lock(&self.workers).push(slot);
+    }
+
+    /// The workers' slots (the pool's watcher looks at them).
+    pub(crate) fn worker_slots(&self) -> Vec<Arc<WorkerSlot>> {
+        lock(&self.workers).clone()
+    }
+
+    /// A worker entered a request: wakes the pool's watcher if it dozes (one
+    /// relaxed load otherwise).
+    #[inline]
+    pub(crate) fn request_entered(&self) {
+        if self.pool_dozing.load(Ordering::Relaxed) {
+            self.pool_dozing.store(false, Ordering::Relaxed);
+            let _g = lock(&self.park_lock);
+            self.cond.notify_all();
+        }
+    }
+
+    /// True if the calling pool worker is to leave (the pool asked one to, and
+    /// this one takes it): one relaxed load while nothing is asked.
+    #[inline]
+    pub(crate) fn take_retirement(&self, slot: &WorkerSlot) -> bool {
+        slot.retirable
+            && self.retire.load(Ordering::Relaxed) > 0
+            && self
+                .retire
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1))
+                .is_ok()
+    }
+
+    /// Forgets the slots of workers whose thread has ended.
+    pub(crate) fn prune_exited(&self) {
+        lock(&self.workers).retain(|w| w.phase() != Phase::Exited);
     }
 
     pub(crate) fn wake_all(&self) {

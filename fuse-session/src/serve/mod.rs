@@ -13,6 +13,8 @@
 //!   stopping, released) and where each one is (waiting, blocked in `read(2)`, in a
 //!   request, parked, exited).
 //! - `poke.rs`: waking workers blocked in `read(2)` by a lookup in the mount's root.
+//! - `pool.rs`: how many `/dev/fuse` workers serve: one per usable CPU, more (up to
+//!   the number asked) while requests are held in the filesystem.
 //! - this file: [`Server`] and [`Running`], the public face.
 //!
 //! # Why `dup` and not `FUSE_DEV_IOC_CLONE`
@@ -73,6 +75,7 @@ use crate::proto::Session;
 mod control;
 mod device;
 mod poke;
+mod pool;
 mod recover;
 mod ring;
 mod transport;
@@ -318,8 +321,16 @@ impl<F: Filesystem> Server<F> {
         }
     }
 
-    /// Starts `threads` workers (at least one) and waits until INIT has been
-    /// answered (at most 30 s), so that the mount serves when this returns.
+    /// Serves with up to `threads` `/dev/fuse` workers (at least one) and waits
+    /// until INIT has been answered (at most 30 s), so that the mount serves when
+    /// this returns.
+    ///
+    /// One worker per usable CPU starts at once (at most `threads`); more, up to
+    /// `threads`, start only while a request is held in the filesystem (blocked,
+    /// or running for long) and no worker waits on the device, and retire once
+    /// not needed: on few CPUs, idle workers waiting on the device cost a wake-up
+    /// and a thread switch per request (docs/DESIGN.md, "The `/dev/fuse` worker
+    /// pool"). [`Running::workers`] tells how many serve.
     pub fn spawn(self, threads: usize) -> Result<Running<F>, ServeError> {
         let running = self.start(threads)?;
         running.wait_init()?;
@@ -414,10 +425,19 @@ impl<F: Filesystem> Server<F> {
                 return Err(ServeError::Uring(why.to_owned()));
             }
             log::warn!("{why}: serving through /dev/fuse instead");
-            for i in 1..options.fallback_threads.max(1) {
-                let w = spawn_worker(i, &running.session, &running.device, &running.control, None)?;
-                lock(&running.workers).push(w);
+            let mut pool = pool::Pool::new(
+                &running.session,
+                &running.control,
+                &running.device,
+                None,
+                Arc::clone(&running.workers),
+                options.fallback_threads,
+            )?;
+            if let Some(first) = running.control.worker_slots().into_iter().next() {
+                pool.adopt(0, first);
             }
+            pool.fill(pool.base)?;
+            pool.watch()?;
             running.enable_blocking_reads();
             return Ok(running);
         }
@@ -447,28 +467,24 @@ impl<F: Filesystem> Server<F> {
             // A restored session: INIT was answered by an earlier process.
             control.init_replied.store(true, Ordering::Release);
         }
-        let mut workers = Vec::new();
-        for i in 0..threads.max(1) {
-            let slot = match &slots {
-                Some(s) if i < s.len() => Some(s.buffer(i as u32)?),
-                Some(s) => {
-                    log::warn!(
-                        "{} request slots for {} workers: worker {i}'s requests are not kept \
-                         for crash recovery",
-                        s.len(),
-                        threads
-                    );
-                    None
-                }
-                None => None,
-            };
-            workers.push(spawn_worker(i, &session, &channel, &control, slot)?);
-        }
+        // One worker per usable CPU now, more (up to `threads`) when a request is
+        // held while none waits on the device (`pool.rs`).
+        let mut pool = pool::Pool::new(
+            &session,
+            &control,
+            &channel,
+            slots,
+            pool::Handles::default(),
+            threads,
+        )?;
+        pool.fill(pool.base)?;
+        let workers = Arc::clone(&pool.handles);
+        pool.watch()?;
         let waiters = Arc::clone(&control.retrieve_waiters);
         Ok(Running {
             session: Arc::clone(&session),
             control,
-            workers: Mutex::new(workers),
+            workers,
             mount: Mutex::new(Some(mount)),
             device: channel.try_clone()?,
             notifier: Notifier::new(Arc::clone(&session), channel, waiters),
@@ -497,7 +513,8 @@ pub struct UringOptions {
     /// Fail with [`ServeError::Uring`] instead of falling back to `/dev/fuse`
     /// workers when the kernel does not offer io_uring (default false).
     pub required: bool,
-    /// `/dev/fuse` workers when falling back (default 1).
+    /// The most `/dev/fuse` workers when falling back, as [`Server::spawn`]
+    /// (default 1).
     pub fallback_threads: usize,
     /// Keep the entries' memory in a memfd ([`Running::ring_area`]) that the
     /// daemon stores in its fd store, so that a successor after a crash can answer
@@ -686,12 +703,12 @@ pub enum Backend {
 /// The slot is published before the thread starts, and marked exited when it
 /// ends, however it ends (a panic in the library included).
 fn spawn_thread<F: Filesystem, T: Transport>(
-    name: String,
+    slot: Arc<WorkerSlot>,
     session: &Arc<Session<F>>,
     control: &Arc<Control>,
     make: impl FnOnce(&WorkerSlot) -> io::Result<T> + Send + 'static,
 ) -> io::Result<JoinHandle<io::Result<()>>> {
-    let slot = Arc::new(WorkerSlot::new(name.clone())?);
+    let name = slot.name.clone();
     control.add_worker(Arc::clone(&slot));
     let session = Arc::clone(session);
     let control = Arc::clone(control);
@@ -707,6 +724,7 @@ fn spawn_thread<F: Filesystem, T: Transport>(
                 }
             }
             let _exit = Exit(&control, &slot);
+            slot.set_current_thread();
             block_termination_signals();
             let r = make(&slot).and_then(|mut t| run_worker(&session, &mut t, &slot, &control));
             if let Err(e) = &r {
@@ -721,26 +739,30 @@ fn spawn_thread<F: Filesystem, T: Transport>(
     spawned
 }
 
-/// Spawns `/dev/fuse` worker `i`.
+/// Spawns `/dev/fuse` worker `i` (a pool worker: it may be asked to retire);
+/// returns its thread and its published slot.
 fn spawn_worker<F: Filesystem>(
     i: usize,
     session: &Arc<Session<F>>,
     channel: &Channel,
     control: &Arc<Control>,
     request_slot: Option<(SlotData, SlotMark)>,
-) -> io::Result<JoinHandle<io::Result<()>>> {
+) -> io::Result<(JoinHandle<io::Result<()>>, Arc<WorkerSlot>)> {
     let chan = channel.try_clone()?;
     let size = session.read_buffer_size();
-    spawn_thread(format!("fuse-worker-{i}"), session, control, move |slot| {
+    let slot = Arc::new(WorkerSlot::new(format!("fuse-worker-{i}"))?.retirable());
+    let h = spawn_thread(Arc::clone(&slot), session, control, move |slot| {
         DeviceTransport::new(chan, &slot.waker, size, request_slot)
-    })
+    })?;
+    Ok((h, slot))
 }
 
 /// A mount being served by worker threads.
 pub struct Running<F: Filesystem> {
     session: Arc<Session<F>>,
     control: Arc<Control>,
-    workers: Mutex<Vec<JoinHandle<io::Result<()>>>>,
+    /// Workers, queue threads and the pool's watcher (which adds workers).
+    workers: pool::Handles,
     mount: Mutex<Option<Mount>>,
     /// A descriptor of the connection, to switch it to blocking reads.
     device: Channel,
@@ -963,7 +985,7 @@ impl<F: Filesystem> Running<F> {
             }
         };
         let h = spawn_thread(
-            format!("fuse-uring-{qid}"),
+            Arc::new(WorkerSlot::new(format!("fuse-uring-{qid}"))?),
             &self.session,
             &self.control,
             make,
@@ -1257,6 +1279,14 @@ impl<F: Filesystem> Running<F> {
         })
     }
 
+    /// How many serving threads have started and not ended: `/dev/fuse` workers
+    /// (one per usable CPU at first, more up to the number asked while requests
+    /// are held in the filesystem: docs/DESIGN.md, "The `/dev/fuse` worker pool")
+    /// and, with io_uring, the queue threads.
+    pub fn workers(&self) -> usize {
+        self.control.running()
+    }
+
     /// True while at least one worker serves.
     pub fn is_serving(&self) -> bool {
         self.control.running() > 0
@@ -1401,9 +1431,16 @@ impl<F: Filesystem> Running<F> {
     }
 
     fn join_workers(&self) {
-        let workers = std::mem::take(&mut *lock(&self.workers));
-        for w in workers {
-            let _ = w.join();
+        // Until none is left: the pool's watcher may have added workers while
+        // the first ones were joined (it leaves with them).
+        loop {
+            let workers = std::mem::take(&mut *lock(&self.workers));
+            if workers.is_empty() {
+                return;
+            }
+            for w in workers {
+                let _ = w.join();
+            }
         }
     }
 

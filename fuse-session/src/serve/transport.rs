@@ -121,6 +121,11 @@ pub(crate) fn run_worker<F: Filesystem, T: Transport>(
             slot.waker.reset()?;
         }
         match control.mode() {
+            Mode::Serving if control.take_retirement(slot) => {
+                // An extra pool worker no longer needed (`pool.rs`).
+                transport.idle(control);
+                return Ok(());
+            }
             Mode::Serving => {}
             Mode::Paused => {
                 // Answers handed over before the pause go out before parking.
@@ -164,6 +169,7 @@ pub(crate) fn run_worker<F: Filesystem, T: Transport>(
                 };
                 let accepted = session.accept(bytes);
                 slot.enter(accepted.unique(), accepted.opcode().0);
+                control.request_entered();
                 let outcome = session.call(&accepted, space);
                 session.respond(&accepted, &outcome);
                 match outcome {
