@@ -234,7 +234,7 @@ impl JournalMap {
     }
 
     /// Copies `data` into the file at `off`, with relaxed atomic stores; writes of
-    /// [`PWRITE_FROM`] bytes or more with `pwrite(2)`.
+    /// 16 KiB (`PWRITE_FROM`) or more with `pwrite(2)`.
     ///
     /// Why `pwrite` for large writes: stored through the mapping, every fresh page
     /// of a memfd is a page fault that allocates the page and clears it, and then
