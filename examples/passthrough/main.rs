@@ -15,7 +15,8 @@
 //! unmounts), and exits 0. Bad arguments print a usage line on stderr and exit 2; a
 //! failure to mount or serve exits 1.
 //!
-//! - `--threads N`: worker threads (default 2).
+//! - `--threads N`: at most N `/dev/fuse` worker threads (default 2): one per usable
+//!   CPU to start, more while requests are held in the filesystem.
 //! - `--allow-other`: let every user access the mount (the mount option).
 //! - `--no-passthrough`: never use kernel passthrough (FUSE 7.40, Linux 6.9+);
 //!   by default it is used when the kernel agrees and this process may register

@@ -16,7 +16,8 @@
 //!   default), `strictatime`, `allow_other`, `auto_unmount` (`rw`, `nosuid`, `nodev`
 //!   and `default_permissions` are accepted: memfs always mounts so). memfs follows
 //!   the mount's access-time mode, also after a remount changes it (within a second).
-//! - `--threads N`: worker threads (default 2).
+//! - `--threads N`: at most N `/dev/fuse` worker threads (default 2): one per usable
+//!   CPU to start, more while requests are held in the filesystem.
 //! - `--allow-other`: let every user access the mount (the mount option).
 //! - `--auto-unmount`: mount through `fusermount3` with `auto_unmount`, so that the
 //!   mount goes away when the last process holding it dies; a live handoff passes the
