@@ -290,7 +290,7 @@ fn live_upgrades_and_sigkills_interleaved_without_resend() {
 #[test]
 fn live_upgrades_and_sigkills_interleaved_over_io_uring() {
     if std::env::var_os(WORKER_ENV).is_some()
-        || !uring_available("live_upgrades_and_sigkills_interleaved_over_io_uring")
+        || !common::can_use_uring("live_upgrades_and_sigkills_interleaved_over_io_uring")
     {
         return;
     }
@@ -299,22 +299,6 @@ fn live_upgrades_and_sigkills_interleaved_over_io_uring() {
         .and_then(|s| s.parse().ok())
         .unwrap_or(URING_UPGRADES);
     upgrades_and_sigkills("kuring", &["--transport", "io-uring"], upgrades, 0);
-}
-
-/// Whether io_uring can be tested here: fails under CI when it cannot.
-fn uring_available(test: &str) -> bool {
-    if !common::can_mount(test) {
-        return false;
-    }
-    if fuse_session::dev::uring::uring_enabled() != Some(true) {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "{test}: CI needs the fuse module parameter enable_uring on"
-        );
-        eprintln!("{test}: skipped: the fuse module parameter enable_uring is off");
-        return false;
-    }
-    true
 }
 
 fn upgrades_and_sigkills(tag: &str, extra: &[&str], want_upgrades: u32, want_kills: u32) {
@@ -403,7 +387,9 @@ fn a_crash_at_each_handoff_step_recovers() {
 #[test]
 fn a_crash_at_each_handoff_step_after_the_pause_recovers_over_io_uring() {
     if std::env::var_os(WORKER_ENV).is_some()
-        || !uring_available("a_crash_at_each_handoff_step_after_the_pause_recovers_over_io_uring")
+        || !common::can_use_uring(
+            "a_crash_at_each_handoff_step_after_the_pause_recovers_over_io_uring",
+        )
     {
         return;
     }

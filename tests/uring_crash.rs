@@ -33,22 +33,6 @@ const DEPTH: usize = uring::DEFAULT_DEPTH;
 /// A guard against hangs, not a timing assertion.
 const PATIENCE: Duration = Duration::from_secs(60);
 
-/// Whether io_uring can be tested here: fails under CI when it cannot.
-fn uring_available(test: &str) -> bool {
-    if !common::can_mount(test) {
-        return false;
-    }
-    if uring::uring_enabled() != Some(true) {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "{test}: CI needs the fuse module parameter enable_uring on"
-        );
-        eprintln!("{test}: skipped: the fuse module parameter enable_uring is off");
-        return false;
-    }
-    true
-}
-
 /// Lines of the kernel log that report a warning or a bug.
 fn kernel_warnings() -> Vec<String> {
     let out = Command::new("dmesg").output().expect("dmesg");
@@ -215,7 +199,7 @@ fn gone(pid: i32) -> bool {
 #[test]
 fn requests_held_on_every_cpu_and_queued_ones_are_answered_after_sigkill() {
     const TEST: &str = "requests_held_on_every_cpu_and_queued_ones_are_answered_after_sigkill";
-    if !uring_available(TEST) {
+    if !common::can_use_uring(TEST) {
         return;
     }
     let warnings_before = kernel_warnings();
@@ -349,7 +333,7 @@ fn handoffs_with_requests_held_in_the_pause_then_sigkills_under_the_keeper() {
     /// (those beyond the paused process's entries wait in the kernel's queue).
     const WRITERS: usize = 3;
     let writers = |r: usize| 1 + r % WRITERS;
-    if !uring_available(TEST) {
+    if !common::can_use_uring(TEST) {
         return;
     }
     let warnings_before = kernel_warnings();

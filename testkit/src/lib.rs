@@ -51,6 +51,24 @@ pub fn can_mount(test: &str) -> bool {
     false
 }
 
+/// True if this test can mount FUSE filesystems served through fuse-over-io_uring:
+/// [`can_mount`], and the `fuse` module parameter `enable_uring` on. Otherwise prints
+/// why and returns false, or panics under `CI` (CI turns the parameter on).
+pub fn can_use_uring(test: &str) -> bool {
+    if !can_mount(test) {
+        return false;
+    }
+    if fuse_session::dev::uring::uring_enabled() != Some(true) {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "{test}: CI needs the fuse module parameter enable_uring on"
+        );
+        eprintln!("{test}: skipped: the fuse module parameter enable_uring is off");
+        return false;
+    }
+    true
+}
+
 /// The path of example `name`, built for this test binary's profile: tests live in
 /// `<target>/<profile>/deps/`, examples in `<target>/<profile>/examples/`.
 ///
