@@ -508,6 +508,23 @@ fn evict_inodes() {
     fs::write("/proc/sys/vm/drop_caches", b"2").expect("write drop_caches");
 }
 
+/// Waits (a bounded while) until every request of the mount's connection has been
+/// answered: a file just closed is held in the kernel by its RELEASE until the
+/// daemon answers it, so its inode cannot be evicted before (under load that
+/// answer can lag behind `drop_caches`).
+fn wait_answered(mnt: &Path) {
+    use fuse_session::dev::fusectl;
+    let Ok(conn) = fusectl::connection_id(mnt) else {
+        return;
+    };
+    for _ in 0..500 {
+        if fusectl::waiting(conn).is_ok_and(|n| n == 0) {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
 /// File handles (`name_to_handle_at`, as NFS export uses them) of a file and a
 /// directory still open by handle after the kernel evicted their inodes: the kernel
 /// asks LOOKUP of `.` (and `..`) on nodeids the session had forgotten, and memfs
@@ -526,7 +543,8 @@ fn file_handles_work_after_eviction() {
     let mut resolved = false;
     // Eviction is the kernel's choice: try a few times until memfs saw a nodeid
     // named again after it was forgotten.
-    for _ in 0..5 {
+    for _ in 0..10 {
+        wait_answered(&m.mnt);
         evict_inodes();
         let mut f = open_by_handle(&root, &mut file_h, nix::libc::O_RDONLY)
             .expect("open_by_handle_at of a file after eviction");
@@ -564,9 +582,15 @@ fn file_handles_work_after_eviction() {
     // inode without asking the daemon and the open succeeds: that is the kernel's
     // cache, not the filesystem's answer. Once the inode is evicted, the kernel asks
     // LOOKUP "." and memfs must answer ESTALE.
+    //
+    // Each open that still succeeds is closed at once, and its RELEASE holds the
+    // inode in the kernel until the daemon answers it: wait for every request of
+    // the connection to be answered before the next eviction (under load the
+    // answer can lag behind drop_caches, and the inode then stays cached).
     fs::remove_file(m.path("d/sub/f")).unwrap();
     let mut last = None;
-    for _ in 0..5 {
+    for _ in 0..10 {
+        wait_answered(&m.mnt);
         evict_inodes();
         match open_by_handle(&root, &mut file_h, nix::libc::O_RDONLY) {
             Ok(f) => last = Some(format!("opened {f:?}")),
@@ -624,7 +648,8 @@ fn file_handles_survive_handoff_and_cold_restore() {
     a.release_exited();
     let root = fs::File::open(&b.mnt).unwrap();
     let mut ok = false;
-    for _ in 0..5 {
+    for _ in 0..10 {
+        wait_answered(&b.mnt);
         evict_inodes();
         let mut s = String::new();
         open_by_handle(&root, &mut h, nix::libc::O_RDONLY)
