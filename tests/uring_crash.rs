@@ -180,6 +180,32 @@ impl Drop for Kept {
     }
 }
 
+/// One MKDIR `d{CPU}/held-{tag}{CPU}` from each CPU, held in the filesystem
+/// (memfs `hold-mkdirs:held-`): returns once each has reached it, so that every
+/// queue's thread is inside one. `what` prefixes the wait's message.
+fn hold_mkdirs(
+    k: &Kept,
+    cpus: &[usize],
+    tag: &str,
+    what: &str,
+) -> Vec<std::thread::JoinHandle<std::io::Result<()>>> {
+    let held = cpus
+        .iter()
+        .map(|&c| {
+            let p = k.mnt.join(format!("d{c}/held-{tag}{c}"));
+            pinned(c, move || std::fs::create_dir(&p))
+        })
+        .collect();
+    for &c in cpus {
+        wait_for(
+            &k.dir.join(format!("marker.held-{tag}{c}")),
+            &format!("{what}the MKDIR from CPU {c} reaching the filesystem"),
+            &k.log,
+        );
+    }
+    held
+}
+
 fn wait_for(path: &Path, what: &str, log: &Path) {
     let start = Instant::now();
     while !path.exists() {
@@ -215,20 +241,7 @@ fn requests_held_on_every_cpu_and_queued_ones_are_answered_after_sigkill() {
     for &c in &cpus {
         std::fs::create_dir(k.mnt.join(format!("d{c}"))).expect("mkdir");
     }
-    let held: Vec<_> = cpus
-        .iter()
-        .map(|&c| {
-            let p = k.mnt.join(format!("d{c}/held-{c}"));
-            pinned(c, move || std::fs::create_dir(&p))
-        })
-        .collect();
-    for &c in &cpus {
-        wait_for(
-            &k.dir.join(format!("marker.held-{c}")),
-            &format!("the MKDIR from CPU {c} reaching the filesystem"),
-            &k.log,
-        );
-    }
+    let held = hold_mkdirs(&k, &cpus, "", "");
     let daemon = k.daemon();
     kill(Pid::from_raw(daemon), Signal::SIGKILL).expect("SIGKILL memfs");
     let start = Instant::now();
@@ -422,20 +435,7 @@ fn handoffs_with_requests_held_in_the_pause_then_sigkills_under_the_keeper() {
     };
     // A SIGKILL while each CPU's queue thread is inside a held MKDIR.
     let sigkill = |round: String| {
-        let held: Vec<_> = cpus
-            .iter()
-            .map(|&c| {
-                let p = k.mnt.join(format!("d{c}/held-{round}-{c}"));
-                pinned(c, move || std::fs::create_dir(&p))
-            })
-            .collect();
-        for &c in &cpus {
-            wait_for(
-                &k.dir.join(format!("marker.held-{round}-{c}")),
-                &format!("{round}: the MKDIR from CPU {c} reaching the filesystem"),
-                &k.log,
-            );
-        }
+        let held = hold_mkdirs(&k, &cpus, &format!("{round}-"), &format!("{round}: "));
         kill(Pid::from_raw(one_daemon(&k)), Signal::SIGKILL).expect("SIGKILL memfs");
         k.next_ready(&format!("{round}: after the kill"));
         for (&c, h) in cpus.iter().zip(held) {

@@ -335,49 +335,8 @@ fn default_capacity() -> u64 {
     total_kib.map_or(1 << 30, |k| k * 1024 / 2)
 }
 
-/// A minimal `log` backend: level from `RUST_LOG`, lines to stderr.
-struct StderrLogger;
-
-impl log::Log for StderrLogger {
-    fn enabled(&self, m: &log::Metadata<'_>) -> bool {
-        m.level() <= log::max_level()
-    }
-
-    fn log(&self, r: &log::Record<'_>) {
-        if self.enabled(r.metadata()) {
-            let _ = writeln!(
-                std::io::stderr(),
-                "memfs {} {}: {}",
-                r.level(),
-                r.target(),
-                r.args()
-            );
-        }
-    }
-
-    fn flush(&self) {}
-}
-
-fn init_logging() {
-    let level = match std::env::var("RUST_LOG")
-        .unwrap_or_default()
-        .to_ascii_lowercase()
-        .as_str()
-    {
-        "off" => log::LevelFilter::Off,
-        "error" => log::LevelFilter::Error,
-        "info" => log::LevelFilter::Info,
-        "debug" => log::LevelFilter::Debug,
-        "trace" => log::LevelFilter::Trace,
-        _ => log::LevelFilter::Warn,
-    };
-    if log::set_logger(&StderrLogger).is_ok() {
-        log::set_max_level(level);
-    }
-}
-
 fn main() -> ExitCode {
-    init_logging();
+    fuse_live_testkit::stderr_log::init("memfs");
     let args = match parse_args(std::env::args().skip(1)) {
         Ok(a) => a,
         Err(e) => {

@@ -13,12 +13,13 @@
 //! Handles are sent whole: a session has far fewer open handles than nodeids, and
 //! they change with every `open` and `close`.
 use std::hash::Hash;
-use std::sync::atomic::Ordering;
 
 use crate::fs::Filesystem;
 use crate::proto::nodes::{NodeEntry, NodeTable, ROOT_ID};
 use crate::proto::session::{lock, InitState, Session};
-use crate::proto::state::{node_table, Counters, HandleState, NodeState, SessionState, StateError};
+use crate::proto::state::{
+    handle_states, node_table, Counters, HandleState, NodeState, SessionState, StateError,
+};
 
 /// What changed in a session since [`Session::precopy_begin`], and everything
 /// besides the nodeid table: what the old process sends under the pause.
@@ -323,32 +324,10 @@ impl<F: Filesystem> Session<F> {
         let (handles, handles_version, next_fh) = {
             let t = lock(&self.handles);
             let version = t.version();
-            let handles = (handles_since != Some(version)).then(|| {
-                t.sorted()
-                    .into_iter()
-                    .map(|(fh, e)| HandleState {
-                        fh,
-                        kind: e.kind,
-                        nodeid: e.nodeid,
-                        flags: e.flags,
-                        handle: e.handle.clone(),
-                    })
-                    .collect()
-            });
+            let handles = (handles_since != Some(version)).then(|| handle_states(&t));
             (handles, version, t.next_fh())
         };
-        let s = &self.stats;
-        let counters = Counters {
-            next_nodeid,
-            next_generation,
-            next_fh,
-            next_notify_unique: self.notify_unique.load(Ordering::Relaxed),
-            requests: s.requests.load(Ordering::Relaxed),
-            errors: s.errors.load(Ordering::Relaxed),
-            interrupts: s.interrupts.load(Ordering::Relaxed),
-            forgets: s.forgets.load(Ordering::Relaxed),
-            malformed: s.malformed.load(Ordering::Relaxed),
-        };
+        let counters = self.counters_now(next_nodeid, next_generation, next_fh);
         Some(JournalDelta {
             nodes: changed.nodes,
             forgotten: changed.forgotten,

@@ -327,21 +327,24 @@ impl<F: Filesystem> Session<F> {
     ) -> (Vec<HandleState<F::Handle>>, Vec<u64>, Counters) {
         let (handles, next_fh) = {
             let t = lock(&self.handles);
-            let handles: Vec<HandleState<F::Handle>> = t
-                .sorted()
-                .into_iter()
-                .map(|(fh, e)| HandleState {
-                    fh,
-                    kind: e.kind,
-                    nodeid: e.nodeid,
-                    flags: e.flags,
-                    handle: e.handle.clone(),
-                })
-                .collect();
-            (handles, t.next_fh())
+            (handle_states(&t), t.next_fh())
         };
+        (
+            handles,
+            lock(&self.polls).iter().copied().collect(),
+            self.counters_now(next_nodeid, next_generation, next_fh),
+        )
+    }
+
+    /// The counters now, with the nodeid and handle tables' own.
+    pub(crate) fn counters_now(
+        &self,
+        next_nodeid: u64,
+        next_generation: u64,
+        next_fh: u64,
+    ) -> Counters {
         let s = &self.stats;
-        let counters = Counters {
+        Counters {
             next_nodeid,
             next_generation,
             next_fh,
@@ -351,12 +354,7 @@ impl<F: Filesystem> Session<F> {
             interrupts: s.interrupts.load(Ordering::Relaxed),
             forgets: s.forgets.load(Ordering::Relaxed),
             malformed: s.malformed.load(Ordering::Relaxed),
-        };
-        (
-            handles,
-            lock(&self.polls).iter().copied().collect(),
-            counters,
-        )
+        }
     }
 
     /// A session for `fs` in the state `state`, already initialized: no INIT will
@@ -453,4 +451,18 @@ pub(crate) fn node_table<N: Clone + Eq + Hash>(
         c.next_generation,
     )
     .map_err(StateError::DuplicateNode)
+}
+
+/// Every open handle of `t`, in handle order, as a snapshot holds them.
+pub(crate) fn handle_states<H: Clone>(t: &HandleTable<H>) -> Vec<HandleState<H>> {
+    t.sorted()
+        .into_iter()
+        .map(|(fh, e)| HandleState {
+            fh,
+            kind: e.kind,
+            nodeid: e.nodeid,
+            flags: e.flags,
+            handle: e.handle.clone(),
+        })
+        .collect()
 }

@@ -662,6 +662,17 @@ impl serde::Serialize for Bytes<'_> {
     }
 }
 
+/// The filesystem's changes since its last round (its part of a record).
+fn fs_round<F: Precopy>(session: &Session<F>) -> Result<F::Changes, RecoveryError> {
+    session
+        .filesystem()
+        .precopy_round()
+        .map_err(|e| FormatError::FsSave(e.to_string()))?
+        .ok_or(RecoveryError::NotReady(
+            "the filesystem takes no pre-copy rounds",
+        ))
+}
+
 /// One [`Entry`], encoded: what changed since the last. The reply is borrowed: a
 /// reference encodes as the value it points to, so the bytes are an `Entry`'s.
 fn round<F: Precopy>(
@@ -682,13 +693,7 @@ fn round_into<F: Precopy>(
     let tables = session
         .journal_changes()
         .ok_or(RecoveryError::NotReady("the session is not recording"))?;
-    let fs = session
-        .filesystem()
-        .precopy_round()
-        .map_err(|e| FormatError::FsSave(e.to_string()))?
-        .ok_or(RecoveryError::NotReady(
-            "the filesystem takes no pre-copy rounds",
-        ))?;
+    let fs = fs_round(session)?;
     Ok(encode_checked_into(&(tables, fs, reply), out)?)
 }
 
@@ -704,13 +709,7 @@ fn delta_into<F: Precopy>(
     let d = session
         .journal_delta(handles_since)
         .ok_or(RecoveryError::NotReady("the session is not recording"))?;
-    let fs = session
-        .filesystem()
-        .precopy_round()
-        .map_err(|e| FormatError::FsSave(e.to_string()))?
-        .ok_or(RecoveryError::NotReady(
-            "the filesystem takes no pre-copy rounds",
-        ))?;
+    let fs = fs_round(session)?;
     let tables = TablesDelta {
         nodes: d.nodes,
         forgotten: d.forgotten,
