@@ -864,6 +864,17 @@ fn append_and_open_truncate() {
     assert_eq!(fs::metadata(&p).unwrap().len(), 0);
 }
 
+/// A running program's executable can be neither written nor truncated through
+/// `open(O_TRUNC)` (memfs does not take ATOMIC_O_TRUNC: with it the kernel checks
+/// only after OPEN truncated).
+#[test]
+fn running_program_is_not_truncated() {
+    let Some(m) = memfs("running_program_is_not_truncated") else {
+        return;
+    };
+    fuse_live_testkit::posix::running_program_is_not_truncated(&m.path(""));
+}
+
 #[test]
 fn tmpfile_and_unlinked_open_files() {
     let Some(m) = memfs("tmpfile_and_unlinked_open_files") else {

@@ -314,6 +314,19 @@ fn cli_contract() {
 
 /// Reads, writes, appends, truncates; what the mount writes is in the source and
 /// what the source gets is seen through the mount.
+/// A running program's executable can be neither written nor truncated through
+/// `open(O_TRUNC)`, kernel passthrough on and off (passthrough does not take
+/// ATOMIC_O_TRUNC: with it the kernel checks only after OPEN truncated).
+#[test]
+fn running_program_is_not_truncated() {
+    for mode in MODES {
+        let Some(pt) = Pt::start("pt_running_program", mode, &[]) else {
+            return;
+        };
+        fuse_live_testkit::posix::running_program_is_not_truncated(&pt.m(""));
+    }
+}
+
 #[test]
 fn file_data() {
     for mode in MODES {

@@ -1302,13 +1302,18 @@ impl Filesystem for PassFs {
         // checked by the kernel). Locks stay local to the kernel: they survive a
         // handoff with no state here. Direct I/O opens (the fallback while
         // passthrough is on) may still be mmapped.
-        // ATOMIC_O_TRUNC: OPEN carries O_TRUNC and the truncate is done here (one
-        // SETATTR less per truncating open, and its intent goes with the open's).
+        // No ATOMIC_O_TRUNC: with it the kernel checks that the file may be
+        // written (ETXTBSY: a running program's executable) only after OPEN has
+        // truncated it here, so `open(O_RDONLY | O_TRUNC)` could empty a running
+        // program. Without it the kernel checks first and truncates by SETATTR
+        // (with its own intent). OPEN still applies O_TRUNC for a connection an
+        // older build negotiated with it.
         wishes.flags |= InitFlags::DO_READDIRPLUS
             | InitFlags::READDIRPLUS_AUTO
-            | InitFlags::DIRECT_IO_ALLOW_MMAP
-            | InitFlags::ATOMIC_O_TRUNC;
-        wishes.flags = wishes.flags.difference(InitFlags::WRITEBACK_CACHE);
+            | InitFlags::DIRECT_IO_ALLOW_MMAP;
+        wishes.flags = wishes
+            .flags
+            .difference(InitFlags::WRITEBACK_CACHE | InitFlags::ATOMIC_O_TRUNC);
         // HANDLE_KILLPRIV_V2: this process clears set-user-ID and set-group-ID
         // where the kernel's rule says so (the KILL_SUIDGID flags, and
         // `kill_suidgid`), and the kernel sets SB_NOSEC on the mount. Without it

@@ -5,6 +5,7 @@
 //! remove the directory), with a watchdog so that a hung mount can never hang a
 //! test.
 pub mod chart;
+pub mod posix;
 pub mod requests;
 pub mod stderr_log;
 pub mod workload;

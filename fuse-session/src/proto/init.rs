@@ -39,7 +39,11 @@ impl KernelOffer {
 /// The default does not ask for `ATOMIC_O_TRUNC`: the kernel then truncates through
 /// SETATTR, so a filesystem that ignores `O_TRUNC` in
 /// [`Filesystem::open`](crate::Filesystem::open) is still correct. A filesystem that
-/// applies `O_TRUNC` itself may add it (one request less per truncating open).
+/// applies `O_TRUNC` itself may add it (one request less per truncating open), at a
+/// price: the kernel refuses to truncate a running program's executable (`ETXTBSY`)
+/// only *after* OPEN returned, so with `ATOMIC_O_TRUNC` an
+/// `open(O_RDONLY | O_TRUNC)` of it is refused after the filesystem emptied it (the
+/// examples do not ask for it).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct InitWishes {
     /// Flags wanted.

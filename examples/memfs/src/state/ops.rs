@@ -622,8 +622,9 @@ impl State {
         Ok(self.get(ino)?.uid)
     }
 
-    /// OPEN of an existing inode: applies `O_TRUNC` (the library agrees
-    /// `ATOMIC_O_TRUNC`, so the kernel leaves it to the filesystem).
+    /// OPEN of an existing inode: applies `O_TRUNC`, which the kernel sends only
+    /// on a connection that agreed `ATOMIC_O_TRUNC` (memfs no longer asks for it;
+    /// a session restored from an older build's snapshot or journal may have it).
     pub fn open(&mut self, caller: Caller, ino: u64, flags: i32) -> Result<()> {
         let kind = self.get(ino)?.kind;
         match kind {
