@@ -285,11 +285,17 @@ struct Keeper {
 
 impl Keeper {
     fn start(test: &str, mode: Mode, env: &[(&str, String)]) -> Keeper {
-        Self::start_with(test, mode, env, &[])
+        Self::start_with(test, mode, env, &[], &[])
     }
 
-    /// The same, with more keeper options (before `--`).
-    fn start_with(test: &str, mode: Mode, env: &[(&str, String)], keeper_args: &[&str]) -> Keeper {
+    /// The same, with more keeper options (before `--`) and daemon options.
+    fn start_with(
+        test: &str,
+        mode: Mode,
+        env: &[(&str, String)],
+        keeper_args: &[&str],
+        daemon_args: &[&str],
+    ) -> Keeper {
         let dir = common::temp_dir(test);
         let (src, mnt) = (dir.join("src"), dir.join("mnt"));
         std::fs::create_dir(&src).expect("source");
@@ -304,6 +310,7 @@ impl Keeper {
             .arg(&src)
             .arg(&mnt)
             .args(["--threads", "2", "--allow-other"])
+            .args(daemon_args)
             .env(
                 "RUST_LOG",
                 std::env::var("CRASH_RUST_LOG").unwrap_or_else(|_| "warn".into()),
@@ -533,8 +540,15 @@ fn repeated_sigkill_without_kernel_passthrough() {
 /// The keeper of a passthrough that aborts (`FUSE_LIVE_FAULT`) at the first hit of
 /// `passthrough-after-POINT` — the first time that operation ran on the source,
 /// before its reply is journaled — and restarts it after `delay_ms`; with the
-/// marker that disarms the fault (`FUSE_LIVE_FAULT_DISARM`) once created.
-fn faulted(test: &str, mode: Mode, point: &str, delay_ms: u32) -> (Keeper, PathBuf) {
+/// marker that disarms the fault (`FUSE_LIVE_FAULT_DISARM`) once created; the
+/// daemon with `daemon_args`.
+fn faulted(
+    test: &str,
+    mode: Mode,
+    point: &str,
+    delay_ms: u32,
+    daemon_args: &[&str],
+) -> (Keeper, PathBuf) {
     let dir = common::temp_dir(&format!("{test}-marker"));
     let disarm = dir.join("disarm");
     let k = Keeper::start_with(
@@ -545,6 +559,7 @@ fn faulted(test: &str, mode: Mode, point: &str, delay_ms: u32) -> (Keeper, PathB
             ("FUSE_LIVE_FAULT_DISARM", disarm.display().to_string()),
         ],
         &["--restart-delay", &delay_ms.to_string()],
+        daemon_args,
     );
     (k, disarm)
 }
@@ -577,7 +592,7 @@ fn crash_after(test: &str, mode: Mode) {
         ("rename", "c"),
         ("unlink", "l"),
     ] {
-        let (k, disarm) = faulted(&format!("{test}-{op}"), mode, op, 0);
+        let (k, disarm) = faulted(&format!("{test}-{op}"), mode, op, 0, &[]);
         let m = |n: &str| k.mnt.join(n);
         // The setup each operation needs (the fault is armed on the named op only).
         if op != "create" {
@@ -646,7 +661,7 @@ fn crash_after_xattr(test: &str, mode: Mode) {
         return;
     }
     for op in ["setxattr", "removexattr"] {
-        let (k, disarm) = faulted(&format!("{test}-{op}"), mode, op, 0);
+        let (k, disarm) = faulted(&format!("{test}-{op}"), mode, op, 0, &[]);
         let (m, src) = (k.mnt.join("x"), k.src().join("x"));
         std::fs::write(&m, b"data").expect("write x");
         let create = rustix::fs::XattrFlags::CREATE;
@@ -702,17 +717,31 @@ fn crash_after_setxattr_create_or_removexattr_without_kernel_passthrough() {
 /// fails, never passes by luck, if the new daemon started first).
 const RESTART_DELAY_MS: u32 = 3000;
 
-/// OPEN with `O_TRUNC`, SETATTR of the size (`ftruncate`) and CREATE with
-/// `O_TRUNC`, each crashed after it ran on the source and before its reply was
-/// journaled; while no daemon runs, another writer writes the file straight into
-/// SOURCE. The application's call succeeds once, and the resent request does not
-/// truncate again: the later bytes stay.
+/// `open(O_TRUNC)` (with `--atomic-o-trunc` an OPEN carrying `O_TRUNC`, by
+/// default the kernel's SETATTR after the OPEN), SETATTR of the size
+/// (`ftruncate`) and CREATE with `O_TRUNC`, each crashed after it ran on the
+/// source and before its reply was journaled; while no daemon runs, another writer
+/// writes the file straight into SOURCE. The application's call succeeds once, and
+/// the resent request does not truncate again: the later bytes stay.
 fn crash_after_truncate(test: &str, mode: Mode) {
     if !common::can_mount(test) {
         return;
     }
-    for op in ["open-trunc", "truncate", "create"] {
-        let (k, disarm) = faulted(&format!("{test}-{op}"), mode, op, RESTART_DELAY_MS);
+    for (op, atomic) in [
+        ("open-trunc", true),
+        ("open-trunc", false),
+        ("truncate", false),
+        ("create", false),
+    ] {
+        // Without ATOMIC_O_TRUNC the truncate of an open(O_TRUNC) is a SETATTR.
+        let point = if op == "open-trunc" && !atomic {
+            "truncate"
+        } else {
+            op
+        };
+        let args: &[&str] = if atomic { &["--atomic-o-trunc"] } else { &[] };
+        let name = format!("{test}-{op}{}", if atomic { "-atomic" } else { "" });
+        let (k, disarm) = faulted(&name, mode, point, RESTART_DELAY_MS, args);
         let (m, src) = (k.mnt.join("t"), k.src().join("t"));
         if op != "create" {
             std::fs::write(&m, b"0123456789abcdef").expect("write t");
@@ -744,7 +773,7 @@ fn crash_after_truncate(test: &str, mode: Mode) {
                     .map(|()| None),
             })
         };
-        wait_abort(&k, op);
+        wait_abort(&k, point);
         // Another writer, straight into SOURCE, while no daemon runs.
         let at = if op == "truncate" { 4 } else { 0 };
         OpenOptions::new()
@@ -781,7 +810,7 @@ fn crash_after_truncate(test: &str, mode: Mode) {
             String::from_utf8_lossy(want),
             "{op}: the later write survives the resent request"
         );
-        let said = match op {
+        let said = match point {
             "open-trunc" => "open resent after a crash: the dead process had truncated",
             "truncate" => "setattr resent after a crash: the dead process had changed the size",
             _ => "create resent after a crash: the dead process had made it",
@@ -821,17 +850,27 @@ fn wait_aborts(k: &Keeper, point: &str, n: usize) -> Vec<i32> {
     }
 }
 
-/// A second crash in the same request: an OPEN with `O_TRUNC` crashes after it
-/// truncated; another writer writes `LATER` into SOURCE; the restarted daemon
-/// crashes again right after it ran the resent OPEN (without truncating); the
-/// third answers it. The call succeeds once and `LATER` stays: the resent request
-/// keeps the intent of its first run (one written anew by the second daemon would
-/// hold the state with `LATER`, and the third would truncate it away).
+/// A second crash in the same request: the truncate of an `open(O_TRUNC)` (an
+/// OPEN carrying `O_TRUNC` with `--atomic-o-trunc`, else the kernel's SETATTR)
+/// crashes after it truncated; another writer writes `LATER` into SOURCE; the
+/// restarted daemon crashes again right after it ran the resent request (without
+/// truncating); the third answers it. The call succeeds once and `LATER` stays:
+/// the resent request keeps the intent of its first run (one written anew by the
+/// second daemon would hold the state with `LATER`, and the third would truncate
+/// it away).
 fn crash_twice_in_one_truncate(test: &str, mode: Mode) {
+    for atomic in [true, false] {
+        crash_twice_in_one_truncate_as(test, mode, atomic);
+    }
+}
+
+fn crash_twice_in_one_truncate_as(test: &str, mode: Mode, atomic: bool) {
     if !common::can_mount(test) {
         return;
     }
-    let (k, disarm) = faulted(test, mode, "any", RESTART_DELAY_MS);
+    let args: &[&str] = if atomic { &["--atomic-o-trunc"] } else { &[] };
+    let test = &format!("{test}{}", if atomic { "-atomic" } else { "" });
+    let (k, disarm) = faulted(test, mode, "any", RESTART_DELAY_MS, args);
     let (m, src) = (k.mnt.join("t"), k.src().join("t"));
     // Made in SOURCE: no request through the mount reaches the fault point first.
     std::fs::write(&src, b"0123456789abcdef").expect("write t in SOURCE");
@@ -841,7 +880,11 @@ fn crash_twice_in_one_truncate(test: &str, mode: Mode) {
         std::thread::spawn(move || OpenOptions::new().write(true).truncate(true).open(&m))
     };
     let aborted = wait_aborts(&k, "any", 1);
-    assert_eq!(aborted, vec![d0], "the first daemon aborted in the OPEN");
+    assert_eq!(
+        aborted,
+        vec![d0],
+        "the first daemon aborted in the truncate"
+    );
     OpenOptions::new()
         .write(true)
         .open(&src)
@@ -879,7 +922,11 @@ fn crash_twice_in_one_truncate(test: &str, mode: Mode) {
         "the later write survives two resends"
     );
     let log = k.log_text();
-    let said = "open resent after a crash: the dead process had truncated";
+    let said = if atomic {
+        "open resent after a crash: the dead process had truncated"
+    } else {
+        "setattr resent after a crash: the dead process had changed the size"
+    };
     assert_eq!(
         log.matches(said).count(),
         2,
@@ -919,7 +966,7 @@ fn crash_after_tmpfile(test: &str, mode: Mode) {
     if !common::can_mount(test) {
         return;
     }
-    let (k, disarm) = faulted(test, mode, "tmpfile", 0);
+    let (k, disarm) = faulted(test, mode, "tmpfile", 0, &[]);
     let src = k.src();
     let fd = rustix::fs::open(
         &k.mnt,
@@ -1002,6 +1049,7 @@ fn crash_in_a_backing_release(test: &str, point: &str) {
             ("FUSE_LIVE_FAULT", format!("{fault}:1")),
             ("FUSE_LIVE_FAULT_DISARM", disarm.display().to_string()),
         ],
+        &[],
         &[],
     );
     let first = k.daemon();

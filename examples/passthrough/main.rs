@@ -4,7 +4,7 @@
 //! ```text
 //! cargo run --release --example passthrough -- SOURCE MOUNTPOINT [--threads N] [--allow-other]
 //!         [--no-passthrough] [--no-file-handles] [--ttl SECS] [--upgrade-socket PATH]
-//!         [--transport auto|dev-fuse|io-uring]
+//!         [--transport auto|dev-fuse|io-uring] [--atomic-o-trunc]
 //! cargo run --release --example passthrough -- --takeover PATH [--threads N] [--upgrade-socket PATH2]
 //! ```
 //!
@@ -26,6 +26,10 @@
 //!   (what happens anyway on filesystems without them, or without
 //!   `CAP_DAC_READ_SEARCH`); a live handoff then passes every node's descriptor.
 //! - `--ttl SECS`: how long the kernel caches names and attributes (default 1).
+//! - `--atomic-o-trunc`: ask for `ATOMIC_O_TRUNC` (OPEN carries `O_TRUNC` and this
+//!   process truncates: one SETATTR less per truncating open). Off by default:
+//!   the kernel then refuses to truncate a running program's executable only after
+//!   the OPEN emptied it (docs/CONFORMANCE.md).
 //! - `--upgrade-socket PATH` / `--takeover PATH`: live handoff, as memfs: the new
 //!   process takes over the mount, open files (their descriptors cross with
 //!   `SCM_RIGHTS`, unlinked ones included), directory streams and passthrough
@@ -92,7 +96,7 @@ use passfs::{Config, PassFs};
 
 const USAGE: &str = "usage: passthrough SOURCE MOUNTPOINT [--threads N] [--allow-other] \
      [--no-passthrough] [--no-file-handles] [--ttl SECS] [--upgrade-socket PATH] \
-     [--transport auto|dev-fuse|io-uring]\n       \
+     [--transport auto|dev-fuse|io-uring] [--atomic-o-trunc]\n       \
      passthrough --takeover PATH [--threads N] [--upgrade-socket PATH]";
 
 /// The parsed command line.
@@ -109,6 +113,8 @@ struct Args {
     takeover: Option<PathBuf>,
     /// `--transport auto|dev-fuse|io-uring`.
     transport: TransportKind,
+    /// `--atomic-o-trunc`.
+    atomic_o_trunc: bool,
 }
 
 fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Args, String> {
@@ -119,6 +125,7 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Args, String> {
     let mut upgrade_socket = None;
     let mut takeover = None;
     let mut transport = TransportKind::Auto;
+    let mut atomic_o_trunc = false;
     let mut it = args.into_iter();
     while let Some(arg) = it.next() {
         let (flag, inline) = match arg.split_once('=') {
@@ -143,6 +150,7 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Args, String> {
             "--allow-other" if inline.is_none() => allow_other = true,
             "--no-passthrough" if inline.is_none() => config.passthrough = false,
             "--no-file-handles" if inline.is_none() => config.file_handles = false,
+            "--atomic-o-trunc" if inline.is_none() => atomic_o_trunc = true,
             "--ttl" => {
                 let v = value("--ttl")?;
                 let secs: f64 = v
@@ -175,6 +183,7 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Args, String> {
         upgrade_socket,
         takeover,
         transport,
+        atomic_o_trunc,
     })
 }
 
@@ -232,7 +241,8 @@ fn serve(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
         rustix::fs::Mode::empty(),
     )
     .map_err(|e| format!("cannot open SOURCE {:?}: {e}", args.source))?;
-    let fs = PassFs::new(root, args.config)?;
+    let mut fs = PassFs::new(root, args.config)?;
+    fs.atomic_o_trunc = args.atomic_o_trunc;
     let opts = MountOptions::new()
         .fsname(&args.source)
         .subtype("passthrough")
@@ -351,7 +361,8 @@ fn serve_journaled(args: &Args, mut store: FdStore) -> Result<(), Box<dyn std::e
         }
         None => {
             let root = open_source(&args.source)?;
-            let fs = PassFs::new(root, args.config)?;
+            let mut fs = PassFs::new(root, args.config)?;
+            fs.atomic_o_trunc = args.atomic_o_trunc;
             if fs.mount_id.is_none() {
                 return Err(
                     "crash recovery needs file handles on SOURCE (and CAP_DAC_READ_SEARCH)".into(),
@@ -573,6 +584,13 @@ mod tests {
         );
         assert!(!a.config.passthrough);
         assert!(a.config.file_handles);
+        assert!(!a.atomic_o_trunc);
+        assert!(
+            parse(&["/a", "/b", "--atomic-o-trunc"])
+                .unwrap()
+                .atomic_o_trunc
+        );
+        assert!(parse(&["/a", "/b", "--atomic-o-trunc=1"]).is_err());
         assert!(parse(&[]).is_err());
         assert!(parse(&["/a"]).is_err());
         assert!(parse(&["/a", "/b", "/c"]).is_err());
