@@ -47,6 +47,22 @@
 //! (a snapshot or a handoff needs every request answered), logging what they wait
 //! for.
 //!
+//! # When a serving thread ends unexpectedly
+//!
+//! A worker, an io_uring queue's thread or the pool's watcher that ends for a
+//! reason other than an orderly stop, pause, retirement or unmount (an error of the
+//! kernel transport such as a REGISTER refused with `EOPNOTSUPP`, a panic outside
+//! the filesystem's methods) would leave the requests it owns waiting forever (a
+//! queue: every request from its CPU; a worker: the request it had read) while
+//! the rest of the mount serves on. So it is not replaced: the first such end is
+//! recorded, every other thread is asked to leave, and the session ends with
+//! [`ServeError::ThreadFailed`] ([`Running::failure`], returned by
+//! [`Running::run_until_signal`]), without unmounting. The daemon then exits
+//! non-zero, as after a crash: under a fd store its successor recovers the mount
+//! on the same connection and answers what the failed thread held (resent by the
+//! kernel, or read back from the ring entry). Only an extra pool worker that could
+//! not even set up (while others serve) is logged and left to the pool.
+//!
 //! # fuse-over-io_uring
 //!
 //! [`Server::spawn_uring`] serves through the kernel's io_uring transport instead
@@ -116,6 +132,18 @@ pub enum ServeError {
     /// [`Running::pause_within`] gave up: these requests (worker, opcode, unique)
     /// were still in progress; the workers resumed.
     Busy(Vec<String>),
+    /// A serving thread (an io_uring queue's, a `/dev/fuse` worker, the pool's
+    /// watcher) ended for a reason other than an orderly stop, pause or unmount:
+    /// an error of the kernel transport, or a panic outside the filesystem's
+    /// methods. The other threads were stopped and the mount was *not* unmounted:
+    /// as after a crash, a successor started from a fd store recovers it (see
+    /// [`Running::failure`]).
+    ThreadFailed {
+        /// The thread's name (`fuse-uring-CPU`, `fuse-worker-N`, `fuse-pool`).
+        thread: String,
+        /// Why it ended.
+        error: io::Error,
+    },
 }
 
 impl std::fmt::Display for ServeError {
@@ -144,6 +172,11 @@ impl std::fmt::Display for ServeError {
                 "could not pause: requests still in progress ({}); try again later",
                 reqs.join(", ")
             ),
+            ServeError::ThreadFailed { thread, error } => write!(
+                f,
+                "serving thread {thread} failed: {error}; serving stopped without unmounting \
+                 (under a fd store a restarted daemon recovers the mount)"
+            ),
         }
     }
 }
@@ -153,6 +186,7 @@ impl std::error::Error for ServeError {
         match self {
             ServeError::Mount(e) => Some(e),
             ServeError::Io(e) => Some(e),
+            ServeError::ThreadFailed { error, .. } => Some(error),
             ServeError::NoInit
             | ServeError::Uring(_)
             | ServeError::Unsupported(_)
@@ -726,9 +760,29 @@ fn spawn_thread<F: Filesystem, T: Transport>(
             let _exit = Exit(&control, &slot);
             slot.set_current_thread();
             block_termination_signals();
-            let r = make(&slot).and_then(|mut t| run_worker(&session, &mut t, &slot, &control));
+            // A panic in the filesystem is caught by the session's call step; one
+            // anywhere else in the loop (the library, a hook) ends the thread as
+            // an error does.
+            let mut started = false;
+            let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                let mut t = make(&slot)?;
+                started = true;
+                run_worker(&session, &mut t, &slot, &control)
+            }))
+            .unwrap_or_else(|p| {
+                Err(io::Error::other(format!(
+                    "panicked: {}",
+                    crate::proto::step::panic_message(p.as_ref())
+                )))
+            });
             if let Err(e) = &r {
-                log::error!("{name} stopped: {e}");
+                if !started && slot.retirable && control.running() > 1 {
+                    // An extra pool worker that could not set up (no descriptor,
+                    // no memory): the others serve on; the pool tries again later.
+                    log::error!("{name} could not start: {e}");
+                } else {
+                    control.fail(&name, e);
+                }
             }
             r
         }
@@ -800,6 +854,9 @@ impl<F: Filesystem> Running<F> {
             if let Some(missing) = self.session.init_missing() {
                 let _ = self.unmount();
                 return Err(ServeError::InitFlagsMissing(missing));
+            }
+            if let Some(e) = self.failure() {
+                return Err(e);
             }
             if self.control.running() == 0 || Instant::now() > deadline {
                 if self.session.init_state().is_some() {
@@ -1279,6 +1336,52 @@ impl<F: Filesystem> Running<F> {
         })
     }
 
+    /// Why serving ended, if a serving thread (an io_uring queue's, a `/dev/fuse`
+    /// worker, the pool's watcher) ended for a reason other than an orderly
+    /// stop, pause or unmount: an error of the kernel transport, or a panic
+    /// outside the filesystem's methods (those are answered `EIO` and the worker
+    /// goes on). Such a thread leaves the requests it owns unanswered (a queue:
+    /// every request from its CPU), so the other threads are stopped at once
+    /// ([`ServeError::ThreadFailed`]); this waits for them a bounded time
+    /// ([`UNMOUNT_GRACE`], pokes included), leaving a stuck one behind, logged.
+    /// The mount is not unmounted: the daemon should exit with the error (non-zero),
+    /// as after a crash; a fd store (`fuse-live-keeper`, systemd) keeps the
+    /// connection and the restarted daemon recovers it; without one, the
+    /// connection ends with the process (`ENOTCONN`, as for any crash).
+    ///
+    /// [`Running::run_until_signal`] and `fuse_snapshot`'s `serve_with_upgrades`
+    /// return this error; a daemon with a loop of its own calls this in it.
+    pub fn failure(&self) -> Option<ServeError> {
+        let failure = self.control.failure()?;
+        let c = &self.control;
+        if c.running() > 0 {
+            c.wake_all();
+            poke_workers(c);
+            let deadline = Instant::now() + UNMOUNT_GRACE;
+            if !c.wait_until(
+                |c| c.running() == 0,
+                Some(deadline),
+                || {
+                    c.wake_all();
+                    poke_workers(c);
+                },
+            ) {
+                log::error!(
+                    "after {} failed, {} serving thread(s) did not stop and are left \
+                     behind; requests in progress: {:?}",
+                    failure.thread,
+                    c.running(),
+                    c.in_requests()
+                );
+            }
+            self.join_finished_workers();
+        }
+        Some(ServeError::ThreadFailed {
+            thread: failure.thread.clone(),
+            error: failure.error(),
+        })
+    }
+
     /// How many serving threads have started and not ended: `/dev/fuse` workers
     /// (one per usable CPU at first, more up to the number asked while requests
     /// are held in the filesystem: docs/DESIGN.md, "The `/dev/fuse` worker pool")
@@ -1424,7 +1527,8 @@ impl<F: Filesystem> Running<F> {
         Ok(lock(&self.mount).take())
     }
 
-    /// Waits until every worker has exited (the mount went away, or DESTROY).
+    /// Waits until every worker has exited (the mount went away, or DESTROY, or a
+    /// serving thread failed: then [`Running::failure`] says why).
     pub fn join(&self) {
         self.join_workers();
         self.session.shutdown();
@@ -1469,7 +1573,13 @@ impl<F: Filesystem> Running<F> {
         let sfd = SignalFd::with_flags(&set, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
             .map_err(io::Error::from)?;
         loop {
-            if !self.is_serving() {
+            // Read before the failure: a failing thread records it before any
+            // thread leaves (and the check after the join catches the rest).
+            let serving = self.is_serving();
+            if let Some(e) = self.failure() {
+                return Err(e);
+            }
+            if !serving {
                 break;
             }
             match sfd.read_signal() {
@@ -1487,6 +1597,9 @@ impl<F: Filesystem> Running<F> {
             let _ = nix::poll::poll(&mut fds, nix::poll::PollTimeout::from(100u16));
         }
         self.join_workers();
+        if let Some(e) = self.failure() {
+            return Err(e);
+        }
         if self.control.mode() == Mode::Released {
             // Stopped for a handoff: another process serves the session now.
             return Ok(());
