@@ -164,6 +164,10 @@ pub(crate) struct Control {
     pub(crate) root: Mutex<Option<(PathBuf, crate::dev::MountIdentity)>>,
     /// A poker thread is running.
     pub(crate) poking: AtomicBool,
+    /// Unmounting has begun: reads are not switched to blocking any more (a
+    /// restored session's test poke may still be in flight then; it checks this
+    /// under the `root` lock, which the unmount takes after setting it).
+    pub(crate) blocking_closed: AtomicBool,
     /// A `/dev/fuse` worker delivered the INIT reply (the kernel has processed it).
     pub(crate) init_replied: AtomicBool,
     /// Requests served from io_uring entries.

@@ -366,9 +366,21 @@ impl<F: Filesystem> Server<F> {
     /// and a thread switch per request (docs/DESIGN.md, "The `/dev/fuse` worker
     /// pool"). [`Running::workers`] tells how many serve.
     pub fn spawn(self, threads: usize) -> Result<Running<F>, ServeError> {
+        let restored = self.session.init_state().is_some();
         let running = self.start(threads)?;
+        crate::trace::phase("spawn: workers started");
         running.wait_init()?;
-        running.enable_blocking_reads();
+        crate::trace::phase("spawn: INIT answered");
+        if restored {
+            // A restored session (a recovery, a handoff's successor) serves as
+            // soon as its workers read: its test poke can wait behind requests
+            // already queued (the first recorded one may compact the journal,
+            // tens of ms at 100k nodeids), so it is not waited for.
+            running.enable_blocking_reads_later();
+        } else {
+            running.enable_blocking_reads();
+            crate::trace::phase("spawn: blocking reads decided (a poke answered)");
+        }
         Ok(running)
     }
 
@@ -475,8 +487,10 @@ impl<F: Filesystem> Server<F> {
             running.enable_blocking_reads();
             return Ok(running);
         }
+        crate::trace::phase("spawn_uring: INIT answered");
         match running.start_queues(options) {
             Ok((queues, depth)) => {
+                crate::trace::phase("spawn_uring: queues started");
                 running.backend = Backend::Uring { queues, depth };
                 Ok(running)
             }
@@ -730,6 +744,50 @@ pub enum Backend {
         /// Registered entries per queue.
         depth: usize,
     },
+}
+
+/// Switches the workers of `control` to blocking reads once a test poke of the
+/// mount at `mountpoint` is answered by `session` (see
+/// [`Running::enable_blocking_reads`]); never once unmounting has begun
+/// ([`Control::blocking_closed`], checked under the lock that publishes the root).
+fn switch_to_blocking_reads<F: Filesystem>(
+    session: &Session<F>,
+    control: &Control,
+    device: &Channel,
+    mountpoint: std::path::PathBuf,
+) {
+    let root = match open_root(&mountpoint, None) {
+        Ok(fd) => fd,
+        Err(e) => {
+            log::debug!("cannot open the mount's root ({e}): workers wait in epoll");
+            return;
+        }
+    };
+    let dev = match crate::dev::MountIdentity::of_fd(std::os::fd::AsFd::as_fd(&root)) {
+        Ok(id) => id,
+        Err(e) => {
+            log::debug!("cannot stat the mount's root ({e}): workers wait in epoll");
+            return;
+        }
+    };
+    crate::trace::phase("blocking reads: the root opened, poking");
+    let before = session.stats().pokes.load(Ordering::Relaxed);
+    let answered = poke(&root).is_ok() && session.stats().pokes.load(Ordering::Relaxed) > before;
+    drop(root);
+    if !answered {
+        log::debug!("a poke was not answered by this session: workers wait in epoll");
+        return;
+    }
+    let mut published = lock(&control.root);
+    if control.blocking_closed.load(Ordering::Acquire) || control.mode().is_leaving() {
+        return;
+    }
+    if let Err(e) = device.set_nonblocking(false) {
+        log::debug!("cannot clear O_NONBLOCK ({e}): workers wait in epoll");
+        return;
+    }
+    *published = Some((mountpoint, dev));
+    control.blocking.store(true, Ordering::Release);
 }
 
 /// Spawns a worker thread named `name` that runs [`run_worker`] over the
@@ -990,8 +1048,10 @@ impl<F: Filesystem> Running<F> {
             area.owned_per_queue()
         );
         *lock(&self.ring) = Some((area, None));
+        crate::trace::phase("io_uring queues registered");
         if recovering {
             self.drain_queues(queues);
+            crate::trace::phase("io_uring queues drained");
         }
         Ok((queues, depth))
     }
@@ -1210,34 +1270,35 @@ impl<F: Filesystem> Running<F> {
         let Some(mountpoint) = self.mountpoint() else {
             return;
         };
-        let root = match open_root(&mountpoint, None) {
-            Ok(fd) => fd,
+        switch_to_blocking_reads(&self.session, &self.control, &self.device, mountpoint);
+    }
+
+    /// As [`Running::enable_blocking_reads`], from a thread of its own: the
+    /// workers wait in `epoll` until the test poke is answered. (A worker that a
+    /// switch catches between `epoll` and its read sleeps in `read(2)` while
+    /// marked waiting: the poker wakes such workers too, see `poke.rs`.)
+    fn enable_blocking_reads_later(&self) {
+        let Some(mountpoint) = self.mountpoint() else {
+            return;
+        };
+        let device = match self.device.try_clone() {
+            Ok(d) => d,
             Err(e) => {
-                log::debug!("cannot open the mount's root ({e}): workers wait in epoll");
+                log::debug!("cannot duplicate the device ({e}): workers wait in epoll");
                 return;
             }
         };
-        let dev = match crate::dev::MountIdentity::of_fd(std::os::fd::AsFd::as_fd(&root)) {
-            Ok(id) => id,
-            Err(e) => {
-                log::debug!("cannot stat the mount's root ({e}): workers wait in epoll");
-                return;
-            }
-        };
-        let before = self.session.stats().pokes.load(Ordering::Relaxed);
-        let answered =
-            poke(&root).is_ok() && self.session.stats().pokes.load(Ordering::Relaxed) > before;
-        drop(root);
-        if !answered {
-            log::debug!("a poke was not answered by this session: workers wait in epoll");
-            return;
+        let (session, control) = (Arc::clone(&self.session), Arc::clone(&self.control));
+        let spawned = std::thread::Builder::new()
+            .name("fuse-blocking".into())
+            .spawn(move || {
+                block_termination_signals();
+                switch_to_blocking_reads(&session, &control, &device, mountpoint);
+                crate::trace::phase("blocking reads decided (a poke answered)");
+            });
+        if let Err(e) = spawned {
+            log::debug!("cannot start a thread to test a poke ({e}): workers wait in epoll");
         }
-        if let Err(e) = self.device.set_nonblocking(false) {
-            log::debug!("cannot clear O_NONBLOCK ({e}): workers wait in epoll");
-            return;
-        }
-        *lock(&self.control.root) = Some((mountpoint, dev));
-        self.control.blocking.store(true, Ordering::Release);
     }
 
     /// Parks every worker at a request boundary and returns once all are parked
@@ -1408,6 +1469,10 @@ impl<F: Filesystem> Running<F> {
     /// requests fail with ENOTCONN, as with any FUSE daemon that exits.
     pub fn unmount(&self) -> Result<(), ServeError> {
         let c = &self.control;
+        // A test poke still in flight (a restored session's) must not switch
+        // reads on from now on.
+        c.blocking_closed.store(true, Ordering::Release);
+        drop(lock(&c.root));
         if c.blocking.swap(false, Ordering::AcqRel) {
             // Back to waker-driven waits while the mount can still be poked: after
             // the unmount, workers blocked in read(2) could only be woken by the end
