@@ -30,6 +30,10 @@
 //!
 //! Cost when the variable is unset: one initialized-`OnceLock` check per call.
 //!
+//! With the phase trace on ([`crate::trace`], `FUSE_LIVE_TRACE`), the points that
+//! mark steps (compaction, recovery, handoff; not those every request or record
+//! reaches) also write a trace line, `fault point NAME`.
+//!
 //! This is a testing aid, hidden from the API docs; it is not meant for production
 //! configurations (though harmless there when unset).
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -156,6 +160,18 @@ pub const POINTS: &[(&str, &str)] = &[
         "handoff, old side: Ack taken, sending Commit",
     ),
     (
+        "handoff-old-await-rings-ready",
+        "handoff, old side, over io_uring: Commit sent, waiting for RingsReady",
+    ),
+    (
+        "handoff-old-releasing-rings",
+        "handoff, old side, over io_uring: closing this process's rings",
+    ),
+    (
+        "handoff-old-sending-rings-released",
+        "handoff, old side, over io_uring: rings closed, sending RingsReleased",
+    ),
+    (
         "handoff-old-done",
         "handoff, old side: final (committed or aborted)",
     ),
@@ -203,6 +219,19 @@ pub const POINTS: &[(&str, &str)] = &[
     (
         "handoff-new-await-commit",
         "handoff, new side: Ack sent, waiting for Commit",
+    ),
+    (
+        "handoff-new-registering-rings",
+        "handoff, new side, over io_uring: Commit received, filling the old entries and \
+         registering this process's",
+    ),
+    (
+        "handoff-new-sending-rings-ready",
+        "handoff, new side, over io_uring: registered, sending RingsReady",
+    ),
+    (
+        "handoff-new-await-rings-released",
+        "handoff, new side, over io_uring: RingsReady sent, waiting for RingsReleased",
     ),
     (
         "handoff-new-done",
@@ -350,13 +379,43 @@ struct Plan {
     arm: Option<std::path::PathBuf>,
 }
 
-static PLAN: OnceLock<Option<Plan>> = OnceLock::new();
+/// The armed fault, and whether the points (those not reached per request)
+/// also write a phase trace line ([`crate::trace`]).
+struct Armed {
+    plan: Option<Plan>,
+    trace: bool,
+}
+
+static PLAN: OnceLock<Armed> = OnceLock::new();
+
+fn armed() -> Armed {
+    Armed {
+        plan: from_env(),
+        trace: crate::trace::enabled(),
+    }
+}
+
+/// With the phase trace on: a line for the points that mark steps (compaction,
+/// recovery, handoff), not for those reached by every request or record.
+#[cold]
+fn trace_point(name: &'static str) {
+    let per_request = name.starts_with("after-")
+        || name.starts_with("passthrough-")
+        || matches!(name, "mid-record" | "dev-request" | "uring-request");
+    if !per_request {
+        crate::trace::phase(&format!("fault point {name}"));
+    }
+}
 
 /// A fault point named `name`: aborts the process if [`ENV`] says so (see the
 /// [module docs](self)); otherwise returns at once.
 #[inline]
 pub fn point(name: &'static str) {
-    if let Some(plan) = PLAN.get_or_init(from_env) {
+    let armed = PLAN.get_or_init(armed);
+    if armed.trace {
+        trace_point(name);
+    }
+    if let Some(plan) = &armed.plan {
         if let Err(e) = hit(plan, name) {
             eprintln!(
                 "fuse-live fault: {name} cannot fail ({e}): aborting instead, pid {}",
@@ -375,7 +434,11 @@ pub fn point(name: &'static str) {
 /// Only when [`ENV`] arms `name` with `:error` and this is the hit.
 #[inline]
 pub fn fallible(name: &'static str) -> std::io::Result<()> {
-    match PLAN.get_or_init(from_env) {
+    let armed = PLAN.get_or_init(armed);
+    if armed.trace {
+        trace_point(name);
+    }
+    match &armed.plan {
         Some(plan) => hit(plan, name),
         None => Ok(()),
     }
