@@ -730,3 +730,58 @@ fn a_failing_dev_fuse_worker_ends_the_daemon_and_the_keeper_recovers() {
         |_| "fuse-worker-".to_owned(),
     );
 }
+
+/// A `/dev/fuse` worker that fails on INIT (a fresh mount, no fd store): memfs
+/// exits 1 with the failed thread's error, having unmounted (nobody could
+/// recover the mount), and never says `ready`.
+#[test]
+fn a_worker_that_fails_on_init_ends_the_daemon_and_unmounts() {
+    const TEST: &str = "a_worker_that_fails_on_init_ends_the_daemon_and_unmounts";
+    if !common::can_mount(TEST) {
+        return;
+    }
+    let dir = common::temp_dir("dev-worker-init-panic");
+    let mnt = dir.join("mnt");
+    std::fs::create_dir(&mnt).expect("mountpoint");
+    let log = dir.join("memfs.log");
+    let out = dir.join("memfs.out");
+    let watchdog = Watchdog::arm(&mnt, None, Duration::from_secs(120)).expect("watchdog");
+    let mut child = Command::new(common::example_binary("memfs"))
+        .arg(&mnt)
+        .args(["--threads", "2", "--transport", "dev-fuse"])
+        .env("FUSE_LIVE_FAULT", "dev-request:1:panic")
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(File::create(&out).expect("out"))
+        .stderr(File::create(&log).expect("log"))
+        .spawn()
+        .expect("spawn memfs");
+    let status = common::wait_exit(&mut child, PATIENCE);
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    let mounted = common::is_fuse_mounted(&mnt);
+    if status.is_none() {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    if mounted {
+        let _ = fusectl::tear_down(&mnt, None);
+    }
+    assert_eq!(
+        status.and_then(|s| s.code()),
+        Some(1),
+        "memfs exits 1; log:\n{text}"
+    );
+    assert!(
+        text.contains("memfs: serving thread fuse-worker-")
+            && text.contains("injected panic at dev-request (hit 1)"),
+        "the error names the failed thread; log:\n{text}"
+    );
+    assert!(!mounted, "unmounted; log:\n{text}");
+    assert_eq!(
+        std::fs::read_to_string(&out).unwrap_or_default(),
+        "",
+        "no ready line"
+    );
+    assert!(!watchdog.disarm(), "the watchdog fired");
+    let _ = std::fs::remove_dir_all(&dir);
+}

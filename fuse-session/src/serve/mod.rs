@@ -914,6 +914,9 @@ impl<F: Filesystem> Running<F> {
                 return Err(ServeError::InitFlagsMissing(missing));
             }
             if let Some(e) = self.failure() {
+                // Only a fresh mount waits here (a restored session's INIT was
+                // answered before): nobody could recover it, so it goes.
+                let _ = self.unmount();
                 return Err(e);
             }
             if self.control.running() == 0 || Instant::now() > deadline {
