@@ -374,6 +374,8 @@ fn bench(files: usize, kills: usize, mode: &str, transport: &str) -> Res<()> {
         .collect();
     std::thread::sleep(Duration::from_millis(500));
     let mut crashes = Vec::new();
+    // Per kill, CLOCK_MONOTONIC at the kill, at the death, at the ready line.
+    let mut traces = Vec::new();
     for k in 0..kills {
         let pids = children(rig.keeper.id());
         let [pid] = pids[..] else {
@@ -384,10 +386,14 @@ fn bench(files: usize, kills: usize, mode: &str, transport: &str) -> Res<()> {
                 save_journal(pid, Path::new(&to))?;
             }
         }
+        let killed_ns = fuse_session::trace::now_ns();
         let killed = Instant::now();
         kill(Pid::from_raw(pid), Signal::SIGKILL)?;
         let dead = wait_dead(pid);
+        let dead_ns = fuse_session::trace::now_ns();
         let ready = rig.next_ready(&format!("after kill {}", k + 1))?;
+        let ready_ns = fuse_session::trace::now_ns();
+        traces.push([killed_ns, dead_ns, ready_ns]);
         crashes.push((killed, dead, ready));
         std::thread::sleep(Duration::from_secs(1));
     }
@@ -455,11 +461,61 @@ fn bench(files: usize, kills: usize, mode: &str, transport: &str) -> Res<()> {
     {
         println!("# {l}");
     }
+    if fuse_session::trace::enabled() {
+        print_trace(&log, &traces);
+    }
     drop(rig);
     if failed > 0 {
         return Err(format!("{failed} client operations failed").into());
     }
     Ok(())
+}
+
+/// With `FUSE_LIVE_TRACE` set: the keeper's and the restarted daemons' phase
+/// trace lines (`fuse_session::trace`, in the keeper's log), placed after each
+/// kill: one row per phase, one column per kill, in ms after the SIGKILL. A phase
+/// belongs to kill `k` if it came after it and before the next one.
+fn print_trace(log: &str, kills: &[[u64; 3]]) {
+    let mut phases: Vec<String> = Vec::new();
+    let mut at: Vec<Vec<Option<f64>>> = Vec::new();
+    let mut put = |what: &str, k: usize, ms: f64| {
+        let i = phases.iter().position(|p| p == what).unwrap_or_else(|| {
+            phases.push(what.to_owned());
+            at.push(vec![None; kills.len()]);
+            phases.len() - 1
+        });
+        // The first of a phase's lines after the kill (a phase seen twice, e.g.
+        // by a recovery that crashed, keeps its first).
+        at[i][k].get_or_insert(ms);
+    };
+    for (k, [killed, dead, ready]) in kills.iter().enumerate() {
+        let ms = |ns: u64| ns.saturating_sub(*killed) as f64 / 1e6;
+        put("bench: SIGKILL sent", k, 0.0);
+        put("bench: the killed daemon is a zombie", k, ms(*dead));
+        let end = kills.get(k + 1).map_or(u64::MAX, |n| n[0]);
+        for l in log.lines() {
+            if let Some((ns, _, what)) = fuse_session::trace::parse(l) {
+                if ns >= *killed && ns < end {
+                    put(what, k, ms(ns));
+                }
+            }
+        }
+        put("bench: ready line read", k, ms(*ready));
+    }
+    // In the order of the first kill's times.
+    let mut order: Vec<usize> = (0..phases.len()).collect();
+    order.sort_by(|&a, &b| {
+        let t = |i: usize| at[i].iter().flatten().next().copied().unwrap_or(f64::MAX);
+        t(a).total_cmp(&t(b))
+    });
+    println!("# phase trace: ms after SIGKILL, one column per kill");
+    for i in order {
+        let cols: Vec<String> = at[i]
+            .iter()
+            .map(|v| v.map_or_else(|| "-".to_owned(), |v| format!("{v:.1}")))
+            .collect();
+        println!("TRACE {:<56} {}", phases[i], cols.join(" "));
+    }
 }
 
 /// The largest journal `--replay` maps (as memfs's).

@@ -12,6 +12,11 @@
 //! connection stay the same, and the kernel logs no warning up to the unmount.
 //! (The kill -9 suite over io_uring is tests/crash.rs,
 //! `memfs_survives_repeated_sigkill_over_io_uring`.)
+//!
+//! And a serving thread that fails (an io_uring queue's, or a `/dev/fuse`
+//! worker's, by an injected error or panic) ends the daemon with its error,
+//! without unmounting; the keeper's restart answers the request it held.
+//! The `/dev/fuse` cases are here for the harness (they need no io_uring).
 mod common;
 
 use std::fs::File;
@@ -568,4 +573,221 @@ fn adopted(log: &str) -> Vec<usize> {
         .filter(|l| l.contains("adopted the old process's entries"))
         .filter_map(requests_field)
         .collect()
+}
+
+/// A serving thread that fails (the fault `FAULT`, armed by a file at the
+/// instant chosen here, makes the thread that takes the next request fail with an
+/// error or panic, as `enable_uring` switched off under a re-registering queue
+/// did with `EOPNOTSUPP`) ends the daemon with a clear error and a non-zero exit,
+/// without unmounting; the keeper restarts it on the same connection, and the
+/// request the failed thread held (from a thread pinned to the last usable CPU)
+/// is answered by the restarted daemon, as are later requests from every CPU.
+/// Before the change, a failed queue thread left its CPU's requests waiting
+/// forever while the daemon ran on. `thread` is the failed thread's name prefix
+/// (`fuse-uring-`, `fuse-worker-`: whichever takes the next request).
+fn a_failed_serving_thread_ends_the_daemon_and_the_keeper_recovers(
+    tag: &str,
+    transport: &str,
+    fault: &str,
+    thread: &str,
+) {
+    let warnings_before = kernel_warnings();
+    let cpus = cpus();
+    let cpu = *cpus.last().expect("a usable CPU");
+    let injected = if fault.ends_with(":panic") {
+        "failed: panicked: fuse-live fault: injected panic"
+    } else {
+        "failed: fuse-live fault: injected error"
+    };
+    // A restart delay: the test takes the arming file away before the restart.
+    let k = Kept::start_with(tag, "hold-mkdir:never-held", 1000, |cmd, dir| {
+        cmd.args(["--transport", transport])
+            .env("FUSE_LIVE_FAULT", fault)
+            .env("FUSE_LIVE_FAULT_ARM", dir.join("arm"));
+    });
+    let conn = fusectl::connection_id(&k.mnt).expect("fusectl connection");
+    std::fs::write(k.mnt.join("before"), b"written before the failure").expect("write");
+    std::fs::create_dir(k.mnt.join("d")).expect("mkdir");
+    let daemon = k.daemon();
+    let arm = k.dir.join("arm");
+    std::fs::write(&arm, b"").expect("arm the fault");
+    let held = {
+        let p = k.mnt.join("d/made-across-the-failure");
+        pinned(cpu, move || std::fs::create_dir(&p))
+    };
+    let start = Instant::now();
+    while !gone(daemon) {
+        assert!(
+            start.elapsed() < PATIENCE,
+            "the daemon did not end after its serving thread failed; log:\n{}",
+            k.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    std::fs::remove_file(&arm).expect("disarm the fault");
+    k.next_ready("after the serving thread failed");
+    held.join().expect("pinned thread").unwrap_or_else(|e| {
+        panic!(
+            "the call held by the failed thread: {e}; log:\n{}",
+            k.log_text()
+        )
+    });
+    assert!(k.mnt.join("d/made-across-the-failure").is_dir());
+    for &c in &cpus {
+        let dir = k.mnt.clone();
+        let r = pinned(c, move || {
+            let p = dir.join(format!("after-{c}"));
+            std::fs::write(&p, format!("after on CPU {c}"))?;
+            std::fs::read_to_string(&p)
+        })
+        .join()
+        .expect("writer");
+        assert_eq!(r.expect("write and read"), format!("after on CPU {c}"));
+    }
+    assert_eq!(
+        std::fs::read(k.mnt.join("before")).expect("read"),
+        b"written before the failure"
+    );
+    assert_eq!(
+        fusectl::connection_id(&k.mnt).ok(),
+        Some(conn),
+        "same connection"
+    );
+    let log = k.log_text();
+    assert!(
+        log.contains(&format!("memfs: serving thread {thread}")) && log.contains(injected),
+        "memfs ended with the failed thread's error; log:\n{log}"
+    );
+    assert!(
+        log.contains("exited with status 1"),
+        "the daemon exited non-zero; log:\n{log}"
+    );
+    assert_eq!(
+        log.lines()
+            .filter(|l| l.starts_with("fuse-live fault: ") && l.contains(", pid "))
+            .count(),
+        1,
+        "the fault fired once; log:\n{log}"
+    );
+    k.stop();
+    let warnings_after = kernel_warnings();
+    assert_eq!(
+        warnings_after.len(),
+        warnings_before.len(),
+        "no kernel warning: {:?}",
+        &warnings_after[warnings_before.len().min(warnings_after.len())..]
+    );
+}
+
+#[test]
+fn a_failed_io_uring_queue_ends_the_daemon_and_the_keeper_recovers_its_cpu() {
+    const TEST: &str = "a_failed_io_uring_queue_ends_the_daemon_and_the_keeper_recovers_its_cpu";
+    if !common::can_use_uring(TEST) {
+        return;
+    }
+    a_failed_serving_thread_ends_the_daemon_and_the_keeper_recovers(
+        "uring-queue-error",
+        "io-uring",
+        "uring-request:1:error",
+        // The queue that takes the next request: the pinned caller's, unless
+        // a background request (a RELEASE) reaches another queue first.
+        "fuse-uring-",
+    );
+}
+
+#[test]
+fn a_panicking_io_uring_queue_ends_the_daemon_and_the_keeper_recovers_its_cpu() {
+    const TEST: &str = "a_panicking_io_uring_queue_ends_the_daemon_and_the_keeper_recovers_its_cpu";
+    if !common::can_use_uring(TEST) {
+        return;
+    }
+    a_failed_serving_thread_ends_the_daemon_and_the_keeper_recovers(
+        "uring-queue-panic",
+        "io-uring",
+        "uring-request:1:panic",
+        "fuse-uring-",
+    );
+}
+
+#[test]
+fn a_panicking_dev_fuse_worker_ends_the_daemon_and_the_keeper_recovers() {
+    const TEST: &str = "a_panicking_dev_fuse_worker_ends_the_daemon_and_the_keeper_recovers";
+    if !common::can_mount(TEST) {
+        return;
+    }
+    a_failed_serving_thread_ends_the_daemon_and_the_keeper_recovers(
+        "dev-worker-panic",
+        "dev-fuse",
+        "dev-request:1:panic",
+        "fuse-worker-",
+    );
+}
+
+#[test]
+fn a_failing_dev_fuse_worker_ends_the_daemon_and_the_keeper_recovers() {
+    const TEST: &str = "a_failing_dev_fuse_worker_ends_the_daemon_and_the_keeper_recovers";
+    if !common::can_mount(TEST) {
+        return;
+    }
+    a_failed_serving_thread_ends_the_daemon_and_the_keeper_recovers(
+        "dev-worker-error",
+        "dev-fuse",
+        "dev-request:1:error",
+        "fuse-worker-",
+    );
+}
+
+/// A `/dev/fuse` worker that fails on INIT (a fresh mount, no fd store): memfs
+/// exits 1 with the failed thread's error, having unmounted (nobody could
+/// recover the mount), and never says `ready`.
+#[test]
+fn a_worker_that_fails_on_init_ends_the_daemon_and_unmounts() {
+    const TEST: &str = "a_worker_that_fails_on_init_ends_the_daemon_and_unmounts";
+    if !common::can_mount(TEST) {
+        return;
+    }
+    let dir = common::temp_dir("dev-worker-init-panic");
+    let mnt = dir.join("mnt");
+    std::fs::create_dir(&mnt).expect("mountpoint");
+    let log = dir.join("memfs.log");
+    let out = dir.join("memfs.out");
+    let watchdog = Watchdog::arm(&mnt, None, Duration::from_secs(120)).expect("watchdog");
+    let mut child = Command::new(common::example_binary("memfs"))
+        .arg(&mnt)
+        .args(["--threads", "2", "--transport", "dev-fuse"])
+        .env("FUSE_LIVE_FAULT", "dev-request:1:panic")
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(File::create(&out).expect("out"))
+        .stderr(File::create(&log).expect("log"))
+        .spawn()
+        .expect("spawn memfs");
+    let status = common::wait_exit(&mut child, PATIENCE);
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    let mounted = common::is_fuse_mounted(&mnt);
+    if status.is_none() {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    if mounted {
+        let _ = fusectl::tear_down(&mnt, None);
+    }
+    assert_eq!(
+        status.and_then(|s| s.code()),
+        Some(1),
+        "memfs exits 1; log:\n{text}"
+    );
+    assert!(
+        text.contains("memfs: serving thread fuse-worker-")
+            && text.contains("injected panic at dev-request (hit 1)"),
+        "the error names the failed thread; log:\n{text}"
+    );
+    assert!(!mounted, "unmounted; log:\n{text}");
+    assert_eq!(
+        std::fs::read_to_string(&out).unwrap_or_default(),
+        "",
+        "no ready line"
+    );
+    assert!(!watchdog.disarm(), "the watchdog fired");
+    let _ = std::fs::remove_dir_all(&dir);
 }

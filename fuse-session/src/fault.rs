@@ -11,7 +11,11 @@
 //!   process (counted from 1);
 //! - `POINT:N-M` — the same at a hit number picked in `N..=M` once per process,
 //!   from its pid: a daemon restarted by a keeper or systemd crashes again, at a
-//!   different instant each time.
+//!   different instant each time;
+//! - either followed by `:error` or `:panic` — at that hit, a point that can fail
+//!   ([`fallible`]) returns an error instead of aborting, and any point panics
+//!   instead: the unexpected failures of a serving thread (a `:error` at a point
+//!   that cannot fail aborts, said on stderr).
 //!
 //! The variable is read once, at the first [`point`]. A value that does not parse
 //! is reported once on stderr and injects nothing; it never panics. A name not in
@@ -20,9 +24,15 @@
 //! `fuse-live fault: aborting at POINT (hit N), pid P`, which tests count.
 //!
 //! With [`DISARM_ENV`] (`FUSE_LIVE_FAULT_DISARM=PATH`) set too, the fault does
-//! not fire while the file PATH exists.
+//! not fire while the file PATH exists. With [`ARM_ENV`]
+//! (`FUSE_LIVE_FAULT_ARM=PATH`), hits are only counted while the file PATH exists:
+//! a test arms the fault at the instant it chooses.
 //!
 //! Cost when the variable is unset: one initialized-`OnceLock` check per call.
+//!
+//! With the phase trace on ([`crate::trace`], `FUSE_LIVE_TRACE`), the points that
+//! mark steps (compaction, recovery, handoff; not those every request or record
+//! reaches) also write a trace line, `fault point NAME`.
 //!
 //! This is a testing aid, hidden from the API docs; it is not meant for production
 //! configurations (though harmless there when unset).
@@ -37,6 +47,10 @@ pub const ENV: &str = "FUSE_LIVE_FAULT";
 /// nothing before). A test creates it to stop a process that crashes again after
 /// every restart, e.g. before it unmounts.
 pub const DISARM_ENV: &str = "FUSE_LIVE_FAULT_DISARM";
+
+/// An optional environment variable naming a file: hits of the point are only
+/// counted while it exists (checked at each hit of the named point only).
+pub const ARM_ENV: &str = "FUSE_LIVE_FAULT_ARM";
 
 /// Every point the library calls [`point`] with, and where it is.
 pub const POINTS: &[(&str, &str)] = &[
@@ -53,6 +67,16 @@ pub const POINTS: &[(&str, &str)] = &[
         "the reply is recorded in the journal, not yet sent",
     ),
     ("after-reply", "the reply was sent to the kernel"),
+    (
+        "dev-request",
+        "a /dev/fuse worker read a request, not yet accepted (fallible: `:error` fails \
+         the worker's read)",
+    ),
+    (
+        "uring-request",
+        "an io_uring queue thread took a request from an entry, not yet accepted \
+         (fallible: `:error` fails the queue's wait)",
+    ),
     (
         "mid-record",
         "a journal record's header fields and payload are written, its commit word not",
@@ -136,6 +160,18 @@ pub const POINTS: &[(&str, &str)] = &[
         "handoff, old side: Ack taken, sending Commit",
     ),
     (
+        "handoff-old-await-rings-ready",
+        "handoff, old side, over io_uring: Commit sent, waiting for RingsReady",
+    ),
+    (
+        "handoff-old-releasing-rings",
+        "handoff, old side, over io_uring: closing this process's rings",
+    ),
+    (
+        "handoff-old-sending-rings-released",
+        "handoff, old side, over io_uring: rings closed, sending RingsReleased",
+    ),
+    (
         "handoff-old-done",
         "handoff, old side: final (committed or aborted)",
     ),
@@ -183,6 +219,19 @@ pub const POINTS: &[(&str, &str)] = &[
     (
         "handoff-new-await-commit",
         "handoff, new side: Ack sent, waiting for Commit",
+    ),
+    (
+        "handoff-new-registering-rings",
+        "handoff, new side, over io_uring: Commit received, filling the old entries and \
+         registering this process's",
+    ),
+    (
+        "handoff-new-sending-rings-ready",
+        "handoff, new side, over io_uring: registered, sending RingsReady",
+    ),
+    (
+        "handoff-new-await-rings-released",
+        "handoff, new side, over io_uring: RingsReady sent, waiting for RingsReleased",
     ),
     (
         "handoff-new-done",
@@ -308,45 +357,128 @@ pub const POINTS: &[(&str, &str)] = &[
     ),
 ];
 
-/// The armed fault: the point's name, the hit that aborts, the hits so far.
+/// What an armed point does at its hit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Action {
+    /// `std::process::abort()`.
+    Abort,
+    /// [`fallible`] returns an error (a plain [`point`] aborts).
+    Error,
+    /// Panics.
+    Panic,
+}
+
+/// The armed fault: the point's name, the hit that fires, the hits so far.
 #[derive(Debug)]
 struct Plan {
     point: Box<str>,
     at: u64,
     hits: AtomicU64,
+    action: Action,
     disarm: Option<std::path::PathBuf>,
+    arm: Option<std::path::PathBuf>,
 }
 
-static PLAN: OnceLock<Option<Plan>> = OnceLock::new();
+/// The armed fault, and whether the points (those not reached per request)
+/// also write a phase trace line ([`crate::trace`]).
+struct Armed {
+    plan: Option<Plan>,
+    trace: bool,
+}
+
+static PLAN: OnceLock<Armed> = OnceLock::new();
+
+fn armed() -> Armed {
+    Armed {
+        plan: from_env(),
+        trace: crate::trace::enabled(),
+    }
+}
+
+/// With the phase trace on: a line for the points that mark steps (compaction,
+/// recovery, handoff), not for those reached by every request or record.
+#[cold]
+fn trace_point(name: &'static str) {
+    let per_request = name.starts_with("after-")
+        || name.starts_with("passthrough-")
+        || matches!(name, "mid-record" | "dev-request" | "uring-request");
+    if !per_request {
+        crate::trace::phase(&format!("fault point {name}"));
+    }
+}
 
 /// A fault point named `name`: aborts the process if [`ENV`] says so (see the
 /// [module docs](self)); otherwise returns at once.
 #[inline]
 pub fn point(name: &'static str) {
-    if let Some(plan) = PLAN.get_or_init(from_env) {
-        hit(plan, name);
+    let armed = PLAN.get_or_init(armed);
+    if armed.trace {
+        trace_point(name);
+    }
+    if let Some(plan) = &armed.plan {
+        if let Err(e) = hit(plan, name) {
+            eprintln!(
+                "fuse-live fault: {name} cannot fail ({e}): aborting instead, pid {}",
+                std::process::id()
+            );
+            std::process::abort();
+        }
+    }
+}
+
+/// A fault point where the caller can fail: as [`point`], but with the action
+/// `:error` this returns an error (kind `Unsupported`, as the kernel's
+/// `EOPNOTSUPP`; its text names the point) instead of aborting.
+///
+/// # Errors
+/// Only when [`ENV`] arms `name` with `:error` and this is the hit.
+#[inline]
+pub fn fallible(name: &'static str) -> std::io::Result<()> {
+    let armed = PLAN.get_or_init(armed);
+    if armed.trace {
+        trace_point(name);
+    }
+    match &armed.plan {
+        Some(plan) => hit(plan, name),
+        None => Ok(()),
     }
 }
 
 #[cold]
-fn hit(plan: &Plan, name: &'static str) {
+fn hit(plan: &Plan, name: &'static str) -> std::io::Result<()> {
     if *plan.point != *name {
-        return;
+        return Ok(());
+    }
+    if plan.arm.as_deref().is_some_and(|p| !p.exists()) {
+        return Ok(());
     }
     let n = plan.hits.fetch_add(1, Ordering::Relaxed) + 1;
-    if n == plan.at {
-        if let Some(path) = plan.disarm.as_deref().filter(|p| p.exists()) {
-            eprintln!(
-                "fuse-live fault: not aborting at {name} (hit {n}): {} exists",
-                path.display()
-            );
-            return;
-        }
+    if n != plan.at {
+        return Ok(());
+    }
+    let what = match plan.action {
+        Action::Abort => "aborting",
+        Action::Error => "failing",
+        Action::Panic => "panicking",
+    };
+    if let Some(path) = plan.disarm.as_deref().filter(|p| p.exists()) {
         eprintln!(
-            "fuse-live fault: aborting at {name} (hit {n}), pid {}",
-            std::process::id()
+            "fuse-live fault: not {what} at {name} (hit {n}): {} exists",
+            path.display()
         );
-        std::process::abort();
+        return Ok(());
+    }
+    eprintln!(
+        "fuse-live fault: {what} at {name} (hit {n}), pid {}",
+        std::process::id()
+    );
+    match plan.action {
+        Action::Abort => std::process::abort(),
+        Action::Error => Err(std::io::Error::new(
+            std::io::ErrorKind::Unsupported,
+            format!("fuse-live fault: injected error at {name} (hit {n})"),
+        )),
+        Action::Panic => panic!("fuse-live fault: injected panic at {name} (hit {n})"),
     }
 }
 
@@ -361,24 +493,34 @@ fn from_env() -> Option<Plan> {
             disarm: std::env::var_os(DISARM_ENV)
                 .filter(|v| !v.is_empty())
                 .map(Into::into),
+            arm: std::env::var_os(ARM_ENV)
+                .filter(|v| !v.is_empty())
+                .map(Into::into),
             ..p
         }),
         Err(why) => {
             eprintln!(
                 "fuse-live fault: ignoring {ENV}={value:?}: {why} (expected POINT:N or \
-                 POINT:N-M, N >= 1)"
+                 POINT:N-M, N >= 1, optionally followed by :error or :panic)"
             );
             None
         }
     }
 }
 
-/// Parses `POINT:N` or `POINT:N-M` (the hit picked from `seed`); an empty value
-/// arms nothing.
+/// Parses `POINT:N` or `POINT:N-M` (the hit picked from `seed`), optionally
+/// followed by `:error` or `:panic`; an empty value arms nothing.
 fn parse(value: &str, seed: u32) -> Result<Option<Plan>, String> {
     if value.is_empty() {
         return Ok(None);
     }
+    let (value, action) = if let Some(v) = value.strip_suffix(":error") {
+        (v, Action::Error)
+    } else if let Some(v) = value.strip_suffix(":panic") {
+        (v, Action::Panic)
+    } else {
+        (value, Action::Abort)
+    };
     let (name, count) = value
         .rsplit_once(':')
         .ok_or_else(|| "no ':' before the hit number".to_owned())?;
@@ -417,7 +559,9 @@ fn parse(value: &str, seed: u32) -> Result<Option<Plan>, String> {
         point,
         at,
         hits: AtomicU64::new(0),
+        action,
         disarm: None,
+        arm: None,
     }))
 }
 
@@ -456,6 +600,67 @@ mod tests {
         // Not in the table: armed all the same (with a warning).
         let p = parse("a-new-point:2", 1).unwrap().unwrap();
         assert_eq!((&*p.point, p.at), ("a-new-point", 2));
+        assert_eq!(p.action, Action::Abort);
+        let p = parse("uring-request:4:error", 1).unwrap().unwrap();
+        assert_eq!(
+            (&*p.point, p.at, p.action),
+            ("uring-request", 4, Action::Error)
+        );
+        let p = parse("dev-request:2-3:panic", 1).unwrap().unwrap();
+        assert_eq!((&*p.point, p.action), ("dev-request", Action::Panic));
+        assert!((2..=3).contains(&p.at));
+    }
+
+    #[test]
+    fn a_fallible_point_fails_panics_or_passes_at_its_hit_only() {
+        let plan = |action| Plan {
+            point: Box::from("dev-request"),
+            at: 2,
+            hits: AtomicU64::new(0),
+            action,
+            disarm: None,
+            arm: None,
+        };
+        let p = plan(Action::Error);
+        assert!(
+            hit(&p, "uring-request").is_ok(),
+            "another point is not counted"
+        );
+        assert!(hit(&p, "dev-request").is_ok(), "hit 1 passes");
+        let e = hit(&p, "dev-request").expect_err("hit 2 fails");
+        assert_eq!(e.kind(), std::io::ErrorKind::Unsupported);
+        assert!(e.to_string().contains("dev-request"), "{e}");
+        assert!(hit(&p, "dev-request").is_ok(), "hit 3 passes");
+        let p = plan(Action::Panic);
+        assert!(hit(&p, "dev-request").is_ok());
+        let panicked = std::panic::catch_unwind(|| hit(&p, "dev-request"));
+        assert!(panicked.is_err(), "hit 2 panics");
+    }
+
+    #[test]
+    fn hits_are_counted_only_while_the_arm_file_exists() {
+        let arm = std::env::temp_dir().join(format!("fault-arm-{}", std::process::id()));
+        let _ = std::fs::remove_file(&arm);
+        let p = Plan {
+            point: Box::from("uring-request"),
+            at: 1,
+            hits: AtomicU64::new(0),
+            action: Action::Error,
+            disarm: None,
+            arm: Some(arm.clone()),
+        };
+        for _ in 0..3 {
+            assert!(
+                hit(&p, "uring-request").is_ok(),
+                "not armed: no hit counted"
+            );
+        }
+        std::fs::write(&arm, b"").unwrap();
+        assert!(
+            hit(&p, "uring-request").is_err(),
+            "the first armed hit fires"
+        );
+        std::fs::remove_file(&arm).unwrap();
     }
 
     #[test]
@@ -467,6 +672,9 @@ mod tests {
             "after-call:x",
             "after-call:5-3",
             "after-call:-3",
+            "after-call:1:abort",
+            "after-call:error",
+            "after-call:1:error:panic",
             "after-call:1-",
             "After-Call:1",
             "after call:1",

@@ -21,6 +21,8 @@ pub mod fs;
 pub mod notify;
 pub mod proto;
 pub mod serve;
+#[doc(hidden)]
+pub mod trace;
 pub mod types;
 
 pub use flags::{AccessMask, FuseOpenFlags, OpenFlags, RenameFlags, StatxAttributes, WriteFlags};

@@ -407,6 +407,8 @@ fn handoff_old(local: &Local, stream: &mut Stream<'_>) -> bool {
     let mut rounds = 0u32;
     let mut snapshot_sent = false;
     let mut was_paused = false;
+    let mut commit_sent = false;
+    let mut released = false;
     for _ in 0..MAX_STEPS {
         was_paused |= m.paused();
         action = match action {
@@ -418,9 +420,28 @@ fn handoff_old(local: &Local, stream: &mut Stream<'_>) -> bool {
                 Next::Failed(e) => m.handle(OldEvent::Failed(e)),
             },
             OldAction::Send(bytes) => {
-                check_sent(&bytes, &[Kind::Accept]);
-                assert!(!m.paused());
-                m.handle(OldEvent::Sent)
+                if check_sent(&bytes, &[Kind::Accept, Kind::RingsReleased]) == Kind::RingsReleased {
+                    assert!(released, "RingsReleased before the rings were released");
+                    if local.bit(13) && local.bit(14) {
+                        m.handle(OldEvent::Failed(HandoffError::PeerGone(
+                            "send RingsReleased",
+                        )))
+                    } else {
+                        m.handle(OldEvent::Sent)
+                    }
+                } else {
+                    assert!(!m.paused());
+                    m.handle(OldEvent::Sent)
+                }
+            }
+            OldAction::ReleaseRings => {
+                assert!(config.uring_area, "rings released without io_uring");
+                assert!(
+                    commit_sent && !released,
+                    "rings released before Commit, or twice"
+                );
+                released = true;
+                m.handle(OldEvent::RingsReleased(Duration::from_millis(2)))
             }
             OldAction::TakeBase => {
                 assert!(!m.paused(), "pre-copy under the pause");
@@ -466,16 +487,24 @@ fn handoff_old(local: &Local, stream: &mut Stream<'_>) -> bool {
                 if local.bit(11) && local.bit(12) {
                     m.handle(OldEvent::Failed(HandoffError::PeerGone("send Commit")))
                 } else {
+                    commit_sent = true;
                     m.handle(OldEvent::Sent)
                 }
             }
             OldAction::Committed => {
-                assert!(m.is_finished() && snapshot_sent);
+                assert!(m.is_finished() && snapshot_sent && commit_sent);
+                // Over io_uring the rings are released before the end (unless an
+                // event out of order ended it, which a driver never feeds here).
+                assert_eq!(
+                    released, config.uring_area,
+                    "rings released exactly over io_uring"
+                );
                 finished_old(&mut m);
                 return true;
             }
             OldAction::Abort { error, refuse } => {
                 assert!(m.is_finished());
+                assert!(!commit_sent, "an abort after Commit went out: {error}");
                 assert_eq!(
                     matches!(error, HandoffError::RolledBack(_)),
                     was_paused,
@@ -515,11 +544,18 @@ fn handoff_new(local: &Local, stream: &mut Stream<'_>) -> bool {
     let mut acked = false;
     let mut body_len = 0;
     let mut prepared = 0u32;
+    let mut registered = false;
     for _ in 0..MAX_STEPS {
         action = match action {
             NewAction::Send(bytes) => {
-                let kind = check_sent(&bytes, &[Kind::Hello, Kind::Ready, Kind::Ack]);
+                let kind = check_sent(
+                    &bytes,
+                    &[Kind::Hello, Kind::Ready, Kind::Ack, Kind::RingsReady],
+                );
                 acked |= kind == Kind::Ack;
+                if kind == Kind::RingsReady {
+                    assert!(registered, "RingsReady before the rings were registered");
+                }
                 if local.bit(3) && local.bit(4) && kind == Kind::Hello {
                     m.handle(NewEvent::Failed(HandoffError::PeerGone("send Hello")))
                 } else {
@@ -569,10 +605,35 @@ fn handoff_new(local: &Local, stream: &mut Stream<'_>) -> bool {
             }),
             NewAction::Serve { .. } => {
                 assert!(acked, "serving without an Ack");
+                assert_eq!(m.features() & message::FEATURE_URING, 0, "io_uring skipped");
+                finished_new(&mut m);
+                return true;
+            }
+            NewAction::RegisterRings { .. } => {
+                assert!(acked, "registering rings without an Ack");
+                assert_ne!(
+                    m.features() & message::FEATURE_URING,
+                    0,
+                    "rings without io_uring"
+                );
+                assert!(!registered, "registering twice");
+                registered = !local.bit(9);
+                m.handle(NewEvent::RingsRegistered(if registered {
+                    Ok(Duration::from_millis(1))
+                } else {
+                    Err(HandoffError::NotServing)
+                }))
+            }
+            NewAction::AdoptRings => {
+                assert!(registered, "adopting without having registered");
                 finished_new(&mut m);
                 return true;
             }
             NewAction::Abort { error, nack } => {
+                assert!(
+                    !registered,
+                    "an abort once the rings were registered: {error}"
+                );
                 if let Some(n) = nack {
                     check_sent(&n, &[Kind::Nack]);
                 }

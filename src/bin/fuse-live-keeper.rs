@@ -292,7 +292,9 @@ impl Keeper {
         if let Some(from) = upgrade_from {
             env.push((UPGRADE_FROM_ENV.into(), from.to_string().into()));
         }
+        fuse_session::trace::phase("keeper: spawning the daemon");
         let pid = spawn_with_fds(&self.opts.cmd[0], &self.opts.cmd[1..], &env, &fds)?;
+        fuse_session::trace::phase("keeper: daemon spawned");
         if !fds.is_empty() && upgrade_from.is_none() {
             say!(
                 "started {} as pid {pid} with {} stored descriptors ({})",
@@ -717,7 +719,10 @@ impl Keeper {
             if sig_ready {
                 while let Ok(Some(info)) = sfd.read_signal() {
                     let code = match Signal::try_from(info.ssi_signo as i32) {
-                        Ok(Signal::SIGCHLD) => self.reap(),
+                        Ok(Signal::SIGCHLD) => {
+                            fuse_session::trace::phase("keeper: SIGCHLD");
+                            self.reap()
+                        }
                         Ok(s @ (Signal::SIGTERM | Signal::SIGINT)) => self.signal(s),
                         Ok(Signal::SIGHUP) => {
                             self.upgrade();

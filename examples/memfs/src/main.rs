@@ -337,6 +337,7 @@ fn default_capacity() -> u64 {
 
 fn main() -> ExitCode {
     fuse_live_testkit::stderr_log::init("memfs");
+    fuse_session::trace::phase("memfs: main");
     let args = match parse_args(std::env::args().skip(1)) {
         Ok(a) => a,
         Err(e) => {
@@ -453,6 +454,7 @@ fn serve_journaled(args: &Args, mut store: FdStore) -> Result<(), Box<dyn std::e
     if let Some(from) = store.upgrade_from() {
         return take_over_journaled(args, store, from);
     }
+    fuse_session::trace::phase("memfs: fd store claimed");
     // The dead process's io_uring entries, mapped back at their address first,
     // before the journal's large mapping could take the range.
     let old_ring = match store.take(RING_AREA_FD).map(RingArea::from_fd) {
@@ -466,6 +468,7 @@ fn serve_journaled(args: &Args, mut store: FdStore) -> Result<(), Box<dyn std::e
         }
         None => None,
     };
+    fuse_session::trace::phase("memfs: ring area mapped back (if any)");
     // Bound before mounting or recovering: a path in use fails first. A stale
     // socket (a daemon that crashed) is replaced.
     let listener = args
@@ -478,12 +481,14 @@ fn serve_journaled(args: &Args, mut store: FdStore) -> Result<(), Box<dyn std::e
     if let Some(n) = args.compact_after {
         options.compact_after = n;
     }
+    fuse_session::trace::phase("memfs: upgrade socket bound (if any)");
     let running = match store.take_mount(&mountpoint)? {
         Some(mount) => {
             let fd = store
                 .take(JOURNAL_FD)
                 .ok_or("the fd store holds the mount but no journal")?;
             let map = JournalMap::from_fd(fd, JOURNAL_MAX)?;
+            fuse_session::trace::phase("memfs: journal mapped");
             let recovered = recover_session::<MemFs>(map, &mut FdRestorer::empty(), options)
                 .map_err(|e| format!("recover from the journal: {e}"))?;
             let (records, replies, log_end) = (
@@ -491,7 +496,9 @@ fn serve_journaled(args: &Args, mut store: FdStore) -> Result<(), Box<dyn std::e
                 recovered.replies,
                 format!("{:?}", recovered.log_end()),
             );
+            fuse_session::trace::phase("memfs: journal recovered");
             let (mut session, hook, map, rec) = recovered.into_parts();
+            fuse_session::trace::phase("memfs: recovered session taken apart");
             log::warn!(
                 "recovering: {records} journal records replayed, {replies} recorded replies, \
                  log end {log_end}, {} nodeids, {} open handles, {} INTERRUPTs and {} FORGET \
@@ -511,6 +518,7 @@ fn serve_journaled(args: &Args, mut store: FdStore) -> Result<(), Box<dyn std::e
                 }
                 None => None,
             };
+            fuse_session::trace::phase("memfs: request slots mapped back");
             let mut server = Server::from_parts(session, mount);
             if args.resume_new_epoch {
                 RecoveredSession::resume_new_epoch(&hook, server.session(), map, &rec)
@@ -518,6 +526,7 @@ fn serve_journaled(args: &Args, mut store: FdStore) -> Result<(), Box<dyn std::e
                 RecoveredSession::resume(&hook, server.session(), map, &rec)
             }
             .map_err(|e| format!("resume the journal: {e}"))?;
+            fuse_session::trace::phase("memfs: journal resumed");
             // Before any worker reads: NOTIFY_RESEND (the kernel resends every
             // request being processed, so sent later it would also resend requests
             // this process had just read and drop their first reply), or, without
@@ -526,6 +535,7 @@ fn serve_journaled(args: &Args, mut store: FdStore) -> Result<(), Box<dyn std::e
             let done = server
                 .recover_requests(old_slots.as_ref(), !args.no_resend)
                 .map_err(|e| format!("recover the requests in flight: {e}"))?;
+            fuse_session::trace::phase("memfs: requests in flight recovered");
             log::warn!("requests in flight at the crash: {done:?}");
             // Slots for this process's workers: the same memfd when it fits.
             let read_size = server.session().read_buffer_size();
@@ -542,6 +552,7 @@ fn serve_journaled(args: &Args, mut store: FdStore) -> Result<(), Box<dyn std::e
                 }
             };
             server.set_request_slots(slots);
+            fuse_session::trace::phase("memfs: request slots set");
             let over_uring = server.session().init_state().is_some_and(|i| {
                 fuse_session::wire::InitFlags(i.result.flags)
                     .contains(fuse_session::wire::InitFlags::OVER_IO_URING)
@@ -616,8 +627,11 @@ fn serve_journaled(args: &Args, mut store: FdStore) -> Result<(), Box<dyn std::e
         }
     };
     follow_mount(&running);
+    fuse_session::trace::phase("memfs: mount followed");
     store.ready()?;
+    fuse_session::trace::phase("memfs: READY=1 sent to the fd store");
     ready(&args.mountpoint)?;
+    fuse_session::trace::phase("memfs: ready line written");
     serve_journaled_until_done(&running, listener.as_ref(), args, Arc::new(store))
 }
 

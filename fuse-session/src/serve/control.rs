@@ -164,6 +164,10 @@ pub(crate) struct Control {
     pub(crate) root: Mutex<Option<(PathBuf, crate::dev::MountIdentity)>>,
     /// A poker thread is running.
     pub(crate) poking: AtomicBool,
+    /// Unmounting has begun: reads are not switched to blocking any more (a
+    /// restored session's test poke may still be in flight then; it checks this
+    /// under the `root` lock, which the unmount takes after setting it).
+    pub(crate) blocking_closed: AtomicBool,
     /// A `/dev/fuse` worker delivered the INIT reply (the kernel has processed it).
     pub(crate) init_replied: AtomicBool,
     /// Requests served from io_uring entries.
@@ -179,6 +183,26 @@ pub(crate) struct Control {
     /// Parking, waiting for parked workers, changing the mode, starting a worker.
     pub(crate) park_lock: Mutex<()>,
     pub(crate) cond: Condvar,
+    /// The first serving thread that ended unexpectedly, and why
+    /// ([`Control::fail`]).
+    failure: Mutex<Option<Failure>>,
+}
+
+/// A serving thread that ended for a reason other than an orderly stop, pause or
+/// unmount: its name and its error (kept as parts: `io::Error` is not `Clone`).
+#[derive(Clone, Debug)]
+pub(crate) struct Failure {
+    pub(crate) thread: String,
+    pub(crate) kind: std::io::ErrorKind,
+    pub(crate) message: String,
+}
+
+impl Failure {
+    /// The error, made anew (its kind and text; the text names an OS error's
+    /// number).
+    pub(crate) fn error(&self) -> std::io::Error {
+        std::io::Error::new(self.kind, self.message.clone())
+    }
 }
 
 impl Control {
@@ -225,6 +249,51 @@ impl Control {
             self.cond.notify_all();
         }
         self.wake_all();
+    }
+
+    /// Serving thread `thread` ended unexpectedly with `error`. Unless the
+    /// workers are leaving already (an unmount, a stop, a handoff: then this is
+    /// only logged), the first such failure is recorded and every other worker is
+    /// asked to leave ([`Mode::Stopping`]): a mount with a dead queue or worker
+    /// would leave the requests it owns (an io_uring queue: every request from its
+    /// CPU) waiting forever while the rest serves on. The session then ends with
+    /// the error ([`Running::failure`](super::Running::failure)), and the mount is
+    /// left as after a crash, for a fd store's successor to recover.
+    pub(crate) fn fail(&self, thread: &str, error: &std::io::Error) {
+        let first = {
+            let _g = lock(&self.park_lock);
+            if self.mode().is_leaving() && lock(&self.failure).is_none() {
+                drop(_g);
+                log::error!("{thread} ended while the workers were leaving: {error}");
+                return;
+            }
+            let mut f = lock(&self.failure);
+            let first = f.is_none();
+            if first {
+                *f = Some(Failure {
+                    thread: thread.to_owned(),
+                    kind: error.kind(),
+                    message: error.to_string(),
+                });
+            }
+            self.mode.store(Mode::Stopping as u8, Ordering::Release);
+            self.cond.notify_all();
+            first
+        };
+        if first {
+            log::error!(
+                "{thread} ended unexpectedly: {error}; stopping the other serving threads \
+                 (the mount is left for a restart to recover)"
+            );
+        } else {
+            log::error!("{thread} ended unexpectedly too: {error}");
+        }
+        self.wake_all();
+    }
+
+    /// The first unexpected end of a serving thread, if any ([`Control::fail`]).
+    pub(crate) fn failure(&self) -> Option<Failure> {
+        lock(&self.failure).clone()
     }
 
     pub(crate) fn add_worker(&self, slot: Arc<WorkerSlot>) {

@@ -154,6 +154,7 @@ impl Transport for DeviceTransport {
         };
         Ok(match received {
             Received::Request(n) => {
+                crate::fault::fallible("dev-request")?;
                 self.len = n;
                 if let (Some((_, unique)), RequestMem::Slot(data)) = (&mut self.tx.slot, &self.req)
                 {

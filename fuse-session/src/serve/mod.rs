@@ -47,6 +47,22 @@
 //! (a snapshot or a handoff needs every request answered), logging what they wait
 //! for.
 //!
+//! # When a serving thread ends unexpectedly
+//!
+//! A worker, an io_uring queue's thread or the pool's watcher that ends for a
+//! reason other than an orderly stop, pause, retirement or unmount (an error of the
+//! kernel transport such as a REGISTER refused with `EOPNOTSUPP`, a panic outside
+//! the filesystem's methods) would leave the requests it owns waiting forever (a
+//! queue: every request from its CPU; a worker: the request it had read) while
+//! the rest of the mount serves on. So it is not replaced: the first such end is
+//! recorded, every other thread is asked to leave, and the session ends with
+//! [`ServeError::ThreadFailed`] ([`Running::failure`], returned by
+//! [`Running::run_until_signal`]), without unmounting. The daemon then exits
+//! non-zero, as after a crash: under a fd store its successor recovers the mount
+//! on the same connection and answers what the failed thread held (resent by the
+//! kernel, or read back from the ring entry). Only an extra pool worker that could
+//! not even set up (while others serve) is logged and left to the pool.
+//!
 //! # fuse-over-io_uring
 //!
 //! [`Server::spawn_uring`] serves through the kernel's io_uring transport instead
@@ -116,6 +132,18 @@ pub enum ServeError {
     /// [`Running::pause_within`] gave up: these requests (worker, opcode, unique)
     /// were still in progress; the workers resumed.
     Busy(Vec<String>),
+    /// A serving thread (an io_uring queue's, a `/dev/fuse` worker, the pool's
+    /// watcher) ended for a reason other than an orderly stop, pause or unmount:
+    /// an error of the kernel transport, or a panic outside the filesystem's
+    /// methods. The other threads were stopped and the mount was *not* unmounted:
+    /// as after a crash, a successor started from a fd store recovers it (see
+    /// [`Running::failure`]).
+    ThreadFailed {
+        /// The thread's name (`fuse-uring-CPU`, `fuse-worker-N`, `fuse-pool`).
+        thread: String,
+        /// Why it ended.
+        error: io::Error,
+    },
 }
 
 impl std::fmt::Display for ServeError {
@@ -144,6 +172,11 @@ impl std::fmt::Display for ServeError {
                 "could not pause: requests still in progress ({}); try again later",
                 reqs.join(", ")
             ),
+            ServeError::ThreadFailed { thread, error } => write!(
+                f,
+                "serving thread {thread} failed: {error}; serving stopped without unmounting \
+                 (under a fd store a restarted daemon recovers the mount)"
+            ),
         }
     }
 }
@@ -153,6 +186,7 @@ impl std::error::Error for ServeError {
         match self {
             ServeError::Mount(e) => Some(e),
             ServeError::Io(e) => Some(e),
+            ServeError::ThreadFailed { error, .. } => Some(error),
             ServeError::NoInit
             | ServeError::Uring(_)
             | ServeError::Unsupported(_)
@@ -332,9 +366,21 @@ impl<F: Filesystem> Server<F> {
     /// and a thread switch per request (docs/DESIGN.md, "The `/dev/fuse` worker
     /// pool"). [`Running::workers`] tells how many serve.
     pub fn spawn(self, threads: usize) -> Result<Running<F>, ServeError> {
+        let restored = self.session.init_state().is_some();
         let running = self.start(threads)?;
+        crate::trace::phase("spawn: workers started");
         running.wait_init()?;
-        running.enable_blocking_reads();
+        crate::trace::phase("spawn: INIT answered");
+        if restored {
+            // A restored session (a recovery, a handoff's successor) serves as
+            // soon as its workers read: its test poke can wait behind requests
+            // already queued (the first recorded one may compact the journal,
+            // tens of ms at 100k nodeids), so it is not waited for.
+            running.enable_blocking_reads_later();
+        } else {
+            running.enable_blocking_reads();
+            crate::trace::phase("spawn: blocking reads decided (a poke answered)");
+        }
         Ok(running)
     }
 
@@ -441,8 +487,10 @@ impl<F: Filesystem> Server<F> {
             running.enable_blocking_reads();
             return Ok(running);
         }
+        crate::trace::phase("spawn_uring: INIT answered");
         match running.start_queues(options) {
             Ok((queues, depth)) => {
+                crate::trace::phase("spawn_uring: queues started");
                 running.backend = Backend::Uring { queues, depth };
                 Ok(running)
             }
@@ -698,6 +746,50 @@ pub enum Backend {
     },
 }
 
+/// Switches the workers of `control` to blocking reads once a test poke of the
+/// mount at `mountpoint` is answered by `session` (see
+/// [`Running::enable_blocking_reads`]); never once unmounting has begun
+/// ([`Control::blocking_closed`], checked under the lock that publishes the root).
+fn switch_to_blocking_reads<F: Filesystem>(
+    session: &Session<F>,
+    control: &Control,
+    device: &Channel,
+    mountpoint: std::path::PathBuf,
+) {
+    let root = match open_root(&mountpoint, None) {
+        Ok(fd) => fd,
+        Err(e) => {
+            log::debug!("cannot open the mount's root ({e}): workers wait in epoll");
+            return;
+        }
+    };
+    let dev = match crate::dev::MountIdentity::of_fd(std::os::fd::AsFd::as_fd(&root)) {
+        Ok(id) => id,
+        Err(e) => {
+            log::debug!("cannot stat the mount's root ({e}): workers wait in epoll");
+            return;
+        }
+    };
+    crate::trace::phase("blocking reads: the root opened, poking");
+    let before = session.stats().pokes.load(Ordering::Relaxed);
+    let answered = poke(&root).is_ok() && session.stats().pokes.load(Ordering::Relaxed) > before;
+    drop(root);
+    if !answered {
+        log::debug!("a poke was not answered by this session: workers wait in epoll");
+        return;
+    }
+    let mut published = lock(&control.root);
+    if control.blocking_closed.load(Ordering::Acquire) || control.mode().is_leaving() {
+        return;
+    }
+    if let Err(e) = device.set_nonblocking(false) {
+        log::debug!("cannot clear O_NONBLOCK ({e}): workers wait in epoll");
+        return;
+    }
+    *published = Some((mountpoint, dev));
+    control.blocking.store(true, Ordering::Release);
+}
+
 /// Spawns a worker thread named `name` that runs [`run_worker`] over the
 /// transport `make` builds on the thread (`Err` ends the thread before serving).
 /// The slot is published before the thread starts, and marked exited when it
@@ -726,9 +818,29 @@ fn spawn_thread<F: Filesystem, T: Transport>(
             let _exit = Exit(&control, &slot);
             slot.set_current_thread();
             block_termination_signals();
-            let r = make(&slot).and_then(|mut t| run_worker(&session, &mut t, &slot, &control));
+            // A panic in the filesystem is caught by the session's call step; one
+            // anywhere else in the loop (the library, a hook) ends the thread as
+            // an error does.
+            let mut started = false;
+            let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                let mut t = make(&slot)?;
+                started = true;
+                run_worker(&session, &mut t, &slot, &control)
+            }))
+            .unwrap_or_else(|p| {
+                Err(io::Error::other(format!(
+                    "panicked: {}",
+                    crate::proto::step::panic_message(p.as_ref())
+                )))
+            });
             if let Err(e) = &r {
-                log::error!("{name} stopped: {e}");
+                if !started && slot.retirable && control.running() > 1 {
+                    // An extra pool worker that could not set up (no descriptor,
+                    // no memory): the others serve on; the pool tries again later.
+                    log::error!("{name} could not start: {e}");
+                } else {
+                    control.fail(&name, e);
+                }
             }
             r
         }
@@ -800,6 +912,12 @@ impl<F: Filesystem> Running<F> {
             if let Some(missing) = self.session.init_missing() {
                 let _ = self.unmount();
                 return Err(ServeError::InitFlagsMissing(missing));
+            }
+            if let Some(e) = self.failure() {
+                // Only a fresh mount waits here (a restored session's INIT was
+                // answered before): nobody could recover it, so it goes.
+                let _ = self.unmount();
+                return Err(e);
             }
             if self.control.running() == 0 || Instant::now() > deadline {
                 if self.session.init_state().is_some() {
@@ -933,8 +1051,10 @@ impl<F: Filesystem> Running<F> {
             area.owned_per_queue()
         );
         *lock(&self.ring) = Some((area, None));
+        crate::trace::phase("io_uring queues registered");
         if recovering {
             self.drain_queues(queues);
+            crate::trace::phase("io_uring queues drained");
         }
         Ok((queues, depth))
     }
@@ -1153,34 +1273,35 @@ impl<F: Filesystem> Running<F> {
         let Some(mountpoint) = self.mountpoint() else {
             return;
         };
-        let root = match open_root(&mountpoint, None) {
-            Ok(fd) => fd,
+        switch_to_blocking_reads(&self.session, &self.control, &self.device, mountpoint);
+    }
+
+    /// As [`Running::enable_blocking_reads`], from a thread of its own: the
+    /// workers wait in `epoll` until the test poke is answered. (A worker that a
+    /// switch catches between `epoll` and its read sleeps in `read(2)` while
+    /// marked waiting: the poker wakes such workers too, see `poke.rs`.)
+    fn enable_blocking_reads_later(&self) {
+        let Some(mountpoint) = self.mountpoint() else {
+            return;
+        };
+        let device = match self.device.try_clone() {
+            Ok(d) => d,
             Err(e) => {
-                log::debug!("cannot open the mount's root ({e}): workers wait in epoll");
+                log::debug!("cannot duplicate the device ({e}): workers wait in epoll");
                 return;
             }
         };
-        let dev = match crate::dev::MountIdentity::of_fd(std::os::fd::AsFd::as_fd(&root)) {
-            Ok(id) => id,
-            Err(e) => {
-                log::debug!("cannot stat the mount's root ({e}): workers wait in epoll");
-                return;
-            }
-        };
-        let before = self.session.stats().pokes.load(Ordering::Relaxed);
-        let answered =
-            poke(&root).is_ok() && self.session.stats().pokes.load(Ordering::Relaxed) > before;
-        drop(root);
-        if !answered {
-            log::debug!("a poke was not answered by this session: workers wait in epoll");
-            return;
+        let (session, control) = (Arc::clone(&self.session), Arc::clone(&self.control));
+        let spawned = std::thread::Builder::new()
+            .name("fuse-blocking".into())
+            .spawn(move || {
+                block_termination_signals();
+                switch_to_blocking_reads(&session, &control, &device, mountpoint);
+                crate::trace::phase("blocking reads decided (a poke answered)");
+            });
+        if let Err(e) = spawned {
+            log::debug!("cannot start a thread to test a poke ({e}): workers wait in epoll");
         }
-        if let Err(e) = self.device.set_nonblocking(false) {
-            log::debug!("cannot clear O_NONBLOCK ({e}): workers wait in epoll");
-            return;
-        }
-        *lock(&self.control.root) = Some((mountpoint, dev));
-        self.control.blocking.store(true, Ordering::Release);
     }
 
     /// Parks every worker at a request boundary and returns once all are parked
@@ -1279,6 +1400,52 @@ impl<F: Filesystem> Running<F> {
         })
     }
 
+    /// Why serving ended, if a serving thread (an io_uring queue's, a `/dev/fuse`
+    /// worker, the pool's watcher) ended for a reason other than an orderly
+    /// stop, pause or unmount: an error of the kernel transport, or a panic
+    /// outside the filesystem's methods (those are answered `EIO` and the worker
+    /// goes on). Such a thread leaves the requests it owns unanswered (a queue:
+    /// every request from its CPU), so the other threads are stopped at once
+    /// ([`ServeError::ThreadFailed`]); this waits for them a bounded time
+    /// ([`UNMOUNT_GRACE`], pokes included), leaving a stuck one behind, logged.
+    /// The mount is not unmounted: the daemon should exit with the error (non-zero),
+    /// as after a crash; a fd store (`fuse-live-keeper`, systemd) keeps the
+    /// connection and the restarted daemon recovers it; without one, the
+    /// connection ends with the process (`ENOTCONN`, as for any crash).
+    ///
+    /// [`Running::run_until_signal`] and `fuse_snapshot`'s `serve_with_upgrades`
+    /// return this error; a daemon with a loop of its own calls this in it.
+    pub fn failure(&self) -> Option<ServeError> {
+        let failure = self.control.failure()?;
+        let c = &self.control;
+        if c.running() > 0 {
+            c.wake_all();
+            poke_workers(c);
+            let deadline = Instant::now() + UNMOUNT_GRACE;
+            if !c.wait_until(
+                |c| c.running() == 0,
+                Some(deadline),
+                || {
+                    c.wake_all();
+                    poke_workers(c);
+                },
+            ) {
+                log::error!(
+                    "after {} failed, {} serving thread(s) did not stop and are left \
+                     behind; requests in progress: {:?}",
+                    failure.thread,
+                    c.running(),
+                    c.in_requests()
+                );
+            }
+            self.join_finished_workers();
+        }
+        Some(ServeError::ThreadFailed {
+            thread: failure.thread.clone(),
+            error: failure.error(),
+        })
+    }
+
     /// How many serving threads have started and not ended: `/dev/fuse` workers
     /// (one per usable CPU at first, more up to the number asked while requests
     /// are held in the filesystem: docs/DESIGN.md, "The `/dev/fuse` worker pool")
@@ -1305,6 +1472,10 @@ impl<F: Filesystem> Running<F> {
     /// requests fail with ENOTCONN, as with any FUSE daemon that exits.
     pub fn unmount(&self) -> Result<(), ServeError> {
         let c = &self.control;
+        // A test poke still in flight (a restored session's) must not switch
+        // reads on from now on.
+        c.blocking_closed.store(true, Ordering::Release);
+        drop(lock(&c.root));
         if c.blocking.swap(false, Ordering::AcqRel) {
             // Back to waker-driven waits while the mount can still be poked: after
             // the unmount, workers blocked in read(2) could only be woken by the end
@@ -1424,7 +1595,8 @@ impl<F: Filesystem> Running<F> {
         Ok(lock(&self.mount).take())
     }
 
-    /// Waits until every worker has exited (the mount went away, or DESTROY).
+    /// Waits until every worker has exited (the mount went away, or DESTROY, or a
+    /// serving thread failed: then [`Running::failure`] says why).
     pub fn join(&self) {
         self.join_workers();
         self.session.shutdown();
@@ -1469,7 +1641,13 @@ impl<F: Filesystem> Running<F> {
         let sfd = SignalFd::with_flags(&set, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
             .map_err(io::Error::from)?;
         loop {
-            if !self.is_serving() {
+            // Read before the failure: a failing thread records it before any
+            // thread leaves (and the check after the join catches the rest).
+            let serving = self.is_serving();
+            if let Some(e) = self.failure() {
+                return Err(e);
+            }
+            if !serving {
                 break;
             }
             match sfd.read_signal() {
@@ -1487,6 +1665,9 @@ impl<F: Filesystem> Running<F> {
             let _ = nix::poll::poll(&mut fds, nix::poll::PollTimeout::from(100u16));
         }
         self.join_workers();
+        if let Some(e) = self.failure() {
+            return Err(e);
+        }
         if self.control.mode() == Mode::Released {
             // Stopped for a handoff: another process serves the session now.
             return Ok(());

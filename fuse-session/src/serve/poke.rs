@@ -45,7 +45,14 @@ pub(crate) fn poke_workers(control: &Arc<Control>) {
             // while reads are switched back to waker-driven waits (unmounting).
             let wanted =
                 |c: &Control| c.mode() != Mode::Serving || !c.blocking.load(Ordering::Acquire);
-            while wanted(&c) && c.count(|p| p == Phase::Blocked) > 0 {
+            // With blocking reads on, a worker marked waiting may sleep in
+            // read(2) too: the switch to blocking reads (a restored session's
+            // comes while serving) caught it between its epoll wait and its read.
+            let asleep = |c: &Control| {
+                let blocking = c.blocking.load(Ordering::Acquire);
+                c.count(|p| p == Phase::Blocked || (blocking && p == Phase::Waiting)) > 0
+            };
+            while wanted(&c) && asleep(&c) {
                 match open_root(&path, Some(dev)).and_then(|root| poke(&root)) {
                     Ok(()) => failures = 0,
                     Err(e) => {

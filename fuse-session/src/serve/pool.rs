@@ -170,11 +170,20 @@ impl<F: Filesystem> Pool<F> {
             return Ok(());
         }
         let handles = Arc::clone(&self.handles);
+        let control = Arc::clone(&self.control);
         let h = std::thread::Builder::new()
             .name("fuse-pool".into())
             .spawn(move || {
                 super::block_termination_signals();
-                self.run();
+                // A panic here would leave the mount without extra workers: it
+                // ends the session as a worker's does (serve/mod.rs, "When a
+                // serving thread ends unexpectedly").
+                if let Err(p) =
+                    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.run()))
+                {
+                    let msg = crate::proto::step::panic_message(p.as_ref());
+                    control.fail("fuse-pool", &io::Error::other(format!("panicked: {msg}")));
+                }
                 Ok(())
             })?;
         lock(&handles).push(h);

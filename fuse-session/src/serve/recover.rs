@@ -130,6 +130,7 @@ pub fn recover_requests<F: Filesystem>(
 ) -> Result<RecoveredRequests, ServeError> {
     if allow_resend && kernel_has_resend(session) {
         send_resend(session, chan)?;
+        crate::trace::phase("NOTIFY_RESEND sent");
         let mut report = RecoveredRequests::new(RequestRecovery::Resent);
         if let Some(slots) = slots {
             // The kernel resends what they hold: a later recovery must not answer

@@ -333,6 +333,8 @@ fn serve_one<F: SnapshotFs>(
     let mut fd_count = 0;
     let mut restore = Duration::ZERO;
     let mut stall = Duration::ZERO;
+    // The mount handle, once ReleaseRings stopped the workers (io_uring).
+    let mut stopped: Option<Option<Mount>> = None;
     loop {
         action = match action {
             OldAction::Recv => match conn.recv("read the peer's message") {
@@ -457,7 +459,24 @@ fn serve_one<F: SnapshotFs>(
                     &message::encode_duration(Kind::Commit, stall),
                     &[],
                 );
+                if r.is_ok() {
+                    // Committed: the new process serves as soon as it reads
+                    // Commit (over io_uring, once it has registered its entries).
+                    fuse_session::fault::point("handoff-old-committed");
+                }
                 sent(&mut machine, r)
+            }
+            OldAction::ReleaseRings => {
+                // Over io_uring: the new process has registered its own entries
+                // (at the head of every queue) and said so; only now are this
+                // process's rings closed (the workers are parked; they stop for
+                // good, without unmounting).
+                if let Some(e) = machine.after_commit_problem() {
+                    // Committed: the session is the new process's either way.
+                    log::error!("after Commit: {e}; closing the rings anyway");
+                }
+                stopped = Some(running.stop());
+                machine.handle(OldEvent::RingsReleased(start.elapsed()))
             }
             OldAction::Committed => break,
             OldAction::Abort { error, refuse } => {
@@ -477,35 +496,16 @@ fn serve_one<F: SnapshotFs>(
             }
         };
     }
-    // Committed: the new process serves as soon as it reads Commit. The workers are
-    // parked; stop them for good without unmounting.
-    fuse_session::fault::point("handoff-old-committed");
-    let mount = if ring_area {
-        // The new process registers its own entries first (at the head of every
-        // queue), then says so; only then are this process's rings closed.
-        let ready = conn.recv("wait for RingsReady").and_then(|r| {
-            if r.header.kind == Kind::RingsReady {
-                Ok(())
-            } else {
-                Err(HandoffError::Message(message::MessageError::Unexpected {
-                    got: r.header.kind,
-                    expected: "RingsReady",
-                }))
-            }
-        });
-        if let Err(e) = &ready {
-            // Committed: the session is the new process's either way.
-            log::error!("after Commit: {e}; closing the rings anyway");
+    // Committed. The workers are parked (over io_uring: stopped already, by
+    // ReleaseRings); stop them for good without unmounting.
+    if stopped.is_none() {
+        if let Some(e) = machine.after_commit_problem() {
+            log::error!("after Commit: {e}; stopping anyway");
         }
-        let m = running.stop();
-        let _ = conn.send(
-            "send RingsReleased",
-            &message::encode_duration(Kind::RingsReleased, start.elapsed()),
-            &[],
-        );
-        m
-    } else {
-        running.stop()
+    }
+    let mount = match stopped {
+        Some(m) => m,
+        None => running.stop(),
     };
     drop(guard);
     drop(recording);

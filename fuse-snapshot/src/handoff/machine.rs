@@ -20,6 +20,16 @@
 //! (pre-copy, rounds, the snapshot bytes) stay with the driver, which the machine
 //! tells what to do with them.
 //!
+//! Over io_uring ([`FEATURE_URING`]) Commit is followed by two steps the machines
+//! model too: the new process fills the paused old one's available entries and
+//! registers its own ([`NewAction::RegisterRings`]), says so (RingsReady), the
+//! old one closes its rings ([`OldAction::ReleaseRings`]) and says so
+//! (RingsReleased), and the new one adopts the old entries
+//! ([`NewAction::AdoptRings`]). Both sides are committed by then: a failure there
+//! (the peer gone, a wrong message) never rolls back; it is kept
+//! ([`OldSide::after_commit_problem`], [`NewSide::after_commit_problem`]) for
+//! the log and the steps go on, as the drivers did before these states existed.
+//!
 //! What the driver keeps to itself: the peer credential check (it feeds the
 //! result), the deadlines (the pre-copy deadline from [`OldAction::TakeBase`] and
 //! from [`NewEvent::Receive`] with pre-copy agreed; the ordinary one again from
@@ -116,6 +126,9 @@ pub enum OldEvent<'a> {
     RoundTaken(Result<Option<usize>, FormatError>),
     /// [`OldAction::PauseAndSnapshot`] done: the snapshot's length, or why not.
     SnapshotTaken(Result<usize, HandoffError>),
+    /// [`OldAction::ReleaseRings`] done: this process's rings are closed; the
+    /// time since the pause (sent in RingsReleased).
+    RingsReleased(Duration),
 }
 
 /// What to do next, on the old side.
@@ -146,7 +159,14 @@ pub enum OldAction {
         /// The restore time the new process reported in Ack.
         restore: Duration,
     },
-    /// Final: Commit went out. Stop the workers for good, without unmounting.
+    /// Over io_uring, after Commit (and RingsReady, or its failure:
+    /// [`OldSide::after_commit_problem`]): stop the workers for good without
+    /// unmounting, which closes this process's rings; feed
+    /// [`OldEvent::RingsReleased`].
+    ReleaseRings,
+    /// Final: Commit went out (over io_uring: and RingsReleased, or its failure).
+    /// Stop the workers for good, without unmounting (if
+    /// [`OldAction::ReleaseRings`] has not).
     Committed,
     /// Final: the handoff failed. Send `refuse` if any (best effort), drop the
     /// pause if one is held (serving resumes) and report `error`.
@@ -171,6 +191,9 @@ enum OldState {
     SendingSnapshot,
     AwaitAck,
     SendingCommit,
+    AwaitRingsReady,
+    ReleasingRings,
+    SendingRingsReleased,
     Done,
 }
 
@@ -188,6 +211,9 @@ impl OldState {
             OldState::SendingSnapshot => "sending the snapshot",
             OldState::AwaitAck => "waiting for Ack",
             OldState::SendingCommit => "sending Commit",
+            OldState::AwaitRingsReady => "waiting for RingsReady",
+            OldState::ReleasingRings => "releasing the rings",
+            OldState::SendingRingsReleased => "sending RingsReleased",
             OldState::Done => "finished",
         }
     }
@@ -208,6 +234,9 @@ impl OldState {
             OldState::SendingSnapshot => "handoff-old-sending-snapshot",
             OldState::AwaitAck => "handoff-old-await-ack",
             OldState::SendingCommit => "handoff-old-sending-commit",
+            OldState::AwaitRingsReady => "handoff-old-await-rings-ready",
+            OldState::ReleasingRings => "handoff-old-releasing-rings",
+            OldState::SendingRingsReleased => "handoff-old-sending-rings-released",
             OldState::Done => "handoff-old-done",
         }
     }
@@ -219,6 +248,17 @@ impl OldState {
                 | OldState::SendingSnapshot
                 | OldState::AwaitAck
                 | OldState::SendingCommit
+                | OldState::AwaitRingsReady
+                | OldState::ReleasingRings
+                | OldState::SendingRingsReleased
+        )
+    }
+
+    /// After Commit went out: nothing rolls back any more.
+    fn committed(self) -> bool {
+        matches!(
+            self,
+            OldState::AwaitRingsReady | OldState::ReleasingRings | OldState::SendingRingsReleased
         )
     }
 }
@@ -232,6 +272,7 @@ fn event_name(e: &OldEvent<'_>) -> &'static str {
         OldEvent::BaseTaken(_) => "BaseTaken",
         OldEvent::RoundTaken(_) => "RoundTaken",
         OldEvent::SnapshotTaken(_) => "SnapshotTaken",
+        OldEvent::RingsReleased(_) => "RingsReleased",
     }
 }
 
@@ -244,6 +285,8 @@ pub struct OldSide {
     precopy: bool,
     precopy_bytes: usize,
     rounds: u32,
+    /// The first thing that went wrong after Commit (io_uring steps).
+    after_commit: Option<HandoffError>,
 }
 
 impl OldSide {
@@ -256,7 +299,20 @@ impl OldSide {
             precopy: false,
             precopy_bytes: 0,
             rounds: 0,
+            after_commit: None,
         }
+    }
+
+    /// The first thing that went wrong after Commit over io_uring (RingsReady
+    /// missing or malformed, RingsReleased not sent, an event out of order): the
+    /// handoff is committed all the same; the driver logs it.
+    pub fn after_commit_problem(&self) -> Option<&HandoffError> {
+        self.after_commit.as_ref()
+    }
+
+    /// Keeps the first problem after Commit.
+    fn note(&mut self, e: HandoffError) {
+        self.after_commit.get_or_insert(e);
     }
 
     /// The Hello received, once it is.
@@ -318,6 +374,12 @@ impl OldSide {
     fn out_of_order(&mut self, event: &'static str) -> OldAction {
         let state = self.state.name();
         let e = HandoffError::OutOfOrder { state, event };
+        if self.state.committed() {
+            // Committed: never roll back; the workers stop for good.
+            self.note(e);
+            self.state = OldState::Done;
+            return OldAction::Committed;
+        }
         if self.state == OldState::Done {
             return OldAction::Abort {
                 error: e,
@@ -342,6 +404,43 @@ impl OldSide {
         let name = event_name(&event);
         match (self.state, event) {
             (S::Done, _) => self.out_of_order(name),
+            // After Commit over io_uring: the rings are released whatever the
+            // peer does.
+            (S::AwaitRingsReady, OldEvent::Failed(e)) => {
+                self.note(e);
+                self.state = S::ReleasingRings;
+                OldAction::ReleaseRings
+            }
+            (S::AwaitRingsReady, OldEvent::Received(m)) => {
+                let ready = check_kind(&m, &[Kind::RingsReady], "RingsReady").and_then(|()| {
+                    message::decode_duration(Kind::RingsReady, m.body)
+                        .map(drop)
+                        .map_err(HandoffError::from)
+                });
+                if let Err(e) = ready {
+                    self.note(e);
+                }
+                self.state = S::ReleasingRings;
+                OldAction::ReleaseRings
+            }
+            (S::ReleasingRings, OldEvent::RingsReleased(since_pause)) => {
+                self.state = S::SendingRingsReleased;
+                OldAction::Send(message::encode_duration(Kind::RingsReleased, since_pause))
+            }
+            (S::ReleasingRings, OldEvent::Failed(e)) => {
+                self.note(e);
+                self.state = S::Done;
+                OldAction::Committed
+            }
+            (S::SendingRingsReleased, OldEvent::Sent) => {
+                self.state = S::Done;
+                OldAction::Committed
+            }
+            (S::SendingRingsReleased, OldEvent::Failed(e)) => {
+                self.note(e);
+                self.state = S::Done;
+                OldAction::Committed
+            }
             (_, OldEvent::Failed(e)) => self.peer_failed(e),
             (S::CheckingPeer, OldEvent::PeerChecked(r)) => match r {
                 Ok(()) => {
@@ -389,6 +488,11 @@ impl OldSide {
                 OldAction::Recv
             }
             (S::AwaitAck, OldEvent::Received(m)) => self.on_ack(m),
+            (S::SendingCommit, OldEvent::Sent) if self.config.uring_area => {
+                // The new process registers its entries first, then says so.
+                self.state = S::AwaitRingsReady;
+                OldAction::Recv
+            }
             (S::SendingCommit, OldEvent::Sent) => {
                 self.state = S::Done;
                 OldAction::Committed
@@ -522,6 +626,9 @@ pub enum NewEvent<'a> {
     Ack(Duration),
     /// After [`NewAction::Decide`]: decline (Nack with this reason).
     Decline(String),
+    /// [`NewAction::RegisterRings`] done: the time since Commit (sent in
+    /// RingsReady), or why this process cannot serve.
+    RingsRegistered(Result<Duration, HandoffError>),
 }
 
 fn new_event_name(e: &NewEvent<'_>) -> &'static str {
@@ -535,6 +642,7 @@ fn new_event_name(e: &NewEvent<'_>) -> &'static str {
         NewEvent::Restored(_) => "Restored",
         NewEvent::Ack(_) => "Ack",
         NewEvent::Decline(_) => "Decline",
+        NewEvent::RingsRegistered(_) => "RingsRegistered",
     }
 }
 
@@ -573,6 +681,18 @@ pub enum NewAction {
         /// The old process's time from its pause to Commit.
         since_pause: Duration,
     },
+    /// Commit arrived, over io_uring ([`FEATURE_URING`]): fill the paused old
+    /// process's available entries and register this process's own
+    /// (`Server::take_ring_live`, `Server::spawn_uring`); feed
+    /// [`NewEvent::RingsRegistered`].
+    RegisterRings {
+        /// The old process's time from its pause to Commit.
+        since_pause: Duration,
+    },
+    /// Final, over io_uring: the old process closed its rings (RingsReleased),
+    /// or could not say so ([`NewSide::after_commit_problem`]): adopt its
+    /// entries (`Running::adopt_ring`) and serve on.
+    AdoptRings,
     /// Final: the handoff failed; send `nack` if any (best effort) and report
     /// `error`. Nothing was served here.
     Abort {
@@ -598,6 +718,9 @@ enum NewState {
     Deciding,
     SendingAck,
     AwaitCommit,
+    RegisteringRings,
+    SendingRingsReady,
+    AwaitRingsReleased,
     Done,
 }
 
@@ -617,6 +740,9 @@ impl NewState {
             NewState::Deciding => "deciding",
             NewState::SendingAck => "sending Ack",
             NewState::AwaitCommit => "waiting for Commit",
+            NewState::RegisteringRings => "registering the rings",
+            NewState::SendingRingsReady => "sending RingsReady",
+            NewState::AwaitRingsReleased => "waiting for RingsReleased",
             NewState::Done => "finished",
         }
     }
@@ -639,6 +765,9 @@ impl NewState {
             NewState::Deciding => "handoff-new-deciding",
             NewState::SendingAck => "handoff-new-sending-ack",
             NewState::AwaitCommit => "handoff-new-await-commit",
+            NewState::RegisteringRings => "handoff-new-registering-rings",
+            NewState::SendingRingsReady => "handoff-new-sending-rings-ready",
+            NewState::AwaitRingsReleased => "handoff-new-await-rings-released",
             NewState::Done => "handoff-new-done",
         }
     }
@@ -655,6 +784,8 @@ pub struct NewSide {
     version: u16,
     features: u32,
     rounds: u32,
+    /// The first thing that went wrong after Commit (io_uring steps).
+    after_commit: Option<HandoffError>,
 }
 
 impl NewSide {
@@ -674,7 +805,22 @@ impl NewSide {
             version: 0,
             features: 0,
             rounds: 0,
+            after_commit: None,
         }
+    }
+
+    /// The first thing that went wrong after the rings were registered
+    /// (RingsReady not sent, RingsReleased missing or malformed, an event out of
+    /// order): the old entries are adopted all the same; the driver logs it.
+    pub fn after_commit_problem(&self) -> Option<&HandoffError> {
+        self.after_commit.as_ref()
+    }
+
+    /// Keeps the first problem after Commit and adopts the rings.
+    fn adopt_noting(&mut self, e: HandoffError) -> NewAction {
+        self.after_commit.get_or_insert(e);
+        self.state = NewState::Done;
+        NewAction::AdoptRings
     }
 
     /// The agreed snapshot format version (0 before Accept).
@@ -710,12 +856,20 @@ impl NewSide {
             state: self.state.name(),
             event,
         };
+        if matches!(
+            self.state,
+            NewState::SendingRingsReady | NewState::AwaitRingsReleased
+        ) {
+            // Registered and committed: serve on, adopting the old entries.
+            return self.adopt_noting(e);
+        }
         let tell = !matches!(
             self.state,
             NewState::Done
                 | NewState::CheckingPeer
                 | NewState::SendingHello
                 | NewState::AwaitAccept
+                | NewState::RegisteringRings
         );
         if self.state == NewState::Done {
             return NewAction::Abort {
@@ -768,6 +922,40 @@ impl NewSide {
             // came after Ack (the old side decides alone from there).
             (S::SendingReady | S::SendingAck | S::AwaitCommit, NewEvent::Failed(e)) => {
                 self.fail(e, false)
+            }
+            // After Commit over io_uring, registered: the old entries are
+            // adopted whatever the peer does.
+            (S::SendingRingsReady | S::AwaitRingsReleased, NewEvent::Failed(e)) => {
+                self.adopt_noting(e)
+            }
+            // Committed, not serving: nothing to tell the old side (it closes
+            // its rings once RingsReady does not come).
+            (S::RegisteringRings, NewEvent::Failed(e)) => self.fail(e, false),
+            (S::RegisteringRings, NewEvent::RingsRegistered(r)) => match r {
+                Ok(since_commit) => {
+                    self.state = S::SendingRingsReady;
+                    NewAction::Send(message::encode_duration(Kind::RingsReady, since_commit))
+                }
+                Err(e) => self.fail(e, false),
+            },
+            (S::SendingRingsReady, NewEvent::Sent) => {
+                self.state = S::AwaitRingsReleased;
+                NewAction::Recv
+            }
+            (S::AwaitRingsReleased, NewEvent::Received(m)) => {
+                let released =
+                    check_kind(&m, &[Kind::RingsReleased], "RingsReleased").and_then(|()| {
+                        message::decode_duration(Kind::RingsReleased, m.body)
+                            .map(drop)
+                            .map_err(HandoffError::from)
+                    });
+                match released {
+                    Ok(()) => {
+                        self.state = S::Done;
+                        NewAction::AdoptRings
+                    }
+                    Err(e) => self.adopt_noting(e),
+                }
             }
             // Waiting for a message: the old side is told (if it still listens).
             (_, NewEvent::Failed(e)) => self.fail(e, true),
@@ -836,6 +1024,10 @@ impl NewSide {
                     return self.fail(e, false);
                 }
                 match message::decode_duration(Kind::Commit, m.body) {
+                    Ok(since_pause) if self.features & FEATURE_URING != 0 => {
+                        self.state = S::RegisteringRings;
+                        NewAction::RegisterRings { since_pause }
+                    }
                     Ok(since_pause) => {
                         self.state = S::Done;
                         NewAction::Serve { since_pause }
@@ -947,6 +1139,9 @@ mod fault_points {
             OldState::SendingSnapshot,
             OldState::AwaitAck,
             OldState::SendingCommit,
+            OldState::AwaitRingsReady,
+            OldState::ReleasingRings,
+            OldState::SendingRingsReleased,
             OldState::Done,
         ];
         for s in old {
@@ -965,12 +1160,15 @@ mod fault_points {
             NewState::Deciding,
             NewState::SendingAck,
             NewState::AwaitCommit,
+            NewState::RegisteringRings,
+            NewState::SendingRingsReady,
+            NewState::AwaitRingsReleased,
             NewState::Done,
         ];
         for s in new {
             assert!(known(s.fault_point()), "{s:?}: {}", s.fault_point());
         }
-        // 11 + 13 state points in the table, each used; the rest of the handoff
+        // 14 + 16 state points in the table, each used; the rest of the handoff
         // points are the drivers' (listener.rs, takeover.rs, and memfs's
         // `handoff-new-journaled`), 12 of them.
         let handoff = fuse_session::fault::POINTS

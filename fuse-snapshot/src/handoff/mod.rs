@@ -345,6 +345,8 @@ impl fmt::Display for HandoffError {
             HandoffError::Refused(why) => write!(f, "handoff refused by the peer: {why}"),
             HandoffError::Snapshot(e) => write!(f, "handoff snapshot: {e}"),
             HandoffError::Mount(e) => write!(f, "handoff: the received mount is unusable: {e}"),
+            // Not a handoff's: serving failed (serve_with_upgrades returns it).
+            HandoffError::Serve(e @ ServeError::ThreadFailed { .. }) => write!(f, "{e}"),
             HandoffError::Serve(e) => write!(f, "handoff: cannot serve the mount: {e}"),
             HandoffError::Prepare(e) => write!(
                 f,

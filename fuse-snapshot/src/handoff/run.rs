@@ -53,8 +53,12 @@ pub fn block_upgrade_signals() {
 /// Block the signals in every thread first ([`block_upgrade_signals`]).
 ///
 /// # Errors
-/// Setting up the signal descriptor, or unmounting, failed. A failed handoff is
-/// not an error here: it is logged, and serving goes on.
+/// Setting up the signal descriptor, or unmounting, failed; or a serving thread
+/// ended unexpectedly ([`HandoffError::Serve`] with
+/// [`ServeError::ThreadFailed`](fuse_session::serve::ServeError::ThreadFailed),
+/// see [`Running::failure`]): the mount is left mounted, for a restart to
+/// recover. A failed handoff is not an error here: it is logged, and serving goes
+/// on.
 pub fn serve_with_upgrades<F: SnapshotFs>(
     running: &Running<F>,
     listener: Option<&UpgradeListener>,
@@ -92,7 +96,19 @@ pub fn serve_with_upgrades<F: SnapshotFs>(
                     None => {}
                 }
             }
-            if !running.is_serving() {
+            // Read before the failure: a failing thread records it before any
+            // thread leaves, so a mount found not serving is never taken for
+            // an unmount when a thread failed.
+            let serving = running.is_serving();
+            if let Some(e) = running.failure() {
+                // A serving thread failed: the others stopped; the mount stays
+                // for a restart (a fd store's successor recovers it).
+                if let Some(outcome) = finish_upgrades(upgrades.take()) {
+                    return Ok(Ended::HandedOff(Box::new(outcome)));
+                }
+                return Err(HandoffError::Serve(e));
+            }
+            if !serving {
                 if let Some(outcome) = finish_upgrades(upgrades.take()) {
                     return Ok(Ended::HandedOff(Box::new(outcome)));
                 }

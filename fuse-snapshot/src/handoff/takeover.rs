@@ -426,17 +426,26 @@ impl<F: SnapshotFs> Restored<F> {
             }
             other => other,
         };
-        let since_pause = match pump(&conn, &mut machine, a) {
-            (NewAction::Serve { since_pause }, _) => since_pause,
+        let (since_pause, rings) = match pump(&conn, &mut machine, a) {
+            (NewAction::Serve { since_pause }, _) => (since_pause, false),
+            (NewAction::RegisterRings { since_pause }, _) => (since_pause, true),
             (other, _) => return Err(abort_error(other, "committing")),
         };
         let committed = Instant::now();
         fuse_session::fault::point("handoff-new-committed");
         let mut server = Server::from_parts(session, mount);
         prepare(&mut server).map_err(HandoffError::Prepare)?;
-        let running = match ring {
-            None => server.spawn(threads).map_err(HandoffError::Serve)?,
-            Some(area) => serve_rings(server, area, &conn, committed)?,
+        let running = match (ring, rings) {
+            (None, false) => server.spawn(threads).map_err(HandoffError::Serve)?,
+            (Some(area), true) => serve_rings(server, area, &conn, &mut machine, committed)?,
+            // The machine's features and the descriptors received agree
+            // (`restore_from` takes the ring area exactly with FEATURE_URING).
+            _ => {
+                return Err(HandoffError::OutOfOrder {
+                    state: "committing",
+                    event: "the ring area and the agreed features disagree",
+                })
+            }
         };
         stats.stall = since_pause + committed.elapsed();
         fuse_session::fault::point("handoff-new-serving");
@@ -452,27 +461,32 @@ fn serve_rings<F: SnapshotFs>(
     mut server: Server<F>,
     area: RingArea,
     conn: &Conn,
+    machine: &mut NewSide,
     committed: Instant,
 ) -> Result<Running<F>, HandoffError> {
     server.take_ring_live(area);
     let mut o = UringOptions::default();
     o.required = true;
     o.restartable = true;
-    let running = server.spawn_uring(&o).map_err(HandoffError::Serve)?;
-    let registered = committed.elapsed();
-    fuse_session::fault::point("handoff-new-rings-registered");
-    let ready = message::encode_duration(Kind::RingsReady, committed.elapsed());
-    let released = conn.send("send RingsReady", &ready, &[]).and_then(|()| {
-        let r = conn.recv("wait for RingsReleased")?;
-        if r.header.kind != Kind::RingsReleased {
-            return Err(HandoffError::Message(message::MessageError::Unexpected {
-                got: r.header.kind,
-                expected: "RingsReleased",
-            }));
+    let (running, a) = match server.spawn_uring(&o) {
+        Ok(r) => {
+            fuse_session::fault::point("handoff-new-rings-registered");
+            let a = machine.handle(NewEvent::RingsRegistered(Ok(committed.elapsed())));
+            (Some(r), a)
         }
-        Ok(())
-    });
-    if let Err(e) = released {
+        Err(e) => (
+            None,
+            machine.handle(NewEvent::RingsRegistered(Err(HandoffError::Serve(e)))),
+        ),
+    };
+    let registered = committed.elapsed();
+    // RingsReady, then RingsReleased (the machine answers AdoptRings however
+    // that goes: committed, the old entries are adopted as they are).
+    let running = match (running, pump(conn, machine, a).0) {
+        (Some(r), NewAction::AdoptRings) => r,
+        (_, other) => return Err(abort_error(other, "registering the rings")),
+    };
+    if let Some(e) = machine.after_commit_problem() {
         // The old process may still hold requests in its entries: adopt what
         // they hold anyway (its rings go when it exits), and say so.
         log::error!("after Commit: {e}; adopting the old process's entries as they are");

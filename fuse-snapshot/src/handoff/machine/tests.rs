@@ -115,6 +115,8 @@ struct Script {
     prepared: Result<(), &'static str>,
     restored: Result<(), &'static str>,
     accept: bool,
+    /// Over io_uring: whether the new process registers its entries.
+    registered: Result<(), &'static str>,
 }
 
 impl Script {
@@ -130,6 +132,7 @@ impl Script {
             prepared: Ok(()),
             restored: Ok(()),
             accept: true,
+            registered: Ok(()),
         }
     }
 }
@@ -143,6 +146,8 @@ enum OldEnd {
 #[derive(Debug)]
 enum NewEnd {
     Served,
+    /// Over io_uring: the old entries adopted.
+    Adopted,
     Aborted(HandoffError),
 }
 
@@ -155,6 +160,8 @@ struct Run {
     wire: Vec<(bool, Kind)>,
     /// Whether the old side was paused when it resumed (aborted).
     paused_when_aborted: bool,
+    /// Whether the old side released its rings (io_uring).
+    released: bool,
 }
 
 /// Runs both machines over two in-memory queues until both are finished. A side
@@ -171,6 +178,7 @@ fn run(script: Script) -> Run {
     let mut old_end = None;
     let mut new_end = None;
     let mut paused_when_aborted = false;
+    let mut released = false;
     let mut pending_len = 0;
     for _ in 0..1000 {
         let mut progressed = false;
@@ -234,6 +242,11 @@ fn run(script: Script) -> Run {
                     wire.push((true, m.kind));
                     to_new.push_back(m);
                     Some(old.handle(OldEvent::Sent))
+                }
+                OldAction::ReleaseRings => {
+                    assert!(!released, "rings released twice");
+                    released = true;
+                    Some(old.handle(OldEvent::RingsReleased(2 * MS)))
                 }
                 OldAction::Committed => {
                     old_end = Some(OldEnd::Committed);
@@ -303,6 +316,21 @@ fn run(script: Script) -> Run {
                         new_end = Some(NewEnd::Served);
                         None
                     }
+                    NewAction::RegisterRings { since_pause } => {
+                        assert_eq!(since_pause, 9 * MS);
+                        Some(
+                            new.handle(NewEvent::RingsRegistered(
+                                script
+                                    .registered
+                                    .map(|()| 4 * MS)
+                                    .map_err(|e| HandoffError::Prepare(e.into())),
+                            )),
+                        )
+                    }
+                    NewAction::AdoptRings => {
+                        new_end = Some(NewEnd::Adopted);
+                        None
+                    }
                     NewAction::Abort { error, nack } => {
                         if let Some(bytes) = nack {
                             let m = Msg::parse(&bytes, 0);
@@ -327,6 +355,7 @@ fn run(script: Script) -> Run {
                 new_side: new,
                 wire,
                 paused_when_aborted,
+                released,
             };
         }
         assert!(progressed, "both sides wait for each other: {wire:?}");
@@ -441,7 +470,26 @@ fn a_ring_mount_with_a_memfd_area_is_handed_to_a_new_process_offering_rings() {
     s.old.uring_area = true;
     let r = run(s);
     assert!(matches!(r.old, OldEnd::Committed), "{:?}", r.old);
-    assert!(matches!(r.new, NewEnd::Served), "{:?}", r.new);
+    assert!(matches!(r.new, NewEnd::Adopted), "{:?}", r.new);
+    // After Commit: the new process registers, says so; the old one releases
+    // its rings, says so; the new one adopts the old entries.
+    use Kind::*;
+    assert_eq!(
+        kinds(&r),
+        [
+            Hello,
+            Accept,
+            Snapshot,
+            Ack,
+            Commit,
+            RingsReady,
+            RingsReleased
+        ]
+    );
+    assert!(r.released);
+    assert!(r.old_side.after_commit_problem().is_none());
+    assert!(r.new_side.after_commit_problem().is_none());
+    assert_ne!(r.new_side.features() & FEATURE_URING, 0);
 }
 
 #[test]
@@ -1154,4 +1202,379 @@ fn hostile_lengths_are_refused_in_the_header() {
         assert!(parse_header(&header(kind, max), 1 << 20).is_ok());
         assert!(parse_header(&header(kind, max + 1), 1 << 20).is_err());
     }
+}
+
+// ---------------------------------------------------------------------------
+// After Commit over io_uring: RingsReady, ReleaseRings, RingsReleased, AdoptRings
+// ---------------------------------------------------------------------------
+
+#[test]
+fn without_rings_nothing_follows_commit() {
+    let r = run(Script::new(false));
+    assert!(!r.released);
+    assert!(matches!(r.new, NewEnd::Served));
+}
+
+#[test]
+fn rings_are_released_when_the_new_process_cannot_register() {
+    let mut s = Script::new(false);
+    s.old.uring_area = true;
+    s.registered = Err("no io_uring");
+    let r = run(s);
+    // Committed, nothing served: no Nack (the old side decides alone), and the
+    // old side, hearing nothing, closes its rings all the same.
+    assert!(
+        matches!(r.new, NewEnd::Aborted(HandoffError::Prepare(_))),
+        "{:?}",
+        r.new
+    );
+    assert!(matches!(r.old, OldEnd::Committed), "{:?}", r.old);
+    assert!(r.released, "rings released");
+    use Kind::*;
+    assert_eq!(
+        kinds(&r),
+        [Hello, Accept, Snapshot, Ack, Commit, RingsReleased]
+    );
+    assert!(matches!(
+        r.old_side.after_commit_problem(),
+        Some(HandoffError::PeerGone(_))
+    ));
+}
+
+/// An old side over io_uring at "waiting for RingsReady" (Commit sent).
+fn old_awaiting_rings() -> OldSide {
+    let mut m = OldSide::new(OldConfig {
+        uring_area: true,
+        ..old_config(false)
+    });
+    let hello = Msg::parse(&hello(FEATURE_URING), 0);
+    let ack = Msg::parse(&encode_duration(Kind::Ack, 3 * MS), 0);
+    assert!(matches!(
+        m.handle(OldEvent::PeerChecked(Ok(()))),
+        OldAction::Recv
+    ));
+    assert!(matches!(
+        m.handle(OldEvent::Received(hello.incoming())),
+        OldAction::Send(_)
+    ));
+    assert!(matches!(
+        m.handle(OldEvent::Sent),
+        OldAction::PauseAndSnapshot
+    ));
+    assert!(matches!(
+        m.handle(OldEvent::SnapshotTaken(Ok(50))),
+        OldAction::SendSnapshot
+    ));
+    assert!(matches!(m.handle(OldEvent::Sent), OldAction::Recv));
+    assert!(matches!(
+        m.handle(OldEvent::Received(ack.incoming())),
+        OldAction::Commit { .. }
+    ));
+    assert!(matches!(m.handle(OldEvent::Sent), OldAction::Recv));
+    assert!(m.paused() && !m.is_finished());
+    m
+}
+
+/// Drives `m` (at "waiting for RingsReady") with `first`, then through the
+/// release: ReleaseRings comes whatever `first` was, then RingsReleased, then
+/// Committed. Returns the problem noted.
+fn old_releases_after(mut m: OldSide, first: OldEvent<'_>, what: &str) -> Option<String> {
+    match m.handle(first) {
+        OldAction::ReleaseRings => {}
+        other => panic!("{what}: expected ReleaseRings, got {other:?}"),
+    }
+    match m.handle(OldEvent::RingsReleased(5 * MS)) {
+        OldAction::Send(bytes) => {
+            let msg = Msg::parse(&bytes, 0);
+            assert_eq!(msg.kind, Kind::RingsReleased, "{what}");
+            assert_eq!(
+                message::decode_duration(Kind::RingsReleased, &msg.body).unwrap(),
+                5 * MS
+            );
+        }
+        other => panic!("{what}: expected Send(RingsReleased), got {other:?}"),
+    }
+    assert!(
+        matches!(m.handle(OldEvent::Sent), OldAction::Committed),
+        "{what}"
+    );
+    assert!(m.is_finished());
+    m.after_commit_problem().map(|e| e.to_string())
+}
+
+#[test]
+fn old_side_releases_its_rings_whatever_follows_commit() {
+    let ready = Msg::parse(&encode_duration(Kind::RingsReady, MS), 0);
+    assert_eq!(
+        old_releases_after(
+            old_awaiting_rings(),
+            OldEvent::Received(ready.incoming()),
+            "RingsReady"
+        ),
+        None
+    );
+    // The peer gone, or timed out, before RingsReady.
+    let p = old_releases_after(old_awaiting_rings(), OldEvent::Failed(gone()), "gone");
+    assert!(p.is_some_and(|p| p.contains("read")));
+    // Every other kind in its place, a RingsReady with descriptors, a short or
+    // long body.
+    let mut kinds: Vec<Kind> = every_kind().to_vec();
+    kinds.push(Kind::RingsReleased);
+    for k in kinds {
+        let m = Msg::of(k, &MS.as_nanos().to_le_bytes()[..8]);
+        let p = old_releases_after(
+            old_awaiting_rings(),
+            OldEvent::Received(m.incoming()),
+            "kind",
+        );
+        assert!(p.is_some(), "{k:?} taken for RingsReady");
+    }
+    let with_fds = Msg {
+        fds: 1,
+        ..Msg::parse(&encode_duration(Kind::RingsReady, MS), 0)
+    };
+    assert!(old_releases_after(
+        old_awaiting_rings(),
+        OldEvent::Received(with_fds.incoming()),
+        "fds"
+    )
+    .is_some());
+    for body in [&[][..], &[0; 7][..], &[0; 9][..]] {
+        let m = Msg::of(Kind::RingsReady, body);
+        assert!(
+            old_releases_after(
+                old_awaiting_rings(),
+                OldEvent::Received(m.incoming()),
+                "body"
+            )
+            .is_some(),
+            "a {}-byte RingsReady body",
+            body.len()
+        );
+    }
+}
+
+#[test]
+fn old_side_never_rolls_back_after_commit() {
+    // Events out of order in each state after Commit: the handoff ends
+    // committed (the workers stop for good), never with an Abort that would
+    // resume serving beside the new process.
+    let out_of_order = |m: &mut OldSide| m.handle(OldEvent::BaseTaken(Ok(1)));
+    let mut m = old_awaiting_rings();
+    assert!(matches!(out_of_order(&mut m), OldAction::Committed));
+    assert!(matches!(
+        m.after_commit_problem(),
+        Some(HandoffError::OutOfOrder { .. })
+    ));
+    let ready = Msg::parse(&encode_duration(Kind::RingsReady, MS), 0);
+    let mut m = old_awaiting_rings();
+    assert!(matches!(
+        m.handle(OldEvent::Received(ready.incoming())),
+        OldAction::ReleaseRings
+    ));
+    // While releasing: a message, a failure, a send done: none rolls back.
+    for ev in 0..3 {
+        let mut m = old_awaiting_rings();
+        m.handle(OldEvent::Received(ready.incoming()));
+        let a = match ev {
+            0 => m.handle(OldEvent::Received(ready.incoming())),
+            1 => m.handle(OldEvent::Failed(gone())),
+            _ => m.handle(OldEvent::Sent),
+        };
+        assert!(matches!(a, OldAction::Committed), "event {ev}: {a:?}");
+        assert!(m.after_commit_problem().is_some());
+    }
+    // RingsReleased that cannot be sent: committed all the same.
+    m.handle(OldEvent::RingsReleased(MS));
+    assert!(matches!(
+        m.handle(OldEvent::Failed(gone())),
+        OldAction::Committed
+    ));
+    assert!(m.after_commit_problem().is_some());
+    // Finished: every further event is out of order, without a Refuse.
+    assert!(matches!(
+        m.handle(OldEvent::RingsReleased(MS)),
+        OldAction::Abort {
+            error: HandoffError::OutOfOrder { .. },
+            refuse: None
+        }
+    ));
+}
+
+#[test]
+fn old_side_without_rings_takes_no_ring_message() {
+    // A mount not served through a ring area ends at Commit: nothing is
+    // received after it, and RingsReleased is not an event it takes.
+    let mut m = old_after(OLD_STEPS);
+    assert!(m.is_finished());
+    assert!(matches!(
+        m.handle(OldEvent::RingsReleased(MS)),
+        OldAction::Abort { .. }
+    ));
+    // Before the pause, a ring message is just an unexpected message.
+    let mut m = old_after(1);
+    let ready = Msg::parse(&encode_duration(Kind::RingsReady, MS), 0);
+    let e = assert_old_abort(
+        m.handle(OldEvent::Received(ready.incoming())),
+        false,
+        true,
+        "RingsReady for Hello",
+    );
+    assert!(matches!(e, HandoffError::Message(_)), "{e}");
+}
+
+/// A new side over io_uring right after Commit arrived (RegisterRings).
+fn new_registering() -> NewSide {
+    let mut m = NewSide::new(new_config(false));
+    let accept = Msg::parse(&encode_accept(1, FEATURE_URING), 0);
+    let snap = snapshot_msg(0, 20);
+    let commit = Msg::parse(&encode_duration(Kind::Commit, 9 * MS), 0);
+    assert!(matches!(
+        m.handle(NewEvent::PeerChecked(Ok(()))),
+        NewAction::Send(_)
+    ));
+    assert!(matches!(m.handle(NewEvent::Sent), NewAction::Recv));
+    assert!(matches!(
+        m.handle(NewEvent::Received(accept.incoming())),
+        NewAction::Agreed { .. }
+    ));
+    assert!(matches!(
+        m.handle(NewEvent::Receive { can_precopy: false }),
+        NewAction::Recv
+    ));
+    assert!(matches!(
+        m.handle(NewEvent::Received(snap.incoming())),
+        NewAction::Restore { .. }
+    ));
+    assert!(matches!(
+        m.handle(NewEvent::Restored(Ok(()))),
+        NewAction::Decide
+    ));
+    assert!(matches!(
+        m.handle(NewEvent::Ack(3 * MS)),
+        NewAction::Send(_)
+    ));
+    assert!(matches!(m.handle(NewEvent::Sent), NewAction::Recv));
+    match m.handle(NewEvent::Received(commit.incoming())) {
+        NewAction::RegisterRings { since_pause } => assert_eq!(since_pause, 9 * MS),
+        other => panic!("expected RegisterRings, got {other:?}"),
+    }
+    m
+}
+
+/// `m` just registered (RingsRegistered(Ok)); returns it after RingsReady went
+/// out (it waits for RingsReleased).
+fn new_awaiting_release() -> NewSide {
+    let mut m = new_registering();
+    match m.handle(NewEvent::RingsRegistered(Ok(4 * MS))) {
+        NewAction::Send(bytes) => {
+            let msg = Msg::parse(&bytes, 0);
+            assert_eq!(msg.kind, Kind::RingsReady);
+            assert_eq!(
+                message::decode_duration(Kind::RingsReady, &msg.body).unwrap(),
+                4 * MS
+            );
+        }
+        other => panic!("expected Send(RingsReady), got {other:?}"),
+    }
+    assert!(matches!(m.handle(NewEvent::Sent), NewAction::Recv));
+    m
+}
+
+#[test]
+fn new_side_adopts_the_old_entries_once_released() {
+    let mut m = new_awaiting_release();
+    let released = Msg::parse(&encode_duration(Kind::RingsReleased, 5 * MS), 0);
+    assert!(matches!(
+        m.handle(NewEvent::Received(released.incoming())),
+        NewAction::AdoptRings
+    ));
+    assert!(m.is_finished() && m.after_commit_problem().is_none());
+}
+
+#[test]
+fn new_side_adopts_whatever_follows_registration() {
+    // RingsReady not sent, RingsReleased missing, of another kind, with
+    // descriptors, with a bad body, or an event out of order: the entries are
+    // adopted all the same (both sides are committed), the problem noted, and
+    // nothing is sent back.
+    let check = |a: NewAction, m: &NewSide, what: &str| {
+        assert!(matches!(a, NewAction::AdoptRings), "{what}: {a:?}");
+        assert!(m.is_finished(), "{what}");
+        assert!(m.after_commit_problem().is_some(), "{what}");
+    };
+    let mut m = new_registering();
+    m.handle(NewEvent::RingsRegistered(Ok(MS)));
+    let a = m.handle(NewEvent::Failed(gone()));
+    check(a, &m, "RingsReady not sent");
+    let mut m = new_awaiting_release();
+    let a = m.handle(NewEvent::Failed(gone()));
+    check(a, &m, "no RingsReleased");
+    let mut kinds: Vec<Kind> = every_kind().to_vec();
+    kinds.push(Kind::RingsReady);
+    for k in kinds {
+        let mut m = new_awaiting_release();
+        let msg = Msg::of(k, &MS.as_nanos().to_le_bytes()[..8]);
+        let a = m.handle(NewEvent::Received(msg.incoming()));
+        check(a, &m, &format!("{k:?} for RingsReleased"));
+    }
+    let mut m = new_awaiting_release();
+    let with_fds = Msg {
+        fds: 2,
+        ..Msg::parse(&encode_duration(Kind::RingsReleased, MS), 0)
+    };
+    let a = m.handle(NewEvent::Received(with_fds.incoming()));
+    check(a, &m, "descriptors");
+    for body in [&[][..], &[0; 3][..], &[0; 16][..]] {
+        let mut m = new_awaiting_release();
+        let msg = Msg::of(Kind::RingsReleased, body);
+        let a = m.handle(NewEvent::Received(msg.incoming()));
+        check(a, &m, "body");
+    }
+    for ev in 0..2 {
+        let mut m = new_awaiting_release();
+        let a = match ev {
+            0 => m.handle(NewEvent::Ack(MS)),
+            _ => m.handle(NewEvent::RingsRegistered(Ok(MS))),
+        };
+        check(a, &m, "out of order");
+    }
+}
+
+#[test]
+fn new_side_that_cannot_register_ends_without_a_nack() {
+    // Committed: the old side decides alone; nothing is sent back.
+    let mut m = new_registering();
+    let e = assert_new_abort(
+        m.handle(NewEvent::RingsRegistered(Err(HandoffError::NotServing))),
+        false,
+        "registration failed",
+    );
+    assert!(matches!(e, HandoffError::NotServing));
+    // The transport failing, or an event out of order, while registering.
+    let mut m = new_registering();
+    assert_new_abort(m.handle(NewEvent::Failed(gone())), false, "failed");
+    let mut m = new_registering();
+    let e = assert_new_abort(m.handle(NewEvent::Ack(MS)), false, "out of order");
+    assert!(matches!(e, HandoffError::OutOfOrder { .. }));
+}
+
+#[test]
+fn ring_events_before_commit_are_out_of_order() {
+    // RingsRegistered before Commit: a driver bug, refused like any other.
+    for k in 0..15 {
+        let mut m = new_after(k);
+        let a = m.handle(NewEvent::RingsRegistered(Ok(MS)));
+        assert!(
+            matches!(a, NewAction::Abort { .. }),
+            "after {k} steps: {a:?}"
+        );
+    }
+    // Without FEATURE_URING, Commit means Serve, never RegisterRings.
+    let mut m = new_after(15);
+    assert!(m.is_finished());
+    assert!(matches!(
+        m.handle(NewEvent::RingsRegistered(Ok(MS))),
+        NewAction::Abort { .. }
+    ));
 }
