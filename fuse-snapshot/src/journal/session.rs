@@ -138,6 +138,35 @@ pub fn records_nothing(opcode: Opcode) -> bool {
     )
 }
 
+/// True for requests whose only effect on the session is counting lookups (the
+/// entries they answer), and that promise nothing by their reply beyond those
+/// counts: they get a record only if something is due when they respond — a
+/// nodeid noted in the session (a new one, a count past what the journal holds
+/// for it: [`LOOKUP_RESERVE`]) or a change noted by the filesystem
+/// ([`Precopy::precopy_pending`]). A stat loop's LOOKUPs of a known file, a
+/// close's FLUSH, a failed LOOKUP so need no record. They still take the gate
+/// before replying: a record being appended may be what covers their count.
+pub fn records_if_changed(opcode: Opcode) -> bool {
+    matches!(
+        opcode,
+        Opcode::LOOKUP
+            | Opcode::READDIRPLUS
+            | Opcode::READDIR
+            | Opcode::FLUSH
+            | Opcode::FSYNC
+            | Opcode::FSYNCDIR
+    )
+}
+
+/// The most lookups of a nodeid a record counts ahead of the kernel
+/// ([`Session::set_lookup_reserve`]). A record gives a nodeid counted `c` times
+/// the count `c + min(LOOKUP_RESERVE, c - 1)`; the lookups up to that figure
+/// need no record of their own. After a crash a count so exceeds the kernel's by
+/// at most `min(LOOKUP_RESERVE, c - 1)` (never falls below it): such a nodeid is
+/// never forgotten, its node kept until unmount. See docs/RECOVERY.md,
+/// "Lookup counts counted ahead".
+pub const LOOKUP_RESERVE: u32 = 64;
+
 /// True for requests that take the record gate in [`StepHook::accepted`] and keep
 /// it until their record: those whose reply is recorded, and FORGET/BATCH_FORGET,
 /// whose record carries a marker (their unique, an empty reply) saying they were
@@ -468,6 +497,9 @@ where
         let result = match made {
             Ok(live) => {
                 let _ = self.live.set(Mutex::new(live));
+                // From now on (the checkpoint, if any, and its first round hold
+                // exact counts): records count lookups ahead.
+                session.set_lookup_reserve(LOOKUP_RESERVE);
                 Ok(())
             }
             Err(e) => Err(e),
@@ -546,6 +578,25 @@ where
                 );
                 None
             }
+        }
+    }
+
+    /// Under the gate, for a request of [`records_if_changed`]: false if a
+    /// record now would hold nothing the journal needs before its reply (no
+    /// nodeid noted, no filesystem change noted; the counters, which move with
+    /// every request, wait for the next record). Every change made before the
+    /// gate was taken is either noted or in a record already appended.
+    fn due(&self) -> bool {
+        let Some(live) = self.live.get() else {
+            return false;
+        };
+        let live = lock(live);
+        if live.failed {
+            return false;
+        }
+        match live.session.upgrade() {
+            Some(session) => session.nodes_changed() || session.filesystem().precopy_pending(),
+            None => false,
         }
     }
 
@@ -843,6 +894,10 @@ where
         }
         if !held {
             self.gate.take();
+            if records_if_changed(request.opcode()) && !self.due() {
+                self.gate.give();
+                return;
+            }
         }
         let keep = records_reply(request.opcode())
             .then(|| (request.unique() & !UNIQUE_RESEND, reply.to_vec()));

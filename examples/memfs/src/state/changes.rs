@@ -82,6 +82,16 @@ impl State {
         Some(sorted_notes(self.inodes.changed.as_mut()?.drain()))
     }
 
+    /// True unless recording and no inode was noted since recording started or
+    /// the last [`State::take_recorded`] (the counters and the settings move
+    /// only with a noted inode).
+    pub fn has_recorded(&self) -> bool {
+        match &self.inodes.changed {
+            Some(c) => !c.is_empty(),
+            None => true,
+        }
+    }
+
     /// The counters, in the order [`State`] encodes them after the inode map.
     pub fn counters(&self) -> [u64; 4] {
         [
