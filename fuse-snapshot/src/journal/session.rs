@@ -167,6 +167,11 @@ pub fn records_if_changed(opcode: Opcode) -> bool {
 /// "Lookup counts counted ahead".
 pub const LOOKUP_RESERVE: u32 = 64;
 
+/// How far a recovery moves the NOTIFY_RETRIEVE unique counter past the
+/// journal's figure: more than the retrieves a process can send between two
+/// records.
+pub const NOTIFY_UNIQUE_GAP: u64 = 1 << 32;
+
 /// True for requests that take the record gate in [`StepHook::accepted`] and keep
 /// it until their record: those whose reply is recorded, and FORGET/BATCH_FORGET,
 /// whose record carries a marker (their unique, an empty reply) saying they were
@@ -1148,6 +1153,14 @@ where
     }
     let replayed = started.elapsed();
     let (mut t, f, _) = pending;
+    // The counters are the last record's: requests that append no record
+    // (GETATTR, a LOOKUP within its reserved count...) moved them since, and so
+    // may a NOTIFY_RETRIEVE sent meanwhile, whose reply the kernel may still
+    // deliver to this process. Its unique must not be handed out again.
+    t.counters.next_notify_unique = t
+        .counters
+        .next_notify_unique
+        .saturating_add(NOTIFY_UNIQUE_GAP);
     let fs = F::restore_precopied(fs_base, f, fds).map_err(FormatError::FsRestore)?;
     // A handle on a nodeid the kernel has forgotten cannot be used by the kernel (it
     // forgets a nodeid only once every file on it is released): an orphan, which a
