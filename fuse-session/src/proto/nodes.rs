@@ -261,7 +261,17 @@ impl<N: Clone + Eq + Hash> NodeTable<N> {
     /// The nodeids noted so far, sorted, and recording goes on afresh (`None` if
     /// not recording).
     pub fn take_recorded(&mut self) -> Option<Vec<u64>> {
-        Some(sorted_ids(self.changed.as_mut()?.drain()))
+        let c = self.changed.as_mut()?;
+        if c.is_empty() {
+            return Some(Vec::new());
+        }
+        // Draining keeps the set's capacity, and clearing costs its capacity:
+        // after a burst (a listing of 100 000 entries) every later round would
+        // clear that much. A set much larger than what it holds is dropped.
+        if c.capacity() > 4 * c.len() + 64 {
+            return Some(sorted_ids(std::mem::take(c)));
+        }
+        Some(sorted_ids(c.drain()))
     }
 
     /// Removes `nodeid` outright (applying a pre-copy's changes).
