@@ -13,7 +13,10 @@
 //! checkpoint), the
 //! filesystem's ([`Precopy::precopy_round`]), and, for a non-idempotent request
 //! ([`records_reply`]), the reply itself. One record, so that a crash cannot keep a
-//! request's effects without its reply. A FORGET or BATCH_FORGET, which gets no
+//! request's effects without its reply. A LOOKUP (and the other requests of
+//! [`records_if_changed`]) appends one only if something is due: records count
+//! lookups ahead ([`LOOKUP_RESERVE`]), so a LOOKUP of a nodeid within the count
+//! the journal holds for it needs none. A FORGET or BATCH_FORGET, which gets no
 //! reply, is recorded on its own once handled ([`StepHook::unanswered`]): left for
 //! the next answered request, a crash before that would recover lookup counts the
 //! kernel has already dropped. Recovery decodes the base, applies every
