@@ -189,6 +189,13 @@ impl Precopy for PassFs {
         }
     }
 
+    fn precopy_pending(&self) -> bool {
+        match lock(&self.jr.recorded).as_ref() {
+            Some(v) => !v.is_empty(),
+            None => true,
+        }
+    }
+
     fn apply_round(base: &mut JournalBase, changes: Vec<Change>) -> Result<(), String> {
         changes.into_iter().try_for_each(|c| base.apply(c))
     }

@@ -99,6 +99,16 @@ pub trait Precopy: SnapshotFs {
         Ok(false)
     }
 
+    /// Whether [`Precopy::precopy_round`] may have anything to return now that
+    /// the last round did not: false only if no change was noted since the last
+    /// round (or since recording started). A journal then skips the record of a
+    /// request that changed nothing else (a LOOKUP within its reserved count,
+    /// a FLUSH): what such a request did to the filesystem is in no record before
+    /// its reply unless this says so. The default, true, always records.
+    fn precopy_pending(&self) -> bool {
+        true
+    }
+
     /// Old process: stop recording without sending the changes (the handoff
     /// failed or was refused). Must be harmless when not recording.
     fn precopy_abort(&self);

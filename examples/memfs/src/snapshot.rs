@@ -207,6 +207,10 @@ impl Precopy for MemFs {
         image.state.apply_round(changes.state, index)
     }
 
+    fn precopy_pending(&self) -> bool {
+        self.lock_read().has_recorded()
+    }
+
     fn precopy_start(&self) -> io::Result<bool> {
         self.lock_write().start_recording();
         Ok(true)

@@ -64,6 +64,30 @@ pub struct NodeEntry<N> {
     pub lookups: u64,
     /// Generation of this nodeid.
     pub generation: u64,
+    /// Lookups a journal already counts for this nodeid beyond `lookups` (see
+    /// [`NodeTable::set_reserve`]).
+    pub(crate) slack: Slack,
+}
+
+impl<N> NodeEntry<N> {
+    /// An entry without reserved lookups.
+    pub(crate) fn new(node: N, lookups: u64, generation: u64) -> Self {
+        NodeEntry {
+            node,
+            lookups,
+            generation,
+            slack: Slack::default(),
+        }
+    }
+}
+
+/// Lookups a journal already holds for a nodeid beyond its count: valid only
+/// while `epoch` is the table's (a new recording starts a new epoch, from
+/// counts as they are).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Slack {
+    epoch: u32,
+    left: u32,
 }
 
 /// nodeid -> node, node -> nodeid, with lookup counts.
@@ -79,6 +103,12 @@ pub struct NodeTable<N: Clone + Eq + Hash> {
     changed: Option<HashSet<u64, BuildHasherDefault<IdHasher>>>,
     /// The filesystem's stable ids (`Filesystem::stable_id`), if it has them.
     stable: Option<StableIds<N>>,
+    /// The most lookups a recorded count may reserve ([`NodeTable::set_reserve`]);
+    /// 0: counts are recorded exactly.
+    reserve: u32,
+    /// Bumped by every [`NodeTable::start_recording`]: slack of an older epoch is
+    /// void.
+    epoch: u32,
 }
 
 /// A filesystem's stable nodeid and generation of a node.
@@ -112,15 +142,10 @@ impl<N: Clone + Eq + Hash> NodeTable<N> {
             next_generation: 1,
             changed: None,
             stable: None,
+            reserve: 0,
+            epoch: 0,
         };
-        t.by_id.insert(
-            ROOT_ID,
-            NodeEntry {
-                node: root.clone(),
-                lookups: 0,
-                generation: 0,
-            },
-        );
+        t.by_id.insert(ROOT_ID, NodeEntry::new(root.clone(), 0, 0));
         t.by_node.insert(root, ROOT_ID);
         t
     }
@@ -140,6 +165,8 @@ impl<N: Clone + Eq + Hash> NodeTable<N> {
             next_generation,
             changed: None,
             stable: None,
+            reserve: 0,
+            epoch: 0,
         };
         for (id, e) in entries {
             if t.by_node.insert(e.node.clone(), id).is_some() {
@@ -174,8 +201,51 @@ impl<N: Clone + Eq + Hash> NodeTable<N> {
     }
 
     /// Starts noting every nodeid whose entry changes (forgets earlier notes).
+    /// Reserved lookups of an earlier recording are void from now on: what
+    /// this recording starts from holds the counts as they are.
     pub fn start_recording(&mut self) {
         self.changed = Some(HashSet::default());
+        self.epoch = self.epoch.wrapping_add(1);
+    }
+
+    /// Lookup-count reservations for a write-ahead journal (0, the default:
+    /// none). With `reserve` > 0, [`NodeTable::take_recorded_states`] gives a
+    /// nodeid counted `c` times the figure `c + min(reserve, c - 1)` and notes
+    /// that the journal holds that many; later lookups of it within that figure
+    /// are not noted as changes, so they need no record. A recovered count so
+    /// exceeds the kernel's by at most `min(reserve, c - 1)`; never falls below
+    /// it. A pre-copy handoff must not use it (its rounds must be exact).
+    pub fn set_reserve(&mut self, reserve: u32) {
+        self.reserve = reserve;
+    }
+
+    /// True if some nodeid was noted since recording started or the last
+    /// [`NodeTable::take_recorded`] (true when not recording: nothing is known).
+    pub fn has_recorded(&self) -> bool {
+        match &self.changed {
+            Some(c) => !c.is_empty(),
+            None => true,
+        }
+    }
+
+    /// The entry of `nodeid` as a record of it says it: its count with a
+    /// reservation made now, when reservations are on (see
+    /// [`NodeTable::set_reserve`]); `None` if it is not in the table.
+    pub(crate) fn record_entry(&mut self, nodeid: u64) -> Option<(u64, &NodeEntry<N>)> {
+        let (reserve, epoch) = (self.reserve, self.epoch);
+        let e = self.by_id.get_mut(&nodeid)?;
+        let mut lookups = e.lookups;
+        if reserve > 0 && nodeid != ROOT_ID {
+            // At most the count less one: a nodeid the kernel holds once (most
+            // of a tree walk's) is recorded exactly.
+            let left = u64::from(reserve).min(lookups.saturating_sub(1));
+            lookups = lookups.saturating_add(left);
+            e.slack = Slack {
+                epoch,
+                left: left as u32,
+            };
+        }
+        Some((lookups, e))
     }
 
     /// Stops noting; returns the nodeids noted, sorted (`None` if not recording).
@@ -191,7 +261,17 @@ impl<N: Clone + Eq + Hash> NodeTable<N> {
     /// The nodeids noted so far, sorted, and recording goes on afresh (`None` if
     /// not recording).
     pub fn take_recorded(&mut self) -> Option<Vec<u64>> {
-        Some(sorted_ids(self.changed.as_mut()?.drain()))
+        let c = self.changed.as_mut()?;
+        if c.is_empty() {
+            return Some(Vec::new());
+        }
+        // Draining keeps the set's capacity, and clearing costs its capacity:
+        // after a burst (a listing of 100 000 entries) every later round would
+        // clear that much. A set much larger than what it holds is dropped.
+        if c.capacity() > 4 * c.len() + 64 {
+            return Some(sorted_ids(std::mem::take(c)));
+        }
+        Some(sorted_ids(c.drain()))
     }
 
     /// Removes `nodeid` outright (applying a pre-copy's changes).
@@ -228,7 +308,12 @@ impl<N: Clone + Eq + Hash> NodeTable<N> {
                 let generation = e.generation;
                 if id != ROOT_ID {
                     e.lookups = e.lookups.saturating_add(1);
-                    self.note(id);
+                    // Within what the journal holds already: no record needed.
+                    if e.slack.left > 0 && e.slack.epoch == self.epoch {
+                        e.slack.left -= 1;
+                    } else {
+                        self.note(id);
+                    }
                 }
                 return (id, generation);
             }
@@ -255,14 +340,8 @@ impl<N: Clone + Eq + Hash> NodeTable<N> {
                 (id, generation)
             }
         };
-        self.by_id.insert(
-            id,
-            NodeEntry {
-                node: node.clone(),
-                lookups: 1,
-                generation,
-            },
-        );
+        self.by_id
+            .insert(id, NodeEntry::new(node.clone(), 1, generation));
         self.by_node.insert(node.clone(), id);
         self.note(id);
         (id, generation)

@@ -136,14 +136,7 @@ impl<N: Clone + Eq + Hash> PrecopiedState<N> {
             }
             let id = n.nodeid;
             nodes
-                .insert_id(
-                    id,
-                    NodeEntry {
-                        node: n.node,
-                        lookups: n.lookups,
-                        generation: n.generation,
-                    },
-                )
+                .insert_id(id, NodeEntry::new(n.node, n.lookups, n.generation))
                 .map_err(|()| StateError::DuplicateNode(id))?;
         }
         Ok(())
@@ -184,15 +177,20 @@ pub struct JournalDelta<N, H> {
 /// Nodeids copied per hold of the table's lock by [`Session::precopy_begin`].
 pub const COPY_RANGE: u64 = 4096;
 
-/// The entries now of the nodeids `changed` (sorted).
-fn node_changes<N: Clone + Eq + Hash>(t: &NodeTable<N>, changed: Vec<u64>) -> NodeChanges<N> {
+/// The entries now of the nodeids `changed` (sorted), each count with a
+/// reservation made now if the table makes them ([`NodeTable::set_reserve`]:
+/// only a journal's).
+fn node_changes<N: Clone + Eq + Hash>(t: &mut NodeTable<N>, changed: Vec<u64>) -> NodeChanges<N> {
     let mut out = NodeChanges {
         nodes: Vec::new(),
         forgotten: Vec::new(),
     };
     for id in changed {
-        match t.get(id) {
-            Some(e) => out.nodes.push(NodeState::of(id, e)),
+        match t.record_entry(id) {
+            Some((lookups, e)) => out.nodes.push(NodeState {
+                lookups,
+                ..NodeState::of(id, e)
+            }),
             None => out.forgotten.push(id),
         }
     }
@@ -267,7 +265,7 @@ impl<F: Filesystem> Session<F> {
         let (changed, (next_nodeid, next_generation)) = {
             let mut t = lock(&self.nodes);
             let changed = t.stop_recording()?;
-            (node_changes(&t, changed), t.counters())
+            (node_changes(&mut t, changed), t.counters())
         };
         let (handles, polls, counters) = self.snapshot_rest(next_nodeid, next_generation);
         Some(SessionChanges {
@@ -292,7 +290,7 @@ impl<F: Filesystem> Session<F> {
         let (changed, (next_nodeid, next_generation)) = {
             let mut t = lock(&self.nodes);
             let changed = t.take_recorded()?;
-            (node_changes(&t, changed), t.counters())
+            (node_changes(&mut t, changed), t.counters())
         };
         let (handles, polls, counters) = self.snapshot_rest(next_nodeid, next_generation);
         Some(SessionChanges {
@@ -319,7 +317,7 @@ impl<F: Filesystem> Session<F> {
         let (changed, (next_nodeid, next_generation)) = {
             let mut t = lock(&self.nodes);
             let changed = t.take_recorded()?;
-            (node_changes(&t, changed), t.counters())
+            (node_changes(&mut t, changed), t.counters())
         };
         let (handles, handles_version, next_fh) = {
             let t = lock(&self.handles);
@@ -338,6 +336,25 @@ impl<F: Filesystem> Session<F> {
         })
     }
 
+    /// Lookup-count reservations of the nodeid table, for a write-ahead journal
+    /// whose records give counts the kernel may not have reached yet (see
+    /// `NodeTable::set_reserve`; 0, the default, records counts exactly). With
+    /// `reserve` > 0 each nodeid's count in [`Session::journal_delta`] and
+    /// [`Session::journal_changes`] is its count now plus up to `reserve` (never
+    /// more than the count less one), and lookups within that figure are not
+    /// noted as changes. Not for a pre-copy handoff: its rounds must be exact.
+    pub fn set_lookup_reserve(&self, reserve: u32) {
+        lock(&self.nodes).set_reserve(reserve);
+    }
+
+    /// True if a nodeid was counted, added or forgotten since the last
+    /// [`Session::journal_delta`] (or recording is off): a record is due. False:
+    /// every lookup since was within the reserved figures, and nothing else of
+    /// the nodeid table changed.
+    pub fn nodes_changed(&self) -> bool {
+        lock(&self.nodes).has_recorded()
+    }
+
     /// The version of the handle table now (see [`JournalDelta::handles_version`]).
     pub fn handles_version(&self) -> u64 {
         lock(&self.handles).version()
@@ -351,7 +368,7 @@ impl<F: Filesystem> Session<F> {
     pub fn precopy_round(&self) -> Option<NodeChanges<F::Node>> {
         let mut t = lock(&self.nodes);
         let changed = t.take_recorded()?;
-        Some(node_changes(&t, changed))
+        Some(node_changes(&mut t, changed))
     }
 
     /// Starts recording which nodeids change, as [`Session::precopy_begin`] does,

@@ -437,16 +437,9 @@ pub(crate) fn node_table<N: Clone + Eq + Hash>(
     c: &Counters,
 ) -> Result<NodeTable<N>, StateError> {
     NodeTable::from_parts(
-        nodes.into_iter().map(|n| {
-            (
-                n.nodeid,
-                NodeEntry {
-                    node: n.node,
-                    lookups: n.lookups,
-                    generation: n.generation,
-                },
-            )
-        }),
+        nodes
+            .into_iter()
+            .map(|n| (n.nodeid, NodeEntry::new(n.node, n.lookups, n.generation))),
         c.next_nodeid,
         c.next_generation,
     )

@@ -13,7 +13,10 @@
 //! checkpoint), the
 //! filesystem's ([`Precopy::precopy_round`]), and, for a non-idempotent request
 //! ([`records_reply`]), the reply itself. One record, so that a crash cannot keep a
-//! request's effects without its reply. A FORGET or BATCH_FORGET, which gets no
+//! request's effects without its reply. A LOOKUP (and the other requests of
+//! [`records_if_changed`]) appends one only if something is due: records count
+//! lookups ahead ([`LOOKUP_RESERVE`]), so a LOOKUP of a nodeid within the count
+//! the journal holds for it needs none. A FORGET or BATCH_FORGET, which gets no
 //! reply, is recorded on its own once handled ([`StepHook::unanswered`]): left for
 //! the next answered request, a crash before that would recover lookup counts the
 //! kernel has already dropped. Recovery decodes the base, applies every
@@ -137,6 +140,40 @@ pub fn records_nothing(opcode: Opcode) -> bool {
             | Opcode::GETLK
     )
 }
+
+/// True for requests whose only effect on the session is counting lookups (the
+/// entries they answer), and that promise nothing by their reply beyond those
+/// counts: they get a record only if something is due when they respond — a
+/// nodeid noted in the session (a new one, a count past what the journal holds
+/// for it: [`LOOKUP_RESERVE`]) or a change noted by the filesystem
+/// ([`Precopy::precopy_pending`]). A stat loop's LOOKUPs of a known file, a
+/// close's FLUSH, a failed LOOKUP so need no record. They still take the gate
+/// before replying: a record being appended may be what covers their count.
+pub fn records_if_changed(opcode: Opcode) -> bool {
+    matches!(
+        opcode,
+        Opcode::LOOKUP
+            | Opcode::READDIRPLUS
+            | Opcode::READDIR
+            | Opcode::FLUSH
+            | Opcode::FSYNC
+            | Opcode::FSYNCDIR
+    )
+}
+
+/// The most lookups of a nodeid a record counts ahead of the kernel
+/// ([`Session::set_lookup_reserve`]). A record gives a nodeid counted `c` times
+/// the count `c + min(LOOKUP_RESERVE, c - 1)`; the lookups up to that figure
+/// need no record of their own. After a crash a count so exceeds the kernel's by
+/// at most `min(LOOKUP_RESERVE, c - 1)` (never falls below it): such a nodeid is
+/// never forgotten, its node kept until unmount. See docs/RECOVERY.md,
+/// "Lookup counts counted ahead".
+pub const LOOKUP_RESERVE: u32 = 64;
+
+/// How far a recovery moves the NOTIFY_RETRIEVE unique counter past the
+/// journal's figure: more than the retrieves a process can send between two
+/// records.
+pub const NOTIFY_UNIQUE_GAP: u64 = 1 << 32;
 
 /// True for requests that take the record gate in [`StepHook::accepted`] and keep
 /// it until their record: those whose reply is recorded, and FORGET/BATCH_FORGET,
@@ -468,6 +505,9 @@ where
         let result = match made {
             Ok(live) => {
                 let _ = self.live.set(Mutex::new(live));
+                // From now on (the checkpoint, if any, and its first round hold
+                // exact counts): records count lookups ahead.
+                session.set_lookup_reserve(LOOKUP_RESERVE);
                 Ok(())
             }
             Err(e) => Err(e),
@@ -546,6 +586,25 @@ where
                 );
                 None
             }
+        }
+    }
+
+    /// Under the gate, for a request of [`records_if_changed`]: false if a
+    /// record now would hold nothing the journal needs before its reply (no
+    /// nodeid noted, no filesystem change noted; the counters, which move with
+    /// every request, wait for the next record). Every change made before the
+    /// gate was taken is either noted or in a record already appended.
+    fn due(&self) -> bool {
+        let Some(live) = self.live.get() else {
+            return false;
+        };
+        let live = lock(live);
+        if live.failed {
+            return false;
+        }
+        match live.session.upgrade() {
+            Some(session) => session.nodes_changed() || session.filesystem().precopy_pending(),
+            None => false,
         }
     }
 
@@ -843,6 +902,10 @@ where
         }
         if !held {
             self.gate.take();
+            if records_if_changed(request.opcode()) && !self.due() {
+                self.gate.give();
+                return;
+            }
         }
         let keep = records_reply(request.opcode())
             .then(|| (request.unique() & !UNIQUE_RESEND, reply.to_vec()));
@@ -1093,6 +1156,14 @@ where
     }
     let replayed = started.elapsed();
     let (mut t, f, _) = pending;
+    // The counters are the last record's: requests that append no record
+    // (GETATTR, a LOOKUP within its reserved count...) moved them since, and so
+    // may a NOTIFY_RETRIEVE sent meanwhile, whose reply the kernel may still
+    // deliver to this process. Its unique must not be handed out again.
+    t.counters.next_notify_unique = t
+        .counters
+        .next_notify_unique
+        .saturating_add(NOTIFY_UNIQUE_GAP);
     let fs = F::restore_precopied(fs_base, f, fds).map_err(FormatError::FsRestore)?;
     // A handle on a nodeid the kernel has forgotten cannot be used by the kernel (it
     // forgets a nodeid only once every file on it is released): an orphan, which a

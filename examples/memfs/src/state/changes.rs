@@ -79,7 +79,26 @@ impl State {
     /// What was noted so far, sorted by inode, and noting goes on afresh (`None`
     /// if not recording): a pre-copy round.
     pub fn take_recorded(&mut self) -> Option<Vec<(u64, Noted)>> {
-        Some(sorted_notes(self.inodes.changed.as_mut()?.drain()))
+        let c = self.inodes.changed.as_mut()?;
+        if c.is_empty() {
+            return Some(Vec::new());
+        }
+        // A map much larger than what it holds (after a burst of changes) is
+        // dropped: draining keeps the capacity, and clearing costs it.
+        if c.capacity() > 4 * c.len() + 64 {
+            return Some(sorted_notes(std::mem::take(c)));
+        }
+        Some(sorted_notes(c.drain()))
+    }
+
+    /// True unless recording and no inode was noted since recording started or
+    /// the last [`State::take_recorded`] (the counters and the settings move
+    /// only with a noted inode).
+    pub fn has_recorded(&self) -> bool {
+        match &self.inodes.changed {
+            Some(c) => !c.is_empty(),
+            None => true,
+        }
     }
 
     /// The counters, in the order [`State`] encodes them after the inode map.
