@@ -89,7 +89,10 @@ impl DeferredValue for Vec<u8> {
 #[derive(Debug, Default)]
 pub(crate) struct DeferShared {
     /// Requests running or deferred, with their interrupt flags.
-    pub(crate) inflight: Mutex<std::collections::HashMap<u64, Arc<AtomicBool>>>,
+    /// Keyed by unique with [`IdMap`](crate::proto::nodes::IdMap)'s multiplicative
+    /// hash (two lookups per request; the table holds no more than the workers and
+    /// the deferred requests).
+    pub(crate) inflight: Mutex<crate::proto::nodes::IdMap<Arc<AtomicBool>>>,
     /// Deferred requests not yet answered: unique → opcode.
     outstanding: Mutex<BTreeMap<u64, Opcode>>,
     answered: Condvar,
