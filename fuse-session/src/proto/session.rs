@@ -264,7 +264,7 @@ impl<F: Filesystem> Session<F> {
         // Register first, then look for an INTERRUPT that overtook the request: an
         // interrupt either finds the request registered, or was remembered before
         // the registration (it holds the in-flight lock while it does both).
-        lock(&self.deferred.inflight).insert(unique, Arc::clone(flag));
+        lock(&self.deferred.inflight).start(unique, Arc::clone(flag));
         if self.early_count.load(Ordering::Acquire) > 0 {
             let mut early = lock(&self.early_interrupts);
             if let Some(pos) = early.iter().position(|&u| u == unique) {
@@ -277,7 +277,8 @@ impl<F: Filesystem> Session<F> {
 
     #[inline]
     pub(crate) fn end(&self, unique: u64) {
-        lock(&self.deferred.inflight).remove(&unique);
+        // Dropped after the lock is released.
+        let _flag = lock(&self.deferred.inflight).stop(unique);
     }
 
     /// INTERRUPT: flag the request if it is running, or remember it if the
@@ -285,7 +286,7 @@ impl<F: Filesystem> Session<F> {
     pub(crate) fn interrupt(&self, target: u64) {
         self.stats.interrupts.fetch_add(1, Ordering::Relaxed);
         let inflight = lock(&self.deferred.inflight);
-        if let Some(flag) = inflight.get(&target) {
+        if let Some(flag) = inflight.get(target) {
             flag.store(true, Ordering::Relaxed);
             return;
         }
