@@ -140,7 +140,7 @@ impl<F: Filesystem> Session<F> {
                     Operation::Read { arg } => arg.size.get() as usize,
                     _ => 0,
                 },
-                flag: &flag,
+                flag,
                 taken,
             });
             let ctx = RequestContext {
@@ -149,7 +149,12 @@ impl<F: Filesystem> Session<F> {
                 gid: crate::types::id_of(header.gid()),
                 pid: header.pid(),
                 umask: None,
-                supp_groups: req.extensions().supp_groups().unwrap_or(&[]),
+                // Most requests carry no extension: skip looking for one.
+                supp_groups: if header.extensions_len() == 0 {
+                    &[]
+                } else {
+                    req.extensions().supp_groups().unwrap_or(&[])
+                },
                 interrupted: Some(&**flag),
                 defer: seed.as_ref(),
             };
