@@ -242,13 +242,29 @@ impl FileAttr {
             let (sec, nsec) = split_time(t);
             reply::Timestamp::new(sec, nsec)
         };
+        // Most attributes carry one time two or three times: a comparison is much
+        // cheaper than a conversion (`duration_since`), which is on every LOOKUP and
+        // GETATTR reply.
+        let atime = ts(self.atime);
+        let mtime = if self.mtime == self.atime {
+            atime
+        } else {
+            ts(self.mtime)
+        };
+        let ctime = if self.ctime == self.mtime {
+            mtime
+        } else if self.ctime == self.atime {
+            atime
+        } else {
+            ts(self.ctime)
+        };
         reply::Attr {
             ino: self.ino,
             size: self.size,
             blocks: self.blocks,
-            atime: ts(self.atime),
-            mtime: ts(self.mtime),
-            ctime: ts(self.ctime),
+            atime,
+            mtime,
+            ctime,
             mode: self.mode(),
             nlink: self.nlink,
             uid: self.uid,

@@ -210,7 +210,7 @@ impl Channel {
     pub fn write(&self, iov: &[IoSlice<'_>]) -> io::Result<WriteOutcome> {
         let total: usize = iov.iter().map(|s| s.len()).sum();
         loop {
-            match nix::sys::uio::writev(&self.fd, iov) {
+            match sys_writev(self.fd.as_fd(), iov) {
                 Ok(n) if n == total => return Ok(WriteOutcome::Delivered),
                 Ok(_) => return Err(io::ErrorKind::WriteZero.into()),
                 Err(Errno::EINTR) => continue,
@@ -224,7 +224,7 @@ impl Channel {
     /// One `read(2)`: `Ok(None)` on `EAGAIN`. Retries `EINTR` and `ENOENT`.
     fn read_once(&self, buf: &mut [u8]) -> io::Result<Option<Received>> {
         loop {
-            match nix::unistd::read(&self.fd, buf) {
+            match sys_read(self.fd.as_fd(), buf) {
                 Ok(n) => return Ok(Some(Received::Request(n))),
                 Err(Errno::EINTR) | Err(Errno::ENOENT) => continue,
                 Err(Errno::EAGAIN) => return Ok(None),
@@ -252,6 +252,45 @@ impl Channel {
             Err(e) => Err(e.into()),
         }
     }
+}
+
+// The request path's two syscalls go through `syscall(2)` rather than the C library's
+// `read`/`writev`: those are cancellation points, and glibc brackets each with two
+// atomic read-modify-writes of the thread's cancel state (`__pthread_enable_asynccancel`
+// / `__pthread_disable_asynccancel`), four per request, for a cancellation Rust threads
+// never use. Measured: docs/bench/2026-12-07-per-request-cost.md.
+
+/// `read(2)` of `fd` into `buf`, without the C library's cancellation bookkeeping.
+fn sys_read(fd: BorrowedFd<'_>, buf: &mut [u8]) -> Result<usize, Errno> {
+    // SAFETY: `read(fd, ptr, len)` writes at most `len` bytes at `ptr`; `ptr` and `len`
+    // come from `buf`, a live, exclusively borrowed slice, for the whole call. `fd` is
+    // a descriptor borrowed for the call.
+    let r = unsafe {
+        nix::libc::syscall(
+            nix::libc::SYS_read,
+            fd.as_raw_fd(),
+            buf.as_mut_ptr(),
+            buf.len(),
+        )
+    };
+    usize::try_from(r).map_err(|_| Errno::last())
+}
+
+/// `writev(2)` of `iov` to `fd`, without the C library's cancellation bookkeeping.
+fn sys_writev(fd: BorrowedFd<'_>, iov: &[IoSlice<'_>]) -> Result<usize, Errno> {
+    let n = nix::libc::c_int::try_from(iov.len()).map_err(|_| Errno::EINVAL)?;
+    // SAFETY: `IoSlice` is ABI-compatible with `struct iovec` on Unix (its documented
+    // guarantee), so `iov` is an array of `n` valid iovecs, each pointing to bytes
+    // borrowed for the call; the kernel only reads them. `fd` is borrowed for the call.
+    let r = unsafe {
+        nix::libc::syscall(
+            nix::libc::SYS_writev,
+            fd.as_raw_fd(),
+            iov.as_ptr().cast::<nix::libc::iovec>(),
+            n,
+        )
+    };
+    usize::try_from(r).map_err(|_| Errno::last())
 }
 
 impl AsFd for Channel {

@@ -5,7 +5,8 @@
 //! allowed `unsafe` code. Each `unsafe` block has a `// SAFETY:` comment: taking
 //! ownership of a file descriptor received over `SCM_RIGHTS` (in `scm.rs`, which
 //! `fusermount.rs` also uses: nix hands received descriptors out as raw integers), the
-//! `FUSE_DEV_IOC_CLONE` ioctl (in `channel.rs`: nix's ioctl wrappers are `unsafe fn`),
+//! `FUSE_DEV_IOC_CLONE` ioctl and the request path's `read`/`writev` through
+//! `syscall(2)` (in `channel.rs`: nix's ioctl wrappers are `unsafe fn`),
 //! the passthrough ioctls `FUSE_DEV_IOC_BACKING_OPEN`/`CLOSE` (in `backing.rs`), the
 //! file handle calls `name_to_handle_at`/`open_by_handle_at` (in `fhandle.rs`),
 //! and in `uring.rs` the io_uring ones: pushing SQEs that point at buffers the kernel

@@ -89,10 +89,45 @@ impl DeferredValue for Vec<u8> {
 #[derive(Debug, Default)]
 pub(crate) struct DeferShared {
     /// Requests running or deferred, with their interrupt flags.
-    pub(crate) inflight: Mutex<std::collections::HashMap<u64, Arc<AtomicBool>>>,
+    pub(crate) inflight: Mutex<InFlight>,
     /// Deferred requests not yet answered: unique → opcode.
     outstanding: Mutex<BTreeMap<u64, Opcode>>,
     answered: Condvar,
+}
+
+/// The interrupt flags of the requests in flight: those a thread is running (at
+/// most one per serving thread, so a short list: registering and unregistering is a
+/// push and a swap-remove, cheaper than a hash table on every request) and those
+/// deferred (any number, keyed by unique).
+#[derive(Debug, Default)]
+pub(crate) struct InFlight {
+    running: Vec<(u64, Arc<AtomicBool>)>,
+    deferred: crate::proto::nodes::IdMap<Arc<AtomicBool>>,
+}
+
+impl InFlight {
+    /// A thread starts running request `unique` with `flag`.
+    #[inline]
+    pub(crate) fn start(&mut self, unique: u64, flag: Arc<AtomicBool>) {
+        self.running.push((unique, flag));
+    }
+
+    /// The thread running request `unique` is done with it (or it was deferred).
+    #[inline]
+    pub(crate) fn stop(&mut self, unique: u64) -> Option<Arc<AtomicBool>> {
+        let i = self.running.iter().rposition(|(u, _)| *u == unique)?;
+        Some(self.running.swap_remove(i).1)
+    }
+
+    /// The flag of request `unique`, running or deferred.
+    pub(crate) fn get(&self, unique: u64) -> Option<&Arc<AtomicBool>> {
+        self.running
+            .iter()
+            .rev()
+            .find(|(u, _)| *u == unique)
+            .map(|(_, f)| f)
+            .or_else(|| self.deferred.get(&unique))
+    }
 }
 
 impl DeferShared {
@@ -175,7 +210,8 @@ impl DeferSeed<'_> {
         let flag = {
             let mut inflight = lock(&self.shared.inflight);
             let own = Arc::new(AtomicBool::new(self.flag.load(Ordering::Relaxed)));
-            inflight.insert(self.unique, Arc::clone(&own));
+            inflight.stop(self.unique);
+            inflight.deferred.insert(self.unique, Arc::clone(&own));
             own
         };
         lock(&self.shared.outstanding).insert(self.unique, self.opcode);
@@ -348,10 +384,11 @@ impl Pending {
         {
             let mut inflight = lock(&self.shared.inflight);
             if inflight
+                .deferred
                 .get(&self.unique)
                 .is_some_and(|f| Arc::ptr_eq(f, &self.flag))
             {
-                inflight.remove(&self.unique);
+                inflight.deferred.remove(&self.unique);
             }
         }
         if let Some(hook) = &self.hook {

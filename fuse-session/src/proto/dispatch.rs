@@ -120,56 +120,68 @@ impl<F: Filesystem> Session<F> {
                 return Outcome::Reply(self.error_parts(unique, Errno::EACCES));
             }
         }
-        let flag = self.begin(unique);
-        let seed = defer.map(|(sink, tag)| DeferSeed {
-            sink,
-            tag,
-            shared: &self.deferred,
-            hook: self.hook.as_ref(),
-            bytes,
-            proto: self.negotiated(),
-            unique,
-            opcode: header.opcode(),
-            max_data: match op {
-                Operation::Read { arg } => arg.size.get() as usize,
-                _ => 0,
-            },
-            flag: &flag,
-            taken,
-        });
-        let ctx = RequestContext {
-            unique,
-            uid: crate::types::id_of(header.uid()),
-            gid: crate::types::id_of(header.gid()),
-            pid: header.pid(),
-            umask: None,
-            supp_groups: req.extensions().supp_groups().unwrap_or(&[]),
-            interrupted: Some(&*flag),
-            defer: seed.as_ref(),
-        };
-        let result = self.dispatch(&header, op, ctx, out, data_at);
-        if taken.load(Ordering::Acquire) {
-            // The token owns the request now (and ends it when answered).
-            return Outcome::Deferred;
+        // The interrupt flag is the worker thread's, reused from one request to the
+        // next and borrowed here (no reference count taken for the request itself).
+        thread_local! {
+            static FLAG: Arc<AtomicBool> = Arc::new(AtomicBool::new(false));
         }
-        self.end(unique);
-        match result {
-            Ok(Dispatched::Whole(n, counted)) => {
-                log::debug!("-> unique={unique} ok ({n} bytes)");
-                Outcome::Reply(ReplyParts::encoded(&out[..n], unique, counted))
-            }
-            Ok(Dispatched::Read(data)) => self.finish_read(
-                out.get_mut(data_at..).unwrap_or_default(),
+        FLAG.with(|flag| {
+            self.begin(unique, flag);
+            let seed = defer.map(|(sink, tag)| DeferSeed {
+                sink,
+                tag,
+                shared: &self.deferred,
+                hook: self.hook.as_ref(),
+                bytes,
+                proto: self.negotiated(),
                 unique,
-                data,
-                data_in_space,
-            ),
-            Ok(Dispatched::Destroy(n)) => {
-                self.shutdown();
-                Outcome::Reply(ReplyParts::encoded(&out[..n], unique, None))
+                opcode: header.opcode(),
+                max_data: match op {
+                    Operation::Read { arg } => arg.size.get() as usize,
+                    _ => 0,
+                },
+                flag,
+                taken,
+            });
+            let ctx = RequestContext {
+                unique,
+                uid: crate::types::id_of(header.uid()),
+                gid: crate::types::id_of(header.gid()),
+                pid: header.pid(),
+                umask: None,
+                // Most requests carry no extension: skip looking for one.
+                supp_groups: if header.extensions_len() == 0 {
+                    &[]
+                } else {
+                    req.extensions().supp_groups().unwrap_or(&[])
+                },
+                interrupted: Some(&**flag),
+                defer: seed.as_ref(),
+            };
+            let result = self.dispatch(&header, op, ctx, out, data_at);
+            if taken.load(Ordering::Acquire) {
+                // The token owns the request now (and ends it when answered).
+                return Outcome::Deferred;
             }
-            Err(errno) => Outcome::Reply(self.error_parts(unique, errno)),
-        }
+            self.end(unique);
+            match result {
+                Ok(Dispatched::Whole(n, counted)) => {
+                    log::debug!("-> unique={unique} ok ({n} bytes)");
+                    Outcome::Reply(ReplyParts::encoded(&out[..n], unique, counted))
+                }
+                Ok(Dispatched::Read(data)) => self.finish_read(
+                    out.get_mut(data_at..).unwrap_or_default(),
+                    unique,
+                    data,
+                    data_in_space,
+                ),
+                Ok(Dispatched::Destroy(n)) => {
+                    self.shutdown();
+                    Outcome::Reply(ReplyParts::encoded(&out[..n], unique, None))
+                }
+                Err(errno) => Outcome::Reply(self.error_parts(unique, errno)),
+            }
+        })
     }
 
     fn finish_read<'a>(

@@ -4,6 +4,8 @@
 //! The session assigns `fh` from a 64-bit counter (never reused within a session),
 //! keeps the filesystem's handle, the nodeid it was opened on and the open flags, and
 //! gives the handle back to the filesystem by value on RELEASE / RELEASEDIR.
+use std::collections::hash_map::Entry;
+
 use crate::proto::nodes::IdMap;
 
 /// Whether a handle is an open file or an open directory.
@@ -64,12 +66,18 @@ impl<H> HandleTable<H> {
     /// Stores a new handle and returns its fh.
     pub fn insert(&mut self, entry: HandleEntry<H>) -> u64 {
         let mut fh = self.next_fh;
-        while fh == 0 || self.by_fh.contains_key(&fh) {
+        // One lookup per fh tried (the first, unless the counter wrapped).
+        loop {
+            if fh != 0 {
+                if let Entry::Vacant(slot) = self.by_fh.entry(fh) {
+                    slot.insert(entry);
+                    break;
+                }
+            }
             fh = fh.wrapping_add(1);
         }
         self.next_fh = fh.wrapping_add(1);
         self.version = self.version.wrapping_add(1);
-        self.by_fh.insert(fh, entry);
         fh
     }
 
@@ -85,11 +93,12 @@ impl<H> HandleTable<H> {
 
     /// Removes `fh` if it is of `kind`.
     pub fn remove(&mut self, fh: u64, kind: HandleKind) -> Option<HandleEntry<H>> {
-        if self.get(fh, kind).is_some() {
-            self.version = self.version.wrapping_add(1);
-            self.by_fh.remove(&fh)
-        } else {
-            None
+        match self.by_fh.entry(fh) {
+            Entry::Occupied(e) if e.get().kind == kind => {
+                self.version = self.version.wrapping_add(1);
+                Some(e.remove())
+            }
+            _ => None,
         }
     }
 

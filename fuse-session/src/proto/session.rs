@@ -252,23 +252,19 @@ impl<F: Filesystem> Session<F> {
         }
     }
 
-    /// Registers an in-flight request for interrupts.
+    /// Registers an in-flight request for interrupts, with `flag`.
     ///
     /// The flag is the calling thread's, reused from one request to the next (no
     /// allocation per request). That is safe because [`Session::interrupt`] sets a flag
     /// only under the in-flight lock and only while its request is registered, and
     /// [`Session::end`] unregisters under the same lock before the thread's next
     /// request resets the flag.
-    pub(crate) fn begin(&self, unique: u64) -> Arc<AtomicBool> {
-        thread_local! {
-            static FLAG: Arc<AtomicBool> = Arc::new(AtomicBool::new(false));
-        }
-        let flag = FLAG.with(Arc::clone);
+    pub(crate) fn begin(&self, unique: u64, flag: &Arc<AtomicBool>) {
         flag.store(false, Ordering::Relaxed);
         // Register first, then look for an INTERRUPT that overtook the request: an
         // interrupt either finds the request registered, or was remembered before
         // the registration (it holds the in-flight lock while it does both).
-        lock(&self.deferred.inflight).insert(unique, Arc::clone(&flag));
+        lock(&self.deferred.inflight).start(unique, Arc::clone(flag));
         if self.early_count.load(Ordering::Acquire) > 0 {
             let mut early = lock(&self.early_interrupts);
             if let Some(pos) = early.iter().position(|&u| u == unique) {
@@ -277,12 +273,12 @@ impl<F: Filesystem> Session<F> {
                 flag.store(true, Ordering::Relaxed);
             }
         }
-        flag
     }
 
     #[inline]
     pub(crate) fn end(&self, unique: u64) {
-        lock(&self.deferred.inflight).remove(&unique);
+        // Dropped after the lock is released.
+        let _flag = lock(&self.deferred.inflight).stop(unique);
     }
 
     /// INTERRUPT: flag the request if it is running, or remember it if the
@@ -290,7 +286,7 @@ impl<F: Filesystem> Session<F> {
     pub(crate) fn interrupt(&self, target: u64) {
         self.stats.interrupts.fetch_add(1, Ordering::Relaxed);
         let inflight = lock(&self.deferred.inflight);
-        if let Some(flag) = inflight.get(&target) {
+        if let Some(flag) = inflight.get(target) {
             flag.store(true, Ordering::Relaxed);
             return;
         }

@@ -114,6 +114,9 @@ pub(crate) fn run_worker<F: Filesystem, T: Transport>(
     // Until this worker has seen INIT answered: a local flag, so that the request
     // path reads no shared state for it afterwards.
     let mut init_replied = control.init_replied.load(Ordering::Acquire);
+    // The buffers fit the size INIT set once a fit ran after INIT: the size never
+    // changes afterwards, so the request path stops asking.
+    let mut fitted = false;
     loop {
         if slot.waker.is_woken() && control.mode() == Mode::Serving {
             // Woken for a pause or stop that has since ended: clear it (then the
@@ -140,7 +143,10 @@ pub(crate) fn run_worker<F: Filesystem, T: Transport>(
             }
         }
         transport.deliver_deferred()?;
-        transport.fit(session.read_buffer_size())?;
+        if !fitted {
+            fitted = session.init_state().is_some();
+            transport.fit(session.read_buffer_size())?;
+        }
         let blocking = control.blocking.load(Ordering::Acquire);
         slot.set_phase(if blocking {
             Phase::Blocked
