@@ -573,8 +573,14 @@ fn handoff_new(local: &Local, stream: &mut Stream<'_>) -> bool {
             NewAction::Agreed { version, features } => {
                 assert!((config.versions.0..=config.versions.1).contains(&version));
                 assert_eq!(features & !message::FEATURES, 0, "an unknown feature");
+                // The new side always offers FEATURE_URING (it can adopt rings),
+                // pre-copy only when configured.
                 if !config.precopy {
-                    assert_eq!(features, 0, "a feature that was not offered");
+                    assert_eq!(
+                        features & message::FEATURE_PRECOPY,
+                        0,
+                        "a feature that was not offered"
+                    );
                 }
                 m.handle(NewEvent::Receive {
                     can_precopy: !local.bit(5),
