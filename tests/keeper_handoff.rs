@@ -380,10 +380,11 @@ fn a_crash_at_each_handoff_step_recovers() {
 /// paused, on either side (the new one also after filling the old entries):
 /// the old daemon serves on, or the new one serves, or the keeper restarts the
 /// daemon, which answers what the entries of either process hold, from the same
-/// ring area; 0 failed calls. Not `handoff-old-accepted`: the old daemon still
-/// serves there, and a crash of a serving daemon can fail a call with
-/// `ECANCELED` (the kernel window of docs/RECOVERY.md, "Crash recovery over
-/// io_uring"; 0 in the runs measured, but not excluded).
+/// ring area; 0 failed calls. Not `handoff-old-accepted` nor `handoff-new-serving`:
+/// the old daemon still serves at the first, the new one serves at the second, and
+/// a crash of a serving daemon can fail a call with `ECANCELED` (the kernel window
+/// of docs/RECOVERY.md, "Crash recovery over io_uring": CI hit it once at
+/// `handoff-new-serving`, a CREATE).
 #[test]
 fn a_crash_at_each_handoff_step_after_the_pause_recovers_over_io_uring() {
     if std::env::var_os(WORKER_ENV).is_some()
@@ -397,6 +398,7 @@ fn a_crash_at_each_handoff_step_after_the_pause_recovers_over_io_uring() {
         .iter()
         .chain(NEW_STEPS)
         .copied()
+        .filter(|s| *s != "handoff-new-serving")
         .chain(["handoff-new-rings-registered"])
         .collect();
     crash_at_steps("kfault-uring", &steps, &["--transport", "io-uring"]);
