@@ -21,16 +21,11 @@
 //! Profile one side with `perf record -g -- target/release/examples/journal_cost
 //! lookup 1000000 1` (the journaled half dominates).
 use std::sync::Arc;
-use std::time::Duration;
 
-use fuse_live::InitFlags;
 use fuse_live_testkit::requests::{name, request};
-use fuse_session::dev::JournalMap;
-use fuse_session::fake::FakeKernel;
 use fuse_session::Session;
-use fuse_snapshot::journal::session::JournalHook;
 use fuse_snapshot::journal::JournalOptions;
-use memfs::fs::{Config, MemFs};
+use memfs::fs::MemFs;
 
 const LOOKUP: u32 = 1;
 const MKDIR: u32 = 9;
@@ -50,27 +45,17 @@ fn cpu_ns() -> u64 {
 }
 
 fn session(journal: bool) -> Arc<Session<MemFs>> {
-    let fs = MemFs::new(
-        0,
-        0,
-        4 << 30,
-        Config {
-            ttl: Duration::ZERO,
-        },
-    );
-    let mut k = FakeKernel::new(fs);
-    k.init(45, InitFlags::INIT_EXT);
-    let mut session = k.into_session();
-    let hook = JournalHook::<MemFs>::new(JournalOptions::default());
     if journal {
-        session.set_hook(hook.clone());
+        let (session, _, _) = memfs::in_process::journaled(
+            4 << 30,
+            "journal-cost",
+            64 << 30,
+            JournalOptions::default(),
+        );
+        session
+    } else {
+        Arc::new(memfs::in_process::session(4 << 30))
     }
-    let session = Arc::new(session);
-    if journal {
-        let map = JournalMap::memfd("journal-cost", 64 << 30).expect("memfd");
-        hook.start(&session, map).expect("start the journal");
-    }
-    session
 }
 
 thread_local! {

@@ -4,17 +4,14 @@
 //! appended after it from the same epoch, and rebuilds every change of both
 //! processes.
 use std::sync::Arc;
-use std::time::Duration;
 
-use fuse_live::InitFlags;
 use fuse_live_testkit::requests::{call, name, request};
 use fuse_session::dev::JournalMap;
-use fuse_session::fake::FakeKernel;
 use fuse_session::Session;
 use fuse_snapshot::journal::session::{recover_session, JournalHook, RecoveredSession};
 use fuse_snapshot::journal::JournalOptions;
 use fuse_snapshot::FdRestorer;
-use memfs::fs::{Config, MemFs};
+use memfs::fs::MemFs;
 
 const MAX: u64 = 1 << 26;
 const FUSE_LOOKUP: u32 = 1;
@@ -60,24 +57,7 @@ fn journaled() -> (
     Arc<JournalHook<MemFs>>,
     std::os::fd::OwnedFd,
 ) {
-    let fs = MemFs::new(
-        0,
-        0,
-        1 << 30,
-        Config {
-            ttl: Duration::ZERO,
-        },
-    );
-    let mut k = FakeKernel::new(fs);
-    k.init(45, InitFlags::INIT_EXT);
-    let mut session = k.into_session();
-    let hook = JournalHook::<MemFs>::new(JournalOptions::default());
-    session.set_hook(hook.clone());
-    let session = Arc::new(session);
-    let map = JournalMap::memfd("in-place-test", MAX).expect("memfd");
-    let fd = map.fd().try_clone_to_owned().expect("dup");
-    hook.start(&session, map).expect("start the journal");
-    (session, hook, fd)
+    memfs::in_process::journaled(1 << 30, "in-place-test", MAX, JournalOptions::default())
 }
 
 #[test]

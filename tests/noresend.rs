@@ -529,29 +529,12 @@ fn forget_bytes(unique: u64, nodeid: u64, nlookup: u64) -> Vec<u8> {
 
 #[test]
 fn a_journaled_forget_is_marked_so_a_slot_copy_is_not_applied_twice() {
-    use fuse_live::InitFlags;
-    use fuse_session::fake::FakeKernel;
-    use fuse_snapshot::journal::session::{recover_session, JournalHook};
+    use fuse_snapshot::journal::session::recover_session;
     use fuse_snapshot::journal::JournalOptions;
     use fuse_snapshot::FdRestorer;
 
-    let fs = MemFs::new(
-        0,
-        0,
-        1 << 30,
-        Config {
-            ttl: Duration::ZERO,
-        },
-    );
-    let mut k = FakeKernel::new(fs);
-    k.init(45, InitFlags::INIT_EXT);
-    let mut session = k.into_session();
-    let hook = JournalHook::<MemFs>::new(JournalOptions::default());
-    session.set_hook(hook.clone());
-    let session = Arc::new(session);
-    let map = fuse_session::dev::JournalMap::memfd("forget-test", 1 << 26).expect("memfd");
-    let fd = map.fd().try_clone_to_owned().expect("dup");
-    hook.start(&session, map).expect("start the journal");
+    let (session, _hook, fd) =
+        memfs::in_process::journaled(1 << 30, "forget-test", 1 << 26, JournalOptions::default());
     // A FORGET served: its record carries its marker.
     let mut out = vec![0u8; session.reply_buffer_size()];
     let f = forget_bytes(77, 1, 1);

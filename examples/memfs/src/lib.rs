@@ -9,6 +9,7 @@
 #![allow(rustdoc::private_intra_doc_links)]
 pub mod data;
 pub mod fs;
+pub mod in_process;
 pub mod snapshot;
 pub mod state;
 mod wire;

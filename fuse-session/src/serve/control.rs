@@ -262,13 +262,13 @@ impl Control {
     pub(crate) fn fail(&self, thread: &str, error: &std::io::Error) {
         let first = {
             let _g = lock(&self.park_lock);
-            if self.mode().is_leaving() && lock(&self.failure).is_none() {
-                drop(_g);
+            let mut f = lock(&self.failure);
+            let first = f.is_none();
+            if first && self.mode().is_leaving() {
+                drop((f, _g));
                 log::error!("{thread} ended while the workers were leaving: {error}");
                 return;
             }
-            let mut f = lock(&self.failure);
-            let first = f.is_none();
             if first {
                 *f = Some(Failure {
                     thread: thread.to_owned(),
